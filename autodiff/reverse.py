@@ -1,0 +1,118 @@
+"""Reverse mode as a graph transformation: gradient nodes are appended to the trace.
+
+Each gradient node is tagged with `grad_of` = the forward node whose rule emitted it, which
+is where the executor places it. Fan-out contributions are summed by one `add_n` node tagged
+with the producer; broadcasting is undone in one place (`sum_to_shape`), tagged with the
+consumer so a gradient is reduced before it travels.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from autodiff import numpy as anp
+from autodiff.ir import FLOAT_DTYPES, Graph
+from autodiff.ops.registry import lookup
+from autodiff.trace import Tensor, Tracer, TracingError
+
+
+def sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum `g` over the axes numpy broadcasting added or stretched, giving `shape`."""
+    if tuple(g.shape) == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    if lead < 0:
+        return anp.broadcast_to(g, shape)
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(shape)
+                                if d == 1 and g.shape[lead + i] != 1]
+    out = anp.sum(g, axes, keepdims=True) if axes else g
+    if tuple(out.shape) != tuple(shape):
+        out = anp.reshape(out, list(shape))
+    return out
+
+
+def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None
+             ) -> list[Tensor | None]:
+    """Gradients of `output` w.r.t. each of `wrt`, as new nodes of output's tracer.
+
+    None for a `wrt` that does not reach the output. `seed` is the upstream gradient
+    (default: ones of output's shape, i.e. d output / d output).
+    """
+    tracer = output.tracer
+    nodes = tracer.nodes
+    position = {n.name: i for i, n in enumerate(nodes)}
+    for t in wrt:
+        if t.tracer is not tracer:
+            raise TracingError(f"cannot differentiate with respect to {t.name!r}: "
+                               "it belongs to another trace")
+    end = position[output.name]
+    start = min((position[t.name] for t in wrt), default=end)
+    # Forward sweep: which nodes depend on some wrt tensor (only they need gradients).
+    on_path: set[str] = {t.name for t in wrt}
+    for node in nodes[start:end + 1]:
+        if node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs):
+            op = lookup(node.op, node.name)
+            if op.vjp is not None:
+                on_path.add(node.name)
+    if output.name not in on_path:
+        return [None] * len(wrt)
+
+    tensors = {}
+    contributions: dict[str, list[Tensor]] = {}
+    with tracer.scope(grad_of=output.name):
+        if seed is None:
+            seed = tracer.const(np.ones(output.shape, dtype=output.dtype), name="grad_seed")
+    contributions[output.name] = [seed]
+    wanted = {t.name for t in wrt}
+    result: dict[str, Tensor] = {}
+    for node in reversed(nodes[start:end + 1]):
+        parts = contributions.pop(node.name, None)
+        if not parts:
+            continue
+        with tracer.scope(grad_of=node.name):
+            g = parts[0] if len(parts) == 1 else anp.add_n(*parts)
+        if node.name in wanted:
+            result[node.name] = g
+        if node.is_source or node.name not in on_path or not node.inputs:
+            continue
+        op = lookup(node.op, node.name)
+        ins = [tensors[i] if i in tensors else tensors.setdefault(
+            i, Tensor(tracer, nodes[position[i]])) for i in node.inputs]
+        out = Tensor(tracer, node)
+        with tracer.scope(grad_of=node.name):
+            grads = op.vjp(g, out, *ins, **node.attrs)
+            if len(grads) != len(ins):
+                raise TracingError(f"vjp of {node.op!r} returned {len(grads)} gradients for "
+                                   f"{len(ins)} inputs")
+            for x, gx in zip(ins, grads):
+                if gx is None or x.name not in on_path:
+                    continue
+                contributions.setdefault(x.name, []).append(sum_to_shape(gx, x.shape))
+    return [result.get(t.name) for t in wrt]
+
+
+def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = None) -> Graph:
+    """The training graph: `graph`'s nodes followed by the gradient nodes of its loss.
+
+    `wrt` defaults to every param. Outputs are the loss followed by one gradient per
+    `wrt` node that reaches the loss; `meta["grads"]` maps each such node to its gradient.
+    """
+    output = output or graph.outputs[0]
+    loss = graph[output]
+    if loss.shape != ():
+        raise TracingError(f"vjp needs a scalar output; {output!r} has shape {list(loss.shape)}")
+    wrt = [p.name for p in graph.params] if wrt is None else list(wrt)
+    tracer = Tracer(graph.name, eager=False)
+    for node in graph.nodes:
+        tracer.nodes.append(node)
+        tracer.values[node.name] = None
+        tracer._names.add(node.name)
+    tracer.updates = dict(graph.meta.get("updates", {}))
+    grads = backward(Tensor(tracer, loss), [Tensor(tracer, graph[w]) for w in wrt])
+    mapping = {w: g.name for w, g in zip(wrt, grads) if g is not None}
+    out = tracer.graph([output, *mapping.values()], name=graph.name)
+    out.meta.update(graph.meta)
+    out.meta["grads"] = mapping
+    out.meta["loss"] = output
+    return out
