@@ -1,0 +1,329 @@
+"""Devices, links and clusters (SPEC section 3): who computes how fast and what a transfer costs.
+
+A Cluster holds k devices and two k x k matrices (bandwidth in bytes/s, latency in s); sending
+n bytes from a to b costs `latency[a, b] + n / bandwidth[a, b]`, and nothing when a == b.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from partition.errors import ClusterError
+
+DEFAULT_BANDWIDTH = 25e9   # bytes/s, a 200 Gbit/s network link
+DEFAULT_LATENCY = 1e-5     # seconds
+
+
+@dataclass(frozen=True)
+class Device:
+    """One accelerator: a name, its speed in FLOP/s and its memory in bytes."""
+
+    name: str
+    flops: float
+    memory: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "flops": self.flops, "memory": self.memory}
+
+
+@dataclass(frozen=True)
+class Link:
+    """A connection between two devices: bandwidth (bytes/s) and latency (s)."""
+
+    bandwidth: float
+    latency: float
+
+    def transfer_time(self, nbytes: float) -> float:
+        return self.latency + nbytes / self.bandwidth
+
+
+@dataclass(frozen=True, eq=False)
+class Cluster:
+    """k devices and the k x k bandwidth and latency matrices between them.
+
+    `preset` records how a uniform or hierarchical cluster was built, so `resized` can
+    rebuild it with another number of devices.
+    """
+
+    devices: tuple[Device, ...]
+    bandwidth: np.ndarray
+    latency: np.ndarray
+    name: str = "cluster"
+    preset: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        devices = tuple(self.devices)
+        k = len(devices)
+        if k == 0:
+            raise ClusterError(f"cluster {self.name!r}: 'devices' is empty; need at least one device")
+        seen: set[str] = set()
+        for i, d in enumerate(devices):
+            where = f"cluster {self.name!r}: devices[{i}]"
+            if not isinstance(d.name, str) or not d.name:
+                raise ClusterError(f"{where}.name must be a non-empty string")
+            if d.name in seen:
+                raise ClusterError(f"{where}.name {d.name!r} is used by two devices")
+            seen.add(d.name)
+            _check_number(d.flops, f"{where}.flops ({d.name})", positive=True)
+            _check_number(d.memory, f"{where}.memory ({d.name})", positive=True)
+        bandwidth = np.array(self.bandwidth, dtype=np.float64)
+        latency = np.array(self.latency, dtype=np.float64)
+        for label, matrix in (("bandwidth", bandwidth), ("latency", latency)):
+            if matrix.shape != (k, k):
+                raise ClusterError(f"cluster {self.name!r}: {label} must be a {k}x{k} matrix, "
+                                   f"got shape {matrix.shape}")
+        off = ~np.eye(k, dtype=bool)
+        if np.isnan(bandwidth).any() or (bandwidth[off] <= 0).any():
+            a, b = np.argwhere(off & ~(bandwidth > 0))[0]
+            raise ClusterError(f"cluster {self.name!r}: bandwidth between {devices[a].name!r} and "
+                               f"{devices[b].name!r} must be positive, got {bandwidth[a, b]}")
+        if not np.isfinite(latency).all() or (latency < 0).any():
+            a, b = np.argwhere(~(np.isfinite(latency) & (latency >= 0)))[0]
+            raise ClusterError(f"cluster {self.name!r}: latency between {devices[a].name!r} and "
+                               f"{devices[b].name!r} must be a finite non-negative number, "
+                               f"got {latency[a, b]}")
+        np.fill_diagonal(bandwidth, np.inf)
+        np.fill_diagonal(latency, 0.0)
+        bandwidth.setflags(write=False)
+        latency.setflags(write=False)
+        object.__setattr__(self, "devices", devices)
+        object.__setattr__(self, "bandwidth", bandwidth)
+        object.__setattr__(self, "latency", latency)
+
+    # ----------------------------------------------------------------- access
+    @property
+    def k(self) -> int:
+        return len(self.devices)
+
+    @property
+    def speeds(self) -> np.ndarray:
+        """Device speeds in FLOP/s, float64[k]."""
+        return np.array([d.flops for d in self.devices], dtype=np.float64)
+
+    @property
+    def memory(self) -> np.ndarray:
+        """Device memories in bytes, int64[k]."""
+        return np.array([d.memory for d in self.devices], dtype=np.int64)
+
+    @property
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices)
+
+    def device_index(self, name: str) -> int:
+        """Position of the device called `name`; ClusterError when there is none."""
+        for i, d in enumerate(self.devices):
+            if d.name == name:
+                return i
+        raise ClusterError(f"cluster {self.name!r} has no device named {name!r} "
+                           f"(devices: {', '.join(self.device_names)})")
+
+    def link(self, a: int, b: int) -> Link:
+        return Link(float(self.bandwidth[a, b]), float(self.latency[a, b]))
+
+    def transfer_time(self, a: int, b: int, nbytes: float) -> float:
+        """Seconds to send `nbytes` from device a to device b (0 when a == b)."""
+        if a == b:
+            return 0.0
+        return float(self.latency[a, b] + nbytes / self.bandwidth[a, b])
+
+    @property
+    def uniform_links(self) -> bool:
+        """True when every link between distinct devices has the same bandwidth and latency."""
+        off = ~np.eye(self.k, dtype=bool)
+        if self.k < 2:
+            return True
+        bw, lat = self.bandwidth[off], self.latency[off]
+        return bool((bw == bw[0]).all() and (lat == lat[0]).all())
+
+    def resized(self, k: int) -> "Cluster":
+        """The same preset with k devices (for `--devices K`); only uniform/hierarchical presets."""
+        if not isinstance(k, int) or k < 1:
+            raise ClusterError(f"cluster {self.name!r}: devices must be a positive integer, got {k!r}")
+        kind = (self.preset or {}).get("kind")
+        if kind == "uniform":
+            args = {key: v for key, v in self.preset.items() if key != "kind"}
+            return uniform(k, **args)
+        if kind == "hierarchical":
+            args = {key: v for key, v in self.preset.items() if key != "kind"}
+            per_node = args.pop("devices_per_node")
+            nodes = math.ceil(k / per_node)
+            full = hierarchical(nodes, per_node, **args)
+            if nodes * per_node == k:
+                return full
+            return Cluster(full.devices[:k], full.bandwidth[:k, :k], full.latency[:k, :k],
+                           name=f"{full.name}[:{k}]")
+        raise ClusterError(f"cluster {self.name!r} is not a uniform or hierarchical preset; "
+                           "its number of devices cannot be changed (edit its 'devices' list)")
+
+    def to_dict(self) -> dict:
+        """JSON-ready description; bandwidth to self is written as null (unlimited)."""
+        bandwidth = [[None if a == b else float(self.bandwidth[a, b]) for b in range(self.k)]
+                     for a in range(self.k)]
+        return {"name": self.name, "devices": [d.to_dict() for d in self.devices],
+                "bandwidth": bandwidth, "latency": self.latency.tolist()}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping) -> "Cluster":
+        """Build a cluster from one of the three parsed spec shapes (uniform, hierarchical, list)."""
+        if not isinstance(spec, Mapping):
+            raise ClusterError(f"cluster: expected a mapping, got {type(spec).__name__}")
+        if "uniform" in spec:
+            _check_keys(spec, {"uniform", "name"}, "cluster")
+            body = spec["uniform"]
+            if not isinstance(body, Mapping):
+                raise ClusterError("cluster.uniform: expected a mapping")
+            _check_keys(body, {"devices", "flops", "memory", "bandwidth", "latency"},
+                        "cluster.uniform")
+            args = _numbers(body, "cluster.uniform", required=("devices",),
+                            optional=("flops", "memory", "bandwidth", "latency"))
+            cluster = uniform(_count(args.pop("devices"), "cluster.uniform.devices"), **args)
+        elif "nodes" in spec:
+            _check_keys(spec, {"nodes", "devices_per_node", "flops", "memory", "intra", "inter",
+                               "intra_latency", "inter_latency", "name"}, "cluster")
+            args = _numbers(spec, "cluster", required=("nodes", "devices_per_node"),
+                            optional=("flops", "memory", "intra", "inter", "intra_latency",
+                                      "inter_latency"))
+            renamed = {"intra": "intra_bandwidth", "inter": "inter_bandwidth"}
+            args = {renamed.get(key, key): v for key, v in args.items()}
+            cluster = hierarchical(_count(args.pop("nodes"), "cluster.nodes"),
+                                   _count(args.pop("devices_per_node"), "cluster.devices_per_node"),
+                                   **args)
+        elif "devices" in spec:
+            cluster = _from_device_list(spec)
+        else:
+            raise ClusterError("cluster: expected a 'uniform' section, 'nodes' and "
+                               "'devices_per_node', or a 'devices' list")
+        if "name" in spec:
+            if not isinstance(spec["name"], str) or not spec["name"]:
+                raise ClusterError("cluster.name must be a non-empty string")
+            cluster = Cluster(cluster.devices, cluster.bandwidth, cluster.latency,
+                              name=spec["name"], preset=cluster.preset)
+        return cluster
+
+
+# ------------------------------------------------------------------ presets
+def uniform(k: int, flops: float = 1e12, memory: int = 16 * 2**30,
+            bandwidth: float = DEFAULT_BANDWIDTH, latency: float = DEFAULT_LATENCY) -> Cluster:
+    """k identical devices, every pair joined by the same link."""
+    k = _count(k, "uniform: devices")
+    devices = tuple(Device(f"dev{i}", float(flops), int(memory)) for i in range(k))
+    preset = {"kind": "uniform", "flops": flops, "memory": memory, "bandwidth": bandwidth,
+              "latency": latency}
+    return Cluster(devices, np.full((k, k), float(bandwidth)), np.full((k, k), float(latency)),
+                   name=f"uniform-{k}", preset=preset)
+
+
+def hierarchical(nodes: int, devices_per_node: int, flops: float = 1e12,
+                 memory: int = 16 * 2**30, intra_bandwidth: float = 3e11,
+                 inter_bandwidth: float = 25e9, intra_latency: float = 1e-6,
+                 inter_latency: float = 1e-5) -> Cluster:
+    """`nodes` machines of `devices_per_node` identical devices; fast links inside a machine."""
+    nodes = _count(nodes, "hierarchical: nodes")
+    per_node = _count(devices_per_node, "hierarchical: devices_per_node")
+    k = nodes * per_node
+    devices = tuple(Device(f"n{i // per_node}d{i % per_node}", float(flops), int(memory))
+                    for i in range(k))
+    machine = np.arange(k) // per_node
+    same = machine[:, None] == machine[None, :]
+    bandwidth = np.where(same, float(intra_bandwidth), float(inter_bandwidth))
+    latency = np.where(same, float(intra_latency), float(inter_latency))
+    preset = {"kind": "hierarchical", "devices_per_node": per_node, "flops": flops,
+              "memory": memory, "intra_bandwidth": intra_bandwidth,
+              "inter_bandwidth": inter_bandwidth, "intra_latency": intra_latency,
+              "inter_latency": inter_latency}
+    return Cluster(devices, bandwidth, latency, name=f"hierarchical-{nodes}x{per_node}",
+                   preset=preset)
+
+
+def heterogeneous(devices: Sequence[Device],
+                  links: Mapping[tuple[str, str], Link] | None = None,
+                  default_bandwidth: float = DEFAULT_BANDWIDTH,
+                  default_latency: float = DEFAULT_LATENCY,
+                  name: str = "heterogeneous") -> Cluster:
+    """Listed devices; `links` maps a (name, name) pair to its Link (both directions)."""
+    devices = tuple(devices)
+    k = len(devices)
+    bandwidth = np.full((k, k), float(default_bandwidth))
+    latency = np.full((k, k), float(default_latency))
+    position = {d.name: i for i, d in enumerate(devices)}
+    for (a, b), link in (links or {}).items():
+        for end in (a, b):
+            if end not in position:
+                raise ClusterError(f"cluster {name!r}: link ({a!r}, {b!r}) names no device {end!r}")
+        i, j = position[a], position[b]
+        bandwidth[i, j] = bandwidth[j, i] = link.bandwidth
+        latency[i, j] = latency[j, i] = link.latency
+    return Cluster(devices, bandwidth, latency, name=name)
+
+
+# ------------------------------------------------------------------ spec parsing
+def _from_device_list(spec: Mapping) -> Cluster:
+    _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency", "name"},
+                "cluster")
+    if not isinstance(spec["devices"], Sequence) or isinstance(spec["devices"], str):
+        raise ClusterError("cluster.devices: expected a list of devices")
+    defaults = _numbers(spec, "cluster", required=(),
+                        optional=("default_bandwidth", "default_latency"))
+    devices = []
+    for i, entry in enumerate(spec["devices"]):
+        where = f"cluster.devices[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ClusterError(f"{where}: expected a mapping with name, flops, memory")
+        _check_keys(entry, {"name", "flops", "memory"}, where)
+        if "name" not in entry or not isinstance(entry["name"], str):
+            raise ClusterError(f"{where}.name: required string")
+        args = _numbers(entry, where, required=("flops", "memory"), optional=())
+        devices.append(Device(entry["name"], float(args["flops"]), int(args["memory"])))
+    links = {}
+    for i, entry in enumerate(spec.get("links") or []):
+        where = f"cluster.links[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ClusterError(f"{where}: expected a mapping with a, b, bandwidth, latency")
+        _check_keys(entry, {"a", "b", "bandwidth", "latency"}, where)
+        for end in ("a", "b"):
+            if not isinstance(entry.get(end), str):
+                raise ClusterError(f"{where}.{end}: required device name")
+        args = _numbers(entry, where, required=("bandwidth",), optional=("latency",))
+        latency = args.get("latency", defaults.get("default_latency", DEFAULT_LATENCY))
+        links[(entry["a"], entry["b"])] = Link(float(args["bandwidth"]), float(latency))
+    return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"), **defaults)
+
+
+def _check_keys(mapping: Mapping, allowed: set[str], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ClusterError(f"{where}.{key}: unknown field (expected one of "
+                               f"{', '.join(sorted(allowed))})")
+
+
+def _numbers(mapping: Mapping, where: str, required: tuple[str, ...],
+             optional: tuple[str, ...]) -> dict:
+    out = {}
+    for key in required + optional:
+        if key not in mapping:
+            if key in required:
+                raise ClusterError(f"{where}.{key}: required field is missing")
+            continue
+        positive = key not in ("latency", "intra_latency", "inter_latency", "default_latency")
+        out[key] = _check_number(mapping[key], f"{where}.{key}", positive=positive)
+    return out
+
+
+def _check_number(value, where: str, positive: bool):
+    if isinstance(value, bool) or not isinstance(value, (Real, np.number)) or math.isnan(value):
+        raise ClusterError(f"{where}: expected a number, got {value!r}")
+    if math.isinf(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ClusterError(f"{where}: must be a finite {kind} number, got {value!r}")
+    return value
+
+
+def _count(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (Real, np.number)) \
+            or value != int(value) or value < 1:
+        raise ClusterError(f"{where}: expected a positive integer, got {value!r}")
+    return int(value)
