@@ -1,0 +1,478 @@
+"""Graphs as Graphviz DOT: values and back-flowing gradients, devices, cut tensors, layer groups.
+
+`expression_graph` turns a small arithmetic expression into a graph (parsed with `ast`, never
+evaluated), `annotate` computes forward values, gradients and the gradient each edge carries
+back, `graph_dot` draws one box per node and `grouped_dot` one box per layer group (per device
+when placed). `render` calls the Graphviz `dot` binary to make SVG and PNG files.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from autodiff import numpy as anp
+from autodiff.api import grad
+from autodiff.interpreter import Interpreter
+from autodiff.ir import FLOAT_DTYPES, Graph, GraphError
+from autodiff.ops.registry import get_op
+from autodiff.reverse import vjp
+from autodiff.trace import Tracer, TracingError
+from modelcut.units import format_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NODES = 300
+SMALL_TENSOR = 8            # tensors with at most this many elements show their values
+GRAD_COLOUR = "#d62728"
+EDGE_COLOUR = "#555555"
+PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69",
+           "#fccde5", "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f")
+UNPLACED_COLOUR = "#ffffff"
+UNGROUPED = "(ungrouped)"
+
+# Functions an expression may call: name -> autodiff.numpy function (nothing else is reachable).
+EXPRESSION_FUNCTIONS = {
+    name: getattr(anp, name) for name in (
+        "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "sign", "maximum", "minimum",
+        "relu", "gelu", "sigmoid", "square", "negative", "add", "subtract", "multiply",
+        "divide", "power")
+}
+_BINARY = {ast.Add: anp.add, ast.Sub: anp.subtract, ast.Mult: anp.multiply,
+           ast.Div: anp.divide, ast.Pow: anp.power}
+
+
+class VizError(ValueError):
+    """A graph cannot be drawn as asked (bad expression, too many nodes, no Graphviz)."""
+
+
+# ------------------------------------------------------------------ expressions
+def parse_assignments(text: str) -> dict[str, float]:
+    """`"x=1,y=2.5,z=-3"` -> {"x": 1.0, "y": 2.5, "z": -3.0}."""
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, number = part.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise VizError(f"--at: expected name=number pairs separated by commas, got {part!r}")
+        try:
+            values[name] = float(number)
+        except ValueError:
+            raise VizError(f"--at: {name} = {number.strip()!r} is not a number") from None
+    return values
+
+
+def expression_graph(text: str, at: Mapping[str, float]) -> Graph:
+    """The graph of an arithmetic expression over named scalars, traced at the values `at`.
+
+    Allowed: names, numbers, + - * / **, unary -, and calls of EXPRESSION_FUNCTIONS. The text
+    is parsed with `ast` and walked; nothing in it is evaluated as Python.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise VizError(f"expression {text!r}: syntax error at column {e.offset}: {e.msg}") from None
+    tracer = Tracer("expression")
+    inputs: dict[str, object] = {}
+
+    def walk(node: ast.AST):
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            return _BINARY[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            operand = walk(node.operand)
+            return anp.negative(operand) if isinstance(node.op, ast.USub) else operand
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            if node.id not in at:
+                raise VizError(f"expression {text!r}: no value for {node.id!r} "
+                               f"(pass it with --at {node.id}=...)")
+            if node.id not in inputs:
+                inputs[node.id] = tracer.source("input", (), "float64", node.id,
+                                                value=float(at[node.id]))
+            return inputs[node.id]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords
+                and node.func.id in EXPRESSION_FUNCTIONS):
+            return EXPRESSION_FUNCTIONS[node.func.id](*[walk(a) for a in node.args])
+        allowed = ", ".join(sorted(EXPRESSION_FUNCTIONS))
+        raise VizError(f"expression {text!r}: {ast.unparse(node)!r} is not allowed (use names, "
+                       f"numbers, + - * / **, unary -, and calls of: {allowed})")
+
+    try:
+        out = walk(tree.body)
+    except (TracingError, TypeError) as e:
+        raise VizError(f"expression {text!r}: {e}") from None
+    if not hasattr(out, "tracer"):
+        raise VizError(f"expression {text!r} uses no variable: nothing to draw")
+    graph = tracer.graph([out], name="expression")
+    graph.validate("expression")
+    return graph
+
+
+# ------------------------------------------------------------------ annotations
+@dataclass(frozen=True)
+class Annotations:
+    """Forward values, gradients d output / d node, and per edge (input, consumer) the gradient
+    that consumer sends back to that input (its upstream gradient times its local derivative)."""
+
+    values: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    edge_grads: dict[tuple[str, str], np.ndarray]
+
+
+def annotate(graph: Graph, feeds: Mapping | None = None, params: Mapping | None = None,
+             output: str | None = None) -> Annotations:
+    """Run `graph` and its reverse pass; gradients only when `output` (default the first) is a
+    scalar. Raises GraphError for graphs with opaque ops (they cannot be run)."""
+    output = output or graph.outputs[0]
+    scalar = graph[output].shape == () and graph[output].dtype in FLOAT_DTYPES
+    wrt = [n.name for n in graph.nodes if n.dtype in FLOAT_DTYPES]
+    program = vjp(graph, wrt=wrt, output=output) if scalar else graph
+    grad_names = program.meta.get("grads", {}) if scalar else {}
+    names = [n.name for n in graph.nodes] + list(dict.fromkeys(grad_names.values()))
+    run = Interpreter(program, outputs=names).run(feeds or {}, params or {})
+    values = {n.name: np.asarray(run.outputs[n.name]) for n in graph.nodes}
+    grads = {x: np.asarray(run.outputs[g]) for x, g in grad_names.items()}
+    edge_grads: dict[tuple[str, str], np.ndarray] = {}
+    for node in graph.nodes:
+        if node.name in grads and not node.is_source:
+            for x, contribution in _local_contributions(graph, node, values, grads).items():
+                edge_grads[(x, node.name)] = contribution
+    return Annotations(values, grads, edge_grads)
+
+
+def _local_contributions(graph: Graph, node, values, grads) -> dict[str, np.ndarray]:
+    """Per input of `node`: d/d input of sum(upstream * node(inputs)), computed by autodiff."""
+    op = get_op(node.op)
+    positions = tuple(i for i, x in enumerate(node.inputs) if x in grads)
+    if op is None or op.vjp is None or not positions:
+        return {}
+    upstream = grads[node.name]
+
+    def weighted(*args):
+        return anp.sum(anp.multiply(anp.apply(node.op, *args, **node.attrs), upstream))
+
+    local = grad(weighted, argnums=positions)(*[values[x] for x in node.inputs])
+    out: dict[str, np.ndarray] = {}
+    for i, g in zip(positions, local):
+        if g is not None:
+            name = node.inputs[i]
+            out[name] = out[name] + g if name in out else np.asarray(g)
+    return out
+
+
+def format_tensor(array: np.ndarray | None, what: str) -> str | None:
+    """`value 3` for tensors of <= SMALL_TENSOR elements, `|value| 12.3` (the 2-norm) beyond."""
+    if array is None:
+        return None
+    a = np.asarray(array)
+    if a.size <= SMALL_TENSOR:
+        if a.ndim == 0:
+            return f"{what} {_number(a.item())}"
+        return f"{what} [" + ", ".join(_number(x) for x in a.ravel().tolist()) + "]"
+    norm = float(np.linalg.norm(a.astype(np.float64).ravel()))
+    return f"|{what}| {_number(norm)}"
+
+
+def _number(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    return f"{float(x):.4g}"
+
+
+# ------------------------------------------------------------------ DOT text
+def device_colours(devices: Sequence[str]) -> dict[str, str]:
+    """A distinct fill colour per device name (palette first, then evenly spaced hues)."""
+    colours = {}
+    for i, name in enumerate(devices):
+        if i < len(PALETTE):
+            colours[name] = PALETTE[i]
+        else:
+            hue = (i * 0.618034) % 1.0
+            colours[name] = f"{hue:.3f} 0.35 0.95"   # Graphviz HSV
+    return colours
+
+
+def quote(text: str) -> str:
+    """A DOT double-quoted string (newlines become centred line breaks)."""
+    escaped = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n") + '"'
+
+
+def _attrs(attrs: Mapping[str, object]) -> str:
+    parts = []
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        text = v if isinstance(v, str) and v.startswith("<") and v.endswith(">") else quote(str(v))
+        parts.append(f"{k}={text}")
+    return "[" + ", ".join(parts) + "]"
+
+
+@dataclass(frozen=True)
+class _PlacementView:
+    device_of: dict[str, str]
+    devices: tuple[str, ...]
+    colours: dict[str, str]
+
+
+def _placement_view(placement: Mapping[str, str] | None, devices: Sequence[str] | None
+                    ) -> _PlacementView | None:
+    if placement is None:
+        return None
+    order = tuple(devices) if devices is not None else tuple(dict.fromkeys(placement.values()))
+    unknown = sorted(set(placement.values()) - set(order))
+    if unknown:
+        raise VizError(f"placement names devices {unknown} that are not in the cluster "
+                       f"({', '.join(order)})")
+    return _PlacementView(dict(placement), order, device_colours(order))
+
+
+def _legend(view: _PlacementView) -> str:
+    cells = "".join(f'<td bgcolor="{view.colours[d]}">{_html(d)}</td>' for d in view.devices)
+    return f'<<table border="0" cellspacing="2"><tr><td>devices:</td>{cells}</tr></table>>'
+
+
+def _html(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
+              placement: Mapping[str, str] | None = None, devices: Sequence[str] | None = None,
+              cluster: str | None = None, max_nodes: int = DEFAULT_MAX_NODES) -> str:
+    """One box per node (op, shape, value and gradient when annotated), forward edges, and
+    gradient edges drawn backwards in red. With a placement (node -> device name) nodes are
+    filled with their device's colour and cut tensors are bold with their bytes;
+    `cluster` is "device", "group" or None (default: device when placed, else group)."""
+    if len(graph.nodes) > max_nodes:
+        groups = len({n.group for n in graph.nodes})
+        raise VizError(f"graph {graph.name!r} has {len(graph.nodes)} nodes, more than --max-nodes "
+                       f"{max_nodes}: pass --group to draw one box per layer group ({groups} "
+                       f"boxes), or a larger --max-nodes")
+    view = _placement_view(placement, devices)
+    if view is not None:
+        missing = [n.name for n in graph.nodes if n.name not in view.device_of]
+        if missing:
+            raise VizError(f"placement has no device for node {missing[0]!r} "
+                           f"({len(missing)} nodes missing)")
+    cluster = cluster or ("device" if view else "group")
+    if cluster not in ("device", "group"):
+        raise VizError(f"--cluster must be 'device' or 'group', got {cluster!r}")
+    if cluster == "device" and view is None:
+        raise VizError("--cluster device needs a placement (--placement or --devices)")
+    remote = _remote_devices(graph, view) if view else {}
+
+    lines = [f"digraph {quote(graph.name)} {{",
+             '  graph [rankdir=TB, fontname="Helvetica", labelloc=t, nodesep=0.3];',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+             f'fillcolor="{UNPLACED_COLOUR}"];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    if view:
+        lines.append(f"  graph [label={_legend(view)}];")
+    statements = {n.name: "    " + quote(n.name) + " " + _attrs(
+        _node_attrs(n, annotations, view, remote)) + ";" for n in graph.nodes}
+    lines += _clustered(graph, statements, cluster, view)
+    for node in graph.nodes:
+        for x in dict.fromkeys(node.inputs):
+            attrs: dict[str, object] = {"color": EDGE_COLOUR}
+            if view and view.device_of[x] != view.device_of[node.name]:
+                attrs.update(style="bold", penwidth="2.5", label=format_size(graph[x].nbytes),
+                             color="#000000")
+            lines.append(f"  {quote(x)} -> {quote(node.name)} {_attrs(attrs)};")
+    if annotations:
+        for (x, consumer), g in annotations.edge_grads.items():
+            attrs = {"color": GRAD_COLOUR, "fontcolor": GRAD_COLOUR, "style": "dashed",
+                     "constraint": "false", "arrowhead": "vee", "class": "grad",
+                     "label": format_tensor(g, "grad")}
+            lines.append(f"  {quote(consumer)} -> {quote(x)} {_attrs(attrs)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _remote_devices(graph: Graph, view: _PlacementView) -> dict[str, list[str]]:
+    """Node -> the other devices that read its tensor (SPEC section 2, remote(v))."""
+    remote: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        home = view.device_of[node.name]
+        others = dict.fromkeys(view.device_of[c] for c in graph.consumers(node.name))
+        others.pop(home, None)
+        if others:
+            remote[node.name] = [d for d in view.devices if d in others]
+    return remote
+
+
+def _node_attrs(node, annotations, view, remote) -> dict[str, object]:
+    shape = ",".join(str(d) for d in node.shape)
+    lines = [node.name, f"{node.op} {node.dtype}[{shape}]"]
+    if annotations is not None:
+        lines.append(format_tensor(annotations.values.get(node.name), "value"))
+        lines.append(format_tensor(annotations.grads.get(node.name), "grad"))
+    attrs: dict[str, object] = {}
+    if view is not None:
+        device = view.device_of[node.name]
+        attrs["fillcolor"] = view.colours[device]
+        attrs["tooltip"] = f"{node.name} on {device}"
+        if node.name in remote:
+            lines.append(f"sends {format_size(node.nbytes)} to {', '.join(remote[node.name])}")
+            attrs.update(style="rounded,filled,bold", penwidth="3")
+    attrs["label"] = "\n".join(line for line in lines if line)
+    return attrs
+
+
+def _clustered(graph: Graph, statements: dict[str, str], cluster: str,
+               view: _PlacementView | None) -> list[str]:
+    """Node statements wrapped in one subgraph cluster per device or per layer group."""
+    if cluster == "device":
+        keys = {n.name: view.device_of[n.name] for n in graph.nodes}
+        order = list(view.devices)
+    else:
+        keys = {n.name: n.group for n in graph.nodes}
+        order = list(dict.fromkeys(n.group for n in graph.nodes if n.group is not None))
+    lines = [statements[n.name] for n in graph.nodes if keys[n.name] is None]
+    for i, key in enumerate(order):
+        members = [statements[n.name] for n in graph.nodes if keys[n.name] == key]
+        if not members:
+            continue
+        style = (f'style="rounded,filled", fillcolor="#f7f7f7", color="{view.colours[key]}", '
+                 'penwidth=3' if cluster == "device" else 'style="rounded,dashed", color="#777777"')
+        lines.append(f"  subgraph {quote(f'cluster_{cluster}_{i}')} {{")
+        lines.append(f"    label={quote(key)}; {style};")
+        lines += members
+        lines.append("  }")
+    return lines
+
+
+def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
+                devices: Sequence[str] | None = None, cluster: str | None = "device") -> str:
+    """One box per layer group (per group and device when placed) labelled with its summed
+    forward FLOPs and parameters; an edge per pair of boxes carrying the bytes that flow
+    between them (each tensor counted once per receiving box). Vectorised for large graphs."""
+    from partition.cost import graph_arrays
+    arrays = graph_arrays(graph)
+    view = _placement_view(placement, devices)
+    n_groups = len(arrays.group_names) + 1                      # last: ungrouped
+    group = np.where(arrays.group < 0, n_groups - 1, arrays.group)
+    if view is not None:
+        index = {d: i for i, d in enumerate(view.devices)}
+        try:
+            device = np.fromiter((index[view.device_of[name]] for name in arrays.names),
+                                 np.int64, arrays.n)
+        except KeyError as e:
+            raise VizError(f"placement has no device for node {e.args[0]!r}") from None
+    else:
+        device = np.zeros(arrays.n, dtype=np.int64)
+    k = len(view.devices) if view else 1
+    box = group * k + device
+    size = np.fromiter((graph.nodes[i].size for i in np.flatnonzero(arrays.is_param)), np.int64)
+    params = np.bincount(box[arrays.is_param], weights=size, minlength=n_groups * k)
+    flops = np.bincount(box, weights=arrays.flops, minlength=n_groups * k)
+    ops = np.bincount(box, minlength=n_groups * k)
+    names = [*arrays.group_names, UNGROUPED]
+
+    lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
+             '  graph [rankdir=TB, fontname="Helvetica", labelloc=t];',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+             f'fillcolor="{UNPLACED_COLOUR}"];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    if view:
+        lines.append(f"  graph [label={_legend(view)}];")
+    by_device: dict[int, list[str]] = {}
+    for b in np.flatnonzero(ops):
+        g, d = divmod(int(b), k)
+        label = [names[g]] + ([view.devices[d]] if view else []) + [
+            f"{int(ops[b])} ops, {_number(flops[b])} FLOPs", f"{_number(int(params[b]))} parameters"]
+        attrs = {"label": "\n".join(label)}
+        if view:
+            attrs["fillcolor"] = view.colours[view.devices[d]]
+        by_device.setdefault(d, []).append(f"    {quote(f'box{b}')} {_attrs(attrs)};")
+    for d, members in by_device.items():
+        if view and cluster == "device":
+            lines.append(f"  subgraph {quote(f'cluster_device_{d}')} {{")
+            lines.append(f"    label={quote(view.devices[d])}; style=\"rounded\";")
+            lines += members + ["  }"]
+        else:
+            lines += members
+    # bytes between boxes: distinct (tensor, receiving box) pairs with a different sender box
+    src, dst_box = arrays.in_idx.astype(np.int64), box[arrays.in_dst]
+    keep = box[src] != dst_box
+    pairs = np.unique(src[keep] * (n_groups * k) + dst_box[keep])
+    tensor, target = pairs // (n_groups * k), pairs % (n_groups * k)
+    edge_key = box[tensor] * (n_groups * k) + target
+    keys, inverse = np.unique(edge_key, return_inverse=True)
+    nbytes = np.bincount(inverse, weights=arrays.bytes[tensor], minlength=len(keys))
+    for key, b in zip(keys.tolist(), nbytes.tolist()):
+        a, c = divmod(key, n_groups * k)
+        attrs = {"label": format_size(b), "color": EDGE_COLOUR}
+        if view and a % k != c % k:
+            attrs.update(style="bold", penwidth="2.5", color="#000000")
+        lines.append(f"  {quote(f'box{a}')} -> {quote(f'box{c}')} {_attrs(attrs)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ rendering
+def dot_available() -> bool:
+    return shutil.which("dot") is not None
+
+
+def render(dot_text: str, stem: Path, formats: Sequence[str] = ("svg", "png"),
+           timeout: float = 120.0) -> list[Path]:
+    """Write `stem`.dot and, with Graphviz's `dot` binary, `stem`.<format> for each format.
+
+    Raises VizError naming `apt-get install graphviz` when `dot` is missing (the .dot file is
+    written first, so it is there either way).
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    dot_path = stem.with_suffix(".dot")
+    dot_path.write_text(dot_text, encoding="utf-8")
+    written = [dot_path]
+    if not formats:
+        return written
+    exe = shutil.which("dot")
+    if exe is None:
+        raise VizError(f"Graphviz's `dot` program is not installed, so only {dot_path} was "
+                       "written; install it with `apt-get install graphviz` (or your system's "
+                       "graphviz package) to get SVG and PNG files")
+    for fmt in formats:
+        out = stem.with_suffix("." + fmt)
+        try:
+            subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(out)], check=True,
+                           capture_output=True, text=True, timeout=timeout)
+        except subprocess.CalledProcessError as e:
+            raise VizError(f"dot failed to render {dot_path} as {fmt}: {e.stderr.strip()}") from None
+        except subprocess.TimeoutExpired:
+            raise VizError(f"dot took more than {timeout:.0f} s to render {dot_path}; draw fewer "
+                           "nodes (--group)") from None
+        written.append(out)
+    return written
+
+
+def svg_text(dot_text: str, timeout: float = 120.0) -> str:
+    """The SVG of `dot_text` as a string (for inlining into HTML); VizError without Graphviz."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise VizError("Graphviz's `dot` program is not installed; install it with "
+                       "`apt-get install graphviz` to draw the graph")
+    done = subprocess.run([exe, "-Tsvg"], input=dot_text, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise VizError(f"dot failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def annotate_safely(graph: Graph, feeds=None, params=None) -> Annotations | None:
+    """`annotate`, or None (with a logged reason) for graphs that cannot run here."""
+    try:
+        return annotate(graph, feeds, params)
+    except (GraphError, TracingError, KeyError, ValueError, TypeError) as e:
+        log.warning("drawing %s without values and gradients: %s", graph.name, e)
+        return None
