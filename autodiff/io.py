@@ -2,9 +2,9 @@
 
 Files may be gzip-compressed (`.json.gz`, detected by content when reading). Reading checks
 every rule of the format and raises GraphError naming the file, the node and the rule; nothing
-in a file is ever executed. Attribute values are JSON data: sequences are read back as tuples,
-slices and `...` are stored as `{"$slice": [start, stop, step]}` and `{"$ellipsis": true}`, and
-the `value` of a `const` node is read back as a numpy array of the node's dtype.
+in a file is ever executed. Attribute values are JSON data (the op registry's convention): a
+tuple is written as a list and read back as a list, numpy scalars and arrays become numbers and
+nested lists, and the `value` of a `const` node is read back as a numpy array of its dtype.
 """
 from __future__ import annotations
 
@@ -101,9 +101,7 @@ def graph_from_dict(document: Any, source: str = "<dict>") -> Graph:
                 raise TypeError
             if attrs is None:
                 attrs = {}
-            elif type(attrs) is dict:
-                attrs = _decode_attrs(attrs, d, source)
-            else:
+            elif type(attrs) is not dict:
                 raise TypeError
             append(Node(d["name"], d["op"], tuple(inputs), tuple(d["shape"]), d["dtype"], attrs,
                         group, flops, d.get("grad_of")))
@@ -115,7 +113,7 @@ def graph_from_dict(document: Any, source: str = "<dict>") -> Graph:
         raise GraphError(f"{source}: malformed node ({type(exc).__name__}: {exc})") from None
     for node in graph.nodes:
         if node.op == "const" and "value" in node.attrs:
-            node.attrs["value"] = _const_array(node, source)
+            node.attrs = {**node.attrs, "value": _const_array(node, source)}
     return graph
 
 
@@ -177,31 +175,6 @@ def _check_fields(d: Any, i: int, source: str) -> None:
         raise GraphError(f"{where}: flops must be a non-negative integer, got {d['flops']!r}")
     if "attrs" in d and type(d["attrs"]) is not dict:
         raise GraphError(f"{where}: 'attrs' must be a JSON object, got {_json_type(d['attrs'])}")
-
-
-def _decode_attrs(attrs: dict, d: dict, source: str) -> dict:
-    """JSON attribute values -> in-memory ones (lists -> tuples, tagged slices / ellipsis)."""
-    if d["op"] == "const" and "value" in attrs:  # kept raw; becomes an array after validation
-        return {k: (v if k == "value" else _decode(v, d, k, source)) for k, v in attrs.items()}
-    return {k: _decode(v, d, k, source) for k, v in attrs.items()}
-
-
-def _decode(value: Any, d: dict, key: str, source: str) -> Any:
-    kind = type(value)
-    if kind is list:
-        return tuple(_decode(v, d, key, source) for v in value)
-    if kind is dict:
-        if len(value) == 1 and "$slice" in value:
-            parts = value["$slice"]
-            if (type(parts) is not list or len(parts) != 3
-                    or not all(p is None or type(p) is int for p in parts)):
-                raise GraphError(f"{source}: node {d['name']!r}: attribute {key!r}: $slice must be "
-                                 f"[start, stop, step] of integers or null, got {parts!r}")
-            return slice(*parts)
-        if len(value) == 1 and "$ellipsis" in value:
-            return Ellipsis
-        return {k: _decode(v, d, key, source) for k, v in value.items()}
-    return value
 
 
 def _const_array(node: Node, source: str) -> np.ndarray:
@@ -270,11 +243,6 @@ def _encode(value: Any, node: Node, key: str, graph_name: str) -> Any:
         return value.item()
     if isinstance(value, (list, tuple)):
         return [_encode(v, node, key, graph_name) for v in value]
-    if isinstance(value, slice):
-        return {"$slice": [_encode(v, node, key, graph_name)
-                           for v in (value.start, value.stop, value.step)]}
-    if value is Ellipsis:
-        return {"$ellipsis": True}
     if isinstance(value, dict):
         bad = [k for k in value if not isinstance(k, str)]
         if bad:
