@@ -22,8 +22,11 @@ def apply(op: str, *args, **attrs):
     if tracer is None:
         arrays = [np.asarray(a) for a in args]
         return lookup(op).forward(*arrays, **attrs)
-    # Python numbers are weakly typed: they take the dtype of the tensor operands.
-    tdtype = next((a.dtype for a in args if isinstance(a, Tensor)), None)
+    # Python numbers are weakly typed: they take the dtype of the tensor operands (a float
+    # operand's first, so `where(mask, x, 0.0)` stays in x's dtype).
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    tdtype = next((a.dtype for a in tensors if a.dtype in FLOAT_DTYPES),
+                  tensors[0].dtype if tensors else None)
     inputs = []
     for a in args:
         if isinstance(a, Tensor):
@@ -146,9 +149,20 @@ def take(table, indices, axis: int = 0): return apply("take", table, indices, ax
 
 
 def getitem(x, index):
+    """numpy indexing: ints, slices, None, Ellipsis and one integer array (a traced integer
+    Tensor as the whole index is an embedding lookup: `take` along axis 0)."""
+    if isinstance(index, Tensor):
+        return take(x, index, axis=0)
     from autodiff.ops.shape import encode_index
     return apply("getitem", x, index=encode_index(index, x.shape if isinstance(x, Tensor)
                                                   else np.shape(x)))
+
+
+def zeros_like(x):
+    """Zeros of x's shape and dtype: one scalar const broadcast (no big constant in the graph)."""
+    if not isinstance(x, Tensor):
+        return np.zeros_like(x)
+    return broadcast_to(lift(x.tracer, np.zeros((), dtype=x.dtype)), x.shape)
 
 
 # ------------------------------------------------------------- neural layers

@@ -1,4 +1,290 @@
-"""Convolution and pooling ops on NCHW tensors."""
+"""Convolution and pooling ops on NCHW tensors (square kernels, symmetric padding).
+
+conv2d runs as im2col on a strided view (numpy sliding_window_view) and one tensordot. Its
+gradients are ops of their own (conv2d_input_grad, conv2d_weight_grad) with FLOPs equal to
+the forward's and VJPs of their own, so any order of derivative stays in the graph. Pooling
+gradients go through unfold2d / fold2d, a pair of mutually adjoint linear ops.
+
+FLOPs: conv2d and both of its gradients 2 * out_elems * Cin * kh * kw (out_elems of the
+forward output); pooling one per window element; fold2d one addition per element it scatters;
+unfold2d 0 (it copies).
+"""
 from __future__ import annotations
 
-OPS = []
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from autodiff import numpy as anp
+from autodiff.ops.registry import OpDef, ShapeError, promote
+
+
+def _out_size(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+def _check_geometry(op, x_shape, kh, kw, stride, padding):
+    """(Ho, Wo) of a window sweep over NCHW `x_shape`; ShapeError when it does not fit."""
+    if len(x_shape) != 4:
+        raise ShapeError(f"{op}: input must be NCHW (rank 4), got shape {list(x_shape)}")
+    if stride < 1 or padding < 0:
+        raise ShapeError(f"{op}: stride must be >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}")
+    ho = _out_size(x_shape[2], kh, stride, padding)
+    wo = _out_size(x_shape[3], kw, stride, padding)
+    if ho < 1 or wo < 1:
+        raise ShapeError(f"{op}: a {kh}x{kw} window does not fit input {list(x_shape)} with "
+                         f"padding {padding}")
+    return ho, wo
+
+
+def _windows(x, kh, kw, stride, padding, fill=0.0):
+    """Strided view of x's (padded) windows: (N, C, Ho, Wo, kh, kw)."""
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                   constant_values=fill)
+    return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
+def _scatter_windows(cols, shape, stride, padding):
+    """Adjoint of _windows: add (N, C, Ho, Wo, kh, kw) window values back into `shape`."""
+    n, c, h, w = shape
+    ho, wo, kh, kw = cols.shape[2:]
+    out = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += \
+                cols[:, :, :, :, i, j]
+    return out[:, :, padding:padding + h, padding:padding + w]
+
+
+# ------------------------------------------------------------------ conv2d
+def _conv2d_shape(shapes, dtypes, stride=1, padding=0):
+    x, w = tuple(shapes[0]), tuple(shapes[1])
+    if len(w) != 4:
+        raise ShapeError(f"conv2d: weights must be (out, in, kh, kw), got {list(w)}")
+    if len(x) == 4 and x[1] != w[1]:
+        raise ShapeError(f"conv2d: input has {x[1]} channels, weights expect {w[1]}")
+    ho, wo = _check_geometry("conv2d", x, w[2], w[3], stride, padding)
+    return (x[0], w[0], ho, wo), promote(*dtypes)
+
+
+def _conv2d_numpy(x, w, stride=1, padding=0):
+    win = _windows(x, w.shape[2], w.shape[3], stride, padding)
+    return np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+
+
+def _conv2d_flops(shapes, out_shape, **attrs):
+    w = shapes[1]
+    return 2 * math.prod(out_shape) * w[1] * w[2] * w[3]
+
+
+def _conv2d_input_grad_shape(shapes, dtypes, shape, stride=1, padding=0):
+    g, w = tuple(shapes[0]), tuple(shapes[1])
+    expected, _ = _conv2d_shape([shape, w], dtypes, stride, padding)
+    if g != expected:
+        raise ShapeError(f"conv2d_input_grad: gradient {list(g)} does not match the conv output "
+                         f"{list(expected)}")
+    return tuple(shape), promote(*dtypes)
+
+
+def _conv2d_input_grad_numpy(g, w, shape, stride=1, padding=0):
+    # (N, O, Ho, Wo) x (O, C, kh, kw) -> (N, Ho, Wo, C, kh, kw) -> (N, C, Ho, Wo, kh, kw)
+    cols = np.tensordot(g, w, axes=([1], [0])).transpose(0, 3, 1, 2, 4, 5)
+    return _scatter_windows(cols, tuple(shape), stride, padding)
+
+
+def _conv2d_input_grad_flops(shapes, out_shape, **attrs):
+    g, w = shapes
+    return 2 * math.prod(g) * w[1] * w[2] * w[3]
+
+
+def _conv2d_weight_grad_shape(shapes, dtypes, shape, stride=1, padding=0):
+    x, g = tuple(shapes[0]), tuple(shapes[1])
+    expected, _ = _conv2d_shape([x, shape], dtypes, stride, padding)
+    if g != expected:
+        raise ShapeError(f"conv2d_weight_grad: gradient {list(g)} does not match the conv "
+                         f"output {list(expected)}")
+    return tuple(shape), promote(*dtypes)
+
+
+def _conv2d_weight_grad_numpy(x, g, shape, stride=1, padding=0):
+    win = _windows(x, shape[2], shape[3], stride, padding)
+    return np.tensordot(g, win, axes=([0, 2, 3], [0, 2, 3]))
+
+
+def _conv2d_weight_grad_flops(shapes, out_shape, **attrs):
+    x, g = shapes
+    return 2 * math.prod(g) * out_shape[1] * out_shape[2] * out_shape[3]
+
+
+def _input_grad(g, w, shape, stride, padding):
+    return anp.apply("conv2d_input_grad", g, w, shape=list(shape), stride=stride, padding=padding)
+
+
+def _weight_grad(x, g, shape, stride, padding):
+    return anp.apply("conv2d_weight_grad", x, g, shape=list(shape), stride=stride,
+                     padding=padding)
+
+
+def _bilinear_jvp(fn, t, a, b):
+    """Tangent of bilinear fn(a, b): fn(ta, b) + fn(a, tb)."""
+    terms = [fn(t[0], b) if t[0] is not None else None, fn(a, t[1]) if t[1] is not None else None]
+    terms = [x for x in terms if x is not None]
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _conv2d_vjp(g, out, x, w, stride=1, padding=0):
+    return (_input_grad(g, w, x.shape, stride, padding),
+            _weight_grad(x, g, w.shape, stride, padding))
+
+
+def _conv2d_jvp(t, out, x, w, stride=1, padding=0):
+    return _bilinear_jvp(lambda a, b: anp.conv2d(a, b, stride, padding), t, x, w)
+
+
+def _conv2d_input_grad_vjp(h, out, g, w, shape, stride=1, padding=0):
+    # <input_grad(g, w), h> = <g, conv2d(h, w)>
+    return anp.conv2d(h, w, stride, padding), _weight_grad(h, g, w.shape, stride, padding)
+
+
+def _conv2d_input_grad_jvp(t, out, g, w, shape, stride=1, padding=0):
+    return _bilinear_jvp(lambda a, b: _input_grad(a, b, shape, stride, padding), t, g, w)
+
+
+def _conv2d_weight_grad_vjp(v, out, x, g, shape, stride=1, padding=0):
+    # <weight_grad(x, g), v> = <g, conv2d(x, v)>
+    return _input_grad(g, v, x.shape, stride, padding), anp.conv2d(x, v, stride, padding)
+
+
+def _conv2d_weight_grad_jvp(t, out, x, g, shape, stride=1, padding=0):
+    return _bilinear_jvp(lambda a, b: _weight_grad(a, b, shape, stride, padding), t, x, g)
+
+
+# ------------------------------------------------------------------ pooling
+def _pool_shape(op):
+    def rule(shapes, dtypes, kernel, stride, padding=0):
+        if kernel < 1 or 2 * padding > kernel:
+            raise ShapeError(f"{op}: need kernel >= 1 and padding <= kernel / 2, got "
+                             f"kernel={kernel}, padding={padding}")
+        x = tuple(shapes[0])
+        ho, wo = _check_geometry(op, x, kernel, kernel, stride, padding)
+        return (x[0], x[1], ho, wo), dtypes[0]
+    return rule
+
+
+def _pool_flops(shapes, out_shape, kernel, **attrs):
+    return math.prod(out_shape) * kernel * kernel
+
+
+def _unfold(x, kernel, stride, padding, fill="zero"):
+    return anp.apply("unfold2d", x, kernel=kernel, stride=stride, padding=padding, fill=fill)
+
+
+def _fold(cols, shape, kernel, stride, padding):
+    return anp.apply("fold2d", cols, kernel=kernel, stride=stride, padding=padding,
+                     shape=list(shape))
+
+
+def _with_window_axes(t):
+    return anp.reshape(t, list(t.shape) + [1, 1])
+
+
+def _max_pool_share(x, out, kernel, stride, padding):
+    """Per window element: 1 / (number of maxima in its window) where it is a max, else 0."""
+    win = _unfold(x, kernel, stride, padding, fill="min")
+    hit = anp.astype(anp.equal(win, _with_window_axes(out)), out.dtype)
+    return hit / anp.sum(hit, [4, 5], keepdims=True)
+
+
+def _max_pool_vjp(g, out, x, kernel, stride, padding=0):
+    share = _max_pool_share(x, out, kernel, stride, padding)
+    return (_fold(_with_window_axes(g) * share, x.shape, kernel, stride, padding),)
+
+
+def _max_pool_jvp(t, out, x, kernel, stride, padding=0):
+    share = _max_pool_share(x, out, kernel, stride, padding)
+    return anp.sum(_unfold(t[0], kernel, stride, padding) * share, [4, 5])
+
+
+def _avg_pool_vjp(g, out, x, kernel, stride, padding=0):
+    cols = anp.broadcast_to(_with_window_axes(g * (1.0 / (kernel * kernel))),
+                            list(g.shape) + [kernel, kernel])
+    return (_fold(cols, x.shape, kernel, stride, padding),)
+
+
+def _unfold_shape(shapes, dtypes, kernel, stride, padding=0, fill="zero"):
+    if fill not in ("zero", "min"):
+        raise ShapeError(f"unfold2d: fill must be 'zero' or 'min', got {fill!r}")
+    x = tuple(shapes[0])
+    ho, wo = _check_geometry("unfold2d", x, kernel, kernel, stride, padding)
+    return (x[0], x[1], ho, wo, kernel, kernel), dtypes[0]
+
+
+def _fill_value(x, fill):
+    """Padding value: 0, or for fill='min' one that never wins a max (-inf, or the int min)."""
+    if fill == "zero":
+        return 0
+    dtype = np.asarray(x).dtype
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _unfold_numpy(x, kernel, stride, padding=0, fill="zero"):
+    return np.ascontiguousarray(_windows(x, kernel, kernel, stride, padding,
+                                         _fill_value(x, fill)))
+
+
+def _max_pool_numpy(x, kernel, stride, padding=0):
+    return _windows(x, kernel, kernel, stride, padding, _fill_value(x, "min")).max(axis=(4, 5))
+
+
+def _avg_pool_numpy(x, kernel, stride, padding=0):
+    return _windows(x, kernel, kernel, stride, padding).mean(axis=(4, 5))
+
+
+def _fold_shape(shapes, dtypes, kernel, stride, padding, shape):
+    expected, _ = _unfold_shape([shape], dtypes, kernel, stride, padding)
+    if tuple(shapes[0]) != expected:
+        raise ShapeError(f"fold2d: windows {list(shapes[0])} do not match {list(expected)} for "
+                         f"output {list(shape)}")
+    return tuple(shape), dtypes[0]
+
+
+OPS = [
+    OpDef("conv2d", _conv2d_shape, _conv2d_numpy, _conv2d_flops, vjp=_conv2d_vjp,
+          jvp=_conv2d_jvp, saves=(0, 1), arity=2,
+          doc="cross-correlation of NCHW x with (out, in, kh, kw) weights; no bias"),
+    OpDef("conv2d_input_grad", _conv2d_input_grad_shape, _conv2d_input_grad_numpy,
+          _conv2d_input_grad_flops, vjp=_conv2d_input_grad_vjp, jvp=_conv2d_input_grad_jvp,
+          saves=(0, 1), arity=2,
+          doc="conv2d's gradient w.r.t. its input (a transposed convolution of g with w)"),
+    OpDef("conv2d_weight_grad", _conv2d_weight_grad_shape, _conv2d_weight_grad_numpy,
+          _conv2d_weight_grad_flops, vjp=_conv2d_weight_grad_vjp, jvp=_conv2d_weight_grad_jvp,
+          saves=(0, 1), arity=2, doc="conv2d's gradient w.r.t. its weights (x correlated with g)"),
+    OpDef("max_pool2d", _pool_shape("max_pool2d"), _max_pool_numpy, _pool_flops, vjp=_max_pool_vjp, jvp=_max_pool_jvp, saves=(0, "out"), arity=1,
+          doc="max over kernel x kernel windows (padding never wins); ties split the gradient "
+              "evenly within a window"),
+    OpDef("avg_pool2d", _pool_shape("avg_pool2d"), _avg_pool_numpy, _pool_flops,
+          vjp=_avg_pool_vjp,
+          jvp=lambda t, out, x, kernel, stride, padding=0: anp.avg_pool2d(t[0], kernel, stride,
+                                                                          padding),
+          arity=1, doc="mean over kernel x kernel windows, padding counted as zeros "
+                       "(torch's count_include_pad=True)"),
+    OpDef("unfold2d", _unfold_shape, _unfold_numpy,
+          vjp=lambda g, out, x, kernel, stride, padding=0, fill="zero":
+          (_fold(g, x.shape, kernel, stride, padding),),
+          jvp=lambda t, out, x, kernel, stride, padding=0, fill="zero":
+          _unfold(t[0], kernel, stride, padding), arity=1,
+          doc="windows of NCHW x as (N, C, Ho, Wo, k, k); padding filled with 0 or the dtype's "
+              "minimum (fill='min', for max pooling)"),
+    OpDef("fold2d", _fold_shape,
+          lambda cols, kernel, stride, padding, shape: _scatter_windows(
+              np.asarray(cols), tuple(shape), stride, padding),
+          lambda shapes, out_shape, **attrs: math.prod(shapes[0]),
+          vjp=lambda g, out, cols, kernel, stride, padding, shape:
+          (_unfold(g, kernel, stride, padding),),
+          jvp=lambda t, out, cols, kernel, stride, padding, shape:
+          _fold(t[0], shape, kernel, stride, padding), arity=1,
+          doc="adjoint of unfold2d: adds window values back into an NCHW tensor of `shape`"),
+]

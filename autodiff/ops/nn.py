@@ -1,4 +1,10 @@
-"""Linear algebra and neural-network ops: matmul, activations, losses, normalisation."""
+"""Linear algebra and neural-network ops: matmul, activations, losses, normalisation.
+
+FLOPs: matmul 2*M*N*K; relu, sigmoid, dropout one per element; gelu 8 per element (its cubic
+and tanh); cross_entropy 4 per logit; mse 3 per element; layer_norm and batch_norm 8 per
+element (mean, variance, scale, shift), batch_norm_eval 4. Normalisation gradients recompute
+the statistics from the saved input rather than keeping them: the backward keeps x and gamma.
+"""
 from __future__ import annotations
 
 import math
@@ -6,9 +12,12 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, broadcast_shapes, promote
+from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
+                                   float_dtype, promote)
+from autodiff.ops.reduce import logsumexp_numpy
 
 
+# ------------------------------------------------------------------ matmul
 def _matmul_shape(shapes, dtypes, **attrs):
     a, b = (tuple(s) for s in shapes)
     if not a or not b:
@@ -59,7 +68,264 @@ def _matmul_jvp(t, out, a, b):
     return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
+# ------------------------------------------------------------- activations
+def _unary_float_shape(shapes, dtypes, **attrs):
+    return tuple(shapes[0]), float_dtype(dtypes[0])
+
+
+def _positive(out):
+    return anp.astype(anp.greater(out, 0), out.dtype)
+
+
+GELU_C = math.sqrt(2.0 / math.pi)
+GELU_K = 0.044715
+
+
+def _gelu_numpy(x):
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_K * x * x * x)))
+
+
+def _gelu_derivative(x):
+    """d/dx of 0.5 x (1 + tanh(c (x + k x^3))), built from differentiable ops."""
+    t = anp.tanh((x + x * x * x * GELU_K) * GELU_C)
+    return (1 + t) * 0.5 + x * (1 - t * t) * (1 + x * x * (3 * GELU_K)) * (0.5 * GELU_C)
+
+
+def _sigmoid_numpy(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.result_type(x, np.float16))))
+
+
+# ------------------------------------------------------------------ losses
+def _cross_entropy_shape(shapes, dtypes):
+    logits, labels = tuple(shapes[0]), tuple(shapes[1])
+    if not logits or logits[:-1] != labels:
+        raise ShapeError(f"cross_entropy: labels of shape {list(labels)} must be logits' shape "
+                         f"{list(logits)} without its last (class) axis")
+    if not dtypes[1].startswith(("int", "uint")):
+        raise ShapeError(f"cross_entropy: labels must be integers, got {dtypes[1]}")
+    return (), float_dtype(dtypes[0])
+
+
+def _cross_entropy_numpy(logits, labels):
+    picked = np.take_along_axis(logits, np.asarray(labels, dtype=np.intp)[..., None], -1)[..., 0]
+    return np.mean(logsumexp_numpy(logits, -1) - picked)
+
+
+def _softmax_minus_onehot(logits, labels):
+    """d(cross-entropy summed over samples)/d logits = softmax(logits) - onehot(labels)."""
+    classes = np.arange(logits.shape[-1], dtype=labels.dtype)
+    onehot = anp.astype(anp.equal(anp.expand_dims(labels, -1), classes), logits.dtype)
+    return anp.softmax(logits, -1) - onehot
+
+
+def _cross_entropy_vjp(g, out, logits, labels):
+    n = math.prod(labels.shape)
+    return _softmax_minus_onehot(logits, labels) * (g * (1.0 / n)), None
+
+
+def _cross_entropy_jvp(t, out, logits, labels):
+    if t[0] is None:
+        return None
+    return anp.sum(t[0] * _softmax_minus_onehot(logits, labels)) * (1.0 / math.prod(labels.shape))
+
+
+def _mse_shape(shapes, dtypes):
+    broadcast_shapes(*shapes)
+    return (), float_dtype(promote(*dtypes))
+
+
+def _mse_vjp(g, out, pred, target):
+    n = math.prod(broadcast_shapes(pred.shape, target.shape))
+    d = (pred - target) * (g * (2.0 / n))
+    return d, -d
+
+
+def _mse_jvp(t, out, pred, target):
+    n = math.prod(broadcast_shapes(pred.shape, target.shape))
+    if t[1] is None:
+        dt = t[0]
+    else:
+        dt = -t[1] if t[0] is None else t[0] - t[1]
+    return anp.sum((pred - target) * dt) * (2.0 / n)
+
+
+def _cross_entropy_flops(shapes, out_shape, **attrs):
+    return 4 * math.prod(shapes[0])
+
+
+def _mse_flops(shapes, out_shape, **attrs):
+    return 3 * math.prod(broadcast_shapes(*shapes))
+
+
+# ---------------------------------------------------------- normalisation
+def _normalized(x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over `axes`, and 1 / sqrt(var + eps) (kept dims)."""
+    xc = x - anp.mean(x, axes, keepdims=True)
+    rstd = 1.0 / anp.sqrt(anp.mean(xc * xc, axes, keepdims=True) + eps)
+    return xc * rstd, rstd
+
+
+def _normalized_input_grad(gxhat, xhat, rstd, axes):
+    """Pull a gradient on xhat back through (x - mean) * rstd (statistics over `axes`)."""
+    return rstd * (gxhat - anp.mean(gxhat, axes, keepdims=True)
+                   - xhat * anp.mean(gxhat * xhat, axes, keepdims=True))
+
+
+def _normalize_numpy(x, axes, eps):
+    xc = x - np.mean(x, axis=axes, keepdims=True)
+    return xc / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
+
+
+def _layer_norm_shape(shapes, dtypes, eps=1e-5):
+    x = tuple(shapes[0])
+    if not x or tuple(shapes[1]) != x[-1:] or tuple(shapes[2]) != x[-1:]:
+        raise ShapeError(f"layer_norm: gamma {list(shapes[1])} and beta {list(shapes[2])} must "
+                         f"have shape [{x[-1] if x else '?'}] (x's last axis)")
+    return x, float_dtype(promote(*dtypes))
+
+
+def _layer_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
+    xhat, rstd = _normalized(x, -1, eps)
+    return _normalized_input_grad(g * gamma, xhat, rstd, -1), g * xhat, g
+
+
+def _layer_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
+    xhat, rstd = _normalized(x, -1, eps)
+    terms = []
+    if t[0] is not None:
+        terms.append(_normalized_input_grad(t[0], xhat, rstd, -1) * gamma)
+    if t[1] is not None:
+        terms.append(xhat * t[1])
+    if t[2] is not None:
+        terms.append(t[2])
+    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
+
+
+def _channel_axes(ndim: int) -> list[int]:
+    return [a for a in range(ndim) if a != 1]
+
+
+def _per_channel(v, ndim: int):
+    """A (C,) tensor reshaped to broadcast along axis 1 of a rank-`ndim` tensor."""
+    return anp.reshape(v, [1, v.shape[0]] + [1] * (ndim - 2))
+
+
+def _per_channel_numpy(v, ndim: int):
+    return np.reshape(v, (1, -1) + (1,) * (ndim - 2))
+
+
+def _batch_norm_shape(shapes, dtypes, eps=1e-5):
+    x = tuple(shapes[0])
+    if len(x) < 2:
+        raise ShapeError(f"batch_norm needs a tensor of rank >= 2 (N, C, ...), got {list(x)}")
+    for i, s in enumerate(shapes[1:], start=1):
+        if tuple(s) != (x[1],):
+            raise ShapeError(f"batch_norm: operand {i} has shape {list(s)}; expected [{x[1]}] "
+                             "(one value per channel)")
+    return x, float_dtype(promote(*dtypes))
+
+
+def _batch_norm_numpy(x, gamma, beta, eps=1e-5):
+    xhat = _normalize_numpy(x, tuple(_channel_axes(x.ndim)), eps)
+    return xhat * _per_channel_numpy(gamma, x.ndim) + _per_channel_numpy(beta, x.ndim)
+
+
+def _batch_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
+    axes = _channel_axes(x.ndim)
+    xhat, rstd = _normalized(x, axes, eps)
+    gx = _normalized_input_grad(g * _per_channel(gamma, x.ndim), xhat, rstd, axes)
+    return gx, anp.sum(g * xhat, axes), anp.sum(g, axes)
+
+
+def _batch_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
+    axes = _channel_axes(x.ndim)
+    xhat, rstd = _normalized(x, axes, eps)
+    terms = []
+    if t[0] is not None:
+        terms.append(_normalized_input_grad(t[0], xhat, rstd, axes) * _per_channel(gamma, x.ndim))
+    if t[1] is not None:
+        terms.append(xhat * _per_channel(t[1], x.ndim))
+    if t[2] is not None:
+        terms.append(_per_channel(t[2], x.ndim))
+    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
+
+
+def _batch_norm_eval_numpy(x, gamma, beta, mean, var, eps=1e-5):
+    c = lambda v: _per_channel_numpy(v, x.ndim)  # noqa: E731
+    return (x - c(mean)) / np.sqrt(c(var) + eps) * c(gamma) + c(beta)
+
+
+def _eval_parts(x, mean, var, eps):
+    rstd = 1.0 / anp.sqrt(_per_channel(var, x.ndim) + eps)
+    return (x - _per_channel(mean, x.ndim)) * rstd, rstd
+
+
+def _batch_norm_eval_vjp(g, out, x, gamma, beta, mean, var, eps=1e-5):
+    axes = _channel_axes(x.ndim)
+    xhat, rstd = _eval_parts(x, mean, var, eps)
+    return (g * (_per_channel(gamma, x.ndim) * rstd), anp.sum(g * xhat, axes), anp.sum(g, axes),
+            None, None)
+
+
+def _batch_norm_eval_jvp(t, out, x, gamma, beta, mean, var, eps=1e-5):
+    xhat, rstd = _eval_parts(x, mean, var, eps)
+    terms = []
+    if t[0] is not None:
+        terms.append(t[0] * (_per_channel(gamma, x.ndim) * rstd))
+    if t[1] is not None:
+        terms.append(xhat * _per_channel(t[1], x.ndim))
+    if t[2] is not None:
+        terms.append(_per_channel(t[2], x.ndim))
+    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
+
+
+# ----------------------------------------------------------------- dropout
+def _dropout_shape(shapes, dtypes, rate):
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"dropout rate must be in [0, 1), got {rate}")
+    if broadcast_shapes(*shapes) != tuple(shapes[0]):
+        raise ShapeError(f"dropout mask {list(shapes[1])} does not broadcast to x "
+                         f"{list(shapes[0])}")
+    return tuple(shapes[0]), dtypes[0]
+
+
 OPS = [
     OpDef("matmul", _matmul_shape, lambda a, b: np.matmul(a, b), _matmul_flops,
           vjp=_matmul_vjp, jvp=_matmul_jvp, saves=(0, 1), arity=2),
+    OpDef("relu", lambda shapes, dtypes: (tuple(shapes[0]), dtypes[0]),
+          lambda x: np.maximum(x, 0), elementwise_flops(1),
+          vjp=lambda g, out, x: (g * _positive(out),),
+          jvp=lambda t, out, x: t[0] * _positive(out), saves=("out",), arity=1,
+          doc="max(x, 0); subgradient convention relu'(0) = 0"),
+    OpDef("gelu", _unary_float_shape, _gelu_numpy, elementwise_flops(8),
+          vjp=lambda g, out, x: (g * _gelu_derivative(x),),
+          jvp=lambda t, out, x: t[0] * _gelu_derivative(x), saves=(0,), arity=1,
+          doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
+    OpDef("sigmoid", _unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
+          vjp=lambda g, out, x: (g * out * (1 - out),),
+          jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),
+    OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, _cross_entropy_flops,
+          vjp=_cross_entropy_vjp, jvp=_cross_entropy_jvp, saves=(0, 1), arity=2,
+          doc="mean over samples of logsumexp(logits) - logits[label]; stable; labels get no "
+              "gradient"),
+    OpDef("mse", _mse_shape, lambda p, t: np.mean(np.square(np.subtract(p, t))), _mse_flops,
+          vjp=_mse_vjp, jvp=_mse_jvp, saves=(0, 1), arity=2,
+          doc="mean squared error over all (broadcast) elements"),
+    OpDef("layer_norm", _layer_norm_shape,
+          lambda x, gamma, beta, eps=1e-5: _normalize_numpy(x, -1, eps) * gamma + beta,
+          elementwise_flops(8), vjp=_layer_norm_vjp, jvp=_layer_norm_jvp, saves=(0, 1), arity=3,
+          doc="normalise over the last axis (biased variance), then * gamma + beta"),
+    OpDef("batch_norm", _batch_norm_shape, _batch_norm_numpy, elementwise_flops(8),
+          vjp=_batch_norm_vjp, jvp=_batch_norm_jvp, saves=(0, 1), arity=3,
+          doc="train form: batch statistics over every axis but 1 (biased variance)"),
+    OpDef("batch_norm_eval", _batch_norm_shape, _batch_norm_eval_numpy, elementwise_flops(4),
+          vjp=_batch_norm_eval_vjp, jvp=_batch_norm_eval_jvp, saves=(0, 1, 3, 4), arity=5,
+          doc="eval form: running mean and variance as inputs; they get no gradient"),
+    OpDef("dropout", _dropout_shape, lambda x, mask, rate: x * mask / (1.0 - rate),
+          elementwise_flops(1),
+          vjp=lambda g, out, x, mask, rate: (g * mask * (1.0 / (1.0 - rate)), None),
+          jvp=lambda t, out, x, mask, rate: None if t[0] is None else
+          t[0] * mask * (1.0 / (1.0 - rate)), saves=(1,), arity=2,
+          doc="train form x * mask / (1 - rate); the mask gets no gradient"),
 ]

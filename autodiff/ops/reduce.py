@@ -1,4 +1,9 @@
-"""Reductions over axes (sum, mean, max) and the stable log-sum-exp family."""
+"""Reductions over axes (sum, mean, max) and the stable log-sum-exp family.
+
+FLOPs: one per input element for sum, mean and max; four per input element for logsumexp,
+softmax and log_softmax (max, subtract, exp, sum). The log-sum-exp family subtracts the max
+before exponentiating, so inputs of magnitude 1e4 give finite, exact results.
+"""
 from __future__ import annotations
 
 import math
@@ -6,7 +11,7 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, normalize_axes
+from autodiff.ops.registry import OpDef, ShapeError, float_dtype, normalize_axes
 
 
 def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
@@ -17,6 +22,23 @@ def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
     else:
         out = tuple(d for i, d in enumerate(shape) if i not in axes)
     return out, dtypes[0]
+
+
+def _float_reduce_shape(shapes, dtypes, axis=None, keepdims=False):
+    out, dtype = reduce_shape(shapes, dtypes, axis, keepdims)
+    return out, float_dtype(dtype)
+
+
+def _max_shape(shapes, dtypes, axis=None, keepdims=False):
+    axes = normalize_axes(axis, len(shapes[0]))
+    if any(shapes[0][a] == 0 for a in axes):
+        raise ShapeError(f"max over an empty axis of shape {list(shapes[0])}")
+    return reduce_shape(shapes, dtypes, axis, keepdims)
+
+
+def _softmax_shape(shapes, dtypes, axis=-1):
+    normalize_axes(axis, len(shapes[0]))
+    return tuple(shapes[0]), float_dtype(dtypes[0])
 
 
 def keepdims_shape(in_shape, axis) -> list[int]:
@@ -32,10 +54,37 @@ def expand_reduced(g, in_shape, axis, keepdims):
     return anp.reshape(g, keepdims_shape(in_shape, axis))
 
 
+def _np_axis(axis):
+    return None if axis is None else tuple(np.atleast_1d(axis).tolist())
+
+
 def _reduce_flops(shapes, out_shape, **attrs):
     return math.prod(shapes[0])
 
 
+def _four_per_element(shapes, out_shape, **attrs):
+    return 4 * math.prod(shapes[0])
+
+
+def logsumexp_numpy(x, axis=-1, keepdims=False):
+    """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m the max."""
+    x = np.asarray(x)
+    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    ax = _np_axis(axis)
+    m = np.max(x, axis=ax, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True)) + m
+    return out if keepdims else out.reshape(reduce_shape([x.shape], [""], axis)[0])
+
+
+def _softmax_numpy(x, axis=-1):
+    x = np.asarray(x)
+    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+# -------------------------------------------------------------- sum, mean
 def _sum_vjp(g, out, x, axis=None, keepdims=False):
     return (anp.broadcast_to(expand_reduced(g, x.shape, axis, keepdims), x.shape),)
 
@@ -44,8 +93,78 @@ def _sum_jvp(t, out, x, axis=None, keepdims=False):
     return anp.sum(t[0], axis, keepdims)
 
 
+def _count(shape, axis) -> int:
+    return math.prod(shape[a] for a in normalize_axes(axis, len(shape)))
+
+
+def _mean_vjp(g, out, x, axis=None, keepdims=False):
+    g = expand_reduced(g, x.shape, axis, keepdims) * (1.0 / _count(x.shape, axis))
+    return (anp.broadcast_to(g, x.shape),)
+
+
+# --------------------------------------------------------------------- max
+def _max_share(x, out, axis, keepdims):
+    """Where x attains the max, 1 / (number of maxima in its slice); elsewhere 0."""
+    hit = anp.astype(anp.equal(x, expand_reduced(out, x.shape, axis, keepdims)), out.dtype)
+    return hit / anp.sum(hit, axis, keepdims=True)
+
+
+def _max_vjp(g, out, x, axis=None, keepdims=False):
+    return (expand_reduced(g, x.shape, axis, keepdims) * _max_share(x, out, axis, keepdims),)
+
+
+def _max_jvp(t, out, x, axis=None, keepdims=False):
+    return anp.sum(t[0] * _max_share(x, out, axis, keepdims), axis, keepdims)
+
+
+# ------------------------------------------------------ log-sum-exp family
+def _logsumexp_vjp(g, out, x, axis=-1, keepdims=False):
+    p = anp.exp(x - expand_reduced(out, x.shape, axis, keepdims))
+    return (expand_reduced(g, x.shape, axis, keepdims) * p,)
+
+
+def _logsumexp_jvp(t, out, x, axis=-1, keepdims=False):
+    p = anp.exp(x - expand_reduced(out, x.shape, axis, keepdims))
+    return anp.sum(t[0] * p, axis, keepdims)
+
+
+def _softmax_vjp(g, out, x, axis=-1):
+    return (out * (g - anp.sum(g * out, axis, keepdims=True)),)
+
+
+def _softmax_jvp(t, out, x, axis=-1):
+    return out * (t[0] - anp.sum(t[0] * out, axis, keepdims=True))
+
+
+def _log_softmax_vjp(g, out, x, axis=-1):
+    return (g - anp.exp(out) * anp.sum(g, axis, keepdims=True),)
+
+
+def _log_softmax_jvp(t, out, x, axis=-1):
+    return t[0] - anp.sum(anp.exp(out) * t[0], axis, keepdims=True)
+
+
 OPS = [
     OpDef("sum", reduce_shape, lambda x, axis=None, keepdims=False:
-          np.sum(x, axis=None if axis is None else tuple(np.atleast_1d(axis)), keepdims=keepdims),
+          np.sum(x, axis=_np_axis(axis), keepdims=keepdims),
           _reduce_flops, vjp=_sum_vjp, jvp=_sum_jvp, arity=1),
+    OpDef("mean", _float_reduce_shape, lambda x, axis=None, keepdims=False:
+          np.mean(x, axis=_np_axis(axis), keepdims=keepdims),
+          _reduce_flops, vjp=_mean_vjp,
+          jvp=lambda t, out, x, axis=None, keepdims=False: anp.mean(t[0], axis, keepdims),
+          arity=1),
+    OpDef("max", _max_shape, lambda x, axis=None, keepdims=False:
+          np.max(x, axis=_np_axis(axis), keepdims=keepdims),
+          _reduce_flops, vjp=_max_vjp, jvp=_max_jvp, saves=(0, "out"), arity=1,
+          doc="max reduction; ties split the gradient evenly among the maxima of a slice"),
+    OpDef("logsumexp", _float_reduce_shape, logsumexp_numpy, _four_per_element,
+          vjp=_logsumexp_vjp, jvp=_logsumexp_jvp, saves=(0, "out"), arity=1,
+          doc="log(sum(exp(x))) over axis, stable (max subtracted first)"),
+    OpDef("softmax", _softmax_shape, _softmax_numpy, _four_per_element,
+          vjp=_softmax_vjp, jvp=_softmax_jvp, saves=("out",), arity=1,
+          doc="exp(x) / sum(exp(x)) over one axis, stable (max subtracted first)"),
+    OpDef("log_softmax", _softmax_shape,
+          lambda x, axis=-1: np.asarray(x) - logsumexp_numpy(x, axis, keepdims=True),
+          _four_per_element, vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, saves=("out",),
+          arity=1, doc="x - logsumexp(x) over one axis, stable"),
 ]
