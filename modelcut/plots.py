@@ -1,0 +1,153 @@
+"""Report plots as PNG files: load and memory per device, the simulated schedule, link traffic.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no
+global backend switch), so plotting works on headless machines and in threads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+FORWARD_COLOUR = "#4c78a8"
+BACKWARD_COLOUR = "#f58518"
+TRANSFER_COLOUR = "#9d9d9d"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _scaled(values: np.ndarray, units: Sequence[tuple[float, str]]) -> tuple[np.ndarray, str]:
+    """Values divided by the largest unit not above their maximum, and that unit's name."""
+    top = float(np.max(values)) if len(values) else 0.0
+    for scale, name in units:
+        if top >= scale:
+            return values / scale, name
+    return values, units[-1][1] if units[-1][0] == 1 else ""
+
+
+FLOP_UNITS = ((1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP"),
+              (1, "FLOP"))
+BYTE_UNITS = ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B"))
+TIME_UNITS = ((1, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns"))
+
+
+def load_memory_plot(report: Mapping, path: Path) -> Path:
+    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory
+    (with each device's capacity)."""
+    devices = report["devices"]
+    names = [d["name"] for d in devices]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(names) + 3), 6.5))
+    ax_load, ax_mem = fig.subplots(2, 1)
+    loads, unit = _scaled(np.array([d["train_flops"] for d in devices], float), FLOP_UNITS)
+    ax_load.bar(x, loads, color=FORWARD_COLOUR)
+    if len(loads):
+        mean = loads.mean()
+        ax_load.axhline(mean, color="black", linewidth=1, label="mean")
+        epsilon = report.get("settings", {}).get("epsilon")
+        if epsilon is not None:
+            ax_load.axhline(mean * (1 + epsilon), color="black", linestyle="--", linewidth=1,
+                            label=f"mean x (1 + {epsilon})")
+        ax_load.legend(loc="upper right", fontsize=8)
+    ax_load.set_ylabel(f"train {unit}")
+    ax_load.set_title(f"Load per device (imbalance {report['totals']['imbalance']:.3f})")
+    memory = np.array([d["memory"] for d in devices], float)
+    capacity = np.array([d["capacity"] for d in devices], float)
+    both, munit = _scaled(np.concatenate([memory, capacity]), BYTE_UNITS)
+    mem, cap = both[:len(names)], both[len(names):]
+    ax_mem.bar(x, mem, color=[BACKWARD_COLOUR if m <= c else "#d62728"
+                              for m, c in zip(memory, capacity)])
+    ax_mem.scatter(x, cap, marker="_", s=600, color="black", label="capacity", zorder=3)
+    for xi, m, used in zip(x, mem, memory / np.maximum(capacity, 1)):
+        ax_mem.annotate(f"{100 * used:.0f}%" if used >= 0.01 else f"{100 * used:.2g}%", (xi, m),
+                        textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+    ax_mem.legend(loc="upper right", fontsize=8)
+    ax_mem.set_ylabel(munit)
+    ax_mem.set_title("Memory per device")
+    for ax in (ax_load, ax_mem):
+        ax.set_xticks(x, names, rotation=45 if len(names) > 8 else 0, ha="right"
+                      if len(names) > 8 else "center")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def traffic_plot(report: Mapping, path: Path) -> Path:
+    """Heatmap of bytes sent per step from each device (row) to each device (column)."""
+    names = [d["name"] for d in report["devices"]]
+    traffic = np.asarray(report["link_traffic"], dtype=float)
+    scaled, unit = _scaled(traffic, BYTE_UNITS)
+    k = len(names)
+    fig = Figure(figsize=(max(4.5, 0.55 * k + 2.5), max(3.8, 0.5 * k + 2)))
+    ax = fig.subplots()
+    image = ax.imshow(scaled, cmap="Blues")
+    fig.colorbar(image, ax=ax, label=unit)
+    ax.set_xticks(range(k), names, rotation=45 if k > 6 else 0)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("to")
+    ax.set_ylabel("from")
+    ax.set_title(f"Link traffic per step ({unit})")
+    if k <= 12:
+        top = scaled.max() if scaled.size else 0
+        for a in range(k):
+            for b in range(k):
+                if scaled[a, b] > 0:
+                    ax.text(b, a, f"{scaled[a, b]:.3g}", ha="center", va="center", fontsize=8,
+                            color="white" if scaled[a, b] > 0.6 * top else "black")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) -> Path:
+    """Gantt chart of the simulated step: one row per device with its compute intervals
+    (forward and backward in two colours, micro-batches in shades) and transfers below it."""
+    intervals = simulation.get("intervals") or []
+    k = len(device_names)
+    fig = Figure(figsize=(10, max(2.5, 0.55 * k + 1.5)))
+    ax = fig.subplots()
+    makespan = float(simulation.get("makespan") or 0.0)
+    end_max = max([makespan] + [float(i["end"]) for i in intervals])
+    scale, unit = next(((s, u) for s, u in TIME_UNITS if end_max >= s), TIME_UNITS[-1])
+    for item in intervals:
+        row = int(item["device"])
+        start, end = float(item["start"]) / scale, float(item["end"]) / scale
+        kind = item.get("kind", "forward")
+        if kind == "transfer":
+            ax.broken_barh([(start, end - start)], (row + 0.32, 0.18), color=TRANSFER_COLOUR)
+            continue
+        colour = BACKWARD_COLOUR if kind == "backward" else FORWARD_COLOUR
+        micro = item.get("micro_batch")
+        alpha = 1.0 if micro is None else 0.55 + 0.45 * ((int(micro) % 4) / 3)
+        ax.broken_barh([(start, end - start)], (row - 0.3, 0.6), color=colour, alpha=alpha,
+                       linewidth=0.2, edgecolor="white")
+    ax.set_yticks(range(k), device_names)
+    ax.set_ylim(k - 0.5, -0.7)
+    ax.set_xlim(0, end_max / scale * 1.02 if end_max else 1)
+    ax.set_xlabel(f"time ({unit})")
+    title = f"Simulated step: {makespan / scale:.4g} {unit}"
+    if simulation.get("bubble") is not None:
+        title += f", bubble {100 * simulation['bubble']:.1f}%"
+    if simulation.get("schedule"):
+        title += f" ({simulation['schedule']})"
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[Patch(color=FORWARD_COLOUR, label="forward"),
+                       Patch(color=BACKWARD_COLOUR, label="backward"),
+                       Patch(color=TRANSFER_COLOUR, label="transfer (receiver)")],
+              loc="upper right", fontsize=8)
+    if not intervals:
+        ax.text(0.5, 0.5, "the simulator reported no per-op times", transform=ax.transAxes,
+                ha="center", va="center")
+    fig.tight_layout()
+    return _save(fig, path)
+

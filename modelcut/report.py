@@ -1,0 +1,245 @@
+"""The partition report: one JSON-ready dict built from a placement, written as report.json and
+report.md and printed as rich tables.
+
+Every view (terminal, Markdown, HTML) renders the same `Table` records from `report_tables`, so
+they cannot disagree.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from autodiff.ir import Graph
+from modelcut.units import format_flops, format_size, format_time
+from partition.cluster import Cluster
+from partition.cost import graph_arrays
+
+REPORT_FORMAT = "modelcut.report"
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of already formatted cells; `numeric` marks right-aligned columns."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    numeric: tuple[bool, ...]
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "columns": list(self.columns),
+                "rows": [list(r) for r in self.rows]}
+
+
+def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mapping | None = None,
+                 settings: Mapping | None = None, source: str | None = None) -> dict:
+    """The report of one placement: graph, cluster, per-device rows, totals, top cut tensors,
+    link traffic and (when given, as `SimulationResult.to_dict()`) the simulated step."""
+    metrics = placement.metrics
+    arrays = graph_arrays(graph)
+    k = cluster.k
+    assignment = np.asarray(placement.assignment)
+    sizes = np.fromiter((node.size for node in graph.nodes), np.int64, len(graph.nodes))
+    ops = np.bincount(assignment[~arrays.is_source], minlength=k)
+    parameters = np.bincount(assignment[arrays.is_param], weights=sizes[arrays.is_param],
+                             minlength=k)
+    loads = np.asarray(metrics.loads, dtype=float)
+    total_load = float(loads.sum())
+    memory = np.asarray(metrics.memory)
+    busy = list((simulation or {}).get("busy") or [None] * k)
+    devices = []
+    for d, device in enumerate(cluster.devices):
+        devices.append({
+            "name": device.name, "ops": int(ops[d]), "train_flops": float(loads[d]),
+            "load_share": float(loads[d] / total_load) if total_load else 0.0,
+            "parameters": int(parameters[d]), "memory": int(memory[d]),
+            "capacity": int(device.memory), "memory_share": float(memory[d] / device.memory)
+            if device.memory else 0.0, "flops_per_second": float(device.flops), "busy": busy[d]})
+    totals = {
+        "forward_volume": int(metrics.forward_volume),
+        "backward_volume": int(metrics.backward_volume),
+        "step_volume": int(metrics.step_volume), "edge_cut": int(metrics.edge_cut),
+        "imbalance": float(metrics.imbalance), "acyclic": bool(metrics.acyclic),
+        "time_weighted_volume": float(metrics.time_weighted_volume),
+    }
+    if simulation:
+        totals.update({key: simulation.get(key) for key in
+                       ("makespan", "single_device_time", "speedup", "bubble")})
+    return {
+        "format": REPORT_FORMAT, "version": REPORT_VERSION,
+        "graph": {"name": graph.name, "source": source, "nodes": len(graph.nodes),
+                  "edges": int(arrays.num_edges), "parameters": int(sizes[arrays.is_param].sum()),
+                  "forward_flops": float(arrays.flops.sum()),
+                  "train_flops": float(arrays.train_flops.sum()),
+                  "groups": list(arrays.group_names)},
+        "cluster": {"name": cluster.name, "devices": [d.to_dict() for d in cluster.devices],
+                    "uniform_links": bool(cluster.uniform_links)},
+        "settings": dict(settings or {}),
+        "result": {"algorithm": placement.algorithm, "seconds": float(placement.seconds),
+                   "optimal": placement.optimal, "bound": placement.bound,
+                   "relaxed_by": placement.relaxed_by},
+        "devices": devices,
+        "totals": totals,
+        "top_cut": [{"name": name, "bytes": int(nbytes), "to": list(to)}
+                    for name, nbytes, to in metrics.top_cut],
+        "link_traffic": np.asarray(metrics.link_traffic).astype(int).tolist(),
+        "simulation": dict(simulation) if simulation else None,
+    }
+
+
+# ------------------------------------------------------------------ tables
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _bool(x) -> str:
+    return "-" if x is None else ("yes" if x else "no")
+
+
+def _maybe(value, fmt) -> str:
+    return "-" if value is None else fmt(value)
+
+
+def report_tables(report: Mapping) -> list[Table]:
+    """The tables of a report: devices, totals, top cut tensors, link traffic."""
+    tables = [device_table(report), totals_table(report)]
+    if report["top_cut"]:
+        tables.append(top_cut_table(report))
+    if len(report["devices"]) > 1:
+        tables.append(traffic_table(report))
+    return tables
+
+
+def device_table(report: Mapping) -> Table:
+    rows = []
+    for d in report["devices"]:
+        over = d["memory"] > d["capacity"]
+        memory = f"{format_size(d['memory'])} / {format_size(d['capacity'])} ({_pct(d['memory_share'])})"
+        rows.append((d["name"], str(d["ops"]), format_flops(d["train_flops"]).replace("FLOPS", "FLOP"),
+                     _pct(d["load_share"]), f"{d['parameters']:,}",
+                     memory + (" OVER" if over else ""), _pct(d.get("busy"))))
+    return Table("Devices", ("device", "ops", "train FLOPs", "load share", "parameters",
+                             "memory / capacity", "busy"), tuple(rows),
+                 (False, True, True, True, True, True, True))
+
+
+def totals_table(report: Mapping) -> Table:
+    t, result = report["totals"], report["result"]
+    settings = report.get("settings", {})
+    rows = [
+        ("algorithm", str(result["algorithm"]) + (" (optimal)" if result.get("optimal") else "")),
+        ("partition time", format_time(result["seconds"])),
+        ("forward volume V_f", format_size(t["forward_volume"])),
+        ("backward volume V_b", format_size(t["backward_volume"])),
+        ("step volume V", format_size(t["step_volume"])),
+        ("edge cut", format_size(t["edge_cut"])),
+        ("imbalance", f"{t['imbalance']:.3f}" + (f" (epsilon {settings['epsilon']})"
+                                                 if "epsilon" in settings else "")),
+        ("acyclic", _bool(t["acyclic"])),
+        ("time-weighted volume", format_time(t["time_weighted_volume"])),
+    ]
+    if result.get("relaxed_by"):
+        rows.append(("balance relaxed by", str(result["relaxed_by"])))
+    if t.get("makespan") is not None:
+        rows.append(("simulated step time", format_time(t["makespan"])))
+        rows.append(("speedup vs one device", _maybe(t.get("speedup"), lambda s: f"{s:.2f}x")))
+        if t.get("bubble") is not None:
+            rows.append(("pipeline bubble", _pct(t["bubble"])))
+    return Table("Totals", ("metric", "value"), tuple(rows), (False, True))
+
+
+def top_cut_table(report: Mapping, limit: int = 10) -> Table:
+    rows = tuple((c["name"], format_size(c["bytes"]), ", ".join(c["to"]))
+                 for c in report["top_cut"][:limit])
+    return Table(f"Top {len(rows)} cut tensors", ("tensor", "bytes", "sent to"), rows,
+                 (False, True, False))
+
+
+def traffic_table(report: Mapping) -> Table:
+    names = [d["name"] for d in report["devices"]]
+    rows = tuple((src, *[("-" if a == b else format_size(v)) for b, v in enumerate(row)])
+                 for a, (src, row) in enumerate(zip(names, report["link_traffic"])))
+    return Table("Link traffic per step (row sends to column)", ("from \\ to", *names), rows,
+                 (False, *[True] * len(names)))
+
+
+def compare_table(rows: Sequence[Mapping]) -> Table:
+    """Algorithms side by side: rows of {algorithm, metrics dict or error, seconds}."""
+    out = []
+    for r in rows:
+        if r.get("error"):
+            out.append((r["algorithm"], *["-"] * 6, format_time(r["seconds"]), r["error"]))
+            continue
+        m = r["metrics"]
+        out.append((r["algorithm"], format_size(m["step_volume"]), format_size(m["forward_volume"]),
+                    format_size(m["backward_volume"]), format_size(m["edge_cut"]),
+                    f"{m['imbalance']:.3f}", _bool(m["acyclic"]), format_time(r["seconds"]), ""))
+    return Table("Algorithms", ("algorithm", "V", "V_f", "V_b", "edge cut", "imbalance",
+                                "acyclic", "time", "note"), tuple(out),
+                 (False, True, True, True, True, True, False, True, False))
+
+
+# ------------------------------------------------------------------ renderers
+def rich_table(table: Table):
+    """A rich.Table of `table`."""
+    from rich.table import Table as RichTable
+    out = RichTable(title=table.title, title_justify="left")
+    for name, numeric in zip(table.columns, table.numeric):
+        out.add_column(name, justify="right" if numeric else "left",
+                       style="bold" if name in ("device", "algorithm", "metric") else None)
+    for row in table.rows:
+        out.add_row(*[_rich_cell(cell) for cell in row])
+    return out
+
+
+def _rich_cell(cell: str) -> str:
+    from rich.markup import escape
+    text = escape(cell)
+    return f"[red]{text}[/red]" if cell.endswith("OVER") else text
+
+
+def markdown_table(table: Table) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+    lines = [f"### {table.title}", "",
+             "| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in table.numeric) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(report: Mapping, images: Sequence[str] = ()) -> str:
+    """report.md: a heading with the graph and cluster, then every table, then the plots."""
+    g, c = report["graph"], report["cluster"]
+    head = [f"# modelcut partition: {g['name']} on {c['name']}", "",
+            f"{g['nodes']:,} nodes, {g['edges']:,} edges, {g['parameters']:,} parameters, "
+            f"{format_flops(g['train_flops']).replace('FLOPS', 'FLOP')} per training step; "
+            f"{len(c['devices'])} devices.", ""]
+    body = [markdown_table(t) for t in report_tables(report)]
+    pictures = [f"![{Path(p).stem}]({p})" for p in images]
+    return "\n".join(head + body + pictures) + "\n"
+
+
+def write_report(report: Mapping, out_dir: Path, images: Sequence[str] = ()) -> list[Path]:
+    """Write report.json and report.md into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    md_path.write_text(markdown_report(report, images), encoding="utf-8")
+    return [json_path, md_path]
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"report: cannot write {type(value).__name__} as JSON")
