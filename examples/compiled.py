@@ -1,12 +1,16 @@
-"""Trace once, run many: a compiled `value_and_grad` shared by the training-loop examples.
+"""Helpers shared by the training-loop examples: a compiled `value_and_grad`, optimizer steps.
 
 `ad.value_and_grad` re-traces the function on every call (needed when Python control flow
 depends on the data). When the graph does not change between steps it is ~30x faster to
 trace once, build the training graph with `ad.vjp`, and run it with the Interpreter.
+The optimizers of `executor.optim` update one array at a time; `apply_updates` maps them
+over a pytree of parameters.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+import numpy as np
 
 import autodiff as ad
 from autodiff.interpreter import Interpreter
@@ -44,3 +48,15 @@ def compile_value_and_grad(fn: Callable, params, *data) -> CompiledValueAndGrad:
     """Trace fn(params, *data) once and return a reusable (params, *data) -> (value, grads)."""
     return CompiledValueAndGrad(fn, params, *data)
 
+
+
+def init_states(optimizer, params) -> list[dict]:
+    """One optimizer state per leaf of `params`."""
+    return [optimizer.init_state(np.asarray(p)) for p in tree_flatten(params)[0]]
+
+
+def apply_updates(optimizer, params, grads, states: list[dict]):
+    """One optimizer step on every leaf; a None gradient leaves the leaf and its state as they are."""
+    leaves, rebuild = tree_flatten(params)
+    updated = [optimizer.update(p, g, s) for p, g, s in zip(leaves, tree_flatten(grads)[0], states)]
+    return rebuild([p for p, _ in updated]), [s for _, s in updated]

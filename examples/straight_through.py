@@ -18,7 +18,8 @@ import numpy as np
 
 import autodiff as ad
 from autodiff import numpy as anp
-from compiled import compile_value_and_grad
+from compiled import apply_updates, compile_value_and_grad, init_states
+from executor.optim import Momentum
 
 LEVELS, LO, HI = 5, -1.0, 1.0
 
@@ -44,17 +45,15 @@ def init_params(rng, hidden: int = 16) -> dict:
             "w2": rng.normal(size=(hidden, 2)) * 0.5, "b2": np.zeros(2)}
 
 
-def train(params, x, y, quantized: bool, steps: int = 600, lr: float = 0.1,
-          momentum: float = 0.9) -> dict:
+def train(params, x, y, quantized: bool, steps: int = 600) -> dict:
     """SGD with momentum on the cross-entropy of the (quantized or float) network."""
     loss_and_grad = compile_value_and_grad(
         lambda p, x, y: anp.cross_entropy(logits(p, x, quantized), y), params, x, y)
-    velocity = {k: np.zeros_like(v) for k, v in params.items()}
+    optimizer = Momentum(lr=0.1, momentum=0.9)
+    states = init_states(optimizer, params)
     for _ in range(steps):
         _, grads = loss_and_grad(params, x, y)
-        for k in params:
-            velocity[k] = momentum * velocity[k] + grads[k]
-            params[k] = params[k] - lr * velocity[k]
+        params, states = apply_updates(optimizer, params, grads, states)
     return params
 
 
@@ -78,8 +77,8 @@ def main(seed: int = 0, steps: int = 600, n_train: int = 256, n_test: int = 1000
     true_derivative = (quantized_loss(w_plus, x, y) - quantized_loss(init, x, y)) / eps
     ste_gradient = ad.grad(quantized_loss)(init, x, y)
 
-    ste = train({k: v.copy() for k, v in init.items()}, x, y, quantized=True, steps=steps)
-    full = train({k: v.copy() for k, v in init.items()}, x, y, quantized=False, steps=steps)
+    ste = train(init, x, y, quantized=True, steps=steps)
+    full = train(init, x, y, quantized=False, steps=steps)
     return {
         "true_derivative": float(true_derivative), "ste_gradient": ste_gradient,
         "ste_params": ste, "float_params": full, "test_data": (x_test, y_test),
