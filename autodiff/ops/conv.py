@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, promote
+from autodiff.ops.registry import OpDef, ShapeError, float_dtype, promote
 
 
 def _out_size(n: int, k: int, stride: int, padding: int) -> int:
@@ -170,7 +170,7 @@ def _pool_shape(op):
                              f"kernel={kernel}, padding={padding}")
         x = tuple(shapes[0])
         ho, wo = _check_geometry(op, x, kernel, kernel, stride, padding)
-        return (x[0], x[1], ho, wo), dtypes[0]
+        return (x[0], x[1], ho, wo), float_dtype(dtypes[0]) if op == "avg_pool2d" else dtypes[0]
     return rule
 
 

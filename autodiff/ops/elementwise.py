@@ -127,16 +127,20 @@ def _astype_jvp(t, out, x, dtype):
 
 
 # --------------------------------------------------------- straight-through
-def _quantize(x, levels, lo, hi):
+def _check_quantizer(levels, lo, hi):
     if levels < 2 or not hi > lo:
         raise ShapeError(f"straight_through needs levels >= 2 and hi > lo, got levels={levels}, "
                          f"lo={lo}, hi={hi}")
+
+
+def _quantize(x, levels, lo, hi):
+    _check_quantizer(levels, lo, hi)
     step = (hi - lo) / (levels - 1)
     return np.round((np.clip(x, lo, hi) - lo) / step) * step + lo
 
 
 def _straight_through_shape(shapes, dtypes, levels, lo, hi):
-    _quantize(np.zeros(0), levels, lo, hi)   # validate the attrs
+    _check_quantizer(levels, lo, hi)
     return tuple(shapes[0]), float_dtype(dtypes[0])
 
 

@@ -24,6 +24,11 @@ def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
     return out, dtypes[0]
 
 
+def _sum_shape(shapes, dtypes, axis=None, keepdims=False):
+    out, dtype = reduce_shape(shapes, dtypes, axis, keepdims)
+    return out, "int64" if dtype == "bool" else dtype   # counting a mask gives integers
+
+
 def _float_reduce_shape(shapes, dtypes, axis=None, keepdims=False):
     out, dtype = reduce_shape(shapes, dtypes, axis, keepdims)
     return out, float_dtype(dtype)
@@ -145,7 +150,7 @@ def _log_softmax_jvp(t, out, x, axis=-1):
 
 
 OPS = [
-    OpDef("sum", reduce_shape, lambda x, axis=None, keepdims=False:
+    OpDef("sum", _sum_shape, lambda x, axis=None, keepdims=False:
           np.sum(x, axis=_np_axis(axis), keepdims=keepdims),
           _reduce_flops, vjp=_sum_vjp, jvp=_sum_jvp, arity=1),
     OpDef("mean", _float_reduce_shape, lambda x, axis=None, keepdims=False:

@@ -11,6 +11,7 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ops.registry import OpDef, ShapeError, promote
+from autodiff.trace import Tensor
 
 
 def _reshape_shape(shapes, dtypes, shape):
@@ -117,6 +118,9 @@ def encode_index(index, shape) -> list:
                                        for v in (it.start, it.stop, it.step))])
         elif isinstance(it, (int, np.integer)) and not isinstance(it, (bool, np.bool_)):
             encoded.append(["int", int(it)])
+        elif isinstance(it, Tensor):
+            raise ShapeError(f"traced tensor {it.name!r} inside an index: index with a traced "
+                             "integer tensor alone (x[idx]) or use take(x, idx, axis)")
         else:
             arr = np.asarray(it)
             if arr.dtype.kind not in "iu":
