@@ -262,7 +262,8 @@ OPS = [
     OpDef("conv2d_weight_grad", _conv2d_weight_grad_shape, _conv2d_weight_grad_numpy,
           _conv2d_weight_grad_flops, vjp=_conv2d_weight_grad_vjp, jvp=_conv2d_weight_grad_jvp,
           saves=(0, 1), arity=2, doc="conv2d's gradient w.r.t. its weights (x correlated with g)"),
-    OpDef("max_pool2d", _pool_shape("max_pool2d"), _max_pool_numpy, _pool_flops, vjp=_max_pool_vjp, jvp=_max_pool_jvp, saves=(0, "out"), arity=1,
+    OpDef("max_pool2d", _pool_shape("max_pool2d"), _max_pool_numpy, _pool_flops,
+          vjp=_max_pool_vjp, jvp=_max_pool_jvp, saves=(0, "out"), arity=1,
           doc="max over kernel x kernel windows (padding never wins); ties split the gradient "
               "evenly within a window"),
     OpDef("avg_pool2d", _pool_shape("avg_pool2d"), _avg_pool_numpy, _pool_flops,

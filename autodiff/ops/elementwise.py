@@ -217,7 +217,8 @@ OPS = [
           doc="uniform quantizer to `levels` values in [lo, hi]; backward is the identity "
               "(straight-through estimator)"),
     OpDef("add_n", lambda shapes, dtypes: (broadcast_shapes(*shapes), promote(*dtypes)),
-          lambda *xs: _add_n(xs), lambda shapes, out, **a: max(len(shapes) - 1, 0) * int(np.prod(out)),
+          lambda *xs: _add_n(xs),
+          lambda shapes, out, **a: max(len(shapes) - 1, 0) * int(np.prod(out)),
           vjp=lambda g, out, *xs: tuple(g for _ in xs),
           jvp=lambda t, out, *xs: _tangent_sum(*t),
           doc="sum of n tensors: fan-out gradient accumulation, split per device by the executor"),

@@ -209,6 +209,18 @@ def test_gradient_matches_central_differences(case):
     ad.check_grad(case.fn, *case.args, argnums=case.argnums)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.id == c.op], ids=lambda c: c.id)
+def test_gradient_graph_builds_from_shapes_alone(case):
+    """Abstract tracing (no values, as for billion-parameter graphs) through vjp and jvp."""
+    graph = ad.trace(case.fn, *case.args, abstract=True)
+    wrt = [graph.inputs[i].name for i in (case.argnums or range(len(case.args)))
+           if str(np.asarray(case.args[i]).dtype) in FLOAT_DTYPES]
+    train = ad.vjp(graph, wrt=wrt)
+    assert set(train.meta["grads"]) == set(wrt)
+    for name in wrt:
+        assert train[train.meta["grads"][name]].shape == graph[name].shape
+
+
 def _vjp_values(case: Case, poisoned: set) -> list:
     """Run the op's VJP with the values in `poisoned` (input positions, "out") unknown.
 
