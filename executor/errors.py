@@ -1,0 +1,22 @@
+"""Exceptions of the executor package; each message names the device, node or field at fault."""
+from __future__ import annotations
+
+
+class ExecutorError(ValueError):
+    """Base class of every error raised by the executor package."""
+
+
+class PlanError(ExecutorError):
+    """A training graph and placement cannot be turned into consistent per-device programs."""
+
+
+class ScheduleError(ExecutorError):
+    """A pipeline schedule is malformed: a missing or repeated action, or a broken dependency."""
+
+
+class OptimizerError(ExecutorError):
+    """An unknown optimizer or a bad hyper-parameter."""
+
+
+class CheckpointError(ExecutorError):
+    """A checkpoint directory is missing a file or does not match the executor it is loaded into."""
