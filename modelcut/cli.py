@@ -1,0 +1,53 @@
+"""The `modelcut` command line: one subcommand per module in modelcut/commands/.
+
+Errors raised by modelcut's own packages (ConfigError, GraphError, PlacementError, ...) and
+file-system errors print their message on stderr, without a traceback, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from modelcut.commands import check, graph
+
+# The commands `modelcut --help` lists, in this order. Each module has add_parser and run.
+COMMANDS = [graph, check]
+PACKAGES = ("autodiff", "partition", "executor", "modelcut")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelcut",
+        description="Partition a neural network's computational graph across devices to "
+                    "minimise communication, and train it with one Ray actor per device.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v info, -vv debug)")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers).set_defaults(run=command.run)
+    return parser
+
+
+def is_package_error(exc: BaseException) -> bool:
+    """Whether `exc` is one of modelcut's own *Error classes (or a subclass of one)."""
+    return any(cls.__name__.endswith("Error") and cls.__module__.split(".")[0] in PACKAGES
+               for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `modelcut` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=max(logging.DEBUG, logging.WARNING - 10 * args.verbose),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except Exception as exc:
+        if not (is_package_error(exc) or isinstance(exc, OSError)):
+            raise
+        print(f"modelcut: error: {exc}", file=sys.stderr)
+        return 2

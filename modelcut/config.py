@@ -1,0 +1,605 @@
+"""Experiment configs: YAML read with yaml.safe_load and validated by strict pydantic models.
+
+Every problem becomes one line `FILE: key.path: expected ..., got ...`; all of them are raised
+together as a ConfigError. Unknown keys are errors (with a did-you-mean suggestion), so a
+misspelt section never falls back to its defaults. Quantities accept units (`16GB`, `25GB/s`,
+`19.5 TFLOPS`, `10us`). Paths (`model.graph`, `cluster.file`) are relative to the config file.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Optional, Union
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
+                      ValidationError, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from modelcut.units import UnitError, parse_bandwidth, parse_flops, parse_size, parse_time
+
+__all__ = ["ConfigError", "Config", "load_config", "validate_config"]
+
+
+class ConfigError(ValueError):
+    """A config breaks the schema; `problems` holds one `FILE: key.path: ...` line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# ------------------------------------------------------------------ value rules
+def _did_you_mean(word: Any, options) -> str:
+    """` (did you mean 'x'?)` for the closest option (spelling, or a shared prefix), else ''."""
+    if not isinstance(word, str):
+        return ""
+    options = list(options)
+    close = difflib.get_close_matches(word, options, 1)
+    if not close:
+        close = sorted((o for o in options if word.startswith(o) or o.startswith(word)),
+                       key=len, reverse=True)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _expected(phrase: str, **context) -> PydanticCustomError:
+    detail = context.get("detail")
+    return PydanticCustomError("expected", phrase + (f" ({detail})" if detail else ""))
+
+
+def _rule(phrase: str, test: Callable[[Any], bool], convert: Callable = lambda v: v):
+    """A BeforeValidator: `test` the raw YAML value, else fail with `expected <phrase>`."""
+    def check(value):
+        if not test(value):
+            raise _expected(phrase)
+        return convert(value)
+    return BeforeValidator(check)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_number(v) -> float | None:
+    """A finite number from YAML (PyYAML reads `1e-3` as a string, so numeric strings count)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return None
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return v
+    return None
+
+
+def _quantity(phrase: str, parse: Callable, positive: bool = True):
+    """A BeforeValidator for a unit-bearing quantity (parsed by modelcut.units)."""
+    def check(value):
+        try:
+            number = parse(value)
+        except UnitError as exc:
+            detail = str(exc).split(": ", 1)[-1].split(" (expected")[0]
+            detail = "" if detail.startswith("expected") else detail
+            raise _expected(phrase, detail=detail) from None
+        if positive and number <= 0:
+            raise _expected(phrase)
+        return number
+    return BeforeValidator(check)
+
+
+def _choice(*options: str):
+    """A string that must be one of `options` (with a did-you-mean hint)."""
+    def check(value):
+        if value in options:
+            return value
+        raise PydanticCustomError("expected", f"expected one of {', '.join(options)}"
+                                  f"{_did_you_mean(value, options)}")
+    return Annotated[str, BeforeValidator(check)]
+
+
+PositiveInt = Annotated[int, _rule("expected a positive integer", lambda v: _is_int(v) and v > 0)]
+NonNegativeInt = Annotated[int, _rule("expected a non-negative integer",
+                                      lambda v: _is_int(v) and v >= 0)]
+Integer = Annotated[int, _rule("expected an integer", _is_int)]
+PositiveNumber = Annotated[float, _rule("expected a positive number",
+                                        lambda v: (_as_number(v) or 0) > 0, _as_number)]
+NonNegativeNumber = Annotated[float, _rule("expected a non-negative number",
+                                           lambda v: _as_number(v) is not None
+                                           and _as_number(v) >= 0, _as_number)]
+Fraction = Annotated[float, _rule("expected a number in [0, 1)",
+                                  lambda v: _as_number(v) is not None and 0 <= _as_number(v) < 1,
+                                  _as_number)]
+Flag = Annotated[bool, _rule("expected true or false", lambda v: isinstance(v, bool))]
+Text = Annotated[str, _rule("expected a non-empty string", lambda v: isinstance(v, str) and v)]
+Size = Annotated[int, _quantity("expected a positive size such as 16GB, 512MiB or 1.5e9",
+                                parse_size)]
+Bandwidth = Annotated[float, _quantity("expected a positive bandwidth such as 25GB/s or 10Gb/s",
+                                       parse_bandwidth)]
+FlopRate = Annotated[float, _quantity("expected a positive FLOP rate such as 19.5 TFLOPS or 1e12",
+                                      parse_flops)]
+Latency = Annotated[float, _quantity("expected a time such as 10us or 1ms", parse_time,
+                                     positive=False)]
+Seconds = Annotated[float, _quantity("expected a positive time such as 30s or 2min", parse_time)]
+Dtype = _choice("float32", "float64")
+PinTarget = Annotated[Union[int, str], _rule("expected a device name or a device index",
+                                             lambda v: (_is_int(v) and v >= 0)
+                                             or (isinstance(v, str) and v))]
+Betas = Annotated[tuple[float, float], _rule(
+    "expected a list of two numbers in [0, 1)",
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+    and all(_as_number(b) is not None and 0 <= _as_number(b) < 1 for b in v),
+    lambda v: tuple(_as_number(b) for b in v))]
+
+
+# ----------------------------------------------------------------- base section
+class Section(BaseModel):
+    """Strict, frozen, no extra keys; unknown keys get a did-you-mean suggestion and
+    `problems()` adds cross-field checks, all reported together with the field errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_section(cls, data, handler):
+        if not isinstance(data, dict):
+            return handler(data)
+        known = set(cls.model_fields)
+        errors = []
+        for key in data:
+            if key not in known:
+                hint = (_did_you_mean(key, cls.model_fields)
+                        or f" (expected one of {', '.join(cls.model_fields)})")
+                errors.append(InitErrorDetails(type=PydanticCustomError(
+                    "unknown_key", f"unknown key{hint}"), loc=(key,), input=data[key]))
+        try:
+            section = handler({k: v for k, v in data.items() if k in known})
+        except ValidationError as exc:
+            if not errors:
+                raise
+            errors += [_reraisable(e) for e in exc.errors()]
+            raise ValidationError.from_exception_data(cls.__name__, errors) from None
+        errors += [InitErrorDetails(type=_expected(phrase), loc=(key,), input=value)
+                   for key, phrase, value in section.problems()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return section
+
+    def problems(self) -> list[tuple[str, str, Any]]:
+        """Cross-field problems as (key, 'expected ...', value)."""
+        return []
+
+
+def _reraisable(error: dict) -> InitErrorDetails:
+    """A pydantic error dict in the form ValidationError.from_exception_data accepts."""
+    return InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]),
+                            loc=error["loc"], input=error.get("input"))
+
+
+# ----------------------------------------------------------------------- model
+class GraphModel(Section):
+    """A graph file: modelcut.graph JSON (`.json`, `.json.gz`) or ONNX (`.onnx`)."""
+    graph: Text
+    dims: Optional[dict[str, PositiveInt]] = None   # ONNX symbolic dimensions, e.g. {batch: 8}
+
+
+class MLPModel(Section):
+    builder: Literal["mlp"]
+    layers: PositiveInt = 2
+    width: PositiveInt
+    in_features: PositiveInt = 64
+    classes: PositiveInt = 10
+    batch: PositiveInt
+    activation: _choice("relu", "gelu", "tanh", "sigmoid") = "relu"
+    dtype: Dtype = "float32"
+
+
+class GPTModel(Section):
+    builder: Literal["gpt"]
+    layers: PositiveInt
+    d_model: PositiveInt
+    heads: PositiveInt
+    seq: PositiveInt
+    vocab: PositiveInt
+    batch: PositiveInt
+    tied: Flag = True
+    dtype: Dtype = "float32"
+
+    def problems(self):
+        if self.d_model % self.heads:
+            return [("heads", f"expected a divisor of d_model ({self.d_model})", self.heads)]
+        return []
+
+
+class LSTMModel(Section):
+    builder: Literal["lstm"]
+    layers: PositiveInt = 1
+    hidden: PositiveInt
+    vocab: PositiveInt
+    seq: PositiveInt
+    batch: PositiveInt
+    skip: Flag = True
+    dtype: Dtype = "float32"
+
+
+class ResNetModel(Section):
+    builder: Literal["resnet"]
+    channels: Annotated[list[PositiveInt], Field(min_length=1)]
+    blocks: PositiveInt = 1
+    image: PositiveInt = 16
+    in_channels: PositiveInt = 3
+    classes: PositiveInt = 10
+    batch: PositiveInt
+    dtype: Dtype = "float32"
+
+
+BUILDER_MODELS = {"mlp": MLPModel, "gpt": GPTModel, "lstm": LSTMModel, "resnet": ResNetModel}
+
+
+def _model_kind(data) -> str | None:
+    if isinstance(data, BaseModel):
+        return "graph" if isinstance(data, GraphModel) else data.builder
+    if not isinstance(data, dict):
+        return None
+    return "graph" if "graph" in data else data.get("builder")
+
+
+ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
+                               *(Annotated[m, Tag(k)] for k, m in BUILDER_MODELS.items())],
+                         Discriminator(_model_kind)]
+
+
+# --------------------------------------------------------------------- cluster
+class UniformBody(Section):
+    devices: PositiveInt
+    flops: Optional[FlopRate] = None
+    memory: Optional[Size] = None
+    bandwidth: Optional[Bandwidth] = None
+    latency: Optional[Latency] = None
+
+
+class UniformCluster(Section):
+    """`uniform: {devices: 4, ...}`: identical devices, identical links."""
+    uniform: UniformBody
+    name: Optional[Text] = None
+
+
+class HierarchicalCluster(Section):
+    """`nodes` machines of `devices_per_node` devices: fast links inside, slower between."""
+    nodes: PositiveInt
+    devices_per_node: PositiveInt
+    flops: Optional[FlopRate] = None
+    memory: Optional[Size] = None
+    intra: Optional[Bandwidth] = None
+    inter: Optional[Bandwidth] = None
+    intra_latency: Optional[Latency] = None
+    inter_latency: Optional[Latency] = None
+    name: Optional[Text] = None
+
+
+class DeviceEntry(Section):
+    name: Text
+    flops: FlopRate
+    memory: Size
+
+
+class LinkEntry(Section):
+    a: Text
+    b: Text
+    bandwidth: Bandwidth
+    latency: Optional[Latency] = None
+
+
+class ExplicitCluster(Section):
+    """Listed devices and links; pairs without a link use the defaults."""
+    devices: Annotated[list[DeviceEntry], Field(min_length=1)]
+    links: list[LinkEntry] = []
+    default_bandwidth: Optional[Bandwidth] = None
+    default_latency: Optional[Latency] = None
+    name: Optional[Text] = None
+
+    def problems(self):
+        names = [d.name for d in self.devices]
+        found = [(f"devices[{i}]", "expected a device name used once", n)
+                 for i, n in enumerate(names) if n in names[:i]]
+        seen = set()
+        for i, link in enumerate(self.links):
+            for end in ("a", "b"):
+                value = getattr(link, end)
+                if value not in names:
+                    found.append((f"links[{i}]", f"expected {end} to name a listed device"
+                                  f"{_did_you_mean(value, names)}", value))
+            pair = frozenset((link.a, link.b))
+            if link.a == link.b:
+                found.append((f"links[{i}]", "expected two different devices", [link.a, link.b]))
+            elif pair in seen:
+                found.append((f"links[{i}]", "expected each pair of devices linked once",
+                              [link.a, link.b]))
+            seen.add(pair)
+        return found
+
+
+class FileCluster(Section):
+    """`file: cluster.yaml`: a cluster section in its own file (as `modelcut calibrate` writes)."""
+    file: Text
+
+
+def _cluster_kind(data) -> str | None:
+    if isinstance(data, BaseModel):
+        return CLUSTER_KINDS.get(type(data))
+    if not isinstance(data, dict):
+        return None
+    for key, kind in (("file", "file"), ("uniform", "uniform"), ("nodes", "hierarchical"),
+                      ("devices_per_node", "hierarchical"), ("devices", "explicit")):
+        if key in data:
+            return kind
+    return None
+
+
+CLUSTER_KINDS = {FileCluster: "file", UniformCluster: "uniform",
+                 HierarchicalCluster: "hierarchical", ExplicitCluster: "explicit"}
+ClusterBody = Annotated[Union[Annotated[UniformCluster, Tag("uniform")],
+                              Annotated[HierarchicalCluster, Tag("hierarchical")],
+                              Annotated[ExplicitCluster, Tag("explicit")]],
+                        Discriminator(_cluster_kind)]
+ClusterSection = Annotated[Union[Annotated[FileCluster, Tag("file")],
+                                 Annotated[UniformCluster, Tag("uniform")],
+                                 Annotated[HierarchicalCluster, Tag("hierarchical")],
+                                 Annotated[ExplicitCluster, Tag("explicit")]],
+                           Discriminator(_cluster_kind)]
+UNION_TAGS = {"graph", *BUILDER_MODELS, "file", "uniform", "hierarchical", "explicit"}
+
+
+class ClusterFile(Section):
+    """A file named by `cluster.file`: one cluster section (not itself a `file:` reference)."""
+    cluster: ClusterBody
+
+
+# ------------------------------------------------------------ partition, training
+def _known_algorithms() -> list[str] | None:
+    """Names in partition.algorithms.ALGORITHMS, or None when that registry is unavailable."""
+    try:
+        from partition.algorithms import ALGORITHMS
+    except ImportError:
+        return None
+    return sorted(set(ALGORITHMS) | {"auto"}) if ALGORITHMS else None
+
+
+class PartitionSection(Section):
+    algorithm: Text = "auto"
+    epsilon: NonNegativeNumber = 0.10
+    acyclic: Flag = False
+    seed: Optional[Integer] = None
+    time_limit: Optional[Seconds] = None
+    objective: Optional[_choice("volume", "time")] = None
+    pin: dict[str, PinTarget] = {}
+
+    def problems(self):
+        known = _known_algorithms()
+        if known is None or self.algorithm in known:
+            return []
+        return [("algorithm", f"expected one of {', '.join(known)}"
+                              f"{_did_you_mean(self.algorithm, known)}", self.algorithm)]
+
+
+class TrainingSection(Section):
+    steps: PositiveInt = 100
+    optimizer: _choice("sgd", "momentum", "adam") = "sgd"
+    lr: PositiveNumber = 0.01
+    momentum: Fraction = 0.9
+    weight_decay: NonNegativeNumber = 0.0
+    betas: Betas = (0.9, 0.999)
+    micro_batches: PositiveInt = 1
+    schedule: _choice("gpipe", "1f1b", "sequential") = "sequential"
+    seed: Optional[Integer] = None
+    checkpoint_every: NonNegativeInt = 0
+    dtype: Optional[Dtype] = None     # None: the model's dtype
+
+
+# ------------------------------------------------------------------------ config
+class Config(Section):
+    """One experiment: a model, a cluster, how to partition it and how to train it.
+
+    Defaults: a uniform cluster of 2 devices (preset speeds), `partition.seed` and
+    `training.seed` equal to the top-level `seed`.
+    """
+
+    name: Optional[Text] = None
+    seed: Integer = 0
+    model: ModelSection
+    cluster: ClusterSection = UniformCluster(uniform=UniformBody(devices=2))
+    partition: PartitionSection = PartitionSection()
+    training: TrainingSection = TrainingSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_seeds(cls, data):
+        """Sections without their own seed take the top-level one."""
+        if isinstance(data, dict) and _is_int(data.get("seed", 0)):
+            data = dict(data)
+            for key in ("partition", "training"):
+                section = data.get(key, {})
+                if isinstance(section, dict) and "seed" not in section:
+                    data[key] = {**section, "seed": data.get("seed", 0)}
+        return data
+
+    def model_kwargs(self) -> tuple[str, dict]:
+        """(builder name, keyword arguments) for `autodiff.models.BUILDERS[name](**kwargs)`."""
+        if isinstance(self.model, GraphModel):
+            raise ConfigError([f"{self.name}: model: is a graph file ({self.model.graph}), "
+                               "not a builder"])
+        kwargs = self.model.model_dump(exclude={"builder"})
+        if "channels" in kwargs:
+            kwargs["channels"] = list(kwargs["channels"])
+        return self.model.builder, kwargs
+
+    def forward_graph(self):
+        """The model's forward Graph: built by its builder, or read from `model.graph`."""
+        if isinstance(self.model, GraphModel):
+            path = Path(self.model.graph)
+            if path.suffix == ".onnx":
+                from autodiff.onnx_import import load_onnx
+                return load_onnx(path, dims=self.model.dims)
+            from autodiff.io import load_graph
+            return load_graph(path)
+        from autodiff.models import BUILDERS
+        builder, kwargs = self.model_kwargs()
+        return BUILDERS[builder](**kwargs)
+
+    def cluster_spec(self) -> dict:
+        """The cluster as plain numbers in a shape `partition.cluster.Cluster.from_spec` takes."""
+        return _cluster_spec(self.cluster)
+
+
+def _cluster_spec(cluster) -> dict:
+    if isinstance(cluster, FileCluster):
+        raise ConfigError([f"cluster.file {cluster.file!r} was not loaded; use load_config()"])
+    return cluster.model_dump(exclude_none=True)
+
+
+# ------------------------------------------------------------------------ loading
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; raise ConfigError listing every problem."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if isinstance(data, dict):
+        data = dict(data)
+        data.setdefault("name", path.name.split(".")[0])
+        _resolve_paths(data, path.parent)
+    config = validate_config(data, str(path))
+    problems: list[str] = []
+    if isinstance(config.model, GraphModel) and not Path(config.model.graph).is_file():
+        problems.append(f"{path}: model.graph: expected an existing file, got "
+                        f"{config.model.graph!r}")
+    if isinstance(config.cluster, FileCluster):
+        try:
+            config = config.model_copy(update={"cluster": _load_cluster_file(config.cluster)})
+        except ConfigError as exc:
+            problems += exc.problems
+    if not problems:
+        problems += _check_cluster(config, str(path))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def validate_config(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed config data; `source` names it in the problem lines."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping of sections (model, cluster, "
+                           f"partition, training), got {_show(data)}"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(source, e) for e in exc.errors()]) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Make `model.graph` and `cluster.file` relative to the config file's folder."""
+    for section, key in (("model", "graph"), ("cluster", "file")):
+        body = data.get(section)
+        if isinstance(body, dict) and isinstance(body.get(key), str) and body[key]:
+            data[section] = {**body, key: str(base / Path(body[key]).expanduser())}
+
+
+def _load_cluster_file(reference: FileCluster):
+    """The cluster section stored in `cluster.file` (with or without a `cluster:` key)."""
+    path = Path(reference.file)
+    data = _read_yaml(path)
+    if not (isinstance(data, dict) and "cluster" in data):
+        data = {"cluster": data}
+    try:
+        return ClusterFile.model_validate(data).cluster
+    except ValidationError as exc:
+        raise ConfigError([_describe(str(path), e) for e in exc.errors()]) from None
+
+
+def _check_cluster(config: Config, source: str) -> list[str]:
+    """Build the Cluster (when partition is importable) and check pins name its devices."""
+    try:
+        from partition.cluster import Cluster
+        from partition.errors import ClusterError
+    except ImportError:
+        return []
+    try:
+        cluster = Cluster.from_spec(config.cluster_spec())
+    except ClusterError as exc:
+        return [f"{source}: {exc}"]
+    problems = []
+    for pattern, target in config.partition.pin.items():
+        if isinstance(target, int) and target >= cluster.k:
+            problems.append(f"{source}: partition.pin.{pattern}: expected a device index below "
+                            f"{cluster.k}, got {target}")
+        elif isinstance(target, str) and target not in cluster.device_names:
+            problems.append(f"{source}: partition.pin.{pattern}: expected one of the cluster's "
+                            f"devices{_did_you_mean(target, cluster.device_names)}, "
+                            f"got {target!r}")
+    return problems
+
+
+# ------------------------------------------------------------------- messages
+TYPE_WORDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+              "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+              "model_type": "a mapping", "model_attributes_type": "a mapping",
+              "tuple_type": "a list"}
+UNION_HELP = {
+    "model": ("expected a mapping with `graph: FILE` or `builder: "
+              f"{'|'.join(BUILDER_MODELS)}`"),
+    "cluster": ("expected a mapping with `uniform: {devices: N, ...}`, `nodes: N` and "
+                "`devices_per_node: M`, a `devices:` list, or `file: PATH`"),
+}
+
+
+def _describe(source: str, error: dict) -> str:
+    """One `FILE: key.path: expected ..., got ...` line for a pydantic error."""
+    loc = list(error["loc"])
+    if len(loc) > 1 and loc[0] in ("model", "cluster") and loc[1] in UNION_TAGS:
+        del loc[1]   # the discriminated-union tag pydantic inserts
+    kind, value = error["type"], error.get("input")
+    if kind == "missing":
+        text = "missing required key"
+    elif kind == "unknown_key":
+        text = error["msg"]
+    elif kind == "expected":
+        text = f"{error['msg']}, got {_show(value)}"
+    elif kind in TYPE_WORDS:
+        text = f"expected {TYPE_WORDS[kind]}, got {_show(value)}"
+    elif kind == "too_short":
+        text = f"expected at least {error.get('ctx', {}).get('min_length', 1)} item(s), got none"
+    elif kind == "union_tag_invalid" and loc == ["model"]:
+        tag = error.get("ctx", {}).get("tag")
+        loc, text = ["model", "builder"], (f"expected one of {', '.join(BUILDER_MODELS)}"
+                                           f"{_did_you_mean(tag, BUILDER_MODELS)}, got {_show(tag)}")
+    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc and loc[0] in UNION_HELP:
+        text = f"{UNION_HELP[loc[0]]}, got {_show(value)}"
+    else:
+        text = f"{error['msg']}, got {_show(value)}"
+    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                   for i, p in enumerate(loc))
+    return f"{source}: {path or '(top level)'}: {text}"
+
+
+def _show(value: Any) -> str:
+    """A YAML-flavoured, bounded rendering of an offending value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
