@@ -27,8 +27,10 @@ def sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
     axes = list(range(lead)) + [lead + i for i, d in enumerate(shape)
                                 if d == 1 and g.shape[lead + i] != 1]
     out = anp.sum(g, axes, keepdims=True) if axes else g
-    if tuple(out.shape) != tuple(shape):
-        out = anp.reshape(out, list(shape))
+    if lead:
+        out = anp.reshape(out, list(out.shape[lead:]))
+    if tuple(out.shape) != tuple(shape):   # a gradient smaller than its operand broadcasts up
+        out = anp.broadcast_to(out, shape)
     return out
 
 

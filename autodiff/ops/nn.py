@@ -42,6 +42,12 @@ def _matmul_flops(shapes, out_shape, **attrs):
 def _matmul_vjp(g, out, a, b):
     if a.ndim == 1 and b.ndim == 1:
         return g * b, g * a
+    if a.ndim > 2 and b.ndim == 2:
+        # Batched activations times a weight: one GEMM over the flattened batch for the
+        # weight's gradient, instead of per-batch outer products summed afterwards.
+        k, m = b.shape
+        gb = anp.matmul(anp.transpose(anp.reshape(a, [-1, k])), anp.reshape(g, [-1, m]))
+        return anp.matmul(g, anp.transpose(b)), gb
     a2 = anp.reshape(a, [1, a.shape[0]]) if a.ndim == 1 else a
     b2 = anp.reshape(b, [b.shape[0], 1]) if b.ndim == 1 else b
     g2 = g
@@ -85,10 +91,19 @@ def _gelu_numpy(x):
     return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_K * x * x * x)))
 
 
-def _gelu_derivative(x):
-    """d/dx of 0.5 x (1 + tanh(c (x + k x^3))), built from differentiable ops."""
+def _gelu_grad_numpy(x):
+    """gelu'(x), fused in numpy (the backward's hot path)."""
+    x2 = x * x
+    t = np.tanh(GELU_C * x * (1.0 + GELU_K * x2))
+    return 0.5 * (1.0 + t) + (0.5 * GELU_C) * x * (1.0 - t * t) * (1.0 + 3.0 * GELU_K * x2)
+
+
+def _gelu_second_derivative(x):
+    """gelu''(x) = (1 - t^2) (u' + x (u'' - 2 t u'^2) / 2), u = c (x + k x^3), from graph ops."""
     t = anp.tanh((x + x * x * x * GELU_K) * GELU_C)
-    return (1 + t) * 0.5 + x * (1 - t * t) * (1 + x * x * (3 * GELU_K)) * (0.5 * GELU_C)
+    du = (1 + x * x * (3 * GELU_K)) * GELU_C
+    d2u = x * (6 * GELU_K * GELU_C)
+    return (1 - t * t) * (du + x * (d2u - 2 * t * du * du) * 0.5)
 
 
 def _sigmoid_numpy(x):
@@ -299,9 +314,13 @@ OPS = [
           jvp=lambda t, out, x: t[0] * _positive(out), saves=("out",), arity=1,
           doc="max(x, 0); subgradient convention relu'(0) = 0"),
     OpDef("gelu", _unary_float_shape, _gelu_numpy, elementwise_flops(8),
-          vjp=lambda g, out, x: (g * _gelu_derivative(x),),
-          jvp=lambda t, out, x: t[0] * _gelu_derivative(x), saves=(0,), arity=1,
+          vjp=lambda g, out, x: (g * anp.apply("gelu_grad", x),),
+          jvp=lambda t, out, x: t[0] * anp.apply("gelu_grad", x), saves=(0,), arity=1,
           doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
+    OpDef("gelu_grad", _unary_float_shape, _gelu_grad_numpy, elementwise_flops(10),
+          vjp=lambda g, out, x: (g * _gelu_second_derivative(x),),
+          jvp=lambda t, out, x: t[0] * _gelu_second_derivative(x), saves=(0,), arity=1,
+          doc="gelu'(x): the fused derivative gelu's backward uses; differentiable again"),
     OpDef("sigmoid", _unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
           vjp=lambda g, out, x: (g * out * (1 - out),),
           jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),

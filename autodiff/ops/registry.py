@@ -111,11 +111,12 @@ def kept_for_backward(graph: Graph) -> np.ndarray:
     index = graph.index
     reg = registry()
     for i, node in enumerate(graph.nodes):
-        needs[i] = node.dtype in FLOAT_DTYPES and (
+        op = reg.get(node.op)
+        differentiable = node.is_source or op is None or op.vjp is not None
+        needs[i] = differentiable and node.dtype in FLOAT_DTYPES and (
             node.op == "param" or any(needs[index[x]] for x in node.inputs))
         if not needs[i] or node.is_source:
             continue
-        op = reg.get(node.op)
         saves = tuple(range(len(node.inputs))) if op is None else op.saves
         for s in saves:
             if s == "out":
