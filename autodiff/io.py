@@ -77,7 +77,7 @@ def _gc_paused():
 
 
 def graph_from_dict(document: Any, source: str = "<dict>") -> Graph:
-    """Build a validated Graph from a parsed `modelcut.graph` document; `source` names it in errors."""
+    """A validated Graph from a parsed `modelcut.graph` document; `source` names it in errors."""
     _check_header(document, source)
     raw_nodes = document["nodes"]
     # Fast path: cheap checks only; anything odd sends us to `_diagnose`, which finds the first

@@ -1,4 +1,4 @@
-"""How fast autodiff.io writes and reads large `modelcut.graph` files (SPEC: a million nodes in seconds).
+"""How fast autodiff.io writes and reads big `modelcut.graph` files (SPEC: 1M nodes in seconds).
 
 Baseline measured in the same run: the standard library alone (`json.dumps` of the document and
 `json.loads` of the file's bytes), the least any JSON reader of the format must spend. The

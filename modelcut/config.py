@@ -450,13 +450,12 @@ class Config(Section):
 
     def cluster_spec(self) -> dict:
         """The cluster as plain numbers in a shape `partition.cluster.Cluster.from_spec` takes."""
-        return _cluster_spec(self.cluster)
+        if isinstance(self.cluster, FileCluster):
+            raise ConfigError([f"cluster.file {self.cluster.file!r} was not loaded; "
+                               "use load_config()"])
+        return self.cluster.model_dump(exclude_none=True)
 
 
-def _cluster_spec(cluster) -> dict:
-    if isinstance(cluster, FileCluster):
-        raise ConfigError([f"cluster.file {cluster.file!r} was not loaded; use load_config()"])
-    return cluster.model_dump(exclude_none=True)
 
 
 # ------------------------------------------------------------------------ loading
@@ -584,8 +583,9 @@ def _describe(source: str, error: dict) -> str:
         text = f"expected at least {error.get('ctx', {}).get('min_length', 1)} item(s), got none"
     elif kind == "union_tag_invalid" and loc == ["model"]:
         tag = error.get("ctx", {}).get("tag")
-        loc, text = ["model", "builder"], (f"expected one of {', '.join(BUILDER_MODELS)}"
-                                           f"{_did_you_mean(tag, BUILDER_MODELS)}, got {_show(tag)}")
+        hint = _did_you_mean(tag, BUILDER_MODELS)
+        loc = ["model", "builder"]
+        text = f"expected one of {', '.join(BUILDER_MODELS)}{hint}, got {_show(tag)}"
     elif kind in ("union_tag_invalid", "union_tag_not_found") and loc and loc[0] in UNION_HELP:
         text = f"{UNION_HELP[loc[0]]}, got {_show(value)}"
     else:

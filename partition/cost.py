@@ -15,7 +15,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order
 
-from autodiff.ir import FLOAT_DTYPES, SOURCE_OPS, Graph
+from autodiff.ir import FLOAT_DTYPES, ITEMSIZE, SOURCE_OPS, Graph
 from partition.errors import PlacementError
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class GraphArrays:
     n: int
     names: tuple[str, ...]
     bytes: np.ndarray            # int64[n]
+    size: np.ndarray             # int64[n], elements
     flops: np.ndarray            # float64[n], forward
     train_flops: np.ndarray      # float64[n], x3 when requires_grad
     requires_grad: np.ndarray    # bool[n]
@@ -96,6 +97,7 @@ def _build(graph: Graph) -> GraphArrays:
     is_param = op_mask({"param"})
     is_source = op_mask(SOURCE_OPS)
     is_float = np.isin(dtype_code, [c for name, c in dtypes.items() if name in FLOAT_DTYPES])
+    itemsize = np.array([ITEMSIZE[name] for name in dtypes], dtype=np.int64)[dtype_code]
 
     # Distinct edges sorted by (consumer, input): the in-CSR; a stable sort by input gives the out-CSR.
     dst = np.repeat(np.arange(n, dtype=np.int64), degree)
@@ -114,8 +116,8 @@ def _build(graph: Graph) -> GraphArrays:
     train_flops = flops * np.where(requires_grad, 3.0, 1.0)
     kept, from_registry = _kept(graph, requires_grad & ~is_source)
     return GraphArrays(
-        n=n, names=names, bytes=nbytes, flops=flops, train_flops=train_flops,
-        requires_grad=requires_grad, is_param=is_param, is_source=is_source,
+        n=n, names=names, bytes=nbytes, size=nbytes // itemsize, flops=flops,
+        train_flops=train_flops, requires_grad=requires_grad, is_param=is_param, is_source=is_source,
         batch_dependent=batch_dependent, in_ptr=in_ptr, in_idx=in_idx, out_ptr=out_ptr,
         out_idx=out_idx, group=group, group_names=tuple(groups), kept=kept,
         kept_from_registry=from_registry)

@@ -35,6 +35,13 @@ def _matmul_shape(shapes, dtypes, **attrs):
     return out, promote(*dtypes)
 
 
+def _matmul_numpy(a, b):
+    """np.matmul; a batched left operand times a matrix runs as one flattened GEMM."""
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
+        return np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
+    return np.matmul(a, b)
+
+
 def _matmul_flops(shapes, out_shape, **attrs):
     return 2 * math.prod(out_shape) * shapes[0][-1]
 
@@ -88,14 +95,38 @@ GELU_K = 0.044715
 
 
 def _gelu_numpy(x):
-    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_K * x * x * x)))
+    """0.5 x (1 + tanh(c (x + k x^3))), computed in place on one temporary."""
+    y = x * x
+    y *= GELU_K
+    y += 1.0
+    y *= x
+    y *= GELU_C
+    np.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def _gelu_grad_numpy(x):
     """gelu'(x), fused in numpy (the backward's hot path)."""
     x2 = x * x
-    t = np.tanh(GELU_C * x * (1.0 + GELU_K * x2))
-    return 0.5 * (1.0 + t) + (0.5 * GELU_C) * x * (1.0 - t * t) * (1.0 + 3.0 * GELU_K * x2)
+    t = x2 * GELU_K
+    t += 1.0
+    t *= x
+    t *= GELU_C
+    np.tanh(t, out=t)
+    d = np.multiply(t, t)                 # t^2
+    np.subtract(1.0, d, out=d)            # 1 - t^2
+    d *= x
+    x2 *= 3.0 * GELU_K
+    x2 += 1.0
+    d *= x2
+    d *= 0.5 * GELU_C                     # x (1 - t^2) (1 + 3k x^2) c / 2
+    t += 1.0
+    t *= 0.5
+    d += t
+    return d
 
 
 def _gelu_second_derivative(x):
@@ -306,7 +337,7 @@ def _dropout_shape(shapes, dtypes, rate):
 
 
 OPS = [
-    OpDef("matmul", _matmul_shape, lambda a, b: np.matmul(a, b), _matmul_flops,
+    OpDef("matmul", _matmul_shape, _matmul_numpy, _matmul_flops,
           vjp=_matmul_vjp, jvp=_matmul_jvp, saves=(0, 1), arity=2),
     OpDef("relu", lambda shapes, dtypes: (tuple(shapes[0]), dtypes[0]),
           lambda x: np.maximum(x, 0), elementwise_flops(1),

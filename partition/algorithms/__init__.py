@@ -1,0 +1,17 @@
+"""The registry of partitioning algorithms: name -> function(Problem) -> AlgorithmResult.
+
+One explicit dict, filled here and nowhere else (no registration by import side effects).
+"""
+from __future__ import annotations
+
+from partition.algorithms.base import Algorithm, AlgorithmResult
+from partition.algorithms.baselines import contiguous, layers, random_placement, round_robin
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "round_robin": round_robin,
+    "random": random_placement,
+    "contiguous": contiguous,
+    "layers": layers,
+}
+
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmResult"]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from autodiff.ir import Graph, Node
+from dags import random_dags
 from partition.cluster import Cluster, Device, heterogeneous, uniform
 from partition.cost import graph_arrays, memory_per_device
 from partition.errors import PlacementError
@@ -240,22 +241,8 @@ def reference_metrics(graph, assignment, speeds, bandwidth, latency, m, slots, k
 
 @st.composite
 def random_case(draw):
-    n_sources = draw(st.integers(1, 4))
-    n_ops = draw(st.integers(0, 10))
-    nodes = []
-    for i in range(n_sources):
-        op = draw(st.sampled_from(["input", "param", "const"]))
-        nodes.append(Node(f"s{i}", op, (), (draw(st.integers(0, 5)),),
-                          dtype=draw(st.sampled_from(["float32", "float64", "int32"])),
-                          flops=0))
-    for j in range(n_ops):
-        earlier = [nd.name for nd in nodes]
-        inputs = tuple(draw(st.lists(st.sampled_from(earlier), min_size=0, max_size=3)))
-        nodes.append(Node(f"v{j}", draw(st.sampled_from(["f", "g"])), inputs,
-                          (draw(st.integers(0, 5)), 2),
-                          dtype=draw(st.sampled_from(["float32", "float32", "int32"])),
-                          flops=draw(st.integers(0, 50))))
-    graph = Graph(nodes, [nodes[-1].name])
+    graph = draw(random_dags())
+    nodes = graph.nodes
     k = draw(st.integers(1, 4))
     assignment = np.array(draw(st.lists(st.integers(0, k - 1), min_size=len(nodes),
                                         max_size=len(nodes))), dtype=np.int32)
