@@ -1,0 +1,84 @@
+"""`partition()`: the one entry point that places a forward graph on a cluster.
+
+It validates the arguments into a Problem, runs the named algorithm from the registry, checks
+that the algorithm honoured pins (and acyclicity when asked), repairs balance and memory with
+the shared greedy rebalancer, and returns a Placement with its metrics.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping
+
+import numpy as np
+
+from autodiff.ir import Graph
+from partition.algorithms import ALGORITHMS
+from partition.balance import rebalance
+from partition.cluster import Cluster
+from partition.errors import PlacementError
+from partition.metrics import check_assignment, compute_metrics, quotient_adjacency, quotient_order
+from partition.placement import Placement
+from partition.problem import Problem
+
+log = logging.getLogger(__name__)
+
+
+def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: float = 0.10,
+              acyclic: bool = False, seed: int = 0, time_limit: float | None = None,
+              pins: Mapping[str, int | str] | None = None, objective: str | None = None,
+              micro_batches: int = 1, optimizer: str = "sgd") -> Placement:
+    """Place every node of the forward `graph` on a device of `cluster`.
+
+    Parameters
+    ----------
+    algorithm : a name in `partition.algorithms.ALGORITHMS`.
+    epsilon : allowed load imbalance (SPEC section 2); caps are relaxed when one node alone
+        outweighs a device's share.
+    acyclic : require an acyclic quotient graph (needed by pipeline schedules).
+    pins : fnmatch-style node name pattern -> device index or name.
+    objective : "volume" (bytes) or "time" (seconds on each link); default "volume" on clusters
+        with uniform links, else "time".
+
+    Raises PlacementError naming the argument, node or device when no acceptable placement is
+    found (a device over its memory or load cap, a violated pin, a cyclic quotient).
+    """
+    try:
+        run = ALGORITHMS[algorithm]
+    except (KeyError, TypeError):
+        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
+                             f"{', '.join(sorted(ALGORITHMS))})") from None
+    problem = Problem.build(graph, cluster, epsilon=epsilon, acyclic=acyclic, seed=seed,
+                            time_limit=time_limit, pins=pins, objective=objective,
+                            micro_batches=micro_batches, optimizer=optimizer)
+    start = time.perf_counter()
+    result = run(problem)
+    assignment = check_assignment(result.assignment, problem.n, problem.k,
+                                  who=f"algorithm {algorithm!r}")
+    _check_pins(problem, assignment, algorithm)
+    if acyclic and quotient_order(quotient_adjacency(problem.arrays, assignment,
+                                                     problem.k)) is None:
+        raise PlacementError(f"algorithm {algorithm!r} returned a placement whose devices form "
+                             "a cycle, but acyclic=True was asked for")
+    assignment, moves = rebalance(problem, assignment)
+    seconds = time.perf_counter() - start
+    metrics = compute_metrics(problem.arrays, assignment, cluster, micro_batches=micro_batches,
+                              optimizer=optimizer)
+    log.info("partition %s with %s on %d devices: V=%d bytes, imbalance %.3f, %.2fs",
+             graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance, seconds)
+    info = dict(result.info, objective=problem.objective, rebalance_moves=moves)
+    return Placement(assignment=assignment, node_names=problem.arrays.names,
+                     device_names=cluster.device_names, algorithm=algorithm, seconds=seconds,
+                     metrics=metrics, optimal=result.optimal if moves == 0 else None,
+                     bound=result.bound, relaxed_by=problem.relaxed_by, info=info)
+
+
+def _check_pins(problem: Problem, assignment: np.ndarray, algorithm: str) -> None:
+    fixed = problem.pinned >= 0
+    wrong = np.flatnonzero(fixed & (assignment != problem.pinned))
+    if len(wrong):
+        v = int(wrong[0])
+        names = problem.cluster.device_names
+        raise PlacementError(f"algorithm {algorithm!r} placed node {problem.arrays.names[v]!r} "
+                             f"on {names[assignment[v]]!r} but it is pinned to "
+                             f"{names[problem.pinned[v]]!r}")
