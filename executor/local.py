@@ -1,0 +1,163 @@
+"""The single-process reference executor: k simulated devices running the plan's programs,
+with every transfer counted per link.
+
+Micro-batches: `forward_graph` is the per-micro-batch graph (built by the caller at batch/m).
+`step(feeds)` takes full-batch feeds: an input whose leading dimension is m times the graph's
+is split along axis 0 into m equal consecutive parts (micro-batch i gets rows
+[i*b, (i+1)*b)); an input fed with exactly the graph's shape is given to every micro-batch.
+The step loss is the mean of the micro-batch losses and gradients are those of that mean
+(the loss gradient seed is 1/m), so m micro-batches of a mean loss reproduce one full batch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from autodiff.ir import Graph
+from executor.errors import ExecutorError
+from executor.optim import Optimizer, make_optimizer
+from executor.plan import build_plan
+from executor.program import Plan
+from executor.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One training step: the loss, parameter gradients (when asked for), bytes sent per link
+    (`link_bytes[a, b]` from a to b), their total, and each device's compute seconds."""
+
+    step: int
+    loss: float
+    losses: tuple[float, ...]
+    grads: dict[str, np.ndarray | None] | None
+    link_bytes: np.ndarray
+    total_bytes: int
+    compute_seconds: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "loss": self.loss, "losses": list(self.losses),
+                "link_bytes": self.link_bytes.tolist(), "total_bytes": self.total_bytes,
+                "compute_seconds": self.compute_seconds.tolist()}
+
+
+def split_feeds(graph: Graph, feeds: Mapping[str, np.ndarray], micro_batches: int
+                ) -> list[dict[str, np.ndarray]]:
+    """Full-batch feeds -> one feed dict per micro-batch (module docstring)."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(micro_batches)]
+    for node in graph.inputs:
+        if node.name not in feeds:
+            raise ExecutorError(f"feeds: no value for input {node.name!r}")
+        value = np.asarray(feeds[node.name])
+        if value.shape == node.shape:
+            parts = [value] * micro_batches
+        elif (node.shape and value.ndim == len(node.shape)
+              and value.shape[0] == node.shape[0] * micro_batches
+              and value.shape[1:] == node.shape[1:]):
+            parts = np.split(value, micro_batches, axis=0)
+        else:
+            raise ExecutorError(f"feeds: input {node.name!r} has shape {list(value.shape)}; the "
+                                f"graph expects {list(node.shape)} per micro-batch "
+                                f"({micro_batches} micro-batches)")
+        for i, part in enumerate(parts):
+            out[i][node.name] = part
+    return out
+
+
+class LocalExecutor:
+    """Trains `forward_graph` placed on k simulated devices in one process.
+
+    `placement`: int array aligned with forward_graph.nodes or a partition Placement.
+    `optimizer`: an optimizer, a name or a dict (executor.optim.make_optimizer).
+    `params`: initial parameter values; default `autodiff.models.init_params(graph, seed)`.
+    """
+
+    def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
+                 micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
+                 params: Mapping[str, np.ndarray] | None = None, plan: Plan | None = None):
+        self.graph = forward_graph
+        self.k = k
+        self.micro_batches = micro_batches
+        self.optimizer: Optimizer = make_optimizer(optimizer)
+        self.plan = plan if plan is not None else build_plan(
+            forward_graph, placement, k, micro_batches=micro_batches, schedule=schedule)
+        if params is None:
+            from autodiff.models.init import init_params
+            params = init_params(forward_graph, seed)
+        self.workers = [DeviceWorker(p, params, self.optimizer) for p in self.plan.programs]
+        self.step_count = 0
+
+    @property
+    def training_graph(self) -> Graph:
+        return self.plan.training
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Current parameter values (copies), gathered from their owners."""
+        return {p: v.copy() for w in self.workers for p, v in w.params.items()}
+
+    def step(self, feeds: Mapping[str, np.ndarray], return_grads: bool = False) -> StepResult:
+        """One training step on full-batch `feeds` (module docstring for micro-batches)."""
+        plan = self.plan
+        per_mb = split_feeds(self.graph, feeds, self.micro_batches)
+        for w in self.workers:
+            w.begin_step(self.step_count, {(x, i): per_mb[i][x] for x in w.program.inputs
+                                           for i in range(self.micro_batches)})
+        mailbox: dict[tuple, np.ndarray] = {}
+        link_bytes = np.zeros((self.k, self.k), dtype=np.int64)
+        for d, b in plan.order:
+            program = plan.programs[d]
+            block = program.blocks[b]
+            received = {r.tensor: mailbox.pop((r.tensor, program.key(r.tensor, block.micro_batch)[1],
+                                               r.source, d)) for r in block.receives}
+            for tensor, target, value in self.workers[d].run_block(b, received):
+                key = program.key(tensor, block.micro_batch)[1]
+                mailbox[(tensor, key, d, target)] = value
+                link_bytes[d, target] += value.nbytes
+        if mailbox:
+            raise ExecutorError(f"step {self.step_count}: tensors sent but never received: "
+                                f"{sorted(k[0] for k in mailbox)[:5]}")
+        losses = self._losses()
+        grads = None
+        if return_grads:
+            grads = {p.name: None for p in self.graph.params}
+            for w in self.workers:
+                grads.update(w.grads)
+        result = StepResult(step=self.step_count, loss=float(np.mean(losses)),
+                            losses=tuple(losses), grads=grads, link_bytes=link_bytes,
+                            total_bytes=int(link_bytes.sum()),
+                            compute_seconds=np.array([w.compute_seconds for w in self.workers]))
+        self.step_count += 1
+        return result
+
+    def _losses(self) -> list[float]:
+        owner = next(w for w in self.workers if w.program.loss is not None)
+        if None in owner.losses:                 # the loss does not depend on the batch
+            return [owner.losses[None]]
+        return [owner.losses[i] for i in range(self.micro_batches)]
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Parameters, optimizer state, persistent state and the step counter (numpy arrays)."""
+        merged: dict = {"params": {}, "optimizer": {}, "states": {}}
+        for w in self.workers:
+            part = w.state_dict()
+            for key in merged:
+                merged[key].update(part[key])
+        merged["step"] = self.step_count
+        merged["optimizer_config"] = self.optimizer.to_dict()
+        return merged
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a `state_dict()` (e.g. from executor.checkpoint.load)."""
+        config = state.get("optimizer_config")
+        if config is not None and config.get("name") != self.optimizer.name:
+            raise ExecutorError(f"checkpoint: optimizer {config.get('name')!r} does not match this "
+                                f"executor's {self.optimizer.name!r}")
+        for w in self.workers:
+            w.load_state_dict(state)
+        self.step_count = int(state.get("step", 0))

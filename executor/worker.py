@@ -1,0 +1,180 @@
+"""One device's runtime: its parameters, optimizer state and tensors, running its Program.
+
+The local executor calls a DeviceWorker directly; the Ray executor wraps one per actor. Per
+step: `begin_step(step, feeds)`, then `run_block(i, received)` for each block in the plan's
+global order (received: tensor -> array for the block's Recv steps; returns the Send steps'
+(name it arrives under, target device, array)), which also applies the optimizer in the update block.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+
+from autodiff.interpreter import const_value
+from autodiff.ops.registry import lookup
+from autodiff.ops.sources import draw_random
+from executor.errors import ExecutorError
+from executor.optim import Optimizer
+from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState)
+
+
+class DeviceWorker:
+    """Holds one device's parameters, optimizer state, persistent state and step tensors."""
+
+    def __init__(self, program: Program, params: Mapping[str, np.ndarray], optimizer: Optimizer):
+        self.program = program
+        self.device = program.device
+        self.optimizer = optimizer
+        missing = [p for p in program.params if p not in params]
+        if missing:
+            raise ExecutorError(f"device {self.device}: no initial value for parameter "
+                                f"{missing[0]!r}")
+        self.params: dict[str, np.ndarray] = {}
+        for p in program.params:
+            value = np.array(params[p], copy=True)
+            node = program.nodes[p]
+            if value.shape != node.shape:
+                raise ExecutorError(f"device {self.device}: parameter {p!r} has shape "
+                                    f"{list(value.shape)}, the graph says {list(node.shape)}")
+            self.params[p] = value
+        self.opt_state = {p: optimizer.init_state(self.params[p]) for p in program.params}
+        self.states = {s: np.array(const_value(program.nodes[s]), copy=True)
+                       for s in program.states}
+        self.consts = {name: const_value(node) for name, node in program.nodes.items()
+                       if node.op == "const" and name not in self.states}
+        self.kernels = {name: self._kernel(node) for name, node in program.nodes.items()}
+        last: dict[int, int] = {}
+        for i, block in enumerate(program.blocks):
+            if block.micro_batch is not None:
+                last[block.micro_batch] = i
+        self.release_after = {i: mb for mb, i in last.items()}
+        self.step = 0
+        self.values: dict[tuple[str, int | None], np.ndarray] = {}
+        self.feeds: dict[tuple[str, int], np.ndarray] = {}
+        self.losses: dict[int | None, float] = {}
+        self.grads: dict[str, np.ndarray | None] = {}
+        self.compute_seconds = 0.0
+
+    def _kernel(self, node):
+        if node.is_source:
+            return None
+        op = lookup(node.op, node.name)
+        dtype = None if node.dtype == "bfloat16" else np.dtype(node.dtype)
+        return op.random, op.forward, node.inputs, node.attrs, dtype
+
+    # ------------------------------------------------------------------ a step
+    def begin_step(self, step: int, feeds: Mapping[tuple[str, int], np.ndarray]) -> None:
+        """Forget the previous step's tensors; `feeds[(input name, micro-batch)]` for own inputs."""
+        self.step = int(step)
+        self.values = {}
+        self.feeds = dict(feeds)
+        self.losses = {}
+        self.grads = {}
+        self.compute_seconds = 0.0
+
+    def run_block(self, index: int, received: Mapping[str, np.ndarray]
+                  ) -> list[tuple[str, int, np.ndarray]]:
+        """Run block `index` of the program; returns what its Send steps send."""
+        program = self.program
+        block = program.blocks[index]
+        mb = block.micro_batch
+        values = self.values
+        out: list[tuple[str, int, np.ndarray]] = []
+        for s in block.steps:
+            if isinstance(s, Compute):
+                start = time.perf_counter()
+                for name in s.nodes:
+                    values[program.key(name, mb)] = self._run_node(name, mb)
+                self.compute_seconds += time.perf_counter() - start
+            elif isinstance(s, Recv):
+                if s.tensor not in received:
+                    raise ExecutorError(f"device {self.device} block {block.label}: tensor "
+                                        f"{s.tensor!r} from device {s.source} was not delivered")
+                values[program.key(s.tensor, mb)] = received[s.tensor]
+            elif isinstance(s, Send):
+                out.append((s.arrives_as, s.target, values[program.key(s.tensor, mb)]))
+            elif isinstance(s, Accumulate):
+                value = values[program.key(s.tensor, mb)]
+                total = values.get((s.into, None))
+                values[(s.into, None)] = (np.array(value, copy=True) if total is None
+                                          else total + value)
+            elif isinstance(s, ApplyUpdate):
+                self._apply_update(s)
+            elif isinstance(s, SetState):
+                value = values[program.key(s.tensor, mb)]
+                self.states[s.state] = np.asarray(value * s.scale if s.scale != 1.0 else value,
+                                                  dtype=program.nodes[s.state].dtype)
+        if index in self.release_after:
+            done = self.release_after[index]
+            for key in [key for key in values if key[1] == done]:
+                del values[key]
+        return out
+
+    def _run_node(self, name: str, mb: int | None) -> np.ndarray:
+        program = self.program
+        node = program.nodes[name]
+        if node.op == "param":
+            return self.params[name]
+        if node.op == "const":
+            return self.states[name] if name in self.states else self.consts[name]
+        if node.op == "input":
+            try:
+                return self.feeds[(name, mb)]
+            except KeyError:
+                raise ExecutorError(f"device {self.device}: no feed for input {name!r} "
+                                    f"(micro-batch {mb})") from None
+        random, fn, inputs, attrs, dtype = self.kernels[name]
+        if random:
+            result = draw_random(node, self.step, 0 if mb is None else mb)
+        else:
+            args = [self.values[program.key(x, mb)] for x in inputs]
+            try:
+                result = fn(*args, **attrs)
+            except Exception as e:
+                shapes = ", ".join(f"{x}: {list(np.shape(v))}" for x, v in zip(inputs, args))
+                raise ExecutorError(f"device {self.device}: node {name!r} ({node.op}({shapes})) "
+                                    f"failed: {type(e).__name__}: {e}") from e
+        if dtype is not None and getattr(result, "dtype", None) != dtype:
+            result = np.asarray(result, dtype=dtype)
+        if name == program.loss:
+            self.losses[mb] = float(result)
+        return result
+
+    def _apply_update(self, step: ApplyUpdate) -> None:
+        for p, g in zip(step.params, step.grads):
+            grad = None if g is None else self.values[(g, None)]
+            self.grads[p] = grad
+            self.params[p], self.opt_state[p] = self.optimizer.update(
+                self.params[p], grad, self.opt_state[p])
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Copies of this device's parameters, optimizer state and persistent state."""
+        return {"params": {p: v.copy() for p, v in self.params.items()},
+                "optimizer": {p: {k: np.array(v, copy=True) for k, v in st.items()}
+                              for p, st in self.opt_state.items()},
+                "states": {s: v.copy() for s, v in self.states.items()}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore what `state_dict` returned (entries for other devices are ignored)."""
+        for p in self.program.params:
+            if p not in state["params"]:
+                raise ExecutorError(f"device {self.device}: checkpoint has no parameter {p!r}")
+            value = np.array(state["params"][p], copy=True)
+            if value.shape != self.params[p].shape:
+                raise ExecutorError(f"device {self.device}: checkpoint parameter {p!r} has shape "
+                                    f"{list(value.shape)}, expected {list(self.params[p].shape)}")
+            self.params[p] = value
+            saved = state.get("optimizer", {}).get(p)
+            fresh = self.optimizer.init_state(value)
+            if saved is not None and set(saved) != set(fresh):
+                raise ExecutorError(f"device {self.device}: checkpoint optimizer state of {p!r} "
+                                    f"has slots {sorted(saved)}, the optimizer uses "
+                                    f"{sorted(fresh)}")
+            self.opt_state[p] = ({k: np.array(v, copy=True) for k, v in saved.items()}
+                                 if saved is not None else fresh)
+        for s in self.states:
+            if s in state.get("states", {}):
+                self.states[s] = np.array(state["states"][s], copy=True)
