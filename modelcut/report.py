@@ -169,29 +169,39 @@ def traffic_table(report: Mapping) -> Table:
 
 
 def compare_table(rows: Sequence[Mapping]) -> Table:
-    """Algorithms side by side: rows of {algorithm, metrics dict or error, seconds}."""
+    """Algorithms side by side: rows of {algorithm, seconds, metrics dict or error message}
+    (the messages are printed below the table by the caller)."""
     out = []
     for r in rows:
         if r.get("error"):
-            out.append((r["algorithm"], *["-"] * 6, format_time(r["seconds"]), r["error"]))
+            out.append((r["algorithm"], "failed", *["-"] * 5, format_time(r["seconds"])))
             continue
         m = r["metrics"]
-        out.append((r["algorithm"], format_size(m["step_volume"]), format_size(m["forward_volume"]),
+        name = r["algorithm"] + (" (optimal)" if r.get("optimal") else "")
+        out.append((name, format_size(m["step_volume"]), format_size(m["forward_volume"]),
                     format_size(m["backward_volume"]), format_size(m["edge_cut"]),
-                    f"{m['imbalance']:.3f}", _bool(m["acyclic"]), format_time(r["seconds"]), ""))
+                    f"{m['imbalance']:.3f}", _bool(m["acyclic"]), format_time(r["seconds"])))
     return Table("Algorithms", ("algorithm", "V", "V_f", "V_b", "edge cut", "imbalance",
-                                "acyclic", "time", "note"), tuple(out),
-                 (False, True, True, True, True, True, False, True, False))
+                                "acyclic", "time"), tuple(out),
+                 (False, True, True, True, True, True, False, True))
 
 
 # ------------------------------------------------------------------ renderers
+def make_console(stderr: bool = False, width: int = 120):
+    """A rich Console: the terminal's width, or `width` columns when output is redirected."""
+    from rich.console import Console
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=width)
+
+
 def rich_table(table: Table):
     """A rich.Table of `table`."""
     from rich.table import Table as RichTable
     out = RichTable(title=table.title, title_justify="left")
     for name, numeric in zip(table.columns, table.numeric):
-        out.add_column(name, justify="right" if numeric else "left",
-                       style="bold" if name in ("device", "algorithm", "metric") else None)
+        first = name == table.columns[0]
+        out.add_column(name, justify="right" if numeric else "left", no_wrap=first or numeric,
+                       style="bold" if first else None)
     for row in table.rows:
         out.add_row(*[_rich_cell(cell) for cell in row])
     return out

@@ -341,8 +341,8 @@ def _clustered(graph: Graph, statements: dict[str, str], cluster: str,
         members = [statements[n.name] for n in graph.nodes if keys[n.name] == key]
         if not members:
             continue
-        style = (f'style="rounded,filled", fillcolor="#f7f7f7", color="{view.colours[key]}", '
-                 'penwidth=3' if cluster == "device" else 'style="rounded,dashed", color="#777777"')
+        style = (f'style="rounded,filled"; fillcolor="#f7f7f7"; color="{view.colours[key]}"; '
+                 'penwidth=3' if cluster == "device" else 'style="rounded,dashed"; color="#777777"')
         lines.append(f"  subgraph {quote(f'cluster_{cluster}_{i}')} {{")
         lines.append(f"    label={quote(key)}; {style};")
         lines += members

@@ -211,6 +211,14 @@ def test_render_writes_svg_and_png(tmp_path):
     assert (tmp_path / "example.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = (tmp_path / "example.svg").read_text()
     assert "<svg" in svg and "maximum" in svg and "grad 5" in svg
+    small = small_graph()
+    placement = {v.name: f"dev{i % 2}" for i, v in enumerate(small.nodes)}
+    for cluster in ("device", "group"):            # both cluster styles are valid DOT
+        render(graph_dot(small, placement=placement, cluster=cluster), tmp_path / cluster,
+               formats=("svg",))
+        assert "dev1" in (tmp_path / f"{cluster}.svg").read_text()
+    render(grouped_dot(small, placement=placement), tmp_path / "grouped", formats=("svg",))
+    assert "l2" in (tmp_path / "grouped.svg").read_text()
 
 
 def test_render_without_graphviz_names_the_package(tmp_path, monkeypatch):
