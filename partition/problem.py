@@ -71,6 +71,8 @@ class Problem:
         if objective not in OBJECTIVES:
             raise PlacementError(f"objective: expected one of {', '.join(OBJECTIVES)}, "
                                  f"got {objective!r}")
+        if len(graph) == 0:
+            raise PlacementError(f"graph {graph.name!r} has no nodes to place")
         gradient = next((nd for nd in graph.nodes if nd.grad_of is not None), None)
         if gradient is not None:
             raise PlacementError(f"graph {graph.name!r}: node {gradient.name!r} is a gradient "

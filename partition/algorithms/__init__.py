@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from partition.algorithms.base import Algorithm, AlgorithmResult
 from partition.algorithms.baselines import contiguous, layers, random_placement, round_robin
+from partition.algorithms.pipeline_dp import pipeline_dp
 
 ALGORITHMS: dict[str, Algorithm] = {
     "round_robin": round_robin,
     "random": random_placement,
     "contiguous": contiguous,
     "layers": layers,
+    "pipeline_dp": pipeline_dp,
 }
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmResult"]
