@@ -264,9 +264,12 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> None:
         document = graph_to_dict(graph)
     encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
     header = {k: v for k, v in document.items() if k not in ("nodes", "outputs")}
+    # One encoder call for all nodes (much faster than one per node), then a line break
+    # before each node. The pattern cannot occur inside a JSON string (its quotes would be
+    # escaped there), so the result is the same JSON whatever the attributes hold.
+    nodes = encode(document["nodes"])[1:-1].replace('}, {"name": ', '},\n  {"name": ')
     text = "".join([
-        encode(header)[:-1], ",\n \"nodes\": [\n  ",
-        ",\n  ".join(map(encode, document["nodes"])),
+        encode(header)[:-1], ",\n \"nodes\": [\n  ", nodes,
         "\n ],\n \"outputs\": ", encode(document["outputs"]), "\n}\n",
     ])
     data = text.encode("utf-8")

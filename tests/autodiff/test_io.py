@@ -91,7 +91,8 @@ def rich_graph() -> Graph:
              attrs={"index": [["slice", None, None, None], ["slice", 1, 4, 2]]}),
         Node("r", "sum", ("s",), (), "float64",
              attrs={"axis": None, "keepdims": False, "opts": {"a": 1, "b": [1.5, "x", [True]]},
-                    "tag": "ü-name", "eps": 1e-5, "big": 2**62}),
+                    "tag": "ü-name", "eps": 1e-5, "big": 2**62,
+                    "tricky": '}, {"name": "x"}', "named": [{"name": 1}, {"name": 2}]}),
         Node("g", "multiply", ("r", "r"), (), "float64", flops=1, grad_of="r"),
     ]
     return Graph(nodes, ["r", "g"], "rich")
