@@ -5,8 +5,10 @@ Micro-batches: `forward_graph` is the per-micro-batch graph (built by the caller
 `step(feeds)` takes full-batch feeds: an input whose leading dimension is m times the graph's
 is split along axis 0 into m equal consecutive parts (micro-batch i gets rows
 [i*b, (i+1)*b)); an input fed with exactly the graph's shape is given to every micro-batch.
-The step loss is the mean of the micro-batch losses and gradients are those of that mean
-(the loss gradient seed is 1/m), so m micro-batches of a mean loss reproduce one full batch.
+With `loss_reduction="mean"` (default) the step loss is the mean of the micro-batch losses
+and gradients are those of that mean (the loss gradient seed is 1/m), so m micro-batches of
+a mean loss reproduce one full batch; with "sum" (a loss summed over the batch) the step loss
+and gradients are the sums over micro-batches.
 """
 from __future__ import annotations
 
@@ -68,23 +70,48 @@ def split_feeds(graph: Graph, feeds: Mapping[str, np.ndarray], micro_batches: in
     return out
 
 
+def summarize_step(step: int, reports: list[dict], link_bytes: np.ndarray, micro_batches: int,
+                   graph: Graph | None = None, loss_reduction: str = "mean") -> StepResult:
+    """A StepResult from the DeviceWorker reports of one step (shared with the Ray executor);
+    with `graph`, gradients of all its parameters (None for those without one)."""
+    owner = next(r for r in reports if r["losses"])
+    losses = ([owner["losses"][None]] if None in owner["losses"]
+              else [owner["losses"][i] for i in range(micro_batches)])
+    grads = None
+    if graph is not None:
+        grads = {p.name: None for p in graph.params}
+        for r in reports:
+            grads.update(r["grads"] or {})
+    loss = float(np.sum(losses) if loss_reduction == "sum" else np.mean(losses))
+    return StepResult(step=step, loss=loss, losses=tuple(losses), grads=grads,
+                      link_bytes=link_bytes, total_bytes=int(link_bytes.sum()),
+                      compute_seconds=np.array([r["compute_seconds"] for r in reports]))
+
+
 class LocalExecutor:
     """Trains `forward_graph` placed on k simulated devices in one process.
 
     `placement`: int array aligned with forward_graph.nodes or a partition Placement.
     `optimizer`: an optimizer, a name or a dict (executor.optim.make_optimizer).
     `params`: initial parameter values; default `autodiff.models.init_params(graph, seed)`.
+    `loss_reduction`: "mean" or "sum" over micro-batches (module docstring).
+    `plan`: a prebuilt plan (then placement, k, micro_batches and schedule are not used).
     """
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
-                 params: Mapping[str, np.ndarray] | None = None, plan: Plan | None = None):
+                 params: Mapping[str, np.ndarray] | None = None, plan: Plan | None = None,
+                 loss_reduction: str = "mean"):
+        if loss_reduction not in ("mean", "sum"):
+            raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got {loss_reduction!r}")
         self.graph = forward_graph
-        self.k = k
-        self.micro_batches = micro_batches
+        self.loss_reduction = loss_reduction
         self.optimizer: Optimizer = make_optimizer(optimizer)
         self.plan = plan if plan is not None else build_plan(
-            forward_graph, placement, k, micro_batches=micro_batches, schedule=schedule)
+            forward_graph, placement, k, micro_batches=micro_batches, schedule=schedule,
+            loss_scale=1.0 if loss_reduction == "sum" else None)
+        self.k = self.plan.k
+        self.micro_batches = self.plan.micro_batches
         if params is None:
             from autodiff.models.init import init_params
             params = init_params(forward_graph, seed)
@@ -121,24 +148,11 @@ class LocalExecutor:
         if mailbox:
             raise ExecutorError(f"step {self.step_count}: tensors sent but never received: "
                                 f"{sorted(k[0] for k in mailbox)[:5]}")
-        losses = self._losses()
-        grads = None
-        if return_grads:
-            grads = {p.name: None for p in self.graph.params}
-            for w in self.workers:
-                grads.update(w.grads)
-        result = StepResult(step=self.step_count, loss=float(np.mean(losses)),
-                            losses=tuple(losses), grads=grads, link_bytes=link_bytes,
-                            total_bytes=int(link_bytes.sum()),
-                            compute_seconds=np.array([w.compute_seconds for w in self.workers]))
+        reports = [w.report(grads=return_grads) for w in self.workers]
+        result = summarize_step(self.step_count, reports, link_bytes, self.micro_batches,
+                                self.graph if return_grads else None, self.loss_reduction)
         self.step_count += 1
         return result
-
-    def _losses(self) -> list[float]:
-        owner = next(w for w in self.workers if w.program.loss is not None)
-        if None in owner.losses:                 # the loss does not depend on the batch
-            return [owner.losses[None]]
-        return [owner.losses[i] for i in range(self.micro_batches)]
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -11,7 +11,17 @@ Two rewrites make the bytes that cross equal the partitioner's step volume V:
   node's own backward rule runs once per step on the sum.
 
 A gradient passed through untouched by an identity rule (`add`) is relayed through the
-device of the node it passed through, as SPEC counts it (executor/gradflow.py).
+device of the node it passed through, as SPEC counts it (executor/gradflow.py); gradients
+travel under the name of their role, `grad(x)@d<sender>`, so one tensor that is the gradient
+of two forward nodes is sent once for each, again as SPEC counts it.
+
+Bytes vs V, the documented differences (tests/executor/executor_cases.py computes both):
+- SPEC's requires_grad follows every float edge from a parameter; a remote reader that
+  passes no gradient back (stop_gradient, a reader that does not lead to the loss) sends
+  nothing, so such (tensor, device) pairs are measured 0 where V counts bytes(v) (x m);
+- persistent state (batch-norm running averages; meta["updates"]) is not a graph edge: its
+  new value (averaged over micro-batches) travels once per step to the state's device when
+  the two differ, and V does not count it.
 
 Execution order: every operation (compute, receive, accumulate) is given a phase (SF, F, B,
 SB, U; see executor/program.py); each phase is ordered topologically across devices and cut
@@ -102,9 +112,6 @@ class _Builder:
     # ------------------------------------------------------------ helpers
     def home(self, name: str) -> int:
         return int(self.flow.home[self.training.index[name]])
-
-    def device_of(self, name: str) -> int:
-        return int(self.a[self.home(name)])
 
     def is_batch(self, forward_name: str) -> bool:
         return bool(self.batch[self.forward.index[forward_name]])

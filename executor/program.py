@@ -15,6 +15,7 @@ receives are sent by blocks earlier in that order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping, Union
 
 import numpy as np
@@ -117,11 +118,11 @@ class Block:
     def label(self) -> str:
         return self.phase if self.micro_batch is None else f"{self.phase}{self.micro_batch}"
 
-    @property
+    @cached_property
     def receives(self) -> tuple[Recv, ...]:
         return tuple(s for s in self.steps if isinstance(s, Recv))
 
-    @property
+    @cached_property
     def sends(self) -> tuple[Send, ...]:
         return tuple(s for s in self.steps if isinstance(s, Send))
 
@@ -153,9 +154,8 @@ class Program:
         return (tensor, None if tensor in self.per_step else micro_batch)
 
     def __str__(self) -> str:
-        lines = [f"device {self.device}: {len(self.params)} params, "
-                 f"{sum(isinstance(s, Compute) and len(s.nodes) or 0 for b in self.blocks for s in b.steps)}"
-                 " node runs per step"]
+        runs = sum(len(s.nodes) for b in self.blocks for s in b.steps if isinstance(s, Compute))
+        lines = [f"device {self.device}: {len(self.params)} params, {runs} node runs per step"]
         for b in self.blocks:
             lines.append(f"  [{b.label}]")
             lines += [f"    {s}" for s in b.steps]

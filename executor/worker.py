@@ -3,7 +3,8 @@
 The local executor calls a DeviceWorker directly; the Ray executor wraps one per actor. Per
 step: `begin_step(step, feeds)`, then `run_block(i, received)` for each block in the plan's
 global order (received: tensor -> array for the block's Recv steps; returns the Send steps'
-(name it arrives under, target device, array)), which also applies the optimizer in the update block.
+(name it arrives under, target device, array)), which also applies the optimizer in the update
+block; `report()` gives the step's losses, compute time and gradients.
 """
 from __future__ import annotations
 
@@ -148,6 +149,13 @@ class DeviceWorker:
             self.grads[p] = grad
             self.params[p], self.opt_state[p] = self.optimizer.update(
                 self.params[p], grad, self.opt_state[p])
+
+    def report(self, grads: bool = False) -> dict:
+        """What this step produced here: the loss per micro-batch (key None when the loss does
+        not depend on the batch), compute seconds and, if asked, the owned parameters' gradients."""
+        return {"device": self.device, "losses": dict(self.losses),
+                "compute_seconds": self.compute_seconds,
+                "grads": dict(self.grads) if grads else None}
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -49,6 +49,35 @@ def stop_gradient_graph(batch: int = 4, d: int = 3):
     return t.graph([out])
 
 
+def pass_through_graph(batch: int = 2, d: int = 3):
+    """Chains of identity gradients: adds and a subtract whose gradients pass through
+    untouched, an add of a tensor to itself (two parts from one reader), a broadcast
+    parameter (its part is reduced first) and a static chain of parameter adds."""
+    t = Tracer("passthrough", eager=False)
+    x = t.source("input", (batch, d), "float64", "x")
+    p = t.source("param", (d, d), "float64", "p")
+    q = t.source("param", (d, d), "float64", "q")
+    b = t.source("param", (d,), "float64", "b")
+    pq = (p + q) - q * 0.5                 # static: parameters only
+    a1 = x @ pq
+    a2 = a1 + x @ q
+    a3 = a2 - b
+    a4 = a3 + a3
+    a5 = a4 + a1
+    return t.graph([(a5 * a5).sum()])
+
+
+def noisy_graph(batch: int = 4, d: int = 3):
+    """Dropout and a reparameterized Gaussian: random sources drawn per (step, micro-batch)."""
+    t = Tracer("noisy", eager=False)
+    x = t.source("input", (batch, d), "float64", "x")
+    w = t.source("param", (d, d), "float64", "w")
+    mu = t.source("param", (d,), "float64", "mu")
+    h = anp.dropout(anp.tanh(x @ w), 0.25, seed=3)
+    z = mu + anp.random_normal((batch, d), seed=5, tracer_of=x)
+    return t.graph([((h - z) * (h - z)).mean()])
+
+
 def random_params(graph, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {p.name: rng.normal(size=p.shape) * 0.5 for p in graph.params}

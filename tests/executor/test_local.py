@@ -10,9 +10,9 @@ from executor import checkpoint
 from executor.errors import ExecutorError
 from executor.local import LocalExecutor, split_feeds
 from executor.optim import SGD, Adam, Momentum
-from executor_cases import (TINY, contiguous, gradient_shortfall, hand_graph, random_assignment,
-                            random_feeds, random_params, reference, spec_link_bytes,
-                            state_link_bytes)
+from executor_cases import (TINY, contiguous, gradient_shortfall, hand_graph, noisy_graph,
+                            pass_through_graph, random_assignment, random_feeds, random_params, reference,
+                            spec_link_bytes, state_link_bytes)
 
 BATCH = 4
 
@@ -137,23 +137,42 @@ def test_micro_batches_reproduce_the_full_batch(family, schedule):
         np.testing.assert_allclose(value, one.params[p], rtol=1e-12, atol=1e-13)
 
 
-def test_micro_batch_bytes_match_V_with_m_and_cyclic_gpipe():
+@pytest.mark.parametrize("build", [hand_graph, pass_through_graph])
+def test_micro_batch_bytes_match_V_with_m_and_cyclic_gpipe(build):
     from partition.cluster import uniform
     from partition.metrics import compute_metrics
     m, k = 2, 3
-    micro = hand_graph(batch=2)
+    micro = build(batch=2)
     a = random_assignment(micro, k, seed=5)
     params, feeds = random_params(micro), random_feeds(micro, micro_batches=m)
-    full = hand_graph(batch=2 * m)
-    _, grads = reference(full, params, feeds)
+    full = build(batch=2 * m)
+    loss, grads = reference(full, params, feeds)
+    reduction = "sum" if build is pass_through_graph else "mean"     # its loss is a sum
     for schedule in ("gpipe", "sequential"):
         ex = LocalExecutor(micro, a, k, SGD(lr=0.1), params=params, micro_batches=m,
-                           schedule=schedule)
+                           schedule=schedule, loss_reduction=reduction)
         assert ex.plan.stages is None
         result = ex.step(feeds, return_grads=True)
+        assert result.loss == pytest.approx(loss, rel=1e-12)
         assert_grads_close(result.grads, grads)
         np.testing.assert_array_equal(
             result.link_bytes, compute_metrics(micro, a, uniform(k), micro_batches=m).link_traffic)
+
+
+def test_random_sources_are_drawn_per_step_like_the_interpreter():
+    g = noisy_graph()
+    params, feeds = random_params(g), random_feeds(g)
+    a = random_assignment(g, 3, seed=2)
+    ex = LocalExecutor(g, a, 3, SGD(lr=0.0), params=params)
+    seen = set()
+    for step in range(2):
+        loss, grads = reference(g, params, feeds, step=step)
+        result = ex.step(feeds, return_grads=True)
+        assert result.loss == pytest.approx(loss, rel=1e-13)
+        assert_grads_close(result.grads, grads)
+        np.testing.assert_array_equal(result.link_bytes, spec_link_bytes(g, a, 3))
+        seen.add(result.loss)
+    assert len(seen) == 2                           # fresh noise each step
 
 
 def test_unused_parameter_is_skipped_by_the_optimizer():

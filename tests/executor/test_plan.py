@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from executor.errors import PlanError
 from executor.plan import build_plan
 from executor.program import Accumulate, Compute, Recv, Send, validate_plan
-from executor_cases import (contiguous, gradient_shortfall, hand_graph, random_assignment,
-                            spec_link_bytes, stop_gradient_graph)
+from executor_cases import (contiguous, gradient_shortfall, hand_graph, pass_through_graph,
+                            random_assignment, spec_link_bytes, stop_gradient_graph)
 
 metrics = pytest.importorskip("partition.metrics")
 from partition.cluster import uniform  # noqa: E402
@@ -108,9 +108,10 @@ def test_identity_gradient_is_relayed_through_the_node_it_passed():
 
 @settings(max_examples=30, deadline=None)
 @given(k=st.integers(2, 4), m=st.integers(1, 3), seed=st.integers(0, 10_000),
-       kind=st.sampled_from(["random", "contiguous"]))
-def test_bytes_per_link_equal_spec_and_partition_metrics(k, m, seed, kind):
-    g = hand_graph(batch=2)
+       kind=st.sampled_from(["random", "contiguous"]),
+       build=st.sampled_from([hand_graph, pass_through_graph]))
+def test_bytes_per_link_equal_spec_and_partition_metrics(k, m, seed, kind, build):
+    g = build(batch=2)
     a = random_assignment(g, k, seed) if kind == "random" else contiguous(g, k)
     plan = build_plan(g, a, k, micro_batches=m)
     expected = spec_link_bytes(g, a, k, m)
