@@ -56,7 +56,7 @@ def init_states(optimizer, params) -> list[dict]:
 
 
 def apply_updates(optimizer, params, grads, states: list[dict]):
-    """One optimizer step on every leaf; a None gradient leaves the leaf and its state as they are."""
+    """One optimizer step per leaf; a None gradient leaves the leaf and its state unchanged."""
     leaves, rebuild = tree_flatten(params)
     updated = [optimizer.update(p, g, s) for p, g, s in zip(leaves, tree_flatten(grads)[0], states)]
     return rebuild([p for p, _ in updated]), [s for _, s in updated]

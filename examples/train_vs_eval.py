@@ -26,6 +26,10 @@ from autodiff.interpreter import Interpreter
 from compiled import compile_value_and_grad
 
 
+def ops_of(graph: ad.Graph) -> list[str]:
+    return sorted({node.op for node in graph.nodes})
+
+
 # ------------------------------------------------------------------- dropout
 def regression_loss(w, x, y, rate: float, training: bool):
     r = anp.dropout(x, rate, training=training, seed=1) @ w - y
@@ -48,11 +52,11 @@ def dropout_gradients(w, x, y, rate: float = 0.3, draws: int = 2000) -> dict:
     train = compile_value_and_grad(train_loss, w, x, y)
     grads = np.stack([train(w, x, y, step=k)[1] for k in range(draws)])
     mean, sigma = grads.mean(axis=0), grads.std(axis=0, ddof=1)
-    train_graph, eval_graph = ad.trace(train_loss, w, x, y), ad.trace(eval_loss, w, x, y)
     return {"mean": mean, "bound": 5 * sigma / np.sqrt(draws),
-            "expected": expected_dropout_gradient(w, x, y, rate), "eval": ad.grad(eval_loss)(w, x, y),
-            "train_ops": sorted({n.op for n in train_graph.nodes}),
-            "eval_ops": sorted({n.op for n in eval_graph.nodes})}
+            "expected": expected_dropout_gradient(w, x, y, rate),
+            "eval": ad.grad(eval_loss)(w, x, y),
+            "train_ops": ops_of(ad.trace(train_loss, w, x, y)),
+            "eval_ops": ops_of(ad.trace(eval_loss, w, x, y))}
 
 
 # ---------------------------------------------------------------- batch norm
@@ -99,14 +103,13 @@ def main(seed: int = 0, draws: int = 2000, bn_steps: int = 200) -> dict:
     batches = [mu + sd * rng.normal(size=(32, 3)) for _ in range(bn_steps)]
     gamma, beta = rng.normal(size=3), rng.normal(size=3)
     avg = running_averages(batches, gamma, beta)
-    test_batch = batches[-1]
-    eval_output = bn_eval(test_batch, gamma, beta, avg["final"]["mean"], avg["final"]["var"])
-    bn_graphs = [ad.trace(f, test_batch, gamma, beta, mu, sd ** 2) for f in (bn_train, bn_eval)]
-    c = rng.normal(size=test_batch.shape)
-    dgamma, dbeta, g = bn_parameter_gradients(test_batch, gamma, beta, c)
-    x_hat = (test_batch - test_batch.mean(0)) / np.sqrt(test_batch.var(0) + 1e-5)
+    last = batches[-1]
+    dgamma, dbeta, g = bn_parameter_gradients(last, gamma, beta, rng.normal(size=last.shape))
+    x_hat = (last - last.mean(0)) / np.sqrt(last.var(0) + 1e-5)
     return {"dropout": drop, "true_mean": mu, "true_var": sd ** 2, "batch_norm": avg,
-            "eval_output": eval_output, "bn_ops": [sorted({n.op for n in graph.nodes}) for graph in bn_graphs],
+            "eval_output": bn_eval(last, gamma, beta, avg["final"]["mean"], avg["final"]["var"]),
+            "bn_ops": [ops_of(ad.trace(f, last, gamma, beta, mu, sd ** 2))
+                       for f in (bn_train, bn_eval)],
             "dgamma": dgamma, "dbeta": dbeta, "upstream": g,
             "dgamma_from_xhat": (g * x_hat).sum(0), "dbeta_from_g": g.sum(0)}
 
@@ -129,4 +132,5 @@ if __name__ == "__main__":
           f"{np.abs(bn['train_output'] - out['eval_output']).max():.3f}")
     print("  dgamma", np.round(out["dgamma"], 4), "= sum(g * x_hat)",
           np.round(out["dgamma_from_xhat"], 4))
-    print("  dbeta ", np.round(out["dbeta"], 4), "= sum(g)        ", np.round(out["dbeta_from_g"], 4))
+    print("  dbeta ", np.round(out["dbeta"], 4), "= sum(g)        ",
+          np.round(out["dbeta_from_g"], 4))

@@ -1,4 +1,4 @@
-"""Ballistic arm: re-simulate the planned throw step by step in numpy; BPTT vs finite differences."""
+"""Ballistic arm: the planned throw re-simulated in numpy; BPTT against finite differences."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Optimized GPT training graph: same outputs as the original; no foldable, duplicate or dead node."""
+"""Optimized GPT training graph: the original's outputs; no foldable, duplicate or dead node."""
 import numpy as np
 import pytest
 

@@ -10,7 +10,7 @@ LOG_2PI = np.log(2 * np.pi)
 
 
 def exact_elbo(p, x):
-    """Mean ELBO with E_q computed in closed form: E||x - Wz - d||^2 = ||x - W mu - d||^2 + var ||W||^2."""
+    """Mean ELBO with E_q in closed form: E||x - Wz - d||^2 = ||x - W mu - d||^2 + var ||W||^2."""
     mu = x @ p["enc_w"] + p["enc_b"]
     var, s, w = np.exp(p["enc_logvar"][0]), p["dec_logvar"][0], p["dec_w"]
     err = ((x - mu @ w - p["dec_b"]) ** 2).sum(1) + var * (w * w).sum()
