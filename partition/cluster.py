@@ -59,7 +59,8 @@ class Cluster:
         devices = tuple(self.devices)
         k = len(devices)
         if k == 0:
-            raise ClusterError(f"cluster {self.name!r}: 'devices' is empty; need at least one device")
+            raise ClusterError(f"cluster {self.name!r}: 'devices' is empty; "
+                               "need at least one device")
         seen: set[str] = set()
         for i, d in enumerate(devices):
             where = f"cluster {self.name!r}: devices[{i}]"
@@ -142,7 +143,8 @@ class Cluster:
     def resized(self, k: int) -> "Cluster":
         """The same preset with k devices (for `--devices K`); only uniform/hierarchical presets."""
         if not isinstance(k, int) or k < 1:
-            raise ClusterError(f"cluster {self.name!r}: devices must be a positive integer, got {k!r}")
+            raise ClusterError(f"cluster {self.name!r}: devices must be a positive integer, "
+                               f"got {k!r}")
         kind = (self.preset or {}).get("kind")
         if kind == "uniform":
             args = {key: v for key, v in self.preset.items() if key != "kind"}
@@ -168,7 +170,7 @@ class Cluster:
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> "Cluster":
-        """Build a cluster from one of the three parsed spec shapes (uniform, hierarchical, list)."""
+        """Build a cluster from one of the parsed spec shapes (uniform, hierarchical, list)."""
         if not isinstance(spec, Mapping):
             raise ClusterError(f"cluster: expected a mapping, got {type(spec).__name__}")
         if "uniform" in spec:

@@ -99,7 +99,8 @@ def _build(graph: Graph) -> GraphArrays:
     is_float = np.isin(dtype_code, [c for name, c in dtypes.items() if name in FLOAT_DTYPES])
     itemsize = np.array([ITEMSIZE[name] for name in dtypes], dtype=np.int64)[dtype_code]
 
-    # Distinct edges sorted by (consumer, input): the in-CSR; a stable sort by input gives the out-CSR.
+    # Distinct edges sorted by (consumer, input) form the in-CSR; a stable sort by input
+    # gives the out-CSR.
     dst = np.repeat(np.arange(n, dtype=np.int64), degree)
     key = sorted_unique(dst * max(n, 1) + src)
     in_idx = (key % max(n, 1)).astype(np.int32)
@@ -117,7 +118,8 @@ def _build(graph: Graph) -> GraphArrays:
     kept, from_registry = _kept(graph, requires_grad & ~is_source)
     return GraphArrays(
         n=n, names=names, bytes=nbytes, size=nbytes // itemsize, flops=flops,
-        train_flops=train_flops, requires_grad=requires_grad, is_param=is_param, is_source=is_source,
+        train_flops=train_flops, requires_grad=requires_grad, is_param=is_param,
+        is_source=is_source,
         batch_dependent=batch_dependent, in_ptr=in_ptr, in_idx=in_idx, out_ptr=out_ptr,
         out_idx=out_idx, group=group, group_names=tuple(groups), kept=kept,
         kept_from_registry=from_registry)

@@ -71,13 +71,7 @@ class Problem:
         if objective not in OBJECTIVES:
             raise PlacementError(f"objective: expected one of {', '.join(OBJECTIVES)}, "
                                  f"got {objective!r}")
-        if len(graph) == 0:
-            raise PlacementError(f"graph {graph.name!r} has no nodes to place")
-        gradient = next((nd for nd in graph.nodes if nd.grad_of is not None), None)
-        if gradient is not None:
-            raise PlacementError(f"graph {graph.name!r}: node {gradient.name!r} is a gradient "
-                                 "node; partition the forward graph (the backward pass follows "
-                                 "its forward nodes)")
+        require_forward(graph)
         arrays = graph_arrays(graph)
         weights = step_train_flops(arrays, micro_batches)
         load_caps, relaxed_by = load_caps_of(arrays.names, weights, cluster.speeds, epsilon)
@@ -87,6 +81,17 @@ class Problem:
                    relaxed_by=relaxed_by, memory_caps=cluster.memory,
                    pinned=resolve_pins(arrays.names, graph.index, pins, cluster),
                    optimizer_slots=slots_of(optimizer), micro_batches=micro_batches)
+
+
+def require_forward(graph: Graph) -> None:
+    """PlacementError unless `graph` is a non-empty forward graph (no gradient nodes)."""
+    if len(graph) == 0:
+        raise PlacementError(f"graph {graph.name!r} has no nodes to place")
+    gradient = next((nd for nd in graph.nodes if nd.grad_of is not None), None)
+    if gradient is not None:
+        raise PlacementError(f"graph {graph.name!r}: node {gradient.name!r} is a gradient "
+                             "node; give the forward graph (the backward pass is implied by "
+                             "its forward nodes)")
 
 
 def load_caps_of(names, weights: np.ndarray, speeds: np.ndarray, epsilon: float

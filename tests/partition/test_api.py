@@ -64,7 +64,8 @@ def test_pins_patterns_names_and_errors():
 def test_bad_arguments_are_named():
     g = chain([1] * 3)
     for kwargs, field in [({"epsilon": -0.1}, "epsilon"), ({"objective": "speed"}, "objective"),
-                          ({"micro_batches": 0}, "micro_batches"), ({"time_limit": 0}, "time_limit"),
+                          ({"micro_batches": 0}, "micro_batches"),
+                          ({"time_limit": 0}, "time_limit"),
                           ({"optimizer": "lion"}, "optimizer")]:
         with pytest.raises(PlacementError, match=field):
             Problem.build(g, uniform(2), **kwargs)

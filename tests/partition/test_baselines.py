@@ -1,5 +1,4 @@
 """Baseline algorithms: round_robin, random, contiguous, layers (hand-checked on tiny graphs)."""
-import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from autodiff.ir import Graph, Node

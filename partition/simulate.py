@@ -1,0 +1,316 @@
+"""Event-driven simulation of one training step of a placed forward graph (SPEC section 4).
+
+The backward pass is implied: every forward node that requires grad has a backward op costing
+twice its forward FLOPs on the same device, run in reverse topological order. A tensor travels
+once to each other device that reads it (V_f) and its gradient comes back once from each
+(V_b); a transfer occupies its directed link for `latency + bytes / bandwidth`, transfers on
+one link run one at a time in the order they become ready, and each device runs one op at a
+time. With m micro-batches, batch-dependent nodes run m times; parameters (and what is computed
+from them alone) are sent once per step and their gradients summed before going back.
+
+Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
+first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
+stage (stage = device, in a topological order of the acyclic quotient): GPipe runs all
+forwards then all backwards; 1F1B runs (stages - stage - 1) warm-up forwards, then alternates
+one forward and one backward, then drains the backwards.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from autodiff.ir import Graph
+from partition.cluster import Cluster
+from partition.cost import graph_arrays, remote_pairs
+from partition.errors import PlacementError
+from partition.metrics import check_assignment, quotient_adjacency, quotient_order
+from partition.problem import require_forward
+
+SCHEDULES = (None, "gpipe", "1f1b")
+SHARED = -1          # micro-batch index of nodes that run once per step
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Simulated step: makespan (s), each device's busy fraction, the bubble fraction of a
+    pipeline schedule (1 - busy time of the stages / (stages * makespan)), the step time on the
+    fastest single device without communication, the speedup over it, and each device's peak
+    number of micro-batches in flight (forward started, backward not finished)."""
+
+    makespan: float
+    busy: tuple[float, ...]
+    bubble: float | None
+    single_device_time: float
+    speedup: float
+    peak_in_flight: tuple[int, ...]
+    schedule: str | None
+    micro_batches: int
+    devices: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"makespan": self.makespan, "busy": dict(zip(self.devices, self.busy)),
+                "bubble": self.bubble, "single_device_time": self.single_device_time,
+                "speedup": self.speedup,
+                "peak_in_flight": dict(zip(self.devices, self.peak_in_flight)),
+                "schedule": self.schedule, "micro_batches": self.micro_batches}
+
+
+def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = None,
+             micro_batches: int = 1) -> SimulationResult:
+    """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`."""
+    if schedule not in SCHEDULES:
+        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
+                             f"got {schedule!r}")
+    if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
+            or micro_batches < 1:
+        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
+    require_forward(graph)
+    arrays = graph_arrays(graph)
+    k = cluster.k
+    a = check_assignment(assignment, arrays.n, k)
+    stages = None
+    if schedule is not None:
+        order = quotient_order(quotient_adjacency(arrays, a, k))
+        if order is None:
+            raise PlacementError(f"schedule {schedule!r} needs an acyclic placement: tensors "
+                                 "flow in a cycle between devices (partition with acyclic=True)")
+        computing = np.bincount(a[~arrays.is_source], minlength=k) > 0
+        stages = [d for d in order if computing[d]]
+    tasks = _build(arrays, a, cluster, micro_batches)
+    sequences = (None if stages is None
+                 else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
+    start, finish = _run(tasks, k, sequences, schedule)
+    makespan = float(finish.max()) if len(finish) else 0.0
+    resource = np.array(tasks.resource)
+    compute = (resource >= 0) & (resource < k)
+    device = resource[compute]
+    busy_time = np.bincount(device, weights=(finish - start)[compute], minlength=k)
+    busy = busy_time / makespan if makespan > 0 else np.zeros(k)
+    bubble = None
+    if stages:
+        bubble = float(1.0 - busy_time[stages].sum() / (len(stages) * makespan)) \
+            if makespan > 0 else 0.0
+    multiplicity = np.where(arrays.batch_dependent, micro_batches, 1)
+    single = float((arrays.train_flops * multiplicity).sum() / cluster.speeds.max())
+    return SimulationResult(
+        makespan=makespan, busy=tuple(float(b) for b in busy), bubble=bubble,
+        single_device_time=single, speedup=single / makespan if makespan > 0 else 1.0,
+        peak_in_flight=_peak_in_flight(tasks, start, finish, k),
+        schedule=schedule, micro_batches=micro_batches, devices=cluster.device_names)
+
+
+# ------------------------------------------------------------------ the task graph
+class _Tasks:
+    """Ops and transfers as parallel lists. `resource` is a device (< k), a directed link
+    (k + a * k + b) or -1 for zero-time bookkeeping (sources, parameter gradients)."""
+
+    def __init__(self) -> None:
+        self.resource: list[int] = []
+        self.duration: list[float] = []
+        self.priority: list[tuple] = []
+        self.successors: list[list[int]] = []
+        self.pending: list[int] = []
+        self.micro_batch: list[int] = []
+        self.backward: list[bool] = []
+
+    def add(self, resource: int, duration: float, priority: tuple, micro_batch: int,
+            backward: bool) -> int:
+        self.resource.append(resource)
+        self.duration.append(duration)
+        self.priority.append(priority)
+        self.successors.append([])
+        self.pending.append(0)
+        self.micro_batch.append(micro_batch)
+        self.backward.append(backward)
+        return len(self.resource) - 1
+
+    def edge(self, before: int, after: int) -> None:
+        self.successors[before].append(after)
+        self.pending[after] += 1
+
+
+def _build(arrays, a: np.ndarray, cluster: Cluster, m: int) -> _Tasks:
+    """Forward ops, backward ops and transfers of one step, with their dependencies."""
+    k, n = cluster.k, arrays.n
+    speed = cluster.speeds[a]
+    place = a.tolist()
+    batch = arrays.batch_dependent.tolist()
+    grad = arrays.requires_grad.tolist()
+    source = arrays.is_source.tolist()
+    flops = arrays.flops.tolist()
+    copies = [m if b else 1 for b in batch]
+
+    def micro(v: int, i: int) -> int:
+        return i if batch[v] else SHARED
+
+    tasks = _Tasks()
+    forward = [0] * n                 # task id of instance 0; instance i is forward[v] + i
+    backward = [-1] * n
+    for v in range(n):
+        device = -1 if source[v] else place[v]
+        duration = 0.0 if source[v] else flops[v] / speed[v]
+        forward[v] = len(tasks.resource)
+        for i in range(copies[v]):
+            tasks.add(device, duration, (0, micro(v, i), v), micro(v, i), False)
+    for v in range(n - 1, -1, -1):
+        if grad[v]:
+            device = -1 if source[v] else place[v]
+            duration = 0.0 if source[v] else 2.0 * flops[v] / speed[v]
+            backward[v] = len(tasks.resource)
+            for i in range(copies[v]):
+                j = micro(v, i)
+                tasks.add(device, duration, (1, m if j == SHARED else j, -v), j, True)
+                tasks.edge(forward[v] + i, backward[v] + i)
+    sends: dict[tuple[int, int], int] = {}
+    returns: dict[tuple[int, int], int] = {}
+    nbytes = arrays.bytes
+    for u, d in zip(*(x.tolist() for x in remote_pairs(arrays, a, k))):
+        s = place[u]
+        sends[u, d] = len(tasks.resource)
+        for i in range(copies[u]):
+            tasks.add(k + s * k + d, cluster.transfer_time(s, d, nbytes[u]),
+                      (0, micro(u, i), u), micro(u, i), False)
+            tasks.edge(forward[u] + i, sends[u, d] + i)
+        if grad[u]:
+            returns[u, d] = len(tasks.resource)
+            for i in range(copies[u]):
+                tasks.add(k + d * k + s, cluster.transfer_time(d, s, nbytes[u]),
+                          (1, m if micro(u, i) == SHARED else i, -u), micro(u, i), True)
+                tasks.edge(sends[u, d] + i, returns[u, d] + i)
+                tasks.edge(returns[u, d] + i, backward[u] + i)
+    in_ptr, in_idx = arrays.in_ptr.tolist(), arrays.in_idx.tolist()
+    for c in range(n):
+        for u in in_idx[in_ptr[c]:in_ptr[c + 1]]:
+            local = place[u] == place[c]
+            gradient = grad[u] and grad[c]
+            for i in range(copies[c]):
+                i_u = i if batch[u] else 0
+                tasks.edge(forward[u] + i_u if local else sends[u, place[c]] + i_u,
+                           forward[c] + i)
+                if gradient:
+                    tasks.edge(backward[c] + i,
+                               backward[u] + i_u if local else returns[u, place[c]] + i_u)
+    return tasks
+
+
+def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
+                        schedule: str) -> list[list[int]]:
+    """Each device's fixed op order: shared forwards, the schedule's per-micro-batch forward
+    and backward blocks, shared backwards."""
+    blocks: dict[tuple[int, int, bool], list[int]] = {}
+    for t, device in enumerate(tasks.resource):
+        if device < 0 or device >= k:
+            continue
+        blocks.setdefault((device, tasks.micro_batch[t], tasks.backward[t]), []).append(t)
+    sequences: list[list[int]] = [[] for _ in range(k)]
+    for s, device in enumerate(stages):
+        actions: list[tuple[int, bool]] = []
+        if schedule == "gpipe":
+            actions = [(j, False) for j in range(m)] + [(j, True) for j in range(m)]
+        else:
+            warmup = min(len(stages) - s - 1, m)
+            actions = [(j, False) for j in range(warmup)]
+            for j in range(m - warmup):
+                actions += [(warmup + j, False), (j, True)]
+            actions += [(j, True) for j in range(m - warmup, m)]
+        actions = [(SHARED, False)] + actions + [(SHARED, True)]
+        for j, is_backward in actions:
+            sequences[device] += blocks.get((device, j, is_backward), [])
+    return sequences
+
+
+# ------------------------------------------------------------------ the event loop
+def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str | None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Start and finish time of every task."""
+    count = len(tasks.resource)
+    resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
+    pending = list(tasks.pending)
+    start = [0.0] * count
+    finish = [np.nan] * count
+    busy = [False] * (k + k * k)
+    queues: list[list] = [[] for _ in range(k + k * k)]   # ready tasks per device and link
+    ready = [False] * count
+    position = [0] * k                                   # next op of a fixed sequence
+    events: list[tuple[float, int]] = []
+
+    def begin(r: int, now: float) -> None:
+        if busy[r]:
+            return
+        if r < k and sequences is not None:
+            sequence = sequences[r]
+            if position[r] == len(sequence) or not ready[sequence[position[r]]]:
+                return
+            t = sequence[position[r]]
+            position[r] += 1
+        elif queues[r]:
+            t = heapq.heappop(queues[r])[-1]
+        else:
+            return
+        busy[r] = True
+        start[t] = now
+        heapq.heappush(events, (now + duration[t], t))
+
+    def make_ready(t: int, now: float) -> None:
+        r = resource[t]
+        if r < 0:
+            start[t] = now
+            heapq.heappush(events, (now, t))
+            return
+        ready[t] = True
+        if r >= k:                                       # links: first come, first served
+            heapq.heappush(queues[r], (now, priority[t], t))
+        elif sequences is None:
+            heapq.heappush(queues[r], (priority[t], t))
+        begin(r, now)
+
+    for t in range(count):
+        if pending[t] == 0:
+            make_ready(t, 0.0)
+    done = 0
+    while events:
+        now, t = heapq.heappop(events)
+        finish[t] = now
+        done += 1
+        r = resource[t]
+        if r >= 0:
+            busy[r] = False
+        for s in tasks.successors[t]:
+            pending[s] -= 1
+            if pending[s] == 0:
+                make_ready(s, now)
+        if r >= 0:
+            begin(r, now)
+    if done < count:
+        stuck = [d for d in range(k) if sequences and position[d] < len(sequences[d])]
+        raise PlacementError(f"schedule {schedule!r} deadlocks on this placement: devices "
+                             f"{stuck} wait for ops that can never become ready")
+    return np.array(start), np.array(finish)
+
+
+def _peak_in_flight(tasks: _Tasks, start: np.ndarray, finish: np.ndarray, k: int
+                    ) -> tuple[int, ...]:
+    """Per device, the most micro-batches between the start of their first forward op and the
+    end of their last op there at the same time."""
+    resource = np.array(tasks.resource)
+    micro_batch = np.array(tasks.micro_batch)
+    peaks = []
+    for d in range(k):
+        mine = (resource == d) & (micro_batch >= 0)
+        if not mine.any():
+            peaks.append(0)
+            continue
+        batches = micro_batch[mine]
+        first = np.full(batches.max() + 1, np.inf)
+        last = np.full(batches.max() + 1, -np.inf)
+        np.minimum.at(first, batches, start[mine])
+        np.maximum.at(last, batches, finish[mine])
+        used = np.isfinite(first)
+        # an interval ending when another starts does not overlap it: ends sort first
+        times = np.concatenate([last[used], first[used]])
+        steps = np.concatenate([-np.ones(used.sum()), np.ones(used.sum())])
+        order = np.lexsort((steps, times))
+        peaks.append(int(np.cumsum(steps[order]).max()))
+    return tuple(peaks)
