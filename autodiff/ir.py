@@ -146,39 +146,50 @@ class Graph:
         """Check SPEC section 1's rules; raise GraphError naming `source`, the node and the rule."""
         index: dict[str, int] = {}
         for i, n in enumerate(self.nodes):
-            where = f"{source}: node {n.name!r}"
-            if not isinstance(n.name, str) or not n.name:
-                raise GraphError(f"{source}: node #{i}: name must be a non-empty string")
-            if n.name in index:
-                raise GraphError(f"{where}: duplicate name (first defined as node #{index[n.name]})")
-            if not isinstance(n.op, str) or not n.op:
-                raise GraphError(f"{where}: 'op' must be a non-empty string")
-            if n.dtype not in ITEMSIZE:
-                raise GraphError(f"{where}: unknown dtype {n.dtype!r} (expected one of "
-                                 f"{', '.join(ITEMSIZE)})")
-            for d in n.shape:
-                if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-                    raise GraphError(f"{where}: shape {list(n.shape)} has a dimension that is "
-                                     "not a non-negative integer")
-            if n.op in SOURCE_OPS and n.inputs:
-                raise GraphError(f"{where}: source op {n.op!r} must have no inputs, "
-                                 f"got {list(n.inputs)}")
-            for inp in n.inputs:
-                if inp not in index:
-                    rule = ("refers to itself" if inp == n.name else
-                            "is defined later (nodes must be in topological order)"
-                            if any(m.name == inp for m in self.nodes[i + 1:]) else "does not exist")
-                    raise GraphError(f"{where}: input {inp!r} {rule}")
-            if n.flops is not None and (not isinstance(n.flops, int) or n.flops < 0):
-                raise GraphError(f"{where}: flops must be a non-negative integer, got {n.flops!r}")
-            if n.grad_of is not None and n.grad_of not in index and n.grad_of != n.name:
-                raise GraphError(f"{where}: grad_of {n.grad_of!r} names no earlier node")
+            ok = (isinstance(n.name, str) and n.name and n.name not in index
+                  and isinstance(n.op, str) and n.op and n.dtype in ITEMSIZE
+                  and all(type(d) is int and d >= 0 for d in n.shape)
+                  and not (n.inputs and n.op in SOURCE_OPS)
+                  and all(x in index for x in n.inputs)
+                  and (n.flops is None or (type(n.flops) is int and n.flops >= 0))
+                  and (n.grad_of is None or n.grad_of in index or n.grad_of == n.name))
+            if not ok:
+                self._raise_for(i, n, index, source)
             index[n.name] = i
         for out in self.outputs:
             if out not in index:
                 raise GraphError(f"{source}: output {out!r} names no node")
         self.index = index
         self._consumers = None
+
+    def _raise_for(self, i: int, n: Node, index: dict[str, int], source: str) -> None:
+        """Raise the GraphError naming the first rule node #i breaks (only on the error path)."""
+        where = f"{source}: node {n.name!r}"
+        if not isinstance(n.name, str) or not n.name:
+            raise GraphError(f"{source}: node #{i}: name must be a non-empty string")
+        if n.name in index:
+            raise GraphError(f"{where}: duplicate name (first defined as node #{index[n.name]})")
+        if not isinstance(n.op, str) or not n.op:
+            raise GraphError(f"{where}: 'op' must be a non-empty string")
+        if n.dtype not in ITEMSIZE:
+            raise GraphError(f"{where}: unknown dtype {n.dtype!r} (expected one of "
+                             f"{', '.join(ITEMSIZE)})")
+        for d in n.shape:
+            if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+                raise GraphError(f"{where}: shape {list(n.shape)} has a dimension that is "
+                                 "not a non-negative integer")
+        if n.op in SOURCE_OPS and n.inputs:
+            raise GraphError(f"{where}: source op {n.op!r} must have no inputs, "
+                             f"got {list(n.inputs)}")
+        for inp in n.inputs:
+            if inp not in index:
+                rule = ("refers to itself" if inp == n.name else
+                        "is defined later (nodes must be in topological order)"
+                        if any(m.name == inp for m in self.nodes[i + 1:]) else "does not exist")
+                raise GraphError(f"{where}: input {inp!r} {rule}")
+        if n.flops is not None:
+            raise GraphError(f"{where}: flops must be a non-negative integer, got {n.flops!r}")
+        raise GraphError(f"{where}: grad_of {n.grad_of!r} names no earlier node")
 
     # -------------------------------------------------------------- printing
     def __str__(self) -> str:

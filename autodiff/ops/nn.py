@@ -94,9 +94,14 @@ GELU_C = math.sqrt(2.0 / math.pi)
 GELU_K = 0.044715
 
 
+def _square_into_new(x):
+    """x * x as a fresh array (never a numpy scalar), so later steps can work in place."""
+    return np.multiply(x, x, out=np.empty(np.shape(x), np.result_type(x, np.float32)))
+
+
 def _gelu_numpy(x):
     """0.5 x (1 + tanh(c (x + k x^3))), computed in place on one temporary."""
-    y = x * x
+    y = _square_into_new(x)
     y *= GELU_K
     y += 1.0
     y *= x
@@ -110,13 +115,13 @@ def _gelu_numpy(x):
 
 def _gelu_grad_numpy(x):
     """gelu'(x), fused in numpy (the backward's hot path)."""
-    x2 = x * x
-    t = x2 * GELU_K
+    x2 = _square_into_new(x)
+    t = np.multiply(x2, GELU_K, out=np.empty_like(x2))
     t += 1.0
     t *= x
     t *= GELU_C
     np.tanh(t, out=t)
-    d = np.multiply(t, t)                 # t^2
+    d = np.multiply(t, t, out=np.empty_like(t))   # t^2
     np.subtract(1.0, d, out=d)            # 1 - t^2
     d *= x
     x2 *= 3.0 * GELU_K
