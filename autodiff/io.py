@@ -114,7 +114,28 @@ def graph_from_dict(document: Any, source: str = "<dict>") -> Graph:
     for node in graph.nodes:
         if node.op == "const" and "value" in node.attrs:
             node.attrs = {**node.attrs, "value": _const_array(node, source)}
+    _restore_updates(graph, source)
     return graph
+
+
+# State updates (graph.meta["updates"], e.g. batch-norm running averages) travel inside SPEC
+# section 1's free-form `attrs`: the state node names the node holding its new value.
+UPDATE_ATTR = "update_from"
+
+
+def _restore_updates(graph: Graph, source: str) -> None:
+    updates = {}
+    for node in graph.nodes:
+        if UPDATE_ATTR in node.attrs:
+            attrs = dict(node.attrs)
+            new = attrs.pop(UPDATE_ATTR)
+            if new not in graph.index:
+                raise GraphError(f"{source}: node {node.name!r}: attrs.{UPDATE_ATTR} names no "
+                                 f"node ({new!r})")
+            node.attrs = attrs
+            updates[node.name] = new
+    if updates:
+        graph.meta["updates"] = updates
 
 
 def _check_header(document: Any, source: str) -> None:
@@ -211,12 +232,13 @@ def _json_type(value: Any) -> str:
 # ------------------------------------------------------------------------------------ writing
 def graph_to_dict(graph: Graph) -> dict:
     """The `modelcut.graph` document for `graph`; unset optional fields are omitted."""
+    updates = graph.meta.get("updates", {})
     return {"format": FORMAT, "version": VERSION, "name": graph.name,
-            "nodes": [_node_to_dict(n, graph.name) for n in graph.nodes],
+            "nodes": [_node_to_dict(n, graph.name, updates.get(n.name)) for n in graph.nodes],
             "outputs": list(graph.outputs)}
 
 
-def _node_to_dict(node: Node, graph_name: str) -> dict:
+def _node_to_dict(node: Node, graph_name: str, update_from: str | None = None) -> dict:
     d: dict[str, Any] = {"name": node.name, "op": node.op}
     if node.inputs:
         d["inputs"] = list(node.inputs)
@@ -226,8 +248,10 @@ def _node_to_dict(node: Node, graph_name: str) -> dict:
         d["flops"] = int(node.flops)
     if node.group is not None:
         d["group"] = node.group
-    if node.attrs:
+    if node.attrs or update_from:
         d["attrs"] = {k: _encode(v, node, k, graph_name) for k, v in node.attrs.items()}
+        if update_from:
+            d["attrs"][UPDATE_ATTR] = update_from
     if node.grad_of is not None:
         d["grad_of"] = node.grad_of
     return d

@@ -306,3 +306,17 @@ def test_strings_are_data_never_code(tmp_path):
     doc = mutate(lambda d: node(d, "a").update(attrs={"init": "__import__('os').system('x')"}))
     write_json(tmp_path / "g.json", doc)
     assert load_graph(tmp_path / "g.json")["a"].attrs["init"] == "__import__('os').system('x')"
+
+
+def test_state_updates_survive_a_round_trip(tmp_path):
+    # resnet's batch-norm running averages are consts whose new values the graph computes;
+    # the mapping travels in attrs and comes back as graph.meta["updates"].
+    from autodiff.models import BUILDERS
+    graph = BUILDERS["resnet"](channels=[4], blocks=1, image=4, in_channels=1, classes=2,
+                               batch=2, dtype="float64")
+    assert graph.meta["updates"]
+    path = tmp_path / "resnet.json"
+    save_graph(graph, path)
+    back = load_graph(path)
+    assert back.meta["updates"] == graph.meta["updates"]
+    assert all("update_from" not in n.attrs for n in back.nodes)
