@@ -102,27 +102,42 @@ def estimate_flops(graph: Graph, node: Node) -> int:
 def kept_for_backward(graph: Graph) -> np.ndarray:
     """Bool mask over graph.nodes: True where some consumer's gradient rule reads the value.
 
-    Only consumers that require grad run a backward rule; opaque ops are assumed to keep
-    all their inputs (the conservative choice).
+    Only consumers that need a gradient run a backward rule; opaque ops are assumed to keep
+    all their inputs (the conservative choice). One pass over the nodes with per-op facts
+    looked up once, since this runs on million-node graphs.
     """
     n = len(graph.nodes)
     kept = np.zeros(n, dtype=bool)
-    needs = np.zeros(n, dtype=bool)
+    needs = [False] * n
     index = graph.index
     reg = registry()
+    facts: dict[tuple[str, str], tuple[bool, tuple | None]] = {}
     for i, node in enumerate(graph.nodes):
-        op = reg.get(node.op)
-        differentiable = node.is_source or op is None or op.vjp is not None
-        needs[i] = differentiable and node.dtype in FLOAT_DTYPES and (
-            node.op == "param" or any(needs[index[x]] for x in node.inputs))
-        if not needs[i] or node.is_source:
+        key = (node.op, node.dtype)
+        fact = facts.get(key)
+        if fact is None:
+            op = reg.get(node.op)
+            differentiable = node.dtype in FLOAT_DTYPES and (
+                node.op in ("param", "input", "const") or op is None or op.vjp is not None)
+            fact = facts[key] = (differentiable, None if op is None else op.saves)
+        if not fact[0]:
             continue
-        saves = tuple(range(len(node.inputs))) if op is None else op.saves
+        if node.op == "param":
+            needs[i] = True
+            continue
+        ins = [index[x] for x in node.inputs]
+        if not any(needs[j] for j in ins):
+            continue
+        needs[i] = True
+        saves = fact[1]
+        if saves is None:
+            kept[ins] = True
+            continue
         for s in saves:
             if s == "out":
                 kept[i] = True
-            elif s < len(node.inputs):
-                kept[index[node.inputs[s]]] = True
+            elif s < len(ins):
+                kept[ins[s]] = True
     return kept
 
 
