@@ -10,9 +10,11 @@ import logging
 import sys
 
 from modelcut.commands import check, graph
+from modelcut.commands import compare, partition, viz
 
 # The commands `modelcut --help` lists, in this order. Each module has add_parser and run.
 COMMANDS = [graph, check]
+COMMANDS += [partition, compare, viz]
 PACKAGES = ("autodiff", "partition", "executor", "modelcut")
 
 

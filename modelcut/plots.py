@@ -109,45 +109,59 @@ def traffic_plot(report: Mapping, path: Path) -> Path:
 
 
 def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) -> Path:
-    """Gantt chart of the simulated step: one row per device with its compute intervals
-    (forward and backward in two colours, micro-batches in shades) and transfers below it."""
-    intervals = simulation.get("intervals") or []
+    """The simulated step per device: a Gantt chart of its compute intervals (forward and
+    backward in two colours, micro-batches in shades, transfers as thin bars) when the
+    simulation lists them under "timeline", else each device's busy and idle time."""
+    timeline = simulation.get("timeline") or []
     k = len(device_names)
+    row_of = {name: i for i, name in enumerate(device_names)}
     fig = Figure(figsize=(10, max(2.5, 0.55 * k + 1.5)))
     ax = fig.subplots()
     makespan = float(simulation.get("makespan") or 0.0)
-    end_max = max([makespan] + [float(i["end"]) for i in intervals])
+    end_max = max([makespan] + [float(item["end"]) for item in timeline])
     scale, unit = next(((s, u) for s, u in TIME_UNITS if end_max >= s), TIME_UNITS[-1])
-    for item in intervals:
-        row = int(item["device"])
-        start, end = float(item["start"]) / scale, float(item["end"]) / scale
-        kind = item.get("kind", "forward")
-        if kind == "transfer":
-            ax.broken_barh([(start, end - start)], (row + 0.32, 0.18), color=TRANSFER_COLOUR)
-            continue
-        colour = BACKWARD_COLOUR if kind == "backward" else FORWARD_COLOUR
-        micro = item.get("micro_batch")
-        alpha = 1.0 if micro is None else 0.55 + 0.45 * ((int(micro) % 4) / 3)
-        ax.broken_barh([(start, end - start)], (row - 0.3, 0.6), color=colour, alpha=alpha,
-                       linewidth=0.2, edgecolor="white")
+    busy = simulation.get("busy") or {}
+    if timeline:
+        for item in timeline:
+            row = row_of[item["device"]]
+            start, end = float(item["start"]) / scale, float(item["end"]) / scale
+            kind = item.get("kind", "forward")
+            if kind == "transfer":
+                ax.broken_barh([(start, end - start)], (row + 0.32, 0.18), color=TRANSFER_COLOUR)
+                continue
+            micro = item.get("micro_batch")
+            alpha = 1.0 if micro is None or micro < 0 else 0.55 + 0.45 * ((int(micro) % 4) / 3)
+            ax.broken_barh([(start, end - start)], (row - 0.3, 0.6), alpha=alpha,
+                           color=BACKWARD_COLOUR if kind == "backward" else FORWARD_COLOUR,
+                           linewidth=0.2, edgecolor="white")
+        handles = [Patch(color=FORWARD_COLOUR, label="forward"),
+                   Patch(color=BACKWARD_COLOUR, label="backward"),
+                   Patch(color=TRANSFER_COLOUR, label="transfer (to this device)")]
+    else:
+        for name, row in row_of.items():
+            used = float(busy.get(name, 0.0)) * makespan / scale
+            ax.broken_barh([(0, used)], (row - 0.3, 0.6), color=FORWARD_COLOUR)
+            ax.broken_barh([(used, makespan / scale - used)], (row - 0.3, 0.6),
+                           color="#eeeeee")
+            ax.text(used, row, f" {100 * float(busy.get(name, 0.0)):.0f}% busy", va="center",
+                    fontsize=8)
+        handles = [Patch(color=FORWARD_COLOUR, label="busy (forward + backward)"),
+                   Patch(color="#eeeeee", label="idle")]
+        ax.text(0.99, -0.12, "the simulator reported totals only, no per-op times",
+                transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#666666")
     ax.set_yticks(range(k), device_names)
     ax.set_ylim(k - 0.5, -0.7)
     ax.set_xlim(0, end_max / scale * 1.02 if end_max else 1)
     ax.set_xlabel(f"time ({unit})")
     title = f"Simulated step: {makespan / scale:.4g} {unit}"
+    if simulation.get("speedup") is not None:
+        title += f", speedup {simulation['speedup']:.2f}x"
     if simulation.get("bubble") is not None:
         title += f", bubble {100 * simulation['bubble']:.1f}%"
-    if simulation.get("schedule"):
-        title += f" ({simulation['schedule']})"
+    title += f" ({simulation.get('schedule') or 'list scheduling'}"
+    title += f", {simulation.get('micro_batches', 1)} micro-batches)"
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=[Patch(color=FORWARD_COLOUR, label="forward"),
-                       Patch(color=BACKWARD_COLOUR, label="backward"),
-                       Patch(color=TRANSFER_COLOUR, label="transfer (receiver)")],
-              loc="upper right", fontsize=8)
-    if not intervals:
-        ax.text(0.5, 0.5, "the simulator reported no per-op times", transform=ax.transAxes,
-                ha="center", va="center")
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
-

@@ -51,7 +51,7 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
     loads = np.asarray(metrics.loads, dtype=float)
     total_load = float(loads.sum())
     memory = np.asarray(metrics.memory)
-    busy = list((simulation or {}).get("busy") or [None] * k)
+    busy = dict((simulation or {}).get("busy") or {})
     devices = []
     for d, device in enumerate(cluster.devices):
         devices.append({
@@ -59,7 +59,7 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
             "load_share": float(loads[d] / total_load) if total_load else 0.0,
             "parameters": int(parameters[d]), "memory": int(memory[d]),
             "capacity": int(device.memory), "memory_share": float(memory[d] / device.memory)
-            if device.memory else 0.0, "flops_per_second": float(device.flops), "busy": busy[d]})
+            if device.memory else 0.0, "flops_per_second": float(device.flops), "busy": busy.get(device.name)})
     totals = {
         "forward_volume": int(metrics.forward_volume),
         "backward_volume": int(metrics.backward_volume),
@@ -94,7 +94,9 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
 
 # ------------------------------------------------------------------ tables
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    if x is None:
+        return "-"
+    return f"{100 * x:.2g}%" if 0 < x < 0.001 else f"{100 * x:.1f}%"
 
 
 def _bool(x) -> str:

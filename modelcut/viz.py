@@ -24,7 +24,7 @@ from autodiff.ir import FLOAT_DTYPES, Graph, GraphError
 from autodiff.ops.registry import get_op
 from autodiff.reverse import vjp
 from autodiff.trace import Tracer, TracingError
-from modelcut.units import format_size
+from modelcut.units import format_flops, format_size
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,8 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     for b in np.flatnonzero(ops):
         g, d = divmod(int(b), k)
         label = [names[g]] + ([view.devices[d]] if view else []) + [
-            f"{int(ops[b])} ops, {_number(flops[b])} FLOPs", f"{_number(int(params[b]))} parameters"]
+            f"{int(ops[b])} ops, {format_flops(flops[b]).replace('FLOPS', 'FLOP')}",
+            f"{int(params[b]):,} parameters"]
         attrs = {"label": "\n".join(label)}
         if view:
             attrs["fillcolor"] = view.colours[view.devices[d]]

@@ -1,0 +1,69 @@
+"""`modelcut compare CONFIG`: run every partitioning algorithm and print them side by side."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+HELP = "run every partitioning algorithm on a config and compare volumes, balance and time"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from modelcut.commands.partition import add_setup_arguments
+    parser = subparsers.add_parser("compare", help=HELP, description=HELP + ".")
+    add_setup_arguments(parser, algorithm=False)
+    parser.add_argument("--only", metavar="A,B", help="compare only these algorithms")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.markup import escape
+
+    from modelcut.commands import CommandError
+    from modelcut.commands.partition import load_setup
+    from modelcut.report import compare_table, make_console, rich_table
+    from partition.algorithms import ALGORITHMS
+
+    names = list(ALGORITHMS)
+    if args.only:
+        names = [a.strip() for a in args.only.split(",") if a.strip()]
+        unknown = [a for a in names if a not in ALGORITHMS]
+        if unknown:
+            raise CommandError(f"--only: unknown algorithm {unknown[0]!r} (known: "
+                               f"{', '.join(ALGORITHMS)})")
+    status = make_console(stderr=True)
+    with status.status("building the graph ..."):
+        setup = load_setup(args)
+    rows = []
+    for name in names:
+        with status.status(f"{name} on {setup.cluster.k} devices ..."):
+            rows.append(compare_one(setup, name))
+    console = make_console()
+    console.print(f"[bold]{setup.graph.name}[/bold] on [bold]{setup.cluster.name}[/bold]: "
+                  f"{len(setup.graph):,} nodes, {setup.cluster.k} devices, epsilon "
+                  f"{setup.options['epsilon']}{', acyclic' if setup.options['acyclic'] else ''}")
+    console.print(rich_table(compare_table(rows)))
+    for row in rows:
+        if row.get("error"):
+            console.print(f"[red]{row['algorithm']} failed:[/red] {escape(row['error'])}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def compare_one(setup, algorithm: str) -> dict:
+    """One row: the placement's metrics and seconds, or the PlacementError message."""
+    from modelcut.commands.partition import place
+    from partition.errors import PartitionError
+    start = time.perf_counter()
+    try:
+        placement = place(dataclasses.replace(setup, options={**setup.options,
+                                                              "algorithm": algorithm}))
+    except PartitionError as e:
+        return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
+    return {"algorithm": algorithm, "seconds": placement.seconds,
+            "metrics": placement.metrics.to_dict(), "optimal": placement.optimal}

@@ -1,0 +1,220 @@
+"""`modelcut partition CONFIG`: place a model on a cluster and write the report.
+
+Prints a table per device and the totals, the heaviest cut tensors and the link traffic, and
+writes into --out: placement.json, report.json, report.md, graph.dot, load_memory.png,
+schedule.png, traffic.png (and report.html with --html).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelcut.commands import CommandError
+
+HELP = "partition a model across devices, print the placement and write a report"
+OUTPUTS = ("placement.json", "report.json", "report.md", "graph.dot", "load_memory.png",
+           "schedule.png", "traffic.png", "report.html")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What to partition: the forward graph, the cluster and the partition() keyword arguments."""
+
+    name: str
+    graph: object
+    cluster: object
+    options: dict
+    schedule: str = "sequential"
+    source: str = ""
+    family: str | None = None       # model builder, when the graph comes from one
+    notes: list = field(default_factory=list)
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = True) -> None:
+    """CONFIG, --graph, --devices, --epsilon, --acyclic (and --algorithm): shared by the
+    partition, compare and viz commands."""
+    parser.add_argument("config", nargs="?", help="experiment config (YAML)")
+    parser.add_argument("--graph", metavar="FILE",
+                        help="a modelcut.graph JSON file to partition instead of the config's "
+                             "model (without CONFIG: on a uniform cluster of --devices devices)")
+    parser.add_argument("--devices", "-k", type=int, metavar="K",
+                        help="number of devices (resizes the config's uniform or hierarchical "
+                             "cluster; default 2 without a config)")
+    if algorithm:
+        parser.add_argument("--algorithm", "-a", metavar="A",
+                            help="partitioning algorithm (default: the config's, else auto)")
+    parser.add_argument("--epsilon", type=float, metavar="E",
+                        help="allowed load imbalance (default: the config's, else 0.10)")
+    parser.add_argument("--acyclic", action="store_true",
+                        help="require an acyclic device graph (for pipeline schedules)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="time limit of the algorithm (default: the config's)")
+
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    """The graph, cluster and partition options named by CONFIG / --graph and the flags."""
+    from partition.cluster import Cluster, uniform
+
+    if args.config is None and args.graph is None:
+        raise CommandError("give a CONFIG file or --graph FILE.json")
+    options: dict = {"algorithm": "auto", "epsilon": 0.10, "acyclic": False, "seed": 0}
+    schedule, family = "sequential", None
+    if args.config is not None:
+        from modelcut.config import load_config
+        config = load_config(args.config)
+        p, t = config.partition, config.training
+        options.update(algorithm=p.algorithm, epsilon=p.epsilon, acyclic=p.acyclic,
+                       seed=p.seed or 0, time_limit=p.time_limit, objective=p.objective,
+                       pins=dict(p.pin) or None, micro_batches=t.micro_batches,
+                       optimizer=t.optimizer)
+        schedule = t.schedule
+        cluster = Cluster.from_spec(config.cluster_spec())
+        if args.devices is not None and args.devices != cluster.k:
+            cluster = cluster.resized(args.devices)
+        name, source = config.name, str(args.config)
+    else:
+        cluster = uniform(args.devices if args.devices is not None else 2)
+    if args.graph is not None:
+        from autodiff.io import load_graph
+        graph = load_graph(args.graph)
+        source = str(args.graph)
+        if args.config is None:
+            name = Path(args.graph).name.split(".")[0]
+    else:
+        graph = config.forward_graph()
+        family = getattr(config.model, "builder", None)
+    if getattr(args, "algorithm", None):
+        options["algorithm"] = args.algorithm
+    if args.epsilon is not None:
+        options["epsilon"] = args.epsilon
+    if args.acyclic:
+        options["acyclic"] = True
+    if args.time_limit is not None:
+        options["time_limit"] = args.time_limit
+    return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
+                 source=source, family=family)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("partition", help=HELP, description=HELP + ".")
+    add_setup_arguments(parser)
+    parser.add_argument("--out", "-o", metavar="DIR",
+                        help="output folder (default runs/<config name>)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html (tables, plots and the graph in one file)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite a report already in the output folder")
+    parser.add_argument("--max-nodes", type=int, default=300, metavar="N",
+                        help="graph.dot draws every node up to N nodes, one box per layer "
+                             "group beyond (default 300)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelcut.report import make_console, report_tables, rich_table
+
+    console, status = make_console(), make_console(stderr=True)
+    with status.status("building the graph ..."):
+        setup = load_setup(args)
+    out = Path(args.out) if args.out else Path("runs") / setup.name
+    prepare_output(out, args.force)
+    with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes) with "
+                       f"{setup.options['algorithm']} on {setup.cluster.k} devices ..."):
+        placement = place(setup)
+    with status.status("simulating a training step ..."):
+        simulation = simulate_step(setup, placement)
+    with status.status(f"writing the report to {out} ..."):
+        report, written = write_outputs(setup, placement, simulation, out, args)
+    console.print(f"[bold]{setup.graph.name}[/bold] on [bold]{setup.cluster.name}[/bold]: "
+                  f"{len(setup.graph):,} nodes, {setup.cluster.k} devices")
+    for table in report_tables(report):
+        console.print(rich_table(table))
+    for note in setup.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    return 0
+
+
+def prepare_output(out: Path, force: bool) -> None:
+    """Create `out`; refuse a folder that already holds files unless `force` (then remove the
+    files this command writes, so no stale output survives)."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise CommandError(f"{out} already holds a report; pass --force to overwrite it, "
+                               "or --out DIR to write elsewhere")
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def place(setup: Setup):
+    """partition() with the setup's options."""
+    from partition.api import partition
+    return partition(setup.graph, setup.cluster, **setup.options)
+
+
+def simulate_step(setup: Setup, placement) -> dict:
+    """The simulated step (SPEC section 4) as a dict; a pipeline schedule needs an acyclic
+    placement, so a cyclic one is simulated with list scheduling (and a note says so)."""
+    from partition.simulate import simulate
+    schedule = None if setup.schedule == "sequential" else setup.schedule
+    if schedule is not None and not placement.metrics.acyclic:
+        setup.notes.append(f"the {schedule} schedule needs an acyclic placement (pass --acyclic); "
+                           "the step was simulated with list scheduling")
+        schedule = None
+    result = simulate(setup.graph, placement.assignment, setup.cluster, schedule=schedule,
+                      micro_batches=setup.options.get("micro_batches", 1))
+    return result.to_dict()
+
+
+def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
+                  args: argparse.Namespace) -> tuple[dict, list[Path]]:
+    """Write every output file; returns the report and the paths written."""
+    from modelcut import plots
+    from modelcut.report import build_report, write_report
+    from modelcut.viz import graph_dot, grouped_dot
+
+    settings = {key: value for key, value in setup.options.items() if key != "pins"}
+    settings.update(devices=setup.cluster.k, schedule=setup.schedule,
+                    pins=setup.options.get("pins"))
+    report = build_report(setup.graph, setup.cluster, placement, simulation=simulation,
+                          settings=settings, source=setup.source)
+    mapping = placement.to_mapping()
+    devices = setup.cluster.device_names
+    written = [out / "placement.json"]
+    written[0].write_text(json.dumps(mapping, indent=1) + "\n", encoding="utf-8")
+    images = [("Load and memory per device", plots.load_memory_plot(report, out / "load_memory.png")),
+              ("Simulated schedule", plots.schedule_plot(simulation, devices, out / "schedule.png")),
+              ("Link traffic", plots.traffic_plot(report, out / "traffic.png"))]
+    written += write_report(report, out, [p.name for _, p in images])
+    grouped = grouped_dot(setup.graph, placement=mapping, devices=devices)
+    if len(setup.graph) <= args.max_nodes:
+        text = graph_dot(setup.graph, placement=mapping, devices=devices, cluster="group",
+                         max_nodes=args.max_nodes)
+    else:
+        text = grouped
+        setup.notes.append(f"graph.dot shows one box per layer group and device: the graph has "
+                           f"{len(setup.graph):,} nodes (more than --max-nodes {args.max_nodes})")
+    (out / "graph.dot").write_text(text, encoding="utf-8")
+    written += [out / "graph.dot"] + [p for _, p in images]
+    if args.html:
+        written.append(write_html(report, images, grouped, out / "report.html", setup.notes))
+    return report, written
+
+
+def write_html(report: dict, images, grouped_dot_text: str, path: Path, notes: list) -> Path:
+    """report.html with the grouped graph inline (or a note when Graphviz is missing)."""
+    from modelcut.html_report import html_report
+    from modelcut.viz import VizError, svg_text
+    svg, note = None, None
+    try:
+        svg = svg_text(grouped_dot_text)
+    except VizError as e:
+        note = f"graph not drawn: {e}"
+        notes.append(note)
+    path.write_text(html_report(report, images, svg, note), encoding="utf-8")
+    return path

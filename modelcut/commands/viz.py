@@ -1,0 +1,116 @@
+"""`modelcut viz`: draw a graph with values and back-flowing gradients, optionally placed.
+
+    modelcut viz --expr "(x + y) * maximum(y, z)" --at x=1,y=2,z=0 --out DIR
+    modelcut viz CONFIG [--placement placement.json | --devices K --algorithm A] [--group]
+
+Writes DIR/graph.dot, and graph.svg and graph.png when Graphviz's `dot` is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "draw a graph (values, gradients, devices, cut tensors) as DOT, SVG and PNG"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from modelcut.commands.partition import add_setup_arguments
+    from modelcut.viz import DEFAULT_MAX_NODES
+    parser = subparsers.add_parser("viz", help=HELP, description=HELP + ".")
+    add_setup_arguments(parser)
+    parser.add_argument("--expr", metavar="TEXT",
+                        help='an expression over named scalars, e.g. "(x + y) * maximum(y, z)"')
+    parser.add_argument("--at", metavar="x=1,y=2", default="",
+                        help="values of the expression's variables")
+    parser.add_argument("--placement", metavar="FILE",
+                        help="placement.json (node -> device) written by modelcut partition")
+    parser.add_argument("--cluster", choices=("device", "group"),
+                        help="one box around each device's or each layer group's nodes")
+    parser.add_argument("--group", action="store_true",
+                        help="one box per layer group (and device), edges summing bytes")
+    parser.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, metavar="N",
+                        help=f"refuse to draw more nodes than this (default {DEFAULT_MAX_NODES})")
+    parser.add_argument("--no-values", action="store_true",
+                        help="do not run the graph to show values and gradients")
+    parser.add_argument("--out", "-o", metavar="DIR",
+                        help="output folder (default runs/<name>/viz)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from modelcut.commands import CommandError
+    from modelcut.commands.partition import Setup, load_setup, place
+    from modelcut.report import make_console
+    from modelcut.viz import (VizError, annotate, annotate_safely, expression_graph, graph_dot,
+                              grouped_dot, parse_assignments, render)
+
+    console = make_console(stderr=True)
+    feeds = params = None
+    if args.expr:
+        if args.config or args.graph:
+            raise CommandError("--expr draws an expression: give it without CONFIG or --graph")
+        at = parse_assignments(args.at)
+        graph = expression_graph(args.expr, at)
+        feeds = {name: np.float64(value) for name, value in at.items()}
+        setup = None
+        name = "expression"
+    else:
+        setup = load_setup(args)
+        graph, name = setup.graph, setup.name
+        if setup.family is not None and wants_values(args, graph):
+            from autodiff.models import init_params, make_data
+            seed = setup.options["seed"]
+            feeds, params = make_data(graph, setup.family, seed)(0), init_params(graph, seed)
+    placement, devices = None, None
+    if args.placement:
+        placement = _read_placement(Path(args.placement))
+        devices = setup.cluster.device_names if setup else tuple(dict.fromkeys(placement.values()))
+    elif args.devices is not None:
+        if setup is None:
+            from partition.cluster import uniform
+            setup = Setup(name=name, graph=graph, cluster=uniform(args.devices),
+                          options={"algorithm": args.algorithm or "auto",
+                                   "epsilon": 0.10 if args.epsilon is None else args.epsilon,
+                                   "acyclic": args.acyclic})
+        with console.status(f"partitioning with {setup.options['algorithm']} ..."):
+            placement = place(setup).to_mapping()
+        devices = setup.cluster.device_names
+    if args.group:
+        text = grouped_dot(graph, placement=placement, devices=devices)
+    else:
+        annotations = None
+        if wants_values(args, graph) and (feeds is not None or params is not None):
+            with console.status("computing values and gradients ..."):
+                annotations = (annotate(graph, feeds, params) if args.expr
+                               else annotate_safely(graph, feeds, params))
+        text = graph_dot(graph, annotations=annotations, placement=placement, devices=devices,
+                         cluster=args.cluster, max_nodes=args.max_nodes)
+    out = Path(args.out) if args.out else Path("runs") / name / "viz"
+    try:
+        written = render(text, out / "graph")
+    except VizError as e:
+        written = [out / "graph.dot"]
+        console.print(f"[yellow]warning:[/yellow] {e}")
+    make_console().print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def wants_values(args: argparse.Namespace, graph) -> bool:
+    """Values and gradients are computed only for graphs drawn node by node."""
+    return not (args.no_values or args.group) and len(graph) <= args.max_nodes
+
+
+def _read_placement(path: Path) -> dict[str, str]:
+    """placement.json: a JSON object node name -> device name."""
+    from modelcut.viz import VizError
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise VizError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in data.items()):
+        raise VizError(f"{path}: expected a JSON object mapping node names to device names")
+    return data
