@@ -98,3 +98,27 @@ def test_html_report_opens_in_headless_chromium(tmp_path):
         assert f"<caption>{caption}" in dom
     assert dom.count('src="data:image/png;base64,') == 2
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def colour_pixels(png: Path, hex_colour: str) -> int:
+    """How many pixels of `png` have exactly the RGB colour `hex_colour`."""
+    from matplotlib.image import imread
+    rgb = (imread(png)[..., :3] * 255).round().astype(int)
+    target = [int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]
+    return int((rgb == target).all(axis=-1).sum())
+
+
+def test_schedule_plot_gantt_and_busy_fallback(tmp_path):
+    from modelcut.plots import BACKWARD_COLOUR, FORWARD_COLOUR, schedule_plot
+    devices = ("dev0", "dev1")
+    forward_only = [{"device": "dev0", "start": 0.0, "end": 2e-3, "kind": "forward"},
+                    {"device": "dev1", "start": 2e-3, "end": 4e-3, "kind": "forward"}]
+    both = forward_only + [{"device": "dev1", "start": 4e-3, "end": 8e-3, "kind": "backward"},
+                           {"device": "dev0", "start": 8e-3, "end": 1.2e-2, "kind": "backward"}]
+    base = {"makespan": 1.2e-2, "busy": {"dev0": 0.5, "dev1": 0.5}, "micro_batches": 1}
+    a = schedule_plot({**base, "timeline": forward_only}, devices, tmp_path / "a.png")
+    b = schedule_plot({**base, "timeline": both}, devices, tmp_path / "b.png")
+    c = schedule_plot(base, devices, tmp_path / "c.png")          # totals only
+    assert colour_pixels(b, BACKWARD_COLOUR) > 1000                 # backward bars drawn
+    assert colour_pixels(a, BACKWARD_COLOUR) < colour_pixels(b, BACKWARD_COLOUR) / 10
+    assert colour_pixels(c, FORWARD_COLOUR) > 1000                  # busy bars drawn

@@ -226,3 +226,56 @@ def test_render_without_graphviz_names_the_package(tmp_path, monkeypatch):
     with pytest.raises(VizError, match="apt-get install graphviz"):
         render("digraph g {}\n", tmp_path / "g")
     assert (tmp_path / "g.dot").exists()
+
+
+# ------------------------------------------------------------------ the command
+def test_viz_command_draws_the_worked_example(tmp_path, capsys):
+    from modelcut.cli import main
+    assert main(["viz", "--expr", "(x + y) * maximum(y, z)", "--at", "x=1,y=2,z=0",
+                 "--out", str(tmp_path)]) == 0
+    nodes, _ = parse_dot((tmp_path / "graph.dot").read_text())
+    assert [label_field(nodes[v], "grad") for v in "xyz"] == [2.0, 5.0, 0.0]
+    if shutil.which("dot"):
+        assert (tmp_path / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (tmp_path / "graph.svg").read_text()
+
+
+def test_viz_command_rejects_unsafe_expressions_with_status_2(tmp_path, capsys):
+    from modelcut.cli import main
+    assert main(["viz", "--expr", "__import__('os').getcwd()", "--out", str(tmp_path)]) == 2
+    assert "is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "graph.dot").exists()
+
+
+def test_viz_command_with_a_placement_file_and_a_config(tmp_path, capsys):
+    import json
+    from pathlib import Path
+    from modelcut.cli import main
+    from modelcut.config import load_config
+    config = Path(__file__).resolve().parents[2] / "configs" / "mlp.yaml"
+    graph = load_config(config).forward_graph()
+    placement = {v.name: ("dev0" if i < len(graph.nodes) // 2 else "dev1")
+                 for i, v in enumerate(graph.nodes)}
+    (tmp_path / "placement.json").write_text(json.dumps(placement))
+    assert main(["viz", str(config), "--placement", str(tmp_path / "placement.json"),
+                 "--out", str(tmp_path / "out")]) == 0
+    nodes, edges = parse_dot((tmp_path / "out" / "graph.dot").read_text())
+    assert set(nodes) == set(placement)
+    fills = {placement[name]: attrs["fillcolor"] for name, attrs in nodes.items()}
+    assert len(set(fills.values())) == 2
+    assert all(attrs["fillcolor"] == fills[placement[name]] for name, attrs in nodes.items())
+    loss = graph.outputs[0]
+    assert label_field(nodes[loss], "grad") == 1.0          # d loss / d loss
+    assert any(a.get("class") == "grad" for *_, a in edges)  # gradients drawn on a real model
+
+
+def test_viz_command_refuses_big_graphs_and_suggests_group(tmp_path, capsys):
+    from pathlib import Path
+    from modelcut.cli import main
+    config = Path(__file__).resolve().parents[2] / "configs" / "gpt-small.yaml"
+    assert main(["viz", str(config), "--max-nodes", "50", "--out", str(tmp_path)]) == 2
+    assert "--group" in capsys.readouterr().err
+    assert main(["viz", str(config), "--max-nodes", "50", "--group", "--out",
+                 str(tmp_path)]) == 0
+    nodes, _ = parse_dot((tmp_path / "graph.dot").read_text())
+    assert 1 < len(nodes) <= 50
