@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from modelcut.report import Table, report_tables
-from modelcut.units import format_flops
+from modelcut.report import Table, report_tables, report_title, summary_line
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -35,11 +34,11 @@ def html_table(table: Table) -> str:
     for row in table.rows:
         cells = []
         for cell, numeric in zip(row, table.numeric):
-            cls = " class=\"over\"" if cell.endswith("OVER") else (" class=\"num\"" if numeric else "")
+            cls = ' class="over"' if cell.endswith("OVER") else (' class="num"' if numeric else "")
             cells.append(f"<td{cls}>{html.escape(cell)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n<thead><tr>{head}</tr></thead>"
-            "\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
+    return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n"
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
 
 
 def inline_svg(svg: str) -> str:
@@ -58,11 +57,7 @@ def html_report(report: Mapping, images: Sequence[tuple[str, Path]] = (),
                 graph_svg: str | None = None, graph_note: str | None = None) -> str:
     """The full page: summary, every report table, the plots (`(caption, png path)` pairs,
     embedded) and the grouped graph (`graph_svg`, inline) or a note saying why it is missing."""
-    g, c = report["graph"], report["cluster"]
-    title = f"modelcut partition: {g['name']} on {c['name']}"
-    summary = (f"{g['nodes']:,} nodes, {g['edges']:,} edges, {g['parameters']:,} parameters, "
-               f"{format_flops(g['train_flops']).replace('FLOPS', 'FLOP')} per training step, "
-               f"{len(c['devices'])} devices; algorithm {report['result']['algorithm']}.")
+    title, summary = report_title(report), summary_line(report)
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '

@@ -58,8 +58,9 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
             "name": device.name, "ops": int(ops[d]), "train_flops": float(loads[d]),
             "load_share": float(loads[d] / total_load) if total_load else 0.0,
             "parameters": int(parameters[d]), "memory": int(memory[d]),
-            "capacity": int(device.memory), "memory_share": float(memory[d] / device.memory)
-            if device.memory else 0.0, "flops_per_second": float(device.flops), "busy": busy.get(device.name)})
+            "capacity": int(device.memory),
+            "memory_share": float(memory[d] / device.memory) if device.memory else 0.0,
+            "flops_per_second": float(device.flops), "busy": busy.get(device.name)})
     totals = {
         "forward_volume": int(metrics.forward_volume),
         "backward_volume": int(metrics.backward_volume),
@@ -103,6 +104,11 @@ def _bool(x) -> str:
     return "-" if x is None else ("yes" if x else "no")
 
 
+def _flop_count(flops: float) -> str:
+    """`1.2e9` -> `1.2 GFLOP` (an amount of work, not a rate)."""
+    return format_flops(flops).replace("FLOPS", "FLOP")
+
+
 def _maybe(value, fmt) -> str:
     return "-" if value is None else fmt(value)
 
@@ -121,8 +127,9 @@ def device_table(report: Mapping) -> Table:
     rows = []
     for d in report["devices"]:
         over = d["memory"] > d["capacity"]
-        memory = f"{format_size(d['memory'])} / {format_size(d['capacity'])} ({_pct(d['memory_share'])})"
-        rows.append((d["name"], str(d["ops"]), format_flops(d["train_flops"]).replace("FLOPS", "FLOP"),
+        memory = (f"{format_size(d['memory'])} / {format_size(d['capacity'])} "
+                  f"({_pct(d['memory_share'])})")
+        rows.append((d["name"], str(d["ops"]), _flop_count(d["train_flops"]),
                      _pct(d["load_share"]), f"{d['parameters']:,}",
                      memory + (" OVER" if over else ""), _pct(d.get("busy"))))
     return Table("Devices", ("device", "ops", "train FLOPs", "load share", "parameters",
@@ -225,13 +232,21 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_title(report: Mapping) -> str:
+    return f"modelcut partition: {report['graph']['name']} on {report['cluster']['name']}"
+
+
+def summary_line(report: Mapping) -> str:
+    """One sentence: graph size, work per step, devices and algorithm."""
+    g = report["graph"]
+    return (f"{g['nodes']:,} nodes, {g['edges']:,} edges, {g['parameters']:,} parameters, "
+            f"{_flop_count(g['train_flops'])} per training step, "
+            f"{len(report['devices'])} devices; algorithm {report['result']['algorithm']}.")
+
+
 def markdown_report(report: Mapping, images: Sequence[str] = ()) -> str:
     """report.md: a heading with the graph and cluster, then every table, then the plots."""
-    g, c = report["graph"], report["cluster"]
-    head = [f"# modelcut partition: {g['name']} on {c['name']}", "",
-            f"{g['nodes']:,} nodes, {g['edges']:,} edges, {g['parameters']:,} parameters, "
-            f"{format_flops(g['train_flops']).replace('FLOPS', 'FLOP')} per training step; "
-            f"{len(c['devices'])} devices.", ""]
+    head = [f"# {report_title(report)}", "", summary_line(report), ""]
     body = [markdown_table(t) for t in report_tables(report)]
     pictures = [f"![{Path(p).stem}]({p})" for p in images]
     return "\n".join(head + body + pictures) + "\n"

@@ -449,7 +449,8 @@ def render(dot_text: str, stem: Path, formats: Sequence[str] = ("svg", "png"),
             subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(out)], check=True,
                            capture_output=True, text=True, timeout=timeout)
         except subprocess.CalledProcessError as e:
-            raise VizError(f"dot failed to render {dot_path} as {fmt}: {e.stderr.strip()}") from None
+            raise VizError(f"dot failed to render {dot_path} as {fmt}: "
+                           f"{e.stderr.strip()}") from None
         except subprocess.TimeoutExpired:
             raise VizError(f"dot took more than {timeout:.0f} s to render {dot_path}; draw fewer "
                            "nodes (--group)") from None

@@ -187,9 +187,10 @@ def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
     devices = setup.cluster.device_names
     written = [out / "placement.json"]
     written[0].write_text(json.dumps(mapping, indent=1) + "\n", encoding="utf-8")
-    images = [("Load and memory per device", plots.load_memory_plot(report, out / "load_memory.png")),
-              ("Simulated schedule", plots.schedule_plot(simulation, devices, out / "schedule.png")),
-              ("Link traffic", plots.traffic_plot(report, out / "traffic.png"))]
+    images = [
+        ("Load and memory per device", plots.load_memory_plot(report, out / "load_memory.png")),
+        ("Simulated schedule", plots.schedule_plot(simulation, devices, out / "schedule.png")),
+        ("Link traffic", plots.traffic_plot(report, out / "traffic.png"))]
     written += write_report(report, out, [p.name for _, p in images])
     grouped = grouped_dot(setup.graph, placement=mapping, devices=devices)
     if len(setup.graph) <= args.max_nodes:
