@@ -271,7 +271,7 @@ def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
     remote = _remote_devices(graph, view) if view else {}
 
     lines = [f"digraph {quote(graph.name)} {{",
-             '  graph [rankdir=TB, fontname="Helvetica", labelloc=t, nodesep=0.3];',
+             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t, nodesep=0.3];',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
              f'fillcolor="{UNPLACED_COLOUR}"];',
              '  edge [fontname="Helvetica", fontsize=9];']
@@ -378,7 +378,7 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     names = [*arrays.group_names, UNGROUPED]
 
     lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
-             '  graph [rankdir=TB, fontname="Helvetica", labelloc=t];',
+             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t];',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
              f'fillcolor="{UNPLACED_COLOUR}"];',
              '  edge [fontname="Helvetica", fontsize=9];']
