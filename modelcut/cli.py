@@ -11,10 +11,12 @@ import sys
 
 from modelcut.commands import check, graph
 from modelcut.commands import compare, partition, viz
+from modelcut.commands import calibrate, train
 
 # The commands `modelcut --help` lists, in this order. Each module has add_parser and run.
 COMMANDS = [graph, check]
 COMMANDS += [partition, compare, viz]
+COMMANDS += [train, calibrate]
 PACKAGES = ("autodiff", "partition", "executor", "modelcut")
 
 

@@ -1,0 +1,105 @@
+"""`modelcut calibrate`: measure this machine's actors (matmul FLOP/s, actor-to-actor latency and
+bandwidth) and write them as a cluster file that configs read with `cluster: {file: ...}`."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from modelcut.commands import CommandError
+
+HELP = "measure FLOP/s and actor-to-actor links with Ray and write a cluster file"
+
+
+def _sizes(parse, what: str):
+    """An argparse type: a comma-separated list of positive sizes read by `parse`."""
+    def read(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(parse(part)) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{what}: {exc}") from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"{what}: expected positive sizes, got {text!r}")
+        return values
+    return read
+
+
+def _binary(nbytes: int) -> str:
+    """`1048576` -> `1MiB` (for the help text; parse_size reads it back)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes % scale == 0:
+            return f"{nbytes // scale}{unit}"
+    return str(nbytes)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from modelcut.calibration import DEFAULT_MATMUL_SIZES, DEFAULT_PAYLOADS, DEFAULT_REPEATS
+    from modelcut.units import parse_size
+
+    parser = subparsers.add_parser("calibrate", help=HELP, description=HELP + ".")
+    parser.add_argument("--out", "-o", default="cluster.yaml", metavar="FILE",
+                        help="cluster file to write (default cluster.yaml)")
+    parser.add_argument("--devices", "-k", type=int, metavar="K",
+                        help=f"actors (devices) to measure (default: this machine's cores, "
+                             f"{os.cpu_count()})")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="join this Ray cluster (host:port or auto) instead of starting a "
+                             "local Ray")
+    parser.add_argument("--matmul-sizes", type=_sizes(int, "--matmul-sizes"),
+                        default=DEFAULT_MATMUL_SIZES, metavar="N,N,...",
+                        help="matrix sizes n of the timed n x n matmuls (default "
+                             f"{','.join(map(str, DEFAULT_MATMUL_SIZES))})")
+    parser.add_argument("--payloads", type=_sizes(parse_size, "--payloads"),
+                        default=DEFAULT_PAYLOADS, metavar="SIZE,SIZE,...",
+                        help="payload sizes sent between actors (default "
+                             f"{','.join(_binary(p) for p in DEFAULT_PAYLOADS)})")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N",
+                        help=f"timed runs per size; the median counts (default {DEFAULT_REPEATS})")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from modelcut.calibration import calibrate, cluster_yaml
+    from modelcut.report import make_console
+    from modelcut.units import format_bandwidth, format_flops, format_size, format_time
+    from partition.cluster import Cluster
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CommandError(f"{out} already exists; pass --force to overwrite it, or --out FILE")
+    devices = args.devices if args.devices is not None else (os.cpu_count() or 1)
+    if devices < 1 or args.repeats < 1:
+        raise CommandError(f"--devices and --repeats must be positive, got {devices} and "
+                           f"{args.repeats}")
+    console, status = make_console(), make_console(stderr=True)
+    with status.status(f"measuring {devices} Ray actor(s) ..."):
+        result = calibrate(devices, matmul_sizes=args.matmul_sizes, payloads=args.payloads,
+                           repeats=args.repeats, address=args.address)
+    cluster = Cluster.from_spec(result.cluster_spec())       # what the simulator will read
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(cluster_yaml(result), encoding="utf-8")
+
+    table = Table(title=f"Devices of {cluster.name}", title_justify="left")
+    for column in ("device", "FLOP/s (median)", "per matmul size", "memory"):
+        table.add_column(column, justify="left" if column == "device" else "right")
+    for name, flops, by_size, memory in zip(result.devices, result.flops, result.flops_by_size,
+                                            result.memory):
+        sizes = ", ".join(f"{n}: {format_flops(r)}" for n, r in by_size.items())
+        table.add_row(name, format_flops(flops), sizes, format_size(memory))
+    console.print(table)
+    if result.links:
+        links = Table(title="Links (latency + bytes / bandwidth, least squares)",
+                      title_justify="left")
+        for column in ("link", "latency", "bandwidth", "median seconds per payload"):
+            links.add_column(column, justify="left" if column == "link" else "right")
+        for link in result.links:
+            times = ", ".join(f"{format_size(n)}: {format_time(s)}"
+                              for n, s in zip(link.payloads, link.seconds))
+            links.add_row(f"{link.a} <-> {link.b}", format_time(link.latency),
+                          format_bandwidth(link.bandwidth), times)
+        console.print(links)
+    console.print(f"wrote {out} ({cluster.k} devices); use it with `cluster: {{file: {out}}}`")
+    return 0

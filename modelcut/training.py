@@ -1,0 +1,358 @@
+"""Training orchestration: config -> per-micro-batch forward graph -> cluster -> placement ->
+executor -> training loop, with checkpoints that a later run resumes exactly.
+
+The forward graph is built for one micro-batch (`model.batch / training.micro_batches`); the
+data stream gives full-batch feeds for step s as a pure function of (seed, s), which the
+executor splits into micro-batches. A checkpoint holds the executor's state (parameters,
+optimizer and persistent state, step counter) and, as JSON metadata, the losses so far, the
+placement and a fingerprint of the setup, so a resumed run continues the step count, the data
+stream and the optimizer state where the interrupted one stopped, on the same placement.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from autodiff.ir import Graph
+from modelcut.config import Config, GraphModel, load_config
+from partition.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+RECOVERY_EVERY = 10          # steps between the Ray executor's in-memory recovery points
+
+
+class TrainingError(Exception):
+    """A training run cannot start or resume (a checkpoint that does not match the setup)."""
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """Everything a run needs: the per-micro-batch graph, cluster, partition options, the
+    optimizer spec, the schedule and the data stream (step -> full-batch feeds)."""
+
+    name: str
+    source: str
+    family: str
+    graph: Graph
+    batch: int
+    cluster: Cluster
+    micro_batches: int
+    schedule: str
+    optimizer: dict
+    partition_options: dict
+    steps: int
+    seed: int
+    checkpoint_every: int
+    data: Callable[[int], dict] = field(repr=False)
+
+    @property
+    def simulated_schedule(self) -> str | None:
+        """The simulator's name for the schedule (None: list scheduling, for "sequential")."""
+        return None if self.schedule == "sequential" else self.schedule
+
+    def fingerprint(self) -> dict:
+        """What a checkpoint must agree with to be resumed by this setup."""
+        return {"config": self.name, "graph": self.graph.name, "nodes": len(self.graph),
+                "batch": self.batch, "micro_batches": self.micro_batches,
+                "devices": list(self.cluster.device_names), "optimizer": dict(self.optimizer),
+                "seed": self.seed}
+
+
+# ------------------------------------------------------------------ setup
+def load_training_setup(path: str | Path, *, devices: int | None = None,
+                        algorithm: str | None = None, steps: int | None = None,
+                        checkpoint_every: int | None = None) -> TrainingSetup:
+    """The setup a config describes, with the command line's overrides applied."""
+    from autodiff.models import make_data
+
+    config = load_config(path)
+    family, graph, full_graph = micro_batch_graphs(config, str(path))
+    t, p = config.training, config.partition
+    cluster = Cluster.from_spec(config.cluster_spec())
+    if devices is not None and devices != cluster.k:
+        cluster = cluster.resized(devices)
+    pipelined = t.schedule in ("gpipe", "1f1b")
+    options = {"algorithm": algorithm or p.algorithm, "epsilon": p.epsilon,
+               "acyclic": p.acyclic or pipelined, "seed": p.seed or 0,
+               "time_limit": p.time_limit, "objective": p.objective,
+               "pins": dict(p.pin) or None, "micro_batches": t.micro_batches,
+               "optimizer": t.optimizer}
+    return TrainingSetup(
+        name=config.name, source=str(path), family=family, graph=graph,
+        batch=config.model.batch, cluster=cluster, micro_batches=t.micro_batches,
+        schedule=t.schedule, optimizer=optimizer_spec(config), partition_options=options,
+        steps=steps if steps is not None else t.steps, seed=t.seed or 0,
+        checkpoint_every=t.checkpoint_every if checkpoint_every is None else checkpoint_every,
+        data=make_data(full_graph, family, t.seed or 0))
+
+
+def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
+    """(builder name, forward graph of one micro-batch, forward graph of the full batch)."""
+    from autodiff.models import BUILDERS
+    from modelcut.config import ConfigError
+
+    if isinstance(config.model, GraphModel):
+        raise ConfigError([f"{source}: model: training needs a model builder "
+                           f"(mlp, gpt, lstm, resnet) to generate its data; "
+                           f"{config.model.graph} is a graph file"])
+    family, kwargs = config.model_kwargs()
+    if config.training.dtype is not None:
+        kwargs["dtype"] = config.training.dtype
+    m = config.training.micro_batches
+    if kwargs["batch"] % m:
+        raise ConfigError([f"{source}: training.micro_batches: expected a divisor of "
+                           f"model.batch ({kwargs['batch']}), got {m}"])
+    full = BUILDERS[family](**kwargs)
+    if m == 1:
+        return family, full, full
+    return family, BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m}), full
+
+
+def optimizer_spec(config: Config) -> dict:
+    """The training section's optimizer as `executor.optim.make_optimizer` takes it."""
+    t = config.training
+    spec = {"name": t.optimizer, "lr": t.lr, "weight_decay": t.weight_decay}
+    if t.optimizer == "momentum":
+        spec["momentum"] = t.momentum
+    elif t.optimizer == "adam":
+        spec["beta1"], spec["beta2"] = t.betas
+    return spec
+
+
+# ------------------------------------------------------------------ placement and prediction
+def place(setup: TrainingSetup):
+    """partition() of the per-micro-batch graph with the setup's options."""
+    from partition.api import partition
+    return partition(setup.graph, setup.cluster, **setup.partition_options)
+
+
+def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):
+    """A Placement (with its metrics) of a saved assignment, e.g. from a checkpoint."""
+    from partition.metrics import check_assignment, compute_metrics
+    from partition.placement import Placement
+
+    a = check_assignment(np.asarray(assignment, dtype=np.int64), len(setup.graph),
+                         setup.cluster.k, who=origin)
+    metrics = compute_metrics(setup.graph, a, setup.cluster, micro_batches=setup.micro_batches,
+                              optimizer=setup.optimizer["name"])
+    return Placement(assignment=a, node_names=tuple(n.name for n in setup.graph.nodes),
+                     device_names=setup.cluster.device_names, algorithm=origin, seconds=0.0,
+                     metrics=metrics)
+
+
+def simulate_step(setup: TrainingSetup, placement) -> dict:
+    """The simulated step (SPEC section 4) with the setup's schedule and micro-batches."""
+    from partition.simulate import simulate
+    return simulate(setup.graph, placement.assignment, setup.cluster,
+                    schedule=setup.simulated_schedule,
+                    micro_batches=setup.micro_batches).to_dict()
+
+
+def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> dict:
+    """What the partitioner and the simulator predict for one step."""
+    metrics = placement.metrics
+    return {"micro_batches": setup.micro_batches,
+            "forward_volume": int(metrics.forward_volume),
+            "backward_volume": int(metrics.backward_volume),
+            "step_volume": int(metrics.step_volume),
+            "link_bytes": np.asarray(metrics.link_traffic).astype(int).tolist(),
+            "step_time": float(simulation["makespan"]),
+            "schedule": simulation.get("schedule") or "list",
+            "busy": dict(simulation.get("busy") or {}), "bubble": simulation.get("bubble")}
+
+
+# ------------------------------------------------------------------ executors
+@contextmanager
+def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | None = None):
+    """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray, with
+    the dashboard off, unless `address` names a cluster to join); on exit the actors stop, and
+    so does a Ray instance started here."""
+    if kind not in ("ray", "local"):
+        raise TrainingError(f"executor: expected ray or local, got {kind!r}")
+    common = dict(optimizer=setup.optimizer, micro_batches=setup.micro_batches,
+                  schedule=setup.schedule, seed=setup.seed)
+    if kind == "local":
+        from executor.local import LocalExecutor
+        yield LocalExecutor(setup.graph, placement, setup.cluster.k, **common)
+        return
+    from executor.ray_executor import RayExecutor
+    from executor.ray_runtime import start_ray, stop_ray
+    started = start_ray(address=address, include_dashboard=False)
+    executor = None
+    try:
+        # the actors' state is also kept in the driver every few steps, to recover from a
+        # dead actor (executor/ray_executor.py)
+        executor = RayExecutor(setup.graph, placement, setup.cluster.k,
+                               checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
+                               **common)
+        yield executor
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if started:
+            stop_ray()
+
+
+# ------------------------------------------------------------------ the loop
+@dataclass(frozen=True)
+class StepRecord:
+    """One measured step: loss, wall seconds, bytes per link (`link_bytes[a, b]` from a to b),
+    and per device the seconds spent computing ops and waiting."""
+
+    step: int
+    loss: float
+    seconds: float
+    link_bytes: np.ndarray
+    compute_seconds: np.ndarray
+    wait_seconds: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "loss": self.loss, "seconds": self.seconds,
+                "link_bytes": self.link_bytes.tolist(),
+                "compute_seconds": self.compute_seconds.tolist(),
+                "wait_seconds": self.wait_seconds.tolist()}
+
+
+def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
+              checkpoint_dir: Path | None = None, assignment=None,
+              on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+    """Train from the executor's step count up to step `stop` on `setup.data(step)`.
+
+    `losses` (the losses of earlier steps) is extended in place; with `checkpoint_dir`, a
+    checkpoint is written every `setup.checkpoint_every` steps and after the last step."""
+    records = []
+    every = setup.checkpoint_every
+    while executor.step_count < stop:
+        step = executor.step_count
+        feeds = setup.data(step)
+        start = time.perf_counter()
+        result = executor.step(feeds)
+        seconds = float(getattr(result, "step_seconds", time.perf_counter() - start))
+        compute = np.asarray(result.compute_seconds, dtype=float)
+        wait = getattr(result, "wait_seconds", None)
+        wait = np.maximum(seconds - compute, 0.0) if wait is None else np.asarray(wait, float)
+        record = StepRecord(step=step, loss=float(result.loss), seconds=seconds,
+                            link_bytes=np.asarray(result.link_bytes, dtype=np.int64),
+                            compute_seconds=compute, wait_seconds=wait)
+        records.append(record)
+        losses.append(record.loss)
+        done = executor.step_count
+        if checkpoint_dir is not None and every and (done % every == 0 or done == stop):
+            save_checkpoint(checkpoint_dir, executor, setup, losses, assignment)
+        if on_step is not None:
+            on_step(record)
+    return records
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(directory: Path, executor, setup: TrainingSetup, losses: list[float],
+                    assignment) -> Path:
+    """Write `directory/step-NNNNNN` (npz + json, executor/checkpoint.py) atomically: into a
+    temporary folder first, renamed when complete."""
+    from executor import checkpoint
+
+    state = executor.state_dict()
+    step = int(state["step"])
+    target = Path(directory) / f"{CHECKPOINT_PREFIX}{step:06d}"
+    partial = Path(directory) / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    metadata = {"fingerprint": setup.fingerprint(), "losses": [float(x) for x in losses],
+                "assignment": np.asarray(assignment).astype(int).tolist()}
+    checkpoint.save(partial, state, metadata)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    log.info("checkpoint of step %d written to %s", step, target)
+    return target
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder `path` names: itself if it holds checkpoint.json, else the latest
+    `checkpoints/step-*` of the run folder `path`."""
+    path = Path(path)
+    if (path / "checkpoint.json").is_file():
+        return path
+    found = sorted(p for p in (path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
+                   if (p / "checkpoint.json").is_file())
+    if not found:
+        raise TrainingError(f"--resume {path}: no checkpoint found (expected a run folder with "
+                            f"checkpoints/{CHECKPOINT_PREFIX}*/checkpoint.json, or a checkpoint "
+                            "folder)")
+    return found[-1]
+
+
+def run_folder(checkpoint_folder: Path) -> Path:
+    """The run folder a `checkpoints/step-*` folder belongs to."""
+    return checkpoint_folder.parent.parent
+
+
+def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
+    """A checkpoint's state dict, checked against `setup` (same model, batch, micro-batches,
+    devices, optimizer and seed); its metadata holds the losses so far and the assignment."""
+    from executor import checkpoint
+
+    state = checkpoint.load(path)
+    meta = state.get("metadata") or {}
+    saved = meta.get("fingerprint")
+    if not isinstance(saved, dict) or "losses" not in meta or "assignment" not in meta:
+        raise TrainingError(f"--resume {path}: not a `modelcut train` checkpoint (its "
+                            "checkpoint.json metadata has no fingerprint, losses or assignment)")
+    expected = setup.fingerprint()
+    differ = [f"{key}: checkpoint {saved.get(key)!r}, this run {value!r}"
+              for key, value in expected.items() if saved.get(key) != value]
+    if differ:
+        raise TrainingError(f"--resume {path}: the checkpoint was written by a different setup ("
+                            + "; ".join(differ) + ")")
+    if len(meta["losses"]) != int(state["step"]):
+        raise TrainingError(f"--resume {path}: the checkpoint is at step {state['step']} but "
+                            f"lists {len(meta['losses'])} losses")
+    return state
+
+
+# ------------------------------------------------------------------ measurements
+def measured_summary(records: list[StepRecord], device_names) -> dict:
+    """Bytes per step (total and per link), step time and per-device compute / wait /
+    utilisation, over the steps of this run (the first one, a warm-up, is left out of the
+    times when there are more)."""
+    first = records[0].link_bytes
+    constant = all(np.array_equal(r.link_bytes, first) for r in records)
+    timed = records[1:] if len(records) > 1 else records
+    seconds = np.array([r.seconds for r in timed])
+    step_time = float(np.median(seconds))
+    compute = np.mean([r.compute_seconds for r in timed], axis=0)
+    wait = np.mean([r.wait_seconds for r in timed], axis=0)
+    mean_step = float(seconds.mean())
+    actors = [{"name": name, "compute_seconds": float(c), "wait_seconds": float(w),
+               "utilisation": float(c / mean_step) if mean_step > 0 else 0.0}
+              for name, c, w in zip(device_names, compute, wait)]
+    return {"steps": len(records), "steps_timed": len(timed),
+            "bytes_per_step": int(first.sum()), "link_bytes": first.astype(int).tolist(),
+            "bytes_constant": bool(constant),
+            "bytes_per_step_each": [int(r.link_bytes.sum()) for r in records],
+            "step_time": step_time, "step_time_mean": mean_step,
+            "step_times": [float(r.seconds) for r in records], "actors": actors}
+
+
+def byte_mismatches(measured: Mapping, predicted: Mapping, device_names) -> list[str]:
+    """Where measured bytes differ from the predicted step volume V: the total, each link, and
+    steps whose bytes differ from the first step's (empty when they agree exactly)."""
+    problems = []
+    if measured["bytes_per_step"] != predicted["step_volume"]:
+        problems.append(f"measured {measured['bytes_per_step']:,} bytes per step, but the "
+                        f"partitioner predicted V = {predicted['step_volume']:,}")
+    got, want = np.asarray(measured["link_bytes"]), np.asarray(predicted["link_bytes"])
+    for a, b in zip(*np.nonzero(got != want)):
+        problems.append(f"link {device_names[a]} -> {device_names[b]}: measured "
+                        f"{int(got[a, b]):,} bytes per step, predicted {int(want[a, b]):,}")
+    if not measured["bytes_constant"]:
+        problems.append("bytes per step changed between steps: "
+                        f"{sorted(set(measured['bytes_per_step_each']))}")
+    return problems

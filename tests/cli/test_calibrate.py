@@ -1,0 +1,74 @@
+"""`modelcut calibrate`: the least-squares link fit on known data, and a real (tiny) run on Ray
+whose cluster file a config reads back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from modelcut.calibration import CalibrationError, fit_latency_bandwidth
+from modelcut.cli import main
+from modelcut.config import load_config
+from partition.cluster import Cluster
+
+
+def test_fit_recovers_an_exact_latency_and_bandwidth():
+    sizes = [1_000, 10_000, 100_000, 1_000_000]
+    seconds = [2e-4 + n / 5e8 for n in sizes]
+    latency, bandwidth = fit_latency_bandwidth(sizes, seconds)
+    assert latency == pytest.approx(2e-4, rel=1e-9)
+    assert bandwidth == pytest.approx(5e8, rel=1e-9)
+
+
+def test_fit_is_least_squares_in_relative_error():
+    # brute force over a grid: no (latency, bandwidth) has a smaller relative squared error
+    sizes = np.array([1e3, 1e5, 1e6, 8e6])
+    seconds = np.array([2.1e-3, 2.0e-3, 3.4e-3, 9.5e-3])
+    latency, bandwidth = fit_latency_bandwidth(sizes, seconds)
+
+    def error(lat, bw):
+        return float((((lat + sizes / bw) - seconds) / seconds) ** 2 @ np.ones(4))
+    best = error(latency, bandwidth)
+    for lat in np.linspace(1e-3, 3e-3, 41):
+        for bw in np.geomspace(5e8, 5e9, 41):
+            assert error(lat, bw) >= best - 1e-15
+
+
+def test_fit_clamps_a_negative_latency_and_rejects_flat_times():
+    latency, bandwidth = fit_latency_bandwidth([1e3, 1e6], [1e-6, 2e-3])
+    assert latency == 0.0
+    # through the origin, relative errors: slope = sum(x/y) / sum((x/y)^2)
+    ratios = np.array([1e3 / 1e-6, 1e6 / 2e-3])
+    assert 1 / bandwidth == pytest.approx(ratios.sum() / (ratios @ ratios))
+    with pytest.raises(CalibrationError, match="do not grow"):
+        fit_latency_bandwidth([1e3, 1e6], [2e-3, 1e-3])
+    with pytest.raises(CalibrationError, match="two different payload sizes"):
+        fit_latency_bandwidth([1e3, 1e3], [1e-3, 1e-3])
+
+
+def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
+    out = tmp_path / "cluster.yaml"
+    argv = ["calibrate", "--out", str(out), "--devices", "2", "--matmul-sizes", "16,32",
+            "--payloads", "1KiB,16MiB", "--repeats", "3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "cpu0 <-> cpu1" in printed and str(out) in printed
+    written = yaml.safe_load(out.read_text())["cluster"]
+    assert [d["name"] for d in written["devices"]] == ["cpu0", "cpu1"]
+    link = written["links"][0]
+    assert (link["a"], link["b"]) == ("cpu0", "cpu1")
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"builder": "mlp", "width": 8, "batch": 4},
+        "cluster": {"file": out.name}}))
+    cluster = Cluster.from_spec(load_config(config).cluster_spec())
+    assert cluster.k == 2
+    for device, entry in zip(cluster.devices, written["devices"]):
+        assert device.flops == entry["flops"] > 0
+        assert device.memory == entry["memory"] > 0
+    assert cluster.bandwidth[0, 1] == cluster.bandwidth[1, 0] == link["bandwidth"] > 0
+    assert cluster.latency[0, 1] == link["latency"] >= 0
+
+    assert main(argv) == 2                                   # refuses to overwrite
+    assert "--force" in capsys.readouterr().err
