@@ -1,0 +1,577 @@
+"""The Ray executor: one Ray actor per device running the same Programs as the LocalExecutor.
+
+Each actor wraps a `DeviceWorker` (executor/worker.py). A step is the plan's blocks submitted
+in the plan's global topological order (`Plan.order`), so a synchronous actor never waits on
+an argument that a block queued behind it would produce. What one block sends to one
+receiving block travels as one packet (a dict name -> array): a return value of the sending
+call passed as an argument to the receiving call, actor to actor; the driver never fetches a
+tensor. (Ray stores returns under 100 KiB with their owner, the driver, and inlines them into
+the receiving call; larger ones go through the shared-memory object store.)
+
+Two paths run the same calls:
+
+- compiled (fast): the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
+  bound in the global order; each block also returns a token read by the device's next
+  block (the graph has no leaf nodes) and the last token is the device's step report;
+- plain: one actor call per block, its returns as ObjectRefs.
+
+`mode="auto"` compiles and falls back to plain calls when compiling fails; "compiled" and
+"plain" force a path. Arrays arrive read-only (and, on the compiled path, in buffers that the
+next step overwrites), so received tensors are copied there before they are kept.
+
+Faults: actors are created with `max_restarts` > 0, but Ray's transparent retries lose the
+call order, so the executor does not rely on them. When a step fails with a dead actor
+(RayActorError, a closed compiled-graph channel, a lost object), every actor is killed and
+recreated from the last checkpoint the driver holds (params, optimizer and persistent state,
+taken every `checkpoint_every` steps; before the first one, the initial parameters), the steps
+since that checkpoint are replayed from their recorded feeds (random ops draw from (seed,
+step, micro-batch)), their losses are checked against the ones already reported, and the
+step is run again. Nothing is silently lost: a replay that differs raises ExecutorError.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from autodiff.ir import Graph
+from executor import checkpoint as checkpoints
+from executor.errors import ExecutorError
+from executor.local import StepResult, split_feeds, summarize_step
+from executor.optim import Optimizer, make_optimizer
+from executor.plan import build_plan
+from executor.program import Plan, Program
+from executor.ray_runtime import skip_torch_in_channels, start_ray
+from executor.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "compiled", "plain")
+Block = tuple[int, int]                      # (device, block index)
+
+
+# ---------------------------------------------------------------- routing (pure, no Ray)
+@dataclass(frozen=True)
+class Routes:
+    """Where every block's sends go. `packets[(d, i)]`: the packets block i of device d returns,
+    in order, as (target device, target block index, tensor names); `incoming[(d, i)]`: the
+    packets block i of device d receives, as (source block, position among its packets)."""
+
+    packets: Mapping[Block, tuple[tuple[int, int, tuple[str, ...]], ...]]
+    incoming: Mapping[Block, tuple[tuple[Block, int], ...]]
+
+    def positions(self, device: int) -> dict[int, dict[tuple[str, int], int]]:
+        """For device's blocks: (tensor name it arrives as, target) -> packet position."""
+        out: dict[int, dict[tuple[str, int], int]] = {}
+        for (d, i), packets in self.packets.items():
+            if d == device:
+                out[i] = {(name, target): pos for pos, (target, _, names) in enumerate(packets)
+                          for name in names}
+        return out
+
+
+def plan_routes(plan: Plan) -> Routes:
+    """Match every Send of the plan with the block that receives it (the same matching as the
+    local executor's mailbox: tensor, micro-batch, source, target) and group them in packets."""
+    sender: dict[tuple, Block] = {}
+    for d, i in plan.order:
+        p = plan.programs[d]
+        b = p.blocks[i]
+        for s in b.sends:
+            sender[(s.arrives_as, p.key(s.tensor, b.micro_batch)[1], d, s.target)] = (d, i)
+    grouped: dict[Block, dict[Block, list[str]]] = {block: {} for block in plan.order}
+    for t, j in plan.order:
+        p = plan.programs[t]
+        b = p.blocks[j]
+        for r in b.receives:
+            source = sender.get((r.tensor, p.key(r.tensor, b.micro_batch)[1], r.source, t))
+            if source is None:
+                raise ExecutorError(f"plan: device {t} block {b.label} receives {r.tensor!r} "
+                                    f"from device {r.source}, which never sends it")
+            grouped[source].setdefault((t, j), []).append(r.tensor)
+    packets = {src: tuple((t, j, tuple(names)) for (t, j), names in targets.items())
+               for src, targets in grouped.items()}
+    incoming: dict[Block, list[tuple[Block, int]]] = {block: [] for block in plan.order}
+    for src, targets in packets.items():
+        for pos, (t, j, _) in enumerate(targets):
+            incoming[(t, j)].append((src, pos))
+    return Routes(packets=packets, incoming={b: tuple(v) for b, v in incoming.items()})
+
+
+# ---------------------------------------------------------------- the actor
+class ActorRestartedError(ExecutorError):
+    """A call reached an actor that Ray restarted after a crash: its state is gone, so it
+    refuses to run (the driver restores every device from its checkpoint instead)."""
+
+
+class DeviceActor:
+    """One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
+
+    `run(index, head, *packets)` runs block `index`; `head` is the step input for block 0
+    (step number, this device's feeds, whether to return gradients) and is otherwise ignored.
+    It returns the block's packets followed by a token: None, or for the device's last block
+    its step report (losses, bytes sent per target, timings, memory, gradients if asked)."""
+
+    def __init__(self, program: Program, k: int, positions: Mapping[int, Mapping],
+                 optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool):
+        import ray
+
+        # A restarted actor has lost its state: calls still queued for the dead one must fail.
+        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        if params is None:
+            from autodiff.models.init import init_param
+            params = {p: init_param(program.nodes[p], seed) for p in program.params}
+        self.worker = DeviceWorker(program, params, optimizer)
+        self.k = k
+        self.positions = {i: dict(v) for i, v in positions.items()}
+        self.last = len(program.blocks) - 1
+        # On the compiled path tensors arrive in channel buffers that the next step reuses.
+        self.copy_received = compiled
+        if compiled:
+            skip_torch_in_channels()
+        self._reset(False)
+
+    def _reset(self, return_grads: bool) -> None:
+        self.return_grads = return_grads
+        self.sent = np.zeros(self.k, dtype=np.int64)
+        self.busy = 0.0
+        self.first_start: float | None = None
+        self.peak_bytes = 0
+
+    def check_alive(self) -> None:
+        """Raise ActorRestartedError in an actor Ray restarted after a crash."""
+        if self.restarted:
+            raise ActorRestartedError(f"device {self.worker.device}: the actor was restarted "
+                                      "after a crash and holds no valid state")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, index: int, head, *packets):
+        self.check_alive()
+        start = time.perf_counter()
+        worker = self.worker
+        if index == 0:
+            step, feeds, return_grads = head
+            self._reset(return_grads)
+            self.first_start = start
+            worker.begin_step(step, feeds)
+        received: dict[str, np.ndarray] = {}
+        for packet in packets:
+            for name, value in packet.items():
+                received[name] = np.array(value, copy=True) if self.copy_received else value
+        held = _nbytes(worker.values.values()) + _nbytes(received.values())
+        sends = worker.run_block(index, received)
+        positions = self.positions.get(index, {})
+        out: list[dict[str, np.ndarray]] = [{} for _ in set(positions.values())]
+        for name, target, value in sends:
+            out[positions[(name, target)]][name] = value
+            self.sent[target] += value.nbytes
+        self.peak_bytes = max(self.peak_bytes, held, _nbytes(worker.values.values()))
+        end = time.perf_counter()
+        self.busy += end - start
+        token = self._report(end) if index == self.last else None
+        return tuple(out) + (token,) if out else token
+
+    def _report(self, end: float) -> dict:
+        span = end - (self.first_start if self.first_start is not None else end)
+        return {**self.worker.report(grads=self.return_grads), "sent": self.sent.copy(),
+                "busy_seconds": self.busy, "wait_seconds": max(span - self.busy, 0.0),
+                "peak_value_bytes": self.peak_bytes,
+                "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+    def state_dict(self) -> dict:
+        self.check_alive()
+        return self.worker.state_dict()
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.check_alive()
+        self.worker.load_state_dict(state)
+
+
+def _nbytes(arrays) -> int:
+    return sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+
+
+# ---------------------------------------------------------------- results
+@dataclass(frozen=True)
+class RayStepResult(StepResult):
+    """A StepResult measured on Ray actors, plus per device: seconds spent inside block calls
+    (`busy_seconds`), idle between its first and last block (`wait_seconds`), peak bytes of
+    the tensors it held (`peak_value_bytes`), peak RSS of its process; the driver's wall time
+    for the step, the path that ran it and how many recoveries the step needed."""
+
+    busy_seconds: np.ndarray
+    wait_seconds: np.ndarray
+    peak_value_bytes: np.ndarray
+    rss_bytes: np.ndarray
+    step_seconds: float
+    mode: str
+    recoveries: int
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "busy_seconds": self.busy_seconds.tolist(),
+                "wait_seconds": self.wait_seconds.tolist(),
+                "peak_value_bytes": self.peak_value_bytes.tolist(),
+                "rss_bytes": self.rss_bytes.tolist(), "step_seconds": self.step_seconds,
+                "mode": self.mode, "recoveries": self.recoveries}
+
+
+def _fault_types() -> tuple[type, ...]:
+    from ray import exceptions as rx
+    return (rx.RayActorError, rx.RayChannelError, rx.ObjectLostError, ActorRestartedError)
+
+
+# ---------------------------------------------------------------- the executor
+class RayExecutor:
+    """Trains `forward_graph` placed on k devices, one Ray actor per device.
+
+    Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
+    params, plan, loss_reduction), plus: `mode` auto | compiled | plain; per-actor `num_cpus` / `num_gpus`
+    (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS threads per actor
+    (None: Ray's default); `checkpoint_every` steps between the driver's checkpoints (None: no
+    checkpoints and no recovery; faults raise); `checkpoint_dir` also writes them to disk;
+    `max_restarts` given to the actors; `max_recoveries` per step. Starts a local Ray if none
+    is running (executor.ray_runtime.start_ray)."""
+
+    def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
+                 micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
+                 params: Mapping[str, np.ndarray] | None = None, plan: Plan | None = None,
+                 mode: str = "auto", num_cpus: float = 0, num_gpus: float = 0,
+                 blas_threads: int | None = 1, checkpoint_every: int | None = 10,
+                 checkpoint_dir: str | Path | None = None, max_restarts: int = 1,
+                 max_recoveries: int = 3, max_inflight_executions: int = 2,
+                 loss_reduction: str = "mean"):
+        if mode not in MODES:
+            raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                             or checkpoint_every < 1):
+            raise ExecutorError(f"checkpoint_every: expected a positive integer or None, got "
+                                f"{checkpoint_every!r}")
+        if loss_reduction not in ("mean", "sum"):
+            raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got {loss_reduction!r}")
+        if max_restarts < 1:
+            raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
+        import ray
+
+        start_ray()
+        self._ray = ray
+        self._faults = _fault_types()
+        self.graph = forward_graph
+        self.seed = seed
+        self.loss_reduction = loss_reduction
+        self.optimizer: Optimizer = make_optimizer(optimizer)
+        self.plan = plan if plan is not None else build_plan(
+            forward_graph, placement, k, micro_batches=micro_batches, schedule=schedule,
+            loss_scale=1.0 if loss_reduction == "sum" else None)
+        self.k = self.plan.k
+        self.micro_batches = self.plan.micro_batches
+        self.routes = plan_routes(self.plan)
+        self.requested_mode = mode
+        self.mode = mode
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.max_recoveries = max_recoveries
+        self.max_inflight_executions = max_inflight_executions
+        self._active = [d for d in range(k) if self.plan.programs[d].blocks]
+        self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
+        # The initial parameters each device starts from (None: materialized on the actor).
+        self._initial = None if params is None else [ray.put(
+            {p: np.asarray(params[p]) for p in prog.params if p in params})
+            for prog in self.plan.programs]
+        self._checkpoint: dict | None = None      # None: the initial state at step 0
+        self._replay: list[tuple[int, list, tuple[float, ...] | None]] = []
+        self._needs_replay = False
+        self._failed: list = []
+        self.recoveries = 0
+        self.step_count = 0
+        self.actors: list = []
+        self._compiled = None
+        self._start()
+
+    # ------------------------------------------------------------ actors and the graph
+    def _options(self, num_cpus, num_gpus, blas_threads, max_restarts) -> dict:
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(
+            os.pathsep) if p and p != root])
+        env = {"PYTHONPATH": path}
+        if blas_threads is not None:
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(blas_threads)
+        return dict(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                    max_task_retries=0, runtime_env={"env_vars": env})
+
+    def _start(self) -> None:
+        """Create one actor per device (from the checkpoint when there is one) and, on the
+        compiled path, compile the step graph."""
+        ray = self._ray
+        remote = ray.remote(DeviceActor).options(**self._actor_options)
+        compiled = self.requested_mode != "plain"
+        self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
+                                     self.optimizer, self.seed,
+                                     None if self._initial is None else self._initial[prog.device],
+                                     compiled) for prog in self.plan.programs]
+        if self._checkpoint is not None:
+            state = ray.put(self._checkpoint)
+            ray.get([a.load_state_dict.remote(state) for a in self.actors])
+        else:
+            ray.get([a.pid.remote() for a in self.actors])      # constructed without error
+        self.mode = self.requested_mode
+        if self.mode != "plain":
+            try:
+                self._compiled = self._compile()
+                self.mode = "compiled"
+            except Exception as e:                   # Compiled Graphs are beta: fall back
+                if self.requested_mode == "compiled":
+                    raise
+                log.warning("ray executor: compiling the step graph failed (%s: %s); using "
+                            "plain actor calls", type(e).__name__, e)
+                self.mode = "plain"
+
+    def _compile(self):
+        from ray.dag import InputNode, MultiOutputNode
+
+        skip_torch_in_channels()
+        packets, incoming = self.routes.packets, self.routes.incoming
+        outputs: dict[Block, list] = {}
+        token: dict[int, object] = {}
+        with InputNode() as step_input:
+            for d, i in self.plan.order:
+                head = step_input[self._active.index(d)] if i == 0 else token[d]
+                args = [outputs[src][pos] for src, pos in incoming[(d, i)]]
+                n = len(packets[(d, i)]) + 1
+                method = self.actors[d].run
+                node = (method.options(num_returns=n) if n > 1 else method).bind(i, head, *args)
+                outputs[(d, i)] = list(node) if n > 1 else [node]
+                token[d] = outputs[(d, i)][-1]
+            dag = MultiOutputNode([token[d] for d in self._active])
+        return dag.experimental_compile(_max_inflight_executions=self.max_inflight_executions)
+
+    def _stop(self) -> None:
+        """Tear down the compiled graph and kill every actor (no restart)."""
+        ray = self._ray
+        if self._compiled is not None:
+            try:
+                self._compiled.teardown(kill_actors=True)
+            except Exception as e:                   # a dead actor can make teardown fail
+                log.warning("ray executor: compiled graph teardown: %s: %s", type(e).__name__, e)
+            self._compiled = None
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as e:
+                log.debug("ray executor: kill: %s", e)
+        self.actors = []
+
+    def shutdown(self) -> None:
+        """Stop the actors (Ray itself keeps running)."""
+        self._stop()
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def actor_pids(self) -> list[int]:
+        """The process id of each device's actor."""
+        return self._ray.get([a.pid.remote() for a in self.actors])
+
+    # ------------------------------------------------------------ a step
+    def _execute(self, step: int, per_mb: list[dict], return_grads: bool) -> list[dict]:
+        """Run one step on the actors; the reports of the devices that have blocks."""
+        ray = self._ray
+        m = self.micro_batches
+        inputs = {d: (step, {(x, i): per_mb[i][x] for x in self.plan.programs[d].inputs
+                             for i in range(m)}, return_grads) for d in self._active}
+        if self._compiled is not None:
+            reports = ray.get(self._compiled.execute(*[inputs[d] for d in self._active]),
+                              timeout=-1)
+            return [_owned(r) for r in reports]
+        packets, incoming = self.routes.packets, self.routes.incoming
+        refs: dict[Block, list] = {}
+        last: dict[int, object] = {}
+        for d, i in self.plan.order:
+            args = [refs[src][pos] for src, pos in incoming[(d, i)]]
+            n = len(packets[(d, i)]) + 1
+            result = self.actors[d].run.options(num_returns=n).remote(
+                i, inputs[d] if i == 0 else None, *args)
+            refs[(d, i)] = list(result) if n > 1 else [result]
+            last[d] = refs[(d, i)][-1]
+        try:
+            return [_owned(r) for r in ray.get([last[d] for d in self._active])]
+        except Exception:
+            self._failed = [ref for out in refs.values() for ref in out]
+            raise
+
+    def step(self, feeds: Mapping[str, np.ndarray], return_grads: bool = False) -> RayStepResult:
+        """One training step on full-batch `feeds` (as LocalExecutor.step), recovering from a
+        dead actor by restoring the last checkpoint and replaying (module docstring)."""
+        per_mb = split_feeds(self.graph, feeds, self.micro_batches)
+        step = self.step_count
+        if self.checkpoint_every is not None:
+            self._replay.append((step, per_mb, None))
+        recoveries = 0
+        due = (self.checkpoint_every is not None
+               and (step + 1) % self.checkpoint_every == 0)
+        while True:
+            try:
+                if self._needs_replay:
+                    self._replay_lost_steps()
+                start = time.perf_counter()
+                reports = self._execute(step, per_mb, return_grads)
+                seconds = time.perf_counter() - start
+                state = self._gather_state(step + 1) if due else None
+                break
+            except Exception as e:
+                if self.checkpoint_every is None or not self._is_fault(e):
+                    raise
+                recoveries += 1
+                self._restore(e, recoveries, step)
+        result = self._result(step, reports, seconds, return_grads, recoveries)
+        self.step_count = step + 1
+        if state is not None:
+            self._keep_checkpoint(state)
+        elif self.checkpoint_every is not None:
+            self._replay[-1] = (step, per_mb, result.losses)
+        return result
+
+    def train(self, data: Callable[[int], Mapping[str, np.ndarray]], steps: int
+              ) -> list[RayStepResult]:
+        """`steps` steps on the feeds `data(step)` (a pure function of the step number)."""
+        return [self.step(data(self.step_count)) for _ in range(steps)]
+
+    def _result(self, step, reports, seconds, return_grads, recoveries) -> RayStepResult:
+        k = self.k
+        by_device = {r["device"]: r for r in reports}
+        idle = {"losses": {}, "compute_seconds": 0.0, "grads": {}, "sent": np.zeros(k),
+                "busy_seconds": 0.0, "wait_seconds": 0.0, "peak_value_bytes": 0, "rss_bytes": 0}
+        reports = [by_device.get(d, dict(idle, device=d)) for d in range(k)]
+        link = np.array([r["sent"] for r in reports], dtype=np.int64)
+        base = summarize_step(step, reports, link, self.micro_batches,
+                              self.graph if return_grads else None, self.loss_reduction)
+
+        def column(name, dtype=float):
+            return np.array([r[name] for r in reports], dtype=dtype)
+        return RayStepResult(**{f.name: getattr(base, f.name) for f in fields(StepResult)},
+                             busy_seconds=column("busy_seconds"),
+                             wait_seconds=column("wait_seconds"),
+                             peak_value_bytes=column("peak_value_bytes", np.int64),
+                             rss_bytes=column("rss_bytes", np.int64), step_seconds=seconds,
+                             mode=self.mode, recoveries=recoveries)
+
+    # ------------------------------------------------------------ faults
+    def _is_fault(self, error: BaseException) -> bool:
+        """Whether a failed step lost an actor: the error says so, or (a surviving actor can
+        fail first, on a block whose earlier blocks were cancelled) some actor is dead or
+        was restarted."""
+        faults = self._faults
+        if isinstance(error, faults) or isinstance(getattr(error, "cause", None), faults):
+            return True
+        try:
+            self._ray.get([a.check_alive.remote() for a in self.actors], timeout=60)
+        except Exception as probe:
+            return isinstance(probe, faults) or isinstance(getattr(probe, "cause", None), faults)
+        return False
+
+    def _restore(self, error: BaseException, attempt: int, step: int) -> None:
+        """Kill every actor and recreate them from the last checkpoint (module docstring)."""
+        if attempt > self.max_recoveries:
+            raise ExecutorError(f"step {step}: an actor died {attempt} times "
+                                f"(max_recoveries={self.max_recoveries})") from error
+        self.recoveries += 1
+        log.warning("ray executor: step %d failed (%s); restoring every device from the "
+                    "checkpoint before step %d and replaying %d step(s)", step,
+                    type(error).__name__, self._replay[0][0], len(self._replay) - 1)
+        self._stop()
+        self._discard_failed()
+        self._start()
+        self._needs_replay = True
+
+    def _discard_failed(self) -> None:
+        """Collect the outcomes of the failed step's calls (their actors are dead now), so Ray
+        does not report them as unhandled errors when they are dropped."""
+        failed, self._failed = self._failed, []
+        ready, _ = self._ray.wait(failed, num_returns=len(failed), timeout=10)
+        for ref in ready:
+            try:
+                self._ray.get(ref)
+            except Exception:
+                pass
+
+    def _replay_lost_steps(self) -> None:
+        """Re-run the steps between the checkpoint and the failed step; their losses must be
+        the ones already reported."""
+        for step, per_mb, losses in self._replay[:-1]:
+            reports = self._execute(step, per_mb, False)
+            again = self._result(step, reports, 0.0, False, 0).losses
+            if again != losses:
+                raise ExecutorError(f"replay of step {step} after a fault gave losses {again}, "
+                                    f"but the step had reported {losses}")
+        self._needs_replay = False
+
+    # ------------------------------------------------------------ checkpoints
+    def _gather_state(self, step: int) -> dict:
+        merged: dict = {"params": {}, "optimizer": {}, "states": {}}
+        for part in self._ray.get([a.state_dict.remote() for a in self.actors]):
+            for key in merged:
+                merged[key].update(part[key])
+        merged["step"] = step
+        merged["optimizer_config"] = self.optimizer.to_dict()
+        return merged
+
+    def _keep_checkpoint(self, state: dict) -> None:
+        self._checkpoint = state
+        self._replay = []
+        if self.checkpoint_dir is not None:
+            checkpoints.save(self.checkpoint_dir, state)
+
+    def state_dict(self) -> dict:
+        """Parameters, optimizer state, persistent state and the step counter (numpy arrays)."""
+        return self._gather_state(self.step_count)
+
+    def save_checkpoint(self) -> dict:
+        """Take a checkpoint now: the driver keeps it (and writes it to checkpoint_dir)."""
+        state = self.state_dict()
+        self._keep_checkpoint(state)
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a `state_dict()` (e.g. from executor.checkpoint.load); it becomes the
+        checkpoint a fault restores."""
+        config = state.get("optimizer_config")
+        if config is not None and config.get("name") != self.optimizer.name:
+            raise ExecutorError(f"checkpoint: optimizer {config.get('name')!r} does not match "
+                                f"this executor's {self.optimizer.name!r}")
+        shared = self._ray.put(dict(state))
+        self._ray.get([a.load_state_dict.remote(shared) for a in self.actors])
+        self.step_count = int(state.get("step", 0))
+        self._checkpoint = {"params": dict(state["params"]),
+                            "optimizer": dict(state.get("optimizer", {})),
+                            "states": dict(state.get("states", {})), "step": self.step_count}
+        self._replay = []
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Current parameter values (copies), gathered from their owners."""
+        return {p: np.array(v, copy=True) for p, v in self.state_dict()["params"].items()}
+
+    @property
+    def training_graph(self) -> Graph:
+        return self.plan.training
+
+
+def _owned(report: dict) -> dict:
+    """Writable copies of a report's arrays (a compiled-graph result lives in a buffer that
+    the next step reuses; a plain one is a read-only view of the object store)."""
+    grads = report.get("grads")
+    if grads is not None:
+        report = dict(report, grads={p: None if g is None else np.array(g, copy=True)
+                                     for p, g in grads.items()})
+    return dict(report, sent=np.array(report["sent"], copy=True))
