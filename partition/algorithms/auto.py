@@ -1,0 +1,116 @@
+"""Run the applicable algorithms within a time budget and keep the best feasible placement.
+
+Candidates: ilp (n <= 60), multilevel, Mt-KaHyPar and METIS when installed (not with acyclic=True),
+each peer result also improved by one multilevel V-cycle, mincut, and contiguous and pipeline_dp
+when acyclic. Feasible means within the load and memory caps (memory with receive buffers, as in
+SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the lowest objective
+wins: step volume V, or the time-weighted volume when problem.objective == "time".
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from partition.algorithms.base import AlgorithmResult
+from partition.algorithms.baselines import contiguous
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
+from partition.algorithms.ilp import ilp
+from partition.algorithms.mincut import mincut
+from partition.algorithms.multilevel import multilevel, overload, vcycle
+from partition.algorithms.peers import metis_partition, mtkahypar_partition, peer_partition
+from partition.algorithms.pipeline_dp import pipeline_dp
+from partition.cost import memory_per_device
+from partition.errors import PlacementError
+from partition.metrics import quotient_adjacency, quotient_order
+from partition.problem import Problem
+
+log = logging.getLogger(__name__)
+
+ILP_MAX_NODES = 60
+ILP_DEFAULT_SECONDS = 30.0
+
+
+def _violation(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray) -> float:
+    """0 for an acceptable placement, else a positive measure of how far it is from one."""
+    bad = overload(hg, part, caps)
+    memory = memory_per_device(problem.arrays, part.astype(np.int32), caps.k, problem.optimizer_slots)
+    bad += float(np.maximum(memory - caps.memory, 0).sum() / max(float(caps.memory.max()), 1.0))
+    fixed = hg.fixed >= 0
+    bad += float((part[fixed] != hg.fixed[fixed]).sum())
+    if problem.acyclic and quotient_order(quotient_adjacency(problem.arrays, part, caps.k)) is None:
+        bad += 1.0
+    return bad
+
+
+def auto(problem: Problem) -> AlgorithmResult:
+    """Registry entry: best feasible placement among the applicable algorithms."""
+    start = time.perf_counter()
+    deadline = None if problem.time_limit is None else start + problem.time_limit
+    hg, caps = from_problem(problem)
+
+    def remaining() -> float | None:
+        return None if deadline is None else deadline - time.perf_counter()
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
+    def sub(time_limit: float | None) -> Problem:
+        return Problem(**{**problem.__dict__, "time_limit": time_limit})
+
+    methods = []
+    if hg.n <= ILP_MAX_NODES:
+        methods.append(("ilp", lambda: ilp(sub(min(remaining() or ILP_DEFAULT_SECONDS,
+                                                   ILP_DEFAULT_SECONDS)))))
+    methods.append(("multilevel", lambda: multilevel(sub(remaining()))))
+    if not problem.acyclic:
+        for name, peer in (("mtkahypar", mtkahypar_partition), ("metis", metis_partition)):
+            found: dict[str, np.ndarray] = {}
+            methods.append((name, _peer(hg, caps, peer, problem.seed, found)))
+            methods.append((name + "+vcycle", _refined(hg, caps, problem.seed, found)))
+    methods.append(("mincut", lambda: mincut(sub(remaining()))))
+    if problem.acyclic:
+        methods += [("contiguous", lambda: contiguous(problem)),
+                    ("pipeline_dp", lambda: pipeline_dp(problem))]
+    best = None
+    tried = {}
+    for name, run in methods:
+        if out_of_time() and best is not None:
+            break
+        t0 = time.perf_counter()
+        try:
+            result = run()
+        except (PlacementError, ImportError) as err:  # a missing peer package, an unsupported case
+            log.info("auto: %s skipped: %s", name, err)
+            continue
+        part = np.asarray(result.assignment, dtype=np.int64)
+        value, bad = objective(hg, part, caps.k), _violation(problem, hg, caps, part)
+        tried[name] = {"objective_value": value, "violation": bad,
+                       "seconds": round(time.perf_counter() - t0, 3)}
+        key = (bad > 0, bad, value)
+        if best is None or key < best[0]:
+            best = (key, name, result)
+    if best is None:
+        raise PlacementError("auto: no algorithm produced a placement")
+    _, name, result = best
+    info = dict(result.info, chosen=name, candidates=tried)
+    return AlgorithmResult(np.asarray(result.assignment, dtype=np.int32), optimal=result.optimal,
+                           bound=result.bound, info=info)
+
+
+def _peer(hg, caps, fn, seed, found: dict):
+    """A peer's placement (kept in `found` for the V-cycle that follows)."""
+    def run():
+        found["part"] = peer_partition(hg, caps, fn, seed)
+        return AlgorithmResult(found["part"].astype(np.int32))
+    return run
+
+
+def _refined(hg, caps, seed, found: dict):
+    """The peer's placement improved by one multilevel V-cycle."""
+    def run():
+        if "part" not in found:
+            raise PlacementError("peer did not run")
+        return AlgorithmResult(vcycle(hg, caps, found["part"], seed=seed).astype(np.int32))
+    return run

@@ -1,0 +1,214 @@
+"""Coarsening by heavy-edge matching on producer -> consumer pairs, weighted by tensor bytes.
+
+A pair (u, v) is rated sum over shared nets of w_e / (|e| - 1) (the bytes saved if the net's pins
+end up together), divided by a mild penalty on heavy nodes so that clusters stay even. Matching is
+by handshakes: every node proposes to its best-rated free neighbour, mutual proposals are matched,
+repeated a few rounds. Pairs never join nodes fixed to different parts, nor exceed the weight caps.
+
+Acyclic mode keeps every coarse graph a DAG, provably: each cluster gets a representative
+position (its producer's or its consumer's topological index), and a pair whose contraction would
+give some coarse edge that runs backwards in representative order is unmatched again, repeated
+until none does. All coarse edges then run forwards in that order, which is therefore a
+topological order of the coarse graph (and the coarse node ids follow it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from partition.algorithms.hypergraph import Hypergraph, contract
+
+
+def _pairs(hg: Hypergraph, max_weight: float, max_mem: float, part: np.ndarray | None):
+    """Candidate pairs (u < v as producer, consumer) with aggregated ratings."""
+    s, t = hg.edges()
+    sizes = hg.net_sizes()
+    rate = (hg.net_weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
+    if hg.cost is not None:  # rate by the most expensive link the tensor could take
+        scale = hg.cost.mats.reshape(len(hg.cost.mats), -1).max(axis=1)
+        rate = (hg.cost.coef @ scale / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
+    s = s.astype(np.int64)
+    t = t.astype(np.int64)
+    ok = (hg.node_weight[s] + hg.node_weight[t] <= max_weight) | (hg.node_weight[s] + hg.node_weight[t] <= 0)
+    ok &= hg.node_mem[s] + hg.node_mem[t] <= max_mem
+    fs, ft = hg.fixed[s], hg.fixed[t]
+    ok &= (fs < 0) | (ft < 0) | (fs == ft)
+    if part is not None:
+        ok &= part[s] == part[t]
+    s, t, rate = s[ok], t[ok], rate[ok]
+    lo, hi = np.minimum(s, t), np.maximum(s, t)
+    key = lo * hg.n + hi
+    uniq, inv = np.unique(key, return_inverse=True)
+    rate = np.bincount(inv, weights=rate)
+    u, v = uniq // hg.n, uniq % hg.n
+    avg = max(float(hg.node_weight.sum()) / max(hg.n, 1), 1e-30)
+    penalty = (1.0 + hg.node_weight[u] / avg) * (1.0 + hg.node_weight[v] / avg)
+    return u, v, rate / np.sqrt(penalty)
+
+
+def handshake_matching(n: int, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
+                       rng: np.random.Generator, rounds: int = 4) -> np.ndarray:
+    """mate[x] = matched partner or -1; mutual best-rated proposals are matched, `rounds` times."""
+    mate = np.full(n, -1, dtype=np.int64)
+    a = np.concatenate([u, v])
+    b = np.concatenate([v, u])
+    noise = rng.random(len(rate))
+    r = np.concatenate([rate, rate]) * (1.0 + 1e-9 * np.concatenate([noise, noise[::-1]]))
+    for _ in range(rounds):
+        live = (mate[a] < 0) & (mate[b] < 0)
+        if not live.any():
+            break
+        a, b, r = a[live], b[live], r[live]
+        top = np.full(n, -np.inf)
+        np.maximum.at(top, a, r)
+        win = r == top[a]
+        best = np.full(n, -1, dtype=np.int64)
+        best[a[win]] = b[win]
+        cand = np.flatnonzero(best >= 0)
+        mutual = cand[best[best[cand]] == cand]
+        mate[mutual] = best[mutual]
+    return mate
+
+
+def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unmatch pairs until every coarse edge runs forward in representative order."""
+    n = hg.n
+    s, t = hg.edges()
+    s = s.astype(np.int64)
+    t = t.astype(np.int64)
+    indeg = np.bincount(t, minlength=n)
+    outdeg = np.bincount(s, minlength=n)
+    lo = np.minimum(np.arange(n), np.where(mate >= 0, mate, np.arange(n)))
+    hi = np.maximum(np.arange(n), np.where(mate >= 0, mate, np.arange(n)))
+    # producer lo -> consumer hi: keep the producer's position when the consumer has one input,
+    # the consumer's when the producer has one consumer, else try the producer's first
+    use_hi = (indeg[hi] != 1) & (outdeg[lo] == 1)
+    tried_hi = use_hi.copy()
+    while True:
+        rep = np.where(mate >= 0, np.where(use_hi, hi, lo), np.arange(n))
+        bad = (rep[s] > rep[t]) & (rep[s] != rep[t])
+        if not bad.any():
+            return mate, rep
+        culprits = np.unique(np.concatenate([s[bad], t[bad]]))
+        culprits = culprits[mate[culprits] >= 0]
+        flip = culprits[~tried_hi[culprits]]
+        drop = culprits[tried_hi[culprits]]
+        if len(flip):  # second chance with the other representative
+            use_hi[flip] = True
+            use_hi[mate[flip]] = True
+            tried_hi[flip] = True
+            tried_hi[mate[flip]] = True
+        mate[mate[drop]] = -1
+        mate[drop] = -1
+
+
+def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarray, max_weight: float,
+                    max_mem: float, rng: np.random.Generator, rounds: int = 3) -> np.ndarray:
+    """leader[x]: the node whose cluster x joined (itself if none).
+
+    Each round, every node still alone rates the clusters of its neighbours (summed ratings) and
+    proposes to the best one that stays within the weight, memory and pin limits. Mutual proposals
+    merge (the larger id joins the smaller); then nodes that nobody proposed to join their target
+    cluster, best-rated first, while it has room. A cluster can absorb many nodes per round (all
+    consumers of a shared weight, say), which pairwise matching cannot.
+    """
+    n = hg.n
+    weight, mem, fixed = hg.node_weight, hg.node_mem, hg.fixed.astype(np.int64)
+    leader = np.arange(n)
+    cw, cm, cf = weight.astype(np.float64).copy(), mem.astype(np.float64).copy(), fixed.copy()
+    grown = np.zeros(n, dtype=bool)
+    a0, b0 = np.r_[u, v], np.r_[v, u]
+    noise = rng.random(len(u))
+    r0 = np.r_[rate, rate] * (1.0 + 1e-9 * np.r_[noise, noise[::-1]])
+
+    def fits(a, lead):
+        total = cw[lead] + weight[a]
+        return (((total <= max_weight) | (total <= 0)) & (cm[lead] + mem[a] <= max_mem)
+                & ((cf[lead] < 0) | (fixed[a] < 0) | (cf[lead] == fixed[a])))
+
+    def join(nodes, lead):
+        leader[nodes] = lead
+        np.add.at(cw, lead, weight[nodes])
+        np.add.at(cm, lead, mem[nodes])
+        np.maximum.at(cf, lead, fixed[nodes])
+        grown[lead] = True
+
+    for _ in range(rounds):
+        alone = (leader == np.arange(n)) & ~grown
+        sel = alone[a0]
+        a, lead, r = a0[sel], leader[b0[sel]], r0[sel]
+        sel = lead != a
+        key, inv = np.unique(a[sel] * n + lead[sel], return_inverse=True)
+        r = np.bincount(inv, weights=r[sel])
+        a, lead = key // n, key % n
+        ok = fits(a, lead)
+        a, lead, r = a[ok], lead[ok], r[ok]
+        if len(a) == 0:
+            break
+        top = np.full(n, -np.inf)
+        np.maximum.at(top, a, r)
+        win = r == top[a]
+        target = np.full(n, -1, dtype=np.int64)
+        target[a[win]] = lead[win]
+        prop = np.flatnonzero(target >= 0)
+        t = target[prop]
+        mutual = (target[t] == prop) & (prop > t)
+        join(prop[mutual], t[mutual])
+        targeted = np.zeros(n, dtype=bool)
+        targeted[t] = True
+        rest = prop[~mutual & ~targeted[prop] & ~grown[prop]]
+        lead = leader[target[rest]]
+        ok = fits(rest, lead)
+        rest, lead = rest[ok], lead[ok]
+        order = np.lexsort((-top[rest], lead))
+        rest, lead = rest[order], lead[order]
+        starts = np.searchsorted(lead, lead)  # first index of each leader's run
+        cum_w = np.cumsum(weight[rest])
+        cum_m = np.cumsum(mem[rest])
+        added_w = cum_w - np.r_[0.0, cum_w][starts]
+        added_m = cum_m - np.r_[0.0, cum_m][starts]
+        room = (((cw[lead] + added_w <= max_weight) | (weight[rest] <= 0))
+                & (cm[lead] + added_m <= max_mem)
+                & ((cf[lead] < 0) | (fixed[rest] < 0) | (cf[lead] == fixed[rest])))
+        join(rest[room], lead[room])
+    return leader
+
+
+def coarsen_once(hg: Hypergraph, rng: np.random.Generator, *, max_weight: float, max_mem: float,
+                 acyclic: bool, part: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """One level: cluster id per node (ids ordered by representative position) and the cluster count.
+
+    Acyclic mode uses pairwise matching with the representative check; otherwise clusters grow by
+    cluster_joining and are numbered by their smallest member.
+    """
+    u, v, rate = _pairs(hg, max_weight, max_mem, part)
+    if acyclic:
+        mate = handshake_matching(hg.n, u, v, rate, rng)
+        mate, rep = _acyclic_fix(hg, mate)
+    else:
+        leader = cluster_joining(hg, u, v, rate, max_weight, max_mem, rng)
+        rep = np.full(hg.n, hg.n, dtype=np.int64)
+        np.minimum.at(rep, leader, np.arange(hg.n))
+        rep = rep[leader]
+    uniq, cid = np.unique(rep, return_inverse=True)
+    return cid.astype(np.int64), len(uniq)
+
+
+def hierarchy(hg: Hypergraph, k: int, rng: np.random.Generator, *, acyclic: bool,
+              max_weight: float, max_mem: float, target: int, part: np.ndarray | None = None):
+    """Levels [fine, ..., coarsest] and the cluster maps between consecutive levels."""
+    levels, maps, parts = [hg], [], [part]
+    while levels[-1].n > target:
+        cur = levels[-1]
+        cid, nc = coarsen_once(cur, rng, max_weight=max_weight, max_mem=max_mem, acyclic=acyclic,
+                               part=parts[-1])
+        if nc > 0.97 * cur.n:
+            break
+        levels.append(contract(cur, cid, nc))
+        maps.append(cid)
+        if parts[-1] is not None:
+            coarse = np.zeros(nc, dtype=np.int64)
+            coarse[cid] = parts[-1]
+            parts.append(coarse)
+        else:
+            parts.append(None)
+    return levels, maps, parts

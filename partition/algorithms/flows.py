@@ -1,0 +1,238 @@
+"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut bisection.
+
+Nets become Lawler gadgets (pins -> in -INF-> ... in -w-> out -> pins), nets with two endpoints plain
+arcs both ways, so a minimum cut is a minimum weight of cut nets. Nodes are labelled: region (free),
+source side, sink side (each contracted into s or t), or ignored (their pins are dropped: for two
+blocks a, b of a k-way partition, a net's km1 contribution changes exactly by the change of its
+two-block cut). With acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the source
+side of any finite cut is closed under predecessors: no tensor flows from the sink side back.
+Capacities are scaled to int32; callers re-evaluate the true objective before keeping a cut.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
+from partition.algorithms.refine import gather
+
+REGION, SOURCE, SINK, IGNORED = 0, 1, 2, -1
+_INF = 2**30
+_FINITE_TOTAL = 2**29
+
+
+def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool, net_weight: np.ndarray | None = None):
+    """Smallest and largest source sides (node masks, region nodes only meaningful) of a minimum cut.
+
+    Returns (min_side, max_side, flow_value_scaled) or None when no net touches the region.
+    """
+    w_all = hg.net_weight if net_weight is None else net_weight
+    region = np.flatnonzero(label == REGION)
+    if len(region) == 0:
+        return None
+    _, pos = gather(hg.node_ptr, region)
+    nets = np.unique(hg.node_nets[pos])
+    rows, ppos = gather(hg.net_ptr, nets)
+    pins = hg.net_pins[ppos]
+    lab = label[pins]
+    r = len(region)
+    s_id, t_id = r, r + 1
+    local = np.full(hg.n, -1, dtype=np.int64)
+    local[region] = np.arange(r)
+    end = np.where(lab == REGION, local[pins], np.where(lab == SOURCE, s_id, np.where(lab == SINK, t_id, -1)))
+    keep = end >= 0
+    is_src_pin = np.zeros(len(pins), dtype=bool)
+    is_src_pin[np.searchsorted(rows, np.arange(len(nets)))] = True  # first pin of each net
+    src_end = np.full(len(nets), -1, dtype=np.int64)
+    src_end[rows[is_src_pin]] = np.where(keep[is_src_pin], end[is_src_pin], -1)
+    rows_k, end_k = rows[keep], end[keep]
+    key = np.unique(rows_k * (r + 2) + end_k)
+    rows_k, end_k = key // (r + 2), key % (r + 2)
+    deg = np.bincount(rows_k, minlength=len(nets))
+    has_s = np.bincount(rows_k, weights=end_k == s_id, minlength=len(nets)) > 0
+    has_t = np.bincount(rows_k, weights=end_k == t_id, minlength=len(nets)) > 0
+    useful = (deg >= 2) & ~(has_s & has_t)
+    w = w_all[nets]
+    total = float(w[useful].sum())
+    scale = _FINITE_TOTAL / total if total > 0 else 1.0
+    cap = np.where(useful, np.maximum(np.round(w * scale), 1), 0).astype(np.int64)
+    arcs_u, arcs_v, arcs_c = [], [], []
+    two = useful & (deg == 2)
+    sel = two[rows_k]
+    pair = end_k[sel].reshape(-1, 2)
+    c2 = cap[rows_k[sel][::2]]
+    arcs_u += [pair[:, 0], pair[:, 1]]
+    arcs_v += [pair[:, 1], pair[:, 0]]
+    arcs_c += [c2, c2]
+    big = np.flatnonzero(useful & (deg > 2))
+    if len(big):
+        aux = np.full(len(nets), -1, dtype=np.int64)
+        aux[big] = r + 2 + 2 * np.arange(len(big))
+        sel = (useful & (deg > 2))[rows_k]
+        e_in = aux[rows_k[sel]]
+        p = end_k[sel]
+        arcs_u += [p, e_in + 1, aux[big]]
+        arcs_v += [e_in, p, aux[big] + 1]
+        arcs_c += [np.full(len(p), _INF), np.full(len(p), _INF), cap[big]]
+    n_net = r + 2 + 2 * len(big)
+    if acyclic:
+        se = src_end[rows_k]
+        sel = (se >= 0) & (se != end_k)
+        arcs_u.append(end_k[sel])
+        arcs_v.append(se[sel])
+        arcs_c.append(np.full(int(sel.sum()), _INF))
+    u = np.concatenate(arcs_u) if arcs_u else np.zeros(0, np.int64)
+    if len(u) == 0:
+        return None
+    v = np.concatenate(arcs_v)
+    c = np.concatenate(arcs_c).astype(np.int64)
+    graph = sp.coo_array((np.r_[c, np.zeros(len(c), np.int64)], (np.r_[u, v], np.r_[v, u])),
+                         shape=(n_net, n_net)).tocsr()
+    graph.data = np.minimum(graph.data, _INF)
+    graph = graph.astype(np.int32)
+    res = maximum_flow(graph, s_id, t_id, method="dinic")
+    residual = (graph - res.flow).tocsr()
+    residual.data = (residual.data > 0).astype(np.int8)
+    residual.eliminate_zeros()
+    reach_s = breadth_first_order(residual, s_id, directed=True, return_predecessors=False)
+    reach_t = breadth_first_order(residual.T.tocsr(), t_id, directed=True, return_predecessors=False)
+    min_side = np.zeros(hg.n, dtype=bool)
+    rs = reach_s[reach_s < r]
+    min_side[region[rs]] = True
+    max_side = np.ones(hg.n, dtype=bool)
+    rt = reach_t[reach_t < r]
+    max_side[region[rt]] = False
+    max_side[label != REGION] = False
+    return min_side, max_side, res.flow_value
+
+
+def _grow(hg: Hypergraph, part: np.ndarray, block: int, seeds: np.ndarray, budget: float,
+          max_nodes: int) -> np.ndarray:
+    """Breadth-first region inside `block` from `seeds` (free nodes only), as far as its weight
+    stays within `budget` and its size within `max_nodes`."""
+    n, e = hg.n, hg.num_nets
+    inside = (part == block) & (hg.fixed < 0)
+    seeds = seeds[inside[seeds]]
+    taken = np.zeros(n, dtype=bool)
+    if len(seeds) == 0:
+        return taken
+    # bipartite graph nodes [0, n) + nets [n, n + e) + root, restricted to the block's free nodes
+    pin_in = inside[hg.net_pins]
+    net_deg = np.bincount(hg.pin_net[pin_in], minlength=e)
+    inc_in = inside[np.repeat(np.arange(n), np.diff(hg.node_ptr))]
+    node_deg = np.where(inside, np.diff(hg.node_ptr), 0)
+    indptr = np.zeros(n + e + 2, dtype=np.int64)
+    np.cumsum(np.r_[node_deg, net_deg, len(seeds)], out=indptr[1:])
+    indices = np.r_[hg.node_nets[inc_in].astype(np.int64) + n, hg.net_pins[pin_in], seeds]
+    graph = sp.csr_array((np.ones(len(indices), dtype=np.int8), indices, indptr),
+                         shape=(n + e + 1, n + e + 1))
+    order = breadth_first_order(graph, n + e, directed=True, return_predecessors=False)
+    order = order[order < n]
+    fits = np.cumsum(hg.node_weight[order]) <= budget
+    stop = len(fits) if fits.all() else int(np.argmin(fits))
+    taken[order[:min(stop, max_nodes)]] = True
+    return taken
+
+
+def _delta(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, moved: np.ndarray, target: np.ndarray, k: int):
+    """Touched nets, their new pin counts and the objective change if `moved` go to `target`."""
+    row, pos = gather(hg.node_ptr, moved)
+    e = hg.node_nets[pos]
+    touched, inv = np.unique(e, return_inverse=True)
+    new = cnt[touched].copy()
+    np.add.at(new, (inv, part[moved][row]), -1)
+    np.add.at(new, (inv, target[row]), 1)
+    src_part = part[hg.net_src[touched]].copy()
+    moved_src = np.zeros(hg.n, dtype=np.int64) - 1
+    moved_src[moved] = target
+    ms = moved_src[hg.net_src[touched]]
+    new_src = np.where(ms >= 0, ms, src_part)
+    return touched, new, _costs(hg, touched, new, new_src) - _costs(hg, touched, cnt[touched], src_part)
+
+
+def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarray) -> float:
+    present = cnt > 0
+    if hg.cost is None:
+        return float((hg.net_weight[nets] * (present.sum(axis=1) - 1)).sum())
+    return float((hg.cost.rows(nets, src_part) * present).sum())
+
+
+def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndarray, mem: np.ndarray,
+                caps: Caps, a: int, b: int, *, acyclic: bool, max_nodes: int = 200_000):
+    """Best min-cut re-split of blocks a and b around their boundary.
+
+    Returns (moved nodes, their new parts, touched nets, their new pin counts), or None when no
+    feasible cut improves the objective.
+    """
+    k = caps.k
+    both = (cnt[:, a] > 0) & (cnt[:, b] > 0)
+    if not both.any():
+        return None
+    _, ppos = gather(hg.net_ptr, np.flatnonzero(both))
+    seeds = np.unique(hg.net_pins[ppos])
+    seeds = seeds[hg.fixed[seeds] < 0]
+    reg_a = _grow(hg, part, a, seeds, max(caps.load[b] - load[b], 0.0), max_nodes // 2)
+    reg_b = _grow(hg, part, b, seeds, max(caps.load[a] - load[a], 0.0), max_nodes // 2)
+    if (mem[b] + hg.node_mem[reg_a].sum() > caps.memory[b]
+            or mem[a] + hg.node_mem[reg_b].sum() > caps.memory[a]):
+        return None  # some cut could break a memory cap
+    label = np.full(hg.n, IGNORED, dtype=np.int8)
+    label[part == a] = SOURCE
+    label[part == b] = SINK
+    region = reg_a | reg_b
+    label[region] = REGION
+    cut = min_cut(hg, label, acyclic=acyclic)
+    if cut is None:
+        return None
+    best, best_delta = None, -1e-9 * max(float(hg.net_weight.max(initial=0)), 1e-30)
+    nodes = np.flatnonzero(region)
+    for side in cut[:2]:
+        target = np.where(side[nodes], a, b)
+        moved = nodes[target != part[nodes]]
+        if len(moved) == 0:
+            continue
+        target = target[target != part[nodes]]
+        w = hg.node_weight[moved]
+        la = load[a] + w[target == a].sum() - w[target == b].sum()
+        lb = load[b] + w[target == b].sum() - w[target == a].sum()
+        if la > caps.load[a] * (1 + 1e-12) + 1e-9 or lb > caps.load[b] * (1 + 1e-12) + 1e-9:
+            continue
+        touched, new, delta = _delta(hg, part, cnt, moved, target, k)
+        if delta < best_delta:
+            best, best_delta = (moved, target, touched, new), delta
+    return best
+
+
+def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rounds: int = 2,
+                max_nodes: int = 200_000) -> np.ndarray:
+    """Apply refine_pair to block pairs sharing cut nets (consecutive stages when acyclic)."""
+    k = caps.k
+    part = part.copy()
+    cnt = pin_counts(hg, part, k)
+    load, mem = loads(hg, part, k)
+    for _ in range(rounds):
+        improved = False
+        present = cnt > 0
+        cut_nets = present.sum(axis=1) > 1
+        p = present[cut_nets].astype(np.float64)
+        weight = (p * hg.net_weight[cut_nets][:, None]).T @ p
+        if acyclic:
+            pairs = [(a, a + 1) for a in range(k - 1)]
+        else:
+            pairs = [(a, b) for a in range(k) for b in range(a + 1, k) if weight[a, b] > 0]
+            pairs.sort(key=lambda ab: -weight[ab])
+        for a, b in pairs:
+            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic, max_nodes=max_nodes)
+            if res is None:
+                continue
+            moved, target, touched, new = res
+            cnt[touched] = new
+            for arr, w in ((load, hg.node_weight[moved]), (mem, hg.node_mem[moved])):
+                arr -= np.bincount(part[moved], weights=w, minlength=k)
+                arr += np.bincount(target, weights=w, minlength=k)
+            part[moved] = target
+            improved = True
+        if not improved:
+            break
+    return part

@@ -1,0 +1,261 @@
+"""Boundary k-way Fiduccia-Mattheyses refinement with rollback to the best prefix.
+
+Moves one node at a time (each node once per pass), taking the best admissible move from a lazy
+max-gain heap even when it loses, and finally keeps the prefix of moves with the best total gain.
+For the volume objective the gains are kept in a cache (benefit[v], penalty[v][b]) updated by deltas
+when a net's pin count on a part crosses 0/1/2, as in KaHyPar; for a link-time objective (LinkCost)
+each gain is recomputed from the pin counts of the node's nets. Python loops touch only the nodes
+near the moves, so a pass costs O(moves x local degree), not O(n).
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
+from partition.algorithms.refine import boundary, volume_gain_parts
+
+_TOL = 1e-9
+
+
+class _FM:
+    """State of one FM run: parts, pin counts (rows materialised lazily), loads and gain cache."""
+
+    def __init__(self, hg: Hypergraph, part: np.ndarray, caps: Caps, acyclic: bool,
+                 rng: np.random.Generator):
+        self.hg, self.caps, self.acyclic, self.k, self.rng = hg, caps, acyclic, caps.k, rng
+        self.part = part.copy()
+        self.load, self.mem = loads(hg, self.part, self.k)
+        self.cap_load = (caps.load * (1 + 1e-12) + 1e-9).tolist()
+        self.cap_mem = caps.memory.tolist()
+        self.reset()
+
+    def reset(self) -> None:
+        self.cnt = pin_counts(self.hg, self.part, self.k)
+        self.rows: dict[int, list[int]] = {}
+        self.nets: dict[int, list[tuple[int, bool]]] = {}
+        self.pins: dict[int, list[int]] = {}
+        self.links: dict[int, list[list[float]]] = {}
+        self.benefit: dict[int, float] = {}
+        self.penalty: dict[int, list[float]] = {}
+
+    # ---------------------------------------------------------------- lazy views
+    def row(self, e: int) -> list[int]:
+        r = self.rows.get(e)
+        if r is None:
+            r = self.rows[e] = self.cnt[e].tolist()
+        return r
+
+    def node_nets(self, v: int) -> list[tuple[int, bool]]:
+        r = self.nets.get(v)
+        if r is None:
+            s, t = self.hg.node_ptr[v], self.hg.node_ptr[v + 1]
+            r = self.nets[v] = list(zip(self.hg.node_nets[s:t].tolist(), self.hg.node_is_src[s:t].tolist()))
+        return r
+
+    def net_pins(self, e: int) -> list[int]:
+        r = self.pins.get(e)
+        if r is None:
+            r = self.pins[e] = self.hg.net_pins[self.hg.net_ptr[e]:self.hg.net_ptr[e + 1]].tolist()
+        return r
+
+    def link(self, e: int) -> list[list[float]]:
+        r = self.links.get(e)
+        if r is None:
+            c = self.hg.cost
+            r = self.links[e] = np.tensordot(c.coef[e], c.mats, axes=1).tolist()
+        return r
+
+    # --------------------------------------------------------------------- gains
+    def cache(self, nodes: list[int]) -> None:
+        """Fill the volume gain cache for `nodes` in one vectorised call (rows must be in sync)."""
+        todo = [v for v in nodes if v not in self.benefit]
+        if not todo or self.hg.cost is not None:
+            return
+        for e in {e for v in todo for e, _ in self.node_nets(v)} & self.rows.keys():
+            self.cnt[e] = self.rows[e]
+        arr = np.array(todo, dtype=np.int64)
+        benefit, penalty = volume_gain_parts(self.hg, self.part, self.cnt, arr, self.k)
+        self.benefit.update(zip(todo, benefit.tolist()))
+        self.penalty.update(zip(todo, penalty.tolist()))
+
+    def gains(self, v: int) -> list[float]:
+        if self.hg.cost is None:
+            if v not in self.benefit:
+                self.cache([v])
+            b = self.benefit[v]
+            return [b - p for p in self.penalty[v]]
+        return self._link_gains(v)
+
+    def _link_gains(self, v: int) -> list[float]:
+        k, part = self.k, self.part
+        a = int(part[v])
+        g = [0.0] * k
+        base = 0.0
+        for e, src in self.node_nets(v):
+            c = self.row(e)
+            mats = self.link(e)
+            if not src:
+                m = mats[int(part[self.net_pins(e)[0]])]
+                if c[a] == 1:
+                    base += m[a]
+                for b in range(k):
+                    if c[b] == 0:
+                        g[b] -= m[b]
+            else:
+                after = [c[d] > (1 if d == a else 0) for d in range(k)]
+                base += sum(mats[a][d] for d in range(k) if c[d] > 0)
+                for b in range(k):
+                    g[b] -= sum(mats[b][d] for d in range(k) if after[d])
+        return [base + x for x in g]
+
+    def window(self, v: int) -> tuple[int, int]:
+        """Stage window [max producer part, min consumer part] of v."""
+        lo, hi = 0, self.k - 1
+        a = int(self.part[v])
+        for e, src in self.node_nets(v):
+            if src:
+                c = self.row(e)
+                for d in range(self.k):
+                    if c[d] - (d == a) > 0:
+                        hi = min(hi, d)
+                        break
+            else:
+                lo = max(lo, int(self.part[self.net_pins(e)[0]]))
+        return lo, hi
+
+    def best_move(self, v: int) -> tuple[float, int]:
+        g = self.gains(v)
+        a = int(self.part[v])
+        lo, hi = self.window(v) if self.acyclic else (0, self.k - 1)
+        w, mm = float(self.hg.node_weight[v]), float(self.hg.node_mem[v])
+        best, tb = -np.inf, -1
+        for b in range(lo, hi + 1):
+            if b == a or g[b] <= best:
+                continue
+            if w > 0 and self.load[b] + w > self.cap_load[b]:
+                continue
+            if mm > 0 and self.mem[b] + mm > self.cap_mem[b]:
+                continue
+            best, tb = g[b], b
+        return best, tb
+
+    # --------------------------------------------------------------------- moves
+    def move(self, u: int, b: int) -> list[int]:
+        """Move u to b, update counts, loads and cached gains; return nodes whose gains changed."""
+        a = int(self.part[u])
+        self.part[u] = b
+        changed: list[int] = []
+        volume = self.hg.cost is None
+        ben_u = 0.0
+        for e, _ in self.node_nets(u):
+            c = self.row(e)
+            c[a] -= 1
+            c[b] += 1
+            if not volume:
+                if len(self.net_pins(e)) <= 64:
+                    changed.extend(self.net_pins(e))
+                continue
+            w = float(self.hg.net_weight[e])
+            pins = self.net_pins(e)
+            if c[a] == 0:
+                for v in pins:
+                    p = self.penalty.get(v)
+                    if p is not None:
+                        p[a] += w
+                        changed.append(v)
+            elif c[a] == 1:
+                for v in pins:
+                    if v != u and self.part[v] == a:
+                        if v in self.benefit:
+                            self.benefit[v] += w
+                            changed.append(v)
+                        break
+            if c[b] == 1:
+                for v in pins:
+                    p = self.penalty.get(v)
+                    if p is not None:
+                        p[b] -= w
+                        changed.append(v)
+            elif c[b] == 2:
+                for v in pins:
+                    if v != u and self.part[v] == b:
+                        if v in self.benefit:
+                            self.benefit[v] -= w
+                            changed.append(v)
+                        break
+            if c[b] == 1:
+                ben_u += w
+        if volume and u in self.benefit:
+            self.benefit[u] = ben_u
+        w, mm = self.hg.node_weight[u], self.hg.node_mem[u]
+        self.load[a] -= w
+        self.load[b] += w
+        self.mem[a] -= mm
+        self.mem[b] += mm
+        return changed
+
+    def run(self, seeds: list[int], max_moves: int, patience: int) -> float:
+        """One pass from `seeds`; returns the improvement kept (moves past the best prefix undone)."""
+        fixed = self.hg.fixed
+        tie = self.rng.random(self.hg.n)
+        self.cache(seeds)
+        heap = []
+        for v in seeds:
+            g, b = self.best_move(v)
+            if b >= 0:
+                heap.append((-g, tie[v], v))
+        heapq.heapify(heap)
+        locked: set[int] = set()
+        moves: list[tuple[int, int]] = []
+        cur = best = 0.0
+        best_len = since = 0
+        eps = max(float(self.hg.net_weight.max(initial=0.0)), 1e-30) * _TOL
+        while heap and len(moves) < max_moves and since < patience:
+            negg, _, v = heapq.heappop(heap)
+            if v in locked:
+                continue
+            g, b = self.best_move(v)
+            if b < 0:
+                continue
+            if g < -negg - eps:  # stale entry: its gain dropped since it was pushed
+                heapq.heappush(heap, (-g, tie[v], v))
+                continue
+            moves.append((v, int(self.part[v])))
+            changed = self.move(v, b)
+            locked.add(v)
+            cur += g
+            if cur > best + eps:
+                best, best_len, since = cur, len(moves), 0
+            else:
+                since += 1
+            fresh = [u for u in dict.fromkeys(changed) if u not in locked and fixed[u] < 0]
+            if self.hg.cost is None:  # nodes next to v enter the boundary with a fresh gain
+                near = [u for e, _ in self.node_nets(v) if len(self.net_pins(e)) <= 64
+                        for u in self.net_pins(e) if u not in self.benefit and fixed[u] < 0]
+                self.cache(near)
+                fresh += near
+            for u in dict.fromkeys(fresh):
+                if u in locked:
+                    continue
+                gu, bu = self.best_move(u)
+                if bu >= 0:
+                    heapq.heappush(heap, (-gu, tie[u], u))
+        for v, a in reversed(moves[best_len:]):
+            self.move(v, a)
+        return best
+
+
+def fm_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rng: np.random.Generator,
+              passes: int = 3, max_moves: int | None = None, patience: int = 100) -> np.ndarray:
+    """Up to `passes` FM passes from the current boundary; each keeps only an improving prefix."""
+    fm = _FM(hg, part, caps, acyclic, rng)
+    for _ in range(passes):
+        seeds = np.flatnonzero(boundary(hg, fm.cnt) & (hg.fixed < 0)).tolist()
+        budget = max_moves if max_moves is not None else max(100, len(seeds))
+        gained = fm.run(seeds, budget, patience)
+        fm.reset()
+        if gained <= 0:
+            break
+    return fm.part

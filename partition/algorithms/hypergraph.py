@@ -1,0 +1,324 @@
+"""Array core shared by the partitioners: a source-rooted hypergraph, its objective and contraction.
+
+Each net is one tensor: its first pin is the producer (the *source*), the other pins are its
+distinct consumers. With weight bytes * (1 + requires_grad) (x micro-batches when batch-dependent)
+the connectivity-minus-one of a placement is SPEC's step volume V. A `LinkCost` generalises the
+per-net cost to link times: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a, d].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from partition.problem import Problem
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Per-part capacity for load (train FLOPs) and for memory bytes."""
+
+    load: np.ndarray
+    memory: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return len(self.load)
+
+
+@dataclass(frozen=True)
+class LinkCost:
+    """Per-net link-dependent cost: cost_e(a -> d) = sum_j coef[e, j] * mats[j, a, d] (mats[j, a, a] = 0)."""
+
+    mats: np.ndarray  # float64[J, k, k]
+    coef: np.ndarray  # float64[E, J]
+
+    def rows(self, nets: np.ndarray, src_parts: np.ndarray) -> np.ndarray:
+        """cost_e(s_e -> d) for every d: float64[len(nets), k]."""
+        return np.einsum("ij,jik->ik", self.coef[nets], self.mats[:, src_parts, :])
+
+    def select(self, nets: np.ndarray) -> "LinkCost":
+        return LinkCost(self.mats, self.coef[nets])
+
+
+def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.ndarray,
+              bandwidth: np.ndarray, latency: np.ndarray) -> LinkCost:
+    """Link cost of SPEC's time-weighted volume: each transfer costs latency + bytes / bandwidth.
+
+    `net_bytes` is the tensor's bytes times its repetitions (micro-batches), `net_times` the number of
+    repetitions, `net_backward` 1 when a gradient travels back d -> a (requires_grad), else 0.
+    """
+    k = bandwidth.shape[0]
+    off = 1.0 - np.eye(k)
+    inv_bw = np.divide(1.0, bandwidth, out=np.zeros((k, k)), where=bandwidth > 0) * off
+    lat = latency * off
+    mats = np.stack([inv_bw, inv_bw.T, lat, lat.T])
+    times = net_times.astype(np.float64)
+    coef = np.stack([net_bytes, net_bytes * net_backward, times, times * net_backward], axis=1)
+    return LinkCost(mats, coef.astype(np.float64))
+
+
+@dataclass(frozen=True, eq=False)
+class Hypergraph:
+    """Nets in CSR (first pin of each net = its source), node loads and memory, fixed parts.
+
+    Node ids are in a topological order of the DAG whose edges run from each net's source to
+    its other pins. Derived incidence arrays (node -> nets) are built on construction.
+    """
+
+    n: int
+    net_ptr: np.ndarray      # int64[E + 1]
+    net_pins: np.ndarray     # int32[P]
+    net_weight: np.ndarray   # float64[E]
+    node_weight: np.ndarray  # float64[n] (train FLOPs)
+    node_mem: np.ndarray     # float64[n] (bytes that stay on the node's device)
+    fixed: np.ndarray        # int32[n], -1 = free
+    cost: LinkCost | None = None
+    node_ptr: np.ndarray = field(init=False, repr=False)
+    node_nets: np.ndarray = field(init=False, repr=False)
+    node_is_src: np.ndarray = field(init=False, repr=False)
+    pin_net: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        sizes = np.diff(self.net_ptr)
+        pin_net = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        is_src = np.zeros(len(self.net_pins), dtype=bool)
+        is_src[self.net_ptr[:-1][sizes > 0]] = True
+        order = np.argsort(self.net_pins, kind="stable")
+        node_ptr = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.net_pins, minlength=self.n), out=node_ptr[1:])
+        object.__setattr__(self, "pin_net", pin_net)
+        object.__setattr__(self, "node_ptr", node_ptr)
+        object.__setattr__(self, "node_nets", pin_net[order])
+        object.__setattr__(self, "node_is_src", is_src[order])
+
+    @property
+    def num_nets(self) -> int:
+        return len(self.net_ptr) - 1
+
+    @property
+    def net_src(self) -> np.ndarray:
+        return self.net_pins[self.net_ptr[:-1]]
+
+    def net_sizes(self) -> np.ndarray:
+        return np.diff(self.net_ptr)
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """DAG edges source -> consumer (one per non-source pin)."""
+        mask = ~self._is_src_pin()
+        return self.net_src[self.pin_net[mask]], self.net_pins[mask]
+
+    def _is_src_pin(self) -> np.ndarray:
+        mask = np.zeros(len(self.net_pins), dtype=bool)
+        mask[self.net_ptr[:-1][self.net_sizes() > 0]] = True
+        return mask
+
+
+def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray,
+             node_weight: np.ndarray, node_mem: np.ndarray | None = None,
+             fixed: np.ndarray | None = None) -> Hypergraph:
+    """Hypergraph of a DAG given by edges src -> dst (ids topologically ordered, src < dst).
+
+    One net per node with consumers: the node then its distinct consumers; weight tensor_weight[node].
+    """
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    key = np.unique(src * n + dst)
+    src, dst = key // n, key % n
+    has = np.zeros(n, dtype=bool)
+    has[src] = True
+    producers = np.flatnonzero(has)
+    deg = np.bincount(src, minlength=n)[producers]
+    net_ptr = np.zeros(len(producers) + 1, dtype=np.int64)
+    np.cumsum(deg + 1, out=net_ptr[1:])
+    pins = np.empty(net_ptr[-1], dtype=np.int32)
+    pins[net_ptr[:-1]] = producers
+    mask = np.ones(net_ptr[-1], dtype=bool)
+    mask[net_ptr[:-1]] = False
+    pins[mask] = dst  # key order groups consumers by producer, ascending
+    return Hypergraph(
+        n=n, net_ptr=net_ptr, net_pins=pins,
+        net_weight=np.asarray(tensor_weight, dtype=np.float64)[producers],
+        node_weight=np.asarray(node_weight, dtype=np.float64),
+        node_mem=np.zeros(n) if node_mem is None else np.asarray(node_mem, dtype=np.float64),
+        fixed=np.full(n, -1, np.int32) if fixed is None else np.asarray(fixed, dtype=np.int32))
+
+
+def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
+    """The hypergraph and caps of a partition Problem (net weights per partition.problem.hypergraph;
+    a LinkCost of SPEC's time-weighted volume when problem.objective == "time").
+
+    Memory per node is what stays on its device (parameters with gradient and optimizer slots,
+    kept activations); receive buffers depend on the placement and are checked by the caller.
+    """
+    from partition.cost import multiplicity, persistent_memory
+    from partition.problem import hypergraph
+
+    arrays = problem.arrays
+    net_ptr, net_pins, net_weight, node_weight = hypergraph(problem)
+    cost = None
+    if problem.objective == "time":
+        src = net_pins[net_ptr[:-1]]
+        times = multiplicity(arrays, problem.micro_batches)[src]
+        cost = time_cost(arrays.bytes[src] * times, arrays.requires_grad[src].astype(np.float64), times,
+                         problem.cluster.bandwidth, problem.cluster.latency)
+    hg = Hypergraph(
+        n=problem.n, net_ptr=np.asarray(net_ptr, dtype=np.int64),
+        net_pins=np.asarray(net_pins, dtype=np.int32), net_weight=np.asarray(net_weight, np.float64),
+        node_weight=np.asarray(node_weight, dtype=np.float64),
+        node_mem=persistent_memory(arrays, problem.optimizer_slots).astype(np.float64),
+        fixed=np.asarray(problem.pinned, dtype=np.int32), cost=cost)
+    caps = Caps(np.asarray(problem.load_caps, dtype=np.float64),
+                np.asarray(problem.memory_caps, dtype=np.float64))
+    return hg, caps
+
+
+def pin_counts(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
+    """cnt[e, d] = number of pins of net e on part d: int32[E, k]."""
+    flat = hg.pin_net.astype(np.int64) * k + part[hg.net_pins]
+    return np.bincount(flat, minlength=hg.num_nets * k).astype(np.int32).reshape(hg.num_nets, k)
+
+
+def net_costs(hg: Hypergraph, part: np.ndarray, k: int, cnt: np.ndarray | None = None) -> np.ndarray:
+    """Cost of every net under `part`: weight * (connectivity - 1), or its link cost."""
+    if cnt is None:
+        cnt = pin_counts(hg, part, k)
+    present = cnt > 0
+    if hg.cost is None:
+        return hg.net_weight * (present.sum(axis=1) - 1)
+    rows = hg.cost.rows(np.arange(hg.num_nets), part[hg.net_src])
+    return (rows * present).sum(axis=1)
+
+
+def objective(hg: Hypergraph, part: np.ndarray, k: int, cnt: np.ndarray | None = None) -> float:
+    """Total objective of `part` (SPEC's V for the volume weights, seconds for a LinkCost)."""
+    return float(net_costs(hg, part, k, cnt).sum())
+
+
+def loads(hg: Hypergraph, part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-part load and memory."""
+    return (np.bincount(part, weights=hg.node_weight, minlength=k),
+            np.bincount(part, weights=hg.node_mem, minlength=k))
+
+
+def quotient_edges(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
+    """Boolean k x k matrix: [a, b] when a tensor flows from part a to part b != a."""
+    s, t = hg.edges()
+    q = np.zeros((k, k), dtype=bool)
+    q[part[s], part[t]] = True
+    np.fill_diagonal(q, False)
+    return q
+
+
+def is_acyclic(q: np.ndarray) -> bool:
+    """True when the directed graph with boolean adjacency matrix q has no cycle."""
+    alive = np.ones(len(q), dtype=bool)
+    while alive.any():
+        indeg = q[np.ix_(alive, alive)].sum(axis=0)
+        if not (indeg == 0).any():
+            return False
+        idx = np.flatnonzero(alive)
+        alive[idx[indeg == 0]] = False
+    return True
+
+
+def stage_order(q: np.ndarray) -> np.ndarray | None:
+    """A topological order of the parts of an acyclic quotient graph, or None when it has a cycle."""
+    alive = np.ones(len(q), dtype=bool)
+    order = []
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        indeg = q[np.ix_(idx, idx)].sum(axis=0)
+        ready = idx[indeg == 0]
+        if len(ready) == 0:
+            return None
+        order.extend(ready.tolist())
+        alive[ready] = False
+    return np.array(order, dtype=np.int64)
+
+
+def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
+    """Coarse hypergraph after merging node u into cluster cid[u] (cluster ids topologically ordered).
+
+    Pins are mapped and de-duplicated (the source's cluster stays first), nets left with one pin
+    are dropped, parallel nets (same pins, same source) are merged with their weights added.
+    """
+    cid = np.asarray(cid, dtype=np.int64)
+    cp = cid[hg.net_pins]
+    is_src = hg._is_src_pin()
+    net = hg.pin_net.astype(np.int64)
+    src_c = cp[is_src][np.searchsorted(np.flatnonzero(is_src), hg.net_ptr[:-1])]
+    order = np.lexsort((cp, ~is_src, net))
+    cp_o, net_o, src_o = cp[order], net[order], is_src[order]
+    keep = src_o | (cp_o != src_c[net_o])
+    cp_o, net_o, src_o = cp_o[keep], net_o[keep], src_o[keep]
+    dup = np.zeros(len(cp_o), dtype=bool)
+    dup[1:] = (~src_o[1:]) & (net_o[1:] == net_o[:-1]) & (cp_o[1:] == cp_o[:-1])
+    cp_o, net_o = cp_o[~dup], net_o[~dup]
+    sizes = np.bincount(net_o, minlength=hg.num_nets)
+    live = sizes >= 2
+    pk = live[net_o]
+    cp_o, net_o = cp_o[pk], net_o[pk]
+    live_ids = np.flatnonzero(live)
+    sizes = sizes[live_ids]
+    ptr = np.zeros(len(live_ids) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=ptr[1:])
+    weight = hg.net_weight[live_ids]
+    coef = None if hg.cost is None else hg.cost.coef[live_ids]
+    ptr, cp_o, weight, coef = _merge_parallel(ptr, cp_o, weight, coef, nc)
+    node_weight = np.bincount(cid, weights=hg.node_weight, minlength=nc)
+    node_mem = np.bincount(cid, weights=hg.node_mem, minlength=nc)
+    fixed = np.full(nc, -1, dtype=np.int32)
+    np.maximum.at(fixed, cid, hg.fixed)
+    cost = None if coef is None else LinkCost(hg.cost.mats, coef)
+    return Hypergraph(nc, ptr, cp_o.astype(np.int32), weight, node_weight, node_mem, fixed, cost)
+
+
+def _merge_parallel(ptr, pins, weight, coef, nc):
+    """Merge nets with identical pin sets and source; weights and link coefficients add."""
+    e = len(ptr) - 1
+    if e == 0:
+        return ptr, pins, weight, coef
+    sizes = np.diff(ptr)
+    rng = np.random.default_rng(12345)
+    h1 = rng.integers(1, 2**62, size=nc, dtype=np.int64)
+    h2 = rng.integers(1, 2**62, size=nc, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        key = np.add.reduceat(h1[pins], ptr[:-1]) + h2[pins[ptr[:-1]]] * sizes
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    starts = np.r_[True, ks[1:] != ks[:-1]]
+    if starts.all():
+        return ptr, pins, weight, coef
+    rep = np.empty(e, dtype=np.int64)
+    rep[order] = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+    cand = np.flatnonzero(rep != np.arange(e))
+    cand = cand[(sizes[cand] == sizes[rep[cand]]) & (pins[ptr[cand]] == pins[ptr[rep[cand]]])]
+    # confirm candidates pin by pin so that a hash collision never merges different nets
+    lens = sizes[cand]
+    seg = np.repeat(np.arange(len(cand)), lens)
+    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    mine = _sorted_segments(pins[np.repeat(ptr[cand], lens) + within], seg)
+    theirs = _sorted_segments(pins[np.repeat(ptr[rep[cand]], lens) + within], seg)
+    bad = np.bincount(seg, weights=(mine != theirs).astype(np.float64), minlength=len(cand)) > 0
+    target = np.arange(e)
+    target[cand[~bad]] = rep[cand[~bad]]
+    keep = target == np.arange(e)
+    new_id = (np.cumsum(keep) - 1)[target]
+    m = int(keep.sum())
+    weight = np.bincount(new_id, weights=weight, minlength=m)
+    if coef is not None:
+        coef = np.stack([np.bincount(new_id, weights=coef[:, j], minlength=m)
+                         for j in range(coef.shape[1])], axis=1)
+    kept = np.flatnonzero(keep)
+    lens = sizes[kept]
+    new_ptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_ptr[1:])
+    idx = np.repeat(ptr[kept] - new_ptr[:-1], lens) + np.arange(new_ptr[-1])
+    return new_ptr, pins[idx], weight, coef
+
+
+def _sorted_segments(values: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    return values[np.lexsort((values, seg))]

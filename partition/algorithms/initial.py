@@ -1,0 +1,153 @@
+"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders, graph growing.
+
+Chunks of a topological order are stage-monotone (every edge runs to the same or a later part), so
+they are the starting points in acyclic mode; graph growing and random starts add diversity otherwise.
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from partition.algorithms.hypergraph import Hypergraph
+
+
+def topological_order(hg: Hypergraph, priority: np.ndarray) -> np.ndarray:
+    """Kahn's order taking the ready node of smallest priority first (cycles broken by smallest id)."""
+    s, t = hg.edges()
+    n = hg.n
+    key = np.unique(s.astype(np.int64) * n + t)
+    s, t = key // n, key % n
+    indeg = np.bincount(t, minlength=n)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(s, minlength=n), out=ptr[1:])
+    succ = t.tolist()
+    ptr_l = ptr.tolist()
+    deg = indeg.tolist()
+    pri = priority.tolist()
+    heap = [(pri[v], v) for v in range(n) if deg[v] == 0]
+    heapq.heapify(heap)
+    done = [False] * n
+    order = []
+    nxt = 0
+    while len(order) < n:
+        if not heap:  # a cycle (non-acyclic coarse graphs): release the smallest unfinished id
+            while done[nxt]:
+                nxt += 1
+            heap.append((pri[nxt], nxt))
+            deg[nxt] = 0
+        _, v = heapq.heappop(heap)
+        if done[v]:
+            continue
+        done[v] = True
+        order.append(v)
+        for i in range(ptr_l[v], ptr_l[v + 1]):
+            w = succ[i]
+            deg[w] -= 1
+            if deg[w] == 0 and not done[w]:
+                heapq.heappush(heap, (pri[w], w))
+    return np.array(order, dtype=np.int64)
+
+
+def late_sources_order(hg: Hypergraph) -> np.ndarray:
+    """The node order with every input-less node moved right before its first consumer
+    (parameters next to their use); a topological order when the node order is one."""
+    s, t = hg.edges()
+    n = hg.n
+    indeg = np.bincount(t, minlength=n)
+    first = np.full(n, n, dtype=np.int64)
+    np.minimum.at(first, s, t)
+    key = 2 * np.arange(n, dtype=np.int64) + 1
+    moved = (indeg == 0) & (first < n)
+    key[moved] = 2 * first[moved]
+    return np.argsort(key, kind="stable")
+
+
+def chunks(order: np.ndarray, weight: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Split `order` into len(share) consecutive runs with weights proportional to `share`."""
+    k = len(share)
+    w = weight[order]
+    total = w.sum()
+    part = np.zeros(len(order), dtype=np.int64)
+    if total <= 0:
+        part[order] = np.minimum(np.arange(len(order)) * k // max(len(order), 1), k - 1)
+        return part
+    bounds = np.cumsum(share)[:-1] / share.sum() * total
+    mid = np.cumsum(w) - w / 2
+    part[order] = np.searchsorted(bounds, mid, side="right")
+    return part
+
+
+def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Grow parts 0..k-2 one by one from a random seed, adding the free node most tied to the part."""
+    k = len(share)
+    n = hg.n
+    part = np.full(n, k - 1, dtype=np.int64)
+    free = np.ones(n, dtype=bool)
+    total = hg.node_weight.sum()
+    src, dst = hg.edges()
+    sizes = hg.net_sizes()
+    rate = (hg.net_weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
+    adj: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    for a, b, r in zip(src.tolist(), dst.tolist(), rate.tolist()):
+        adj[a].append((b, r))
+        adj[b].append((a, r))
+    weight = hg.node_weight.tolist()
+    for d in range(k - 1):
+        goal = total * (share[d] / share.sum() if share.sum() > 0 else 1.0 / k)
+        candidates = np.flatnonzero(free)
+        if len(candidates) == 0:
+            break
+        seed = int(rng.choice(candidates))
+        conn: dict[int, float] = {seed: 0.0}
+        heap = [(0.0, 0, seed)]
+        got = 0.0
+        count = 1
+        while heap and got < goal:
+            negc, _, v = heapq.heappop(heap)
+            if not free[v] or -negc < conn.get(v, 0.0) - 1e-300:
+                continue
+            if got + weight[v] > goal * 1.02 and got > 0:
+                continue
+            free[v] = False
+            part[v] = d
+            got += weight[v]
+            for u, r in adj[v]:
+                if free[u]:
+                    conn[u] = conn.get(u, 0.0) + r
+                    count += 1
+                    heapq.heappush(heap, (-conn[u], count, u))
+            if not heap and got < goal:
+                rest = np.flatnonzero(free)
+                if len(rest):
+                    u = int(rng.choice(rest))
+                    heap.append((0.0, count + 1, u))
+    fixed = hg.fixed >= 0
+    part[fixed] = hg.fixed[fixed]
+    return part
+
+
+def make_monotone(hg: Hypergraph, part: np.ndarray) -> np.ndarray:
+    """Stage-monotone version of `part` (every edge to the same or a later part), fixed nodes kept.
+
+    A reverse pass lowers each free node to its consumers' minimum, a forward pass raises it to its
+    producers' maximum; the result is monotone whenever the fixed nodes allow it (no fixed node has
+    a fixed ancestor on a later part).
+    """
+    s, t = hg.edges()
+    n = hg.n
+    key = np.unique(s.astype(np.int64) * n + t)
+    t = (key % n).tolist()
+    out_ptr = np.searchsorted(key // n, np.arange(n + 1)).tolist()
+    by_dst = np.argsort(key % n, kind="stable")
+    in_src = (key // n)[by_dst].tolist()
+    in_ptr = np.searchsorted((key % n)[by_dst], np.arange(n + 1)).tolist()
+    p = [int(x) for x in part]
+    free = (hg.fixed < 0).tolist()
+    for v in range(n - 1, -1, -1):
+        if free[v] and out_ptr[v] < out_ptr[v + 1]:
+            p[v] = min(p[v], min(p[t[i]] for i in range(out_ptr[v], out_ptr[v + 1])))
+    for v in range(n):
+        if free[v] and in_ptr[v] < in_ptr[v + 1]:
+            p[v] = max(p[v], max(p[in_src[i]] for i in range(in_ptr[v], in_ptr[v + 1])))
+    return np.array(p, dtype=np.int64)

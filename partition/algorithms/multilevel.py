@@ -1,0 +1,178 @@
+"""Multilevel k-way partitioning on the true step-volume objective (or link-time objective).
+
+Coarsen by heavy-edge matching on tensor bytes (acyclicity-preserving when asked, see coarsen.py),
+partition the coarsest level from several starts (chunks of topological orders, graph growing),
+then project level by level, refining each with batched label propagation and boundary FM whose
+gains are exact for connectivity-minus-one weighted by bytes * (1 + requires_grad) (x micro-batches
+for batch-dependent tensors), i.e. SPEC's V; with a LinkCost they are exact for the time-weighted
+volume. Extra V-cycles re-coarsen inside the current parts and refine again. Deterministic per seed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from partition.algorithms.base import AlgorithmResult
+from partition.algorithms.coarsen import hierarchy
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, loads, objective
+from partition.algorithms.initial import (chunks, greedy_growing, late_sources_order, make_monotone,
+                                         topological_order)
+from partition.algorithms.flows import flow_refine
+from partition.algorithms.fm import fm_refine
+from partition.algorithms.refine import label_propagation, rebalance
+from partition.problem import Problem
+
+log = logging.getLogger(__name__)
+
+COARSEST_PER_PART = 30
+COARSEST_MIN = 150
+CLUSTER_DIV = 12
+RELAX = (1.1,)
+RELAX_MAX_NODES = 50_000
+SLACK_FRAC = 0.5
+
+
+def overload(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
+    """Sum of relative excess over the load and memory caps (0 when feasible)."""
+    load, mem = loads(hg, part, caps.k)
+    over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
+    mover = np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)
+    return float(over.sum() + mover.sum())
+
+
+def refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rng: np.random.Generator,
+           fm_limit: int = 400_000, flows: bool = True) -> np.ndarray:
+    """Rebalance if needed, then label propagation and FM (FM only on levels up to fm_limit nodes)."""
+    if overload(hg, part, caps) > 0:
+        part = rebalance(hg, part, caps, acyclic=acyclic)
+    part = label_propagation(hg, part, caps, acyclic=acyclic, rng=rng)
+    if hg.n <= fm_limit:
+        part = fm_refine(hg, part, caps, acyclic=acyclic, rng=rng)
+    if flows:
+        part = flow_refine(hg, part, caps, acyclic=acyclic)
+        part = label_propagation(hg, part, caps, acyclic=acyclic, rng=rng)
+    return part
+
+
+def _better(hg, caps, a, b) -> bool:
+    """Is partition a better than b: feasible first, then lower objective."""
+    if b is None:
+        return True
+    oa, ob = overload(hg, a, caps), overload(hg, b, caps)
+    if (oa > 0) != (ob > 0):
+        return oa == 0
+    if oa > 0:
+        return oa < ob
+    return objective(hg, a, caps.k) < objective(hg, b, caps.k)
+
+
+def initial_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, rng: np.random.Generator,
+                      tries: int) -> np.ndarray:
+    """Best refined start among chunks of several topological orders (and graph growing)."""
+    share = caps.load.astype(np.float64)
+    fixed = hg.fixed >= 0
+    orders = [np.arange(hg.n), late_sources_order(hg)]
+    orders += [topological_order(hg, rng.random(hg.n)) for _ in range(max(tries // 2, 1))]
+    starts = [chunks(o, hg.node_weight, share) for o in orders]
+    if not acyclic:
+        starts += [greedy_growing(hg, share, rng) for _ in range(max(tries // 2, 1))]
+    best = None
+    for part in starts:
+        part[fixed] = hg.fixed[fixed]
+        if acyclic and fixed.any():
+            part = make_monotone(hg, part)
+        part = refine(hg, part, caps, acyclic=acyclic, rng=rng)
+        if _better(hg, caps, part, best):
+            best = part
+    return best
+
+
+def multilevel_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool = False, seed: int = 0,
+                         tries: int = 8, vcycles: int = 0, start: np.ndarray | None = None,
+                         deadline: float | None = None, relax: tuple[float, ...] | None = None
+                         ) -> np.ndarray:
+    """Best of a multilevel run, V-cycles started from chunks of the node (topological) order and,
+    on graphs up to RELAX_MAX_NODES nodes, runs under caps relaxed by the factors in `relax`
+    brought back under the true caps by rebalancing and a V-cycle (tight caps trap local search).
+
+    `start` adds one more V-cycle run from that partition. With acyclic=True every start is
+    stage-monotone and stays so, so every edge of the result runs from a part to the same or a
+    higher part and the quotient graph is acyclic. Node ids must be a topological order then.
+    """
+    if relax is None:
+        relax = RELAX if hg.n <= RELAX_MAX_NODES else ()
+    rng = np.random.default_rng(seed)
+    share = caps.load.astype(np.float64)
+    starts = [None, chunks(np.arange(hg.n), hg.node_weight, share),
+              chunks(late_sources_order(hg), hg.node_weight, share)]
+    if start is not None:
+        starts.append(np.asarray(start, dtype=np.int64))
+    best = None
+    for s in starts:
+        if s is not None:
+            s = s.copy()
+            s[hg.fixed >= 0] = hg.fixed[hg.fixed >= 0]
+            if acyclic and (hg.fixed >= 0).any():
+                s = make_monotone(hg, s)
+        part = _run(hg, caps, acyclic=acyclic, rng=rng, tries=tries, vcycles=vcycles, start=s)
+        if _better(hg, caps, part, best):
+            best = part
+        if deadline is not None and time.perf_counter() > deadline:
+            return best
+    for factor in relax:
+        loose = Caps(caps.load * factor, caps.memory)
+        part = _run(hg, loose, acyclic=acyclic, rng=rng, tries=tries, vcycles=0, start=None)
+        part = rebalance(hg, part, caps, acyclic=acyclic)
+        part = _run(hg, caps, acyclic=acyclic, rng=rng, tries=tries, vcycles=0, start=part)
+        if _better(hg, caps, part, best):
+            best = part
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return best
+
+
+def vcycle(hg: Hypergraph, caps: Caps, start: np.ndarray, *, acyclic: bool = False,
+           seed: int = 0) -> np.ndarray:
+    """Improve `start` by one V-cycle: coarsen inside its parts, refine back up (never worse)."""
+    start = np.asarray(start, dtype=np.int64)
+    part = _run(hg, caps, acyclic=acyclic, rng=np.random.default_rng(seed), tries=1, vcycles=0,
+                start=start)
+    return part if _better(hg, caps, part, start) else start
+
+
+def _run(hg: Hypergraph, caps: Caps, *, acyclic: bool, rng: np.random.Generator, tries: int,
+         vcycles: int, start: np.ndarray | None) -> np.ndarray:
+    """One multilevel pass (a V-cycle when `start` is given), then `vcycles` V-cycles."""
+    k = caps.k
+    total = float(hg.node_weight.sum())
+    slack = float(np.min(caps.load - total * caps.load / max(caps.load.sum(), 1e-300)))
+    max_weight = max(min(total / (CLUSTER_DIV * k), slack * SLACK_FRAC), total / (160 * k))
+    finite = caps.memory[np.isfinite(caps.memory)]
+    max_mem = float(finite.min()) / 4 if len(finite) else np.inf
+    target = max(COARSEST_PER_PART * k, COARSEST_MIN)
+    part = None if start is None else np.asarray(start, dtype=np.int64).copy()
+    for cycle in range(1 + vcycles):
+        t0 = time.perf_counter()
+        levels, maps, parts = hierarchy(hg, k, rng, acyclic=acyclic, max_weight=max_weight,
+                                        max_mem=max_mem, target=target, part=part)
+        if part is None:
+            cur = initial_partition(levels[-1], caps, acyclic=acyclic, rng=rng, tries=tries)
+        else:
+            cur = refine(levels[-1], parts[-1], caps, acyclic=acyclic, rng=rng)
+        for lvl in range(len(maps) - 1, -1, -1):
+            cur = refine(levels[lvl], cur[maps[lvl]], caps, acyclic=acyclic, rng=rng)
+        if part is None or _better(hg, caps, cur, part):
+            part = cur
+        log.debug("multilevel cycle %d: %d levels, objective %.6g, %.2fs", cycle, len(levels),
+                  objective(hg, part, k), time.perf_counter() - t0)
+    return part
+
+
+def multilevel(problem: Problem) -> AlgorithmResult:
+    """Registry entry: multilevel partitioning of `problem` on its objective (volume or link time)."""
+    hg, caps = from_problem(problem)
+    deadline = None if problem.time_limit is None else time.perf_counter() + problem.time_limit
+    part = multilevel_partition(hg, caps, acyclic=problem.acyclic, seed=problem.seed, deadline=deadline)
+    return AlgorithmResult(part.astype(np.int32), info={"objective_value": objective(hg, part, caps.k)})

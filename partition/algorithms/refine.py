@@ -1,0 +1,308 @@
+"""Local search on the true objective: exact k-way move gains, batched label propagation, FM, rebalancing.
+
+Gains are computed on the objective of `hypergraph.py` (volume V, or a LinkCost of link times) from
+the per-net pin counts cnt[e, d]. Label propagation moves, per round, a set of positive-gain nodes no
+two of which share a net, so the realised improvement equals the sum of the computed gains exactly.
+FM then climbs out of local minima on the boundary with single moves and rolls back to its best prefix.
+With acyclic=True every edge must run from a lower to a higher-or-equal part (parts are pipeline
+stages in order), so a node may only move within [max part of its producers, min part of its consumers].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
+
+_TOL = 1e-9
+
+
+def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and flat positions of the CSR segments ptr[v]:ptr[v+1] of `nodes`, concatenated."""
+    starts = ptr[nodes]
+    lens = ptr[nodes + 1] - starts
+    row = np.repeat(np.arange(len(nodes)), lens)
+    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+    return row, pos
+
+
+def volume_gain_parts(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Volume objective: benefit[i] (weight of nets nodes[i] alone holds on its part) and
+    penalty[i, b] (weight of its nets absent from part b); the gain of a move to b is their difference."""
+    m = len(nodes)
+    row, pos = gather(hg.node_ptr, nodes)
+    e = hg.node_nets[pos]
+    C = cnt[e]
+    w = hg.net_weight[e]
+    a = part[nodes][row]
+    benefit = np.bincount(row, weights=w * (C[np.arange(len(e)), a] == 1), minlength=m)
+    penalty = np.stack([np.bincount(row, weights=w * (C[:, b] == 0), minlength=m) for b in range(k)],
+                       axis=1) if m else np.zeros((0, k))
+    return benefit, penalty
+
+
+def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray, k: int) -> np.ndarray:
+    """G[i, b]: decrease of the objective when nodes[i] alone moves to part b (0 for its own part)."""
+    m = len(nodes)
+    row, pos = gather(hg.node_ptr, nodes)
+    G = np.zeros((m, k))
+    if len(pos) == 0:
+        return G
+    e = hg.node_nets[pos]
+    a = part[nodes][row]
+    C = cnt[e]
+    ar = np.arange(len(e))
+    if hg.cost is None:
+        benefit, penalty = volume_gain_parts(hg, part, cnt, nodes, k)
+        G = benefit[:, None] - penalty
+    else:
+        is_src = hg.node_is_src[pos]
+        rows = hg.cost.rows(e, part[hg.net_src[e]])
+        ns = ~is_src
+        contrib = np.where(ns[:, None], (rows[ar, a] * (C[ar, a] == 1))[:, None] - rows * (C == 0), 0.0)
+        si = np.flatnonzero(is_src)
+        if len(si):
+            Cs = C[si]
+            present = Cs > 0
+            old = (rows[si] * present).sum(axis=1)
+            after = present.copy()
+            after[np.arange(len(si)), a[si]] = Cs[np.arange(len(si)), a[si]] > 1
+            coef = hg.cost.coef[e[si]]
+            new = np.zeros((len(si), k))
+            for j in range(coef.shape[1]):
+                new += coef[:, j:j + 1] * (after.astype(np.float64) @ hg.cost.mats[j].T)
+            contrib[si] = old[:, None] - new
+        for b in range(k):
+            G[:, b] = np.bincount(row, weights=contrib[:, b], minlength=m)
+    G[np.arange(m), part[nodes]] = 0.0
+    return G
+
+
+def windows(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray, k: int):
+    """Allowed part range [lo, hi] of each node under the stage order (acyclic mode)."""
+    m = len(nodes)
+    row, pos = gather(hg.node_ptr, nodes)
+    lo = np.zeros(m, dtype=np.int64)
+    hi = np.full(m, k - 1, dtype=np.int64)
+    if len(pos) == 0:
+        return lo, hi
+    e = hg.node_nets[pos]
+    is_src = hg.node_is_src[pos]
+    ns = np.flatnonzero(~is_src)
+    np.maximum.at(lo, row[ns], part[hg.net_src[e[ns]]])
+    si = np.flatnonzero(is_src)
+    if len(si):
+        C = cnt[e[si]].copy()
+        C[np.arange(len(si)), part[nodes][row[si]]] -= 1
+        first = np.where((C > 0).any(axis=1), np.argmax(C > 0, axis=1), k - 1)
+        np.minimum.at(hi, row[si], first)
+    return lo, hi
+
+
+def boundary(hg: Hypergraph, cnt: np.ndarray) -> np.ndarray:
+    """Nodes on at least one net spanning two or more parts."""
+    cut = (cnt > 0).sum(axis=1) > 1
+    mask = np.zeros(hg.n, dtype=bool)
+    mask[hg.net_pins[np.repeat(cut, hg.net_sizes())]] = True
+    return mask
+
+
+def _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic):
+    """Mask of admissible targets: not own part, fits load and memory caps, within the stage window."""
+    w = hg.node_weight[nodes][:, None]
+    mm = hg.node_mem[nodes][:, None]
+    ok = (load[None, :] + w <= caps.load[None, :] * (1 + 1e-12) + 1e-9) | (w <= 0)
+    ok &= (mem[None, :] + mm <= caps.memory[None, :]) | (mm <= 0)
+    ok[np.arange(len(nodes)), part[nodes]] = False
+    if acyclic:
+        lo, hi = windows(hg, part, cnt, nodes, k)
+        d = np.arange(k)[None, :]
+        ok &= (d >= lo[:, None]) & (d <= hi[:, None])
+    return ok
+
+
+def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
+                      rng: np.random.Generator, max_rounds: int = 30,
+                      active: np.ndarray | None = None) -> np.ndarray:
+    """Batched positive-gain moves of net-disjoint nodes until no node gains (or max_rounds)."""
+    k = caps.k
+    part = part.copy()
+    cnt = pin_counts(hg, part, k)
+    load, mem = loads(hg, part, k)
+    free = hg.fixed < 0
+    act = boundary(hg, cnt) if active is None else active.copy()
+    scale = max(float(hg.net_weight.max(initial=0.0)), 1e-30) * _TOL
+    for _ in range(max_rounds):
+        nodes = np.flatnonzero(act & free)
+        if len(nodes) == 0:
+            break
+        G = gain_matrix(hg, part, cnt, nodes, k)
+        ok = _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic)
+        G = np.where(ok, G, -np.inf)
+        target = np.argmax(G, axis=1)
+        gain = G[np.arange(len(nodes)), target]
+        sel = gain > scale
+        movers, target, gain = nodes[sel], target[sel], gain[sel]
+        if len(movers) == 0:
+            break
+        keep = _independent(hg, movers, gain, rng)
+        keep &= _fits(hg, movers, target, gain, caps, load, mem)
+        if not keep.any():
+            break
+        rest = np.zeros(hg.n, dtype=bool)
+        rest[movers[~keep]] = True
+        movers, target = movers[keep], target[keep]
+        _apply(hg, part, cnt, load, mem, movers, target)
+        act = _neighbours(hg, movers) | rest
+    return part
+
+
+def _independent(hg: Hypergraph, movers: np.ndarray, gain: np.ndarray, rng) -> np.ndarray:
+    """Keep movers that have the highest priority on every net they touch (so no two share a net)."""
+    order = np.lexsort((rng.random(len(movers)), gain))
+    pri = np.full(hg.n, -1, dtype=np.int64)
+    pri[movers[order]] = np.arange(len(movers))
+    pin_pri = pri[hg.net_pins]
+    best = np.maximum.reduceat(pin_pri, hg.net_ptr[:-1]) if hg.num_nets else np.zeros(0, np.int64)
+    row, pos = gather(hg.node_ptr, movers)
+    lost = best[hg.node_nets[pos]] != pri[movers][row]
+    return np.bincount(row, weights=lost, minlength=len(movers)) == 0
+
+
+def _fits(hg, movers, target, gain, caps, load, mem) -> np.ndarray:
+    """Admit moves per target part in decreasing gain while the added load and memory fit."""
+    order = np.lexsort((-gain, target))
+    t = target[order]
+    w = hg.node_weight[movers][order]
+    mm = hg.node_mem[movers][order]
+    starts = np.searchsorted(t, np.arange(caps.k))
+    cw = np.cumsum(w)
+    cm = np.cumsum(mm)
+    base_w = np.r_[0.0, cw][starts][t]
+    base_m = np.r_[0.0, cm][starts][t]
+    ok = (load[t] + cw - base_w <= caps.load[t] * (1 + 1e-12) + 1e-9) | (w <= 0)
+    ok &= (mem[t] + cm - base_m <= caps.memory[t]) | (mm <= 0)
+    keep = np.empty(len(movers), dtype=bool)
+    keep[order] = ok
+    return keep
+
+
+def _apply(hg, part, cnt, load, mem, movers, target):
+    """Move `movers` (net-disjoint, or accumulated with np.add.at) and update counts and loads."""
+    row, pos = gather(hg.node_ptr, movers)
+    e = hg.node_nets[pos]
+    np.add.at(cnt, (e, part[movers][row]), -1)
+    np.add.at(cnt, (e, target[row]), 1)
+    k = len(load)
+    load -= np.bincount(part[movers], weights=hg.node_weight[movers], minlength=k)
+    load += np.bincount(target, weights=hg.node_weight[movers], minlength=k)
+    mem -= np.bincount(part[movers], weights=hg.node_mem[movers], minlength=k)
+    mem += np.bincount(target, weights=hg.node_mem[movers], minlength=k)
+    part[movers] = target
+
+
+def _neighbours(hg: Hypergraph, nodes: np.ndarray) -> np.ndarray:
+    """Mask of all pins of nets incident to `nodes`."""
+    mask = np.zeros(hg.n, dtype=bool)
+    _, pos = gather(hg.node_ptr, nodes)
+    nets = np.unique(hg.node_nets[pos])
+    _, ppos = gather(hg.net_ptr, nets)
+    mask[hg.net_pins[ppos]] = True
+    return mask
+
+
+def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
+              max_rounds: int = 200, make_room: int = 8) -> np.ndarray:
+    """Move nodes out of over-full parts, cheapest objective increase per unit of weight first.
+
+    When no single move fits (a heavy node and no part with room for it), first clear room for it
+    on another part by moving light nodes away (up to `make_room` times; not in acyclic mode).
+    """
+    part = _shed(hg, part, caps, acyclic=acyclic, max_rounds=max_rounds)
+    for _ in range(0 if acyclic else make_room):
+        load, _ = loads(hg, part, caps.k)
+        if not (load > caps.load * (1 + 1e-12) + 1e-9).any():
+            break
+        cleared = _clear_room(hg, part, caps, load, max_rounds)
+        if cleared is None:
+            break
+        part = _shed(hg, cleared, caps, acyclic=False, max_rounds=max_rounds)
+    return part
+
+
+def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
+                max_rounds: int) -> np.ndarray | None:
+    """Move one node u out of the most over-full part p to a part t, after shedding load from t
+    until u fits there; None when no part can be cleared."""
+    k = caps.k
+    p = int(np.argmax((load - caps.load) / np.maximum(caps.load, 1e-30)))
+    excess = load[p] - caps.load[p]
+    cand = np.flatnonzero((part == p) & (hg.fixed < 0) & (hg.node_weight > 0))
+    if len(cand) == 0:
+        return None
+    w = hg.node_weight[cand]
+    fixes = cand[w >= excess]
+    u = int(fixes[np.argmin(hg.node_weight[fixes])]) if len(fixes) else int(cand[np.argmax(w)])
+    wu = float(hg.node_weight[u])
+    for t in np.argsort(load - caps.load):
+        if t == p or wu > caps.load[t]:
+            continue
+        tight = Caps(caps.load.copy(), caps.memory)
+        tight.load[t] = caps.load[t] - wu
+        trial = _shed(hg, part, tight, acyclic=False, max_rounds=max_rounds)
+        if loads(hg, trial, k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
+            trial[u] = t
+            return trial
+    return None
+
+
+def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, max_rounds: int) -> np.ndarray:
+    """Greedy rounds of moves from over-full parts to parts with room."""
+    k = caps.k
+    part = part.copy()
+    free = hg.fixed < 0
+    for _ in range(max_rounds):
+        load, mem = loads(hg, part, k)
+        over_l = load > caps.load * (1 + 1e-12) + 1e-9
+        over_m = mem > caps.memory
+        over = over_l | over_m
+        if not over.any():
+            break
+        nodes = np.flatnonzero(over[part] & free)
+        nodes = nodes[(over_l[part[nodes]] & (hg.node_weight[nodes] > 0))
+                      | (over_m[part[nodes]] & (hg.node_mem[nodes] > 0))]
+        if len(nodes) == 0:
+            break
+        cnt = pin_counts(hg, part, k)
+        G = gain_matrix(hg, part, cnt, nodes, k)
+        ok = _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic) & ~over[None, :]
+        G = np.where(ok, G, -np.inf)
+        target = np.argmax(G, axis=1)
+        gain = G[np.arange(len(nodes)), target]
+        sel = np.isfinite(gain)
+        if not sel.any():
+            break
+        nodes, target, gain = nodes[sel], target[sel], gain[sel]
+        src = part[nodes]
+        size = np.where(over_l[src], hg.node_weight[nodes] / max(caps.load.max(), 1e-30), 0.0) + \
+            np.where(over_m[src], hg.node_mem[nodes] / max(caps.memory.max(), 1e-30), 0.0)
+        score = gain / np.maximum(size, 1e-30)
+        order = np.lexsort((-score, src))
+        s = src[order]
+        need_l = np.maximum(load - caps.load, 0.0)
+        need_m = np.maximum(mem - caps.memory, 0.0)
+        cw = np.cumsum(hg.node_weight[nodes][order])
+        cm = np.cumsum(hg.node_mem[nodes][order])
+        starts = np.searchsorted(s, np.arange(k))
+        before_w = cw - hg.node_weight[nodes][order] - np.r_[0.0, cw][starts][s]
+        before_m = cm - hg.node_mem[nodes][order] - np.r_[0.0, cm][starts][s]
+        take = (before_w < need_l[s]) & over_l[s] | (before_m < need_m[s]) & over_m[s]
+        take_idx = order[take]
+        keep = _fits(hg, nodes[take_idx], target[take_idx], gain[take_idx], caps, load, mem)
+        if acyclic:  # stage windows are only valid for moves that share no net
+            keep &= _independent(hg, nodes[take_idx], gain[take_idx], np.random.default_rng(0))
+        if not keep.any():
+            break
+        mv = nodes[take_idx][keep]
+        _apply(hg, part, cnt, load, mem, mv, target[take_idx][keep])
+    return part

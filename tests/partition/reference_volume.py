@@ -1,0 +1,118 @@
+"""Reference implementations of SPEC section 2 for the algorithm tests, written from the SPEC
+with plain Python loops over the Node list (independent of partition.cost / partition.metrics),
+plus brute-force optima over all k**n placements of tiny graphs."""
+import itertools
+
+import numpy as np
+
+from autodiff.ir import FLOAT_DTYPES
+
+
+def requires_grad(graph) -> dict:
+    """SPEC: a param, or some input requires grad; and a floating dtype."""
+    rg = {}
+    for nd in graph.nodes:
+        rg[nd.name] = nd.dtype in FLOAT_DTYPES and (
+            nd.op == "param" or any(rg[i] for i in nd.inputs))
+    return rg
+
+
+def remote(graph, place: dict) -> dict:
+    """remote(v) = {P(c) : c consumes v} - {P(v)}."""
+    out = {nd.name: set() for nd in graph.nodes}
+    for nd in graph.nodes:
+        for i in set(nd.inputs):
+            out[i].add(place[nd.name])
+    return {v: devs - {place[v]} for v, devs in out.items()}
+
+
+def step_volume(graph, assignment) -> int:
+    """V = sum_v bytes(v) * |remote(v)| * (1 + requires_grad(v)) for one micro-batch."""
+    place = {nd.name: int(d) for nd, d in zip(graph.nodes, assignment)}
+    rg = requires_grad(graph)
+    rem = remote(graph, place)
+    return sum(nd.nbytes * len(rem[nd.name]) * (2 if rg[nd.name] else 1) for nd in graph.nodes)
+
+
+def time_weighted_volume(graph, assignment, bandwidth, latency) -> float:
+    """Each transfer a -> d costs latency[a, d] + bytes / bandwidth[a, d]; gradients go back d -> a."""
+    place = {nd.name: int(d) for nd, d in zip(graph.nodes, assignment)}
+    rg = requires_grad(graph)
+    total = 0.0
+    for nd in graph.nodes:
+        a = place[nd.name]
+        for d in remote(graph, place)[nd.name]:
+            total += latency[a, d] + nd.nbytes / bandwidth[a, d]
+            if rg[nd.name]:
+                total += latency[d, a] + nd.nbytes / bandwidth[d, a]
+    return total
+
+
+def loads(graph, assignment, k) -> np.ndarray:
+    """Training FLOPs per device: flops x 3 when the node requires grad."""
+    rg = requires_grad(graph)
+    out = np.zeros(k)
+    for nd, d in zip(graph.nodes, assignment):
+        out[int(d)] += nd.flops * (3 if rg[nd.name] else 1)
+    return out
+
+
+def load_caps(graph, k, epsilon) -> np.ndarray:
+    """(1 + eps) * max(mean load, largest node load) on identical devices."""
+    per_node = loads(graph, range(len(graph.nodes)), len(graph.nodes))
+    return np.full(k, (1 + epsilon) * max(per_node.sum() / k, per_node.max(initial=0.0)))
+
+
+def acyclic(graph, assignment, k) -> bool:
+    """The quotient graph (a -> b when a tensor flows from a to b) has no directed cycle."""
+    place = {nd.name: int(d) for nd, d in zip(graph.nodes, assignment)}
+    edges = {(place[i], place[nd.name]) for nd in graph.nodes for i in nd.inputs
+             if place[i] != place[nd.name]}
+    alive = set(range(k))
+    while alive:
+        ready = [a for a in alive if not any((b, a) in edges for b in alive)]
+        if not ready:
+            return False
+        alive -= set(ready)
+    return True
+
+
+def brute_force(graph, k, caps, *, is_acyclic=False, pins=None, cost=step_volume, feasible=None):
+    """Minimum of `cost` over all k**n placements within the load caps (and the extra checks)."""
+    best = None
+    pins = pins or {}
+    index = {nd.name: i for i, nd in enumerate(graph.nodes)}
+    for a in itertools.product(range(k), repeat=len(graph.nodes)):
+        if any(a[index[name]] != d for name, d in pins.items()):
+            continue
+        if (loads(graph, a, k) > caps + 1e-9).any():
+            continue
+        if is_acyclic and not acyclic(graph, a, k):
+            continue
+        if feasible is not None and not feasible(a):
+            continue
+        value = cost(graph, a)
+        if best is None or value < best:
+            best = value
+    return best
+
+
+def packable(weights, caps) -> bool:
+    """Can the items be put into bins of the given capacities? (exact backtracking)"""
+    items = sorted((float(w) for w in weights if w > 0), reverse=True)
+    room = [float(c) for c in caps]
+
+    def place(i):
+        if i == len(items):
+            return True
+        tried = set()
+        for b in range(len(room)):
+            if room[b] + 1e-9 >= items[i] and room[b] not in tried:
+                tried.add(room[b])
+                room[b] -= items[i]
+                if place(i + 1):
+                    return True
+                room[b] += items[i]
+        return False
+
+    return place(0)
