@@ -48,13 +48,15 @@ class SimulationResult:
     schedule: str | None
     micro_batches: int
     devices: tuple[str, ...]
+    timeline: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict:
         return {"makespan": self.makespan, "busy": dict(zip(self.devices, self.busy)),
                 "bubble": self.bubble, "single_device_time": self.single_device_time,
                 "speedup": self.speedup,
                 "peak_in_flight": dict(zip(self.devices, self.peak_in_flight)),
-                "schedule": self.schedule, "micro_batches": self.micro_batches}
+                "schedule": self.schedule, "micro_batches": self.micro_batches,
+                "timeline": list(self.timeline)}
 
 
 def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = None,
@@ -98,7 +100,8 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
         makespan=makespan, busy=tuple(float(b) for b in busy), bubble=bubble,
         single_device_time=single, speedup=single / makespan if makespan > 0 else 1.0,
         peak_in_flight=_peak_in_flight(tasks, start, finish, k),
-        schedule=schedule, micro_batches=micro_batches, devices=cluster.device_names)
+        schedule=schedule, micro_batches=micro_batches, devices=cluster.device_names,
+        timeline=_timeline(tasks, start, finish, k, cluster.device_names))
 
 
 # ------------------------------------------------------------------ the task graph
@@ -288,6 +291,37 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
         raise PlacementError(f"schedule {schedule!r} deadlocks on this placement: devices "
                              f"{stuck} wait for ops that can never become ready")
     return np.array(start), np.array(finish)
+
+
+def _timeline(tasks: _Tasks, start: np.ndarray, finish: np.ndarray, k: int,
+              names: tuple[str, ...]) -> tuple[dict, ...]:
+    """Busy intervals of each device (kind forward/backward) and of each directed link (kind
+    transfer, listed under the receiving device with "link": "a->b"); back-to-back tasks of one
+    kind and micro-batch are merged into one segment (for Gantt charts)."""
+    resource = np.array(tasks.resource, dtype=np.int64)
+    timed = np.flatnonzero((resource >= 0) & (finish > start))
+    timed = timed[np.lexsort((start[timed], resource[timed]))]
+    segments: list[dict] = []
+    last_key = None
+    for t in timed.tolist():
+        r = int(resource[t])
+        link = None
+        if r < k:
+            where, kind = names[r], ("backward" if tasks.backward[t] else "forward")
+        else:
+            a, b = divmod(r - k, k)
+            where, kind, link = names[b], "transfer", f"{names[a]}->{names[b]}"
+        mb = int(tasks.micro_batch[t])
+        key = (where, kind, mb, link)
+        if key == last_key and start[t] <= segments[-1]["end"] * (1 + 1e-12) + 1e-15:
+            segments[-1]["end"] = float(finish[t])
+            continue
+        segments.append({"device": where, "start": float(start[t]), "end": float(finish[t]),
+                         "kind": kind, "micro_batch": mb})
+        if link:
+            segments[-1]["link"] = link
+        last_key = key
+    return tuple(segments)
 
 
 def _peak_in_flight(tasks: _Tasks, start: np.ndarray, finish: np.ndarray, k: int

@@ -121,3 +121,27 @@ def test_bad_arguments():
     training = Graph(list(g.nodes) + [Node("g", "f", ("v1",), (1,), grad_of="v1")], ["v1"])
     with pytest.raises(PlacementError, match="gradient node"):
         simulate(training, np.zeros(len(training.nodes), dtype=np.int32), cluster)
+
+
+def test_timeline_segments_cover_exactly_the_busy_time():
+    # Independent check: per device, the merged segments' lengths add up to busy * makespan,
+    # and segments on one device never overlap.
+    from partition.cluster import uniform as _uniform
+    from partition.simulate import simulate as _simulate
+    from autodiff.ir import Graph as _Graph, Node as _Node
+    nodes = [_Node("x", "input", (), (4,), "float32"), _Node("w", "param", (), (4,), "float32")]
+    prev = "x"
+    for i in range(6):
+        nodes.append(_Node(f"n{i}", "op", (prev, "w"), (4,), "float32", flops=10 ** 9))
+        prev = f"n{i}"
+    graph = _Graph(nodes, [prev])
+    result = _simulate(graph, [0, 0, 0, 0, 0, 1, 1, 1], _uniform(2, flops=1e9), "gpipe", 2)
+    for d, name in enumerate(result.devices):
+        segs = sorted((s for s in result.timeline if s["device"] == name
+                       and s["kind"] != "transfer"), key=lambda s: s["start"])
+        assert all(a["end"] <= b["start"] + 1e-12 for a, b in zip(segs, segs[1:]))
+        total = sum(s["end"] - s["start"] for s in segs)
+        assert abs(total - result.busy[d] * result.makespan) < 1e-9
+    kinds = {s["kind"] for s in result.timeline}
+    assert kinds == {"forward", "backward", "transfer"}
+    assert {s["micro_batch"] for s in result.timeline if s["kind"] != "transfer"} >= {0, 1}
