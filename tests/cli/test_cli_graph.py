@@ -83,10 +83,10 @@ def test_graph_from_a_builder_config(tmp_path):
     out = tmp_path / "mlp.json"
     assert main(["graph", str(ROOT / "configs" / "mlp.yaml"), "--out", str(out)]) == 0
     g = load_graph(out)
-    # configs/mlp.yaml: in 32 -> 3 hidden layers of 64 -> 10 classes, weights and biases
-    assert g.num_parameters() == (32 * 64 + 64) + 2 * (64 * 64 + 64) + (64 * 10 + 10)
-    assert [n.shape for n in g.inputs if n.name == "x"] == [(32, 32)]
-    built = BUILDERS["mlp"](layers=3, width=64, in_features=32, classes=10, batch=32)
+    # configs/mlp.yaml: in 64 -> 4 hidden layers of 64 -> 4 classes, weights and biases
+    assert g.num_parameters() == (64 * 64 + 64) + 3 * (64 * 64 + 64) + (64 * 4 + 4)
+    assert [n.shape for n in g.inputs if n.name == "x"] == [(32, 64)]
+    built = BUILDERS["mlp"](layers=4, width=64, in_features=64, classes=4, batch=32)
     assert fields(g) == fields(built)
 
 

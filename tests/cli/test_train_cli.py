@@ -22,6 +22,13 @@ STEPS = 12
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def mlp_graph():
+    """configs/mlp.yaml's forward graph, built independently of the train command."""
+    from modelcut.config import load_config
+    name, kwargs = load_config(MLP).model_kwargs()
+    return BUILDERS[name](**kwargs)
+
+
 def train(*argv) -> int:
     return main(["train", *map(str, argv)])
 
@@ -91,7 +98,7 @@ def test_local_run_writes_every_output_and_bytes_equal_V(local_runs):
     assert measured["bytes_constant"] and report["agreement"] == {"bytes_equal": True,
                                                                  "problems": []}
     # V recomputed from placement.json with the SPEC metric (micro_batches = 1 here)
-    graph = BUILDERS["mlp"](layers=3, width=64, in_features=32, classes=10, batch=32)
+    graph = mlp_graph()
     cluster = Cluster.from_spec({"uniform": {"devices": 2}})
     metrics = compute_metrics(graph, assignment_of(out, graph, cluster), cluster)
     assert predicted["step_volume"] == metrics.step_volume
@@ -104,7 +111,7 @@ def test_local_run_writes_every_output_and_bytes_equal_V(local_runs):
 
 def test_losses_match_the_interpreter_and_go_down(local_runs):
     losses = report_of(local_runs[0])["loss"]
-    graph = BUILDERS["mlp"](layers=3, width=64, in_features=32, classes=10, batch=32)
+    graph = mlp_graph()
     feeds = make_data(graph, "mlp", 0)(0)
     first = Interpreter(graph).run(feeds, init_params(graph, 0)).outputs[graph.outputs[0]]
     assert losses[0] == pytest.approx(float(first), rel=1e-6)
