@@ -1,19 +1,22 @@
 """The Ray executor: one Ray actor per device running the same Programs as the LocalExecutor.
 
-Each actor wraps a `DeviceWorker` (executor/worker.py). A step is the plan's blocks submitted
-in the plan's global topological order (`Plan.order`), so a synchronous actor never waits on
-an argument that a block queued behind it would produce. What one block sends to one
-receiving block travels as one packet (a dict name -> array): a return value of the sending
-call passed as an argument to the receiving call, actor to actor; the driver never fetches a
-tensor. (Ray stores returns under 100 KiB with their owner, the driver, and inlines them into
-the receiving call; larger ones go through the shared-memory object store.)
+Each actor wraps a `DeviceWorker` (executor/worker.py). A step is the plan's blocks run as
+actor calls submitted in the plan's global topological order (`Plan.order`), so a
+synchronous actor never waits on an argument that a call queued behind it would produce.
+Consecutive blocks of a device with no transfer between them form one call (`plan_routes`).
+What one call sends to one receiving call travels as one packet (a dict name -> array): a
+return value of the sending call passed as an argument to the receiving call, actor to
+actor; the driver never fetches a tensor. (On the plain path Ray keeps returns under 100 KiB
+with their owner, the driver, and inlines them into the receiving call; larger ones go
+through the shared-memory object store.)
 
 Two paths run the same calls:
 
 - compiled (fast): the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
-  bound in the global order; each block also returns a token read by the device's next
-  block (the graph has no leaf nodes) and the last token is the device's step report;
-- plain: one actor call per block, its returns as ObjectRefs.
+  bound in the global order (which fixes each actor's order); a call that sends nothing
+  returns a token read by the device's next call (a compiled graph has no leaf nodes), and
+  each device's last call returns its step report;
+- plain: one actor call per call of the routes, its returns as ObjectRefs.
 
 `mode="auto"` compiles and falls back to plain calls when compiling fails; "compiled" and
 "plain" force a path. Arrays arrive read-only (and, on the compiled path, in buffers that the
@@ -53,39 +56,44 @@ from executor.worker import DeviceWorker
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "compiled", "plain")
-Block = tuple[int, int]                      # (device, block index)
+Call = tuple[int, tuple[int, ...]]            # (device, indices of the blocks it runs)
 
 
 # ---------------------------------------------------------------- routing (pure, no Ray)
 @dataclass(frozen=True)
 class Routes:
-    """Where every block's sends go. `packets[(d, i)]`: the packets block i of device d returns,
-    in order, as (target device, target block index, tensor names); `incoming[(d, i)]`: the
-    packets block i of device d receives, as (source block, position among its packets)."""
+    """The actor calls of a step and where their sends go.
 
-    packets: Mapping[Block, tuple[tuple[int, int, tuple[str, ...]], ...]]
-    incoming: Mapping[Block, tuple[tuple[Block, int], ...]]
+    `calls`: in a topological order, each a run of consecutive blocks of one device with no
+    transfer inside the run (only its first block receives, only its last block sends), so
+    fusing them into one call delays nothing and saves a hop. `packets[call]`: what the call
+    returns, in order, as (receiving call, tensor names); `incoming[call]`: the packets it
+    takes, as (sending call, position among that call's packets)."""
 
-    def positions(self, device: int) -> dict[int, dict[tuple[str, int], int]]:
-        """For device's blocks: (tensor name it arrives as, target) -> packet position."""
-        out: dict[int, dict[tuple[str, int], int]] = {}
-        for (d, i), packets in self.packets.items():
-            if d == device:
-                out[i] = {(name, target): pos for pos, (target, _, names) in enumerate(packets)
-                          for name in names}
-        return out
+    calls: tuple[Call, ...]
+    packets: Mapping[Call, tuple[tuple[Call, tuple[str, ...]], ...]]
+    incoming: Mapping[Call, tuple[tuple[Call, int], ...]]
+
+    def positions(self, device: int) -> dict[tuple[int, ...], dict[tuple[str, int], int]]:
+        """For each call of `device` (by its blocks): (tensor name it arrives as, target
+        device) -> position of its packet."""
+        return {blocks: {(name, target[0]): pos
+                         for pos, (target, names) in enumerate(self.packets[(d, blocks)])
+                         for name in names}
+                for d, blocks in self.calls if d == device}
 
 
 def plan_routes(plan: Plan) -> Routes:
-    """Match every Send of the plan with the block that receives it (the same matching as the
-    local executor's mailbox: tensor, micro-batch, source, target) and group them in packets."""
-    sender: dict[tuple, Block] = {}
+    """Match every Send of the plan with the block that receives it (the local executor's
+    mailbox key: tensor, micro-batch, source, target), fuse blocks into calls and group the
+    sends of each call by receiving call."""
+    sender: dict[tuple, tuple[int, int]] = {}
     for d, i in plan.order:
         p = plan.programs[d]
         b = p.blocks[i]
         for s in b.sends:
             sender[(s.arrives_as, p.key(s.tensor, b.micro_batch)[1], d, s.target)] = (d, i)
-    grouped: dict[Block, dict[Block, list[str]]] = {block: {} for block in plan.order}
+    receives: dict[tuple[int, int], list[tuple[tuple[int, int], str]]] = {}
     for t, j in plan.order:
         p = plan.programs[t]
         b = p.blocks[j]
@@ -94,14 +102,29 @@ def plan_routes(plan: Plan) -> Routes:
             if source is None:
                 raise ExecutorError(f"plan: device {t} block {b.label} receives {r.tensor!r} "
                                     f"from device {r.source}, which never sends it")
-            grouped[source].setdefault((t, j), []).append(r.tensor)
-    packets = {src: tuple((t, j, tuple(names)) for (t, j), names in targets.items())
+            receives.setdefault((t, j), []).append((source, r.tensor))
+    fused: dict[int, list[list[int]]] = {}     # per device, runs of blocks (in its order)
+    for d, i in plan.order:
+        runs = fused.setdefault(d, [])
+        if runs and not plan.programs[d].blocks[runs[-1][-1]].sends and (d, i) not in receives:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    first = {(d, run[0]): (d, tuple(run)) for d, runs in fused.items() for run in runs}
+    ordered = [first[block] for block in plan.order if block in first]
+    block_call = {(call[0], i): call for call in ordered for i in call[1]}
+    grouped: dict[Call, dict[Call, list[str]]] = {call: {} for call in ordered}
+    for (t, j), sources in receives.items():
+        for source, name in sources:
+            grouped[block_call[source]].setdefault(block_call[(t, j)], []).append(name)
+    packets = {src: tuple((dst, tuple(names)) for dst, names in targets.items())
                for src, targets in grouped.items()}
-    incoming: dict[Block, list[tuple[Block, int]]] = {block: [] for block in plan.order}
+    incoming: dict[Call, list[tuple[Call, int]]] = {call: [] for call in ordered}
     for src, targets in packets.items():
-        for pos, (t, j, _) in enumerate(targets):
-            incoming[(t, j)].append((src, pos))
-    return Routes(packets=packets, incoming={b: tuple(v) for b, v in incoming.items()})
+        for pos, (dst, _) in enumerate(targets):
+            incoming[dst].append((src, pos))
+    return Routes(calls=tuple(ordered), packets=packets,
+                  incoming={c: tuple(v) for c, v in incoming.items()})
 
 
 # ---------------------------------------------------------------- the actor
@@ -113,12 +136,13 @@ class ActorRestartedError(ExecutorError):
 class DeviceActor:
     """One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
 
-    `run(index, head, *packets)` runs block `index`; `head` is the step input for block 0
-    (step number, this device's feeds, whether to return gradients) and is otherwise ignored.
-    It returns the block's packets followed by a token: None, or for the device's last block
-    its step report (losses, bytes sent per target, timings, memory, gradients if asked)."""
+    `run(blocks, head, *packets)` runs these consecutive blocks of the program (one call of
+    Routes); `head` is the step input for block 0 (step number, this device's feeds, whether
+    to return gradients) and is otherwise ignored. It returns the call's packets, then after
+    the device's last block its step report (losses, bytes sent per target, timings, memory,
+    gradients if asked); a call with neither returns None (a token for the compiled graph)."""
 
-    def __init__(self, program: Program, k: int, positions: Mapping[int, Mapping],
+    def __init__(self, program: Program, k: int, positions: Mapping[tuple, Mapping],
                  optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool):
         import ray
 
@@ -129,7 +153,7 @@ class DeviceActor:
             params = {p: init_param(program.nodes[p], seed) for p in program.params}
         self.worker = DeviceWorker(program, params, optimizer)
         self.k = k
-        self.positions = {i: dict(v) for i, v in positions.items()}
+        self.positions = {blocks: dict(v) for blocks, v in positions.items()}
         self.last = len(program.blocks) - 1
         # On the compiled path tensors arrive in channel buffers that the next step reuses.
         self.copy_received = compiled
@@ -153,11 +177,11 @@ class DeviceActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, index: int, head, *packets):
+    def run(self, blocks: tuple[int, ...], head, *packets):
         self.check_alive()
         start = time.perf_counter()
         worker = self.worker
-        if index == 0:
+        if blocks[0] == 0:
             step, feeds, return_grads = head
             self._reset(return_grads)
             self.first_start = start
@@ -166,18 +190,22 @@ class DeviceActor:
         for packet in packets:
             for name, value in packet.items():
                 received[name] = np.array(value, copy=True) if self.copy_received else value
-        held = _nbytes(worker.values.values()) + _nbytes(received.values())
-        sends = worker.run_block(index, received)
-        positions = self.positions.get(index, {})
+        positions = self.positions[blocks]
         out: list[dict[str, np.ndarray]] = [{} for _ in set(positions.values())]
-        for name, target, value in sends:
-            out[positions[(name, target)]][name] = value
-            self.sent[target] += value.nbytes
-        self.peak_bytes = max(self.peak_bytes, held, _nbytes(worker.values.values()))
+        for index in blocks:
+            held = _nbytes(worker.values.values()) + _nbytes(received.values())
+            for name, target, value in worker.run_block(index, received):
+                out[positions[(name, target)]][name] = value
+                self.sent[target] += value.nbytes
+            self.peak_bytes = max(self.peak_bytes, held, _nbytes(worker.values.values()))
+            received = {}
         end = time.perf_counter()
         self.busy += end - start
-        token = self._report(end) if index == self.last else None
-        return tuple(out) + (token,) if out else token
+        if blocks[-1] == self.last:
+            out.append(self._report(end))
+        elif not out:
+            return None                          # a token: this call sends nothing
+        return tuple(out) if len(out) > 1 else out[0]
 
     def _report(self, end: float) -> dict:
         span = end - (self.first_start if self.first_start is not None else end)
@@ -339,19 +367,33 @@ class RayExecutor:
 
         skip_torch_in_channels()
         packets, incoming = self.routes.packets, self.routes.incoming
-        outputs: dict[Block, list] = {}
-        token: dict[int, object] = {}
+        outputs: dict[Call, list] = {}
+        token: dict[int, object] = {}            # a device's unread token
         with InputNode() as step_input:
-            for d, i in self.plan.order:
-                head = step_input[self._active.index(d)] if i == 0 else token[d]
-                args = [outputs[src][pos] for src, pos in incoming[(d, i)]]
-                n = len(packets[(d, i)]) + 1
+            for call in self.routes.calls:
+                d, blocks = call
+                args = [outputs[src][pos] for src, pos in incoming[call]]
+                if blocks[0] == 0 or (d not in token and not args):   # needs an upstream node
+                    head = step_input[self._active.index(d)]
+                else:
+                    head = token.pop(d, None)
+                n = self._returns(call)
                 method = self.actors[d].run
-                node = (method.options(num_returns=n) if n > 1 else method).bind(i, head, *args)
-                outputs[(d, i)] = list(node) if n > 1 else [node]
-                token[d] = outputs[(d, i)][-1]
+                node = (method.options(num_returns=n) if n > 1 else method).bind(blocks, head,
+                                                                                   *args)
+                outputs[call] = list(node) if n > 1 else [node]
+                if len(outputs[call]) > len(packets[call]):
+                    token[d] = outputs[call][-1]
             dag = MultiOutputNode([token[d] for d in self._active])
         return dag.experimental_compile(_max_inflight_executions=self.max_inflight_executions)
+
+    def _returns(self, call: Call) -> int:
+        """How many values a call returns: its packets, plus a token when it has no packet
+        (so the compiled graph has no leaf) or ends the device's step (the report)."""
+        d, blocks = call
+        packets = len(self.routes.packets[call])
+        last = blocks[-1] == len(self.plan.programs[d].blocks) - 1
+        return packets + (packets == 0 or last)
 
     def _stop(self) -> None:
         """Tear down the compiled graph and kill every actor (no restart)."""
@@ -395,15 +437,16 @@ class RayExecutor:
                               timeout=-1)
             return [_owned(r) for r in reports]
         packets, incoming = self.routes.packets, self.routes.incoming
-        refs: dict[Block, list] = {}
+        refs: dict[Call, list] = {}
         last: dict[int, object] = {}
-        for d, i in self.plan.order:
-            args = [refs[src][pos] for src, pos in incoming[(d, i)]]
-            n = len(packets[(d, i)]) + 1
+        for call in self.routes.calls:
+            d, blocks = call
+            args = [refs[src][pos] for src, pos in incoming[call]]
+            n = self._returns(call)
             result = self.actors[d].run.options(num_returns=n).remote(
-                i, inputs[d] if i == 0 else None, *args)
-            refs[(d, i)] = list(result) if n > 1 else [result]
-            last[d] = refs[(d, i)][-1]
+                blocks, inputs[d] if blocks[0] == 0 else None, *args)
+            refs[call] = list(result) if n > 1 else [result]
+            last[d] = refs[call][-1]
         try:
             return [_owned(r) for r in ray.get([last[d] for d in self._active])]
         except Exception:

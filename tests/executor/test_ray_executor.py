@@ -139,24 +139,37 @@ def test_cyclic_gpipe_micro_batches_send_V(ray_session):
         result.link_bytes, compute_metrics(micro, a, uniform(k), micro_batches=m).link_traffic)
 
 
-def test_routes_pair_every_send_with_one_receiving_block():
-    """Independent of Ray: each Send of the plan lands in exactly one packet, addressed to the
-    block that receives it, and every packet comes from a block earlier in the global order."""
+@pytest.mark.parametrize("kind", ["random", "contiguous"])
+def test_routes_fuse_blocks_and_pair_every_send_with_its_receiver(kind):
+    """Independent of Ray: the calls cover each device's blocks in order, with no transfer
+    inside a call; each Send lands in exactly one packet, addressed to the call that receives
+    it, which comes later in the call order."""
     from executor.ray_executor import plan_routes
     g = hand_graph(batch=2)
-    plan = build_plan(g, random_assignment(g, 3, seed=5), 3, micro_batches=2)
+    a = random_assignment(g, 3, seed=5) if kind == "random" else contiguous(g, 3)
+    plan = build_plan(g, a, 3, micro_batches=2)
     routes = plan_routes(plan)
-    position = {block: n for n, block in enumerate(plan.order)}
+    for d, program in enumerate(plan.programs):
+        mine = [i for c, blocks in routes.calls if c == d for i in blocks]
+        assert mine == list(range(len(program.blocks)))
+    for d, blocks in routes.calls:
+        inside = [plan.programs[d].blocks[i] for i in blocks]
+        assert not any(b.receives for b in inside[1:]) and not any(b.sends for b in inside[:-1])
+    position = {call: n for n, call in enumerate(routes.calls)}
     sends = sum(len(plan.programs[d].blocks[i].sends) for d, i in plan.order)
     assert sum(len(names) for packets in routes.packets.values()
-               for _, _, names in packets) == sends
-    for (d, i), packets in routes.packets.items():
-        for t, j, names in packets:
-            receives = {r.tensor for r in plan.programs[t].blocks[j].receives if r.source == d}
-            assert set(names) <= receives and position[(t, j)] > position[(d, i)]
-    for (t, j), incoming in routes.incoming.items():
-        got = [name for src, pos in incoming for name in routes.packets[src][pos][2]]
-        assert sorted(got) == sorted(r.tensor for r in plan.programs[t].blocks[j].receives)
+               for _, names in packets) == sends
+    for (d, blocks), packets in routes.packets.items():
+        for (t, target_blocks), names in packets:
+            receives = {r.tensor for r in plan.programs[t].blocks[target_blocks[0]].receives
+                        if r.source == d}
+            assert set(names) <= receives
+            assert position[(t, target_blocks)] > position[(d, blocks)]
+    for (t, blocks), incoming in routes.incoming.items():
+        got = [name for src, pos in incoming for name in routes.packets[src][pos][1]]
+        assert sorted(got) == sorted(r.tensor for r in plan.programs[t].blocks[blocks[0]].receives)
+    if kind == "contiguous":                 # a pipeline: the last stage fuses F and B
+        assert len(routes.calls) < len(plan.order)
 
 
 def test_bad_arguments_name_the_field(ray_session):

@@ -1,0 +1,135 @@
+"""Ray executor benchmarks: (a) overhead over the local executor, (b) pipeline speedup.
+
+(a) Step time of the Ray executor (compiled-graph path and plain-call path) over the
+    LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at k = 2
+    and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement. Target:
+    Ray/local <= 1.5 on mlp with compiled graphs.
+(b) Throughput of a compute-heavy 2-stage MLP (width 2048, batch 512, float32) with m = 8 and
+    1F1B, one BLAS thread per actor, over the same model on one device with one BLAS thread
+    (the local executor in this process, and one Ray actor). Target >= 1.6 (the bubble
+    limits it to 2 * 8 / 9 = 1.78).
+
+All executors of a comparison are alive together and stepped in turn (round robin), so slow
+phases of a shared machine hit them alike; figures are medians. BLAS in this process is
+limited to one thread (set before numpy is imported), as in the actors.
+
+Run from the repository root: `python benchmarks/executor.py [--quick]`.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autodiff.models import BUILDERS, make_data  # noqa: E402
+from executor.local import LocalExecutor  # noqa: E402
+from executor.plan import build_plan  # noqa: E402
+from executor.ray_executor import RayExecutor  # noqa: E402
+from executor.ray_runtime import start_ray, stop_ray  # noqa: E402
+from modelcut.config import load_config  # noqa: E402
+from partition.api import partition  # noqa: E402
+from partition.cluster import uniform  # noqa: E402
+
+
+def round_robin(executors: dict, data, warmup: int, steps: int) -> dict[str, float]:
+    """Median seconds per step of each executor, stepping them in turn on the same data."""
+    times: dict[str, list[float]] = {name: [] for name in executors}
+    for s in range(warmup + steps):
+        feeds = data(s)
+        for name, ex in executors.items():
+            start = time.perf_counter()
+            ex.step(feeds)
+            if s >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
+    config = load_config(ROOT / "configs" / config_name)
+    family, kwargs = config.model_kwargs()
+    full = BUILDERS[family](**kwargs)
+    micro = BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m})
+    placement = partition(micro, uniform(k), algorithm="pipeline_dp", acyclic=True)
+    plan = build_plan(micro, placement, k, micro_batches=m, schedule="1f1b")
+    optimizer = {"name": "adam", "lr": 1e-3}
+    executors = {"local": LocalExecutor(micro, placement, k, optimizer, plan=plan)}
+    for mode in ("compiled", "plain"):
+        executors[mode] = RayExecutor(micro, placement, k, optimizer, plan=plan, mode=mode)
+    try:
+        assert executors["compiled"].mode == "compiled"
+        times = round_robin(executors, make_data(full, family, 0), warmup, steps)
+    finally:
+        for name in ("compiled", "plain"):
+            executors[name].shutdown()
+    blocks = sum(len(p.blocks) for p in plan.programs)
+    return {"config": config_name, "k": k, "blocks": blocks, **times}
+
+
+def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
+    sizes = dict(layers=4, width=2048, in_features=2048, classes=10, dtype="float32")
+    batch = 512
+    full = BUILDERS["mlp"](batch=batch, **sizes)
+    micro = BUILDERS["mlp"](batch=batch // m, **sizes)
+    data = make_data(full, "mlp", 0)
+    placement = partition(micro, uniform(2), algorithm="pipeline_dp", acyclic=True)
+    one = np.zeros(len(full.nodes), np.int32)
+    executors = {
+        "local 1 device": LocalExecutor(full, one, 1, "sgd"),
+        "ray 1 actor": RayExecutor(full, one, 1, "sgd", mode="compiled", blas_threads=1),
+        "ray 2 stages": RayExecutor(micro, placement, 2, "sgd", micro_batches=m,
+                                    schedule="1f1b", mode="compiled", blas_threads=1),
+    }
+    try:
+        times = round_robin(executors, data, warmup, steps)
+    finally:
+        executors["ray 1 actor"].shutdown()
+        executors["ray 2 stages"].shutdown()
+    return {"m": m, "imbalance": placement.metrics.imbalance, **times}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    args = parser.parse_args()
+    warmup, steps = (3, 5) if args.quick else (10, 40)
+    start_ray(num_cpus=2)
+    try:
+        print("(a) overhead: median step time, m = 4, 1F1B, pipeline_dp placement")
+        print(f"{'config':16} {'k':>2} {'blocks':>6} {'local ms':>9} {'compiled ms':>12} "
+              f"{'plain ms':>9} {'compiled/local':>15} {'plain/local':>12}")
+        for config_name in ("mlp.yaml", "gpt-small.yaml"):
+            for k in (2, 4):
+                r = overhead(config_name, k, 4, warmup, steps)
+                print(f"{r['config']:16} {r['k']:>2} {r['blocks']:>6} {1e3 * r['local']:>9.2f} "
+                      f"{1e3 * r['compiled']:>12.2f} {1e3 * r['plain']:>9.2f} "
+                      f"{r['compiled'] / r['local']:>15.2f} {r['plain'] / r['local']:>12.2f}",
+                      flush=True)
+        print("target: compiled/local <= 1.5 on mlp")
+        print()
+        r = pipeline_speedup(8, *((1, 3) if args.quick else (2, 8)))
+        base, ray_one, piped = r["local 1 device"], r["ray 1 actor"], r["ray 2 stages"]
+        print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
+              f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
+        print(f"  one device, local executor: {base:.3f} s/step = {512 / base:,.0f} samples/s")
+        print(f"  one device, one Ray actor:  {ray_one:.3f} s/step = {512 / ray_one:,.0f} "
+              "samples/s")
+        print(f"  two Ray actors, 1F1B m=8:   {piped:.3f} s/step = {512 / piped:,.0f} samples/s")
+        print(f"  speedup over the local single device: {base / piped:.2f}x; over one Ray "
+              f"actor: {ray_one / piped:.2f}x (target >= 1.6, limit 1.78)")
+    finally:
+        stop_ray()
+
+
+if __name__ == "__main__":
+    main()
