@@ -57,6 +57,7 @@ class DeviceWorker:
         self.losses: dict[int | None, float] = {}
         self.grads: dict[str, np.ndarray | None] = {}
         self.compute_seconds = 0.0
+        self.peak_value_bytes = 0
 
     def _kernel(self, node):
         if node.is_source:
@@ -74,6 +75,7 @@ class DeviceWorker:
         self.losses = {}
         self.grads = {}
         self.compute_seconds = 0.0
+        self.peak_value_bytes = 0
 
     def run_block(self, index: int, received: Mapping[str, np.ndarray]
                   ) -> list[tuple[str, int, np.ndarray]]:
@@ -107,6 +109,8 @@ class DeviceWorker:
                 value = values[program.key(s.tensor, mb)]
                 self.states[s.state] = np.asarray(value * s.scale if s.scale != 1.0 else value,
                                                   dtype=program.nodes[s.state].dtype)
+        held = sum(getattr(v, "nbytes", 0) for v in values.values())
+        self.peak_value_bytes = max(self.peak_value_bytes, held)
         if index in self.release_after:
             done = self.release_after[index]
             for key in [key for key in values if key[1] == done]:
@@ -152,9 +156,12 @@ class DeviceWorker:
 
     def report(self, grads: bool = False) -> dict:
         """What this step produced here: the loss per micro-batch (key None when the loss does
-        not depend on the batch), compute seconds and, if asked, the owned parameters' gradients."""
+        not depend on the batch), compute seconds, the peak bytes of the tensors held during the
+        step (measured at the end of each block, before a finished micro-batch is released)
+        and, if asked, the owned parameters' gradients."""
         return {"device": self.device, "losses": dict(self.losses),
                 "compute_seconds": self.compute_seconds,
+                "peak_value_bytes": self.peak_value_bytes,
                 "grads": dict(self.grads) if grads else None}
 
     # ------------------------------------------------------------ checkpoints
