@@ -166,7 +166,6 @@ class DeviceActor:
         self.sent = np.zeros(self.k, dtype=np.int64)
         self.busy = 0.0
         self.first_start: float | None = None
-        self.peak_bytes = 0
 
     def check_alive(self) -> None:
         """Raise ActorRestartedError in an actor Ray restarted after a crash."""
@@ -193,11 +192,9 @@ class DeviceActor:
         positions = self.positions[blocks]
         out: list[dict[str, np.ndarray]] = [{} for _ in set(positions.values())]
         for index in blocks:
-            held = _nbytes(worker.values.values()) + _nbytes(received.values())
             for name, target, value in worker.run_block(index, received):
                 out[positions[(name, target)]][name] = value
                 self.sent[target] += value.nbytes
-            self.peak_bytes = max(self.peak_bytes, held, _nbytes(worker.values.values()))
             received = {}
         end = time.perf_counter()
         self.busy += end - start
@@ -211,7 +208,6 @@ class DeviceActor:
         span = end - (self.first_start if self.first_start is not None else end)
         return {**self.worker.report(grads=self.return_grads), "sent": self.sent.copy(),
                 "busy_seconds": self.busy, "wait_seconds": max(span - self.busy, 0.0),
-                "peak_value_bytes": self.peak_bytes,
                 "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
     def state_dict(self) -> dict:
@@ -221,10 +217,6 @@ class DeviceActor:
     def load_state_dict(self, state: Mapping) -> None:
         self.check_alive()
         self.worker.load_state_dict(state)
-
-
-def _nbytes(arrays) -> int:
-    return sum(int(getattr(a, "nbytes", 0)) for a in arrays)
 
 
 # ---------------------------------------------------------------- results
@@ -261,8 +253,8 @@ class RayExecutor:
     """Trains `forward_graph` placed on k devices, one Ray actor per device.
 
     Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
-    params, plan, loss_reduction), plus: `mode` auto | compiled | plain; per-actor `num_cpus` / `num_gpus`
-    (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS threads per actor
+    params, plan, loss_reduction), plus: `mode` auto | compiled | plain; per-actor `num_cpus`
+    and `num_gpus` (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS threads per actor
     (None: Ray's default); `checkpoint_every` steps between the driver's checkpoints (None: no
     checkpoints and no recovery; faults raise); `checkpoint_dir` also writes them to disk;
     `max_restarts` given to the actors; `max_recoveries` per step. Starts a local Ray if none

@@ -90,6 +90,9 @@ def test_matches_the_single_device_executor_and_V(ray_session, family, k, kind, 
         assert np.all(first.wait_seconds >= 0) and first.step_seconds > 0
         assert np.all(first.rss_bytes[active] > 10 * 2**20)
         assert np.all(first.peak_value_bytes[active] > 0)
+        if k == 1:     # one micro-batch: every forward tensor is held until the step's end
+            assert (sum(n.nbytes for n in g.nodes) <= first.peak_value_bytes[0]
+                    <= sum(ex.plan.nbytes.values()))
         losses = [first.loss] + [ex.step(data(s)).loss for s in range(1, STEPS)]
         expected_losses = [expected.loss] + [local.step(data(s)).loss for s in range(1, STEPS)]
         np.testing.assert_allclose(losses, expected_losses, rtol=1e-9, atol=0)
