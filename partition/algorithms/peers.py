@@ -20,7 +20,8 @@ from partition.algorithms.refine import rebalance
 from partition.errors import PlacementError
 from partition.problem import Problem
 
-_TOTAL = 2**30
+_NET_TOTAL = 2**28
+_CAPS_TOTAL = 2**30  # the scaled block caps must sum below 2**31
 _mtkahypar = None
 
 
@@ -32,28 +33,46 @@ def _require(module: str):
                              f"peers extra: pip install modelcut[peers]") from None
 
 
-def _int_weights(w: np.ndarray, minimum: int) -> np.ndarray:
-    """Non-negative weights scaled to integers summing to about 2**30 (each at least `minimum`)."""
+def _int_weights(w: np.ndarray, minimum: int, target: int) -> np.ndarray:
+    """Non-negative weights scaled to integers summing to about `target` (each at least `minimum`)."""
     total = float(w.sum())
-    scaled = np.zeros(len(w)) if total <= 0 else np.round(w * (_TOTAL / total))
+    scaled = np.zeros(len(w)) if total <= 0 else np.round(w * (target / total))
     return np.maximum(scaled, minimum).astype(np.int64)
+
+
+def _node_weights(hg: Hypergraph, caps: Caps, minimum: int) -> np.ndarray:
+    """Integer node weights, as fine as the int32 block caps allow (the minimum stays negligible)."""
+    total = float(hg.node_weight.sum())
+    room = _CAPS_TOTAL * total / float(caps.load.sum()) if total > 0 else _CAPS_TOTAL
+    return _int_weights(hg.node_weight, minimum, int(min(max(2**24, 256 * hg.n), room)))
 
 
 def _scaled_caps(hg: Hypergraph, caps: Caps, node_w: np.ndarray) -> tuple[np.ndarray, float]:
     """Per-block integer caps in the scaled node weights, and the matching imbalance epsilon."""
     total = float(hg.node_weight.sum())
-    ratio = float(node_w.sum()) / total if total > 0 else 1.0
-    block = np.floor(caps.load * ratio).astype(np.int64)
-    eps = max(float(caps.load.sum()) / max(total, 1e-300) - 1.0, 0.001)
+    if total <= 0:  # nothing to balance: any placement is within the caps
+        return np.full(caps.k, int(node_w.sum()), dtype=np.int64), 1.0
+    block = np.floor(caps.load * (float(node_w.sum()) / total)).astype(np.int64)
+    eps = max(float(caps.load.sum()) / total - 1.0, 0.001)
     return block, eps
+
+
+def _degenerate(hg: Hypergraph, caps: Caps) -> np.ndarray | None:
+    """For inputs the peers reject (one part, no more nodes than parts, no tensor shared between
+    nodes) a trivially optimal answer: every balanced placement then costs 0 (or k == 1)."""
+    if caps.k > 1 and hg.n > caps.k and hg.num_nets > 0:
+        return None
+    part = np.where(hg.fixed >= 0, hg.fixed, 0).astype(np.int64)
+    return rebalance(hg, part, caps, acyclic=False)
 
 
 def metis_partition(hg: Hypergraph, caps: Caps, seed: int = 0) -> np.ndarray:
     """METIS k-way partition of the undirected producer-consumer graph (edge-cut objective)."""
     pymetis = _require("pymetis")
     k, n = caps.k, hg.n
-    if k == 1:
-        return np.zeros(n, dtype=np.int64)
+    trivial = _degenerate(hg, caps)
+    if trivial is not None:
+        return trivial
     s, t = hg.edges()
     key = np.unique(s.astype(np.int64) * n + t)
     s, t = key // n, key % n
@@ -63,13 +82,13 @@ def metis_partition(hg: Hypergraph, caps: Caps, seed: int = 0) -> np.ndarray:
     a, b = np.r_[s, t], np.r_[t, s]
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
-    ew = _int_weights(np.r_[w, w][order], 1)
+    ew = _int_weights(np.r_[w, w][order], 1, _NET_TOTAL)
     xadj = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(a, minlength=n), out=xadj[1:])
-    vw = _int_weights(hg.node_weight, 0)
+    vw = _node_weights(hg, caps, 0)
     _, eps = _scaled_caps(hg, caps, vw)
     options = pymetis.Options(ufactor=max(1, int(eps * 1000)), seed=int(seed))
-    tp = (caps.load / caps.load.sum()).tolist()
+    tp = (caps.load / caps.load.sum() if caps.load.sum() > 0 else np.full(k, 1.0 / k)).tolist()
     _, parts = pymetis.part_graph(k, xadj=xadj.tolist(), adjncy=b.tolist(), vweights=vw.tolist(),
                                   eweights=ew.tolist(), tpwgts=tp, options=options)
     part = np.asarray(parts, dtype=np.int64)
@@ -92,10 +111,12 @@ def mtkahypar_partition(hg: Hypergraph, caps: Caps, seed: int = 0, threads: int 
     if _mtkahypar is None:
         _mtkahypar = mt.initialize(threads, False)
     k = caps.k
-    if k == 1:
-        return np.zeros(hg.n, dtype=np.int64)
+    trivial = _degenerate(hg, caps)
+    if trivial is not None:
+        return trivial
     context = _mtkahypar.context_from_preset(mt.PresetType.DEFAULT)
-    vw = _int_weights(hg.node_weight, 1)  # Mt-KaHyPar mishandles fixed vertices of weight 0
+    fixed = hg.fixed >= 0
+    vw = _node_weights(hg, caps, 1 if fixed.any() else 0)  # Mt-KaHyPar misplaces weight-0 fixed nodes
     block, eps = _scaled_caps(hg, caps, vw)
     context.set_partitioning_parameters(k, eps, mt.Objective.KM1)
     context.set_individual_target_block_weights(block.tolist())
@@ -104,11 +125,10 @@ def mtkahypar_partition(hg: Hypergraph, caps: Caps, seed: int = 0, threads: int 
     w = net_weights(hg)
     nets = np.split(hg.net_pins, hg.net_ptr[1:-1])
     graph = _mtkahypar.create_hypergraph(context, hg.n, hg.num_nets, [x.tolist() for x in nets],
-                                         vw.tolist(), _int_weights(w, 1).tolist())
-    if (hg.fixed >= 0).any():
+                                         vw.tolist(), _int_weights(w, 1, _NET_TOTAL).tolist())
+    if fixed.any():
         graph.add_fixed_vertices(hg.fixed.tolist(), k)
     part = np.asarray(graph.partition(context).get_partition(), dtype=np.int64)
-    fixed = hg.fixed >= 0
     part[fixed] = hg.fixed[fixed]
     return part
 

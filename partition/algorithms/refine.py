@@ -216,22 +216,93 @@ def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
     """Move nodes out of over-full parts, cheapest objective increase per unit of weight first.
 
     When no single move fits (a heavy node and no part with room for it), first clear room for it
-    on another part by moving light nodes away (up to `make_room` times; not in acyclic mode).
+    on another part by moving light nodes away, or swap it with a lighter node (up to `make_room`
+    times). In acyclic mode, weightless nodes may pin their neighbours' stage windows: the repair
+    is retried after sliding them to the earliest, or the latest, stage they allow. The last resort
+    cuts the nodes, ordered by (part, id), into runs proportional to the caps: stage-monotone, and
+    within the caps whenever no node outweighs a part's slack.
     """
+    starts = [part]
+    if acyclic:
+        starts += [_slide_weightless(hg, part, caps.k, earliest) for earliest in (True, False)]
+    best, best_over = part, np.inf
+    for start in starts + [None]:
+        if start is None:  # last resort: re-cut the order (part, id) into balanced runs
+            start = _rechunk(hg, part, caps)
+        fixed = _repair(hg, start, caps, acyclic, max_rounds, make_room)
+        over = _excess(hg, fixed, caps)
+        if over == 0:
+            return fixed
+        if over < best_over:
+            best, best_over = fixed, over
+    return best
+
+
+def _rechunk(hg: Hypergraph, part: np.ndarray, caps: Caps) -> np.ndarray:
+    """Consecutive runs of the order (part, id) with loads proportional to the caps; fixed nodes kept."""
+    order = np.lexsort((np.arange(hg.n), part))
+    w, total = hg.node_weight[order], float(hg.node_weight.sum())
+    out = np.empty(hg.n, dtype=np.int64)
+    if total <= 0 or caps.load.sum() <= 0:
+        return part.copy()
+    bounds = np.cumsum(caps.load)[:-1] / caps.load.sum() * total
+    out[order] = np.searchsorted(bounds, np.cumsum(w) - w / 2, side="right")
+    fixed = hg.fixed >= 0
+    out[fixed] = hg.fixed[fixed]
+    return out
+
+
+def _repair(hg, part, caps, acyclic, max_rounds, make_room):
     part = _shed(hg, part, caps, acyclic=acyclic, max_rounds=max_rounds)
-    for _ in range(0 if acyclic else make_room):
+    for _ in range(make_room):
         load, _ = loads(hg, part, caps.k)
         if not (load > caps.load * (1 + 1e-12) + 1e-9).any():
             break
-        cleared = _clear_room(hg, part, caps, load, max_rounds)
+        cleared = _clear_room(hg, part, caps, load, max_rounds, acyclic)
+        if cleared is None:
+            cleared = _swap(hg, part, caps, load, acyclic)
         if cleared is None:
             break
-        part = _shed(hg, cleared, caps, acyclic=False, max_rounds=max_rounds)
+        part = _shed(hg, cleared, caps, acyclic=acyclic, max_rounds=max_rounds)
     return part
 
 
+def _forward_at(hg: Hypergraph, part: np.ndarray, nodes: np.ndarray) -> bool:
+    """Do all edges at `nodes` run from a part to the same or a later one (stage order kept)?"""
+    _, pos = gather(hg.node_ptr, np.asarray(nodes))
+    nets = np.unique(hg.node_nets[pos])
+    rows, ppos = gather(hg.net_ptr, nets)
+    return bool((part[hg.net_pins[ppos]] >= part[hg.net_src[nets]][rows]).all())
+
+
+def _excess(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
+    """Relative load and memory excess over the caps (0 when within them)."""
+    load, mem = loads(hg, part, caps.k)
+    over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
+    return float(over.sum() + (np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)).sum())
+
+
+def _slide_weightless(hg: Hypergraph, part: np.ndarray, k: int, earliest: bool) -> np.ndarray:
+    """Move every free node without load to the earliest (latest) stage its producers (consumers)
+    allow, in topological (reverse) order; stage-monotone partitions stay monotone."""
+    s, t = hg.edges()
+    order = np.argsort(t if earliest else s, kind="stable")
+    ends, others = (t[order], s[order]) if earliest else (s[order], t[order])
+    ptr = np.searchsorted(ends, np.arange(hg.n + 1))
+    part = part.copy()
+    movable = ((hg.fixed < 0) & (hg.node_weight <= 0)).tolist()
+    p = part.tolist()
+    ptr_l, others_l = ptr.tolist(), others.tolist()
+    nodes = range(hg.n) if earliest else range(hg.n - 1, -1, -1)
+    for v in nodes:
+        if movable[v]:
+            near = [p[u] for u in others_l[ptr_l[v]:ptr_l[v + 1]]]
+            p[v] = (max(near) if near else 0) if earliest else (min(near) if near else k - 1)
+    return np.array(p, dtype=part.dtype)
+
+
 def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
-                max_rounds: int) -> np.ndarray | None:
+                max_rounds: int, acyclic: bool) -> np.ndarray | None:
     """Move one node u out of the most over-full part p to a part t, after shedding load from t
     until u fits there; None when no part can be cleared."""
     k = caps.k
@@ -249,10 +320,42 @@ def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
             continue
         tight = Caps(caps.load.copy(), caps.memory)
         tight.load[t] = caps.load[t] - wu
-        trial = _shed(hg, part, tight, acyclic=False, max_rounds=max_rounds)
+        trial = _shed(hg, part, tight, acyclic=acyclic, max_rounds=max_rounds)
         if loads(hg, trial, k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
             trial[u] = t
-            return trial
+            if not acyclic or _forward_at(hg, trial, np.array([u])):
+                return trial
+    return None
+
+
+def _swap(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
+          acyclic: bool) -> np.ndarray | None:
+    """Exchange a node u of the most over-full part p with a lighter node v of another part t so
+    that both end within their load caps (and memory caps, and the stage order when acyclic);
+    None when no such pair exists."""
+    k = caps.k
+    p = int(np.argmax((load - caps.load) / np.maximum(caps.load, 1e-30)))
+    need = load[p] - caps.load[p] * (1 + 1e-12) - 1e-9
+    free = hg.fixed < 0
+    us = np.flatnonzero((part == p) & free & (hg.node_weight > 0))
+    _, mem = loads(hg, part, k)
+    for t in np.argsort(load - caps.load):
+        if t == p:
+            continue
+        room = caps.load[t] - load[t]
+        vs = np.flatnonzero((part == t) & free)
+        vs = vs[np.argsort(hg.node_weight[vs], kind="stable")]
+        wv = hg.node_weight[vs]
+        lo = np.searchsorted(wv, hg.node_weight[us] - room, side="left")
+        hi = np.searchsorted(wv, hg.node_weight[us] - need, side="right")
+        for i in np.flatnonzero(lo < hi):
+            u, v = us[i], vs[lo[i]]
+            dm = hg.node_mem[u] - hg.node_mem[v]
+            if mem[t] + dm <= caps.memory[t] and mem[p] - dm <= caps.memory[p]:
+                out = part.copy()
+                out[u], out[v] = t, p
+                if not acyclic or _forward_at(hg, out, np.array([u, v])):
+                    return out
     return None
 
 

@@ -1,11 +1,12 @@
 """Reference implementations of SPEC section 2 for the algorithm tests, written from the SPEC
 with plain Python loops over the Node list (independent of partition.cost / partition.metrics),
-plus brute-force optima over all k**n placements of tiny graphs."""
+brute-force optima over all k**n placements of tiny graphs, and a strategy of granular DAGs."""
 import itertools
 
 import numpy as np
+from hypothesis import strategies as st
 
-from autodiff.ir import FLOAT_DTYPES
+from autodiff.ir import FLOAT_DTYPES, Graph, Node
 
 
 def requires_grad(graph) -> dict:
@@ -97,22 +98,23 @@ def brute_force(graph, k, caps, *, is_acyclic=False, pins=None, cost=step_volume
     return best
 
 
-def packable(weights, caps) -> bool:
-    """Can the items be put into bins of the given capacities? (exact backtracking)"""
-    items = sorted((float(w) for w in weights if w > 0), reverse=True)
-    room = [float(c) for c in caps]
+def granular(graph, k, epsilon) -> bool:
+    """No node's load exceeds epsilon x the mean device load: then an epsilon-balanced placement
+    exists in every topological order cut into runs, and the algorithms must find one (for
+    coarser graphs, balance is a bin-packing problem that a heuristic may miss)."""
+    node_loads = loads(graph, range(len(graph.nodes)), len(graph.nodes))
+    return node_loads.max(initial=0.0) <= epsilon * node_loads.sum() / k
 
-    def place(i):
-        if i == len(items):
-            return True
-        tried = set()
-        for b in range(len(room)):
-            if room[b] + 1e-9 >= items[i] and room[b] not in tried:
-                tried.add(room[b])
-                room[b] -= items[i]
-                if place(i + 1):
-                    return True
-                room[b] += items[i]
-        return False
 
-    return place(0)
+@st.composite
+def granular_dags(draw, min_ops=15, max_ops=40):
+    """Random DAGs of many light ops (1..3 FLOPs) reading 1..3 earlier nodes, with params."""
+    nodes = [Node("x", "input", (), (draw(st.integers(1, 8)),), flops=0)]
+    nodes += [Node(f"w{i}", "param", (), (draw(st.integers(1, 64)),), flops=0)
+              for i in range(draw(st.integers(1, 4)))]
+    for j in range(draw(st.integers(min_ops, max_ops))):
+        earlier = [nd.name for nd in nodes]
+        inputs = tuple(draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3)))
+        nodes.append(Node(f"v{j}", "f", inputs, (draw(st.integers(1, 32)),),
+                          flops=draw(st.integers(1, 3))))
+    return Graph(nodes, [nodes[-1].name])
