@@ -43,17 +43,33 @@ from partition.cluster import uniform  # noqa: E402
 from partition.errors import PlacementError  # noqa: E402
 
 
-def round_robin(executors: dict, data, warmup: int, steps: int) -> dict[str, float]:
-    """Median seconds per step of each executor, stepping them in turn on the same data."""
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def round_robin(executors: dict, data, warmup: int, steps: int
+                ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median seconds per step of each executor, stepping them in turn on the same data; and
+    the CPU share each of its processes got while it stepped (CPU seconds / wall seconds; 1.0
+    is a whole core: less means other processes took the cores)."""
     times: dict[str, list[float]] = {name: [] for name in executors}
+    cpu: dict[str, np.ndarray] = {}
+    pids = {name: ex.actor_pids() if hasattr(ex, "actor_pids") else [os.getpid()]
+            for name, ex in executors.items()}
     for s in range(warmup + steps):
         feeds = data(s)
         for name, ex in executors.items():
+            before = np.array([process_cpu_seconds(p) for p in pids[name]])
             start = time.perf_counter()
             ex.step(feeds)
             if s >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+                used = np.array([process_cpu_seconds(p) for p in pids[name]]) - before
+                cpu[name] = cpu.get(name, 0) + used
+    share = {name: (cpu[name] / sum(times[name])).round(2).tolist() for name in executors}
+    return {name: float(np.median(t)) for name, t in times.items()}, share
 
 
 def pipeline_placement(graph, k: int):
@@ -80,7 +96,7 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
         executors[mode] = RayExecutor(micro, placement, k, optimizer, plan=plan, mode=mode)
     try:
         assert executors["compiled"].mode == "compiled"
-        times = round_robin(executors, make_data(full, family, 0), warmup, steps)
+        times, _ = round_robin(executors, make_data(full, family, 0), warmup, steps)
     finally:
         for name in ("compiled", "plain"):
             executors[name].shutdown()
@@ -104,11 +120,11 @@ def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
                                     schedule="1f1b", mode="compiled", blas_threads=1),
     }
     try:
-        times = round_robin(executors, data, warmup, steps)
+        times, share = round_robin(executors, data, warmup, steps)
     finally:
         executors["ray 1 actor"].shutdown()
         executors["ray 2 stages"].shutdown()
-    return {"m": m, "imbalance": placement.metrics.imbalance, **times}
+    return {"m": m, "imbalance": placement.metrics.imbalance, "times": times, "share": share}
 
 
 def main() -> None:
@@ -135,7 +151,8 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f}")
         print()
         r = pipeline_speedup(8, *((1, 3) if args.quick else (2, 8)))
-        base, ray_one, piped = r["local 1 device"], r["ray 1 actor"], r["ray 2 stages"]
+        names = ("local 1 device", "ray 1 actor", "ray 2 stages")
+        base, ray_one, piped = (r["times"][name] for name in names)
         print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
               f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
         print(f"  one device, local executor: {base:.3f} s/step = {512 / base:,.0f} samples/s")
@@ -144,8 +161,9 @@ def main() -> None:
         print(f"  two Ray actors, 1F1B m=8:   {piped:.3f} s/step = {512 / piped:,.0f} samples/s")
         print(f"  speedup over the local single device: {base / piped:.2f}x; over one Ray "
               f"actor: {ray_one / piped:.2f}x (target >= 1.6, limit 1.78)")
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other "
-              "processes share the cores and lower the parallel figures)")
+        print("  CPU share of each process while it stepped (1.0 = a whole core): "
+              + "; ".join(f"{name} {r['share'][name]}" for name in names))
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         stop_ray()
 

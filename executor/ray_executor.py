@@ -50,83 +50,13 @@ from executor.local import StepResult, split_feeds, summarize_step
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
 from executor.program import Plan, Program
+from executor.ray_routes import Call, plan_routes
 from executor.ray_runtime import skip_torch_in_channels, start_ray
 from executor.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "compiled", "plain")
-Call = tuple[int, tuple[int, ...]]            # (device, indices of the blocks it runs)
-
-
-# ---------------------------------------------------------------- routing (pure, no Ray)
-@dataclass(frozen=True)
-class Routes:
-    """The actor calls of a step and where their sends go.
-
-    `calls`: in a topological order, each a run of consecutive blocks of one device with no
-    transfer inside the run (only its first block receives, only its last block sends), so
-    fusing them into one call delays nothing and saves a hop. `packets[call]`: what the call
-    returns, in order, as (receiving call, tensor names); `incoming[call]`: the packets it
-    takes, as (sending call, position among that call's packets)."""
-
-    calls: tuple[Call, ...]
-    packets: Mapping[Call, tuple[tuple[Call, tuple[str, ...]], ...]]
-    incoming: Mapping[Call, tuple[tuple[Call, int], ...]]
-
-    def positions(self, device: int) -> dict[tuple[int, ...], dict[tuple[str, int], int]]:
-        """For each call of `device` (by its blocks): (tensor name it arrives as, target
-        device) -> position of its packet."""
-        return {blocks: {(name, target[0]): pos
-                         for pos, (target, names) in enumerate(self.packets[(d, blocks)])
-                         for name in names}
-                for d, blocks in self.calls if d == device}
-
-
-def plan_routes(plan: Plan) -> Routes:
-    """Match every Send of the plan with the block that receives it (the local executor's
-    mailbox key: tensor, micro-batch, source, target), fuse blocks into calls and group the
-    sends of each call by receiving call."""
-    sender: dict[tuple, tuple[int, int]] = {}
-    for d, i in plan.order:
-        p = plan.programs[d]
-        b = p.blocks[i]
-        for s in b.sends:
-            sender[(s.arrives_as, p.key(s.tensor, b.micro_batch)[1], d, s.target)] = (d, i)
-    receives: dict[tuple[int, int], list[tuple[tuple[int, int], str]]] = {}
-    for t, j in plan.order:
-        p = plan.programs[t]
-        b = p.blocks[j]
-        for r in b.receives:
-            source = sender.get((r.tensor, p.key(r.tensor, b.micro_batch)[1], r.source, t))
-            if source is None:
-                raise ExecutorError(f"plan: device {t} block {b.label} receives {r.tensor!r} "
-                                    f"from device {r.source}, which never sends it")
-            receives.setdefault((t, j), []).append((source, r.tensor))
-    fused: dict[int, list[list[int]]] = {}     # per device, runs of blocks (in its order)
-    for d, i in plan.order:
-        runs = fused.setdefault(d, [])
-        if runs and not plan.programs[d].blocks[runs[-1][-1]].sends and (d, i) not in receives:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    first = {(d, run[0]): (d, tuple(run)) for d, runs in fused.items() for run in runs}
-    ordered = [first[block] for block in plan.order if block in first]
-    block_call = {(call[0], i): call for call in ordered for i in call[1]}
-    grouped: dict[Call, dict[Call, list[str]]] = {call: {} for call in ordered}
-    for (t, j), sources in receives.items():
-        for source, name in sources:
-            grouped[block_call[source]].setdefault(block_call[(t, j)], []).append(name)
-    packets = {src: tuple((dst, tuple(names)) for dst, names in targets.items())
-               for src, targets in grouped.items()}
-    incoming: dict[Call, list[tuple[Call, int]]] = {call: [] for call in ordered}
-    for src, targets in packets.items():
-        for pos, (dst, _) in enumerate(targets):
-            incoming[dst].append((src, pos))
-    return Routes(calls=tuple(ordered), packets=packets,
-                  incoming={c: tuple(v) for c, v in incoming.items()})
-
-
 # ---------------------------------------------------------------- the actor
 class ActorRestartedError(ExecutorError):
     """A call reached an actor that Ray restarted after a crash: its state is gone, so it
@@ -254,10 +184,11 @@ class RayExecutor:
 
     Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
     params, plan, loss_reduction), plus: `mode` auto | compiled | plain; per-actor `num_cpus`
-    and `num_gpus` (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS threads per actor
-    (None: Ray's default); `checkpoint_every` steps between the driver's checkpoints (None: no
-    checkpoints and no recovery; faults raise); `checkpoint_dir` also writes them to disk;
-    `max_restarts` given to the actors; `max_recoveries` per step. Starts a local Ray if none
+    and `num_gpus` (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS
+    threads per actor (None: Ray's default); `checkpoint_every` steps between the driver's
+    checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
+    writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
+    `max_inflight_executions` of the compiled graph. Starts a local Ray if none
     is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
@@ -275,7 +206,8 @@ class RayExecutor:
             raise ExecutorError(f"checkpoint_every: expected a positive integer or None, got "
                                 f"{checkpoint_every!r}")
         if loss_reduction not in ("mean", "sum"):
-            raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got {loss_reduction!r}")
+            raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got "
+                                f"{loss_reduction!r}")
         if max_restarts < 1:
             raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
         import ray
@@ -299,9 +231,13 @@ class RayExecutor:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.max_recoveries = max_recoveries
         self.max_inflight_executions = max_inflight_executions
-        self._active = [d for d in range(k) if self.plan.programs[d].blocks]
+        self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         # The initial parameters each device starts from (None: materialized on the actor).
+        missing = [p.name for p in forward_graph.params if params is not None
+                   and p.name not in params]
+        if missing:
+            raise ExecutorError(f"params: no initial value for parameter {missing[0]!r}")
         self._initial = None if params is None else [ray.put(
             {p: np.asarray(params[p]) for p in prog.params if p in params})
             for prog in self.plan.programs]
@@ -333,10 +269,10 @@ class RayExecutor:
         ray = self._ray
         remote = ray.remote(DeviceActor).options(**self._actor_options)
         compiled = self.requested_mode != "plain"
+        initial = self._initial or [None] * self.k
         self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
-                                     self.optimizer, self.seed,
-                                     None if self._initial is None else self._initial[prog.device],
-                                     compiled) for prog in self.plan.programs]
+                                     self.optimizer, self.seed, initial[prog.device], compiled)
+                       for prog in self.plan.programs]
         if self._checkpoint is not None:
             state = ray.put(self._checkpoint)
             ray.get([a.load_state_dict.remote(state) for a in self.actors])
@@ -533,6 +469,8 @@ class RayExecutor:
         """Collect the outcomes of the failed step's calls (their actors are dead now), so Ray
         does not report them as unhandled errors when they are dropped."""
         failed, self._failed = self._failed, []
+        if not failed:
+            return
         ready, _ = self._ray.wait(failed, num_returns=len(failed), timeout=10)
         for ref in ready:
             try:

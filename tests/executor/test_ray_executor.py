@@ -103,7 +103,7 @@ def test_matches_the_single_device_executor_and_V(ray_session, family, k, kind, 
 
 @pytest.mark.parametrize("family,schedule,mode", [("mlp", "gpipe", "compiled"),
                                                   ("gpt", "1f1b", "plain"),
-                                                  ("lstm", "1f1b", "compiled")])
+                                                  ("lstm", "sequential", "compiled")])
 def test_micro_batches_reproduce_the_full_batch(ray_session, family, schedule, mode):
     from executor.ray_executor import RayExecutor
     m, k = 4, 3
@@ -147,7 +147,7 @@ def test_routes_fuse_blocks_and_pair_every_send_with_its_receiver(kind):
     """Independent of Ray: the calls cover each device's blocks in order, with no transfer
     inside a call; each Send lands in exactly one packet, addressed to the call that receives
     it, which comes later in the call order."""
-    from executor.ray_executor import plan_routes
+    from executor.ray_routes import plan_routes
     g = hand_graph(batch=2)
     a = random_assignment(g, 3, seed=5) if kind == "random" else contiguous(g, 3)
     plan = build_plan(g, a, 3, micro_batches=2)
