@@ -105,8 +105,10 @@ def multilevel_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool = False, s
         relax = RELAX if hg.n <= RELAX_MAX_NODES else ()
     rng = np.random.default_rng(seed)
     share = caps.load.astype(np.float64)
-    starts = [None, chunks(np.arange(hg.n), hg.node_weight, share),
-              chunks(late_sources_order(hg), hg.node_weight, share)]
+    late = late_sources_order(hg)
+    starts = [None, chunks(np.arange(hg.n), hg.node_weight, share), chunks(late, hg.node_weight, share)]
+    if not acyclic:  # a ring: the last half run shares a part with the first (tied embeddings)
+        starts.append(chunks(np.roll(late, _half_run(hg, late, share)), hg.node_weight, share))
     if start is not None:
         starts.append(np.asarray(start, dtype=np.int64))
     best = None
@@ -131,6 +133,13 @@ def multilevel_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool = False, s
         if deadline is not None and time.perf_counter() > deadline:
             break
     return best
+
+
+def _half_run(hg: Hypergraph, order: np.ndarray, share: np.ndarray) -> int:
+    """Number of trailing nodes of `order` holding half of the last part's share of the weight."""
+    w = hg.node_weight[order][::-1]
+    goal = 0.5 * float(share[-1] / share.sum()) * float(w.sum())
+    return int(np.searchsorted(np.cumsum(w), goal, side="right"))
 
 
 def vcycle(hg: Hypergraph, caps: Caps, start: np.ndarray, *, acyclic: bool = False,
