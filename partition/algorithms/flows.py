@@ -7,6 +7,9 @@ blocks a, b of a k-way partition, a net's km1 contribution changes exactly by th
 two-block cut). With acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the source
 side of any finite cut is closed under predecessors: no tensor flows from the sink side back.
 Capacities are scaled to int32; callers re-evaluate the true objective before keeping a cut.
+With a link-time objective a net's capacity is its mean cost on the a-b link: exact for the
+transfers between a and b, an approximation for those to third parts (which the exact check
+before keeping a cut accounts for).
 """
 from __future__ import annotations
 
@@ -182,10 +185,13 @@ def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndar
     label[part == b] = SINK
     region = reg_a | reg_b
     label[region] = REGION
-    cut = min_cut(hg, label, acyclic=acyclic)
+    weight = None
+    if hg.cost is not None:  # capacity of a net: its mean cost on the link between a and b
+        weight = hg.cost.coef @ (hg.cost.mats[:, a, b] + hg.cost.mats[:, b, a]) / 2
+    cut = min_cut(hg, label, acyclic=acyclic, net_weight=weight)
     if cut is None:
         return None
-    best, best_delta = None, -1e-9 * max(float(hg.net_weight.max(initial=0)), 1e-30)
+    best, best_delta = None, -hg.tolerance()
     nodes = np.flatnonzero(region)
     for side in cut[:2]:
         target = np.where(side[nodes], a, b)

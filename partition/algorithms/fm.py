@@ -4,7 +4,8 @@ Moves one node at a time (each node once per pass), taking the best admissible m
 max-gain heap even when it loses, and finally keeps the prefix of moves with the best total gain.
 For the volume objective the gains are kept in a cache (benefit[v], penalty[v][b]) updated by deltas
 when a net's pin count on a part crosses 0/1/2, as in KaHyPar; for a link-time objective (LinkCost)
-each gain is recomputed from the pin counts of the node's nets. Python loops touch only the nodes
+the cached gains of the pins of the moved node's nets are recomputed exactly in one vectorised call
+(pins of nets above 64 pins are dropped from the cache and recomputed when next needed). Python loops touch only the nodes
 near the moves, so a pass costs O(moves x local degree), not O(n).
 """
 from __future__ import annotations
@@ -14,10 +15,7 @@ import heapq
 import numpy as np
 
 from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
-from partition.algorithms.refine import boundary, volume_gain_parts
-
-_TOL = 1e-9
-
+from partition.algorithms.refine import boundary, gain_matrix, volume_gain_parts
 
 class _FM:
     """State of one FM run: parts, pin counts (rows materialised lazily), loads and gain cache."""
@@ -36,7 +34,6 @@ class _FM:
         self.rows: dict[int, list[int]] = {}
         self.nets: dict[int, list[tuple[int, bool]]] = {}
         self.pins: dict[int, list[int]] = {}
-        self.links: dict[int, list[list[float]]] = {}
         self.benefit: dict[int, float] = {}
         self.penalty: dict[int, list[float]] = {}
 
@@ -60,55 +57,27 @@ class _FM:
             r = self.pins[e] = self.hg.net_pins[self.hg.net_ptr[e]:self.hg.net_ptr[e + 1]].tolist()
         return r
 
-    def link(self, e: int) -> list[list[float]]:
-        r = self.links.get(e)
-        if r is None:
-            c = self.hg.cost
-            r = self.links[e] = np.tensordot(c.coef[e], c.mats, axes=1).tolist()
-        return r
-
     # --------------------------------------------------------------------- gains
-    def cache(self, nodes: list[int]) -> None:
-        """Fill the volume gain cache for `nodes` in one vectorised call (rows must be in sync)."""
-        todo = [v for v in nodes if v not in self.benefit]
-        if not todo or self.hg.cost is not None:
+    def cache(self, nodes: list[int], refresh: bool = False) -> None:
+        """Fill the gain cache for `nodes` in one vectorised call (`refresh`: recompute cached ones)."""
+        todo = list(dict.fromkeys(nodes)) if refresh else [v for v in nodes if v not in self.benefit]
+        if not todo:
             return
-        for e in {e for v in todo for e, _ in self.node_nets(v)} & self.rows.keys():
-            self.cnt[e] = self.rows[e]
         arr = np.array(todo, dtype=np.int64)
-        benefit, penalty = volume_gain_parts(self.hg, self.part, self.cnt, arr, self.k)
-        self.benefit.update(zip(todo, benefit.tolist()))
-        self.penalty.update(zip(todo, penalty.tolist()))
+        if self.hg.cost is None:
+            benefit, penalty = volume_gain_parts(self.hg, self.part, self.cnt, arr, self.k)
+            self.benefit.update(zip(todo, benefit.tolist()))
+            self.penalty.update(zip(todo, penalty.tolist()))
+        else:  # link costs: the gains themselves (benefit unused, penalty = -gain)
+            gains = gain_matrix(self.hg, self.part, self.cnt, arr, self.k)
+            self.benefit.update(zip(todo, [0.0] * len(todo)))
+            self.penalty.update(zip(todo, (-gains).tolist()))
 
     def gains(self, v: int) -> list[float]:
-        if self.hg.cost is None:
-            if v not in self.benefit:
-                self.cache([v])
-            b = self.benefit[v]
-            return [b - p for p in self.penalty[v]]
-        return self._link_gains(v)
-
-    def _link_gains(self, v: int) -> list[float]:
-        k, part = self.k, self.part
-        a = int(part[v])
-        g = [0.0] * k
-        base = 0.0
-        for e, src in self.node_nets(v):
-            c = self.row(e)
-            mats = self.link(e)
-            if not src:
-                m = mats[int(part[self.net_pins(e)[0]])]
-                if c[a] == 1:
-                    base += m[a]
-                for b in range(k):
-                    if c[b] == 0:
-                        g[b] -= m[b]
-            else:
-                after = [c[d] > (1 if d == a else 0) for d in range(k)]
-                base += sum(mats[a][d] for d in range(k) if c[d] > 0)
-                for b in range(k):
-                    g[b] -= sum(mats[b][d] for d in range(k) if after[d])
-        return [base + x for x in g]
+        if v not in self.benefit:
+            self.cache([v])
+        b = self.benefit[v]
+        return [b - p for p in self.penalty[v]]
 
     def window(self, v: int) -> tuple[int, int]:
         """Stage window [max producer part, min consumer part] of v."""
@@ -153,9 +122,15 @@ class _FM:
             c = self.row(e)
             c[a] -= 1
             c[b] += 1
-            if not volume:
-                if len(self.net_pins(e)) <= 64:
-                    changed.extend(self.net_pins(e))
+            self.cnt[e, a] -= 1
+            self.cnt[e, b] += 1
+            if not volume:  # any pin's gain may change (costs depend on the source's part)
+                pins = self.net_pins(e)
+                if len(pins) <= 64:
+                    changed.extend(pins)
+                else:
+                    for v in pins:
+                        self.benefit.pop(v, None)
                 continue
             w = float(self.hg.net_weight[e])
             pins = self.net_pins(e)
@@ -189,6 +164,9 @@ class _FM:
                 ben_u += w
         if volume and u in self.benefit:
             self.benefit[u] = ben_u
+        if not volume:
+            changed.append(u)
+            self.cache([v for v in changed if v in self.benefit], refresh=True)
         w, mm = self.hg.node_weight[u], self.hg.node_mem[u]
         self.load[a] -= w
         self.load[b] += w
@@ -211,7 +189,7 @@ class _FM:
         moves: list[tuple[int, int]] = []
         cur = best = 0.0
         best_len = since = 0
-        eps = max(float(self.hg.net_weight.max(initial=0.0)), 1e-30) * _TOL
+        eps = self.hg.tolerance()
         while heap and len(moves) < max_moves and since < patience:
             negg, _, v = heapq.heappop(heap)
             if v in locked:
@@ -231,11 +209,10 @@ class _FM:
             else:
                 since += 1
             fresh = [u for u in dict.fromkeys(changed) if u not in locked and fixed[u] < 0]
-            if self.hg.cost is None:  # nodes next to v enter the boundary with a fresh gain
-                near = [u for e, _ in self.node_nets(v) if len(self.net_pins(e)) <= 64
-                        for u in self.net_pins(e) if u not in self.benefit and fixed[u] < 0]
-                self.cache(near)
-                fresh += near
+            near = [u for e, _ in self.node_nets(v) if len(self.net_pins(e)) <= 64
+                    for u in self.net_pins(e) if u not in self.benefit and fixed[u] < 0]
+            self.cache(near)  # nodes next to v enter the boundary with a fresh gain
+            fresh += near
             for u in dict.fromkeys(fresh):
                 if u in locked:
                     continue

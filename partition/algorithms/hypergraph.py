@@ -102,6 +102,15 @@ class Hypergraph:
     def net_src(self) -> np.ndarray:
         return self.net_pins[self.net_ptr[:-1]]
 
+    def tolerance(self) -> float:
+        """Gains below this are noise: 1e-9 of the costliest net's cost (bytes or seconds)."""
+        if self.cost is None:
+            top = float(self.net_weight.max(initial=0.0))
+        else:
+            top = float((self.cost.coef @ self.cost.mats.reshape(len(self.cost.mats), -1).max(axis=1))
+                        .max(initial=0.0))
+        return 1e-9 * max(top, 1e-300)
+
     def net_sizes(self) -> np.ndarray:
         return np.diff(self.net_ptr)
 

@@ -138,7 +138,8 @@ def multilevel_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool = False, s
 def _half_run(hg: Hypergraph, order: np.ndarray, share: np.ndarray) -> int:
     """Number of trailing nodes of `order` holding half of the last part's share of the weight."""
     w = hg.node_weight[order][::-1]
-    goal = 0.5 * float(share[-1] / share.sum()) * float(w.sum())
+    fraction = float(share[-1] / share.sum()) if share.sum() > 0 else 1.0 / len(share)
+    goal = 0.5 * fraction * float(w.sum())
     return int(np.searchsorted(np.cumsum(w), goal, side="right"))
 
 

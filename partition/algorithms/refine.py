@@ -13,9 +13,6 @@ import numpy as np
 
 from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
 
-_TOL = 1e-9
-
-
 def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows and flat positions of the CSR segments ptr[v]:ptr[v+1] of `nodes`, concatenated."""
     starts = ptr[nodes]
@@ -131,7 +128,7 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
     load, mem = loads(hg, part, k)
     free = hg.fixed < 0
     act = boundary(hg, cnt) if active is None else active.copy()
-    scale = max(float(hg.net_weight.max(initial=0.0)), 1e-30) * _TOL
+    scale = hg.tolerance()
     for _ in range(max_rounds):
         nodes = np.flatnonzero(act & free)
         if len(nodes) == 0:
