@@ -296,3 +296,21 @@ def test_requires_grad_reference_matches_problem_arrays():
     p = Problem.build(g, uniform(2))
     rg = requires_grad(g)
     assert [rg[n.name] for n in g.nodes] == p.arrays.requires_grad.tolist()
+
+
+def test_local_search_works_at_the_scale_of_seconds():
+    # link times of microseconds: gains must not be mistaken for rounding noise
+    rng = np.random.default_rng(8)
+    k = 4
+    base = random_hypergraph(rng, n=150, k=k)
+    cluster = hierarchical(2, 2, intra_bandwidth=300e9, inter_bandwidth=25e9)
+    cost = time_cost(base.net_weight, np.ones(base.num_nets), np.ones(base.num_nets),
+                     cluster.bandwidth, cluster.latency)
+    hg = Hypergraph(base.n, base.net_ptr, base.net_pins, base.net_weight, base.node_weight,
+                    base.node_mem, base.fixed, cost)
+    caps = Caps(np.full(k, hg.node_weight.sum() / k * 1.2), np.full(k, np.inf))
+    start = rebalance(hg, rng.integers(0, k, hg.n), caps, acyclic=False)
+    lp = label_propagation(hg, start, caps, acyclic=False, rng=rng)
+    fm = fm_refine(hg, lp, caps, acyclic=False, rng=rng)
+    assert objective(hg, lp, k) < 0.8 * objective(hg, start, k)
+    assert objective(hg, fm, k) <= objective(hg, lp, k)
