@@ -49,12 +49,13 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def round_robin(executors: dict, data, warmup: int, steps: int
-                ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Median seconds per step of each executor, stepping them in turn on the same data; and
-    the CPU share each of its processes got while it stepped (CPU seconds / wall seconds; 1.0
-    is a whole core: less means other processes took the cores)."""
+def round_robin(executors: dict, data, warmup: int, steps: int) -> dict[str, dict]:
+    """Step the executors in turn on the same data. Per executor: the median seconds per
+    step, the CPU share each of its processes got while it stepped (CPU seconds / wall
+    seconds; 1.0 is a whole core, less means other processes took the cores) and, for a Ray
+    executor, the median share of the step each actor spent inside its calls."""
     times: dict[str, list[float]] = {name: [] for name in executors}
+    busy: dict[str, list] = {name: [] for name in executors}
     cpu: dict[str, np.ndarray] = {}
     pids = {name: ex.actor_pids() if hasattr(ex, "actor_pids") else [os.getpid()]
             for name, ex in executors.items()}
@@ -63,13 +64,19 @@ def round_robin(executors: dict, data, warmup: int, steps: int
         for name, ex in executors.items():
             before = np.array([process_cpu_seconds(p) for p in pids[name]])
             start = time.perf_counter()
-            ex.step(feeds)
+            result = ex.step(feeds)
+            seconds = time.perf_counter() - start
             if s >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
                 used = np.array([process_cpu_seconds(p) for p in pids[name]]) - before
                 cpu[name] = cpu.get(name, 0) + used
-    share = {name: (cpu[name] / sum(times[name])).round(2).tolist() for name in executors}
-    return {name: float(np.median(t)) for name, t in times.items()}, share
+                if hasattr(result, "busy_seconds"):
+                    busy[name].append(result.busy_seconds / seconds)
+    return {name: {"seconds": float(np.median(times[name])),
+                   "cpu_share": (cpu[name] / sum(times[name])).round(2).tolist(),
+                   "busy_share": (np.median(busy[name], axis=0).round(2).tolist()
+                                  if busy[name] else None)}
+            for name in executors}
 
 
 def pipeline_placement(graph, k: int):
@@ -96,13 +103,14 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
         executors[mode] = RayExecutor(micro, placement, k, optimizer, plan=plan, mode=mode)
     try:
         assert executors["compiled"].mode == "compiled"
-        times, _ = round_robin(executors, make_data(full, family, 0), warmup, steps)
+        figures = round_robin(executors, make_data(full, family, 0), warmup, steps)
     finally:
         for name in ("compiled", "plain"):
             executors[name].shutdown()
     calls = len(executors["compiled"].routes.calls)
     used = len(set(np.asarray(placement.assignment).tolist()))
-    return {"config": config_name, "k": k, "used": used, "calls": calls, **times}
+    return {"config": config_name, "k": k, "used": used, "calls": calls,
+            **{name: f["seconds"] for name, f in figures.items()}}
 
 
 def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
@@ -115,55 +123,77 @@ def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
     one = np.zeros(len(full.nodes), np.int32)
     executors = {
         "local 1 device": LocalExecutor(full, one, 1, "sgd"),
+        "local 1 device m=8": LocalExecutor(micro, np.zeros(len(micro.nodes), np.int32), 1,
+                                            "sgd", micro_batches=m),
         "ray 1 actor": RayExecutor(full, one, 1, "sgd", mode="compiled", blas_threads=1),
         "ray 2 stages": RayExecutor(micro, placement, 2, "sgd", micro_batches=m,
                                     schedule="1f1b", mode="compiled", blas_threads=1),
     }
     try:
-        times, share = round_robin(executors, data, warmup, steps)
+        figures = round_robin(executors, data, warmup, steps)
     finally:
         executors["ray 1 actor"].shutdown()
         executors["ray 2 stages"].shutdown()
-    return {"m": m, "imbalance": placement.metrics.imbalance, "times": times, "share": share}
+    return {"m": m, "imbalance": placement.metrics.imbalance, "figures": figures}
+
+
+def report_overhead(warmup: int, steps: int) -> None:
+    """Print table (a)."""
+    print("(a) overhead: median step time, m = 4, 1F1B, pipeline_dp placement")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'config':16} {'k':>2} {'used':>4} {'calls':>5} {'local ms':>9} "
+          f"{'compiled ms':>12} {'plain ms':>9} {'compiled/local':>15} {'plain/local':>12}")
+    for config_name in ("mlp.yaml", "gpt-small.yaml"):
+        for k in (2, 4):
+            r = overhead(config_name, k, 4, warmup, steps)
+            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {r['calls']:>5} "
+                  f"{1e3 * r['local']:>9.2f} {1e3 * r['compiled']:>12.2f} "
+                  f"{1e3 * r['plain']:>9.2f} "
+                  f"{r['compiled'] / r['local']:>15.2f} {r['plain'] / r['local']:>12.2f}",
+                  flush=True)
+    print("target: compiled/local <= 1.5 on mlp; used: devices holding nodes; calls: actor "
+          "calls per step")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print()
+
+
+def report_pipeline(warmup: int, steps: int) -> None:
+    """Print figures (b)."""
+    r = pipeline_speedup(8, warmup, steps)
+    f = r["figures"]
+    seconds = {name: figure["seconds"] for name, figure in f.items()}
+    piped = seconds["ray 2 stages"]
+    print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
+          f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
+    for name, label in (("local 1 device", "one device, local executor, m=1"),
+                        ("local 1 device m=8", "one device, local executor, m=8"),
+                        ("ray 1 actor", "one device, one Ray actor, m=1"),
+                        ("ray 2 stages", "two Ray actors, 1F1B, m=8")):
+        print(f"  {label:34} {seconds[name]:.3f} s/step = {512 / seconds[name]:5,.0f} "
+              f"samples/s  (CPU share {f[name]['cpu_share']})")
+    print(f"  speedup of the 2-stage pipeline over one device: "
+          f"{seconds['local 1 device'] / piped:.2f}x (local, m=1), "
+          f"{seconds['local 1 device m=8'] / piped:.2f}x (local, m=8), "
+          f"{seconds['ray 1 actor'] / piped:.2f}x (one actor, m=1); "
+          "target >= 1.6, limit 1.78 with m=8")
+    print(f"  share of the step each stage spends in its calls: "
+          f"{f['ray 2 stages']['busy_share']}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument("--part", choices=("a", "b", "all"), default="all",
+                        help="(a) overhead, (b) pipeline speedup, or both (default)")
     args = parser.parse_args()
     warmup, steps = (3, 5) if args.quick else (10, 40)
     start_ray(num_cpus=2)
     try:
-        print("(a) overhead: median step time, m = 4, 1F1B, pipeline_dp placement")
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"{'config':16} {'k':>2} {'used':>4} {'calls':>5} {'local ms':>9} "
-              f"{'compiled ms':>12} {'plain ms':>9} {'compiled/local':>15} {'plain/local':>12}")
-        for config_name in ("mlp.yaml", "gpt-small.yaml"):
-            for k in (2, 4):
-                r = overhead(config_name, k, 4, warmup, steps)
-                print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {r['calls']:>5} "
-                      f"{1e3 * r['local']:>9.2f} {1e3 * r['compiled']:>12.2f} "
-                      f"{1e3 * r['plain']:>9.2f} "
-                      f"{r['compiled'] / r['local']:>15.2f} {r['plain'] / r['local']:>12.2f}",
-                      flush=True)
-        print("target: compiled/local <= 1.5 on mlp; used: devices holding nodes; calls: actor "
-              "calls per step")
-        print(f"load average {os.getloadavg()[0]:.1f}")
-        print()
-        r = pipeline_speedup(8, *((1, 3) if args.quick else (2, 8)))
-        names = ("local 1 device", "ray 1 actor", "ray 2 stages")
-        base, ray_one, piped = (r["times"][name] for name in names)
-        print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
-              f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
-        print(f"  one device, local executor: {base:.3f} s/step = {512 / base:,.0f} samples/s")
-        print(f"  one device, one Ray actor:  {ray_one:.3f} s/step = {512 / ray_one:,.0f} "
-              "samples/s")
-        print(f"  two Ray actors, 1F1B m=8:   {piped:.3f} s/step = {512 / piped:,.0f} samples/s")
-        print(f"  speedup over the local single device: {base / piped:.2f}x; over one Ray "
-              f"actor: {ray_one / piped:.2f}x (target >= 1.6, limit 1.78)")
-        print("  CPU share of each process while it stepped (1.0 = a whole core): "
-              + "; ".join(f"{name} {r['share'][name]}" for name in names))
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        if args.part in ("a", "all"):
+            report_overhead(warmup, steps)
+        if args.part in ("b", "all"):
+            report_pipeline(*((1, 3) if args.quick else (2, 8)))
     finally:
         stop_ray()
 
