@@ -61,7 +61,7 @@ def ratio(value, base):
 
 
 def run(models, acyclic):
-    names = [a for a in ALGORITHMS if not (acyclic and a in ("metis", "mtkahypar"))]
+    names = [a for a in ALGORITHMS if not (acyclic and a in ("metis", "mtkahypar", "round_robin", "random"))]
     rows = []
     for model, (family, sizes) in models.items():
         graph = BUILDERS[family](**sizes)

@@ -21,6 +21,7 @@ from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
 from partition.algorithms.refine import gather
 
 REGION, SOURCE, SINK, IGNORED = 0, 1, 2, -1
+MAX_REGION = 20_000  # nodes of a flow problem (both blocks together) in refine_pair
 _INF = 2**30
 _FINITE_TOTAL = 2**29
 
@@ -162,13 +163,14 @@ def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarr
 
 
 def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndarray, mem: np.ndarray,
-                caps: Caps, a: int, b: int, *, acyclic: bool, max_nodes: int = 200_000):
+                caps: Caps, a: int, b: int, *, acyclic: bool, max_nodes: int | None = None):
     """Best min-cut re-split of blocks a and b around their boundary.
 
     Returns (moved nodes, their new parts, touched nets, their new pin counts), or None when no
     feasible cut improves the objective.
     """
     k = caps.k
+    max_nodes = MAX_REGION if max_nodes is None else max_nodes
     both = (cnt[:, a] > 0) & (cnt[:, b] > 0)
     if not both.any():
         return None
@@ -211,7 +213,7 @@ def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndar
 
 
 def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rounds: int = 2,
-                max_nodes: int = 200_000) -> np.ndarray:
+                max_nodes: int | None = None) -> np.ndarray:
     """Apply refine_pair to block pairs sharing cut nets (consecutive stages when acyclic)."""
     k = caps.k
     part = part.copy()

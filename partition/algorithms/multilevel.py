@@ -1,11 +1,19 @@
 """Multilevel k-way partitioning on the true step-volume objective (or link-time objective).
 
-Coarsen by heavy-edge matching on tensor bytes (acyclicity-preserving when asked, see coarsen.py),
-partition the coarsest level from several starts (chunks of topological orders, graph growing),
-then project level by level, refining each with batched label propagation and boundary FM whose
-gains are exact for connectivity-minus-one weighted by bytes * (1 + requires_grad) (x micro-batches
-for batch-dependent tensors), i.e. SPEC's V; with a LinkCost they are exact for the time-weighted
-volume. Extra V-cycles re-coarsen inside the current parts and refine again. Deterministic per seed.
+Coarsen by heavy-edge ratings on tensor bytes: clusters grow around heavy tensors (all consumers
+of a shared weight at once), or, with acyclic=True, pairwise matching that provably keeps every
+coarse graph a DAG (see coarsen.py). Partition the coarsest level from several starts (chunks of
+topological orders, graph growing), then project level by level, refining each with batched
+label propagation (net-disjoint movers, refine.py), boundary FM with rollback (fm.py, on levels
+up to FM_MAX_NODES nodes) and pairwise max-flow refinement (flows.py). Gains are exact for
+connectivity-minus-one weighted by bytes * (1 + requires_grad) (x micro-batches for
+batch-dependent tensors), i.e. SPEC's V, and with a LinkCost exact for the time-weighted volume
+(flow capacities approximate it there; cuts are kept only if the exact objective drops).
+The result is the best of: the plain multilevel run, V-cycles started from balanced chunks of
+two topological orders and of a rotated one (the last half run sharing a part with the first,
+as tied input/output embeddings want), and on small graphs a run under caps loosened by 10%
+brought back by rebalancing and a V-cycle. Deterministic per seed (unless a deadline cuts the
+list of runs short). With acyclic=True parts are pipeline stages in index order.
 """
 from __future__ import annotations
 
@@ -26,12 +34,13 @@ from partition.problem import Problem
 
 log = logging.getLogger(__name__)
 
-COARSEST_PER_PART = 30
+COARSEST_PER_PART = 30     # coarsening stops at max(COARSEST_PER_PART * k, COARSEST_MIN) nodes
 COARSEST_MIN = 150
-CLUSTER_DIV = 12
-RELAX = (1.1,)
-RELAX_MAX_NODES = 50_000
-SLACK_FRAC = 0.5
+CLUSTER_DIV = 12           # a cluster weighs at most total / (CLUSTER_DIV * k) ...
+SLACK_FRAC = 0.5           # ... and at most this fraction of a part's balance slack
+RELAX = (1.1,)             # cap factors of the loosened runs
+RELAX_MAX_NODES = 50_000   # loosened runs only on graphs up to this size
+FM_MAX_NODES = 400_000     # FM on levels up to this size (label propagation and flows on all)
 
 
 def overload(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
@@ -43,8 +52,9 @@ def overload(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
 
 
 def refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rng: np.random.Generator,
-           fm_limit: int = 400_000, flows: bool = True) -> np.ndarray:
-    """Rebalance if needed, then label propagation and FM (FM only on levels up to fm_limit nodes)."""
+           fm_limit: int | None = None, flows: bool = True) -> np.ndarray:
+    """Rebalance if needed, then label propagation, FM (levels up to fm_limit nodes) and flows."""
+    fm_limit = FM_MAX_NODES if fm_limit is None else fm_limit
     if overload(hg, part, caps) > 0:
         part = rebalance(hg, part, caps, acyclic=acyclic)
     part = label_propagation(hg, part, caps, acyclic=acyclic, rng=rng)
