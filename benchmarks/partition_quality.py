@@ -61,7 +61,8 @@ def ratio(value, base):
 
 
 def run(models, acyclic):
-    names = [a for a in ALGORITHMS if not (acyclic and a in ("metis", "mtkahypar", "round_robin", "random"))]
+    ignore_acyclic = ("metis", "mtkahypar", "round_robin", "random")
+    names = [a for a in ALGORITHMS if not (acyclic and a in ignore_acyclic)]
     rows = []
     for model, (family, sizes) in models.items():
         graph = BUILDERS[family](**sizes)
@@ -113,16 +114,19 @@ def summary(rows, acyclic):
         print(f"acyclic multilevel V / unconstrained Mt-KaHyPar V: geomean {geomean(ml):.3f} "
               "(the price of a pipeline-able placement)")
         for name in ("multilevel", "auto", "mincut", "pipeline_dp"):
-            above = [(r["model"], r["k"]) for r in rows if worse(r["V"].get(name), r["V"]["contiguous"])]
+            above = [(r["model"], r["k"]) for r in rows
+                     if worse(r["V"].get(name), r["V"]["contiguous"])]
             ratios = [r["V"][name] / r["V"]["contiguous"] for r in rows
                       if r["V"].get(name) and r["V"]["contiguous"]]
             print(f"acyclic {name} V / contiguous V: geomean {geomean(ratios):.3f}, above "
                   f"contiguous in {len(above)} cases {above} (target 0 for multilevel and auto)")
         return
-    above_metis = [(r["model"], r["k"]) for r in rows if worse(r["V"].get("multilevel"), r["V"]["metis"])]
+    above_metis = [(r["model"], r["k"]) for r in rows
+                   if worse(r["V"].get("multilevel"), r["V"]["metis"])]
     strictly_below = sum(1 for r in rows if r["V"].get("multilevel") is not None
                          and (r["V"]["metis"] is None or r["V"]["multilevel"] < r["V"]["metis"]))
-    auto_above = [(r["model"], r["k"]) for r in rows if worse(r["V"].get("auto"), r["V"]["mtkahypar"])]
+    auto_above = [(r["model"], r["k"]) for r in rows
+                  if worse(r["V"].get("auto"), r["V"]["mtkahypar"])]
     print(f"multilevel V / Mt-KaHyPar V: geomean {geomean(ml):.3f}, max {max(ml):.3f} "
           f"(targets <= 1.05 and <= 1.25)")
     print(f"multilevel vs METIS: above in {len(above_metis)} cases {above_metis}, strictly below "

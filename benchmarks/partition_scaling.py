@@ -2,9 +2,10 @@
 
 Two families: a stack of transformer blocks (layer norm, qkv/o projections, attention, MLP,
 residual adds; each projection with its own param node; MLP widths vary per block) ending in a
-loss, and a random layered DAG with skip connections (a ragged cut boundary); explicit FLOPs. The Problem (graph arrays, caps) is built
-untimed; the timed part is `multilevel(problem)` from the registry, k = 8, epsilon 0.10, after
-a warm-up run on a small graph. Also prints V relative to Mt-KaHyPar on the 10k and 100k graphs.
+loss, and a random layered DAG with skip connections (a ragged cut boundary); explicit FLOPs.
+The Problem (graph arrays, caps) is built untimed; the timed part is `multilevel(problem)` from
+the registry, k = 8, epsilon 0.10, after a warm-up run on a small graph. Also prints V relative
+to Mt-KaHyPar on the 10k and 100k graphs.
 Targets: 100k nodes <= 20 s; 10x more nodes <= 15x more time.
 Run: python benchmarks/partition_scaling.py [--max-nodes N]
 """
@@ -88,11 +89,13 @@ def random_layered(nodes: int, seed: int = 0, width: int = 10) -> Graph:
         out.append(Node(w, "param", (), (int(rng.choice([64, 4096])),), flops=0))
         names = []
         for i in range(width):
-            inputs = tuple(prev[max(len(prev) - back[layer, i, j], 0)][pick[layer, i, j]] for j in range(2))
+            inputs = tuple(prev[max(len(prev) - back[layer, i, j], 0)][pick[layer, i, j]]
+                           for j in range(2))
             if i < 3:
                 inputs += (w,)
             names.append(f"n{layer}_{i}")
-            out.append(Node(names[-1], "f", inputs, (int(sizes[layer, i]),), flops=int(flops[layer, i])))
+            out.append(Node(names[-1], "f", inputs, (int(sizes[layer, i]),),
+                            flops=int(flops[layer, i])))
         prev = prev[-1:] + [names]
     out.append(Node("loss", "f", tuple(prev[-1]), (), flops=width))
     return Graph(out, ["loss"], name=f"random-layered-{len(out)}", validate=False)

@@ -35,7 +35,8 @@ ILP_DEFAULT_SECONDS = 30.0
 def _violation(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray) -> float:
     """0 for an acceptable placement, else a positive measure of how far it is from one."""
     bad = overload(hg, part, caps)
-    memory = memory_per_device(problem.arrays, part.astype(np.int32), caps.k, problem.optimizer_slots)
+    memory = memory_per_device(problem.arrays, part.astype(np.int32), caps.k,
+                               problem.optimizer_slots)
     bad += float(np.maximum(memory - caps.memory, 0).sum() / max(float(caps.memory.max()), 1.0))
     fixed = hg.fixed >= 0
     bad += float((part[fixed] != hg.fixed[fixed]).sum())
@@ -51,7 +52,7 @@ def auto(problem: Problem) -> AlgorithmResult:
     hg, caps = from_problem(problem)
 
     def remaining() -> float | None:
-        return None if deadline is None else deadline - time.perf_counter()
+        return None if deadline is None else max(deadline - time.perf_counter(), 0.05)
 
     def out_of_time() -> bool:
         return deadline is not None and time.perf_counter() > deadline

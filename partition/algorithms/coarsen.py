@@ -25,10 +25,12 @@ def _pairs(hg: Hypergraph, max_weight: float, max_mem: float, part: np.ndarray |
     rate = (hg.net_weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
     if hg.cost is not None:  # rate by the most expensive link the tensor could take
         scale = hg.cost.mats.reshape(len(hg.cost.mats), -1).max(axis=1)
-        rate = (hg.cost.coef @ scale / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
+        per_net = hg.cost.coef @ scale / np.maximum(sizes - 1, 1)
+        rate = per_net[np.repeat(np.arange(hg.num_nets), sizes - 1)]
     s = s.astype(np.int64)
     t = t.astype(np.int64)
-    ok = (hg.node_weight[s] + hg.node_weight[t] <= max_weight) | (hg.node_weight[s] + hg.node_weight[t] <= 0)
+    pair_weight = hg.node_weight[s] + hg.node_weight[t]
+    ok = (pair_weight <= max_weight) | (pair_weight <= 0)
     ok &= hg.node_mem[s] + hg.node_mem[t] <= max_mem
     fs, ft = hg.fixed[s], hg.fixed[t]
     ok &= (fs < 0) | (ft < 0) | (fs == ft)
@@ -101,8 +103,9 @@ def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarr
         mate[drop] = -1
 
 
-def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarray, max_weight: float,
-                    max_mem: float, rng: np.random.Generator, rounds: int = 3) -> np.ndarray:
+def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
+                    max_weight: float, max_mem: float, rng: np.random.Generator,
+                    rounds: int = 3) -> np.ndarray:
     """leader[x]: the node whose cluster x joined (itself if none).
 
     Each round, every node still alone rates the clusters of its neighbours (summed ratings) and
@@ -175,7 +178,7 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
 
 def coarsen_once(hg: Hypergraph, rng: np.random.Generator, *, max_weight: float, max_mem: float,
                  acyclic: bool, part: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """One level: cluster id per node (ids ordered by representative position) and the cluster count.
+    """One level: cluster id per node (ordered by representative position) and the cluster count.
 
     Acyclic mode uses pairwise matching with the representative check; otherwise clusters grow by
     cluster_joining and are numbered by their smallest member.

@@ -1,15 +1,16 @@
-"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut bisection.
+"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut
+bisection.
 
-Nets become Lawler gadgets (pins -> in -INF-> ... in -w-> out -> pins), nets with two endpoints plain
-arcs both ways, so a minimum cut is a minimum weight of cut nets. Nodes are labelled: region (free),
-source side, sink side (each contracted into s or t), or ignored (their pins are dropped: for two
-blocks a, b of a k-way partition, a net's km1 contribution changes exactly by the change of its
-two-block cut). With acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the source
-side of any finite cut is closed under predecessors: no tensor flows from the sink side back.
-Capacities are scaled to int32; callers re-evaluate the true objective before keeping a cut.
+Nets become Lawler gadgets (pins -> in -INF-> ... in -w-> out -> pins), nets with two endpoints
+plain arcs both ways, so a minimum cut is a minimum weight of cut nets. Nodes are labelled: region
+(free), source side, sink side (each contracted into s or t), or ignored (their pins are dropped:
+for two blocks a, b of a k-way partition, a net's km1 contribution changes exactly by the change of
+its two-block cut). With acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the
+source side of any finite cut is closed under predecessors: no tensor flows from the sink side
+back. Capacities are scaled to int32; callers re-evaluate the true objective before keeping a cut.
 With a link-time objective a net's capacity is its mean cost on the a-b link: exact for the
-transfers between a and b, an approximation for those to third parts (which the exact check
-before keeping a cut accounts for).
+transfers between a and b, an approximation for those to third parts (which the exact check before
+keeping a cut accounts for).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ _INF = 2**30
 _FINITE_TOTAL = 2**29
 
 
-def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool, net_weight: np.ndarray | None = None):
-    """Smallest and largest source sides (node masks, region nodes only meaningful) of a minimum cut.
+def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
+            net_weight: np.ndarray | None = None):
+    """Smallest and largest source sides of a minimum cut (node masks; region nodes meaningful).
 
     Returns (min_side, max_side, flow_value_scaled) or None when no net touches the region.
     """
@@ -44,7 +46,7 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool, net_weight: np.
     s_id, t_id = r, r + 1
     local = np.full(hg.n, -1, dtype=np.int64)
     local[region] = np.arange(r)
-    end = np.where(lab == REGION, local[pins], np.where(lab == SOURCE, s_id, np.where(lab == SINK, t_id, -1)))
+    end = np.select([lab == REGION, lab == SOURCE, lab == SINK], [local[pins], s_id, t_id], -1)
     keep = end >= 0
     is_src_pin = np.zeros(len(pins), dtype=bool)
     is_src_pin[np.searchsorted(rows, np.arange(len(nets)))] = True  # first pin of each net
@@ -100,7 +102,8 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool, net_weight: np.
     residual.data = (residual.data > 0).astype(np.int8)
     residual.eliminate_zeros()
     reach_s = breadth_first_order(residual, s_id, directed=True, return_predecessors=False)
-    reach_t = breadth_first_order(residual.T.tocsr(), t_id, directed=True, return_predecessors=False)
+    reach_t = breadth_first_order(residual.T.tocsr(), t_id, directed=True,
+                                  return_predecessors=False)
     min_side = np.zeros(hg.n, dtype=bool)
     rs = reach_s[reach_s < r]
     min_side[region[rs]] = True
@@ -139,7 +142,8 @@ def _grow(hg: Hypergraph, part: np.ndarray, block: int, seeds: np.ndarray, budge
     return taken
 
 
-def _delta(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, moved: np.ndarray, target: np.ndarray, k: int):
+def _delta(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, moved: np.ndarray,
+           target: np.ndarray, k: int):
     """Touched nets, their new pin counts and the objective change if `moved` go to `target`."""
     row, pos = gather(hg.node_ptr, moved)
     e = hg.node_nets[pos]
@@ -152,7 +156,8 @@ def _delta(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, moved: np.ndarray,
     moved_src[moved] = target
     ms = moved_src[hg.net_src[touched]]
     new_src = np.where(ms >= 0, ms, src_part)
-    return touched, new, _costs(hg, touched, new, new_src) - _costs(hg, touched, cnt[touched], src_part)
+    change = _costs(hg, touched, new, new_src) - _costs(hg, touched, cnt[touched], src_part)
+    return touched, new, change
 
 
 def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarray) -> float:
@@ -162,8 +167,9 @@ def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarr
     return float((hg.cost.rows(nets, src_part) * present).sum())
 
 
-def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndarray, mem: np.ndarray,
-                caps: Caps, a: int, b: int, *, acyclic: bool, max_nodes: int | None = None):
+def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndarray,
+                mem: np.ndarray, caps: Caps, a: int, b: int, *, acyclic: bool,
+                max_nodes: int | None = None):
     """Best min-cut re-split of blocks a and b around their boundary.
 
     Returns (moved nodes, their new parts, touched nets, their new pin counts), or None when no
@@ -231,7 +237,8 @@ def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, 
             pairs = [(a, b) for a in range(k) for b in range(a + 1, k) if weight[a, b] > 0]
             pairs.sort(key=lambda ab: -weight[ab])
         for a, b in pairs:
-            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic, max_nodes=max_nodes)
+            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic,
+                              max_nodes=max_nodes)
             if res is None:
                 continue
             moved, target, touched, new = res

@@ -2,11 +2,12 @@
 
 Moves one node at a time (each node once per pass), taking the best admissible move from a lazy
 max-gain heap even when it loses, and finally keeps the prefix of moves with the best total gain.
-For the volume objective the gains are kept in a cache (benefit[v], penalty[v][b]) updated by deltas
-when a net's pin count on a part crosses 0/1/2, as in KaHyPar; for a link-time objective (LinkCost)
-the cached gains of the pins of the moved node's nets are recomputed exactly in one vectorised call
-(pins of nets above 64 pins are dropped from the cache and recomputed when next needed). Python loops touch only the nodes
-near the moves, so a pass costs O(moves x local degree), not O(n).
+For the volume objective the gains are kept in a cache (benefit[v], penalty[v][b]) updated by
+deltas when a net's pin count on a part crosses 0/1/2, as in KaHyPar; for a link-time objective
+(LinkCost) the cached gains of the pins of the moved node's nets are recomputed exactly in one
+vectorised call (pins of nets above 64 pins are dropped from the cache and recomputed when next
+needed). Python loops touch only the nodes near the moves, so a pass costs O(moves x local degree),
+not O(n).
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class _FM:
         r = self.nets.get(v)
         if r is None:
             s, t = self.hg.node_ptr[v], self.hg.node_ptr[v + 1]
-            r = self.nets[v] = list(zip(self.hg.node_nets[s:t].tolist(), self.hg.node_is_src[s:t].tolist()))
+            r = self.nets[v] = list(zip(self.hg.node_nets[s:t].tolist(),
+                                        self.hg.node_is_src[s:t].tolist()))
         return r
 
     def net_pins(self, e: int) -> list[int]:
@@ -59,8 +61,11 @@ class _FM:
 
     # --------------------------------------------------------------------- gains
     def cache(self, nodes: list[int], refresh: bool = False) -> None:
-        """Fill the gain cache for `nodes` in one vectorised call (`refresh`: recompute cached ones)."""
-        todo = list(dict.fromkeys(nodes)) if refresh else [v for v in nodes if v not in self.benefit]
+        """Fill the gain cache for `nodes` in one vectorised call (`refresh`: also cached ones)."""
+        if refresh:
+            todo = list(dict.fromkeys(nodes))
+        else:
+            todo = [v for v in nodes if v not in self.benefit]
         if not todo:
             return
         arr = np.array(todo, dtype=np.int64)
@@ -175,7 +180,7 @@ class _FM:
         return changed
 
     def run(self, seeds: list[int], max_moves: int, patience: int) -> float:
-        """One pass from `seeds`; returns the improvement kept (moves past the best prefix undone)."""
+        """One pass from `seeds`; the improvement kept (moves past the best prefix are undone)."""
         fixed = self.hg.fixed
         tie = self.rng.random(self.hg.n)
         self.cache(seeds)
@@ -224,8 +229,9 @@ class _FM:
         return best
 
 
-def fm_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rng: np.random.Generator,
-              passes: int = 3, max_moves: int | None = None, patience: int = 100) -> np.ndarray:
+def fm_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
+              rng: np.random.Generator, passes: int = 3, max_moves: int | None = None,
+              patience: int = 100) -> np.ndarray:
     """Up to `passes` FM passes from the current boundary; each keeps only an improving prefix."""
     fm = _FM(hg, part, caps, acyclic, rng)
     for _ in range(passes):

@@ -1,9 +1,11 @@
-"""Array core shared by the partitioners: a source-rooted hypergraph, its objective and contraction.
+"""Array core shared by the partitioners: a source-rooted hypergraph, its objective and
+contraction.
 
 Each net is one tensor: its first pin is the producer (the *source*), the other pins are its
 distinct consumers. With weight bytes * (1 + requires_grad) (x micro-batches when batch-dependent)
 the connectivity-minus-one of a placement is SPEC's step volume V. A `LinkCost` generalises the
-per-net cost to link times: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a, d].
+per-net cost to link times: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a,
+d].
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class Caps:
 
 @dataclass(frozen=True)
 class LinkCost:
-    """Per-net link-dependent cost: cost_e(a -> d) = sum_j coef[e, j] * mats[j, a, d] (mats[j, a, a] = 0)."""
+    """Per-net link cost: cost_e(a -> d) = sum_j coef[e, j] * mats[j, a, d] (zero for a == d)."""
 
     mats: np.ndarray  # float64[J, k, k]
     coef: np.ndarray  # float64[E, J]
@@ -47,8 +49,9 @@ def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.nda
               bandwidth: np.ndarray, latency: np.ndarray) -> LinkCost:
     """Link cost of SPEC's time-weighted volume: each transfer costs latency + bytes / bandwidth.
 
-    `net_bytes` is the tensor's bytes times its repetitions (micro-batches), `net_times` the number of
-    repetitions, `net_backward` 1 when a gradient travels back d -> a (requires_grad), else 0.
+    `net_bytes` is the tensor's bytes times its repetitions (micro-batches), `net_times` the
+    number of repetitions, `net_backward` 1 when a gradient travels back d -> a (requires_grad),
+    else 0.
     """
     k = bandwidth.shape[0]
     off = 1.0 - np.eye(k)
@@ -107,8 +110,8 @@ class Hypergraph:
         if self.cost is None:
             top = float(self.net_weight.max(initial=0.0))
         else:
-            top = float((self.cost.coef @ self.cost.mats.reshape(len(self.cost.mats), -1).max(axis=1))
-                        .max(initial=0.0))
+            worst_link = self.cost.mats.reshape(len(self.cost.mats), -1).max(axis=1)
+            top = float((self.cost.coef @ worst_link).max(initial=0.0))
         return 1e-9 * max(top, 1e-300)
 
     def net_sizes(self) -> np.ndarray:
@@ -130,7 +133,8 @@ def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray
              fixed: np.ndarray | None = None) -> Hypergraph:
     """Hypergraph of a DAG given by edges src -> dst (ids topologically ordered, src < dst).
 
-    One net per node with consumers: the node then its distinct consumers; weight tensor_weight[node].
+    One net per node with consumers: the node, then its distinct consumers; weight
+    tensor_weight[node].
     """
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
@@ -171,11 +175,12 @@ def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
     if problem.objective == "time":
         src = net_pins[net_ptr[:-1]]
         times = multiplicity(arrays, problem.micro_batches)[src]
-        cost = time_cost(arrays.bytes[src] * times, arrays.requires_grad[src].astype(np.float64), times,
-                         problem.cluster.bandwidth, problem.cluster.latency)
+        cost = time_cost(arrays.bytes[src] * times, arrays.requires_grad[src].astype(np.float64),
+                         times, problem.cluster.bandwidth, problem.cluster.latency)
     hg = Hypergraph(
         n=problem.n, net_ptr=np.asarray(net_ptr, dtype=np.int64),
-        net_pins=np.asarray(net_pins, dtype=np.int32), net_weight=np.asarray(net_weight, np.float64),
+        net_pins=np.asarray(net_pins, dtype=np.int32),
+        net_weight=np.asarray(net_weight, dtype=np.float64),
         node_weight=np.asarray(node_weight, dtype=np.float64),
         node_mem=persistent_memory(arrays, problem.optimizer_slots).astype(np.float64),
         fixed=np.asarray(problem.pinned, dtype=np.int32), cost=cost)
@@ -190,7 +195,8 @@ def pin_counts(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(flat, minlength=hg.num_nets * k).astype(np.int32).reshape(hg.num_nets, k)
 
 
-def net_costs(hg: Hypergraph, part: np.ndarray, k: int, cnt: np.ndarray | None = None) -> np.ndarray:
+def net_costs(hg: Hypergraph, part: np.ndarray, k: int,
+              cnt: np.ndarray | None = None) -> np.ndarray:
     """Cost of every net under `part`: weight * (connectivity - 1), or its link cost."""
     if cnt is None:
         cnt = pin_counts(hg, part, k)
@@ -212,47 +218,12 @@ def loads(hg: Hypergraph, part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
             np.bincount(part, weights=hg.node_mem, minlength=k))
 
 
-def quotient_edges(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
-    """Boolean k x k matrix: [a, b] when a tensor flows from part a to part b != a."""
-    s, t = hg.edges()
-    q = np.zeros((k, k), dtype=bool)
-    q[part[s], part[t]] = True
-    np.fill_diagonal(q, False)
-    return q
-
-
-def is_acyclic(q: np.ndarray) -> bool:
-    """True when the directed graph with boolean adjacency matrix q has no cycle."""
-    alive = np.ones(len(q), dtype=bool)
-    while alive.any():
-        indeg = q[np.ix_(alive, alive)].sum(axis=0)
-        if not (indeg == 0).any():
-            return False
-        idx = np.flatnonzero(alive)
-        alive[idx[indeg == 0]] = False
-    return True
-
-
-def stage_order(q: np.ndarray) -> np.ndarray | None:
-    """A topological order of the parts of an acyclic quotient graph, or None when it has a cycle."""
-    alive = np.ones(len(q), dtype=bool)
-    order = []
-    while alive.any():
-        idx = np.flatnonzero(alive)
-        indeg = q[np.ix_(idx, idx)].sum(axis=0)
-        ready = idx[indeg == 0]
-        if len(ready) == 0:
-            return None
-        order.extend(ready.tolist())
-        alive[ready] = False
-    return np.array(order, dtype=np.int64)
-
-
 def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
-    """Coarse hypergraph after merging node u into cluster cid[u] (cluster ids topologically ordered).
+    """Coarse hypergraph after merging each node u into cluster cid[u].
 
-    Pins are mapped and de-duplicated (the source's cluster stays first), nets left with one pin
-    are dropped, parallel nets (same pins, same source) are merged with their weights added.
+    Cluster ids should follow a topological order where one exists. Pins are mapped and
+    de-duplicated (the source's cluster stays first), nets left with one pin are dropped,
+    parallel nets (same pins, same source) are merged with their weights added.
     """
     cid = np.asarray(cid, dtype=np.int64)
     cp = cid[hg.net_pins]

@@ -46,8 +46,9 @@ class _Model:
         self.ncol += count
         return ids
 
-    def add_rows(self, row_of_entry: np.ndarray, cols: np.ndarray, vals, lo, hi, count: int) -> None:
-        """`count` rows; entry i has coefficient vals[i] at column cols[i] in local row row_of_entry[i]."""
+    def add_rows(self, row_of_entry: np.ndarray, cols: np.ndarray, vals, lo, hi,
+                 count: int) -> None:
+        """`count` rows; entry i is coefficient vals[i] at column cols[i] of row row_of_entry[i]."""
         self.rows.append(np.asarray(row_of_entry, np.int64) + self.nrow)
         self.cols.append(np.asarray(cols, np.int64))
         self.vals.append(np.broadcast_to(np.asarray(vals, float), (len(cols),)).copy())
@@ -63,8 +64,8 @@ class _Model:
         lp.col_upper_ = np.concatenate(self.upper)
         lp.row_lower_ = np.concatenate(self.row_lo)
         lp.row_upper_ = np.concatenate(self.row_hi)
-        a = sp.csc_matrix((np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
-                          shape=(self.nrow, self.ncol))
+        entries = (np.concatenate(self.rows), np.concatenate(self.cols))
+        a = sp.csc_matrix((np.concatenate(self.vals), entries), shape=(self.nrow, self.ncol))
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = self.ncol, self.nrow
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
@@ -92,12 +93,11 @@ class _Model:
 
 
 def ilp_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, interchangeable: bool,
-                  net_bytes: np.ndarray | None = None, time_limit: float | None = None, seed: int = 0,
-                  start: np.ndarray | None = None):
+                  net_bytes: np.ndarray | None = None, time_limit: float | None = None,
+                  seed: int = 0, start: np.ndarray | None = None):
     """Solve the MIP; returns (assignment or None, optimal, lower bound, objective)."""
     n, k, e = hg.n, caps.k, hg.num_nets
-    scale = max(float(hg.net_weight.max(initial=0.0)), 1e-300) if hg.cost is None else \
-        max(float(np.abs(hg.cost.coef).max(initial=0.0) * np.abs(hg.cost.mats).max(initial=0.0)), 1e-300)
+    scale = hg.tolerance() * 1e9  # the costliest net's cost: objective coefficients near 1
     m = _Model()
     x = m.columns(n * k, integer=True).reshape(n, k)
     xu = np.ones((n, k))
@@ -155,7 +155,8 @@ def ilp_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, interchangeable:
         if interchangeable:
             r = np.repeat(np.arange(len(us)), k)
             d = np.tile(np.arange(k), len(us))
-            m.add_rows(np.r_[r, r], np.r_[x[vs[r], d], x[us[r], d]], np.r_[d, -d], 0.0, np.inf, len(us))
+            m.add_rows(np.r_[r, r], np.r_[x[vs[r], d], x[us[r], d]], np.r_[d, -d], 0.0, np.inf,
+                       len(us))
         else:
             pi = m.columns(k, lo=0.0, hi=k - 1)
             z = m.columns(k * k, integer=True).reshape(k, k)
@@ -163,8 +164,7 @@ def ilp_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, interchangeable:
             for a, b in pairs:
                 r = np.arange(len(us))
                 m.add_rows(np.r_[r, r, r], np.r_[np.full(len(us), z[a, b]), x[us, a], x[vs, b]],
-                           np.r_[np.ones(len(us)), -np.ones(len(us)), -np.ones(len(us))], -1.0, np.inf,
-                           len(us))
+                           np.r_[np.ones(len(us)), -np.ones(2 * len(us))], -1.0, np.inf, len(us))
                 m.add_rows(np.zeros(3, np.int64), np.array([pi[b], pi[a], z[a, b]]),
                            np.array([1.0, -1.0, -float(k)]), 1.0 - k, np.inf, 1)
     warm = None if start is None else _start_vector(hg, caps, m.ncol, x, y, start, acyclic,
@@ -197,7 +197,8 @@ def ilp(problem: Problem) -> AlgorithmResult:
     """Registry entry: exact MIP (optimal flag and lower bound reported), seeded by multilevel."""
     hg, caps = from_problem(problem)
     cl = problem.cluster
-    interchangeable = bool(np.all(caps.load == caps.load[0]) and np.all(caps.memory == caps.memory[0])
+    interchangeable = bool(np.all(caps.load == caps.load[0])
+                           and np.all(caps.memory == caps.memory[0])
                            and (hg.cost is None or cl.uniform_links))
     start = multilevel_partition(hg, caps, acyclic=problem.acyclic, seed=problem.seed)
     src = hg.net_src

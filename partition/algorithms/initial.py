@@ -1,7 +1,9 @@
-"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders, graph growing.
+"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders, graph
+growing.
 
 Chunks of a topological order are stage-monotone (every edge runs to the same or a later part), so
-they are the starting points in acyclic mode; graph growing and random starts add diversity otherwise.
+they are the starting points in acyclic mode; graph growing and random starts add diversity
+otherwise.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from partition.algorithms.hypergraph import Hypergraph
 
 
 def topological_order(hg: Hypergraph, priority: np.ndarray) -> np.ndarray:
-    """Kahn's order taking the ready node of smallest priority first (cycles broken by smallest id)."""
+    """Kahn's order, smallest priority first among ready nodes (cycles broken by smallest id)."""
     s, t = hg.edges()
     n = hg.n
     key = np.unique(s.astype(np.int64) * n + t)
@@ -79,7 +81,7 @@ def chunks(order: np.ndarray, weight: np.ndarray, share: np.ndarray) -> np.ndarr
 
 
 def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Grow parts 0..k-2 one by one from a random seed, adding the free node most tied to the part."""
+    """Grow parts 0..k-2 in turn from a random seed, adding the free node most tied to the part."""
     k = len(share)
     n = hg.n
     part = np.full(n, k - 1, dtype=np.int64)

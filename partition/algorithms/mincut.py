@@ -98,7 +98,7 @@ def mincut_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool) -> np.ndarray
 
 
 def mincut(problem: Problem, coarsen_above: int = 50_000) -> AlgorithmResult:
-    """Registry entry: recursive s-t min-cut bisection, then a balance repair if a cap is exceeded."""
+    """Registry entry: recursive s-t min-cut bisection, then a repair if a cap is exceeded."""
     hg, caps = from_problem(problem)
     acyclic = problem.acyclic
     levels, maps, _ = hierarchy(hg, caps.k, np.random.default_rng(problem.seed), acyclic=acyclic,

@@ -116,7 +116,8 @@ def multilevel_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool = False, s
     rng = np.random.default_rng(seed)
     share = caps.load.astype(np.float64)
     late = late_sources_order(hg)
-    starts = [None, chunks(np.arange(hg.n), hg.node_weight, share), chunks(late, hg.node_weight, share)]
+    starts = [None, chunks(np.arange(hg.n), hg.node_weight, share),
+              chunks(late, hg.node_weight, share)]
     if not acyclic:  # a ring: the last half run shares a part with the first (tied embeddings)
         starts.append(chunks(np.roll(late, _half_run(hg, late, share)), hg.node_weight, share))
     if start is not None:
@@ -191,8 +192,10 @@ def _run(hg: Hypergraph, caps: Caps, *, acyclic: bool, rng: np.random.Generator,
 
 
 def multilevel(problem: Problem) -> AlgorithmResult:
-    """Registry entry: multilevel partitioning of `problem` on its objective (volume or link time)."""
+    """Registry entry: multilevel partitioning on the problem's objective (volume or link time)."""
     hg, caps = from_problem(problem)
     deadline = None if problem.time_limit is None else time.perf_counter() + problem.time_limit
-    part = multilevel_partition(hg, caps, acyclic=problem.acyclic, seed=problem.seed, deadline=deadline)
-    return AlgorithmResult(part.astype(np.int32), info={"objective_value": objective(hg, part, caps.k)})
+    part = multilevel_partition(hg, caps, acyclic=problem.acyclic, seed=problem.seed,
+                                deadline=deadline)
+    return AlgorithmResult(part.astype(np.int32),
+                           info={"objective_value": objective(hg, part, caps.k)})

@@ -34,14 +34,14 @@ def _require(module: str):
 
 
 def _int_weights(w: np.ndarray, minimum: int, target: int) -> np.ndarray:
-    """Non-negative weights scaled to integers summing to about `target` (each at least `minimum`)."""
+    """Non-negative weights scaled to integers summing to about `target` (each >= `minimum`)."""
     total = float(w.sum())
     scaled = np.zeros(len(w)) if total <= 0 else np.round(w * (target / total))
     return np.maximum(scaled, minimum).astype(np.int64)
 
 
 def _node_weights(hg: Hypergraph, caps: Caps, minimum: int) -> np.ndarray:
-    """Integer node weights, as fine as the int32 block caps allow (the minimum stays negligible)."""
+    """Integer node weights, as fine as int32 block caps allow (the minimum stays negligible)."""
     total = float(hg.node_weight.sum())
     room = _CAPS_TOTAL * total / float(caps.load.sum()) if total > 0 else _CAPS_TOTAL
     return _int_weights(hg.node_weight, minimum, int(min(max(2**24, 256 * hg.n), room)))
@@ -116,7 +116,8 @@ def mtkahypar_partition(hg: Hypergraph, caps: Caps, seed: int = 0, threads: int 
         return trivial
     context = _mtkahypar.context_from_preset(mt.PresetType.DEFAULT)
     fixed = hg.fixed >= 0
-    vw = _node_weights(hg, caps, 1 if fixed.any() else 0)  # Mt-KaHyPar misplaces weight-0 fixed nodes
+    # Mt-KaHyPar misplaces fixed vertices of weight 0
+    vw = _node_weights(hg, caps, 1 if fixed.any() else 0)
     block, eps = _scaled_caps(hg, caps, vw)
     context.set_partitioning_parameters(k, eps, mt.Objective.KM1)
     context.set_individual_target_block_weights(block.tolist())
@@ -153,7 +154,8 @@ def peer_partition(hg: Hypergraph, caps: Caps, fn, seed: int) -> np.ndarray:
 def _run(problem: Problem, name: str, fn) -> AlgorithmResult:
     if problem.acyclic:
         raise PlacementError(f"algorithm {name!r} cannot guarantee an acyclic placement "
-                             "(acyclic=True); use multilevel, mincut, ilp, contiguous or pipeline_dp")
+                             "(acyclic=True); use multilevel, mincut, ilp, contiguous or "
+                             "pipeline_dp")
     hg, caps = from_problem(problem)
     part = peer_partition(hg, caps, fn, problem.seed)
     return AlgorithmResult(part.astype(np.int32),

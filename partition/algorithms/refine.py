@@ -1,11 +1,12 @@
-"""Local search on the true objective: exact k-way move gains, batched label propagation, FM, rebalancing.
+"""Local search on the true objective: exact k-way gains, batched label propagation, rebalancing.
 
 Gains are computed on the objective of `hypergraph.py` (volume V, or a LinkCost of link times) from
-the per-net pin counts cnt[e, d]. Label propagation moves, per round, a set of positive-gain nodes no
-two of which share a net, so the realised improvement equals the sum of the computed gains exactly.
-FM then climbs out of local minima on the boundary with single moves and rolls back to its best prefix.
-With acyclic=True every edge must run from a lower to a higher-or-equal part (parts are pipeline
-stages in order), so a node may only move within [max part of its producers, min part of its consumers].
+the per-net pin counts cnt[e, d]. Label propagation moves, per round, a set of positive-gain nodes
+no two of which share a net, so the realised improvement equals the sum of the computed gains
+exactly. FM then climbs out of local minima on the boundary with single moves and rolls back to its
+best prefix. With acyclic=True every edge must run from a lower to a higher-or-equal part (parts
+are pipeline stages in order), so a node may only move within [max part of its producers, min part
+of its consumers].
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def volume_gain_parts(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray,
                       k: int) -> tuple[np.ndarray, np.ndarray]:
     """Volume objective: benefit[i] (weight of nets nodes[i] alone holds on its part) and
-    penalty[i, b] (weight of its nets absent from part b); the gain of a move to b is their difference."""
+    penalty[i, b] (weight of its nets absent from part b); a move's gain is their difference."""
     m = len(nodes)
     row, pos = gather(hg.node_ptr, nodes)
     e = hg.node_nets[pos]
@@ -33,13 +34,15 @@ def volume_gain_parts(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: 
     w = hg.net_weight[e]
     a = part[nodes][row]
     benefit = np.bincount(row, weights=w * (C[np.arange(len(e)), a] == 1), minlength=m)
-    penalty = np.stack([np.bincount(row, weights=w * (C[:, b] == 0), minlength=m) for b in range(k)],
-                       axis=1) if m else np.zeros((0, k))
+    penalty = np.zeros((m, k))
+    for b in range(k):
+        penalty[:, b] = np.bincount(row, weights=w * (C[:, b] == 0), minlength=m)
     return benefit, penalty
 
 
-def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray, k: int) -> np.ndarray:
-    """G[i, b]: decrease of the objective when nodes[i] alone moves to part b (0 for its own part)."""
+def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray,
+                k: int) -> np.ndarray:
+    """G[i, b]: decrease of the objective when nodes[i] alone moves to part b (0 on its own)."""
     m = len(nodes)
     row, pos = gather(hg.node_ptr, nodes)
     G = np.zeros((m, k))
@@ -56,7 +59,8 @@ def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.nda
         is_src = hg.node_is_src[pos]
         rows = hg.cost.rows(e, part[hg.net_src[e]])
         ns = ~is_src
-        contrib = np.where(ns[:, None], (rows[ar, a] * (C[ar, a] == 1))[:, None] - rows * (C == 0), 0.0)
+        leave = (rows[ar, a] * (C[ar, a] == 1))[:, None]
+        contrib = np.where(ns[:, None], leave - rows * (C == 0), 0.0)
         si = np.flatnonzero(is_src)
         if len(si):
             Cs = C[si]
@@ -105,7 +109,7 @@ def boundary(hg: Hypergraph, cnt: np.ndarray) -> np.ndarray:
 
 
 def _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic):
-    """Mask of admissible targets: not own part, fits load and memory caps, within the stage window."""
+    """Mask of admissible targets: another part, within the caps and the stage window."""
     w = hg.node_weight[nodes][:, None]
     mm = hg.node_mem[nodes][:, None]
     ok = (load[None, :] + w <= caps.load[None, :] * (1 + 1e-12) + 1e-9) | (w <= 0)
@@ -155,7 +159,7 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
 
 
 def _independent(hg: Hypergraph, movers: np.ndarray, gain: np.ndarray, rng) -> np.ndarray:
-    """Keep movers that have the highest priority on every net they touch (so no two share a net)."""
+    """Keep movers of highest priority on every net they touch (so no two share a net)."""
     order = np.lexsort((rng.random(len(movers)), gain))
     pri = np.full(hg.n, -1, dtype=np.int64)
     pri[movers[order]] = np.arange(len(movers))
@@ -236,7 +240,7 @@ def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
 
 
 def _rechunk(hg: Hypergraph, part: np.ndarray, caps: Caps) -> np.ndarray:
-    """Consecutive runs of the order (part, id) with loads proportional to the caps; fixed nodes kept."""
+    """Runs of the order (part, id) with loads proportional to the caps; fixed nodes kept."""
     order = np.lexsort((np.arange(hg.n), part))
     w, total = hg.node_weight[order], float(hg.node_weight.sum())
     out = np.empty(hg.n, dtype=np.int64)
@@ -276,7 +280,8 @@ def _excess(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
     """Relative load and memory excess over the caps (0 when within them)."""
     load, mem = loads(hg, part, caps.k)
     over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
-    return float(over.sum() + (np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)).sum())
+    mem_over = np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)
+    return float(over.sum() + mem_over.sum())
 
 
 def _slide_weightless(hg: Hypergraph, part: np.ndarray, k: int, earliest: bool) -> np.ndarray:
@@ -356,7 +361,8 @@ def _swap(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
     return None
 
 
-def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, max_rounds: int) -> np.ndarray:
+def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
+          max_rounds: int) -> np.ndarray:
     """Greedy rounds of moves from over-full parts to parts with room."""
     k = caps.k
     part = part.copy()

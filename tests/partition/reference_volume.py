@@ -36,7 +36,7 @@ def step_volume(graph, assignment) -> int:
 
 
 def time_weighted_volume(graph, assignment, bandwidth, latency) -> float:
-    """Each transfer a -> d costs latency[a, d] + bytes / bandwidth[a, d]; gradients go back d -> a."""
+    """Transfers a -> d cost latency[a, d] + bytes / bandwidth[a, d]; gradients go back d -> a."""
     place = {nd.name: int(d) for nd, d in zip(graph.nodes, assignment)}
     rg = requires_grad(graph)
     total = 0.0

@@ -84,7 +84,8 @@ def test_ilp_memory_caps_count_parameters_and_receive_buffers():
     arrays = graph_arrays(g)
 
     def memory_ok(a):
-        return (memory_per_device(arrays, np.array(a, dtype=np.int32), 2, 0) <= cluster.memory).all()
+        memory = memory_per_device(arrays, np.array(a, dtype=np.int32), 2, 0)
+        return (memory <= cluster.memory).all()
 
     best = brute_force(g, 2, p.load_caps, feasible=memory_ok)
     result = ilp(p)

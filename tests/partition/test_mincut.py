@@ -13,7 +13,8 @@ from partition.api import partition
 from partition.cluster import uniform
 from partition.problem import Problem
 from reference_volume import acyclic as is_acyclic
-from reference_volume import granular, granular_dags, load_caps, loads as reference_loads, step_volume
+from reference_volume import granular, granular_dags, load_caps, loads as reference_loads
+from reference_volume import step_volume
 
 
 def small_dag(rng, n):
@@ -22,7 +23,8 @@ def small_dag(rng, n):
         for u in rng.choice(v, size=min(v, int(rng.integers(1, 3))), replace=False):
             src.append(u)
             dst.append(v)
-    return from_dag(n, np.array(src), np.array(dst), rng.integers(1, 50, n).astype(float), np.ones(n))
+    weight = rng.integers(1, 50, n).astype(float)
+    return from_dag(n, np.array(src), np.array(dst), weight, np.ones(n))
 
 
 def two_way_cut(hg, label, source_side):

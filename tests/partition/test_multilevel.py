@@ -8,8 +8,8 @@ from autodiff.ir import Graph, Node
 from dags import random_dags
 from partition.algorithms.coarsen import coarsen_once, hierarchy
 from partition.algorithms.fm import _FM, fm_refine
-from partition.algorithms.hypergraph import (Caps, Hypergraph, contract, from_dag, from_problem, loads,
-                                             objective, pin_counts, time_cost)
+from partition.algorithms.hypergraph import (Caps, Hypergraph, contract, from_dag, from_problem,
+                                             loads, objective, pin_counts, time_cost)
 from partition.algorithms.multilevel import multilevel, multilevel_partition
 from partition.algorithms.refine import gain_matrix, label_propagation, rebalance
 from partition.api import partition
@@ -22,7 +22,7 @@ from reference_volume import time_weighted_volume
 
 
 def random_hypergraph(rng, n=40, k=4, link=False):
-    """A random DAG (edges from earlier to later ids) as a hypergraph, optionally with link costs."""
+    """A random DAG (edges from earlier to later ids) as a hypergraph, maybe with link costs."""
     src, dst = [], []
     for v in range(1, n):
         for u in rng.choice(v, size=min(v, int(rng.integers(1, 4))), replace=False):
@@ -114,7 +114,8 @@ def test_contraction_preserves_the_objective(link):
 def test_acyclic_coarsening_keeps_every_level_a_topologically_numbered_dag():
     rng = np.random.default_rng(3)
     hg = random_hypergraph(rng, n=400)
-    levels, maps, _ = hierarchy(hg, 4, rng, acyclic=True, max_weight=50.0, max_mem=np.inf, target=20)
+    levels, maps, _ = hierarchy(hg, 4, rng, acyclic=True, max_weight=50.0, max_mem=np.inf,
+                                target=20)
     assert len(levels) > 2
     for fine, cid, coarse in zip(levels, maps, levels[1:]):
         s, t = coarse.edges()
@@ -218,7 +219,8 @@ def test_multilevel_through_the_api_is_balanced_and_deterministic():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.one_of(random_dags(max_ops=14), granular_dags()), st.integers(2, 4), st.booleans(), st.integers(0, 100))
+@given(st.one_of(random_dags(max_ops=14), granular_dags()), st.integers(2, 4), st.booleans(),
+       st.integers(0, 100))
 def test_valid_balanced_memory_feasible_and_acyclic_on_random_dags(graph, k, acyclic, seed):
     p = Problem.build(graph, uniform(k), epsilon=0.1, acyclic=acyclic, seed=seed)
     a = multilevel(p).assignment
@@ -282,8 +284,8 @@ def test_time_objective_keeps_heavy_traffic_inside_a_machine():
     base = from_dag(n, np.array(src), np.array(dst), weight, np.ones(n))
     cost = time_cost(base.net_weight, np.zeros(base.num_nets), np.ones(base.num_nets),
                      cluster.bandwidth, cluster.latency)
-    hg = Hypergraph(n, base.net_ptr, base.net_pins, base.net_weight, base.node_weight, base.node_mem,
-                    base.fixed, cost)
+    hg = Hypergraph(n, base.net_ptr, base.net_pins, base.net_weight, base.node_weight,
+                    base.node_mem, base.fixed, cost)
     part = multilevel_partition(hg, Caps(np.full(k, n / k * 1.1), np.full(k, np.inf)), seed=0)
     machine = part // 2
     cluster_machine = [set(machine[c * size:(c + 1) * size].tolist()) for c in range(k)]

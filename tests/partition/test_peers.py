@@ -5,12 +5,14 @@ from hypothesis import given, settings, strategies as st
 
 from dags import random_dags
 from partition.algorithms.hypergraph import Caps, from_dag, loads, objective
-from partition.algorithms.peers import _require, metis, metis_partition, mtkahypar, mtkahypar_partition
+from partition.algorithms.peers import (_require, metis, metis_partition, mtkahypar,
+                                        mtkahypar_partition)
 from partition.api import partition
 from partition.cluster import Device, heterogeneous, uniform
 from partition.errors import PlacementError
 from partition.problem import Problem
-from reference_volume import granular, granular_dags, load_caps, loads as reference_loads, step_volume
+from reference_volume import granular, granular_dags, load_caps, loads as reference_loads
+from reference_volume import step_volume
 from test_multilevel import layered_graph, planted
 
 
@@ -24,7 +26,8 @@ def test_peers_find_the_planted_partition_within_caps(fn):
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.one_of(random_dags(max_ops=14), granular_dags()), st.integers(2, 4), st.sampled_from(["metis", "mtkahypar"]))
+@given(st.one_of(random_dags(max_ops=14), granular_dags()), st.integers(2, 4),
+       st.sampled_from(["metis", "mtkahypar"]))
 def test_peers_valid_and_balanced_on_random_dags(graph, k, name):
     p = Problem.build(graph, uniform(k), epsilon=0.1)
     a = {"metis": metis, "mtkahypar": mtkahypar}[name](p).assignment
