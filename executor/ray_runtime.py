@@ -58,11 +58,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return False
     if address is not None:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard,
                  object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                 _temp_dir=temp_dir())
+                 logging_level=logging.WARNING, _temp_dir=temp_dir())
     _started_here = True
     log.info("ray started (%s): %s", address or "local", ray.cluster_resources())
     return True
