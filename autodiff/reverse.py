@@ -94,6 +94,16 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None
     return [result.get(t.name) for t in wrt]
 
 
+def _drop_unused_gradient_nodes(tracer: Tracer, start: int, outputs: Sequence[str]) -> None:
+    """Remove appended nodes no output reads, e.g. a matmul rule's gradient for an input
+    that is not differentiated, so the training graph never computes it."""
+    live = set(outputs)
+    for node in reversed(tracer.nodes[start:]):
+        if node.name in live:
+            live.update(node.inputs)
+    tracer.nodes[start:] = [n for n in tracer.nodes[start:] if n.name in live]
+
+
 def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = None) -> Graph:
     """The training graph: `graph`'s nodes followed by the gradient nodes of its loss.
 
@@ -113,6 +123,7 @@ def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = Non
     tracer.updates = dict(graph.meta.get("updates", {}))
     grads = backward(Tensor(tracer, loss), [Tensor(tracer, graph[w]) for w in wrt])
     mapping = {w: g.name for w, g in zip(wrt, grads) if g is not None}
+    _drop_unused_gradient_nodes(tracer, len(graph.nodes), [output, *mapping.values()])
     out = tracer.graph([output, *mapping.values()], name=graph.name)
     out.meta.update(graph.meta)
     out.meta["grads"] = mapping
