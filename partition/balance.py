@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from partition.algorithms.packing import explain
 from partition.cost import memory_per_device, multiplicity, persistent_memory
 from partition.errors import PlacementError
 from partition.metrics import quotient_adjacency, quotient_order
@@ -280,8 +281,8 @@ def _infeasible(problem: Problem, loads: np.ndarray, memory: np.ndarray) -> Plac
                               "elsewhere; pins and acyclicity restrict moves)")
     d = int(np.argmax(load_over))
     base = problem.load_caps / (1.0 + problem.epsilon)
-    needed = float((loads / np.maximum(base, 1.0)).max() - 1.0)
+    needed = math.ceil(float((loads / np.maximum(base, 1.0)).max() - 1.0) * 1000) / 1000
     return PlacementError(f"balance: device {names[d]!r} needs {loads[d]:.4g} training FLOPs "
                           f"per step but its cap is {problem.load_caps[d]:.4g} "
-                          f"(epsilon={problem.epsilon}); epsilon >= {needed:.3g} would accept "
-                          "the best placement found")
+                          f"(epsilon={problem.epsilon}); epsilon >= {needed:g} would accept "
+                          f"the best placement found{explain(problem)}")

@@ -2,9 +2,10 @@
 
 Candidates: ilp (n <= 60), multilevel, Mt-KaHyPar and METIS when installed (not with acyclic=True),
 each peer result also improved by one multilevel V-cycle, mincut, and contiguous and pipeline_dp
-when acyclic. Feasible means within the load and memory caps (memory with receive buffers, as in
-SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the lowest objective
-wins: step volume V, or the time-weighted volume when problem.objective == "time".
+when acyclic; when none fits the load caps, the load packing closest to the best (packing.py)
+improved by a V-cycle. Feasible means within the load and memory caps (memory with receive
+buffers, as in SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the
+lowest objective wins: step volume V, or the time-weighted volume when problem.objective == "time".
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.baselines import contiguous
 from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
 from partition.algorithms.ilp import ilp
+from partition.algorithms import packing
 from partition.algorithms.mincut import mincut
 from partition.algorithms.multilevel import multilevel, overload, vcycle
 from partition.algorithms.peers import metis_partition, mtkahypar_partition, peer_partition
@@ -94,6 +96,17 @@ def auto(problem: Problem) -> AlgorithmResult:
             best = (key, name, result)
     if best is None:
         raise PlacementError("auto: no algorithm produced a placement")
+    if best[0][0] and packing.applicable(problem):
+        # over a cap: balance may be a packing problem greedy repair cannot solve
+        t0 = time.perf_counter()
+        fit = packing.closest_fit(problem, np.asarray(best[2].assignment, dtype=np.int64))
+        if fit is not None:
+            part = vcycle(hg, caps, fit, acyclic=problem.acyclic, seed=problem.seed)
+            value, bad = objective(hg, part, caps.k), _violation(problem, hg, caps, part)
+            tried["packing"] = {"objective_value": value, "violation": bad,
+                                "seconds": round(time.perf_counter() - t0, 3)}
+            if (bad > 0, bad, value) < best[0]:
+                best = ((bad > 0, bad, value), "packing", AlgorithmResult(part))
     _, name, result = best
     info = dict(result.info, chosen=name, candidates=tried)
     return AlgorithmResult(np.asarray(result.assignment, dtype=np.int32), optimal=result.optimal,

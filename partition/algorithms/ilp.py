@@ -23,7 +23,7 @@ from partition.algorithms.multilevel import multilevel_partition
 from partition.problem import Problem
 
 
-class _Model:
+class MipModel:
     """Columns and rows of a sparse MIP built incrementally."""
 
     def __init__(self):
@@ -98,7 +98,7 @@ def ilp_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, interchangeable:
     """Solve the MIP; returns (assignment or None, optimal, lower bound, objective)."""
     n, k, e = hg.n, caps.k, hg.num_nets
     scale = hg.tolerance() * 1e9  # the costliest net's cost: objective coefficients near 1
-    m = _Model()
+    m = MipModel()
     x = m.columns(n * k, integer=True).reshape(n, k)
     xu = np.ones((n, k))
     fixed = hg.fixed >= 0

@@ -53,6 +53,9 @@ def _scaled_caps(hg: Hypergraph, caps: Caps, node_w: np.ndarray) -> tuple[np.nda
     if total <= 0:  # nothing to balance: any placement is within the caps
         return np.full(caps.k, int(node_w.sum()), dtype=np.int64), 1.0
     block = np.floor(caps.load * (float(node_w.sum()) / total)).astype(np.int64)
+    short = int(node_w.sum()) - int(block.sum())  # rounding; the true caps are checked after
+    if short > 0:
+        block += -(-short // caps.k)
     eps = max(float(caps.load.sum()) / total - 1.0, 0.001)
     return block, eps
 
