@@ -1,9 +1,7 @@
-"""Linear algebra and neural-network ops: matmul, activations, losses, normalisation.
+"""Linear algebra and neural-network ops: matmul, activations, losses, dropout.
 
 FLOPs: matmul 2*M*N*K; relu, sigmoid, dropout one per element; gelu 8 per element (its cubic
-and tanh); cross_entropy 4 per logit; mse 3 per element; layer_norm and batch_norm 8 per
-element (mean, variance, scale, shift), batch_norm_eval 4. Normalisation gradients recompute
-the statistics from the saved input rather than keeping them: the backward keeps x and gamma.
+and tanh); cross_entropy 4 per logit; mse 3 per element. Normalisation is in `norm`.
 """
 from __future__ import annotations
 
@@ -209,128 +207,6 @@ def _mse_flops(shapes, out_shape, **attrs):
     return 3 * math.prod(broadcast_shapes(*shapes))
 
 
-# ---------------------------------------------------------- normalisation
-def _normalized(x, axes, eps):
-    """(x - mean) / sqrt(var + eps) over `axes`, and 1 / sqrt(var + eps) (kept dims)."""
-    xc = x - anp.mean(x, axes, keepdims=True)
-    rstd = 1.0 / anp.sqrt(anp.mean(xc * xc, axes, keepdims=True) + eps)
-    return xc * rstd, rstd
-
-
-def _normalized_input_grad(gxhat, xhat, rstd, axes):
-    """Pull a gradient on xhat back through (x - mean) * rstd (statistics over `axes`)."""
-    return rstd * (gxhat - anp.mean(gxhat, axes, keepdims=True)
-                   - xhat * anp.mean(gxhat * xhat, axes, keepdims=True))
-
-
-def _normalize_numpy(x, axes, eps):
-    xc = x - np.mean(x, axis=axes, keepdims=True)
-    return xc / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
-
-
-def _layer_norm_shape(shapes, dtypes, eps=1e-5):
-    x = tuple(shapes[0])
-    if not x or tuple(shapes[1]) != x[-1:] or tuple(shapes[2]) != x[-1:]:
-        raise ShapeError(f"layer_norm: gamma {list(shapes[1])} and beta {list(shapes[2])} must "
-                         f"have shape [{x[-1] if x else '?'}] (x's last axis)")
-    return x, float_dtype(promote(*dtypes))
-
-
-def _layer_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
-    xhat, rstd = _normalized(x, -1, eps)
-    return _normalized_input_grad(g * gamma, xhat, rstd, -1), g * xhat, g
-
-
-def _layer_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
-    xhat, rstd = _normalized(x, -1, eps)
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalized_input_grad(t[0], xhat, rstd, -1) * gamma)
-    if t[1] is not None:
-        terms.append(xhat * t[1])
-    if t[2] is not None:
-        terms.append(t[2])
-    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
-
-
-def _channel_axes(ndim: int) -> list[int]:
-    return [a for a in range(ndim) if a != 1]
-
-
-def _per_channel(v, ndim: int):
-    """A (C,) tensor reshaped to broadcast along axis 1 of a rank-`ndim` tensor."""
-    return anp.reshape(v, [1, v.shape[0]] + [1] * (ndim - 2))
-
-
-def _per_channel_numpy(v, ndim: int):
-    return np.reshape(v, (1, -1) + (1,) * (ndim - 2))
-
-
-def _batch_norm_shape(shapes, dtypes, eps=1e-5):
-    x = tuple(shapes[0])
-    if len(x) < 2:
-        raise ShapeError(f"batch_norm needs a tensor of rank >= 2 (N, C, ...), got {list(x)}")
-    for i, s in enumerate(shapes[1:], start=1):
-        if tuple(s) != (x[1],):
-            raise ShapeError(f"batch_norm: operand {i} has shape {list(s)}; expected [{x[1]}] "
-                             "(one value per channel)")
-    return x, float_dtype(promote(*dtypes))
-
-
-def _batch_norm_numpy(x, gamma, beta, eps=1e-5):
-    xhat = _normalize_numpy(x, tuple(_channel_axes(x.ndim)), eps)
-    return xhat * _per_channel_numpy(gamma, x.ndim) + _per_channel_numpy(beta, x.ndim)
-
-
-def _batch_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
-    axes = _channel_axes(x.ndim)
-    xhat, rstd = _normalized(x, axes, eps)
-    gx = _normalized_input_grad(g * _per_channel(gamma, x.ndim), xhat, rstd, axes)
-    return gx, anp.sum(g * xhat, axes), anp.sum(g, axes)
-
-
-def _batch_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
-    axes = _channel_axes(x.ndim)
-    xhat, rstd = _normalized(x, axes, eps)
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalized_input_grad(t[0], xhat, rstd, axes) * _per_channel(gamma, x.ndim))
-    if t[1] is not None:
-        terms.append(xhat * _per_channel(t[1], x.ndim))
-    if t[2] is not None:
-        terms.append(_per_channel(t[2], x.ndim))
-    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
-
-
-def _batch_norm_eval_numpy(x, gamma, beta, mean, var, eps=1e-5):
-    c = lambda v: _per_channel_numpy(v, x.ndim)  # noqa: E731
-    return (x - c(mean)) / np.sqrt(c(var) + eps) * c(gamma) + c(beta)
-
-
-def _eval_parts(x, mean, var, eps):
-    rstd = 1.0 / anp.sqrt(_per_channel(var, x.ndim) + eps)
-    return (x - _per_channel(mean, x.ndim)) * rstd, rstd
-
-
-def _batch_norm_eval_vjp(g, out, x, gamma, beta, mean, var, eps=1e-5):
-    axes = _channel_axes(x.ndim)
-    xhat, rstd = _eval_parts(x, mean, var, eps)
-    return (g * (_per_channel(gamma, x.ndim) * rstd), anp.sum(g * xhat, axes), anp.sum(g, axes),
-            None, None)
-
-
-def _batch_norm_eval_jvp(t, out, x, gamma, beta, mean, var, eps=1e-5):
-    xhat, rstd = _eval_parts(x, mean, var, eps)
-    terms = []
-    if t[0] is not None:
-        terms.append(t[0] * (_per_channel(gamma, x.ndim) * rstd))
-    if t[1] is not None:
-        terms.append(xhat * _per_channel(t[1], x.ndim))
-    if t[2] is not None:
-        terms.append(_per_channel(t[2], x.ndim))
-    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
-
-
 # ----------------------------------------------------------------- dropout
 def _dropout_shape(shapes, dtypes, rate):
     if not 0.0 <= rate < 1.0:
@@ -367,16 +243,6 @@ OPS = [
     OpDef("mse", _mse_shape, lambda p, t: np.mean(np.square(np.subtract(p, t))), _mse_flops,
           vjp=_mse_vjp, jvp=_mse_jvp, saves=(0, 1), arity=2,
           doc="mean squared error over all (broadcast) elements"),
-    OpDef("layer_norm", _layer_norm_shape,
-          lambda x, gamma, beta, eps=1e-5: _normalize_numpy(x, -1, eps) * gamma + beta,
-          elementwise_flops(8), vjp=_layer_norm_vjp, jvp=_layer_norm_jvp, saves=(0, 1), arity=3,
-          doc="normalise over the last axis (biased variance), then * gamma + beta"),
-    OpDef("batch_norm", _batch_norm_shape, _batch_norm_numpy, elementwise_flops(8),
-          vjp=_batch_norm_vjp, jvp=_batch_norm_jvp, saves=(0, 1), arity=3,
-          doc="train form: batch statistics over every axis but 1 (biased variance)"),
-    OpDef("batch_norm_eval", _batch_norm_shape, _batch_norm_eval_numpy, elementwise_flops(4),
-          vjp=_batch_norm_eval_vjp, jvp=_batch_norm_eval_jvp, saves=(0, 1, 3, 4), arity=5,
-          doc="eval form: running mean and variance as inputs; they get no gradient"),
     OpDef("dropout", _dropout_shape, lambda x, mask, rate: x * mask / (1.0 - rate),
           elementwise_flops(1),
           vjp=lambda g, out, x, mask, rate: (g * mask * (1.0 / (1.0 - rate)), None),
