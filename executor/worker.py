@@ -16,6 +16,7 @@ import numpy as np
 from autodiff.interpreter import const_value
 from autodiff.ops.registry import lookup
 from autodiff.ops.sources import draw_random
+from executor.accumulate import add_matmul, fused_products
 from executor.errors import ExecutorError
 from executor.optim import Optimizer
 from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState)
@@ -46,6 +47,8 @@ class DeviceWorker:
         self.consts = {name: const_value(node) for name, node in program.nodes.items()
                        if node.op == "const" and name not in self.states}
         self.kernels = {name: self._kernel(node) for name, node in program.nodes.items()}
+        # Products summed over micro-batches go straight into their sum (executor/accumulate.py).
+        self.fused = fused_products(program)
         last: dict[int, int] = {}
         for i, block in enumerate(program.blocks):
             if block.micro_batch is not None:
@@ -85,11 +88,15 @@ class DeviceWorker:
         mb = block.micro_batch
         values = self.values
         out: list[tuple[str, int, np.ndarray]] = []
+        fused = self.fused.get(index, {})
         for s in block.steps:
             if isinstance(s, Compute):
                 start = time.perf_counter()
                 for name in s.nodes:
-                    values[program.key(name, mb)] = self._run_node(name, mb)
+                    if name in fused:
+                        self._accumulate_product(name, mb, fused[name])
+                    else:
+                        values[program.key(name, mb)] = self._run_node(name, mb)
                 self.compute_seconds += time.perf_counter() - start
             elif isinstance(s, Recv):
                 if s.tensor not in received:
@@ -98,11 +105,16 @@ class DeviceWorker:
                 values[program.key(s.tensor, mb)] = received[s.tensor]
             elif isinstance(s, Send):
                 out.append((s.arrives_as, s.target, values[program.key(s.tensor, mb)]))
-            elif isinstance(s, Accumulate):
+            elif isinstance(s, Accumulate) and s.tensor not in fused:
                 value = values[program.key(s.tensor, mb)]
                 total = values.get((s.into, None))
-                values[(s.into, None)] = (np.array(value, copy=True) if total is None
-                                          else total + value)
+                if total is None:
+                    values[(s.into, None)] = np.array(value, copy=True)   # owned from here on
+                elif np.shape(value) == total.shape and total.dtype == np.result_type(
+                        total, value):
+                    np.add(total, value, out=total)
+                else:
+                    values[(s.into, None)] = total + value
             elif isinstance(s, ApplyUpdate):
                 self._apply_update(s)
             elif isinstance(s, SetState):
@@ -146,6 +158,16 @@ class DeviceWorker:
         if name == program.loss:
             self.losses[mb] = float(result)
         return result
+
+    def _accumulate_product(self, name: str, mb: int | None, into: str) -> None:
+        """Add matmul node `name` of micro-batch `mb` into the sum `into` (its only use):
+        the first product becomes the sum, later ones are added in place by one gemm."""
+        total = self.values.get((into, None))
+        if total is None:
+            self.values[(into, None)] = self._run_node(name, mb)     # a fresh array
+            return
+        a, b = (self.values[self.program.key(x, mb)] for x in self.program.nodes[name].inputs)
+        add_matmul(total, a, b)
 
     def _apply_update(self, step: ApplyUpdate) -> None:
         for p, g in zip(step.params, step.grads):
