@@ -42,7 +42,7 @@ def _astype_shape(shapes, dtypes, dtype):
     return tuple(shapes[0]), dtype
 
 
-def _tangent_sum(*terms):
+def tangent_sum(*terms):
     """Sum of the non-None tangent terms (None when all are zero)."""
     terms = [t for t in terms if t is not None]
     if not terms:
@@ -75,7 +75,7 @@ def _power_vjp(g, out, a, b):
 
 
 def _power_jvp(t, out, a, b):
-    return _tangent_sum(None if t[0] is None else t[0] * b * anp.power(a, b - 1),
+    return tangent_sum(None if t[0] is None else t[0] * b * anp.power(a, b - 1),
                         None if t[1] is None else t[1] * out * _safe_log(a))
 
 
@@ -96,7 +96,7 @@ def _extremum_rules(first_wins):
 
     def jvp(t, out, a, b):
         s = share(a, b, out.dtype)
-        return _tangent_sum(_scaled(t[0], s), _scaled(t[1], 1 - s))
+        return tangent_sum(_scaled(t[0], s), _scaled(t[1], 1 - s))
     return vjp, jvp
 
 
@@ -152,17 +152,17 @@ def _comparison(name, fn):
 OPS = [
     OpDef("add", binary_shape, lambda a, b: np.add(a, b), elementwise_flops(1),
           vjp=lambda g, out, a, b: (g, g),
-          jvp=lambda t, out, a, b: _tangent_sum(t[0], t[1]), arity=2),
+          jvp=lambda t, out, a, b: tangent_sum(t[0], t[1]), arity=2),
     OpDef("subtract", binary_shape, lambda a, b: np.subtract(a, b), elementwise_flops(1),
           vjp=lambda g, out, a, b: (g, -g),
-          jvp=lambda t, out, a, b: _tangent_sum(t[0], None if t[1] is None else -t[1]), arity=2),
+          jvp=lambda t, out, a, b: tangent_sum(t[0], None if t[1] is None else -t[1]), arity=2),
     OpDef("multiply", binary_shape, lambda a, b: np.multiply(a, b), elementwise_flops(1),
           vjp=lambda g, out, a, b: (g * b, g * a),
-          jvp=lambda t, out, a, b: _tangent_sum(_scaled(t[0], b), _scaled(t[1], a)),
+          jvp=lambda t, out, a, b: tangent_sum(_scaled(t[0], b), _scaled(t[1], a)),
           saves=(0, 1), arity=2),
     OpDef("divide", binary_float_shape, lambda a, b: np.divide(a, b), elementwise_flops(1),
           vjp=lambda g, out, a, b: (g / b, -g * out / b),
-          jvp=lambda t, out, a, b: _tangent_sum(None if t[0] is None else t[0] / b,
+          jvp=lambda t, out, a, b: tangent_sum(None if t[0] is None else t[0] / b,
                                                 None if t[1] is None else -t[1] * out / b),
           saves=(1, "out"), arity=2, doc="true division; integer operands give float64"),
     OpDef("negative", same_shape, lambda x: np.negative(x), elementwise_flops(1),
@@ -220,7 +220,7 @@ OPS = [
           lambda *xs: _add_n(xs),
           lambda shapes, out, **a: max(len(shapes) - 1, 0) * int(np.prod(out)),
           vjp=lambda g, out, *xs: tuple(g for _ in xs),
-          jvp=lambda t, out, *xs: _tangent_sum(*t),
+          jvp=lambda t, out, *xs: tangent_sum(*t),
           doc="sum of n tensors: fan-out gradient accumulation, split per device by the executor"),
 ]
 

@@ -12,6 +12,7 @@ import numpy as np
 from autodiff import numpy as anp
 from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
                                    float_dtype, promote)
+from autodiff.ops.elementwise import tangent_sum
 from autodiff.ops.reduce import logsumexp_numpy
 
 
@@ -97,39 +98,45 @@ def _square_into_new(x):
     return np.multiply(x, x, out=np.empty(np.shape(x), np.result_type(x, np.float32)))
 
 
+def _sigmoid_2u_into(v, x):
+    """v <- sigmoid(2u), u = c (x + k x^3), in place; v holds x^2 on entry. GELU's tanh form
+    rewritten with 1 + tanh(u) = 2 sigmoid(2u): one exp (vectorised) instead of a tanh."""
+    v *= -2.0 * GELU_C * GELU_K
+    v -= 2.0 * GELU_C
+    v *= x                                # -2u
+    with np.errstate(over="ignore"):      # exp(+large) = inf gives sigmoid 0, as it should
+        np.exp(v, out=v)
+    v += 1.0
+    return np.divide(1.0, v, out=v)
+
+
 def _gelu_numpy(x):
-    """0.5 x (1 + tanh(c (x + k x^3))), computed in place on one temporary."""
-    y = _square_into_new(x)
-    y *= GELU_K
-    y += 1.0
-    y *= x
-    y *= GELU_C
-    np.tanh(y, out=y)
-    y += 1.0
-    y *= x
-    y *= 0.5
-    return y
+    """0.5 x (1 + tanh(u)) = x sigmoid(2u), u = c (x + k x^3), in place on one temporary."""
+    s = _sigmoid_2u_into(_square_into_new(x), x)
+    s *= x
+    return s
 
 
-def _gelu_grad_numpy(x):
-    """gelu'(x), fused in numpy (the backward's hot path)."""
-    x2 = _square_into_new(x)
-    t = np.multiply(x2, GELU_K, out=np.empty_like(x2))
-    t += 1.0
-    t *= x
-    t *= GELU_C
-    np.tanh(t, out=t)
-    d = np.multiply(t, t, out=np.empty_like(t))   # t^2
-    np.subtract(1.0, d, out=d)            # 1 - t^2
-    d *= x
-    x2 *= 3.0 * GELU_K
-    x2 += 1.0
-    d *= x2
-    d *= 0.5 * GELU_C                     # x (1 - t^2) (1 + 3k x^2) c / 2
-    t += 1.0
-    t *= 0.5
-    d += t
-    return d
+def _gelu_grad_numpy(g, x):
+    """g * gelu'(x), gelu'(x) = s (1 + 2 x u' (1 - s)) with s = sigmoid(2u): gelu's backward,
+    fused in numpy (its hot path)."""
+    w = _square_into_new(x)
+    s = _sigmoid_2u_into(np.array(w), x)
+    w *= 6.0 * GELU_C * GELU_K
+    w += 2.0 * GELU_C
+    w *= x                                # 2 x u'
+    w -= w * s                            # 2 x u' (1 - s)
+    w += 1.0
+    w *= s
+    w *= g
+    return w
+
+
+def _gelu_grad_shape(shapes, dtypes, **attrs):
+    if tuple(shapes[0]) != tuple(shapes[1]):
+        raise ShapeError(f"gelu_grad: gradient {list(shapes[0])} and x {list(shapes[1])} must "
+                         "have the same shape")
+    return tuple(shapes[1]), float_dtype(promote(*dtypes))
 
 
 def _gelu_second_derivative(x):
@@ -226,13 +233,17 @@ OPS = [
           jvp=lambda t, out, x: t[0] * _positive(out), saves=("out",), arity=1,
           doc="max(x, 0); subgradient convention relu'(0) = 0"),
     OpDef("gelu", _unary_float_shape, _gelu_numpy, elementwise_flops(8),
-          vjp=lambda g, out, x: (g * anp.apply("gelu_grad", x),),
-          jvp=lambda t, out, x: t[0] * anp.apply("gelu_grad", x), saves=(0,), arity=1,
+          vjp=lambda g, out, x: (anp.apply("gelu_grad", g, x),),
+          jvp=lambda t, out, x: anp.apply("gelu_grad", t[0], x), saves=(0,), arity=1,
           doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
-    OpDef("gelu_grad", _unary_float_shape, _gelu_grad_numpy, elementwise_flops(10),
-          vjp=lambda g, out, x: (g * _gelu_second_derivative(x),),
-          jvp=lambda t, out, x: t[0] * _gelu_second_derivative(x), saves=(0,), arity=1,
-          doc="gelu'(x): the fused derivative gelu's backward uses; differentiable again"),
+    OpDef("gelu_grad", _gelu_grad_shape, _gelu_grad_numpy, elementwise_flops(12),
+          vjp=lambda gg, out, g, x: (anp.apply("gelu_grad", gg, x),
+                                     gg * g * _gelu_second_derivative(x)),
+          jvp=lambda t, out, g, x: tangent_sum(
+              None if t[0] is None else anp.apply("gelu_grad", t[0], x),
+              None if t[1] is None else t[1] * g * _gelu_second_derivative(x)),
+          saves=(0, 1), arity=2,
+          doc="g * gelu'(x): gelu's backward, fused; differentiable again"),
     OpDef("sigmoid", _unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
           vjp=lambda g, out, x: (g * out * (1 - out),),
           jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
+from autodiff.ops.elementwise import tangent_sum
 from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_dtype,
                                    normalize_axes, promote)
 
@@ -149,16 +150,14 @@ def _normalize_grad_vjp(gg, out, g, x, axis=-1, eps=1e-5):
 
 def _normalize_grad_jvp(t, out, g, x, axis=-1, eps=1e-5):
     """J tg + dJ[tx] g, where dJ[tx] g = -s mean(xhat tx) y - s a J tx - s xhat mean(g J tx)."""
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalize_grad(t[0], x, axis, eps))
+    dx = None
     if t[1] is not None:
         s, xhat = _rstd(x, axis, eps), _normalize(x, axis, eps)
         j_tx = _normalize_grad(t[1], x, axis, eps)
         a = anp.mean(g * xhat, axis, keepdims=True)
-        terms.append(-(s * anp.mean(xhat * t[1], axis, keepdims=True)) * out
-                     - (s * a) * j_tx - s * xhat * anp.mean(g * j_tx, axis, keepdims=True))
-    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
+        dx = (-(s * anp.mean(xhat * t[1], axis, keepdims=True)) * out
+              - (s * a) * j_tx - s * xhat * anp.mean(g * j_tx, axis, keepdims=True))
+    return tangent_sum(None if t[0] is None else _normalize_grad(t[0], x, axis, eps), dx)
 
 
 # --------------------------------------------------------------- layer_norm

@@ -135,7 +135,7 @@ CASES = [
          {"shape": [5, 3], "axis": 0}),
     Case("relu", (nonzero(3, 4),)),
     Case("gelu", (normal(3, 4) * 2,)),
-    Case("gelu_grad", (normal(3, 4) * 2,)),
+    Case("gelu_grad", (normal(3, 4), normal(3, 4) * 2)),
     Case("sigmoid", (normal(3, 4) * 2,)),
     Case("cross_entropy", (normal(4, 5), np.array([0, 4, 2, 2]))),
     Case("cross_entropy", (normal(2, 3, 4), RNG.integers(0, 4, (2, 3))), id="cross_entropy-3d"),
