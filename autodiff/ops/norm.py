@@ -18,14 +18,10 @@ from autodiff import numpy as anp
 from autodiff.ops.elementwise import tangent_sum
 from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_dtype,
                                    normalize_axes, promote)
+from autodiff.ops.reduce import sum_last
 
 
 # ------------------------------------------------------------ numpy kernels
-def _row_sum(a, b=None):
-    """Sum over the last axis of a 2-D array (of a * b when b is given), without a temporary."""
-    return np.einsum("ij->i", a) if b is None else np.einsum("ij,ij->i", a, b)
-
-
 def _as_rows(x, axes: tuple):
     """x as a 2-D (rows, n) view when `axes` are its trailing axes, else None."""
     k = len(axes)
@@ -43,8 +39,8 @@ def _centred_and_rstd(x, axes: tuple, eps: float):
     rows = _as_rows(x, axes)
     if rows is not None:
         n = rows.shape[1]
-        xc = np.subtract(rows, (_row_sum(rows) * (1.0 / n))[:, None])
-        var = _row_sum(xc, xc)
+        xc = np.subtract(rows, sum_last(rows) * (1.0 / n))
+        var = sum_last(xc, xc)
         var *= 1.0 / n
         shape = x.shape[:x.ndim - len(axes)] + (1,) * len(axes)
         xc = xc.reshape(x.shape)
@@ -61,7 +57,7 @@ def _mean_over(x, axes: tuple, y=None):
     rows = _as_rows(x, axes)
     if rows is not None and (y is None or y.flags.c_contiguous):
         n = rows.shape[1]
-        total = _row_sum(rows, None if y is None else y.reshape(rows.shape))
+        total = sum_last(rows, None if y is None else y.reshape(rows.shape))
         total *= 1.0 / n
         return total.reshape(x.shape[:x.ndim - len(axes)] + (1,) * len(axes))
     return np.mean(x if y is None else x * y, axis=axes, keepdims=True)

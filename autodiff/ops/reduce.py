@@ -82,11 +82,22 @@ def logsumexp_numpy(x, axis=-1, keepdims=False):
     return out if keepdims else out.reshape(reduce_shape([x.shape], [""], axis)[0])
 
 
+def sum_last(x, y=None):
+    """Sum over the last axis (of x * y when y is given), kept as size 1. einsum needs no
+    temporary for the product and is several times faster than np.sum on short rows."""
+    total = np.einsum("...i->...", x) if y is None else np.einsum("...i,...i->...", x, y)
+    return total[..., None]
+
+
 def _softmax_numpy(x, axis=-1):
+    """exp(x - max) / sum, in place on one fresh array."""
     x = np.asarray(x)
     x = x if x.dtype.kind == "f" else x.astype(np.float64)
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
+    np.exp(e, out=e)
+    last = x.ndim and axis % x.ndim == x.ndim - 1
+    e /= sum_last(e) if last else np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 # -------------------------------------------------------------- sum, mean

@@ -248,8 +248,22 @@ def _take_grad_shape(shapes, dtypes, shape, axis=0):
 def _take_grad_forward(g, indices, shape, axis=0):
     out = np.zeros(shape, dtype=np.result_type(g))
     ax = axis % len(shape)
-    np.add.at(out, (slice(None),) * ax + (np.asarray(indices),), g)
+    indices = np.asarray(indices)
+    if ax == 0 and indices.size:
+        _scatter_rows(out, indices.reshape(-1), np.reshape(g, (indices.size,) + out.shape[1:]))
+    else:
+        np.add.at(out, (slice(None),) * ax + (indices,), g)
     return out
+
+
+def _scatter_rows(out, rows, values):
+    """out[rows[i]] += values[i] for every i (rows may repeat): a stable sort groups equal rows
+    and add.reduceat sums each group in order, many times faster than np.add.at."""
+    rows = np.where(rows < 0, rows + out.shape[0], rows)
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    out[rows[starts]] = np.add.reduceat(values[order], starts, axis=0)
 
 
 OPS = [

@@ -346,6 +346,16 @@ def test_indexing_forward_matches_numpy():
                                   table[[[5, 0], [0, 1]]])
 
 
+def test_take_grad_is_a_scatter_add_with_repeats_and_negative_indices():
+    for axis, idx in [(0, RNG.integers(-6, 6, (5, 7))), (1, np.array([2, -1, 2, 0]))]:
+        shape = [6, 3] if axis == 0 else [3, 3, 2]
+        g = normal(*np.shape(anp.take(np.zeros(shape), idx, axis)))
+        expected = np.zeros(shape)
+        np.add.at(expected, (slice(None),) * axis + (idx,), g)
+        np.testing.assert_allclose(anp.apply("take_grad", g, idx, shape=shape, axis=axis),
+                                   expected, rtol=1e-15, atol=1e-15)
+
+
 @settings(max_examples=50, deadline=None)
 @given(data=st.data())
 def test_random_indices_match_numpy(data):
