@@ -89,6 +89,11 @@ class MipModel:
         status = h.getModelStatus()
         info = h.getInfo()
         values = np.asarray(h.getSolution().col_value) if info.primal_solution_status else None
+        if start is not None and values is not None and not np.isclose(
+                lp.col_cost_ @ values, info.objective_function_value, rtol=1e-7, atol=1e-7):
+            # HiGHS 1.16 can misprice a given start after presolve, then prune the true optimum
+            # and report "optimal": its objective disagrees with its solution. Solve unseeded.
+            return self.solve(time_limit, seed, None)
         return status, info, values
 
 
@@ -187,10 +192,22 @@ def _start_vector(hg, caps, ncol, x, y, part, acyclic, interchangeable, volume):
     if not volume or (acyclic and not interchangeable):
         return None  # HiGHS accepts only complete starts; the derived columns are not worth it here
     k = caps.k
+    if interchangeable and not acyclic and not (hg.fixed >= 0).any():
+        part = first_seen_labels(part, k)  # the symmetry breaking bounds: node i on 0..i
     vec = np.zeros(ncol)
     vec[x[np.arange(hg.n), part]] = 1.0
     vec[y.ravel()] = (pin_counts(hg, part, k) > 0).ravel().astype(float)
     return vec
+
+
+def first_seen_labels(part: np.ndarray, k: int) -> np.ndarray:
+    """`part` with devices renumbered by first appearance in node order (the same placement on
+    interchangeable devices), so that node i is on a device <= i."""
+    first = np.full(k, len(part), dtype=np.int64)
+    np.minimum.at(first, part, np.arange(len(part)))
+    label = np.empty(k, dtype=np.int64)
+    label[np.argsort(first, kind="stable")] = np.arange(k)
+    return label[part]
 
 
 def ilp(problem: Problem) -> AlgorithmResult:

@@ -3,6 +3,7 @@
 Ops have names the op registry does not know ("f", "g"), so they are opaque: FLOPs come from
 the explicit `flops=`, and the backward pass is assumed to keep all their inputs.
 """
+import numpy as np
 from hypothesis import strategies as st
 
 from autodiff.ir import Graph, Node
@@ -41,3 +42,24 @@ def chain(flops, nbytes=None, param=True, name="chain"):
         nodes.append(Node(f"v{i}", "f", inputs, (b // 4,), flops=f))
         previous = f"v{i}"
     return Graph(nodes, [previous], name=name)
+
+
+def seeded_dag(seed: int) -> Graph:
+    """20..60 nodes: an input, 2..5 params, ops reading 1..3 earlier nodes (mostly recent ones,
+    params among them), random float32 tensor sizes and FLOPs."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 61))
+    params = int(rng.integers(2, 6))
+    nodes = [Node("x", "input", (), (int(rng.integers(1, 64)),), flops=0)]
+    nodes += [Node(f"w{i}", "param", (), (int(rng.integers(1, 256)),), flops=0)
+              for i in range(params)]
+    for j in range(n - len(nodes)):
+        earlier = len(nodes)
+        count = int(rng.integers(1, 4))
+        recent = np.clip(earlier - rng.geometric(0.35, size=count), 0, earlier - 1)
+        inputs = {nodes[int(i)].name for i in recent}
+        if rng.random() < 0.3:
+            inputs.add(f"w{int(rng.integers(params))}")
+        nodes.append(Node(f"v{j}", "f", tuple(sorted(inputs)), (int(rng.integers(1, 512)),),
+                          flops=int(rng.integers(1, 100)) * 1000))
+    return Graph(nodes, [nodes[-1].name], name=f"random-{seed}")
