@@ -51,7 +51,8 @@ def _lift_tree(tracer: Tracer, tree, prefix: str):
         if isinstance(leaf, Tensor):
             out.append(leaf)
         else:
-            arr = np.asarray(leaf, dtype=float) if isinstance(leaf, (int, float)) else np.asarray(leaf)
+            arr = (np.asarray(leaf, dtype=float) if isinstance(leaf, (int, float))
+                   else np.asarray(leaf))
             out.append(tracer.source("input", arr.shape, arr.dtype, f"{prefix}_{j}", value=arr))
     return rebuild(out)
 
@@ -122,7 +123,8 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
 
 
 def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8,
-               modes: Sequence[str] = ("rev", "fwd"), argnums: Sequence[int] | None = None) -> float:
+               modes: Sequence[str] = ("rev", "fwd"),
+               argnums: Sequence[int] | None = None) -> float:
     """Compare reverse (and forward) mode with central differences in float64.
 
     Differentiates w.r.t. every float array argument (or `argnums`). Raises AssertionError
@@ -156,7 +158,8 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
         rev = grad(fn, argnums=nums)(*args)
         for i, gr, gn in zip(nums, rev, numeric):
             gr = np.zeros_like(gn) if gr is None else gr
-            worst = max(worst, _compare(f"reverse-mode gradient of argument {i}", gr, gn, rtol, atol))
+            worst = max(worst, _compare(f"reverse-mode gradient of argument {i}", gr, gn,
+                                        rtol, atol))
     if "fwd" in modes:
         for i, gn in zip(nums, numeric):
             x = args[i]
@@ -167,7 +170,8 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
                 fn_i = _partial(fn, args, nums)
                 _, tv = jvp(fn_i, [args[j] for j in nums], tangents)
                 jv[idx] = float(np.asarray(tv))
-            worst = max(worst, _compare(f"forward-mode derivative of argument {i}", jv, gn, rtol, atol))
+            worst = max(worst, _compare(f"forward-mode derivative of argument {i}", jv, gn,
+                                        rtol, atol))
     return worst
 
 

@@ -59,7 +59,8 @@ class RunResult:
 
 
 def const_value(node: Node) -> np.ndarray:
-    """The value of a `const` node: attrs['value'], or a fill rule (zeros, ones, full, tril, eye)."""
+    """The value of a `const` node: attrs['value'] or a fill rule (zeros, ones, full, tril, eye,
+    arange)."""
     attrs = node.attrs
     if "value" in attrs:
         value = np.asarray(attrs["value"], dtype=node.dtype)

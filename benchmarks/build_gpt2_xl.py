@@ -80,8 +80,9 @@ def main() -> None:
     print(f"training graph: {train['training_nodes']:6d} nodes  vjp {train['vjp_seconds']:6.2f} s"
           f" (forward+vjp {train['forward_seconds'] + train['vjp_seconds']:.2f} s)  "
           f"peak RSS {train['maxrss_bytes'] / mib:8.1f} MiB")
-    print(f"forward vs target: {fwd['forward_seconds'] / TARGET_SECONDS:.4f} of {TARGET_SECONDS:.0f}"
-          f" s, {fwd['maxrss_bytes'] / TARGET_BYTES:.3f} of 1 GiB (whole process)")
+    print(f"forward vs target: {fwd['forward_seconds'] / TARGET_SECONDS:.4f} of "
+          f"{TARGET_SECONDS:.0f} s, {fwd['maxrss_bytes'] / TARGET_BYTES:.3f} of 1 GiB "
+          "(whole process)")
     if args.tracemalloc:
         traced = measure("training", args.batch, True)
         print(f"tracemalloc peak (Python allocations, forward + vjp): "

@@ -64,7 +64,8 @@ def _matmul_vjp(g, out, a, b):
     ga = anp.matmul(g2, anp.swapaxes(b2, -1, -2))
     gb = anp.matmul(anp.swapaxes(a2, -1, -2), g2)
     if a.ndim == 1:
-        ga = anp.sum(ga, list(range(ga.ndim - 1))) if ga.ndim > 2 else anp.reshape(ga, list(a.shape))
+        ga = (anp.sum(ga, list(range(ga.ndim - 1))) if ga.ndim > 2
+              else anp.reshape(ga, list(a.shape)))
     if b.ndim == 1:
         gb = anp.sum(gb, list(range(gb.ndim - 2)) + [gb.ndim - 1]) if gb.ndim > 2 else \
             anp.reshape(gb, list(b.shape))
