@@ -280,9 +280,13 @@ class HierarchicalCluster(Section):
 
 
 class DeviceEntry(Section):
+    """A device; `op_overhead` (s per executed op) and `op_flops` (FLOP/s per op kind) are
+    what `modelcut calibrate` measures besides the matmul rate (partition/cluster.py)."""
     name: Text
     flops: FlopRate
     memory: Size
+    op_overhead: Optional[Latency] = None
+    op_flops: Optional[dict[Text, FlopRate]] = None
 
 
 class LinkEntry(Section):
@@ -298,6 +302,8 @@ class ExplicitCluster(Section):
     links: list[LinkEntry] = []
     default_bandwidth: Optional[Bandwidth] = None
     default_latency: Optional[Latency] = None
+    step_overhead: Optional[Latency] = None
+    batch_transfers: Optional[Flag] = None
     name: Optional[Text] = None
 
     def problems(self):

@@ -2,6 +2,14 @@
 
 A Cluster holds k devices and two k x k matrices (bandwidth in bytes/s, latency in s); sending
 n bytes from a to b costs `latency[a, b] + n / bandwidth[a, b]`, and nothing when a == b.
+
+Extension for measured clusters (`modelcut calibrate`), all optional with defaults that change
+no SPEC figure: a device's `op_overhead` (seconds every executed op costs besides its FLOPs:
+numpy dispatch and the interpreter) and `op_flops` (FLOP/s per op kind where it differs from
+`flops`; the key `*` stands for every kind not listed); the cluster's `step_overhead`
+(seconds per step to start it on the devices and collect the results) and `batch_transfers`
+(transfers waiting on a link when it frees go as one message that pays the latency once, as
+the Ray executor sends what one call produces for another call as one packet).
 """
 from __future__ import annotations
 
@@ -20,14 +28,28 @@ DEFAULT_LATENCY = 1e-5     # seconds
 
 @dataclass(frozen=True)
 class Device:
-    """One accelerator: a name, its speed in FLOP/s and its memory in bytes."""
+    """One accelerator: a name, its speed in FLOP/s and its memory in bytes; optionally the
+    fixed seconds per executed op and the FLOP/s of op kinds that run at another rate."""
 
     name: str
     flops: float
     memory: int
+    op_overhead: float = 0.0
+    op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+    def rate(self, op: str) -> float:
+        """FLOP/s of an op of kind `op` on this device: its `op_flops` entry, else the `*`
+        entry, else `flops`."""
+        rates = self.op_flops
+        return rates[op] if op in rates else rates.get("*", self.flops)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "flops": self.flops, "memory": self.memory}
+        out = {"name": self.name, "flops": self.flops, "memory": self.memory}
+        if self.op_overhead:
+            out["op_overhead"] = self.op_overhead
+        if self.op_flops:
+            out["op_flops"] = dict(self.op_flops)
+        return out
 
 
 @dataclass(frozen=True)
@@ -46,7 +68,8 @@ class Cluster:
     """k devices and the k x k bandwidth and latency matrices between them.
 
     `preset` records how a uniform or hierarchical cluster was built, so `resized` can
-    rebuild it with another number of devices.
+    rebuild it with another number of devices. `step_overhead` (s) is added once per step;
+    `batch_transfers` sends the transfers queued on a link together (module docstring).
     """
 
     devices: tuple[Device, ...]
@@ -54,6 +77,8 @@ class Cluster:
     latency: np.ndarray
     name: str = "cluster"
     preset: dict | None = field(default=None, repr=False)
+    step_overhead: float = 0.0
+    batch_transfers: bool = False
 
     def __post_init__(self) -> None:
         devices = tuple(self.devices)
@@ -71,6 +96,15 @@ class Cluster:
             seen.add(d.name)
             _check_number(d.flops, f"{where}.flops ({d.name})", positive=True)
             _check_number(d.memory, f"{where}.memory ({d.name})", positive=True)
+            _check_number(d.op_overhead, f"{where}.op_overhead ({d.name})", positive=False)
+            if not isinstance(d.op_flops, Mapping):
+                raise ClusterError(f"{where}.op_flops ({d.name}): expected a mapping of op "
+                                   f"name to FLOP/s, got {d.op_flops!r}")
+            for op, rate in d.op_flops.items():
+                if not isinstance(op, str) or not op:
+                    raise ClusterError(f"{where}.op_flops ({d.name}): op names must be "
+                                       f"non-empty strings, got {op!r}")
+                _check_number(rate, f"{where}.op_flops.{op} ({d.name})", positive=True)
         bandwidth = np.array(self.bandwidth, dtype=np.float64)
         latency = np.array(self.latency, dtype=np.float64)
         for label, matrix in (("bandwidth", bandwidth), ("latency", latency)):
@@ -87,6 +121,11 @@ class Cluster:
             raise ClusterError(f"cluster {self.name!r}: latency between {devices[a].name!r} and "
                                f"{devices[b].name!r} must be a finite non-negative number, "
                                f"got {latency[a, b]}")
+        _check_number(self.step_overhead, f"cluster {self.name!r}: step_overhead",
+                      positive=False)
+        if not isinstance(self.batch_transfers, bool):
+            raise ClusterError(f"cluster {self.name!r}: batch_transfers must be true or false, "
+                               f"got {self.batch_transfers!r}")
         np.fill_diagonal(bandwidth, np.inf)
         np.fill_diagonal(latency, 0.0)
         bandwidth.setflags(write=False)
@@ -165,8 +204,13 @@ class Cluster:
         """JSON-ready description; bandwidth to self is written as null (unlimited)."""
         bandwidth = [[None if a == b else float(self.bandwidth[a, b]) for b in range(self.k)]
                      for a in range(self.k)]
-        return {"name": self.name, "devices": [d.to_dict() for d in self.devices],
-                "bandwidth": bandwidth, "latency": self.latency.tolist()}
+        out = {"name": self.name, "devices": [d.to_dict() for d in self.devices],
+               "bandwidth": bandwidth, "latency": self.latency.tolist()}
+        if self.step_overhead:
+            out["step_overhead"] = self.step_overhead
+        if self.batch_transfers:
+            out["batch_transfers"] = True
+        return out
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> "Cluster":
@@ -203,7 +247,9 @@ class Cluster:
             if not isinstance(spec["name"], str) or not spec["name"]:
                 raise ClusterError("cluster.name must be a non-empty string")
             cluster = Cluster(cluster.devices, cluster.bandwidth, cluster.latency,
-                              name=spec["name"], preset=cluster.preset)
+                              name=spec["name"], preset=cluster.preset,
+                              step_overhead=cluster.step_overhead,
+                              batch_transfers=cluster.batch_transfers)
         return cluster
 
 
@@ -245,7 +291,8 @@ def heterogeneous(devices: Sequence[Device],
                   links: Mapping[tuple[str, str], Link] | None = None,
                   default_bandwidth: float = DEFAULT_BANDWIDTH,
                   default_latency: float = DEFAULT_LATENCY,
-                  name: str = "heterogeneous") -> Cluster:
+                  name: str = "heterogeneous", step_overhead: float = 0.0,
+                  batch_transfers: bool = False) -> Cluster:
     """Listed devices; `links` maps a (name, name) pair to its Link (both directions)."""
     devices = tuple(devices)
     k = len(devices)
@@ -259,27 +306,38 @@ def heterogeneous(devices: Sequence[Device],
         i, j = position[a], position[b]
         bandwidth[i, j] = bandwidth[j, i] = link.bandwidth
         latency[i, j] = latency[j, i] = link.latency
-    return Cluster(devices, bandwidth, latency, name=name)
+    return Cluster(devices, bandwidth, latency, name=name, step_overhead=step_overhead,
+                   batch_transfers=batch_transfers)
 
 
 # ------------------------------------------------------------------ spec parsing
 def _from_device_list(spec: Mapping) -> Cluster:
-    _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency", "name"},
-                "cluster")
+    _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency",
+                       "step_overhead", "batch_transfers", "name"}, "cluster")
     if not isinstance(spec["devices"], Sequence) or isinstance(spec["devices"], str):
         raise ClusterError("cluster.devices: expected a list of devices")
     defaults = _numbers(spec, "cluster", required=(),
-                        optional=("default_bandwidth", "default_latency"))
+                        optional=("default_bandwidth", "default_latency", "step_overhead"))
+    batch = spec.get("batch_transfers", False)
+    if not isinstance(batch, bool):
+        raise ClusterError(f"cluster.batch_transfers: expected true or false, got {batch!r}")
     devices = []
     for i, entry in enumerate(spec["devices"]):
         where = f"cluster.devices[{i}]"
         if not isinstance(entry, Mapping):
             raise ClusterError(f"{where}: expected a mapping with name, flops, memory")
-        _check_keys(entry, {"name", "flops", "memory"}, where)
+        _check_keys(entry, {"name", "flops", "memory", "op_overhead", "op_flops"}, where)
         if "name" not in entry or not isinstance(entry["name"], str):
             raise ClusterError(f"{where}.name: required string")
-        args = _numbers(entry, where, required=("flops", "memory"), optional=())
-        devices.append(Device(entry["name"], float(args["flops"]), int(args["memory"])))
+        args = _numbers(entry, where, required=("flops", "memory"), optional=("op_overhead",))
+        rates = entry.get("op_flops") or {}
+        if not isinstance(rates, Mapping):
+            raise ClusterError(f"{where}.op_flops: expected a mapping of op name to FLOP/s, "
+                               f"got {rates!r}")
+        rates = {op: float(_check_number(r, f"{where}.op_flops.{op}", positive=True))
+                 for op, r in rates.items()}
+        devices.append(Device(entry["name"], float(args["flops"]), int(args["memory"]),
+                              op_overhead=float(args.get("op_overhead", 0.0)), op_flops=rates))
     links = {}
     for i, entry in enumerate(spec.get("links") or []):
         where = f"cluster.links[{i}]"
@@ -292,7 +350,8 @@ def _from_device_list(spec: Mapping) -> Cluster:
         args = _numbers(entry, where, required=("bandwidth",), optional=("latency",))
         latency = args.get("latency", defaults.get("default_latency", DEFAULT_LATENCY))
         links[(entry["a"], entry["b"])] = Link(float(args["bandwidth"]), float(latency))
-    return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"), **defaults)
+    return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"),
+                         batch_transfers=batch, **defaults)
 
 
 def _check_keys(mapping: Mapping, allowed: set[str], where: str) -> None:
@@ -310,7 +369,8 @@ def _numbers(mapping: Mapping, where: str, required: tuple[str, ...],
             if key in required:
                 raise ClusterError(f"{where}.{key}: required field is missing")
             continue
-        positive = key not in ("latency", "intra_latency", "inter_latency", "default_latency")
+        positive = key not in ("latency", "intra_latency", "inter_latency", "default_latency",
+                               "op_overhead", "step_overhead")
         out[key] = _check_number(mapping[key], f"{where}.{key}", positive=positive)
     return out
 

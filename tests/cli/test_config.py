@@ -139,6 +139,21 @@ def test_cluster_file(tmp_path, wrapped):
                                      "inter": 1.25e9}
 
 
+def test_cluster_file_with_measured_fields(tmp_path):
+    write(tmp_path, """cluster:
+  devices:
+    - {name: cpu0, flops: 60 GFLOPS, memory: 1GB, op_overhead: 8us,
+       op_flops: {conv2d: 6 GFLOPS, "*": 1.5e9}}
+  step_overhead: 0.3ms
+  batch_transfers: true
+""", "measured.yaml")
+    config = load_config(write(tmp_path, MLP + "cluster: {file: measured.yaml}\n"))
+    assert config.cluster_spec() == {
+        "devices": [{"name": "cpu0", "flops": 60e9, "memory": 10**9, "op_overhead": 8e-6,
+                     "op_flops": {"conv2d": 6e9, "*": 1.5e9}}],
+        "links": [], "step_overhead": 3e-4, "batch_transfers": True}
+
+
 def test_builders_accept_model_kwargs():
     models = pytest.importorskip("autodiff.models")
     if not hasattr(models, "BUILDERS"):
@@ -187,6 +202,16 @@ MALFORMED = [
      "cluster.devices[1]", "expected a device name used once, got 'gpu0'"),
     ("device-missing-memory", MLP + "cluster: {devices: [{name: gpu0, flops: 1e12}]}",
      "cluster.devices[0].memory", "missing required key"),
+    ("negative-op-overhead", MLP + """cluster:
+       devices: [{name: cpu0, flops: 1e12, memory: 1GB, op_overhead: -2us}]""",
+     "cluster.devices[0].op_overhead", "expected a time such as 10us or 1ms"),
+    ("bad-op-rate", MLP + """cluster:
+       devices: [{name: cpu0, flops: 1e12, memory: 1GB, op_flops: {conv2d: fast}}]""",
+     "cluster.devices[0].op_flops.conv2d", "expected a positive FLOP rate"),
+    ("batch-transfers-not-bool", MLP + """cluster:
+       devices: [{name: cpu0, flops: 1e12, memory: 1GB}]
+       batch_transfers: sometimes""",
+     "cluster.batch_transfers", "expected true or false"),
     ("negative-epsilon", MLP + "partition: {epsilon: -0.1}",
      "partition.epsilon", "expected a non-negative number, got -0.1"),
     ("acyclic-not-bool", MLP + "partition: {acyclic: yes please}",

@@ -86,6 +86,16 @@ def test_from_spec_device_list():
     ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}],
       "links": [{"a": "a", "b": "q", "bandwidth": 1e9}]}, "'q'"),
     ({"gpus": 3}, "cluster"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9, "op_overhead": -1e-6}]},
+     r"cluster.devices\[0\].op_overhead: must be a finite non-negative"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9, "op_flops": [1e9]}]},
+     r"cluster.devices\[0\].op_flops: expected a mapping"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9, "op_flops": {"conv2d": 0}}]},
+     r"cluster.devices\[0\].op_flops.conv2d: must be a finite positive"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}], "step_overhead": "1ms"},
+     "cluster.step_overhead: expected a number"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}], "batch_transfers": "yes"},
+     "cluster.batch_transfers: expected true or false"),
 ])
 def test_from_spec_errors_name_the_field(spec, field):
     with pytest.raises(ClusterError, match=field):
@@ -122,3 +132,25 @@ def test_matrices_are_read_only_and_checked():
                 np.ones((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ClusterError, match="'a' and 'b'"):
         Cluster((Device("a", 1.0, 1), Device("b", 1.0, 1)), np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_measured_fields_round_trip_and_default_to_the_spec_model():
+    spec = {"name": "calibrated", "step_overhead": 3e-4, "batch_transfers": True,
+            "devices": [{"name": "cpu0", "flops": 6e10, "memory": 2**30, "op_overhead": 8e-6,
+                         "op_flops": {"conv2d": 6e9, "*": 1.5e9}},
+                        {"name": "cpu1", "flops": 5e10, "memory": 2**30}],
+            "links": [{"a": "cpu0", "b": "cpu1", "bandwidth": 4e9, "latency": 1e-4}]}
+    c = Cluster.from_spec(spec)
+    again = Cluster.from_spec({key: value for key, value in c.to_dict().items()
+                               if key not in ("bandwidth", "latency")}
+                              | {"links": spec["links"], "step_overhead": c.step_overhead,
+                                 "batch_transfers": c.batch_transfers})
+    assert again.devices == c.devices and again.to_dict() == c.to_dict()
+    assert (c.step_overhead, c.batch_transfers) == (3e-4, True)
+    cpu0, cpu1 = c.devices
+    # an op kind's entry, else "*", else flops
+    assert (cpu0.rate("conv2d"), cpu0.rate("gelu"), cpu1.rate("conv2d")) == (6e9, 1.5e9, 5e10)
+    assert (cpu0.op_overhead, cpu1.op_overhead, cpu1.op_flops) == (8e-6, 0.0, {})
+    # devices without the fields write exactly the SPEC's three keys
+    assert cpu1.to_dict() == {"name": "cpu1", "flops": 5e10, "memory": 2**30}
+    assert "step_overhead" not in uniform(2).to_dict()
