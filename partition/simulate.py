@@ -8,6 +8,11 @@ one link run one at a time in the order they become ready, and each device runs 
 time. With m micro-batches, batch-dependent nodes run m times; parameters (and what is computed
 from them alone) are sent once per step and their gradients summed before going back.
 
+An op of kind `op` costs `flops / device.rate(op)` (its backward twice that). On a measured
+cluster (partition/cluster.py) each executed op also costs the device's `op_overhead`: a
+forward op once, its backward once per gradient op the training graph (`autodiff.vjp`) holds
+for it; and the step's makespan includes the cluster's `step_overhead`.
+
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
 stage (stage = device, in a topological order of the acyclic quotient): GPipe runs all
@@ -80,11 +85,14 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
                                  "flow in a cycle between devices (partition with acyclic=True)")
         computing = np.bincount(a[~arrays.is_source], minlength=k) > 0
         stages = [d for d in order if computing[d]]
-    tasks = _build(arrays, a, cluster, micro_batches)
+    forward_time, backward_time = _op_times(graph, arrays, a, cluster)
+    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time)
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
-    start, finish = _run(tasks, k, sequences, schedule)
-    makespan = float(finish.max()) if len(finish) else 0.0
+    batch_latency = (np.concatenate([np.zeros(k), cluster.latency.ravel()]).tolist()
+                     if cluster.batch_transfers else None)
+    start, finish = _run(tasks, k, sequences, schedule, batch_latency)
+    makespan = (float(finish.max()) if len(finish) else 0.0) + cluster.step_overhead
     resource = np.array(tasks.resource)
     compute = (resource >= 0) & (resource < k)
     device = resource[compute]
@@ -95,7 +103,9 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
         bubble = float(1.0 - busy_time[stages].sum() / (len(stages) * makespan)) \
             if makespan > 0 else 0.0
     multiplicity = np.where(arrays.batch_dependent, micro_batches, 1)
-    single = float((arrays.train_flops * multiplicity).sum() / cluster.speeds.max())
+    fastest = np.zeros(arrays.n, dtype=np.int64) + int(np.argmax(cluster.speeds))
+    single = float(((np.add(*_op_times(graph, arrays, fastest, cluster)) * multiplicity).sum())
+                   + cluster.step_overhead)
     return SimulationResult(
         makespan=makespan, busy=tuple(float(b) for b in busy), bubble=bubble,
         single_device_time=single, speedup=single / makespan if makespan > 0 else 1.0,
@@ -134,15 +144,57 @@ class _Tasks:
         self.pending[after] += 1
 
 
-def _build(arrays, a: np.ndarray, cluster: Cluster, m: int) -> _Tasks:
+def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of each node's forward op and of its backward op on its device (0 for sources,
+    and for the backward of nodes that do not require grad)."""
+    devices = cluster.devices
+    place = a.tolist()
+    if any(d.op_flops for d in devices):
+        rate = np.array([devices[d].rate(node.op) for d, node in zip(place, graph.nodes)])
+    else:
+        rate = cluster.speeds[a]
+    forward = np.where(arrays.is_source, 0.0, arrays.flops / rate)
+    backward = np.where(arrays.is_source | ~arrays.requires_grad, 0.0, 2.0 * forward)
+    overhead = np.array([d.op_overhead for d in devices])[a]
+    if overhead.any():
+        forward = forward + np.where(arrays.is_source, 0.0, overhead)
+        backward = backward + np.where(arrays.requires_grad,
+                                       _gradient_op_counts(graph, arrays) * overhead, 0.0)
+    return forward, backward
+
+
+def _gradient_op_counts(graph: Graph, arrays) -> np.ndarray:
+    """Per forward node, how many computed (non-source) gradient nodes the training graph
+    tags with it (`grad_of`); for a graph with ops that cannot be differentiated here (opaque
+    ops from a file), one per input that requires grad."""
+    from autodiff.ir import GraphError
+    from autodiff.reverse import vjp
+
+    index = {node.name: i for i, node in enumerate(graph.nodes)}
+    counts = np.zeros(len(graph.nodes))
+    try:
+        training = vjp(graph)
+    except GraphError:
+        grad = arrays.requires_grad
+        for i, node in enumerate(graph.nodes):
+            counts[i] = sum(bool(grad[index[u]]) for u in set(node.inputs))
+        return counts
+    for node in training.nodes:
+        if node.grad_of is not None and not node.is_source and node.grad_of in index:
+            counts[index[node.grad_of]] += 1
+    return counts
+
+
+def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.ndarray,
+           backward_time: np.ndarray) -> _Tasks:
     """Forward ops, backward ops and transfers of one step, with their dependencies."""
     k, n = cluster.k, arrays.n
-    speed = cluster.speeds[a]
     place = a.tolist()
     batch = arrays.batch_dependent.tolist()
     grad = arrays.requires_grad.tolist()
     source = arrays.is_source.tolist()
-    flops = arrays.flops.tolist()
+    forward_seconds, backward_seconds = forward_time.tolist(), backward_time.tolist()
     copies = [m if b else 1 for b in batch]
 
     def micro(v: int, i: int) -> int:
@@ -153,14 +205,16 @@ def _build(arrays, a: np.ndarray, cluster: Cluster, m: int) -> _Tasks:
     backward = [-1] * n
     for v in range(n):
         device = -1 if source[v] else place[v]
-        duration = 0.0 if source[v] else flops[v] / speed[v]
+        duration = forward_seconds[v]
         forward[v] = len(tasks.resource)
         for i in range(copies[v]):
             tasks.add(device, duration, (0, micro(v, i), v), micro(v, i), False)
     for v in range(n - 1, -1, -1):
         if grad[v]:
-            device = -1 if source[v] else place[v]
-            duration = 0.0 if source[v] else 2.0 * flops[v] / speed[v]
+            duration = backward_seconds[v]
+            # a source's backward (summing a parameter's gradients) is bookkeeping unless
+            # the cluster charges per op
+            device = -1 if source[v] and duration == 0 else place[v]
             backward[v] = len(tasks.resource)
             for i in range(copies[v]):
                 j = micro(v, i)
@@ -225,19 +279,22 @@ def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
 
 
 # ------------------------------------------------------------------ the event loop
-def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str | None
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """Start and finish time of every task."""
+def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str | None,
+         batch_latency: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Start and finish time of every task. With `batch_latency` (per resource, the latency
+    of a link), a link that frees sends every transfer queued on it as one message: the
+    latency once plus their bytes / bandwidth."""
     count = len(tasks.resource)
     resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
     pending = list(tasks.pending)
     start = [0.0] * count
     finish = [np.nan] * count
-    busy = [False] * (k + k * k)
+    busy = [0] * (k + k * k)                             # tasks running on a resource
     queues: list[list] = [[] for _ in range(k + k * k)]   # ready tasks per device and link
     ready = [False] * count
     position = [0] * k                                   # next op of a fixed sequence
     events: list[tuple[float, int]] = []
+    deferred: set[int] = set()                           # batched links to start at `now`
 
     def begin(r: int, now: float) -> None:
         if busy[r]:
@@ -248,11 +305,20 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
                 return
             t = sequence[position[r]]
             position[r] += 1
+        elif queues[r] and batch_latency is not None and r >= k:
+            batch = [heapq.heappop(queues[r])[-1] for _ in range(len(queues[r]))]
+            latency = batch_latency[r]
+            end = now + latency + sum(duration[t] - latency for t in batch)
+            busy[r] = len(batch)
+            for t in batch:
+                start[t] = now
+                heapq.heappush(events, (end, t))
+            return
         elif queues[r]:
             t = heapq.heappop(queues[r])[-1]
         else:
             return
-        busy[r] = True
+        busy[r] = 1
         start[t] = now
         heapq.heappush(events, (now + duration[t], t))
 
@@ -265,13 +331,25 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
         ready[t] = True
         if r >= k:                                       # links: first come, first served
             heapq.heappush(queues[r], (now, priority[t], t))
+            if batch_latency is not None:                # start once all of `now` is known
+                deferred.add(r)
+                return
         elif sequences is None:
             heapq.heappush(queues[r], (priority[t], t))
         begin(r, now)
 
+    def flush(now: float) -> None:
+        """Start the batched links whose transfers became ready at `now`, once no other
+        event at `now` can add to them."""
+        if deferred and (not events or events[0][0] > now):
+            for r in sorted(deferred):
+                begin(r, now)
+            deferred.clear()
+
     for t in range(count):
         if pending[t] == 0:
             make_ready(t, 0.0)
+    flush(0.0)
     done = 0
     while events:
         now, t = heapq.heappop(events)
@@ -279,13 +357,14 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
         done += 1
         r = resource[t]
         if r >= 0:
-            busy[r] = False
+            busy[r] -= 1
         for s in tasks.successors[t]:
             pending[s] -= 1
             if pending[s] == 0:
                 make_ready(s, now)
         if r >= 0:
             begin(r, now)
+        flush(now)
     if done < count:
         stuck = [d for d in range(k) if sequences and position[d] < len(sequences[d])]
         raise PlacementError(f"schedule {schedule!r} deadlocks on this placement: devices "

@@ -145,3 +145,36 @@ def test_timeline_segments_cover_exactly_the_busy_time():
     kinds = {s["kind"] for s in result.timeline}
     assert kinds == {"forward", "backward", "transfer"}
     assert {s["micro_batch"] for s in result.timeline if s["kind"] != "transfer"} >= {0, 1}
+
+
+def measured_cluster(**extra):
+    """CLUSTER's devices and links plus the calibrated-cluster fields (partition/cluster.py)."""
+    from partition.cluster import Cluster, Device
+    devices = (Device("dev0", 100.0, 2**30, op_overhead=0.25),
+               Device("dev1", 100.0, 2**30, op_overhead=0.25, op_flops={"g": 50.0}))
+    return Cluster(devices, CLUSTER.bandwidth, CLUSTER.latency, **extra)
+
+
+def test_op_overheads_op_rates_and_step_overhead_by_hand():
+    g = two_device_graph()
+    r = simulate(g, placed(g, dict(x=0, w1=0, h=0, w2=1, y=1)),
+                 measured_cluster(step_overhead=1.0))
+    # opaque ops: one gradient op per input that requires grad (h: w1; y: h, w2).
+    # F(h) 0.25 + 100/100: 0-1.25 | h 0->1 1.25-2.75 | F(y) 0.25 + 200/50 (op g at 50): 2.75-7
+    # | B(y) 2 * 0.25 + 2 * 4: 7-15.5 | gradient of h 1->0 15.5-17 | B(h) 0.25 + 2: 17-19.25
+    # | + 1 s step overhead
+    assert r.makespan == pytest.approx(20.25)
+    assert r.busy == pytest.approx((3.5 / 20.25, 12.75 / 20.25))
+    # all on dev0 (the first fastest; g at 100 there): 1.25 + 2.25 + 2.25 + 4.5, + 1
+    assert r.single_device_time == pytest.approx(11.25)
+
+
+def test_batched_transfers_pay_the_latency_once_per_message():
+    from partition.cluster import Cluster
+    g = two_device_graph()
+    a = placed(g, dict(x=0, w1=0, h=0, w2=0, y=1))
+    batched = Cluster(CLUSTER.devices, CLUSTER.bandwidth, CLUSTER.latency, batch_transfers=True)
+    # as test_transfers_on_one_link_are_serialised (12.5 s) up to B(y): w2 0->1 0-1.5 alone
+    # (h is not ready until 1), h 1.5-3 | F(y) 3-5 | B(y) 5-9 | both gradients, ready on
+    # 1->0 at 9, go as one message of 0.5 + 400/400 + 400/400 s: 9-11.5 | B(h) 11.5-13.5
+    assert simulate(g, a, batched).makespan == pytest.approx(13.5)
