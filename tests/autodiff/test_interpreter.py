@@ -4,7 +4,7 @@ import pytest
 
 import autodiff as ad
 from autodiff import numpy as anp
-from autodiff.interpreter import ExecutionError, Interpreter
+from autodiff.interpreter import ExecutionError, Interpreter, retain_freed_memory
 from autodiff.trace import Tracer
 
 
@@ -39,6 +39,14 @@ def test_values_are_freed_after_last_use():
     assert res.outputs[g.outputs[0]] == pytest.approx(1000.0)
     # a chain keeps at most the input, two live intermediates and a const at any time
     assert res.peak_bytes <= 3 * 8000 + 8 * 10 + 8
+
+
+def test_heap_setting_applies_on_glibc_and_is_idempotent():
+    import platform
+    first = retain_freed_memory()
+    assert retain_freed_memory() == first
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first
 
 
 def test_missing_feed_and_failing_op_name_the_node():

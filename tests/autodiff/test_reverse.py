@@ -97,6 +97,21 @@ def test_training_graph_tags_every_gradient_node_with_a_forward_node():
     g.validate()
 
 
+def test_training_graph_never_computes_a_gradient_nobody_reads():
+    """x @ w differentiated w.r.t. w only: the matmul rule's gradient for x is dropped."""
+    t = Tracer("linear", eager=False)
+    x = t.source("input", (4, 3), "float64", "x")
+    w = t.source("param", (3, 2), "float64", "w")
+    g = ad.vjp(t.graph([(x @ w).sum()]))
+    matmuls = [n for n in g.gradient_nodes if n.op == "matmul"]
+    assert [n.shape for n in matmuls] == [(3, 2)]
+    live = set(g.outputs)
+    for n in reversed(g.nodes):
+        if n.name in live:
+            live.update(n.inputs)
+    assert all(n.name in live for n in g.gradient_nodes)
+
+
 def test_gradient_of_broadcast_bias_matches_numeric():
     rng = np.random.default_rng(1)
     ad.check_grad(lambda x, b: anp.tanh(x * b + b).sum(), rng.normal(size=(5, 3)),
