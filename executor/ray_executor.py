@@ -3,8 +3,9 @@
 Each actor wraps a `DeviceWorker` (executor/worker.py). A step is the plan's blocks run as
 actor calls submitted in the plan's global topological order (`Plan.order`), so a
 synchronous actor never waits on an argument that a call queued behind it would produce.
-Consecutive blocks of a device with no transfer between them form one call (`plan_routes`).
-What one call sends to one receiving call travels as one packet (a dict name -> array): a
+Consecutive blocks of a device form one call (`plan_routes`: runs with no transfer inside,
+then merged where a cost model says fewer calls make a shorter step). What one call sends to
+one receiving call travels as one packet (a dict (receiving block, name) -> array): a
 return value of the sending call passed as an argument to the receiving call, actor to
 actor; the driver never fetches a tensor. (On the plain path Ray keeps returns under 100 KiB
 with their owner, the driver, and inlines them into the receiving call; larger ones go
@@ -15,7 +16,8 @@ Two paths run the same calls:
 - compiled (fast): the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
   bound in the global order (which fixes each actor's order); a call that sends nothing
   returns a token read by the device's next call (a compiled graph has no leaf nodes), and
-  each device's last call returns its step report;
+  each device's last call returns its step report; channel reads in the driver and the
+  actors sleep while they wait instead of spinning (`ray_runtime.patient_channel_reads`);
 - plain: one actor call per call of the routes, its returns as ObjectRefs.
 
 `mode="auto"` compiles and falls back to plain calls when compiling fails; "compiled" and
@@ -50,8 +52,8 @@ from executor.local import StepResult, split_feeds, summarize_step
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
 from executor.program import Plan, Program
-from executor.ray_routes import Call, plan_routes
-from executor.ray_runtime import skip_torch_in_channels, start_ray
+from executor.ray_routes import Call, Routes, plan_routes
+from executor.ray_runtime import patient_channel_reads, skip_torch_in_channels, start_ray
 from executor.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,11 @@ class DeviceActor:
     """One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
 
     `run(blocks, head, *packets)` runs these consecutive blocks of the program (one call of
-    Routes); `head` is the step input for block 0 (step number, this device's feeds, whether
-    to return gradients) and is otherwise ignored. It returns the call's packets, then after
-    the device's last block its step report (losses, bytes sent per target, timings, memory,
-    gradients if asked); a call with neither returns None (a token for the compiled graph)."""
+    Routes), each with the tensors the packets hold for it; `head` is the step input for
+    block 0 (step number, this device's feeds, whether to return gradients) and is otherwise
+    ignored. It returns the call's packets, then after the device's last block its step
+    report (losses, bytes sent per target, timings, memory, gradients if asked); a call with
+    neither returns None (a token for the compiled graph)."""
 
     def __init__(self, program: Program, k: int, positions: Mapping[tuple, Mapping],
                  optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool):
@@ -89,6 +92,7 @@ class DeviceActor:
         self.copy_received = compiled
         if compiled:
             skip_torch_in_channels()
+            patient_channel_reads()
         self._reset(False)
 
     def _reset(self, return_grads: bool) -> None:
@@ -115,17 +119,19 @@ class DeviceActor:
             self._reset(return_grads)
             self.first_start = start
             worker.begin_step(step, feeds)
-        received: dict[str, np.ndarray] = {}
+        received: dict[int, dict[str, np.ndarray]] = {}     # receiving block -> tensors
         for packet in packets:
-            for name, value in packet.items():
-                received[name] = np.array(value, copy=True) if self.copy_received else value
+            for (j, name), value in packet.items():
+                received.setdefault(j, {})[name] = (np.array(value, copy=True)
+                                                    if self.copy_received else value)
         positions = self.positions[blocks]
-        out: list[dict[str, np.ndarray]] = [{} for _ in set(positions.values())]
+        out: list[dict[tuple[int, str], np.ndarray]] = [
+            {} for _ in set(pos for pos, _ in positions.values())]
         for index in blocks:
-            for name, target, value in worker.run_block(index, received):
-                out[positions[(name, target)]][name] = value
+            for name, target, value in worker.run_block(index, received.pop(index, {})):
+                pos, j = positions[(index, name, target)]
+                out[pos][(j, name)] = value
                 self.sent[target] += value.nbytes
-            received = {}
         end = time.perf_counter()
         self.busy += end - start
         if blocks[-1] == self.last:
@@ -188,7 +194,8 @@ class RayExecutor:
     threads per actor (None: Ray's default); `checkpoint_every` steps between the driver's
     checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
     writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
-    `max_inflight_executions` of the compiled graph. Starts a local Ray if none
+    `max_inflight_executions` of the compiled graph; `routes`: prebuilt actor calls of the
+    plan (default `plan_routes(plan)`). Starts a local Ray if none
     is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
@@ -198,7 +205,7 @@ class RayExecutor:
                  blas_threads: int | None = 1, checkpoint_every: int | None = 10,
                  checkpoint_dir: str | Path | None = None, max_restarts: int = 1,
                  max_recoveries: int = 3, max_inflight_executions: int = 2,
-                 loss_reduction: str = "mean"):
+                 loss_reduction: str = "mean", routes: Routes | None = None):
         if mode not in MODES:
             raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -224,7 +231,7 @@ class RayExecutor:
             loss_scale=1.0 if loss_reduction == "sum" else None)
         self.k = self.plan.k
         self.micro_batches = self.plan.micro_batches
-        self.routes = plan_routes(self.plan)
+        self.routes = routes if routes is not None else plan_routes(self.plan)
         self.requested_mode = mode
         self.mode = mode
         self.checkpoint_every = checkpoint_every
@@ -294,6 +301,7 @@ class RayExecutor:
         from ray.dag import InputNode, MultiOutputNode
 
         skip_torch_in_channels()
+        patient_channel_reads()
         packets, incoming = self.routes.packets, self.routes.incoming
         outputs: dict[Call, list] = {}
         token: dict[int, object] = {}            # a device's unread token

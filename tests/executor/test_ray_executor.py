@@ -142,37 +142,78 @@ def test_cyclic_gpipe_micro_batches_send_V(ray_session):
         result.link_bytes, compute_metrics(micro, a, uniform(k), micro_batches=m).link_traffic)
 
 
+def check_routes(plan, routes):
+    """The calls cover each device's blocks in order; every Send lands in exactly one packet,
+    addressed to the call holding its receiving block, which comes later in the call order;
+    each call's incoming packets hold exactly its blocks' receives."""
+    for d, program in enumerate(plan.programs):
+        mine = [i for c, blocks in routes.calls if c == d for i in blocks]
+        assert mine == list(range(len(program.blocks)))
+    position = {call: n for n, call in enumerate(routes.calls)}
+    sends = sum(len(plan.programs[d].blocks[i].sends) for d, i in plan.order)
+    assert sum(len(ts) for packets in routes.packets.values() for _, ts in packets) == sends
+    for (d, blocks), packets in routes.packets.items():
+        for (t, target_blocks), transfers in packets:
+            assert position[(t, target_blocks)] > position[(d, blocks)]
+            for i, name, j in transfers:
+                assert i in blocks and j in target_blocks
+                assert name in {r.tensor for r in plan.programs[t].blocks[j].receives
+                                if r.source == d}
+    for (t, blocks), incoming in routes.incoming.items():
+        got = sorted((j, name) for src, pos in incoming
+                     for _, name, j in routes.packets[src][pos][1])
+        assert got == sorted((j, r.tensor) for j in blocks
+                             for r in plan.programs[t].blocks[j].receives)
+
+
 @pytest.mark.parametrize("kind", ["random", "contiguous"])
 def test_routes_fuse_blocks_and_pair_every_send_with_its_receiver(kind):
-    """Independent of Ray: the calls cover each device's blocks in order, with no transfer
-    inside a call; each Send lands in exactly one packet, addressed to the call that receives
-    it, which comes later in the call order."""
+    """Independent of Ray: unmerged calls have no transfer inside; merged ones (the cost
+    model, and with free compute the fewest calls) still pair every send and receive."""
     from executor.ray_routes import plan_routes
     g = hand_graph(batch=2)
     a = random_assignment(g, 3, seed=5) if kind == "random" else contiguous(g, 3)
     plan = build_plan(g, a, 3, micro_batches=2)
-    routes = plan_routes(plan)
-    for d, program in enumerate(plan.programs):
-        mine = [i for c, blocks in routes.calls if c == d for i in blocks]
-        assert mine == list(range(len(program.blocks)))
-    for d, blocks in routes.calls:
+    fused = plan_routes(plan, merge="none")
+    check_routes(plan, fused)
+    for d, blocks in fused.calls:
         inside = [plan.programs[d].blocks[i] for i in blocks]
         assert not any(b.receives for b in inside[1:]) and not any(b.sends for b in inside[:-1])
-    position = {call: n for n, call in enumerate(routes.calls)}
-    sends = sum(len(plan.programs[d].blocks[i].sends) for d, i in plan.order)
-    assert sum(len(names) for packets in routes.packets.values()
-               for _, names in packets) == sends
-    for (d, blocks), packets in routes.packets.items():
-        for (t, target_blocks), names in packets:
-            receives = {r.tensor for r in plan.programs[t].blocks[target_blocks[0]].receives
-                        if r.source == d}
-            assert set(names) <= receives
-            assert position[(t, target_blocks)] > position[(d, blocks)]
-    for (t, blocks), incoming in routes.incoming.items():
-        got = [name for src, pos in incoming for name in routes.packets[src][pos][1]]
-        assert sorted(got) == sorted(r.tensor for r in plan.programs[t].blocks[blocks[0]].receives)
     if kind == "contiguous":                 # a pipeline: the last stage fuses F and B
-        assert len(routes.calls) < len(plan.order)
+        assert len(fused.calls) < len(plan.order)
+    free = {(d, i): 0.0 for d, i in plan.order}
+    for routes in (plan_routes(plan), plan_routes(plan, seconds=free),
+                   plan_routes(plan, merge="all")):
+        check_routes(plan, routes)
+        assert len(routes.calls) <= len(fused.calls)
+    assert len(plan_routes(plan, merge="all").calls) < len(fused.calls)
+
+
+@pytest.mark.parametrize("mode", ["compiled", "plain"])
+def test_merged_calls_give_the_local_executors_results_bit_for_bit(ray_session, mode):
+    """The fewest calls (merged across micro-batches), on a 1F1B pipeline and a cyclic
+    placement: losses, gradients and bytes per link
+    equal the local executor's exactly."""
+    from executor.ray_executor import RayExecutor
+    from executor.ray_routes import plan_routes
+    m = 4
+    micro, full = model("mlp", batch=BATCH // m), model("mlp", batch=BATCH)
+    data = make_data(full, "mlp", 1)
+    for a, k, schedule in ((contiguous(micro, 3), 3, "1f1b"),
+                           (random_assignment(micro, 2, seed=3), 2, "gpipe")):
+        plan = build_plan(micro, a, k, micro_batches=m, schedule=schedule)
+        routes = plan_routes(plan, merge="all")
+        assert len(routes.calls) < len(plan_routes(plan, merge="none").calls)
+        local = LocalExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan)
+        with RayExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan, routes=routes,
+                         mode=mode) as ex:
+            for step in range(2):
+                r1 = local.step(data(step), return_grads=True)
+                r2 = ex.step(data(step), return_grads=True)
+                assert r2.losses == r1.losses
+                np.testing.assert_array_equal(r2.link_bytes, r1.link_bytes)
+                for p, g in r1.grads.items():
+                    np.testing.assert_array_equal(r2.grads[p], g, err_msg=p)
 
 
 def test_bad_arguments_name_the_field(ray_session):
