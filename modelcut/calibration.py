@@ -1,12 +1,22 @@
-"""Measure this machine as a cluster: each actor's matmul FLOP/s and the actor-to-actor links.
+"""Measure this machine as a cluster: what each op, transfer and step costs on the Ray executor.
 
-One Ray actor per device (BLAS limited to one thread, as the Ray executor runs them). FLOP/s:
-the median, over a few matrix sizes, of each size's median rate (2 n^3 FLOPs per n x n
-matmul), measured one actor at a time so they do not share cores. Links: for each pair of
-actors and a few payload sizes, the median time of actor A returning a payload that actor B
-takes as an argument (the way the executor moves tensors); `latency + bytes / bandwidth` is
-fitted to those times by least squares. The result is written as a `cluster:` section with
-explicit devices and links, which a config reads with `cluster: {file: ...}`.
+One Ray actor per device (BLAS limited to one thread, as the Ray executor runs them), measured
+one actor at a time so they do not share cores:
+- FLOP/s: the median, over a few matrix sizes, of each size's median rate (2 n^3 FLOPs per
+  n x n matmul); `op_flops.conv2d`, the rate of conv2d with its two gradient ops (their
+  FLOPs over their time) on a few small image batches; and `op_flops["*"]`, the rate of the
+  other ops (elementwise, reductions, normalizations: memory-bound in numpy, FLOPs as the op
+  registry counts them).
+- `op_overhead`: the seconds per executed op of the executor's own worker (executor.worker)
+  training tiny models of each bundled family, where FLOPs do not count: numpy dispatch and
+  the interpreter, which dominate small models.
+Links: for each pair of actors and a few payload sizes, the median time for actor A's return
+value to reach actor B, through the transport the executor uses: a Ray Compiled Graph channel
+(`transport="compiled"`, the executor's default path; the time of a one-actor graph is
+subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / bandwidth` is
+fitted by least squares. The one-actor round trip (driver -> actor -> driver) is the cluster's
+`step_overhead`. The result is written as a `cluster:` section with explicit devices and links,
+which a config reads with `cluster: {file: ...}`.
 """
 from __future__ import annotations
 
@@ -16,15 +26,29 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MATMUL_SIZES = (128, 256, 512)
-DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2, 32 * 1024**2)
+DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 DEFAULT_REPEATS = 7
+TRANSPORTS = ("compiled", "plain")
+HOP_REPEATS = 3      # link and round-trip timings take this many times `repeats` (they are quick)
+# conv2d probes: (batch, channels, image side), 3x3 kernels, same padding
+CONV_SHAPES = ((8, 8, 16), (8, 16, 8), (8, 32, 8))
+# memory-bound ops whose summed FLOPs over summed time is the rate of ops other than matmul/conv
+ELEMENTWISE_OPS = ("add", "multiply", "exp", "tanh", "sigmoid", "gelu", "softmax", "layer_norm",
+                   "mean")
+ELEMENTWISE_SHAPE = (64, 512)
+# tiny models whose training steps measure the per-op overhead (their FLOPs are negligible)
+TINY_MODELS = (("mlp", dict(layers=2, width=4, in_features=4, classes=2, batch=2)),
+               ("gpt", dict(layers=1, d_model=4, heads=1, seq=2, vocab=4, batch=1)),
+               ("lstm", dict(layers=1, hidden=4, vocab=4, seq=4, batch=1)),
+               ("resnet", dict(channels=(2,), blocks=1, image=4, in_channels=1, classes=2,
+                               batch=1)))
 
 
 class CalibrationError(Exception):
@@ -51,15 +75,21 @@ class LinkFit:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What was measured: per device its FLOP/s (and the rate per matmul size) and memory
-    share, and one fitted link per pair of devices."""
+    """What was measured: per device its matmul FLOP/s (and the rate per matmul size), the
+    FLOP/s of other op kinds (`conv2d`; `*`: every kind not listed but matmul), seconds per
+    executed op and memory share; one fitted link per pair of devices,
+    the transport they were measured through, and the driver -> actor -> driver round trip."""
 
     host: str
     devices: tuple[str, ...]
     flops: tuple[float, ...]
     flops_by_size: tuple[dict, ...]
+    op_flops: tuple[dict, ...]
+    op_overhead: tuple[float, ...]
     memory: tuple[int, ...]
     links: tuple[LinkFit, ...]
+    transport: str
+    step_overhead: float
 
     @property
     def bandwidth(self) -> float:
@@ -74,8 +104,15 @@ class Calibration:
     def cluster_spec(self) -> dict:
         """The explicit-devices cluster section (plain numbers: FLOP/s, bytes, bytes/s, s)."""
         spec = {"name": f"calibrated-{self.host}",
-                "devices": [{"name": n, "flops": float(f), "memory": int(m)}
-                            for n, f, m in zip(self.devices, self.flops, self.memory)]}
+                "devices": [{"name": n, "flops": float(f), "memory": int(m),
+                             "op_overhead": float(o),
+                             "op_flops": {"matmul": float(f),
+                                          **{k: float(v) for k, v in r.items()}}}
+                            for n, f, m, o, r in zip(self.devices, self.flops, self.memory,
+                                                     self.op_overhead, self.op_flops)],
+                "step_overhead": float(self.step_overhead),
+                # the executor sends what one call produces for another call as one packet
+                "batch_transfers": True}
         if self.links:
             spec["links"] = [{"a": link.a, "b": link.b, "bandwidth": float(link.bandwidth),
                               "latency": float(link.latency)} for link in self.links]
@@ -86,7 +123,9 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"host": self.host, "devices": list(self.devices), "flops": list(self.flops),
                 "flops_by_size": [dict(d) for d in self.flops_by_size],
-                "memory": list(self.memory), "links": [link.to_dict() for link in self.links]}
+                "op_flops": [dict(r) for r in self.op_flops], "op_overhead": list(self.op_overhead),
+                "memory": list(self.memory), "links": [link.to_dict() for link in self.links],
+                "transport": self.transport, "step_overhead": self.step_overhead}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
@@ -117,6 +156,17 @@ def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
     return float(latency), float(1.0 / per_byte)
 
 
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of `run` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def matmul_rates(sizes: Sequence[int], repeats: int, dtype: str = "float32") -> dict[int, float]:
     """FLOP/s of an n x n matmul per size n (median of `repeats` timed runs after one warm-up)."""
     rng = np.random.default_rng(0)
@@ -124,20 +174,80 @@ def matmul_rates(sizes: Sequence[int], repeats: int, dtype: str = "float32") -> 
     for n in sizes:
         a = rng.standard_normal((n, n)).astype(dtype)
         b = rng.standard_normal((n, n)).astype(dtype)
-        a @ b
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        rates[int(n)] = 2.0 * n**3 / max(float(np.median(times)), 1e-12)
+        rates[int(n)] = 2.0 * n**3 / max(median_seconds(lambda: a @ b, repeats), 1e-12)
     return rates
 
 
+def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES,
+              dtype: str = "float32") -> float:
+    """FLOP/s of conv2d and its input and weight gradients (their FLOPs over their seconds,
+    as the simulator charges a conv's backward at its forward's rate): the median over
+    `shapes` (batch, channels, image side; 3x3 kernels, same padding)."""
+    from autodiff.ops.registry import lookup
+
+    forward, input_grad, weight_grad = (lookup(op, op) for op in
+                                        ("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
+    rng = np.random.default_rng(0)
+    rates = []
+    for batch, channels, side in shapes:
+        x = rng.standard_normal((batch, channels, side, side)).astype(dtype)
+        w = rng.standard_normal((channels, channels, 3, 3)).astype(dtype)
+        g = forward.forward(x, w, padding=1)
+
+        def step():
+            forward.forward(x, w, padding=1)
+            input_grad.forward(g, w, shape=list(x.shape), padding=1)
+            weight_grad.forward(x, g, shape=list(w.shape), padding=1)
+        flops = 3 * 2 * g.size * channels * 9
+        rates.append(flops / max(median_seconds(step, repeats), 1e-12))
+    return float(np.median(rates))
+
+
+def elementwise_rate(repeats: int, shape: tuple[int, int] = ELEMENTWISE_SHAPE,
+                     dtype: str = "float32") -> float:
+    """FLOP/s (as the op registry counts FLOPs) of numpy's memory-bound ops: the ELEMENTWISE_OPS
+    on `shape` arrays, their summed FLOPs over their summed median seconds."""
+    from autodiff.ops.registry import lookup
+
+    rng = np.random.default_rng(0)
+    x, y = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    row = rng.standard_normal(shape[-1]).astype(dtype)
+    args = {"add": (x, y), "multiply": (x, y), "layer_norm": (x, row, row)}
+    attrs = {"softmax": {"axis": -1}, "mean": {"axis": -1}}
+    flops = seconds = 0.0
+    for name in ELEMENTWISE_OPS:
+        op, inputs, kw = lookup(name, name), args.get(name, (x,)), attrs.get(name, {})
+        out = op.forward(*inputs, **kw)
+        flops += op.flops([a.shape for a in inputs], np.shape(out), **kw)
+        seconds += median_seconds(lambda: op.forward(*inputs, **kw), repeats)
+    return flops / max(seconds, 1e-12)
+
+
+def op_overhead(repeats: int) -> float:
+    """Seconds per executed op of the executor's worker training the TINY_MODELS on one
+    device: the compute seconds the worker reports over the ops it ran (median of steps)."""
+    from autodiff.models import BUILDERS, make_data
+    from executor.local import LocalExecutor
+
+    seconds, ops = 0.0, 0
+    for family, sizes in TINY_MODELS:
+        graph = BUILDERS[family](**sizes)
+        executor = LocalExecutor(graph, np.zeros(len(graph.nodes), dtype=np.int64), 1, "sgd")
+        data = make_data(graph, family, 0)
+        executor.step(data(0))
+        seconds += float(np.median([executor.step(data(s)).compute_seconds.sum()
+                                    for s in range(1, repeats + 1)]))
+        ops += sum(not node.is_source for node in executor.plan.training.nodes)
+    return seconds / ops
+
+
 class ProbeActor:
-    """A device for calibration: times matmuls, holds payloads to send, receives them."""
+    """A device for calibration: times ops, holds payloads to send, receives them."""
 
     def __init__(self, payloads: Sequence[int]):
+        from executor.ray_runtime import skip_torch_in_channels
+
+        skip_torch_in_channels()
         self.payloads = {int(n): np.ones(int(n), dtype=np.uint8) for n in payloads}
 
     def node(self) -> dict:
@@ -146,8 +256,13 @@ class ProbeActor:
                 "memory": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                 "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
 
-    def matmul_rates(self, sizes: Sequence[int], repeats: int) -> dict[int, float]:
-        return matmul_rates(sizes, repeats)
+    def compute(self, sizes: Sequence[int], repeats: int) -> tuple[dict, dict, float]:
+        """(matmul FLOP/s per size, FLOP/s of other op kinds, seconds per executed op)."""
+        rates = {"conv2d": conv_rate(repeats), "*": elementwise_rate(repeats)}
+        return matmul_rates(sizes, repeats), rates, op_overhead(repeats)
+
+    def echo(self, value):
+        return value
 
     def send(self, nbytes: int) -> np.ndarray:
         return self.payloads[int(nbytes)]
@@ -169,7 +284,7 @@ def actor_options() -> dict:
 
 def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZES,
               payloads: Sequence[int] = DEFAULT_PAYLOADS, repeats: int = DEFAULT_REPEATS,
-              address: str | None = None) -> Calibration:
+              transport: str = "compiled", address: str | None = None) -> Calibration:
     """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster)."""
     from executor.ray_runtime import start_ray, stop_ray
 
@@ -180,56 +295,126 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
     if devices > 1 and (len(set(payloads)) < 2 or min(payloads) < 1):
         raise CalibrationError(f"calibrate: need at least two different positive payload sizes, "
                                f"got {list(payloads)}")
+    if transport not in TRANSPORTS:
+        raise CalibrationError(f"calibrate: transport must be one of {', '.join(TRANSPORTS)}, "
+                               f"got {transport!r}")
     started = start_ray(address=address, include_dashboard=False)
     import ray
     actors = []
     try:
         remote = ray.remote(ProbeActor).options(**actor_options())
+
+        def make_actor():
+            """A new probe actor, once it has started (so it loads no other measurement)."""
+            actor = remote.remote(payloads)
+            ray.get(actor.node.remote())
+            return actor
         actors = [remote.remote(payloads) for _ in range(devices)]
         nodes = ray.get([a.node.remote() for a in actors])
         per_node = {n["node"]: sum(m["node"] == n["node"] for m in nodes) for n in nodes}
         memory = tuple(int(n["memory"] // per_node[n["node"]]) for n in nodes)
         names = tuple(f"cpu{i}" for i in range(devices))
-        by_size = tuple(ray.get(a.matmul_rates.remote(list(matmul_sizes), repeats))
-                        for a in actors)                       # one actor at a time
-        flops = tuple(float(np.median(list(rates.values()))) for rates in by_size)
-        links = tuple(_measure_link(ray, actors, a, b, names, payloads, repeats)
+        measured = [ray.get(a.compute.remote(list(matmul_sizes), repeats))
+                    for a in actors]                           # one actor at a time
+        by_size = tuple(rates for rates, _, _ in measured)
+        probe = (_CompiledProbe if transport == "compiled" else _PlainProbe)(ray, actors,
+                                                                             make_actor)
+        base = probe.round_trip(HOP_REPEATS * repeats)
+        sizes = tuple(sorted(set(int(p) for p in payloads)))
+        links = tuple(fit_link(names[a], names[b], sizes,
+                               probe.hops(a, b, sizes, HOP_REPEATS * repeats), base)
                       for a in range(devices) for b in range(a + 1, devices))
     finally:
         for actor in actors:
             ray.kill(actor)
         if started:
             stop_ray()
-    return Calibration(host=platform.node() or "localhost", devices=names, flops=flops,
-                       flops_by_size=by_size, memory=memory, links=links)
+    return Calibration(host=platform.node() or "localhost", devices=names,
+                       flops=tuple(float(np.median(list(r.values()))) for r in by_size),
+                       flops_by_size=by_size, op_flops=tuple(r for _, r, _ in measured),
+                       op_overhead=tuple(o for _, _, o in measured), memory=memory,
+                       links=links, transport=transport, step_overhead=base)
 
 
-def _measure_link(ray, actors, a: int, b: int, names, payloads, repeats: int) -> LinkFit:
-    """Median seconds for actor b to receive each payload from actor a, and the fit."""
-    sender, receiver = actors[a], actors[b]
-    medians = []
-    for n in sorted(set(int(p) for p in payloads)):
-        ray.get(receiver.receive.remote(sender.send.remote(n)))      # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            ray.get(receiver.receive.remote(sender.send.remote(n)))
-            times.append(time.perf_counter() - start)
-        medians.append(float(np.median(times)))
-    sizes = tuple(sorted(set(int(p) for p in payloads)))
-    latency, bandwidth = fit_latency_bandwidth(sizes, medians)
-    log.info("link %s -> %s: latency %.3g s, bandwidth %.3g B/s", names[a], names[b], latency,
-             bandwidth)
-    return LinkFit(a=names[a], b=names[b], payloads=sizes, seconds=tuple(medians),
-                   latency=latency, bandwidth=bandwidth)
+class _PlainProbe:
+    """Times plain actor calls: a round trip, and actor b taking actor a's return value."""
+
+    def __init__(self, ray, actors, make_actor):
+        self.ray, self.actors = ray, actors
+
+    def round_trip(self, repeats: int) -> float:
+        return median_seconds(lambda: self.ray.get(self.actors[0].echo.remote(0)), repeats)
+
+    def hops(self, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[float]:
+        """Per payload size, seconds of the driver -> a -> b -> driver chain (a round trip
+        plus one hop)."""
+        sender, receiver = self.actors[a], self.actors[b]
+        return [median_seconds(lambda: self.ray.get(receiver.receive.remote(
+            sender.send.remote(n))), repeats) for n in sizes]
+
+
+class _CompiledProbe:
+    """Times Ray Compiled Graphs as the executor builds them: a one-actor graph (the round
+    trip) and, per pair, a two-actor chain whose edge carries the payload (its size is the
+    graph's input; channel buffers grow on first use, hence the warm-up). Tearing a graph
+    down can hang unless its actors are killed (shared/RAY.md), so each graph's actors are
+    killed with it and replaced by new ones."""
+
+    WARMUP = 5
+
+    def __init__(self, ray, actors, make_actor):
+        self.ray, self.actors, self.make_actor = ray, actors, make_actor
+
+    def _time(self, build, used: Sequence[int], arguments: Sequence, repeats: int
+              ) -> list[float]:
+        from ray.dag import InputNode
+
+        with InputNode() as start:
+            dag = build(start).experimental_compile(_max_inflight_executions=2)
+        try:
+            times = []
+            for argument in arguments:
+                for _ in range(self.WARMUP):
+                    self.ray.get(dag.execute(argument))
+                times.append(median_seconds(lambda: self.ray.get(dag.execute(argument)),
+                                            repeats))
+            return times
+        finally:
+            dag.teardown(kill_actors=True)
+            for i in used:
+                self.actors[i] = self.make_actor()
+
+    def round_trip(self, repeats: int) -> float:
+        return self._time(lambda start: self.actors[0].echo.bind(start), [0], [0], repeats)[0]
+
+    def hops(self, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[float]:
+        sender, receiver = self.actors[a], self.actors[b]
+        return self._time(lambda start: receiver.receive.bind(sender.send.bind(start)), [a, b],
+                          sizes, repeats)
+
+
+def fit_link(a: str, b: str, sizes: Sequence[int], chain_seconds: Sequence[float],
+             round_trip: float) -> LinkFit:
+    """The link a -> b from the median seconds of driver -> a -> b -> driver chains per payload
+    size: the round trip (driver -> actor -> driver) subtracted leaves the hop a -> b (at
+    least 0.1 us), to which `latency + bytes / bandwidth` is fitted."""
+    seconds = [max(float(t) - round_trip, 1e-7) for t in chain_seconds]
+    sizes = tuple(int(n) for n in sizes)
+    latency, bandwidth = fit_latency_bandwidth(sizes, seconds)
+    log.info("link %s -> %s: latency %.3g s, bandwidth %.3g B/s", a, b, latency, bandwidth)
+    return LinkFit(a=a, b=b, payloads=sizes, seconds=tuple(seconds), latency=latency,
+                   bandwidth=bandwidth)
 
 
 def cluster_yaml(calibration: Calibration) -> str:
     """The cluster file text: a comment saying what was measured, then the `cluster:` section."""
     import yaml
 
-    header = (f"# Written by `modelcut calibrate` on {calibration.host}: matmul FLOP/s per actor "
-              f"(one BLAS thread), actor-to-actor links fitted as latency + bytes / bandwidth.\n"
-              "# Units: flops in FLOP/s, memory in bytes, bandwidth in bytes/s, latency in s.\n"
+    header = (f"# Written by `modelcut calibrate` on {calibration.host}: matmul FLOP/s and conv2d "
+              "FLOP/s per actor (one BLAS thread), seconds per executed op, actor-to-actor "
+              f"links through {calibration.transport} Ray calls fitted as latency + bytes / "
+              "bandwidth, and the driver's round trip per step.\n"
+              "# Units: flops in FLOP/s, memory in bytes, bandwidth in bytes/s, latency and "
+              "overheads in s.\n"
               "# Use it from a config with `cluster: {file: <this file>}`.\n")
     return header + yaml.safe_dump({"cluster": calibration.cluster_spec()}, sort_keys=False)

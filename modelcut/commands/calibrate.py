@@ -1,5 +1,7 @@
-"""`modelcut calibrate`: measure this machine's actors (matmul FLOP/s, actor-to-actor latency and
-bandwidth) and write them as a cluster file that configs read with `cluster: {file: ...}`."""
+"""`modelcut calibrate`: measure this machine's actors (matmul, conv2d and other ops' FLOP/s,
+seconds per op, actor-to-actor latency and bandwidth through the executor's transport, the
+per-step round trip) and write them as a cluster file that configs read with
+`cluster: {file: ...}`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +10,8 @@ from pathlib import Path
 
 from modelcut.commands import CommandError
 
-HELP = "measure FLOP/s and actor-to-actor links with Ray and write a cluster file"
+HELP = ("measure FLOP/s, per-op overhead and actor-to-actor links with Ray and write a "
+        "cluster file")
 
 
 def _sizes(parse, what: str):
@@ -33,7 +36,8 @@ def _binary(nbytes: int) -> str:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.calibration import DEFAULT_MATMUL_SIZES, DEFAULT_PAYLOADS, DEFAULT_REPEATS
+    from modelcut.calibration import (DEFAULT_MATMUL_SIZES, DEFAULT_PAYLOADS, DEFAULT_REPEATS,
+                                      TRANSPORTS)
     from modelcut.units import parse_size
 
     parser = subparsers.add_parser("calibrate", help=HELP, description=HELP + ".")
@@ -55,6 +59,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              f"{','.join(_binary(p) for p in DEFAULT_PAYLOADS)})")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N",
                         help=f"timed runs per size; the median counts (default {DEFAULT_REPEATS})")
+    parser.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                        help="how links are timed: compiled (Ray Compiled Graph channels, the "
+                             "Ray executor's default path) or plain (actor calls passing "
+                             "ObjectRefs); default compiled")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     return parser
 
@@ -77,21 +85,29 @@ def run(args: argparse.Namespace) -> int:
     console, status = make_console(), make_console(stderr=True)
     with status.status(f"measuring {devices} Ray actor(s) ..."):
         result = calibrate(devices, matmul_sizes=args.matmul_sizes, payloads=args.payloads,
-                           repeats=args.repeats, address=args.address)
+                           repeats=args.repeats, transport=args.transport,
+                           address=args.address)
     cluster = Cluster.from_spec(result.cluster_spec())       # what the simulator will read
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(cluster_yaml(result), encoding="utf-8")
 
     table = Table(title=f"Devices of {cluster.name}", title_justify="left")
-    for column in ("device", "FLOP/s (median)", "per matmul size", "memory"):
+    for column in ("device", "matmul FLOP/s (median)", "per matmul size", "other op kinds",
+                   "per op", "memory"):
         table.add_column(column, justify="left" if column == "device" else "right")
-    for name, flops, by_size, memory in zip(result.devices, result.flops, result.flops_by_size,
-                                            result.memory):
+    for name, flops, by_size, rates, overhead, memory in zip(
+            result.devices, result.flops, result.flops_by_size, result.op_flops,
+            result.op_overhead, result.memory):
         sizes = ", ".join(f"{n}: {format_flops(r)}" for n, r in by_size.items())
-        table.add_row(name, format_flops(flops), sizes, format_size(memory))
+        kinds = ", ".join(f"{op}: {format_flops(r)}" for op, r in rates.items())
+        table.add_row(name, format_flops(flops), sizes, kinds, format_time(overhead),
+                      format_size(memory))
     console.print(table)
+    console.print(f"step overhead (driver -> actor -> driver, {result.transport}): "
+                  f"{format_time(result.step_overhead)}")
     if result.links:
-        links = Table(title="Links (latency + bytes / bandwidth, least squares)",
+        links = Table(title=f"Links through {result.transport} calls "
+                            "(latency + bytes / bandwidth, least squares)",
                       title_justify="left")
         for column in ("link", "latency", "bandwidth", "median seconds per payload"):
             links.add_column(column, justify="left" if column == "link" else "right")

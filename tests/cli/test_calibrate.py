@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modelcut.calibration import CalibrationError, fit_latency_bandwidth
+from modelcut.calibration import CalibrationError, fit_latency_bandwidth, fit_link
 from modelcut.cli import main
 from modelcut.config import load_config
 from partition.cluster import Cluster
@@ -46,6 +46,16 @@ def test_fit_clamps_a_negative_latency_and_rejects_flat_times():
         fit_latency_bandwidth([1e3, 1e3], [1e-3, 1e-3])
 
 
+def test_link_fit_subtracts_the_round_trip():
+    # chains: 0.3 ms round trip + 0.1 ms latency + n / 4 GB/s
+    sizes = [1024, 65536, 1048576]
+    chains = [3e-4 + 1e-4 + n / 4e9 for n in sizes]
+    link = fit_link("cpu0", "cpu1", sizes, chains, round_trip=3e-4)
+    assert link.seconds == pytest.approx([1e-4 + n / 4e9 for n in sizes], rel=1e-9)
+    assert link.latency == pytest.approx(1e-4, rel=1e-6)
+    assert link.bandwidth == pytest.approx(4e9, rel=1e-6)
+
+
 def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     out = tmp_path / "cluster.yaml"
     argv = ["calibrate", "--out", str(out), "--devices", "2", "--matmul-sizes", "16,32",
@@ -67,6 +77,12 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     for device, entry in zip(cluster.devices, written["devices"]):
         assert device.flops == entry["flops"] > 0
         assert device.memory == entry["memory"] > 0
+        assert device.op_overhead == entry["op_overhead"] > 0
+        assert device.rate("matmul") == device.flops
+        assert device.rate("conv2d") == entry["op_flops"]["conv2d"] > 0
+        assert device.rate("gelu") == entry["op_flops"]["*"] > 0
+    assert cluster.step_overhead == written["step_overhead"] > 0
+    assert cluster.batch_transfers is True
     assert cluster.bandwidth[0, 1] == cluster.bandwidth[1, 0] == link["bandwidth"] > 0
     assert cluster.latency[0, 1] == link["latency"] >= 0
 
