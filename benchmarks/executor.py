@@ -1,7 +1,7 @@
 """Ray executor benchmarks: (a) overhead over the local executor, (b) pipeline speedup.
 
-(a) Step time of the Ray executor (compiled-graph path and plain-call path) over the
-    LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at k = 2
+(a) Step time of the Ray executor (compiled-graph path, with the cost model's calls and with
+    the fewest calls, and plain-call path) over the LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at k = 2
     and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement. Target:
     Ray/local <= 1.5 on mlp with compiled graphs.
 (b) Throughput of a compute-heavy 2-stage MLP (width 2048, batch 512, float32) with m = 8 and
@@ -9,9 +9,11 @@
     (the local executor in this process, and one Ray actor). Target >= 1.6 (the bubble
     limits it to 2 * 8 / 9 = 1.78).
 
-All executors of a comparison are alive together and stepped in turn (round robin), so slow
-phases of a shared machine hit them alike; figures are medians. BLAS in this process is
-limited to one thread (set before numpy is imported), as in the actors.
+Each Ray executor is compared with local executors stepped in turn with it (round robin), so
+slow phases of a shared machine hit both alike; figures are medians. Only one Ray executor is
+alive at a time (a phase each): idle compiled-graph actors poll their channels and would take
+CPU from the others. BLAS in this process is limited to one thread (set before numpy is
+imported), as in the actors.
 
 Run from the repository root: `python benchmarks/executor.py [--quick]`.
 """
@@ -23,6 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,6 +39,7 @@ from autodiff.models import BUILDERS, make_data  # noqa: E402
 from executor.local import LocalExecutor  # noqa: E402
 from executor.plan import build_plan  # noqa: E402
 from executor.ray_executor import RayExecutor  # noqa: E402
+from executor.ray_routes import plan_routes  # noqa: E402
 from executor.ray_runtime import start_ray, stop_ray  # noqa: E402
 from modelcut.config import load_config  # noqa: E402
 from partition.api import partition  # noqa: E402
@@ -49,20 +53,31 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds all processes of the machine have used (Linux /proc/stat, not idle)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def round_robin(executors: dict, data, warmup: int, steps: int) -> dict[str, dict]:
     """Step the executors in turn on the same data. Per executor: the median seconds per
-    step, the CPU share each of its processes got while it stepped (CPU seconds / wall
-    seconds; 1.0 is a whole core, less means other processes took the cores) and, for a Ray
-    executor, the median share of the step each actor spent inside its calls."""
+    step; the CPU share each of its processes got while it stepped (CPU seconds / wall
+    seconds; 1.0 is a whole core; for a Ray executor its actors, then the driver), and the
+    share of all the machine's cores' time used by every other process meanwhile (Ray's own
+    processes, idle actors, other users); for a Ray executor, the median share of the step
+    each actor spent inside its calls; the median seconds each device spent computing nodes."""
     times: dict[str, list[float]] = {name: [] for name in executors}
     busy: dict[str, list] = {name: [] for name in executors}
+    compute: dict[str, list] = {name: [] for name in executors}
     cpu: dict[str, np.ndarray] = {}
-    pids = {name: ex.actor_pids() if hasattr(ex, "actor_pids") else [os.getpid()]
+    other: dict[str, float] = {}
+    pids = {name: (ex.actor_pids() if hasattr(ex, "actor_pids") else []) + [os.getpid()]
             for name, ex in executors.items()}
     for s in range(warmup + steps):
         feeds = data(s)
         for name, ex in executors.items():
             before = np.array([process_cpu_seconds(p) for p in pids[name]])
+            machine = machine_cpu_seconds()
             start = time.perf_counter()
             result = ex.step(feeds)
             seconds = time.perf_counter() - start
@@ -70,13 +85,36 @@ def round_robin(executors: dict, data, warmup: int, steps: int) -> dict[str, dic
                 times[name].append(seconds)
                 used = np.array([process_cpu_seconds(p) for p in pids[name]]) - before
                 cpu[name] = cpu.get(name, 0) + used
+                other[name] = other.get(name, 0.0) + machine_cpu_seconds() - machine - used.sum()
+                compute[name].append(result.compute_seconds)
                 if hasattr(result, "busy_seconds"):
                     busy[name].append(result.busy_seconds / seconds)
     return {name: {"seconds": float(np.median(times[name])),
                    "cpu_share": (cpu[name] / sum(times[name])).round(2).tolist(),
+                   "other_share": round(max(other[name], 0.0) / sum(times[name])
+                                        / os.cpu_count(), 2),
                    "busy_share": (np.median(busy[name], axis=0).round(2).tolist()
-                                  if busy[name] else None)}
+                                  if busy[name] else None),
+                   "compute_seconds": np.median(compute[name], axis=0).round(3).tolist()}
             for name in executors}
+
+
+def phases(executors: dict, ray_names: list[str], data, warmup: int, steps: int) -> dict:
+    """One round robin per Ray executor, each with the local executors beside it; the Ray
+    executors wait until their phase to start and stop at its end, since an idle compiled
+    graph's actors poll their channels and take CPU from whatever runs. Figures of a local
+    executor are keyed `name@ray name`."""
+    out: dict[str, dict] = {}
+    local = {name: ex for name, ex in executors.items() if name not in ray_names}
+    for name in ray_names:
+        ex = executors[name]()
+        try:
+            figures = round_robin({**local, name: ex}, data, warmup, steps)
+        finally:
+            ex.shutdown()
+        out[name] = figures.pop(name)
+        out.update({f"{n}@{name}": f for n, f in figures.items()})
+    return out
 
 
 def pipeline_placement(graph, k: int):
@@ -98,19 +136,20 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
     placement = pipeline_placement(micro, k)
     plan = build_plan(micro, placement, k, micro_batches=m, schedule="1f1b")
     optimizer = {"name": "adam", "lr": 1e-3}
+    routes = {"compiled": plan_routes(plan), "fewest": plan_routes(plan, merge="all"),
+              "plain": plan_routes(plan)}
     executors = {"local": LocalExecutor(micro, placement, k, optimizer, plan=plan)}
-    for mode in ("compiled", "plain"):
-        executors[mode] = RayExecutor(micro, placement, k, optimizer, plan=plan, mode=mode)
-    try:
-        assert executors["compiled"].mode == "compiled"
-        figures = round_robin(executors, make_data(full, family, 0), warmup, steps)
-    finally:
-        for name in ("compiled", "plain"):
-            executors[name].shutdown()
-    calls = len(executors["compiled"].routes.calls)
+    for name, r in routes.items():
+        executors[name] = functools.partial(RayExecutor, micro, placement, k, optimizer,
+                                            plan=plan, routes=r,
+                                            mode="plain" if name == "plain" else "compiled")
+    f = phases(executors, list(routes), make_data(full, family, 0), warmup, steps)
     used = len(set(np.asarray(placement.assignment).tolist()))
-    return {"config": config_name, "k": k, "used": used, "calls": calls,
-            **{name: f["seconds"] for name, f in figures.items()}}
+    return {"config": config_name, "k": k, "used": used,
+            "calls": {name: len(r.calls) for name, r in routes.items()},
+            "unmerged": len(plan_routes(plan, merge="none").calls),
+            **{name: f[name]["seconds"] / f[f"local@{name}"]["seconds"] for name in routes},
+            "local": f["local@compiled"]["seconds"], "ms": f["compiled"]["seconds"]}
 
 
 def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
@@ -125,15 +164,13 @@ def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
         "local 1 device": LocalExecutor(full, one, 1, "sgd"),
         "local 1 device m=8": LocalExecutor(micro, np.zeros(len(micro.nodes), np.int32), 1,
                                             "sgd", micro_batches=m),
-        "ray 1 actor": RayExecutor(full, one, 1, "sgd", mode="compiled", blas_threads=1),
-        "ray 2 stages": RayExecutor(micro, placement, 2, "sgd", micro_batches=m,
-                                    schedule="1f1b", mode="compiled", blas_threads=1),
+        "ray 1 actor": functools.partial(RayExecutor, full, one, 1, "sgd", mode="compiled",
+                                         blas_threads=1),
+        "ray 2 stages": functools.partial(RayExecutor, micro, placement, 2, "sgd",
+                                          micro_batches=m, schedule="1f1b", mode="compiled",
+                                          blas_threads=1),
     }
-    try:
-        figures = round_robin(executors, data, warmup, steps)
-    finally:
-        executors["ray 1 actor"].shutdown()
-        executors["ray 2 stages"].shutdown()
+    figures = phases(executors, ["ray 1 actor", "ray 2 stages"], data, warmup, steps)
     return {"m": m, "imbalance": placement.metrics.imbalance, "figures": figures}
 
 
@@ -141,43 +178,52 @@ def report_overhead(warmup: int, steps: int) -> None:
     """Print table (a)."""
     print("(a) overhead: median step time, m = 4, 1F1B, pipeline_dp placement")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'config':16} {'k':>2} {'used':>4} {'calls':>5} {'local ms':>9} "
-          f"{'compiled ms':>12} {'plain ms':>9} {'compiled/local':>15} {'plain/local':>12}")
+    print(f"{'config':16} {'k':>2} {'used':>4} {'calls':>11} {'local ms':>9} "
+          f"{'compiled ms':>12} {'compiled/local':>15} {'fewest/local':>13} "
+          f"{'plain/local':>12}")
     for config_name in ("mlp.yaml", "gpt-small.yaml"):
         for k in (2, 4):
             r = overhead(config_name, k, 4, warmup, steps)
-            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {r['calls']:>5} "
-                  f"{1e3 * r['local']:>9.2f} {1e3 * r['compiled']:>12.2f} "
-                  f"{1e3 * r['plain']:>9.2f} "
-                  f"{r['compiled'] / r['local']:>15.2f} {r['plain'] / r['local']:>12.2f}",
-                  flush=True)
-    print("target: compiled/local <= 1.5 on mlp; used: devices holding nodes; calls: actor "
-          "calls per step")
+            calls = f"{r['unmerged']}/{r['calls']['compiled']}/{r['calls']['fewest']}"
+            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {calls:>11} "
+                  f"{1e3 * r['local']:>9.2f} {1e3 * r['ms']:>12.2f} {r['compiled']:>15.2f} "
+                  f"{r['fewest']:>13.2f} {r['plain']:>12.2f}", flush=True)
+    print("target: compiled/local <= 1.5 on mlp; used: devices holding nodes; calls per step: "
+          "unmerged/cost-model merge (compiled, plain)/fewest; each ratio against the local "
+          "executor stepped in turn with it")
     print(f"load average {os.getloadavg()[0]:.1f}")
     print()
 
 
 def report_pipeline(warmup: int, steps: int) -> None:
-    """Print figures (b)."""
+    """Print figures (b): the headline is the 2-stage pipeline against the local executor on
+    one device with m = 1, stepped in turn with it; the other single-device figures were
+    stepped in turn with the same local baseline in the one-actor phase."""
     r = pipeline_speedup(8, warmup, steps)
     f = r["figures"]
-    seconds = {name: figure["seconds"] for name, figure in f.items()}
-    piped = seconds["ray 2 stages"]
+    base = f["local 1 device@ray 2 stages"]["seconds"]
+    base_a = f["local 1 device@ray 1 actor"]["seconds"]
     print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
           f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
-    for name, label in (("local 1 device", "one device, local executor, m=1"),
-                        ("local 1 device m=8", "one device, local executor, m=8"),
-                        ("ray 1 actor", "one device, one Ray actor, m=1"),
-                        ("ray 2 stages", "two Ray actors, 1F1B, m=8")):
-        print(f"  {label:34} {seconds[name]:.3f} s/step = {512 / seconds[name]:5,.0f} "
-              f"samples/s  (CPU share {f[name]['cpu_share']})")
-    print(f"  speedup of the 2-stage pipeline over one device: "
-          f"{seconds['local 1 device'] / piped:.2f}x (local, m=1), "
-          f"{seconds['local 1 device m=8'] / piped:.2f}x (local, m=8), "
-          f"{seconds['ray 1 actor'] / piped:.2f}x (one actor, m=1); "
-          "target >= 1.6, limit 1.78 with m=8")
+    rows = (("local 1 device@ray 2 stages", "one device, local executor, m=1", base),
+            ("ray 2 stages", "two Ray actors, 1F1B, m=8", base),
+            ("local 1 device@ray 1 actor", "one device, local executor, m=1", base_a),
+            ("local 1 device m=8@ray 1 actor", "one device, local executor, m=8", base_a),
+            ("ray 1 actor", "one device, one Ray actor, m=1", base_a))
+    for i, (name, label, ref) in enumerate(rows):
+        if i in (0, 2):
+            print(f"  phase {1 + i // 2}: " + ("two-stage pipeline" if i == 0 else "one actor"))
+        seconds = f[name]["seconds"]
+        print(f"    {label:34} {seconds:.3f} s/step = {512 / seconds:5,.0f} samples/s, "
+              f"{ref / seconds:.2f}x of local m=1  (CPU share {f[name]['cpu_share']}, "
+              f"other processes {f[name]['other_share']} of the machine)")
+    piped = f["ray 2 stages"]["seconds"]
+    print(f"  speedup of the 2-stage pipeline over one device, local m=1: {base / piped:.2f}x "
+          "(target >= 1.6, limit 1.78 with m=8)")
     print(f"  share of the step each stage spends in its calls: "
-          f"{f['ray 2 stages']['busy_share']}")
+          f"{f['ray 2 stages']['busy_share']}; seconds computing nodes per stage "
+          f"{f['ray 2 stages']['compute_seconds']} (one device, local m=8: "
+          f"{f['local 1 device m=8@ray 1 actor']['compute_seconds']})")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
