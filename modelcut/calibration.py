@@ -14,7 +14,8 @@ Links: for each pair of actors and a few payload sizes, the median time for acto
 value to reach actor B, through the transport the executor uses: a Ray Compiled Graph channel
 (`transport="compiled"`, the executor's default path; the time of a one-actor graph is
 subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / bandwidth` is
-fitted by least squares. The one-actor round trip (driver -> actor -> driver) is the cluster's
+fitted by least squares (to the median over pairs when all actors share one machine: their
+differences are noise). The one-actor round trip (driver -> actor -> driver) is the cluster's
 `step_overhead`. The result is written as a `cluster:` section with explicit devices and links,
 which a config reads with `cluster: {file: ...}`.
 """
@@ -245,9 +246,10 @@ class ProbeActor:
     """A device for calibration: times ops, holds payloads to send, receives them."""
 
     def __init__(self, payloads: Sequence[int]):
-        from executor.ray_runtime import skip_torch_in_channels
+        from executor.ray_runtime import patient_channel_reads, skip_torch_in_channels
 
         skip_torch_in_channels()
+        patient_channel_reads()                  # channel reads as the executor's actors do
         self.payloads = {int(n): np.ones(int(n), dtype=np.uint8) for n in payloads}
 
     def node(self) -> dict:
@@ -321,9 +323,14 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                                                                              make_actor)
         base = probe.round_trip(HOP_REPEATS * repeats)
         sizes = tuple(sorted(set(int(p) for p in payloads)))
-        links = tuple(fit_link(names[a], names[b], sizes,
-                               probe.hops(a, b, sizes, HOP_REPEATS * repeats), base)
-                      for a in range(devices) for b in range(a + 1, devices))
+        pairs = [(a, b) for a in range(devices) for b in range(a + 1, devices)]
+        chains = {(a, b): probe.hops(a, b, sizes, HOP_REPEATS * repeats) for a, b in pairs}
+        if len({n["node"] for n in nodes}) == 1 and pairs:
+            # one machine: every pair uses the same shared-memory transport, so the pairs'
+            # differences are noise; fit each pair to the median over pairs
+            pooled = np.median([chains[p] for p in pairs], axis=0).tolist()
+            chains = {p: pooled for p in pairs}
+        links = tuple(fit_link(names[a], names[b], sizes, chains[a, b], base) for a, b in pairs)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -363,6 +370,9 @@ class _CompiledProbe:
     WARMUP = 5
 
     def __init__(self, ray, actors, make_actor):
+        from executor.ray_runtime import patient_channel_reads
+
+        patient_channel_reads()                  # the driver waits as the executor's does
         self.ray, self.actors, self.make_actor = ray, actors, make_actor
 
     def _time(self, build, used: Sequence[int], arguments: Sequence, repeats: int
