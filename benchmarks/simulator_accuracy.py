@@ -1,0 +1,129 @@
+"""Simulator accuracy after `modelcut calibrate` (issue 5, third benchmark target).
+
+In one run: calibrate this machine (`modelcut.calibration.calibrate`, compiled-graph links as
+the Ray executor uses by default), then for each bundled small config at k = 2 and 4 (where
+the partitioner finds a placement) train warm-up + measured steps with the Ray executor on the
+calibrated cluster, with the config's own micro-batches and schedule, and print the
+simulated step time (SPEC section 4 on the calibrated cluster), the measured median step time
+and |simulated - measured| / measured. Target: <= 15%. For contrast, the same placement
+simulated on the config's own (uncalibrated preset) cluster. To see where an error comes from,
+the busiest actor's median seconds inside its calls (compute, copies, optimizer) and the
+busiest device's simulated busy time.
+
+Run from the repository root, under the benchmark lock:
+`flock /tmp/modelcut-bench.lock python benchmarks/simulator_accuracy.py [--quick]`.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from executor.ray_runtime import start_ray, stop_ray  # noqa: E402
+from modelcut.calibration import calibrate  # noqa: E402
+from modelcut.training import load_training_setup, open_executor, place  # noqa: E402
+from partition.cluster import Cluster  # noqa: E402
+from partition.errors import PlacementError  # noqa: E402
+from partition.simulate import simulate  # noqa: E402
+
+CONFIGS = ("mlp.yaml", "gpt-small.yaml", "lstm.yaml", "resnet-small.yaml")
+TARGET = 0.15
+
+
+def first_devices(cluster: Cluster, k: int) -> Cluster:
+    """The cluster's first k devices with their links (a calibrated cluster is a list of
+    measured devices, so it cannot be resized as a preset can)."""
+    return Cluster(cluster.devices[:k], cluster.bandwidth[:k, :k], cluster.latency[:k, :k],
+                   name=f"{cluster.name}[:{k}]", step_overhead=cluster.step_overhead,
+                   batch_transfers=cluster.batch_transfers)
+
+
+def measure(config: str, k: int, calibrated: Cluster, warmup: int, steps: int) -> dict:
+    """Simulated (calibrated and preset cluster) and measured step time of one config."""
+    preset = load_training_setup(ROOT / "configs" / config, devices=k)
+    # partitioned on the config's own cluster (measured speeds differ by noise, and the
+    # partitioner's balance caps would follow that noise); trained on the calibrated one
+    placement = place(preset)
+    setup = dataclasses.replace(preset, cluster=first_devices(calibrated, k))
+    assignment = placement.assignment
+    schedule, m = setup.simulated_schedule, setup.micro_batches
+    simulated = simulate(setup.graph, assignment, setup.cluster, schedule=schedule,
+                         micro_batches=m)
+    uncalibrated = simulate(setup.graph, assignment, preset.cluster, schedule=schedule,
+                            micro_batches=m)
+    with open_executor("ray", setup, placement) as executor:
+        times, busy = [], []
+        for step in range(warmup + steps):
+            result = executor.step(setup.data(step))
+            if step >= warmup:
+                times.append(result.step_seconds)
+                busy.append(result.busy_seconds)
+        mode = executor.mode
+    measured = float(np.median(times))
+    return {"config": config, "k": k, "used": len(set(np.asarray(assignment).tolist())),
+            "m": m, "schedule": setup.schedule, "mode": mode, "measured": measured,
+            "simulated": simulated.makespan, "uncalibrated": uncalibrated.makespan,
+            "busy": float(np.median(busy, axis=0).max()),
+            "simulated_busy": max(simulated.busy) * simulated.makespan}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    args = parser.parse_args()
+    repeats, warmup, steps = (5, 3, 8) if args.quick else (9, 5, 20)
+
+    start_ray()
+    try:
+        began = time.perf_counter()
+        calibration = calibrate(4, repeats=repeats)
+        cluster = Cluster.from_spec(calibration.cluster_spec())
+        device = cluster.devices[0]
+        print(f"calibrated in {time.perf_counter() - began:.0f} s: matmul "
+              f"{device.flops / 1e9:.1f} GFLOP/s, conv2d {device.rate('conv2d') / 1e9:.2f}, "
+              f"other ops {device.rate('*') / 1e9:.2f} GFLOP/s, "
+              f"{device.op_overhead * 1e6:.1f} us per op, link latency "
+              f"{calibration.latency * 1e3:.3f} ms, bandwidth {calibration.bandwidth / 1e9:.2f}"
+              f" GB/s, step overhead {calibration.step_overhead * 1e3:.3f} ms")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+              f"{warmup} warm-up + {steps} measured steps, median")
+        print(f"{'config':18} {'k':>2} {'used':>4} {'m':>2} {'schedule':>10} {'measured ms':>12} "
+              f"{'simulated ms':>13} {'error':>7} {'preset sim ms':>14} {'preset error':>13} "
+              f"{'busy ms':>8} {'sim busy ms':>12}")
+        errors = []
+        for config in args.configs:
+            for k in (2, 4):
+                try:
+                    r = measure(config, k, cluster, warmup, steps)
+                except PlacementError as e:
+                    print(f"{config:18} {k:>2} skipped: {e}")
+                    continue
+                error = abs(r["simulated"] - r["measured"]) / r["measured"]
+                preset = abs(r["uncalibrated"] - r["measured"]) / r["measured"]
+                errors.append(error)
+                print(f"{config:18} {k:>2} {r['used']:>4} {r['m']:>2} {r['schedule']:>10} "
+                      f"{1e3 * r['measured']:>12.2f} {1e3 * r['simulated']:>13.2f} "
+                      f"{error:>7.1%} {1e3 * r['uncalibrated']:>14.3f} {preset:>13.1%} "
+                      f"{1e3 * r['busy']:>8.2f} {1e3 * r['simulated_busy']:>12.2f}")
+        if errors:
+            print(f"max error {max(errors):.1%}, median {np.median(errors):.1%} "
+                  f"(target <= {TARGET:.0%})")
+    finally:
+        stop_ray()
+
+
+if __name__ == "__main__":
+    main()
