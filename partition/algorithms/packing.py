@@ -10,6 +10,7 @@ placement, the device counts that fit, and a placement within the caps close to 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -250,9 +251,25 @@ def _trivial(weights: np.ndarray, base: np.ndarray) -> float:
 
 def explain(problem: Problem) -> str:
     """Why no placement within the load caps was found, for an error message: proven impossible
-    (with the smallest epsilon and nearby device counts that fit) or possible after all."""
+    (with the smallest epsilon and nearby device counts that fit) or possible after all.
+    Remembered for the last few problems (`modelcut compare` asks once per failing algorithm)."""
     if not applicable(problem):
         return ""
+    arrays = problem.arrays
+    key = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in (
+        problem.weights, problem.load_caps, problem.pinned, arrays.in_idx, arrays.in_dst,
+        np.array([problem.acyclic, problem.epsilon, problem.cluster.speeds.std()])))).digest()
+    if key not in _EXPLAINED:
+        if len(_EXPLAINED) >= 16:
+            _EXPLAINED.pop(next(iter(_EXPLAINED)))
+        _EXPLAINED[key] = _explain(problem)
+    return _EXPLAINED[key]
+
+
+_EXPLAINED: dict[bytes, str] = {}
+
+
+def _explain(problem: Problem) -> str:
     found = least_ratio(problem)
     lower, upper = smallest_epsilon(found)
     kind = "acyclic placement" if problem.acyclic else "placement"
