@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from autodiff.interpreter import const_value
+from autodiff.interpreter import const_value, retain_freed_memory
 from autodiff.ops.registry import lookup
 from autodiff.ops.sources import draw_random
 from executor.accumulate import add_matmul, fused_products
@@ -26,6 +26,7 @@ class DeviceWorker:
     """Holds one device's parameters, optimizer state, persistent state and step tensors."""
 
     def __init__(self, program: Program, params: Mapping[str, np.ndarray], optimizer: Optimizer):
+        retain_freed_memory()    # steps reuse the same buffer sizes: no page faults per step
         self.program = program
         self.device = program.device
         self.optimizer = optimizer
