@@ -13,6 +13,9 @@ acyclicity: the i-th node may only use devices 0..i. A multilevel solution seeds
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import highspy
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +24,22 @@ from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, pin_counts
 from partition.algorithms.multilevel import multilevel_partition
 from partition.problem import Problem
+
+
+def quiet_highs():
+    """A `highspy.Highs()` with its output off. HiGHS 1.16 prints its banner to stdout in the
+    constructor, before `output_flag` can be set, so stdout is pointed at /dev/null meanwhile."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+    h.setOptionValue("output_flag", False)
+    return h
 
 
 class MipModel:
@@ -71,8 +90,7 @@ class MipModel:
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in np.concatenate(self.integer)]
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = quiet_highs()
         h.setOptionValue("random_seed", int(seed) % (2**31 - 1))
         h.setOptionValue("mip_rel_gap", 1e-9)
         h.setOptionValue("mip_abs_gap", 1e-9)
