@@ -85,7 +85,10 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
                                  "flow in a cycle between devices (partition with acyclic=True)")
         computing = np.bincount(a[~arrays.is_source], minlength=k) > 0
         stages = [d for d in order if computing[d]]
-    forward_time, backward_time = _op_times(graph, arrays, a, cluster)
+    # gradient ops per forward node, for a cluster that charges per op (counted once: a vjp)
+    gradient_ops = (_gradient_op_counts(graph, arrays)
+                    if any(d.op_overhead for d in cluster.devices) else None)
+    forward_time, backward_time = _op_times(graph, arrays, a, cluster, gradient_ops)
     tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time)
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
@@ -104,8 +107,8 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
             if makespan > 0 else 0.0
     multiplicity = np.where(arrays.batch_dependent, micro_batches, 1)
     fastest = np.zeros(arrays.n, dtype=np.int64) + int(np.argmax(cluster.speeds))
-    single = float(((np.add(*_op_times(graph, arrays, fastest, cluster)) * multiplicity).sum())
-                   + cluster.step_overhead)
+    one_device = np.add(*_op_times(graph, arrays, fastest, cluster, gradient_ops))
+    single = float((one_device * multiplicity).sum() + cluster.step_overhead)
     return SimulationResult(
         makespan=makespan, busy=tuple(float(b) for b in busy), bubble=bubble,
         single_device_time=single, speedup=single / makespan if makespan > 0 else 1.0,
@@ -144,10 +147,11 @@ class _Tasks:
         self.pending[after] += 1
 
 
-def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster,
+              gradient_ops: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of each node's forward op and of its backward op on its device (0 for sources,
-    and for the backward of nodes that do not require grad)."""
+    and for the backward of nodes that do not require grad); `gradient_ops` (per node, from
+    `_gradient_op_counts`) is needed when a device charges `op_overhead`."""
     devices = cluster.devices
     place = a.tolist()
     if any(d.op_flops for d in devices):
@@ -160,7 +164,7 @@ def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster
     if overhead.any():
         forward = forward + np.where(arrays.is_source, 0.0, overhead)
         backward = backward + np.where(arrays.requires_grad,
-                                       _gradient_op_counts(graph, arrays) * overhead, 0.0)
+                                       gradient_ops * overhead, 0.0)
     return forward, backward
 
 
