@@ -53,7 +53,8 @@ from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
 from executor.program import Plan, Program
 from executor.ray_routes import Call, Routes, plan_routes
-from executor.ray_runtime import patient_channel_reads, skip_torch_in_channels, start_ray
+from executor.ray_runtime import (patient_channel_reads, skip_torch_in_channels, start_ray,
+                                  worker_env)
 from executor.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
@@ -260,13 +261,7 @@ class RayExecutor:
 
     # ------------------------------------------------------------ actors and the graph
     def _options(self, num_cpus, num_gpus, blas_threads, max_restarts) -> dict:
-        root = str(Path(__file__).resolve().parent.parent)
-        path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(
-            os.pathsep) if p and p != root])
-        env = {"PYTHONPATH": path}
-        if blas_threads is not None:
-            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[var] = str(blas_threads)
+        env = worker_env(blas_threads)
         return dict(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
                     max_task_retries=0, runtime_env={"env_vars": env})
 
@@ -372,7 +367,7 @@ class RayExecutor:
             reports = ray.get(self._compiled.execute(*[inputs[d] for d in self._active]),
                               timeout=-1)
             return [_owned(r) for r in reports]
-        packets, incoming = self.routes.packets, self.routes.incoming
+        incoming = self.routes.incoming
         refs: dict[Call, list] = {}
         last: dict[int, object] = {}
         for call in self.routes.calls:

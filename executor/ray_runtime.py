@@ -47,6 +47,19 @@ def temp_dir() -> str:
     return str(path)
 
 
+def worker_env(blas_threads: int | None = None) -> dict[str, str]:
+    """Environment for actor processes: this checkout first on PYTHONPATH (so workers import
+    the same modelcut as the driver) and, when given, the BLAS thread count."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                     if p and p != root])
+    env = {"PYTHONPATH": path}
+    if blas_threads is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(blas_threads)
+    return env
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None,
               object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES,
               include_dashboard: bool = False, log_to_driver: bool = False) -> bool:

@@ -26,7 +26,6 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -277,11 +276,8 @@ class ProbeActor:
 def actor_options() -> dict:
     """Actor options: no CPU held (k actors fit on a small machine), BLAS limited to one
     thread, and this checkout importable in the worker processes."""
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                     if p and p != root])
-    env = {"PYTHONPATH": path, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    from executor.ray_runtime import worker_env
+    env = worker_env(blas_threads=1)
     return {"num_cpus": 0, "runtime_env": {"env_vars": env}, "scheduling_strategy": "SPREAD"}
 
 
