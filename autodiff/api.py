@@ -10,7 +10,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autodiff.ir import FLOAT_DTYPES
 from autodiff.forward import push_forward
 from autodiff.reverse import backward
 from autodiff.trace import Tensor, Tracer, TracingError, _to_inputs, current_tracer, tree_flatten

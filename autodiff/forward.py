@@ -5,7 +5,7 @@ from typing import Sequence
 
 from autodiff.ir import FLOAT_DTYPES
 from autodiff.ops.registry import lookup
-from autodiff.trace import Tensor, TracingError
+from autodiff.trace import Tensor
 from autodiff import numpy as anp
 
 

@@ -145,7 +145,7 @@ def main():
         print(f"== any quotient graph (epsilon {EPSILON}); ratios to Mt-KaHyPar's V ==")
         summary(run(models, acyclic=False), acyclic=False)
     if args.part != "any":
-        print(f"\n== acyclic=True; ratios to Mt-KaHyPar's unconstrained V ==")
+        print("\n== acyclic=True; ratios to Mt-KaHyPar's unconstrained V ==")
         summary(run(models, acyclic=True), acyclic=True)
 
 

@@ -218,7 +218,6 @@ def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
 def _assign(weights, pinned, free, cls, count, part) -> np.ndarray:
     """Node assignment with count[j, d] free nodes of class j on device d, keeping nodes of
     `part` on their device where the counts allow (the rest fill the remaining slots)."""
-    n, k = len(weights), count.shape[1]
     out = np.where(pinned >= 0, pinned, -1).astype(np.int64)
     nodes = np.flatnonzero(free)
     left = count.copy()
