@@ -100,6 +100,7 @@ class DeviceActor:
         self.return_grads = return_grads
         self.sent = np.zeros(self.k, dtype=np.int64)
         self.busy = 0.0
+        self.copy_seconds = 0.0
         self.first_start: float | None = None
 
     def check_alive(self) -> None:
@@ -125,6 +126,7 @@ class DeviceActor:
             for (j, name), value in packet.items():
                 received.setdefault(j, {})[name] = (np.array(value, copy=True)
                                                     if self.copy_received else value)
+        self.copy_seconds += time.perf_counter() - start
         positions = self.positions[blocks]
         out: list[dict[tuple[int, str], np.ndarray]] = [
             {} for _ in set(pos for pos, _ in positions.values())]
@@ -144,7 +146,8 @@ class DeviceActor:
     def _report(self, end: float) -> dict:
         span = end - (self.first_start if self.first_start is not None else end)
         return {**self.worker.report(grads=self.return_grads), "sent": self.sent.copy(),
-                "busy_seconds": self.busy, "wait_seconds": max(span - self.busy, 0.0),
+                "busy_seconds": self.busy, "copy_seconds": self.copy_seconds,
+                "wait_seconds": max(span - self.busy, 0.0),
                 "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
     def state_dict(self) -> dict:
@@ -160,11 +163,15 @@ class DeviceActor:
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
     """A StepResult measured on Ray actors, plus per device: seconds spent inside block calls
-    (`busy_seconds`), idle between its first and last block (`wait_seconds`), peak bytes of
-    the tensors it held (`peak_value_bytes`), peak RSS of its process; the driver's wall time
-    for the step, the path that ran it and how many recoveries the step needed."""
+    (`busy_seconds`; of which `update_seconds` ran the optimizer and `copy_seconds` unpacked
+    and copied received packets), idle between its first and last block (`wait_seconds`),
+    peak bytes of the tensors it held (`peak_value_bytes`), peak RSS of its process; the
+    driver's wall time for the step, the path that ran it and how many recoveries the step
+    needed."""
 
     busy_seconds: np.ndarray
+    update_seconds: np.ndarray
+    copy_seconds: np.ndarray
     wait_seconds: np.ndarray
     peak_value_bytes: np.ndarray
     rss_bytes: np.ndarray
@@ -174,6 +181,8 @@ class RayStepResult(StepResult):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "busy_seconds": self.busy_seconds.tolist(),
+                "update_seconds": self.update_seconds.tolist(),
+                "copy_seconds": self.copy_seconds.tolist(),
                 "wait_seconds": self.wait_seconds.tolist(),
                 "peak_value_bytes": self.peak_value_bytes.tolist(),
                 "rss_bytes": self.rss_bytes.tolist(), "step_seconds": self.step_seconds,
@@ -425,7 +434,7 @@ class RayExecutor:
         k = self.k
         by_device = {r["device"]: r for r in reports}
         idle = {"losses": {}, "compute_seconds": 0.0, "grads": {}, "sent": np.zeros(k),
-                "busy_seconds": 0.0, "wait_seconds": 0.0, "peak_value_bytes": 0, "rss_bytes": 0}
+                "busy_seconds": 0.0, "update_seconds": 0.0, "copy_seconds": 0.0, "wait_seconds": 0.0, "peak_value_bytes": 0, "rss_bytes": 0}
         reports = [by_device.get(d, dict(idle, device=d)) for d in range(k)]
         link = np.array([r["sent"] for r in reports], dtype=np.int64)
         base = summarize_step(step, reports, link, self.micro_batches,
@@ -435,6 +444,8 @@ class RayExecutor:
             return np.array([r[name] for r in reports], dtype=dtype)
         return RayStepResult(**{f.name: getattr(base, f.name) for f in fields(StepResult)},
                              busy_seconds=column("busy_seconds"),
+                             update_seconds=column("update_seconds"),
+                             copy_seconds=column("copy_seconds"),
                              wait_seconds=column("wait_seconds"),
                              peak_value_bytes=column("peak_value_bytes", np.int64),
                              rss_bytes=column("rss_bytes", np.int64), step_seconds=seconds,

@@ -61,6 +61,7 @@ class DeviceWorker:
         self.losses: dict[int | None, float] = {}
         self.grads: dict[str, np.ndarray | None] = {}
         self.compute_seconds = 0.0
+        self.update_seconds = 0.0
         self.peak_value_bytes = 0
 
     def _kernel(self, node):
@@ -79,6 +80,7 @@ class DeviceWorker:
         self.losses = {}
         self.grads = {}
         self.compute_seconds = 0.0
+        self.update_seconds = 0.0
         self.peak_value_bytes = 0
 
     def run_block(self, index: int, received: Mapping[str, np.ndarray]
@@ -117,7 +119,9 @@ class DeviceWorker:
                 else:
                     values[(s.into, None)] = total + value
             elif isinstance(s, ApplyUpdate):
+                start = time.perf_counter()
                 self._apply_update(s)
+                self.update_seconds += time.perf_counter() - start
             elif isinstance(s, SetState):
                 value = values[program.key(s.tensor, mb)]
                 self.states[s.state] = np.asarray(value * s.scale if s.scale != 1.0 else value,
@@ -179,11 +183,11 @@ class DeviceWorker:
 
     def report(self, grads: bool = False) -> dict:
         """What this step produced here: the loss per micro-batch (key None when the loss does
-        not depend on the batch), compute seconds, the peak bytes of the tensors held during the
+        not depend on the batch), seconds computing nodes and running the optimizer, the peak bytes of the tensors held during the
         step (measured at the end of each block, before a finished micro-batch is released)
         and, if asked, the owned parameters' gradients."""
         return {"device": self.device, "losses": dict(self.losses),
-                "compute_seconds": self.compute_seconds,
+                "compute_seconds": self.compute_seconds, "update_seconds": self.update_seconds,
                 "peak_value_bytes": self.peak_value_bytes,
                 "grads": dict(self.grads) if grads else None}
 
