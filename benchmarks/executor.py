@@ -1,13 +1,16 @@
 """Ray executor benchmarks: (a) overhead over the local executor, (b) pipeline speedup.
 
 (a) Step time of the Ray executor (compiled-graph path, with the cost model's calls and with
-    the fewest calls, and plain-call path) over the LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at k = 2
-    and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement. Target:
-    Ray/local <= 1.5 on mlp with compiled graphs.
-(b) Throughput of a compute-heavy 2-stage MLP (width 2048, batch 512, float32) with m = 8 and
-    1F1B, one BLAS thread per actor, over the same model on one device with one BLAS thread
-    (the local executor in this process, and one Ray actor). Target >= 1.6 (the bubble
-    limits it to 2 * 8 / 9 = 1.78).
+    the fewest calls, and plain-call path) over the LocalExecutor running the same plan, for
+    the bundled mlp and gpt-small configs at k = 2 and 4 with m = 4 micro-batches and 1F1B on
+    an acyclic pipeline_dp placement. Target: Ray/local <= 1.5 on mlp with compiled graphs.
+(b) Throughput of a compute-heavy 2-stage MLP (width 2048, 2048 inputs, batch 512, float32)
+    with m = 8 and 1F1B, one BLAS thread per actor, over the same model on one device with
+    one BLAS thread (the local executor in this process, and one Ray actor). Target >= 1.6
+    (the bubble limits it to 2 * 8 / 9 = 1.78). Two pipelines: weight gradients summed per
+    micro-batch, and deferred to one stacked gemm per weight at the end of the step
+    (`defer_weight_grads`, executor/accumulate.py), which runs at the full batch's gemm speed
+    and takes the weight gradients off the backward critical path.
 
 Each Ray executor is compared with local executors stepped in turn with it (round robin), so
 slow phases of a shared machine hit both alike; figures are medians. Only one Ray executor is
@@ -152,9 +155,48 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
             "local": f["local@compiled"]["seconds"], "ms": f["compiled"]["seconds"]}
 
 
+PIPELINE_SIZES = dict(layers=4, width=2048, in_features=2048, classes=10, dtype="float32")
+PIPELINE_BATCH = 512
+
+
+def one_device_step_seconds(warmup: int, steps: int) -> float:
+    """Median step time of the pipeline model on one device, local executor, m = 1 (run as a
+    separate process by `concurrency_ceiling`)."""
+    full = BUILDERS["mlp"](batch=PIPELINE_BATCH, **PIPELINE_SIZES)
+    data = make_data(full, "mlp", 0)
+    ex = LocalExecutor(full, np.zeros(len(full.nodes), np.int32), 1, "sgd")
+    feeds = [data(s) for s in range(warmup + steps)]
+    times = []
+    for f in feeds:
+        start = time.perf_counter()
+        ex.step(f)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[warmup:]))
+
+
+def concurrency_ceiling(warmup: int, steps: int) -> dict:
+    """What two cores give two independent processes here: the one-device step alone, then
+    two copies at once (no Ray, no communication). Two pipeline stages computing at once pay
+    the same slowdown (shared caches, memory bandwidth), so 2 * alone / together bounds any
+    2-stage speedup on this machine before bubbles and micro-batch effects."""
+    import subprocess
+    code = ("import importlib.util as u; "
+            f"s = u.spec_from_file_location('bench_executor', {str(Path(__file__).resolve())!r}); "
+            "b = u.module_from_spec(s); s.loader.exec_module(b); "
+            f"print(b.one_device_step_seconds({warmup}, {steps}))")
+
+    def run(copies: int) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  text=True, cwd=str(ROOT)) for _ in range(copies)]
+        return [float(p.communicate()[0].split()[-1]) for p in procs]
+    alone = run(1)[0]
+    together = run(2)
+    return {"alone": alone, "together": together,
+            "ceiling": 2 * alone / float(np.mean(together))}
+
+
 def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
-    sizes = dict(layers=4, width=2048, in_features=2048, classes=10, dtype="float32")
-    batch = 512
+    sizes, batch = PIPELINE_SIZES, PIPELINE_BATCH
     full = BUILDERS["mlp"](batch=batch, **sizes)
     micro = BUILDERS["mlp"](batch=batch // m, **sizes)
     data = make_data(full, "mlp", 0)
@@ -164,13 +206,20 @@ def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
         "local 1 device": LocalExecutor(full, one, 1, "sgd"),
         "local 1 device m=8": LocalExecutor(micro, np.zeros(len(micro.nodes), np.int32), 1,
                                             "sgd", micro_batches=m),
+        "local 1 device m=8 deferred W": LocalExecutor(
+            micro, np.zeros(len(micro.nodes), np.int32), 1, "sgd", micro_batches=m,
+            defer_weight_grads=True),
         "ray 1 actor": functools.partial(RayExecutor, full, one, 1, "sgd", mode="compiled",
                                          blas_threads=1),
         "ray 2 stages": functools.partial(RayExecutor, micro, placement, 2, "sgd",
                                           micro_batches=m, schedule="1f1b", mode="compiled",
                                           blas_threads=1),
+        "ray 2 stages deferred W": functools.partial(
+            RayExecutor, micro, placement, 2, "sgd", micro_batches=m, schedule="1f1b",
+            mode="compiled", blas_threads=1, defer_weight_grads=True),
     }
-    figures = phases(executors, ["ray 1 actor", "ray 2 stages"], data, warmup, steps)
+    figures = phases(executors, ["ray 1 actor", "ray 2 stages", "ray 2 stages deferred W"],
+                     data, warmup, steps)
     return {"m": m, "imbalance": placement.metrics.imbalance, "figures": figures}
 
 
@@ -196,34 +245,43 @@ def report_overhead(warmup: int, steps: int) -> None:
 
 
 def report_pipeline(warmup: int, steps: int) -> None:
-    """Print figures (b): the headline is the 2-stage pipeline against the local executor on
-    one device with m = 1, stepped in turn with it; the other single-device figures were
-    stepped in turn with the same local baseline in the one-actor phase."""
+    """Print figures (b): the headline is the 2-stage pipeline (weight gradients deferred to
+    one stacked gemm at the end of the step, and summed per micro-batch) against the local
+    executor on one device with m = 1, stepped in turn with it in the same phase."""
     r = pipeline_speedup(8, warmup, steps)
     f = r["figures"]
-    base = f["local 1 device@ray 2 stages"]["seconds"]
-    base_a = f["local 1 device@ray 1 actor"]["seconds"]
     print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
           f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
-    rows = (("local 1 device@ray 2 stages", "one device, local executor, m=1", base),
-            ("ray 2 stages", "two Ray actors, 1F1B, m=8", base),
-            ("local 1 device@ray 1 actor", "one device, local executor, m=1", base_a),
-            ("local 1 device m=8@ray 1 actor", "one device, local executor, m=8", base_a),
-            ("ray 1 actor", "one device, one Ray actor, m=1", base_a))
-    for i, (name, label, ref) in enumerate(rows):
-        if i in (0, 2):
-            print(f"  phase {1 + i // 2}: " + ("two-stage pipeline" if i == 0 else "one actor"))
-        seconds = f[name]["seconds"]
-        print(f"    {label:34} {seconds:.3f} s/step = {512 / seconds:5,.0f} samples/s, "
-              f"{ref / seconds:.2f}x of local m=1  (CPU share {f[name]['cpu_share']}, "
-              f"other processes {f[name]['other_share']} of the machine)")
-    piped = f["ray 2 stages"]["seconds"]
-    print(f"  speedup of the 2-stage pipeline over one device, local m=1: {base / piped:.2f}x "
-          "(target >= 1.6, limit 1.78 with m=8)")
-    print(f"  share of the step each stage spends in its calls: "
-          f"{f['ray 2 stages']['busy_share']}; seconds computing nodes per stage "
-          f"{f['ray 2 stages']['compute_seconds']} (one device, local m=8: "
-          f"{f['local 1 device m=8@ray 1 actor']['compute_seconds']})")
+    phase_rows = (
+        ("ray 2 stages deferred W", "two-stage pipeline, weight gradients deferred",
+         (("ray 2 stages deferred W", "two Ray actors, 1F1B, m=8, deferred W"),
+          ("local 1 device m=8 deferred W", "one device, local executor, m=8, deferred W"))),
+        ("ray 2 stages", "two-stage pipeline, weight gradients per micro-batch",
+         (("ray 2 stages", "two Ray actors, 1F1B, m=8"),
+          ("local 1 device m=8", "one device, local executor, m=8"))),
+        ("ray 1 actor", "one actor",
+         (("ray 1 actor", "one device, one Ray actor, m=1"),)))
+    for n, (phase, title, rows) in enumerate(phase_rows):
+        base = f[f"local 1 device@{phase}"]["seconds"]
+        print(f"  phase {n + 1}: {title}")
+        rows = (("local 1 device@" + phase, "one device, local executor, m=1"),) + tuple(
+            (name if name == phase else f"{name}@{phase}", label) for name, label in rows)
+        for name, label in rows:
+            seconds = f[name]["seconds"]
+            print(f"    {label:46} {seconds:.3f} s/step = {512 / seconds:5,.0f} samples/s, "
+                  f"{base / seconds:.2f}x of local m=1  (CPU share {f[name]['cpu_share']}, "
+                  f"other processes {f[name]['other_share']} of the machine)")
+    for phase in ("ray 2 stages deferred W", "ray 2 stages"):
+        base = f[f"local 1 device@{phase}"]["seconds"]
+        print(f"  speedup over one device, local m=1 ({phase}): "
+              f"{base / f[phase]['seconds']:.2f}x (target >= 1.6, limit 1.78 with m=8)")
+        print(f"    share of the step each stage spends in its calls: {f[phase]['busy_share']}; "
+              f"seconds computing nodes per stage {f[phase]['compute_seconds']}")
+    c = concurrency_ceiling(*((1, 3) if warmup < 2 else (2, 8)))
+    print(f"  ceiling of two processes on this machine: the one-device step alone "
+          f"{c['alone']:.3f} s, two copies at once {np.round(c['together'], 3).tolist()} s "
+          f"-> 2 stages can reach at most {c['ceiling']:.2f}x before bubbles and micro-batch "
+          "effects")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -96,12 +96,14 @@ class LocalExecutor:
     `params`: initial parameter values; default `autodiff.models.init_params(graph, seed)`.
     `loss_reduction`: "mean" or "sum" over micro-batches (module docstring).
     `plan`: a prebuilt plan (then placement, k, micro_batches and schedule are not used).
+    `defer_weight_grads`: sum each weight gradient over micro-batches by one gemm at the end of
+    the step instead of one per micro-batch (executor/accumulate.py: faster, more memory).
     """
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
                  params: Mapping[str, np.ndarray] | None = None, plan: Plan | None = None,
-                 loss_reduction: str = "mean"):
+                 loss_reduction: str = "mean", defer_weight_grads: bool = False):
         if loss_reduction not in ("mean", "sum"):
             raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got {loss_reduction!r}")
         self.graph = forward_graph
@@ -115,7 +117,8 @@ class LocalExecutor:
         if params is None:
             from autodiff.models.init import init_params
             params = init_params(forward_graph, seed)
-        self.workers = [DeviceWorker(p, params, self.optimizer) for p in self.plan.programs]
+        self.workers = [DeviceWorker(p, params, self.optimizer, defer_weight_grads)
+                        for p in self.plan.programs]
         self.step_count = 0
 
     @property

@@ -77,7 +77,8 @@ class DeviceActor:
     neither returns None (a token for the compiled graph)."""
 
     def __init__(self, program: Program, k: int, positions: Mapping[tuple, Mapping],
-                 optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool):
+                 optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool,
+                 defer_weight_grads: bool = False):
         import ray
 
         # A restarted actor has lost its state: calls still queued for the dead one must fail.
@@ -85,7 +86,7 @@ class DeviceActor:
         if params is None:
             from autodiff.models.init import init_param
             params = {p: init_param(program.nodes[p], seed) for p in program.params}
-        self.worker = DeviceWorker(program, params, optimizer)
+        self.worker = DeviceWorker(program, params, optimizer, defer_weight_grads)
         self.k = k
         self.positions = {blocks: dict(v) for blocks, v in positions.items()}
         self.last = len(program.blocks) - 1
@@ -205,7 +206,7 @@ class RayExecutor:
     checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
     writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
     `max_inflight_executions` of the compiled graph; `routes`: prebuilt actor calls of the
-    plan (default `plan_routes(plan)`). Starts a local Ray if none
+    plan (default `plan_routes(plan)`); `defer_weight_grads` as LocalExecutor. Starts a local Ray if none
     is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
@@ -215,7 +216,8 @@ class RayExecutor:
                  blas_threads: int | None = 1, checkpoint_every: int | None = 10,
                  checkpoint_dir: str | Path | None = None, max_restarts: int = 1,
                  max_recoveries: int = 3, max_inflight_executions: int = 2,
-                 loss_reduction: str = "mean", routes: Routes | None = None):
+                 loss_reduction: str = "mean", routes: Routes | None = None,
+                 defer_weight_grads: bool = False):
         if mode not in MODES:
             raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -248,6 +250,7 @@ class RayExecutor:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.max_recoveries = max_recoveries
         self.max_inflight_executions = max_inflight_executions
+        self.defer_weight_grads = bool(defer_weight_grads)
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         # The initial parameters each device starts from (None: materialized on the actor).
@@ -282,7 +285,8 @@ class RayExecutor:
         compiled = self.requested_mode != "plain"
         initial = self._initial or [None] * self.k
         self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
-                                     self.optimizer, self.seed, initial[prog.device], compiled)
+                                     self.optimizer, self.seed, initial[prog.device], compiled,
+                                     self.defer_weight_grads)
                        for prog in self.plan.programs]
         if self._checkpoint is not None:
             state = ray.put(self._checkpoint)

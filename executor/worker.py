@@ -16,7 +16,7 @@ import numpy as np
 from autodiff.interpreter import const_value, retain_freed_memory
 from autodiff.ops.registry import lookup
 from autodiff.ops.sources import draw_random
-from executor.accumulate import add_matmul, fused_products
+from executor.accumulate import add_matmul, fused_products, stacked_product
 from executor.errors import ExecutorError
 from executor.optim import Optimizer
 from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState)
@@ -25,7 +25,8 @@ from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, S
 class DeviceWorker:
     """Holds one device's parameters, optimizer state, persistent state and step tensors."""
 
-    def __init__(self, program: Program, params: Mapping[str, np.ndarray], optimizer: Optimizer):
+    def __init__(self, program: Program, params: Mapping[str, np.ndarray], optimizer: Optimizer,
+                 defer_weight_grads: bool = False):
         retain_freed_memory()    # steps reuse the same buffer sizes: no page faults per step
         self.program = program
         self.device = program.device
@@ -50,6 +51,9 @@ class DeviceWorker:
         self.kernels = {name: self._kernel(node) for name, node in program.nodes.items()}
         # Products summed over micro-batches go straight into their sum (executor/accumulate.py).
         self.fused = fused_products(program)
+        # Deferred: their operands are kept and summed by one stacked gemm when first needed.
+        self.defer = bool(defer_weight_grads)
+        self.pending: dict[str, tuple[np.dtype, list[tuple[np.ndarray, np.ndarray]]]] = {}
         last: dict[int, int] = {}
         for i, block in enumerate(program.blocks):
             if block.micro_batch is not None:
@@ -76,6 +80,7 @@ class DeviceWorker:
         """Forget the previous step's tensors; `feeds[(input name, micro-batch)]` for own inputs."""
         self.step = int(step)
         self.values = {}
+        self.pending = {}
         self.feeds = dict(feeds)
         self.losses = {}
         self.grads = {}
@@ -92,6 +97,8 @@ class DeviceWorker:
         values = self.values
         out: list[tuple[str, int, np.ndarray]] = []
         fused = self.fused.get(index, {})
+        if mb is None and self.pending:        # sums are read only in per-step blocks
+            self._finish_deferred()
         for s in block.steps:
             if isinstance(s, Compute):
                 start = time.perf_counter()
@@ -166,13 +173,26 @@ class DeviceWorker:
 
     def _accumulate_product(self, name: str, mb: int | None, into: str) -> None:
         """Add matmul node `name` of micro-batch `mb` into the sum `into` (its only use):
-        the first product becomes the sum, later ones are added in place by one gemm."""
+        the first product becomes the sum, later ones are added in place by one gemm; when
+        deferring, keep the operands for `_finish_deferred` instead."""
+        node = self.program.nodes[name]
+        a, b = (self.values[self.program.key(x, mb)] for x in node.inputs)
+        if self.defer and a.ndim == 2 and b.ndim == 2:
+            self.pending.setdefault(into, (np.dtype(node.dtype), []))[1].append((a, b))
+            return
         total = self.values.get((into, None))
         if total is None:
             self.values[(into, None)] = self._run_node(name, mb)     # a fresh array
             return
-        a, b = (self.values[self.program.key(x, mb)] for x in self.program.nodes[name].inputs)
         add_matmul(total, a, b)
+
+    def _finish_deferred(self) -> None:
+        """Compute every deferred sum (executor/accumulate.py: one stacked gemm each)."""
+        start = time.perf_counter()
+        for into, (dtype, pairs) in self.pending.items():
+            self.values[(into, None)] = stacked_product(pairs, dtype)
+        self.pending = {}
+        self.compute_seconds += time.perf_counter() - start
 
     def _apply_update(self, step: ApplyUpdate) -> None:
         for p, g in zip(step.params, step.grads):

@@ -399,6 +399,7 @@ class TrainingSection(Section):
     betas: Betas = (0.9, 0.999)
     micro_batches: PositiveInt = 1
     schedule: _choice("gpipe", "1f1b", "sequential") = "sequential"
+    defer_weight_grads: Flag = False
     seed: Optional[Integer] = None
     checkpoint_every: NonNegativeInt = 0
     dtype: Optional[Dtype] = None     # None: the model's dtype

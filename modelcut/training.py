@@ -53,6 +53,7 @@ class TrainingSetup:
     seed: int
     checkpoint_every: int
     data: Callable[[int], dict] = field(repr=False)
+    defer_weight_grads: bool = False
 
     @property
     def simulated_schedule(self) -> str | None:
@@ -92,7 +93,8 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
         schedule=t.schedule, optimizer=optimizer_spec(config), partition_options=options,
         steps=steps if steps is not None else t.steps, seed=t.seed or 0,
         checkpoint_every=t.checkpoint_every if checkpoint_every is None else checkpoint_every,
-        data=make_data(full_graph, family, t.seed or 0))
+        data=make_data(full_graph, family, t.seed or 0),
+        defer_weight_grads=t.defer_weight_grads)
 
 
 def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
@@ -179,7 +181,8 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
     if kind not in ("ray", "local"):
         raise TrainingError(f"executor: expected ray or local, got {kind!r}")
     common = dict(optimizer=setup.optimizer, micro_batches=setup.micro_batches,
-                  schedule=setup.schedule, seed=setup.seed)
+                  schedule=setup.schedule, seed=setup.seed,
+                  defer_weight_grads=setup.defer_weight_grads)
     if kind == "local":
         from executor.local import LocalExecutor
         yield LocalExecutor(setup.graph, placement, setup.cluster.k, **common)

@@ -234,6 +234,8 @@ MALFORMED = [
      "expected a positive integer, got 0"),
     ("bad-schedule", MLP + "training: {schedule: pipedream}", "training.schedule",
      "expected one of gpipe, 1f1b, sequential"),
+    ("defer-not-bool", MLP + "training: {defer_weight_grads: often}",
+     "training.defer_weight_grads", "expected true or false, got 'often'"),
     ("empty-channels", "model: {builder: resnet, channels: [], batch: 2}",
      "model.channels", "expected at least 1 item"),
     ("missing-graph-file", "model: {graph: nowhere.json}",
@@ -293,3 +295,13 @@ def test_file_level_problems(tmp_path):
     referencing = write(tmp_path, MLP + "cluster: {file: cl.yaml}\n", "ref.yaml")
     assert problems_of(referencing) == [f"{tmp_path / 'cl.yaml'}: cluster.uniform.devices: "
                                         "expected a positive integer, got -3"]
+
+
+def test_defer_weight_grads_reaches_the_executor(tmp_path):
+    from modelcut.training import load_training_setup, open_executor, place
+    path = write(tmp_path, MLP + "training: {micro_batches: 2, defer_weight_grads: true}\n")
+    setup = load_training_setup(path)
+    assert setup.defer_weight_grads and not load_training_setup(write(tmp_path, MLP, "b.yaml")
+                                                                ).defer_weight_grads
+    with open_executor("local", setup, place(setup)) as executor:
+        assert [w.defer for w in executor.workers] == [True] * setup.cluster.k

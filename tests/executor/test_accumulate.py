@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from autodiff.models import BUILDERS, init_params, make_data
-from executor.accumulate import add_matmul, fused_products
+from executor.accumulate import add_matmul, fused_products, stacked_product
 from executor.local import LocalExecutor
 from executor.optim import Momentum
 from executor_cases import TINY, contiguous
@@ -60,3 +60,59 @@ def test_weight_gradients_of_a_micro_batched_mlp_are_fused_and_match_separate_ad
         for p, g in r2.grads.items():
             np.testing.assert_allclose(r1.grads[p], g, rtol=1e-12, atol=1e-14, err_msg=p)
     assert fused_products(fused.plan.programs[0]) == fused.workers[0].fused
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stacked_product_equals_the_sum_of_products_for_every_layout(dtype):
+    rng = np.random.default_rng(1)
+    pairs0 = [(rng.standard_normal((5, kk)), rng.standard_normal((kk, 4))) for kk in (3, 2, 4)]
+    expected = sum(a @ b for a, b in pairs0)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for la in ("C", "F", "T", "strided"):
+        for lb in ("C", "F", "T", "strided"):
+            pairs = [(layouts(a.astype(dtype))[la], layouts(b.astype(dtype))[lb])
+                     for a, b in pairs0]
+            got = stacked_product(pairs, np.dtype(dtype))
+            assert got.dtype == dtype and got.shape == (5, 4)
+            np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=f"{la} {lb}")
+    one = stacked_product(pairs0[:1], np.dtype(np.float32))      # one pair: cast to the dtype
+    assert one.dtype == np.float32
+    np.testing.assert_allclose(one, pairs0[0][0] @ pairs0[0][1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("family,schedule", [("mlp", "1f1b"), ("gpt", "gpipe"),
+                                             ("lstm", "sequential"), ("resnet", "1f1b")])
+def test_deferred_weight_gradients_reproduce_the_full_batch(family, schedule):
+    """Weight gradients summed by one stacked gemm at the end of the step: the gradients and
+    parameters of one full-batch step on one device (float64, 1e-12); for resnet, whose batch
+    norm sees micro-batch statistics, those of the same micro-batches summed per micro-batch."""
+    m, batch, k = 4, 8, 2
+    full = BUILDERS[family](batch=batch, dtype="float64", **TINY[family])
+    micro = BUILDERS[family](batch=batch // m, dtype="float64", **TINY[family])
+    params, data = init_params(full, 5), make_data(full, family, 5)
+    a = contiguous(micro, k)
+    one = (LocalExecutor(micro, a, k, Momentum(lr=0.1), params=params, micro_batches=m,
+                         schedule=schedule) if family == "resnet" else
+           LocalExecutor(full, np.zeros(len(full.nodes), np.int32), 1, Momentum(lr=0.1),
+                         params=params))
+    deferred = LocalExecutor(micro, a, k, Momentum(lr=0.1), params=params, micro_batches=m,
+                             schedule=schedule, defer_weight_grads=True)
+    held: list[int] = []                 # operand pairs waiting when the sums are computed
+    for w in deferred.workers:
+        finish = w._finish_deferred
+
+        def spy(w=w, finish=finish):
+            held.append(sum(len(pairs) for _, pairs in w.pending.values()))
+            finish()
+        w._finish_deferred = spy
+    for step in range(2):
+        r1 = one.step(data(step), return_grads=True)
+        rm = deferred.step(data(step), return_grads=True)
+        assert rm.loss == pytest.approx(r1.loss, rel=1e-12)
+        for p, g in r1.grads.items():
+            np.testing.assert_allclose(rm.grads[p], g, rtol=1e-12, atol=1e-13, err_msg=p)
+    assert held and max(held) >= m               # m micro-batches' operands were stacked
+    assert all(not w.pending for w in deferred.workers)
+    final = deferred.params
+    for p, value in one.params.items():
+        np.testing.assert_allclose(final[p], value, rtol=1e-12, atol=1e-13, err_msg=p)

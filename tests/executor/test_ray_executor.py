@@ -101,10 +101,11 @@ def test_matches_the_single_device_executor_and_V(ray_session, family, k, kind, 
         np.testing.assert_allclose(final[p], value, rtol=1e-9, atol=1e-12, err_msg=p)
 
 
-@pytest.mark.parametrize("family,schedule,mode", [("mlp", "gpipe", "compiled"),
-                                                  ("gpt", "1f1b", "plain"),
-                                                  ("lstm", "sequential", "compiled")])
-def test_micro_batches_reproduce_the_full_batch(ray_session, family, schedule, mode):
+@pytest.mark.parametrize("family,schedule,mode,defer", [("mlp", "gpipe", "compiled", False),
+                                                        ("gpt", "1f1b", "plain", False),
+                                                        ("lstm", "sequential", "compiled", False),
+                                                        ("gpt", "1f1b", "compiled", True)])
+def test_micro_batches_reproduce_the_full_batch(ray_session, family, schedule, mode, defer):
     from executor.ray_executor import RayExecutor
     m, k = 4, 3
     full, micro = model(family, batch=BATCH), model(family, batch=BATCH // m)
@@ -112,7 +113,7 @@ def test_micro_batches_reproduce_the_full_batch(ray_session, family, schedule, m
     a = contiguous(micro, k)
     one = LocalExecutor(full, a, k, Momentum(lr=0.1), seed=2)
     with RayExecutor(micro, a, k, Momentum(lr=0.1), seed=2, micro_batches=m, schedule=schedule,
-                     mode=mode) as many:
+                     mode=mode, defer_weight_grads=defer) as many:
         assert many.plan.stages is not None and many.plan.schedule == schedule
         for step in range(2):
             r1, rm = one.step(data(step), return_grads=True), many.step(data(step),
