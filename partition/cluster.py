@@ -9,7 +9,11 @@ numpy dispatch and the interpreter) and `op_flops` (FLOP/s per op kind where it 
 `flops`; the key `*` stands for every kind not listed); the cluster's `step_overhead`
 (seconds per step to start it on the devices and collect the results) and `batch_transfers`
 (transfers waiting on a link when it frees go as one message that pays the latency once, as
-the Ray executor sends what one call produces for another call as one packet).
+the Ray executor sends what one call produces for another call as one packet). Two more
+device fields model what the executor's worker runs, op by op of the training graph:
+`op_costs` (per op kind, `[seconds, seconds per FLOP, seconds per byte]` of one op, bytes
+being its inputs' and output's) and `update_costs` (per optimizer, `[seconds, seconds per
+byte]` of one parameter's update).
 """
 from __future__ import annotations
 
@@ -29,13 +33,21 @@ DEFAULT_LATENCY = 1e-5     # seconds
 @dataclass(frozen=True)
 class Device:
     """One accelerator: a name, its speed in FLOP/s and its memory in bytes; optionally the
-    fixed seconds per executed op and the FLOP/s of op kinds that run at another rate."""
+    fixed seconds per executed op, the FLOP/s of op kinds that run at another rate, a measured
+    cost per op kind and per optimizer update (module docstring)."""
 
     name: str
     flops: float
     memory: int
     op_overhead: float = 0.0
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)
+    op_costs: Mapping[str, tuple[float, float, float]] = field(default_factory=dict, hash=False)
+    update_costs: Mapping[str, tuple[float, float]] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for label, size in (("op_costs", 3), ("update_costs", 2)):
+            object.__setattr__(self, label, _cost_table(getattr(self, label), size,
+                                                        f"device {self.name!r}: {label}"))
 
     def rate(self, op: str) -> float:
         """FLOP/s of an op of kind `op` on this device: its `op_flops` entry, else the `*`
@@ -49,7 +61,23 @@ class Device:
             out["op_overhead"] = self.op_overhead
         if self.op_flops:
             out["op_flops"] = dict(self.op_flops)
+        if self.op_costs:
+            out["op_costs"] = {op: list(c) for op, c in self.op_costs.items()}
+        if self.update_costs:
+            out["update_costs"] = {name: list(c) for name, c in self.update_costs.items()}
         return out
+
+    def op_cost(self, op: str, flops: float, nbytes: float) -> float | None:
+        """Seconds of one `op` of `flops` FLOPs touching `nbytes` bytes by its `op_costs`
+        entry (None when the kind has none)."""
+        cost = self.op_costs.get(op)
+        return None if cost is None else cost[0] + flops * cost[1] + nbytes * cost[2]
+
+    def update_cost(self, optimizer: str | None, nbytes: float) -> float:
+        """Seconds to update one parameter of `nbytes` bytes with `optimizer` (0 when it has
+        no `update_costs` entry)."""
+        cost = self.update_costs.get(optimizer) if optimizer else None
+        return 0.0 if cost is None else cost[0] + nbytes * cost[1]
 
 
 @dataclass(frozen=True)
@@ -326,7 +354,8 @@ def _from_device_list(spec: Mapping) -> Cluster:
         where = f"cluster.devices[{i}]"
         if not isinstance(entry, Mapping):
             raise ClusterError(f"{where}: expected a mapping with name, flops, memory")
-        _check_keys(entry, {"name", "flops", "memory", "op_overhead", "op_flops"}, where)
+        _check_keys(entry, {"name", "flops", "memory", "op_overhead", "op_flops", "op_costs",
+                            "update_costs"}, where)
         if "name" not in entry or not isinstance(entry["name"], str):
             raise ClusterError(f"{where}.name: required string")
         args = _numbers(entry, where, required=("flops", "memory"), optional=("op_overhead",))
@@ -337,7 +366,11 @@ def _from_device_list(spec: Mapping) -> Cluster:
         rates = {op: float(_check_number(r, f"{where}.op_flops.{op}", positive=True))
                  for op, r in rates.items()}
         devices.append(Device(entry["name"], float(args["flops"]), int(args["memory"]),
-                              op_overhead=float(args.get("op_overhead", 0.0)), op_flops=rates))
+                              op_overhead=float(args.get("op_overhead", 0.0)), op_flops=rates,
+                              op_costs=_cost_table(entry.get("op_costs") or {}, 3,
+                                                   f"{where}.op_costs"),
+                              update_costs=_cost_table(entry.get("update_costs") or {}, 2,
+                                                       f"{where}.update_costs")))
     links = {}
     for i, entry in enumerate(spec.get("links") or []):
         where = f"cluster.links[{i}]"
@@ -352,6 +385,23 @@ def _from_device_list(spec: Mapping) -> Cluster:
         links[(entry["a"], entry["b"])] = Link(float(args["bandwidth"]), float(latency))
     return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"),
                          batch_transfers=batch, **defaults)
+
+
+def _cost_table(table, size: int, where: str) -> dict[str, tuple[float, ...]]:
+    """A validated cost table: name -> `size` finite non-negative numbers (seconds, per unit)."""
+    if not isinstance(table, Mapping):
+        raise ClusterError(f"{where}: expected a mapping of name to a list of {size} numbers, "
+                           f"got {table!r}")
+    out = {}
+    for name, cost in table.items():
+        if not isinstance(name, str) or not name:
+            raise ClusterError(f"{where}: names must be non-empty strings, got {name!r}")
+        if isinstance(cost, (str, bytes)) or not isinstance(cost, Sequence) \
+                or len(cost) != size:
+            raise ClusterError(f"{where}.{name}: expected a list of {size} numbers, got {cost!r}")
+        out[name] = tuple(float(_check_number(c, f"{where}.{name}[{i}]", positive=False))
+                          for i, c in enumerate(cost))
+    return out
 
 
 def _check_keys(mapping: Mapping, allowed: set[str], where: str) -> None:

@@ -11,7 +11,11 @@ from them alone) are sent once per step and their gradients summed before going 
 An op of kind `op` costs `flops / device.rate(op)` (its backward twice that). On a measured
 cluster (partition/cluster.py) each executed op also costs the device's `op_overhead`: a
 forward op once, its backward once per gradient op the training graph (`autodiff.vjp`) holds
-for it; and the step's makespan includes the cluster's `step_overhead`.
+for it; and the step's makespan includes the cluster's `step_overhead`. A device with
+`op_costs` charges each op of the training graph by its kind's entry instead (a forward op
+its own, its backward the sum over its gradient ops; kinds without an entry as above), and
+given the `optimizer`, a device with `update_costs` runs one update per parameter it owns
+once the parameter's gradient is complete (after its other ops, as the executor's update).
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
@@ -65,8 +69,9 @@ class SimulationResult:
 
 
 def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = None,
-             micro_batches: int = 1) -> SimulationResult:
-    """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`."""
+             micro_batches: int = 1, optimizer: str | None = None) -> SimulationResult:
+    """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`
+    (`optimizer`: the name whose `update_costs` the devices charge, None for none)."""
     if schedule not in SCHEDULES:
         raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
                              f"got {schedule!r}")
@@ -85,11 +90,12 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
                                  "flow in a cycle between devices (partition with acyclic=True)")
         computing = np.bincount(a[~arrays.is_source], minlength=k) > 0
         stages = [d for d in order if computing[d]]
-    # gradient ops per forward node, for a cluster that charges per op (counted once: a vjp)
-    gradient_ops = (_gradient_op_counts(graph, arrays)
-                    if any(d.op_overhead for d in cluster.devices) else None)
+    # gradient ops per forward node, for a cluster that charges per op (one vjp)
+    gradient_ops = (_gradient_ops(graph, arrays)
+                    if any(d.op_overhead or d.op_costs for d in cluster.devices) else None)
     forward_time, backward_time = _op_times(graph, arrays, a, cluster, gradient_ops)
-    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time)
+    update_time = _update_times(arrays, a, cluster, optimizer)
+    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time, update_time)
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
     batch_latency = (np.concatenate([np.zeros(k), cluster.latency.ravel()]).tolist()
@@ -108,7 +114,8 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
     multiplicity = np.where(arrays.batch_dependent, micro_batches, 1)
     fastest = np.zeros(arrays.n, dtype=np.int64) + int(np.argmax(cluster.speeds))
     one_device = np.add(*_op_times(graph, arrays, fastest, cluster, gradient_ops))
-    single = float((one_device * multiplicity).sum() + cluster.step_overhead)
+    single = float((one_device * multiplicity).sum() + cluster.step_overhead
+                   + _update_times(arrays, fastest, cluster, optimizer).sum())
     return SimulationResult(
         makespan=makespan, busy=tuple(float(b) for b in busy), bubble=bubble,
         single_device_time=single, speedup=single / makespan if makespan > 0 else 1.0,
@@ -148,10 +155,10 @@ class _Tasks:
 
 
 def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster,
-              gradient_ops: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+              gradient_ops: list | None) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of each node's forward op and of its backward op on its device (0 for sources,
     and for the backward of nodes that do not require grad); `gradient_ops` (per node, from
-    `_gradient_op_counts`) is needed when a device charges `op_overhead`."""
+    `_gradient_ops`) is needed when a device charges `op_overhead` or has `op_costs`."""
     devices = cluster.devices
     place = a.tolist()
     if any(d.op_flops for d in devices):
@@ -163,36 +170,81 @@ def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster,
     overhead = np.array([d.op_overhead for d in devices])[a]
     if overhead.any():
         forward = forward + np.where(arrays.is_source, 0.0, overhead)
-        backward = backward + np.where(arrays.requires_grad,
-                                       gradient_ops * overhead, 0.0)
+        counts = np.array([len(ops) for ops in gradient_ops], dtype=float)
+        backward = backward + np.where(arrays.requires_grad, counts * overhead, 0.0)
+    if any(d.op_costs for d in devices):
+        touched = touched_bytes(arrays)
+        source, grad, flops = arrays.is_source, arrays.requires_grad, arrays.flops
+        for v, node in enumerate(graph.nodes):
+            device = devices[place[v]]
+            if not device.op_costs:
+                continue
+            if not source[v]:
+                cost = device.op_cost(node.op, flops[v], touched[v])
+                if cost is not None:
+                    forward[v] = cost
+            if grad[v] and gradient_ops[v] and all(op for op, _, _ in gradient_ops[v]):
+                backward[v] = sum(_cost(device, *op) for op in gradient_ops[v])
     return forward, backward
 
 
-def _gradient_op_counts(graph: Graph, arrays) -> np.ndarray:
-    """Per forward node, how many computed (non-source) gradient nodes the training graph
-    tags with it (`grad_of`); for a graph with ops that cannot be differentiated here (opaque
-    ops from a file), one per input that requires grad."""
+def _cost(device, op: str, flops: float, nbytes: float) -> float:
+    """Seconds of one op on `device`: its `op_costs` entry, else overhead plus FLOPs / rate."""
+    cost = device.op_cost(op, flops, nbytes)
+    return device.op_overhead + flops / device.rate(op) if cost is None else cost
+
+
+def touched_bytes(arrays) -> np.ndarray:
+    """Per node, the bytes of its distinct inputs plus its output (what an op reads and
+    writes)."""
+    inputs = np.bincount(arrays.in_dst, weights=arrays.bytes[arrays.in_idx].astype(float),
+                         minlength=arrays.n)
+    return inputs + arrays.bytes
+
+
+def _update_times(arrays, a: np.ndarray, cluster: Cluster, optimizer: str | None
+                  ) -> np.ndarray:
+    """Per node, seconds of its optimizer update on its device (parameters that require grad,
+    when the device has `update_costs` for `optimizer`; else 0)."""
+    out = np.zeros(arrays.n)
+    if optimizer is None or not any(d.update_costs for d in cluster.devices):
+        return out
+    devices, nbytes = cluster.devices, arrays.bytes
+    for v in np.flatnonzero(arrays.is_param & arrays.requires_grad).tolist():
+        out[v] = devices[a[v]].update_cost(optimizer, float(nbytes[v]))
+    return out
+
+
+def _gradient_ops(graph: Graph, arrays) -> list[list[tuple]]:
+    """Per forward node, its computed (non-source) gradient ops in the training graph (tagged
+    `grad_of`), each as (op kind, FLOPs, bytes read and written); for a graph with ops that
+    cannot be differentiated here (opaque ops from a file), one op of unknown kind (None) per
+    input that requires grad."""
     from autodiff.ir import GraphError
     from autodiff.reverse import vjp
+    from partition.cost import graph_arrays
 
     index = {node.name: i for i, node in enumerate(graph.nodes)}
-    counts = np.zeros(len(graph.nodes))
+    ops: list[list[tuple]] = [[] for _ in graph.nodes]
     try:
         training = vjp(graph)
     except GraphError:
         grad = arrays.requires_grad
         for i, node in enumerate(graph.nodes):
-            counts[i] = sum(bool(grad[index[u]]) for u in set(node.inputs))
-        return counts
-    for node in training.nodes:
+            ops[i] = [(None, 0.0, 0.0)] * sum(bool(grad[index[u]]) for u in set(node.inputs))
+        return ops
+    train = graph_arrays(training)
+    touched = touched_bytes(train)
+    for t, node in enumerate(training.nodes):
         if node.grad_of is not None and not node.is_source and node.grad_of in index:
-            counts[index[node.grad_of]] += 1
-    return counts
+            ops[index[node.grad_of]].append((node.op, float(train.flops[t]), float(touched[t])))
+    return ops
 
 
 def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.ndarray,
-           backward_time: np.ndarray) -> _Tasks:
-    """Forward ops, backward ops and transfers of one step, with their dependencies."""
+           backward_time: np.ndarray, update_time: np.ndarray) -> _Tasks:
+    """Forward ops, backward ops, optimizer updates and transfers of one step, with their
+    dependencies."""
     k, n = cluster.k, arrays.n
     place = a.tolist()
     batch = arrays.batch_dependent.tolist()
@@ -224,6 +276,18 @@ def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.nda
                 j = micro(v, i)
                 tasks.add(device, duration, (1, m if j == SHARED else j, -v), j, True)
                 tasks.edge(forward[v] + i, backward[v] + i)
+    # updates run once the device's backward ops are done (the executor's last block)
+    barrier: dict[int, int] = {}
+    for v in np.flatnonzero(update_time).tolist():
+        d = place[v]
+        if d not in barrier:
+            barrier[d] = tasks.add(-1, 0.0, (2, 0, -1), SHARED, True)
+            for t in range(len(tasks.resource) - 1):
+                if tasks.resource[t] == d and tasks.backward[t]:
+                    tasks.edge(t, barrier[d])
+        update = tasks.add(d, float(update_time[v]), (2, 0, v), SHARED, True)
+        tasks.edge(backward[v], update)
+        tasks.edge(barrier[d], update)
     sends: dict[tuple[int, int], int] = {}
     returns: dict[tuple[int, int], int] = {}
     nbytes = arrays.bytes

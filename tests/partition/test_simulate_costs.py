@@ -1,0 +1,82 @@
+"""Step simulator on a measured cluster with per-op-kind costs and optimizer updates
+(partition/cluster.py `op_costs`, `update_costs`): a hand-computed timeline."""
+import numpy as np
+import pytest
+
+from autodiff.ir import Graph, Node
+from partition.cluster import Cluster, Device
+from partition.errors import ClusterError
+from partition.simulate import simulate
+
+
+def graph():
+    """h = x @ w (64 FLOPs), r = relu(h), loss = sum(r); float32, h and r are 32 bytes. Its
+    training graph (autodiff.vjp): loss <- reshape, broadcast_to; r <- greater, astype,
+    multiply; h <- transpose (of x), matmul (64 FLOPs, the gradient of w)."""
+    return Graph([Node("x", "input", (), (2, 4)), Node("w", "param", (), (4, 4)),
+                  Node("h", "matmul", ("x", "w"), (2, 4)), Node("r", "relu", ("h",), (2, 4)),
+                  Node("loss", "sum", ("r",), ())], ["loss"])
+
+
+COSTS = {"matmul": [1.0, 1 / 64, 0.0],         # seconds, per FLOP, per byte
+         "relu": [0.5, 0.0, 0.0], "sum": [0.0, 0.0, 1 / 36],      # sum reads 32 + writes 4
+         "reshape": [0.25, 0.0, 0.0], "broadcast_to": [0.25, 0.0, 0.0],
+         "greater": [0.5, 0.0, 0.0], "astype": [0.5, 0.0, 0.0],
+         "multiply": [0.0, 0.0, 1 / 96]}       # multiply reads 2 x 32 and writes 32 bytes
+
+
+def cluster(step_overhead=0.4):
+    # transpose has no entry: op_overhead + 0 FLOPs / rate = 0.1 s; a 32-byte tensor takes
+    # 0.5 s latency + 32 B / 32 B/s = 1.5 s
+    devices = tuple(Device(f"dev{i}", 100.0, 2**30, op_overhead=0.1, op_costs=COSTS,
+                           update_costs={"adam": [0.5, 1 / 64]}) for i in range(2))
+    return Cluster(devices, np.full((2, 2), 32.0), np.full((2, 2), 0.5),
+                   step_overhead=step_overhead)
+
+
+def test_op_costs_and_updates_by_hand():
+    a = np.array([0, 0, 0, 1, 1])                  # x, w, h on dev0; r, loss on dev1
+    r = simulate(graph(), a, cluster(), optimizer="adam")
+    # F(h) 1 + 64/64: 0-2 | h 0->1 2-3.5 | F(r) 0.5: 3.5-4 | F(loss) 36/36: 4-5 | B(loss)
+    # 0.25 + 0.25: 5-5.5 | B(r) 0.5 + 0.5 + 96/96: 5.5-7.5 | gradient of h 1->0 7.5-9 | B(h)
+    # 0.1 + 2: 9-11.1 | update of w (64 bytes) 0.5 + 64/64: 11.1-12.6 | + 0.4 step overhead
+    assert r.makespan == pytest.approx(13.0)
+    assert r.busy == pytest.approx((5.6 / 13.0, 4.0 / 13.0))
+    # on one device: 3.5 forward + 4.6 backward + 1.5 update + 0.4
+    assert r.single_device_time == pytest.approx(10.0)
+    # no optimizer named (or one without costs): no update
+    assert simulate(graph(), a, cluster()).makespan == pytest.approx(11.5)
+    assert simulate(graph(), a, cluster(), optimizer="sgd").makespan == pytest.approx(11.5)
+
+
+def test_updates_wait_for_the_devices_other_backward_ops():
+    # everything on dev0: w's gradient is ready after B(h), the update still runs last
+    r = simulate(graph(), np.zeros(5, dtype=np.int64), cluster(0.0), optimizer="adam")
+    assert r.makespan == pytest.approx(3.5 + 4.6 + 1.5)
+    last = max((s for s in r.timeline if s["device"] == "dev0"), key=lambda s: s["end"])
+    assert last["start"] == pytest.approx(8.1) and last["kind"] == "backward"
+
+
+def test_cost_tables_read_from_a_spec_and_written_back():
+    spec = {"devices": [{"name": "cpu0", "flops": 1e9, "memory": 2**30,
+                         "op_costs": {"matmul": [1e-5, 1e-11, 0]},
+                         "update_costs": {"adam": [2e-6, 4e-10]}}]}
+    device = Cluster.from_spec(spec).devices[0]
+    assert device.op_cost("matmul", 1e6, 123) == pytest.approx(1e-5 + 1e-5)
+    assert device.op_cost("relu", 1e6, 123) is None
+    assert device.update_cost("adam", 1000) == pytest.approx(2e-6 + 4e-7)
+    assert device.update_cost("sgd", 1000) == device.update_cost(None, 1000) == 0.0
+    assert Cluster.from_spec({"devices": [device.to_dict()]}).devices[0] == device
+    assert device.to_dict()["op_costs"] == {"matmul": [1e-5, 1e-11, 0.0]}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"op_costs": {"matmul": [1e-5, 1e-11]}}, r"op_costs\.matmul: expected a list of 3"),
+    ({"op_costs": {"matmul": [1e-5, -1, 0]}}, r"op_costs\.matmul\[1\]: must be a finite"),
+    ({"op_costs": [1, 2, 3]}, r"op_costs: expected a mapping"),
+    ({"update_costs": {"adam": "fast"}}, r"update_costs\.adam: expected a list of 2"),
+])
+def test_bad_cost_tables_name_the_field(entry, message):
+    spec = {"devices": [{"name": "cpu0", "flops": 1e9, "memory": 2**30, **entry}]}
+    with pytest.raises(ClusterError, match=message):
+        Cluster.from_spec(spec)
