@@ -15,9 +15,15 @@ value to reach actor B, through the transport the executor uses: a Ray Compiled 
 (`transport="compiled"`, the executor's default path; the time of a one-actor graph is
 subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / bandwidth` is
 fitted by least squares (to the median over pairs when all actors share one machine: their
-differences are noise). The one-actor round trip (driver -> actor -> driver) is the cluster's
-`step_overhead`. The result is written as a `cluster:` section with explicit devices and links,
-which a config reads with `cluster: {file: ...}`.
+differences are noise).
+From the executor's own runs (modelcut/calibration_costs.py): each device's `op_costs` (per op
+kind of the training graph) and `update_costs` (per optimizer); the cluster's `step_overhead`
+(seconds per step outside the devices' ops, training on one actor) and the links' latency (a
+hop between actors as the executor pays it: polling channels, the call's own work, copies),
+training on two. Without those runs (`steps=0`) the step overhead is the one-actor round trip
+(driver -> actor -> driver) and the latency the probes' fit. The result is written as a
+`cluster:` section with explicit devices and links, which a config reads with
+`cluster: {file: ...}`.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 LINK_ATTEMPTS = 3   # link measurements retried when noise makes them unfittable
 DEFAULT_REPEATS = 7
+DEFAULT_STEPS = 20   # training steps through the Ray executor (calibration_costs)
 TRANSPORTS = ("compiled", "plain")
 HOP_REPEATS = 3      # link and round-trip timings take this many times `repeats` (they are quick)
 # conv2d probes: (batch, channels, image side), 3x3 kernels, same padding
@@ -91,6 +98,10 @@ class Calibration:
     links: tuple[LinkFit, ...]
     transport: str
     step_overhead: float
+    op_costs: tuple[dict, ...] = ()
+    update_costs: tuple[dict, ...] = ()
+    round_trip: float = 0.0
+    hop_latency: float | None = None
 
     @property
     def bandwidth(self) -> float:
@@ -102,23 +113,32 @@ class Calibration:
         """Median fitted latency over the links (s)."""
         return float(np.median([link.latency for link in self.links]))
 
-    def cluster_spec(self) -> dict:
-        """The explicit-devices cluster section (plain numbers: FLOP/s, bytes, bytes/s, s)."""
-        spec = {"name": f"calibrated-{self.host}",
-                "devices": [{"name": n, "flops": float(f), "memory": int(m),
-                             "op_overhead": float(o),
-                             "op_flops": {"matmul": float(f),
-                                          **{k: float(v) for k, v in r.items()}}}
-                            for n, f, m, o, r in zip(self.devices, self.flops, self.memory,
-                                                     self.op_overhead, self.op_flops)],
+    def cluster_spec(self, cost_tables: bool = True) -> dict:
+        """The explicit-devices cluster section (plain numbers: FLOP/s, bytes, bytes/s, s);
+        `cost_tables`: with each device's `op_costs` and `update_costs`. Links take the
+        latency of a hop measured inside the executor when there is one."""
+        devices = []
+        for i, (n, f, m, o, r) in enumerate(zip(self.devices, self.flops, self.memory,
+                                                self.op_overhead, self.op_flops)):
+            device = {"name": n, "flops": float(f), "memory": int(m), "op_overhead": float(o),
+                      "op_flops": {"matmul": float(f), **{k: float(v) for k, v in r.items()}}}
+            if cost_tables and i < len(self.op_costs):
+                device["op_costs"] = {op: [float(c) for c in cost]
+                                      for op, cost in sorted(self.op_costs[i].items())}
+                device["update_costs"] = {name: [float(c) for c in cost]
+                                          for name, cost in self.update_costs[i].items()}
+            devices.append(device)
+        spec = {"name": f"calibrated-{self.host}", "devices": devices,
                 "step_overhead": float(self.step_overhead),
                 # the executor sends what one call produces for another call as one packet
                 "batch_transfers": True}
         if self.links:
+            hop = self.hop_latency
             spec["links"] = [{"a": link.a, "b": link.b, "bandwidth": float(link.bandwidth),
-                              "latency": float(link.latency)} for link in self.links]
+                              "latency": float(link.latency if hop is None else hop)}
+                             for link in self.links]
             spec["default_bandwidth"] = self.bandwidth
-            spec["default_latency"] = self.latency
+            spec["default_latency"] = self.latency if hop is None else float(hop)
         return spec
 
     def to_dict(self) -> dict:
@@ -126,7 +146,10 @@ class Calibration:
                 "flops_by_size": [dict(d) for d in self.flops_by_size],
                 "op_flops": [dict(r) for r in self.op_flops], "op_overhead": list(self.op_overhead),
                 "memory": list(self.memory), "links": [link.to_dict() for link in self.links],
-                "transport": self.transport, "step_overhead": self.step_overhead}
+                "transport": self.transport, "step_overhead": self.step_overhead,
+                "op_costs": [dict(c) for c in self.op_costs],
+                "update_costs": [dict(c) for c in self.update_costs],
+                "round_trip": self.round_trip, "hop_latency": self.hop_latency}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
@@ -258,10 +281,16 @@ class ProbeActor:
                 "memory": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                 "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
 
-    def compute(self, sizes: Sequence[int], repeats: int) -> tuple[dict, dict, float]:
-        """(matmul FLOP/s per size, FLOP/s of other op kinds, seconds per executed op)."""
+    def compute(self, sizes: Sequence[int], repeats: int) -> tuple[dict, dict, float, dict,
+                                                                   dict]:
+        """(matmul FLOP/s per size, FLOP/s of other op kinds, seconds per executed op, cost
+        per op kind, cost per optimizer update)."""
+        from modelcut.calibration_costs import (fit_op_costs, fit_update_costs, op_samples,
+                                                update_samples)
+
         rates = {"conv2d": conv_rate(repeats), "*": elementwise_rate(repeats)}
-        return matmul_rates(sizes, repeats), rates, op_overhead(repeats)
+        return (matmul_rates(sizes, repeats), rates, op_overhead(repeats),
+                fit_op_costs(op_samples(repeats)), fit_update_costs(update_samples(repeats)))
 
     def echo(self, value):
         return value
@@ -283,13 +312,18 @@ def actor_options() -> dict:
 
 def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZES,
               payloads: Sequence[int] = DEFAULT_PAYLOADS, repeats: int = DEFAULT_REPEATS,
-              transport: str = "compiled", address: str | None = None) -> Calibration:
-    """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster)."""
+              transport: str = "compiled", address: str | None = None,
+              steps: int = DEFAULT_STEPS) -> Calibration:
+    """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster),
+    then train `steps` steps through the Ray executor on one and two of them (the step and
+    hop costs the executor pays; none when steps is 0)."""
     from executor.ray_runtime import start_ray, stop_ray
+    from modelcut.calibration_costs import executor_steps, fit_step_costs
 
-    if devices < 1 or repeats < 1 or not matmul_sizes or min(matmul_sizes) < 1:
-        raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1 and positive matmul "
-                               f"sizes, got devices={devices}, repeats={repeats}, "
+    if devices < 1 or repeats < 1 or steps < 0 or not matmul_sizes or min(matmul_sizes) < 1:
+        raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0 and "
+                               f"positive matmul sizes, got devices={devices}, "
+                               f"repeats={repeats}, steps={steps}, "
                                f"matmul sizes={list(matmul_sizes)}")
     if devices > 1 and (len(set(payloads)) < 2 or min(payloads) < 1):
         raise CalibrationError(f"calibrate: need at least two different positive payload sizes, "
@@ -315,7 +349,6 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         names = tuple(f"cpu{i}" for i in range(devices))
         measured = [ray.get(a.compute.remote(list(matmul_sizes), repeats))
                     for a in actors]                           # one actor at a time
-        by_size = tuple(rates for rates, _, _ in measured)
         probe = (_CompiledProbe if transport == "compiled" else _PlainProbe)(ray, actors,
                                                                              make_actor)
         sizes = tuple(sorted(set(int(p) for p in payloads)))
@@ -330,16 +363,31 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                 if attempt == LINK_ATTEMPTS:
                     raise
                 log.warning("%s; measuring the links again", error)
+        for actor in actors:
+            ray.kill(actor)
+        actors = []
+        per_step, hop = base, None
+        if steps > 0:                    # what a step and a hop cost inside the executor
+            one, _, _ = executor_steps(1, steps)
+            two, hops, packet = executor_steps(2, steps) if devices > 1 else ([], 0, 0.0)
+            per_step, per_hop = fit_step_costs(one, two, max(hops, 1))
+            if devices > 1:
+                bandwidth = float(np.median([link.bandwidth for link in links]))
+                hop = max(per_hop - packet / bandwidth, 0.0)
     finally:
         for actor in actors:
             ray.kill(actor)
         if started:
             stop_ray()
     return Calibration(host=platform.node() or "localhost", devices=names,
-                       flops=tuple(float(np.median(list(r.values()))) for r in by_size),
-                       flops_by_size=by_size, op_flops=tuple(r for _, r, _ in measured),
-                       op_overhead=tuple(o for _, _, o in measured), memory=memory,
-                       links=links, transport=transport, step_overhead=base)
+                       flops=tuple(float(np.median(list(r[0].values()))) for r in measured),
+                       flops_by_size=tuple(r[0] for r in measured),
+                       op_flops=tuple(r[1] for r in measured),
+                       op_overhead=tuple(r[2] for r in measured), memory=memory,
+                       links=links, transport=transport, step_overhead=per_step,
+                       op_costs=tuple(r[3] for r in measured),
+                       update_costs=tuple(r[4] for r in measured), round_trip=base,
+                       hop_latency=hop)
 
 
 class _PlainProbe:
@@ -428,15 +476,28 @@ def _measure_links(probe, names, pairs, sizes, repeats: int, one_machine: bool):
                        for a, b in pairs)
 
 
-def cluster_yaml(calibration: Calibration) -> str:
-    """The cluster file text: a comment saying what was measured, then the `cluster:` section."""
+def config_reads_cost_tables() -> bool:
+    """Whether configs (modelcut.config) accept a device's `op_costs` and `update_costs`."""
+    from modelcut.config import DeviceEntry
+    return {"op_costs", "update_costs"} <= set(DeviceEntry.model_fields)
+
+
+def cluster_yaml(calibration: Calibration, cost_tables: bool | None = None) -> str:
+    """The cluster file text: a comment saying what was measured, then the `cluster:` section
+    (`cost_tables` None: with the per-op-kind and update costs when configs can read them)."""
     import yaml
+
+    if cost_tables is None:
+        cost_tables = config_reads_cost_tables()
 
     header = (f"# Written by `modelcut calibrate` on {calibration.host}: matmul FLOP/s and conv2d "
               "FLOP/s per actor (one BLAS thread), seconds per executed op, actor-to-actor "
               f"links through {calibration.transport} Ray calls fitted as latency + bytes / "
-              "bandwidth, and the driver's round trip per step.\n"
+              "bandwidth (the latency: a hop as the Ray executor pays it), the seconds per "
+              "step outside the devices' ops (Ray executor), and costs per op kind and per "
+              "optimizer update.\n"
               "# Units: flops in FLOP/s, memory in bytes, bandwidth in bytes/s, latency and "
               "overheads in s.\n"
               "# Use it from a config with `cluster: {file: <this file>}`.\n")
-    return header + yaml.safe_dump({"cluster": calibration.cluster_spec()}, sort_keys=False)
+    return header + yaml.safe_dump({"cluster": calibration.cluster_spec(cost_tables)},
+                                   sort_keys=False)

@@ -1,7 +1,7 @@
 """`modelcut calibrate`: measure this machine's actors (matmul, conv2d and other ops' FLOP/s,
-seconds per op, actor-to-actor latency and bandwidth through the executor's transport, the
-per-step round trip) and write them as a cluster file that configs read with
-`cluster: {file: ...}`."""
+seconds per op and per op kind, optimizer updates, actor-to-actor bandwidth through the
+executor's transport, the seconds per step and per hop of the Ray executor's own training
+steps) and write them as a cluster file that configs read with `cluster: {file: ...}`."""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +37,7 @@ def _binary(nbytes: int) -> str:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from modelcut.calibration import (DEFAULT_MATMUL_SIZES, DEFAULT_PAYLOADS, DEFAULT_REPEATS,
-                                      TRANSPORTS)
+                                      DEFAULT_STEPS, TRANSPORTS)
     from modelcut.units import parse_size
 
     parser = subparsers.add_parser("calibrate", help=HELP, description=HELP + ".")
@@ -63,6 +63,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="how links are timed: compiled (Ray Compiled Graph channels, the "
                              "Ray executor's default path) or plain (actor calls passing "
                              "ObjectRefs); default compiled")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
+                        help="training steps through the Ray executor on one and two devices, "
+                             "for the seconds per step and per hop it pays (default "
+                             f"{DEFAULT_STEPS}; 0: the probes' round trip and latency instead)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     return parser
 
@@ -70,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from modelcut.calibration import calibrate, cluster_yaml
+    from modelcut.calibration import calibrate, cluster_yaml, config_reads_cost_tables
     from modelcut.report import make_console
     from modelcut.units import format_bandwidth, format_flops, format_size, format_time
     from partition.cluster import Cluster
@@ -79,14 +83,14 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise CommandError(f"{out} already exists; pass --force to overwrite it, or --out FILE")
     devices = args.devices if args.devices is not None else (os.cpu_count() or 1)
-    if devices < 1 or args.repeats < 1:
-        raise CommandError(f"--devices and --repeats must be positive, got {devices} and "
-                           f"{args.repeats}")
+    if devices < 1 or args.repeats < 1 or args.steps < 0:
+        raise CommandError(f"--devices and --repeats must be positive and --steps not negative, "
+                           f"got {devices}, {args.repeats} and {args.steps}")
     console, status = make_console(), make_console(stderr=True)
     with status.status(f"measuring {devices} Ray actor(s) ..."):
         result = calibrate(devices, matmul_sizes=args.matmul_sizes, payloads=args.payloads,
                            repeats=args.repeats, transport=args.transport,
-                           address=args.address)
+                           address=args.address, steps=args.steps)
     cluster = Cluster.from_spec(result.cluster_spec())       # what the simulator will read
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(cluster_yaml(result), encoding="utf-8")
@@ -103,8 +107,18 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(name, format_flops(flops), sizes, kinds, format_time(overhead),
                       format_size(memory))
     console.print(table)
-    console.print(f"step overhead (driver -> actor -> driver, {result.transport}): "
-                  f"{format_time(result.step_overhead)}")
+    console.print(f"round trip (driver -> actor -> driver, {result.transport}): "
+                  f"{format_time(result.round_trip)}; per step outside the ops "
+                  f"{'(Ray executor)' if args.steps else '(the round trip)'}: "
+                  f"{format_time(result.step_overhead)}"
+                  + (f"; per hop between actors (Ray executor): "
+                     f"{format_time(result.hop_latency)}" if result.hop_latency is not None
+                     else ""))
+    if result.op_costs:
+        console.print(f"costs of {len(result.op_costs[0])} op kinds and of "
+                      f"{', '.join(result.update_costs[0])} updates measured"
+                      + ("" if config_reads_cost_tables() else
+                         " (not written: configs do not read op_costs and update_costs yet)"))
     if result.links:
         links = Table(title=f"Links through {result.transport} calls "
                             "(latency + bytes / bandwidth, least squares)",

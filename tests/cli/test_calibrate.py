@@ -1,12 +1,14 @@
-"""`modelcut calibrate`: the least-squares link fit on known data, and a real (tiny) run on Ray
-whose cluster file a config reads back."""
+"""`modelcut calibrate`: the least-squares fits (links, op kinds, updates, step and hop) on
+known data, and a real (tiny) run on Ray whose cluster file a config reads back."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import yaml
 
-from modelcut.calibration import CalibrationError, fit_latency_bandwidth, fit_link
+from modelcut.calibration import (CalibrationError, config_reads_cost_tables,
+                                  fit_latency_bandwidth, fit_link)
+from modelcut.calibration_costs import fit_op_costs, fit_step_costs, fit_update_costs
 from modelcut.cli import main
 from modelcut.config import load_config
 from partition.cluster import Cluster
@@ -56,10 +58,43 @@ def test_link_fit_subtracts_the_round_trip():
     assert link.bandwidth == pytest.approx(4e9, rel=1e-6)
 
 
+def test_op_cost_fit_recovers_flop_bound_and_byte_bound_kinds():
+    rng = np.random.default_rng(0)
+    flops, nbytes = rng.uniform(1e5, 1e7, 12), rng.uniform(1e4, 1e6, 12)
+    samples = {"matmul": list(zip(flops, nbytes, 2e-6 + flops * 1e-11)),
+               "relu": list(zip(flops, nbytes, 1e-6 + nbytes * 2e-10))}
+    costs = fit_op_costs(samples)
+    assert costs["matmul"] == pytest.approx((2e-6, 1e-11, 0.0), rel=1e-6)
+    assert costs["relu"] == pytest.approx((1e-6, 0.0, 2e-10), rel=1e-6)
+    # one sample: a line through it (non-negative least squares picks one exact fit)
+    (intercept, per_flop, per_byte), = fit_op_costs({"tanh": [(0.0, 100.0, 3e-6)]}).values()
+    assert intercept + 100.0 * per_byte == pytest.approx(3e-6) and per_flop == 0.0
+
+
+def test_update_fit_is_exact_on_a_line_and_never_negative():
+    costs = fit_update_costs({"adam": [(n, 5e-6 + n * 1e-9) for n in (1024, 65536, 2**20)],
+                              "sgd": [(1024, 3e-6), (2**20, 1e-6)]})
+    assert costs["adam"] == pytest.approx((5e-6, 1e-9), rel=1e-6)
+    intercept, per_byte = costs["sgd"]                  # decreasing times: a flat fit
+    assert per_byte == 0.0 and intercept == pytest.approx(2e-6)
+
+
+def test_step_and_hop_fit_from_executor_steps():
+    # one device: step = device seconds + 1 ms; two devices, a chain of 2 hops of 0.3 ms;
+    # one outlier step each, which the medians ignore
+    one = [(d + 1e-3, d) for d in (2e-3, 3e-3, 4e-3)] + [(1.0, 2e-3)]
+    two = [(d + 1e-3 + 2 * 3e-4, d) for d in (2e-3, 3e-3, 4e-3)] + [(1.0, 2e-3)]
+    per_step, per_hop = fit_step_costs(one, two, hops=2)
+    assert per_step == pytest.approx(1e-3) and per_hop == pytest.approx(3e-4)
+    assert fit_step_costs(one, [], hops=1) == (pytest.approx(1e-3), 0.0)
+    # steps quicker than the device seconds (noise) never give negative costs
+    assert fit_step_costs([(1e-3, 2e-3)], [(1e-3, 2e-3)], 2) == (0.0, 0.0)
+
+
 def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     out = tmp_path / "cluster.yaml"
     argv = ["calibrate", "--out", str(out), "--devices", "2", "--matmul-sizes", "16,32",
-            "--payloads", "1KiB,16MiB", "--repeats", "3"]
+            "--payloads", "1KiB,16MiB", "--repeats", "3", "--steps", "3"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "cpu0 <-> cpu1" in printed and str(out) in printed
@@ -82,6 +117,9 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
         assert device.rate("conv2d") == entry["op_flops"]["conv2d"] > 0
         assert device.rate("gelu") == entry["op_flops"]["*"] > 0
     assert cluster.step_overhead == written["step_overhead"] > 0
+    assert "per hop between actors (Ray executor)" in " ".join(printed.split())
+    # the cost tables are written once configs can read them
+    assert ("op_costs" in written["devices"][0]) == config_reads_cost_tables()
     assert cluster.batch_transfers is True
     assert cluster.bandwidth[0, 1] == cluster.bandwidth[1, 0] == link["bandwidth"] > 0
     assert cluster.latency[0, 1] == link["latency"] >= 0

@@ -1,0 +1,178 @@
+"""What ops, optimizer updates, steps and hops cost in the executor's own runs (for
+`modelcut calibrate`, modelcut/calibration.py).
+
+- `op_costs`: the COST_MODELS (two sizes of each bundled family, none of them a bundled config)
+  trained on one device by the executor's worker, each op of the training graph timed; per op
+  kind, seconds = a + b * FLOPs or a + b * bytes read and written, whichever fits better.
+- `update_costs`: per optimizer, one parameter's update timed at a few sizes: a + b * bytes.
+- step and hop: STEP_MODEL trained through the Ray executor on one device (the seconds per
+  step outside the ops and updates: driver, channels, the call's own work) and split over two
+  (the seconds per hop between calls of different actors, as the executor pays it).
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from modelcut.calibration import median_seconds
+
+# models whose training graphs, op by op, measure the cost of each op kind (two sizes per family)
+COST_MODELS = (("mlp", dict(layers=3, width=128, in_features=32, classes=8, batch=16)),
+               ("mlp", dict(layers=2, width=512, in_features=128, classes=8, batch=64)),
+               ("gpt", dict(layers=1, d_model=32, heads=2, seq=16, vocab=64, batch=4)),
+               ("gpt", dict(layers=1, d_model=96, heads=2, seq=48, vocab=256, batch=4)),
+               ("lstm", dict(layers=1, hidden=32, vocab=32, seq=6, batch=4)),
+               ("lstm", dict(layers=1, hidden=128, vocab=128, seq=4, batch=16)),
+               ("resnet", dict(channels=(4, 8), blocks=1, image=8, in_channels=3, classes=4,
+                               batch=4)),
+               ("resnet", dict(channels=(12,), blocks=1, image=24, in_channels=2, classes=4,
+                               batch=4)))
+UPDATE_SIZES = (1024, 64 * 1024, 1024**2)     # parameter bytes timed per optimizer
+OPTIMIZERS = ("sgd", "momentum", "adam")
+# training steps through the Ray executor: an MLP of a few ms per step on 1 and 2 devices
+STEP_MODEL = dict(layers=4, width=384, in_features=64, classes=8, batch=64)
+STEP_WARMUP = 3
+
+
+def op_samples(steps: int) -> dict[str, list[tuple[float, float, float]]]:
+    """Per op kind, (FLOPs, bytes read and written, seconds) of every computed op of the
+    COST_MODELS' training graphs as the executor's worker runs them on one device: each op's
+    median over `steps` steps, scaled so that a step's ops add up to the compute seconds the
+    worker reports (which also count its loop)."""
+    from autodiff.models import BUILDERS, make_data
+    from executor.local import LocalExecutor
+    from partition.cost import graph_arrays
+    from partition.simulate import touched_bytes
+
+    samples: dict[str, list[tuple[float, float, float]]] = {}
+    for family, sizes in COST_MODELS:
+        graph = BUILDERS[family](**sizes)
+        executor = LocalExecutor(graph, np.zeros(len(graph.nodes), dtype=np.int64), 1, "adam")
+        worker, data = executor.workers[0], make_data(graph, family, 0)
+        times: dict[str, float] = {}
+        run = worker._run_node
+
+        def timed(name, mb, run=run, times=times):
+            start = time.perf_counter()
+            value = run(name, mb)
+            times[name] = times.get(name, 0.0) + time.perf_counter() - start
+            return value
+        worker._run_node = timed                 # times each op the worker runs
+        executor.step(data(0))
+        per_step, compute = [], []
+        for s in range(1, steps + 1):
+            times.clear()
+            compute.append(float(executor.step(data(s)).compute_seconds.sum()))
+            per_step.append(dict(times))
+        training = executor.plan.training
+        arrays = graph_arrays(training)
+        touched = touched_bytes(arrays)
+        ops = [(i, node) for i, node in enumerate(training.nodes)
+               if not node.is_source and node.name in per_step[0]]
+        seconds = np.median([[step[node.name] for _, node in ops] for step in per_step], axis=0)
+        scale = float(np.median(compute)) / max(float(seconds.sum()), 1e-12)
+        for (i, node), t in zip(ops, seconds.tolist()):
+            samples.setdefault(node.op, []).append((float(arrays.flops[i]), float(touched[i]),
+                                                    t * scale))
+    return samples
+
+
+def fit_op_costs(samples: dict[str, Sequence[tuple[float, float, float]]]
+                 ) -> dict[str, tuple[float, float, float]]:
+    """Per op kind, `[seconds, seconds per FLOP, seconds per byte]` from (FLOPs, bytes,
+    seconds) samples: non-negative least squares of seconds on (1, FLOPs) and on (1, bytes),
+    whichever fits better (compute-bound kinds follow their FLOPs, memory-bound ones their
+    bytes)."""
+    from scipy.optimize import nnls
+
+    out = {}
+    for op, rows in samples.items():
+        rows = np.asarray(rows, dtype=float).reshape(-1, 3)
+        y = rows[:, 2]
+        best = None
+        for column in (1, 0):                      # bytes, then FLOPs (ties go to bytes)
+            design = np.column_stack([np.ones(len(y)), rows[:, column]])
+            coef, residual = nnls(design, y)
+            if best is None or residual < best[0] * (1 - 1e-9):
+                best = (residual, column, coef)
+        _, column, (intercept, slope) = best
+        out[op] = (float(intercept), float(slope) if column == 0 else 0.0,
+                   float(slope) if column == 1 else 0.0)
+    return out
+
+
+def update_samples(repeats: int) -> dict[str, list[tuple[int, float]]]:
+    """Per optimizer, (parameter bytes, median seconds of one update) for UPDATE_SIZES
+    (float32 parameters, the optimizers of executor.optim with their default settings)."""
+    from executor.optim import make_optimizer
+
+    rng = np.random.default_rng(0)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name in OPTIMIZERS:
+        optimizer = make_optimizer(name)
+        for nbytes in UPDATE_SIZES:
+            param = rng.standard_normal(nbytes // 4).astype(np.float32)
+            grad = rng.standard_normal(nbytes // 4).astype(np.float32)
+            state = [param, optimizer.init_state(param)]
+
+            def update():
+                state[:] = optimizer.update(state[0], grad, state[1])
+            out.setdefault(name, []).append((nbytes, median_seconds(update, repeats)))
+    return out
+
+
+def fit_update_costs(samples: dict[str, Sequence[tuple[int, float]]]
+                     ) -> dict[str, tuple[float, float]]:
+    """Per optimizer, `[seconds, seconds per byte]` of one parameter's update: non-negative
+    least squares of seconds on (1, bytes)."""
+    from scipy.optimize import nnls
+
+    out = {}
+    for name, rows in samples.items():
+        rows = np.asarray(rows, dtype=float).reshape(-1, 2)
+        (intercept, per_byte), _ = nnls(np.column_stack([np.ones(len(rows)), rows[:, 0]]),
+                                        rows[:, 1])
+        out[name] = (float(intercept), float(per_byte))
+    return out
+
+
+def fit_step_costs(one: Sequence[tuple[float, float]], two: Sequence[tuple[float, float]],
+                   hops: int) -> tuple[float, float]:
+    """(seconds per step, seconds per hop) from training steps through the Ray executor:
+    `one` on one device and `two` on two devices whose calls follow each other in a chain of
+    `hops` hops, each step as (step seconds, seconds its devices spent in ops and updates).
+    Per step = the median of step - device seconds on one device; per hop = the median of
+    (step - device seconds - per step) / hops on two (at least 0)."""
+    one, two = np.asarray(one, dtype=float), np.asarray(two, dtype=float)
+    per_step = max(float(np.median(one[:, 0] - one[:, 1])), 0.0)
+    if not len(two):
+        return per_step, 0.0
+    per_hop = float(np.median((two[:, 0] - two[:, 1] - per_step) / hops))
+    return per_step, max(per_hop, 0.0)
+
+
+def executor_steps(k: int, steps: int) -> tuple[list[tuple[float, float]], int, float]:
+    """Train STEP_MODEL (Adam, one micro-batch) through the Ray executor, its layers split
+    contiguously over k devices: per step (step seconds, summed compute and update seconds of
+    the devices), the number of packets per step and their mean bytes."""
+    from autodiff.models import BUILDERS, make_data
+    from executor.ray_executor import RayExecutor
+    from partition.api import partition
+    from partition.cluster import uniform
+
+    graph = BUILDERS["mlp"](**STEP_MODEL)
+    data = make_data(graph, "mlp", 0)
+    placement = partition(graph, uniform(k), algorithm="contiguous", epsilon=1.0)
+    rows = []
+    with RayExecutor(graph, placement, k, optimizer="adam", checkpoint_every=None) as executor:
+        for s in range(STEP_WARMUP + steps):
+            result = executor.step(data(s))
+            if s >= STEP_WARMUP:
+                rows.append((result.step_seconds, float(result.compute_seconds.sum()
+                                                        + result.update_seconds.sum())))
+        routes, plan = executor.routes, executor.plan
+    sizes = [sum(plan.nbytes[name] for _, name, _ in transfers)
+             for call in routes.calls for _, transfers in routes.packets[call]]
+    return rows, len(sizes), float(np.mean(sizes)) if sizes else 0.0
