@@ -7,11 +7,14 @@ calibrated cluster, with the config's own micro-batches and schedule, and print 
 simulated step time (SPEC section 4 on the calibrated cluster), the measured median step time
 and |simulated - measured| / measured. Target: <= 15%. For contrast, the same placement
 simulated on the config's own (uncalibrated preset) cluster. To see where an error comes from,
-the busiest actor's median seconds inside its calls (compute, copies, optimizer) and the
-busiest device's simulated busy time.
+the measured seconds (medians) summed over the actors: ops (compute), optimizer updates,
+packet copies and the rest of their calls, beside the simulated ops and updates summed over
+the devices; and the measured step time outside the busiest actor's calls.
 
 Run from the repository root, under the benchmark lock:
-`flock /tmp/modelcut-bench.lock python benchmarks/simulator_accuracy.py [--quick]`.
+`flock /tmp/modelcut-bench.lock python benchmarks/simulator_accuracy.py [--quick]
+[--cluster FILE]` (`--cluster`: a cluster file `modelcut calibrate` wrote, instead of
+calibrating in this run).
 """
 from __future__ import annotations
 
@@ -59,50 +62,64 @@ def measure(config: str, k: int, calibrated: Cluster, warmup: int, steps: int) -
     setup = dataclasses.replace(preset, cluster=first_devices(calibrated, k))
     assignment = placement.assignment
     schedule, m = setup.simulated_schedule, setup.micro_batches
+    optimizer = setup.optimizer["name"]
     simulated = simulate(setup.graph, assignment, setup.cluster, schedule=schedule,
-                         micro_batches=m)
+                         micro_batches=m, optimizer=optimizer)
     uncalibrated = simulate(setup.graph, assignment, preset.cluster, schedule=schedule,
                             micro_batches=m)
     with open_executor("ray", setup, placement) as executor:
-        times, busy = [], []
-        for step in range(warmup + steps):
-            result = executor.step(setup.data(step))
-            if step >= warmup:
-                times.append(result.step_seconds)
-                busy.append(result.busy_seconds)
+        results = [executor.step(setup.data(step)) for step in range(warmup + steps)][warmup:]
         mode = executor.mode
-    measured = float(np.median(times))
+
+    def median(name):
+        return np.median([getattr(r, name) for r in results], axis=0)
+    busy, compute, update, copy = (median(name) for name in (
+        "busy_seconds", "compute_seconds", "update_seconds", "copy_seconds"))
+    measured = float(median("step_seconds"))
+    simulated_busy = np.array(simulated.busy) * simulated.makespan
     return {"config": config, "k": k, "used": len(set(np.asarray(assignment).tolist())),
             "m": m, "schedule": setup.schedule, "mode": mode, "measured": measured,
             "simulated": simulated.makespan, "uncalibrated": uncalibrated.makespan,
-            "busy": float(np.median(busy, axis=0).max()),
-            "simulated_busy": max(simulated.busy) * simulated.makespan}
+            "compute": compute.sum(), "update": update.sum(), "copy": copy.sum(),
+            "calls": (busy - compute - update - copy).sum(), "outside": measured - busy.max(),
+            "simulated_busy": simulated_busy.sum()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="a calibrated cluster file to use instead of calibrating now")
     args = parser.parse_args()
-    repeats, warmup, steps = (5, 3, 8) if args.quick else (9, 5, 20)
+    repeats, warmup, steps = (5, 3, 8) if args.quick else (7, 5, 20)
 
     start_ray()
     try:
         began = time.perf_counter()
-        calibration = calibrate(4, repeats=repeats)
-        cluster = Cluster.from_spec(calibration.cluster_spec())
-        device = cluster.devices[0]
-        print(f"calibrated in {time.perf_counter() - began:.0f} s: matmul "
-              f"{device.flops / 1e9:.1f} GFLOP/s, conv2d {device.rate('conv2d') / 1e9:.2f}, "
-              f"other ops {device.rate('*') / 1e9:.2f} GFLOP/s, "
-              f"{device.op_overhead * 1e6:.1f} us per op, link latency "
-              f"{calibration.latency * 1e3:.3f} ms, bandwidth {calibration.bandwidth / 1e9:.2f}"
-              f" GB/s, step overhead {calibration.step_overhead * 1e3:.3f} ms")
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+        if args.cluster:
+            import yaml
+            cluster = Cluster.from_spec(yaml.safe_load(Path(args.cluster).read_text())["cluster"])
+            print(f"cluster {args.cluster}")
+        else:
+            calibration = calibrate(4, repeats=repeats, steps=2 * steps)
+            cluster = Cluster.from_spec(calibration.cluster_spec())
+            print(f"calibrated in {time.perf_counter() - began:.0f} s: matmul "
+                  f"{calibration.flops[0] / 1e9:.1f} GFLOP/s, {len(calibration.op_costs[0])} "
+                  f"op kinds (x {calibration.compute_scale:.2f} as the executor's actors run "
+                  f"them), link bandwidth {calibration.bandwidth / 1e9:.2f} GB/s, probes' "
+                  f"latency {calibration.latency * 1e3:.3f} ms and round trip "
+                  f"{calibration.round_trip * 1e3:.3f} ms")
+        print(f"executor's hop (link latency) {cluster.latency[0, 1] * 1e3:.3f} ms, step "
+              f"overhead {cluster.step_overhead * 1e3:.3f} ms; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
               f"{warmup} warm-up + {steps} measured steps, median")
+        print("measured ms summed over the actors: ops, updates, packet copies, the rest of "
+              "their calls; outside: step - busiest actor's calls; sim ops: simulated ops and "
+              "updates summed over the devices")
         print(f"{'config':18} {'k':>2} {'used':>4} {'m':>2} {'schedule':>10} {'measured ms':>12} "
               f"{'simulated ms':>13} {'error':>7} {'preset sim ms':>14} {'preset error':>13} "
-              f"{'busy ms':>8} {'sim busy ms':>12}")
+              f"{'ops':>6} {'upd':>5} {'copy':>5} {'calls':>5} {'outside':>7} {'sim ops':>7}")
         errors = []
         for config in args.configs:
             for k in (2, 4):
@@ -117,7 +134,9 @@ def main() -> None:
                 print(f"{config:18} {k:>2} {r['used']:>4} {r['m']:>2} {r['schedule']:>10} "
                       f"{1e3 * r['measured']:>12.2f} {1e3 * r['simulated']:>13.2f} "
                       f"{error:>7.1%} {1e3 * r['uncalibrated']:>14.3f} {preset:>13.1%} "
-                      f"{1e3 * r['busy']:>8.2f} {1e3 * r['simulated_busy']:>12.2f}")
+                      + " ".join(f"{1e3 * r[key]:>{w}.2f}" for key, w in (
+                          ("compute", 6), ("update", 5), ("copy", 5), ("calls", 5),
+                          ("outside", 7), ("simulated_busy", 7))))
         if errors:
             print(f"max error {max(errors):.1%}, median {np.median(errors):.1%} "
                   f"(target <= {TARGET:.0%})")

@@ -17,7 +17,9 @@ subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / 
 fitted by least squares (to the median over pairs when all actors share one machine: their
 differences are noise).
 From the executor's own runs (modelcut/calibration_costs.py): each device's `op_costs` (per op
-kind of the training graph) and `update_costs` (per optimizer); the cluster's `step_overhead`
+kind of the training graph, scaled by `compute_scale`: the executor's compute seconds on two
+actors over what the costs predict for that model) and `update_costs` (per optimizer); the
+cluster's `step_overhead`
 (seconds per step outside the devices' ops, training on one actor) and the links' latency (a
 hop between actors as the executor pays it: polling channels, the call's own work, copies),
 training on two. Without those runs (`steps=0`) the step overhead is the one-actor round trip
@@ -102,6 +104,7 @@ class Calibration:
     update_costs: tuple[dict, ...] = ()
     round_trip: float = 0.0
     hop_latency: float | None = None
+    compute_scale: float = 1.0
 
     @property
     def bandwidth(self) -> float:
@@ -149,7 +152,8 @@ class Calibration:
                 "transport": self.transport, "step_overhead": self.step_overhead,
                 "op_costs": [dict(c) for c in self.op_costs],
                 "update_costs": [dict(c) for c in self.update_costs],
-                "round_trip": self.round_trip, "hop_latency": self.hop_latency}
+                "round_trip": self.round_trip, "hop_latency": self.hop_latency,
+                "compute_scale": self.compute_scale}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
@@ -318,7 +322,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
     then train `steps` steps through the Ray executor on one and two of them (the step and
     hop costs the executor pays; none when steps is 0)."""
     from executor.ray_runtime import start_ray, stop_ray
-    from modelcut.calibration_costs import executor_steps, fit_step_costs
+    from modelcut.calibration_costs import executor_steps, fit_step_costs, step_model_seconds
 
     if devices < 1 or repeats < 1 or steps < 0 or not matmul_sizes or min(matmul_sizes) < 1:
         raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0 and "
@@ -367,10 +371,15 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
             ray.kill(actor)
         actors = []
         per_step, hop = base, None
+        scale = 1.0
         if steps > 0:                    # what a step and a hop cost inside the executor
             one, _, _ = executor_steps(1, steps)
             two, hops, packet = executor_steps(2, steps) if devices > 1 else ([], 0, 0.0)
-            per_step, per_hop = fit_step_costs(one, two, max(hops, 1))
+            per_step, per_hop = fit_step_costs([r[:2] for r in one], [r[:2] for r in two],
+                                               max(hops, 1))
+            # ops run slower among the executor's actors than alone: scale the op costs
+            scale = float(np.median([r[2] for r in (two or one)])) / step_model_seconds(
+                measured[0][3])
             if devices > 1:
                 bandwidth = float(np.median([link.bandwidth for link in links]))
                 hop = max(per_hop - packet / bandwidth, 0.0)
@@ -385,7 +394,9 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                        op_flops=tuple(r[1] for r in measured),
                        op_overhead=tuple(r[2] for r in measured), memory=memory,
                        links=links, transport=transport, step_overhead=per_step,
-                       op_costs=tuple(r[3] for r in measured),
+                       op_costs=tuple({op: tuple(scale * c for c in cost)
+                                       for op, cost in r[3].items()} for r in measured),
+                       compute_scale=scale,
                        update_costs=tuple(r[4] for r in measured), round_trip=base,
                        hop_latency=hop)
 

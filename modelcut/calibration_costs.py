@@ -145,7 +145,8 @@ def fit_step_costs(one: Sequence[tuple[float, float]], two: Sequence[tuple[float
     `hops` hops, each step as (step seconds, seconds its devices spent in ops and updates).
     Per step = the median of step - device seconds on one device; per hop = the median of
     (step - device seconds - per step) / hops on two (at least 0)."""
-    one, two = np.asarray(one, dtype=float), np.asarray(two, dtype=float)
+    one = np.asarray(one, dtype=float).reshape(-1, 2)
+    two = np.asarray(two, dtype=float).reshape(-1, 2)
     per_step = max(float(np.median(one[:, 0] - one[:, 1])), 0.0)
     if not len(two):
         return per_step, 0.0
@@ -153,10 +154,23 @@ def fit_step_costs(one: Sequence[tuple[float, float]], two: Sequence[tuple[float
     return per_step, max(per_hop, 0.0)
 
 
-def executor_steps(k: int, steps: int) -> tuple[list[tuple[float, float]], int, float]:
+def step_model_seconds(op_costs: dict) -> float:
+    """Seconds of STEP_MODEL's ops (forward and backward, no update) by these op costs."""
+    from autodiff.models import BUILDERS
+    from partition.cluster import Cluster, Device
+    from partition.simulate import simulate
+
+    graph = BUILDERS["mlp"](**STEP_MODEL)
+    device = Device("probe", 1e12, 2**30, op_costs=op_costs)
+    return simulate(graph, np.zeros(len(graph.nodes), dtype=np.int64),
+                    Cluster((device,), np.ones((1, 1)), np.zeros((1, 1)))).makespan
+
+
+def executor_steps(k: int, steps: int) -> tuple[list[tuple[float, float, float]], int, float]:
     """Train STEP_MODEL (Adam, one micro-batch) through the Ray executor, its layers split
-    contiguously over k devices: per step (step seconds, summed compute and update seconds of
-    the devices), the number of packets per step and their mean bytes."""
+    contiguously over k devices: per step (step seconds, device seconds on the chain of calls:
+    all compute and the first device's update, which ends the chain; compute seconds), the
+    number of packets per step and their mean bytes."""
     from autodiff.models import BUILDERS, make_data
     from executor.ray_executor import RayExecutor
     from partition.api import partition
@@ -170,8 +184,9 @@ def executor_steps(k: int, steps: int) -> tuple[list[tuple[float, float]], int, 
         for s in range(STEP_WARMUP + steps):
             result = executor.step(data(s))
             if s >= STEP_WARMUP:
-                rows.append((result.step_seconds, float(result.compute_seconds.sum()
-                                                        + result.update_seconds.sum())))
+                compute = float(result.compute_seconds.sum())
+                rows.append((result.step_seconds, compute + float(result.update_seconds[0]),
+                             compute))
         routes, plan = executor.routes, executor.plan
     sizes = [sum(plan.nbytes[name] for _, name, _ in transfers)
              for call in routes.calls for _, transfers in routes.packets[call]]
