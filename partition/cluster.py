@@ -13,7 +13,10 @@ the Ray executor sends what one call produces for another call as one packet). T
 device fields model what the executor's worker runs, op by op of the training graph:
 `op_costs` (per op kind, `[seconds, seconds per FLOP, seconds per byte]` of one op, bytes
 being its inputs' and output's) and `update_costs` (per optimizer, `[seconds, seconds per
-byte]` of one parameter's update).
+byte]` of one parameter's update). And the cluster's `poll_delay` and `poll_after`: a device
+(or the driver, at the end of the step) that has waited longer than `poll_after` seconds for a
+message notices it `poll_delay` seconds late (the executor's channel reads spin, then sleep
+between polls).
 """
 from __future__ import annotations
 
@@ -107,6 +110,8 @@ class Cluster:
     preset: dict | None = field(default=None, repr=False)
     step_overhead: float = 0.0
     batch_transfers: bool = False
+    poll_after: float = 0.0
+    poll_delay: float = 0.0
 
     def __post_init__(self) -> None:
         devices = tuple(self.devices)
@@ -149,8 +154,9 @@ class Cluster:
             raise ClusterError(f"cluster {self.name!r}: latency between {devices[a].name!r} and "
                                f"{devices[b].name!r} must be a finite non-negative number, "
                                f"got {latency[a, b]}")
-        _check_number(self.step_overhead, f"cluster {self.name!r}: step_overhead",
-                      positive=False)
+        for label in ("step_overhead", "poll_after", "poll_delay"):
+            _check_number(getattr(self, label), f"cluster {self.name!r}: {label}",
+                          positive=False)
         if not isinstance(self.batch_transfers, bool):
             raise ClusterError(f"cluster {self.name!r}: batch_transfers must be true or false, "
                                f"got {self.batch_transfers!r}")
@@ -238,6 +244,8 @@ class Cluster:
             out["step_overhead"] = self.step_overhead
         if self.batch_transfers:
             out["batch_transfers"] = True
+        if self.poll_delay:
+            out["poll_after"], out["poll_delay"] = self.poll_after, self.poll_delay
         return out
 
     @classmethod
@@ -277,7 +285,8 @@ class Cluster:
             cluster = Cluster(cluster.devices, cluster.bandwidth, cluster.latency,
                               name=spec["name"], preset=cluster.preset,
                               step_overhead=cluster.step_overhead,
-                              batch_transfers=cluster.batch_transfers)
+                              batch_transfers=cluster.batch_transfers,
+                              poll_after=cluster.poll_after, poll_delay=cluster.poll_delay)
         return cluster
 
 
@@ -320,7 +329,8 @@ def heterogeneous(devices: Sequence[Device],
                   default_bandwidth: float = DEFAULT_BANDWIDTH,
                   default_latency: float = DEFAULT_LATENCY,
                   name: str = "heterogeneous", step_overhead: float = 0.0,
-                  batch_transfers: bool = False) -> Cluster:
+                  batch_transfers: bool = False, poll_after: float = 0.0,
+                  poll_delay: float = 0.0) -> Cluster:
     """Listed devices; `links` maps a (name, name) pair to its Link (both directions)."""
     devices = tuple(devices)
     k = len(devices)
@@ -335,17 +345,19 @@ def heterogeneous(devices: Sequence[Device],
         bandwidth[i, j] = bandwidth[j, i] = link.bandwidth
         latency[i, j] = latency[j, i] = link.latency
     return Cluster(devices, bandwidth, latency, name=name, step_overhead=step_overhead,
-                   batch_transfers=batch_transfers)
+                   batch_transfers=batch_transfers, poll_after=poll_after, poll_delay=poll_delay)
 
 
 # ------------------------------------------------------------------ spec parsing
 def _from_device_list(spec: Mapping) -> Cluster:
     _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency",
-                       "step_overhead", "batch_transfers", "name"}, "cluster")
+                       "step_overhead", "batch_transfers", "poll_after", "poll_delay",
+                       "name"}, "cluster")
     if not isinstance(spec["devices"], Sequence) or isinstance(spec["devices"], str):
         raise ClusterError("cluster.devices: expected a list of devices")
     defaults = _numbers(spec, "cluster", required=(),
-                        optional=("default_bandwidth", "default_latency", "step_overhead"))
+                        optional=("default_bandwidth", "default_latency", "step_overhead",
+                                  "poll_after", "poll_delay"))
     batch = spec.get("batch_transfers", False)
     if not isinstance(batch, bool):
         raise ClusterError(f"cluster.batch_transfers: expected true or false, got {batch!r}")
@@ -420,7 +432,7 @@ def _numbers(mapping: Mapping, where: str, required: tuple[str, ...],
                 raise ClusterError(f"{where}.{key}: required field is missing")
             continue
         positive = key not in ("latency", "intra_latency", "inter_latency", "default_latency",
-                               "op_overhead", "step_overhead")
+                               "op_overhead", "step_overhead", "poll_after", "poll_delay")
         out[key] = _check_number(mapping[key], f"{where}.{key}", positive=positive)
     return out
 

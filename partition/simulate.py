@@ -16,6 +16,9 @@ for it; and the step's makespan includes the cluster's `step_overhead`. A device
 its own, its backward the sum over its gradient ops; kinds without an entry as above), and
 given the `optimizer`, a device with `update_costs` runs one update per parameter it owns
 once the parameter's gradient is complete (after its other ops, as the executor's update).
+With the cluster's `poll_delay`, a message that reaches an idle device which has waited longer
+than `poll_after` is noticed `poll_delay` late, and so is the step's end by the driver when
+the step lasts longer than that.
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
@@ -100,8 +103,11 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
     batch_latency = (np.concatenate([np.zeros(k), cluster.latency.ravel()]).tolist()
                      if cluster.batch_transfers else None)
-    start, finish = _run(tasks, k, sequences, schedule, batch_latency)
-    makespan = (float(finish.max()) if len(finish) else 0.0) + cluster.step_overhead
+    poll = (cluster.poll_after, cluster.poll_delay) if cluster.poll_delay else None
+    start, finish = _run(tasks, k, sequences, schedule, batch_latency, poll)
+    end = float(finish.max()) if len(finish) else 0.0
+    late = cluster.poll_delay if poll and end > cluster.poll_after else 0.0
+    makespan = end + late + cluster.step_overhead
     resource = np.array(tasks.resource)
     compute = (resource >= 0) & (resource < k)
     device = resource[compute]
@@ -348,10 +354,12 @@ def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
 
 # ------------------------------------------------------------------ the event loop
 def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str | None,
-         batch_latency: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+         batch_latency: list[float] | None = None, poll: tuple[float, float] | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
     """Start and finish time of every task. With `batch_latency` (per resource, the latency
     of a link), a link that frees sends every transfer queued on it as one message: the
-    latency once plus their bytes / bandwidth."""
+    latency once plus their bytes / bandwidth. With `poll` (after, delay), a transfer that
+    reaches an idle device idle for longer than `after` makes its op ready `delay` later."""
     count = len(tasks.resource)
     resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
     pending = list(tasks.pending)
@@ -363,6 +371,7 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
     position = [0] * k                                   # next op of a fixed sequence
     events: list[tuple[float, int]] = []
     deferred: set[int] = set()                           # batched links to start at `now`
+    idle_since = [0.0] * k                               # when each device last finished
 
     def begin(r: int, now: float) -> None:
         if busy[r]:
@@ -421,14 +430,25 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
     done = 0
     while events:
         now, t = heapq.heappop(events)
+        if t < 0:                                        # noticed after polling
+            make_ready(-t - 1, now)
+            flush(now)
+            continue
         finish[t] = now
         done += 1
         r = resource[t]
         if r >= 0:
             busy[r] -= 1
+        if 0 <= r < k:
+            idle_since[r] = now
         for s in tasks.successors[t]:
             pending[s] -= 1
             if pending[s] == 0:
+                d = resource[s]
+                if (poll is not None and r >= k and 0 <= d < k and not busy[d]
+                        and now - idle_since[d] > poll[0]):
+                    heapq.heappush(events, (now + poll[1], -s - 1))
+                    continue
                 make_ready(s, now)
         if r >= 0:
             begin(r, now)

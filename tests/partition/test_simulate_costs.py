@@ -80,3 +80,26 @@ def test_bad_cost_tables_name_the_field(entry, message):
     spec = {"devices": [{"name": "cpu0", "flops": 1e9, "memory": 2**30, **entry}]}
     with pytest.raises(ClusterError, match=message):
         Cluster.from_spec(spec)
+
+
+def test_poll_delay_after_long_waits_by_hand():
+    a = np.array([0, 0, 0, 1, 1])
+    base = cluster()
+
+    def polled(after):
+        return Cluster(base.devices, base.bandwidth, base.latency, step_overhead=0.4,
+                       poll_after=after, poll_delay=0.3)
+    # as test_op_costs_and_updates_by_hand, but h reaches dev1 (idle since 0) at 3.5 and is
+    # noticed at 3.8: F(r) 3.8-4.3 | F(loss) 4.3-5.3 | B(loss) 5.3-5.8 | B(r) 5.8-7.8 | the
+    # gradient of h reaches dev0 (idle since 2) at 9.3, noticed at 9.6 | B(h) 9.6-11.7 |
+    # update 11.7-13.2 | the driver notices the end 0.3 late, + 0.4 step overhead
+    assert simulate(graph(), a, polled(1.0), optimizer="adam").makespan == pytest.approx(13.9)
+    # waits of 3.5 and 7.3 s are within 8 s of polling: only the driver's (12.6 s) is late
+    assert simulate(graph(), a, polled(8.0), optimizer="adam").makespan == pytest.approx(13.3)
+    spec = polled(1.0).to_dict()
+    assert (spec["poll_after"], spec["poll_delay"]) == (1.0, 0.3)
+    read = Cluster.from_spec({"devices": [base.devices[0].to_dict()], "poll_after": 1e-3,
+                              "poll_delay": 3e-4})
+    assert (read.poll_after, read.poll_delay) == (1e-3, 3e-4)
+    with pytest.raises(ClusterError, match="poll_delay"):
+        Cluster(base.devices, base.bandwidth, base.latency, poll_delay=-1.0)
