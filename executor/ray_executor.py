@@ -11,34 +11,39 @@ actor; the driver never fetches a tensor. (On the plain path Ray keeps returns u
 with their owner, the driver, and inlines them into the receiving call; larger ones go
 through the shared-memory object store.)
 
-Two paths run the same calls:
+Three paths run the same calls:
 
-- compiled (fast): the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
+- pipes (fastest, one node): each actor runs one long `serve` call that takes a step's
+  head from the driver and exchanges its packets with the other actors through named pipes
+  (executor/ray_pipes.py): a hop costs ~30 us instead of Ray's ~0.3-1 ms; Ray still
+  places, restarts and kills the actors, and a dead actor ends its serve call, which the
+  driver sees while it waits;
+- compiled: the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
   bound in the global order (which fixes each actor's order); a call that sends nothing
   returns a token read by the device's next call (a compiled graph has no leaf nodes), and
   each device's last call returns its step report; channel reads in the driver and the
   actors sleep while they wait instead of spinning (`ray_runtime.patient_channel_reads`);
 - plain: one actor call per call of the routes, its returns as ObjectRefs.
 
-`mode="auto"` compiles and falls back to plain calls when compiling fails; "compiled" and
-"plain" force a path. Arrays arrive read-only (and, on the compiled path, in buffers that the
-next step overwrites), so received tensors are copied there before they are kept.
+`mode="auto"` takes the pipes when Ray has one live node, else compiles and falls back to
+plain calls when compiling fails; "pipes", "compiled" and "plain" force a path. Arrays
+arrive read-only on the Ray paths (and, compiled, in buffers that the next step overwrites),
+so received tensors are copied there before they are kept; from a pipe they arrive fresh.
 
 Faults: actors are created with `max_restarts` > 0, but Ray's transparent retries lose the
 call order, so the executor does not rely on them. When a step fails with a dead actor
-(RayActorError, a closed compiled-graph channel, a lost object), every actor is killed and
-recreated from the last checkpoint the driver holds (params, optimizer and persistent state,
-taken every `checkpoint_every` steps; before the first one, the initial parameters), the steps
-since that checkpoint are replayed from their recorded feeds (random ops draw from (seed,
+(RayActorError, a closed compiled-graph channel, a lost object, a serve call that ended),
+every actor is killed and recreated from the last checkpoint the driver holds (params,
+optimizer and persistent state, taken every `checkpoint_every` steps; before the first one,
+the initial parameters), the steps since that checkpoint are replayed from their recorded feeds (random ops draw from (seed,
 step, micro-batch)), their losses are checked against the ones already reported, and the
 step is run again. Nothing is silently lost: a replay that differs raises ExecutorError.
 """
 from __future__ import annotations
 
 import logging
-import os
-import resource
 import time
+import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Mapping
@@ -51,115 +56,15 @@ from executor.errors import ExecutorError
 from executor.local import StepResult, split_feeds, summarize_step
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
-from executor.program import Plan, Program
+from executor.program import Plan
+from executor.ray_actor import ActorRestartedError, DeviceActor  # noqa: F401 (re-exported)
 from executor.ray_routes import Call, Routes, plan_routes
 from executor.ray_runtime import (patient_channel_reads, skip_torch_in_channels, start_ray,
                                   worker_env)
-from executor.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "compiled", "plain")
-# ---------------------------------------------------------------- the actor
-class ActorRestartedError(ExecutorError):
-    """A call reached an actor that Ray restarted after a crash: its state is gone, so it
-    refuses to run (the driver restores every device from its checkpoint instead)."""
-
-
-class DeviceActor:
-    """One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
-
-    `run(blocks, head, *packets)` runs these consecutive blocks of the program (one call of
-    Routes), each with the tensors the packets hold for it; `head` is the step input for
-    block 0 (step number, this device's feeds, whether to return gradients) and is otherwise
-    ignored. It returns the call's packets, then after the device's last block its step
-    report (losses, bytes sent per target, timings, memory, gradients if asked); a call with
-    neither returns None (a token for the compiled graph)."""
-
-    def __init__(self, program: Program, k: int, positions: Mapping[tuple, Mapping],
-                 optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool,
-                 defer_weight_grads: bool = False):
-        import ray
-
-        # A restarted actor has lost its state: calls still queued for the dead one must fail.
-        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-        if params is None:
-            from autodiff.models.init import init_param
-            params = {p: init_param(program.nodes[p], seed) for p in program.params}
-        self.worker = DeviceWorker(program, params, optimizer, defer_weight_grads)
-        self.k = k
-        self.positions = {blocks: dict(v) for blocks, v in positions.items()}
-        self.last = len(program.blocks) - 1
-        # On the compiled path tensors arrive in channel buffers that the next step reuses.
-        self.copy_received = compiled
-        if compiled:
-            skip_torch_in_channels()
-            patient_channel_reads()
-        self._reset(False)
-
-    def _reset(self, return_grads: bool) -> None:
-        self.return_grads = return_grads
-        self.sent = np.zeros(self.k, dtype=np.int64)
-        self.busy = 0.0
-        self.copy_seconds = 0.0
-        self.first_start: float | None = None
-
-    def check_alive(self) -> None:
-        """Raise ActorRestartedError in an actor Ray restarted after a crash."""
-        if self.restarted:
-            raise ActorRestartedError(f"device {self.worker.device}: the actor was restarted "
-                                      "after a crash and holds no valid state")
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def run(self, blocks: tuple[int, ...], head, *packets):
-        self.check_alive()
-        start = time.perf_counter()
-        worker = self.worker
-        if blocks[0] == 0:
-            step, feeds, return_grads = head
-            self._reset(return_grads)
-            self.first_start = start
-            worker.begin_step(step, feeds)
-        received: dict[int, dict[str, np.ndarray]] = {}     # receiving block -> tensors
-        for packet in packets:
-            for (j, name), value in packet.items():
-                received.setdefault(j, {})[name] = (np.array(value, copy=True)
-                                                    if self.copy_received else value)
-        self.copy_seconds += time.perf_counter() - start
-        positions = self.positions[blocks]
-        out: list[dict[tuple[int, str], np.ndarray]] = [
-            {} for _ in set(pos for pos, _ in positions.values())]
-        for index in blocks:
-            for name, target, value in worker.run_block(index, received.pop(index, {})):
-                pos, j = positions[(index, name, target)]
-                out[pos][(j, name)] = value
-                self.sent[target] += value.nbytes
-        end = time.perf_counter()
-        self.busy += end - start
-        if blocks[-1] == self.last:
-            out.append(self._report(end))
-        elif not out:
-            return None                          # a token: this call sends nothing
-        return tuple(out) if len(out) > 1 else out[0]
-
-    def _report(self, end: float) -> dict:
-        span = end - (self.first_start if self.first_start is not None else end)
-        return {**self.worker.report(grads=self.return_grads), "sent": self.sent.copy(),
-                "busy_seconds": self.busy, "copy_seconds": self.copy_seconds,
-                "wait_seconds": max(span - self.busy, 0.0),
-                "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-    def state_dict(self) -> dict:
-        self.check_alive()
-        return self.worker.state_dict()
-
-    def load_state_dict(self, state: Mapping) -> None:
-        self.check_alive()
-        self.worker.load_state_dict(state)
-
-
+MODES = ("auto", "pipes", "compiled", "plain")
 # ---------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
@@ -200,8 +105,8 @@ class RayExecutor:
     """Trains `forward_graph` placed on k devices, one Ray actor per device.
 
     Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
-    params, plan, loss_reduction), plus: `mode` auto | compiled | plain; per-actor `num_cpus`
-    and `num_gpus` (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS
+    params, plan, loss_reduction), plus: `mode` auto | pipes | compiled | plain; per-actor
+    `num_cpus` and `num_gpus` (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS
     threads per actor (None: Ray's default); `checkpoint_every` steps between the driver's
     checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
     writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
@@ -269,6 +174,9 @@ class RayExecutor:
         self.step_count = 0
         self.actors: list = []
         self._compiled = None
+        self._pipes = None                        # the driver's Endpoint on the pipes path
+        self._pipe_dir = None
+        self._serving: list = []                  # the actors' serve calls (pipes path)
         self._start()
 
     # ------------------------------------------------------------ actors and the graph
@@ -278,11 +186,15 @@ class RayExecutor:
                     max_task_retries=0, runtime_env={"env_vars": env})
 
     def _start(self) -> None:
-        """Create one actor per device (from the checkpoint when there is one) and, on the
-        compiled path, compile the step graph."""
+        """Create one actor per device (from the checkpoint when there is one) and start the
+        step path: pipes when asked, or with "auto" when Ray runs on one node; otherwise the
+        compiled graph, falling back to plain calls (module docstring)."""
         ray = self._ray
-        remote = ray.remote(DeviceActor).options(**self._actor_options)
-        compiled = self.requested_mode != "plain"
+        pipes = self.requested_mode == "pipes" or (self.requested_mode == "auto"
+                                                   and _one_node(ray))
+        options = dict(self._actor_options, max_concurrency=2) if pipes else self._actor_options
+        remote = ray.remote(DeviceActor).options(**options)
+        compiled = self.requested_mode in ("auto", "compiled") and not pipes
         initial = self._initial or [None] * self.k
         self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
                                      self.optimizer, self.seed, initial[prog.device], compiled,
@@ -293,6 +205,10 @@ class RayExecutor:
             ray.get([a.load_state_dict.remote(state) for a in self.actors])
         else:
             ray.get([a.pid.remote() for a in self.actors])      # constructed without error
+        if pipes:
+            self._open_pipes()
+            self.mode = "pipes"
+            return
         self.mode = self.requested_mode
         if self.mode != "plain":
             try:
@@ -304,6 +220,43 @@ class RayExecutor:
                 log.warning("ray executor: compiling the step graph failed (%s: %s); using "
                             "plain actor calls", type(e).__name__, e)
                 self.mode = "plain"
+
+    def _open_pipes(self) -> None:
+        """The pipes path: one pipe each way between the driver and every active actor and
+        one per (sender, receiver) pair of devices with packets; every actor starts serving."""
+        from executor.ray_pipes import Endpoint, make_pipe_dir, remove_pipe_dir
+        routes = self.routes
+        pairs = sorted({(src[0], dst[0]) for src in routes.calls
+                        for dst, _ in routes.packets[src]})
+        names = ([f"to{d}" for d in self._active] + [f"from{d}" for d in self._active]
+                 + [f"{a}to{b}" for a, b in pairs])
+        self._pipe_dir = root = make_pipe_dir(names)
+        weakref.finalize(self, remove_pipe_dir, root)      # also when never shut down
+        self._pipes = Endpoint({d: root / f"from{d}" for d in self._active},
+                               {d: root / f"to{d}" for d in self._active})
+        self._serving = []
+        for d in self._active:
+            calls = []
+            for call in routes.calls:
+                if call[0] != d:
+                    continue
+                incoming = [(src[0], (src[0], src[1][0], pos))
+                            for src, pos in routes.incoming[call]]
+                outgoing = [(dst[0], (d, call[1][0], pos))
+                            for pos, (dst, _) in enumerate(routes.packets[call])]
+                calls.append((call[1], incoming, outgoing))
+            reads = {"driver": str(root / f"to{d}"),
+                     **{a: str(root / f"{a}to{b}") for a, b in pairs if b == d}}
+            writes = {"driver": str(root / f"from{d}"),
+                      **{b: str(root / f"{a}to{b}") for a, b in pairs if a == d}}
+            self._serving.append(self.actors[d].serve.remote(reads, writes, calls))
+
+    def _check_serving(self) -> None:
+        """Raise the error of an actor whose serve call ended (it died, or its step failed)."""
+        ready, _ = self._ray.wait(self._serving, timeout=0)
+        if ready:
+            self._ray.get(ready[0])
+            raise ExecutorError("ray executor: a device actor stopped serving its pipes")
 
     def _compile(self):
         from ray.dag import InputNode, MultiOutputNode
@@ -340,8 +293,20 @@ class RayExecutor:
         return packets + (packets == 0 or last)
 
     def _stop(self) -> None:
-        """Tear down the compiled graph and kill every actor (no restart)."""
+        """Stop the pipes or tear down the compiled graph, and kill every actor (no
+        restart)."""
         ray = self._ray
+        if self._pipes is not None:
+            from executor.ray_pipes import remove_pipe_dir
+            for d in self._active:
+                try:
+                    self._pipes.send(d, "stop", None)
+                except OSError as e:
+                    log.debug("ray executor: stop: %s", e)
+            self._pipes.close()
+            self._pipes = None
+            remove_pipe_dir(self._pipe_dir)
+            self._pipe_dir, self._serving = None, []
         if self._compiled is not None:
             try:
                 self._compiled.teardown(kill_actors=True)
@@ -376,6 +341,15 @@ class RayExecutor:
         m = self.micro_batches
         inputs = {d: (step, {(x, i): per_mb[i][x] for x in self.plan.programs[d].inputs
                              for i in range(m)}, return_grads) for d in self._active}
+        if self._pipes is not None:
+            for d in self._active:
+                self._pipes.send(d, "step", inputs[d])
+            reports = [self._pipes.receive(d, "report", self._check_serving)
+                       for d in self._active]
+            for r in reports:
+                if "error" in r:
+                    raise r["error"]
+            return reports
         if self._compiled is not None:
             reports = ray.get(self._compiled.execute(*[inputs[d] for d in self._active]),
                               timeout=-1)
@@ -556,6 +530,11 @@ class RayExecutor:
     @property
     def training_graph(self) -> Graph:
         return self.plan.training
+
+
+def _one_node(ray) -> bool:
+    """Whether the Ray cluster has one live node (so every actor shares the driver's)."""
+    return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
 def _owned(report: dict) -> dict:

@@ -46,7 +46,7 @@ def assert_grads_close(got, expected, tol=1e-12):
             np.testing.assert_allclose(got[name], g, rtol=tol, atol=tol * scale, err_msg=name)
 
 
-# Every model, every k in 1..4, every placement kind and both paths at least once.
+# Every model, every k in 1..4, every placement kind and every path at least once.
 GRID = [
     ("mlp", 1, "contiguous", "compiled", SGD(lr=0.1)),
     ("mlp", 4, "random", "plain", Adam(lr=0.01)),
@@ -56,6 +56,10 @@ GRID = [
     ("lstm", 2, "random", "plain", SGD(lr=0.1)),
     ("resnet", 3, "random", "plain", SGD(lr=0.05)),
     ("resnet", 4, "multilevel", "compiled", Adam(lr=0.01)),
+    ("mlp", 2, "random", "pipes", Momentum(lr=0.05)),
+    ("gpt", 4, "contiguous", "pipes", Adam(lr=0.01)),
+    ("lstm", 3, "random", "pipes", SGD(lr=0.1)),
+    ("resnet", 2, "multilevel", "pipes", Adam(lr=0.01)),
 ]
 
 
@@ -104,7 +108,7 @@ def test_matches_the_single_device_executor_and_V(ray_session, family, k, kind, 
 @pytest.mark.parametrize("family,schedule,mode,defer", [("mlp", "gpipe", "compiled", False),
                                                         ("gpt", "1f1b", "plain", False),
                                                         ("lstm", "sequential", "compiled", False),
-                                                        ("gpt", "1f1b", "compiled", True)])
+                                                        ("gpt", "1f1b", "pipes", True)])
 def test_micro_batches_reproduce_the_full_batch(ray_session, family, schedule, mode, defer):
     from executor.ray_executor import RayExecutor
     m, k = 4, 3
@@ -190,7 +194,7 @@ def test_routes_fuse_blocks_and_pair_every_send_with_its_receiver(kind):
     assert len(plan_routes(plan, merge="all").calls) < len(fused.calls)
 
 
-@pytest.mark.parametrize("mode", ["compiled", "plain"])
+@pytest.mark.parametrize("mode", ["compiled", "plain", "pipes"])
 def test_merged_calls_give_the_local_executors_results_bit_for_bit(ray_session, mode):
     """The fewest calls (merged across micro-batches), on a 1F1B pipeline and a cyclic
     placement: losses, gradients and bytes per link
@@ -221,7 +225,7 @@ def test_bad_arguments_name_the_field(ray_session):
     from executor.ray_executor import RayExecutor
     g = hand_graph()
     a = np.zeros(len(g.nodes), np.int32)
-    with pytest.raises(ExecutorError, match="mode: expected one of auto, compiled, plain"):
+    with pytest.raises(ExecutorError, match="mode: expected one of auto, pipes, compiled, plain"):
         RayExecutor(g, a, 1, mode="fast")
     with pytest.raises(ExecutorError, match="checkpoint_every: expected a positive integer"):
         RayExecutor(g, a, 1, checkpoint_every=0)

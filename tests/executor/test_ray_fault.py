@@ -67,22 +67,24 @@ def test_kill_between_steps_restores_every_actor_and_replays(ray_session, tmp_pa
             ex.step(data(STEPS))
 
 
-def test_kill_during_compiled_steps_gives_the_uninterrupted_parameters(ray_session):
+@pytest.mark.parametrize("mode", ["compiled", "pipes"])
+def test_kill_during_compiled_or_piped_steps_gives_the_uninterrupted_parameters(ray_session,
+                                                                                 mode):
     from executor.ray_executor import RayExecutor
     g = BUILDERS["mlp"](batch=128, dtype="float64", layers=3, width=384, in_features=64,
                         classes=10)
     data = make_data(g, "mlp", 3)
     a = contiguous(g, 3)
     with RayExecutor(g, a, 3, Momentum(lr=0.05), micro_batches=2, schedule="1f1b",
-                     mode="compiled", checkpoint_every=3) as ex:
-        assert ex.mode == "compiled"
+                     mode=mode, checkpoint_every=3) as ex:
+        assert ex.mode == mode
         initial = ex.state_dict()
         clean = run(ex, data, STEPS)
         expected = ex.params
         ex.load_state_dict(initial)
         step_time = float(np.median([r.step_seconds for r in clean]))
         faulty = run(ex, data, STEPS, kill_before=4, delay=step_time / 3)
-        assert sum(r.recoveries for r in faulty) == 1 and ex.mode == "compiled"
+        assert sum(r.recoveries for r in faulty) == 1 and ex.mode == mode
         assert [r.loss for r in faulty] == [r.loss for r in clean]
         for p, value in expected.items():
             np.testing.assert_array_equal(ex.params[p], value, err_msg=p)
