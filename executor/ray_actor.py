@@ -137,9 +137,9 @@ class DeviceActor:
         finally:
             pipes.close()
 
-    def node_id(self) -> str:
-        import ray
-        return ray.get_runtime_context().get_node_id()
+    def sees(self, path: str) -> bool:
+        """Whether this actor's machine has `path` (the driver's pipe directory)."""
+        return os.path.isdir(path)
 
     def _report(self, end: float) -> dict:
         span = end - (self.first_start if self.first_start is not None else end)

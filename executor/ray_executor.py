@@ -185,13 +185,14 @@ class RayExecutor:
         return dict(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
                     max_task_retries=0, runtime_env={"env_vars": env})
 
-    def _start(self) -> None:
+    def _start(self, pipes_allowed: bool = True) -> None:
         """Create one actor per device (from the checkpoint when there is one) and start the
-        step path: pipes when asked, or with "auto" when Ray runs on one node; otherwise the
-        compiled graph, falling back to plain calls (module docstring)."""
+        step path: pipes when asked, or with "auto" when Ray runs on one node whose actors see
+        the driver's pipes; otherwise the compiled graph, falling back to plain calls (module
+        docstring)."""
         ray = self._ray
         pipes = self.requested_mode == "pipes" or (self.requested_mode == "auto"
-                                                   and _one_node(ray))
+                                                   and pipes_allowed and _one_node(ray))
         options = dict(self._actor_options, max_concurrency=2) if pipes else self._actor_options
         remote = ray.remote(DeviceActor).options(**options)
         compiled = self.requested_mode in ("auto", "compiled") and not pipes
@@ -206,7 +207,14 @@ class RayExecutor:
         else:
             ray.get([a.pid.remote() for a in self.actors])      # constructed without error
         if pipes:
-            self._open_pipes()
+            try:
+                self._open_pipes()
+            except ExecutorError as e:
+                if self.requested_mode == "pipes":
+                    raise
+                log.warning("ray executor: %s; using compiled graphs", e)
+                self._stop()
+                return self._start(pipes_allowed=False)
             self.mode = "pipes"
             return
         self.mode = self.requested_mode
@@ -232,6 +240,11 @@ class RayExecutor:
                  + [f"{a}to{b}" for a, b in pairs])
         self._pipe_dir = root = make_pipe_dir(names)
         weakref.finalize(self, remove_pipe_dir, root)      # also when never shut down
+        if not all(self._ray.get([self.actors[d].sees.remote(str(root))
+                                  for d in self._active])):
+            remove_pipe_dir(root)
+            self._pipe_dir = None
+            raise ExecutorError("pipes: some actors run on another machine than the driver")
         self._pipes = Endpoint({d: root / f"from{d}" for d in self._active},
                                {d: root / f"to{d}" for d in self._active})
         self._serving = []
