@@ -110,18 +110,22 @@ class DeviceActor:
         return out, (self._report(end) if blocks[-1] == self.last else None)
 
     def serve(self, reads: Mapping, writes: Mapping, calls: list) -> None:
-        """The pipes path (executor/ray_pipes.py): until the driver says stop, read a step's
-        head from the driver, run this device's `calls` in order, each as (blocks, incoming
-        (source device, tag) per packet, outgoing (target device, tag) per packet), and
-        write the step report (or the error that ended the step) back."""
+        """The pipes path (executor/ray_pipes.py): until the driver says stop, read a command
+        from the driver: ("step", head): run this device's `calls` in order, each as (blocks,
+        incoming (source device, tag) per packet, outgoing (target device, tag) per packet),
+        and write the step report (or the error that ended the step) back; ("state", None):
+        write back `state_dict()` (checkpoints cost a pipe hop, not a Ray call)."""
         from executor.ray_pipes import Endpoint, PipeClosed
         pipes = Endpoint(reads, writes)
         try:
             while True:
                 try:
-                    head = pipes.receive("driver", "step")
+                    kind, head = pipes.receive("driver", "command")
                 except PipeClosed:
                     return
+                if kind == "state":                  # a checkpoint, between steps
+                    pipes.send("driver", "state", self.state_dict())
+                    continue
                 try:
                     for blocks, incoming, outgoing in calls:
                         packets = [pipes.receive(src, tag) for src, tag in incoming]

@@ -356,7 +356,7 @@ class RayExecutor:
                              for i in range(m)}, return_grads) for d in self._active}
         if self._pipes is not None:
             for d in self._active:
-                self._pipes.send(d, "step", inputs[d])
+                self._pipes.send(d, "command", ("step", inputs[d]))
             reports = [self._pipes.receive(d, "report", self._check_serving)
                        for d in self._active]
             for r in reports:
@@ -497,7 +497,16 @@ class RayExecutor:
     # ------------------------------------------------------------ checkpoints
     def _gather_state(self, step: int) -> dict:
         merged: dict = {"params": {}, "optimizer": {}, "states": {}}
-        for part in self._ray.get([a.state_dict.remote() for a in self.actors]):
+        if self._pipes is not None:              # actors with blocks answer on their pipes
+            for d in self._active:
+                self._pipes.send(d, "command", ("state", None))
+            rest = self._ray.get([a.state_dict.remote() for d, a in enumerate(self.actors)
+                                  if d not in self._active])
+            parts = [self._pipes.receive(d, "state", self._check_serving)
+                     for d in self._active] + rest
+        else:
+            parts = self._ray.get([a.state_dict.remote() for a in self.actors])
+        for part in parts:
             for key in merged:
                 merged[key].update(part[key])
         merged["step"] = step
