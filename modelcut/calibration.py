@@ -44,7 +44,8 @@ DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 LINK_ATTEMPTS = 3   # link measurements retried when noise makes them unfittable
 DEFAULT_REPEATS = 7
-DEFAULT_STEPS = 20   # training steps through the Ray executor (calibration_costs)
+DEFAULT_STEPS = 30   # training steps through the Ray executor (calibration_costs)
+POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
 TRANSPORTS = ("compiled", "plain")
 HOP_REPEATS = 3      # link and round-trip timings take this many times `repeats` (they are quick)
 # conv2d probes: (batch, channels, image side), 3x3 kernels, same padding
@@ -105,6 +106,8 @@ class Calibration:
     round_trip: float = 0.0
     hop_latency: float | None = None
     compute_scale: float = 1.0
+    poll_after: float = 0.0
+    poll_delay: float = 0.0
 
     @property
     def bandwidth(self) -> float:
@@ -116,25 +119,29 @@ class Calibration:
         """Median fitted latency over the links (s)."""
         return float(np.median([link.latency for link in self.links]))
 
-    def cluster_spec(self, cost_tables: bool = True) -> dict:
+    def cluster_spec(self, extended: bool = True) -> dict:
         """The explicit-devices cluster section (plain numbers: FLOP/s, bytes, bytes/s, s);
-        `cost_tables`: with each device's `op_costs` and `update_costs`. Links take the
+        `extended`: with each device's `op_costs` and `update_costs` and the cluster's poll
+        delay (else the driver's poll delay is counted in the step overhead). Links take the
         latency of a hop measured inside the executor when there is one."""
         devices = []
         for i, (n, f, m, o, r) in enumerate(zip(self.devices, self.flops, self.memory,
                                                 self.op_overhead, self.op_flops)):
             device = {"name": n, "flops": float(f), "memory": int(m), "op_overhead": float(o),
                       "op_flops": {"matmul": float(f), **{k: float(v) for k, v in r.items()}}}
-            if cost_tables and i < len(self.op_costs):
+            if extended and i < len(self.op_costs):
                 device["op_costs"] = {op: [float(c) for c in cost]
                                       for op, cost in sorted(self.op_costs[i].items())}
                 device["update_costs"] = {name: [float(c) for c in cost]
                                           for name, cost in self.update_costs[i].items()}
             devices.append(device)
         spec = {"name": f"calibrated-{self.host}", "devices": devices,
-                "step_overhead": float(self.step_overhead),
+                "step_overhead": float(self.step_overhead
+                                       + (0.0 if extended else self.poll_delay)),
                 # the executor sends what one call produces for another call as one packet
                 "batch_transfers": True}
+        if extended and self.poll_delay:
+            spec["poll_after"], spec["poll_delay"] = self.poll_after, self.poll_delay
         if self.links:
             hop = self.hop_latency
             spec["links"] = [{"a": link.a, "b": link.b, "bandwidth": float(link.bandwidth),
@@ -153,7 +160,8 @@ class Calibration:
                 "op_costs": [dict(c) for c in self.op_costs],
                 "update_costs": [dict(c) for c in self.update_costs],
                 "round_trip": self.round_trip, "hop_latency": self.hop_latency,
-                "compute_scale": self.compute_scale}
+                "compute_scale": self.compute_scale, "poll_after": self.poll_after,
+                "poll_delay": self.poll_delay}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
@@ -294,10 +302,18 @@ class ProbeActor:
 
         rates = {"conv2d": conv_rate(repeats), "*": elementwise_rate(repeats)}
         return (matmul_rates(sizes, repeats), rates, op_overhead(repeats),
-                fit_op_costs(op_samples(repeats)), fit_update_costs(update_samples(repeats)))
+                fit_op_costs(op_samples(HOP_REPEATS * repeats)),
+                fit_update_costs(update_samples(repeats)))
 
     def echo(self, value):
         return value
+
+    def wait(self, seconds: float) -> float:
+        """Keep busy for `seconds` (the driver meanwhile waits, as for a step)."""
+        end = time.perf_counter() + float(seconds)
+        while time.perf_counter() < end:
+            pass
+        return seconds
 
     def send(self, nbytes: int) -> np.ndarray:
         return self.payloads[int(nbytes)]
@@ -322,7 +338,8 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
     then train `steps` steps through the Ray executor on one and two of them (the step and
     hop costs the executor pays; none when steps is 0)."""
     from executor.ray_runtime import start_ray, stop_ray
-    from modelcut.calibration_costs import executor_steps, fit_step_costs, step_model_seconds
+    from executor.ray_runtime import SPIN_SECONDS
+    from modelcut.calibration_costs import executor_costs
 
     if devices < 1 or repeats < 1 or steps < 0 or not matmul_sizes or min(matmul_sizes) < 1:
         raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0 and "
@@ -367,22 +384,16 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                 if attempt == LINK_ATTEMPTS:
                     raise
                 log.warning("%s; measuring the links again", error)
+        poll_after, poll_delay = SPIN_SECONDS, probe.poll_delay(HOP_REPEATS * repeats)
         for actor in actors:
             ray.kill(actor)
         actors = []
-        per_step, hop = base, None
-        scale = 1.0
+        per_step, hop, scale = base, None, 1.0
         if steps > 0:                    # what a step and a hop cost inside the executor
-            one, _, _ = executor_steps(1, steps)
-            two, hops, packet = executor_steps(2, steps) if devices > 1 else ([], 0, 0.0)
-            per_step, per_hop = fit_step_costs([r[:2] for r in one], [r[:2] for r in two],
-                                               max(hops, 1))
-            # ops run slower among the executor's actors than alone: scale the op costs
-            scale = float(np.median([r[2] for r in (two or one)])) / step_model_seconds(
-                measured[0][3])
-            if devices > 1:
-                bandwidth = float(np.median([link.bandwidth for link in links]))
-                hop = max(per_hop - packet / bandwidth, 0.0)
+            bandwidth = float(np.median([link.bandwidth for link in links])) if links else 1e9
+            per_step, hop, scale = executor_costs(devices, steps, measured[0][3],
+                                                  measured[0][4], bandwidth, poll_after,
+                                                  poll_delay)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -398,6 +409,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                                        for op, cost in r[3].items()} for r in measured),
                        compute_scale=scale,
                        update_costs=tuple(r[4] for r in measured), round_trip=base,
+                       poll_after=poll_after, poll_delay=poll_delay,
                        hop_latency=hop)
 
 
@@ -409,6 +421,9 @@ class _PlainProbe:
 
     def round_trip(self, repeats: int) -> float:
         return median_seconds(lambda: self.ray.get(self.actors[0].echo.remote(0)), repeats)
+
+    def poll_delay(self, repeats: int) -> float:
+        return 0.0                               # ray.get of an ObjectRef does not poll
 
     def hops(self, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[float]:
         """Per payload size, seconds of the driver -> a -> b -> driver chain (a round trip
@@ -455,6 +470,13 @@ class _CompiledProbe:
     def round_trip(self, repeats: int) -> float:
         return self._time(lambda start: self.actors[0].echo.bind(start), [0], [0], repeats)[0]
 
+    def poll_delay(self, repeats: int) -> float:
+        """How late the driver notices a result it waited POLL_WAIT seconds for: a one-actor
+        graph busy that long, less the wait and the round trip of one not busy at all."""
+        short, long = self._time(lambda start: self.actors[0].wait.bind(start), [0],
+                                 [0.0, POLL_WAIT], repeats)
+        return max(long - POLL_WAIT - short, 0.0)
+
     def hops(self, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[float]:
         sender, receiver = self.actors[a], self.actors[b]
         return self._time(lambda start: receiver.receive.bind(sender.send.bind(start)), [a, b],
@@ -487,19 +509,21 @@ def _measure_links(probe, names, pairs, sizes, repeats: int, one_machine: bool):
                        for a, b in pairs)
 
 
-def config_reads_cost_tables() -> bool:
-    """Whether configs (modelcut.config) accept a device's `op_costs` and `update_costs`."""
-    from modelcut.config import DeviceEntry
-    return {"op_costs", "update_costs"} <= set(DeviceEntry.model_fields)
+def config_reads_extended_fields() -> bool:
+    """Whether configs (modelcut.config) accept a device's `op_costs` and `update_costs` and
+    a cluster's `poll_after` and `poll_delay`."""
+    from modelcut.config import DeviceEntry, ExplicitCluster
+    return ({"op_costs", "update_costs"} <= set(DeviceEntry.model_fields)
+            and {"poll_after", "poll_delay"} <= set(ExplicitCluster.model_fields))
 
 
-def cluster_yaml(calibration: Calibration, cost_tables: bool | None = None) -> str:
+def cluster_yaml(calibration: Calibration, extended: bool | None = None) -> str:
     """The cluster file text: a comment saying what was measured, then the `cluster:` section
-    (`cost_tables` None: with the per-op-kind and update costs when configs can read them)."""
+    (`extended` None: with the op, update and poll costs when configs can read them)."""
     import yaml
 
-    if cost_tables is None:
-        cost_tables = config_reads_cost_tables()
+    if extended is None:
+        extended = config_reads_extended_fields()
 
     header = (f"# Written by `modelcut calibrate` on {calibration.host}: matmul FLOP/s and conv2d "
               "FLOP/s per actor (one BLAS thread), seconds per executed op, actor-to-actor "
@@ -510,5 +534,5 @@ def cluster_yaml(calibration: Calibration, cost_tables: bool | None = None) -> s
               "# Units: flops in FLOP/s, memory in bytes, bandwidth in bytes/s, latency and "
               "overheads in s.\n"
               "# Use it from a config with `cluster: {file: <this file>}`.\n")
-    return header + yaml.safe_dump({"cluster": calibration.cluster_spec(cost_tables)},
+    return header + yaml.safe_dump({"cluster": calibration.cluster_spec(extended)},
                                    sort_keys=False)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -138,56 +138,114 @@ def fit_update_costs(samples: dict[str, Sequence[tuple[int, float]]]
     return out
 
 
-def fit_step_costs(one: Sequence[tuple[float, float]], two: Sequence[tuple[float, float]],
-                   hops: int) -> tuple[float, float]:
-    """(seconds per step, seconds per hop) from training steps through the Ray executor:
-    `one` on one device and `two` on two devices whose calls follow each other in a chain of
-    `hops` hops, each step as (step seconds, seconds its devices spent in ops and updates).
-    Per step = the median of step - device seconds on one device; per hop = the median of
-    (step - device seconds - per step) / hops on two (at least 0)."""
+def fit_step_overhead(one: Sequence[tuple[float, float]], poll_after: float = 0.0,
+                      poll_delay: float = 0.0) -> float:
+    """Seconds per step outside the devices' calls from training steps on one device, each as
+    (step seconds, seconds in ops and updates): the median of their difference, less the
+    driver's poll delay after waiting the median step (the simulator adds that delay
+    itself: half the wait beyond `poll_after`, at most `poll_delay`); at least 0."""
     one = np.asarray(one, dtype=float).reshape(-1, 2)
-    two = np.asarray(two, dtype=float).reshape(-1, 2)
-    per_step = max(float(np.median(one[:, 0] - one[:, 1])), 0.0)
-    if not len(two):
-        return per_step, 0.0
-    per_hop = float(np.median((two[:, 0] - two[:, 1] - per_step) / hops))
-    return per_step, max(per_hop, 0.0)
+    wait = float(np.median(one[:, 0]))
+    late = min((wait - poll_after) / 2, poll_delay) if wait > poll_after else 0.0
+    return max(float(np.median(one[:, 0] - one[:, 1])) - late, 0.0)
+
+
+def fit_latency(simulated: Callable[[float], float], measured: float, upper: float = 0.05,
+                tolerance: float = 1e-7) -> float:
+    """The link latency at which `simulated(latency)` (a simulated step, non-decreasing in the
+    latency) equals `measured`, by bisection on [0, upper]; 0 when even no latency simulates
+    a longer step, `upper` when none up to it is long enough."""
+    low, high = 0.0, upper
+    if simulated(low) >= measured:
+        return 0.0
+    if simulated(high) <= measured:
+        return upper
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        if simulated(middle) < measured:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def step_model():
+    """The forward graph of STEP_MODEL and its data stream."""
+    from autodiff.models import BUILDERS, make_data
+
+    graph = BUILDERS["mlp"](**STEP_MODEL)
+    return graph, make_data(graph, "mlp", 0)
 
 
 def step_model_seconds(op_costs: dict) -> float:
     """Seconds of STEP_MODEL's ops (forward and backward, no update) by these op costs."""
-    from autodiff.models import BUILDERS
     from partition.cluster import Cluster, Device
     from partition.simulate import simulate
 
-    graph = BUILDERS["mlp"](**STEP_MODEL)
+    graph, _ = step_model()
     device = Device("probe", 1e12, 2**30, op_costs=op_costs)
     return simulate(graph, np.zeros(len(graph.nodes), dtype=np.int64),
                     Cluster((device,), np.ones((1, 1)), np.zeros((1, 1)))).makespan
 
 
-def executor_steps(k: int, steps: int) -> tuple[list[tuple[float, float, float]], int, float]:
+def executor_steps(ks: Sequence[int], steps: int
+                   ) -> dict[int, tuple[list[tuple[float, float, float]], np.ndarray]]:
     """Train STEP_MODEL (Adam, one micro-batch) through the Ray executor, its layers split
-    contiguously over k devices: per step (step seconds, device seconds on the chain of calls:
-    all compute and the first device's update, which ends the chain; compute seconds), the
-    number of packets per step and their mean bytes."""
-    from autodiff.models import BUILDERS, make_data
+    contiguously over k devices for each k in `ks`, one step on each in turn (so that a
+    burst of load on this machine hits them alike): per k, per step (step seconds, device
+    seconds on the chain of calls: all compute and the first device's update, which ends the
+    chain; compute seconds), and the placement."""
+    from contextlib import ExitStack
+
     from executor.ray_executor import RayExecutor
     from partition.api import partition
     from partition.cluster import uniform
 
-    graph = BUILDERS["mlp"](**STEP_MODEL)
-    data = make_data(graph, "mlp", 0)
-    placement = partition(graph, uniform(k), algorithm="contiguous", epsilon=1.0)
-    rows = []
-    with RayExecutor(graph, placement, k, optimizer="adam", checkpoint_every=None) as executor:
+    graph, data = step_model()
+    placements = {k: partition(graph, uniform(k), algorithm="contiguous", epsilon=1.0)
+                  for k in ks}
+    rows: dict[int, list] = {k: [] for k in ks}
+    with ExitStack() as stack:
+        executors = {k: stack.enter_context(RayExecutor(graph, placements[k], k,
+                                                        optimizer="adam",
+                                                        checkpoint_every=None))
+                     for k in ks}
         for s in range(STEP_WARMUP + steps):
-            result = executor.step(data(s))
-            if s >= STEP_WARMUP:
-                compute = float(result.compute_seconds.sum())
-                rows.append((result.step_seconds, compute + float(result.update_seconds[0]),
-                             compute))
-        routes, plan = executor.routes, executor.plan
-    sizes = [sum(plan.nbytes[name] for _, name, _ in transfers)
-             for call in routes.calls for _, transfers in routes.packets[call]]
-    return rows, len(sizes), float(np.mean(sizes)) if sizes else 0.0
+            for k, executor in executors.items():
+                result = executor.step(data(s))
+                if s >= STEP_WARMUP:
+                    compute = float(result.compute_seconds.sum())
+                    rows[k].append((result.step_seconds,
+                                    compute + float(result.update_seconds[0]), compute))
+    return {k: (rows[k], np.asarray(placements[k].assignment)) for k in ks}
+
+
+def executor_costs(devices: int, steps: int, op_costs: dict, update_costs: dict,
+                   bandwidth: float, poll_after: float, poll_delay: float
+                   ) -> tuple[float, float | None, float]:
+    """(seconds per step, link latency, compute scale) as the Ray executor pays them, from
+    STEP_MODEL trained on one device and (when there are two) split over two: the scale is
+    the executor's compute seconds over what `op_costs` predict for the model; the latency
+    the one at which the simulator, with the scaled op costs, `update_costs`, the step
+    overhead and the poll delay, predicts the measured step on two devices (None on one)."""
+    from partition.cluster import Cluster, Device
+    from partition.simulate import simulate
+
+    runs = executor_steps((1, 2) if devices > 1 else (1,), steps)
+    one, _ = runs[1]
+    two, assignment = runs.get(2, ([], None))
+    scale = float(np.median([r[2] for r in (two or one)])) / step_model_seconds(op_costs)
+    per_step = fit_step_overhead([r[:2] for r in one], poll_after, poll_delay)
+    if not two:
+        return per_step, None, scale
+    graph, _ = step_model()
+    scaled = {op: tuple(scale * c for c in cost) for op, cost in op_costs.items()}
+    pair = tuple(Device(f"cpu{i}", 1e12, 2**30, op_costs=scaled, update_costs=update_costs)
+                 for i in range(2))
+
+    def simulated(latency: float) -> float:
+        cluster = Cluster(pair, np.full((2, 2), bandwidth), np.full((2, 2), latency),
+                          step_overhead=per_step, batch_transfers=True,
+                          poll_after=poll_after, poll_delay=poll_delay)
+        return simulate(graph, assignment, cluster, optimizer="adam").makespan
+    return per_step, fit_latency(simulated, float(np.median([r[0] for r in two]))), scale

@@ -16,9 +16,9 @@ for it; and the step's makespan includes the cluster's `step_overhead`. A device
 its own, its backward the sum over its gradient ops; kinds without an entry as above), and
 given the `optimizer`, a device with `update_costs` runs one update per parameter it owns
 once the parameter's gradient is complete (after its other ops, as the executor's update).
-With the cluster's `poll_delay`, a message that reaches an idle device which has waited longer
-than `poll_after` is noticed `poll_delay` late, and so is the step's end by the driver when
-the step lasts longer than that.
+With the cluster's `poll_delay`, a message that reaches an idle device which has waited `w`
+seconds, longer than `poll_after`, is noticed `min((w - poll_after) / 2, poll_delay)` late
+(the pauses between polls double up to a maximum), and so is the step's end by the driver.
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
@@ -106,7 +106,7 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
     poll = (cluster.poll_after, cluster.poll_delay) if cluster.poll_delay else None
     start, finish = _run(tasks, k, sequences, schedule, batch_latency, poll)
     end = float(finish.max()) if len(finish) else 0.0
-    late = cluster.poll_delay if poll and end > cluster.poll_after else 0.0
+    late = _poll_late(end, poll) if poll else 0.0
     makespan = end + late + cluster.step_overhead
     resource = np.array(tasks.resource)
     compute = (resource >= 0) & (resource < k)
@@ -359,7 +359,7 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
     """Start and finish time of every task. With `batch_latency` (per resource, the latency
     of a link), a link that frees sends every transfer queued on it as one message: the
     latency once plus their bytes / bandwidth. With `poll` (after, delay), a transfer that
-    reaches an idle device idle for longer than `after` makes its op ready `delay` later."""
+    reaches a device idle for longer than `after` makes its op ready later (`_poll_late`)."""
     count = len(tasks.resource)
     resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
     pending = list(tasks.pending)
@@ -447,7 +447,8 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
                 d = resource[s]
                 if (poll is not None and r >= k and 0 <= d < k and not busy[d]
                         and now - idle_since[d] > poll[0]):
-                    heapq.heappush(events, (now + poll[1], -s - 1))
+                    heapq.heappush(events, (now + _poll_late(now - idle_since[d], poll),
+                                            -s - 1))
                     continue
                 make_ready(s, now)
         if r >= 0:
@@ -458,6 +459,14 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
         raise PlacementError(f"schedule {schedule!r} deadlocks on this placement: devices "
                              f"{stuck} wait for ops that can never become ready")
     return np.array(start), np.array(finish)
+
+
+def _poll_late(wait: float, poll: tuple[float, float]) -> float:
+    """How late a message is noticed after waiting `wait` seconds, with poll = (after,
+    delay): polls start after `after` with pauses that double, so the next poll comes about
+    half the time waited since then later, at most `delay`."""
+    after, delay = poll
+    return min((wait - after) / 2, delay) if wait > after else 0.0
 
 
 def _timeline(tasks: _Tasks, start: np.ndarray, finish: np.ndarray, k: int,

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from modelcut.calibration import (CalibrationError, config_reads_cost_tables,
+from modelcut.calibration import (CalibrationError, config_reads_extended_fields,
                                   fit_latency_bandwidth, fit_link)
-from modelcut.calibration_costs import fit_op_costs, fit_step_costs, fit_update_costs
+from modelcut.calibration_costs import (fit_latency, fit_op_costs, fit_step_overhead,
+                                        fit_update_costs)
 from modelcut.cli import main
 from modelcut.config import load_config
 from partition.cluster import Cluster
@@ -79,16 +80,26 @@ def test_update_fit_is_exact_on_a_line_and_never_negative():
     assert per_byte == 0.0 and intercept == pytest.approx(2e-6)
 
 
-def test_step_and_hop_fit_from_executor_steps():
-    # one device: step = device seconds + 1 ms; two devices, a chain of 2 hops of 0.3 ms;
-    # one outlier step each, which the medians ignore
+def test_step_overhead_fit_from_executor_steps():
+    # step = device seconds + 1 ms (one outlier step, which the median ignores)
     one = [(d + 1e-3, d) for d in (2e-3, 3e-3, 4e-3)] + [(1.0, 2e-3)]
-    two = [(d + 1e-3 + 2 * 3e-4, d) for d in (2e-3, 3e-3, 4e-3)] + [(1.0, 2e-3)]
-    per_step, per_hop = fit_step_costs(one, two, hops=2)
-    assert per_step == pytest.approx(1e-3) and per_hop == pytest.approx(3e-4)
-    assert fit_step_costs(one, [], hops=1) == (pytest.approx(1e-3), 0.0)
-    # steps quicker than the device seconds (noise) never give negative costs
-    assert fit_step_costs([(1e-3, 2e-3)], [(1e-3, 2e-3)], 2) == (0.0, 0.0)
+    assert fit_step_overhead(one) == pytest.approx(1e-3)
+    # steps longer than poll_after: the driver's poll delay is the simulator's to add
+    assert fit_step_overhead(one, poll_after=1e-3, poll_delay=3e-4) == pytest.approx(7e-4)
+    assert fit_step_overhead(one, poll_after=1.0, poll_delay=3e-4) == pytest.approx(1e-3)
+    # a median step (4.5 ms) 0.4 ms past poll_after: noticed 0.2 ms late (half of it)
+    assert fit_step_overhead(one, poll_after=4.1e-3, poll_delay=3e-4) == pytest.approx(8e-4)
+    # steps quicker than the device seconds (noise) never give a negative overhead
+    assert fit_step_overhead([(1e-3, 2e-3)]) == 0.0
+
+
+def test_latency_fit_inverts_a_simulated_step():
+    # a chain of 3 hops: step = 2 ms + 3 * latency, flat below 0.1 ms of latency
+    def simulated(latency):
+        return 2e-3 + 3 * max(latency, 1e-4)
+    assert fit_latency(simulated, 2e-3 + 3 * 4e-4) == pytest.approx(4e-4, abs=1e-6)
+    assert fit_latency(simulated, 1e-3) == 0.0                 # quicker than any latency
+    assert fit_latency(simulated, 1.0, upper=0.05) == 0.05
 
 
 def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
@@ -119,7 +130,7 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     assert cluster.step_overhead == written["step_overhead"] > 0
     assert "per hop between actors (Ray executor)" in " ".join(printed.split())
     # the cost tables are written once configs can read them
-    assert ("op_costs" in written["devices"][0]) == config_reads_cost_tables()
+    assert ("op_costs" in written["devices"][0]) == config_reads_extended_fields()
     assert cluster.batch_transfers is True
     assert cluster.bandwidth[0, 1] == cluster.bandwidth[1, 0] == link["bandwidth"] > 0
     assert cluster.latency[0, 1] == link["latency"] >= 0

@@ -82,7 +82,7 @@ def test_bad_cost_tables_name_the_field(entry, message):
         Cluster.from_spec(spec)
 
 
-def test_poll_delay_after_long_waits_by_hand():
+def test_poll_delays_after_long_waits_by_hand():
     a = np.array([0, 0, 0, 1, 1])
     base = cluster()
 
@@ -96,6 +96,10 @@ def test_poll_delay_after_long_waits_by_hand():
     assert simulate(graph(), a, polled(1.0), optimizer="adam").makespan == pytest.approx(13.9)
     # waits of 3.5 and 7.3 s are within 8 s of polling: only the driver's (12.6 s) is late
     assert simulate(graph(), a, polled(8.0), optimizer="adam").makespan == pytest.approx(13.3)
+    # polls after 3 s: h waited 0.5 s more, noticed 0.25 s late (half of it, under 0.3):
+    # F(r) 3.75-4.25 | ... | B(r) 5.75-7.75 | gradient of h 7.75-9.25, dev0 idle since 2
+    # notices it 0.3 late | B(h) 9.55-11.65 | update -13.15 | + 0.3 + 0.4
+    assert simulate(graph(), a, polled(3.0), optimizer="adam").makespan == pytest.approx(13.85)
     spec = polled(1.0).to_dict()
     assert (spec["poll_after"], spec["poll_delay"]) == (1.0, 0.3)
     read = Cluster.from_spec({"devices": [base.devices[0].to_dict()], "poll_after": 1e-3,
