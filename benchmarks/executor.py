@@ -212,14 +212,14 @@ def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
         "local 1 device m=8 deferred W": LocalExecutor(
             micro, np.zeros(len(micro.nodes), np.int32), 1, "sgd", micro_batches=m,
             defer_weight_grads=True),
-        "ray 1 actor": functools.partial(RayExecutor, full, one, 1, "sgd", mode="compiled",
+        "ray 1 actor": functools.partial(RayExecutor, full, one, 1, "sgd", mode="pipes",
                                          blas_threads=1),
         "ray 2 stages": functools.partial(RayExecutor, micro, placement, 2, "sgd",
-                                          micro_batches=m, schedule="1f1b", mode="compiled",
+                                          micro_batches=m, schedule="1f1b", mode="pipes",
                                           blas_threads=1),
         "ray 2 stages deferred W": functools.partial(
             RayExecutor, micro, placement, 2, "sgd", micro_batches=m, schedule="1f1b",
-            mode="compiled", blas_threads=1, defer_weight_grads=True),
+            mode="pipes", blas_threads=1, defer_weight_grads=True),
     }
     figures = phases(executors, ["ray 1 actor", "ray 2 stages", "ray 2 stages deferred W"],
                      data, warmup, steps)
