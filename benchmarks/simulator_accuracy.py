@@ -51,7 +51,7 @@ def first_devices(cluster: Cluster, k: int) -> Cluster:
     return Cluster(cluster.devices[:k], cluster.bandwidth[:k, :k], cluster.latency[:k, :k],
                    name=f"{cluster.name}[:{k}]", step_overhead=cluster.step_overhead,
                    batch_transfers=cluster.batch_transfers, poll_after=cluster.poll_after,
-                   poll_delay=cluster.poll_delay)
+                   poll_delay=cluster.poll_delay, cores=cluster.cores)
 
 
 def measure(config: str, k: int, calibrated: Cluster, warmup: int, steps: int) -> dict:
@@ -113,7 +113,8 @@ def main() -> None:
                   f"{calibration.round_trip * 1e3:.3f} ms")
         print(f"executor's hop (link latency) {cluster.latency[0, 1] * 1e3:.3f} ms, step "
               f"overhead {cluster.step_overhead * 1e3:.3f} ms, poll delay "
-              f"{cluster.poll_delay * 1e3:.3f} ms after {cluster.poll_after * 1e3:.1f} ms; load "
+              f"{cluster.poll_delay * 1e3:.3f} ms after {cluster.poll_after * 1e3:.1f} ms, "
+              f"{cluster.cores} cores shared; load "
               f"average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
               f"{warmup} warm-up + {steps} measured steps, median")

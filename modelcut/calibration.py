@@ -17,14 +17,16 @@ subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / 
 fitted by least squares (to the median over pairs when all actors share one machine: their
 differences are noise).
 From the executor's own runs (modelcut/calibration_costs.py): each device's `op_costs` (per op
-kind of the training graph, scaled by `compute_scale`: the executor's compute seconds on two
-actors over what the costs predict for that model) and `update_costs` (per optimizer); the
-cluster's `step_overhead`
-(seconds per step outside the devices' ops, training on one actor) and the links' latency (a
-hop between actors as the executor pays it: polling channels, the call's own work, copies),
-training on two. Without those runs (`steps=0`) the step overhead is the one-actor round trip
-(driver -> actor -> driver) and the latency the probes' fit. The result is written as a
-`cluster:` section with explicit devices and links, which a config reads with
+kind of the training graph) and `update_costs` (per optimizer), both scaled by
+`compute_scale` (the executor's seconds in ops and updates on two actors over what the
+simulator predicts for them); the cluster's `step_overhead` (seconds per step outside the
+devices' calls, training a tiny model on one actor) and the links' latency (a hop between
+actors as the executor pays it: the call's own work, copies), training on two; the poll delay
+of the executor's channel reads (timed on a busy one-actor graph) and the machine's `cores`
+when the actors share one (the simulator slows ops down while more devices compute or spin
+than there are cores). Without those runs (`steps=0`) the step overhead is the one-actor
+round trip (driver -> actor -> driver) and the latency the probes' fit. The result is written
+as a `cluster:` section with explicit devices and links, which a config reads with
 `cluster: {file: ...}`.
 """
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Calibration:
     compute_scale: float = 1.0
     poll_after: float = 0.0
     poll_delay: float = 0.0
+    cores: int = 0
 
     @property
     def bandwidth(self) -> float:
@@ -142,6 +145,8 @@ class Calibration:
                 "batch_transfers": True}
         if extended and self.poll_delay:
             spec["poll_after"], spec["poll_delay"] = self.poll_after, self.poll_delay
+        if extended and self.cores:
+            spec["cores"] = int(self.cores)
         if self.links:
             hop = self.hop_latency
             spec["links"] = [{"a": link.a, "b": link.b, "bandwidth": float(link.bandwidth),
@@ -161,7 +166,7 @@ class Calibration:
                 "update_costs": [dict(c) for c in self.update_costs],
                 "round_trip": self.round_trip, "hop_latency": self.hop_latency,
                 "compute_scale": self.compute_scale, "poll_after": self.poll_after,
-                "poll_delay": self.poll_delay}
+                "poll_delay": self.poll_delay, "cores": self.cores}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
@@ -290,6 +295,7 @@ class ProbeActor:
     def node(self) -> dict:
         import ray
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "cores": os.cpu_count() or 0,
                 "memory": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                 "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
 
@@ -385,6 +391,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                     raise
                 log.warning("%s; measuring the links again", error)
         poll_after, poll_delay = SPIN_SECONDS, probe.poll_delay(HOP_REPEATS * repeats)
+        cores = int(nodes[0]["cores"]) if one_machine else 0   # the actors share them
         for actor in actors:
             ray.kill(actor)
         actors = []
@@ -393,7 +400,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
             bandwidth = float(np.median([link.bandwidth for link in links])) if links else 1e9
             per_step, hop, scale = executor_costs(devices, steps, measured[0][3],
                                                   measured[0][4], bandwidth, poll_after,
-                                                  poll_delay)
+                                                  poll_delay, cores)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -408,7 +415,9 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                        op_costs=tuple({op: tuple(scale * c for c in cost)
                                        for op, cost in r[3].items()} for r in measured),
                        compute_scale=scale,
-                       update_costs=tuple(r[4] for r in measured), round_trip=base,
+                       update_costs=tuple({name: tuple(scale * c for c in cost)
+                                           for name, cost in r[4].items()} for r in measured),
+                       round_trip=base, cores=cores,
                        poll_after=poll_after, poll_delay=poll_delay,
                        hop_latency=hop)
 
@@ -511,10 +520,10 @@ def _measure_links(probe, names, pairs, sizes, repeats: int, one_machine: bool):
 
 def config_reads_extended_fields() -> bool:
     """Whether configs (modelcut.config) accept a device's `op_costs` and `update_costs` and
-    a cluster's `poll_after` and `poll_delay`."""
+    a cluster's `poll_after`, `poll_delay` and `cores`."""
     from modelcut.config import DeviceEntry, ExplicitCluster
     return ({"op_costs", "update_costs"} <= set(DeviceEntry.model_fields)
-            and {"poll_after", "poll_delay"} <= set(ExplicitCluster.model_fields))
+            and {"poll_after", "poll_delay", "cores"} <= set(ExplicitCluster.model_fields))
 
 
 def cluster_yaml(calibration: Calibration, extended: bool | None = None) -> str:

@@ -5,9 +5,11 @@
   trained on one device by the executor's worker, each op of the training graph timed; per op
   kind, seconds = a + b * FLOPs or a + b * bytes read and written, whichever fits better.
 - `update_costs`: per optimizer, one parameter's update timed at a few sizes: a + b * bytes.
-- step and hop: STEP_MODEL trained through the Ray executor on one device (the seconds per
-  step outside the ops and updates: driver, channels, the call's own work) and split over two
-  (the seconds per hop between calls of different actors, as the executor pays it).
+- step and hop (modelled with the executor's poll delay, which calibrate times apart): a tiny
+  MLP trained through the Ray executor on one device, steps quicker than the channel reads'
+  spin (the seconds per step outside the ops and updates: driver, channels, the call's own
+  work), and STEP_MODEL split over two devices (the seconds per hop between calls of
+  different actors, as the executor pays it, and how much slower ops run among its actors).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ UPDATE_SIZES = (1024, 64 * 1024, 1024**2)     # parameter bytes timed per optimi
 OPTIMIZERS = ("sgd", "momentum", "adam")
 # training steps through the Ray executor: an MLP of a few ms per step on 1 and 2 devices
 STEP_MODEL = dict(layers=4, width=384, in_features=64, classes=8, batch=64)
+# ... and one whose step is over before channel reads stop spinning (no poll delay in it)
+QUICK_STEP_MODEL = dict(layers=2, width=32, in_features=16, classes=4, batch=8)
 STEP_WARMUP = 3
 
 
@@ -169,83 +173,85 @@ def fit_latency(simulated: Callable[[float], float], measured: float, upper: flo
     return (low + high) / 2
 
 
-def step_model():
-    """The forward graph of STEP_MODEL and its data stream."""
+def step_model(sizes: dict = STEP_MODEL):
+    """The forward graph of an MLP of these sizes (default STEP_MODEL) and its data stream."""
     from autodiff.models import BUILDERS, make_data
 
-    graph = BUILDERS["mlp"](**STEP_MODEL)
+    graph = BUILDERS["mlp"](**sizes)
     return graph, make_data(graph, "mlp", 0)
 
 
-def step_model_seconds(op_costs: dict) -> float:
-    """Seconds of STEP_MODEL's ops (forward and backward, no update) by these op costs."""
-    from partition.cluster import Cluster, Device
-    from partition.simulate import simulate
-
-    graph, _ = step_model()
-    device = Device("probe", 1e12, 2**30, op_costs=op_costs)
-    return simulate(graph, np.zeros(len(graph.nodes), dtype=np.int64),
-                    Cluster((device,), np.ones((1, 1)), np.zeros((1, 1)))).makespan
-
-
-def executor_steps(ks: Sequence[int], steps: int
-                   ) -> dict[int, tuple[list[tuple[float, float, float]], np.ndarray]]:
-    """Train STEP_MODEL (Adam, one micro-batch) through the Ray executor, its layers split
-    contiguously over k devices for each k in `ks`, one step on each in turn (so that a
-    burst of load on this machine hits them alike): per k, per step (step seconds, device
-    seconds on the chain of calls: all compute and the first device's update, which ends the
-    chain; compute seconds), and the placement."""
-    from contextlib import ExitStack
-
+def executor_steps(runs: Sequence[tuple[dict, int]], steps: int
+                   ) -> list[tuple[list[tuple[float, float, float]], np.ndarray]]:
+    """Train MLPs (Adam, one micro-batch) through the Ray executor, per run (sizes, k) one
+    whose layers are split contiguously over k devices, its steps back to back (an actor
+    idle between steps would notice the next step's input late, as no training loop does):
+    per run, per step (step seconds, device seconds on the chain of calls: all compute and
+    the first device's update, which ends the chain; all compute and update seconds), and
+    the placement."""
     from executor.ray_executor import RayExecutor
     from partition.api import partition
     from partition.cluster import uniform
 
-    graph, data = step_model()
-    placements = {k: partition(graph, uniform(k), algorithm="contiguous", epsilon=1.0)
-                  for k in ks}
-    rows: dict[int, list] = {k: [] for k in ks}
-    with ExitStack() as stack:
-        executors = {k: stack.enter_context(RayExecutor(graph, placements[k], k,
-                                                        optimizer="adam",
-                                                        checkpoint_every=None))
-                     for k in ks}
-        for s in range(STEP_WARMUP + steps):
-            for k, executor in executors.items():
-                result = executor.step(data(s))
-                if s >= STEP_WARMUP:
-                    compute = float(result.compute_seconds.sum())
-                    rows[k].append((result.step_seconds,
-                                    compute + float(result.update_seconds[0]), compute))
-    return {k: (rows[k], np.asarray(placements[k].assignment)) for k in ks}
+    models = [step_model(sizes) for sizes, _ in runs]
+    placements = [partition(graph, uniform(k), algorithm="contiguous", epsilon=1.0)
+                  for (graph, _), (_, k) in zip(models, runs)]
+    rows: list[list] = [[] for _ in runs]
+    for i, ((graph, data), placement, (_, k)) in enumerate(zip(models, placements, runs)):
+        feeds = [data(s) for s in range(STEP_WARMUP + steps)]
+        with RayExecutor(graph, placement, k, optimizer="adam",
+                         checkpoint_every=None) as executor:
+            results = [executor.step(f) for f in feeds][STEP_WARMUP:]
+        for result in results:
+            compute = float(result.compute_seconds.sum())
+            rows[i].append((result.step_seconds, compute + float(result.update_seconds[0]),
+                            compute + float(result.update_seconds.sum())))
+    return [(r, np.asarray(p.assignment)) for r, p in zip(rows, placements)]
 
 
 def executor_costs(devices: int, steps: int, op_costs: dict, update_costs: dict,
-                   bandwidth: float, poll_after: float, poll_delay: float
+                   bandwidth: float, poll_after: float, poll_delay: float, cores: int = 0
                    ) -> tuple[float, float | None, float]:
     """(seconds per step, link latency, compute scale) as the Ray executor pays them, from
-    STEP_MODEL trained on one device and (when there are two) split over two: the scale is
-    the executor's compute seconds over what `op_costs` predict for the model; the latency
-    the one at which the simulator, with the scaled op costs, `update_costs`, the step
-    overhead and the poll delay, predicts the measured step on two devices (None on one)."""
+    QUICK_STEP_MODEL on one device and STEP_MODEL on two (one when there is one): see
+    `fit_executor_costs`."""
+    k = min(devices, 2)
+    (quick, _), (two, assignment) = executor_steps([(QUICK_STEP_MODEL, 1), (STEP_MODEL, k)],
+                                                   steps)
+    return fit_executor_costs(quick, two, assignment, op_costs, update_costs, bandwidth,
+                              poll_after, poll_delay, cores)
+
+
+def fit_executor_costs(quick, two, assignment, op_costs: dict, update_costs: dict,
+                       bandwidth: float, poll_after: float, poll_delay: float, cores: int = 0
+                       ) -> tuple[float, float | None, float]:
+    """(seconds per step, link latency, compute scale) from `executor_steps` rows: the step
+    overhead from `quick` (one device, steps over before the driver's channel read polls);
+    from `two` (STEP_MODEL placed by `assignment` on k devices), the scale, the executor's
+    seconds in ops and updates over what the simulator predicts for them (with `cores`
+    shared), and, on two devices, the latency at which the simulator, with the scaled costs,
+    the step overhead and the poll delay, predicts the measured step (None on one)."""
     from partition.cluster import Cluster, Device
     from partition.simulate import simulate
 
-    runs = executor_steps((1, 2) if devices > 1 else (1,), steps)
-    one, _ = runs[1]
-    two, assignment = runs.get(2, ([], None))
-    scale = float(np.median([r[2] for r in (two or one)])) / step_model_seconds(op_costs)
-    per_step = fit_step_overhead([r[:2] for r in one], poll_after, poll_delay)
-    if not two:
-        return per_step, None, scale
+    per_step = fit_step_overhead([r[:2] for r in quick], poll_after, poll_delay)
     graph, _ = step_model()
-    scaled = {op: tuple(scale * c for c in cost) for op, cost in op_costs.items()}
-    pair = tuple(Device(f"cpu{i}", 1e12, 2**30, op_costs=scaled, update_costs=update_costs)
-                 for i in range(2))
+    k = int(np.max(assignment)) + 1
 
-    def simulated(latency: float) -> float:
-        cluster = Cluster(pair, np.full((2, 2), bandwidth), np.full((2, 2), latency),
-                          step_overhead=per_step, batch_transfers=True,
-                          poll_after=poll_after, poll_delay=poll_delay)
-        return simulate(graph, assignment, cluster, optimizer="adam").makespan
-    return per_step, fit_latency(simulated, float(np.median([r[0] for r in two]))), scale
+    def simulated(latency: float, scale: float = 1.0):
+        costs = {op: tuple(scale * c for c in cost) for op, cost in op_costs.items()}
+        updates = {name: tuple(scale * c for c in cost) for name, cost in update_costs.items()}
+        cluster = Cluster(tuple(Device(f"cpu{i}", 1e12, 2**30, op_costs=costs,
+                                       update_costs=updates) for i in range(k)),
+                          np.full((k, k), bandwidth), np.full((k, k), latency),
+                          step_overhead=per_step, batch_transfers=True, poll_after=poll_after,
+                          poll_delay=poll_delay, cores=cores)
+        return simulate(graph, assignment, cluster, optimizer="adam")
+    at_once = simulated(0.0)
+    scale = float(np.median([r[2] for r in two])) / float(np.sum(at_once.busy)
+                                                          * at_once.makespan)
+    if k < 2:
+        return per_step, None, scale
+    measured = float(np.median([r[0] for r in two]))
+    return per_step, fit_latency(lambda latency: simulated(latency, scale).makespan,
+                                 measured), scale

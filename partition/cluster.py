@@ -16,7 +16,10 @@ being its inputs' and output's) and `update_costs` (per optimizer, `[seconds, se
 byte]` of one parameter's update). And the cluster's `poll_delay` and `poll_after`: a device
 (or the driver, at the end of the step) that has waited longer than `poll_after` seconds for a
 message notices it `poll_delay` seconds late (the executor's channel reads spin, then sleep
-between polls).
+between polls); and `cores`: the devices share that many processors, and a device keeps
+spinning on one for `poll_after` seconds after it goes idle (so does the driver at the step's
+start): an op that starts while more of them run than there are cores takes that many times
+longer over the cores (0: devices have their own processors).
 """
 from __future__ import annotations
 
@@ -112,6 +115,7 @@ class Cluster:
     batch_transfers: bool = False
     poll_after: float = 0.0
     poll_delay: float = 0.0
+    cores: int = 0
 
     def __post_init__(self) -> None:
         devices = tuple(self.devices)
@@ -157,6 +161,10 @@ class Cluster:
         for label in ("step_overhead", "poll_after", "poll_delay"):
             _check_number(getattr(self, label), f"cluster {self.name!r}: {label}",
                           positive=False)
+        if isinstance(self.cores, bool) or not isinstance(self.cores, (int, np.integer)) \
+                or self.cores < 0:
+            raise ClusterError(f"cluster {self.name!r}: cores must be a non-negative integer, "
+                               f"got {self.cores!r}")
         if not isinstance(self.batch_transfers, bool):
             raise ClusterError(f"cluster {self.name!r}: batch_transfers must be true or false, "
                                f"got {self.batch_transfers!r}")
@@ -246,6 +254,8 @@ class Cluster:
             out["batch_transfers"] = True
         if self.poll_delay:
             out["poll_after"], out["poll_delay"] = self.poll_after, self.poll_delay
+        if self.cores:
+            out["cores"] = int(self.cores)
         return out
 
     @classmethod
@@ -286,7 +296,8 @@ class Cluster:
                               name=spec["name"], preset=cluster.preset,
                               step_overhead=cluster.step_overhead,
                               batch_transfers=cluster.batch_transfers,
-                              poll_after=cluster.poll_after, poll_delay=cluster.poll_delay)
+                              poll_after=cluster.poll_after, poll_delay=cluster.poll_delay,
+                              cores=cluster.cores)
         return cluster
 
 
@@ -330,7 +341,7 @@ def heterogeneous(devices: Sequence[Device],
                   default_latency: float = DEFAULT_LATENCY,
                   name: str = "heterogeneous", step_overhead: float = 0.0,
                   batch_transfers: bool = False, poll_after: float = 0.0,
-                  poll_delay: float = 0.0) -> Cluster:
+                  poll_delay: float = 0.0, cores: int = 0) -> Cluster:
     """Listed devices; `links` maps a (name, name) pair to its Link (both directions)."""
     devices = tuple(devices)
     k = len(devices)
@@ -345,14 +356,15 @@ def heterogeneous(devices: Sequence[Device],
         bandwidth[i, j] = bandwidth[j, i] = link.bandwidth
         latency[i, j] = latency[j, i] = link.latency
     return Cluster(devices, bandwidth, latency, name=name, step_overhead=step_overhead,
-                   batch_transfers=batch_transfers, poll_after=poll_after, poll_delay=poll_delay)
+                   batch_transfers=batch_transfers, poll_after=poll_after, poll_delay=poll_delay,
+                   cores=cores)
 
 
 # ------------------------------------------------------------------ spec parsing
 def _from_device_list(spec: Mapping) -> Cluster:
     _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency",
                        "step_overhead", "batch_transfers", "poll_after", "poll_delay",
-                       "name"}, "cluster")
+                       "cores", "name"}, "cluster")
     if not isinstance(spec["devices"], Sequence) or isinstance(spec["devices"], str):
         raise ClusterError("cluster.devices: expected a list of devices")
     defaults = _numbers(spec, "cluster", required=(),
@@ -395,8 +407,11 @@ def _from_device_list(spec: Mapping) -> Cluster:
         args = _numbers(entry, where, required=("bandwidth",), optional=("latency",))
         latency = args.get("latency", defaults.get("default_latency", DEFAULT_LATENCY))
         links[(entry["a"], entry["b"])] = Link(float(args["bandwidth"]), float(latency))
+    cores = spec.get("cores", 0)
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
+        raise ClusterError(f"cluster.cores: expected a non-negative integer, got {cores!r}")
     return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"),
-                         batch_transfers=batch, **defaults)
+                         batch_transfers=batch, cores=cores, **defaults)
 
 
 def _cost_table(table, size: int, where: str) -> dict[str, tuple[float, ...]]:

@@ -19,6 +19,9 @@ once the parameter's gradient is complete (after its other ops, as the executor'
 With the cluster's `poll_delay`, a message that reaches an idle device which has waited `w`
 seconds, longer than `poll_after`, is noticed `min((w - poll_after) / 2, poll_delay)` late
 (the pauses between polls double up to a maximum), and so is the step's end by the driver.
+With the cluster's `cores`, an op that starts while more devices compute or spin (for
+`poll_after` after going idle; the driver at the step's start) than there are cores takes
+that many times longer over the cores (its rate at its start: ops are short).
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
@@ -104,7 +107,8 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
     batch_latency = (np.concatenate([np.zeros(k), cluster.latency.ravel()]).tolist()
                      if cluster.batch_transfers else None)
     poll = (cluster.poll_after, cluster.poll_delay) if cluster.poll_delay else None
-    start, finish = _run(tasks, k, sequences, schedule, batch_latency, poll)
+    sharing = (cluster.cores, cluster.poll_after) if cluster.cores else None
+    start, finish = _run(tasks, k, sequences, schedule, batch_latency, poll, sharing)
     end = float(finish.max()) if len(finish) else 0.0
     late = _poll_late(end, poll) if poll else 0.0
     makespan = end + late + cluster.step_overhead
@@ -354,12 +358,15 @@ def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
 
 # ------------------------------------------------------------------ the event loop
 def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str | None,
-         batch_latency: list[float] | None = None, poll: tuple[float, float] | None = None
-         ) -> tuple[np.ndarray, np.ndarray]:
+         batch_latency: list[float] | None = None, poll: tuple[float, float] | None = None,
+         sharing: tuple[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Start and finish time of every task. With `batch_latency` (per resource, the latency
     of a link), a link that frees sends every transfer queued on it as one message: the
     latency once plus their bytes / bandwidth. With `poll` (after, delay), a transfer that
-    reaches a device idle for longer than `after` makes its op ready later (`_poll_late`)."""
+    reaches a device idle for longer than `after` makes its op ready later (`_poll_late`).
+    With `sharing` (cores, spin), a device op takes max(1, runnable / cores) times its
+    duration, runnable counting the computing devices, the devices idle for less than `spin`
+    and, before `spin`, the driver."""
     count = len(tasks.resource)
     resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
     pending = list(tasks.pending)
@@ -372,6 +379,14 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
     events: list[tuple[float, int]] = []
     deferred: set[int] = set()                           # batched links to start at `now`
     idle_since = [0.0] * k                               # when each device last finished
+    spinning_until = [-np.inf] * k                       # devices spin after going idle
+
+    def slowdown(r: int, now: float) -> float:
+        """How many times longer an op starting on device r at `now` takes (`sharing`)."""
+        cores, spin = sharing
+        runnable = 1 + (now < spin) + sum(
+            1 for d in range(k) if d != r and (busy[d] or now < spinning_until[d]))
+        return max(1.0, runnable / cores)
 
     def begin(r: int, now: float) -> None:
         if busy[r]:
@@ -397,7 +412,10 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
             return
         busy[r] = 1
         start[t] = now
-        heapq.heappush(events, (now + duration[t], t))
+        seconds = duration[t]
+        if sharing is not None and r < k and seconds > 0:
+            seconds *= slowdown(r, now)
+        heapq.heappush(events, (now + seconds, t))
 
     def make_ready(t: int, now: float) -> None:
         r = resource[t]
@@ -441,6 +459,8 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
             busy[r] -= 1
         if 0 <= r < k:
             idle_since[r] = now
+            if sharing is not None:
+                spinning_until[r] = now + sharing[1]
         for s in tasks.successors[t]:
             pending[s] -= 1
             if pending[s] == 0:

@@ -107,3 +107,25 @@ def test_poll_delays_after_long_waits_by_hand():
     assert (read.poll_after, read.poll_delay) == (1e-3, 3e-4)
     with pytest.raises(ClusterError, match="poll_delay"):
         Cluster(base.devices, base.bandwidth, base.latency, poll_delay=-1.0)
+
+
+def test_devices_sharing_cores_by_hand():
+    a = np.array([0, 0, 0, 1, 1])
+    base = cluster()
+
+    def shared(cores, spin):
+        return Cluster(base.devices, base.bandwidth, base.latency, step_overhead=0.4,
+                       poll_after=spin, cores=cores)
+    # one core: F(h) starts while the driver spins (its first second): twice as long, 0-4;
+    # the rest as in test_op_costs_and_updates_by_hand (nothing else overlaps a spin): + 2 s
+    assert simulate(graph(), a, shared(1, 1.0)).makespan == pytest.approx(13.5)
+    # spins of 3 s: F(h) 0-4 (driver) | h 4-5.5 | F(r) 5.5-6.5 and F(loss) 6.5-8.5 while dev0
+    # spins (until 7) | B(loss) 8.5-9 | B(r) 9-11 | gradient of h 11-12.5 | B(h) while dev1
+    # spins (until 14): 2 x 2.1 s, 12.5-16.7 | + 0.4
+    assert simulate(graph(), a, shared(1, 3.0)).makespan == pytest.approx(17.1)
+    # two cores: never more than two runnable here
+    assert simulate(graph(), a, shared(2, 3.0)).makespan == pytest.approx(11.5)
+    with pytest.raises(ClusterError, match="cores"):
+        Cluster(base.devices, base.bandwidth, base.latency, cores=-1)
+    read = Cluster.from_spec({"devices": [base.devices[0].to_dict()], "cores": 2})
+    assert read.cores == 2 and read.to_dict()["cores"] == 2
