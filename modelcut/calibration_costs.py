@@ -38,6 +38,7 @@ STEP_MODEL = dict(layers=4, width=384, in_features=64, classes=8, batch=64)
 # ... and one whose step is over before channel reads stop spinning (no poll delay in it)
 QUICK_STEP_MODEL = dict(layers=2, width=32, in_features=16, classes=4, batch=8)
 STEP_WARMUP = 3
+FIT_ROUNDS = 4       # alternating fits of the compute scale and the hop latency
 
 
 def op_samples(steps: int) -> dict[str, list[tuple[float, float, float]]]:
@@ -247,11 +248,11 @@ def fit_executor_costs(quick, two, assignment, op_costs: dict, update_costs: dic
                           step_overhead=per_step, batch_transfers=True, poll_after=poll_after,
                           poll_delay=poll_delay, cores=cores)
         return simulate(graph, assignment, cluster, optimizer="adam")
-    at_once = simulated(0.0)
-    scale = float(np.median([r[2] for r in two])) / float(np.sum(at_once.busy)
-                                                          * at_once.makespan)
-    if k < 2:
-        return per_step, None, scale
-    measured = float(np.median([r[0] for r in two]))
-    return per_step, fit_latency(lambda latency: simulated(latency, scale).makespan,
-                                 measured), scale
+    busy, measured = (float(np.median([r[i] for r in two])) for i in (2, 0))
+    scale, latency = 1.0, 0.0
+    for _ in range(FIT_ROUNDS):          # the two interact (through cores shared in time)
+        step = simulated(latency, scale)
+        scale *= busy / float(np.sum(step.busy) * step.makespan)
+        if k > 1:
+            latency = fit_latency(lambda value: simulated(value, scale).makespan, measured)
+    return per_step, (latency if k > 1 else None), scale

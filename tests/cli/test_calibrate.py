@@ -137,3 +137,30 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
 
     assert main(argv) == 2                                   # refuses to overwrite
     assert "--force" in capsys.readouterr().err
+
+
+def test_executor_costs_fit_recovers_a_simulated_scale_and_latency():
+    from modelcut.calibration_costs import STEP_MODEL, fit_executor_costs, step_model
+    from partition.api import partition
+    from partition.cluster import Cluster, Device, uniform
+    from partition.simulate import simulate
+
+    graph, _ = step_model()
+    a = np.asarray(partition(graph, uniform(2), algorithm="contiguous",
+                             epsilon=1.0).assignment)
+    ops, updates = {"matmul": (1e-5, 1e-11, 0.0)}, {"adam": (2e-6, 4e-10)}
+    # the truth: costs 1.5 x the tables, 0.2 ms per hop, 0.3 ms per step, 2 shared cores
+    truth = Cluster(tuple(Device(f"cpu{i}", 1e12, 2**30,
+                                 op_costs={"matmul": (1.5e-5, 1.5e-11, 0.0)},
+                                 update_costs={"adam": (3e-6, 6e-10)}) for i in range(2)),
+                    np.full((2, 2), 4e9), np.full((2, 2), 2e-4), step_overhead=3e-4,
+                    batch_transfers=True, poll_after=1e-3, poll_delay=4e-4, cores=2)
+    step = simulate(graph, a, truth, optimizer="adam")
+    two = [(step.makespan, 0.0, float(np.sum(step.busy)) * step.makespan)] * 3
+    quick = [(3e-4 + d, d) for d in (1e-4, 2e-4, 3e-4)]      # steps quicker than the spin
+    per_step, latency, scale = fit_executor_costs(quick, two, a, ops, updates, 4e9, 1e-3,
+                                                  4e-4, cores=2)
+    assert per_step == pytest.approx(3e-4)
+    assert scale == pytest.approx(1.5, rel=1e-6)
+    assert latency == pytest.approx(2e-4, abs=1e-6)
+    assert STEP_MODEL["layers"] >= 2                  # a chain of calls over two devices
