@@ -103,7 +103,7 @@ def main() -> None:
             cluster = Cluster.from_spec(yaml.safe_load(Path(args.cluster).read_text())["cluster"])
             print(f"cluster {args.cluster}")
         else:
-            calibration = calibrate(4, repeats=repeats, steps=2 * steps)
+            calibration = calibrate(4, repeats=repeats)
             cluster = Cluster.from_spec(calibration.cluster_spec())
             print(f"calibrated in {time.perf_counter() - began:.0f} s: matmul "
                   f"{calibration.flops[0] / 1e9:.1f} GFLOP/s, {len(calibration.op_costs[0])} "

@@ -46,8 +46,9 @@ DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 LINK_ATTEMPTS = 3   # link measurements retried when noise makes them unfittable
 DEFAULT_REPEATS = 7
-DEFAULT_STEPS = 30   # training steps through the Ray executor (calibration_costs)
+DEFAULT_STEPS = 100  # training steps through the Ray executor (calibration_costs): ~0.5 s
 POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
+POLL_REPEATS = 10    # ... that many times `repeats` (it varies with the load: ~0.3 s in all)
 TRANSPORTS = ("compiled", "plain")
 HOP_REPEATS = 3      # link and round-trip timings take this many times `repeats` (they are quick)
 # conv2d probes: (batch, channels, image side), 3x3 kernels, same padding
@@ -390,7 +391,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                 if attempt == LINK_ATTEMPTS:
                     raise
                 log.warning("%s; measuring the links again", error)
-        poll_after, poll_delay = SPIN_SECONDS, probe.poll_delay(HOP_REPEATS * repeats)
+        poll_after, poll_delay = SPIN_SECONDS, probe.poll_delay(POLL_REPEATS * repeats)
         cores = int(nodes[0]["cores"]) if one_machine else 0   # the actors share them
         for actor in actors:
             ray.kill(actor)
