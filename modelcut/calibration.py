@@ -391,7 +391,9 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                 if attempt == LINK_ATTEMPTS:
                     raise
                 log.warning("%s; measuring the links again", error)
-        poll_after, poll_delay = SPIN_SECONDS, probe.poll_delay(POLL_REPEATS * repeats)
+        # on one machine the executor's pipes wake a waiting actor at once: no poll delay
+        poll_after, poll_delay = ((0.0, 0.0) if one_machine else
+                                  (SPIN_SECONDS, probe.poll_delay(POLL_REPEATS * repeats)))
         cores = int(nodes[0]["cores"]) if one_machine else 0   # the actors share them
         for actor in actors:
             ray.kill(actor)
@@ -519,21 +521,10 @@ def _measure_links(probe, names, pairs, sizes, repeats: int, one_machine: bool):
                        for a, b in pairs)
 
 
-def config_reads_extended_fields() -> bool:
-    """Whether configs (modelcut.config) accept a device's `op_costs` and `update_costs` and
-    a cluster's `poll_after`, `poll_delay` and `cores`."""
-    from modelcut.config import DeviceEntry, ExplicitCluster
-    return ({"op_costs", "update_costs"} <= set(DeviceEntry.model_fields)
-            and {"poll_after", "poll_delay", "cores"} <= set(ExplicitCluster.model_fields))
-
-
-def cluster_yaml(calibration: Calibration, extended: bool | None = None) -> str:
+def cluster_yaml(calibration: Calibration, extended: bool = True) -> str:
     """The cluster file text: a comment saying what was measured, then the `cluster:` section
-    (`extended` None: with the op, update and poll costs when configs can read them)."""
+    (`extended`: with the op, update and poll costs, see `Calibration.cluster_spec`)."""
     import yaml
-
-    if extended is None:
-        extended = config_reads_extended_fields()
 
     header = (f"# Written by `modelcut calibrate` on {calibration.host}: matmul FLOP/s and conv2d "
               "FLOP/s per actor (one BLAS thread), seconds per executed op, actor-to-actor "

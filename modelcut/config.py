@@ -7,17 +7,18 @@ misspelt section never falls back to its defaults. Quantities accept units (`16G
 """
 from __future__ import annotations
 
-import difflib
-import math
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from modelcut.units import UnitError, parse_bandwidth, parse_flops, parse_size, parse_time
+from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, PositiveInt,
+                                   NonNegativeInt, Integer, PositiveNumber, NonNegativeNumber,
+                                   Fraction, Flag, Text, Size, Bandwidth, FlopRate, Latency,
+                                   Seconds, Dtype, PinTarget, Betas)
 
 __all__ = ["ConfigError", "Config", "load_config", "validate_config"]
 
@@ -28,110 +29,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-# ------------------------------------------------------------------ value rules
-def _did_you_mean(word: Any, options) -> str:
-    """` (did you mean 'x'?)` for the closest option (spelling, or a shared prefix), else ''."""
-    if not isinstance(word, str):
-        return ""
-    options = list(options)
-    close = difflib.get_close_matches(word, options, 1)
-    if not close:
-        close = sorted((o for o in options if word.startswith(o) or o.startswith(word)),
-                       key=len, reverse=True)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _expected(phrase: str, **context) -> PydanticCustomError:
-    detail = context.get("detail")
-    return PydanticCustomError("expected", phrase + (f" ({detail})" if detail else ""))
-
-
-def _rule(phrase: str, test: Callable[[Any], bool], convert: Callable = lambda v: v):
-    """A BeforeValidator: `test` the raw YAML value, else fail with `expected <phrase>`."""
-    def check(value):
-        if not test(value):
-            raise _expected(phrase)
-        return convert(value)
-    return BeforeValidator(check)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _as_number(v) -> float | None:
-    """A finite number from YAML (PyYAML reads `1e-3` as a string, so numeric strings count)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            return None
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return v
-    return None
-
-
-def _quantity(phrase: str, parse: Callable, positive: bool = True):
-    """A BeforeValidator for a unit-bearing quantity (parsed by modelcut.units)."""
-    def check(value):
-        try:
-            number = parse(value)
-        except UnitError as exc:
-            detail = str(exc).split(": ", 1)[-1].split(" (expected")[0]
-            detail = "" if detail.startswith("expected") else detail
-            raise _expected(phrase, detail=detail) from None
-        if positive and number <= 0:
-            raise _expected(phrase)
-        return number
-    return BeforeValidator(check)
-
-
-def _choice(*options: str):
-    """A string that must be one of `options` (with a did-you-mean hint)."""
-    def check(value):
-        if value in options:
-            return value
-        raise PydanticCustomError("expected", f"expected one of {', '.join(options)}"
-                                  f"{_did_you_mean(value, options)}")
-    return Annotated[str, BeforeValidator(check)]
-
-
-PositiveInt = Annotated[int, _rule("expected a positive integer", lambda v: _is_int(v) and v > 0)]
-NonNegativeInt = Annotated[int, _rule("expected a non-negative integer",
-                                      lambda v: _is_int(v) and v >= 0)]
-Integer = Annotated[int, _rule("expected an integer", _is_int)]
-PositiveNumber = Annotated[float, _rule("expected a positive number",
-                                        lambda v: (_as_number(v) or 0) > 0, _as_number)]
-NonNegativeNumber = Annotated[float, _rule("expected a non-negative number",
-                                           lambda v: _as_number(v) is not None
-                                           and _as_number(v) >= 0, _as_number)]
-Fraction = Annotated[float, _rule("expected a number in [0, 1)",
-                                  lambda v: _as_number(v) is not None and 0 <= _as_number(v) < 1,
-                                  _as_number)]
-Flag = Annotated[bool, _rule("expected true or false", lambda v: isinstance(v, bool))]
-Text = Annotated[str, _rule("expected a non-empty string", lambda v: isinstance(v, str) and v)]
-Size = Annotated[int, _quantity("expected a positive size such as 16GB, 512MiB or 1.5e9",
-                                parse_size)]
-Bandwidth = Annotated[float, _quantity("expected a positive bandwidth such as 25GB/s or 10Gb/s",
-                                       parse_bandwidth)]
-FlopRate = Annotated[float, _quantity("expected a positive FLOP rate such as 19.5 TFLOPS or 1e12",
-                                      parse_flops)]
-Latency = Annotated[float, _quantity("expected a time such as 10us or 1ms", parse_time,
-                                     positive=False)]
-Seconds = Annotated[float, _quantity("expected a positive time such as 30s or 2min", parse_time)]
-Dtype = _choice("float32", "float64")
-PinTarget = Annotated[Union[int, str], _rule("expected a device name or a device index",
-                                             lambda v: (_is_int(v) and v >= 0)
-                                             or (isinstance(v, str) and v))]
-Betas = Annotated[tuple[float, float], _rule(
-    "expected a list of two numbers in [0, 1)",
-    lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-    and all(_as_number(b) is not None and 0 <= _as_number(b) < 1 for b in v),
-    lambda v: tuple(_as_number(b) for b in v))]
 
 
 # ----------------------------------------------------------------- base section
@@ -280,13 +177,16 @@ class HierarchicalCluster(Section):
 
 
 class DeviceEntry(Section):
-    """A device; `op_overhead` (s per executed op) and `op_flops` (FLOP/s per op kind) are
-    what `modelcut calibrate` measures besides the matmul rate (partition/cluster.py)."""
+    """A device; `op_overhead` (s per executed op), `op_flops` (FLOP/s per op kind),
+    `op_costs` and `update_costs` are what `modelcut calibrate` measures besides the matmul
+    rate (partition/cluster.py)."""
     name: Text
     flops: FlopRate
     memory: Size
     op_overhead: Optional[Latency] = None
     op_flops: Optional[dict[Text, FlopRate]] = None
+    op_costs: Optional[dict[Text, list[NonNegativeNumber]]] = None
+    update_costs: Optional[dict[Text, list[NonNegativeNumber]]] = None
 
 
 class LinkEntry(Section):
@@ -304,6 +204,9 @@ class ExplicitCluster(Section):
     default_latency: Optional[Latency] = None
     step_overhead: Optional[Latency] = None
     batch_transfers: Optional[Flag] = None
+    poll_after: Optional[Latency] = None
+    poll_delay: Optional[Latency] = None
+    cores: Optional[NonNegativeInt] = None
     name: Optional[Text] = None
 
     def problems(self):

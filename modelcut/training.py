@@ -152,11 +152,12 @@ def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):
 
 
 def simulate_step(setup: TrainingSetup, placement) -> dict:
-    """The simulated step (SPEC section 4) with the setup's schedule and micro-batches."""
+    """The simulated step (SPEC section 4) with the setup's schedule and micro-batches (and,
+    on a calibrated cluster with update costs, the optimizer's updates)."""
     from partition.simulate import simulate
     return simulate(setup.graph, placement.assignment, setup.cluster,
-                    schedule=setup.simulated_schedule,
-                    micro_batches=setup.micro_batches).to_dict()
+                    schedule=setup.simulated_schedule, micro_batches=setup.micro_batches,
+                    optimizer=setup.optimizer["name"]).to_dict()
 
 
 def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> dict:

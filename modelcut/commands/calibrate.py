@@ -74,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from modelcut.calibration import calibrate, cluster_yaml, config_reads_extended_fields
+    from modelcut.calibration import calibrate, cluster_yaml
     from modelcut.report import make_console
     from modelcut.units import format_bandwidth, format_flops, format_size, format_time
     from partition.cluster import Cluster
@@ -119,11 +119,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{result.compute_scale:.2f} as the executor's actors run them) and of "
                       f"{', '.join(result.update_costs[0])} updates; poll delay "
                       f"{format_time(result.poll_delay)} after waits over "
-                      f"{format_time(result.poll_after)}"
-                      + ("" if config_reads_extended_fields() else
-                         " (not written: configs do not read op_costs, update_costs, "
-                         "poll_after and poll_delay yet; the driver's poll delay is counted "
-                         "in the step overhead)"))
+                      f"{format_time(result.poll_after)}")
     if result.links:
         links = Table(title=f"Links through {result.transport} calls "
                             "(latency + bytes / bandwidth, least squares)",

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modelcut.calibration import (CalibrationError, config_reads_extended_fields,
-                                  fit_latency_bandwidth, fit_link)
+from modelcut.calibration import CalibrationError, fit_latency_bandwidth, fit_link
 from modelcut.calibration_costs import (fit_latency, fit_op_costs, fit_step_overhead,
                                         fit_update_costs)
 from modelcut.cli import main
@@ -129,8 +128,10 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
         assert device.rate("gelu") == entry["op_flops"]["*"] > 0
     assert cluster.step_overhead == written["step_overhead"] > 0
     assert "per hop between actors (Ray executor)" in " ".join(printed.split())
-    # the cost tables are written once configs can read them
-    assert ("op_costs" in written["devices"][0]) == config_reads_extended_fields()
+    # the cost tables are written and read back
+    for device, entry in zip(cluster.devices, written["devices"]):
+        assert dict(device.op_costs) == {op: tuple(c) for op, c in entry["op_costs"].items()}
+        assert len(device.op_costs) > 3 and device.update_costs
     assert cluster.batch_transfers is True
     assert cluster.bandwidth[0, 1] == cluster.bandwidth[1, 0] == link["bandwidth"] > 0
     assert cluster.latency[0, 1] == link["latency"] >= 0

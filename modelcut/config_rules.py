@@ -1,0 +1,115 @@
+"""Value rules of the config schema (modelcut/config.py): pydantic types whose errors read
+`expected ..., got ...`, quantities with units, choices with a did-you-mean suggestion."""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Annotated, Any, Callable, Union
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from modelcut.units import UnitError, parse_bandwidth, parse_flops, parse_size, parse_time
+
+
+def _did_you_mean(word: Any, options) -> str:
+    """` (did you mean 'x'?)` for the closest option (spelling, or a shared prefix), else ''."""
+    if not isinstance(word, str):
+        return ""
+    options = list(options)
+    close = difflib.get_close_matches(word, options, 1)
+    if not close:
+        close = sorted((o for o in options if word.startswith(o) or o.startswith(word)),
+                       key=len, reverse=True)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _expected(phrase: str, **context) -> PydanticCustomError:
+    detail = context.get("detail")
+    return PydanticCustomError("expected", phrase + (f" ({detail})" if detail else ""))
+
+
+def _rule(phrase: str, test: Callable[[Any], bool], convert: Callable = lambda v: v):
+    """A BeforeValidator: `test` the raw YAML value, else fail with `expected <phrase>`."""
+    def check(value):
+        if not test(value):
+            raise _expected(phrase)
+        return convert(value)
+    return BeforeValidator(check)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_number(v) -> float | None:
+    """A finite number from YAML (PyYAML reads `1e-3` as a string, so numeric strings count)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return None
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return v
+    return None
+
+
+def _quantity(phrase: str, parse: Callable, positive: bool = True):
+    """A BeforeValidator for a unit-bearing quantity (parsed by modelcut.units)."""
+    def check(value):
+        try:
+            number = parse(value)
+        except UnitError as exc:
+            detail = str(exc).split(": ", 1)[-1].split(" (expected")[0]
+            detail = "" if detail.startswith("expected") else detail
+            raise _expected(phrase, detail=detail) from None
+        if positive and number <= 0:
+            raise _expected(phrase)
+        return number
+    return BeforeValidator(check)
+
+
+def _choice(*options: str):
+    """A string that must be one of `options` (with a did-you-mean hint)."""
+    def check(value):
+        if value in options:
+            return value
+        raise PydanticCustomError("expected", f"expected one of {', '.join(options)}"
+                                  f"{_did_you_mean(value, options)}")
+    return Annotated[str, BeforeValidator(check)]
+
+
+PositiveInt = Annotated[int, _rule("expected a positive integer", lambda v: _is_int(v) and v > 0)]
+NonNegativeInt = Annotated[int, _rule("expected a non-negative integer",
+                                      lambda v: _is_int(v) and v >= 0)]
+Integer = Annotated[int, _rule("expected an integer", _is_int)]
+PositiveNumber = Annotated[float, _rule("expected a positive number",
+                                        lambda v: (_as_number(v) or 0) > 0, _as_number)]
+NonNegativeNumber = Annotated[float, _rule("expected a non-negative number",
+                                           lambda v: _as_number(v) is not None
+                                           and _as_number(v) >= 0, _as_number)]
+Fraction = Annotated[float, _rule("expected a number in [0, 1)",
+                                  lambda v: _as_number(v) is not None and 0 <= _as_number(v) < 1,
+                                  _as_number)]
+Flag = Annotated[bool, _rule("expected true or false", lambda v: isinstance(v, bool))]
+Text = Annotated[str, _rule("expected a non-empty string", lambda v: isinstance(v, str) and v)]
+Size = Annotated[int, _quantity("expected a positive size such as 16GB, 512MiB or 1.5e9",
+                                parse_size)]
+Bandwidth = Annotated[float, _quantity("expected a positive bandwidth such as 25GB/s or 10Gb/s",
+                                       parse_bandwidth)]
+FlopRate = Annotated[float, _quantity("expected a positive FLOP rate such as 19.5 TFLOPS or 1e12",
+                                      parse_flops)]
+Latency = Annotated[float, _quantity("expected a time such as 10us or 1ms", parse_time,
+                                     positive=False)]
+Seconds = Annotated[float, _quantity("expected a positive time such as 30s or 2min", parse_time)]
+Dtype = _choice("float32", "float64")
+PinTarget = Annotated[Union[int, str], _rule("expected a device name or a device index",
+                                             lambda v: (_is_int(v) and v >= 0)
+                                             or (isinstance(v, str) and v))]
+Betas = Annotated[tuple[float, float], _rule(
+    "expected a list of two numbers in [0, 1)",
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+    and all(_as_number(b) is not None and 0 <= _as_number(b) < 1 for b in v),
+    lambda v: tuple(_as_number(b) for b in v))]
