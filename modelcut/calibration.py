@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
-LINK_ATTEMPTS = 3   # link measurements retried when noise makes them unfittable
+LINK_ATTEMPTS = 3   # link measurements retried (twice the repeats each time) when noise spoils them
 DEFAULT_REPEATS = 7
 DEFAULT_STEPS = 100  # training steps through the Ray executor (calibration_costs): ~0.5 s
 POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
@@ -384,8 +384,9 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         one_machine = len({n["node"] for n in nodes}) == 1
         for attempt in range(1, LINK_ATTEMPTS + 1):
             try:
-                base, links = _measure_links(probe, names, pairs, sizes,
-                                             HOP_REPEATS * repeats, one_machine)
+                base, links = _measure_links(probe, names, pairs, sizes,  # more each time
+                                             HOP_REPEATS * repeats * 2 ** (attempt - 1),
+                                             one_machine)
                 break
             except CalibrationError as error:     # a burst of load hid the payload's cost
                 if attempt == LINK_ATTEMPTS:

@@ -104,7 +104,7 @@ def test_latency_fit_inverts_a_simulated_step():
 def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     out = tmp_path / "cluster.yaml"
     argv = ["calibrate", "--out", str(out), "--devices", "2", "--matmul-sizes", "16,32",
-            "--payloads", "1KiB,16MiB", "--repeats", "3", "--steps", "3"]
+            "--payloads", "1KiB,32MiB", "--repeats", "3", "--steps", "3"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "cpu0 <-> cpu1" in printed and str(out) in printed
