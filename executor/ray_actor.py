@@ -26,6 +26,18 @@ class ActorRestartedError(ExecutorError):
     refuses to run (the driver restores every device from its checkpoint instead)."""
 
 
+def pin_to_cpu(device: int) -> int | None:
+    """Keep this process on one of the CPUs it may use (device d on the d-th, round robin):
+    the kernel then wakes an actor blocked on a pipe on its own CPU, not on the writer's
+    (measured here: ~10% off the small mlp's step). None where affinity is not supported."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[device % len(cpus)]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
 class DeviceActor:
     """One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
 
@@ -38,7 +50,7 @@ class DeviceActor:
 
     def __init__(self, program: Program, k: int, positions: Mapping[tuple, Mapping],
                  optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool,
-                 defer_weight_grads: bool = False):
+                 defer_weight_grads: bool = False, pin: bool = False):
         import ray
 
         # A restarted actor has lost its state: calls still queued for the dead one must fail.
@@ -47,6 +59,8 @@ class DeviceActor:
             from autodiff.models.init import init_param
             params = {p: init_param(program.nodes[p], seed) for p in program.params}
         self.worker = DeviceWorker(program, params, optimizer, defer_weight_grads)
+        if pin:
+            pin_to_cpu(program.device)
         self.k = k
         self.positions = {blocks: dict(v) for blocks, v in positions.items()}
         self.last = len(program.blocks) - 1

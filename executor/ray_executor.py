@@ -111,7 +111,9 @@ class RayExecutor:
     checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
     writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
     `max_inflight_executions` of the compiled graph; `routes`: prebuilt actor calls of the
-    plan (default `plan_routes(plan)`); `defer_weight_grads` as LocalExecutor. Starts a local Ray if none
+    plan (default `plan_routes(plan)`); `defer_weight_grads` as LocalExecutor; `pin_cpus`:
+    keep each actor on one CPU of its machine (executor/ray_actor.pin_to_cpu; None: on the
+    pipes path, where all actors share the driver's machine). Starts a local Ray if none
     is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
@@ -122,7 +124,7 @@ class RayExecutor:
                  checkpoint_dir: str | Path | None = None, max_restarts: int = 1,
                  max_recoveries: int = 3, max_inflight_executions: int = 2,
                  loss_reduction: str = "mean", routes: Routes | None = None,
-                 defer_weight_grads: bool = False):
+                 defer_weight_grads: bool = False, pin_cpus: bool | None = None):
         if mode not in MODES:
             raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -156,6 +158,7 @@ class RayExecutor:
         self.max_recoveries = max_recoveries
         self.max_inflight_executions = max_inflight_executions
         self.defer_weight_grads = bool(defer_weight_grads)
+        self.pin_cpus = pin_cpus
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         # The initial parameters each device starts from (None: materialized on the actor).
@@ -199,7 +202,8 @@ class RayExecutor:
         initial = self._initial or [None] * self.k
         self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
                                      self.optimizer, self.seed, initial[prog.device], compiled,
-                                     self.defer_weight_grads)
+                                     self.defer_weight_grads,
+                                     pipes if self.pin_cpus is None else self.pin_cpus)
                        for prog in self.plan.programs]
         if self._checkpoint is not None:
             state = ray.put(self._checkpoint)

@@ -1,6 +1,8 @@
 """The Ray executor on a real local Ray (one session fixture): the same gradients, losses and
-bytes per link as the single-device local executor and partition.metrics, on both the
-compiled-graph and the plain-call path, with micro-batch schedules (float64)."""
+bytes per link as the single-device local executor and partition.metrics, on the pipes,
+compiled-graph and plain-call paths, with micro-batch schedules (float64)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -229,3 +231,16 @@ def test_bad_arguments_name_the_field(ray_session):
         RayExecutor(g, a, 1, mode="fast")
     with pytest.raises(ExecutorError, match="checkpoint_every: expected a positive integer"):
         RayExecutor(g, a, 1, checkpoint_every=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_pipes_actors_are_pinned_to_one_cpu_each_and_others_are_not(ray_session):
+    from executor.ray_executor import RayExecutor
+    g = model("mlp")
+    a = contiguous(g, 2)
+    cpus = sorted(os.sched_getaffinity(0))
+    with RayExecutor(g, a, 2, SGD(lr=0.1), mode="pipes") as ex:
+        assert [os.sched_getaffinity(pid) for pid in ex.actor_pids()] == [
+            {cpus[d % len(cpus)]} for d in range(2)]
+    with RayExecutor(g, a, 2, SGD(lr=0.1), mode="compiled") as ex:
+        assert all(len(os.sched_getaffinity(pid)) == len(cpus) for pid in ex.actor_pids())
