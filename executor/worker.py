@@ -133,13 +133,21 @@ class DeviceWorker:
                 value = values[program.key(s.tensor, mb)]
                 self.states[s.state] = np.asarray(value * s.scale if s.scale != 1.0 else value,
                                                   dtype=program.nodes[s.state].dtype)
-        held = sum(getattr(v, "nbytes", 0) for v in values.values())
-        self.peak_value_bytes = max(self.peak_value_bytes, held)
+        self.peak_value_bytes = max(self.peak_value_bytes, self._held_bytes())
         if index in self.release_after:
             done = self.release_after[index]
             for key in [key for key in values if key[1] == done]:
                 del values[key]
         return out
+
+    def _held_bytes(self) -> int:
+        """Bytes of the step's tensors held now: the values, plus deferred operands that are
+        no longer among them (each array once)."""
+        held = {id(v): getattr(v, "nbytes", 0) for v in self.values.values()}
+        for _, pairs in self.pending.values():
+            for x in (x for pair in pairs for x in pair):
+                held.setdefault(id(x), x.nbytes)
+        return sum(held.values())
 
     def _run_node(self, name: str, mb: int | None) -> np.ndarray:
         program = self.program
@@ -203,9 +211,9 @@ class DeviceWorker:
 
     def report(self, grads: bool = False) -> dict:
         """What this step produced here: the loss per micro-batch (key None when the loss does
-        not depend on the batch), seconds computing nodes and running the optimizer, the peak bytes of the tensors held during the
-        step (measured at the end of each block, before a finished micro-batch is released)
-        and, if asked, the owned parameters' gradients."""
+        not depend on the batch), seconds computing nodes and running the optimizer, the peak
+        bytes of the tensors held during the step (measured at the end of each block, before a
+        finished micro-batch is released) and, if asked, the owned parameters' gradients."""
         return {"device": self.device, "losses": dict(self.losses),
                 "compute_seconds": self.compute_seconds, "update_seconds": self.update_seconds,
                 "peak_value_bytes": self.peak_value_bytes,
