@@ -142,7 +142,8 @@ class LocalExecutor:
         for d, b in plan.order:
             program = plan.programs[d]
             block = program.blocks[b]
-            received = {r.tensor: mailbox.pop((r.tensor, program.key(r.tensor, block.micro_batch)[1],
+            received = {r.tensor: mailbox.pop((r.tensor,
+                                               program.key(r.tensor, block.micro_batch)[1],
                                                r.source, d)) for r in block.receives}
             for tensor, target, value in self.workers[d].run_block(b, received):
                 key = program.key(tensor, block.micro_batch)[1]

@@ -35,9 +35,9 @@ call order, so the executor does not rely on them. When a step fails with a dead
 (RayActorError, a closed compiled-graph channel, a lost object, a serve call that ended),
 every actor is killed and recreated from the last checkpoint the driver holds (params,
 optimizer and persistent state, taken every `checkpoint_every` steps; before the first one,
-the initial parameters), the steps since that checkpoint are replayed from their recorded feeds (random ops draw from (seed,
-step, micro-batch)), their losses are checked against the ones already reported, and the
-step is run again. Nothing is silently lost: a replay that differs raises ExecutorError.
+the initial parameters), the steps since that checkpoint are replayed from their recorded
+feeds (random ops draw from (seed, step, micro-batch)), their losses are checked against the
+ones already reported, and the step is run again. Nothing is silently lost: a replay that differs raises ExecutorError.
 """
 from __future__ import annotations
 
@@ -106,8 +106,8 @@ class RayExecutor:
 
     Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
     params, plan, loss_reduction), plus: `mode` auto | pipes | compiled | plain; per-actor
-    `num_cpus` and `num_gpus` (default 0 CPUs, so k actors fit on a small machine); `blas_threads` BLAS
-    threads per actor (None: Ray's default); `checkpoint_every` steps between the driver's
+    `num_cpus` and `num_gpus` (default 0 CPUs, so k actors fit on a small machine);
+    `blas_threads` BLAS threads per actor (None: Ray's default); `checkpoint_every` steps between the driver's
     checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
     writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
     `max_inflight_executions` of the compiled graph; `routes`: prebuilt actor calls of the
@@ -178,7 +178,7 @@ class RayExecutor:
         self.actors: list = []
         self._compiled = None
         self._pipes = None                        # the driver's Endpoint on the pipes path
-        self._pipe_dir = None
+        self._remove_pipes = None                 # removes their directory (once)
         self._serving: list = []                  # the actors' serve calls (pipes path)
         self._start()
 
@@ -242,12 +242,12 @@ class RayExecutor:
                         for dst, _ in routes.packets[src]})
         names = ([f"to{d}" for d in self._active] + [f"from{d}" for d in self._active]
                  + [f"{a}to{b}" for a, b in pairs])
-        self._pipe_dir = root = make_pipe_dir(names)
-        weakref.finalize(self, remove_pipe_dir, root)      # also when never shut down
+        root = make_pipe_dir(names)
+        # also run when the executor is dropped without shutdown
+        self._remove_pipes = weakref.finalize(self, remove_pipe_dir, root)
         if not all(self._ray.get([self.actors[d].sees.remote(str(root))
                                   for d in self._active])):
-            remove_pipe_dir(root)
-            self._pipe_dir = None
+            self._remove_pipes()
             raise ExecutorError("pipes: some actors run on another machine than the driver")
         self._pipes = Endpoint({d: root / f"from{d}" for d in self._active},
                                {d: root / f"to{d}" for d in self._active})
@@ -314,16 +314,15 @@ class RayExecutor:
         restart)."""
         ray = self._ray
         if self._pipes is not None:
-            from executor.ray_pipes import remove_pipe_dir
             for d in self._active:
                 try:
                     self._pipes.send(d, "stop", None)
                 except OSError as e:
                     log.debug("ray executor: stop: %s", e)
             self._pipes.close()
-            self._pipes = None
-            remove_pipe_dir(self._pipe_dir)
-            self._pipe_dir, self._serving = None, []
+            self._pipes, self._serving = None, []
+        if self._remove_pipes is not None:
+            self._remove_pipes()
         if self._compiled is not None:
             try:
                 self._compiled.teardown(kill_actors=True)
@@ -429,7 +428,8 @@ class RayExecutor:
         k = self.k
         by_device = {r["device"]: r for r in reports}
         idle = {"losses": {}, "compute_seconds": 0.0, "grads": {}, "sent": np.zeros(k),
-                "busy_seconds": 0.0, "update_seconds": 0.0, "copy_seconds": 0.0, "wait_seconds": 0.0, "peak_value_bytes": 0, "rss_bytes": 0}
+                "busy_seconds": 0.0, "update_seconds": 0.0, "copy_seconds": 0.0,
+                "wait_seconds": 0.0, "peak_value_bytes": 0, "rss_bytes": 0}
         reports = [by_device.get(d, dict(idle, device=d)) for d in range(k)]
         link = np.array([r["sent"] for r in reports], dtype=np.int64)
         base = summarize_step(step, reports, link, self.micro_batches,

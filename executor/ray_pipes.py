@@ -48,9 +48,8 @@ def make_pipe_dir(names: list[str]) -> Path:
     return root
 
 
-def remove_pipe_dir(root: Path | None) -> None:
-    if root is not None:
-        shutil.rmtree(root, ignore_errors=True)
+def remove_pipe_dir(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
 
 
 class _Reader:
