@@ -8,9 +8,10 @@ one pipe per pair of devices, and writes its report back; a blocked read wakes a
 the bytes arrive (a hop costs ~30 us). Ray still places, restarts and kills the actors.
 
 Messages are pickled (protocol 5; arrays arrive as fresh writable copies) and framed by a
-length and a tag. Writes never block: what a pipe cannot take yet stays queued and is
-written while the process waits to read, so two processes writing big packets to each other
-cannot deadlock; a receiver keeps messages that arrive before it asks for them.
+length and a tag. Writes never block: what a pipe cannot take yet stays queued and a writer
+thread writes it as the reader drains the pipe, so two processes writing big packets to each
+other cannot deadlock and a big packet does not wait for its sender to stop computing; a
+receiver keeps messages that arrive before it asks for them.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import select
 import shutil
 import struct
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -32,7 +34,6 @@ from executor.errors import ExecutorError
 HEADER = struct.Struct("<Q")                 # payload length
 PIPE_BYTES = 1 << 20                         # asked of the kernel per pipe (Linux max default)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-SEND_PATIENCE = 2e-3       # a send keeps writing while a reader drains the pipe this recently
 
 
 class PipeClosed(ExecutorError):
@@ -95,7 +96,11 @@ class _Reader:
 
 class Endpoint:
     """One process's pipes: `send(peer, tag, value)` and `receive(peer, tag)` of pickled
-    messages; `peer` names a pipe pair given at construction (read path, write path)."""
+    messages; `peer` names a pipe pair given at construction (read path, write path).
+
+    A send writes what the pipe takes at once; a writer thread writes the rest as the reader
+    drains the pipe, so a big packet reaches a receiver that was computing when it was sent
+    without waiting for the sender to stop computing."""
 
     def __init__(self, reads: dict[Hashable, str | Path], writes: dict[Hashable, str | Path]):
         # O_RDWR opens a FIFO at once whether or not the other end is open yet (Linux)
@@ -103,6 +108,9 @@ class Endpoint:
         self.writes = {peer: self._open(path) for peer, path in writes.items()}
         self.pending: dict[int, deque] = {fd: deque() for fd in self.writes.values()}
         self.by_fd = {r.fd: r for r in self.readers.values()}
+        self.cond = threading.Condition()     # guards `pending` and writes to the pipes
+        self.writer: threading.Thread | None = None
+        self.closing = False
 
     @staticmethod
     def _open(path) -> int:
@@ -115,40 +123,66 @@ class Endpoint:
 
     # ------------------------------------------------------------ writing
     def send(self, peer: Hashable, tag, value) -> None:
-        """Queue (tag, value) for `peer` and write as much as the pipe takes, waiting while the
-        reader keeps draining it (so a waiting receiver gets a big packet at once)."""
+        """Write (tag, value) for `peer`: what the pipe takes now, the rest by the writer
+        thread (messages to one peer keep their order)."""
         payload = pickle.dumps((tag, value), protocol=5)
         fd = self.writes[peer]
-        queue = self.pending[fd]
-        queue.append(memoryview(HEADER.pack(len(payload)) + payload))
-        last = time.monotonic()
-        while queue:
-            if self._write(fd):
-                last = time.monotonic()
-            elif time.monotonic() - last > SEND_PATIENCE:
-                return                        # the rest goes out while this process waits
-            else:
-                select.select([], [fd], [], SEND_PATIENCE)
+        with self.cond:
+            queue = self.pending[fd]
+            queue.append(memoryview(HEADER.pack(len(payload))))
+            queue.append(memoryview(payload))
+            self._write(fd)
+            if queue:
+                if self.writer is None:
+                    self.writer = threading.Thread(target=self._write_behind, daemon=True,
+                                                   name="modelcut-pipe-writer")
+                    self.writer.start()
+                self.cond.notify_all()
 
-    def _write(self, fd: int) -> bool:
-        """Write queued bytes to fd until the pipe is full; whether any were written."""
-        queue, wrote = self.pending[fd], False
+    def _write(self, fd: int) -> None:
+        """Write queued bytes to fd until the pipe is full (caller holds `cond`)."""
+        queue = self.pending[fd]
         while queue:
             try:
                 n = os.write(fd, queue[0])
             except BlockingIOError:
-                return wrote
-            wrote = True
+                return
             if n == len(queue[0]):
                 queue.popleft()
             else:
                 queue[0] = queue[0][n:]
-        return wrote
+
+    def _write_behind(self) -> None:
+        """The writer thread: write queued bytes whenever their pipe has room."""
+        while True:
+            with self.cond:
+                while not self.closing and not any(self.pending.values()):
+                    self.cond.wait()
+                if self.closing:
+                    return
+                for fd, queue in self.pending.items():
+                    if queue:
+                        self._write(fd)
+                waiting = [fd for fd, queue in self.pending.items() if queue]
+                self.cond.notify_all()            # flush() waits for empty queues
+            if waiting:
+                try:
+                    select.select([], waiting, [], 0.1)
+                except (OSError, ValueError):     # closed under us: close() ends the loop
+                    pass
 
     def flush(self, alive: Callable[[], None] | None = None) -> None:
-        """Write everything queued (reading meanwhile, so peers writing to us progress)."""
-        while any(self.pending.values()):
-            self._pump(None, alive)
+        """Wait until everything queued is written, reading meanwhile (so peers writing to
+        this process progress); `alive` is called every second of waiting."""
+        checked = time.monotonic()
+        while True:
+            with self.cond:
+                if not any(self.pending.values()):
+                    return
+            self._pump(None, None, timeout=1e-3)
+            if alive is not None and time.monotonic() - checked > 1.0:
+                alive()
+                checked = time.monotonic()
 
     # ------------------------------------------------------------ reading
     def receive(self, peer: Hashable, tag, alive: Callable[[], None] | None = None):
@@ -165,22 +199,25 @@ class Endpoint:
                     return value
             self._pump(reader, alive)
 
-    def _pump(self, reader: _Reader | None, alive) -> None:
-        """Wait until some pipe can be read or written, then read and write what is ready."""
+    def _pump(self, reader: _Reader | None, alive, timeout: float = 1.0) -> None:
+        """Wait until some pipe can be read (at most `timeout`), then read what is ready;
+        `alive` is called after a full second of nothing."""
         if reader is not None:
             reader.drain()
             if reader.messages:
                 return
-        writing = [fd for fd, q in self.pending.items() if q]
-        ready_r, ready_w, _ = select.select(list(self.by_fd), writing, [], 1.0)
-        if not ready_r and not ready_w and alive is not None:
+        ready, _, _ = select.select(list(self.by_fd), [], [], timeout)
+        if not ready and timeout >= 1.0 and alive is not None:
             alive()
-        for fd in ready_w:
-            self._write(fd)
-        for fd in ready_r:
+        for fd in ready:
             self.by_fd[fd].drain()
 
     def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        if self.writer is not None:
+            self.writer.join(timeout=1.0)
         for fd in list(self.by_fd) + list(self.writes.values()):
             try:
                 os.close(fd)
