@@ -59,6 +59,12 @@ class DeviceWorker:
             if block.micro_batch is not None:
                 last[block.micro_batch] = i
         self.release_after = {i: mb for mb, i in last.items()}
+        # Deferred sums are started in the block after the last one that sends anything (a
+        # first stage: its first backward after its last forward): from there on no other
+        # device waits on this one, and the block's call runs after the last packet is out.
+        sending = [i for i, b in enumerate(program.blocks)
+                   if b.micro_batch is not None and any(isinstance(s, Send) for s in b.steps)]
+        self.start_deferred_in = sending[-1] + 1 if (self.defer and sending) else None
         self.step = 0
         self.values: dict[tuple[str, int | None], np.ndarray] = {}
         self.feeds: dict[tuple[str, int], np.ndarray] = {}
@@ -97,8 +103,8 @@ class DeviceWorker:
         values = self.values
         out: list[tuple[str, int, np.ndarray]] = []
         fused = self.fused.get(index, {})
-        if mb is None and self.pending:        # sums are read only in per-step blocks
-            self._finish_deferred()
+        if self.pending and (mb is None or index == self.start_deferred_in):
+            self._finish_deferred()            # sums are read only in per-step blocks
         for s in block.steps:
             if isinstance(s, Compute):
                 start = time.perf_counter()
@@ -195,10 +201,16 @@ class DeviceWorker:
         add_matmul(total, a, b)
 
     def _finish_deferred(self) -> None:
-        """Compute every deferred sum (executor/accumulate.py: one stacked gemm each)."""
+        """Add every deferred product to its sum (executor/accumulate.py: one stacked gemm
+        per sum over the operands held now)."""
         start = time.perf_counter()
         for into, (dtype, pairs) in self.pending.items():
-            self.values[(into, None)] = stacked_product(pairs, dtype)
+            part = stacked_product(pairs, dtype)
+            total = self.values.get((into, None))
+            if total is None:
+                self.values[(into, None)] = part
+            else:
+                np.add(total, part, out=total)
         self.pending = {}
         self.compute_seconds += time.perf_counter() - start
 

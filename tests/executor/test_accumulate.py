@@ -116,3 +116,39 @@ def test_deferred_weight_gradients_reproduce_the_full_batch(family, schedule):
     final = deferred.params
     for p, value in one.params.items():
         np.testing.assert_allclose(final[p], value, rtol=1e-12, atol=1e-13, err_msg=p)
+
+
+def test_a_first_stage_starts_its_deferred_sums_after_its_last_send():
+    """mlp on 2 stages, 1F1B, m = 4: device 0 runs F0 F1 B0 F2 B1 F3 B2 B3 and sends nothing
+    after F3, so its weight-gradient sums start in B2 over B0 and B1's operands and end in the
+    per-step block over B2 and B3's; device 1 (whose B3 sends) stacks all 4 at the end. The
+    parameters still equal one full-batch step's (float64)."""
+    m, batch, k = 4, 8, 2
+    full = BUILDERS["mlp"](batch=batch, dtype="float64", **TINY["mlp"])
+    micro = BUILDERS["mlp"](batch=batch // m, dtype="float64", **TINY["mlp"])
+    params, data = init_params(full, 3), make_data(full, "mlp", 3)
+    one = LocalExecutor(full, np.zeros(len(full.nodes), np.int32), 1, Momentum(lr=0.1),
+                        params=params)
+    deferred = LocalExecutor(micro, contiguous(micro, k), k, Momentum(lr=0.1), params=params,
+                             micro_batches=m, schedule="1f1b", defer_weight_grads=True)
+    seen: dict[int, list[tuple[str, set[int]]]] = {0: [], 1: []}
+    for w in deferred.workers:
+        run_block, finish = w.run_block, w._finish_deferred
+        where = {}
+
+        def spy_run(index, received, w=w, run_block=run_block, where=where):
+            where["label"] = w.program.blocks[index].label
+            return run_block(index, received)
+
+        def spy_finish(w=w, finish=finish, where=where):
+            seen[w.device].append((where["label"], {len(p) for _, p in w.pending.values()}))
+            finish()
+        w.run_block, w._finish_deferred = spy_run, spy_finish
+    r1 = one.step(data(0))
+    rm = deferred.step(data(0))
+    assert rm.loss == pytest.approx(r1.loss, rel=1e-12)
+    assert [label for label, _ in seen[0]][0] == "B2" and seen[0][0][1] == {2}
+    assert len(seen[0]) == 2 and seen[0][1][1] == {2}
+    assert len(seen[1]) == 1 and seen[1][0][1] == {m}
+    for p, value in one.params.items():
+        np.testing.assert_allclose(deferred.params[p], value, rtol=1e-12, atol=1e-13, err_msg=p)
