@@ -5,13 +5,15 @@
     over the LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at
     k = 2 and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement.
     Target: Ray/local <= 1.5 on mlp.
-(b) Throughput of a compute-heavy 2-stage MLP (width 2048, 2048 inputs, batch 512, float32)
-    with m = 8 and 1F1B, one BLAS thread per actor, over the same model on one device with
-    one BLAS thread (the local executor in this process, and one Ray actor). Target >= 1.6
-    (the bubble limits it to 2 * 8 / 9 = 1.78). Two pipelines: weight gradients summed per
-    micro-batch, and deferred to one stacked gemm per weight at the end of the step
-    (`defer_weight_grads`, executor/accumulate.py), which runs at the full batch's gemm speed
-    and takes the weight gradients off the backward critical path.
+(b) Throughput of a compute-heavy 2-stage MLP (width 2048, float32) with m = 8 and 1F1B, one
+    BLAS thread per actor, over the same model on one device with one BLAS thread (the local
+    executor in this process, and one Ray actor), for two models: the issue's example (4
+    layers, 2048 inputs, batch 512) and one whose stages do equal work (5 layers, 256 inputs,
+    batch 2048: 256-row micro-batches). Target >= 1.6 (the bubble limits it to
+    2 * 8 / 9 = 1.78). Two pipelines: weight gradients summed per micro-batch, and deferred
+    (`defer_weight_grads`, executor/accumulate.py): summed by stacked gemms, which run at the
+    full batch's gemm speed, once a stage has sent its last packet (a first stage: while it
+    would wait for its last gradients), off the backward critical path.
 
 Each Ray executor is compared with local executors stepped in turn with it (round robin), so
 slow phases of a shared machine hit both alike; figures are medians. Only one Ray executor is
@@ -158,14 +160,22 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
             "local": f["local@pipes"]["seconds"], "ms": f["pipes"]["seconds"]}
 
 
-PIPELINE_SIZES = dict(layers=4, width=2048, in_features=2048, classes=10, dtype="float32")
-PIPELINE_BATCH = 512
+# (b)'s models: the issue's example, and one whose two stages do equal work (the first layer
+# computes no input gradient, so with 4 equal layers the stages do 5:6 of the work; a narrow
+# first layer and 5 layers split 3:2 make it ~1:1) with 256-row micro-batches (a gemm reads
+# its 16 MiB weight from memory once per micro-batch: at 64 rows a step of 8 micro-batches
+# runs ~15% slower than one of the whole batch here, at 256 rows a few percent).
+PIPELINE_MODELS = {
+    "example": (dict(layers=4, width=2048, in_features=2048, classes=10, dtype="float32"), 512),
+    "balanced": (dict(layers=5, width=2048, in_features=256, classes=10, dtype="float32"), 2048),
+}
 
 
-def one_device_step_seconds(warmup: int, steps: int) -> float:
-    """Median step time of the pipeline model on one device, local executor, m = 1 (run as a
+def one_device_step_seconds(model: str, warmup: int, steps: int) -> float:
+    """Median step time of a pipeline model on one device, local executor, m = 1 (run as a
     separate process by `concurrency_ceiling`)."""
-    full = BUILDERS["mlp"](batch=PIPELINE_BATCH, **PIPELINE_SIZES)
+    sizes, batch = PIPELINE_MODELS[model]
+    full = BUILDERS["mlp"](batch=batch, **sizes)
     data = make_data(full, "mlp", 0)
     ex = LocalExecutor(full, np.zeros(len(full.nodes), np.int32), 1, "sgd")
     feeds = [data(s) for s in range(warmup + steps)]
@@ -177,7 +187,7 @@ def one_device_step_seconds(warmup: int, steps: int) -> float:
     return float(np.median(times[warmup:]))
 
 
-def concurrency_ceiling(warmup: int, steps: int) -> dict:
+def concurrency_ceiling(model: str, warmup: int, steps: int) -> dict:
     """What two cores give two independent processes here: the one-device step alone, then
     two copies at once (no Ray, no communication). Two pipeline stages computing at once pay
     the same slowdown (shared caches, memory bandwidth), so 2 * alone / together bounds any
@@ -186,7 +196,7 @@ def concurrency_ceiling(warmup: int, steps: int) -> dict:
     code = ("import importlib.util as u; "
             f"s = u.spec_from_file_location('bench_executor', {str(Path(__file__).resolve())!r}); "
             "b = u.module_from_spec(s); s.loader.exec_module(b); "
-            f"print(b.one_device_step_seconds({warmup}, {steps}))")
+            f"print(b.one_device_step_seconds({model!r}, {warmup}, {steps}))")
 
     def run(copies: int) -> list[float]:
         procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
@@ -198,8 +208,8 @@ def concurrency_ceiling(warmup: int, steps: int) -> dict:
             "ceiling": 2 * alone / float(np.mean(together))}
 
 
-def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
-    sizes, batch = PIPELINE_SIZES, PIPELINE_BATCH
+def pipeline_speedup(model: str, m: int, warmup: int, steps: int) -> dict:
+    sizes, batch = PIPELINE_MODELS[model]
     full = BUILDERS["mlp"](batch=batch, **sizes)
     micro = BUILDERS["mlp"](batch=batch // m, **sizes)
     data = make_data(full, "mlp", 0)
@@ -223,7 +233,8 @@ def pipeline_speedup(m: int, warmup: int, steps: int) -> dict:
     }
     figures = phases(executors, ["ray 1 actor", "ray 2 stages", "ray 2 stages deferred W"],
                      data, warmup, steps)
-    return {"m": m, "imbalance": placement.metrics.imbalance, "figures": figures}
+    return {"m": m, "imbalance": placement.metrics.imbalance, "figures": figures,
+            "sizes": sizes, "batch": batch}
 
 
 def report_overhead(warmup: int, steps: int) -> None:
@@ -249,13 +260,14 @@ def report_overhead(warmup: int, steps: int) -> None:
     print()
 
 
-def report_pipeline(warmup: int, steps: int) -> None:
-    """Print figures (b): the headline is the 2-stage pipeline (weight gradients deferred to
-    one stacked gemm at the end of the step, and summed per micro-batch) against the local
-    executor on one device with m = 1, stepped in turn with it in the same phase."""
-    r = pipeline_speedup(8, warmup, steps)
-    f = r["figures"]
-    print("(b) pipeline: MLP width 2048, batch 512, float32, 2 stages (imbalance "
+def report_pipeline(model: str, warmup: int, steps: int) -> None:
+    """Print figures (b) for one model: the headline is the 2-stage pipeline (weight gradients
+    deferred to one stacked gemm at the end of the step, and summed per micro-batch) against
+    the local executor on one device with m = 1, stepped in turn with it in the same phase."""
+    r = pipeline_speedup(model, 8, warmup, steps)
+    f, z, batch = r["figures"], r["sizes"], r["batch"]
+    print(f"(b) pipeline, {model} model: MLP of {z['layers']} layers of width {z['width']}, "
+          f"{z['in_features']} inputs, batch {batch}, float32, 2 stages (imbalance "
           f"{r['imbalance']:.3f}), m = {r['m']}, 1F1B, one BLAS thread per process")
     phase_rows = (
         ("ray 2 stages deferred W", "two-stage pipeline, weight gradients deferred",
@@ -273,7 +285,7 @@ def report_pipeline(warmup: int, steps: int) -> None:
             (name if name == phase else f"{name}@{phase}", label) for name, label in rows)
         for name, label in rows:
             seconds = f[name]["seconds"]
-            print(f"    {label:46} {seconds:.3f} s/step = {512 / seconds:5,.0f} samples/s, "
+            print(f"    {label:46} {seconds:.3f} s/step = {batch / seconds:5,.0f} samples/s, "
                   f"{base / seconds:.2f}x of local m=1  (CPU share {f[name]['cpu_share']}, "
                   f"other processes {f[name]['other_share']} of the machine)")
     for phase in ("ray 2 stages deferred W", "ray 2 stages"):
@@ -282,7 +294,7 @@ def report_pipeline(warmup: int, steps: int) -> None:
               f"{base / f[phase]['seconds']:.2f}x (target >= 1.6, limit 1.78 with m=8)")
         print(f"    share of the step each stage spends in its calls: {f[phase]['busy_share']}; "
               f"seconds computing nodes per stage {f[phase]['compute_seconds']}")
-    c = concurrency_ceiling(*((1, 3) if warmup < 2 else (2, 8)))
+    c = concurrency_ceiling(model, *((1, 3) if warmup < 2 else (2, 8)))
     print(f"  ceiling of two processes on this machine: the one-device step alone "
           f"{c['alone']:.3f} s, two copies at once {np.round(c['together'], 3).tolist()} s "
           f"-> 2 stages can reach at most {c['ceiling']:.2f}x before bubbles and micro-batch "
@@ -302,7 +314,9 @@ def main() -> None:
         if args.part in ("a", "all"):
             report_overhead(warmup, steps)
         if args.part in ("b", "all"):
-            report_pipeline(*((1, 3) if args.quick else (2, 8)))
+            for model in PIPELINE_MODELS:
+                report_pipeline(model, *((1, 3) if args.quick else (2, 8)))
+                print()
     finally:
         stop_ray()
 
