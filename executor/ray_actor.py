@@ -123,12 +123,13 @@ class DeviceActor:
         self.busy += end - start
         return out, (self._report(end) if blocks[-1] == self.last else None)
 
-    def serve(self, reads: Mapping, writes: Mapping, calls: list) -> None:
+    def serve(self, reads: Mapping, writes: Mapping, calls: list, spin: float = 0.0) -> None:
         """The pipes path (executor/ray_pipes.py): until the driver says stop, read a command
         from the driver: ("step", head): run this device's `calls` in order, each as (blocks,
         incoming (source device, tag) per packet, outgoing (target device, tag) per packet),
         and write the step report (or the error that ended the step) back; ("state", None):
-        write back `state_dict()` (checkpoints cost a pipe hop, not a Ray call)."""
+        write back `state_dict()` (checkpoints cost a pipe hop, not a Ray call). `spin`:
+        seconds a packet receive polls before blocking (Endpoint.receive)."""
         from executor.ray_pipes import Endpoint, PipeClosed
         pipes = Endpoint(reads, writes)
         try:
@@ -142,7 +143,7 @@ class DeviceActor:
                     continue
                 try:
                     for blocks, incoming, outgoing in calls:
-                        packets = [pipes.receive(src, tag) for src, tag in incoming]
+                        packets = [pipes.receive(src, tag, spin=spin) for src, tag in incoming]
                         out, report = self._call(blocks, head, packets)
                         for (dst, tag), packet in zip(outgoing, out):
                             pipes.send(dst, tag, packet)

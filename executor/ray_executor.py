@@ -15,9 +15,12 @@ Three paths run the same calls:
 
 - pipes (fastest, one node): each actor runs one long `serve` call that takes a step's
   head from the driver and exchanges its packets with the other actors through named pipes
-  (executor/ray_pipes.py): a hop costs ~30 us instead of Ray's ~0.3-1 ms; Ray still
-  places, restarts and kills the actors, and a dead actor ends its serve call, which the
-  driver sees while it waits;
+  (executor/ray_pipes.py): a hop costs ~30 us instead of Ray's ~0.3-1 ms; an actor polls
+  its pipe for `spin` seconds (yielding its CPU) before it blocks, since waking a blocked
+  process costs its writer ~0.1 ms on a virtual machine; the driver sends the step's
+  commands first to the actors that will wait for packets; Ray still places, restarts and
+  kills the actors, and a dead actor ends its serve call, which the driver sees while it
+  waits;
 - compiled: the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
   bound in the global order (which fixes each actor's order); a call that sends nothing
   returns a token read by the device's next call (a compiled graph has no leaf nodes), and
@@ -37,7 +40,8 @@ every actor is killed and recreated from the last checkpoint the driver holds (p
 optimizer and persistent state, taken every `checkpoint_every` steps; before the first one,
 the initial parameters), the steps since that checkpoint are replayed from their recorded
 feeds (random ops draw from (seed, step, micro-batch)), their losses are checked against the
-ones already reported, and the step is run again. Nothing is silently lost: a replay that differs raises ExecutorError.
+ones already reported, and the step is run again. Nothing is silently lost: a replay that
+differs raises ExecutorError.
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ from executor.ray_runtime import (patient_channel_reads, skip_torch_in_channels,
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "pipes", "compiled", "plain")
+SPIN_SECONDS = 2e-3        # a pipes actor polls this long for a packet before blocking
 # ---------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
@@ -113,8 +118,10 @@ class RayExecutor:
     `max_inflight_executions` of the compiled graph; `routes`: prebuilt actor calls of the
     plan (default `plan_routes(plan)`); `defer_weight_grads` as LocalExecutor; `pin_cpus`:
     keep each actor on one CPU of its machine (executor/ray_actor.pin_to_cpu; None: on the
-    pipes path, where all actors share the driver's machine). Starts a local Ray if none
-    is running (executor.ray_runtime.start_ray)."""
+    pipes path, where all actors share the driver's machine); `spin`: seconds a pipes actor
+    polls for a packet before blocking, yielding its CPU to any process that wants it (None:
+    SPIN_SECONDS; 0: block at once). Starts a local Ray if none is running
+    (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
@@ -124,7 +131,8 @@ class RayExecutor:
                  checkpoint_dir: str | Path | None = None, max_restarts: int = 1,
                  max_recoveries: int = 3, max_inflight_executions: int = 2,
                  loss_reduction: str = "mean", routes: Routes | None = None,
-                 defer_weight_grads: bool = False, pin_cpus: bool | None = None):
+                 defer_weight_grads: bool = False, pin_cpus: bool | None = None,
+                 spin: float | None = None):
         if mode not in MODES:
             raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -159,6 +167,9 @@ class RayExecutor:
         self.max_inflight_executions = max_inflight_executions
         self.defer_weight_grads = bool(defer_weight_grads)
         self.pin_cpus = pin_cpus
+        if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
+            raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
+        self.spin = SPIN_SECONDS if spin is None else float(spin)
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         # The initial parameters each device starts from (None: materialized on the actor).
@@ -251,6 +262,12 @@ class RayExecutor:
             raise ExecutorError("pipes: some actors run on another machine than the driver")
         self._pipes = Endpoint({d: root / f"from{d}" for d in self._active},
                                {d: root / f"to{d}" for d in self._active})
+        # Commands go first to actors whose first call waits for packets: waking an actor
+        # that computes at once on the driver's CPU would hold up the other commands.
+        first = {}
+        for call in routes.calls:
+            first.setdefault(call[0], call)
+        self._command_order = sorted(self._active, key=lambda d: not routes.incoming[first[d]])
         self._serving = []
         for d in self._active:
             calls = []
@@ -266,7 +283,7 @@ class RayExecutor:
                      **{a: str(root / f"{a}to{b}") for a, b in pairs if b == d}}
             writes = {"driver": str(root / f"from{d}"),
                       **{b: str(root / f"{a}to{b}") for a, b in pairs if a == d}}
-            self._serving.append(self.actors[d].serve.remote(reads, writes, calls))
+            self._serving.append(self.actors[d].serve.remote(reads, writes, calls, self.spin))
 
     def _check_serving(self) -> None:
         """Raise the error of an actor whose serve call ended (it died, or its step failed)."""
@@ -358,7 +375,7 @@ class RayExecutor:
         inputs = {d: (step, {(x, i): per_mb[i][x] for x in self.plan.programs[d].inputs
                              for i in range(m)}, return_grads) for d in self._active}
         if self._pipes is not None:
-            for d in self._active:
+            for d in self._command_order:
                 self._pipes.send(d, "command", ("step", inputs[d]))
             reports = [self._pipes.receive(d, "report", self._check_serving)
                        for d in self._active]

@@ -196,11 +196,12 @@ def test_routes_fuse_blocks_and_pair_every_send_with_its_receiver(kind):
     assert len(plan_routes(plan, merge="all").calls) < len(fused.calls)
 
 
-@pytest.mark.parametrize("mode", ["compiled", "plain", "pipes"])
-def test_merged_calls_give_the_local_executors_results_bit_for_bit(ray_session, mode):
+@pytest.mark.parametrize("mode,spin", [("compiled", None), ("plain", None), ("pipes", None),
+                                       ("pipes", 0.0)])
+def test_merged_calls_give_the_local_executors_results_bit_for_bit(ray_session, mode, spin):
     """The fewest calls (merged across micro-batches), on a 1F1B pipeline and a cyclic
-    placement: losses, gradients and bytes per link
-    equal the local executor's exactly."""
+    placement: losses, gradients and bytes per link equal the local executor's exactly (on
+    pipes, with receives that poll first and ones that block at once)."""
     from executor.ray_executor import RayExecutor
     from executor.ray_routes import plan_routes
     m = 4
@@ -213,7 +214,7 @@ def test_merged_calls_give_the_local_executors_results_bit_for_bit(ray_session, 
         assert len(routes.calls) < len(plan_routes(plan, merge="none").calls)
         local = LocalExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan)
         with RayExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan, routes=routes,
-                         mode=mode) as ex:
+                         mode=mode, spin=spin) as ex:
             for step in range(2):
                 r1 = local.step(data(step), return_grads=True)
                 r2 = ex.step(data(step), return_grads=True)
@@ -231,6 +232,8 @@ def test_bad_arguments_name_the_field(ray_session):
         RayExecutor(g, a, 1, mode="fast")
     with pytest.raises(ExecutorError, match="checkpoint_every: expected a positive integer"):
         RayExecutor(g, a, 1, checkpoint_every=0)
+    with pytest.raises(ExecutorError, match=r"spin: expected seconds in \[0, 1\), got -1"):
+        RayExecutor(g, a, 1, spin=-1)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")

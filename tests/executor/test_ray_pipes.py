@@ -94,3 +94,16 @@ def test_stop_ends_a_receive_and_alive_may_give_up(pair):
 
     with pytest.raises(Gone):                  # nothing comes: `alive` runs after a second
         b.receive("a", "never", alive)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.05])
+def test_a_spinning_receive_gets_messages_sent_during_and_after_its_spin(pair, delay):
+    """spin = 10 ms: a message sent at once, within the spin, or after it (then the receive
+    blocks) arrives intact."""
+    a, b = pair
+    x = np.arange(6.0)
+    t = threading.Timer(delay, lambda: a.send("b", "t", x))
+    t.start()
+    got = b.receive("a", "t", spin=0.01)
+    t.join()
+    np.testing.assert_array_equal(got, x)
