@@ -27,8 +27,10 @@ State = dict[str, np.ndarray]
 
 def _check(name: str, **values: float) -> None:
     for key, value in values.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise OptimizerError(f"optimizer {name}: {key} must be a finite number, got {value!r}")
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not math.isfinite(value)):
+            raise OptimizerError(f"optimizer {name}: {key} must be a finite number, "
+                                 f"got {value!r}")
         if value < 0:
             raise OptimizerError(f"optimizer {name}: {key} must be >= 0, got {value!r}")
 

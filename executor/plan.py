@@ -219,7 +219,8 @@ class _Builder:
         phase = "B" if self.is_batch(x) else "SB"
         groups: dict[int, list[tuple[str, str]]] = {}
         for consumer, part in self.flow.parts[x]:
-            groups.setdefault(int(self.a[self.forward.index[consumer]]), []).append((consumer, part))
+            device = int(self.a[self.forward.index[consumer]])
+            groups.setdefault(device, []).append((consumer, part))
         inputs: list[str] = []
         for d, members in groups.items():
             if self.is_batch(x):

@@ -112,16 +112,16 @@ class RayExecutor:
     Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
     params, plan, loss_reduction), plus: `mode` auto | pipes | compiled | plain; per-actor
     `num_cpus` and `num_gpus` (default 0 CPUs, so k actors fit on a small machine);
-    `blas_threads` BLAS threads per actor (None: Ray's default); `checkpoint_every` steps between the driver's
-    checkpoints (None: no checkpoints and no recovery; faults raise); `checkpoint_dir` also
-    writes them to disk; `max_restarts` given to the actors; `max_recoveries` per step;
-    `max_inflight_executions` of the compiled graph; `routes`: prebuilt actor calls of the
-    plan (default `plan_routes(plan)`); `defer_weight_grads` as LocalExecutor; `pin_cpus`:
-    keep each actor on one CPU of its machine (executor/ray_actor.pin_to_cpu; None: on the
-    pipes path, where all actors share the driver's machine); `spin`: seconds a pipes actor
-    polls for a packet before blocking, yielding its CPU to any process that wants it (None:
-    SPIN_SECONDS; 0: block at once). Starts a local Ray if none is running
-    (executor.ray_runtime.start_ray)."""
+    `blas_threads` BLAS threads per actor (None: Ray's default); `checkpoint_every` steps
+    between the driver's checkpoints (None: no checkpoints and no recovery; faults raise);
+    `checkpoint_dir` also writes them to disk; `max_restarts` given to the actors;
+    `max_recoveries` per step; `max_inflight_executions` of the compiled graph; `routes`:
+    prebuilt actor calls of the plan (default `plan_routes(plan)`); `defer_weight_grads` as
+    LocalExecutor; `pin_cpus`: keep each actor on one CPU of its machine
+    (executor/ray_actor.pin_to_cpu; None: on the pipes path, where all actors share the
+    driver's machine); `spin`: seconds a pipes actor polls for a packet before blocking,
+    yielding its CPU to any process that wants it (None: SPIN_SECONDS; 0: block at once).
+    Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,

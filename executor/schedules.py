@@ -232,5 +232,6 @@ def render(schedule: Schedule, edges: Iterable[tuple[int, int]] | None = None) -
 
 
 def parse_actions(stages: Sequence[Sequence[str]]) -> tuple[tuple[Action, ...], ...]:
-    """Per-stage action strings (["0F0", "0B0"], ...) as Action tuples, for hand-written schedules."""
+    """Per-stage action strings (["0F0", "0B0"], ...) as Action tuples, for hand-written
+    schedules."""
     return tuple(tuple(Action.parse(a) for a in stage) for stage in stages)

@@ -11,8 +11,8 @@ from executor.errors import ExecutorError
 from executor.local import LocalExecutor, split_feeds
 from executor.optim import SGD, Adam, Momentum
 from executor_cases import (TINY, contiguous, gradient_shortfall, hand_graph, noisy_graph,
-                            pass_through_graph, random_assignment, random_feeds, random_params, reference,
-                            spec_link_bytes, state_link_bytes)
+                            pass_through_graph, random_assignment, random_feeds, random_params,
+                            reference, spec_link_bytes, state_link_bytes)
 
 BATCH = 4
 
