@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
     parser.add_argument("--cluster", metavar="FILE",
                         help="a calibrated cluster file to use instead of calibrating now")
+    parser.add_argument("--save", metavar="FILE",
+                        help="write the calibrated cluster and the measured cases (JSON)")
+    parser.add_argument("--ks", nargs="*", type=int, default=[2, 4])
     args = parser.parse_args()
     repeats, warmup, steps = (5, 3, 8) if args.quick else (7, 5, 20)
 
@@ -100,17 +103,23 @@ def main() -> None:
         began = time.perf_counter()
         if args.cluster:
             import yaml
-            cluster = Cluster.from_spec(yaml.safe_load(Path(args.cluster).read_text())["cluster"])
+            spec = yaml.safe_load(Path(args.cluster).read_text())["cluster"]
+            cluster = Cluster.from_spec(spec)
             print(f"cluster {args.cluster}")
         else:
             calibration = calibrate(4, repeats=repeats)
-            cluster = Cluster.from_spec(calibration.cluster_spec())
+            spec = calibration.cluster_spec()
+            cluster = Cluster.from_spec(spec)
             print(f"calibrated in {time.perf_counter() - began:.0f} s: matmul "
                   f"{calibration.flops[0] / 1e9:.1f} GFLOP/s, {len(calibration.op_costs[0])} "
                   f"op kinds (x {calibration.compute_scale:.2f} as the executor's actors run "
                   f"them), link bandwidth {calibration.bandwidth / 1e9:.2f} GB/s, probes' "
                   f"latency {calibration.latency * 1e3:.3f} ms and round trip "
                   f"{calibration.round_trip * 1e3:.3f} ms")
+            print(f"{calibration.call_overhead * 1e6:.1f} us per op in the actors' calls; "
+                  "probes (step ms, measured / simulated): " + ", ".join(
+                      f"{p['probe']} k={p['k']} {1e3 * p['measured'][0]:.2f}/"
+                      f"{1e3 * p['simulated']:.2f}" for p in calibration.probes))
         print(f"executor's hop (link latency) {cluster.latency[0, 1] * 1e3:.3f} ms, step "
               f"overhead {cluster.step_overhead * 1e3:.3f} ms, poll delay "
               f"{cluster.poll_delay * 1e3:.3f} ms after {cluster.poll_after * 1e3:.1f} ms, "
@@ -124,9 +133,9 @@ def main() -> None:
         print(f"{'config':18} {'k':>2} {'used':>4} {'m':>2} {'schedule':>10} {'measured ms':>12} "
               f"{'simulated ms':>13} {'error':>7} {'preset sim ms':>14} {'preset error':>13} "
               f"{'ops':>6} {'upd':>5} {'copy':>5} {'calls':>5} {'outside':>7} {'sim ops':>7}")
-        errors = []
+        errors, cases = [], []
         for config in args.configs:
-            for k in (2, 4):
+            for k in args.ks:
                 try:
                     r = measure(config, k, cluster, warmup, steps)
                 except PlacementError as e:
@@ -135,12 +144,20 @@ def main() -> None:
                 error = abs(r["simulated"] - r["measured"]) / r["measured"]
                 preset = abs(r["uncalibrated"] - r["measured"]) / r["measured"]
                 errors.append(error)
+                cases.append({key: float(v) if isinstance(v, np.floating) else v
+                              for key, v in r.items()})
                 print(f"{config:18} {k:>2} {r['used']:>4} {r['m']:>2} {r['schedule']:>10} "
                       f"{1e3 * r['measured']:>12.2f} {1e3 * r['simulated']:>13.2f} "
                       f"{error:>7.1%} {1e3 * r['uncalibrated']:>14.3f} {preset:>13.1%} "
                       + " ".join(f"{1e3 * r[key]:>{w}.2f}" for key, w in (
                           ("compute", 6), ("update", 5), ("copy", 5), ("calls", 5),
                           ("outside", 7), ("simulated_busy", 7))))
+        if args.save:
+            import json
+            saved = {"cluster": spec, "cases": cases}
+            if not args.cluster:
+                saved["calibration"] = calibration.to_dict()
+            Path(args.save).write_text(json.dumps(saved, indent=1))
         if errors:
             print(f"max error {max(errors):.1%}, median {np.median(errors):.1%} "
                   f"(target <= {TARGET:.0%})")

@@ -16,15 +16,17 @@ value to reach actor B, through the transport the executor uses: a Ray Compiled 
 subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / bandwidth` is
 fitted by least squares (to the median over pairs when all actors share one machine: their
 differences are noise).
-From the executor's own runs (modelcut/calibration_costs.py): each device's `op_costs` (per op
-kind of the training graph) and `update_costs` (per optimizer), both scaled by
-`compute_scale` (the executor's seconds in ops and updates on two actors over what the
-simulator predicts for them); the cluster's `step_overhead` (seconds per step outside the
-devices' calls, training a tiny model on one actor) and the links' latency (a hop between
-actors as the executor pays it: the call's own work, copies), training on two; the poll delay
-of the executor's channel reads (timed on a busy one-actor graph) and the machine's `cores`
-when the actors share one (the simulator slows ops down while more devices compute or spin
-than there are cores). Without those runs (`steps=0`) the step overhead is the one-actor
+From the executor's own runs (modelcut/calibration_costs.py: probe models, none a bundled
+config, trained through the Ray executor on 1, 2 and 4 actors, stepped in turn): each device's
+`op_costs` (per op kind of the training graph) and `update_costs` (per optimizer), scaled by
+`compute_scale` (the executor's seconds in ops and updates over what the simulator predicts
+for them) plus `call_overhead` seconds per op (the rest of the calls' own work); the
+cluster's `step_overhead` and the links' latency (a hop between actors as the executor pays
+it), at which the simulator best predicts the probes' steps; the poll delay of the
+executor's channel reads (timed on a busy one-actor graph, on several machines) and the
+machine's `cores` when the actors share one (pinned to them round robin; `poll_after` is
+then how long a device keeps loading its processor after its ops, fitted with the rest).
+Without those runs (`steps=0`) the step overhead is the one-actor
 round trip (driver -> actor -> driver) and the latency the probes' fit. The result is written
 as a `cluster:` section with explicit devices and links, which a config reads with
 `cluster: {file: ...}`.
@@ -46,7 +48,7 @@ DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 LINK_ATTEMPTS = 3   # link measurements retried (twice the repeats each time) when noise spoils them
 DEFAULT_REPEATS = 7
-DEFAULT_STEPS = 100  # training steps through the Ray executor (calibration_costs): ~0.5 s
+DEFAULT_STEPS = 100  # training steps of each probe through the Ray executor (calibration_costs)
 POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
 POLL_REPEATS = 10    # ... that many times `repeats` (it varies with the load: ~0.3 s in all)
 TRANSPORTS = ("compiled", "plain")
@@ -112,6 +114,8 @@ class Calibration:
     poll_after: float = 0.0
     poll_delay: float = 0.0
     cores: int = 0
+    call_overhead: float = 0.0
+    probes: tuple[dict, ...] = ()
 
     @property
     def bandwidth(self) -> float:
@@ -146,6 +150,8 @@ class Calibration:
                 "batch_transfers": True}
         if extended and self.poll_delay:
             spec["poll_after"], spec["poll_delay"] = self.poll_after, self.poll_delay
+        elif extended and self.cores and self.poll_after:   # the devices' spin on shared cores
+            spec["poll_after"] = self.poll_after
         if extended and self.cores:
             spec["cores"] = int(self.cores)
         if self.links:
@@ -167,7 +173,8 @@ class Calibration:
                 "update_costs": [dict(c) for c in self.update_costs],
                 "round_trip": self.round_trip, "hop_latency": self.hop_latency,
                 "compute_scale": self.compute_scale, "poll_after": self.poll_after,
-                "poll_delay": self.poll_delay, "cores": self.cores}
+                "poll_delay": self.poll_delay, "cores": self.cores,
+                "call_overhead": self.call_overhead, "probes": list(self.probes)}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
@@ -342,11 +349,11 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
               transport: str = "compiled", address: str | None = None,
               steps: int = DEFAULT_STEPS) -> Calibration:
     """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster),
-    then train `steps` steps through the Ray executor on one and two of them (the step and
-    hop costs the executor pays; none when steps is 0)."""
+    then train probe models `steps` steps through the Ray executor on up to four of them
+    (what steps, hops and ops cost inside the executor; none when steps is 0)."""
     from executor.ray_runtime import start_ray, stop_ray
     from executor.ray_runtime import SPIN_SECONDS
-    from modelcut.calibration_costs import executor_costs
+    from modelcut.calibration_costs import executor_costs, scaled_costs
 
     if devices < 1 or repeats < 1 or steps < 0 or not matmul_sizes or min(matmul_sizes) < 1:
         raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0 and "
@@ -399,12 +406,13 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         for actor in actors:
             ray.kill(actor)
         actors = []
-        per_step, hop, scale = base, None, 1.0
+        per_step, hop, scale, extra, probes = base, None, 1.0, 0.0, []
         if steps > 0:                    # what a step and a hop cost inside the executor
             bandwidth = float(np.median([link.bandwidth for link in links])) if links else 1e9
-            per_step, hop, scale = executor_costs(devices, steps, measured[0][3],
-                                                  measured[0][4], bandwidth, poll_after,
-                                                  poll_delay, cores)
+            fit, probes = executor_costs(devices, steps, measured[0][3], measured[0][4],
+                                         bandwidth, poll_after, poll_delay, cores)
+            per_step, hop, poll_after = fit["step_overhead"], fit["latency"], fit["spin"]
+            scale, extra = fit["compute_scale"], fit["call_overhead"]
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -416,11 +424,12 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                        op_flops=tuple(r[1] for r in measured),
                        op_overhead=tuple(r[2] for r in measured), memory=memory,
                        links=links, transport=transport, step_overhead=per_step,
-                       op_costs=tuple({op: tuple(scale * c for c in cost)
-                                       for op, cost in r[3].items()} for r in measured),
-                       compute_scale=scale,
-                       update_costs=tuple({name: tuple(scale * c for c in cost)
-                                           for name, cost in r[4].items()} for r in measured),
+                       op_costs=tuple(scaled_costs(r[3], r[4], scale, extra)[0]
+                                      for r in measured),
+                       update_costs=tuple(scaled_costs(r[3], r[4], scale, extra)[1]
+                                          for r in measured),
+                       compute_scale=scale, call_overhead=extra,
+                       probes=tuple(probes),
                        round_trip=base, cores=cores,
                        poll_after=poll_after, poll_delay=poll_delay,
                        hop_latency=hop)

@@ -5,16 +5,18 @@
   trained on one device by the executor's worker, each op of the training graph timed; per op
   kind, seconds = a + b * FLOPs or a + b * bytes read and written, whichever fits better.
 - `update_costs`: per optimizer, one parameter's update timed at a few sizes: a + b * bytes.
-- step and hop (modelled with the executor's poll delay, which calibrate times apart): a tiny
-  MLP trained through the Ray executor on one device, steps quicker than the channel reads'
-  spin (the seconds per step outside the ops and updates: driver, channels, the call's own
-  work), and STEP_MODEL split over two devices (the seconds per hop between calls of
-  different actors, as the executor pays it, and how much slower ops run among its actors).
+- step, hop and scale: probe models trained through the Ray executor (`probe_runs`: a tiny
+  MLP on 1, 2 and 4 devices, whose steps are mostly the executor's overhead and hops, and one
+  model of each family on 2 and 4), all open at once and stepped in turn (the machine's speed
+  drifts over seconds); the seconds per step outside the devices' ops, per hop between calls
+  of different actors, how much slower ops run among the executor's actors than timed alone,
+  and the seconds each op costs there besides (its call's own work) are the values at which
+  the simulator best predicts those steps.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -33,12 +35,16 @@ COST_MODELS = (("mlp", dict(layers=3, width=128, in_features=32, classes=8, batc
                                batch=4)))
 UPDATE_SIZES = (1024, 64 * 1024, 1024**2)     # parameter bytes timed per optimizer
 OPTIMIZERS = ("sgd", "momentum", "adam")
-# training steps through the Ray executor: an MLP of a few ms per step on 1 and 2 devices
-STEP_MODEL = dict(layers=4, width=384, in_features=64, classes=8, batch=64)
-# ... and one whose step is over before channel reads stop spinning (no poll delay in it)
+# an MLP whose steps through the Ray executor are mostly overhead and hops
 QUICK_STEP_MODEL = dict(layers=2, width=32, in_features=16, classes=4, batch=8)
 STEP_WARMUP = 3
-FIT_ROUNDS = 4       # alternating fits of the compute scale and the hop latency
+STEP_ROUNDS = 5      # executor probes stepped in turn this many times (medians over all)
+FIT_ROUNDS = 3       # Gauss-Newton rounds of fit_executor_costs
+# (step overhead, link latency, compute scale, seconds per op) where the fit starts, and the
+# steps of its finite differences
+START_PARAMS = (2e-4, 1e-4)   # step overhead and latency where the fit starts
+LATENCY_STEP = 1e-4           # its finite difference
+SPINS = (0.0, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3)   # spins tried (shared cores)
 
 
 def op_samples(steps: int) -> dict[str, list[tuple[float, float, float]]]:
@@ -143,116 +149,179 @@ def fit_update_costs(samples: dict[str, Sequence[tuple[int, float]]]
     return out
 
 
-def fit_step_overhead(one: Sequence[tuple[float, float]], poll_after: float = 0.0,
-                      poll_delay: float = 0.0) -> float:
-    """Seconds per step outside the devices' calls from training steps on one device, each as
-    (step seconds, seconds in ops and updates): the median of their difference, less the
-    driver's poll delay after waiting the median step (the simulator adds that delay
-    itself: half the wait beyond `poll_after`, at most `poll_delay`); at least 0."""
-    one = np.asarray(one, dtype=float).reshape(-1, 2)
-    wait = float(np.median(one[:, 0]))
-    late = min((wait - poll_after) / 2, poll_delay) if wait > poll_after else 0.0
-    return max(float(np.median(one[:, 0] - one[:, 1])) - late, 0.0)
+def probe_runs(devices: int) -> list[tuple]:
+    """The executor runs calibrate times, as (family, sizes, k, micro-batches, schedule): the
+    quick MLP on 1, 2 and 4 devices (steps made of overhead and hops) and the larger
+    COST_MODEL of each family on 2 and 4 (gpt as a 1F1B pipeline of two micro-batches), k up
+    to `devices`."""
+    runs = [("mlp", QUICK_STEP_MODEL, k, 1, "sequential") for k in (1, 2, 4) if k <= devices]
+    for family, sizes in COST_MODELS[1::2]:
+        m, schedule = (2, "1f1b") if family == "gpt" else (1, "sequential")
+        runs += [(family, sizes, k, m, schedule) for k in (2, 4) if k <= devices]
+    return runs
 
 
-def fit_latency(simulated: Callable[[float], float], measured: float, upper: float = 0.05,
-                tolerance: float = 1e-7) -> float:
-    """The link latency at which `simulated(latency)` (a simulated step, non-decreasing in the
-    latency) equals `measured`, by bisection on [0, upper]; 0 when even no latency simulates
-    a longer step, `upper` when none up to it is long enough."""
-    low, high = 0.0, upper
-    if simulated(low) >= measured:
-        return 0.0
-    if simulated(high) <= measured:
-        return upper
-    while high - low > tolerance:
-        middle = (low + high) / 2
-        if simulated(middle) < measured:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
-
-
-def step_model(sizes: dict = STEP_MODEL):
-    """The forward graph of an MLP of these sizes (default STEP_MODEL) and its data stream."""
+def probe_placements(runs: Sequence[tuple]) -> list:
+    """Per run, its forward graph, data stream and placement (contiguous stages, balanced
+    within 30%), or None where no placement is found."""
     from autodiff.models import BUILDERS, make_data
-
-    graph = BUILDERS["mlp"](**sizes)
-    return graph, make_data(graph, "mlp", 0)
-
-
-def executor_steps(runs: Sequence[tuple[dict, int]], steps: int
-                   ) -> list[tuple[list[tuple[float, float, float]], np.ndarray]]:
-    """Train MLPs (Adam, one micro-batch) through the Ray executor, per run (sizes, k) one
-    whose layers are split contiguously over k devices, its steps back to back (an actor
-    idle between steps would notice the next step's input late, as no training loop does):
-    per run, per step (step seconds, device seconds on the chain of calls: all compute and
-    the first device's update, which ends the chain; all compute and update seconds), and
-    the placement."""
-    from executor.ray_executor import RayExecutor
     from partition.api import partition
     from partition.cluster import uniform
+    from partition.errors import PlacementError
 
-    models = [step_model(sizes) for sizes, _ in runs]
-    placements = [partition(graph, uniform(k), algorithm="contiguous", epsilon=1.0)
-                  for (graph, _), (_, k) in zip(models, runs)]
-    rows: list[list] = [[] for _ in runs]
-    for i, ((graph, data), placement, (_, k)) in enumerate(zip(models, placements, runs)):
-        feeds = [data(s) for s in range(STEP_WARMUP + steps)]
-        with RayExecutor(graph, placement, k, optimizer="adam",
-                         checkpoint_every=None) as executor:
-            results = [executor.step(f) for f in feeds][STEP_WARMUP:]
-        for result in results:
-            compute = float(result.compute_seconds.sum())
-            rows[i].append((result.step_seconds, compute + float(result.update_seconds[0]),
-                            compute + float(result.update_seconds.sum())))
-    return [(r, np.asarray(p.assignment)) for r, p in zip(rows, placements)]
+    out = []
+    for family, sizes, k, m, schedule in runs:
+        graph = BUILDERS[family](**sizes)
+        try:
+            placement = partition(graph, uniform(k), algorithm="contiguous", epsilon=0.3)
+        except PlacementError:
+            placement = None
+        out.append((graph, make_data(graph, family, 0), placement))
+    return out
+
+
+def executor_steps(runs: Sequence[tuple], placed: Sequence[tuple], steps: int,
+                   rounds: int = STEP_ROUNDS) -> list[np.ndarray | None]:
+    """Train each of `runs` (`probe_runs`, placed by `probe_placements`; Adam) through the
+    Ray executor, all executors open at once and stepped in turn, `rounds` times (a burst of
+    load or a drift of the machine's speed hits every run alike): per run and step, (step
+    seconds, the devices' seconds in ops and updates, in their calls), summed over the
+    devices; None for a run without placement."""
+    from contextlib import ExitStack
+
+    from executor.ray_executor import RayExecutor
+
+    rows: list[list[tuple[float, float, float]]] = [[] for _ in runs]
+    per_round = max(1, -(-steps // rounds))
+    with ExitStack() as stack:
+        open_ = []
+        for (graph, data, placement), (_, _, k, m, schedule) in zip(placed, runs):
+            if placement is None:
+                open_.append(None)
+                continue
+            executor = stack.enter_context(RayExecutor(
+                graph, placement, k, optimizer="adam", micro_batches=m, schedule=schedule,
+                checkpoint_every=None))
+            for s in range(STEP_WARMUP):
+                executor.step(data(s))
+            open_.append((executor, data))
+        for _ in range(rounds):
+            for i, item in enumerate(open_):
+                if item is not None:
+                    executor, data = item
+                    for s in range(per_round):
+                        r = executor.step(data(s))
+                        rows[i].append((r.step_seconds, float(r.compute_seconds.sum()
+                                                              + r.update_seconds.sum()),
+                                        float(r.busy_seconds.sum())))
+    return [np.asarray(t) if t else None for t in rows]
+
+
+def scaled_costs(op_costs: dict, update_costs: dict, scale: float, extra: float = 0.0
+                 ) -> tuple[dict, dict]:
+    """Op and update cost tables times `scale`, plus `extra` seconds per op."""
+    return ({op: (scale * c[0] + extra, scale * c[1], scale * c[2])
+             for op, c in op_costs.items()},
+            {name: tuple(scale * x for x in c) for name, c in update_costs.items()})
+
+
+def simulate_probe(probe: tuple, costs: tuple[dict, dict], bandwidth: float,
+                   overhead: float = 0.0, latency: float = 0.0, spin: float = 0.0,
+                   poll_delay: float = 0.0, cores: int = 0) -> tuple[float, float]:
+    """(step seconds, seconds the devices are busy, summed) of one probe run (graph,
+    assignment, k, m, schedule) simulated on k devices with these (op, update) cost tables,
+    step overhead, link latency, spin (`poll_after`), poll delay and cores."""
+    from partition.cluster import Cluster, Device
+    from partition.simulate import simulate
+
+    graph, assignment, k, m, schedule = probe
+    cluster = Cluster(tuple(Device(f"cpu{i}", 1e12, 2**30, op_costs=costs[0],
+                                   update_costs=costs[1]) for i in range(k)),
+                      np.full((k, k), bandwidth), np.full((k, k), latency),
+                      step_overhead=overhead, batch_transfers=True, poll_after=spin,
+                      poll_delay=poll_delay, cores=cores)
+    result = simulate(graph, assignment, cluster, schedule=None if schedule == "sequential"
+                      else schedule, micro_batches=m, optimizer="adam")
+    return result.makespan, float(np.sum(result.busy)) * result.makespan
+
+
+def fit_executor_costs(probes: Sequence[tuple], measured: Sequence[Sequence[float]],
+                       op_costs: dict, update_costs: dict, bandwidth: float,
+                       poll_after: float = 0.0, poll_delay: float = 0.0, cores: int = 0,
+                       rounds: int = FIT_ROUNDS) -> dict[str, float]:
+    """What the executor's steps cost beyond the timed ops, from the probes (each (graph,
+    assignment, k, m, schedule)) and what was measured of each (median step seconds,
+    devices' seconds in ops and updates, in their calls; summed over devices).
+
+    On the probes whose devices have processors of their own (k <= `cores`): the
+    `compute_scale`, measured over simulated seconds in ops and updates (summed over the
+    probes: one factor for every op kind; factors for the fixed and the per-FLOP parts
+    apart did not carry over from the probes to other models any better), and the
+    `call_overhead`, the rest of the calls' time fitted as so much per device used (left
+    to the hops) plus so much per op. Then,
+    for each `spin` of SPINS (how long a device keeps loading its processor after its ops:
+    its sends, caches refilled after another device ran there; `poll_after` without
+    `cores`), the `step_overhead` and `latency` at which the simulated steps best match the
+    measured ones in relative terms (non-negative least squares of the linearized steps,
+    Gauss-Newton rounds); the spin that matches best."""
+    from scipy.optimize import nnls
+
+    measured = np.asarray(measured, dtype=float).reshape(-1, 3)
+    own = np.array([not cores or k <= cores for _, _, k, _, _ in probes])
+
+    def busy(costs):
+        return np.array([simulate_probe(p, costs, bandwidth)[1] for p in probes])
+    plain = busy(scaled_costs(op_costs, update_costs, 1.0))
+    ops = busy(scaled_costs(op_costs, update_costs, 0.0, 1e-6)) / 1e-6
+    scale = float(measured[own, 1].sum() / max(plain[own].sum(), 1e-12))
+    used = np.array([len(set(np.asarray(a).tolist())) for _, a, _, _, _ in probes], float)
+    (_, extra), _ = nnls(np.column_stack([used, ops])[own],
+                         (measured[:, 2] - measured[:, 1])[own])
+    costs = scaled_costs(op_costs, update_costs, scale, extra)
+    step = measured[:, 0]
+
+    def steps(overhead, latency, spin):
+        return np.array([simulate_probe(p, costs, bandwidth, overhead, latency, spin,
+                                        poll_delay, cores)[0] for p in probes])
+    best = None
+    for spin in (SPINS if cores else (poll_after,)):
+        overhead, latency = START_PARAMS
+        for _ in range(rounds):
+            base = steps(0.0, latency, spin)
+            slope = (steps(0.0, latency + LATENCY_STEP, spin) - base) / LATENCY_STEP
+            design = np.column_stack([np.ones_like(step), slope]) / step[:, None]
+            (overhead, latency), _ = nnls(design, (step - base + slope * latency) / step)
+        error = float(np.sum(((steps(overhead, latency, spin) - step) / step) ** 2))
+        if best is None or error < best[0]:
+            best = (error, overhead, latency, spin)
+    _, overhead, latency, spin = best
+    return {"step_overhead": float(overhead), "latency": float(latency),
+            "compute_scale": float(scale),
+            "call_overhead": float(extra), "spin": float(spin)}
 
 
 def executor_costs(devices: int, steps: int, op_costs: dict, update_costs: dict,
                    bandwidth: float, poll_after: float, poll_delay: float, cores: int = 0
-                   ) -> tuple[float, float | None, float]:
-    """(seconds per step, link latency, compute scale) as the Ray executor pays them, from
-    QUICK_STEP_MODEL on one device and STEP_MODEL on two (one when there is one): see
-    `fit_executor_costs`."""
-    k = min(devices, 2)
-    (quick, _), (two, assignment) = executor_steps([(QUICK_STEP_MODEL, 1), (STEP_MODEL, k)],
-                                                   steps)
-    return fit_executor_costs(quick, two, assignment, op_costs, update_costs, bandwidth,
-                              poll_after, poll_delay, cores)
-
-
-def fit_executor_costs(quick, two, assignment, op_costs: dict, update_costs: dict,
-                       bandwidth: float, poll_after: float, poll_delay: float, cores: int = 0
-                       ) -> tuple[float, float | None, float]:
-    """(seconds per step, link latency, compute scale) from `executor_steps` rows: the step
-    overhead from `quick` (one device, steps over before the driver's channel read polls);
-    from `two` (STEP_MODEL placed by `assignment` on k devices), the scale, the executor's
-    seconds in ops and updates over what the simulator predicts for them (with `cores`
-    shared), and, on two devices, the latency at which the simulator, with the scaled costs,
-    the step overhead and the poll delay, predicts the measured step (None on one)."""
-    from partition.cluster import Cluster, Device
-    from partition.simulate import simulate
-
-    per_step = fit_step_overhead([r[:2] for r in quick], poll_after, poll_delay)
-    graph, _ = step_model()
-    k = int(np.max(assignment)) + 1
-
-    def simulated(latency: float, scale: float = 1.0):
-        costs = {op: tuple(scale * c for c in cost) for op, cost in op_costs.items()}
-        updates = {name: tuple(scale * c for c in cost) for name, cost in update_costs.items()}
-        cluster = Cluster(tuple(Device(f"cpu{i}", 1e12, 2**30, op_costs=costs,
-                                       update_costs=updates) for i in range(k)),
-                          np.full((k, k), bandwidth), np.full((k, k), latency),
-                          step_overhead=per_step, batch_transfers=True, poll_after=poll_after,
-                          poll_delay=poll_delay, cores=cores)
-        return simulate(graph, assignment, cluster, optimizer="adam")
-    busy, measured = (float(np.median([r[i] for r in two])) for i in (2, 0))
-    scale, latency = 1.0, 0.0
-    for _ in range(FIT_ROUNDS):          # the two interact (through cores shared in time)
-        step = simulated(latency, scale)
-        scale *= busy / float(np.sum(step.busy) * step.makespan)
-        if k > 1:
-            latency = fit_latency(lambda value: simulated(value, scale).makespan, measured)
-    return per_step, (latency if k > 1 else None), scale
+                   ) -> tuple[dict[str, float], list[dict]]:
+    """What the Ray executor's steps cost (`fit_executor_costs`; latency None on one
+    device) from `probe_runs` timed by `executor_steps` (medians), and per probe run what
+    was measured (step seconds, seconds in ops and updates, in calls) and simulated."""
+    runs = probe_runs(devices)
+    placed = probe_placements(runs)
+    timed = executor_steps(runs, placed, steps)
+    probes, measured, names = [], [], []
+    for (family, sizes, k, m, schedule), (graph, _, placement), t in zip(runs, placed, timed):
+        if t is not None:
+            probes.append((graph, np.asarray(placement.assignment), k, m, schedule))
+            measured.append(np.median(t, axis=0))
+            names.append("tiny-mlp" if sizes is QUICK_STEP_MODEL else family)
+    fit = fit_executor_costs(probes, measured, op_costs, update_costs, bandwidth, poll_after,
+                             poll_delay, cores)
+    costs = scaled_costs(op_costs, update_costs, fit["compute_scale"], fit["call_overhead"])
+    table = [{"probe": name, "k": probe[2], "measured": [float(x) for x in row],
+              "simulated": simulate_probe(probe, costs, bandwidth, fit["step_overhead"],
+                                          fit["latency"], fit["spin"], poll_delay, cores)[0]}
+             for name, row, probe in zip(names, measured, probes)]
+    if devices < 2:
+        fit["latency"] = None
+    return fit, table

@@ -16,10 +16,11 @@ being its inputs' and output's) and `update_costs` (per optimizer, `[seconds, se
 byte]` of one parameter's update). And the cluster's `poll_delay` and `poll_after`: a device
 (or the driver, at the end of the step) that has waited longer than `poll_after` seconds for a
 message notices it `poll_delay` seconds late (the executor's channel reads spin, then sleep
-between polls); and `cores`: the devices share that many processors, and a device keeps
-spinning on one for `poll_after` seconds after it goes idle (so does the driver at the step's
-start): an op that starts while more of them run than there are cores takes that many times
-longer over the cores (0: devices have their own processors).
+between polls); and `cores`: the devices share that many processors, device d pinned to
+processor d % cores, and a device keeps its processor for `poll_after` seconds after its last
+op (spinning, sending): an op takes as many times longer as devices of its processor run at
+its start (0: devices have their own processors). With `batch_transfers` the simulator also
+runs ops in the executor's segments (partition/simulate.py).
 """
 from __future__ import annotations
 
@@ -252,7 +253,7 @@ class Cluster:
             out["step_overhead"] = self.step_overhead
         if self.batch_transfers:
             out["batch_transfers"] = True
-        if self.poll_delay:
+        if self.poll_delay or (self.cores and self.poll_after):
             out["poll_after"], out["poll_delay"] = self.poll_after, self.poll_delay
         if self.cores:
             out["cores"] = int(self.cores)

@@ -19,9 +19,12 @@ once the parameter's gradient is complete (after its other ops, as the executor'
 With the cluster's `poll_delay`, a message that reaches an idle device which has waited `w`
 seconds, longer than `poll_after`, is noticed `min((w - poll_after) / 2, poll_delay)` late
 (the pauses between polls double up to a maximum), and so is the step's end by the driver.
-With the cluster's `cores`, an op that starts while more devices compute or spin (for
-`poll_after` after going idle; the driver at the step's start) than there are cores takes
-that many times longer over the cores (its rate at its start: ops are short).
+With the cluster's `cores`, device d runs on processor d % cores (as the executor pins its
+actors), and an op takes as many times longer as devices of its processor compute or spin
+(for `poll_after` after their last op) at its start (ops are short). With `batch_transfers`
+(the Ray executor's packets), ops run in the executor's segments (executor/plan.py: each
+phase's ops in a topological order cut into runs of one device): a segment starts once all
+it receives has arrived, and what it sends leaves when it ends.
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
@@ -42,9 +45,9 @@ from partition.cost import graph_arrays, remote_pairs
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
 from partition.problem import require_forward
+from partition.simulate_segments import SHARED, executor_segments, segment_edges
 
 SCHEDULES = (None, "gpipe", "1f1b")
-SHARED = -1          # micro-batch index of nodes that run once per step
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,13 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
                     if any(d.op_overhead or d.op_costs for d in cluster.devices) else None)
     forward_time, backward_time = _op_times(graph, arrays, a, cluster, gradient_ops)
     update_time = _update_times(arrays, a, cluster, optimizer)
-    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time, update_time)
+    segments = None
+    if cluster.batch_transfers:
+        order = quotient_order(quotient_adjacency(arrays, a, k))
+        segments = executor_segments(arrays, a, None if order is None else {d: s for s, d in
+                                                                     enumerate(order)})
+    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time, update_time,
+                   segments)
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
     batch_latency = (np.concatenate([np.zeros(k), cluster.latency.ravel()]).tolist()
@@ -252,9 +261,10 @@ def _gradient_ops(graph: Graph, arrays) -> list[list[tuple]]:
 
 
 def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.ndarray,
-           backward_time: np.ndarray, update_time: np.ndarray) -> _Tasks:
+           backward_time: np.ndarray, update_time: np.ndarray, segments=None) -> _Tasks:
     """Forward ops, backward ops, optimizer updates and transfers of one step, with their
-    dependencies."""
+    dependencies; with `segments` (`executor_segments`), as the executor runs them: a
+    segment starts once all it receives has arrived, and what it sends leaves when it ends."""
     k, n = cluster.k, arrays.n
     place = a.tolist()
     batch = arrays.batch_dependent.tolist()
@@ -327,6 +337,9 @@ def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.nda
                 if gradient:
                     tasks.edge(backward[c] + i,
                                backward[u] + i_u if local else returns[u, place[c]] + i_u)
+    if segments is not None:
+        segment_edges(tasks, segments, copies, forward, backward, sends, returns, place,
+                       grad, (in_ptr, in_idx))
     return tasks
 
 
@@ -364,9 +377,8 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
     of a link), a link that frees sends every transfer queued on it as one message: the
     latency once plus their bytes / bandwidth. With `poll` (after, delay), a transfer that
     reaches a device idle for longer than `after` makes its op ready later (`_poll_late`).
-    With `sharing` (cores, spin), a device op takes max(1, runnable / cores) times its
-    duration, runnable counting the computing devices, the devices idle for less than `spin`
-    and, before `spin`, the driver."""
+    With `sharing` (cores, spin), a device op takes as many times its duration as devices of
+    its processor (d % cores) compute or have been idle for less than `spin`."""
     count = len(tasks.resource)
     resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
     pending = list(tasks.pending)
@@ -383,10 +395,9 @@ def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str
 
     def slowdown(r: int, now: float) -> float:
         """How many times longer an op starting on device r at `now` takes (`sharing`)."""
-        cores, spin = sharing
-        runnable = 1 + (now < spin) + sum(
-            1 for d in range(k) if d != r and (busy[d] or now < spinning_until[d]))
-        return max(1.0, runnable / cores)
+        cores = sharing[0]                     # device d runs on processor d % cores
+        return float(sum(1 for d in range(r % cores, k, cores)
+                         if d == r or busy[d] or now < spinning_until[d]))
 
     def begin(r: int, now: float) -> None:
         if busy[r]:

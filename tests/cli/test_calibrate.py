@@ -7,8 +7,7 @@ import pytest
 import yaml
 
 from modelcut.calibration import CalibrationError, fit_latency_bandwidth, fit_link
-from modelcut.calibration_costs import (fit_latency, fit_op_costs, fit_step_overhead,
-                                        fit_update_costs)
+from modelcut.calibration_costs import fit_op_costs, fit_update_costs
 from modelcut.cli import main
 from modelcut.config import load_config
 from partition.cluster import Cluster
@@ -79,28 +78,6 @@ def test_update_fit_is_exact_on_a_line_and_never_negative():
     assert per_byte == 0.0 and intercept == pytest.approx(2e-6)
 
 
-def test_step_overhead_fit_from_executor_steps():
-    # step = device seconds + 1 ms (one outlier step, which the median ignores)
-    one = [(d + 1e-3, d) for d in (2e-3, 3e-3, 4e-3)] + [(1.0, 2e-3)]
-    assert fit_step_overhead(one) == pytest.approx(1e-3)
-    # steps longer than poll_after: the driver's poll delay is the simulator's to add
-    assert fit_step_overhead(one, poll_after=1e-3, poll_delay=3e-4) == pytest.approx(7e-4)
-    assert fit_step_overhead(one, poll_after=1.0, poll_delay=3e-4) == pytest.approx(1e-3)
-    # a median step (4.5 ms) 0.4 ms past poll_after: noticed 0.2 ms late (half of it)
-    assert fit_step_overhead(one, poll_after=4.1e-3, poll_delay=3e-4) == pytest.approx(8e-4)
-    # steps quicker than the device seconds (noise) never give a negative overhead
-    assert fit_step_overhead([(1e-3, 2e-3)]) == 0.0
-
-
-def test_latency_fit_inverts_a_simulated_step():
-    # a chain of 3 hops: step = 2 ms + 3 * latency, flat below 0.1 ms of latency
-    def simulated(latency):
-        return 2e-3 + 3 * max(latency, 1e-4)
-    assert fit_latency(simulated, 2e-3 + 3 * 4e-4) == pytest.approx(4e-4, abs=1e-6)
-    assert fit_latency(simulated, 1e-3) == 0.0                 # quicker than any latency
-    assert fit_latency(simulated, 1.0, upper=0.05) == 0.05
-
-
 def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     out = tmp_path / "cluster.yaml"
     argv = ["calibrate", "--out", str(out), "--devices", "2", "--matmul-sizes", "16,32",
@@ -140,28 +117,39 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
-def test_executor_costs_fit_recovers_a_simulated_scale_and_latency():
-    from modelcut.calibration_costs import STEP_MODEL, fit_executor_costs, step_model
+def test_executor_costs_fit_recovers_a_simulated_truth():
+    from modelcut.calibration_costs import (QUICK_STEP_MODEL, SPINS, fit_executor_costs,
+                                            scaled_costs, simulate_probe)
+    from autodiff.models import BUILDERS
     from partition.api import partition
-    from partition.cluster import Cluster, Device, uniform
-    from partition.simulate import simulate
+    from partition.cluster import uniform
 
-    graph, _ = step_model()
-    a = np.asarray(partition(graph, uniform(2), algorithm="contiguous",
-                             epsilon=1.0).assignment)
-    ops, updates = {"matmul": (1e-5, 1e-11, 0.0)}, {"adam": (2e-6, 4e-10)}
-    # the truth: costs 1.5 x the tables, 0.2 ms per hop, 0.3 ms per step, 2 shared cores
-    truth = Cluster(tuple(Device(f"cpu{i}", 1e12, 2**30,
-                                 op_costs={"matmul": (1.5e-5, 1.5e-11, 0.0)},
-                                 update_costs={"adam": (3e-6, 6e-10)}) for i in range(2)),
-                    np.full((2, 2), 4e9), np.full((2, 2), 2e-4), step_overhead=3e-4,
-                    batch_transfers=True, poll_after=1e-3, poll_delay=4e-4, cores=2)
-    step = simulate(graph, a, truth, optimizer="adam")
-    two = [(step.makespan, 0.0, float(np.sum(step.busy)) * step.makespan)] * 3
-    quick = [(3e-4 + d, d) for d in (1e-4, 2e-4, 3e-4)]      # steps quicker than the spin
-    per_step, latency, scale = fit_executor_costs(quick, two, a, ops, updates, 4e9, 1e-3,
-                                                  4e-4, cores=2)
-    assert per_step == pytest.approx(3e-4)
-    assert scale == pytest.approx(1.5, rel=1e-6)
-    assert latency == pytest.approx(2e-4, abs=1e-6)
-    assert STEP_MODEL["layers"] >= 2                  # a chain of calls over two devices
+    probes = []
+    for sizes, k in ((QUICK_STEP_MODEL, 1), (QUICK_STEP_MODEL, 2), (QUICK_STEP_MODEL, 4),
+                     (dict(layers=4, width=64, in_features=32, classes=4, batch=16), 2),
+                     (dict(layers=4, width=64, in_features=32, classes=4, batch=16), 4)):
+        graph = BUILDERS["mlp"](**sizes)
+        a = np.asarray(partition(graph, uniform(k), algorithm="contiguous",
+                                 epsilon=1.0).assignment)
+        probes.append((graph, a, k, 1, "sequential"))
+    ops = {"matmul": (1e-5, 1e-10, 0.0), "*": (2e-6, 0.0, 1e-10)}
+    ops.update({op: (3e-6, 0.0, 2e-10) for op in ("relu", "relu_grad", "transpose", "sum",
+                                                  "add", "cross_entropy", "multiply")})
+    updates = {"adam": (2e-6, 4e-10)}
+    # the truth: costs 1.5 x the tables plus 2 us per op (calls of one device: 1e-4 s more),
+    # 0.3 ms per step, 0.2 ms per hop, devices keep their processor (of 2) for a spin
+    spin = SPINS[-2]
+    costs = scaled_costs(ops, updates, 1.5, 2e-6)
+    measured = []
+    for probe in probes:
+        step, _ = simulate_probe(probe, costs, 4e9, 3e-4, 2e-4, spin, cores=2)
+        _, plain = simulate_probe(probe, scaled_costs(ops, updates, 1.5), 4e9)
+        _, busy = simulate_probe(probe, costs, 4e9)
+        used = len(set(probe[1].tolist()))
+        measured.append((step, plain, busy + 1e-4 * used))
+    fit = fit_executor_costs(probes, measured, ops, updates, 4e9, cores=2)
+    assert fit["compute_scale"] == pytest.approx(1.5, rel=1e-5)
+    assert fit["call_overhead"] == pytest.approx(2e-6, rel=1e-3)
+    assert fit["spin"] == spin                   # devices 0 and 2 share a processor at k=4
+    assert fit["step_overhead"] == pytest.approx(3e-4, rel=1e-4)
+    assert fit["latency"] == pytest.approx(2e-4, rel=1e-4)

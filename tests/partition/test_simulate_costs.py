@@ -116,14 +116,15 @@ def test_devices_sharing_cores_by_hand():
     def shared(cores, spin):
         return Cluster(base.devices, base.bandwidth, base.latency, step_overhead=0.4,
                        poll_after=spin, cores=cores)
-    # one core: F(h) starts while the driver spins (its first second): twice as long, 0-4;
-    # the rest as in test_op_costs_and_updates_by_hand (nothing else overlaps a spin): + 2 s
-    assert simulate(graph(), a, shared(1, 1.0)).makespan == pytest.approx(13.5)
-    # spins of 3 s: F(h) 0-4 (driver) | h 4-5.5 | F(r) 5.5-6.5 and F(loss) 6.5-8.5 while dev0
-    # spins (until 7) | B(loss) 8.5-9 | B(r) 9-11 | gradient of h 11-12.5 | B(h) while dev1
-    # spins (until 14): 2 x 2.1 s, 12.5-16.7 | + 0.4
-    assert simulate(graph(), a, shared(1, 3.0)).makespan == pytest.approx(17.1)
-    # two cores: never more than two runnable here
+    # one core: both devices on it; dev0 spins until 3 after F(h) (0-2), dev1 until 8.5
+    # after B(r) (5.5-7.5): no op starts during the other's spin, as
+    # test_op_costs_and_updates_by_hand without the update
+    assert simulate(graph(), a, shared(1, 1.0)).makespan == pytest.approx(11.5)
+    # spins of 3 s: F(h) 0-2 (dev0 spins until 5) | h 2-3.5 | F(r) 2 x 0.5: 3.5-4.5 and
+    # F(loss) 2 x 1: 4.5-6.5 while dev0 spins | B(loss) 6.5-7 | B(r) 7-9 (dev1 spins until
+    # 12) | gradient of h 9-10.5 | B(h) 2 x 2.1: 10.5-14.7 | + 0.4
+    assert simulate(graph(), a, shared(1, 3.0)).makespan == pytest.approx(15.1)
+    # two cores: dev0 and dev1 each on its own
     assert simulate(graph(), a, shared(2, 3.0)).makespan == pytest.approx(11.5)
     with pytest.raises(ClusterError, match="cores"):
         Cluster(base.devices, base.bandwidth, base.latency, cores=-1)
