@@ -203,7 +203,9 @@ class Endpoint:
                     if t == "stop":
                         raise PipeClosed("the driver stopped this endpoint")
                     return value
-            if deadline is not None and time.monotonic() < deadline:
+            # no polling while the writer thread has bytes to write: it needs the GIL
+            if (deadline is not None and time.monotonic() < deadline
+                    and not any(self.pending.values())):
                 os.sched_yield()              # a process woken on this CPU runs first
                 reader.drain()
                 continue
