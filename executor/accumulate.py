@@ -6,13 +6,14 @@ re-reads a full weight-sized temporary (4 of 5 memory passes of a 2048 x 2048 la
 K = 64); a gemm with beta = 1 adds the product straight into the sum.
 `fused_products` finds, in a device program, the matmul nodes whose only use is such a sum.
 
-Deferred (`stacked_product`): keep each micro-batch's operands and compute the sum once, when
-it is first needed, as one gemm over the operands stacked along the summed axis,
-sum_i a_i @ b_i = [a_1 .. a_m] @ [b_1; ..; b_m]: K = the whole batch again (a gemm with 64
-rows runs ~20% slower than one with 512 here), the same value as one full-batch step, and in
-a pipeline the weight gradients move out of the backward critical path into the end of the
-step, where a stage otherwise waits (as zero-bubble schedules split B and W). The price is
-memory: every micro-batch's operands stay alive until the end of the step.
+Deferred (`stacked_product`): keep each micro-batch's operands and compute the sum as one gemm
+over the operands stacked along the summed axis, sum_i a_i @ b_i = [a_1 .. a_m] @ [b_1; ..;
+b_m]: K = many micro-batches again (a gemm with 64 rows runs ~20% slower than one with 512
+here). The worker (executor/worker.py) adds the operands held so far into the sums in the
+block after the device's last send (a first stage: while it would wait for its last
+gradients), and the rest when the sums are read; in a pipeline the weight gradients thus
+leave the backward critical path, as zero-bubble schedules split B and W. The price is
+memory: the operands stay alive until they are summed.
 """
 from __future__ import annotations
 

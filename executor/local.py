@@ -96,8 +96,9 @@ class LocalExecutor:
     `params`: initial parameter values; default `autodiff.models.init_params(graph, seed)`.
     `loss_reduction`: "mean" or "sum" over micro-batches (module docstring).
     `plan`: a prebuilt plan (then placement, k, micro_batches and schedule are not used).
-    `defer_weight_grads`: sum each weight gradient over micro-batches by one gemm at the end of
-    the step instead of one per micro-batch (executor/accumulate.py: faster, more memory).
+    `defer_weight_grads`: sum each weight gradient over micro-batches by stacked gemms once a
+    device has sent its last packet, instead of one gemm per micro-batch
+    (executor/accumulate.py: faster, more memory).
     """
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
