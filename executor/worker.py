@@ -104,7 +104,7 @@ class DeviceWorker:
         out: list[tuple[str, int, np.ndarray]] = []
         fused = self.fused.get(index, {})
         if self.pending and (mb is None or index == self.start_deferred_in):
-            self._finish_deferred()            # sums are read only in per-step blocks
+            self._finish_deferred()            # the sums are read only in per-step blocks
         for s in block.steps:
             if isinstance(s, Compute):
                 start = time.perf_counter()
