@@ -69,7 +69,6 @@ from executor.ray_runtime import (patient_channel_reads, skip_torch_in_channels,
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "pipes", "compiled", "plain")
-SPIN_SECONDS = 2e-3        # a pipes actor polls this long for a packet before blocking
 # ---------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
@@ -120,7 +119,8 @@ class RayExecutor:
     LocalExecutor; `pin_cpus`: keep each actor on one CPU of its machine
     (executor/ray_actor.pin_to_cpu; None: on the pipes path, where all actors share the
     driver's machine); `spin`: seconds a pipes actor polls for a packet before blocking,
-    yielding its CPU to any process that wants it (None: SPIN_SECONDS; 0: block at once).
+    yielding its CPU to any process that wants it (None: `ray_pipes.default_spin`; 0: block
+    at once).
     Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
@@ -169,7 +169,7 @@ class RayExecutor:
         self.pin_cpus = pin_cpus
         if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
             raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
-        self.spin = SPIN_SECONDS if spin is None else float(spin)
+        self.spin = spin
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         # The initial parameters each device starts from (None: materialized on the actor).
@@ -247,7 +247,7 @@ class RayExecutor:
     def _open_pipes(self) -> None:
         """The pipes path: one pipe each way between the driver and every active actor and
         one per (sender, receiver) pair of devices with packets; every actor starts serving."""
-        from executor.ray_pipes import Endpoint, make_pipe_dir, remove_pipe_dir
+        from executor.ray_pipes import Endpoint, default_spin, make_pipe_dir, remove_pipe_dir
         routes = self.routes
         pairs = sorted({(src[0], dst[0]) for src in routes.calls
                         for dst, _ in routes.packets[src]})
@@ -283,7 +283,8 @@ class RayExecutor:
                      **{a: str(root / f"{a}to{b}") for a, b in pairs if b == d}}
             writes = {"driver": str(root / f"from{d}"),
                       **{b: str(root / f"{a}to{b}") for a, b in pairs if a == d}}
-            self._serving.append(self.actors[d].serve.remote(reads, writes, calls, self.spin))
+            spin = default_spin(len(self._active)) if self.spin is None else self.spin
+            self._serving.append(self.actors[d].serve.remote(reads, writes, calls, spin))
 
     def _check_serving(self) -> None:
         """Raise the error of an actor whose serve call ended (it died, or its step failed)."""

@@ -34,6 +34,15 @@ from executor.errors import ExecutorError
 HEADER = struct.Struct("<Q")                 # payload length
 PIPE_BYTES = 1 << 20                         # asked of the kernel per pipe (Linux max default)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+SPIN_SECONDS = 2e-3        # a receive polls this long for a packet before blocking
+
+
+def default_spin(processes: int) -> float:
+    """Seconds an actor of `processes` on this machine polls for a packet: SPIN_SECONDS while
+    they are at most two per CPU (measured here: polling helps up to there; beyond it,
+    polling processes would share out the CPUs that computing ones need), else 0."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return SPIN_SECONDS if processes <= 2 * cpus else 0.0
 
 
 class PipeClosed(ExecutorError):

@@ -107,3 +107,12 @@ def test_a_spinning_receive_gets_messages_sent_during_and_after_its_spin(pair, d
     got = b.receive("a", "t", spin=0.01)
     t.join()
     np.testing.assert_array_equal(got, x)
+
+
+def test_actors_poll_by_default_only_while_they_are_at_most_two_per_cpu():
+    import os
+
+    from executor.ray_pipes import SPIN_SECONDS, default_spin
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    assert default_spin(1) == default_spin(2 * cpus) == SPIN_SECONDS > 0
+    assert default_spin(2 * cpus + 1) == 0.0
