@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("a", "b", "all"), default="all",
                         help="(a) overhead, (b) pipeline speedup, or both (default)")
     args = parser.parse_args()
-    warmup, steps = (3, 5) if args.quick else (10, 40)
+    warmup, steps = (3, 5) if args.quick else (20, 100)
     start_ray(num_cpus=2)
     try:
         if args.part in ("a", "all"):
