@@ -1,20 +1,23 @@
 """Simulator accuracy after `modelcut calibrate` (issue 5, third benchmark target).
 
-In one run: calibrate this machine (`modelcut.calibration.calibrate`, compiled-graph links as
-the Ray executor uses by default), then for each bundled small config at k = 2 and 4 (where
-the partitioner finds a placement) train warm-up + measured steps with the Ray executor on the
-calibrated cluster, with the config's own micro-batches and schedule, and print the
-simulated step time (SPEC section 4 on the calibrated cluster), the measured median step time
-and |simulated - measured| / measured. Target: <= 15%. For contrast, the same placement
-simulated on the config's own (uncalibrated preset) cluster. To see where an error comes from,
-the measured seconds (medians) summed over the actors: ops (compute), optimizer updates,
-packet copies and the rest of their calls, beside the simulated ops and updates summed over
-the devices; and the measured step time outside the busiest actor's calls.
+In one run: calibrate this machine (`modelcut.calibration.calibrate`: op costs, then probe
+models, none a bundled config, trained through the Ray executor to fit the step overhead,
+hop latency, compute scale, per-op call overhead and spin; the probes' fit is printed), then
+for each bundled small config at k = 2 and 4 (where the partitioner finds a placement) train
+warm-up + measured steps with the Ray executor (its default path: pipes on one node), with the
+config's own micro-batches and schedule, and print the simulated step time (SPEC section 4 on
+the calibrated cluster), the measured median step time and |simulated - measured| / measured.
+Target: <= 15%. For contrast, the same placement simulated on the config's own (uncalibrated
+preset) cluster. To see where an error comes from, the measured seconds (medians) summed over
+the actors: ops (compute), optimizer updates, packet copies and the rest of their calls,
+beside the simulated ops and updates summed over the devices; and the measured step time
+outside the busiest actor's calls.
 
 Run from the repository root, under the benchmark lock:
 `flock /tmp/modelcut-bench.lock python benchmarks/simulator_accuracy.py [--quick]
-[--cluster FILE]` (`--cluster`: a cluster file `modelcut calibrate` wrote, instead of
-calibrating in this run).
+[--cluster FILE] [--configs ...] [--ks ...] [--save OUT.json]` (`--cluster`: a cluster file
+`modelcut calibrate` wrote, instead of calibrating in this run; `--save`: the cluster, the
+calibration and the measured cases as JSON, to study them offline).
 """
 from __future__ import annotations
 

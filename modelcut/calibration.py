@@ -17,7 +17,7 @@ subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / 
 fitted by least squares (to the median over pairs when all actors share one machine: their
 differences are noise).
 From the executor's own runs (modelcut/calibration_costs.py: probe models, none a bundled
-config, trained through the Ray executor on 1, 2 and 4 actors, stepped in turn): each device's
+config, trained through the Ray executor on 1, 2 and 4 actors): each device's
 `op_costs` (per op kind of the training graph) and `update_costs` (per optimizer), scaled by
 `compute_scale` (the executor's seconds in ops and updates over what the simulator predicts
 for them) plus `call_overhead` seconds per op (the rest of the calls' own work); the
@@ -48,7 +48,7 @@ DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 LINK_ATTEMPTS = 3   # link measurements retried (twice the repeats each time) when noise spoils them
 DEFAULT_REPEATS = 7
-DEFAULT_STEPS = 100  # training steps of each probe through the Ray executor (calibration_costs)
+DEFAULT_STEPS = 40   # training steps of each probe through the Ray executor (calibration_costs)
 POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
 POLL_REPEATS = 10    # ... that many times `repeats` (it varies with the load: ~0.3 s in all)
 TRANSPORTS = ("compiled", "plain")
@@ -389,6 +389,8 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         sizes = tuple(sorted(set(int(p) for p in payloads)))
         pairs = [(a, b) for a in range(devices) for b in range(a + 1, devices)]
         one_machine = len({n["node"] for n in nodes}) == 1
+        if one_machine:          # one kind of processor: the actors' tables differ by drift
+            measured = [r[:3] + pooled_tables(measured) for r in measured]
         for attempt in range(1, LINK_ATTEMPTS + 1):
             try:
                 base, links = _measure_links(probe, names, pairs, sizes,  # more each time
@@ -433,6 +435,18 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                        round_trip=base, cores=cores,
                        poll_after=poll_after, poll_delay=poll_delay,
                        hop_latency=hop)
+
+
+def pooled_tables(measured: Sequence[tuple]) -> tuple[dict, dict]:
+    """The op and update cost tables of `ProbeActor.compute` results pooled over the actors:
+    per entry, the median of each coefficient over the actors that have it."""
+    pooled = []
+    for column in (3, 4):
+        names = {name for r in measured for name in r[column]}
+        pooled.append({name: tuple(float(c) for c in np.median(
+            [r[column][name] for r in measured if name in r[column]], axis=0))
+            for name in sorted(names)})
+    return pooled[0], pooled[1]
 
 
 class _PlainProbe:

@@ -7,11 +7,11 @@
 - `update_costs`: per optimizer, one parameter's update timed at a few sizes: a + b * bytes.
 - step, hop and scale: probe models trained through the Ray executor (`probe_runs`: a tiny
   MLP on 1, 2 and 4 devices, whose steps are mostly the executor's overhead and hops, and one
-  model of each family on 2 and 4), all open at once and stepped in turn (the machine's speed
-  drifts over seconds); the seconds per step outside the devices' ops, per hop between calls
-  of different actors, how much slower ops run among the executor's actors than timed alone,
-  and the seconds each op costs there besides (its call's own work) are the values at which
-  the simulator best predicts those steps.
+  model of each family on 2 and 4), one after the other as a training loop runs them: how
+  much slower ops run among the executor's actors than timed alone and what each op costs
+  there besides (its call's own work), from the actors' own timings; then the seconds per
+  step outside the devices' ops, per hop between calls of different actors and the spin of
+  devices sharing a processor at which the simulator best predicts those steps.
 """
 from __future__ import annotations
 
@@ -37,8 +37,7 @@ UPDATE_SIZES = (1024, 64 * 1024, 1024**2)     # parameter bytes timed per optimi
 OPTIMIZERS = ("sgd", "momentum", "adam")
 # an MLP whose steps through the Ray executor are mostly overhead and hops
 QUICK_STEP_MODEL = dict(layers=2, width=32, in_features=16, classes=4, batch=8)
-STEP_WARMUP = 3
-STEP_ROUNDS = 5      # executor probes stepped in turn this many times (medians over all)
+STEP_WARMUP = 5      # untimed steps of each probe (the first are slower)
 FIT_ROUNDS = 3       # Gauss-Newton rounds of fit_executor_costs
 # (step overhead, link latency, compute scale, seconds per op) where the fit starts, and the
 # steps of its finite differences
@@ -180,41 +179,29 @@ def probe_placements(runs: Sequence[tuple]) -> list:
     return out
 
 
-def executor_steps(runs: Sequence[tuple], placed: Sequence[tuple], steps: int,
-                   rounds: int = STEP_ROUNDS) -> list[np.ndarray | None]:
+def executor_steps(runs: Sequence[tuple], placed: Sequence[tuple], steps: int
+                   ) -> list[np.ndarray | None]:
     """Train each of `runs` (`probe_runs`, placed by `probe_placements`; Adam) through the
-    Ray executor, all executors open at once and stepped in turn, `rounds` times (a burst of
-    load or a drift of the machine's speed hits every run alike): per run and step, (step
-    seconds, the devices' seconds in ops and updates, in their calls), summed over the
-    devices; None for a run without placement."""
-    from contextlib import ExitStack
-
+    Ray executor, one executor at a time, STEP_WARMUP steps then `steps` timed back to back
+    (as a training loop runs; with every probe's executor open at once and stepped in turn,
+    its ops ran ~1.3-1.5 x slower than a lone executor's): per run and step, (step seconds,
+    the devices' seconds in ops and updates, in their calls), summed over the devices; None
+    for a run without placement."""
     from executor.ray_executor import RayExecutor
 
-    rows: list[list[tuple[float, float, float]]] = [[] for _ in runs]
-    per_round = max(1, -(-steps // rounds))
-    with ExitStack() as stack:
-        open_ = []
-        for (graph, data, placement), (_, _, k, m, schedule) in zip(placed, runs):
-            if placement is None:
-                open_.append(None)
-                continue
-            executor = stack.enter_context(RayExecutor(
-                graph, placement, k, optimizer="adam", micro_batches=m, schedule=schedule,
-                checkpoint_every=None))
-            for s in range(STEP_WARMUP):
-                executor.step(data(s))
-            open_.append((executor, data))
-        for _ in range(rounds):
-            for i, item in enumerate(open_):
-                if item is not None:
-                    executor, data = item
-                    for s in range(per_round):
-                        r = executor.step(data(s))
-                        rows[i].append((r.step_seconds, float(r.compute_seconds.sum()
-                                                              + r.update_seconds.sum()),
-                                        float(r.busy_seconds.sum())))
-    return [np.asarray(t) if t else None for t in rows]
+    rows: list[np.ndarray | None] = []
+    for (graph, data, placement), (_, _, k, m, schedule) in zip(placed, runs):
+        if placement is None:
+            rows.append(None)
+            continue
+        with RayExecutor(graph, placement, k, optimizer="adam", micro_batches=m,
+                         schedule=schedule, checkpoint_every=None) as executor:
+            results = [executor.step(data(s)) for s in range(STEP_WARMUP + steps)]
+        rows.append(np.array([(r.step_seconds, float(r.compute_seconds.sum()
+                                                     + r.update_seconds.sum()),
+                               float(r.busy_seconds.sum()))
+                              for r in results[STEP_WARMUP:]]))
+    return rows
 
 
 def scaled_costs(op_costs: dict, update_costs: dict, scale: float, extra: float = 0.0
