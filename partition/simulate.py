@@ -339,7 +339,7 @@ def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.nda
                                backward[u] + i_u if local else returns[u, place[c]] + i_u)
     if segments is not None:
         segment_edges(tasks, segments, copies, forward, backward, sends, returns, place,
-                       grad, (in_ptr, in_idx))
+                      grad, (in_ptr, in_idx))
     return tasks
 
 

@@ -65,7 +65,7 @@ def executor_segments(arrays, a: np.ndarray, stage_of: dict | None):
 
 
 def segment_edges(tasks, segments, copies, forward, backward, sends, returns, place,
-                   grad, inputs) -> None:
+                  grad, inputs) -> None:
     """Barriers around each segment instance (`executor_segments`): its ops start after its start
     barrier, which waits for the transfers into them and the device's previous segment of the
     phase; its end barrier waits for its ops, and the transfers out of them wait for it."""

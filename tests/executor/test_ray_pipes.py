@@ -1,12 +1,14 @@
 """The pipes transport (executor/ray_pipes.py): framing, order, big packets, no deadlock."""
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 import pytest
 
-from executor.ray_pipes import Endpoint, PipeClosed, make_pipe_dir, remove_pipe_dir
+from executor.ray_pipes import (SPIN_SECONDS, Endpoint, PipeClosed, default_spin,
+                                make_pipe_dir, remove_pipe_dir)
 
 
 @pytest.fixture
@@ -110,9 +112,6 @@ def test_a_spinning_receive_gets_messages_sent_during_and_after_its_spin(pair, d
 
 
 def test_actors_poll_by_default_only_while_they_are_at_most_two_per_cpu():
-    import os
-
-    from executor.ray_pipes import SPIN_SECONDS, default_spin
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     assert default_spin(1) == default_spin(2 * cpus) == SPIN_SECONDS > 0
     assert default_spin(2 * cpus + 1) == 0.0
