@@ -49,6 +49,7 @@ DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
 LINK_ATTEMPTS = 3   # link measurements retried (twice the repeats each time) when noise spoils them
 DEFAULT_REPEATS = 7
 DEFAULT_STEPS = 40   # training steps of each probe through the Ray executor (calibration_costs)
+DEFAULT_ROUNDS = 2   # ... in rounds over the probes, the quickest counting (the machine drifts)
 POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
 POLL_REPEATS = 10    # ... that many times `repeats` (it varies with the load: ~0.3 s in all)
 TRANSPORTS = ("compiled", "plain")
@@ -308,16 +309,17 @@ class ProbeActor:
                 "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
 
     def compute(self, sizes: Sequence[int], repeats: int) -> tuple[dict, dict, float, dict,
-                                                                   dict]:
+                                                                   dict, float]:
         """(matmul FLOP/s per size, FLOP/s of other op kinds, seconds per executed op, cost
-        per op kind, cost per optimizer update)."""
+        per op kind, cost per optimizer update, seconds of the timed ops in all)."""
         from modelcut.calibration_costs import (fit_op_costs, fit_update_costs, op_samples,
                                                 update_samples)
 
         rates = {"conv2d": conv_rate(repeats), "*": elementwise_rate(repeats)}
+        samples = op_samples(HOP_REPEATS * repeats)
+        seconds = float(sum(row[2] for rows in samples.values() for row in rows))
         return (matmul_rates(sizes, repeats), rates, op_overhead(repeats),
-                fit_op_costs(op_samples(HOP_REPEATS * repeats)),
-                fit_update_costs(update_samples(repeats)))
+                fit_op_costs(samples), fit_update_costs(update_samples(repeats)), seconds)
 
     def echo(self, value):
         return value
@@ -347,18 +349,20 @@ def actor_options() -> dict:
 def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZES,
               payloads: Sequence[int] = DEFAULT_PAYLOADS, repeats: int = DEFAULT_REPEATS,
               transport: str = "compiled", address: str | None = None,
-              steps: int = DEFAULT_STEPS) -> Calibration:
+              steps: int = DEFAULT_STEPS, rounds: int = DEFAULT_ROUNDS) -> Calibration:
     """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster),
-    then train probe models `steps` steps through the Ray executor on up to four of them
-    (what steps, hops and ops cost inside the executor; none when steps is 0)."""
+    then train probe models `steps` steps through the Ray executor on up to four of them,
+    in `rounds` rounds over the probes (what steps, hops and ops cost inside the executor;
+    none when steps is 0)."""
     from executor.ray_runtime import start_ray, stop_ray
     from executor.ray_runtime import SPIN_SECONDS
     from modelcut.calibration_costs import executor_costs, scaled_costs
 
-    if devices < 1 or repeats < 1 or steps < 0 or not matmul_sizes or min(matmul_sizes) < 1:
-        raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0 and "
-                               f"positive matmul sizes, got devices={devices}, "
-                               f"repeats={repeats}, steps={steps}, "
+    if (devices < 1 or repeats < 1 or steps < 0 or rounds < 1 or not matmul_sizes
+            or min(matmul_sizes) < 1):
+        raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0, "
+                               f"rounds >= 1 and positive matmul sizes, got devices={devices}, "
+                               f"repeats={repeats}, steps={steps}, rounds={rounds}, "
                                f"matmul sizes={list(matmul_sizes)}")
     if devices > 1 and (len(set(payloads)) < 2 or min(payloads) < 1):
         raise CalibrationError(f"calibrate: need at least two different positive payload sizes, "
@@ -389,7 +393,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         sizes = tuple(sorted(set(int(p) for p in payloads)))
         pairs = [(a, b) for a in range(devices) for b in range(a + 1, devices)]
         one_machine = len({n["node"] for n in nodes}) == 1
-        if one_machine:          # one kind of processor: the actors' tables differ by drift
+        if one_machine:          # one kind of processor: the actors' tables differ by load
             measured = [r[:3] + pooled_tables(measured) for r in measured]
         for attempt in range(1, LINK_ATTEMPTS + 1):
             try:
@@ -412,7 +416,8 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         if steps > 0:                    # what a step and a hop cost inside the executor
             bandwidth = float(np.median([link.bandwidth for link in links])) if links else 1e9
             fit, probes = executor_costs(devices, steps, measured[0][3], measured[0][4],
-                                         bandwidth, poll_after, poll_delay, cores)
+                                         bandwidth, poll_after, poll_delay, cores,
+                                         rounds)
             per_step, hop, poll_after = fit["step_overhead"], fit["latency"], fit["spin"]
             scale, extra = fit["compute_scale"], fit["call_overhead"]
     finally:
@@ -438,15 +443,13 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
 
 
 def pooled_tables(measured: Sequence[tuple]) -> tuple[dict, dict]:
-    """The op and update cost tables of `ProbeActor.compute` results pooled over the actors:
-    per entry, the median of each coefficient over the actors that have it."""
-    pooled = []
-    for column in (3, 4):
-        names = {name for r in measured for name in r[column]}
-        pooled.append({name: tuple(float(c) for c in np.median(
-            [r[column][name] for r in measured if name in r[column]], axis=0))
-            for name in sorted(names)})
-    return pooled[0], pooled[1]
+    """The op and update cost tables of `ProbeActor.compute` results pooled over actors of
+    one kind of processor: the tables of the actor whose timed ops took the least time in all
+    (each actor is timed at another moment, and other tenants of a shared host only ever
+    slow ops down, so the quickest is the machine itself, as timeit takes the least of its
+    repeats)."""
+    quickest = min(measured, key=lambda r: r[5])
+    return quickest[3], quickest[4]
 
 
 class _PlainProbe:

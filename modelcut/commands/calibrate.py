@@ -37,7 +37,7 @@ def _binary(nbytes: int) -> str:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from modelcut.calibration import (DEFAULT_MATMUL_SIZES, DEFAULT_PAYLOADS, DEFAULT_REPEATS,
-                                      DEFAULT_STEPS, TRANSPORTS)
+                                      DEFAULT_ROUNDS, DEFAULT_STEPS, TRANSPORTS)
     from modelcut.units import parse_size
 
     parser = subparsers.add_parser("calibrate", help=HELP, description=HELP + ".")
@@ -67,6 +67,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="training steps through the Ray executor on one and two devices, "
                              "for the seconds per step and per hop it pays (default "
                              f"{DEFAULT_STEPS}; 0: the probes' round trip and latency instead)")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+                        help="rounds over the probe models, each training every probe --steps "
+                             "steps; a probe's quickest round counts (other tenants of a "
+                             f"shared host only slow a step down; default {DEFAULT_ROUNDS})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     return parser
 
@@ -83,14 +87,15 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise CommandError(f"{out} already exists; pass --force to overwrite it, or --out FILE")
     devices = args.devices if args.devices is not None else (os.cpu_count() or 1)
-    if devices < 1 or args.repeats < 1 or args.steps < 0:
-        raise CommandError(f"--devices and --repeats must be positive and --steps not negative, "
-                           f"got {devices}, {args.repeats} and {args.steps}")
+    if devices < 1 or args.repeats < 1 or args.rounds < 1 or args.steps < 0:
+        raise CommandError(f"--devices, --repeats and --rounds must be positive and --steps not "
+                           f"negative, got {devices}, {args.repeats}, {args.rounds} and "
+                           f"{args.steps}")
     console, status = make_console(), make_console(stderr=True)
     with status.status(f"measuring {devices} Ray actor(s) ..."):
         result = calibrate(devices, matmul_sizes=args.matmul_sizes, payloads=args.payloads,
                            repeats=args.repeats, transport=args.transport,
-                           address=args.address, steps=args.steps)
+                           address=args.address, steps=args.steps, rounds=args.rounds)
     cluster = Cluster.from_spec(result.cluster_spec())       # what the simulator will read
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(cluster_yaml(result), encoding="utf-8")

@@ -81,7 +81,7 @@ def test_update_fit_is_exact_on_a_line_and_never_negative():
 def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
     out = tmp_path / "cluster.yaml"
     argv = ["calibrate", "--out", str(out), "--devices", "2", "--matmul-sizes", "16,32",
-            "--payloads", "1KiB,32MiB", "--repeats", "3", "--steps", "3"]
+            "--payloads", "1KiB,32MiB", "--repeats", "3", "--steps", "3", "--rounds", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "cpu0 <-> cpu1" in printed and str(out) in printed
@@ -153,3 +153,24 @@ def test_executor_costs_fit_recovers_a_simulated_truth():
     assert fit["spin"] == spin                   # devices 0 and 2 share a processor at k=4
     assert fit["step_overhead"] == pytest.approx(3e-4, rel=1e-4)
     assert fit["latency"] == pytest.approx(2e-4, rel=1e-4)
+
+
+def test_calibrate_rejects_bad_counts_before_starting_ray(tmp_path, capsys):
+    for flag in ("--rounds", "--repeats"):
+        out = tmp_path / "cluster.yaml"
+        assert main(["calibrate", "--out", str(out), flag, "0"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert flag in err and "must be positive" in err
+        assert not out.exists()
+
+
+def test_the_quickest_timing_counts():
+    from modelcut.calibration import pooled_tables
+    from modelcut.calibration_costs import quietest
+
+    rounds = np.array([[3e-3, 2e-3, 2.5e-3], [2e-3, 1.9e-3, 1.95e-3], [4e-3, 1e-3, 3e-3]])
+    assert quietest(rounds).tolist() == rounds[1].tolist()   # by step time, the whole row
+    actors = [({}, {}, 0.0, {"add": (1.0, 0, 0)}, {"sgd": (1.0, 0)}, 0.5),
+              ({}, {}, 0.0, {"add": (2.0, 0, 0)}, {"sgd": (2.0, 0)}, 0.3),
+              ({}, {}, 0.0, {"add": (3.0, 0, 0)}, {"sgd": (3.0, 0)}, 0.4)]
+    assert pooled_tables(actors) == ({"add": (2.0, 0, 0)}, {"sgd": (2.0, 0)})
