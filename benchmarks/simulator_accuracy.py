@@ -10,11 +10,7 @@ and print the simulated step time (SPEC section 4 on the calibrated cluster), th
 step time and |simulated - measured| / measured. This machine's speed drifts by tens of
 percent over seconds as other tenants load its host, which only slows steps down: as
 calibrate does with its probes, a case's measured step is its quickest round's median step
-(`quietest`); the error against the median over the rounds is printed beside it. To tell the
-simulator's error from the host's, a speed index (`SpeedIndex`: a fixed workload on the local
-executor in this process) is timed before and after calibrating and before each round; the
-error corrected for it (the simulated step times the quickest round's index over the index at
-calibration) is printed too. The target is judged on the uncorrected error.
+(`quietest`); the error against the median over the rounds is printed beside it.
 Target: <= 15%. For contrast, the same placement simulated on the config's own (uncalibrated
 preset) cluster. To see where an error comes from, the measured seconds (medians) summed over
 the actors: ops (compute), optimizer updates, packet copies and the rest of their calls,
@@ -23,9 +19,9 @@ outside the busiest actor's calls.
 
 Run from the repository root, under the benchmark lock:
 `flock /tmp/modelcut-bench.lock python benchmarks/simulator_accuracy.py [--quick]
-[--cluster FILE] [--configs ...] [--ks ...] [--rounds N] [--save OUT.json]` (`--cluster`: a
-cluster file `modelcut calibrate` wrote, instead of calibrating in this run; `--save`: the
-cluster, the calibration and the measured cases as JSON, to study them offline).
+[--cluster FILE] [--configs ...] [--ks ...] [--rounds N] [--save OUT.json]` (`--cluster`: a cluster file
+`modelcut calibrate` wrote, instead of calibrating in this run; `--save`: the cluster, the
+calibration and the measured cases as JSON, to study them offline).
 """
 from __future__ import annotations
 
@@ -88,37 +84,6 @@ def prepare(config: str, k: int, calibrated: Cluster) -> dict:
             "simulated_busy": float(np.sum(simulated.busy)) * simulated.makespan}
 
 
-class SpeedIndex:
-    """How fast this machine runs now: one training step of each of calibrate's COST_MODELS
-    (a fixed workload of every op family) on the local executor in this process, the median
-    of a few timings each, summed (seconds: more is slower)."""
-
-    def __init__(self):
-        from autodiff.models import BUILDERS, make_data
-        from executor.local import LocalExecutor
-        from modelcut.calibration_costs import COST_MODELS
-
-        self.runs = []
-        for family, sizes in COST_MODELS:
-            graph = BUILDERS[family](**sizes)
-            executor = LocalExecutor(graph, np.zeros(len(graph.nodes), dtype=np.int64), 1,
-                                     "adam")
-            data = make_data(graph, family, 0)
-            executor.step(data(0))
-            self.runs.append((executor, data))
-
-    def __call__(self, repeats: int = 5) -> float:
-        total = 0.0
-        for executor, data in self.runs:
-            times = []
-            for step in range(repeats):
-                start = time.perf_counter()
-                executor.step(data(step))
-                times.append(time.perf_counter() - start)
-            total += float(np.median(times))
-        return total
-
-
 def measure(case: dict, warmup: int, steps: int) -> dict:
     """One round of a case: a fresh Ray executor, `warmup` steps, then the medians over
     `steps` steps of the step time and of the actors' seconds (summed over them)."""
@@ -140,7 +105,7 @@ def measure(case: dict, warmup: int, steps: int) -> dict:
 def combine(case: dict, rounds: list[dict]) -> dict:
     """A case's figures from its quickest round (`quietest`, as calibrate takes its probes'),
     with every round's step time and their median."""
-    keys = ("measured", "compute", "update", "copy", "calls", "outside", "index")
+    keys = ("measured", "compute", "update", "copy", "calls", "outside")
     best = quietest(np.array([[r[key] for key in keys] for r in rounds]))
     out = {key: v for key, v in case.items() if key not in ("setup", "placement")}
     out.update({key: float(v) for key, v in zip(keys, best)}, mode=rounds[0]["mode"],
@@ -166,9 +131,7 @@ def main() -> None:
 
     start_ray()
     try:
-        speed = SpeedIndex()
         began = time.perf_counter()
-        indices = [speed()]
         if args.cluster:
             import yaml
             spec = yaml.safe_load(Path(args.cluster).read_text())["cluster"]
@@ -176,7 +139,6 @@ def main() -> None:
             print(f"cluster {args.cluster}")
         else:
             calibration = calibrate(4, repeats=repeats, rounds=args.rounds)
-            indices.append(speed())
             spec = calibration.cluster_spec()
             cluster = Cluster.from_spec(spec)
             print(f"calibrated in {time.perf_counter() - began:.0f} s: matmul "
@@ -189,26 +151,19 @@ def main() -> None:
                   "probes (step ms, measured / simulated): " + ", ".join(
                       f"{p['probe']} k={p['k']} {1e3 * p['measured'][0]:.2f}/"
                       f"{1e3 * p['simulated']:.2f}" for p in calibration.probes))
-        # the machine's speed as calibrated: the quicker of the speed index before and after
-        # (without calibrating here: the quickest index of the run)
-        calibrated_index = min(indices)
         print(f"executor's hop (link latency) {cluster.latency[0, 1] * 1e3:.3f} ms, step "
               f"overhead {cluster.step_overhead * 1e3:.3f} ms, poll delay "
               f"{cluster.poll_delay * 1e3:.3f} ms after {cluster.poll_after * 1e3:.1f} ms, "
               f"{cluster.cores} cores shared; load average {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} cores; {args.rounds} rounds of {warmup} warm-up + {steps} "
               "measured steps; measured: the quickest round's median step")
-        print("error: |simulated - measured| / measured; median: the same against the median "
-              "round; slower: the speed index (a fixed local workload timed before each round) "
-              "of the quickest round over its value at calibration; corrected: the error of "
-              "the simulated step times that; preset: the error on the config's own cluster; "
-              "measured ms summed over the actors: ops, updates, packet copies, the rest of "
+        print("measured ms summed over the actors: ops, updates, packet copies, the rest of "
               "their calls; outside: step - busiest actor's calls; sim ops: simulated ops and "
-              "updates summed over the devices; rounds: each round's median step")
-        print(f"{'config':18} {'k':>2} {'used':>4} {'m':>2} {'schedule':>10} {'measured ms':>11} "
-              f"{'simulated ms':>12} {'error':>6} {'median':>6} {'slower':>6} {'corrected':>9} "
-              f"{'preset':>6} {'ops':>6} {'upd':>5} {'copy':>5} {'calls':>5} {'outside':>7} "
-              f"{'sim ops':>7}  rounds ms")
+              "updates summed over the devices; rounds: the rounds' median steps; median error: "
+              "against the median over the rounds")
+        print(f"{'config':18} {'k':>2} {'used':>4} {'m':>2} {'schedule':>10} {'measured ms':>12} "
+              f"{'simulated ms':>13} {'error':>7} {'preset sim ms':>14} {'preset error':>13} "
+              f"{'ops':>6} {'upd':>5} {'copy':>5} {'calls':>5} {'outside':>7} {'sim ops':>7} {'median error':>12}  rounds ms")
         prepared = []
         for config in args.configs:
             for k in args.ks:
@@ -219,48 +174,37 @@ def main() -> None:
         rounds: list[list[dict]] = [[] for _ in prepared]
         for _ in range(args.rounds):             # each round measures every case in turn
             for case, out in zip(prepared, rounds):
-                index = speed()
-                indices.append(index)
-                out.append({**measure(case, warmup, steps), "index": index})
-        if args.cluster:
-            calibrated_index = min(indices)
-        table = {"error": [], "median": [], "corrected": []}
-        cases = []
+                out.append(measure(case, warmup, steps))
+        errors, median_errors, cases = [], [], []
         for case, out in zip(prepared, rounds):
             r = combine(case, out)
-            slower = r["index"] / calibrated_index
-            errors = {"error": r["simulated"] / r["measured"] - 1,
-                      "median": r["simulated"] / r["median"] - 1,
-                      "corrected": r["simulated"] * slower / r["measured"] - 1}
-            for key, e in errors.items():
-                table[key].append(abs(e))
+            error = abs(r["simulated"] - r["measured"]) / r["measured"]
             preset = abs(r["uncalibrated"] - r["measured"]) / r["measured"]
-            cases.append({**{key: float(v) if isinstance(v, np.floating) else v
-                             for key, v in r.items()}, "slower": slower})
+            median_error = abs(r["simulated"] - r["median"]) / r["median"]
+            errors.append(error)
+            median_errors.append(median_error)
+            cases.append({key: float(v) if isinstance(v, np.floating) else v
+                          for key, v in r.items()})
             print(f"{r['config']:18} {r['k']:>2} {r['used']:>4} {r['m']:>2} "
-                  f"{r['schedule']:>10} {1e3 * r['measured']:>11.2f} "
-                  f"{1e3 * r['simulated']:>12.2f} {abs(errors['error']):>6.1%} "
-                  f"{abs(errors['median']):>6.1%} {slower:>6.2f} "
-                  f"{abs(errors['corrected']):>9.1%} {preset:>6.0%} "
+                  f"{r['schedule']:>10} {1e3 * r['measured']:>12.2f} "
+                  f"{1e3 * r['simulated']:>13.2f} {error:>7.1%} "
+                  f"{1e3 * r['uncalibrated']:>14.3f} {preset:>13.1%} "
                   + " ".join(f"{1e3 * r[key]:>{w}.2f}" for key, w in (
                       ("compute", 6), ("update", 5), ("copy", 5), ("calls", 5),
                       ("outside", 7), ("simulated_busy", 7)))
-                  + "  " + " ".join(f"{1e3 * x:.2f}" for x in r["rounds"]))
+                  + f" {median_error:>12.1%}  "
+                  + " ".join(f"{1e3 * x:.2f}" for x in r["rounds"]))
         if args.save:
             import json
-            saved = {"cluster": spec, "cases": cases, "speed_indices": indices}
+            saved = {"cluster": spec, "cases": cases}
             if not args.cluster:
                 saved["calibration"] = calibration.to_dict()
             Path(args.save).write_text(json.dumps(saved, indent=1))
-        if cases:
-            print(f"speed index {1e3 * calibrated_index:.1f} ms at calibration, "
-                  f"{1e3 * min(indices):.1f}-{1e3 * max(indices):.1f} ms over the run")
-            for key, label in (("median", "against the median round"),
-                               ("corrected", "corrected for the speed index")):
-                print(f"{label}: max error {max(table[key]):.1%}, median "
-                      f"{np.median(table[key]):.1%}")
-            print(f"max error {max(table['error']):.1%}, median "
-                  f"{np.median(table['error']):.1%} (target <= {TARGET:.0%})")
+        if errors:
+            print(f"against the median round: max error {max(median_errors):.1%}, median "
+                  f"{np.median(median_errors):.1%}")
+            print(f"max error {max(errors):.1%}, median {np.median(errors):.1%} "
+                  f"(target <= {TARGET:.0%})")
     finally:
         stop_ray()
 
