@@ -19,9 +19,9 @@ outside the busiest actor's calls.
 
 Run from the repository root, under the benchmark lock:
 `flock /tmp/modelcut-bench.lock python benchmarks/simulator_accuracy.py [--quick]
-[--cluster FILE] [--configs ...] [--ks ...] [--rounds N] [--save OUT.json]` (`--cluster`: a cluster file
-`modelcut calibrate` wrote, instead of calibrating in this run; `--save`: the cluster, the
-calibration and the measured cases as JSON, to study them offline).
+[--cluster FILE] [--configs ...] [--ks ...] [--rounds N] [--save OUT.json]` (`--cluster`: a
+cluster file `modelcut calibrate` wrote, instead of calibrating in this run; `--save`: the
+cluster, the calibration and the measured cases as JSON, to study them offline).
 """
 from __future__ import annotations
 
@@ -163,7 +163,8 @@ def main() -> None:
               "against the median over the rounds")
         print(f"{'config':18} {'k':>2} {'used':>4} {'m':>2} {'schedule':>10} {'measured ms':>12} "
               f"{'simulated ms':>13} {'error':>7} {'preset sim ms':>14} {'preset error':>13} "
-              f"{'ops':>6} {'upd':>5} {'copy':>5} {'calls':>5} {'outside':>7} {'sim ops':>7} {'median error':>12}  rounds ms")
+              f"{'ops':>6} {'upd':>5} {'copy':>5} {'calls':>5} {'outside':>7} {'sim ops':>7} "
+              f"{'median error':>12}  rounds ms")
         prepared = []
         for config in args.configs:
             for k in args.ks:
