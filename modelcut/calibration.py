@@ -394,7 +394,7 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
         pairs = [(a, b) for a in range(devices) for b in range(a + 1, devices)]
         one_machine = len({n["node"] for n in nodes}) == 1
         if one_machine:          # one kind of processor: the actors' tables differ by load
-            measured = [r[:3] + pooled_tables(measured) for r in measured]
+            measured = [r[:3] + quickest_tables(measured) for r in measured]
         for attempt in range(1, LINK_ATTEMPTS + 1):
             try:
                 base, links = _measure_links(probe, names, pairs, sizes,  # more each time
@@ -442,12 +442,10 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
                        hop_latency=hop)
 
 
-def pooled_tables(measured: Sequence[tuple]) -> tuple[dict, dict]:
-    """The op and update cost tables of `ProbeActor.compute` results pooled over actors of
-    one kind of processor: the tables of the actor whose timed ops took the least time in all
-    (each actor is timed at another moment, and other tenants of a shared host only ever
-    slow ops down, so the quickest is the machine itself, as timeit takes the least of its
-    repeats)."""
+def quickest_tables(measured: Sequence[tuple]) -> tuple[dict, dict]:
+    """The op and update cost tables, of `ProbeActor.compute` results on one kind of
+    processor, of the actor whose timed ops took least in all: each actor is timed at another
+    moment, and the quickest timing counts (modelcut/calibration_costs.py)."""
     quickest = min(measured, key=lambda r: r[5])
     return quickest[3], quickest[4]
 

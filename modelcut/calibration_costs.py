@@ -210,9 +210,7 @@ def executor_steps(runs: Sequence[tuple], placed: Sequence[tuple], steps: int,
 
 def quietest(rounds: np.ndarray) -> np.ndarray:
     """Of a run's rounds (rows of medians, step seconds first), the one with the shortest
-    step: this machine's speed drifts by tens of percent over seconds as other tenants load
-    its host, which only ever slows a step, so the quickest round shows the machine itself
-    (as timeit takes the least of its repeats)."""
+    step (the quickest timing counts: module docstring)."""
     return rounds[int(np.argmin(rounds[:, 0]))]
 
 

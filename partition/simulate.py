@@ -91,9 +91,10 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
     arrays = graph_arrays(graph)
     k = cluster.k
     a = check_assignment(assignment, arrays.n, k)
-    stages = None
-    if schedule is not None:
+    stages = order = None
+    if schedule is not None or cluster.batch_transfers:
         order = quotient_order(quotient_adjacency(arrays, a, k))
+    if schedule is not None:
         if order is None:
             raise PlacementError(f"schedule {schedule!r} needs an acyclic placement: tensors "
                                  "flow in a cycle between devices (partition with acyclic=True)")
@@ -106,9 +107,8 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
     update_time = _update_times(arrays, a, cluster, optimizer)
     segments = None
     if cluster.batch_transfers:
-        order = quotient_order(quotient_adjacency(arrays, a, k))
-        segments = executor_segments(arrays, a, None if order is None else {d: s for s, d in
-                                                                     enumerate(order)})
+        segments = executor_segments(arrays, a, None if order is None else
+                                     {d: s for s, d in enumerate(order)})
     tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time, update_time,
                    segments)
     sequences = (None if stages is None

@@ -165,7 +165,7 @@ def test_calibrate_rejects_bad_counts_before_starting_ray(tmp_path, capsys):
 
 
 def test_the_quickest_timing_counts():
-    from modelcut.calibration import pooled_tables
+    from modelcut.calibration import quickest_tables
     from modelcut.calibration_costs import quietest
 
     rounds = np.array([[3e-3, 2e-3, 2.5e-3], [2e-3, 1.9e-3, 1.95e-3], [4e-3, 1e-3, 3e-3]])
@@ -173,4 +173,4 @@ def test_the_quickest_timing_counts():
     actors = [({}, {}, 0.0, {"add": (1.0, 0, 0)}, {"sgd": (1.0, 0)}, 0.5),
               ({}, {}, 0.0, {"add": (2.0, 0, 0)}, {"sgd": (2.0, 0)}, 0.3),
               ({}, {}, 0.0, {"add": (3.0, 0, 0)}, {"sgd": (3.0, 0)}, 0.4)]
-    assert pooled_tables(actors) == ({"add": (2.0, 0, 0)}, {"sgd": (2.0, 0)})
+    assert quickest_tables(actors) == ({"add": (2.0, 0, 0)}, {"sgd": (2.0, 0)})
