@@ -103,7 +103,9 @@ def test_calibrate_writes_a_cluster_file_that_a_config_loads(tmp_path, capsys):
         assert device.rate("matmul") == device.flops
         assert device.rate("conv2d") == entry["op_flops"]["conv2d"] > 0
         assert device.rate("gelu") == entry["op_flops"]["*"] > 0
-    assert cluster.step_overhead == written["step_overhead"] > 0
+    # fitted by non-negative least squares on 3 noisy steps a probe: 0 is a valid fit (the fit
+    # itself is checked against a simulated truth below); here, that it is written and read
+    assert cluster.step_overhead == written["step_overhead"] >= 0
     assert "per hop between actors (Ray executor)" in " ".join(printed.split())
     # the cost tables are written and read back
     for device, entry in zip(cluster.devices, written["devices"]):
