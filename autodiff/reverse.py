@@ -3,10 +3,13 @@
 Each gradient node is tagged with `grad_of` = the forward node whose rule emitted it, which
 is where the executor places it. Fan-out contributions are summed by one `add_n` node tagged
 with the producer; broadcasting is undone in one place (`sum_to_shape`), tagged with the
-consumer so a gradient is reduced before it travels.
+consumer so a gradient is reduced before it travels. `vjp` records the routing it creates
+(`GradientRouting`: each node's gradient parts, fan-in sum and gradient tensor) in
+`meta["grad_routing"]`, so the executor reads it instead of re-deriving it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -34,12 +37,39 @@ def sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
     return out
 
 
-def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None
-             ) -> list[Tensor | None]:
+@dataclass
+class GradientRouting:
+    """Which gradient tensor flows along which forward edge, as reverse mode created it.
+
+    `parts[x]`: the (consumer c, tensor u) contributions to forward node x, in the order
+    reverse mode appended them (consumers in reverse topological order, input slots in
+    order): c's backward rule sent u to x. `fan_in[x]`: the add_n summing x's parts (when
+    there are two or more). `gradient[x]`: the tensor holding x's whole gradient. `seed`:
+    the output gradient's node. A part u whose `grad_of` is not c is c's own gradient
+    passed through untouched (identity rules such as `add`).
+    """
+
+    parts: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    fan_in: dict[str, str] = field(default_factory=dict)
+    gradient: dict[str, str] = field(default_factory=dict)
+    seed: str | None = None
+
+    def restricted_to(self, names: set[str]) -> "GradientRouting":
+        """The routing of the tensors in `names` (after unread gradient nodes are dropped)."""
+        return GradientRouting(
+            parts={x: ps for x, ps in self.parts.items() if all(u in names for _, u in ps)},
+            fan_in={x: g for x, g in self.fan_in.items() if g in names},
+            gradient={x: g for x, g in self.gradient.items() if g in names},
+            seed=self.seed if self.seed in names else None)
+
+
+def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
+             routing: GradientRouting | None = None) -> list[Tensor | None]:
     """Gradients of `output` w.r.t. each of `wrt`, as new nodes of output's tracer.
 
     None for a `wrt` that does not reach the output. `seed` is the upstream gradient
-    (default: ones of output's shape, i.e. d output / d output).
+    (default: ones of output's shape, i.e. d output / d output). `routing`, when given,
+    receives the gradient routing the new nodes implement.
     """
     tracer = output.tracer
     nodes = tracer.nodes
@@ -62,10 +92,13 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None
 
     tensors = {}
     contributions: dict[str, list[Tensor]] = {}
+    senders: dict[str, list[str]] = {}           # the consumer behind each contribution
     with tracer.scope(grad_of=output.name):
         if seed is None:
             seed = tracer.const(np.ones(output.shape, dtype=output.dtype), name="grad_seed")
     contributions[output.name] = [seed]
+    routing = GradientRouting() if routing is None else routing
+    routing.seed = seed.name
     wanted = {t.name for t in wrt}
     result: dict[str, Tensor] = {}
     for node in reversed(nodes[start:end + 1]):
@@ -74,6 +107,12 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None
             continue
         with tracer.scope(grad_of=node.name):
             g = parts[0] if len(parts) == 1 else anp.add_n(*parts)
+        routing.gradient[node.name] = g.name
+        if node.name in senders:
+            routing.parts[node.name] = tuple(zip(senders.pop(node.name),
+                                                 (p.name for p in parts)))
+        if len(parts) > 1:
+            routing.fan_in[node.name] = g.name
         if node.name in wanted:
             result[node.name] = g
         if node.is_source or node.name not in on_path or not node.inputs:
@@ -91,6 +130,7 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None
                 if gx is None or x.name not in on_path:
                     continue
                 contributions.setdefault(x.name, []).append(sum_to_shape(gx, x.shape))
+                senders.setdefault(x.name, []).append(node.name)
     return [result.get(t.name) for t in wrt]
 
 
@@ -108,7 +148,8 @@ def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = Non
     """The training graph: `graph`'s nodes followed by the gradient nodes of its loss.
 
     `wrt` defaults to every param. Outputs are the loss followed by one gradient per
-    `wrt` node that reaches the loss; `meta["grads"]` maps each such node to its gradient.
+    `wrt` node that reaches the loss; `meta["grads"]` maps each such node to its gradient
+    and `meta["grad_routing"]` holds the `GradientRouting` of the gradient nodes.
     """
     output = output or graph.outputs[0]
     loss = graph[output]
@@ -121,11 +162,14 @@ def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = Non
         tracer.values[node.name] = None
         tracer._names.add(node.name)
     tracer.updates = dict(graph.meta.get("updates", {}))
-    grads = backward(Tensor(tracer, loss), [Tensor(tracer, graph[w]) for w in wrt])
+    routing = GradientRouting()
+    grads = backward(Tensor(tracer, loss), [Tensor(tracer, graph[w]) for w in wrt],
+                     routing=routing)
     mapping = {w: g.name for w, g in zip(wrt, grads) if g is not None}
     _drop_unused_gradient_nodes(tracer, len(graph.nodes), [output, *mapping.values()])
     out = tracer.graph([output, *mapping.values()], name=graph.name)
     out.meta.update(graph.meta)
     out.meta["grads"] = mapping
     out.meta["loss"] = output
+    out.meta["grad_routing"] = routing.restricted_to({n.name for n in out.nodes})
     return out
