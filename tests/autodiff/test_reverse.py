@@ -116,3 +116,39 @@ def test_gradient_of_broadcast_bias_matches_numeric():
     rng = np.random.default_rng(1)
     ad.check_grad(lambda x, b: anp.tanh(x * b + b).sum(), rng.normal(size=(5, 3)),
                   rng.normal(size=3))
+
+
+def test_vjp_records_gradient_routing():
+    # h = x @ w feeds sin(h) and add(h, b); s = sin(h) + (h + b); loss = sum(s).
+    # Reverse mode visits `add_1` (h + b) before `sin` (reverse topological order), so h's
+    # parts are (add_1, its pass-through gradient) then (sin, sin's rule output); their sum is
+    # h's fan-in; b is reached only through add_1's identity rule.
+    def f(x, w, b):
+        h = x @ w
+        return anp.sum(anp.sin(h) + (h + b))
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 4)), rng.normal(size=(2, 4))
+    graph = ad.trace(f, x, w, b)
+    training = ad.vjp(graph, wrt=["arg1", "arg2"])
+    routing = training.meta["grad_routing"]
+    h = next(n for n in graph.nodes if n.op == "matmul").name
+    sin = next(n for n in graph.nodes if n.op == "sin").name
+    inner = next(n for n in graph.nodes if n.op == "add" and h in n.inputs).name
+    outer = next(n for n in graph.nodes if n.op == "add" and sin in n.inputs).name
+    consumers = [c for c, _ in routing.parts[h]]
+    assert consumers == [inner, sin]
+    fan_in = training[routing.fan_in[h]]
+    assert fan_in.op == "add_n" and fan_in.grad_of == h
+    assert list(fan_in.inputs) == [u for _, u in routing.parts[h]]
+    assert routing.gradient[h] == fan_in.name
+    # sin's part was emitted by sin's rule; add_1's part is add_1's own gradient passed on.
+    assert training[routing.parts[h][1][1]].grad_of == sin
+    assert routing.parts[h][0][1] == routing.gradient[inner]
+    assert routing.gradient[inner] == routing.gradient[outer]
+    assert routing.parts["arg2"] == ((inner, routing.gradient[inner]),)
+    assert training.meta["grads"]["arg2"] == routing.gradient["arg2"]
+    assert routing.seed == routing.gradient[graph.outputs[0]]
+    # every recorded tensor exists in the training graph (unread gradient nodes are dropped)
+    names = {n.name for n in training.nodes}
+    recorded = [u for ps in routing.parts.values() for _, u in ps]
+    assert set(recorded) | set(routing.gradient.values()) <= names
