@@ -89,14 +89,23 @@ def lookup(name: str, node: str | None = None) -> OpDef:
 
 def estimate_flops(graph: Graph, node: Node) -> int:
     """Forward FLOPs from the registry's rule and the input shapes; 0 for opaque ops."""
+    return rule_flops(node, [graph[i].shape for i in node.inputs])
+
+
+def rule_flops(node: Node, input_shapes) -> int:
+    """The registry's FLOPs estimate of `node` given its inputs' shapes; 0 for opaque ops."""
     op = registry().get(node.op)
     if op is None:
         return 0
-    shapes = [graph[i].shape for i in node.inputs]
     try:
-        return int(op.flops(shapes, node.shape, **node.attrs))
+        return int(op.flops(input_shapes, node.shape, **node.attrs))
     except Exception:  # an op read from a file with attrs our rule does not understand
         return 0
+
+
+def node_flops(node: Node, input_shapes) -> int:
+    """Forward FLOPs of `node`: its explicit annotation, else the registry's estimate."""
+    return node.flops if node.flops is not None else rule_flops(node, input_shapes)
 
 
 def kept_for_backward(graph: Graph) -> np.ndarray:

@@ -1,0 +1,151 @@
+"""The step simulator: times the executor's own Plan on a cluster model.
+
+A Plan (executor/plan.py) is the one description of a training step; this module dry-runs
+it as torch pipelining's simulator dry-runs the action lists its runtime executes, so the
+prediction has the executor's structure (blocks, schedule, partial sums, relays) by
+construction. The rules, which emulated devices (executor/emulate.py) enforce for real:
+
+- a device runs its blocks in program order, one step at a time;
+- `Compute`: each node costs `op_overhead + flops / rate(op)` on its device; `Accumulate`
+  one add over the tensor's elements; `ApplyUpdate` `UPDATE_FLOPS[optimizer]` per parameter
+  element (kind "update"), plus one `op_overhead` per parameter; `SetState` one scale;
+- `Send` costs its device nothing: the transfer starts when the link is free and occupies
+  the directed link for `latency + bytes / bandwidth`; transfers on one link keep their
+  order; `Recv` waits until the tensor has arrived;
+- the step ends when the last device finishes, plus the cluster's `step_overhead`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autodiff.ir import Node
+from autodiff.ops.registry import node_flops
+from executor.program import (Accumulate, ApplyUpdate, Compute, Plan, Recv, Send, SetState)
+from partition.cluster import Cluster
+
+# FLOPs per parameter element of one optimizer update (the arithmetic of executor/optim.py).
+UPDATE_FLOPS = {"sgd": 2, "momentum": 4, "adam": 12}
+
+
+@dataclass(frozen=True)
+class BlockTime:
+    """When one block of one device ran (seconds from the step's start)."""
+
+    device: int
+    label: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class PlanTiming:
+    """A simulated step of a Plan: its time, each device's compute seconds and busy
+    fraction, the pipeline bubble (1 - busy time / (stages * step time); None without
+    stages) and every block's interval."""
+
+    step_time: float
+    compute: tuple[float, ...]
+    busy: tuple[float, ...]
+    bubble: float | None
+    blocks: tuple[BlockTime, ...]
+
+    def to_dict(self) -> dict:
+        return {"step_time": self.step_time, "compute": list(self.compute),
+                "busy": list(self.busy), "bubble": self.bubble,
+                "blocks": [[b.device, b.label, b.start, b.end] for b in self.blocks]}
+
+
+class StepCosts:
+    """Seconds of each step kind of a Plan on a cluster (the model emulation pads to)."""
+
+    def __init__(self, plan: Plan, cluster: Cluster, optimizer: str | None = None):
+        if cluster.k != plan.k:
+            raise ValueError(f"the plan has {plan.k} devices, the cluster {cluster.k}")
+        self.plan, self.cluster = plan, cluster
+        self.update_flops = UPDATE_FLOPS.get(optimizer or "sgd", UPDATE_FLOPS["sgd"])
+        self.shapes = {n.name: n.shape for n in plan.training.nodes}
+        for p in plan.programs:
+            self.shapes.update((name, node.shape) for name, node in p.nodes.items())
+        self._node_seconds: dict[tuple[int, str], float] = {}
+
+    def node(self, device: int, node: Node) -> float:
+        """One node's compute seconds on `device`."""
+        key = (device, node.name)
+        if key not in self._node_seconds:
+            dev = self.cluster.devices[device]
+            flops = node_flops(node, [self.shapes.get(i, ()) for i in node.inputs])
+            self._node_seconds[key] = 0.0 if node.is_source else (
+                dev.op_overhead + flops / dev.rate(node.op))
+        return self._node_seconds[key]
+
+    def elementwise(self, device: int, tensor: str, op: str, per_element: float = 1) -> float:
+        dev = self.cluster.devices[device]
+        return dev.op_overhead + per_element * _elements(self.shapes, tensor) / dev.rate(op)
+
+    def update(self, device: int, params: tuple[str, ...]) -> float:
+        return sum(self.elementwise(device, p, "update", self.update_flops) for p in params)
+
+    def transfer(self, source: int, target: int, tensor: str) -> float:
+        return self.cluster.transfer_time(source, target, self.plan.nbytes[tensor])
+
+    def step(self, device: int, step) -> float:
+        """Compute seconds of one step of device's program (0 for Send and Recv)."""
+        if isinstance(step, Compute):
+            nodes = self.plan.programs[device].nodes
+            return sum(self.node(device, nodes[name]) for name in step.nodes)
+        if isinstance(step, Accumulate):
+            return self.elementwise(device, step.tensor, "add")
+        if isinstance(step, ApplyUpdate):
+            return self.update(device, tuple(p for p, g in zip(step.params, step.grads)
+                                             if g is not None))
+        if isinstance(step, SetState):
+            return self.elementwise(device, step.tensor, "multiply")
+        return 0.0
+
+
+def _elements(shapes: dict, tensor: str) -> int:
+    return int(np.prod(shapes.get(tensor, ()), dtype=np.int64))
+
+
+def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> PlanTiming:
+    """Time one step of `plan` on `cluster` by the rules of the module docstring."""
+    costs = StepCosts(plan, cluster, optimizer)
+    k = plan.k
+    clock = np.zeros(k)
+    compute = np.zeros(k)
+    link_free = np.zeros((k, k))
+    arrival: dict[tuple, float] = {}
+    blocks: list[BlockTime] = []
+    # plan.order runs every block after the blocks that send to it, and each directed link
+    # is fed by one device in its program order: one pass in that order is the event order.
+    for d, i in plan.order:
+        program = plan.programs[d]
+        block = program.blocks[i]
+        start = clock[d]
+        for step in block.steps:
+            if isinstance(step, Recv):
+                key = (step.tensor, program.key(step.tensor, block.micro_batch)[1],
+                       step.source, d)
+                clock[d] = max(clock[d], arrival[key])
+            elif isinstance(step, Send):
+                begin = max(clock[d], link_free[d, step.target])
+                link_free[d, step.target] = begin + costs.transfer(d, step.target,
+                                                                   step.arrives_as)
+                key = (step.arrives_as, program.key(step.tensor, block.micro_batch)[1], d,
+                       step.target)
+                arrival[key] = link_free[d, step.target]
+            else:
+                seconds = costs.step(d, step)
+                clock[d] += seconds
+                compute[d] += seconds
+        blocks.append(BlockTime(d, block.label, float(start), float(clock[d])))
+    step_time = float(clock.max(initial=0.0)) + cluster.step_overhead
+    busy = compute / step_time if step_time > 0 else np.zeros(k)
+    bubble = None
+    if plan.stages is not None and step_time > 0:
+        stages = list(plan.stages)
+        bubble = float(1.0 - compute[stages].sum() / (len(stages) * step_time))
+    return PlanTiming(step_time, tuple(map(float, compute)), tuple(map(float, busy)), bubble,
+                      tuple(blocks))
