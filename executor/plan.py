@@ -44,7 +44,7 @@ from autodiff.reverse import vjp
 from executor.errors import PlanError
 from executor.gradflow import gradient_flow
 from executor.program import (Accumulate, ApplyUpdate, Block, Compute, Plan, Program, Recv,
-                              Send, SetState, validate_plan)
+                              Send, SetState, transfer_key, validate_plan)
 from executor.schedules import make_schedule, validate as validate_schedule
 from partition.cost import graph_arrays
 from partition.errors import PlacementError
@@ -527,12 +527,10 @@ def _global_order(programs: list[Program]) -> tuple[tuple[int, int], ...]:
         for p in programs:
             while position[p.device] < len(p.blocks):
                 blk = p.blocks[position[p.device]]
-                if any((r.tensor, p.key(r.tensor, blk.micro_batch)[1], r.source, p.device)
-                       not in delivered for r in blk.receives):
+                if any(transfer_key(p, blk, r) not in delivered for r in blk.receives):
                     break
                 for s in blk.sends:
-                    delivered.add((s.arrives_as, p.key(s.tensor, blk.micro_batch)[1], p.device,
-                                   s.target))
+                    delivered.add(transfer_key(p, blk, s))
                 order.append((p.device, position[p.device]))
                 position[p.device] += 1
                 progressed = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping, Union
+from typing import Mapping, NamedTuple, Union
 
 import numpy as np
 
@@ -219,6 +219,24 @@ class Plan:
                 "programs": [p.to_dict() for p in self.programs]}
 
 
+class TransferKey(NamedTuple):
+    """One tensor crossing one link for one micro-batch: what a Send and its Recv share."""
+
+    tensor: str                  # the name it arrives under
+    micro_batch: int | None      # None for per-step tensors
+    source: int
+    target: int
+
+
+def transfer_key(program: Program, block: Block, step: Recv | Send) -> TransferKey:
+    """The key of a Recv or Send step of `program`'s `block` (equal for matching pairs)."""
+    if isinstance(step, Recv):
+        return TransferKey(step.tensor, program.key(step.tensor, block.micro_batch)[1],
+                           step.source, program.device)
+    return TransferKey(step.arrives_as, program.key(step.tensor, block.micro_batch)[1],
+                       program.device, step.target)
+
+
 def validate_plan(plan: Plan) -> None:
     """Check the plan's invariants, raising PlanError naming device, block and tensor:
     every Recv is matched by exactly one Send of the same tensor and micro-batch from its
@@ -244,12 +262,12 @@ def validate_plan(plan: Plan) -> None:
                                     f"{counts[tensor]} of {m} micro-batches")
             for s in b.steps:
                 if isinstance(s, Recv):
-                    key = (s.tensor, p.key(s.tensor, b.micro_batch)[1], s.source, p.device)
+                    key = transfer_key(p, b, s)
                     received[key] = received.get(key, 0) + 1
                     have.add(p.key(s.tensor, b.micro_batch))
                 elif isinstance(s, Send):
                     read(s.tensor, f"send to d{s.target}")
-                    key = (s.arrives_as, p.key(s.tensor, b.micro_batch)[1], p.device, s.target)
+                    key = transfer_key(p, b, s)
                     sent[key] = sent.get(key, 0) + 1
                 elif isinstance(s, Compute):
                     for name in s.nodes:
@@ -289,9 +307,8 @@ def validate_plan(plan: Plan) -> None:
         position[d] += 1
         b = p.blocks[i]
         for r in b.receives:
-            key = (r.tensor, p.key(r.tensor, b.micro_batch)[1], r.source, d)
-            if key not in delivered:
+            if transfer_key(p, b, r) not in delivered:
                 raise PlanError(f"plan: device {d} block {b.label} receives {r.tensor!r} before "
                                 f"device {r.source} sends it in the global order")
         for s in b.sends:
-            delivered.add((s.arrives_as, p.key(s.tensor, b.micro_batch)[1], d, s.target))
+            delivered.add(transfer_key(p, b, s))

@@ -22,7 +22,8 @@ import numpy as np
 
 from autodiff.ir import Node
 from autodiff.ops.registry import node_flops
-from executor.program import (Accumulate, ApplyUpdate, Compute, Plan, Recv, Send, SetState)
+from executor.program import (Accumulate, ApplyUpdate, Compute, Plan, Recv, Send, SetState,
+                              transfer_key)
 from partition.cluster import Cluster
 
 # FLOPs per parameter element of one optimizer update (the arithmetic of executor/optim.py).
@@ -126,16 +127,12 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
         start = clock[d]
         for step in block.steps:
             if isinstance(step, Recv):
-                key = (step.tensor, program.key(step.tensor, block.micro_batch)[1],
-                       step.source, d)
-                clock[d] = max(clock[d], arrival[key])
+                clock[d] = max(clock[d], arrival[transfer_key(program, block, step)])
             elif isinstance(step, Send):
                 begin = max(clock[d], link_free[d, step.target])
                 link_free[d, step.target] = begin + costs.transfer(d, step.target,
                                                                    step.arrives_as)
-                key = (step.arrives_as, program.key(step.tensor, block.micro_batch)[1], d,
-                       step.target)
-                arrival[key] = link_free[d, step.target]
+                arrival[transfer_key(program, block, step)] = link_free[d, step.target]
             else:
                 seconds = costs.step(d, step)
                 clock[d] += seconds
