@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -85,6 +85,47 @@ def const_value(node: Node) -> np.ndarray:
     raise ExecutionError(f"const node {node.name!r}: unknown fill {fill!r}")
 
 
+@dataclass(frozen=True)
+class NodeKernel:
+    """How one node is computed, shared by the Interpreter and the executor's DeviceWorker:
+    its op's numpy forward (or its seeded random draw), attributes and result dtype."""
+
+    node: Node
+    forward: Callable
+    random: bool
+    dtype: np.dtype | None          # None: keep what the forward returns (bfloat16)
+
+    @classmethod
+    def of(cls, node: Node) -> "NodeKernel":
+        op = lookup(node.op, node.name)
+        return cls(node, op.forward, bool(op.random),
+                   None if node.dtype == "bfloat16" else np.dtype(node.dtype))
+
+    def __call__(self, args, step: int, micro_batch: int) -> np.ndarray:
+        node = self.node
+        r = (draw_random(node, step, micro_batch) if self.random
+             else self.forward(*args, **node.attrs))
+        if self.dtype is not None and getattr(r, "dtype", None) != self.dtype:
+            r = np.asarray(r, dtype=self.dtype)
+        return r
+
+    def failure(self, exc: Exception, args, where: str) -> str:
+        """The message for `exc` raised by this node on `args`, prefixed by `where`."""
+        node = self.node
+        shapes = ", ".join(f"{x}: {list(np.shape(v))}" for x, v in zip(node.inputs, args))
+        return f"{where}node {node.name!r} ({node.op}({shapes})) failed: {type(exc).__name__}: {exc}"
+
+
+class Instruction(NamedTuple):
+    """One step of the Interpreter's program: run `kernel` on the values in slots `ins`,
+    store the result in slot `out`, then free the slots `frees` (their last use)."""
+
+    kernel: NodeKernel
+    ins: tuple[int, ...]
+    out: int
+    frees: tuple[int, ...]
+
+
 class Interpreter:
     """A graph compiled for repeated runs (see module docstring)."""
 
@@ -111,7 +152,7 @@ class Interpreter:
         self.boundary = next((i for i, nd in enumerate(nodes) if nd.grad_of is not None
                               and not nd.is_source), n)
         self.sources: list[tuple[int, Node]] = []
-        self.program: list[tuple] = []
+        self.program: list[Instruction] = []
         self.consts: dict[int, np.ndarray] = {}
         for i, node in enumerate(nodes):
             if node.op == "const":
@@ -119,11 +160,9 @@ class Interpreter:
             if node.is_source:
                 self.sources.append((i, node))
                 continue
-            op = lookup(node.op, node.name)
-            ins = tuple(index[x] for x in node.inputs)
-            kind = "random" if op.random else "op"
-            self.program.append((kind, op.forward, ins, node.attrs, i, np.dtype(node.dtype)
-                                 if node.dtype != "bfloat16" else None, tuple(frees[i])))
+            self.program.append(Instruction(NodeKernel.of(node),
+                                            tuple(index[x] for x in node.inputs), i,
+                                            tuple(frees[i])))
         self.source_frees = {i: tuple(frees[i]) for i, _ in self.sources if frees[i]}
         self.index = index
         # Forward values read by some gradient node: what the backward keeps.
@@ -159,16 +198,11 @@ class Interpreter:
         boundary = self.boundary
         k = -1
         try:
-            for k, (kind, fn, ins, attrs, out, dtype, frees) in enumerate(self.program):
+            for k, (kernel, ins, out, frees) in enumerate(self.program):
                 if out == boundary:
                     saved = frozenset(nodes[s].name for s in self.saved_slots
                                       if vals[s] is not None)
-                if kind == "op":
-                    r = fn(*[vals[j] for j in ins], **attrs)
-                    if dtype is not None and getattr(r, "dtype", None) != dtype:
-                        r = np.asarray(r, dtype=dtype)
-                else:
-                    r = draw_random(nodes[out], step, micro_batch)
+                r = kernel([vals[j] for j in ins], step, micro_batch)
                 vals[out] = r
                 held += r.nbytes
                 if held > peak:
@@ -179,10 +213,9 @@ class Interpreter:
         except ExecutionError:
             raise
         except Exception as e:
-            node = nodes[self.program[k][4]]
-            shapes = ", ".join(f"{x}: {list(np.shape(vals[self.index[x]]))}" for x in node.inputs)
-            raise ExecutionError(f"{self.graph.name}: node {node.name!r} ({node.op}({shapes})) "
-                                 f"failed: {type(e).__name__}: {e}") from e
+            kernel, ins = self.program[k].kernel, self.program[k].ins
+            raise ExecutionError(kernel.failure(e, [vals[j] for j in ins],
+                                                f"{self.graph.name}: ")) from e
         names = self.output_names if outputs is None else list(outputs)
         result = {}
         for name in names:

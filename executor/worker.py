@@ -13,9 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from autodiff.interpreter import const_value, retain_freed_memory
-from autodiff.ops.registry import lookup
-from autodiff.ops.sources import draw_random
+from autodiff.interpreter import NodeKernel, const_value, retain_freed_memory
 from executor.accumulate import add_matmul, fused_products, stacked_product
 from executor.errors import ExecutorError
 from executor.optim import Optimizer
@@ -74,12 +72,9 @@ class DeviceWorker:
         self.update_seconds = 0.0
         self.peak_value_bytes = 0
 
-    def _kernel(self, node):
-        if node.is_source:
-            return None
-        op = lookup(node.op, node.name)
-        dtype = None if node.dtype == "bfloat16" else np.dtype(node.dtype)
-        return op.random, op.forward, node.inputs, node.attrs, dtype
+    @staticmethod
+    def _kernel(node) -> NodeKernel | None:
+        return None if node.is_source else NodeKernel.of(node)
 
     # ------------------------------------------------------------------ a step
     def begin_step(self, step: int, feeds: Mapping[tuple[str, int], np.ndarray]) -> None:
@@ -168,19 +163,12 @@ class DeviceWorker:
             except KeyError:
                 raise ExecutorError(f"device {self.device}: no feed for input {name!r} "
                                     f"(micro-batch {mb})") from None
-        random, fn, inputs, attrs, dtype = self.kernels[name]
-        if random:
-            result = draw_random(node, self.step, 0 if mb is None else mb)
-        else:
-            args = [self.values[program.key(x, mb)] for x in inputs]
-            try:
-                result = fn(*args, **attrs)
-            except Exception as e:
-                shapes = ", ".join(f"{x}: {list(np.shape(v))}" for x, v in zip(inputs, args))
-                raise ExecutorError(f"device {self.device}: node {name!r} ({node.op}({shapes})) "
-                                    f"failed: {type(e).__name__}: {e}") from e
-        if dtype is not None and getattr(result, "dtype", None) != dtype:
-            result = np.asarray(result, dtype=dtype)
+        kernel = self.kernels[name]
+        args = [] if kernel.random else [self.values[program.key(x, mb)] for x in node.inputs]
+        try:
+            result = kernel(args, self.step, 0 if mb is None else mb)
+        except Exception as e:
+            raise ExecutorError(kernel.failure(e, args, f"device {self.device}: ")) from e
         if name == program.loss:
             self.losses[mb] = float(result)
         return result
