@@ -23,6 +23,7 @@ from executor.errors import ExecutorError
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
 from executor.program import Plan
+from executor.transport import Mailbox
 from executor.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
@@ -138,21 +139,13 @@ class LocalExecutor:
         for w in self.workers:
             w.begin_step(self.step_count, {(x, i): per_mb[i][x] for x in w.program.inputs
                                            for i in range(self.micro_batches)})
-        mailbox: dict[tuple, np.ndarray] = {}
-        link_bytes = np.zeros((self.k, self.k), dtype=np.int64)
+        mailbox = Mailbox(self.k)
         for d, b in plan.order:
-            program = plan.programs[d]
-            block = program.blocks[b]
-            received = {r.tensor: mailbox.pop((r.tensor,
-                                               program.key(r.tensor, block.micro_batch)[1],
-                                               r.source, d)) for r in block.receives}
-            for tensor, target, value in self.workers[d].run_block(b, received):
-                key = program.key(tensor, block.micro_batch)[1]
-                mailbox[(tensor, key, d, target)] = value
-                link_bytes[d, target] += value.nbytes
-        if mailbox:
+            self.workers[d].run(b, mailbox)
+        if mailbox.box:
             raise ExecutorError(f"step {self.step_count}: tensors sent but never received: "
-                                f"{sorted(k[0] for k in mailbox)[:5]}")
+                                f"{sorted(key.tensor for key in mailbox.box)[:5]}")
+        link_bytes = mailbox.link_bytes
         reports = [w.report(grads=return_grads) for w in self.workers]
         result = summarize_step(self.step_count, reports, link_bytes, self.micro_batches,
                                 self.graph if return_grads else None, self.loss_reduction)

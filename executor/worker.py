@@ -17,7 +17,9 @@ from autodiff.interpreter import NodeKernel, const_value, retain_freed_memory
 from executor.accumulate import add_matmul, fused_products, stacked_product
 from executor.errors import ExecutorError
 from executor.optim import Optimizer
-from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState)
+from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState,
+                              transfer_key)
+from executor.transport import CallTransport, Transport
 
 
 class DeviceWorker:
@@ -91,12 +93,18 @@ class DeviceWorker:
 
     def run_block(self, index: int, received: Mapping[str, np.ndarray]
                   ) -> list[tuple[str, int, np.ndarray]]:
-        """Run block `index` of the program; returns what its Send steps send."""
+        """Run block `index` with the tensors one call brought (name -> array); returns what
+        its Send steps send as (name it arrives under, target device, array)."""
+        transport = CallTransport(received)
+        self.run(index, transport)
+        return transport.sent
+
+    def run(self, index: int, transport: Transport) -> None:
+        """Run block `index` of the program, sending and receiving through `transport`."""
         program = self.program
         block = program.blocks[index]
         mb = block.micro_batch
         values = self.values
-        out: list[tuple[str, int, np.ndarray]] = []
         fused = self.fused.get(index, {})
         if self.pending and (mb is None or index == self.start_deferred_in):
             self._finish_deferred()            # the sums are read only in per-step blocks
@@ -110,12 +118,10 @@ class DeviceWorker:
                         values[program.key(name, mb)] = self._run_node(name, mb)
                 self.compute_seconds += time.perf_counter() - start
             elif isinstance(s, Recv):
-                if s.tensor not in received:
-                    raise ExecutorError(f"device {self.device} block {block.label}: tensor "
-                                        f"{s.tensor!r} from device {s.source} was not delivered")
-                values[program.key(s.tensor, mb)] = received[s.tensor]
+                values[program.key(s.tensor, mb)] = transport.receive(
+                    transfer_key(program, block, s))[0]
             elif isinstance(s, Send):
-                out.append((s.arrives_as, s.target, values[program.key(s.tensor, mb)]))
+                transport.send(transfer_key(program, block, s), values[program.key(s.tensor, mb)])
             elif isinstance(s, Accumulate) and s.tensor not in fused:
                 value = values[program.key(s.tensor, mb)]
                 total = values.get((s.into, None))
@@ -139,7 +145,6 @@ class DeviceWorker:
             done = self.release_after[index]
             for key in [key for key in values if key[1] == done]:
                 del values[key]
-        return out
 
     def _held_bytes(self) -> int:
         """Bytes of the step's tensors held now: the values, plus deferred operands that are

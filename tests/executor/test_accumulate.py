@@ -133,17 +133,17 @@ def test_a_first_stage_starts_its_deferred_sums_after_its_last_send():
                              micro_batches=m, schedule="1f1b", defer_weight_grads=True)
     seen: dict[int, list[tuple[str, set[int]]]] = {0: [], 1: []}
     for w in deferred.workers:
-        run_block, finish = w.run_block, w._finish_deferred
+        run, finish = w.run, w._finish_deferred
         where = {}
 
-        def spy_run(index, received, w=w, run_block=run_block, where=where):
+        def spy_run(index, transport, w=w, run=run, where=where):
             where["label"] = w.program.blocks[index].label
-            return run_block(index, received)
+            return run(index, transport)
 
         def spy_finish(w=w, finish=finish, where=where):
             seen[w.device].append((where["label"], {len(p) for _, p in w.pending.values()}))
             finish()
-        w.run_block, w._finish_deferred = spy_run, spy_finish
+        w.run, w._finish_deferred = spy_run, spy_finish
     r1 = one.step(data(0))
     rm = deferred.step(data(0))
     assert rm.loss == pytest.approx(r1.loss, rel=1e-12)

@@ -1,0 +1,64 @@
+"""How a device's Send and Recv steps move tensors: one small interface for every path.
+
+A DeviceWorker runs a block's steps in order and calls its transport at each Send and Recv,
+with the step's TransferKey (executor/program.py). `arrival` carries an emulated device's
+virtual arrival time (executor/emulate.py) and is None otherwise.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from executor.errors import ExecutorError
+from executor.program import TransferKey
+
+
+class Transport(Protocol):
+    """Moves tensors between devices: `send` never waits for the receiver; `receive` waits
+    until the tensor is there."""
+
+    def send(self, key: TransferKey, value: np.ndarray, arrival: float | None = None) -> None:
+        ...
+
+    def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
+        ...
+
+
+class Mailbox:
+    """In-process transport: tensors wait in a dict until their receive (the local executor
+    runs blocks in the plan's global order, so every receive finds its tensor)."""
+
+    def __init__(self, k: int):
+        self.box: dict[TransferKey, tuple[np.ndarray, float | None]] = {}
+        self.link_bytes = np.zeros((k, k), dtype=np.int64)
+
+    def send(self, key: TransferKey, value: np.ndarray, arrival: float | None = None) -> None:
+        self.box[key] = (value, arrival)
+        self.link_bytes[key.source, key.target] += value.nbytes
+
+    def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
+        try:
+            return self.box.pop(key)
+        except KeyError:
+            raise ExecutorError(f"device {key.target}: tensor {key.tensor!r} (micro-batch "
+                                f"{key.micro_batch}) from device {key.source} was not "
+                                "delivered") from None
+
+
+class CallTransport:
+    """One actor call's transport: receives come with the call (tensor name -> array) and
+    sends are collected as (name it arrives under, target device, array) for its return."""
+
+    def __init__(self, received: Mapping[str, np.ndarray]):
+        self.received = received
+        self.sent: list[tuple[str, int, np.ndarray]] = []
+
+    def send(self, key: TransferKey, value: np.ndarray, arrival: float | None = None) -> None:
+        self.sent.append((key.tensor, key.target, value))
+
+    def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
+        if key.tensor not in self.received:
+            raise ExecutorError(f"device {key.target}: tensor {key.tensor!r} from device "
+                                f"{key.source} was not delivered")
+        return self.received[key.tensor], None
