@@ -4,18 +4,21 @@ gradients (float64, 1e-12); the vocab-parallel loss never holds the full logits;
 requests name the node; the local executor trains a sharded graph placed across devices."""
 from __future__ import annotations
 
+import doctest
 import json
 
 import numpy as np
 import pytest
 
+import autodiff.shard
 from autodiff.interpreter import evaluate
+from autodiff.io import load_graph, save_graph
 from autodiff.ir import Graph, GraphError
 from autodiff.models import gpt, init_params, make_data, mlp, resnet
 from autodiff.ops.registry import registry
 from autodiff.reverse import vjp
-from autodiff.shard import (ShardSpec, join_params, shard_graph, shard_index, shard_record,
-                            split_params)
+from autodiff.shard import (ShardSpec, join_params, shard_bounds, shard_graph, shard_index,
+                            shard_record, split_params)
 
 TOL = 1e-12
 
@@ -151,6 +154,39 @@ def test_split_and_join_are_inverse_and_check_shapes():
     np.testing.assert_array_equal(partial["layer0.weight"][:, 4:], 0)
 
 
+def test_the_docstring_example_runs():
+    failures, tried = doctest.testmod(autodiff.shard)
+    assert tried > 5 and failures == 0
+
+
+def test_uneven_shards_when_asked():
+    assert shard_bounds(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    g = mlp(layers=1, width=10, in_features=6, classes=7, batch=5, dtype="float64")
+    fc, head = matmul_of(g, "layer0.weight"), matmul_of(g, "head.weight")
+    ce = g.by_op("cross_entropy")[0].name
+    with pytest.raises(GraphError, match="4 shards do not divide.*uneven=True"):
+        shard_graph(g, {fc: 4})
+    s = shard_graph(g, {fc: ShardSpec(4, "out", uneven=True),
+                        head: ShardSpec(3, "out", uneven=True),
+                        ce: ShardSpec(3, "vocab", uneven=True)})
+    assert [s[f"{fc}.shard{i}of4"].shape for i in range(4)] == [(5, 3), (5, 3), (5, 2), (5, 2)]
+    assert [s[f"{ce}.shard{i}of3.target"].attrs["offset"] for i in range(3)] == [0, 3, 5]
+    check_equivalent(g, s, "mlp")
+
+
+def test_the_parameter_record_survives_a_graph_file(tmp_path):
+    g = small_mlp()
+    s = shard_graph(g, {matmul_of(g, "layer0.weight"): 2, matmul_of(g, "layer1.weight"):
+                        ShardSpec(4, "reduce")})
+    save_graph(s, tmp_path / "sharded.json.gz")
+    back = load_graph(tmp_path / "sharded.json.gz")
+    assert "shards" not in back.meta
+    assert shard_record(back)["params"] == shard_record(s)["params"]
+    params = init_params(g, 0)
+    np.testing.assert_array_equal(join_params(back, split_params(back, params))["layer1.weight"],
+                                  params["layer1.weight"])
+
+
 # -------------------------------------------------------------------- GPT
 VOCAB = 12
 
@@ -209,7 +245,8 @@ def test_resnet_convolutions_split_by_output_channels():
     ({"nope": 2}, "'nope'.*no node"),
     ({"relu": 2}, "'relu' \\(relu\\).*only"),
     ({"matmul": 3}, "'matmul'.*3 shards do not divide the output features of size 8"),
-    ({"matmul": 16}, "'matmul'.*16 shards do not divide"),
+    ({"matmul": 16}, "'matmul'.*16 shards exceed the output features of size 8"),
+    ({"take": 2}, "'take'.*no node"),
     ({"matmul": ShardSpec(2, "rows")}, "'matmul'.*mode 'rows'"),
     ({"matmul": 0}, "'matmul'.*positive integer"),
     ({"cross_entropy": 3}, "'cross_entropy'.*do not divide the classes"),
