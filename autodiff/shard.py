@@ -52,14 +52,13 @@ import numpy as np
 from autodiff.ir import Graph, GraphError, Node
 from autodiff.ops.registry import ShapeError, lookup
 from autodiff.ops.shape import encode_index
+from autodiff.shard_follow import follow_rule, shard_bounds
+
+__all__ = ["MODES", "ShardSpec", "join_params", "shard_bounds", "shard_graph", "shard_index",
+           "shard_record", "split_params"]
 
 MODES = {"matmul": ("out", "reduce"), "take": ("rows",), "conv2d": ("channels",),
          "cross_entropy": ("vocab",)}
-ELEMENTWISE = frozenset({
-    "add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "where", "negative",
-    "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "sign", "relu", "gelu", "sigmoid",
-    "astype", "stop_gradient", "straight_through", "dropout", "add_n", "greater", "less",
-    "greater_equal", "less_equal", "equal"})
 _SHARD_NAME = re.compile(r"\.(?:shard|slice)(\d+)of(\d+)")
 
 
@@ -78,13 +77,6 @@ class ShardSpec:
 
     def to_dict(self) -> dict:
         return {"shards": self.shards, "mode": self.mode, "uneven": self.uneven}
-
-
-def shard_bounds(size: int, n: int) -> list[tuple[int, int]]:
-    """[start, stop) of each of n shards of an axis of `size` (numpy.array_split's sizes)."""
-    q, r = divmod(size, n)
-    starts = [i * q + min(i, r) for i in range(n + 1)]
-    return [(starts[i], starts[i + 1]) for i in range(n)]
 
 
 def shard_index(name: str) -> tuple[int, int] | None:
@@ -210,11 +202,7 @@ class _Rewriter:
             elif node.name in self.plan and self.plan[node.name].shards > 1:
                 spec = self.plan[node.name]
                 getattr(self, f"_{node.op}")(node, spec.shards, spec.mode)
-            elif node.op in ELEMENTWISE and any(i in self.split for i in node.inputs):
-                self._follow(node)
-            elif node.op == "transpose" and node.inputs[0] in self.split:
-                self._follow_transpose(node)
-            else:
+            elif not self._follow(node):
                 self._copy(node)
         updates = self.graph.meta.get("updates", {})
         for name in [*self.graph.outputs, *updates, *updates.values()]:
@@ -337,34 +325,24 @@ class _Rewriter:
         self.whole.add(node.name)
 
     # ------------------------------------------------------------ followers
-    def _follow(self, node: Node) -> None:
-        """An elementwise op on a split input: one op per shard, split like that input."""
-        src = next(i for i in node.inputs if i in self.split)
-        axis, parts = self.split[src]
-        n = len(parts)
-        out_axis = axis + len(node.shape) - len(self.graph[src].shape)
-        per_input = []
-        for i in node.inputs:
-            ax = out_axis - (len(node.shape) - len(self.graph[i].shape))
-            if ax < 0 or self.graph[i].shape[ax] == 1:
-                per_input.append([self.whole_of(i)] * n)
-            else:
-                per_input.append(self.shards_of(i, ax, n))
+    def _follow(self, node: Node) -> bool:
+        """Run `node` once per shard of a split input when a follow rule allows it."""
+        split = [(self.split[i][0], len(self.split[i][1])) if i in self.split else None
+                 for i in node.inputs]
+        if not any(split):
+            return False
+        rule = follow_rule(node, [self.graph[i].shape for i in node.inputs], split)
+        if rule is None:
+            return False
+        n = rule.shards
+        per_input = [[self.whole_of(i)] * n if ax is None else self.shards_of(i, ax, n)
+                     for i, ax in zip(node.inputs, rule.in_axes)]
         names = [self.emit(f"{node.name}.shard{k}of{n}", node.op, [p[k] for p in per_input],
-                           node.attrs, node, self._flops(node, n)) for k in range(n)]
-        self.split[node.name] = (out_axis, names)
+                           node.attrs if rule.attrs is None else {**node.attrs, **rule.attrs[k]},
+                           node, self._flops(node, n)) for k in range(n)]
+        self.split[node.name] = (rule.out_axis, names)
         self._note(node, n, "follow", [[x] for x in names])
-
-    def _follow_transpose(self, node: Node) -> None:
-        axis, parts = self.split[node.inputs[0]]
-        n = len(parts)
-        perm = node.attrs.get("axes")
-        perm = list(range(len(node.shape)))[::-1] if perm is None else \
-            [a % len(node.shape) for a in perm]
-        names = [self.emit(f"{node.name}.shard{k}of{n}", "transpose", [p], node.attrs, node)
-                 for k, p in enumerate(parts)]
-        self.split[node.name] = (perm.index(axis), names)
-        self._note(node, n, "follow", [[x] for x in names])
+        return True
 
     # -------------------------------------------------------------- sharding
     def _matmul(self, node: Node, n: int, mode: str) -> None:

@@ -13,10 +13,11 @@ import pytest
 import autodiff.shard
 from autodiff.interpreter import evaluate
 from autodiff.io import load_graph, save_graph
-from autodiff.ir import Graph, GraphError
-from autodiff.models import gpt, init_params, make_data, mlp, resnet
+from autodiff.ir import Graph, GraphError, Node
+from autodiff.models import gpt, init_params, lstm, make_data, mlp, resnet
 from autodiff.ops.registry import registry
 from autodiff.reverse import vjp
+from autodiff.shard_follow import follow_rule
 from autodiff.shard import (ShardSpec, join_params, shard_bounds, shard_graph, shard_index,
                             shard_record, split_params)
 
@@ -196,10 +197,10 @@ def small_gpt(tied: bool):
                dtype="float64")
 
 
-def gpt_specs(g: Graph, tied: bool) -> dict:
+def gpt_specs(g: Graph, tied: bool, attention: int = 2) -> dict:
     b = "block0"
-    specs = {matmul_of(g, f"{b}.attn.{x}.weight"): ShardSpec(2, "out") for x in "qkv"}
-    specs[matmul_of(g, f"{b}.attn.proj.weight")] = ShardSpec(2, "reduce")
+    specs = {matmul_of(g, f"{b}.attn.{x}.weight"): ShardSpec(attention, "out") for x in "qkv"}
+    specs[matmul_of(g, f"{b}.attn.proj.weight")] = ShardSpec(attention, "reduce")
     specs[matmul_of(g, f"{b}.mlp.fc.weight")] = ShardSpec(4, "out")
     specs[matmul_of(g, f"{b}.mlp.proj.weight")] = ShardSpec(4, "reduce")
     head = g.by_op("cross_entropy")[0].inputs[0]
@@ -220,9 +221,29 @@ def test_gpt_sharded_matches_outputs_and_gradients(tied):
         assert not [n.name for n in graph.nodes if n.shape == logits_shape]
     if tied:    # embedding and head share wte's row shards: it is never put back together
         assert "wte" not in s and "wte.shard3of4" in s
+    # Megatron's layout: attention stays split by heads from q, k, v to the output
+    # projection, the MLP from fc to proj; the only combines are the partial sums.
+    assert not s.by_op("concatenate") and not s.by_op("getitem")
+    combines = {n.name for n in s.by_op("add_n")}
+    assert combines == {"take", matmul_of(g, "block0.attn.proj.weight"),
+                        matmul_of(g, "block0.mlp.proj.weight"), "cross_entropy.sumexp",
+                        "cross_entropy.target"}
+    assert [s[f"softmax.shard{i}of2"].shape for i in range(2)] == [(2, 1, 4, 4)] * 2
     rows_shards = 4 if tied else 3
     check_flops(g, s, sum_combine(2, 8 * 8) + sum_combine(4, 8 * 8)     # the two "reduce"
                 + sum_combine(rows_shards, 2 * 4 * 8) + vocab_combine(4, 8))
+
+
+def test_gpt_attention_split_across_heads_falls_back_to_whole_heads():
+    """4 shards of 2 heads cut through heads: q, k, v are concatenated before the head
+    reshape and the projection slices its input, and the results still agree."""
+    g = small_gpt(tied=False)
+    s = shard_graph(g, gpt_specs(g, tied=False, attention=4))
+    check_equivalent(g, s, "gpt")
+    heads = [n for n in g.by_op("reshape") if n.shape == (2, 4, 2, 4)]     # (B, T, H, hd)
+    assert len(heads) == 3 and "softmax.shard0of4" not in s
+    assert all(s[h.inputs[0]].op == "concatenate" for h in heads)        # q, k, v + bias
+    assert len(s.by_op("concatenate")) == 3 and len(s.by_op("getitem")) == 4
 
 
 # ----------------------------------------------------------------- ResNet
@@ -236,8 +257,55 @@ def test_resnet_convolutions_split_by_output_channels():
     check_equivalent(g, s, "resnet")
     check_flops(g, s, 0)                 # concatenation is free
     assert s.meta["updates"] == g.meta["updates"]
-    for name in specs:    # shards concatenated on the channel axis before the batch norm
-        assert s[name].op == "concatenate" and s[name].attrs["axis"] == 1
+    # conv -> batch norm (per-channel statistics, gamma and beta split) -> relu stay split
+    # by channels; the next (unsharded) conv reads the concatenated relu
+    assert not set(specs) & {n.name for n in s.nodes}
+    assert {"stem.bn.gamma.shard1of2", "stem.bn.beta.shard1of2",
+            "batch_norm.shard1of2", "relu.shard1of2"} <= {n.name for n in s.nodes}
+    assert s["relu"].op == "concatenate" and s["relu"].attrs["axis"] == 1
+    for state, new in g.meta["updates"].items():   # running averages: split, then joined
+        if state.startswith("stem."):
+            assert s[new].op == "concatenate"
+
+
+def test_lstm_embedding_by_rows_and_a_reused_weight_split_once():
+    """The first step's input projection is split; the later steps reuse the same weight
+    whole, so its shards are concatenated back (under its own name) for them."""
+    g = lstm(layers=1, hidden=6, vocab=8, seq=3, batch=2, dtype="float64")
+    first = matmul_of(g, "layer0.w_ih")
+    s = shard_graph(g, {"take": ShardSpec(4, "rows"), first: ShardSpec(2, "out")})
+    check_equivalent(g, s, "lstm")
+    assert s["layer0.w_ih"].op == "concatenate"
+    assert s["layer0.w_ih"].inputs == ("layer0.w_ih.shard0of2", "layer0.w_ih.shard1of2")
+    assert [s[f"take.shard{i}of4"].attrs["offset"] for i in range(4)] == [0, 2, 4, 6]
+
+
+def test_follow_rules_on_shapes():
+    def node(op, out_shape, **attrs):
+        return Node("x", op, (), out_shape, "float64", attrs)
+    heads = node("reshape", (2, 4, 4, 2), shape=[2, 4, 4, 2])       # (B*T, d) -> (B, T, H, hd)
+    rule = follow_rule(heads, [(8, 8)], [(1, 2)])
+    assert rule.out_axis == 2 and rule.attrs == ({"shape": [2, 4, 2, 2]},) * 2
+    assert follow_rule(heads, [(8, 8)], [(1, 8)]) is None            # 8 shards cut heads
+    assert follow_rule(heads, [(8, 8)], [(0, 2)]).out_axis == 0      # by rows: batch halves
+    merge = node("reshape", (8, 8), shape=[8, 8])                    # (B, T, H, hd) -> (B*T, d)
+    assert follow_rule(merge, [(2, 4, 4, 2)], [(2, 4)]).out_axis == 1
+    assert follow_rule(merge, [(2, 4, 4, 2)], [(1, 2)]) is None     # T split: not contiguous
+    total = node("sum", (8,), axis=[1], keepdims=False)
+    assert follow_rule(total, [(8, 6)], [(0, 2)]).out_axis == 0
+    assert follow_rule(total, [(8, 6)], [(1, 2)]) is None            # the summed axis
+    soft = node("softmax", (8, 6), axis=-1)
+    assert follow_rule(soft, [(8, 6)], [(0, 2)]).in_axes == (0,)
+    assert follow_rule(soft, [(8, 6)], [(1, 2)]) is None
+    bias = node("add", (8, 6))
+    assert follow_rule(bias, [(8, 6), (6,)], [(1, 3), None]).in_axes == (1, 0)
+    assert follow_rule(bias, [(8, 6), (6,)], [(0, 2), None]).in_axes == (0, None)
+    bmm = node("matmul", (2, 4, 3, 5))
+    assert follow_rule(bmm, [(2, 4, 3, 6), (6, 5)], [(1, 2), None]).in_axes == (1, None)
+    assert follow_rule(bmm, [(2, 4, 3, 6), (6, 5)], [(3, 2), None]) is None   # contracted
+    bn = node("batch_norm", (2, 4, 3, 3))
+    assert follow_rule(bn, [(2, 4, 3, 3), (4,), (4,)], [(1, 2), None, None]).in_axes == (1, 0, 0)
+    assert follow_rule(bn, [(2, 4, 3, 3), (4,), (4,)], [(0, 2), None, None]) is None
 
 
 # ------------------------------------------------------------ bad requests
