@@ -10,10 +10,13 @@
 - cross_entropy "vocab": Megatron's vocab-parallel loss over logits split by classes: each
   shard computes its row max, sum of exp and target logit; the combine reads only per-row
   scalars, so the full logits never exist when they arrive split (e.g. from a "out" matmul);
-- elementwise ops and transposes follow a split input; a split value is concatenated (a
-  partial sum added up) only where a consumer needs the whole tensor. That node keeps the
-  original name, so outputs and consumers are unchanged; a value requested split when it is
-  not gets getitem slices `<node>.slice<i>of<n>`.
+- other ops on a split input run shard by shard where a follow rule allows it
+  (autodiff/shard_follow.py: elementwise ops, bias adds, transposes, head reshapes, batched
+  matmuls, softmax, per-channel batch norm, ...), so column-parallel attention stays split by
+  heads up to a row-parallel projection. A split value is concatenated (a partial sum added
+  up) only where a consumer needs the whole tensor; that node keeps the original name, so
+  outputs and consumers are unchanged. A value wanted split when it is not is sliced
+  (getitem nodes `<node>.slice<i>of<n>`).
 
 Shard nodes are named `<node>.shard<i>of<n>` (pieces `<node>.shard<i>of<n>.<piece>`) and keep
 the original node's group. A sharded parameter becomes n `param` nodes (`w.shard0of4`, ...);
@@ -108,8 +111,9 @@ def shard_record(graph: Graph) -> dict:
 def shard_graph(graph: Graph, specs: Mapping[str, ShardSpec | int | tuple]) -> Graph:
     """The forward graph with the nodes of `specs` sharded (module docstring).
 
-    A spec may be a ShardSpec, a shard count (the op's default mode) or (count, mode).
-    Raises GraphError naming the node when a request cannot be honoured.
+    A spec may be a ShardSpec, a shard count (the op's default mode) or (count, mode); with
+    no spec above one shard the graph itself is returned. Raises GraphError naming the node
+    when a request cannot be honoured.
     """
     if graph.gradient_nodes:
         raise GraphError(f"{graph.name}: shard_graph takes a forward graph; this one has "
@@ -117,6 +121,8 @@ def shard_graph(graph: Graph, specs: Mapping[str, ShardSpec | int | tuple]) -> G
     if shard_record(graph):
         raise GraphError(f"{graph.name}: the graph is already sharded; shard the original")
     plan = {name: _check_spec(graph, name, spec) for name, spec in specs.items()}
+    if all(spec.shards == 1 for spec in plan.values()):
+        return graph
     first = _Rewriter(graph, plan, decisions=None)
     first.run()
     return _Rewriter(graph, plan, decisions=first.decisions).run()

@@ -324,6 +324,11 @@ def test_bad_requests_name_the_node(spec, match):
         shard_graph(small_mlp(), spec)
 
 
+def test_nothing_to_shard_returns_the_graph():
+    g = small_mlp()
+    assert shard_graph(g, {}) is g and shard_graph(g, {"matmul": 1}) is g
+
+
 def test_a_training_graph_or_a_sharded_graph_is_refused():
     g = small_mlp()
     with pytest.raises(GraphError, match="forward graph"):
