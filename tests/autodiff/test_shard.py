@@ -137,6 +137,28 @@ def test_mlp_vocab_parallel_head_and_loss():
     check_flops(g, s, vocab_combine(3, 5))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_mlp_shardings_are_equivalent(seed):
+    """Random widths, shard counts (uneven allowed) and modes for every matmul, with the
+    head and loss vocab-parallel or not: always the original outputs and gradients."""
+    rng = np.random.default_rng(seed)
+    g = mlp(layers=3, width=int(rng.integers(4, 12)), in_features=int(rng.integers(3, 9)),
+            classes=int(rng.integers(3, 9)), batch=4,
+            activation=["relu", "gelu", "tanh", "sigmoid"][seed % 4], dtype="float64")
+    specs = {}
+    for m in g.by_op("matmul"):
+        k, n_out = g[m.inputs[1]].shape
+        mode = ["out", "reduce"][int(rng.integers(0, 2))]
+        size = n_out if mode == "out" else k
+        specs[m.name] = ShardSpec(int(rng.integers(2, size + 1)), mode, uneven=True)
+    ce = g.by_op("cross_entropy")[0]
+    if specs[matmul_of(g, "head.weight")].mode == "out" and seed % 2:
+        specs[ce.name] = ShardSpec(specs[matmul_of(g, "head.weight")].shards, "vocab",
+                                   uneven=True)
+    s = shard_graph(g, specs)
+    check_equivalent(g, s, "mlp", seed)
+
+
 def test_split_and_join_are_inverse_and_check_shapes():
     g = small_mlp()
     s = shard_graph(g, {matmul_of(g, "layer0.weight"): 2})
@@ -346,6 +368,30 @@ def shard_placement(graph: Graph, k: int) -> np.ndarray:
         if where:
             a[j] = where[0] % k
     return a
+
+
+def test_local_executor_keeps_batch_norm_state_of_a_channel_split_resnet():
+    from executor.local import LocalExecutor
+    from executor.optim import SGD
+    g = resnet(channels=(4,), blocks=1, image=6, in_channels=2, classes=3, batch=2,
+               dtype="float64")
+    s = shard_graph(g, {conv_of(g, "stem.conv.weight"): 2,
+                        conv_of(g, "stage0.block0.conv1.weight"): 2})
+    params, data = init_params(g, 2), make_data(g, "resnet", 2)
+    plain = LocalExecutor(g, np.zeros(len(g.nodes), np.int32), 1, SGD(lr=0.1), params=params)
+    split = LocalExecutor(s, shard_placement(s, 2), 2, SGD(lr=0.1),
+                          params=split_params(s, params))
+    for step in range(3):
+        expected, got = plain.step(data(step)).loss, split.step(data(step)).loss
+        assert got == pytest.approx(expected, rel=TOL)
+    final = join_params(s, split.params)
+    for name, value in plain.params.items():
+        assert_close(final[name], value, name)
+    states, split_states = plain.state_dict()["states"], split.state_dict()["states"]
+    assert set(states) == set(split_states) == set(g.meta["updates"])
+    for name, value in states.items():         # running averages, built from split shards
+        assert np.abs(value).max() > 0
+        assert_close(split_states[name], value, name)
 
 
 @pytest.mark.parametrize("k", [2, 4])
