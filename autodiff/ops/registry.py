@@ -53,9 +53,9 @@ class OpDef:
 
 def _build_registry() -> dict[str, OpDef]:
     # Explicit list of op modules: no registration by import side effect.
-    from autodiff.ops import conv, elementwise, nn, norm, reduce, shape, sources
+    from autodiff.ops import conv, elementwise, nn, norm, reduce, shape, shard_ops, sources
     ops: dict[str, OpDef] = {}
-    for module in (elementwise, reduce, shape, nn, norm, conv, sources):
+    for module in (elementwise, reduce, shape, nn, norm, conv, sources, shard_ops):
         for op in module.OPS:
             if op.name in ops:
                 raise RuntimeError(f"op {op.name!r} declared twice")
