@@ -279,6 +279,7 @@ HANDLERS = {
     "aten.rsub": _rsub, "aten.ne": _not_equal, "aten.where": _where, "aten.gelu": _gelu,
     "aten.clamp": _clamp, "aten.clamp_min": lambda cx, x, lo: _clamp(cx, x, lo, None),
     "aten.clamp_max": lambda cx, x, hi: _clamp(cx, x, None, hi),
+    "aten.hardtanh": lambda cx, x, lo=-1.0, hi=1.0: _clamp(cx, x, lo, hi),
     "aten.leaky_relu": _leaky_relu, "aten.detach": _unary("stop_gradient"),
     "aten.clone": _identity, "aten.alias": _identity, "aten.contiguous": _identity,
     "aten.lift_fresh_copy": _identity, "aten._to_copy": _to_copy,

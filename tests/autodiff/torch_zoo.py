@@ -479,7 +479,10 @@ class SqueezeExcitation(nn.Module):
 
     def forward(self, x):
         s = F.adaptive_avg_pool2d(x, 1)
-        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+        # hardsigmoid written out: torch's float64 hardsigmoid_backward kernel scales by a
+        # float32 1/6 (3e-8 relative error), too coarse for the 1e-10 gradient comparison;
+        # after decomposition both forms are the same core ATen ops
+        return x * (F.relu6(self.fc2(F.relu(self.fc1(s))) + 3.0) / 6.0)
 
 
 class InvertedResidual(nn.Module):
@@ -516,7 +519,7 @@ class MobileNetV3(nn.Module):
 
 def mobilenet():
     torch.manual_seed(0)
-    return MobileNetV3(), (torch.randn(4, 3, 12, 12),)
+    return MobileNetV3(), (torch.randn(4, 3, 16, 16),)
 
 
 # ---------------------------------------------------------------------------- LSTM
