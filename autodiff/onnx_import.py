@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
+from autodiff.onnx_fidelity import (FidelityOps, extra_flops, metadata_group, readable_names,
+                                    trainable_initializers)
 
-__all__ = ["OnnxImportError", "load_onnx"]
+__all__ = ["OnnxImportError", "import_onnx", "load_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,17 @@ def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
               name: str | None = None) -> Graph:
     """Read an ONNX file (or ModelProto) as a forward Graph with shapes, dtypes and FLOPs.
 
-    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}); every tensor must end up
-    with a known, concrete shape.
+    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}), including those ONNX shape
+    inference invents (`unk__0`); every tensor must end up with a known, concrete shape.
     """
+    return import_onnx(path_or_model, dims=dims, name=name).graph
+
+
+def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
+                name: str | None = None):
+    """An ImportedModel (autodiff/torch_import.py) of an ONNX model: the graph (named after
+    the file), the trainable initializers' values as params, the other constants' values,
+    and the inputs' specs, so an ONNX model trains as an imported torch model does."""
     onnx = _require_onnx()
     if isinstance(path_or_model, (str, os.PathLike)):
         source = str(path_or_model)
@@ -93,18 +103,27 @@ def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
     else:
         raise OnnxImportError(f"load_onnx: expected a path or onnx.ModelProto, "
                               f"got {type(path_or_model).__name__}")
-    model = _fix_dims(onnx, model, dims or {})
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # onnx raises several unrelated classes here
-        raise OnnxImportError(f"{source}: ONNX shape inference failed: {exc}") from None
-    importer = _Importer(onnx, model, source)
-    return importer.run(name or model.graph.name or default_name)
+    for _ in range(4):   # dims named after inferred symbols (unk__0) need another pass
+        fixed = _fix_dims(onnx, model, dims or {})
+        try:
+            inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+        except Exception as exc:  # onnx raises several unrelated classes here
+            raise OnnxImportError(f"{source}: ONNX shape inference failed: {exc}") from None
+        if _fix_dims(onnx, inferred, dims or {}) is inferred:
+            break
+        model = inferred
+    importer = _Importer(onnx, inferred, source)
+    if default_name == "onnx":
+        default_name = inferred.graph.name or "onnx"
+    return importer.run(name or default_name)
 
 
 def _fix_dims(onnx, model, dims: dict[str, int]):
     """A copy of `model` with the named symbolic dimensions replaced by integers."""
-    if not dims:
+    symbolic = {d.dim_param for info in list(model.graph.input) + list(model.graph.output)
+                + list(model.graph.value_info) for d in info.type.tensor_type.shape.dim
+                if d.HasField("dim_param")}
+    if not dims or not symbolic & set(dims):
         return model
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -140,7 +159,7 @@ def _group(onnx_node_name: str) -> str | None:
     return "/".join(path) if path else None
 
 
-class _Importer:
+class _Importer(FidelityOps):
     """One pass over an inferred ONNX graph, emitting Nodes in topological order."""
 
     def __init__(self, onnx, model, source: str):
@@ -154,6 +173,7 @@ class _Importer:
         self.position: dict[str, int] = {}
         self.alias: dict[str, str] = {}
         self.values: dict[str, np.ndarray] = {}   # known constant tensors (shapes, axes, ...)
+        self.param_values: dict[str, np.ndarray] = {}
         self.taken = {v for n in self.graph.node for v in list(n.input) + list(n.output)}
         self.taken |= set(self.types) | {t.name for t in self.graph.initializer}
         from autodiff.ops.registry import registry
@@ -173,7 +193,8 @@ class _Importer:
             if d.HasField("dim_value"):
                 shape.append(int(d.dim_value))
             else:
-                why = (f"symbolic dimension {d.dim_param!r} (pass dims={{{d.dim_param!r}: N}})"
+                why = (f"symbolic dimension {d.dim_param!r} (pass dims={{{d.dim_param!r}: N}}, "
+                       "or model.dims in a config)"
                        if d.dim_param else "a dimension shape inference could not determine")
                 return None, dtype, why
         return tuple(shape), dtype, ""
@@ -216,8 +237,9 @@ class _Importer:
     # ------------------------------------------------------------------------ run
     def run(self, name: str) -> Graph:
         numpy_helper = self.onnx.numpy_helper
-        running_stats = {n.input[i] for n in self.graph.node if n.op_type == "BatchNormalization"
-                         for i in (3, 4) if len(n.input) > i}
+        floats = {t.name for t in self.graph.initializer if ONNX_DTYPES.get(
+            self.onnx.TensorProto.DataType.Name(t.data_type)) in FLOAT_DTYPES}
+        trainable = trainable_initializers(self.graph, floats)
         initializers = set()
         for tensor in self.graph.initializer:
             dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(tensor.data_type))
@@ -225,8 +247,9 @@ class _Importer:
                 raise OnnxImportError(f"{self.source}: initializer {tensor.name!r}: element type "
                                       f"{tensor.data_type} is not supported")
             initializers.add(tensor.name)
-            if dtype in FLOAT_DTYPES and tensor.name not in running_stats:
+            if tensor.name in trainable:
                 self.emit(tensor.name, "param", (), tuple(tensor.dims), dtype)
+                self.param_values[tensor.name] = numpy_helper.to_array(tensor).copy()
             else:
                 self.const(tensor.name, numpy_helper.to_array(tensor), dtype)
         for info in self.graph.input:
@@ -239,8 +262,28 @@ class _Importer:
         for out in outputs:
             if out not in self.position:
                 raise OnnxImportError(f"{self.source}: graph output {out!r} is produced by no node")
-        return Graph(_with_source_groups(_live(self.nodes, outputs)), outputs, name,
-                     source=self.source)
+        nodes, outputs = readable_names(_with_source_groups(_live(self.nodes, outputs)),
+                                        outputs, set(self.taken))
+        graph = Graph(nodes, outputs, name, source=self.source)
+        return self._imported(graph)
+
+    def _imported(self, graph: Graph):
+        from autodiff.torch_import import ImportedModel, InputSpec
+        specs = []
+        for node in graph.inputs:
+            high = None
+            if node.dtype not in FLOAT_DTYPES:   # indices into a table: its rows, else 0/1
+                tables = [graph[c].inputs[0] for c in graph.consumers(node.name)
+                          if graph[c].op == "take" and graph[c].inputs[1] == node.name]
+                high = graph[tables[0]].shape[0] if tables else 2
+            specs.append(InputSpec(node.name, node.shape, node.dtype,
+                                   None if high is None else 0, high))
+        params = {n.name: self.param_values[n.name] for n in graph.params}
+        consts = {n.name: n.attrs["value"] for n in graph.nodes
+                  if n.op == "const" and "value" in n.attrs}
+        return ImportedModel(graph, params, consts, tuple(specs), self.source,
+                             tuple(sorted({n.op for n in graph.nodes
+                                           if not n.is_source and n.op not in self.rules})))
 
     def convert(self, node) -> None:
         """Emit the Nodes for one ONNX node (mapped, aliased, folded or opaque)."""
@@ -252,7 +295,7 @@ class _Importer:
                                       "earlier node (subgraph inputs are not supported)")
         attrs = {a.name: _attr_value(self.onnx, a) for a in node.attribute}
         outs = [o for o in node.output if o]
-        group = _group(node.name)
+        group = metadata_group(node) or _group(node.name)
         default = node.domain in ("", "ai.onnx")
         handler = getattr(self, f"_op_{node.op_type}", None) if default else None
         if node.op_type in ("Identity", "Dropout") and default and len(outs) == 1 \
@@ -276,6 +319,18 @@ class _Importer:
             handled = False
         if not handled:
             self.opaque(node, ins, outs, attrs, group, where)
+        self._count_flops(node, ins, attrs, start)
+
+    def _count_flops(self, node, ins, attrs, start: int) -> None:
+        """FLOPs for emitted nodes of ops that would otherwise count none (onnx_fidelity)."""
+        in_shapes = [self.shape_of(i) if i in self.position else () for i in ins if i]
+        for k, emitted in enumerate(self.nodes[start:]):
+            if emitted.flops is None and emitted.op != "const":
+                if node.op_type == "LSTM" and k:
+                    break                       # the whole LSTM's work on its first output
+                flops = extra_flops(node.op_type, attrs, in_shapes, emitted.shape)
+                if flops is not None:
+                    emitted.flops = int(flops)
 
     def _agrees_with_registry(self, start: int) -> bool:
         """Whether the registry's shape rule gives each node emitted since `start` its ONNX
@@ -368,7 +423,9 @@ class _Importer:
         shape, dtype = self.fact(outs[0], where)
         w = self.shape_of(ins[1])
         pads, strides = attrs.get("pads", [0] * 4), attrs.get("strides", [1, 1])
-        if (len(w) != 4 or attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get(
+        if attrs.get("group", 1) != 1:
+            return self._grouped_conv(ins, outs, attrs, group, where)
+        if (len(w) != 4 or any(d != 1 for d in attrs.get(
                 "dilations", [1, 1])) or len(set(strides)) != 1 or len(set(pads)) != 1
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             return False
@@ -485,7 +542,9 @@ class _Importer:
     _op_ReduceSum = _op_ReduceMean = _op_ReduceMax = _reduce
 
     def _op_BatchNormalization(self, node, ins, outs, attrs, group, where) -> bool:
-        if len(outs) != 1 or attrs.get("training_mode", 0):
+        if attrs.get("training_mode", 0):
+            return self._training_batch_norm(ins, outs, attrs, group, where)
+        if len(outs) != 1:
             return False
         shape, dtype = self.fact(outs[0], where)
         self.emit(outs[0], "batch_norm_eval", ins[:5], shape, dtype,

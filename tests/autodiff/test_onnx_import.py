@@ -98,7 +98,7 @@ def test_mlp_nodes_shapes_and_flops(tmp_path):
     g = load_onnx(path)
     # 5 sources + Gemm (transpose of W1, matmul, add) + relu + matmul + add + softmax
     assert len(g) == 12
-    assert g.outputs == ["probs"] and g.name == "g"
+    assert g.outputs == ["probs"] and g.name == "mlp"   # named after the file
     assert [n.name for n in g.inputs] == ["x"]
     assert sorted(n.name for n in g.params) == ["W1", "W2", "b1", "b2"]
     gemm_nodes = [n for n in g.nodes if n.group == "fc1" and not n.is_source]
@@ -152,7 +152,7 @@ def test_symbolic_batch_needs_dims():
 # ------------------------------------------------------------------------------ conv net
 def test_conv_net_nodes_shapes_and_flops():
     g = load_onnx(conv_model(grouped=True))
-    # 6 sources + conv1 (conv2d, bias reshape, add) + relu + maxpool + opaque grouped conv
+    # 6 sources + conv1 (conv2d, bias reshape, add) + relu + maxpool + grouped conv
     # + GAP (mean) + flatten (reshape) + Gemm (matmul, add)
     assert len(g) == 16
     conv1 = [n for n in g.nodes if n.op == "conv2d"]
@@ -165,9 +165,9 @@ def test_conv_net_nodes_shapes_and_flops():
     assert (g["p1"].op, g["p1"].shape, g["p1"].flops) == ("max_pool2d", (2, 4, 4, 4),
                                                           (2 * 4 * 4 * 4) * 2 * 2)
     assert g["p1"].attrs == {"kernel": 2, "stride": 2, "padding": 0}
-    c2 = g["c2"]  # group=2: not conv2d, so opaque with its ONNX attributes
-    assert c2.op == "conv" and c2.shape == (2, 4, 2, 2) and c2.attrs["group"] == 2
-    assert c2.attrs["kernel_shape"] == [3, 3]
+    c2 = g["c2"]  # group=2: grouped_conv2d
+    assert c2.op == "grouped_conv2d" and c2.shape == (2, 4, 2, 2)
+    assert c2.attrs == {"stride": 1, "padding": 0, "groups": 2}
     assert c2.flops == 2 * (2 * 4 * 2 * 2) * (4 // 2) * 3 * 3
     assert (g["gap"].op, g["gap"].shape, g["gap"].flops) == ("mean", (2, 4, 1, 1), 2 * 4 * 2 * 2)
     assert (g["flat"].op, g["flat"].attrs) == ("reshape", {"shape": [2, 4]})

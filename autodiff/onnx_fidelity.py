@@ -1,0 +1,174 @@
+"""What keeps an ONNX import faithful to the model it came from (used by autodiff.onnx_import):
+
+- groups from torch's exporter metadata (`pkg.torch.onnx.name_scopes` in a node's
+  metadata_props: the module path of the code that made it), and readable names for tensors
+  the exporter named `val_56` / `node_Conv_295` (`<module path>.<op>`);
+- which float initializers are trainable: not batch-norm running statistics, not one-element
+  scalars, not tensors the exporter folded from constants (`val_N`, `_tensor_constantN`,
+  `onnx::...`, `const...`), which have no path from a trainable weight;
+- FLOPs for ops that would otherwise count 0: data movement (Split, Slice, Gather, Concat,
+  GatherElements, GatherND: one per output element), LayerNormalization (8 per element),
+  Softmax (4), and LSTM (its gate matmuls and elementwise work per step);
+- mappings for ops that were opaque: Gelu, HardSwish, HardSigmoid, Reciprocal, Erf, Clip,
+  grouped and depthwise Conv, CastLike, IsNaN, training-mode BatchNormalization.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+
+import numpy as np
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+GENERATED_NAME = re.compile(r"^(val_\d+|node_.*|_v_\d+|.*::.*|/.*)$")
+FOLDED_CONSTANT = re.compile(r"^(val_\d+|_?tensor_constant\d*|_v_\d+|onnx::.*|const.*|"
+                             r"_?param_constant\d*)$")
+STATISTICS = re.compile(r"(running_mean|running_var|num_batches_tracked)$")
+MOVEMENT = {"Split", "Slice", "Gather", "Concat", "GatherElements", "GatherND"}
+
+
+def metadata_group(node) -> str | None:
+    """The module path torch's exporter recorded for `node` (None when absent or the root)."""
+    for entry in node.metadata_props:
+        if entry.key == SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(entry.value)
+            except (ValueError, SyntaxError):
+                return None
+            paths = [s for s in scopes[:-1] if isinstance(s, str) and s]
+            return paths[-1] if paths else None
+    return None
+
+
+def trainable_initializers(graph, float_names: set[str]) -> set[str]:
+    """Float initializers that are weights (see the module docstring)."""
+    statistics = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
+                  for i in (3, 4) if len(n.input) > i}
+    sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
+    return {name for name in float_names
+            if name not in statistics and not STATISTICS.search(name)
+            and not FOLDED_CONSTANT.match(name) and sizes.get(name, 0) > 1}
+
+
+def extra_flops(op_type: str, attrs: dict, in_shapes: list, out_shape) -> int | None:
+    """FLOPs for ONNX ops whose mapping or opaque node would otherwise count none."""
+    if op_type in MOVEMENT:
+        return math.prod(out_shape)
+    if op_type == "LayerNormalization":
+        return 8 * math.prod(out_shape)
+    if op_type in ("Softmax", "LogSoftmax"):
+        return 4 * math.prod(out_shape)
+    if op_type == "LSTM" and len(in_shapes) >= 3 and len(in_shapes[0]) == 3:
+        seq, batch, _ = in_shapes[0]
+        directions, gates, width = in_shapes[1]        # W: (dirs, 4H, I)
+        hidden = gates // 4
+        matmuls = 2 * batch * gates * (width + hidden)  # x W^T and h R^T per step
+        return directions * seq * (matmuls + 10 * batch * hidden)
+    return None
+
+
+def readable_names(nodes: list, outputs: list[str], taken: set[str]) -> tuple[list, list]:
+    """Rename exporter-generated tensor names to `<group>.<op>` where the group is known."""
+    mapping: dict[str, str] = {}
+    for node in nodes:
+        if node.group and GENERATED_NAME.match(node.name) and not node.is_source:
+            base, i = f"{node.group}.{node.op.split('.')[-1]}", 1
+            name = base
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            taken.add(name)
+            mapping[node.name] = name
+    if not mapping:
+        return nodes, outputs
+    for node in nodes:
+        node.name = mapping.get(node.name, node.name)
+        node.inputs = tuple(mapping.get(i, i) for i in node.inputs)
+    return nodes, [mapping.get(o, o) for o in outputs]
+
+
+class FidelityOps:
+    """`_op_<Type>` handlers mixed into the ONNX importer (same contract as its own)."""
+
+    def _unary_op(self, op, ins, outs, group, where, flops_per=1) -> bool:
+        shape, dtype = self.fact(outs[0], where)
+        self.emit(outs[0], op, ins[:1], shape, dtype, flops=flops_per * math.prod(shape),
+                  group=group)
+        return True
+
+    def _op_Gelu(self, node, ins, outs, attrs, group, where) -> bool:
+        op = "gelu" if attrs.get("approximate", "none") == "tanh" else "gelu_erf"
+        return self._unary_op(op, ins, outs, group, where, 8)
+
+    def _op_HardSwish(self, node, ins, outs, attrs, group, where) -> bool:
+        return self._unary_op("hardswish", ins, outs, group, where, 3)
+
+    def _op_HardSigmoid(self, node, ins, outs, attrs, group, where) -> bool:
+        if not (math.isclose(attrs.get("alpha", 0.2), 1 / 6, rel_tol=1e-6)
+                and math.isclose(attrs.get("beta", 0.5), 0.5)):
+            return False    # ONNX's default alpha is 0.2, torch's hardsigmoid is 1/6
+        return self._unary_op("hardsigmoid", ins, outs, group, where, 3)
+
+    def _op_Reciprocal(self, node, ins, outs, attrs, group, where) -> bool:
+        return self._unary_op("reciprocal", ins, outs, group, where)
+
+    def _op_Erf(self, node, ins, outs, attrs, group, where) -> bool:
+        return self._unary_op("erf", ins, outs, group, where, 4)
+
+    def _op_Clip(self, node, ins, outs, attrs, group, where) -> bool:
+        bounds = []
+        for i in (1, 2):
+            name = ins[i] if len(ins) > i else ""
+            if name and name not in self.values:
+                return False
+            bounds.append(float(self.values[name].reshape(-1)[0]) if name else None)
+        shape, dtype = self.fact(outs[0], where)
+        self.emit(outs[0], "clamp", ins[:1], shape, dtype, {"lo": bounds[0], "hi": bounds[1]},
+                  flops=2 * math.prod(shape), group=group)
+        return True
+
+    def _op_CastLike(self, node, ins, outs, attrs, group, where) -> bool:
+        shape, dtype = self.fact(outs[0], where)
+        self.emit(outs[0], "astype", ins[:1], shape, dtype, {"dtype": dtype}, group=group)
+        return True
+
+    def _op_IsNaN(self, node, ins, outs, attrs, group, where) -> bool:
+        shape, _ = self.fact(outs[0], where)
+        same = self.emit(self.fresh(f"{outs[0]}/equal"), "equal", [ins[0], ins[0]], shape,
+                         "bool", flops=math.prod(shape), group=group)
+        self.emit(outs[0], "logical_not", [same], shape, "bool", flops=math.prod(shape),
+                  group=group)
+        return True
+
+    def _grouped_conv(self, ins, outs, attrs, group, where) -> bool:
+        shape, dtype = self.fact(outs[0], where)
+        w = self.shape_of(ins[1])
+        pads, strides = attrs.get("pads", [0] * 4), attrs.get("strides", [1, 1])
+        if (len(w) != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1]))
+                or len(set(strides)) != 1 or len(set(pads)) != 1
+                or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+            return False
+        bias = ins[2] if len(ins) > 2 and ins[2] else None
+        conv = self.emit(outs[0] if bias is None else self.fresh(f"{outs[0]}/conv"),
+                         "grouped_conv2d", ins[:2], shape, dtype,
+                         {"stride": strides[0], "padding": pads[0], "groups": attrs["group"]},
+                         flops=2 * math.prod(shape) * w[1] * w[2] * w[3], group=group)
+        if bias is not None:
+            column = self.emit(self.fresh(f"{outs[0]}/bias"), "reshape", [bias], (w[0], 1, 1),
+                               self.dtype_of(bias), {"shape": [w[0], 1, 1]}, group=group)
+            self.emit(outs[0], "add", [conv, column], shape, dtype, flops=math.prod(shape),
+                      group=group)
+        return True
+
+    def _training_batch_norm(self, ins, outs, attrs, group, where) -> bool:
+        if len([o for o in outs if o]) != 1:
+            return False      # the running statistics outputs are state, not imported
+        shape, dtype = self.fact(outs[0], where)
+        self.emit(outs[0], "batch_norm", ins[:3], shape, dtype,
+                  {"eps": float(attrs.get("epsilon", 1e-5))}, flops=8 * math.prod(shape),
+                  group=group)
+        return True
+
+
+__all__ = ["FidelityOps", "extra_flops", "metadata_group", "readable_names",
+           "trainable_initializers", "np"]
