@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-GENERATED_NAME = re.compile(r"^(val_\d+|node_.*|_v_\d+|.*::.*|/.*)$")
+GENERATED_NAME = re.compile(r"^(val_\d+|node_.*|_v_\d+|.*::.*|/.*|\d+(/.*)?)$")
 FOLDED_CONSTANT = re.compile(r"^(val_\d+|_?tensor_constant\d*|_v_\d+|onnx::.*|const.*|"
                              r"_?param_constant\d*)$")
 STATISTICS = re.compile(r"(running_mean|running_var|num_batches_tracked)$")
@@ -41,14 +41,49 @@ def metadata_group(node) -> str | None:
     return None
 
 
+# (op type, input position) where a folded initializer is a weight (a transposed Linear
+# weight the exporter folded, `onnx::MatMul_123`), not a constant such as a mask
+WEIGHT_OPERANDS = {("MatMul", 0), ("MatMul", 1), ("Gemm", 0), ("Gemm", 1), ("Gemm", 2),
+                   ("Conv", 1), ("Conv", 2), ("ConvTranspose", 1), ("ConvTranspose", 2),
+                   ("Gather", 0), ("LayerNormalization", 1), ("LayerNormalization", 2),
+                   ("BatchNormalization", 1), ("BatchNormalization", 2), ("LSTM", 1),
+                   ("LSTM", 2), ("LSTM", 3), ("GRU", 1), ("GRU", 2), ("GRU", 3)}
+NORMS = {"LayerNormalization", "BatchNormalization", "InstanceNormalization"}
+
+
 def trainable_initializers(graph, float_names: set[str]) -> set[str]:
-    """Float initializers that are weights (see the module docstring)."""
+    """Float initializers that are weights: more than one element, not batch-norm running
+    statistics, and either named like a parameter or, when the exporter generated the name
+    (a folded constant), read as the weight operand of a MatMul, Gemm, Conv, Gather, norm
+    or recurrent op; the rest (masks, scales folded from constants) have no path from a
+    trainable weight."""
     statistics = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
                   for i in (3, 4) if len(n.input) > i}
     sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
+    as_weight = {name for n in graph.node for i, name in enumerate(n.input)
+                 if (n.op_type, i) in WEIGHT_OPERANDS}
     return {name for name in float_names
-            if name not in statistics and not STATISTICS.search(name)
-            and not FOLDED_CONSTANT.match(name) and sizes.get(name, 0) > 1}
+            if name not in statistics and not STATISTICS.search(name) and sizes.get(name, 0) > 1
+            and (not FOLDED_CONSTANT.match(name) or name in as_weight)}
+
+
+def split_shared_norms(graph, trainable: set[str], group_of) -> dict[str, dict[str, str]]:
+    """Exporters merge initializers with identical values, such as every LayerNorm's gamma
+    at its initial ones, into one tensor; norm parameters are never tied, so one read only by
+    norm ops of several module paths becomes one parameter per path: initializer ->
+    {group: new name} for every group after the first (`<group>.weight` / `.bias`)."""
+    uses: dict[str, list] = {}
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in trainable:
+                uses.setdefault(name, []).append((n.op_type, i, group_of(n)))
+    split = {}
+    for name, found in uses.items():
+        groups = list(dict.fromkeys(g for _, _, g in found))
+        if len(groups) > 1 and None not in groups and all(op in NORMS for op, _, _ in found):
+            role = "weight" if found[0][1] == 1 else "bias"
+            split[name] = {g: f"{g}.{role}" for g in groups[1:]}
+    return split
 
 
 def extra_flops(op_type: str, attrs: dict, in_shapes: list, out_shape) -> int | None:
@@ -87,8 +122,49 @@ def readable_names(nodes: list, outputs: list[str], taken: set[str]) -> tuple[li
     return nodes, [mapping.get(o, o) for o in outputs]
 
 
+RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+              "Bernoulli", "Multinomial", "Dropout"}
+NUMPY_NAMES = {"float64", "float32", "float16", "int64", "int32", "int8", "uint8", "bool"}
+
+
 class FidelityOps:
     """`_op_<Type>` handlers mixed into the ONNX importer (same contract as its own)."""
+
+    def fold_or_infer(self, node, ins, outs, group) -> bool:
+        """Run `node` in onnx's reference evaluator when shape inference left it unknown or
+        all its inputs are known constants (shape arithmetic): known inputs make its outputs
+        `const` nodes (True); otherwise zero stand-ins of the inputs' shapes give the outputs'
+        shapes (what an Expand of a computed shape has, where inference invents `unk__0`)."""
+        if node.domain not in ("", "ai.onnx") or node.op_type in RANDOM_OPS or not outs:
+            return False
+        known = all(not i or i in self.values for i in ins)
+        unknown = any(self.types.get(o, (None,))[0] is None for o in outs)
+        if not (known or unknown):
+            return False
+        feeds = {}
+        for original, i in zip(node.input, ins):
+            if i:
+                feeds[original] = self.values.get(i)
+                if feeds[original] is None:
+                    feeds[original] = np.zeros(self.shape_of(i), _numpy(self.dtype_of(i)))
+        try:
+            from onnx.reference import ReferenceEvaluator
+            results = ReferenceEvaluator(node).run(None, feeds)
+        except Exception:  # an op the evaluator lacks, or stand-ins it rejects
+            return False
+        for out, value in zip(node.output, results):
+            value = np.asarray(value)
+            if out and str(value.dtype) not in NUMPY_NAMES:
+                return False
+        for out, value in zip(node.output, results):
+            if not out:
+                continue
+            value = np.asarray(value)
+            if known:
+                self.const(out, value, str(value.dtype), group)
+            else:
+                self.types[out] = (tuple(int(d) for d in value.shape), str(value.dtype), "")
+        return known
 
     def _unary_op(self, op, ins, outs, group, where, flops_per=1) -> bool:
         shape, dtype = self.fact(outs[0], where)
@@ -170,5 +246,9 @@ class FidelityOps:
         return True
 
 
+def _numpy(dtype: str):
+    return np.dtype("float32" if dtype == "bfloat16" else dtype)
+
+
 __all__ = ["FidelityOps", "extra_flops", "metadata_group", "readable_names",
-           "trainable_initializers", "np"]
+           "split_shared_norms", "trainable_initializers"]

@@ -37,7 +37,7 @@ import numpy as np
 
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
 from autodiff.onnx_fidelity import (FidelityOps, extra_flops, metadata_group, readable_names,
-                                    trainable_initializers)
+                                    split_shared_norms, trainable_initializers)
 
 __all__ = ["OnnxImportError", "import_onnx", "load_onnx"]
 
@@ -154,9 +154,20 @@ def _attr_value(onnx, attr) -> Any:
 
 
 def _group(onnx_node_name: str) -> str | None:
-    """'/layer1/conv1/Conv' -> 'layer1/conv1'; names without a path give no group."""
-    path = onnx_node_name.strip("/").split("/")[:-1]
-    return "/".join(path) if path else None
+    """'/layer1/conv1/Conv' -> 'layer1.conv1' (a module path; '/blocks/blocks.0/...' ->
+    'blocks.0...', as TorchScript export repeats a container's name in its children's);
+    names without a path give no group."""
+    path: list[str] = []
+    for part in onnx_node_name.strip("/").split("/")[:-1]:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path) if path else None
+
+
+def _node_group(node) -> str | None:
+    return metadata_group(node) or _group(node.name)
 
 
 class _Importer(FidelityOps):
@@ -174,6 +185,8 @@ class _Importer(FidelityOps):
         self.alias: dict[str, str] = {}
         self.values: dict[str, np.ndarray] = {}   # known constant tensors (shapes, axes, ...)
         self.param_values: dict[str, np.ndarray] = {}
+        self.split: dict[str, dict[str, str]] = {}
+        self.shared_work: list[list[str]] = []
         self.taken = {v for n in self.graph.node for v in list(n.input) + list(n.output)}
         self.taken |= set(self.types) | {t.name for t in self.graph.initializer}
         from autodiff.ops.registry import registry
@@ -240,6 +253,7 @@ class _Importer(FidelityOps):
         floats = {t.name for t in self.graph.initializer if ONNX_DTYPES.get(
             self.onnx.TensorProto.DataType.Name(t.data_type)) in FLOAT_DTYPES}
         trainable = trainable_initializers(self.graph, floats)
+        self.split = split_shared_norms(self.graph, trainable, _node_group)
         initializers = set()
         for tensor in self.graph.initializer:
             dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(tensor.data_type))
@@ -250,6 +264,10 @@ class _Importer(FidelityOps):
             if tensor.name in trainable:
                 self.emit(tensor.name, "param", (), tuple(tensor.dims), dtype)
                 self.param_values[tensor.name] = numpy_helper.to_array(tensor).copy()
+                for copy in self.split.get(tensor.name, {}).values():
+                    self.taken.add(copy)
+                    self.emit(copy, "param", (), tuple(tensor.dims), dtype)
+                    self.param_values[copy] = self.param_values[tensor.name].copy()
             else:
                 self.const(tensor.name, numpy_helper.to_array(tensor), dtype)
         for info in self.graph.input:
@@ -262,8 +280,12 @@ class _Importer(FidelityOps):
         for out in outputs:
             if out not in self.position:
                 raise OnnxImportError(f"{self.source}: graph output {out!r} is produced by no node")
-        nodes, outputs = readable_names(_with_source_groups(_live(self.nodes, outputs)),
-                                        outputs, set(self.taken))
+        live = _live(self.nodes, outputs)
+        alive = {n.name for n in live}
+        for names in self.shared_work:
+            for later in [n for n in names if n in alive][1:]:
+                self.nodes[self.position[later]].flops = 0
+        nodes, outputs = readable_names(_with_source_groups(live), outputs, set(self.taken))
         graph = Graph(nodes, outputs, name, source=self.source)
         return self._imported(graph)
 
@@ -288,19 +310,22 @@ class _Importer(FidelityOps):
     def convert(self, node) -> None:
         """Emit the Nodes for one ONNX node (mapped, aliased, folded or opaque)."""
         where = f"node {node.name or node.op_type!r} ({node.op_type})"
-        ins = [self.alias.get(i, i) for i in node.input]
+        group = _node_group(node)
+        ins = [self.split.get(i, {}).get(group, self.alias.get(i, i)) for i in node.input]
         for i in ins:
             if i and i not in self.position:
                 raise OnnxImportError(f"{self.source}: {where}: input {i!r} is produced by no "
                                       "earlier node (subgraph inputs are not supported)")
         attrs = {a.name: _attr_value(self.onnx, a) for a in node.attribute}
         outs = [o for o in node.output if o]
-        group = metadata_group(node) or _group(node.name)
         default = node.domain in ("", "ai.onnx")
         handler = getattr(self, f"_op_{node.op_type}", None) if default else None
         if node.op_type in ("Identity", "Dropout") and default and len(outs) == 1 \
                 and not attrs.get("training_mode") and len(ins) < 3:
             self.alias[outs[0]] = ins[0]
+            return
+        if node.op_type not in ("Constant", "Shape") and self.fold_or_infer(node, ins, outs,
+                                                                           group):
             return
         start = len(self.nodes)
         if default and node.op_type in ELEMENTWISE and len(outs) == 1:
@@ -324,13 +349,13 @@ class _Importer(FidelityOps):
     def _count_flops(self, node, ins, attrs, start: int) -> None:
         """FLOPs for emitted nodes of ops that would otherwise count none (onnx_fidelity)."""
         in_shapes = [self.shape_of(i) if i in self.position else () for i in ins if i]
-        for k, emitted in enumerate(self.nodes[start:]):
-            if emitted.flops is None and emitted.op != "const":
-                if node.op_type == "LSTM" and k:
-                    break                       # the whole LSTM's work on its first output
-                flops = extra_flops(node.op_type, attrs, in_shapes, emitted.shape)
-                if flops is not None:
-                    emitted.flops = int(flops)
+        emitted_here = [n for n in self.nodes[start:] if n.flops is None and n.op != "const"]
+        for emitted in emitted_here:
+            flops = extra_flops(node.op_type, attrs, in_shapes, emitted.shape)
+            if flops is not None:
+                emitted.flops = int(flops)
+        if node.op_type == "LSTM":   # its work counts once, on the first output still read
+            self.shared_work.append([n.name for n in emitted_here])
 
     def _agrees_with_registry(self, start: int) -> bool:
         """Whether the registry's shape rule gives each node emitted since `start` its ONNX

@@ -80,6 +80,8 @@ class GraphModel(Section):
     """A graph file: modelcut.graph JSON (`.json`, `.json.gz`) or ONNX (`.onnx`)."""
     graph: Text
     dims: Optional[dict[str, PositiveInt]] = None   # ONNX symbolic dimensions, e.g. {batch: 8}
+    loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"   # training an ONNX model
+    data: _choice("fixed", "fresh") = "fixed"
 
 
 class MLPModel(Section):

@@ -98,14 +98,29 @@ def imported_loss_graph(config: Config, source: str | None = None):
     return with_loss(imported.graph, config.model.loss)
 
 
+def onnx_config_model(config: Config, source: str):
+    """The ImportedModel of `model.graph` (an .onnx file): one graph, its batch fixed."""
+    from autodiff.onnx_import import import_onnx
+    if config.training.micro_batches != 1:
+        raise ConfigError([f"{source}: training.micro_batches: an ONNX model's batch is fixed "
+                           "by the file; expected 1"])
+    imported = import_onnx(config.model.graph, dims=config.model.dims)
+    return imported, imported
+
+
 def imported_parts(config: Config, source: str):
-    """(family, micro-batch loss graph, batch, data stream, initial params) for training."""
+    """(family, micro-batch loss graph, batch, data stream, initial params) for training a
+    `model.torch` or an ONNX `model.graph`."""
     from autodiff.models.imported import imported_data, with_loss
 
     m = config.training.micro_batches
-    full, part = import_config_model(config, source, m)
+    if isinstance(config.model, TorchModel):
+        full, part = import_config_model(config, source, m)
+    else:
+        full, part = onnx_config_model(config, source)
     loss = config.model.loss
     full_graph, graph = with_loss(full.graph, loss), with_loss(part.graph, loss)
     data = imported_data(full.inputs, full_graph, config.training.seed or 0,
                          fresh=config.model.data == "fresh")
-    return "torch", graph, full.inputs[0].shape[0], data, dict(part.params)
+    family = "torch" if isinstance(config.model, TorchModel) else "onnx"
+    return family, graph, full.inputs[0].shape[0], data, dict(part.params)

@@ -78,7 +78,8 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
 
     config = load_config(path)
     t, p = config.training, config.partition
-    if isinstance(config.model, TorchModel):
+    if isinstance(config.model, TorchModel) or (isinstance(config.model, GraphModel)
+                                                and config.model.graph.endswith(".onnx")):
         from modelcut.imported_model import imported_parts
         family, graph, batch, data, params = imported_parts(config, str(path))
     else:
