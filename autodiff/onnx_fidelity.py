@@ -25,6 +25,7 @@ GENERATED_NAME = re.compile(r"^(val_\d+|node_.*|_v_\d+|.*::.*|/.*|\d+(/.*)?)$")
 FOLDED_CONSTANT = re.compile(r"^(val_\d+|_?tensor_constant\d*|_v_\d+|onnx::.*|const.*|"
                              r"_?param_constant\d*)$")
 STATISTICS = re.compile(r"(running_mean|running_var|num_batches_tracked)$")
+FLOATS = {"float64", "float32", "float16", "bfloat16"}
 MOVEMENT = {"Split", "Slice", "Gather", "Concat", "GatherElements", "GatherND"}
 
 
@@ -165,6 +166,35 @@ class FidelityOps:
             else:
                 self.types[out] = (tuple(int(d) for d in value.shape), str(value.dtype), "")
         return known
+
+    def _count_flops(self, node, ins, attrs, start: int) -> None:
+        """FLOPs for emitted nodes of ops that would otherwise count none (onnx_fidelity)."""
+        in_shapes = [self.shape_of(i) if i in self.position else () for i in ins if i]
+        emitted_here = [n for n in self.nodes[start:] if n.flops is None and n.op != "const"]
+        for emitted in emitted_here:
+            flops = extra_flops(node.op_type, attrs, in_shapes, emitted.shape)
+            if flops is not None:
+                emitted.flops = int(flops)
+        if node.op_type == "LSTM":   # its work counts once, on the first output still read
+            self.shared_work.append([n.name for n in emitted_here])
+
+    def _imported(self, graph):
+        from autodiff.torch_import import ImportedModel, InputSpec
+        specs = []
+        for node in graph.inputs:
+            high = None
+            if node.dtype not in FLOATS:   # indices into a table: its rows, else 0/1
+                tables = [graph[c].inputs[0] for c in graph.consumers(node.name)
+                          if graph[c].op == "take" and graph[c].inputs[1] == node.name]
+                high = graph[tables[0]].shape[0] if tables else 2
+            specs.append(InputSpec(node.name, node.shape, node.dtype,
+                                   None if high is None else 0, high))
+        params = {n.name: self.param_values[n.name] for n in graph.params}
+        consts = {n.name: n.attrs["value"] for n in graph.nodes
+                  if n.op == "const" and "value" in n.attrs}
+        return ImportedModel(graph, params, consts, tuple(specs), self.source,
+                             tuple(sorted({n.op for n in graph.nodes
+                                           if not n.is_source and n.op not in self.rules})))
 
     def _unary_op(self, op, ins, outs, group, where, flops_per=1) -> bool:
         shape, dtype = self.fact(outs[0], where)

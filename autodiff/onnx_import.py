@@ -7,23 +7,27 @@ different meaning, e.g. variadic `Mean`) with their ONNX attributes kept. Mappin
 
 - Gemm becomes `transpose` (for transA/transB) + `matmul` + `multiply` by alpha / beta consts
   (only when != 1) + `add` of C, so each piece is an executable registry op.
-- Conv becomes `conv2d` + (`reshape` of the bias to (C, 1, 1) + `add`) when 2-D with one group,
-  no dilation, equal strides and equal pads; otherwise one opaque `conv` node.
+- Conv becomes `conv2d` (`grouped_conv2d` with groups) + (`reshape` of the bias to (C, 1, 1)
+  + `add`) when 2-D, undilated, with equal strides and equal pads; otherwise one opaque node.
 - Identity and inference-mode Dropout are aliases (no node); Constant and Shape become `const`
   nodes with their value, ConstantOfShape a `const` with a fill rule; Reshape, Flatten,
   Squeeze and Unsqueeze become `reshape` to the inferred shape, dropping the shape operand
   (nodes that then feed nothing are removed).
 - A mapping is used only when the registry's shape rule reproduces ONNX's inferred shape and
   dtype (integer Div, for one, is not numpy's divide); otherwise the node stays opaque.
-- Initializers become `param` nodes (no values stored), except non-float ones and the running
-  mean/variance of BatchNormalization, which become `const` nodes with their values.
+- Trainable initializers (onnx_fidelity.trainable_initializers) become `param` nodes, their
+  values kept by `import_onnx`; the others (running statistics, folded constants) `const`s.
+- Nodes whose inputs are all known constants are evaluated (onnx's reference ops) into
+  `const`s; outputs shape inference left unknown get their shapes the same way.
 
 FLOPs are written explicitly: 2*M*N*K for matmuls, 2*out*Cin/groups*kh*kw for convolutions,
 one per output element for elementwise ops (opaque ones included), one per input element for
 reductions and out*kh*kw for pooling; other nodes leave `flops` unset. A multi-output ONNX node
-becomes one node per output (attr `output` = its position). Nodes are named by the ONNX tensor
-they produce; `group` is the ONNX node name's path ("/fc1/Gemm" -> "fc1"), and a source takes
-the group of its first consumer.
+becomes one node per output (attr `output` = its position); onnx_fidelity adds FLOPs for
+data movement, norms, softmax and LSTM. Nodes are named by the ONNX tensor they produce
+(exporter-generated names become `<group>.<op>`); `group` is the module path torch's exporter
+recorded (metadata_props), else the ONNX node name's path ("/fc1/Gemm" -> "fc1"), and a
+source takes the group of its first consumer.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
-from autodiff.onnx_fidelity import (FidelityOps, extra_flops, metadata_group, readable_names,
+from autodiff.onnx_fidelity import (FidelityOps, metadata_group, readable_names,
                                     split_shared_norms, trainable_initializers)
 
 __all__ = ["OnnxImportError", "import_onnx", "load_onnx"]
@@ -289,24 +293,6 @@ class _Importer(FidelityOps):
         graph = Graph(nodes, outputs, name, source=self.source)
         return self._imported(graph)
 
-    def _imported(self, graph: Graph):
-        from autodiff.torch_import import ImportedModel, InputSpec
-        specs = []
-        for node in graph.inputs:
-            high = None
-            if node.dtype not in FLOAT_DTYPES:   # indices into a table: its rows, else 0/1
-                tables = [graph[c].inputs[0] for c in graph.consumers(node.name)
-                          if graph[c].op == "take" and graph[c].inputs[1] == node.name]
-                high = graph[tables[0]].shape[0] if tables else 2
-            specs.append(InputSpec(node.name, node.shape, node.dtype,
-                                   None if high is None else 0, high))
-        params = {n.name: self.param_values[n.name] for n in graph.params}
-        consts = {n.name: n.attrs["value"] for n in graph.nodes
-                  if n.op == "const" and "value" in n.attrs}
-        return ImportedModel(graph, params, consts, tuple(specs), self.source,
-                             tuple(sorted({n.op for n in graph.nodes
-                                           if not n.is_source and n.op not in self.rules})))
-
     def convert(self, node) -> None:
         """Emit the Nodes for one ONNX node (mapped, aliased, folded or opaque)."""
         where = f"node {node.name or node.op_type!r} ({node.op_type})"
@@ -345,17 +331,6 @@ class _Importer(FidelityOps):
         if not handled:
             self.opaque(node, ins, outs, attrs, group, where)
         self._count_flops(node, ins, attrs, start)
-
-    def _count_flops(self, node, ins, attrs, start: int) -> None:
-        """FLOPs for emitted nodes of ops that would otherwise count none (onnx_fidelity)."""
-        in_shapes = [self.shape_of(i) if i in self.position else () for i in ins if i]
-        emitted_here = [n for n in self.nodes[start:] if n.flops is None and n.op != "const"]
-        for emitted in emitted_here:
-            flops = extra_flops(node.op_type, attrs, in_shapes, emitted.shape)
-            if flops is not None:
-                emitted.flops = int(flops)
-        if node.op_type == "LSTM":   # its work counts once, on the first output still read
-            self.shared_work.append([n.name for n in emitted_here])
 
     def _agrees_with_registry(self, start: int) -> bool:
         """Whether the registry's shape rule gives each node emitted since `start` its ONNX
