@@ -125,6 +125,12 @@ def readable_names(nodes: list, outputs: list[str], taken: set[str]) -> tuple[li
 
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
               "Bernoulli", "Multinomial", "Dropout"}
+# ops whose output shape depends on the data's values; ops whose integer operands are data
+# (indices) that leave the output's shape alone
+DATA_DEPENDENT = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "TopK", "Range",
+                  "OneHot"}
+INDEX_DATA = {"Gather", "GatherElements", "GatherND", "Where", "Cast", "CastLike", "Equal",
+              "Not", "And", "Or", "Greater", "Less"}
 NUMPY_NAMES = {"float64", "float32", "float16", "int64", "int32", "int8", "uint8", "bool"}
 
 
@@ -142,6 +148,11 @@ class FidelityOps:
         unknown = any(self.types.get(o, (None,))[0] is None for o in outs)
         if not (known or unknown):
             return False
+        if not known and (node.op_type in DATA_DEPENDENT or any(
+                i and i not in self.values and self.dtype_of(i) not in FLOATS
+                and node.op_type not in INDEX_DATA for i in ins)):
+            return False     # stand-in zeros would decide the shape: leave it to dims=
+
         feeds = {}
         for original, i in zip(node.input, ins):
             if i:

@@ -290,7 +290,7 @@ class _Importer:
         dtype = self.dtype_name(example.dtype, f"input {name!r}")
         low = high = None
         if dtype not in FLOAT_DTYPES:
-            values = example.long() if example.numel() else self.torch.zeros(1, dtype=self.torch.long)
+            values = example.long() if example.numel() else self.torch.zeros(1).long()
             low, high = int(values.min()), int(values.max()) + 1
         specs.append(InputSpec(name, tuple(example.shape), dtype, low, high))
         self.tracer.prefix = None

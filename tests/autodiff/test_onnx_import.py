@@ -419,3 +419,16 @@ def test_partition_command_reads_onnx(tmp_path):
     assert main(["partition", "--graph", str(tmp_path / "mlp.onnx"), "--devices", "2",
                  "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out").exists()
+
+
+def test_dims_fix_a_symbol_shape_inference_invented():
+    """NonZero's length depends on the data: inference calls it `unk__0`; the error's hint,
+    dims={'unk__0': N}, now fixes it (it used to give the same error again)."""
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]),
+             helper.make_node("Transpose", ["nz"], ["out"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", F32, [3, 4])],
+                       [helper.make_tensor_value_info("out", TensorProto.INT64, None)], [])
+    with pytest.raises(OnnxImportError, match=r"'unk__0' \(pass dims=\{'unk__0': N\}"):
+        load_onnx(model)
+    g = load_onnx(model, dims={"unk__0": 5})
+    assert g["nz"].shape == (2, 5) and g["out"].shape == (5, 2)
