@@ -121,3 +121,46 @@ def test_bad_factories_are_one_line_errors(tmp_path, capsys, factory, expected):
     assert main(["check", str(config), "--graph"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+def test_micro_batches_import_the_model_again_at_the_smaller_batch(tmp_path):
+    from modelcut.training import load_training_setup
+    config = write_config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["training"]["micro_batches"] = 2
+    config.write_text(yaml.safe_dump(data))
+    setup = load_training_setup(config)
+    assert setup.batch == 4 and setup.graph["tokens"].shape == (2, 5)
+    assert setup.data(0)["tokens"].shape == (4, 5)
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--executor", "local", "--out", str(out)]) == 0
+    losses = json.loads((out / "report.json").read_text())["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_an_onnx_model_trains_from_its_weights(tmp_path):
+    pytest.importorskip("onnx")
+    import io
+    import sys
+    import warnings
+    sys.path.insert(0, str(tmp_path))
+    (tmp_path / "zoo_tagger.py").write_text(FACTORY)
+    try:
+        import zoo_tagger
+    finally:
+        sys.path.remove(str(tmp_path))
+    module, example = zoo_tagger.tagger()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, buffer, dynamo=False, opset_version=17)
+    (tmp_path / "tagger.onnx").write_bytes(buffer.getvalue())
+    (tmp_path / "onnx.yaml").write_text(yaml.safe_dump({
+        "model": {"graph": "tagger.onnx", "loss": "cross_entropy"},
+        "cluster": {"uniform": {"devices": 2}}, "partition": {"epsilon": 0.3},
+        "training": {"steps": 5, "optimizer": "adam", "lr": 0.01}}))
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "onnx.yaml"), "--executor", "local",
+                 "--out", str(out)]) == 0
+    losses = json.loads((out / "report.json").read_text())["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
