@@ -7,23 +7,27 @@ different meaning, e.g. variadic `Mean`) with their ONNX attributes kept. Mappin
 
 - Gemm becomes `transpose` (for transA/transB) + `matmul` + `multiply` by alpha / beta consts
   (only when != 1) + `add` of C, so each piece is an executable registry op.
-- Conv becomes `conv2d` + (`reshape` of the bias to (C, 1, 1) + `add`) when 2-D with one group,
-  no dilation, equal strides and equal pads; otherwise one opaque `conv` node.
+- Conv becomes `conv2d` (`grouped_conv2d` with groups) + (`reshape` of the bias to (C, 1, 1)
+  + `add`) when 2-D, undilated, with equal strides and equal pads; otherwise one opaque node.
 - Identity and inference-mode Dropout are aliases (no node); Constant and Shape become `const`
   nodes with their value, ConstantOfShape a `const` with a fill rule; Reshape, Flatten,
   Squeeze and Unsqueeze become `reshape` to the inferred shape, dropping the shape operand
   (nodes that then feed nothing are removed).
 - A mapping is used only when the registry's shape rule reproduces ONNX's inferred shape and
   dtype (integer Div, for one, is not numpy's divide); otherwise the node stays opaque.
-- Initializers become `param` nodes (no values stored), except non-float ones and the running
-  mean/variance of BatchNormalization, which become `const` nodes with their values.
+- Trainable initializers (onnx_fidelity.trainable_initializers) become `param` nodes, their
+  values kept by `import_onnx`; the others (running statistics, folded constants) `const`s.
+- Nodes whose inputs are all known constants are evaluated (onnx's reference ops) into
+  `const`s; outputs shape inference left unknown get their shapes the same way.
 
 FLOPs are written explicitly: 2*M*N*K for matmuls, 2*out*Cin/groups*kh*kw for convolutions,
 one per output element for elementwise ops (opaque ones included), one per input element for
 reductions and out*kh*kw for pooling; other nodes leave `flops` unset. A multi-output ONNX node
-becomes one node per output (attr `output` = its position). Nodes are named by the ONNX tensor
-they produce; `group` is the ONNX node name's path ("/fc1/Gemm" -> "fc1"), and a source takes
-the group of its first consumer.
+becomes one node per output (attr `output` = its position); onnx_fidelity adds FLOPs for
+data movement, norms, softmax and LSTM. Nodes are named by the ONNX tensor they produce
+(exporter-generated names become `<group>.<op>`); `group` is the module path torch's exporter
+recorded (metadata_props), else the ONNX node name's path ("/fc1/Gemm" -> "fc1"), and a
+source takes the group of its first consumer.
 """
 from __future__ import annotations
 
@@ -36,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
+from autodiff.onnx_fidelity import (FidelityOps, metadata_group, readable_names,
+                                    split_shared_norms, trainable_initializers)
 
-__all__ = ["OnnxImportError", "load_onnx"]
+__all__ = ["OnnxImportError", "import_onnx", "load_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +83,17 @@ def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
               name: str | None = None) -> Graph:
     """Read an ONNX file (or ModelProto) as a forward Graph with shapes, dtypes and FLOPs.
 
-    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}); every tensor must end up
-    with a known, concrete shape.
+    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}), including those ONNX shape
+    inference invents (`unk__0`); every tensor must end up with a known, concrete shape.
     """
+    return import_onnx(path_or_model, dims=dims, name=name).graph
+
+
+def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
+                name: str | None = None):
+    """An ImportedModel (autodiff/torch_import.py) of an ONNX model: the graph (named after
+    the file), the trainable initializers' values as params, the other constants' values,
+    and the inputs' specs, so an ONNX model trains as an imported torch model does."""
     onnx = _require_onnx()
     if isinstance(path_or_model, (str, os.PathLike)):
         source = str(path_or_model)
@@ -93,18 +107,27 @@ def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
     else:
         raise OnnxImportError(f"load_onnx: expected a path or onnx.ModelProto, "
                               f"got {type(path_or_model).__name__}")
-    model = _fix_dims(onnx, model, dims or {})
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # onnx raises several unrelated classes here
-        raise OnnxImportError(f"{source}: ONNX shape inference failed: {exc}") from None
-    importer = _Importer(onnx, model, source)
-    return importer.run(name or model.graph.name or default_name)
+    for _ in range(4):   # dims named after inferred symbols (unk__0) need another pass
+        fixed = _fix_dims(onnx, model, dims or {})
+        try:
+            inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+        except Exception as exc:  # onnx raises several unrelated classes here
+            raise OnnxImportError(f"{source}: ONNX shape inference failed: {exc}") from None
+        if _fix_dims(onnx, inferred, dims or {}) is inferred:
+            break
+        model = inferred
+    importer = _Importer(onnx, inferred, source)
+    if default_name == "onnx":
+        default_name = inferred.graph.name or "onnx"
+    return importer.run(name or default_name)
 
 
 def _fix_dims(onnx, model, dims: dict[str, int]):
     """A copy of `model` with the named symbolic dimensions replaced by integers."""
-    if not dims:
+    symbolic = {d.dim_param for info in list(model.graph.input) + list(model.graph.output)
+                + list(model.graph.value_info) for d in info.type.tensor_type.shape.dim
+                if d.HasField("dim_param")}
+    if not dims or not symbolic & set(dims):
         return model
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -135,12 +158,23 @@ def _attr_value(onnx, attr) -> Any:
 
 
 def _group(onnx_node_name: str) -> str | None:
-    """'/layer1/conv1/Conv' -> 'layer1/conv1'; names without a path give no group."""
-    path = onnx_node_name.strip("/").split("/")[:-1]
-    return "/".join(path) if path else None
+    """'/layer1/conv1/Conv' -> 'layer1.conv1' (a module path; '/blocks/blocks.0/...' ->
+    'blocks.0...', as TorchScript export repeats a container's name in its children's);
+    names without a path give no group."""
+    path: list[str] = []
+    for part in onnx_node_name.strip("/").split("/")[:-1]:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path) if path else None
 
 
-class _Importer:
+def _node_group(node) -> str | None:
+    return metadata_group(node) or _group(node.name)
+
+
+class _Importer(FidelityOps):
     """One pass over an inferred ONNX graph, emitting Nodes in topological order."""
 
     def __init__(self, onnx, model, source: str):
@@ -154,6 +188,9 @@ class _Importer:
         self.position: dict[str, int] = {}
         self.alias: dict[str, str] = {}
         self.values: dict[str, np.ndarray] = {}   # known constant tensors (shapes, axes, ...)
+        self.param_values: dict[str, np.ndarray] = {}
+        self.split: dict[str, dict[str, str]] = {}
+        self.shared_work: list[list[str]] = []
         self.taken = {v for n in self.graph.node for v in list(n.input) + list(n.output)}
         self.taken |= set(self.types) | {t.name for t in self.graph.initializer}
         from autodiff.ops.registry import registry
@@ -173,7 +210,8 @@ class _Importer:
             if d.HasField("dim_value"):
                 shape.append(int(d.dim_value))
             else:
-                why = (f"symbolic dimension {d.dim_param!r} (pass dims={{{d.dim_param!r}: N}})"
+                why = (f"symbolic dimension {d.dim_param!r} (pass dims={{{d.dim_param!r}: N}}, "
+                       "or model.dims in a config)"
                        if d.dim_param else "a dimension shape inference could not determine")
                 return None, dtype, why
         return tuple(shape), dtype, ""
@@ -216,8 +254,10 @@ class _Importer:
     # ------------------------------------------------------------------------ run
     def run(self, name: str) -> Graph:
         numpy_helper = self.onnx.numpy_helper
-        running_stats = {n.input[i] for n in self.graph.node if n.op_type == "BatchNormalization"
-                         for i in (3, 4) if len(n.input) > i}
+        floats = {t.name for t in self.graph.initializer if ONNX_DTYPES.get(
+            self.onnx.TensorProto.DataType.Name(t.data_type)) in FLOAT_DTYPES}
+        trainable = trainable_initializers(self.graph, floats)
+        self.split = split_shared_norms(self.graph, trainable, _node_group)
         initializers = set()
         for tensor in self.graph.initializer:
             dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(tensor.data_type))
@@ -225,8 +265,13 @@ class _Importer:
                 raise OnnxImportError(f"{self.source}: initializer {tensor.name!r}: element type "
                                       f"{tensor.data_type} is not supported")
             initializers.add(tensor.name)
-            if dtype in FLOAT_DTYPES and tensor.name not in running_stats:
+            if tensor.name in trainable:
                 self.emit(tensor.name, "param", (), tuple(tensor.dims), dtype)
+                self.param_values[tensor.name] = numpy_helper.to_array(tensor).copy()
+                for copy in self.split.get(tensor.name, {}).values():
+                    self.taken.add(copy)
+                    self.emit(copy, "param", (), tuple(tensor.dims), dtype)
+                    self.param_values[copy] = self.param_values[tensor.name].copy()
             else:
                 self.const(tensor.name, numpy_helper.to_array(tensor), dtype)
         for info in self.graph.input:
@@ -239,25 +284,34 @@ class _Importer:
         for out in outputs:
             if out not in self.position:
                 raise OnnxImportError(f"{self.source}: graph output {out!r} is produced by no node")
-        return Graph(_with_source_groups(_live(self.nodes, outputs)), outputs, name,
-                     source=self.source)
+        live = _live(self.nodes, outputs)
+        alive = {n.name for n in live}
+        for names in self.shared_work:
+            for later in [n for n in names if n in alive][1:]:
+                self.nodes[self.position[later]].flops = 0
+        nodes, outputs = readable_names(_with_source_groups(live), outputs, set(self.taken))
+        graph = Graph(nodes, outputs, name, source=self.source)
+        return self._imported(graph)
 
     def convert(self, node) -> None:
         """Emit the Nodes for one ONNX node (mapped, aliased, folded or opaque)."""
         where = f"node {node.name or node.op_type!r} ({node.op_type})"
-        ins = [self.alias.get(i, i) for i in node.input]
+        group = _node_group(node)
+        ins = [self.split.get(i, {}).get(group, self.alias.get(i, i)) for i in node.input]
         for i in ins:
             if i and i not in self.position:
                 raise OnnxImportError(f"{self.source}: {where}: input {i!r} is produced by no "
                                       "earlier node (subgraph inputs are not supported)")
         attrs = {a.name: _attr_value(self.onnx, a) for a in node.attribute}
         outs = [o for o in node.output if o]
-        group = _group(node.name)
         default = node.domain in ("", "ai.onnx")
         handler = getattr(self, f"_op_{node.op_type}", None) if default else None
         if node.op_type in ("Identity", "Dropout") and default and len(outs) == 1 \
                 and not attrs.get("training_mode") and len(ins) < 3:
             self.alias[outs[0]] = ins[0]
+            return
+        if node.op_type not in ("Constant", "Shape") and self.fold_or_infer(node, ins, outs,
+                                                                           group):
             return
         start = len(self.nodes)
         if default and node.op_type in ELEMENTWISE and len(outs) == 1:
@@ -276,6 +330,7 @@ class _Importer:
             handled = False
         if not handled:
             self.opaque(node, ins, outs, attrs, group, where)
+        self._count_flops(node, ins, attrs, start)
 
     def _agrees_with_registry(self, start: int) -> bool:
         """Whether the registry's shape rule gives each node emitted since `start` its ONNX
@@ -368,7 +423,9 @@ class _Importer:
         shape, dtype = self.fact(outs[0], where)
         w = self.shape_of(ins[1])
         pads, strides = attrs.get("pads", [0] * 4), attrs.get("strides", [1, 1])
-        if (len(w) != 4 or attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get(
+        if attrs.get("group", 1) != 1:
+            return self._grouped_conv(ins, outs, attrs, group, where)
+        if (len(w) != 4 or any(d != 1 for d in attrs.get(
                 "dilations", [1, 1])) or len(set(strides)) != 1 or len(set(pads)) != 1
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             return False
@@ -485,7 +542,9 @@ class _Importer:
     _op_ReduceSum = _op_ReduceMean = _op_ReduceMax = _reduce
 
     def _op_BatchNormalization(self, node, ins, outs, attrs, group, where) -> bool:
-        if len(outs) != 1 or attrs.get("training_mode", 0):
+        if attrs.get("training_mode", 0):
+            return self._training_batch_norm(ins, outs, attrs, group, where)
+        if len(outs) != 1:
             return False
         shape, dtype = self.fact(outs[0], where)
         self.emit(outs[0], "batch_norm_eval", ins[:5], shape, dtype,

@@ -23,7 +23,8 @@ ELEMENTWISE = frozenset({
     "add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "where", "negative",
     "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "sign", "relu", "gelu", "sigmoid",
     "astype", "stop_gradient", "straight_through", "dropout", "add_n", "greater", "less",
-    "greater_equal", "less_equal", "equal"})
+    "greater_equal", "less_equal", "equal", "erf", "gelu_erf", "silu", "hardsigmoid",
+    "hardswish", "rsqrt", "reciprocal", "clamp", "logical_not", "logical_and", "logical_or"})
 REDUCTIONS = frozenset({"sum", "mean", "max", "logsumexp"})
 CHANNEL_OPS = frozenset({"batch_norm", "batch_norm_eval", "max_pool2d", "avg_pool2d"})
 

@@ -80,6 +80,8 @@ class GraphModel(Section):
     """A graph file: modelcut.graph JSON (`.json`, `.json.gz`) or ONNX (`.onnx`)."""
     graph: Text
     dims: Optional[dict[str, PositiveInt]] = None   # ONNX symbolic dimensions, e.g. {batch: 8}
+    loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"   # training an ONNX model
+    data: _choice("fixed", "fresh") = "fixed"
 
 
 class MLPModel(Section):
@@ -132,18 +134,39 @@ class ResNetModel(Section):
     dtype: Dtype = "float32"
 
 
+class TorchModel(Section):
+    """`torch: "package.module:factory"`: a PyTorch model imported through torch.export
+    (modelcut/imported_model.py). factory() returns (module, example_inputs); the module is
+    looked up in `folder` (default: the config's folder), then on sys.path. `loss` turns the
+    output into a scalar for training (autodiff/models/imported.py); `data: fixed` trains on
+    one seeded batch drawn like the example inputs, `fresh` draws a new one each step."""
+    torch: Text
+    loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"
+    data: _choice("fixed", "fresh") = "fixed"
+    folder: Optional[Text] = None
+
+    def problems(self):
+        module, _, factory = self.torch.partition(":")
+        if not module or not factory or not all(p.isidentifier() for p in module.split(".")) \
+                or not factory.isidentifier():
+            return [("torch", "expected \"package.module:factory\"", self.torch)]
+        return []
+
+
 BUILDER_MODELS = {"mlp": MLPModel, "gpt": GPTModel, "lstm": LSTMModel, "resnet": ResNetModel}
 
 
 def _model_kind(data) -> str | None:
     if isinstance(data, BaseModel):
-        return "graph" if isinstance(data, GraphModel) else data.builder
+        return ("graph" if isinstance(data, GraphModel) else
+                "torch" if isinstance(data, TorchModel) else data.builder)
     if not isinstance(data, dict):
         return None
-    return "graph" if "graph" in data else data.get("builder")
+    return "graph" if "graph" in data else "torch" if "torch" in data else data.get("builder")
 
 
 ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
+                               Annotated[TorchModel, Tag("torch")],
                                *(Annotated[m, Tag(k)] for k, m in BUILDER_MODELS.items())],
                          Discriminator(_model_kind)]
 
@@ -258,7 +281,7 @@ ClusterSection = Annotated[Union[Annotated[FileCluster, Tag("file")],
                                  Annotated[HierarchicalCluster, Tag("hierarchical")],
                                  Annotated[ExplicitCluster, Tag("explicit")]],
                            Discriminator(_cluster_kind)]
-UNION_TAGS = {"graph", *BUILDER_MODELS, "file", "uniform", "hierarchical", "explicit"}
+UNION_TAGS = {"graph", "torch", *BUILDER_MODELS, "file", "uniform", "hierarchical", "explicit"}
 
 
 class ClusterFile(Section):
@@ -337,16 +360,19 @@ class Config(Section):
 
     def model_kwargs(self) -> tuple[str, dict]:
         """(builder name, keyword arguments) for `autodiff.models.BUILDERS[name](**kwargs)`."""
-        if isinstance(self.model, GraphModel):
-            raise ConfigError([f"{self.name}: model: is a graph file ({self.model.graph}), "
-                               "not a builder"])
+        if isinstance(self.model, (GraphModel, TorchModel)):
+            raise ConfigError([f"{self.name}: model: is not a builder"])
         kwargs = self.model.model_dump(exclude={"builder"})
         if "channels" in kwargs:
             kwargs["channels"] = list(kwargs["channels"])
         return self.model.builder, kwargs
 
     def forward_graph(self):
-        """The model's forward Graph: built by its builder, or read from `model.graph`."""
+        """The model's forward Graph: built by its builder, read from `model.graph`, or
+        imported from `model.torch` (with its training loss)."""
+        if isinstance(self.model, TorchModel):
+            from modelcut.imported_model import imported_loss_graph
+            return imported_loss_graph(self)
         if isinstance(self.model, GraphModel):
             path = Path(self.model.graph)
             if path.suffix == ".onnx":
@@ -420,11 +446,15 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    """Make `model.graph` and `cluster.file` relative to the config file's folder."""
-    for section, key in (("model", "graph"), ("cluster", "file")):
+    """Make `model.graph` and `cluster.file` relative to the config file's folder (and
+    `model.folder`, where a `model.torch` module is looked up first)."""
+    for section, key in (("model", "graph"), ("cluster", "file"), ("model", "folder")):
         body = data.get(section)
         if isinstance(body, dict) and isinstance(body.get(key), str) and body[key]:
             data[section] = {**body, key: str(base / Path(body[key]).expanduser())}
+    model = data.get("model")
+    if isinstance(model, dict) and "torch" in model and "folder" not in model:
+        data["model"] = {**model, "folder": str(base)}
 
 
 def _load_cluster_file(reference: FileCluster):
@@ -468,8 +498,8 @@ TYPE_WORDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "
               "model_type": "a mapping", "model_attributes_type": "a mapping",
               "tuple_type": "a list"}
 UNION_HELP = {
-    "model": ("expected a mapping with `graph: FILE` or `builder: "
-              f"{'|'.join(BUILDER_MODELS)}`"),
+    "model": ("expected a mapping with `graph: FILE`, `torch: package.module:factory` or "
+              f"`builder: {'|'.join(BUILDER_MODELS)}`"),
     "cluster": ("expected a mapping with `uniform: {devices: N, ...}`, `nodes: N` and "
                 "`devices_per_node: M`, a `devices:` list, or `file: PATH`"),
 }

@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from autodiff.ir import Graph
-from modelcut.config import Config, GraphModel, load_config
+from modelcut.config import Config, GraphModel, TorchModel, load_config
 from partition.cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class TrainingSetup:
     checkpoint_every: int
     data: Callable[[int], dict] = field(repr=False)
     defer_weight_grads: bool = False
+    params: Mapping | None = field(default=None, repr=False)   # imported models' weights
 
     @property
     def simulated_schedule(self) -> str | None:
@@ -76,8 +77,14 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
     from autodiff.models import make_data
 
     config = load_config(path)
-    family, graph, full_graph = micro_batch_graphs(config, str(path))
     t, p = config.training, config.partition
+    if isinstance(config.model, TorchModel) or (isinstance(config.model, GraphModel)
+                                                and config.model.graph.endswith(".onnx")):
+        from modelcut.imported_model import imported_parts
+        family, graph, batch, data, params = imported_parts(config, str(path))
+    else:
+        family, graph, full_graph = micro_batch_graphs(config, str(path))
+        batch, data, params = config.model.batch, make_data(full_graph, family, t.seed or 0), None
     cluster = Cluster.from_spec(config.cluster_spec())
     if devices is not None and devices != cluster.k:
         cluster = cluster.resized(devices)
@@ -89,12 +96,11 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
                "optimizer": t.optimizer}
     return TrainingSetup(
         name=config.name, source=str(path), family=family, graph=graph,
-        batch=config.model.batch, cluster=cluster, micro_batches=t.micro_batches,
+        batch=batch, cluster=cluster, micro_batches=t.micro_batches,
         schedule=t.schedule, optimizer=optimizer_spec(config), partition_options=options,
         steps=steps if steps is not None else t.steps, seed=t.seed or 0,
         checkpoint_every=t.checkpoint_every if checkpoint_every is None else checkpoint_every,
-        data=make_data(full_graph, family, t.seed or 0),
-        defer_weight_grads=t.defer_weight_grads)
+        data=data, defer_weight_grads=t.defer_weight_grads, params=params)
 
 
 def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
@@ -104,8 +110,8 @@ def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
 
     if isinstance(config.model, GraphModel):
         raise ConfigError([f"{source}: model: training needs a model builder "
-                           f"(mlp, gpt, lstm, resnet) to generate its data; "
-                           f"{config.model.graph} is a graph file"])
+                           f"(mlp, gpt, lstm, resnet) or a `torch: module:factory` model to "
+                           f"generate its data; {config.model.graph} is a graph file"])
     family, kwargs = config.model_kwargs()
     if config.training.dtype is not None:
         kwargs["dtype"] = config.training.dtype
@@ -183,7 +189,7 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
         raise TrainingError(f"executor: expected ray or local, got {kind!r}")
     common = dict(optimizer=setup.optimizer, micro_batches=setup.micro_batches,
                   schedule=setup.schedule, seed=setup.seed,
-                  defer_weight_grads=setup.defer_weight_grads)
+                  defer_weight_grads=setup.defer_weight_grads, params=setup.params)
     if kind == "local":
         from executor.local import LocalExecutor
         yield LocalExecutor(setup.graph, placement, setup.cluster.k, **common)

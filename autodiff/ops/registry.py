@@ -54,8 +54,10 @@ class OpDef:
 def _build_registry() -> dict[str, OpDef]:
     # Explicit list of op modules: no registration by import side effect.
     from autodiff.ops import conv, elementwise, nn, norm, reduce, shape, shard_ops, sources
+    from autodiff.ops import activations, grouped_conv
     ops: dict[str, OpDef] = {}
-    for module in (elementwise, reduce, shape, nn, norm, conv, sources, shard_ops):
+    for module in (elementwise, reduce, shape, nn, norm, conv, sources, activations,
+                   grouped_conv, shard_ops):
         for op in module.OPS:
             if op.name in ops:
                 raise RuntimeError(f"op {op.name!r} declared twice")

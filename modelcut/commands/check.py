@@ -39,6 +39,9 @@ def summary_rows(config, build_graph: bool = False) -> list[tuple[str, str, str]
         builder, kwargs = config.model_kwargs()
         rows.append(("model", "builder", builder))
         rows += [("model", key, str(value)) for key, value in kwargs.items()]
+    elif hasattr(config.model, "torch"):
+        rows += [("model", "torch", config.model.torch), ("model", "loss", config.model.loss),
+                 ("model", "data", config.model.data)]
     else:
         rows.append(("model", "graph", config.model.graph))
         if config.model.dims:

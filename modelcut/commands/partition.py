@@ -77,8 +77,12 @@ def load_setup(args: argparse.Namespace) -> Setup:
     else:
         cluster = uniform(args.devices if args.devices is not None else 2)
     if args.graph is not None:
-        from autodiff.io import load_graph
-        graph = load_graph(args.graph)
+        if str(args.graph).endswith(".onnx"):
+            from autodiff.onnx_import import load_onnx
+            graph = load_onnx(args.graph)
+        else:
+            from autodiff.io import load_graph
+            graph = load_graph(args.graph)
         source = str(args.graph)
         if args.config is None:
             name = Path(args.graph).name.split(".")[0]

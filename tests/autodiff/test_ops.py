@@ -177,6 +177,24 @@ CASES = [
                                              "fill": "zero"}),
     Case("fold2d", (normal(1, 2, 3, 3, 3, 3),), {"kernel": 3, "stride": 2, "padding": 1,
                                                  "shape": [1, 2, 5, 5]}),
+    # ops for imported models (autodiff/ops/activations.py, grouped_conv.py)
+    Case("erf", (normal(3, 4),)),
+    Case("gelu_erf", (normal(3, 4) * 2,)),
+    Case("silu", (normal(3, 4) * 2,)),
+    Case("hardsigmoid", (nonzero(3, 4) * 2.5,)),
+    Case("hardswish", (nonzero(3, 4) * 2.5 + 0.3,)),
+    Case("rsqrt", (positive(3, 4),)),
+    Case("reciprocal", (positive(3, 4),)),
+    Case("clamp", (nonzero(3, 4) * 2,), {"lo": -1.0, "hi": 1.1}),
+    Case("clamp", (nonzero(3, 4) * 2,), {"lo": None, "hi": 0.1}, id="clamp-upper"),
+    Case("grouped_conv2d", (normal(2, 4, 5, 5), normal(6, 2, 3, 3)),
+         {"stride": 2, "padding": 1, "groups": 2}),
+    Case("grouped_conv2d", (normal(1, 3, 4, 4), normal(3, 1, 3, 3)),
+         {"stride": 1, "padding": 1, "groups": 3}, id="grouped_conv2d-depthwise"),
+    Case("grouped_conv2d_input_grad", (normal(2, 6, 3, 3), normal(6, 2, 3, 3)),
+         {"shape": [2, 4, 5, 5], "stride": 2, "padding": 1, "groups": 2}),
+    Case("grouped_conv2d_weight_grad", (normal(2, 4, 5, 5), normal(2, 6, 3, 3)),
+         {"shape": [6, 2, 3, 3], "stride": 2, "padding": 1, "groups": 2}),
 ]
 
 # Ops without a numeric gradient check (no gradient, piecewise constant, or random), and the
@@ -187,6 +205,8 @@ SPECIAL_TESTS = {
     "equal": "test_comparisons", "sign": "test_sign_has_zero_gradient",
     "stop_gradient": "test_stop_gradient", "straight_through": "test_straight_through",
     "random_normal": "test_random_sources", "random_bernoulli": "test_random_sources",
+    "logical_not": "test_boolean_ops", "logical_and": "test_boolean_ops",
+    "logical_or": "test_boolean_ops", "any": "test_boolean_ops",
 }
 
 
@@ -417,6 +437,24 @@ def test_comparisons():
     # a comparison inside a differentiated function passes no gradient, the where does
     g = ad.grad(lambda x: anp.sum(anp.where(x > 0.5, x * x, -x)))(np.array([0.0, 1.0, 2.0]))
     np.testing.assert_array_equal(g, [-1.0, 2.0, 4.0])
+
+
+def test_boolean_ops():
+    a, b = np.array([[True, False, True]]), np.array([[True], [False]])
+    for name, ref in [("logical_and", a & b), ("logical_or", a | b)]:
+        graph = ad.trace(lambda x, y: anp.apply(name, x, y), a, b)
+        assert graph[graph.outputs[0]].dtype == "bool" and graph[graph.outputs[0]].shape == (2, 3)
+        np.testing.assert_array_equal(anp.apply(name, a, b), ref)
+    np.testing.assert_array_equal(anp.apply("logical_not", a), ~a)
+    np.testing.assert_array_equal(anp.apply("any", b, axis=[0], keepdims=True), [[True]])
+    assert all(registry()[n].vjp is None for n in ("logical_not", "logical_and", "any"))
+
+
+def test_grouped_conv_equals_one_conv2d_per_group():
+    x, w = normal(2, 4, 5, 5), normal(6, 2, 3, 3)
+    out = anp.apply("grouped_conv2d", x, w, stride=2, padding=1, groups=2)
+    parts = [anp.conv2d(x[:, 2 * g:2 * g + 2], w[3 * g:3 * g + 3], 2, 1) for g in range(2)]
+    np.testing.assert_allclose(out, np.concatenate(parts, axis=1), rtol=1e-12)
 
 
 def test_sign_has_zero_gradient():
