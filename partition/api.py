@@ -39,10 +39,10 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
         outweighs a device's share.
     acyclic : require an acyclic quotient graph (needed by pipeline schedules).
     pins : fnmatch-style node name pattern -> device index or name.
-    objective : "volume" (bytes), "time" (the time-weighted volume: seconds on each link) or
+    objective : "volume" (bytes), "time_volume" (seconds on each link; "time" is accepted) or
         "throughput" (SPEC section 5's pipeline time per micro-batch; epsilon does not apply
         and nothing is rebalanced afterwards); default "volume" on clusters with uniform
-        links, else "time".
+        links, else "time_volume".
     schedule : "1f1b" (default) or "gpipe": the pipeline schedule whose in-flight
         micro-batches count against memory under the throughput objective.
 

@@ -5,7 +5,7 @@ each peer result also improved by one multilevel V-cycle, mincut, and contiguous
 when acyclic; when none fits the load caps, the load packing closest to the best (packing.py)
 improved by a V-cycle. Feasible means within the load and memory caps (memory with receive
 buffers, as in SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the
-lowest objective wins: step volume V, or the time-weighted volume when problem.objective == "time".
+lowest objective wins: step volume V, or the time-weighted volume when problem.objective == "time_volume".
 Under the throughput objective pipeline_dp and contiguous always run, load caps do not count as
 violations (the objective is the balance), and the winner is the acyclic placement with the
 smallest pipeline time per micro-batch (SPEC section 5), then the smallest V.
