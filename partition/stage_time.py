@@ -138,7 +138,8 @@ def in_flight(positions: int, micro_batches: int, schedule: str) -> np.ndarray:
 
 def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "sgd",
                     micro_batches: int = 1, schedule: str = "1f1b",
-                    stage_order: tuple[int, ...] | None = None) -> np.ndarray:
+                    stage_order: tuple[int, ...] | None = None,
+                    optimizer_slots: int | None = None) -> np.ndarray:
     """Bytes per device under a pipeline schedule: SPEC section 2's parameters, gradients,
     optimizer slots and receive buffers, plus kept activations times the micro-batches in
     flight at the device's position in `stage_order` (the used devices in pipeline order)."""
@@ -154,7 +155,8 @@ def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "s
     flight = np.ones(k, dtype=np.int64)
     flight[list(stage_order)] = in_flight(len(stage_order), micro_batches, schedule)
     activations = np.where(arrays.kept & ~arrays.is_param, arrays.bytes, 0)
-    fixed = persistent_memory(arrays, slots_of(optimizer)) - activations
+    slots = slots_of(optimizer) if optimizer_slots is None else optimizer_slots
+    fixed = persistent_memory(arrays, slots) - activations
     memory = np.bincount(a, weights=fixed, minlength=k)
     memory += np.bincount(a, weights=activations, minlength=k) * flight
     nodes, devices = remote_pairs(arrays, a, k)

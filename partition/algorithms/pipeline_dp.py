@@ -44,7 +44,7 @@ from partition.algorithms import ideals as ideals_
 from partition.algorithms.pipeline_model import Model
 from partition.errors import PlacementError
 from partition.problem import Problem
-from partition.stage_time import in_flight, stage_time_arrays
+from partition.stage_time import in_flight, pipeline_memory, stage_time_arrays
 
 IDEAL_BUDGET = 3000
 ATOM_LIMIT = 6000
@@ -135,32 +135,55 @@ def device_orders(cluster) -> tuple[list[tuple[int, ...]], bool]:
 # ------------------------------------------------------------------ one device order
 def _solve_order(problem: Problem, model: Model, order, caps_on: bool, pins_on: bool,
                  search_evaluations: int):
-    """(time, V, assignment, bound, proven, order, caps_on, pins_on) or None if nothing fits;
-    one run per in-flight plan, the best exact result kept."""
+    """(time, V, assignment, bound, proven, order, caps_on, pins_on) or None if nothing fits.
+    When memory can bind, the chain found without memory caps is kept if it fits (it is then
+    optimal with them too); else one run per in-flight plan, the best exact result kept."""
+    plans = _flight_plans(problem, model, len(order))
     results = []
-    for flight in _flight_plans(problem, model, len(order)):
-        bound, choice = _dp(problem, model, order, flight, caps_on, pins_on)
-        if not np.isfinite(bound):
-            continue
-        k = len(order) if flight is None else len(flight)
-        found = _evaluate(problem, model, order, _stages(model, choice, k))
-        refined = _dp(problem, model, order, flight, caps_on, pins_on,
-                      limit=bound * (1 + TOLERANCE))[1]
-        other = _evaluate(problem, model, order, _stages(model, refined, k))
-        if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
-            found = other
-        proven = found[0] <= bound * (1 + TOLERANCE)
-        if not proven and search_evaluations:
-            from partition.algorithms.pipeline_search import search
-            found, proven = search(problem, model, order, flight, caps_on, pins_on, found,
-                                   bound, search_evaluations)
-        results.append((found, bound, proven))
+    if plans != [None]:
+        free = _solve_plan(problem, model, order, None, caps_on, pins_on, search_evaluations)
+        if free is not None and _fits(problem, free[0][2]):
+            results, plans = [free], []
+    for flight in plans:
+        found = _solve_plan(problem, model, order, flight, caps_on, pins_on,
+                            search_evaluations)
+        if found is not None:
+            results.append(found)
     if not results:
         return None
     found = min((r[0] for r in results), key=lambda f: f[:2])
     bound = min(r[1] for r in results)
     proven = all(r[2] for r in results)
     return (*found, bound, proven, order, caps_on, pins_on)
+
+
+def _solve_plan(problem: Problem, model: Model, order, flight, caps_on: bool, pins_on: bool,
+                search_evaluations: int):
+    """((time, V, assignment), bound, proven) for one in-flight plan, or None."""
+    bound, choice = _dp(problem, model, order, flight, caps_on, pins_on)
+    if not np.isfinite(bound):
+        return None
+    k = len(order) if flight is None else len(flight)
+    found = _evaluate(problem, model, order, _stages(model, choice, k))
+    refined = _dp(problem, model, order, flight, caps_on, pins_on,
+                  limit=bound * (1 + TOLERANCE))[1]
+    other = _evaluate(problem, model, order, _stages(model, refined, k))
+    if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
+        found = other
+    proven = found[0] <= bound * (1 + TOLERANCE)
+    if not proven and search_evaluations:
+        from partition.algorithms.pipeline_search import search
+        found, proven = search(problem, model, order, flight, caps_on, pins_on, found,
+                               bound, search_evaluations)
+    return found, bound, proven
+
+
+def _fits(problem: Problem, assignment: np.ndarray) -> bool:
+    """Whether `assignment` fits every device's memory under the problem's schedule."""
+    memory = pipeline_memory(problem.arrays, assignment, problem.k,
+                             micro_batches=problem.micro_batches, schedule=problem.schedule,
+                             optimizer_slots=problem.optimizer_slots)
+    return bool((memory <= problem.memory_caps).all())
 
 
 def _flight_plans(problem: Problem, model: Model, k: int) -> list[np.ndarray | None]:
@@ -177,55 +200,69 @@ def _flight_plans(problem: Problem, model: Model, k: int) -> list[np.ndarray | N
 
 
 def stage_costs(problem: Problem, model: Model, order, i: int, terms) -> np.ndarray:
-    """float[K, N]: lower-bound seconds per micro-batch of stage `J minus I` at position p."""
-    supersets, fset, rset = terms
+    """float[K, N - lo]: lower-bound seconds per micro-batch of stage `J minus I_i` at each
+    position p, for the ideals J = lo.. of `terms`."""
+    lo, _, fset, rset = terms
     devices = np.asarray(order)
-    low_out, inv_out, low_in, inv_in = _link_bounds(problem.cluster)[:, devices]
-    compute = (model.compute - model.compute[i])[None, :] / problem.cluster.speeds[devices, None]
+    low_out, inv_out, low_in, inv_in = link_bounds(problem.cluster)[:, devices]
+    compute = (model.compute[lo:] - model.compute[i])[None, :] / problem.cluster.speeds[
+        devices, None]
     out_coef = np.vstack([low_out, inv_out])                   # 2 x K
     in_coef = np.vstack([low_in, inv_in])
-    transfers = (fset[:, 0:2] @ out_coef + rset[:, 0:2] @ in_coef
-                 + rset[:, 2:4] @ out_coef + fset[:, 2:4] @ in_coef)
+    transfers = ((fset[:, 0:2] + rset[:, 2:4]) @ out_coef
+                 + (rset[:, 0:2] + fset[:, 2:4]) @ in_coef)
     return compute + transfers.T
 
 
 def allowed(problem: Problem, model: Model, order, i: int, terms, flight, caps_on: bool,
             pins_on: bool) -> np.ndarray:
-    """bool[K, N]: stage `J minus I` may run at position p (non-empty, caps, pins, memory)."""
-    supersets, fset, rset = terms
+    """bool[K, N - lo]: stage `J minus I_i` may run at position p (caps, pins, memory)."""
+    lo, supersets, fset, rset = terms
     devices = np.asarray(order)
     ok = np.repeat(supersets[None, :], len(devices), axis=0)
-    ok[:, i] = False
-    if pins_on:
-        pins = model.pinned - model.pinned[i]
+    if pins_on and model.pinned[-1, -1]:
+        pins = model.pinned[lo:] - model.pinned[i]
         ok &= (pins[:, -1][None, :] - pins[:, devices].T) == 0
     if caps_on:
-        load = model.load - model.load[i]
+        load = model.load[lo:] - model.load[i]
         ok &= load[None, :] <= problem.load_caps[devices, None] * (1 + TOLERANCE) + 1e-9
     if flight is not None:
-        memory = stage_memory(model, i, rset, flight)
+        memory = stage_memory(model, i, terms, flight)
         ok[:len(flight)] &= memory <= problem.memory_caps[devices[:len(flight)], None]
         ok[len(flight):] = False
     return ok
 
 
-def stage_memory(model: Model, i: int, rset: np.ndarray, flight: np.ndarray) -> np.ndarray:
-    """float[len(flight), N]: bytes of stage `J minus I` at each position."""
-    fixed = model.fixed_memory - model.fixed_memory[i] + rset[:, 4]
-    return fixed[None, :] + (model.activations - model.activations[i])[None, :] * flight[:, None]
+def stage_memory(model: Model, i: int, terms, flight: np.ndarray) -> np.ndarray:
+    """float[len(flight), N - lo]: bytes of stage `J minus I_i` at each position."""
+    lo, rset = terms[0], terms[3]
+    fixed = model.fixed_memory[lo:] - model.fixed_memory[i] + rset[:, 4]
+    activations = model.activations[lo:] - model.activations[i]
+    return fixed[None, :] + activations[None, :] * flight[:, None]
 
 
-def _link_bounds(cluster) -> np.ndarray:
+_BOUNDS: dict = {}
+
+
+def link_bounds(cluster) -> np.ndarray:
     """float[4, k]: each device's smallest out-latency, 1/largest out-bandwidth, and the same
-    for incoming links (zeros on one device)."""
+    for incoming links (zeros on one device); cached per cluster."""
+    key = id(cluster)
+    cached = _BOUNDS.get(key)
+    if cached is not None and cached[0] is cluster:
+        return cached[1]
     k = cluster.k
     if k == 1:
-        return np.zeros((4, 1))
-    off = ~np.eye(k, dtype=bool)
-    lat = np.where(off, cluster.latency, np.inf)
-    bw = np.where(off, cluster.bandwidth, 0.0)
-    return np.vstack([lat.min(axis=1), 1.0 / bw.max(axis=1), lat.min(axis=0),
-                      1.0 / bw.max(axis=0)])
+        bounds = np.zeros((4, 1))
+    else:
+        off = ~np.eye(k, dtype=bool)
+        lat = np.where(off, cluster.latency, np.inf)
+        bw = np.where(off, cluster.bandwidth, 0.0)
+        bounds = np.vstack([lat.min(axis=1), 1.0 / bw.max(axis=1), lat.min(axis=0),
+                            1.0 / bw.max(axis=0)])
+    _BOUNDS.clear()
+    _BOUNDS[key] = (cluster, bounds)
+    return bounds
 
 
 def _dp(problem: Problem, model: Model, order, flight, caps_on: bool, pins_on: bool,
@@ -245,21 +282,23 @@ def _dp(problem: Problem, model: Model, order, flight, caps_on: bool, pins_on: b
         if not live.any() or i == n_ideals - 1:
             continue
         terms = model.terms(i)
+        lo = terms[0]
         cost = stage_costs(problem, model, order, i, terms)
         ok = allowed(problem, model, order, i, terms, flight, caps_on, pins_on) & live[:, None]
         if limit is not None:
             ok &= cost <= limit
         new_best = np.maximum(best[:k, i, None], cost)
-        new_volume = volume[:k, i, None] + terms[2][None, :, 5]
+        new_volume = volume[:k, i, None] + terms[3][None, :, 5]
+        old_best, old_volume = best[1:, lo:], volume[1:, lo:]
         if limit is None:
-            scale = np.where(np.isfinite(best[1:]), np.abs(best[1:]) * 1e-12, 0.0)
-            better = ok & ((new_best < best[1:] - scale)
-                           | ((new_best <= best[1:] + scale) & (new_volume < volume[1:])))
+            scale = np.where(np.isfinite(old_best), np.abs(old_best) * 1e-12, 0.0)
+            better = ok & ((new_best < old_best - scale)
+                           | ((new_best <= old_best + scale) & (new_volume < old_volume)))
         else:
-            better = ok & (new_volume < volume[1:])
-        best[1:] = np.where(better, new_best, best[1:])
-        volume[1:] = np.where(better, new_volume, volume[1:])
-        choice[1:] = np.where(better, i, choice[1:])
+            better = ok & (new_volume < old_volume)
+        best[1:, lo:] = np.where(better, new_best, old_best)
+        volume[1:, lo:] = np.where(better, new_volume, old_volume)
+        choice[1:, lo:] = np.where(better, i, choice[1:, lo:])
     return float(best[k, -1]), choice
 
 
@@ -311,11 +350,10 @@ def _memory_error(problem: Problem, model: Model, order) -> PlacementError:
     for i in range(model.size - 1):
         need_k[1:, i] = np.minimum(need_k[1:, i], need_k[:-1, i])
         terms = model.terms(i)
-        memory = stage_memory(model, i, terms[2], flight)
-        sup = terms[0].copy()
-        sup[i] = False
-        cand = np.where(sup[None, :], np.maximum(need_k[:-1, i, None], memory), np.inf)
-        need_k[1:] = np.minimum(need_k[1:], cand)
+        lo = terms[0]
+        memory = stage_memory(model, i, terms, flight)
+        cand = np.where(terms[1][None, :], np.maximum(need_k[:-1, i, None], memory), np.inf)
+        need_k[1:, lo:] = np.minimum(need_k[1:, lo:], cand)
     need = float(np.min(need_k[:, -1]))
     largest = int(problem.memory_caps.max())
     return PlacementError(

@@ -78,16 +78,19 @@ class Model:
                    boundary=boundary, weights=weights, open_rows=open_rows,
                    open_total=np.asarray(open_rows @ weights))
 
-    def supersets(self, i: int) -> np.ndarray:
-        """bool[N]: ideals J containing ideal i."""
-        return ~(self.packed[i] & ~self.packed).any(axis=1)
-
-    def terms(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(supersets of i, fset[N, COLUMNS], rset[N, COLUMNS]) for stages J minus ideal i."""
+    def terms(self, i: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """(lo, supersets, fset, rset) for stages `J minus I_i` over the ideals J = lo.. (the
+        larger ideals, lo = i + 1): bool[N - lo] and float[N - lo, COLUMNS] twice."""
+        lo = i + 1
         b = self.boundary
+        rows = self.open_rows
+        start = rows.indptr[lo]
+        later = csr_matrix((rows.data[start:], rows.indices[start:], rows.indptr[lo:] - start),
+                           shape=(self.size - lo, rows.shape[1]))
         inside = self.members[i, b.unit]
-        fset = self.open_total - np.asarray(self.open_rows @ (self.weights * inside[:, None]))
-        tensors = self.open_rows.indices[self.open_rows.indptr[i]:self.open_rows.indptr[i + 1]]
+        fset = self.open_total[lo:] - np.asarray(later @ (self.weights * inside[:, None]))
+        supersets = ~(self.packed[i] & ~self.packed[lo:]).any(axis=1)
+        tensors = rows.indices[rows.indptr[i]:rows.indptr[i + 1]]
         rset = np.zeros_like(fset)
         if len(tensors):
             starts, ends = b.ptr[tensors], b.ptr[tensors + 1]
@@ -99,9 +102,9 @@ class Model:
             owner = np.repeat(np.arange(len(tensors)), lengths)[outside]
             readers = readers[outside]
             first = np.flatnonzero(np.diff(owner, prepend=-1))
-            reached = np.logical_or.reduceat(self.members[:, readers], first, axis=1)
+            reached = np.logical_or.reduceat(self.members[lo:, readers], first, axis=1)
             rset = reached.astype(np.float64) @ self.weights[tensors[owner[first]]]
-        return self.supersets(i), fset, rset
+        return lo, supersets, fset, rset
 
 
 def _open_rows(members: np.ndarray, boundary: Boundary) -> csr_matrix:

@@ -43,17 +43,18 @@ def search(problem, model, order, flight, caps_on, pins_on, found, bound, evalua
 
     def visit(p: int, i: int, prefix: float) -> None:
         terms = model.terms(i)
+        lo = terms[0]
         cost = stage_costs(problem, model, order, i, terms)[p]
         ok = allowed(problem, model, order, i, terms, flight, caps_on, pins_on)[p]
         rest = float(speeds[list(order[p + 1:])].sum())
-        remaining = model.compute[-1] - model.compute
+        remaining = model.compute[-1] - model.compute[lo:]
         suffix = remaining / rest if rest > 0 else np.where(remaining > 0, np.inf, 0.0)
         bound_j = np.maximum(np.maximum(cost, suffix), prefix)
         limit = state["best"][0] * (1 - RELATIVE)
         candidates = np.flatnonzero(ok & (bound_j < limit))
         if p == k - 1:
-            candidates = candidates[candidates == last]
-        for j in candidates[np.argsort(bound_j[candidates], kind="stable")]:
+            candidates = candidates[candidates == last - lo]
+        for j in lo + candidates[np.argsort(bound_j[candidates], kind="stable")]:
             if state["left"] <= 0:
                 raise _Budget
             state["left"] -= 1
