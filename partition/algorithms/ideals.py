@@ -101,14 +101,15 @@ def acyclic_units(arrays: GraphArrays, unit: np.ndarray) -> np.ndarray:
     return topological_units(merged, *unit_edges(arrays, merged))
 
 
-def coarse_units(arrays: GraphArrays, weights: np.ndarray, limit: int) -> np.ndarray:
+def coarse_units(arrays: GraphArrays, weights: np.ndarray, limit: int,
+                 layers: bool = True) -> np.ndarray:
     """Node -> unit with at most about `limit` units and an acyclic quotient: layer groups
     (strongly connected ones merged) when the graph has them and they are few enough, else
     equal-load chunks of the pipeline order."""
     order = pipeline_order(arrays)
-    layers = layer_units(arrays, order)
-    if layers is not None:
-        units = acyclic_units(arrays, layers)
+    groups = layer_units(arrays, order) if layers else None
+    if groups is not None:
+        units = acyclic_units(arrays, groups)
         if int(units.max()) + 1 <= limit:
             return units
     load = np.where(weights > 0, weights, 0.0) + 1e-9 * max(float(weights.sum()), 1.0) / len(order)

@@ -6,7 +6,8 @@ device order (stages may be empty, so fewer devices may be used). Following Tarn
 (NeurIPS 2020), the program runs over the ideals in order of size and, for every pair
 `I <= J`, prices stage `J minus I` (pipeline_model.py) and keeps for every (position, J) the
 smallest bottleneck `max_p T_p`, ties broken by the smaller step volume V (V is a sum over
-stages of what each stage receives, so it is exact in the DP).
+stages of what each stage receives, so it is exact in the DP). Up to `REFINE_LIMIT` ideals
+a second pass finds the smallest V among chains whose stages all fit the optimal bottleneck.
 
 Exactness. On identical devices with uniform links the stage prices are SPEC's `T_d` except
 that a tensor requiring a gradient and read by several later stages has its gradient
@@ -14,13 +15,15 @@ received once per stage; the DP counts one, a lower bound. The DP's chain is the
 exactly (partition/stage_time.py); if that equals the DP's bound the chain is optimal,
 otherwise a depth-first search over chains with exact partial stage times (nodes of later
 stages stand on a virtual device linked by the cheapest remaining link) and the DP's bounds
-closes the gap within `SEARCH_EVALUATIONS`. The contractions of ideals.py keep the optimum.
+closes the gap within `SEARCH_EVALUATIONS` (and pipeline_search.SECONDS). The contractions
+of ideals.py keep the optimum.
 
 Coarsening. When the contracted graph has more than `ideal_budget` ideals, the program runs
 on a family that is not every ideal: the ideals of the layer groups (strongly connected
-groups merged) and every prefix of the pipeline order (so it is never worse than the best
-split of that order), or on equal-load chunks of that order for very large graphs; the
-result then says `optimal: false` and how many units it used.
+groups merged) and the prefixes of the pipeline order (every one up to `PREFIX_LIMIT` atoms,
+else `PREFIX_LIMIT` equal-load ones), so it is never worse than the best split of that order
+at layer boundaries; beyond `ATOM_LIMIT` atoms, the prefixes of `COARSE_UNITS` equal-load
+chunks of that order. The result then says `optimal: false` and how many units it used.
 
 Heterogeneous devices and links: stage p runs on device `order[p]`; a stage's link costs
 in the DP use its device's cheapest link (a lower bound; the search and the final exact
@@ -48,8 +51,9 @@ from partition.stage_time import in_flight, pipeline_memory, stage_time_arrays
 
 IDEAL_BUDGET = 3000
 ATOM_LIMIT = 6000
-COARSE_UNITS = 1024
-PREFIX_LIMIT = 4096
+COARSE_UNITS = 256
+PREFIX_LIMIT = 1024
+REFINE_LIMIT = 800
 SEARCH_EVALUATIONS = 20000
 TOLERANCE = 1e-9
 
@@ -65,7 +69,8 @@ def pipeline_dp(problem: Problem, ideal_budget: int = IDEAL_BUDGET,
     for caps_on, pins_on in ((not throughput, True), (False, True), (False, False)):
         for order in orders:
             found = _solve_order(problem, model, order, caps_on, pins_on,
-                                 search_evaluations if complete and all_orders else 0)
+                                 search_evaluations if complete and all_orders else 0,
+                                 every_plan=complete)
             if found is not None and (best is None or found[:2] < best[:2]):
                 best = found
         if best is not None:
@@ -89,8 +94,10 @@ def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool
     contracted graph, the number of units)."""
     arrays = problem.arrays
     unit = ideals_.atoms_of(arrays, problem.pinned)
-    if int(unit.max()) + 1 > ATOM_LIMIT:
-        unit = ideals_.coarse_units(arrays, problem.weights, COARSE_UNITS)
+    if int(unit.max()) + 1 > ATOM_LIMIT:          # too many atoms: chunks of the order
+        unit = ideals_.coarse_units(arrays, problem.weights, COARSE_UNITS, layers=False)
+        count = int(unit.max()) + 1
+        return unit, ideals_.prefix_ideals(count), False, count
     count = int(unit.max()) + 1
     src, dst = ideals_.unit_edges(arrays, unit)
     every = ideals_.enumerate_ideals(count, src, dst, budget)
@@ -101,7 +108,7 @@ def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool
         families.append(ideals_.prefix_ideals(count))
     else:
         load = np.bincount(unit, weights=problem.weights, minlength=count) + 1e-300
-        chunk = ideals_.split_by_weight(load, np.ones(COARSE_UNITS))
+        chunk = ideals_.split_by_weight(load, np.ones(PREFIX_LIMIT))
         families.append(ideals_.prefix_ideals(count, np.flatnonzero(np.diff(chunk)) + 1))
     coarse = ideals_.coarse_units(arrays, problem.weights, COARSE_UNITS)
     layer_of_unit = np.zeros(count, dtype=np.int64)
@@ -134,13 +141,17 @@ def device_orders(cluster) -> tuple[list[tuple[int, ...]], bool]:
 
 # ------------------------------------------------------------------ one device order
 def _solve_order(problem: Problem, model: Model, order, caps_on: bool, pins_on: bool,
-                 search_evaluations: int):
+                 search_evaluations: int, every_plan: bool = True):
     """(time, V, assignment, bound, proven, order, caps_on, pins_on) or None if nothing fits.
     When memory can bind, the chain found without memory caps is kept if it fits (it is then
-    optimal with them too); else one run per in-flight plan, the best exact result kept."""
+    optimal with them too); else one run per in-flight plan, the best exact result kept.
+    Without `every_plan` only the plan using every device runs (conservative: a chain using
+    fewer devices gets at least as many micro-batches in flight as it would have)."""
     plans = _flight_plans(problem, model, len(order))
+    if not every_plan:
+        plans = plans[-1:]
     results = []
-    if plans != [None]:
+    if plans[0] is not None:
         free = _solve_plan(problem, model, order, None, caps_on, pins_on, search_evaluations)
         if free is not None and _fits(problem, free[0][2]):
             results, plans = [free], []
@@ -165,11 +176,12 @@ def _solve_plan(problem: Problem, model: Model, order, flight, caps_on: bool, pi
         return None
     k = len(order) if flight is None else len(flight)
     found = _evaluate(problem, model, order, _stages(model, choice, k))
-    refined = _dp(problem, model, order, flight, caps_on, pins_on,
-                  limit=bound * (1 + TOLERANCE))[1]
-    other = _evaluate(problem, model, order, _stages(model, refined, k))
-    if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
-        found = other
+    if model.size <= REFINE_LIMIT:          # the smallest V among the fastest chains
+        refined = _dp(problem, model, order, flight, caps_on, pins_on,
+                      limit=bound * (1 + TOLERANCE))[1]
+        other = _evaluate(problem, model, order, _stages(model, refined, k))
+        if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
+            found = other
     proven = found[0] <= bound * (1 + TOLERANCE)
     if not proven and search_evaluations:
         from partition.algorithms.pipeline_search import search

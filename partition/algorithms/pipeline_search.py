@@ -15,6 +15,7 @@ import numpy as np
 from partition.stage_time import stage_time_arrays
 
 RELATIVE = 1e-12
+SECONDS = 3.0
 
 
 class _Budget(Exception):
@@ -23,7 +24,9 @@ class _Budget(Exception):
 
 def search(problem, model, order, flight, caps_on, pins_on, found, bound, evaluations):
     """((time, V, assignment), proven): the best chain for this device order, proven optimal
-    unless the budget of exact partial evaluations ran out first."""
+    unless the budget of exact partial evaluations, or SECONDS, ran out first."""
+    import time
+    deadline = time.perf_counter() + SECONDS
     from partition.algorithms.pipeline_dp import _volume, allowed, stage_costs
     cluster, arrays = problem.cluster, problem.arrays
     k = len(order) if flight is None else len(flight)
@@ -55,20 +58,20 @@ def search(problem, model, order, flight, caps_on, pins_on, found, bound, evalua
         if p == k - 1:
             candidates = candidates[candidates == last - lo]
         for j in lo + candidates[np.argsort(bound_j[candidates], kind="stable")]:
-            if state["left"] <= 0:
+            if state["left"] <= 0 or time.perf_counter() > deadline:
                 raise _Budget
             state["left"] -= 1
             nodes = nodes_of(int(j), i)
             assign[nodes] = order[p]
             c, s, r = stage_time_arrays(arrays, assign, speeds, *links[p],
                                         problem.micro_batches)
-            time = float((c + s + r)[:big].max())
-            if time < state["best"][0] * (1 - RELATIVE):
+            slowest = float((c + s + r)[:big].max())
+            if slowest < state["best"][0] * (1 - RELATIVE):
                 if j == last:
                     exact = assign.copy()
-                    state["best"] = (time, _volume(problem, exact), exact)
+                    state["best"] = (slowest, _volume(problem, exact), exact)
                 else:
-                    visit(p + 1, int(j), time)
+                    visit(p + 1, int(j), slowest)
             assign[nodes] = big
 
     try:
