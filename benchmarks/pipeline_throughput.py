@@ -151,20 +151,19 @@ def speed() -> bool:
 def agreement(quick: bool, m: int = 16) -> bool:
     print(f"\n== simulated step time, m = {m}, 1F1B (acyclic placements only) ==")
     ok = True
-    others = ("contiguous", "layers", "multilevel", "mincut", "auto")
+    others = ("contiguous", "layers", "multilevel", "mincut", "auto")    # auto: throughput
     for config in CONFIGS:
         if config.stem == "gpt2-xl" and quick:
             continue
         setup = setup_of(config, None)
         graph, cluster = setup.graph, setup.cluster
         times = {}
-        runs = [("pipeline_dp", dict(algorithm="pipeline_dp", objective="throughput"))]
-        runs += [(name, dict(algorithm=name, acyclic=True)) for name in others]
-        for name, options in runs:
+        for name in ("pipeline_dp",) + others:     # as given (no rebalancing), acyclic
             try:
-                placed = partition(graph, cluster, micro_batches=m, schedule="1f1b",
+                placed = partition(graph, cluster, algorithm=name, objective="throughput",
+                                   acyclic=True, micro_batches=m, schedule="1f1b",
                                    epsilon=setup.options["epsilon"],
-                                   time_limit=60.0 if name == "auto" else None, **options)
+                                   time_limit=60.0 if name == "auto" else None)
             except PartitionError as err:
                 times[name] = f"failed ({str(err)[:40]})"
                 continue

@@ -31,6 +31,9 @@ evaluation use the true links). Orders tried: all of them for k <= 3, else the g
 devices by decreasing speed, and a greedy path from the fastest device along the widest
 links; the best exact result wins. Identical devices with uniform links need one order.
 
+An answer not proven optimal is compared with contiguous's split (exactly evaluated) and
+the better kept, so pipeline_dp is never worse than that baseline.
+
 Memory caps are hard: stage p's memory is its parameters, gradients and optimizer slots,
 its kept activations times the micro-batches in flight at its position (SPEC section 5, for
 the problem's schedule and m) and its receive buffers. Load caps apply except under the
@@ -46,6 +49,7 @@ from partition.algorithms.base import AlgorithmResult, apply_pins
 from partition.algorithms import ideals as ideals_
 from partition.algorithms.pipeline_model import Model
 from partition.errors import PlacementError
+from partition.metrics import quotient_adjacency, quotient_order
 from partition.problem import Problem
 from partition.stage_time import in_flight, pipeline_memory, stage_time_arrays
 
@@ -77,6 +81,8 @@ def pipeline_dp(problem: Problem, ideal_budget: int = IDEAL_BUDGET,
             break
     if best is None:
         raise _memory_error(problem, model, orders[0])
+    if not (best[4] and complete and all_orders):
+        best = _or_contiguous(problem, best)
     time, volume, assignment, bound, proven, order, caps_on, pins_on = best
     optimal = bool(proven and complete and all_orders and pins_on
                    and (caps_on or throughput))
@@ -190,6 +196,27 @@ def _solve_plan(problem: Problem, model: Model, order, flight, caps_on: bool, pi
     return found, bound, proven
 
 
+def _or_contiguous(problem: Problem, best: tuple) -> tuple:
+    """`best`, or contiguous's split when that is an acyclic pipeline that fits memory (and
+    the load caps the DP kept) with a smaller (time, V): an unproven DP answer (coarsened
+    family, link prices that are estimates) is never worse than the plain pipeline split."""
+    from partition.algorithms.baselines import contiguous
+    caps_on = best[6]
+    split = apply_pins(problem, contiguous(problem).assignment)
+    if caps_on and (np.bincount(split, weights=problem.weights, minlength=problem.k)
+                    > problem.load_caps * (1 + TOLERANCE) + 1e-9).any():
+        return best
+    cluster = problem.cluster
+    compute, send, recv = stage_time_arrays(problem.arrays, split, cluster.speeds,
+                                            cluster.latency, cluster.bandwidth,
+                                            problem.micro_batches)
+    found = (float((compute + send + recv).max()), _volume(problem, split), split)
+    if found[:2] >= best[:2] or not _fits(problem, split) or quotient_order(
+            quotient_adjacency(problem.arrays, split, problem.k)) is None:
+        return best
+    return (*found, best[3], best[4], tuple(range(problem.k)), *best[6:])
+
+
 def _fits(problem: Problem, assignment: np.ndarray) -> bool:
     """Whether `assignment` fits every device's memory under the problem's schedule."""
     memory = pipeline_memory(problem.arrays, assignment, problem.k,
@@ -216,14 +243,29 @@ def stage_costs(problem: Problem, model: Model, order, i: int, terms) -> np.ndar
     position p, for the ideals J = lo.. of `terms`."""
     lo, _, fset, rset = terms
     devices = np.asarray(order)
-    low_out, inv_out, low_in, inv_in = link_bounds(problem.cluster)[:, devices]
     compute = (model.compute[lo:] - model.compute[i])[None, :] / problem.cluster.speeds[
         devices, None]
-    out_coef = np.vstack([low_out, inv_out])                   # 2 x K
-    in_coef = np.vstack([low_in, inv_in])
-    transfers = ((fset[:, 0:2] + rset[:, 2:4]) @ out_coef
-                 + (rset[:, 0:2] + fset[:, 2:4]) @ in_coef)
+    send_next, recv_prev, send_prev, recv_next = link_prices(problem.cluster, tuple(order))
+    transfers = (fset[:, 0:2] @ send_next + rset[:, 0:2] @ recv_prev
+                 + rset[:, 2:4] @ send_prev + fset[:, 2:4] @ recv_next)
     return compute + transfers.T
+
+
+def link_prices(cluster, order: tuple) -> tuple[np.ndarray, ...]:
+    """(latency, 1/bandwidth) rows (2 x K each) pricing, at each position, forward sends,
+    forward receives, gradient sends and gradient receives. Each device's cheapest link (a
+    lower bound, which the search needs) on uniform links or when every order is tried;
+    else the links to the neighbouring positions, where most transfers of a pipeline go."""
+    low_out, inv_out, low_in, inv_in = link_bounds(cluster)[:, list(order)]
+    out, into = np.vstack([low_out, inv_out]), np.vstack([low_in, inv_in])
+    if cluster.uniform_links or device_orders(cluster)[1]:
+        return out, into, out, into
+    d = np.asarray(order)
+    nxt, prv = np.append(d[1:], d[-1]), np.insert(d[:-1], 0, d[0])
+    def pair(a, b, fallback):
+        price = np.vstack([cluster.latency[a, b], 1.0 / cluster.bandwidth[a, b]])
+        return np.where(a == b, fallback, price)
+    return pair(d, nxt, out), pair(prv, d, into), pair(d, prv, out), pair(nxt, d, into)
 
 
 def allowed(problem: Problem, model: Model, order, i: int, terms, flight, caps_on: bool,
