@@ -173,3 +173,33 @@ def test_pins_are_honoured_in_the_split():
     assert all(placed[f"v{i}"] == 2 for i in range(1, 6))
 
 
+
+
+def test_auto_under_throughput_keeps_the_fastest_pipeline():
+    from dags import seeded_dag
+    from partition.algorithms.auto import auto
+    from partition.algorithms.baselines import contiguous
+    g = seeded_dag(7)
+    cluster = uniform(4, flops=1e6, bandwidth=1e5, latency=1e-4)
+    problem = Problem.build(g, cluster, objective="throughput", micro_batches=2, time_limit=3.0)
+    chosen = auto(problem)
+    t = stage_times(g, chosen.assignment, cluster, micro_batches=2)
+    assert t.acyclic
+    for other in (pipeline_dp(problem), contiguous(problem)):
+        assert t.time_per_micro_batch <= stage_times(
+            g, other.assignment, cluster, micro_batches=2).time_per_micro_batch * (1 + 1e-12)
+    assert chosen.info["chosen"] in chosen.info["candidates"]
+
+
+def test_throughput_is_not_rebalanced_and_ignores_epsilon():
+    from dags import seeded_dag
+    from partition.algorithms.baselines import contiguous
+    from partition.api import partition
+    g = seeded_dag(5)
+    cluster = uniform(3, flops=1e6, bandwidth=1e5)
+    raw = contiguous(Problem.build(g, cluster, epsilon=0.0)).assignment
+    placed = partition(g, cluster, algorithm="contiguous", epsilon=0.0, objective="throughput")
+    assert placed.info["rebalance_moves"] == 0
+    assert placed.assignment.tolist() == raw.tolist()
+    assert placed.info["pipeline"]["time_per_micro_batch"] == pytest.approx(
+        stage_times(g, raw, cluster).time_per_micro_batch)
