@@ -5,7 +5,8 @@ each peer result also improved by one multilevel V-cycle, mincut, and contiguous
 when acyclic; when none fits the load caps, the load packing closest to the best (packing.py)
 improved by a V-cycle. Feasible means within the load and memory caps (memory with receive
 buffers, as in SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the
-lowest objective wins: step volume V, or the time-weighted volume when problem.objective == "time_volume".
+lowest objective wins: step volume V, or the time-weighted volume when problem.objective ==
+"time_volume".
 Under the throughput objective pipeline_dp and contiguous always run, load caps do not count as
 violations (the objective is the balance), and the winner is the acyclic placement with the
 smallest pipeline time per micro-batch (SPEC section 5), then the smallest V.
@@ -77,12 +78,7 @@ def auto(problem: Problem) -> AlgorithmResult:
             methods.append((name, _peer(hg, caps, peer, problem.seed, found)))
             methods.append((name + "+vcycle", _refined(hg, caps, problem.seed, found)))
     methods.append(("mincut", lambda: mincut(sub(remaining()))))
-    if problem.objective == "throughput":
-        methods = [("pipeline_dp", lambda: pipeline_dp(problem)),
-                   ("contiguous", lambda: contiguous(problem))] + methods
-    elif problem.acyclic:
-        methods += [("contiguous", lambda: contiguous(problem)),
-                    ("pipeline_dp", lambda: pipeline_dp(problem))]
+    methods = _with_pipelines(problem, methods)
     best = None
     tried = {}
     for name, run in methods:
@@ -118,6 +114,15 @@ def auto(problem: Problem) -> AlgorithmResult:
     info = dict(result.info, chosen=name, candidates=tried)
     return AlgorithmResult(np.asarray(result.assignment, dtype=np.int32), optimal=result.optimal,
                            bound=result.bound, info=info)
+
+
+def _with_pipelines(problem: Problem, methods: list) -> list:
+    """pipeline_dp and contiguous first under throughput, last with acyclic, else absent."""
+    pipelines = [("pipeline_dp", lambda: pipeline_dp(problem)),
+                 ("contiguous", lambda: contiguous(problem))]
+    if problem.objective == "throughput":
+        return pipelines + methods
+    return methods + pipelines[::-1] if problem.acyclic else methods
 
 
 def _value(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray):
