@@ -70,7 +70,8 @@ def pipeline_dp(problem: Problem, ideal_budget: int = IDEAL_BUDGET,
     orders, all_orders = device_orders(problem.cluster)
     throughput = problem.objective == "throughput"
     best = None
-    for caps_on, pins_on in ((not throughput, True), (False, True), (False, False)):
+    attempts = dict.fromkeys(((not throughput, True), (False, True), (False, False)))
+    for caps_on, pins_on in attempts:
         for order in orders:
             found = _solve_order(problem, model, order, caps_on, pins_on,
                                  search_evaluations if complete and all_orders else 0,
