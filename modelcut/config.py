@@ -305,7 +305,8 @@ class PartitionSection(Section):
     acyclic: Flag = False
     seed: Optional[Integer] = None
     time_limit: Optional[Seconds] = None
-    objective: Optional[_choice("volume", "time")] = None
+    # "time" is the old name of "time_volume" (the time-weighted volume), still accepted
+    objective: Optional[_choice("volume", "time_volume", "time", "throughput")] = None
     pin: dict[str, PinTarget] = {}
 
     def problems(self):

@@ -71,6 +71,7 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
     if simulation:
         totals.update({key: simulation.get(key) for key in
                        ("makespan", "single_device_time", "speedup", "bubble")})
+    totals.update(pipeline_totals(graph, cluster, placement, settings or {}))
     return {
         "format": REPORT_FORMAT, "version": REPORT_VERSION,
         "graph": {"name": graph.name, "source": source, "nodes": len(graph.nodes),
@@ -91,6 +92,56 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
         "link_traffic": np.asarray(metrics.link_traffic).astype(int).tolist(),
         "simulation": dict(simulation) if simulation else None,
     }
+
+
+PIPELINE_HINT = ("the devices form a cycle, so this placement is not a pipeline: pass "
+                 "--acyclic, or --objective throughput to minimise the pipeline's time per "
+                 "micro-batch")
+
+
+def pipeline_totals(graph: Graph, cluster: Cluster, placement, settings: Mapping) -> dict:
+    """SPEC section 5's pipeline figures of a placement for the report's totals: time per
+    micro-batch, bottleneck device and the schedule's bubble (None when it is not a pipeline),
+    and, for pipeline_dp, whether it ran on coarsened units."""
+    from partition.stage_time import stage_times
+    info = getattr(placement, "info", None) or {}
+    stages = info.get("pipeline")
+    schedule = settings.get("schedule")
+    schedule = schedule if schedule in ("gpipe", "1f1b") else "1f1b"
+    m = int(settings.get("micro_batches") or 1)
+    if stages is None or stages.get("micro_batches") != m or stages.get("schedule") != schedule:
+        stages = stage_times(graph_arrays(graph), placement.assignment, cluster,
+                             micro_batches=m, schedule=schedule).to_dict()
+    pipeline = bool(stages["acyclic"])
+    out = {"pipeline": pipeline,
+           "time_per_micro_batch": stages["time_per_micro_batch"] if pipeline else None,
+           "bottleneck_device": stages["bottleneck"] if pipeline else None,
+           "pipeline_bubble": stages["bubble"], "pipeline_step_estimate": stages["step_estimate"],
+           "pipeline_schedule": schedule, "micro_batches": m}
+    if "coarsened" in info:
+        out.update(pipeline_coarsened=bool(info["coarsened"]), pipeline_units=info.get("units"))
+    return out
+
+
+def pipeline_hint(report: Mapping) -> str | None:
+    """The one-line hint for a cyclic placement, else None."""
+    return None if report["totals"].get("pipeline", True) else PIPELINE_HINT
+
+
+def pipeline_rows(t: Mapping) -> list[tuple[str, str]]:
+    """Totals rows for the pipeline figures (see pipeline_totals)."""
+    if "pipeline" not in t:
+        return []
+    if not t["pipeline"]:
+        return [("pipeline time per micro-batch", "not a pipeline (devices form a cycle)")]
+    rows = [("pipeline time per micro-batch", format_time(t["time_per_micro_batch"])
+             + f" (bottleneck {t['bottleneck_device']})"),
+            (f"schedule bubble ({t['pipeline_schedule']}, m={t['micro_batches']})",
+             _pct(t["pipeline_bubble"]))]
+    if t.get("pipeline_coarsened"):
+        rows.append(("pipeline_dp search", f"coarsened to {t['pipeline_units']:,} units "
+                                           "(optimal: false)"))
+    return rows
 
 
 # ------------------------------------------------------------------ tables
@@ -148,9 +199,11 @@ def totals_table(report: Mapping) -> Table:
         ("step volume V", format_size(t["step_volume"])),
         ("edge cut", format_size(t["edge_cut"])),
         ("imbalance", f"{t['imbalance']:.3f}" + (f" (epsilon {settings['epsilon']})"
-                                                 if "epsilon" in settings else "")),
+                                                 if "epsilon" in settings and settings.get(
+                                                     "objective") != "throughput" else "")),
         ("acyclic", _bool(t["acyclic"])),
         ("time-weighted volume", format_time(t["time_weighted_volume"])),
+        *pipeline_rows(t),
     ]
     if result.get("relaxed_by"):
         rows.append(("balance relaxed by", str(result["relaxed_by"])))
@@ -183,16 +236,20 @@ def compare_table(rows: Sequence[Mapping]) -> Table:
     out = []
     for r in rows:
         if r.get("error"):
-            out.append((r["algorithm"], "failed", *["-"] * 5, format_time(r["seconds"])))
+            out.append((r["algorithm"], "failed", *["-"] * 6, format_time(r["seconds"])))
             continue
         m = r["metrics"]
         name = r["algorithm"] + (" (optimal)" if r.get("optimal") else "")
-        out.append((name, format_size(m["step_volume"]), format_size(m["forward_volume"]),
-                    format_size(m["backward_volume"]), format_size(m["edge_cut"]),
-                    f"{m['imbalance']:.3f}", _bool(m["acyclic"]), format_time(r["seconds"])))
-    return Table("Algorithms", ("algorithm", "V", "V_f", "V_b", "edge cut", "imbalance",
-                                "acyclic", "time"), tuple(out),
-                 (False, True, True, True, True, True, False, True))
+        stages = r.get("pipeline") or {}
+        per_micro_batch = ("-" if not stages else format_time(stages["time_per_micro_batch"])
+                           if stages["acyclic"] else "not a pipeline")
+        out.append((name, format_size(m["step_volume"]), per_micro_batch,
+                    format_size(m["forward_volume"]), format_size(m["backward_volume"]),
+                    format_size(m["edge_cut"]), f"{m['imbalance']:.3f}", _bool(m["acyclic"]),
+                    format_time(r["seconds"])))
+    return Table("Algorithms", ("algorithm", "V", "time/micro-batch", "V_f", "V_b", "edge cut",
+                                "imbalance", "acyclic", "time"),
+                 tuple(out), (False, True, True, True, True, True, True, False, True))
 
 
 # ------------------------------------------------------------------ renderers
@@ -248,6 +305,8 @@ def markdown_report(report: Mapping, images: Sequence[str] = ()) -> str:
     """report.md: a heading with the graph and cluster, then every table, then the plots."""
     head = [f"# {report_title(report)}", "", summary_line(report), ""]
     body = [markdown_table(t) for t in report_tables(report)]
+    if pipeline_hint(report):
+        body.append(f"Note: {pipeline_hint(report)}.\n")
     pictures = [f"![{Path(p).stem}]({p})" for p in images]
     return "\n".join(head + body + pictures) + "\n"
 

@@ -72,7 +72,8 @@ class TrainingSetup:
 # ------------------------------------------------------------------ setup
 def load_training_setup(path: str | Path, *, devices: int | None = None,
                         algorithm: str | None = None, steps: int | None = None,
-                        checkpoint_every: int | None = None) -> TrainingSetup:
+                        checkpoint_every: int | None = None,
+                        objective: str | None = None) -> TrainingSetup:
     """The setup a config describes, with the command line's overrides applied."""
     from autodiff.models import make_data
 
@@ -91,9 +92,11 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
     pipelined = t.schedule in ("gpipe", "1f1b")
     options = {"algorithm": algorithm or p.algorithm, "epsilon": p.epsilon,
                "acyclic": p.acyclic or pipelined, "seed": p.seed or 0,
-               "time_limit": p.time_limit, "objective": p.objective,
+               "time_limit": p.time_limit, "objective": objective or p.objective,
                "pins": dict(p.pin) or None, "micro_batches": t.micro_batches,
                "optimizer": t.optimizer}
+    if pipelined:
+        options["schedule"] = t.schedule
     return TrainingSetup(
         name=config.name, source=str(path), family=family, graph=graph,
         batch=batch, cluster=cluster, micro_batches=t.micro_batches,

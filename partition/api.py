@@ -20,6 +20,7 @@ from partition.errors import PlacementError
 from partition.metrics import check_assignment, compute_metrics, quotient_adjacency, quotient_order
 from partition.placement import Placement
 from partition.problem import Problem
+from partition.stage_time import stage_times
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: float = 0.10,
               acyclic: bool = False, seed: int = 0, time_limit: float | None = None,
               pins: Mapping[str, int | str] | None = None, objective: str | None = None,
-              micro_batches: int = 1, optimizer: str = "sgd") -> Placement:
+              micro_batches: int = 1, optimizer: str = "sgd",
+              schedule: str | None = None) -> Placement:
     """Place every node of the forward `graph` on a device of `cluster`.
 
     Parameters
@@ -37,8 +39,12 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
         outweighs a device's share.
     acyclic : require an acyclic quotient graph (needed by pipeline schedules).
     pins : fnmatch-style node name pattern -> device index or name.
-    objective : "volume" (bytes) or "time" (seconds on each link); default "volume" on clusters
-        with uniform links, else "time".
+    objective : "volume" (bytes), "time_volume" (seconds on each link; "time" is accepted) or
+        "throughput" (SPEC section 5's pipeline time per micro-batch; epsilon does not apply
+        and nothing is rebalanced afterwards); default "volume" on clusters with uniform
+        links, else "time_volume".
+    schedule : "1f1b" (default) or "gpipe": the pipeline schedule whose in-flight
+        micro-batches count against memory under the throughput objective.
 
     Raises PlacementError naming the argument, node or device when no acceptable placement is
     found (a device over its memory or load cap, a violated pin, a cyclic quotient).
@@ -50,7 +56,8 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
                              f"{', '.join(sorted(ALGORITHMS))})") from None
     problem = Problem.build(graph, cluster, epsilon=epsilon, acyclic=acyclic, seed=seed,
                             time_limit=time_limit, pins=pins, objective=objective,
-                            micro_batches=micro_batches, optimizer=optimizer)
+                            micro_batches=micro_batches, optimizer=optimizer,
+                            schedule=schedule)
     start = time.perf_counter()
     result = run(problem)
     assignment = check_assignment(result.assignment, problem.n, problem.k,
@@ -60,13 +67,19 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
                                                      problem.k)) is None:
         raise PlacementError(f"algorithm {algorithm!r} returned a placement whose devices form "
                              "a cycle, but acyclic=True was asked for")
-    assignment, moves = rebalance(problem, assignment)
+    if problem.objective == "throughput":       # the objective is the balance
+        moves = 0
+    else:
+        assignment, moves = rebalance(problem, assignment)
     seconds = time.perf_counter() - start
     metrics = compute_metrics(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                               optimizer=optimizer)
     log.info("partition %s with %s on %d devices: V=%d bytes, imbalance %.3f, %.2fs",
              graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance, seconds)
-    info = dict(result.info, objective=problem.objective, rebalance_moves=moves)
+    pipeline = stage_times(problem.arrays, assignment, cluster, micro_batches=micro_batches,
+                           schedule=problem.schedule)
+    info = dict(result.info, objective=problem.objective, rebalance_moves=moves,
+                pipeline=pipeline.to_dict())
     return Placement(assignment=assignment, node_names=problem.arrays.names,
                      device_names=cluster.device_names, algorithm=algorithm, seconds=seconds,
                      metrics=metrics, optimal=result.optimal if moves == 0 else None,

@@ -17,7 +17,11 @@ from partition.cluster import Cluster
 from partition.cost import GraphArrays, graph_arrays, multiplicity, slots_of, step_train_flops
 from partition.errors import ClusterError, PlacementError
 
-OBJECTIVES = ("volume", "time")
+OBJECTIVES = ("volume", "time_volume", "throughput")
+# "time" was the time-weighted volume's first name; it is still accepted (it read as if it
+# were the step time, which is what "throughput" optimises).
+OBJECTIVE_ALIASES = {"time": "time_volume"}
+SCHEDULES = ("1f1b", "gpipe")
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +44,7 @@ class Problem:
     pinned: np.ndarray
     optimizer_slots: int
     micro_batches: int
+    schedule: str = "1f1b"
 
     @property
     def n(self) -> int:
@@ -53,7 +58,8 @@ class Problem:
     def build(cls, graph: Graph, cluster: Cluster, epsilon: float = 0.10, acyclic: bool = False,
               seed: int = 0, time_limit: float | None = None,
               pins: Mapping[str, int | str] | None = None, objective: str | None = None,
-              micro_batches: int = 1, optimizer: str = "sgd") -> "Problem":
+              micro_batches: int = 1, optimizer: str = "sgd",
+              schedule: str | None = None) -> "Problem":
         """Validate the arguments and derive caps and pins; PlacementError names a bad one."""
         if not isinstance(epsilon, Real) or isinstance(epsilon, bool) or not epsilon >= 0:
             raise PlacementError(f"epsilon: expected a non-negative number, got {epsilon!r}")
@@ -67,10 +73,15 @@ class Problem:
             raise PlacementError(f"micro_batches: expected a positive integer, "
                                  f"got {micro_batches!r}")
         if objective is None:
-            objective = "volume" if cluster.uniform_links else "time"
+            objective = "volume" if cluster.uniform_links else "time_volume"
+        objective = OBJECTIVE_ALIASES.get(objective, objective)
         if objective not in OBJECTIVES:
             raise PlacementError(f"objective: expected one of {', '.join(OBJECTIVES)}, "
                                  f"got {objective!r}")
+        schedule = "1f1b" if schedule is None else schedule
+        if schedule not in SCHEDULES:
+            raise PlacementError(f"schedule: expected one of {', '.join(SCHEDULES)}, "
+                                 f"got {schedule!r}")
         require_forward(graph)
         arrays = graph_arrays(graph)
         weights = step_train_flops(arrays, micro_batches)
@@ -80,7 +91,8 @@ class Problem:
                    objective=objective, weights=weights, load_caps=load_caps,
                    relaxed_by=relaxed_by, memory_caps=cluster.memory,
                    pinned=resolve_pins(arrays.names, graph.index, pins, cluster),
-                   optimizer_slots=slots_of(optimizer), micro_batches=micro_batches)
+                   optimizer_slots=slots_of(optimizer), micro_batches=micro_batches,
+                   schedule=schedule)
 
 
 def require_forward(graph: Graph) -> None:

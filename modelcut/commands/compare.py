@@ -5,13 +5,16 @@ import argparse
 import dataclasses
 import time
 
-HELP = "run every partitioning algorithm on a config and compare volumes, balance and time"
+HELP = ("run every partitioning algorithm on a config and compare volumes, pipeline time per "
+        "micro-batch, balance and time")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from modelcut.commands.partition import add_setup_arguments
     parser = subparsers.add_parser("compare", help=HELP, description=HELP + ".")
     add_setup_arguments(parser, algorithm=False)
+    from modelcut.commands.partition import add_pipeline_arguments
+    add_pipeline_arguments(parser)
     parser.add_argument("--only", metavar="A,B", help="compare only these algorithms")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     return parser
@@ -46,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{len(setup.graph):,} nodes, {setup.cluster.k} devices, epsilon "
                   f"{setup.options['epsilon']}{', acyclic' if setup.options['acyclic'] else ''}")
     console.print(rich_table(compare_table(rows)))
+    if any(row.get("pipeline") and not row["pipeline"]["acyclic"] for row in rows):
+        from modelcut.report import PIPELINE_HINT
+        console.print(f"[yellow]hint:[/yellow] {PIPELINE_HINT} (rows marked 'not a pipeline')")
     for row in rows:
         if row.get("error"):
             console.print(f"[red]{row['algorithm']} failed:[/red] {escape(row['error'])}")
@@ -66,4 +72,5 @@ def compare_one(setup, algorithm: str) -> dict:
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
     return {"algorithm": algorithm, "seconds": placement.seconds,
-            "metrics": placement.metrics.to_dict(), "optimal": placement.optimal}
+            "metrics": placement.metrics.to_dict(), "optimal": placement.optimal,
+            "pipeline": placement.info.get("pipeline")}

@@ -51,6 +51,23 @@ def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = Tr
                         help="require an acyclic device graph (for pipeline schedules)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="time limit of the algorithm (default: the config's)")
+    parser.add_argument("--objective", choices=OBJECTIVES, metavar="O",
+                        help="volume (bytes moved), time_volume (seconds on the links; 'time' "
+                             "is its old name) or throughput (the pipeline's time per "
+                             "micro-batch, SPEC section 5; no epsilon, no rebalancing)")
+
+
+OBJECTIVES = ("volume", "time_volume", "time", "throughput")
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """--micro-batches and --schedule (partition): the pipeline the throughput objective and
+    the memory rule assume; they override the config's training section."""
+    parser.add_argument("--micro-batches", type=int, metavar="M",
+                        help="micro-batches per step (default: the config's, else 1)")
+    parser.add_argument("--schedule", choices=("gpipe", "1f1b"),
+                        help="pipeline schedule (default: the config's; 1F1B for memory when "
+                             "it has none)")
 
 
 def load_setup(args: argparse.Namespace) -> Setup:
@@ -97,13 +114,33 @@ def load_setup(args: argparse.Namespace) -> Setup:
         options["acyclic"] = True
     if args.time_limit is not None:
         options["time_limit"] = args.time_limit
+    schedule = apply_pipeline_arguments(args, options, schedule)
     return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
                  source=source, family=family)
+
+
+def apply_pipeline_arguments(args: argparse.Namespace, options: dict, schedule: str) -> str:
+    """Fold --objective, --micro-batches and --schedule into the partition options; returns
+    the schedule to simulate."""
+    if getattr(args, "objective", None):
+        options["objective"] = args.objective
+    micro_batches = getattr(args, "micro_batches", None)
+    if micro_batches is not None:
+        if micro_batches < 1:
+            raise CommandError(f"--micro-batches: expected a positive integer, "
+                               f"got {micro_batches}")
+        options["micro_batches"] = micro_batches
+    if getattr(args, "schedule", None):
+        schedule = args.schedule
+    if schedule in ("gpipe", "1f1b"):
+        options["schedule"] = schedule
+    return schedule
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("partition", help=HELP, description=HELP + ".")
     add_setup_arguments(parser)
+    add_pipeline_arguments(parser)
     parser.add_argument("--out", "-o", metavar="DIR",
                         help="output folder (default runs/<config name>)")
     parser.add_argument("--html", action="store_true",
@@ -117,7 +154,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelcut.report import make_console, report_tables, rich_table
+    from modelcut.report import make_console, pipeline_hint, report_tables, rich_table
 
     console, status = make_console(), make_console(stderr=True)
     with status.status("building the graph ..."):
@@ -137,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(rich_table(table))
     for note in setup.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+    if pipeline_hint(report):
+        console.print(f"[yellow]hint:[/yellow] {pipeline_hint(report)}")
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
     return 0
 

@@ -28,6 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "cluster)")
     parser.add_argument("--algorithm", "-a", metavar="A",
                         help="partitioning algorithm (default: the config's)")
+    parser.add_argument("--objective", choices=("volume", "time_volume", "time", "throughput"),
+                        metavar="O", help="partition objective (default: the config's)")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="train until step N (default: training.steps; a resumed run "
                              "continues its step count)")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     with status.status("building the graph ..."):
         setup = training.load_training_setup(
             args.config, devices=args.devices, algorithm=args.algorithm, steps=args.steps,
-            checkpoint_every=args.checkpoint_every)
+            checkpoint_every=args.checkpoint_every, objective=args.objective)
     state, resumed_from = None, None
     if args.resume:
         resumed_from = training.find_checkpoint(args.resume)
@@ -106,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     if measured is None:
         console.print(f"[yellow]note:[/yellow] the checkpoint is already at step {len(losses)}; "
                       "nothing to train (raise --steps to continue)")
+    from modelcut.report import pipeline_hint
+    if pipeline_hint(report):
+        console.print(f"[yellow]hint:[/yellow] {pipeline_hint(report)}")
     for problem in report["agreement"]["problems"]:
         status.print(f"[bold yellow]warning:[/bold yellow] {problem}")
     console.print(f"wrote {', '.join(p.name for p in written)} and placement.json to {out}")
@@ -197,7 +202,7 @@ def training_report(partition_report: dict, setup, args, losses: list, measured,
 
 def training_tables(report: dict) -> list:
     """Training summary, measured vs predicted, and per-actor tables (modelcut.report.Table)."""
-    from modelcut.report import Table
+    from modelcut.report import Table, pipeline_rows
     from modelcut.units import format_size, format_time
 
     t, losses, measured, predicted = (report["training"], report["loss"], report["measured"],
@@ -205,6 +210,7 @@ def training_tables(report: dict) -> list:
     rows = [("executor", t["executor"]), ("steps", f"{t['first_step']} -> {t['steps']}"),
             ("micro-batches", f"{t['micro_batches']} of {t['batch'] // t['micro_batches']}"),
             ("schedule", t["schedule"]), ("optimizer", t["optimizer"]["name"])]
+    rows += pipeline_rows(report.get("totals", {}))
     if losses:
         rows += [("first loss", f"{losses[0]:.4f}"), ("final loss", f"{losses[-1]:.4f}")]
     tables = [Table("Training", ("setting", "value"), tuple(rows), (False, True))]

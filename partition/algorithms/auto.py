@@ -5,7 +5,11 @@ each peer result also improved by one multilevel V-cycle, mincut, and contiguous
 when acyclic; when none fits the load caps, the load packing closest to the best (packing.py)
 improved by a V-cycle. Feasible means within the load and memory caps (memory with receive
 buffers, as in SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the
-lowest objective wins: step volume V, or the time-weighted volume when problem.objective == "time".
+lowest objective wins: step volume V, or the time-weighted volume when problem.objective ==
+"time_volume".
+Under the throughput objective pipeline_dp and contiguous always run, load caps do not count as
+violations (the objective is the balance), and the winner is the acyclic placement with the
+smallest pipeline time per micro-batch (SPEC section 5), then the smallest V.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from partition.cost import memory_per_device
 from partition.errors import PlacementError
 from partition.metrics import quotient_adjacency, quotient_order
 from partition.problem import Problem
+from partition.stage_time import stage_times
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ ILP_DEFAULT_SECONDS = 30.0
 
 def _violation(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray) -> float:
     """0 for an acceptable placement, else a positive measure of how far it is from one."""
-    bad = overload(hg, part, caps)
+    bad = 0.0 if problem.objective == "throughput" else overload(hg, part, caps)
     memory = memory_per_device(problem.arrays, part.astype(np.int32), caps.k,
                                problem.optimizer_slots)
     bad += float(np.maximum(memory - caps.memory, 0).sum() / max(float(caps.memory.max()), 1.0))
@@ -73,9 +78,7 @@ def auto(problem: Problem) -> AlgorithmResult:
             methods.append((name, _peer(hg, caps, peer, problem.seed, found)))
             methods.append((name + "+vcycle", _refined(hg, caps, problem.seed, found)))
     methods.append(("mincut", lambda: mincut(sub(remaining()))))
-    if problem.acyclic:
-        methods += [("contiguous", lambda: contiguous(problem)),
-                    ("pipeline_dp", lambda: pipeline_dp(problem))]
+    methods = _with_pipelines(problem, methods)
     best = None
     tried = {}
     for name, run in methods:
@@ -88,7 +91,7 @@ def auto(problem: Problem) -> AlgorithmResult:
             log.info("auto: %s skipped: %s", name, err)
             continue
         part = np.asarray(result.assignment, dtype=np.int64)
-        value, bad = objective(hg, part, caps.k), _violation(problem, hg, caps, part)
+        value, bad = _value(problem, hg, caps, part), _violation(problem, hg, caps, part)
         tried[name] = {"objective_value": value, "violation": bad,
                        "seconds": round(time.perf_counter() - t0, 3)}
         key = (bad > 0, bad, value)
@@ -102,7 +105,7 @@ def auto(problem: Problem) -> AlgorithmResult:
         fit = packing.closest_fit(problem, np.asarray(best[2].assignment, dtype=np.int64))
         if fit is not None:
             part = vcycle(hg, caps, fit, acyclic=problem.acyclic, seed=problem.seed)
-            value, bad = objective(hg, part, caps.k), _violation(problem, hg, caps, part)
+            value, bad = _value(problem, hg, caps, part), _violation(problem, hg, caps, part)
             tried["packing"] = {"objective_value": value, "violation": bad,
                                 "seconds": round(time.perf_counter() - t0, 3)}
             if (bad > 0, bad, value) < best[0]:
@@ -111,6 +114,26 @@ def auto(problem: Problem) -> AlgorithmResult:
     info = dict(result.info, chosen=name, candidates=tried)
     return AlgorithmResult(np.asarray(result.assignment, dtype=np.int32), optimal=result.optimal,
                            bound=result.bound, info=info)
+
+
+def _with_pipelines(problem: Problem, methods: list) -> list:
+    """pipeline_dp and contiguous first under throughput, last with acyclic, else absent."""
+    pipelines = [("pipeline_dp", lambda: pipeline_dp(problem)),
+                 ("contiguous", lambda: contiguous(problem))]
+    if problem.objective == "throughput":
+        return pipelines + methods
+    return methods + pipelines[::-1] if problem.acyclic else methods
+
+
+def _value(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray):
+    """The objective of `part`: V or the time-weighted volume; under throughput the pipeline
+    time per micro-batch (infinite when the placement is not a pipeline), then V."""
+    volume = objective(hg, part, caps.k)
+    if problem.objective != "throughput":
+        return volume
+    times = stage_times(problem.arrays, part.astype(np.int32), problem.cluster,
+                        micro_batches=problem.micro_batches, schedule=problem.schedule)
+    return (times.time_per_micro_batch if times.acyclic else float("inf"), volume)
 
 
 def _peer(hg, caps, fn, seed, found: dict):

@@ -161,7 +161,7 @@ def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray
 
 def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
     """The hypergraph and caps of a partition Problem (net weights per partition.problem.hypergraph;
-    a LinkCost of SPEC's time-weighted volume when problem.objective == "time").
+    a LinkCost of SPEC's time-weighted volume when problem.objective == "time_volume").
 
     Memory per node is what stays on its device (parameters with gradient and optimizer slots,
     kept activations); receive buffers depend on the placement and are checked by the caller.
@@ -172,7 +172,7 @@ def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
     arrays = problem.arrays
     net_ptr, net_pins, net_weight, node_weight = hypergraph(problem)
     cost = None
-    if problem.objective == "time":
+    if problem.objective == "time_volume":
         src = net_pins[net_ptr[:-1]]
         times = multiplicity(arrays, problem.micro_batches)[src]
         cost = time_cost(arrays.bytes[src] * times, arrays.requires_grad[src].astype(np.float64),

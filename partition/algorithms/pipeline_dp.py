@@ -1,158 +1,418 @@
-"""PipeDream-style dynamic program: the best contiguous split of a topological order into stages.
+"""`pipeline_dp`: the best acyclic pipeline under SPEC section 5, by a DP over ideals.
 
-The order is `pipeline_order` (sources next to their first consumer) cut into units: single
-nodes when the graph is small, else layer groups (or equal-load chunks when there are none),
-at most `max_units` of them. Stage d runs on device d (devices in their fixed order) and may be
-empty. A stage holding units [i, j) on device d costs
+Every acyclic placement into at most k ordered stages is a chain of ideals (down-closed node
+sets) `{} = I_0 <= ... <= I_k = all`, stage p = `I_p minus I_(p-1)` on the p-th device of a
+device order (stages may be empty, so fewer devices may be used). Following Tarnawski et al.
+(NeurIPS 2020), the program runs over the ideals in order of size and, for every pair
+`I <= J`, prices stage `J minus I` (pipeline_model.py) and keeps for every (position, J) the
+smallest bottleneck `max_p T_p`, ties broken by the smaller step volume V (V is a sum over
+stages of what each stage receives, so it is exact in the DP). Up to `REFINE_LIMIT` ideals
+a second pass finds the smallest V among chains whose stages all fit the optimal bottleneck.
 
-    load(i, j) / speed_d
-    + send(d -> d+1, F(i, j))     F: bytes of tensors made in [i, j) and read at or after j
-    + send(d -> d-1, B(i, j))     B: gradient bytes of requires-grad tensors made before i
-                                     and read in [i, j) (sent back once per stage)
+Exactness. On identical devices with uniform links the stage prices are SPEC's `T_d` except
+that a tensor requiring a gradient and read by several later stages has its gradient
+received once per stage; the DP counts one, a lower bound. The DP's chain is then evaluated
+exactly (partition/stage_time.py); if that equals the DP's bound the chain is optimal,
+otherwise a depth-first search over chains with exact partial stage times (nodes of later
+stages stand on a virtual device linked by the cheapest remaining link) and the DP's bounds
+closes the gap within `SEARCH_EVALUATIONS` (and pipeline_search.SECONDS). The contractions
+of ideals.py keep the optimum.
 
-where send(a -> b, x) = latency + x / bandwidth when x > 0, else 0, loads are per-step training
-FLOPs and bytes count m times for batch-dependent tensors. The program minimises the largest
-stage cost (the pipeline's bottleneck) in O(k U^2) with U x U tables built from prefix sums,
-respecting load caps and pins where some split can; the shared rebalancer fixes the rest.
+Coarsening. When the contracted graph has more than `ideal_budget` ideals, the program runs
+on a family that is not every ideal: the ideals of the layer groups (strongly connected
+groups merged) and the prefixes of the pipeline order (every one up to `PREFIX_LIMIT` atoms,
+else `PREFIX_LIMIT` equal-load ones), so it is never worse than the best split of that order
+at layer boundaries; beyond `ATOM_LIMIT` atoms, the prefixes of `COARSE_UNITS` equal-load
+chunks of that order. The result then says `optimal: false` and how many units it used.
+
+Heterogeneous devices and links: stage p runs on device `order[p]`; a stage's link costs
+in the DP use its device's cheapest link (a lower bound; the search and the final exact
+evaluation use the true links). Orders tried: all of them for k <= 3, else the given order,
+devices by decreasing speed, and a greedy path from the fastest device along the widest
+links; the best exact result wins. Identical devices with uniform links need one order.
+
+An answer not proven optimal is compared with contiguous's split (exactly evaluated) and
+the better kept, so pipeline_dp is never worse than that baseline.
+
+Memory caps are hard: stage p's memory is its parameters, gradients and optimizer slots,
+its kept activations times the micro-batches in flight at its position (SPEC section 5, for
+the problem's schedule and m) and its receive buffers. Load caps apply except under the
+throughput objective; pins are honoured where some split can, else moved afterwards.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
-from partition.algorithms.base import (AlgorithmResult, apply_pins, layer_units, pipeline_order,
-                                       split_by_weight)
-from partition.cost import sorted_unique
+from partition.algorithms.base import AlgorithmResult, apply_pins
+from partition.algorithms import ideals as ideals_
+from partition.algorithms.pipeline_model import Model
+from partition.errors import PlacementError
+from partition.metrics import quotient_adjacency, quotient_order
 from partition.problem import Problem
+from partition.stage_time import in_flight, pipeline_memory, stage_time_arrays
 
-MAX_UNITS = 1024
+IDEAL_BUDGET = 3000
+ATOM_LIMIT = 6000
+COARSE_UNITS = 256
+PREFIX_LIMIT = 1024
+REFINE_LIMIT = 800
+SEARCH_EVALUATIONS = 20000
+TOLERANCE = 1e-9
 
 
-def pipeline_dp(problem: Problem, max_units: int = MAX_UNITS) -> AlgorithmResult:
-    """Optimal contiguous stages (bottleneck of compute plus outgoing transfers), device d
-    running stage d."""
-    arrays = problem.arrays
-    order = pipeline_order(arrays)
-    units = _units(problem, order, max_units)
-    count = int(units.max()) + 1
-    unit_load = np.bincount(units, weights=problem.weights, minlength=count)
-    forward, backward = cut_tables(problem, units, count)
-    unit_pin = _unit_pins(problem, units, count)
-    # (caps, pins) relaxed in turn. Without caps the split minimises the worst load / cap
-    # ratio instead of time, so the shared rebalancer only has a small overshoot to repair.
-    attempts = ((True, True), (False, True), (False, False))
-    for use_caps, use_pins in attempts:
-        bottleneck, stage_of_unit = _solve(problem, unit_load, forward, backward,
-                                           unit_pin if use_pins else None, use_caps)
-        if np.isfinite(bottleneck):
+def pipeline_dp(problem: Problem, ideal_budget: int = IDEAL_BUDGET,
+                search_evaluations: int = SEARCH_EVALUATIONS) -> AlgorithmResult:
+    """The chain of ideals with the smallest pipeline time per micro-batch (module docstring)."""
+    unit, members, complete, units_note = _family(problem, ideal_budget)
+    model = Model.build(problem, unit, members)
+    orders, all_orders = device_orders(problem.cluster)
+    throughput = problem.objective == "throughput"
+    best = None
+    attempts = dict.fromkeys(((not throughput, True), (False, True), (False, False)))
+    for caps_on, pins_on in attempts:
+        for order in orders:
+            found = _solve_order(problem, model, order, caps_on, pins_on,
+                                 search_evaluations if complete and all_orders else 0,
+                                 every_plan=complete)
+            if found is not None and (best is None or found[:2] < best[:2]):
+                best = found
+        if best is not None:
             break
-    return AlgorithmResult(apply_pins(problem, stage_of_unit[units]),
-                           info={"bottleneck_seconds" if use_caps else "worst_load_over_cap":
-                                 float(bottleneck), "units": count,
-                                 "within_caps": use_caps, "pins_in_split": use_pins})
+    if best is None:
+        raise _memory_error(problem, model, orders[0])
+    if not (best[4] and complete and all_orders):
+        best = _or_contiguous(problem, best)
+    time, volume, assignment, bound, proven, order, caps_on, pins_on = best
+    optimal = bool(proven and complete and all_orders and pins_on
+                   and (caps_on or throughput))
+    info = {"time_per_micro_batch": time, "step_volume": volume, "units": units_note,
+            "ideals": model.size, "optimal": optimal, "coarsened": not complete,
+            "device_order": [problem.cluster.device_names[d] for d in order],
+            "within_caps": caps_on, "pins_in_split": pins_on}
+    return AlgorithmResult(apply_pins(problem, assignment), optimal=optimal,
+                           bound=float(bound), info=info)
 
 
-def cut_tables(problem: Problem, units: np.ndarray, count: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(F, B), both (U+1) x (U+1): F[i, j] forward bytes leaving units [i, j), B[i, j] gradient
-    bytes leaving them backward (see the module docstring); only i <= j is meaningful."""
+# ------------------------------------------------------------------ the family of ideals
+def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool, int]:
+    """(node -> unit, ideals as a bool matrix over units, whether it is every ideal of the
+    contracted graph, the number of units)."""
     arrays = problem.arrays
-    sent = arrays.bytes * np.where(arrays.batch_dependent, problem.micro_batches, 1)
-    producer = arrays.in_idx.astype(np.int64)
-    pairs = sorted_unique(producer * count + units[arrays.in_dst])   # (tensor, consumer unit)
-    tensor, consumer = pairs // count, pairs % count
-    later = consumer > units[tensor]
-    tensor, consumer = tensor[later], consumer[later]
-    # forward: a tensor leaves [i, j) when made there and its last consumer unit is >= j
-    last = np.ones(len(tensor), dtype=bool)
-    last[:-1] = tensor[1:] != tensor[:-1]
-    made_last = np.zeros((count, count + 1))
-    np.add.at(made_last, (units[tensor[last]], consumer[last]), sent[tensor[last]])
-    beyond = np.cumsum(made_last[:, ::-1], axis=1)[:, ::-1]            # [a, j]: last >= j
-    prefix = np.vstack([np.zeros(count + 1), np.cumsum(beyond, axis=0)])
-    forward = np.diag(prefix)[None, :] - prefix
-    # backward: count each tensor once per stage, at its first consumer unit in [i, j): the
-    # pair (previous consumer unit or producer unit, consumer unit) with previous < i <= unit
-    first = np.ones(len(tensor), dtype=bool)
-    first[1:] = tensor[1:] != tensor[:-1]
-    previous = np.where(first, units[tensor], np.concatenate([[0], consumer[:-1]]))
-    grad = arrays.requires_grad[tensor]
-    pair_weight = np.zeros((count, count))
-    np.add.at(pair_weight, (previous[grad], consumer[grad]), sent[tensor[grad]])
-    before = np.vstack([np.zeros(count), np.cumsum(pair_weight, axis=0)])   # [i, c]: prev < i
-    within = np.hstack([np.zeros((count + 1, 1)), np.cumsum(before, axis=1)])
-    backward = within - np.diag(within)[:, None]
-    return forward, backward
-
-
-def _units(problem: Problem, order: np.ndarray, max_units: int) -> np.ndarray:
-    """Unit index of every node, units numbered along the order, at most max_units of them."""
-    n = problem.n
-    units = np.empty(n, dtype=np.int64)
-    if n <= max_units:
-        units[order] = np.arange(n)
-        return units
-    layers = layer_units(problem.arrays, order)
-    if layers is None:
-        units[order] = split_by_weight(problem.weights[order], np.ones(max_units))
-    elif layers.max() + 1 > max_units:
-        layer_load = np.bincount(layers, weights=problem.weights)
-        units = split_by_weight(layer_load, np.ones(max_units))[layers]
+    unit = ideals_.atoms_of(arrays, problem.pinned)
+    if int(unit.max()) + 1 > ATOM_LIMIT:          # too many atoms: chunks of the order
+        unit = ideals_.coarse_units(arrays, problem.weights, COARSE_UNITS, layers=False)
+        count = int(unit.max()) + 1
+        return unit, ideals_.prefix_ideals(count), False, count
+    count = int(unit.max()) + 1
+    src, dst = ideals_.unit_edges(arrays, unit)
+    every = ideals_.enumerate_ideals(count, src, dst, budget)
+    if every is not None:
+        return unit, every, True, count
+    families = []
+    if count <= PREFIX_LIMIT:
+        families.append(ideals_.prefix_ideals(count))
     else:
-        units = layers
-    return np.unique(units, return_inverse=True)[1].astype(np.int64)
+        load = np.bincount(unit, weights=problem.weights, minlength=count) + 1e-300
+        chunk = ideals_.split_by_weight(load, np.ones(PREFIX_LIMIT))
+        families.append(ideals_.prefix_ideals(count, np.flatnonzero(np.diff(chunk)) + 1))
+    coarse = ideals_.coarse_units(arrays, problem.weights, COARSE_UNITS)
+    layer_of_unit = np.zeros(count, dtype=np.int64)
+    layer_of_unit[unit] = coarse                    # a unit joins one of its nodes' layers
+    coarse = ideals_.acyclic_units(arrays, layer_of_unit[unit])
+    layer_of_unit[unit] = coarse
+    csrc, cdst = ideals_.unit_edges(arrays, coarse)
+    layered = ideals_.enumerate_ideals(int(coarse.max()) + 1, csrc, cdst, budget)
+    if layered is not None:
+        families.append(layered[:, layer_of_unit])
+    return unit, ideals_.merge_families(*families), False, count
 
 
-def _unit_pins(problem: Problem, units: np.ndarray, count: int) -> np.ndarray:
-    """Device each unit is pinned to, -1 when free; units whose nodes are pinned to different
-    devices are left free (their pinned nodes are moved afterwards)."""
-    pinned = np.flatnonzero(problem.pinned >= 0)
-    low = np.full(count, problem.k, dtype=np.int64)
-    high = np.full(count, -1, dtype=np.int64)
-    np.minimum.at(low, units[pinned], problem.pinned[pinned])
-    np.maximum.at(high, units[pinned], problem.pinned[pinned])
-    return np.where(low == high, low, -1)
+def device_orders(cluster) -> tuple[list[tuple[int, ...]], bool]:
+    """(device orders to try, whether they cover every distinct order)."""
+    k = cluster.k
+    speeds, memory = cluster.speeds, cluster.memory
+    if (speeds == speeds[0]).all() and (memory == memory[0]).all() and cluster.uniform_links:
+        return [tuple(range(k))], True
+    if k <= 3:
+        return list(itertools.permutations(range(k))), True
+    by_speed = tuple(int(d) for d in np.argsort(-speeds, kind="stable"))
+    path = [by_speed[0]]
+    while len(path) < k:
+        rest = [d for d in by_speed if d not in path]
+        path.append(max(rest, key=lambda d: (cluster.bandwidth[path[-1], d], speeds[d])))
+    orders = [tuple(range(k)), by_speed, tuple(path)]
+    return list(dict.fromkeys(orders)), False
 
 
-def _solve(problem: Problem, unit_load: np.ndarray, forward: np.ndarray, backward: np.ndarray,
-           unit_pin: np.ndarray | None, use_caps: bool) -> tuple[float, np.ndarray]:
-    """(best bottleneck, stage of each unit); the bottleneck is inf when no split is allowed.
+# ------------------------------------------------------------------ one device order
+def _solve_order(problem: Problem, model: Model, order, caps_on: bool, pins_on: bool,
+                 search_evaluations: int, every_plan: bool = True):
+    """(time, V, assignment, bound, proven, order, caps_on, pins_on) or None if nothing fits.
+    When memory can bind, the chain found without memory caps is kept if it fits (it is then
+    optimal with them too); else one run per in-flight plan, the best exact result kept.
+    Without `every_plan` only the plan using every device runs (conservative: a chain using
+    fewer devices gets at least as many micro-batches in flight as it would have)."""
+    plans = _flight_plans(problem, model, len(order))
+    if not every_plan:
+        plans = plans[-1:]
+    results = []
+    if plans[0] is not None:
+        free = _solve_plan(problem, model, order, None, caps_on, pins_on, search_evaluations)
+        if free is not None and _fits(problem, free[0][2]):
+            results, plans = [free], []
+    for flight in plans:
+        found = _solve_plan(problem, model, order, flight, caps_on, pins_on,
+                            search_evaluations)
+        if found is not None:
+            results.append(found)
+    if not results:
+        return None
+    found = min((r[0] for r in results), key=lambda f: f[:2])
+    bound = min(r[1] for r in results)
+    proven = all(r[2] for r in results)
+    return (*found, bound, proven, order, caps_on, pins_on)
 
-    With caps, the bottleneck is the slowest stage's seconds; without, the largest load / cap.
-    """
-    k, count = problem.k, len(unit_load)
-    speeds = problem.cluster.speeds
-    bandwidth, latency = problem.cluster.bandwidth, problem.cluster.latency
-    load = np.concatenate([[0.0], np.cumsum(unit_load)])
-    segment_load = load[None, :] - load[:, None]                        # [i, j]
-    upper = np.triu(np.ones((count + 1, count + 1), dtype=bool))
-    empty = np.eye(count + 1, dtype=bool)
-    best = np.full(count + 1, np.inf)
-    best[0] = 0.0
-    choice = np.zeros((k, count + 1), dtype=np.int64)
-    for d in range(k):
-        after, before = min(d + 1, k - 1), max(d - 1, 0)
-        if use_caps:
-            cost = (segment_load / speeds[d]
-                    + np.where(forward > 0, latency[d, after] + forward / bandwidth[d, after], 0.0)
-                    + np.where(backward > 0, latency[d, before] + backward / bandwidth[d, before],
-                               0.0))
+
+def _solve_plan(problem: Problem, model: Model, order, flight, caps_on: bool, pins_on: bool,
+                search_evaluations: int):
+    """((time, V, assignment), bound, proven) for one in-flight plan, or None."""
+    bound, choice = _dp(problem, model, order, flight, caps_on, pins_on)
+    if not np.isfinite(bound):
+        return None
+    k = len(order) if flight is None else len(flight)
+    found = _evaluate(problem, model, order, _stages(model, choice, k))
+    if model.size <= REFINE_LIMIT:          # the smallest V among the fastest chains
+        refined = _dp(problem, model, order, flight, caps_on, pins_on,
+                      limit=bound * (1 + TOLERANCE))[1]
+        other = _evaluate(problem, model, order, _stages(model, refined, k))
+        if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
+            found = other
+    proven = found[0] <= bound * (1 + TOLERANCE)
+    if not proven and search_evaluations:
+        from partition.algorithms.pipeline_search import search
+        found, proven = search(problem, model, order, flight, caps_on, pins_on, found,
+                               bound, search_evaluations)
+    return found, bound, proven
+
+
+def _or_contiguous(problem: Problem, best: tuple) -> tuple:
+    """`best`, or contiguous's split when that is an acyclic pipeline that fits memory (and
+    the load caps the DP kept) with a smaller (time, V): an unproven DP answer (coarsened
+    family, link prices that are estimates) is never worse than the plain pipeline split."""
+    from partition.algorithms.baselines import contiguous
+    caps_on = best[6]
+    split = apply_pins(problem, contiguous(problem).assignment)
+    if caps_on and (np.bincount(split, weights=problem.weights, minlength=problem.k)
+                    > problem.load_caps * (1 + TOLERANCE) + 1e-9).any():
+        return best
+    cluster = problem.cluster
+    compute, send, recv = stage_time_arrays(problem.arrays, split, cluster.speeds,
+                                            cluster.latency, cluster.bandwidth,
+                                            problem.micro_batches)
+    found = (float((compute + send + recv).max()), _volume(problem, split), split)
+    if found[:2] >= best[:2] or not _fits(problem, split) or quotient_order(
+            quotient_adjacency(problem.arrays, split, problem.k)) is None:
+        return best
+    return (*found, best[3], best[4], tuple(range(problem.k)), *best[6:])
+
+
+def _fits(problem: Problem, assignment: np.ndarray) -> bool:
+    """Whether `assignment` fits every device's memory under the problem's schedule."""
+    memory = pipeline_memory(problem.arrays, assignment, problem.k,
+                             micro_batches=problem.micro_batches, schedule=problem.schedule,
+                             optimizer_slots=problem.optimizer_slots)
+    return bool((memory <= problem.memory_caps).all())
+
+
+def _flight_plans(problem: Problem, model: Model, k: int) -> list[np.ndarray | None]:
+    """Micro-batches in flight per position, one plan per pipeline length when memory can
+    bind (1F1B depends on it); [None] when no split can exceed any device's memory."""
+    m = problem.micro_batches
+    worst = (model.fixed_memory[-1] + model.activations[-1] * m
+             + float(model.weights[:, 4].sum()))
+    if worst <= float(problem.memory_caps.min()):
+        return [None]
+    if problem.schedule == "gpipe":
+        return [np.full(k, m, dtype=np.int64)]
+    return [in_flight(used, m, "1f1b") for used in range(1, k + 1)]
+
+
+def stage_costs(problem: Problem, model: Model, order, i: int, terms) -> np.ndarray:
+    """float[K, N - lo]: lower-bound seconds per micro-batch of stage `J minus I_i` at each
+    position p, for the ideals J = lo.. of `terms`."""
+    lo, _, fset, rset = terms
+    devices = np.asarray(order)
+    compute = (model.compute[lo:] - model.compute[i])[None, :] / problem.cluster.speeds[
+        devices, None]
+    send_next, recv_prev, send_prev, recv_next = link_prices(problem.cluster, tuple(order))
+    transfers = (fset[:, 0:2] @ send_next + rset[:, 0:2] @ recv_prev
+                 + rset[:, 2:4] @ send_prev + fset[:, 2:4] @ recv_next)
+    return compute + transfers.T
+
+
+def link_prices(cluster, order: tuple) -> tuple[np.ndarray, ...]:
+    """(latency, 1/bandwidth) rows (2 x K each) pricing, at each position, forward sends,
+    forward receives, gradient sends and gradient receives. Each device's cheapest link (a
+    lower bound, which the search needs) on uniform links or when every order is tried;
+    else the links to the neighbouring positions, where most transfers of a pipeline go."""
+    low_out, inv_out, low_in, inv_in = link_bounds(cluster)[:, list(order)]
+    out, into = np.vstack([low_out, inv_out]), np.vstack([low_in, inv_in])
+    if cluster.uniform_links or device_orders(cluster)[1]:
+        return out, into, out, into
+    d = np.asarray(order)
+    nxt, prv = np.append(d[1:], d[-1]), np.insert(d[:-1], 0, d[0])
+    def pair(a, b, fallback):
+        price = np.vstack([cluster.latency[a, b], 1.0 / cluster.bandwidth[a, b]])
+        return np.where(a == b, fallback, price)
+    return pair(d, nxt, out), pair(prv, d, into), pair(d, prv, out), pair(nxt, d, into)
+
+
+def allowed(problem: Problem, model: Model, order, i: int, terms, flight, caps_on: bool,
+            pins_on: bool) -> np.ndarray:
+    """bool[K, N - lo]: stage `J minus I_i` may run at position p (caps, pins, memory)."""
+    lo, supersets, fset, rset = terms
+    devices = np.asarray(order)
+    ok = np.repeat(supersets[None, :], len(devices), axis=0)
+    if pins_on and model.pinned[-1, -1]:
+        pins = model.pinned[lo:] - model.pinned[i]
+        ok &= (pins[:, -1][None, :] - pins[:, devices].T) == 0
+    if caps_on:
+        load = model.load[lo:] - model.load[i]
+        ok &= load[None, :] <= problem.load_caps[devices, None] * (1 + TOLERANCE) + 1e-9
+    if flight is not None:
+        memory = stage_memory(model, i, terms, flight)
+        ok[:len(flight)] &= memory <= problem.memory_caps[devices[:len(flight)], None]
+        ok[len(flight):] = False
+    return ok
+
+
+def stage_memory(model: Model, i: int, terms, flight: np.ndarray) -> np.ndarray:
+    """float[len(flight), N - lo]: bytes of stage `J minus I_i` at each position."""
+    lo, rset = terms[0], terms[3]
+    fixed = model.fixed_memory[lo:] - model.fixed_memory[i] + rset[:, 4]
+    activations = model.activations[lo:] - model.activations[i]
+    return fixed[None, :] + activations[None, :] * flight[:, None]
+
+
+_BOUNDS: dict = {}
+
+
+def link_bounds(cluster) -> np.ndarray:
+    """float[4, k]: each device's smallest out-latency, 1/largest out-bandwidth, and the same
+    for incoming links (zeros on one device); cached per cluster."""
+    key = id(cluster)
+    cached = _BOUNDS.get(key)
+    if cached is not None and cached[0] is cluster:
+        return cached[1]
+    k = cluster.k
+    if k == 1:
+        bounds = np.zeros((4, 1))
+    else:
+        off = ~np.eye(k, dtype=bool)
+        lat = np.where(off, cluster.latency, np.inf)
+        bw = np.where(off, cluster.bandwidth, 0.0)
+        bounds = np.vstack([lat.min(axis=1), 1.0 / bw.max(axis=1), lat.min(axis=0),
+                            1.0 / bw.max(axis=0)])
+    _BOUNDS.clear()
+    _BOUNDS[key] = (cluster, bounds)
+    return bounds
+
+
+def _dp(problem: Problem, model: Model, order, flight, caps_on: bool, pins_on: bool,
+        limit: float | None = None) -> tuple[float, np.ndarray]:
+    """(bottleneck lower bound, choice[K + 1, N]). Without `limit`: smallest bottleneck, then
+    smallest V; with it: smallest V among chains whose stages all cost at most `limit`."""
+    n_ideals, k = model.size, len(order)
+    best = np.full((k + 1, n_ideals), np.inf)
+    volume = np.full((k + 1, n_ideals), np.inf)
+    best[0, 0] = volume[0, 0] = 0.0
+    choice = np.full((k + 1, n_ideals), -1, dtype=np.int64)
+    for i in range(n_ideals):
+        for p in range(1, k + 1):                           # stage p - 1 left empty
+            if _better(best[p - 1, i], volume[p - 1, i], best[p, i], volume[p, i], limit):
+                best[p, i], volume[p, i], choice[p, i] = best[p - 1, i], volume[p - 1, i], i
+        live = np.isfinite(best[:k, i])
+        if not live.any() or i == n_ideals - 1:
+            continue
+        terms = model.terms(i)
+        lo = terms[0]
+        cost = stage_costs(problem, model, order, i, terms)
+        ok = allowed(problem, model, order, i, terms, flight, caps_on, pins_on) & live[:, None]
+        if limit is not None:
+            ok &= cost <= limit
+        new_best = np.maximum(best[:k, i, None], cost)
+        new_volume = volume[:k, i, None] + terms[3][None, :, 5]
+        old_best, old_volume = best[1:, lo:], volume[1:, lo:]
+        if limit is None:
+            scale = np.where(np.isfinite(old_best), np.abs(old_best) * 1e-12, 0.0)
+            better = ok & ((new_best < old_best - scale)
+                           | ((new_best <= old_best + scale) & (new_volume < old_volume)))
         else:
-            cost = segment_load / max(float(problem.load_caps[d]), 1e-300)
-        cost[empty] = 0.0
-        allowed = upper.copy()
-        if use_caps:
-            allowed &= segment_load <= problem.load_caps[d] * (1 + 1e-9) + 1e-9
-        if unit_pin is not None:
-            elsewhere = np.concatenate([[0], np.cumsum((unit_pin >= 0) & (unit_pin != d))])
-            allowed &= (elsewhere[None, :] - elsewhere[:, None]) == 0
-        allowed |= empty
-        candidates = np.where(allowed, np.maximum(best[:, None], cost), np.inf)
-        choice[d] = np.argmin(candidates, axis=0)
-        best = candidates[choice[d], np.arange(count + 1)]
-    stage = np.zeros(count, dtype=np.int32)
-    j = count
-    for d in range(k - 1, -1, -1):
-        i = int(choice[d, j])
-        stage[i:j] = d
-        j = i
-    return float(best[count]), stage
+            better = ok & (new_volume < old_volume)
+        best[1:, lo:] = np.where(better, new_best, old_best)
+        volume[1:, lo:] = np.where(better, new_volume, old_volume)
+        choice[1:, lo:] = np.where(better, i, choice[1:, lo:])
+    return float(best[k, -1]), choice
+
+
+def _better(t_new, v_new, t_old, v_old, limit) -> bool:
+    if not np.isfinite(t_new):
+        return False
+    if limit is not None:
+        return v_new < v_old
+    scale = max(abs(t_old), 1e-300) * 1e-12 if np.isfinite(t_old) else 0.0
+    return t_new < t_old - scale or (t_new <= t_old + scale and v_new < v_old)
+
+
+def _stages(model: Model, choice: np.ndarray, k: int) -> np.ndarray:
+    """Position of every unit along the chain the DP chose (positions 0..k-1)."""
+    stage = np.zeros(model.members.shape[1], dtype=np.int64)
+    j, p = model.size - 1, choice.shape[0] - 1
+    while p > 0:
+        i = int(choice[p, j])
+        if i != j:
+            stage[model.members[j] & ~model.members[i]] = p - 1
+        j, p = i, p - 1
+    return stage
+
+
+def _evaluate(problem: Problem, model: Model, order, stages: np.ndarray):
+    """(exact time per micro-batch, V, node assignment) of units at positions `stages`."""
+    assignment = np.asarray(order, dtype=np.int32)[stages[model.unit]]
+    cluster = problem.cluster
+    compute, send, recv = stage_time_arrays(problem.arrays, assignment, cluster.speeds,
+                                            cluster.latency, cluster.bandwidth,
+                                            problem.micro_batches)
+    return float((compute + send + recv).max()), _volume(problem, assignment), assignment
+
+
+def _volume(problem: Problem, assignment: np.ndarray) -> float:
+    from partition.cost import remote_pairs
+    arrays = problem.arrays
+    nodes, _ = remote_pairs(arrays, assignment, problem.k)
+    weight = (arrays.bytes * np.where(arrays.batch_dependent, problem.micro_batches, 1)
+              * (1 + arrays.requires_grad))
+    return float(weight[nodes].sum())
+
+
+def _memory_error(problem: Problem, model: Model, order) -> PlacementError:
+    """The PlacementError when no chain fits memory: the smallest per-device memory that would."""
+    flight = in_flight(len(order), problem.micro_batches, problem.schedule)
+    need_k = np.full((len(order) + 1, model.size), np.inf)
+    need_k[0, 0] = 0.0
+    for i in range(model.size - 1):
+        need_k[1:, i] = np.minimum(need_k[1:, i], need_k[:-1, i])
+        terms = model.terms(i)
+        lo = terms[0]
+        memory = stage_memory(model, i, terms, flight)
+        cand = np.where(terms[1][None, :], np.maximum(need_k[:-1, i, None], memory), np.inf)
+        need_k[1:, lo:] = np.minimum(need_k[1:, lo:], cand)
+    need = float(np.min(need_k[:, -1]))
+    largest = int(problem.memory_caps.max())
+    return PlacementError(
+        f"pipeline_dp: no acyclic split into at most {problem.k} stages fits the devices' "
+        f"memory ({problem.schedule}, {problem.micro_batches} micro-batches): the best split "
+        f"needs {need:.0f} bytes on one device, the largest has {largest}; give every device "
+        f"at least {need:.0f} bytes, use more devices, or fewer micro-batches in flight")

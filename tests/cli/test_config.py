@@ -219,7 +219,7 @@ MALFORMED = [
     ("bad-time-limit", MLP + "partition: {time_limit: soon}",
      "partition.time_limit", "expected a positive time such as 30s or 2min"),
     ("bad-objective", MLP + "partition: {objective: speed}",
-     "partition.objective", "expected one of volume, time"),
+     "partition.objective", "expected one of volume, time_volume, time, throughput"),
     ("pin-index-out-of-range", MLP + "partition: {pin: {'fc*': 5}}",
      "partition.pin.fc*", "expected a device index below 2, got 5"),
     ("bad-optimizer", MLP + "training: {optimizer: adma}",

@@ -80,7 +80,7 @@ def test_default_objective_follows_the_links():
     assert Problem.build(g, uniform(2)).objective == "volume"
     mixed = heterogeneous([Device(f"d{i}", 1.0, 2**30) for i in range(3)],
                           {("d0", "d1"): Link(1e9, 0.0)})
-    assert Problem.build(g, mixed).objective == "time"
+    assert Problem.build(g, mixed).objective == "time_volume"
 
 
 @settings(max_examples=40, deadline=None)
