@@ -52,8 +52,9 @@ class NonFiniteStep(TrainingError):
     """A step's loss (or gradients) was NaN or infinite; `good_state`: whether the executor
     still holds the parameters from before that step (the Ray executor rolls it back)."""
 
-    def __init__(self, message: str, good_state: bool):
+    def __init__(self, message: str, step: int, good_state: bool):
         super().__init__(message)
+        self.step = step
         self.good_state = good_state
 
 
@@ -343,10 +344,10 @@ def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
         try:
             result = executor.step(feeds)
         except NonFiniteError as e:               # the Ray executor rolled the step back
-            raise NonFiniteStep(str(e), good_state=True) from None
+            raise NonFiniteStep(str(e), step, good_state=True) from None
         if not math.isfinite(result.loss) and getattr(executor, "on_nan", None) != "skip":
             raise NonFiniteStep(f"step {step}: the loss is {result.loss}; training stopped",
-                                good_state=False)
+                                step, good_state=False)
         seconds = float(getattr(result, "step_seconds", time.perf_counter() - start))
         compute = np.asarray(result.compute_seconds, dtype=float)
         wait = getattr(result, "wait_seconds", None)

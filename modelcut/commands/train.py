@@ -310,12 +310,13 @@ def train_with_progress(executor, setup, losses: list, out: Path, placement, con
                                assignment=placement.assignment, on_step=on_step,
                                should_stop=lambda: bool(signals))
         except training.NonFiniteStep as e:
-            stopped = {"reason": "non-finite", "message": str(e), "good_state": e.good_state}
+            stopped = {"reason": "non-finite", "message": str(e), "good_state": e.good_state,
+                       "step": e.step}
         if signals and stopped is None and executor.step_count < setup.steps:
             stopped = {"reason": signals[0], "message": f"interrupted by {signals[0]}",
                        "good_state": True}
     if stopped is not None:
-        stopped["step"] = executor.step_count
+        stopped.setdefault("step", executor.step_count)
     return records, stopped
 
 
