@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from modelcut.report import make_console
 
     check_arguments(args)
+    training.check_address(args.address)            # fail fast, before any work
     console, status = make_console(), make_console(stderr=True)
     with status.status("building the graph ..."):
         setup = training.load_training_setup(
