@@ -109,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         with terminate_as_interrupt():
             return train_into(out, setup, args, state, resumed_from, console, status)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:                 # before training, or a second Ctrl-C
         remove_partial_output(out, created)
-        print("modelcut: interrupted before training started; nothing was written",
-              file=sys.stderr)
+        saved = sorted((out / "checkpoints").glob("step-*"))
+        print("modelcut: interrupted; no report was written" + (
+            f"; the last checkpoint is {saved[-1]} (--resume {out})" if saved else ""),
+            file=sys.stderr)
         return 130
     except BaseException:
         remove_partial_output(out, created)

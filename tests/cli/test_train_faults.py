@@ -188,3 +188,16 @@ def test_train_lists_every_file_it_wrote_and_says_the_prediction_is_uncalibrated
     assert report["agreement"]["step_time_ratio"] == pytest.approx(ratio)
     assert "uncalibrated" in captured.out and f"{ratio:.2f}x" in captured.out
     assert "modelcut calibrate" in captured.err
+
+
+def test_bad_fault_flags_exit_2_in_one_line(tmp_path, capsys):
+    cases = [(("--step-timeout", "0"), "--step-timeout: expected positive seconds, got 0"),
+             (("--step-timeout", "nan"), "--step-timeout: expected positive seconds"),
+             (("--executor", "local", "--on-nan", "skip"), "--on-nan skip needs --executor ray"),
+             (("--address", "http://127.0.0.1:1"), "expected host:port")]
+    for flags, message in cases:
+        out = tmp_path / "run"
+        assert main(["train", str(MLP), *flags, "--out", str(out)]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("modelcut: error:") and message in err, (flags, err)
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
