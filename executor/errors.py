@@ -20,3 +20,15 @@ class OptimizerError(ExecutorError):
 
 class CheckpointError(ExecutorError):
     """A checkpoint directory is missing a file or does not match the executor it is loaded into."""
+
+
+class StepTimeoutError(ExecutorError):
+    """A step (or a restore) took longer than the step timeout: some actor hangs."""
+
+
+class NonFiniteError(ExecutorError):
+    """A step produced a NaN or infinite loss or gradient."""
+
+
+class RecoveryError(ExecutorError):
+    """A step kept failing with lost actors after `max_recoveries` restores."""

@@ -87,6 +87,15 @@ class DeviceActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> tuple[int, str | None]:
+        """(process id, Ray node id): the driver kills a hung actor on its own node itself."""
+        import ray
+        try:
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:                        # an older Ray without node ids
+            node = None
+        return os.getpid(), node
+
     def run(self, blocks: tuple[int, ...], head, *packets):
         out, report = self._call(blocks, head, packets)
         if report is not None:
@@ -164,8 +173,13 @@ class DeviceActor:
         span = end - (self.first_start if self.first_start is not None else end)
         return {**self.worker.report(grads=self.return_grads), "sent": self.sent.copy(),
                 "busy_seconds": self.busy, "copy_seconds": self.copy_seconds,
-                "wait_seconds": max(span - self.busy, 0.0),
+                "wait_seconds": max(span - self.busy, 0.0), "nonfinite": self._nonfinite(),
                 "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+    def _nonfinite(self) -> list[str]:
+        """The parameters whose gradient of this step holds a NaN or an infinity."""
+        return [p for p, g in self.worker.grads.items()
+                if g is not None and not np.isfinite(g).all()]
 
     def state_dict(self) -> dict:
         self.check_alive()

@@ -41,11 +41,26 @@ optimizer and persistent state, taken every `checkpoint_every` steps; before the
 the initial parameters), the steps since that checkpoint are replayed from their recorded
 feeds (random ops draw from (seed, step, micro-batch)), their losses are checked against the
 ones already reported, and the step is run again. Nothing is silently lost: a replay that
-differs raises ExecutorError.
+differs raises ExecutorError. A failure while restoring (another actor dying while the new
+ones load the checkpoint or replay) counts as one more recovery of the same step, up to
+`max_recoveries`, after which RecoveryError names the last fault.
+
+Hangs: with `step_timeout`, a step (or a restore, or a checkpoint) that takes longer raises
+StepTimeoutError inside the executor, which is a fault like a dead actor: every actor on the
+driver's node is killed with SIGKILL (a stopped process answers no Ray call) and the step is
+recovered as above. The pipes path notices within a second past the timeout.
+
+NaN: each device reports the parameters whose gradient is not finite; a step whose loss or
+gradients hold a NaN or an infinity is rolled back (restore and replay, as for a fault) so the
+actors hold the parameters from before it; then `on_nan="stop"` raises NonFiniteError (the
+step counter stays at that step, so a checkpoint taken now is the last good state) and
+"skip" drops the step's update and goes on (a later replay skips it too). Replayed losses are
+compared bit for bit, NaN equal to NaN.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
 from dataclasses import dataclass, fields
@@ -56,7 +71,8 @@ import numpy as np
 
 from autodiff.ir import Graph
 from executor import checkpoint as checkpoints
-from executor.errors import ExecutorError
+from executor.errors import (ExecutorError, NonFiniteError, RecoveryError,
+                             StepTimeoutError)
 from executor.local import StepResult, split_feeds, summarize_step
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
@@ -69,6 +85,9 @@ from executor.ray_runtime import (patient_channel_reads, skip_torch_in_channels,
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "pipes", "compiled", "plain")
+ON_NAN = ("stop", "skip", None)
+START_TIMEOUT = 120.0               # s: creating actors can take long on a busy machine
+SKIPPED = "skipped"                 # a replay entry's losses when on_nan="skip" dropped the step
 # ---------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
@@ -101,7 +120,14 @@ class RayStepResult(StepResult):
 
 def _fault_types() -> tuple[type, ...]:
     from ray import exceptions as rx
-    return (rx.RayActorError, rx.RayChannelError, rx.ObjectLostError, ActorRestartedError)
+    return (rx.RayActorError, rx.RayChannelError, rx.ObjectLostError, ActorRestartedError,
+            StepTimeoutError)
+
+
+def _timeout_types() -> tuple[type, ...]:
+    from ray import exceptions as rx
+    return tuple(t for t in (getattr(rx, "GetTimeoutError", None),
+                             getattr(rx, "RayChannelTimeoutError", None)) if t is not None)
 
 
 # ---------------------------------------------------------------- the executor
@@ -120,7 +146,9 @@ class RayExecutor:
     (executor/ray_actor.pin_to_cpu; None: on the pipes path, where all actors share the
     driver's machine); `spin`: seconds a pipes actor polls for a packet before blocking,
     yielding its CPU to any process that wants it (None: `ray_pipes.default_spin`; 0: block
-    at once).
+    at once); `step_timeout`: seconds a step, restore or checkpoint may take before the actors
+    count as hung and are replaced (None: wait forever); `on_nan`: "stop" | "skip" | None
+    (train on) when a loss or gradient is not finite (module docstring).
     Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
@@ -132,7 +160,8 @@ class RayExecutor:
                  max_recoveries: int = 3, max_inflight_executions: int = 2,
                  loss_reduction: str = "mean", routes: Routes | None = None,
                  defer_weight_grads: bool = False, pin_cpus: bool | None = None,
-                 spin: float | None = None):
+                 spin: float | None = None, step_timeout: float | None = None,
+                 on_nan: str | None = "stop"):
         if mode not in MODES:
             raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -144,11 +173,23 @@ class RayExecutor:
                                 f"{loss_reduction!r}")
         if max_restarts < 1:
             raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
+        if not isinstance(max_recoveries, int) or max_recoveries < 0:
+            raise ExecutorError(f"max_recoveries: expected a non-negative integer, got "
+                                f"{max_recoveries!r}")
+        if step_timeout is not None and not (isinstance(step_timeout, (int, float))
+                                             and 0 < step_timeout < float("inf")):
+            raise ExecutorError(f"step_timeout: expected positive seconds or None, got "
+                                f"{step_timeout!r}")
+        if on_nan not in ON_NAN:
+            raise ExecutorError(f"on_nan: expected 'stop', 'skip' or None, got {on_nan!r}")
         import ray
 
         start_ray()
         self._ray = ray
         self._faults = _fault_types()
+        self._timeouts = _timeout_types()
+        self.step_timeout = None if step_timeout is None else float(step_timeout)
+        self.on_nan = on_nan
         self.graph = forward_graph
         self.seed = seed
         self.loss_reduction = loss_reduction
@@ -183,6 +224,8 @@ class RayExecutor:
         self._checkpoint: dict | None = None      # None: the initial state at step 0
         self._replay: list[tuple[int, list, tuple[float, ...] | None]] = []
         self._needs_replay = False
+        self._needs_restore = False
+        self._where: list = []                    # (pid, node id) of each actor
         self._failed: list = []
         self.recoveries = 0
         self.step_count = 0
@@ -207,20 +250,12 @@ class RayExecutor:
         ray = self._ray
         pipes = self.requested_mode == "pipes" or (self.requested_mode == "auto"
                                                    and pipes_allowed and _one_node(ray))
-        options = dict(self._actor_options, max_concurrency=2) if pipes else self._actor_options
-        remote = ray.remote(DeviceActor).options(**options)
         compiled = self.requested_mode in ("auto", "compiled") and not pipes
-        initial = self._initial or [None] * self.k
-        self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
-                                     self.optimizer, self.seed, initial[prog.device], compiled,
-                                     self.defer_weight_grads,
-                                     pipes if self.pin_cpus is None else self.pin_cpus)
-                       for prog in self.plan.programs]
+        self._spawn(pipes, compiled)
         if self._checkpoint is not None:
             state = ray.put(self._checkpoint)
-            ray.get([a.load_state_dict.remote(state) for a in self.actors])
-        else:
-            ray.get([a.pid.remote() for a in self.actors])      # constructed without error
+            self._get([a.load_state_dict.remote(state) for a in self.actors],
+                      "loading the checkpoint", start=True)
         if pipes:
             try:
                 self._open_pipes()
@@ -244,6 +279,59 @@ class RayExecutor:
                             "plain actor calls", type(e).__name__, e)
                 self.mode = "plain"
 
+    def _spawn(self, pipes: bool, compiled: bool) -> None:
+        """Create one actor per device (initial parameters) and note where each runs."""
+        options = dict(self._actor_options, max_concurrency=2) if pipes else self._actor_options
+        remote = self._ray.remote(DeviceActor).options(**options)
+        initial = self._initial or [None] * self.k
+        self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
+                                     self.optimizer, self.seed, initial[prog.device], compiled,
+                                     self.defer_weight_grads,
+                                     pipes if self.pin_cpus is None else self.pin_cpus)
+                       for prog in self.plan.programs]
+        # constructed without error; the pids let the driver kill a hung actor itself
+        self._where = self._get([a.where.remote() for a in self.actors], "starting the actors",
+                                start=True)
+
+    def _get(self, refs, doing: str, start: bool = False):
+        """ray.get within the step timeout, or with `start` (creating actors, loading a
+        checkpoint into them) within at least START_TIMEOUT; StepTimeoutError, a fault, when
+        it passes."""
+        timeout = self.step_timeout
+        if start and timeout is not None:
+            timeout = max(timeout, START_TIMEOUT)
+        try:
+            return self._ray.get(refs, timeout=timeout)
+        except self._timeouts as e:
+            raise StepTimeoutError(f"{doing} took longer than {timeout:g} s (step timeout "
+                                   f"{self.step_timeout:g} s)") from e
+
+    def _watch(self, doing: str) -> Callable[[], None]:
+        """The `alive` callback of a pipe receive: a dead actor or a passed deadline raises."""
+        deadline = None if self.step_timeout is None else time.monotonic() + self.step_timeout
+
+        def alive() -> None:
+            self._check_serving()
+            if deadline is not None and time.monotonic() > deadline:
+                raise StepTimeoutError(f"{doing} took longer than the step timeout "
+                                       f"({self.step_timeout:g} s)")
+        return alive
+
+    def _kill_local_actors(self) -> None:
+        """SIGKILL every actor process on the driver's node: a stopped (hung) process answers
+        no Ray call, so ray.kill alone may not end it."""
+        import signal
+        try:
+            here = self._ray.get_runtime_context().get_node_id()
+        except Exception:
+            return
+        for pid, node in self._where:
+            if node is not None and node == here:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError as e:
+                    log.debug("ray executor: kill %d: %s", pid, e)
+
     def _open_pipes(self) -> None:
         """The pipes path: one pipe each way between the driver and every active actor and
         one per (sender, receiver) pair of devices with packets; every actor starts serving."""
@@ -256,8 +344,8 @@ class RayExecutor:
         root = make_pipe_dir(names)
         # also run when the executor is dropped without shutdown
         self._remove_pipes = weakref.finalize(self, remove_pipe_dir, root)
-        if not all(self._ray.get([self.actors[d].sees.remote(str(root))
-                                  for d in self._active])):
+        if not all(self._get([self.actors[d].sees.remote(str(root)) for d in self._active],
+                             "opening the pipes", start=True)):
             self._remove_pipes()
             raise ExecutorError("pipes: some actors run on another machine than the driver")
         self._pipes = Endpoint({d: root / f"from{d}" for d in self._active},
@@ -378,15 +466,20 @@ class RayExecutor:
         if self._pipes is not None:
             for d in self._command_order:
                 self._pipes.send(d, "command", ("step", inputs[d]))
-            reports = [self._pipes.receive(d, "report", self._check_serving)
-                       for d in self._active]
+            alive = self._watch(f"step {step}")
+            reports = [self._pipes.receive(d, "report", alive) for d in self._active]
             for r in reports:
                 if "error" in r:
                     raise r["error"]
             return reports
         if self._compiled is not None:
-            reports = ray.get(self._compiled.execute(*[inputs[d] for d in self._active]),
-                              timeout=-1)
+            refs = self._compiled.execute(*[inputs[d] for d in self._active])
+            try:
+                reports = ray.get(refs, timeout=-1 if self.step_timeout is None
+                                  else self.step_timeout)
+            except self._timeouts as e:
+                raise StepTimeoutError(f"step {step} took longer than the step timeout "
+                                       f"({self.step_timeout:g} s)") from e
             return [_owned(r) for r in reports]
         incoming = self.routes.incoming
         refs: dict[Call, list] = {}
@@ -400,41 +493,67 @@ class RayExecutor:
             refs[call] = list(result) if n > 1 else [result]
             last[d] = refs[call][-1]
         try:
-            return [_owned(r) for r in ray.get([last[d] for d in self._active])]
+            return [_owned(r) for r in self._get([last[d] for d in self._active],
+                                                 f"step {step}")]
         except Exception:
             self._failed = [ref for out in refs.values() for ref in out]
             raise
 
     def step(self, feeds: Mapping[str, np.ndarray], return_grads: bool = False) -> RayStepResult:
         """One training step on full-batch `feeds` (as LocalExecutor.step), recovering from a
-        dead actor by restoring the last checkpoint and replaying (module docstring)."""
+        dead or hung actor by restoring the last checkpoint and replaying, and rolling back a
+        step whose loss or gradients are not finite (module docstring)."""
         per_mb = split_feeds(self.graph, feeds, self.micro_batches)
         step = self.step_count
         if self.checkpoint_every is not None:
             self._replay.append((step, per_mb, None))
+        try:
+            return self._step(step, per_mb, return_grads)
+        except NonFiniteError:                       # rolled back: the actors are consistent
+            raise
+        except BaseException:
+            # the step did not happen: forget it, and (the actors may be mid-step) have the
+            # next call restore them from the checkpoint first
+            if self.checkpoint_every is not None:
+                if self._replay and self._replay[-1][0] == step and self._replay[-1][2] is None:
+                    self._replay.pop()
+                self._needs_restore = True
+            raise
+
+    def _step(self, step: int, per_mb: list, return_grads: bool) -> RayStepResult:
         recoveries = 0
         due = (self.checkpoint_every is not None
                and (step + 1) % self.checkpoint_every == 0)
         while True:
             try:
-                if self._needs_replay:
-                    self._replay_lost_steps()
+                self._settle()
                 start = time.perf_counter()
                 reports = self._execute(step, per_mb, return_grads)
                 seconds = time.perf_counter() - start
-                state = self._gather_state(step + 1) if due else None
+                bad = self._nonfinite(reports)
+                if bad and self.on_nan is not None:
+                    self._roll_back(step)
+                state = self._gather_state(step + 1) if due and not (
+                    bad and self.on_nan == "stop") else None
                 break
             except Exception as e:
                 if self.checkpoint_every is None or not self._is_fault(e):
                     raise
                 recoveries += 1
-                self._restore(e, recoveries, step)
+                self._fault(e, recoveries, step)
         result = self._result(step, reports, seconds, return_grads, recoveries)
+        if bad and self.on_nan == "stop":
+            if self.checkpoint_every is not None:
+                self._replay.pop()
+            raise NonFiniteError(f"step {step}: {bad}; training stopped"
+                                 + ("" if self.checkpoint_every is None else
+                                    f", the parameters are those from before step {step}"))
         self.step_count = step + 1
         if state is not None:
             self._keep_checkpoint(state)
         elif self.checkpoint_every is not None:
-            self._replay[-1] = (step, per_mb, result.losses)
+            self._replay[-1] = (step, per_mb, SKIPPED if bad and self.on_nan == "skip"
+                                else result.losses)
         return result
 
     def train(self, data: Callable[[int], Mapping[str, np.ndarray]], steps: int
@@ -472,25 +591,72 @@ class RayExecutor:
         faults = self._faults
         if isinstance(error, faults) or isinstance(getattr(error, "cause", None), faults):
             return True
+        if not self.actors:
+            return False
         try:
-            self._ray.get([a.check_alive.remote() for a in self.actors], timeout=60)
+            self._ray.get([a.check_alive.remote() for a in self.actors],
+                          timeout=self.step_timeout or 60)
         except Exception as probe:
-            return isinstance(probe, faults) or isinstance(getattr(probe, "cause", None), faults)
+            return isinstance(probe, faults + self._timeouts) or isinstance(
+                getattr(probe, "cause", None), faults)
         return False
 
-    def _restore(self, error: BaseException, attempt: int, step: int) -> None:
-        """Kill every actor and recreate them from the last checkpoint (module docstring)."""
+    def _fault(self, error: BaseException, attempt: int, step: int) -> None:
+        """Count a recovery of `step` (RecoveryError past max_recoveries) and have the next
+        attempt restore every device from the last checkpoint (module docstring)."""
         if attempt > self.max_recoveries:
-            raise ExecutorError(f"step {step}: an actor died {attempt} times "
-                                f"(max_recoveries={self.max_recoveries})") from error
+            self._needs_restore = True           # the next call starts from the checkpoint
+            raise RecoveryError(f"step {step}: gave up after {self.max_recoveries} "
+                                f"recoveries (max_recoveries); the last fault: "
+                                f"{_one_line(error)}") from error
         self.recoveries += 1
         log.warning("ray executor: step %d failed (%s); restoring every device from the "
-                    "checkpoint before step %d and replaying %d step(s)", step,
-                    type(error).__name__, self._replay[0][0], len(self._replay) - 1)
+                    "checkpoint before step %d and replaying %d step(s) (recovery %d of at "
+                    "most %d)", step, _one_line(error), self._replay[0][0],
+                    len(self._replay) - 1, attempt, self.max_recoveries)
+        self._needs_restore = True
+
+    def _settle(self) -> None:
+        """Restore the actors and replay the lost steps if a fault left that to do."""
+        if self._needs_restore:
+            self._restore_actors()
+        if self._needs_replay:
+            self._replay_lost_steps()
+
+    def _restore_actors(self) -> None:
+        """Kill every actor (SIGKILL on this node first, for a hung one) and recreate them from
+        the last checkpoint; the steps since then are replayed next."""
+        self._kill_local_actors()
         self._stop()
         self._discard_failed()
-        self._start()
         self._needs_replay = True
+        self._start()
+        self._needs_restore = False
+
+    def _roll_back(self, step: int) -> None:
+        """Bring the actors back to the state before `step` (whose update holds a NaN or an
+        infinity): restore the checkpoint and replay the steps before it."""
+        if self.checkpoint_every is None:
+            return
+        log.warning("ray executor: step %d is not finite; rolling every device back to the "
+                    "state before it", step)
+        self._stop()
+        self._needs_replay = True
+        self._start()
+        self._replay_lost_steps()
+
+    def _nonfinite(self, reports: list[dict]) -> str | None:
+        """What in a step's reports is NaN or infinite (None when everything is finite)."""
+        losses = [v for r in reports for v in r["losses"].values()]
+        grads = sorted(p for r in reports for p in r.get("nonfinite", ()))
+        parts = []
+        if not np.isfinite(np.asarray(losses, dtype=float)).all():
+            parts.append(f"the loss is {_first_nonfinite(losses)}")
+        if grads:
+            parts.append(f"the gradient of {grads[0]!r}"
+                         + (f" (and {len(grads) - 1} more)" if len(grads) > 1 else "")
+                         + " is not finite")
+        return " and ".join(parts) or None
 
     def _discard_failed(self) -> None:
         """Collect the outcomes of the failed step's calls (their actors are dead now), so Ray
@@ -506,12 +672,14 @@ class RayExecutor:
                 pass
 
     def _replay_lost_steps(self) -> None:
-        """Re-run the steps between the checkpoint and the failed step; their losses must be
-        the ones already reported."""
+        """Re-run the steps between the checkpoint and the current one (skipping those that
+        on_nan="skip" dropped); their losses must be bit for bit the ones already reported."""
         for step, per_mb, losses in self._replay[:-1]:
+            if losses == SKIPPED:
+                continue
             reports = self._execute(step, per_mb, False)
             again = self._result(step, reports, 0.0, False, 0).losses
-            if again != losses:
+            if not _same_losses(again, losses):
                 raise ExecutorError(f"replay of step {step} after a fault gave losses {again}, "
                                     f"but the step had reported {losses}")
         self._needs_replay = False
@@ -522,12 +690,12 @@ class RayExecutor:
         if self._pipes is not None:              # actors with blocks answer on their pipes
             for d in self._active:
                 self._pipes.send(d, "command", ("state", None))
-            rest = self._ray.get([a.state_dict.remote() for d, a in enumerate(self.actors)
-                                  if d not in self._active])
-            parts = [self._pipes.receive(d, "state", self._check_serving)
-                     for d in self._active] + rest
+            rest = self._get([a.state_dict.remote() for d, a in enumerate(self.actors)
+                              if d not in self._active], "a checkpoint")
+            alive = self._watch("a checkpoint")
+            parts = [self._pipes.receive(d, "state", alive) for d in self._active] + rest
         else:
-            parts = self._ray.get([a.state_dict.remote() for a in self.actors])
+            parts = self._get([a.state_dict.remote() for a in self.actors], "a checkpoint")
         for part in parts:
             for key in merged:
                 merged[key].update(part[key])
@@ -542,7 +710,10 @@ class RayExecutor:
             checkpoints.save(self.checkpoint_dir, state)
 
     def state_dict(self) -> dict:
-        """Parameters, optimizer state, persistent state and the step counter (numpy arrays)."""
+        """Parameters, optimizer state, persistent state and the step counter (numpy arrays);
+        after a failed or interrupted step, the actors are restored first."""
+        if self.checkpoint_every is not None:
+            self._settle()
         return self._gather_state(self.step_count)
 
     def save_checkpoint(self) -> dict:
@@ -579,6 +750,23 @@ class RayExecutor:
 def _one_node(ray) -> bool:
     """Whether the Ray cluster has one live node (so every actor shares the driver's)."""
     return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+
+
+def _same_losses(a, b) -> bool:
+    """Bit-for-bit equal losses, a NaN equal to a NaN (NaN != NaN in Python)."""
+    return b is not None and np.array_equal(np.asarray(a, dtype=float),
+                                            np.asarray(b, dtype=float), equal_nan=True)
+
+
+def _first_nonfinite(values) -> str:
+    bad = next(float(v) for v in values if not np.isfinite(v))
+    return str(bad)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as `Type: first line of its message`."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def _owned(report: dict) -> dict:

@@ -49,10 +49,16 @@ class PipeClosed(ExecutorError):
     """The other end asked this endpoint to stop."""
 
 
+PIPE_DIR_PREFIX = "modelcut-pipes-"
+
+
 def make_pipe_dir(names: list[str]) -> Path:
-    """A fresh directory holding one named pipe (FIFO) per name; /dev/shm when present."""
+    """A fresh directory holding one named pipe (FIFO) per name; /dev/shm when present. Its
+    name holds this process's id (`modelcut-pipes-<pid>-<random>`), so a later run can remove
+    the directories of drivers that died without cleaning up (`remove_stale_pipe_dirs`)."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    root = Path(tempfile.mkdtemp(prefix="modelcut-pipes-", dir=base))
+    remove_stale_pipe_dirs(Path(base or tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=f"{PIPE_DIR_PREFIX}{os.getpid()}-", dir=base))
     for name in names:
         os.mkfifo(root / name, 0o600)
     return root
@@ -60,6 +66,45 @@ def make_pipe_dir(names: list[str]) -> Path:
 
 def remove_pipe_dir(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
+
+
+def pipe_dir_owner(path: Path) -> int | None:
+    """The driver pid a pipe directory's name records (None: not such a name)."""
+    rest = path.name[len(PIPE_DIR_PREFIX):] if path.name.startswith(PIPE_DIR_PREFIX) else ""
+    pid, sep, _ = rest.partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                   # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_pipe_dirs(base: Path) -> list[Path]:
+    """Remove the pipe directories under `base` whose driver process is gone (a driver killed
+    with SIGKILL leaves its directory behind); returns the ones removed. Directories of live
+    processes, of other users and without a pid in their name are left alone."""
+    removed = []
+    try:
+        candidates = list(base.glob(f"{PIPE_DIR_PREFIX}*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        pid = pipe_dir_owner(path)
+        try:
+            mine = path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if pid is None or not mine or _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 class _Reader:

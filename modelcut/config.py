@@ -330,6 +330,9 @@ class TrainingSection(Section):
     seed: Optional[Integer] = None
     checkpoint_every: NonNegativeInt = 0
     dtype: Optional[Dtype] = None     # None: the model's dtype
+    step_timeout: Optional[Seconds] = None    # None: from the predicted step time (train)
+    on_nan: _choice("stop", "skip") = "stop"
+    max_recoveries: NonNegativeInt = 3
 
 
 # ------------------------------------------------------------------------ config

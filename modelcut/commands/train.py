@@ -4,13 +4,23 @@ local executor) and report measured against predicted bytes and step time.
 Writes into --out: everything `modelcut partition` writes (placement.json, graph.dot and the
 partition plots), checkpoints/step-NNNNNN (every training.checkpoint_every steps and after the
 last), loss.png, and report.json / report.md holding the partition report plus `training`,
-`loss` (every step), `measured` and `predicted` sections.
+`loss` (every step), `measured` and `predicted` sections (and report.html with --html).
+Reports are written at the end, as strict JSON (a NaN loss is null): a run that fails leaves
+no report (and removes the output folder it created, unless it holds checkpoints). Ctrl-C or
+SIGTERM stops after the current step with a checkpoint and a partial report (`stopped`), as
+does a NaN or infinite step (the checkpoint is the state before it); `--resume` continues
+exactly. A `--resume` with nothing left to train writes nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from modelcut.commands import CommandError
@@ -18,6 +28,8 @@ from modelcut.commands import CommandError
 HELP = "partition a model, train it on Ray actors and report measured vs predicted traffic"
 TRAIN_OUTPUTS = ("loss.png",)
 EXECUTORS = ("ray", "local")
+STEP_TIMEOUT_HELP = ("1000x the predicted step time, 20x on a calibrated cluster, at least "
+                     "60 s")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,6 +60,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, metavar="N",
                         help="write a checkpoint every N steps (default: "
                              "training.checkpoint_every; 0: none)")
+    parser.add_argument("--step-timeout", type=float, metavar="S",
+                        help="seconds a step may take before its Ray actors count as hung and "
+                             "are replaced (default: training.step_timeout, else "
+                             f"{STEP_TIMEOUT_HELP})")
+    parser.add_argument("--on-nan", choices=("stop", "skip"),
+                        help="on a NaN or infinite loss or gradient: stop with a checkpoint of "
+                             "the last good state, or skip that step's update (Ray executor; "
+                             "default: training.on_nan, stop)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html (tables, plots and the placed graph)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite the outputs of an earlier run in the output folder")
     return parser
@@ -55,8 +77,54 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from modelcut import training
-    from modelcut.report import make_console, rich_table
+    from modelcut.report import make_console
 
+    check_arguments(args)
+    training.check_address(args.address)            # fail fast, before any work
+    console, status = make_console(), make_console(stderr=True)
+    with status.status("building the graph ..."):
+        setup = training.load_training_setup(
+            args.config, devices=args.devices, algorithm=args.algorithm, steps=args.steps,
+            checkpoint_every=args.checkpoint_every, objective=args.objective,
+            step_timeout=args.step_timeout, on_nan=args.on_nan)
+    if setup.on_nan == "skip" and args.executor != "ray":
+        raise CommandError("--on-nan skip needs --executor ray (the local executor cannot drop "
+                           "a step's update)")
+    state, resumed_from = None, None
+    if args.resume:
+        resumed_from = training.find_checkpoint(args.resume)
+        state = training.load_checkpoint(resumed_from, setup)
+        if int(state["step"]) >= setup.steps:
+            console.print(f"nothing to train: checkpoint {resumed_from} is already at step "
+                          f"{state['step']} (--steps {setup.steps}); no file was written "
+                          "(raise --steps to continue)")
+            return 0
+    if args.out:
+        out = Path(args.out)
+    elif resumed_from is not None and resumed_from.parent.name == "checkpoints":
+        out = training.run_folder(resumed_from)
+    else:
+        out = Path("runs") / setup.name
+    created = not out.exists()
+    prepare_train_output(out, args.force, resuming=resumed_from is not None
+                         and _inside(resumed_from, out))
+    try:
+        with terminate_as_interrupt():
+            return train_into(out, setup, args, state, resumed_from, console, status)
+    except KeyboardInterrupt:                 # before training, or a second Ctrl-C
+        remove_partial_output(out, created)
+        saved = sorted((out / "checkpoints").glob("step-*"))
+        print("modelcut: interrupted; no report was written" + (
+            f"; the last checkpoint is {saved[-1]} (--resume {out})" if saved else ""),
+            file=sys.stderr)
+        return 130
+    except BaseException:
+        remove_partial_output(out, created)
+        raise
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for bad flag values."""
     for flag in ("devices", "steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CommandError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
@@ -65,23 +133,18 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise CommandError(f"--checkpoint-every: expected a non-negative integer, got "
                            f"{args.checkpoint_every}")
-    console, status = make_console(), make_console(stderr=True)
-    with status.status("building the graph ..."):
-        setup = training.load_training_setup(
-            args.config, devices=args.devices, algorithm=args.algorithm, steps=args.steps,
-            checkpoint_every=args.checkpoint_every, objective=args.objective)
-    state, resumed_from = None, None
-    if args.resume:
-        resumed_from = training.find_checkpoint(args.resume)
-        state = training.load_checkpoint(resumed_from, setup)
-    if args.out:
-        out = Path(args.out)
-    elif resumed_from is not None and resumed_from.parent.name == "checkpoints":
-        out = training.run_folder(resumed_from)
-    else:
-        out = Path("runs") / setup.name
-    prepare_train_output(out, args.force, resuming=resumed_from is not None
-                         and _inside(resumed_from, out))
+    timeout = args.step_timeout
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise CommandError(f"--step-timeout: expected positive seconds, got {timeout}")
+
+
+def train_into(out: Path, setup, args, state, resumed_from, console, status) -> int:
+    """Partition (or take the checkpoint's placement), train, and write every output at the
+    end: a run that fails leaves no report; an interrupted or non-finite one a partial one
+    next to a checkpoint it can be resumed from."""
+    from modelcut import training
+    from modelcut.report import rich_table
+
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes per "
                        f"micro-batch) on {setup.cluster.k} devices ..."):
         if state is None:
@@ -90,31 +153,96 @@ def run(args: argparse.Namespace) -> int:
             placement = training.placement_from_assignment(
                 setup, state["metadata"]["assignment"], f"checkpoint {resumed_from}")
         simulation = training.simulate_step(setup, placement)
-        partition_report = write_partition_outputs(setup, placement, simulation, out)
+    predicted = training.predicted_summary(setup, placement, simulation)
+    predicted["calibrated"] = training.is_calibrated(setup.cluster)
+    timeout = setup.step_timeout or training.default_step_timeout(predicted["step_time"],
+                                                                  predicted["calibrated"])
     losses = list(state["metadata"]["losses"]) if state else []
     status.print(f"starting the {args.executor} executor ...")
-    with training.open_executor(args.executor, setup, placement,
-                                address=args.address) as executor:
+    with training.open_executor(args.executor, setup, placement, address=args.address,
+                                step_timeout=timeout) as executor:
         if state is not None:
             executor.load_state_dict(state)
-        records = train_with_progress(executor, setup, losses, out, placement, status)
-    predicted = training.predicted_summary(setup, placement, simulation)
+        records, stopped = train_with_progress(executor, setup, losses, out, placement, status)
+        if stopped is not None and stopped["good_state"]:
+            stopped["checkpoint"] = str(training.save_checkpoint(
+                out / "checkpoints", executor, setup, losses, placement.assignment))
     measured = training.measured_summary(records, setup.cluster.device_names) if records else None
+    partition_report, written = write_partition_outputs(setup, placement, simulation, out)
     report = training_report(partition_report, setup, args, losses, measured, predicted,
-                             resumed_from, start=len(losses) - len(records))
-    written = write_training_outputs(report, out)
+                             resumed_from, start=len(losses) - len(records),
+                             step_timeout=timeout, stopped=stopped)
+    written = written + write_training_outputs(report, out, html=args.html)
     for table in training_tables(report):
         console.print(rich_table(table))
-    if measured is None:
-        console.print(f"[yellow]note:[/yellow] the checkpoint is already at step {len(losses)}; "
-                      "nothing to train (raise --steps to continue)")
+    for note in report_notes(report):
+        status.print(f"[bold yellow]{note}[/bold yellow]")
     from modelcut.report import pipeline_hint
     if pipeline_hint(report):
         console.print(f"[yellow]hint:[/yellow] {pipeline_hint(report)}")
-    for problem in report["agreement"]["problems"]:
-        status.print(f"[bold yellow]warning:[/bold yellow] {problem}")
-    console.print(f"wrote {', '.join(p.name for p in written)} and placement.json to {out}")
-    return 0
+    names = sorted({p.name for p in written} | ({"checkpoints/"} if (out / "checkpoints")
+                                                 .is_dir() else set()))
+    console.print(f"wrote to {out}: {', '.join(names)}")
+    return finish(stopped, out)
+
+
+def finish(stopped: dict | None, out: Path) -> int:
+    """The exit status, and the one line that says why training stopped early."""
+    if stopped is None:
+        return 0
+    where = (f"wrote checkpoint {stopped['checkpoint']} and a partial report to {out}; "
+             f"continue with --resume {out}" if stopped.get("checkpoint") else
+             f"wrote a partial report to {out}; the last good state is the last checkpoint in "
+             f"{out / 'checkpoints'}, if any")
+    if stopped["reason"] == "non-finite":
+        print(f"modelcut: error: {stopped['message']}; {where}", file=sys.stderr)
+        return 2
+    print(f"modelcut: interrupted by {stopped['reason']} at step {stopped['step']}; {where}",
+          file=sys.stderr)
+    return 130
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the command runs."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def stop_between_steps():
+    """While training: the first SIGINT or SIGTERM asks the loop to stop after the current
+    step (the list it yields receives the signal's name); a second one stops at once."""
+    received: list[str] = []
+
+    def ask(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    old = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def remove_partial_output(out: Path, created: bool) -> None:
+    """After a failed run: remove the output folder this run created, unless it holds
+    checkpoints (a run can resume from them)."""
+    if created and out.is_dir() and not any((out / "checkpoints").glob("step-*")):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _inside(checkpoint_folder: Path, out: Path) -> bool:
@@ -140,64 +268,92 @@ def prepare_train_output(out: Path, force: bool, resuming: bool) -> None:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
-def write_partition_outputs(setup, placement, simulation: dict, out: Path) -> dict:
+def write_partition_outputs(setup, placement, simulation: dict, out: Path
+                            ) -> tuple[dict, list[Path]]:
     """placement.json, graph.dot and the partition plots, written by `modelcut partition`'s
-    writer; returns the partition report."""
+    writer; returns the partition report (as JSON types) and the files written."""
     from modelcut.commands.partition import Setup, write_outputs
 
     options = dict(setup.partition_options)
     part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster, options=options,
                  schedule=setup.schedule, source=setup.source, family=setup.family)
-    write_outputs(part, placement, simulation, out, argparse.Namespace(max_nodes=300, html=False))
-    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+    _, written = write_outputs(part, placement, simulation, out,
+                               argparse.Namespace(max_nodes=300, html=False))
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    return report, written
 
 
-def train_with_progress(executor, setup, losses: list, out: Path, placement, console) -> list:
-    """The training loop with a rich progress bar: step, loss, step time, bytes per step."""
+def train_with_progress(executor, setup, losses: list, out: Path, placement, console
+                        ) -> tuple[list, dict | None]:
+    """The training loop with a rich progress bar: step, loss, step time, bytes per step.
+    Returns the step records and None, or, when training stopped early (a signal, a NaN),
+    what stopped it: reason, message, step, and whether the executor's state is good to
+    checkpoint."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
     from modelcut import training
     from modelcut.units import format_size, format_time
 
+    records: list = []
     start = executor.step_count
     if start >= setup.steps:
-        return []
+        return records, None
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[time]}/step"),
                TextColumn("{task.fields[bytes]}/step"), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    stopped = None
+    with Progress(*columns, console=console) as progress, stop_between_steps() as signals:
         task = progress.add_task("train", total=setup.steps, completed=start, loss="-",
                                  time="-", bytes="-")
 
         def on_step(record):
+            records.append(record)
             progress.update(task, completed=record.step + 1, loss=f"{record.loss:.4f}",
                             time=format_time(record.seconds),
                             bytes=format_size(int(record.link_bytes.sum())))
-        return training.run_steps(executor, setup, setup.steps, losses=losses,
-                                  checkpoint_dir=out / "checkpoints",
-                                  assignment=placement.assignment, on_step=on_step)
+        try:
+            training.run_steps(executor, setup, setup.steps, losses=losses,
+                               checkpoint_dir=out / "checkpoints",
+                               assignment=placement.assignment, on_step=on_step,
+                               should_stop=lambda: bool(signals))
+        except training.NonFiniteStep as e:
+            stopped = {"reason": "non-finite", "message": str(e), "good_state": e.good_state,
+                       "step": e.step}
+        if signals and stopped is None and executor.step_count < setup.steps:
+            stopped = {"reason": signals[0], "message": f"interrupted by {signals[0]}",
+                       "good_state": True}
+    if stopped is not None:
+        stopped.setdefault("step", executor.step_count)
+    return records, stopped
 
 
 # ------------------------------------------------------------------ the report
 def training_report(partition_report: dict, setup, args, losses: list, measured, predicted: dict,
-                    resumed_from, start: int) -> dict:
-    """The partition report plus the training sections."""
+                    resumed_from, start: int, step_timeout: float | None = None,
+                    stopped: dict | None = None) -> dict:
+    """The partition report plus the training sections (`stopped`: why a partial run ended)."""
     from modelcut.training import byte_mismatches
 
     names = setup.cluster.device_names
     problems = [] if measured is None else byte_mismatches(measured, predicted, names)
+    ratio = (measured["step_time"] / predicted["step_time"]
+             if measured is not None and predicted["step_time"] > 0 else None)
     return {**partition_report,
             "training": {"executor": args.executor, "address": args.address,
                          "steps": setup.steps, "first_step": start,
                          "resumed_from": str(resumed_from) if resumed_from else None,
                          "micro_batches": setup.micro_batches, "batch": setup.batch,
                          "schedule": setup.schedule, "optimizer": setup.optimizer,
-                         "seed": setup.seed, "checkpoint_every": setup.checkpoint_every},
+                         "seed": setup.seed, "checkpoint_every": setup.checkpoint_every,
+                         "step_timeout": step_timeout if args.executor == "ray" else None,
+                         "on_nan": setup.on_nan, "max_recoveries": setup.max_recoveries,
+                         "stopped": None if stopped is None else {
+                             k: v for k, v in stopped.items() if k != "good_state"}},
             "loss": [float(x) for x in losses],
             "measured": measured, "predicted": predicted,
             "agreement": {"bytes_equal": measured is not None and not problems,
-                          "problems": problems}}
+                          "problems": problems, "step_time_ratio": ratio}}
 
 
 def training_tables(report: dict) -> list:
@@ -226,10 +382,13 @@ def training_tables(report: dict) -> list:
             got, want = measured["link_bytes"][a][b], predicted["link_bytes"][a][b]
             if a != b and (got or want):
                 rows.append((f"  {src} -> {dst}", f"{got:,}", f"{want:,}", same(got, want)))
+    uncalibrated = "" if predicted.get("calibrated", True) else ", uncalibrated"
+    ratio = report["agreement"].get("step_time_ratio")
     rows.append(("step time", format_time(measured["step_time"]),
-                 format_time(predicted["step_time"]) + f" ({predicted['schedule']})", "-"))
+                 format_time(predicted["step_time"]) + f" ({predicted['schedule']}"
+                 f"{uncalibrated})", "-" if ratio is None else f"{ratio:.2f}x"))
     tables.append(Table("Measured vs predicted (per step)",
-                        ("quantity", "measured", "predicted", "equal"), tuple(rows),
+                        ("quantity", "measured", "predicted", "equal / ratio"), tuple(rows),
                         (False, True, True, False)))
     rows = tuple((a["name"], format_time(a["compute_seconds"]), format_time(a["wait_seconds"]),
                   f"{100 * a['utilisation']:.1f}%") for a in measured["actors"])
@@ -240,23 +399,75 @@ def training_tables(report: dict) -> list:
     return tables
 
 
-def write_training_outputs(report: dict, out: Path) -> list[Path]:
-    """report.json, report.md and loss.png (the partition plots are already there)."""
-    from modelcut.report import markdown_table, report_tables
+def report_notes(report: dict) -> list[str]:
+    """Warnings and notes for the console and report.md: byte mismatches, an uncalibrated
+    prediction, an early stop."""
+    notes = [f"warning: {p}" for p in report["agreement"]["problems"]]
+    predicted, ratio = report["predicted"], report["agreement"].get("step_time_ratio")
+    if not predicted.get("calibrated", True):
+        measured = "" if ratio is None else f" (measured / predicted = {ratio:.2f}x)"
+        notes.append("note: the cluster is not calibrated, so the predicted step time uses "
+                     f"nominal device speeds{measured}; run `modelcut calibrate` to measure "
+                     "this machine's costs and predict from them")
+    stopped = report["training"].get("stopped")
+    if stopped:
+        notes.append(f"note: training stopped early at step {stopped['step']}: "
+                     f"{stopped['message']}")
+    if report["measured"] is None and not stopped:
+        notes.append("note: no step was trained")
+    return notes
 
-    written = [loss_plot(report["loss"], out / "loss.png")] if report["loss"] else []
+
+def write_training_outputs(report: dict, out: Path, html: bool = False) -> list[Path]:
+    """report.json (strict JSON), report.md, loss.png and with `html` report.html (the
+    partition plots are already there)."""
+    from modelcut.report import markdown_table, report_tables
+    from modelcut.training import dumps_strict
+
+    losses = [x for x in report["loss"] if math.isfinite(x)]
+    written = [loss_plot(report["loss"], out / "loss.png")] if losses else []
     json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(dumps_strict(report) + "\n", encoding="utf-8")
     g, c = report["graph"], report["cluster"]
     lines = [f"# modelcut train: {g['name']} on {c['name']}", ""]
     lines += [markdown_table(t) for t in training_tables(report)]
-    problems = report["agreement"]["problems"]
-    lines += [f"**Warning:** {p}" for p in problems] + ([""] if problems else [])
+    notes = report_notes(report)
+    lines += [f"**{n}**" for n in notes] + ([""] if notes else [])
     lines += ["## Placement", ""] + [markdown_table(t) for t in report_tables(report)]
     images = [p.name for p in written] + ["load_memory.png", "schedule.png", "traffic.png"]
     lines += [f"![{Path(p).stem}]({p})" for p in images if (out / p).exists()]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return written + [json_path, md_path]
+    written += [json_path, md_path]
+    if html:
+        written.append(write_training_html(report, out, notes))
+    return written
+
+
+def write_training_html(report: dict, out: Path, notes: list[str]) -> Path:
+    """report.html: the partition page (modelcut.html_report) with the training tables,
+    notes and the loss plot put first."""
+    import html as escape
+
+    from modelcut.html_report import html_report, html_table
+    from modelcut.viz import VizError, svg_text
+
+    captions = (("Training loss", "loss.png"), ("Load and memory per device", "load_memory.png"),
+                ("Simulated schedule", "schedule.png"), ("Link traffic", "traffic.png"))
+    images = [(c, out / name) for c, name in captions if (out / name).exists()]
+    svg, note = None, None
+    dot = out / "graph.dot"
+    try:
+        svg = svg_text(dot.read_text(encoding="utf-8")) if dot.exists() else None
+    except VizError as e:
+        note = f"graph not drawn: {e}"
+    page = html_report(report, images, svg, note)
+    training = ['<section id="training">', "<h2>Training</h2>",
+                *[html_table(t) for t in training_tables(report)],
+                *[f'<p class="note">{escape.escape(n)}</p>' for n in notes], "</section>"]
+    page = page.replace('<section id="tables">', "\n".join(training) + '\n<section id="tables">', 1)
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def loss_plot(losses: list[float], path: Path) -> Path:

@@ -78,3 +78,43 @@ def test_train_joins_a_running_cluster_and_matches_the_local_run(ray_head, tmp_p
     assert report["loss"] == pytest.approx(expected, rel=0, abs=1e-9)
     assert json.loads((joined / "placement.json").read_text()) == \
         json.loads((local / "placement.json").read_text())
+
+
+def run_train(*argv, cwd: Path, timeout: float = 90) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "modelcut", "train", str(MLP), *map(str, argv)],
+                         env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return run, time.monotonic() - start
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("modelcut:")]
+    assert len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith("modelcut: error: --address"), lines[0]
+    return lines[0]
+
+
+def test_an_unreachable_head_fails_within_30_s_in_one_line_and_writes_nothing(tmp_path):
+    port = free_port()                      # bound once, then closed: nobody listens there
+    out = tmp_path / "run"
+    run, seconds = run_train("--address", f"127.0.0.1:{port}", "--steps", 2, "--out", out,
+                             cwd=tmp_path)
+    assert run.returncode == 2 and seconds <= 30, (seconds, run.stderr[-2000:])
+    assert "cannot reach a Ray head" in one_error_line(run.stderr)
+    assert not out.exists()
+
+
+def test_ray_client_without_its_extra_fails_in_one_line_naming_the_extra(tmp_path):
+    try:
+        import grpc  # noqa: F401
+        pytest.skip("Ray Client's packages are installed: the `client` extra is present")
+    except ImportError:
+        pass
+    out = tmp_path / "run"
+    run, _ = run_train("--address", "ray://127.0.0.1:10001", "--steps", 2, "--out", out,
+                       cwd=tmp_path)
+    assert run.returncode == 2
+    assert "`client` extra" in one_error_line(run.stderr)
+    assert not out.exists()

@@ -95,8 +95,10 @@ def test_local_run_writes_every_output_and_bytes_equal_V(local_runs):
     assert len(report["loss"]) == STEPS and measured["steps"] == STEPS
     assert measured["bytes_per_step"] == predicted["step_volume"] > 0
     assert measured["link_bytes"] == predicted["link_bytes"]
-    assert measured["bytes_constant"] and report["agreement"] == {"bytes_equal": True,
-                                                                 "problems": []}
+    agreement = report["agreement"]
+    assert measured["bytes_constant"] and agreement["bytes_equal"] and agreement["problems"] == []
+    assert agreement["step_time_ratio"] == pytest.approx(measured["step_time"]
+                                                         / predicted["step_time"])
     # V recomputed from placement.json with the SPEC metric (micro_batches = 1 here)
     graph = mlp_graph()
     cluster = Cluster.from_spec({"uniform": {"devices": 2}})
