@@ -83,6 +83,7 @@ def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
     onnx = _require_onnx()
     if isinstance(path_or_model, (str, os.PathLike)):
         source = str(path_or_model)
+        _check_file(source)
         try:
             model = onnx.load(source)
         except Exception as exc:  # OSError, protobuf DecodeError, ...
@@ -98,8 +99,27 @@ def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # onnx raises several unrelated classes here
         raise OnnxImportError(f"{source}: ONNX shape inference failed: {exc}") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
+        raise OnnxImportError(f"{source}: not a valid ONNX model: {exc}") from None
     importer = _Importer(onnx, model, source)
-    return importer.run(name or model.graph.name or default_name)
+    graph = importer.run(name or model.graph.name or default_name)
+    if not graph.nodes:
+        raise OnnxImportError(f"{source}: the model has no nodes")
+    from autodiff.io import check_graph_bounds
+    check_graph_bounds(graph, source)
+    return graph
+
+
+def _check_file(source: str) -> None:
+    """An ONNX file must exist and not be empty (protobuf reads 0 bytes as an empty model)."""
+    try:
+        size = os.path.getsize(source)
+    except OSError as exc:
+        raise OnnxImportError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise OnnxImportError(f"{source}: the file is empty, not an ONNX model")
 
 
 def _fix_dims(onnx, model, dims: dict[str, int]):

@@ -64,7 +64,10 @@ def is_package_error(exc: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the `modelcut` command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:   # --help, --version, or a bad argument (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2

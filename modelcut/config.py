@@ -18,7 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from modelcut.config_yaml import YamlFileError, read_yaml
 from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, PositiveInt,
-                                   NonNegativeInt, Seed, Bounded, PositiveNumber, NonNegativeNumber,
+                                   NonNegativeInt, Seed, SEED_MAX, Bounded, PositiveNumber, NonNegativeNumber,
                                    Fraction, Flag, Text, Size, Bandwidth, FlopRate, Latency,
                                    Seconds, Dtype, PinTarget, Betas)
 
@@ -359,7 +359,8 @@ class Config(Section):
     @classmethod
     def _section_seeds(cls, data):
         """Sections without their own seed take the top-level one."""
-        if isinstance(data, dict) and _is_int(data.get("seed", 0)):
+        seed = data.get("seed", 0) if isinstance(data, dict) else None
+        if _is_int(seed) and 0 <= seed <= SEED_MAX:   # else only the top-level seed is wrong
             data = dict(data)
             for key in ("partition", "training"):
                 section = data.get(key, {})
@@ -386,9 +387,12 @@ class Config(Section):
                 return load_onnx(path, dims=self.model.dims)
             from autodiff.io import load_graph
             return load_graph(path)
+        from autodiff.io import check_graph_bounds
         from autodiff.models import BUILDERS
         builder, kwargs = self.model_kwargs()
-        return BUILDERS[builder](**kwargs)
+        graph = BUILDERS[builder](**kwargs)
+        check_graph_bounds(graph, f"{self.name}: model ({builder} builder)")
+        return graph
 
     def cluster_spec(self) -> dict:
         """The cluster as plain numbers in a shape `partition.cluster.Cluster.from_spec` takes."""

@@ -84,6 +84,10 @@ def read_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise YamlFileError(f"{path}: not valid YAML{where}: {problem}") from None
+    except YamlFileError:
+        raise
+    except (ValueError, OverflowError) as exc:   # a 5000-digit integer, a date like 2024-13-45
+        raise YamlFileError(f"{path}: not valid YAML: {exc}") from None
     finally:
         loader.dispose()
 

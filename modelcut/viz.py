@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ def parse_assignments(text: str) -> dict[str, float]:
             values[name] = float(number)
         except ValueError:
             raise VizError(f"--at: {name} = {number.strip()!r} is not a number") from None
+        if not math.isfinite(values[name]):
+            raise VizError(f"--at: {name} = {number.strip()!r} is not a finite number")
     return values
 
 
