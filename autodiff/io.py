@@ -223,36 +223,45 @@ def check_shapes(graph: Graph, source: str) -> None:
     Rules are called once per distinct (op, operand shapes and dtypes, attrs): repeated layers
     cost a dictionary lookup each.
     """
+    from autodiff.ir import SOURCE_OPS
     from autodiff.ops.registry import registry
     rules = registry()
     nodes, index = graph.nodes, graph.index
     seen: dict = {}
     for node in nodes:
         op = rules.get(node.op)
-        if op is None or node.is_source:
+        if op is None or node.op in SOURCE_OPS:
             continue
         operands = [nodes[index[i]] for i in node.inputs]
-        shapes = [n.shape for n in operands]
-        dtypes = [n.dtype for n in operands]
-        try:
-            key = (node.op, tuple(shapes), tuple(dtypes), repr(sorted(node.attrs.items())))
-        except TypeError:
-            key = None
-        out = seen.get(key) if key is not None else None
+        shapes = tuple([n.shape for n in operands])
+        dtypes = tuple([n.dtype for n in operands])
+        key = (node.op, shapes, dtypes, _attrs_key(node.attrs))
+        out = seen.get(key)
         if out is None:
             try:
-                out = tuple(op.shape(shapes, dtypes, **_rule_attrs(op.shape, node.attrs))[0])
+                out = tuple(op.shape(list(shapes), list(dtypes),
+                                     **_rule_attrs(op.shape, node.attrs))[0])
             except RULE_ERRORS as exc:
                 args = ", ".join(f"{n.dtype}{list(n.shape)}" for n in operands)
                 raise GraphError(f"{source}: node {node.name!r}: {node.op}({args}) with attrs "
                                  f"{_brief(node.attrs)} breaks the op's shape rule: "
                                  f"{str(exc) or type(exc).__name__}") from None
-            if key is not None:
+            if key[3] is not None:
                 seen[key] = out
         if out != node.shape:
             args = " and ".join(str(list(s)) for s in shapes)
             raise GraphError(f"{source}: node {node.name!r}: declared shape {list(node.shape)}, "
                              f"but {node.op} of {args or 'no inputs'} gives {list(out)}")
+
+
+def _attrs_key(attrs: dict) -> str | None:
+    """A cache key for JSON attrs ("" when empty); None for values JSON cannot hold."""
+    if not attrs:
+        return ""
+    try:
+        return json.dumps(attrs, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=None)
