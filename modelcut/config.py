@@ -542,9 +542,15 @@ def _describe(source: str, error: dict) -> str:
         text = f"{UNION_HELP[loc[0]]}, got {_show(value)}"
     else:
         text = f"{error['msg']}, got {_show(value)}"
-    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{_key(p)}" if i else _key(p))
                    for i, p in enumerate(loc))
     return f"{source}: {path or '(top level)'}: {text}"
+
+
+def _key(key: Any) -> str:
+    """A key as written in a problem line; quoted when empty or not printable (a newline in a
+    key must not break the one-line message)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
 
 
 def _show(value: Any) -> str:

@@ -72,8 +72,9 @@ def read_yaml(path: Path) -> Any:
         line = raw[:exc.start].count(b"\n") + 1
         raise YamlFileError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
                             f"{line}); save the file as UTF-8") from None
-    loader = StrictLoader(text)
+    loader = None
     try:
+        loader = StrictLoader(text)   # the reader rejects control characters here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -82,14 +83,15 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
         raise YamlFileError(f"{path}: not valid YAML{where}: {problem}") from None
     except YamlFileError:
         raise
     except (ValueError, OverflowError) as exc:   # a 5000-digit integer, a date like 2024-13-45
         raise YamlFileError(f"{path}: not valid YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _children(node) -> list:
