@@ -126,7 +126,7 @@ def _read_placement(path: Path) -> dict[str, str]:
     from modelcut.viz import VizError
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, nesting
         raise VizError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in data.items()):
