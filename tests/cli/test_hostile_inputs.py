@@ -21,6 +21,7 @@ import pytest
 from autodiff.io import MAX_JSON_BYTES, save_graph
 from autodiff.ir import Graph, Node
 from modelcut.cli import main
+from modelcut.config_yaml import MAX_DEPTH, YamlFileError, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 MLP = """\
@@ -336,3 +337,37 @@ def test_float_flops_are_accepted(tmp_path, capsys):
     from autodiff.io import load_graph
     graph = load_graph(tmp_path / "g.json")
     assert graph["h"].flops == 21_700_000_000_000 and graph["y"].flops == 0
+
+
+# The strict YAML reader every config and cluster file goes through (modelcut.config_yaml)
+def yaml_file(tmp_path: Path, text) -> Path:
+    path = tmp_path / "c.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: 1\nb: 2\na: 3\n", r"line 3 column 1: duplicate key 'a' \(first given at line 1\)"),
+    ("m: {x: 1, x: 2}\n", "duplicate key 'x'"),
+    (b"a: caf\xe9\n", r"not UTF-8 text \(byte 0xe9 at line 1\)"),
+    ("a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"nested deeper than {MAX_DEPTH}"),
+    ("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcde", "bcdef")),
+     "expand to more than 1,000,000 values"),
+    ("x: &x [1, *x]\n", "refers to a list or mapping that contains it"),
+    ("n: " + "9" * 5000 + "\n", "not valid YAML"),
+])
+def test_strict_yaml_rejects(tmp_path, text, message):
+    with pytest.raises(YamlFileError, match=message):
+        read_yaml(yaml_file(tmp_path, text))
+
+
+def test_strict_yaml_accepts_merge_keys_and_shared_aliases(tmp_path):
+    text = ("base: &b {devices: 2, flops: 7}\nuniform:\n  <<: *b\n  devices: 4\n"
+            "pair: [*b, *b]\n")
+    assert read_yaml(yaml_file(tmp_path, text)) == {
+        "base": {"devices": 2, "flops": 7}, "uniform": {"devices": 4, "flops": 7},
+        "pair": [{"devices": 2, "flops": 7}] * 2}
