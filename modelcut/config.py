@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from modelcut.commands.arguments import MAX_DEVICES
 from modelcut.config_yaml import YamlFileError, read_yaml
 from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, PositiveInt,
                                    NonNegativeInt, Seed, SEED_MAX, Bounded, PositiveNumber, NonNegativeNumber,
@@ -171,7 +172,7 @@ ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
 
 
 # --------------------------------------------------------------------- cluster
-MAX_DEVICES = 1024   # a cluster's device count (its link tables are devices x devices)
+# at most MAX_DEVICES devices in a cluster (the same bound as --devices)
 Devices = Bounded(1, MAX_DEVICES, "a positive integer")
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 
-MAX_DEVICES = 1024   # as a config's cluster (modelcut/config.py)
+# The most devices a config's cluster or --devices may ask for (modelcut/config.py uses it
+# too). The reports' per-device plots and link tables grow as devices^2: at 256 devices the
+# traffic heatmap alone needs gigabytes, so 128 is the most `partition` handles today.
+MAX_DEVICES = 128
 
 
 def _number(text: str) -> float:

@@ -121,7 +121,7 @@ CASES = [
     ("time-limit-zero-flag", lambda t: ["partition", config_with(t, MLP), "--time-limit", "0",
                                         *out(t)], "--time-limit: expected a positive number"),
     ("devices-zero-flag", lambda t: ["partition", config_with(t, MLP), "-k", "0", *out(t)],
-     "--devices/-k: expected an integer in 1..1,024"),
+     "--devices/-k: expected an integer in 1..128"),
     ("devices-huge-flag", lambda t: ["partition", config_with(t, MLP), "-k", str(2**40),
                                      *out(t)], "--devices/-k"),
     ("devices-not-int-flag", lambda t: ["partition", config_with(t, MLP), "-k", "two",
