@@ -116,9 +116,16 @@ def check_output(out: Path, force: bool) -> None:
                            "--out DIR to write elsewhere")
 
 
+# Values are computed by running the model here: not for models whose parameters alone would
+# take gigabytes (a drawing shows a few numbers per node anyway).
+MAX_VALUE_PARAMETERS = 50_000_000
+
+
 def wants_values(args: argparse.Namespace, graph) -> bool:
-    """Values and gradients are computed only for graphs drawn node by node."""
-    return not (args.no_values or args.group) and len(graph) <= args.max_nodes
+    """Values and gradients are computed only for graphs drawn node by node, of models with
+    at most MAX_VALUE_PARAMETERS parameters."""
+    return (not (args.no_values or args.group) and len(graph) <= args.max_nodes
+            and graph.num_parameters() <= MAX_VALUE_PARAMETERS)
 
 
 def _read_placement(path: Path) -> dict[str, str]:
