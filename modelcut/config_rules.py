@@ -83,7 +83,8 @@ def _choice(*options: str):
 
 # Bounds that keep a config from describing a graph no machine could build (a layer count of
 # 2^63 would loop for ever): every count is at most INT_MAX, and model sizes have their own caps
-# (SIZE_LIMITS in modelcut/config.py). Seeds are what numpy's legacy RandomState accepts.
+# (MAX_LAYERS, MAX_SIZE, ... in modelcut/config.py). Seeds are what numpy's legacy
+# RandomState accepts.
 INT_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
 
