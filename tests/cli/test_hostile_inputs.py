@@ -371,3 +371,25 @@ def test_strict_yaml_accepts_merge_keys_and_shared_aliases(tmp_path):
     assert read_yaml(yaml_file(tmp_path, text)) == {
         "base": {"devices": 2, "flops": 7}, "uniform": {"devices": 4, "flops": 7},
         "pair": [{"devices": 2, "flops": 7}] * 2}
+
+
+def test_cluster_file_is_relative_to_the_config_and_errors_name_the_resolved_path(
+        tmp_path, monkeypatch, capsys):
+    """`cluster: {file: cluster.yaml}` is read next to the config whatever the working folder;
+    when it is missing, the error names the path it resolved to."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "cluster.yaml").write_text("cluster: {uniform: {devices: 3}}\n")
+    text = MLP.replace("cluster: {uniform: {devices: 2}}", "cluster: {file: cluster.yaml}")
+    (configs / "exp.yaml").write_text(text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from modelcut.config import load_config
+    assert load_config(Path("..") / "configs" / "exp.yaml").cluster_spec()["uniform"]["devices"] == 3
+    (configs / "cluster.yaml").unlink()
+    assert main(["check", str(Path("..") / "configs" / "exp.yaml")]) == 2
+    resolved = str((configs / "cluster.yaml").resolve())
+    assert_one_error_line(2, capsys.readouterr().err,
+                          f"cluster.file: 'cluster.yaml' resolves to {resolved}, which is not a "
+                          "file (a relative path is relative to the config file's folder)")
