@@ -227,41 +227,45 @@ def check_shapes(graph: Graph, source: str) -> None:
     from autodiff.ops.registry import registry
     rules = registry()
     nodes, index = graph.nodes, graph.index
+    codes: dict = {}   # (shape, dtype) -> small int: cache keys hash a few ints per node
+    code = [codes.setdefault((n.shape, n.dtype), len(codes)) for n in nodes]
     seen: dict = {}
     for node in nodes:
         op = rules.get(node.op)
         if op is None or node.op in SOURCE_OPS:
             continue
-        operands = [nodes[index[i]] for i in node.inputs]
-        shapes = tuple([n.shape for n in operands])
-        dtypes = tuple([n.dtype for n in operands])
-        key = (node.op, shapes, dtypes, _attrs_key(node.attrs))
+        attrs = node.attrs
+        attrs_key = _attrs_key(attrs) if attrs else ""
+        key = (node.op, attrs_key, *[code[index[i]] for i in node.inputs])
         out = seen.get(key)
         if out is None:
-            try:
-                out = tuple(op.shape(list(shapes), list(dtypes),
-                                     **_rule_attrs(op.shape, node.attrs))[0])
-            except RULE_ERRORS as exc:
-                args = ", ".join(f"{n.dtype}{list(n.shape)}" for n in operands)
-                raise GraphError(f"{source}: node {node.name!r}: {node.op}({args}) with attrs "
-                                 f"{_brief(node.attrs)} breaks the op's shape rule: "
-                                 f"{str(exc) or type(exc).__name__}") from None
-            if key[3] is not None:
+            operands = [nodes[index[i]] for i in node.inputs]
+            out = _rule_shape(op, node, [n.shape for n in operands],
+                              [n.dtype for n in operands], source)
+            if attrs_key is not None:
                 seen[key] = out
         if out != node.shape:
-            args = " and ".join(str(list(s)) for s in shapes)
+            args = " and ".join(str(list(nodes[index[i]].shape)) for i in node.inputs)
             raise GraphError(f"{source}: node {node.name!r}: declared shape {list(node.shape)}, "
                              f"but {node.op} of {args or 'no inputs'} gives {list(out)}")
 
 
-def _attrs_key(attrs: dict) -> str | None:
-    """A cache key for JSON attrs ("" when empty); None for values JSON cannot hold."""
-    if not attrs:
-        return ""
+def _rule_shape(op, node: Node, shapes: list, dtypes: list, source: str) -> tuple:
+    """The output shape op's rule gives `node`, or GraphError naming the node."""
     try:
-        return json.dumps(attrs, sort_keys=True)
-    except (TypeError, ValueError):
-        return None
+        return tuple(op.shape(shapes, dtypes, **_rule_attrs(op.shape, node.attrs))[0])
+    except RULE_ERRORS as exc:
+        args = ", ".join(f"{d}{list(s)}" for s, d in zip(shapes, dtypes))
+        raise GraphError(f"{source}: node {node.name!r}: {node.op}({args}) with attrs "
+                         f"{_brief(node.attrs)} breaks the op's shape rule: "
+                         f"{str(exc) or type(exc).__name__}") from None
+
+
+def _attrs_key(attrs: dict) -> str | None:
+    """A cache key for attrs read from JSON: their repr, exact for JSON data (None, so no
+    caching, when numpy may have shortened it with "...")."""
+    text = repr(attrs)
+    return None if "..." in text else text
 
 
 @functools.lru_cache(maxsize=None)
