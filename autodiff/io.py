@@ -9,11 +9,15 @@ nested lists, and the `value` of a `const` node is read back as a numpy array of
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import inspect
 import gzip
 import itertools
 import json
+import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +36,27 @@ REQUIRED_NODE_FIELDS = frozenset({"name", "op", "shape", "dtype"})
 # numpy has no bfloat16: its const values are held as float32 arrays in memory
 NUMPY_DTYPE = {name: np.dtype("float32" if name == "bfloat16" else name) for name in ITEMSIZE}
 GZIP_MAGIC = b"\x1f\x8b"
+# Bounds on what a file may describe, so that no sum or product downstream (numpy int64 byte
+# counts, float64 FLOPs) overflows: JSON text read, elements of one tensor, bytes of all
+# tensors, forward FLOPs of one node.
+MAX_JSON_BYTES = 2**29
+MAX_ELEMENTS = 2**48
+MAX_TOTAL_BYTES = 2**60
+MAX_FLOPS = 10**24
 # numpy kinds of a parsed const value that may be stored in a node of a given dtype kind
 ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
 
 
 # ------------------------------------------------------------------------------------ reading
 def load_graph(path: str | os.PathLike) -> Graph:
-    """Read a `modelcut.graph` file (plain or gzip JSON) into a validated Graph."""
+    """Read a `modelcut.graph` file (plain or gzip JSON) into a validated Graph.
+
+    Hostile files get a GraphError, not a crash: at most MAX_JSON_BYTES of JSON (a gzip bomb
+    is cut off while it inflates), JSON nested deeper than the interpreter can parse, and the
+    bounds of `check_graph_bounds`. A file with no nodes is an error.
+    """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-        if data[:2] == GZIP_MAGIC:
-            data = gzip.decompress(data)
-    except OSError as exc:  # includes gzip.BadGzipFile
-        raise GraphError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
-    except EOFError:
-        raise GraphError(f"{path}: truncated gzip data") from None
+    data = _read_json_bytes(path)
     try:
         with _gc_paused():
             document = json.loads(data)
@@ -56,8 +65,57 @@ def load_graph(path: str | os.PathLike) -> Graph:
                          f"column {exc.colno}") from None
     except UnicodeDecodeError as exc:
         raise GraphError(f"{path}: not valid JSON: {exc.reason}") from None
+    except RecursionError:
+        raise GraphError(f"{path}: JSON nested too deeply to parse (a modelcut.graph file "
+                         "nests a few levels)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise GraphError(f"{path}: not valid JSON: {exc}") from None
+    except MemoryError:
+        raise GraphError(f"{path}: out of memory while parsing the JSON") from None
     with _gc_paused():
-        return graph_from_dict(document, source=str(path))
+        graph = graph_from_dict(document, source=str(path))
+    if not graph.nodes:
+        raise GraphError(f"{path}: the graph has no nodes")
+    return graph
+
+
+def _read_json_bytes(path: Path) -> bytes:
+    """The file's bytes, inflated when gzip-compressed; at most MAX_JSON_BYTES either way."""
+    limit = f"more than {MAX_JSON_BYTES // 2**20} MiB of JSON, the most this reader accepts"
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if data[:2] == GZIP_MAGIC:
+            data = _gunzip(data, MAX_JSON_BYTES)
+    except OSError as exc:  # includes gzip.BadGzipFile
+        raise GraphError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    except (EOFError, zlib.error) as exc:
+        raise GraphError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    except OverflowError:
+        raise GraphError(f"{path}: inflates to {limit}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise GraphError(f"{path}: {limit}")
+    return data
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate every gzip member of `data`; OverflowError past `limit` bytes (a gzip bomb)."""
+    out, size = [], 0
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = inflater.decompress(data, limit + 1 - size)
+        while True:
+            out.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise OverflowError
+            if inflater.eof or not inflater.unconsumed_tail:
+                break
+            chunk = inflater.decompress(inflater.unconsumed_tail, limit + 1 - size)
+        if not inflater.eof:
+            raise EOFError("the last gzip member ends early")
+        data = inflater.unused_data.lstrip(b"\0")   # trailing zero padding is allowed
+    return b"".join(out)
 
 
 @contextlib.contextmanager
@@ -96,7 +154,9 @@ def graph_from_dict(document: Any, source: str = "<dict>") -> Graph:
             group = d.get("group")
             flops = d.get("flops")
             attrs = d.get("attrs")
-            if ((type(inputs) is not list and inputs != ()) or type(flops) is bool
+            if flops is not None and (type(flops) is not int or not 0 <= flops <= MAX_FLOPS):
+                flops = _flops_number(flops)
+            if ((type(inputs) is not list and inputs != ())
                     or (group is not None and type(group) is not str)):
                 raise TypeError
             if attrs is None:
@@ -111,11 +171,124 @@ def graph_from_dict(document: Any, source: str = "<dict>") -> Graph:
         if isinstance(exc, GraphError):
             raise
         raise GraphError(f"{source}: malformed node ({type(exc).__name__}: {exc})") from None
+    check_graph_bounds(graph, source)
     for node in graph.nodes:
         if node.op == "const" and "value" in node.attrs:
             node.attrs = {**node.attrs, "value": _const_array(node, source)}
     _restore_updates(graph, source)
+    check_shapes(graph, source)
     return graph
+
+
+def _flops_number(value: Any) -> int:
+    """A `flops` field that is not a plain in-range int: a finite non-negative JSON number is
+    accepted (SPEC section 1) and rounded to a whole FLOP count; TypeError otherwise."""
+    if type(value) is float and 0 <= value <= MAX_FLOPS:   # NaN fails the comparison
+        return round(value)
+    raise TypeError("flops")
+
+
+def check_graph_bounds(graph: Graph, source: str) -> None:
+    """Raise GraphError when a tensor exceeds MAX_ELEMENTS elements (or 64 dimensions), all
+    tensors together MAX_TOTAL_BYTES, or a node's explicit flops MAX_FLOPS: beyond these, byte
+    and FLOP sums overflow numpy's int64 and float64 downstream."""
+    total = 0
+    prod = math.prod
+    for node in graph.nodes:
+        shape = node.shape
+        size = prod(shape) if len(shape) <= 64 else MAX_ELEMENTS + 1
+        if size > MAX_ELEMENTS:
+            raise GraphError(f"{source}: node {node.name!r}: shape {_brief(list(shape))} has "
+                             f"more than 2^48 elements (or 64 dimensions), the most a tensor "
+                             "may have")
+        total += size * ITEMSIZE[node.dtype]
+        if node.flops is not None and node.flops > MAX_FLOPS:
+            raise GraphError(f"{source}: node {node.name!r}: flops {_brief(node.flops)} is more "
+                             "than 1e24, the most a node may have")
+    if total > MAX_TOTAL_BYTES:
+        raise GraphError(f"{source}: its tensors hold {total:.3g} bytes in all, more than "
+                         "2^60, the most a graph may hold")
+
+
+# What a shape rule may raise on operands or attrs it does not accept (a file's attrs are
+# untrusted JSON); anything else from a rule is a bug and propagates.
+RULE_ERRORS = (GraphError, TypeError, ValueError, KeyError, IndexError, AttributeError,
+               OverflowError, ZeroDivisionError)
+
+
+def check_shapes(graph: Graph, source: str) -> None:
+    """Raise GraphError naming the node when a known op's shape rule rejects its inputs and
+    attrs, or gives another shape than the node declares (opaque ops are taken as declared).
+
+    Rules are called once per distinct (op, operand shapes and dtypes, attrs): repeated layers
+    cost a dictionary lookup each.
+    """
+    from autodiff.ir import SOURCE_OPS
+    from autodiff.ops.registry import registry
+    rules = registry()
+    nodes, index = graph.nodes, graph.index
+    codes: dict = {}   # (shape, dtype) -> small int: cache keys hash a few ints per node
+    code = [codes.setdefault((n.shape, n.dtype), len(codes)) for n in nodes]
+    seen: dict = {}
+    for node in nodes:
+        op = rules.get(node.op)
+        if op is None or node.op in SOURCE_OPS:
+            continue
+        attrs = node.attrs
+        attrs_key = _attrs_key(attrs) if attrs else ""
+        key = (node.op, attrs_key, *[code[index[i]] for i in node.inputs])
+        out = seen.get(key)
+        if out is None:
+            operands = [nodes[index[i]] for i in node.inputs]
+            out = _rule_shape(op, node, [n.shape for n in operands],
+                              [n.dtype for n in operands], source)
+            if attrs_key is not None:
+                seen[key] = out
+        if out != node.shape:
+            args = " and ".join(str(list(nodes[index[i]].shape)) for i in node.inputs)
+            raise GraphError(f"{source}: node {node.name!r}: declared shape {list(node.shape)}, "
+                             f"but {node.op} of {args or 'no inputs'} gives {list(out)}")
+
+
+def _rule_shape(op, node: Node, shapes: list, dtypes: list, source: str) -> tuple:
+    """The output shape op's rule gives `node`, or GraphError naming the node."""
+    try:
+        return tuple(op.shape(shapes, dtypes, **_rule_attrs(op.shape, node.attrs))[0])
+    except RULE_ERRORS as exc:
+        args = ", ".join(f"{d}{list(s)}" for s, d in zip(shapes, dtypes))
+        raise GraphError(f"{source}: node {node.name!r}: {node.op}({args}) with attrs "
+                         f"{_brief(node.attrs)} breaks the op's shape rule: "
+                         f"{str(exc) or type(exc).__name__}") from None
+
+
+def _attrs_key(attrs: dict) -> str | None:
+    """A cache key for attrs read from JSON: their repr, exact for JSON data (None, so no
+    caching, when numpy may have shortened it with "...")."""
+    text = repr(attrs)
+    return None if "..." in text else text
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords(rule) -> frozenset | None:
+    """The keyword arguments a shape rule declares (None: it takes any)."""
+    params = inspect.signature(rule).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind is not p.VAR_POSITIONAL)
+
+
+def _rule_attrs(rule, attrs: dict) -> dict:
+    """`attrs` without the keys `rule` does not declare: extra attributes (notes a tool left
+    on a node) do not change its shape."""
+    known = _keywords(rule)
+    if known is None or attrs.keys() <= known:
+        return attrs
+    return {k: v for k, v in attrs.items() if k in known}
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # State updates (graph.meta["updates"], e.g. batch-norm running averages) travel inside SPEC
@@ -192,8 +365,10 @@ def _check_fields(d: Any, i: int, source: str) -> None:
     for key in ("group", "grad_of"):
         if d.get(key) is not None and type(d[key]) is not str:
             raise GraphError(f"{where}: {key!r} must be a string, got {d[key]!r}")
-    if type(d.get("flops")) is bool:
-        raise GraphError(f"{where}: flops must be a non-negative integer, got {d['flops']!r}")
+    flops = d.get("flops")
+    if flops is not None and (type(flops) not in (int, float) or not 0 <= flops <= MAX_FLOPS):
+        raise GraphError(f"{where}: flops must be a finite non-negative number at most 1e24, "
+                         f"got {_brief(flops)}")
     if "attrs" in d and type(d["attrs"]) is not dict:
         raise GraphError(f"{where}: 'attrs' must be a JSON object, got {_json_type(d['attrs'])}")
 

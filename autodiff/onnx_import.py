@@ -97,6 +97,7 @@ def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
     onnx = _require_onnx()
     if isinstance(path_or_model, (str, os.PathLike)):
         source = str(path_or_model)
+        _check_file(source)
         try:
             model = onnx.load(source)
         except Exception as exc:  # OSError, protobuf DecodeError, ...
@@ -116,10 +117,29 @@ def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
         if _fix_dims(onnx, inferred, dims or {}) is inferred:
             break
         model = inferred
+    try:
+        onnx.checker.check_model(inferred)
+    except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
+        raise OnnxImportError(f"{source}: not a valid ONNX model: {exc}") from None
     importer = _Importer(onnx, inferred, source)
     if default_name == "onnx":
         default_name = inferred.graph.name or "onnx"
-    return importer.run(name or default_name)
+    imported = importer.run(name or default_name)
+    if not imported.graph.nodes:
+        raise OnnxImportError(f"{source}: the model has no nodes")
+    from autodiff.io import check_graph_bounds
+    check_graph_bounds(imported.graph, source)
+    return imported
+
+
+def _check_file(source: str) -> None:
+    """An ONNX file must exist and not be empty (protobuf reads 0 bytes as an empty model)."""
+    try:
+        size = os.path.getsize(source)
+    except OSError as exc:
+        raise OnnxImportError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise OnnxImportError(f"{source}: the file is empty, not an ONNX model")
 
 
 def _fix_dims(onnx, model, dims: dict[str, int]):

@@ -7,6 +7,8 @@ metadata. `save(directory, executor.state_dict())` / `executor.load_state_dict(l
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -25,11 +27,47 @@ def _write(path: Path, arrays: list[np.ndarray]) -> None:
 def _read(path: Path, count: int) -> list[np.ndarray]:
     if not path.exists():
         raise CheckpointError(f"checkpoint: missing file {path}")
-    with np.load(path, allow_pickle=False) as data:
-        if len(data.files) != count:
-            raise CheckpointError(f"checkpoint: {path} holds {len(data.files)} arrays, "
-                                  f"checkpoint.json lists {count}")
-        return [data[f"a{i}"] for i in range(count)]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if sorted(data.files) != sorted(f"a{i}" for i in range(count)):
+                raise CheckpointError(f"checkpoint: {path} holds {len(data.files)} arrays, "
+                                      f"checkpoint.json lists {count}")
+            arrays = [data[f"a{i}"] for i in range(count)]
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({exc})") from None
+    for i, array in enumerate(arrays):
+        if array.dtype.kind not in "biuf":
+            raise CheckpointError(f"checkpoint: {path}: array a{i} has dtype {array.dtype}, "
+                                  "expected numbers")
+    return arrays
+
+
+# checkpoint.json's keys and what each must hold
+INDEX_RULES = {
+    "step": ("a non-negative integer", lambda v: type(v) is int and v >= 0),
+    "optimizer_config": ("a JSON object or null", lambda v: v is None or type(v) is dict),
+    "params": ("a list of names", lambda v: type(v) is list
+               and all(type(x) is str for x in v)),
+    "optimizer": ("a list of [parameter, slot] name pairs", lambda v: type(v) is list and all(
+        type(x) is list and len(x) == 2 and all(type(y) is str for y in x) for x in v)),
+    "states": ("a list of names", lambda v: type(v) is list and all(type(x) is str for x in v)),
+    "metadata": ("a JSON object", lambda v: type(v) is dict),
+}
+
+
+def check_index(index, path: Path) -> None:
+    """Raise CheckpointError naming the first key of checkpoint.json that is missing or wrong."""
+    if not isinstance(index, dict):
+        raise CheckpointError(f"checkpoint: {path} must hold a JSON object")
+    if index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint: {path} is not a {FORMAT} version {VERSION} file")
+    for key, (what, ok) in INDEX_RULES.items():
+        if key not in index:
+            raise CheckpointError(f"checkpoint: {path} has no {key!r} (expected {what})")
+        if not ok(index[key]):
+            raise CheckpointError(f"checkpoint: {path}: {key!r} must be {what}")
 
 
 def save(directory: str | Path, state: Mapping, metadata: Mapping | None = None) -> Path:
@@ -62,11 +100,10 @@ def load(directory: str | Path) -> dict:
     if not meta_path.exists():
         raise CheckpointError(f"checkpoint: missing file {meta_path}")
     try:
-        index = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+        index = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, ...
         raise CheckpointError(f"checkpoint: {meta_path} is not valid JSON: {e}") from None
-    if index.get("format") != FORMAT or index.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint: {meta_path} is not a {FORMAT} version {VERSION} file")
+    check_index(index, meta_path)
     params = _read(directory / "params.npz", len(index["params"]))
     slots = _read(directory / "optimizer.npz", len(index["optimizer"]))
     states = _read(directory / "states.npz", len(index["states"]))

@@ -1,7 +1,9 @@
 """The `modelcut` command line: one subcommand per module in modelcut/commands/.
 
-Errors raised by modelcut's own packages (ConfigError, GraphError, PlacementError, ...) and
-file-system errors print their message on stderr, without a traceback, and exit with status 2.
+Errors raised by modelcut's own packages (ConfigError, GraphError, PlacementError, ...),
+file-system errors and bad arguments print `modelcut: error: ...` on stderr (one line per
+problem), without a traceback, and exit with status 2. Any other exception is a bug and keeps
+its traceback.
 """
 from __future__ import annotations
 
@@ -20,11 +22,31 @@ COMMANDS += [train, calibrate]
 PACKAGES = ("autodiff", "partition", "executor", "modelcut")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `modelcut: error: COMMAND: ...` and exit status 2 (the
+    usage text is one `--help` away); subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"modelcut: error: {where}{message} (see `{self.prog} --help`)\n")
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("modelcut")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="modelcut",
         description="Partition a neural network's computational graph across devices to "
                     "minimise communication, and train it with one Ray actor per device.")
+    parser.add_argument("--version", action="version", version=f"modelcut {version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v info, -vv debug)")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -42,7 +64,10 @@ def is_package_error(exc: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the `modelcut` command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:   # --help, --version, or a bad argument (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
@@ -53,5 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not (is_package_error(exc) or isinstance(exc, OSError)):
             raise
-        print(f"modelcut: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"modelcut: error: {line}", file=sys.stderr)
         return 2

@@ -1,22 +1,25 @@
-"""Experiment configs: YAML read with yaml.safe_load and validated by strict pydantic models.
+"""Experiment configs: YAML read safely (modelcut/config_yaml.py: duplicate keys are errors)
+and validated by strict pydantic models.
 
 Every problem becomes one line `FILE: key.path: expected ..., got ...`; all of them are raised
 together as a ConfigError. Unknown keys are errors (with a did-you-mean suggestion), so a
 misspelt section never falls back to its defaults. Quantities accept units (`16GB`, `25GB/s`,
-`19.5 TFLOPS`, `10us`). Paths (`model.graph`, `cluster.file`) are relative to the config file.
+`19.5 TFLOPS`, `10us`). Relative paths (`model.graph`, `cluster.file`) are relative to the
+config file's folder, not to the working directory; an error names the path they resolve to.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from modelcut.commands.arguments import MAX_DEVICES
+from modelcut.config_yaml import YamlFileError, read_yaml
 from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, PositiveInt,
-                                   NonNegativeInt, Integer, PositiveNumber, NonNegativeNumber,
+                                   NonNegativeInt, Seed, SEED_MAX, Bounded, PositiveNumber, NonNegativeNumber,
                                    Fraction, Flag, Text, Size, Bandwidth, FlopRate, Latency,
                                    Seconds, Dtype, PinTarget, Betas)
 
@@ -76,33 +79,47 @@ def _reraisable(error: dict) -> InitErrorDetails:
 
 
 # ----------------------------------------------------------------------- model
+# Caps on builder sizes, so that a config cannot ask for a graph no machine could build (a
+# layer count of 2^63 would never finish). Tensors are bounded again once the graph is built
+# (autodiff.io.check_graph_bounds): at most 2^48 elements each, 2^60 bytes in all.
+MAX_LAYERS = 1024            # mlp hidden layers, gpt blocks, lstm layers
+MAX_SIZE = 2**20             # width, in_features, classes, d_model, heads, hidden, seq, batch
+MAX_VOCAB = 2**24
+MAX_UNROLLED_STEPS = 2**16   # lstm layers x seq (each step of each layer is ~15 nodes)
+MAX_BLOCKS = 256             # resnet blocks per stage (at most 64 stages)
+MAX_IMAGE = 2**15
+Layers = Bounded(1, MAX_LAYERS, "a positive integer")
+ModelSize = Bounded(1, MAX_SIZE, "a positive integer")
+Vocab = Bounded(1, MAX_VOCAB, "a positive integer")
+
+
 class GraphModel(Section):
     """A graph file: modelcut.graph JSON (`.json`, `.json.gz`) or ONNX (`.onnx`)."""
     graph: Text
-    dims: Optional[dict[str, PositiveInt]] = None   # ONNX symbolic dimensions, e.g. {batch: 8}
+    dims: Optional[dict[str, ModelSize]] = None   # ONNX symbolic dimensions, e.g. {batch: 8}
     loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"   # training an ONNX model
     data: _choice("fixed", "fresh") = "fixed"
 
 
 class MLPModel(Section):
     builder: Literal["mlp"]
-    layers: PositiveInt = 2
-    width: PositiveInt
-    in_features: PositiveInt = 64
-    classes: PositiveInt = 10
-    batch: PositiveInt
+    layers: Layers = 2
+    width: ModelSize
+    in_features: ModelSize = 64
+    classes: ModelSize = 10
+    batch: ModelSize
     activation: _choice("relu", "gelu", "tanh", "sigmoid") = "relu"
     dtype: Dtype = "float32"
 
 
 class GPTModel(Section):
     builder: Literal["gpt"]
-    layers: PositiveInt
-    d_model: PositiveInt
-    heads: PositiveInt
-    seq: PositiveInt
-    vocab: PositiveInt
-    batch: PositiveInt
+    layers: Layers
+    d_model: ModelSize
+    heads: ModelSize
+    seq: ModelSize
+    vocab: Vocab
+    batch: ModelSize
     tied: Flag = True
     dtype: Dtype = "float32"
 
@@ -114,23 +131,29 @@ class GPTModel(Section):
 
 class LSTMModel(Section):
     builder: Literal["lstm"]
-    layers: PositiveInt = 1
-    hidden: PositiveInt
-    vocab: PositiveInt
-    seq: PositiveInt
-    batch: PositiveInt
+    layers: Layers = 1
+    hidden: ModelSize
+    vocab: Vocab
+    seq: ModelSize
+    batch: ModelSize
     skip: Flag = True
     dtype: Dtype = "float32"
+
+    def problems(self):
+        if self.layers * self.seq > MAX_UNROLLED_STEPS:
+            return [("seq", f"expected layers x seq at most {MAX_UNROLLED_STEPS:,} (the graph "
+                            f"unrolls every step; layers is {self.layers})", self.seq)]
+        return []
 
 
 class ResNetModel(Section):
     builder: Literal["resnet"]
-    channels: Annotated[list[PositiveInt], Field(min_length=1)]
-    blocks: PositiveInt = 1
-    image: PositiveInt = 16
-    in_channels: PositiveInt = 3
-    classes: PositiveInt = 10
-    batch: PositiveInt
+    channels: Annotated[list[ModelSize], Field(min_length=1, max_length=64)]
+    blocks: Bounded(1, MAX_BLOCKS, "a positive integer") = 1
+    image: Bounded(1, MAX_IMAGE, "a positive integer") = 16
+    in_channels: ModelSize = 3
+    classes: ModelSize = 10
+    batch: ModelSize
     dtype: Dtype = "float32"
 
 
@@ -172,8 +195,12 @@ ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
 
 
 # --------------------------------------------------------------------- cluster
+# at most MAX_DEVICES devices in a cluster (the same bound as --devices)
+Devices = Bounded(1, MAX_DEVICES, "a positive integer")
+
+
 class UniformBody(Section):
-    devices: PositiveInt
+    devices: Devices
     flops: Optional[FlopRate] = None
     memory: Optional[Size] = None
     bandwidth: Optional[Bandwidth] = None
@@ -188,8 +215,8 @@ class UniformCluster(Section):
 
 class HierarchicalCluster(Section):
     """`nodes` machines of `devices_per_node` devices: fast links inside, slower between."""
-    nodes: PositiveInt
-    devices_per_node: PositiveInt
+    nodes: Devices
+    devices_per_node: Devices
     flops: Optional[FlopRate] = None
     memory: Optional[Size] = None
     intra: Optional[Bandwidth] = None
@@ -197,6 +224,12 @@ class HierarchicalCluster(Section):
     intra_latency: Optional[Latency] = None
     inter_latency: Optional[Latency] = None
     name: Optional[Text] = None
+
+    def problems(self):
+        if self.nodes * self.devices_per_node > MAX_DEVICES:
+            return [("devices_per_node", f"expected nodes x devices_per_node at most "
+                                         f"{MAX_DEVICES:,} devices", self.devices_per_node)]
+        return []
 
 
 class DeviceEntry(Section):
@@ -221,7 +254,7 @@ class LinkEntry(Section):
 
 class ExplicitCluster(Section):
     """Listed devices and links; pairs without a link use the defaults."""
-    devices: Annotated[list[DeviceEntry], Field(min_length=1)]
+    devices: Annotated[list[DeviceEntry], Field(min_length=1, max_length=MAX_DEVICES)]
     links: list[LinkEntry] = []
     default_bandwidth: Optional[Bandwidth] = None
     default_latency: Optional[Latency] = None
@@ -303,7 +336,7 @@ class PartitionSection(Section):
     algorithm: Text = "auto"
     epsilon: NonNegativeNumber = 0.10
     acyclic: Flag = False
-    seed: Optional[Integer] = None
+    seed: Optional[Seed] = None
     time_limit: Optional[Seconds] = None
     # "time" is the old name of "time_volume" (the time-weighted volume), still accepted
     objective: Optional[_choice("volume", "time_volume", "time", "throughput")] = None
@@ -327,7 +360,7 @@ class TrainingSection(Section):
     micro_batches: PositiveInt = 1
     schedule: _choice("gpipe", "1f1b", "sequential") = "sequential"
     defer_weight_grads: Flag = False
-    seed: Optional[Integer] = None
+    seed: Optional[Seed] = None
     checkpoint_every: NonNegativeInt = 0
     dtype: Optional[Dtype] = None     # None: the model's dtype
     step_timeout: Optional[Seconds] = None    # None: from the predicted step time (train)
@@ -344,7 +377,7 @@ class Config(Section):
     """
 
     name: Optional[Text] = None
-    seed: Integer = 0
+    seed: Seed = 0
     model: ModelSection
     cluster: ClusterSection = UniformCluster(uniform=UniformBody(devices=2))
     partition: PartitionSection = PartitionSection()
@@ -354,7 +387,8 @@ class Config(Section):
     @classmethod
     def _section_seeds(cls, data):
         """Sections without their own seed take the top-level one."""
-        if isinstance(data, dict) and _is_int(data.get("seed", 0)):
+        seed = data.get("seed", 0) if isinstance(data, dict) else None
+        if _is_int(seed) and 0 <= seed <= SEED_MAX:   # else only the top-level seed is wrong
             data = dict(data)
             for key in ("partition", "training"):
                 section = data.get(key, {})
@@ -384,9 +418,12 @@ class Config(Section):
                 return load_onnx(path, dims=self.model.dims)
             from autodiff.io import load_graph
             return load_graph(path)
+        from autodiff.io import check_graph_bounds
         from autodiff.models import BUILDERS
         builder, kwargs = self.model_kwargs()
-        return BUILDERS[builder](**kwargs)
+        graph = BUILDERS[builder](**kwargs)
+        check_graph_bounds(graph, f"{self.name}: model ({builder} builder)")
+        return graph
 
     def cluster_spec(self) -> dict:
         """The cluster as plain numbers in a shape `partition.cluster.Cluster.from_spec` takes."""
@@ -403,18 +440,21 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; raise ConfigError listing every problem."""
     path = Path(path)
     data = _read_yaml(path)
+    given: dict = {}
     if isinstance(data, dict):
         data = dict(data)
         data.setdefault("name", path.name.split(".")[0])
-        _resolve_paths(data, path.parent)
+        given = _resolve_paths(data, path.parent)
     config = validate_config(data, str(path))
     problems: list[str] = []
     if isinstance(config.model, GraphModel) and not Path(config.model.graph).is_file():
         problems.append(f"{path}: model.graph: expected an existing file, got "
-                        f"{config.model.graph!r}")
+                        f"{given['model']['graph']!r} (resolved to "
+                        f"{Path(config.model.graph).resolve()})")
     if isinstance(config.cluster, FileCluster):
         try:
-            config = config.model_copy(update={"cluster": _load_cluster_file(config.cluster)})
+            config = config.model_copy(update={"cluster": _load_cluster_file(config.cluster,
+                                                                             path, given)})
         except ConfigError as exc:
             problems += exc.problems
     if not problems:
@@ -437,33 +477,36 @@ def validate_config(data: Any, source: str = "<config>") -> Config:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
+        return read_yaml(path)
+    except YamlFileError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
-def _resolve_paths(data: dict, base: Path) -> None:
+def _resolve_paths(data: dict, base: Path) -> dict:
     """Make `model.graph` and `cluster.file` relative to the config file's folder (and
-    `model.folder`, where a `model.torch` module is looked up first)."""
+    `model.folder`, where a `model.torch` module is looked up first); returns the sections as
+    given (for messages naming both the given and the resolved path)."""
+    given = {}
     for section, key in (("model", "graph"), ("cluster", "file"), ("model", "folder")):
         body = data.get(section)
         if isinstance(body, dict) and isinstance(body.get(key), str) and body[key]:
+            given.setdefault(section, body)
             data[section] = {**body, key: str(base / Path(body[key]).expanduser())}
     model = data.get("model")
     if isinstance(model, dict) and "torch" in model and "folder" not in model:
         data["model"] = {**model, "folder": str(base)}
+    return given
 
 
-def _load_cluster_file(reference: FileCluster):
+def _load_cluster_file(reference: FileCluster, config_path: Path, given: dict):
     """The cluster section stored in `cluster.file` (with or without a `cluster:` key)."""
     path = Path(reference.file)
+    if not path.is_file():
+        raw = given.get("cluster", {}).get("file", reference.file)
+        relative = ("" if Path(raw).expanduser().is_absolute() else
+                    " (a relative path is relative to the config file's folder)")
+        raise ConfigError([f"{config_path}: cluster.file: {raw!r} resolves to "
+                           f"{path.resolve()}, which is not a file{relative}"])
     data = _read_yaml(path)
     if not (isinstance(data, dict) and "cluster" in data):
         data = {"cluster": data}
@@ -534,9 +577,15 @@ def _describe(source: str, error: dict) -> str:
         text = f"{UNION_HELP[loc[0]]}, got {_show(value)}"
     else:
         text = f"{error['msg']}, got {_show(value)}"
-    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{_key(p)}" if i else _key(p))
                    for i, p in enumerate(loc))
     return f"{source}: {path or '(top level)'}: {text}"
+
+
+def _key(key: Any) -> str:
+    """A key as written in a problem line; quoted when empty or not printable (a newline in a
+    key must not break the one-line message)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
 
 
 def _show(value: Any) -> str:

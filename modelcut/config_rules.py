@@ -81,10 +81,29 @@ def _choice(*options: str):
     return Annotated[str, BeforeValidator(check)]
 
 
-PositiveInt = Annotated[int, _rule("expected a positive integer", lambda v: _is_int(v) and v > 0)]
-NonNegativeInt = Annotated[int, _rule("expected a non-negative integer",
-                                      lambda v: _is_int(v) and v >= 0)]
-Integer = Annotated[int, _rule("expected an integer", _is_int)]
+# Bounds that keep a config from describing a graph no machine could build (a layer count of
+# 2^63 would loop for ever): every count is at most INT_MAX, and model sizes have their own caps
+# (MAX_LAYERS, MAX_SIZE, ... in modelcut/config.py). Seeds are what numpy's legacy
+# RandomState accepts.
+INT_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+
+
+def Bounded(low: int, high: int, what: str):
+    """An integer in low..high (bools rejected): `expected <what>` below, `expected at most`
+    above."""
+    def check(value):
+        if not (_is_int(value) and value >= low):
+            raise _expected(f"expected {what}")
+        if value > high:
+            raise _expected(f"expected {what} at most {high:,}")
+        return value
+    return Annotated[int, BeforeValidator(check)]
+
+
+PositiveInt = Bounded(1, INT_MAX, "a positive integer")
+NonNegativeInt = Bounded(0, INT_MAX, "a non-negative integer")
+Seed = Bounded(0, SEED_MAX, "a seed in 0..2^32-1")
 PositiveNumber = Annotated[float, _rule("expected a positive number",
                                         lambda v: (_as_number(v) or 0) > 0, _as_number)]
 NonNegativeNumber = Annotated[float, _rule("expected a non-negative number",

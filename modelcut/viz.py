@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -65,7 +66,38 @@ def parse_assignments(text: str) -> dict[str, float]:
             values[name] = float(number)
         except ValueError:
             raise VizError(f"--at: {name} = {number.strip()!r} is not a number") from None
+        if not math.isfinite(values[name]):
+            raise VizError(f"--at: {name} = {number.strip()!r} is not a finite number")
     return values
+
+
+# Bounds on --expr, so that a hostile expression cannot exhaust the parser's stack or ours
+MAX_EXPRESSION_CHARS = 2000
+MAX_EXPRESSION_DEPTH = 100
+
+
+def _parse_expression(text: str) -> ast.Expression:
+    """`text` parsed as a Python expression, at most MAX_EXPRESSION_CHARS long and nested at
+    most MAX_EXPRESSION_DEPTH deep (checked without recursion), else VizError."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise VizError(f"--expr: the expression has {len(text):,} characters, more than "
+                       f"{MAX_EXPRESSION_CHARS:,}; draw a smaller one")
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise VizError(f"expression {shown!r}: syntax error at column {e.offset}: "
+                       f"{e.msg}") from None
+    except (RecursionError, MemoryError):
+        raise VizError(f"--expr: the expression {shown!r} is nested too deeply") from None
+    stack = [(tree.body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise VizError(f"--expr: the expression {shown!r} nests deeper than "
+                           f"{MAX_EXPRESSION_DEPTH} levels; draw a smaller one")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return tree
 
 
 def expression_graph(text: str, at: Mapping[str, float]) -> Graph:
@@ -74,10 +106,7 @@ def expression_graph(text: str, at: Mapping[str, float]) -> Graph:
     Allowed: names, numbers, + - * / **, unary -, and calls of EXPRESSION_FUNCTIONS. The text
     is parsed with `ast` and walked; nothing in it is evaluated as Python.
     """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise VizError(f"expression {text!r}: syntax error at column {e.offset}: {e.msg}") from None
+    tree = _parse_expression(text)
     tracer = Tracer("expression")
     inputs: dict[str, object] = {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 HELP = ("run every partitioning algorithm on a config and compare volumes, pipeline time per "
         "micro-batch, balance and time")
@@ -17,6 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_pipeline_arguments(parser)
     parser.add_argument("--only", metavar="A,B", help="compare only these algorithms")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--force", action="store_true", help="overwrite the --json FILE")
     return parser
 
 
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from modelcut.report import compare_table, make_console, rich_table
     from partition.algorithms import ALGORITHMS
 
+    if args.json and Path(args.json).exists() and not args.force:
+        raise CommandError(f"{args.json} already exists; pass --force to overwrite it")
     names = list(ALGORITHMS)
     if args.only:
         names = [a.strip() for a in args.only.split(",") if a.strip()]

@@ -35,21 +35,22 @@ class Setup:
 def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = True) -> None:
     """CONFIG, --graph, --devices, --epsilon, --acyclic (and --algorithm): shared by the
     partition, compare and viz commands."""
+    from modelcut.commands.arguments import device_count, non_negative_number, positive_number
     parser.add_argument("config", nargs="?", help="experiment config (YAML)")
     parser.add_argument("--graph", metavar="FILE",
                         help="a modelcut.graph JSON file to partition instead of the config's "
                              "model (without CONFIG: on a uniform cluster of --devices devices)")
-    parser.add_argument("--devices", "-k", type=int, metavar="K",
+    parser.add_argument("--devices", "-k", type=device_count, metavar="K",
                         help="number of devices (resizes the config's uniform or hierarchical "
                              "cluster; default 2 without a config)")
     if algorithm:
         parser.add_argument("--algorithm", "-a", metavar="A",
                             help="partitioning algorithm (default: the config's, else auto)")
-    parser.add_argument("--epsilon", type=float, metavar="E",
+    parser.add_argument("--epsilon", type=non_negative_number, metavar="E",
                         help="allowed load imbalance (default: the config's, else 0.10)")
     parser.add_argument("--acyclic", action="store_true",
                         help="require an acyclic device graph (for pipeline schedules)")
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+    parser.add_argument("--time-limit", type=positive_number, metavar="SECONDS",
                         help="time limit of the algorithm (default: the config's)")
     parser.add_argument("--objective", choices=OBJECTIVES, metavar="O",
                         help="volume (bytes moved), time_volume (seconds on the links; 'time' "
@@ -138,6 +139,7 @@ def apply_pipeline_arguments(args: argparse.Namespace, options: dict, schedule: 
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from modelcut.commands.arguments import node_count
     parser = subparsers.add_parser("partition", help=HELP, description=HELP + ".")
     add_setup_arguments(parser)
     add_pipeline_arguments(parser)
@@ -147,7 +149,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="also write report.html (tables, plots and the graph in one file)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a report already in the output folder")
-    parser.add_argument("--max-nodes", type=int, default=300, metavar="N",
+    parser.add_argument("--max-nodes", type=node_count, default=300, metavar="N",
                         help="graph.dot draws every node up to N nodes, one box per layer "
                              "group beyond (default 300)")
     return parser

@@ -11,10 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
+OUTPUT_FORMATS = ("dot", "svg", "png")
 HELP = "draw a graph (values, gradients, devices, cut tensors) as DOT, SVG and PNG"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from modelcut.commands.arguments import node_count
     from modelcut.commands.partition import add_setup_arguments
     from modelcut.viz import DEFAULT_MAX_NODES
     parser = subparsers.add_parser("viz", help=HELP, description=HELP + ".")
@@ -29,12 +31,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="one box around each device's or each layer group's nodes")
     parser.add_argument("--group", action="store_true",
                         help="one box per layer group (and device), edges summing bytes")
-    parser.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, metavar="N",
+    parser.add_argument("--max-nodes", type=node_count, default=DEFAULT_MAX_NODES, metavar="N",
                         help=f"refuse to draw more nodes than this (default {DEFAULT_MAX_NODES})")
     parser.add_argument("--no-values", action="store_true",
                         help="do not run the graph to show values and gradients")
     parser.add_argument("--out", "-o", metavar="DIR",
                         help="output folder (default runs/<name>/viz)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite graph.dot, graph.svg and graph.png already in DIR")
     return parser
 
 
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             from autodiff.models import init_params, make_data
             seed = setup.options["seed"]
             feeds, params = make_data(graph, setup.family, seed)(0), init_params(graph, seed)
+    out = Path(args.out) if args.out else Path("runs") / name / "viz"
+    check_output(out, args.force)
     placement, devices = None, None
     if args.placement:
         placement = _read_placement(Path(args.placement))
@@ -88,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                                else annotate_safely(graph, feeds, params))
         text = graph_dot(graph, annotations=annotations, placement=placement, devices=devices,
                          cluster=args.cluster, max_nodes=args.max_nodes)
-    out = Path(args.out) if args.out else Path("runs") / name / "viz"
+    for ext in OUTPUT_FORMATS:   # no stale drawing survives a --force (nor a missing `dot`)
+        (out / f"graph.{ext}").unlink(missing_ok=True)
     try:
         written = render(text, out / "graph")
     except VizError as e:
@@ -98,9 +105,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to overwrite a drawing already in `out` unless `force`."""
+    from modelcut.commands import CommandError
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
+    existing = [out / f"graph.{ext}" for ext in OUTPUT_FORMATS if (out / f"graph.{ext}").exists()]
+    if existing and not force:
+        raise CommandError(f"{existing[0]} already exists; pass --force to overwrite it, or "
+                           "--out DIR to write elsewhere")
+
+
+# Values are computed by running the model here: not for models whose parameters alone would
+# take gigabytes (a drawing shows a few numbers per node anyway).
+MAX_VALUE_PARAMETERS = 50_000_000
+
+
 def wants_values(args: argparse.Namespace, graph) -> bool:
-    """Values and gradients are computed only for graphs drawn node by node."""
-    return not (args.no_values or args.group) and len(graph) <= args.max_nodes
+    """Values and gradients are computed only for graphs drawn node by node, of models with
+    at most MAX_VALUE_PARAMETERS parameters."""
+    return (not (args.no_values or args.group) and len(graph) <= args.max_nodes
+            and graph.num_parameters() <= MAX_VALUE_PARAMETERS)
 
 
 def _read_placement(path: Path) -> dict[str, str]:
@@ -108,7 +133,7 @@ def _read_placement(path: Path) -> dict[str, str]:
     from modelcut.viz import VizError
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, nesting
         raise VizError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in data.items()):

@@ -13,6 +13,7 @@ acyclicity: the i-th node may only use devices 0..i. A multilevel solution seeds
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -23,6 +24,7 @@ import scipy.sparse as sp
 from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, pin_counts
 from partition.algorithms.multilevel import multilevel_partition
+from partition.errors import PlacementError
 from partition.problem import Problem
 
 
@@ -228,8 +230,22 @@ def first_seen_labels(part: np.ndarray, k: int) -> np.ndarray:
     return label[part]
 
 
+# A size guard and a default time limit, so that `--algorithm ilp` on a big graph fails at once
+# instead of building a MIP with millions of binaries and solving it for ever: at most
+# MAX_BINARIES node-device variables, and DEFAULT_TIME_LIMIT seconds when none is given.
+MAX_BINARIES = 200_000
+DEFAULT_TIME_LIMIT = 300.0
+
+
 def ilp(problem: Problem) -> AlgorithmResult:
     """Registry entry: exact MIP (optimal flag and lower bound reported), seeded by multilevel."""
+    if problem.n * problem.k > MAX_BINARIES:
+        raise PlacementError(
+            f"algorithm 'ilp': {problem.n:,} nodes x {problem.k} devices is more than the "
+            f"{MAX_BINARIES:,} binary variables it accepts (the exact MIP is practical up to "
+            "~60 nodes); use --algorithm auto or multilevel")
+    if problem.time_limit is None:
+        problem = dataclasses.replace(problem, time_limit=DEFAULT_TIME_LIMIT)
     hg, caps = from_problem(problem)
     cl = problem.cluster
     interchangeable = bool(np.all(caps.load == caps.load[0])
