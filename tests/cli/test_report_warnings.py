@@ -115,3 +115,17 @@ def test_compare_warns_once_about_the_cap_and_per_algorithm_about_empty_devices(
     assert console.count("warning: balance cap relaxed by node") == 1
     for name in ("contiguous", "multilevel"):
         assert f"warning: {name}: " in console and "of 64 devices hold no ops" in console
+
+
+def test_memory_bars_stay_visible_far_below_capacity(tmp_path):
+    from matplotlib.image import imread
+
+    from modelcut.plots import BACKWARD_COLOUR, load_memory_plot
+    # 160 kB on a 17 GB device: on one axis with the capacity the bars would be 1e-5 tall
+    devices = [{"name": f"dev{i}", "train_flops": 1e6, "memory": 160_000 + 10_000 * i,
+                "capacity": 17 * 10**9} for i in range(2)]
+    report = {"devices": devices, "totals": {"imbalance": 1.0}, "settings": {"epsilon": 0.1},
+              "result": {"relaxed_by": None}}
+    rgb = (imread(load_memory_plot(report, tmp_path / "lm.png"))[..., :3] * 255).round()
+    orange = [int(BACKWARD_COLOUR[i:i + 2], 16) for i in (1, 3, 5)]
+    assert int((rgb == orange).all(axis=-1).sum()) > 5000
