@@ -177,8 +177,8 @@ GLOSSARY = (
             "constants (each op's gradient ops run on the same device)"),
     ("V_f", "forward volume: bytes sent per step in the forward pass, each tensor once to "
             "every other device that reads it"),
-    ("V_b", "backward volume: bytes of gradients sent back per step, one summed gradient per "
-            "such tensor and reading device"),
+    ("V_b", "backward volume: bytes of gradients sent back per step; each device that read "
+            "a tensor needing a gradient returns one summed gradient for it"),
     ("V", "step volume V_f + V_b: the bytes that cross between devices in one training step"),
     ("edge cut", "bytes over every graph edge whose two ends sit on different devices (a "
                  "tensor read by two ops there counts twice); only for comparison with "
