@@ -41,13 +41,28 @@ BYTE_UNITS = ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B"))
 TIME_UNITS = ((1, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns"))
 
 
+def _legend_outside(ax, **kwargs) -> None:
+    """The legend to the right of the plot area, so it never hides a bar or a line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8,
+              **kwargs)
+
+
+def _device_ticks(ax, x: np.ndarray, names: Sequence[str]) -> None:
+    """Device names under the bars, rotated beyond 8 devices and thinned beyond 32."""
+    step = max(1, int(np.ceil(len(names) / 32)))
+    ax.set_xticks(x[::step], list(names)[::step], rotation=45 if len(names) > 8 else 0,
+                  ha="right" if len(names) > 8 else "center")
+
+
 def load_memory_plot(report: Mapping, path: Path) -> Path:
-    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory
-    (with each device's capacity)."""
+    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory.
+    The memory axis fits the memory in use; each device's capacity is drawn only when some
+    device uses at least 5% of its own (else a 17 GB line would flatten kB bars to nothing),
+    and every bar is labelled with its share of its capacity."""
     devices = report["devices"]
     names = [d["name"] for d in devices]
     x = np.arange(len(names))
-    fig = Figure(figsize=(max(6.0, 0.6 * len(names) + 3), 6.5))
+    fig = Figure(figsize=(min(16.0, max(7.0, 0.25 * len(names) + 5)), 6.5))
     ax_load, ax_mem = fig.subplots(2, 1)
     loads, unit = _scaled(np.array([d["train_flops"] for d in devices], float), FLOP_UNITS)
     ax_load.bar(x, loads, color=FORWARD_COLOUR)
@@ -58,28 +73,43 @@ def load_memory_plot(report: Mapping, path: Path) -> Path:
         if epsilon is not None:
             ax_load.axhline(mean * (1 + epsilon), color="black", linestyle="--", linewidth=1,
                             label=f"mean x (1 + {epsilon})")
-        ax_load.legend(loc="upper right", fontsize=8)
+        _legend_outside(ax_load)
     ax_load.set_ylabel(f"train {unit}")
-    ax_load.set_title(f"Load per device (imbalance {report['totals']['imbalance']:.3f})")
+    title = f"Load per device (imbalance {report['totals']['imbalance']:.3f})"
+    if (report.get("result") or {}).get("relaxed_by"):
+        title += f"; cap relaxed by node {report['result']['relaxed_by']!r}"
+    ax_load.set_title(title)
     memory = np.array([d["memory"] for d in devices], float)
     capacity = np.array([d["capacity"] for d in devices], float)
-    both, munit = _scaled(np.concatenate([memory, capacity]), BYTE_UNITS)
-    mem, cap = both[:len(names)], both[len(names):]
+    used = memory / np.maximum(capacity, 1)
+    show_capacity = bool(len(used)) and float(used.max()) >= 0.05
+    both, munit = _scaled(np.concatenate([memory, capacity if show_capacity else []]),
+                          BYTE_UNITS)
+    mem = both[:len(names)]
     ax_mem.bar(x, mem, color=[BACKWARD_COLOUR if m <= c else "#d62728"
-                              for m, c in zip(memory, capacity)])
-    ax_mem.scatter(x, cap, marker="_", s=600, color="black", label="capacity", zorder=3)
-    for xi, m, used in zip(x, mem, memory / np.maximum(capacity, 1)):
-        ax_mem.annotate(f"{100 * used:.0f}%" if used >= 0.01 else f"{100 * used:.2g}%", (xi, m),
-                        textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
-    ax_mem.legend(loc="upper right", fontsize=8)
+                              for m, c in zip(memory, capacity)], label="in use")
+    if show_capacity:
+        ax_mem.scatter(x, both[len(names):], marker="_", s=600, color="black",
+                       label="capacity", zorder=3)
+    if len(names) <= 32:
+        for xi, m, share in zip(x, mem, used):
+            ax_mem.annotate(_share(share), (xi, m), textcoords="offset points", xytext=(0, 2), ha="center",
+                            fontsize=7)
+    _legend_outside(ax_mem)
     ax_mem.set_ylabel(munit)
-    ax_mem.set_title("Memory per device")
+    title = "Memory per device (labels: share of its capacity)"
+    if not show_capacity and len(used):
+        title += f"\ncapacity not drawn: at most {_share(float(used.max()))} of it in use"
+    ax_mem.set_title(title)
     for ax in (ax_load, ax_mem):
-        ax.set_xticks(x, names, rotation=45 if len(names) > 8 else 0, ha="right"
-                      if len(names) > 8 else "center")
+        _device_ticks(ax, x, names)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.0f}%" if x >= 0.01 else f"{100 * x:.2g}%"
 
 
 def traffic_plot(report: Mapping, path: Path) -> Path:
@@ -88,12 +118,14 @@ def traffic_plot(report: Mapping, path: Path) -> Path:
     traffic = np.asarray(report["link_traffic"], dtype=float)
     scaled, unit = _scaled(traffic, BYTE_UNITS)
     k = len(names)
-    fig = Figure(figsize=(max(4.5, 0.55 * k + 2.5), max(3.8, 0.5 * k + 2)))
+    side = min(12.0, max(4.0, 0.5 * k + 2))
+    fig = Figure(figsize=(side + 1.0, side))
     ax = fig.subplots()
     image = ax.imshow(scaled, cmap="Blues")
     fig.colorbar(image, ax=ax, label=unit)
-    ax.set_xticks(range(k), names, rotation=45 if k > 6 else 0)
-    ax.set_yticks(range(k), names)
+    step = max(1, int(np.ceil(k / 32)))
+    ax.set_xticks(range(0, k, step), names[::step], rotation=45 if k > 6 else 0)
+    ax.set_yticks(range(0, k, step), names[::step])
     ax.set_xlabel("to")
     ax.set_ylabel("from")
     ax.set_title(f"Link traffic per step ({unit})")
@@ -115,7 +147,7 @@ def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) 
     timeline = simulation.get("timeline") or []
     k = len(device_names)
     row_of = {name: i for i, name in enumerate(device_names)}
-    fig = Figure(figsize=(10, max(2.5, 0.55 * k + 1.5)))
+    fig = Figure(figsize=(10, min(18.0, max(2.5, 0.55 * k + 1.5))))
     ax = fig.subplots()
     makespan = float(simulation.get("makespan") or 0.0)
     end_max = max([makespan] + [float(item["end"]) for item in timeline])
@@ -162,6 +194,6 @@ def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) 
     title += f", {simulation.get('micro_batches', 1)} micro-batches)"
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    _legend_outside(ax, handles=handles)
     fig.tight_layout()
     return _save(fig, path)

@@ -91,6 +91,7 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
                     for name, nbytes, to in metrics.top_cut],
         "link_traffic": np.asarray(metrics.link_traffic).astype(int).tolist(),
         "simulation": dict(simulation) if simulation else None,
+        "warnings": placement_warnings(graph, cluster, placement),
     }
 
 
@@ -143,6 +144,41 @@ def pipeline_rows(t: Mapping) -> list[tuple[str, str]]:
                                            "(optimal: false)"))
     return rows
 
+# ------------------------------------------------------------------ warnings
+def placement_warnings(graph: Graph, cluster: Cluster, placement) -> list[str]:
+    """What a reader must not miss: the balance cap relaxed by one heavy node (SPEC section 2),
+    devices left without ops."""
+    arrays = graph_arrays(graph)
+    warnings = [relaxed_cap_warning(arrays, placement.relaxed_by, cluster.k),
+                empty_devices_warning(arrays, np.asarray(placement.assignment),
+                                      cluster.device_names)]
+    return [w for w in warnings if w]
+
+
+def relaxed_cap_warning(arrays, relaxed_by: str | None, k: int) -> str | None:
+    """The sentence saying that node `relaxed_by` alone outweighs a device's share of the load,
+    so each device's cap became (1 + epsilon) x that node's load."""
+    if not relaxed_by:
+        return None
+    total = float(arrays.train_flops.sum())
+    node = float(arrays.train_flops[arrays.names.index(relaxed_by)])
+    share = f"{_pct(node / total)} of the training FLOPs" if total else "the training FLOPs"
+    return (f"balance cap relaxed by node {relaxed_by!r}: it alone carries {share}, more than "
+            f"a device's share of {_pct(1 / k)} on {k} devices, so each device may hold up to "
+            f"(1 + epsilon) x its load ({_flop_count(node)}) instead of (1 + epsilon) x the mean")
+
+
+def empty_devices_warning(arrays, assignment: np.ndarray, names: Sequence[str]) -> str | None:
+    """The sentence naming the devices that hold no ops (they do no work in a step)."""
+    ops = np.bincount(assignment[~arrays.is_source], minlength=len(names))
+    empty = [names[d] for d in np.flatnonzero(ops == 0)]
+    if not empty:
+        return None
+    shown = ", ".join(empty[:6]) + (f", ... {empty[-1]}" if len(empty) > 6 else "")
+    total = int(ops.sum())
+    return (f"{len(empty)} of {len(names)} devices hold no ops ({shown}): the graph has "
+            f"{total:,} op{'s' * (total != 1)}; fewer devices would do the same work")
+
 
 # ------------------------------------------------------------------ tables
 def _pct(x: float | None) -> str:
@@ -164,14 +200,50 @@ def _maybe(value, fmt) -> str:
     return "-" if value is None else fmt(value)
 
 
-def report_tables(report: Mapping) -> list[Table]:
-    """The tables of a report: devices, totals, top cut tensors, link traffic."""
-    tables = [device_table(report), totals_table(report)]
+def report_tables(report: Mapping, *, warnings: bool = True,
+                  glossary: bool = True) -> list[Table]:
+    """The tables of a report: warnings (when there are any), devices, totals, top cut
+    tensors, link traffic, and the glossary of their terms. The terminal leaves out the
+    warnings (it prints them as lines of their own) and the glossary."""
+    tables = [warnings_table(report)] if warnings and report.get("warnings") else []
+    tables += [device_table(report), totals_table(report)]
     if report["top_cut"]:
         tables.append(top_cut_table(report))
     if len(report["devices"]) > 1:
         tables.append(traffic_table(report))
+    if glossary:
+        tables.append(glossary_table())
     return tables
+
+
+def warnings_table(report: Mapping) -> Table:
+    return Table("Warnings", ("warning",), tuple((w,) for w in report.get("warnings") or ()),
+                 (False,))
+
+
+# The terms of the report's tables, defined once for report.md and report.html (SPEC.md).
+GLOSSARY = (
+    ("ops", "the forward graph's operations: its nodes other than inputs, parameters and "
+            "constants (each op's gradient ops run on the same device)"),
+    ("V_f", "forward volume: bytes sent per step in the forward pass, each tensor once to "
+            "every other device that reads it"),
+    ("V_b", "backward volume: bytes of gradients sent back per step; each device that read "
+            "a tensor needing a gradient returns one summed gradient for it"),
+    ("V", "step volume V_f + V_b: the bytes that cross between devices in one training step"),
+    ("edge cut", "bytes over every graph edge whose two ends sit on different devices (a "
+                 "tensor read by two ops there counts twice); only for comparison with "
+                 "edge-cut partitioners such as METIS"),
+    ("time-weighted volume", "V with each transfer's bytes replaced by the time it takes on "
+                             "its link (latency + bytes / bandwidth); the objective when links "
+                             "differ"),
+    ("imbalance", "the most loaded device's compute time over the perfectly balanced time "
+                  "(1.000 is perfect; epsilon-balanced means at most 1 + epsilon)"),
+    ("busy", "the share of the simulated step's time a device spends computing"),
+)
+
+
+def glossary_table() -> Table:
+    return Table("Glossary", ("term", "meaning"), GLOSSARY, (False, False))
 
 
 def device_table(report: Mapping) -> Table:
@@ -222,12 +294,38 @@ def top_cut_table(report: Mapping, limit: int = 10) -> Table:
                  (False, True, False))
 
 
-def traffic_table(report: Mapping) -> Table:
+def traffic_table(report: Mapping, matrix_up_to: int = 16) -> Table:
+    """Bytes per step from each device to each other: the full matrix up to `matrix_up_to`
+    devices, the heaviest links and the totals beyond (a 64 x 64 matrix helps no one)."""
+    if len(report["devices"]) > matrix_up_to:
+        return top_links_table(report, limit=matrix_up_to)
     names = [d["name"] for d in report["devices"]]
     rows = tuple((src, *[("-" if a == b else format_size(v)) for b, v in enumerate(row)])
                  for a, (src, row) in enumerate(zip(names, report["link_traffic"])))
     return Table("Link traffic per step (row sends to column)", ("from \\ to", *names), rows,
                  (False, *[True] * len(names)))
+
+
+def top_links_table(report: Mapping, limit: int = 16) -> Table:
+    """The `limit` links that carry the most bytes per step, the rest summed, and the total."""
+    names = [d["name"] for d in report["devices"]]
+    traffic = np.asarray(report["link_traffic"], dtype=np.int64)
+    src, dst = np.nonzero(traffic)
+    sent = traffic[src, dst]
+    order = np.lexsort((dst, src, -sent))            # heaviest first, ties by device order
+    total = int(sent.sum())
+    share = lambda b: _pct(b / total) if total else "-"  # noqa: E731
+    rows = [(names[src[i]], names[dst[i]], format_size(int(sent[i])), share(int(sent[i])))
+            for i in order[:limit]]
+    rest = order[limit:]
+    if len(rest):
+        other = int(sent[rest].sum())
+        rows.append((f"{len(rest):,} other links", "", format_size(other), share(other)))
+    rows.append((f"all {len(sent):,} used links", f"of {len(names) * (len(names) - 1):,}",
+                 format_size(total), share(total)))
+    return Table(f"Link traffic per step: the {min(limit, len(sent))} heaviest links of "
+                 f"{len(names)} devices", ("from", "to", "bytes", "share of V"), tuple(rows),
+                 (False, False, True, True))
 
 
 def compare_table(rows: Sequence[Mapping]) -> Table:
@@ -296,7 +394,9 @@ def report_title(report: Mapping) -> str:
 def summary_line(report: Mapping) -> str:
     """One sentence: graph size, work per step, devices and algorithm."""
     g = report["graph"]
-    return (f"{g['nodes']:,} nodes, {g['edges']:,} edges, {g['parameters']:,} parameters, "
+    ops = sum(d["ops"] for d in report["devices"])
+    return (f"{g['nodes']:,} nodes ({ops:,} ops), {g['edges']:,} edges, "
+            f"{g['parameters']:,} parameters, "
             f"{_flop_count(g['train_flops'])} per training step, "
             f"{len(report['devices'])} devices; algorithm {report['result']['algorithm']}.")
 

@@ -403,7 +403,8 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     size = np.fromiter((graph.nodes[i].size for i in np.flatnonzero(arrays.is_param)), np.int64)
     params = np.bincount(box[arrays.is_param], weights=size, minlength=n_groups * k)
     flops = np.bincount(box, weights=arrays.flops, minlength=n_groups * k)
-    ops = np.bincount(box, minlength=n_groups * k)
+    nodes = np.bincount(box, minlength=n_groups * k)
+    ops = np.bincount(box[~arrays.is_source], minlength=n_groups * k)   # as in the report
     names = [*arrays.group_names, UNGROUPED]
 
     lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
@@ -414,7 +415,7 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     if view:
         lines.append(f"  graph [label={_legend(view)}];")
     by_device: dict[int, list[str]] = {}
-    for b in np.flatnonzero(ops):
+    for b in np.flatnonzero(nodes):
         g, d = divmod(int(b), k)
         label = [names[g]] + ([view.devices[d]] if view else []) + [
             f"{int(ops[b])} ops, {format_flops(flops[b]).replace('FLOPS', 'FLOP')}",

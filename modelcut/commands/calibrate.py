@@ -137,5 +137,7 @@ def run(args: argparse.Namespace) -> int:
             links.add_row(f"{link.a} <-> {link.b}", format_time(link.latency),
                           format_bandwidth(link.bandwidth), times)
         console.print(links)
-    console.print(f"wrote {out} ({cluster.k} devices); use it with `cluster: {{file: {out}}}`")
+    console.print(f"wrote {out} ({cluster.k} devices); use it with `cluster: {{file: "
+                  f"{Path(out).resolve()}}}` (a relative path there is read from the config "
+                  "file's folder)")
     return 0

@@ -59,15 +59,33 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         if row.get("error"):
             console.print(f"[red]{row['algorithm']} failed:[/red] {escape(row['error'])}")
+    print_compare_warnings(console, setup, rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
     return 0
 
 
+def print_compare_warnings(console, setup, rows) -> None:
+    """The relaxed balance cap once (every algorithm shares the caps), then each algorithm
+    that left devices without ops."""
+    from modelcut.commands.partition import print_warnings
+    from modelcut.report import relaxed_cap_warning
+    from partition.cost import graph_arrays
+
+    placed = [row for row in rows if not row.get("error")]
+    if placed and placed[0]["relaxed_by"]:
+        print_warnings(console, [relaxed_cap_warning(graph_arrays(setup.graph),
+                                                     placed[0]["relaxed_by"], setup.cluster.k)])
+    for row in placed:
+        print_warnings(console, row["warnings"], prefix=f"{row['algorithm']}: ")
+
+
 def compare_one(setup, algorithm: str) -> dict:
     """One row: the placement's metrics and seconds, or the PlacementError message."""
     from modelcut.commands.partition import place
+    from modelcut.report import empty_devices_warning
+    from partition.cost import graph_arrays
     from partition.errors import PartitionError
     start = time.perf_counter()
     try:
@@ -75,6 +93,9 @@ def compare_one(setup, algorithm: str) -> dict:
                                                               "algorithm": algorithm}))
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
+    empty = empty_devices_warning(graph_arrays(setup.graph), placement.assignment,
+                                  setup.cluster.device_names)
     return {"algorithm": algorithm, "seconds": placement.seconds,
             "metrics": placement.metrics.to_dict(), "optimal": placement.optimal,
-            "pipeline": placement.info.get("pipeline")}
+            "pipeline": placement.info.get("pipeline"),
+            "relaxed_by": placement.relaxed_by, "warnings": [empty] if empty else []}

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} already exists; pass --force to overwrite it")
     config = load_config(args.config)
     graph = config.forward_graph()
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_graph(graph, out)
     print(f"wrote {out}: graph {graph.name!r}, {len(graph)} nodes, "
           f"{graph.num_parameters():,} parameters, {graph.total_flops():,} forward FLOPs")

@@ -172,14 +172,22 @@ def run(args: argparse.Namespace) -> int:
         report, written = write_outputs(setup, placement, simulation, out, args)
     console.print(f"[bold]{setup.graph.name}[/bold] on [bold]{setup.cluster.name}[/bold]: "
                   f"{len(setup.graph):,} nodes, {setup.cluster.k} devices")
-    for table in report_tables(report):
+    for table in report_tables(report, warnings=False, glossary=False):
         console.print(rich_table(table))
+    print_warnings(console, report["warnings"])
     for note in setup.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     if pipeline_hint(report):
         console.print(f"[yellow]hint:[/yellow] {pipeline_hint(report)}")
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
     return 0
+
+
+def print_warnings(console, warnings, prefix: str = "") -> None:
+    """Each warning on a line of its own, in bold yellow (also in report.md and report.json)."""
+    from rich.markup import escape
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(prefix + warning)}")
 
 
 def prepare_output(out: Path, force: bool) -> None:

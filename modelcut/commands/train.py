@@ -175,6 +175,8 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
     written = written + write_training_outputs(report, out, html=args.html)
     for table in training_tables(report):
         console.print(rich_table(table))
+    from modelcut.commands.partition import print_warnings
+    print_warnings(status, report.get("warnings", []))
     for note in report_notes(report):
         status.print(f"[bold yellow]{note}[/bold yellow]")
     from modelcut.report import pipeline_hint

@@ -14,6 +14,7 @@ from partition.api import partition
 from partition.cluster import uniform
 from partition.errors import PlacementError
 from partition.problem import Problem
+from peers_installed import needs
 from reference_volume import acyclic, load_caps, loads
 
 
@@ -91,6 +92,7 @@ def test_auto_finds_a_tight_packing_beyond_the_ilp():
     assert loads(g, placed.assignment, 3).tolist() == [105000.0] * 3
 
 
+@needs("mtkahypar")
 def test_mtkahypar_block_caps_hold_the_rounded_total_at_epsilon_zero():
     # integer scaling rounds node weights and caps separately; at epsilon 0 the block caps
     # must still hold the scaled total (Mt-KaHyPar rejects the input otherwise)

@@ -11,12 +11,14 @@ from partition.api import partition
 from partition.cluster import Device, heterogeneous, uniform
 from partition.errors import PlacementError
 from partition.problem import Problem
+from peers_installed import algorithm, needs
 from reference_volume import granular, granular_dags, load_caps, loads as reference_loads
 from reference_volume import step_volume
 from test_multilevel import layered_graph, planted
 
 
-@pytest.mark.parametrize("fn", [metis_partition, mtkahypar_partition])
+@pytest.mark.parametrize("fn", [algorithm("metis", metis_partition),
+                                algorithm("mtkahypar", mtkahypar_partition)])
 def test_peers_find_the_planted_partition_within_caps(fn):
     hg, truth = planted(seed=1)
     caps = Caps(np.full(4, hg.n / 4 * 1.1), np.full(4, np.inf))
@@ -25,6 +27,7 @@ def test_peers_find_the_planted_partition_within_caps(fn):
     assert objective(hg, part, 4) == objective(hg, truth, 4)
 
 
+@needs("metis", "mtkahypar")
 @settings(max_examples=20, deadline=None)
 @given(st.one_of(random_dags(max_ops=14), granular_dags()), st.integers(2, 4),
        st.sampled_from(["metis", "mtkahypar"]))
@@ -39,7 +42,7 @@ def test_peers_valid_and_balanced_on_random_dags(graph, k, name):
         assert placed.metrics.step_volume == step_volume(graph, placed.assignment)
 
 
-@pytest.mark.parametrize("name", ["metis", "mtkahypar"])
+@pytest.mark.parametrize("name", [algorithm("metis"), algorithm("mtkahypar")])
 def test_peers_honour_pins_and_heterogeneous_caps(name):
     g = layered_graph()
     cluster = heterogeneous([Device("slow", 1e12, 2**30), Device("fast", 3e12, 2**30)])
@@ -58,10 +61,11 @@ def test_peers_refuse_acyclic_and_name_the_missing_extra():
         _require("a_package_that_is_not_installed")
 
 
-def test_peers_split_a_chain_into_three_runs():
+@pytest.mark.parametrize("fn", [algorithm("metis", metis_partition),
+                                algorithm("mtkahypar", mtkahypar_partition)])
+def test_peers_split_a_chain_into_three_runs(fn):
     n = 12
     hg = from_dag(n, np.arange(n - 1), np.arange(1, n), np.full(n, 8.0), np.ones(n))
     caps = Caps(np.full(3, n / 3 * 1.1), np.full(3, np.inf))
-    for fn in (metis_partition, mtkahypar_partition):
-        part = fn(hg, caps, 0)
-        assert objective(hg, part, 3) == 16.0  # two chain links cut
+    part = fn(hg, caps, 0)
+    assert objective(hg, part, 3) == 16.0  # two chain links cut
