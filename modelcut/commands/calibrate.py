@@ -8,7 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
-from modelcut.commands import CommandError
+from modelcut.commands import CommandError, arguments
 
 HELP = ("measure FLOP/s, per-op overhead and actor-to-actor links with Ray and write a "
         "cluster file")
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("calibrate", help=HELP, description=HELP + ".")
     parser.add_argument("--out", "-o", default="cluster.yaml", metavar="FILE",
                         help="cluster file to write (default cluster.yaml)")
-    parser.add_argument("--devices", "-k", type=int, metavar="K",
+    parser.add_argument("--devices", "-k", type=arguments.device_count, metavar="K",
                         help=f"actors (devices) to measure (default: this machine's cores, "
                              f"{os.cpu_count()})")
     parser.add_argument("--address", metavar="ADDR",

@@ -23,7 +23,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from modelcut.commands import CommandError
+from modelcut.commands import CommandError, arguments
 
 HELP = "partition a model, train it on Ray actors and report measured vs predicted traffic"
 TRAIN_OUTPUTS = ("loss.png",)
@@ -35,14 +35,14 @@ STEP_TIMEOUT_HELP = ("1000x the predicted step time, 20x on a calibrated cluster
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help=HELP, description=HELP + ".")
     parser.add_argument("config", help="experiment config (YAML)")
-    parser.add_argument("--devices", "-k", type=int, metavar="K",
+    parser.add_argument("--devices", "-k", type=arguments.device_count, metavar="K",
                         help="number of devices (resizes the config's uniform or hierarchical "
                              "cluster)")
     parser.add_argument("--algorithm", "-a", metavar="A",
                         help="partitioning algorithm (default: the config's)")
     parser.add_argument("--objective", choices=("volume", "time_volume", "time", "throughput"),
                         metavar="O", help="partition objective (default: the config's)")
-    parser.add_argument("--steps", type=int, metavar="N",
+    parser.add_argument("--steps", type=arguments.int_in(1, 2**31 - 1), metavar="N",
                         help="train until step N (default: training.steps; a resumed run "
                              "continues its step count)")
     parser.add_argument("--executor", choices=EXECUTORS, default="ray",
@@ -57,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR",
                         help="continue from the latest checkpoint of run folder DIR (or from "
                              "checkpoint folder DIR)")
-    parser.add_argument("--checkpoint-every", type=int, metavar="N",
+    parser.add_argument("--checkpoint-every", type=arguments.node_count, metavar="N",
                         help="write a checkpoint every N steps (default: "
                              "training.checkpoint_every; 0: none)")
     parser.add_argument("--step-timeout", type=float, metavar="S",
