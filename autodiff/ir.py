@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from autodiff.errors import ModelcutError
+
 ITEMSIZE = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
     "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1,
@@ -17,7 +19,7 @@ FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
 SOURCE_OPS = frozenset({"input", "param", "const"})
 
 
-class GraphError(ValueError):
+class GraphError(ModelcutError, ValueError):
     """A graph breaks a rule of SPEC section 1; the message names the file, node and rule."""
 
 

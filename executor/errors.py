@@ -1,8 +1,10 @@
 """Exceptions of the executor package; each message names the device, node or field at fault."""
 from __future__ import annotations
 
+from autodiff.errors import ModelcutError
 
-class ExecutorError(ValueError):
+
+class ExecutorError(ModelcutError, ValueError):
     """Base class of every error raised by the executor package."""
 
 

@@ -42,6 +42,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from autodiff.errors import ModelcutError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MATMUL_SIZES = (128, 256, 512)
@@ -68,7 +70,7 @@ TINY_MODELS = (("mlp", dict(layers=2, width=4, in_features=4, classes=2, batch=2
                                batch=1)))
 
 
-class CalibrationError(Exception):
+class CalibrationError(ModelcutError):
     """A calibration setting is invalid or a measurement cannot be fitted."""
 
 

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from autodiff.errors import ModelcutError
 from modelcut.commands import check, graph
 from modelcut.commands import compare, partition, viz
 from modelcut.commands import calibrate, train
@@ -19,7 +20,6 @@ from modelcut.commands import calibrate, train
 COMMANDS = [graph, check]
 COMMANDS += [partition, compare, viz]
 COMMANDS += [train, calibrate]
-PACKAGES = ("autodiff", "partition", "executor", "modelcut")
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def is_package_error(exc: BaseException) -> bool:
-    """Whether `exc` is one of modelcut's own *Error classes (or a subclass of one)."""
-    return any(cls.__name__.endswith("Error") and cls.__module__.split(".")[0] in PACKAGES
-               for cls in type(exc).__mro__)
+    """Whether `exc` is one of modelcut's own errors (a ModelcutError)."""
+    return isinstance(exc, ModelcutError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from autodiff.errors import ModelcutError
 from modelcut.commands.arguments import MAX_DEVICES
 from modelcut.config_yaml import YamlFileError, read_yaml
 from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, PositiveInt,
@@ -26,7 +27,7 @@ from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, P
 __all__ = ["ConfigError", "Config", "load_config", "validate_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(ModelcutError, ValueError):
     """A config breaks the schema; `problems` holds one `FILE: key.path: ...` line per problem."""
 
     def __init__(self, problems: list[str]):

@@ -14,13 +14,15 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from autodiff.errors import ModelcutError
+
 MAX_BYTES = 16 * 2**20        # a config or cluster file
 MAX_DEPTH = 64                # nesting levels of mappings and lists
 MAX_EXPANDED_NODES = 1_000_000  # scalars, lists and mappings once aliases are expanded
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class YamlFileError(ValueError):
+class YamlFileError(ModelcutError, ValueError):
     """A config file cannot be read as YAML; the message names the file and the problem."""
 
 

@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from autodiff.errors import ModelcutError
 from autodiff.ir import Graph
 from modelcut.config import Config, GraphModel, TorchModel, load_config
 from partition.cluster import Cluster
@@ -44,7 +45,7 @@ STEP_TIMEOUT_FACTOR = {True: 20.0, False: 1000.0}      # calibrated -> factor
 CONNECT_TIMEOUT = 10.0       # s to reach a Ray head given by --address
 
 
-class TrainingError(Exception):
+class TrainingError(ModelcutError):
     """A training run cannot start or resume (a checkpoint that does not match the setup)."""
 
 

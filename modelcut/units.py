@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import re
 
+from autodiff.errors import ModelcutError
+
 __all__ = ["UnitError", "parse_size", "parse_bandwidth", "parse_flops", "parse_time",
            "format_size", "format_bandwidth", "format_flops", "format_time"]
 
 
-class UnitError(ValueError):
+class UnitError(ModelcutError, ValueError):
     """A quantity could not be parsed; the message names the text and what was expected."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.api import grad
+from autodiff.errors import ModelcutError
 from autodiff.interpreter import Interpreter
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError
 from autodiff.ops.registry import get_op
@@ -49,7 +50,7 @@ _BINARY = {ast.Add: anp.add, ast.Sub: anp.subtract, ast.Mult: anp.multiply,
            ast.Div: anp.divide, ast.Pow: anp.power}
 
 
-class VizError(ValueError):
+class VizError(ModelcutError, ValueError):
     """A graph cannot be drawn as asked (bad expression, too many nodes, no Graphviz)."""
 
 

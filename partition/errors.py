@@ -1,8 +1,10 @@
 """Exceptions of the partition package; each message names the field, node or device at fault."""
 from __future__ import annotations
 
+from autodiff.errors import ModelcutError
 
-class PartitionError(ValueError):
+
+class PartitionError(ModelcutError, ValueError):
     """Base class of every error raised by the partition package."""
 
 

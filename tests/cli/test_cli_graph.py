@@ -136,9 +136,16 @@ def test_no_command_prints_help(capsys):
 
 
 def test_package_errors_are_recognised():
+    from executor.errors import PlanError
+    from modelcut.commands import CommandError
+    from modelcut.training import TrainingError
+    from partition.errors import PlacementError
+
     class StrangeError(Exception):
         pass
-    assert is_package_error(ConfigError(["x"])) and is_package_error(GraphError("x"))
+    for error in (ConfigError(["x"]), GraphError("x"), PlanError("x"), PlacementError("x"),
+                  CommandError("x"), TrainingError("x")):
+        assert is_package_error(error)
     assert not is_package_error(ValueError("x")) and not is_package_error(StrangeError())
 
 
