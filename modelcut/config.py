@@ -324,13 +324,10 @@ class ClusterFile(Section):
 
 
 # ------------------------------------------------------------ partition, training
-def _known_algorithms() -> list[str] | None:
-    """Names in partition.algorithms.ALGORITHMS, or None when that registry is unavailable."""
-    try:
-        from partition.algorithms import ALGORITHMS
-    except ImportError:
-        return None
-    return sorted(set(ALGORITHMS) | {"auto"}) if ALGORITHMS else None
+def _known_algorithms() -> list[str]:
+    """Names in partition.algorithms.ALGORITHMS, plus auto."""
+    from partition.algorithms import ALGORITHMS
+    return sorted(set(ALGORITHMS) | {"auto"})
 
 
 class PartitionSection(Section):
@@ -345,7 +342,7 @@ class PartitionSection(Section):
 
     def problems(self):
         known = _known_algorithms()
-        if known is None or self.algorithm in known:
+        if self.algorithm in known:
             return []
         return [("algorithm", f"expected one of {', '.join(known)}"
                               f"{_did_you_mean(self.algorithm, known)}", self.algorithm)]
@@ -519,11 +516,8 @@ def _load_cluster_file(reference: FileCluster, config_path: Path, given: dict):
 
 def _check_cluster(config: Config, source: str) -> list[str]:
     """Build the Cluster (when partition is importable) and check pins name its devices."""
-    try:
-        from partition.cluster import Cluster
-        from partition.errors import ClusterError
-    except ImportError:
-        return []
+    from partition.cluster import Cluster
+    from partition.errors import ClusterError
     try:
         cluster = Cluster.from_spec(config.cluster_spec())
     except ClusterError as exc:

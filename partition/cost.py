@@ -7,7 +7,6 @@ algorithm and the simulator work on these arrays with integer node ids.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,9 +15,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order
 
 from autodiff.ir import FLOAT_DTYPES, ITEMSIZE, SOURCE_OPS, Graph
+from autodiff.ops.registry import kept_for_backward
 from partition.errors import PlacementError
 
-log = logging.getLogger(__name__)
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
 
@@ -28,8 +27,7 @@ class GraphArrays:
     """Node costs and adjacency of one graph, indexed by node position (topological order).
 
     `in_ptr/in_idx` list each node's distinct inputs, `out_ptr/out_idx` its distinct consumers
-    (both sorted by position). `kept_from_registry` says whether `kept` came from the op
-    registry's gradient rules or from the fallback (every non-source node with requires_grad).
+    (both sorted by position). `kept`: the values some gradient rule reads (the op registry's).
     """
 
     n: int
@@ -49,7 +47,6 @@ class GraphArrays:
     group: np.ndarray            # int32[n], -1 = no group
     group_names: tuple[str, ...]
     kept: np.ndarray             # bool[n]
-    kept_from_registry: bool
 
     @cached_property
     def in_dst(self) -> np.ndarray:
@@ -115,41 +112,18 @@ def _build(graph: Graph) -> GraphArrays:
     batch_seed = op_mask({"input"}) | (~is_source & (degree == 0))
     batch_dependent = _reachable(n, in_idx, in_dst, batch_seed)
     train_flops = flops * np.where(requires_grad, 3.0, 1.0)
-    kept, from_registry = _kept(graph, requires_grad & ~is_source)
+    kept = np.asarray(kept_for_backward(graph), dtype=bool)
     return GraphArrays(
         n=n, names=names, bytes=nbytes, size=nbytes // itemsize, flops=flops,
         train_flops=train_flops, requires_grad=requires_grad, is_param=is_param,
         is_source=is_source,
         batch_dependent=batch_dependent, in_ptr=in_ptr, in_idx=in_idx, out_ptr=out_ptr,
-        out_idx=out_idx, group=group, group_names=tuple(groups), kept=kept,
-        kept_from_registry=from_registry)
+        out_idx=out_idx, group=group, group_names=tuple(groups), kept=kept)
 
 
 def _forward_flops(graph: Graph):
-    """Explicit flops, else the registry estimate; 0 when the op registry is not available."""
-    registry_missing = False
-    for nd in graph.nodes:
-        if nd.flops is not None:
-            yield nd.flops
-        elif registry_missing:
-            yield 0
-        else:
-            try:
-                yield graph.node_flops(nd)
-            except ImportError:
-                log.warning("autodiff.ops.registry is not importable; nodes without explicit "
-                            "flops count as 0 FLOPs")
-                registry_missing = True
-                yield 0
-
-
-def _kept(graph: Graph, fallback: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Which node values the backward pass keeps: the registry's bool mask, else `fallback`."""
-    try:
-        from autodiff.ops.registry import kept_for_backward
-    except ImportError:
-        return fallback, False
-    return np.asarray(kept_for_backward(graph), dtype=bool), True
+    """Explicit flops, else the registry's estimate."""
+    return (nd.flops if nd.flops is not None else graph.node_flops(nd) for nd in graph.nodes)
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -155,9 +155,7 @@ def test_cluster_file_with_measured_fields(tmp_path):
 
 
 def test_builders_accept_model_kwargs():
-    models = pytest.importorskip("autodiff.models")
-    if not hasattr(models, "BUILDERS"):
-        pytest.skip("autodiff.models.BUILDERS not written yet")
+    import autodiff.models as models
     config = validate_config({"model": {"builder": "mlp", "layers": 1, "width": 8,
                                         "in_features": 4, "classes": 3, "batch": 2}})
     graph = config.forward_graph()
@@ -274,7 +272,6 @@ def test_unknown_algorithm_is_rejected_when_the_registry_exists(tmp_path):
 
 
 def test_pins_must_name_cluster_devices(tmp_path):
-    pytest.importorskip("partition.cluster")
     path = write(tmp_path, MLP + textwrap.dedent("""
         cluster: {devices: [{name: alpha, flops: 1e12, memory: 1GB},
                             {name: beta, flops: 1e12, memory: 1GB}]}

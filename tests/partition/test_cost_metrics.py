@@ -152,13 +152,9 @@ def test_memory_parameters_kept_values_and_receive_buffers():
     g = fan_graph()
     a = graph_arrays(g)
     assignment = place(g, dict(x=0, w=0, h=0, p=1, q=1, out=1))
-    if a.kept_from_registry:
-        # opaque ops keep all their inputs: x, w (by h), h (by p, q), p, q (by out)
-        dev0 = 40 * (2 + 2) + 40 + 40          # w with grad and 2 Adam slots, x, h
-        dev1 = 40 + 40 + 40                    # p, q kept, receive buffer for h
-    else:
-        dev0 = 40 * (2 + 2) + 40               # w, h (every non-source requires-grad node)
-        dev1 = 40 + 40 + 40 + 40               # p, q, out, receive buffer for h
+    # opaque ops keep all their inputs: x, w (by h), h (by p, q), p, q (by out)
+    dev0 = 40 * (2 + 2) + 40 + 40          # w with grad and 2 Adam slots, x, h
+    dev1 = 40 + 40 + 40                    # p, q kept, receive buffer for h
     assert memory_per_device(a, assignment, 2, 2).tolist() == [dev0, dev1]
     m = compute_metrics(g, assignment, uniform(2), optimizer="adam")
     assert m.memory.tolist() == [dev0, dev1]
@@ -175,7 +171,7 @@ def test_bad_assignment_and_optimizer_are_named():
 
 
 # ------------------------------------------------------------- brute-force reference
-def reference_metrics(graph, assignment, speeds, bandwidth, latency, m, slots, kept_registry):
+def reference_metrics(graph, assignment, speeds, bandwidth, latency, m, slots):
     """SPEC section 2 written as plain loops over Node objects."""
     nodes = graph.nodes
     place_of = {n.name: int(assignment[i]) for i, n in enumerate(nodes)}
@@ -201,7 +197,7 @@ def reference_metrics(graph, assignment, speeds, bandwidth, latency, m, slots, k
     kept = set()
     for n in nodes:
         if grad[n.name] and n.op not in ("input", "param", "const"):
-            kept.update(n.inputs if kept_registry else [n.name])
+            kept.update(n.inputs)
     for n in nodes:
         d = place_of[n.name]
         times = m if batch[n.name] else 1
@@ -269,7 +265,7 @@ def test_compute_metrics_matches_reference(case):
     optimizer = {0: "sgd", 1: "momentum", 2: "adam"}[slots]
     got = compute_metrics(graph, assignment, cluster, micro_batches=m, optimizer=optimizer)
     ref = reference_metrics(graph, assignment, speeds, cluster.bandwidth, cluster.latency, m,
-                            slots, graph_arrays(graph).kept_from_registry)
+                            slots)
     assert got.forward_volume == ref["forward"]
     assert got.backward_volume == ref["backward"]
     assert got.step_volume == ref["forward"] + ref["backward"]
