@@ -167,9 +167,11 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
     base_key = best_key
     for specs in schemes:
         try:
-            placement = run(shard_graph(graph, specs), cluster, **options)
+            sharded = shard_graph(graph, specs)
+            placement = run(sharded, cluster, **options)
         except PartitionError:      # e.g. a pin naming a node the rewrite split: skip it
             continue
+        placement = pull_loss_shards(sharded, placement, cluster, options)
         key = score(placement, objective, epsilon, cluster.speeds)
         if key < best_key:
             best, best_key, best_specs = placement, key, specs
@@ -186,6 +188,40 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
         bytes_added=int(best.metrics.step_volume - base.metrics.step_volume),
         candidates=len(schemes), colocated=_colocated(best, best_specs, graph))
     return replace(best, info=dict(best.info, sharding=result.to_dict()))
+
+
+def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict):
+    """Move each vocab-parallel loss shard's pieces onto the device of its logits shard when
+    that improves the objective (an algorithm working on coarse units may leave them apart,
+    and then whole logits shards cross the links); unpinned nodes only, acyclic if asked."""
+    from partition.metrics import compute_metrics
+    from partition.stage_time import stage_times
+    if options.get("pins"):
+        return placement
+    where = {name: i for i, name in enumerate(placement.node_names)}
+    a = placement.assignment.copy()
+    for entry in shard_record(sharded).get("nodes", {}).values():
+        if entry["mode"] != "vocab":
+            continue
+        for members in entry["parts"]:
+            d = a[where[sharded[members[0]].inputs[0]]]
+            for name in members:
+                a[where[name]] = d
+    if np.array_equal(a, placement.assignment):
+        return placement
+    m, opt = options.get("micro_batches", 1), options.get("optimizer", "sgd")
+    metrics = compute_metrics(sharded, a, cluster, micro_batches=m, optimizer=opt)
+    if options.get("acyclic") and not metrics.acyclic:
+        return placement
+    pipe = stage_times(graph_arrays(sharded), a, cluster, micro_batches=m,
+                       schedule=options.get("schedule") or "1f1b")
+    moved = replace(placement, assignment=a, metrics=metrics, optimal=None,
+                    info=dict(placement.info, pipeline=pipe.to_dict(), loss_shards_pulled=True))
+    objective, eps = placement.info["objective"], options.get("epsilon", 0.10)
+    if score(moved, objective, eps, cluster.speeds) < score(placement, objective, eps,
+                                                             cluster.speeds):
+        return moved
+    return placement
 
 
 def _value(key: tuple) -> float:

@@ -93,9 +93,12 @@ def compare_one(setup, algorithm: str) -> dict:
                                                               "algorithm": algorithm}))
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
+    from modelcut.commands.partition import with_placed_graph
+    setup = with_placed_graph(setup, placement)
     empty = empty_devices_warning(graph_arrays(setup.graph), placement.assignment,
                                   setup.cluster.device_names)
     return {"algorithm": algorithm, "seconds": placement.seconds,
             "metrics": placement.metrics.to_dict(), "optimal": placement.optimal,
             "pipeline": placement.info.get("pipeline"),
-            "relaxed_by": placement.relaxed_by, "warnings": [empty] if empty else []}
+            "relaxed_by": placement.relaxed_by, "sharding": placement.info.get("sharding"),
+            "warnings": [empty] if empty else []}
