@@ -30,6 +30,7 @@ from autodiff.shard import MODES, ShardSpec, shard_graph, shard_record
 from partition.cluster import Cluster
 from partition.cost import graph_arrays, step_train_flops
 from partition.errors import PartitionError
+from partition.shard_loss import local_lse_loss
 
 SHARD_CHOICES = ("off", "auto")
 
@@ -167,7 +168,7 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
     base_key = best_key
     for specs in schemes:
         try:
-            sharded = shard_graph(graph, specs)
+            sharded = rewrite(graph, specs)
             placement = run(sharded, cluster, **options)
         except PartitionError:      # e.g. a pin naming a node the rewrite split: skip it
             continue
@@ -200,6 +201,8 @@ def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict)
         return placement
     where = {name: i for i, name in enumerate(placement.node_names)}
     a = placement.assignment.copy()
+    first = placement.device_names.index(placement.info["pipeline"]["stage_order"][0]) \
+        if placement.info["pipeline"].get("stage_order") else 0
     for entry in shard_record(sharded).get("nodes", {}).values():
         if entry["mode"] != "vocab":
             continue
@@ -207,6 +210,8 @@ def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict)
             d = a[where[sharded[members[0]].inputs[0]]]
             for name in members:
                 a[where[name]] = d
+            for name in _ancestors(sharded, sharded[members[-1]].inputs[1]):
+                a[where[name]] = first         # the labels: from the first stage
     if np.array_equal(a, placement.assignment):
         return placement
     m, opt = options.get("micro_batches", 1), options.get("optimizer", "sgd")
@@ -222,6 +227,17 @@ def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict)
                                                              cluster.speeds):
         return moved
     return placement
+
+
+def _ancestors(graph: Graph, name: str) -> list[str]:
+    """`name` and everything it is computed from (for the labels: an input and a reshape)."""
+    seen, todo = {name}, [name]
+    while todo:
+        for i in graph[todo.pop()].inputs:
+            if i not in seen:
+                seen.add(i)
+                todo.append(i)
+    return sorted(seen)
 
 
 def _value(key: tuple) -> float:
@@ -259,7 +275,13 @@ def sharded_graph(graph: Graph, placement) -> Graph:
     if not info or not info.get("kept"):
         return graph
     specs = {n["name"]: ShardSpec(n["shards"], n["mode"], uneven=True) for n in info["nodes"]}
-    return shard_graph(graph, specs)
+    return rewrite(graph, specs)
+
+
+def rewrite(graph: Graph, specs: dict) -> Graph:
+    """shard_graph, with vocab-parallel losses recombined from per-shard log-sum-exps so
+    that an acyclic placement can keep each loss shard beside its logits (shard_loss.py)."""
+    return local_lse_loss(shard_graph(graph, specs))
 
 
 def is_sharded(graph: Graph) -> bool:
@@ -267,4 +289,4 @@ def is_sharded(graph: Graph) -> bool:
 
 
 __all__ = ["SHARD_CHOICES", "ShardedNode", "ShardingResult", "choose_specs", "heavy_nodes",
-           "is_sharded", "partition_auto", "score", "sharded_graph"]
+           "is_sharded", "partition_auto", "rewrite", "score", "sharded_graph"]

@@ -91,3 +91,59 @@ def test_bad_shard_value_is_refused():
     g = mlp(layers=1, width=4, in_features=4, classes=2, batch=2)
     with pytest.raises(PlacementError, match="shard: expected one of off, auto"):
         partition(g, uniform(2), shard="yes")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_local_lse_loss_gives_the_original_loss_and_gradients(n):
+    """partition/shard_loss.py against the unsharded graph (float64, 1e-12), by the
+    interpreter on the training graphs."""
+    from autodiff.interpreter import evaluate
+    from autodiff.models import init_params, make_data
+    from autodiff.reverse import vjp
+    from autodiff.shard import ShardSpec, join_params, split_params
+    from partition.sharding import rewrite
+    g = gpt(layers=1, d_model=8, heads=2, seq=4, vocab=50, batch=2, tied=False, dtype="float64")
+    head = g.by_op("cross_entropy")[0].inputs[0]
+    s = rewrite(g, {head: ShardSpec(n, "out", True), "cross_entropy": ShardSpec(n, "vocab", True)})
+    assert not s.by_op("concatenate")                 # the logits are never whole
+    assert s["cross_entropy.lses"].shape == (n, 8)    # only per-row scalars are combined
+    params, feeds = init_params(g, 3), make_data(g, "gpt", 3)(0)
+
+    def loss_and_grads(graph, values):
+        train = vjp(graph)
+        names = [graph.outputs[0], *train.meta["grads"].values()]
+        out = evaluate(train, feeds, values, outputs=names)
+        return out[graph.outputs[0]], {p: out[q] for p, q in train.meta["grads"].items()}
+
+    loss, grads = loss_and_grads(g, params)
+    sloss, sgrads = loss_and_grads(s, split_params(s, params))
+    assert sloss == pytest.approx(loss, rel=1e-12)
+    joined = join_params(s, sgrads)
+    for name, value in grads.items():
+        np.testing.assert_allclose(joined[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("bandwidth,flops", [(1e8, 1e9), (1e7, 1e8), (1e9, 1e8)])
+def test_pulling_loss_shards_beside_their_logits_is_never_worse(bandwidth, flops):
+    """Where shipping logits shards costs more than the loss pieces' compute, the pieces move
+    beside their logits (acyclic, better); otherwise the placement is returned unchanged."""
+    from autodiff.shard import ShardSpec, shard_record
+    from partition.sharding import pull_loss_shards, rewrite
+    g, c = big_vocab_gpt(), uniform(4, flops=flops, bandwidth=bandwidth)
+    head = g.by_op("cross_entropy")[0].inputs[0]
+    s = rewrite(g, {head: ShardSpec(3, "out", True), "cross_entropy": ShardSpec(3, "vocab", True)})
+    options = dict(algorithm="pipeline_dp", objective="throughput")
+    p = partition(s, c, **options)
+    q = pull_loss_shards(s, p, c, options)
+    before, after = (score(x, "throughput", 0.1, c.speeds) for x in (p, q))
+    assert after <= before
+    if q is p:
+        assert bandwidth == 1e9              # fast links: nothing to gain here
+        return
+    assert after < before and q.metrics.acyclic
+    from partition.stage_time import stage_times
+    assert after[1] == pytest.approx(stage_times(graph_arrays(s), q.assignment, c)
+                                     .time_per_micro_batch)
+    where = dict(zip(q.node_names, q.assignment.tolist()))
+    for members in shard_record(s)["nodes"]["cross_entropy"]["parts"]:
+        assert {where[m] for m in members} == {where[s[members[0]].inputs[0]]}
