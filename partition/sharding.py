@@ -8,7 +8,8 @@ algorithm, and keep it only when it beats the unsharded placement on the objecti
 - throughput: SPEC section 5's time per micro-batch (an acyclic placement first);
 - volume / time_volume: first whether every device's load fits the *unrelaxed* cap
   `(1 + eps) * mean load` (the point of sharding: a dominating node forces a relaxed cap), then
-  how far over it, then the volume (bytes, or seconds on the links).
+  how far over it, then whether the problem still had to relax its cap (a shard above the
+  share), then the volume (bytes, or seconds on the links).
 
 Counts tried per heavy node: the smallest that brings each shard under the share, k, and one
 or two fewer than the smallest (a pipeline may do better leaving devices to the rest of the
@@ -154,7 +155,8 @@ def score(placement, objective: str, epsilon: float, speeds) -> tuple:
     caps = (1.0 + epsilon) * loads.sum() / len(loads) * speeds / speeds.mean()
     over = float(np.max(loads / np.maximum(caps, 1e-300)))
     volume = m.time_weighted_volume if objective == "time_volume" else m.step_volume
-    return (over > 1 + 1e-9, over if over > 1 + 1e-9 else 0.0, float(volume))
+    return (over > 1 + 1e-9, over if over > 1 + 1e-9 else 0.0, placement.relaxed_by is not None,
+            float(volume))
 
 
 def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict):
