@@ -21,6 +21,7 @@ logits never exist), else "reduce"; take "rows"; conv2d "channels"; cross_entrop
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -161,7 +162,9 @@ def score(placement, objective: str, epsilon: float, speeds) -> tuple:
 
 def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict):
     """`run(graph, cluster, **options)` on the graph and on each candidate scheme; the best
-    placement by the objective, with info["sharding"] (ShardingResult.to_dict())."""
+    placement by the objective, with info["sharding"] (ShardingResult.to_dict()); its
+    `seconds` count every run."""
+    start = time.perf_counter()
     base = run(graph, cluster, **options)
     objective = base.info["objective"]
     epsilon = options.get("epsilon", 0.10)
@@ -190,7 +193,8 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
         unsharded=_value(base_key), sharded=_value(best_key) if best_specs else None,
         bytes_added=int(best.metrics.step_volume - base.metrics.step_volume),
         candidates=len(schemes), colocated=_colocated(best, best_specs, graph))
-    return replace(best, info=dict(best.info, sharding=result.to_dict()))
+    return replace(best, seconds=time.perf_counter() - start,
+                   info=dict(best.info, sharding=result.to_dict()))
 
 
 def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict):
