@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     state, resumed_from = None, None
     if args.resume:
         resumed_from = training.find_checkpoint(args.resume)
+        if setup.partition_options.get("shard") == "auto":   # its state is the sharded graph's
+            setup = training.apply_sharding(setup, training.place(setup))
         state = training.load_checkpoint(resumed_from, setup)
         if int(state["step"]) >= setup.steps:
             console.print(f"nothing to train: checkpoint {resumed_from} is already at step "

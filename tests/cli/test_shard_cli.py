@@ -100,3 +100,14 @@ def test_train_on_ray_with_shard_auto_matches_the_unsharded_local_run(config, tm
     graph, a = placed(auto, cluster)
     v = compute_metrics(graph, a, cluster).step_volume
     assert ra["measured"]["bytes_per_step"] == ra["predicted"]["step_volume"] == v > 0
+
+
+def test_a_sharded_run_resumes_exactly(config, tmp_path):
+    whole, first = tmp_path / "whole", tmp_path / "first"
+    common = ("--executor", "local", "--checkpoint-every", "1")
+    assert main(["train", str(config), *common, "--out", str(whole)]) == 0
+    assert main(["train", str(config), *common, "--steps", "2", "--out", str(first)]) == 0
+    assert main(["train", str(config), *common, "--resume", str(first), "--force"]) == 0
+    losses = json.loads((whole / "report.json").read_text())["loss"]
+    resumed = json.loads((first / "report.json").read_text())["loss"]
+    assert len(losses) == 3 and resumed == losses
