@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -330,6 +330,15 @@ def _known_algorithms() -> list[str]:
     return sorted(set(ALGORITHMS) | {"auto"})
 
 
+def _shard_choice(value):
+    """partition.shard: "auto" or "off" (YAML's bare off/false and on/true accepted)."""
+    if value is False or value is True:
+        return "auto" if value else "off"
+    if value in ("auto", "off"):
+        return value
+    raise PydanticCustomError("expected", "expected one of auto, off")
+
+
 class PartitionSection(Section):
     algorithm: Text = "auto"
     epsilon: NonNegativeNumber = 0.10
@@ -339,6 +348,8 @@ class PartitionSection(Section):
     # "time" is the old name of "time_volume" (the time-weighted volume), still accepted
     objective: Optional[_choice("volume", "time_volume", "time", "throughput")] = None
     pin: dict[str, PinTarget] = {}
+    # operator sharding (partition/sharding.py); YAML reads a bare off/on as false/true
+    shard: Annotated[str, BeforeValidator(_shard_choice)] = "off"
 
     def problems(self):
         known = _known_algorithms()

@@ -92,6 +92,7 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
         "link_traffic": np.asarray(metrics.link_traffic).astype(int).tolist(),
         "simulation": dict(simulation) if simulation else None,
         "warnings": placement_warnings(graph, cluster, placement),
+        "sharding": (placement.info or {}).get("sharding"),
     }
 
 
@@ -207,6 +208,8 @@ def report_tables(report: Mapping, *, warnings: bool = True,
     warnings (it prints them as lines of their own) and the glossary."""
     tables = [warnings_table(report)] if warnings and report.get("warnings") else []
     tables += [device_table(report), totals_table(report)]
+    if report.get("sharding"):
+        tables.append(sharding_table(report["sharding"]))
     if report["top_cut"]:
         tables.append(top_cut_table(report))
     if len(report["devices"]) > 1:
@@ -258,6 +261,22 @@ def device_table(report: Mapping) -> Table:
     return Table("Devices", ("device", "ops", "train FLOPs", "load share", "parameters",
                              "memory / capacity", "busy"), tuple(rows),
                  (False, True, True, True, True, True, True))
+
+
+def sharding_table(sharding: Mapping) -> Table:
+    """Sharded nodes with their shard counts, and the step volume sharding adds (or saves)
+    against the unsharded placement (partition/sharding.py)."""
+    added = int(sharding["bytes_added"])
+    change = f"adds {format_size(added)}" if added >= 0 else f"saves {format_size(-added)}"
+    rows = [(n["name"], n["op"], n["mode"], str(n["shards"]), _pct(n["load_share"]))
+            for n in sharding["nodes"]]
+    title = f"Sharding: {sharding['reason']}"
+    if sharding["kept"]:
+        title += f"; V {change} vs the unsharded placement"
+        if sharding.get("colocated"):
+            title += f"; shards sharing a device: {', '.join(sharding['colocated'])}"
+    return Table(title, ("node", "op", "mode", "shards", "load share"), tuple(rows),
+                 (False, False, False, True, True))
 
 
 def totals_table(report: Mapping) -> Table:

@@ -102,7 +102,7 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
                         algorithm: str | None = None, steps: int | None = None,
                         checkpoint_every: int | None = None,
                         objective: str | None = None, step_timeout: float | None = None,
-                        on_nan: str | None = None) -> TrainingSetup:
+                        on_nan: str | None = None, shard: str | None = None) -> TrainingSetup:
     """The setup a config describes, with the command line's overrides applied."""
     from autodiff.models import make_data
 
@@ -123,7 +123,7 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
                "acyclic": p.acyclic or pipelined, "seed": p.seed or 0,
                "time_limit": p.time_limit, "objective": objective or p.objective,
                "pins": dict(p.pin) or None, "micro_batches": t.micro_batches,
-               "optimizer": t.optimizer}
+               "optimizer": t.optimizer, "shard": shard or p.shard}
     if pipelined:
         options["schedule"] = t.schedule
     return TrainingSetup(
@@ -175,6 +175,20 @@ def place(setup: TrainingSetup):
     """partition() of the per-micro-batch graph with the setup's options."""
     from partition.api import partition
     return partition(setup.graph, setup.cluster, **setup.partition_options)
+
+
+def apply_sharding(setup: TrainingSetup, placement) -> TrainingSetup:
+    """The setup training what `placement` places: with `shard: auto` and a kept scheme, the
+    sharded graph, whose initial params are the unsharded model's split (autodiff.shard)."""
+    from partition.sharding import sharded_graph
+    graph = sharded_graph(setup.graph, placement)
+    if graph is setup.graph:
+        return setup
+    from autodiff.models.init import init_params
+    from autodiff.shard import split_params
+    params = setup.params if setup.params is not None else init_params(setup.graph, setup.seed)
+    from dataclasses import replace
+    return replace(setup, graph=graph, params=split_params(graph, params))
 
 
 def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):

@@ -29,7 +29,7 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
               acyclic: bool = False, seed: int = 0, time_limit: float | None = None,
               pins: Mapping[str, int | str] | None = None, objective: str | None = None,
               micro_batches: int = 1, optimizer: str = "sgd",
-              schedule: str | None = None) -> Placement:
+              schedule: str | None = None, shard: str = "off") -> Placement:
     """Place every node of the forward `graph` on a device of `cluster`.
 
     Parameters
@@ -45,10 +45,22 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
         links, else "time_volume".
     schedule : "1f1b" (default) or "gpipe": the pipeline schedule whose in-flight
         micro-batches count against memory under the throughput objective.
+    shard : "off" (default) or "auto": split nodes heavier than a device's share first and
+        keep the rewritten graph when it improves the objective (partition/sharding.py); the
+        placement then names the sharded graph's nodes and info["sharding"] says what was done.
 
     Raises PlacementError naming the argument, node or device when no acceptable placement is
     found (a device over its memory or load cap, a violated pin, a cyclic quotient).
     """
+    if shard != "off":
+        from partition.sharding import SHARD_CHOICES, partition_auto
+        if shard not in SHARD_CHOICES:
+            raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
+                                 f"got {shard!r}")
+        return partition_auto(graph, cluster, partition, dict(
+            algorithm=algorithm, epsilon=epsilon, acyclic=acyclic, seed=seed,
+            time_limit=time_limit, pins=pins, objective=objective,
+            micro_batches=micro_batches, optimizer=optimizer, schedule=schedule))
     try:
         run = ALGORITHMS[algorithm]
     except (KeyError, TypeError):

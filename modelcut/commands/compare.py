@@ -74,9 +74,10 @@ def print_compare_warnings(console, setup, rows) -> None:
     from partition.cost import graph_arrays
 
     placed = [row for row in rows if not row.get("error")]
-    if placed and placed[0]["relaxed_by"]:
+    whole = [row for row in placed if not (row.get("sharding") or {}).get("kept")]
+    if whole and whole[0]["relaxed_by"]:      # sharded rows carry their own (compare_one)
         print_warnings(console, [relaxed_cap_warning(graph_arrays(setup.graph),
-                                                     placed[0]["relaxed_by"], setup.cluster.k)])
+                                                     whole[0]["relaxed_by"], setup.cluster.k)])
     for row in placed:
         print_warnings(console, row["warnings"], prefix=f"{row['algorithm']}: ")
 
@@ -93,9 +94,16 @@ def compare_one(setup, algorithm: str) -> dict:
                                                               "algorithm": algorithm}))
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
+    from modelcut.commands.partition import with_placed_graph
+    setup = with_placed_graph(setup, placement)
     empty = empty_devices_warning(graph_arrays(setup.graph), placement.assignment,
                                   setup.cluster.device_names)
+    if (placement.info.get("sharding") or {}).get("kept") and placement.relaxed_by:
+        from modelcut.report import relaxed_cap_warning
+        empty = "; ".join(filter(None, [empty, relaxed_cap_warning(
+            graph_arrays(setup.graph), placement.relaxed_by, setup.cluster.k)]))
     return {"algorithm": algorithm, "seconds": placement.seconds,
             "metrics": placement.metrics.to_dict(), "optimal": placement.optimal,
             "pipeline": placement.info.get("pipeline"),
-            "relaxed_by": placement.relaxed_by, "warnings": [empty] if empty else []}
+            "relaxed_by": placement.relaxed_by, "sharding": placement.info.get("sharding"),
+            "warnings": [empty] if empty else []}

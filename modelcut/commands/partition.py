@@ -15,7 +15,7 @@ from modelcut.commands import CommandError
 
 HELP = "partition a model across devices, print the placement and write a report"
 OUTPUTS = ("placement.json", "report.json", "report.md", "graph.dot", "load_memory.png",
-           "schedule.png", "traffic.png", "report.html")
+           "schedule.png", "traffic.png", "report.html", "graph.json.gz")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,11 @@ def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = Tr
                              "micro-batch, SPEC section 5; no epsilon, no rebalancing)")
 
 
+    parser.add_argument("--shard", choices=("auto", "off"),
+                        help="operator sharding: split nodes heavier than a device's share when "
+                             "that improves the objective (default: the config's, off)")
+
+
 OBJECTIVES = ("volume", "time_volume", "time", "throughput")
 
 
@@ -86,7 +91,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
         options.update(algorithm=p.algorithm, epsilon=p.epsilon, acyclic=p.acyclic,
                        seed=p.seed or 0, time_limit=p.time_limit, objective=p.objective,
                        pins=dict(p.pin) or None, micro_batches=t.micro_batches,
-                       optimizer=t.optimizer)
+                       optimizer=t.optimizer, shard=p.shard)
         schedule = t.schedule
         cluster = Cluster.from_spec(config.cluster_spec())
         if args.devices is not None and args.devices != cluster.k:
@@ -115,6 +120,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
         options["acyclic"] = True
     if args.time_limit is not None:
         options["time_limit"] = args.time_limit
+    if getattr(args, "shard", None):
+        options["shard"] = args.shard
     schedule = apply_pipeline_arguments(args, options, schedule)
     return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
                  source=source, family=family)
@@ -166,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes) with "
                        f"{setup.options['algorithm']} on {setup.cluster.k} devices ..."):
         placement = place(setup)
+        setup = with_placed_graph(setup, placement)
     with status.status("simulating a training step ..."):
         simulation = simulate_step(setup, placement)
     with status.status(f"writing the report to {out} ..."):
@@ -208,6 +216,16 @@ def place(setup: Setup):
     """partition() with the setup's options."""
     from partition.api import partition
     return partition(setup.graph, setup.cluster, **setup.options)
+
+
+def with_placed_graph(setup: Setup, placement) -> Setup:
+    """The setup whose graph is the one `placement` places (the sharded graph under shard
+    auto, see partition/sharding.py)."""
+    import dataclasses
+
+    from partition.sharding import sharded_graph
+    graph = sharded_graph(setup.graph, placement)
+    return setup if graph is setup.graph else dataclasses.replace(setup, graph=graph)
 
 
 def simulate_step(setup: Setup, placement) -> dict:
@@ -255,6 +273,10 @@ def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
                            f"{len(setup.graph):,} nodes (more than --max-nodes {args.max_nodes})")
     (out / "graph.dot").write_text(text, encoding="utf-8")
     written += [out / "graph.dot"] + [p for _, p in images]
+    if (placement.info.get("sharding") or {}).get("kept"):    # the rewritten graph it names
+        from autodiff.io import save_graph
+        save_graph(setup.graph, out / "graph.json.gz")
+        written.append(out / "graph.json.gz")
     if args.html:
         written.append(write_html(report, images, grouped, out / "report.html", setup.notes))
     return report, written

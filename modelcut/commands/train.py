@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="partitioning algorithm (default: the config's)")
     parser.add_argument("--objective", choices=("volume", "time_volume", "time", "throughput"),
                         metavar="O", help="partition objective (default: the config's)")
+    parser.add_argument("--shard", choices=("auto", "off"),
+                        help="operator sharding: split nodes heavier than a device's share when "
+                             "that improves the objective (default: the config's, off)")
     parser.add_argument("--steps", type=arguments.int_in(1, 2**31 - 1), metavar="N",
                         help="train until step N (default: training.steps; a resumed run "
                              "continues its step count)")
@@ -86,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
         setup = training.load_training_setup(
             args.config, devices=args.devices, algorithm=args.algorithm, steps=args.steps,
             checkpoint_every=args.checkpoint_every, objective=args.objective,
-            step_timeout=args.step_timeout, on_nan=args.on_nan)
+            step_timeout=args.step_timeout, on_nan=args.on_nan, shard=args.shard)
     if setup.on_nan == "skip" and args.executor != "ray":
         raise CommandError("--on-nan skip needs --executor ray (the local executor cannot drop "
                            "a step's update)")
     state, resumed_from = None, None
     if args.resume:
         resumed_from = training.find_checkpoint(args.resume)
+        if setup.partition_options.get("shard") == "auto":   # its state is the sharded graph's
+            setup = training.apply_sharding(setup, training.place(setup))
         state = training.load_checkpoint(resumed_from, setup)
         if int(state["step"]) >= setup.steps:
             console.print(f"nothing to train: checkpoint {resumed_from} is already at step "
@@ -149,6 +154,7 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
                        f"micro-batch) on {setup.cluster.k} devices ..."):
         if state is None:
             placement = training.place(setup)
+            setup = training.apply_sharding(setup, placement)
         else:
             placement = training.placement_from_assignment(
                 setup, state["metadata"]["assignment"], f"checkpoint {resumed_from}")

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         name = "expression"
     else:
         setup = load_setup(args)
+        setup.options["shard"] = "off"      # viz draws the model's own nodes, never shards
         graph, name = setup.graph, setup.name
         if setup.family is not None and wants_values(args, graph):
             from autodiff.models import init_params, make_data
