@@ -257,26 +257,6 @@ class FidelityOps:
                   group=group)
         return True
 
-    def _grouped_conv(self, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        w = self.shape_of(ins[1])
-        pads, strides = attrs.get("pads", [0] * 4), attrs.get("strides", [1, 1])
-        if (len(w) != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1]))
-                or len(set(strides)) != 1 or len(set(pads)) != 1
-                or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
-            return False
-        bias = ins[2] if len(ins) > 2 and ins[2] else None
-        conv = self.emit(outs[0] if bias is None else self.fresh(f"{outs[0]}/conv"),
-                         "grouped_conv2d", ins[:2], shape, dtype,
-                         {"stride": strides[0], "padding": pads[0], "groups": attrs["group"]},
-                         flops=2 * math.prod(shape) * w[1] * w[2] * w[3], group=group)
-        if bias is not None:
-            column = self.emit(self.fresh(f"{outs[0]}/bias"), "reshape", [bias], (w[0], 1, 1),
-                               self.dtype_of(bias), {"shape": [w[0], 1, 1]}, group=group)
-            self.emit(outs[0], "add", [conv, column], shape, dtype, flops=math.prod(shape),
-                      group=group)
-        return True
-
     def _training_batch_norm(self, ins, outs, attrs, group, where) -> bool:
         if len([o for o in outs if o]) != 1:
             return False      # the running statistics outputs are state, not imported

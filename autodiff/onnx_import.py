@@ -440,18 +440,21 @@ class _Importer(FidelityOps):
         return True
 
     def _op_Conv(self, node, ins, outs, attrs, group, where) -> bool:
+        """Conv (grouped and depthwise too) with square stride and padding, plus its bias."""
         shape, dtype = self.fact(outs[0], where)
         w = self.shape_of(ins[1])
         pads, strides = attrs.get("pads", [0] * 4), attrs.get("strides", [1, 1])
-        if attrs.get("group", 1) != 1:
-            return self._grouped_conv(ins, outs, attrs, group, where)
         if (len(w) != 4 or any(d != 1 for d in attrs.get(
                 "dilations", [1, 1])) or len(set(strides)) != 1 or len(set(pads)) != 1
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             return False
+        groups = attrs.get("group", 1)
+        op, conv_attrs = "conv2d", {"stride": strides[0], "padding": pads[0]}
+        if groups != 1:
+            op, conv_attrs = "grouped_conv2d", {**conv_attrs, "groups": groups}
         bias = ins[2] if len(ins) > 2 and ins[2] else None
-        conv = self.emit(outs[0] if bias is None else self.fresh(f"{outs[0]}/conv"), "conv2d",
-                         ins[:2], shape, dtype, {"stride": strides[0], "padding": pads[0]},
+        conv = self.emit(outs[0] if bias is None else self.fresh(f"{outs[0]}/conv"), op,
+                         ins[:2], shape, dtype, conv_attrs,
                          flops=2 * math.prod(shape) * w[1] * w[2] * w[3], group=group)
         if bias is not None:
             column = self.emit(self.fresh(f"{outs[0]}/bias"), "reshape", [bias], (w[0], 1, 1),
