@@ -63,6 +63,17 @@ class GradientRouting:
             seed=self.seed if self.seed in names else None)
 
 
+def _on_path(nodes, wrt: set[str]) -> set[str]:
+    """Forward sweep: the nodes that depend on some wrt tensor through differentiable float
+    ops (only they need gradients)."""
+    on_path = set(wrt)
+    for node in nodes:
+        if node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs):
+            if lookup(node.op, node.name).vjp is not None:
+                on_path.add(node.name)
+    return on_path
+
+
 def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
              routing: GradientRouting | None = None) -> list[Tensor | None]:
     """Gradients of `output` w.r.t. each of `wrt`, as new nodes of output's tracer.
@@ -80,13 +91,7 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
                                "it belongs to another trace")
     end = position[output.name]
     start = min((position[t.name] for t in wrt), default=end)
-    # Forward sweep: which nodes depend on some wrt tensor (only they need gradients).
-    on_path: set[str] = {t.name for t in wrt}
-    for node in nodes[start:end + 1]:
-        if node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs):
-            op = lookup(node.op, node.name)
-            if op.vjp is not None:
-                on_path.add(node.name)
+    on_path = _on_path(nodes[start:end + 1], {t.name for t in wrt})
     if output.name not in on_path:
         return [None] * len(wrt)
 
