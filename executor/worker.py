@@ -1,10 +1,10 @@
 """One device's runtime: its parameters, optimizer state and tensors, running its Program.
 
 The local executor calls a DeviceWorker directly; the Ray executor wraps one per actor. Per
-step: `begin_step(step, feeds)`, then `run_block(i, received)` for each block in the plan's
-global order (received: tensor -> array for the block's Recv steps; returns the Send steps'
-(name it arrives under, target device, array)), which also applies the optimizer in the update
-block; `report()` gives the step's losses, compute time and gradients.
+step: `begin_step(step, feeds)`, then `run(i, transport)` for each block in the plan's
+global order, or its own blocks in program order when each Recv waits for its tensor
+(`transport`: executor/transport.py), which also applies the optimizer in the update block;
+`report()` gives the step's losses, compute time and gradients.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from executor.errors import ExecutorError
 from executor.optim import Optimizer
 from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState,
                               transfer_key)
-from executor.transport import CallTransport, Transport
+from executor.transport import Transport
 
 
 class DeviceWorker:
@@ -90,14 +90,6 @@ class DeviceWorker:
         self.compute_seconds = 0.0
         self.update_seconds = 0.0
         self.peak_value_bytes = 0
-
-    def run_block(self, index: int, received: Mapping[str, np.ndarray]
-                  ) -> list[tuple[str, int, np.ndarray]]:
-        """Run block `index` with the tensors one call brought (name -> array); returns what
-        its Send steps send as (name it arrives under, target device, array)."""
-        transport = CallTransport(received)
-        self.run(index, transport)
-        return transport.sent
 
     def run(self, index: int, transport: Transport) -> None:
         """Run block `index` of the program, sending and receiving through `transport`."""
