@@ -43,8 +43,8 @@ class DeviceActor:
     """One device inside a Ray actor: a DeviceWorker, its transport and measurements.
 
     `run(index, head, *sources)` runs block `index` as one plain call: `head` is the step
-    input for block 0 (step number, this device's feeds, whether to return gradients) and is
-    otherwise ignored; `sources` are the returns of the calls whose blocks send to this one
+    input for block 0 (step number, this device's feeds, whether to return gradients, the
+    emulation's padding: `_begin`) and is otherwise ignored; `sources` are the returns of the calls whose blocks send to this one
     (dicts TransferKey -> array). It returns its own sends as such a dict, and after the
     device's last block also the step report (losses, bytes sent per target, timings,
     memory, gradients if asked)."""
@@ -66,10 +66,18 @@ class DeviceActor:
         self._begin(None, False)
 
     def _begin(self, head, return_grads: bool) -> None:
-        """Start a step: `head` is (step, feeds, return_grads), None before the first."""
+        """Start a step: `head` is (step, feeds, return_grads, emulated), None before the
+        first; `emulated`: None, or this device's padded step seconds and the common t0 of
+        an emulated step (executor/emulate.py)."""
         if head is not None:
-            step, feeds, return_grads = head
+            step, feeds, return_grads, emulated = head
             self.worker.begin_step(step, feeds)
+            self.worker.clock = None
+            if emulated is not None:
+                from executor.emulate import VirtualClock
+                seconds, t0 = emulated
+                self.worker.clock = VirtualClock(seconds, self.k)
+                self.worker.clock.start(t0)
         self.return_grads = return_grads
         self.sent = np.zeros(self.k, dtype=np.int64)
         self.busy = 0.0

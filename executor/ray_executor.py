@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "pipes", "plain")
 ON_NAN = ("stop", "skip", None)
+EMULATION_MARGIN = 0.02            # s: an emulated step's t0 after the driver's now
 START_TIMEOUT = 120.0               # s: creating actors can take long on a busy machine
 
 
@@ -71,6 +72,8 @@ class RayStepResult(StepResult):
     step_seconds: float
     mode: str
     recoveries: int
+    emulated_seconds: float | None = None
+    dilation: float | None = None
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "busy_seconds": self.busy_seconds.tolist(),
@@ -79,7 +82,8 @@ class RayStepResult(StepResult):
                 "wait_seconds": self.wait_seconds.tolist(),
                 "peak_value_bytes": self.peak_value_bytes.tolist(),
                 "rss_bytes": self.rss_bytes.tolist(), "step_seconds": self.step_seconds,
-                "mode": self.mode, "recoveries": self.recoveries}
+                "mode": self.mode, "recoveries": self.recoveries,
+                "emulated_seconds": self.emulated_seconds, "dilation": self.dilation}
 
 
 def _fault_types() -> tuple[type, ...]:
@@ -108,8 +112,10 @@ class RayExecutor(Recovery):
     pipes actor polls for a tensor before blocking (None: `ray_pipes.default_spin`; 0: block
     at once); `step_timeout`: seconds a step, restore or checkpoint may take before the
     actors count as hung and are replaced (None: wait forever); `on_nan`: "stop" | "skip" |
-    None (train on) when a loss or gradient is not finite (executor/ray_recovery.py).
-    Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
+    None (train on) when a loss or gradient is not finite (executor/ray_recovery.py);
+    `emulate`: a Cluster whose devices the actors emulate, every step padded to its model
+    time times a dilation chosen at the first step (executor/emulate.py; each result's
+    `emulated_seconds` is the step in the cluster's seconds). Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
@@ -120,7 +126,7 @@ class RayExecutor(Recovery):
                  max_recoveries: int = 3, loss_reduction: str = "mean",
                  defer_weight_grads: bool = False, pin_cpus: bool | None = None,
                  spin: float | None = None, step_timeout: float | None = None,
-                 on_nan: str | None = "stop"):
+                 on_nan: str | None = "stop", emulate=None):
         if mode not in MODES:
             raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -168,6 +174,12 @@ class RayExecutor(Recovery):
         self.defer_weight_grads = bool(defer_weight_grads)
         self.pin_cpus = pin_cpus
         self.spin = spin
+        if emulate is not None and emulate.k != self.k:
+            raise ExecutorError(f"emulate: the cluster has {emulate.k} devices, the plan "
+                                f"{self.k}")
+        self.emulate = emulate
+        self.emulation = None                     # executor.emulate.Emulation, at step 0
+        self._emulated_seconds: float | None = None
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         self._sources = block_sources(self.plan)
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
@@ -353,18 +365,39 @@ class RayExecutor(Recovery):
     def _execute(self, step: int, per_mb: list[dict], return_grads: bool) -> list[dict]:
         """Run one step on the actors; the reports of the devices that have blocks."""
         m = self.micro_batches
+        t0 = self._emulation_start(per_mb)
         inputs = {d: (step, {(x, i): per_mb[i][x] for x in self.plan.programs[d].inputs
-                             for i in range(m)}, return_grads) for d in self._active}
+                             for i in range(m)}, return_grads,
+                      None if t0 is None else (self.emulation.seconds[d], t0))
+                  for d in self._active}
         if self._pipes is None:
-            return self._execute_plain(step, inputs)
-        for d in self._command_order:
-            self._pipes.send(d, "command", ("step", inputs[d]))
-        alive = self._watch(f"step {step}")
-        reports = [self._pipes.receive(d, "report", alive) for d in self._active]
-        for r in reports:
-            if "error" in r:
-                raise r["error"]
+            reports = self._execute_plain(step, inputs)
+        else:
+            for d in self._command_order:
+                self._pipes.send(d, "command", ("step", inputs[d]))
+            alive = self._watch(f"step {step}")
+            reports = [self._pipes.receive(d, "report", alive) for d in self._active]
+            for r in reports:
+                if "error" in r:
+                    raise r["error"]
+        if t0 is not None:
+            self._emulated_seconds = ((time.time() - t0) / self.emulation.dilation
+                                      + self.emulation.step_overhead)
         return reports
+
+    def _emulation_start(self, per_mb: list[dict]) -> float | None:
+        """The common t0 of an emulated step (None when not emulating): a margin after now
+        for the commands to reach the actors; the first call chooses the dilation."""
+        if self.emulate is None:
+            return None
+        if self.emulation is None:
+            from executor.emulate import make_emulation
+            self.emulation = make_emulation(self.plan, self.emulate, self.optimizer,
+                                            self.seed, per_mb)
+            log.info("ray executor: emulating the cluster with dilation %.4g",
+                     self.emulation.dilation)
+        calls = 0 if self._pipes is not None else len(self.plan.order)
+        return time.time() + EMULATION_MARGIN + calls * 5e-4
 
     def _execute_plain(self, step: int, inputs: dict) -> list[dict]:
         """The plain path: one call per block in the plan's global order, each taking the
@@ -411,7 +444,10 @@ class RayExecutor(Recovery):
                              wait_seconds=column("wait_seconds"),
                              peak_value_bytes=column("peak_value_bytes", np.int64),
                              rss_bytes=column("rss_bytes", np.int64), step_seconds=seconds,
-                             mode=self.mode, recoveries=recoveries)
+                             mode=self.mode, recoveries=recoveries,
+                             emulated_seconds=self._emulated_seconds,
+                             dilation=None if self.emulation is None
+                             else self.emulation.dilation)
 
     @property
     def params(self) -> dict[str, np.ndarray]:

@@ -73,6 +73,7 @@ class DeviceWorker:
         self.compute_seconds = 0.0
         self.update_seconds = 0.0
         self.peak_value_bytes = 0
+        self.clock = None        # an emulated device's VirtualClock (executor/emulate.py)
 
     @staticmethod
     def _kernel(node) -> NodeKernel | None:
@@ -100,7 +101,8 @@ class DeviceWorker:
         fused = self.fused.get(index, {})
         if self.pending and (mb is None or index == self.start_deferred_in):
             self._finish_deferred()            # the sums are read only in per-step blocks
-        for s in block.steps:
+        clock = self.clock
+        for j, s in enumerate(block.steps):
             if isinstance(s, Compute):
                 start = time.perf_counter()
                 for name in s.nodes:
@@ -110,10 +112,15 @@ class DeviceWorker:
                         values[program.key(name, mb)] = self._run_node(name, mb)
                 self.compute_seconds += time.perf_counter() - start
             elif isinstance(s, Recv):
-                values[program.key(s.tensor, mb)] = transport.receive(
-                    transfer_key(program, block, s))[0]
+                values[program.key(s.tensor, mb)], arrival = transport.receive(
+                    transfer_key(program, block, s))
+                if clock is not None:
+                    clock.arrived(arrival)
+                continue
             elif isinstance(s, Send):
-                transport.send(transfer_key(program, block, s), values[program.key(s.tensor, mb)])
+                transport.send(transfer_key(program, block, s), values[program.key(s.tensor, mb)],
+                               None if clock is None else clock.stamp(index, j, s.target))
+                continue
             elif isinstance(s, Accumulate) and s.tensor not in fused:
                 value = values[program.key(s.tensor, mb)]
                 total = values.get((s.into, None))
@@ -132,6 +139,8 @@ class DeviceWorker:
                 value = values[program.key(s.tensor, mb)]
                 self.states[s.state] = np.asarray(value * s.scale if s.scale != 1.0 else value,
                                                   dtype=program.nodes[s.state].dtype)
+            if clock is not None:
+                clock.advance(index, j)            # a compute-like step: pad to its model time
         self.peak_value_bytes = max(self.peak_value_bytes, self._held_bytes())
         if index in self.release_after:
             done = self.release_after[index]
