@@ -12,7 +12,7 @@ fits inside the model's (executor/timing.py's rules, enforced for real):
 - a Recv waits until max(physical arrival, stamp) and sets the clock to at least the stamp.
 
 The step then lasts its simulated time * D, so (driver wall time from t0) / D is the step time
-measured in the emulated cluster's seconds. `choose_dilation` picks D from one warm local run.
+measured in the emulated cluster's seconds. `choose_dilation` picks D from warm local runs.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from executor.program import Plan, Recv, Send
-from executor.timing import StepCosts
+from executor.timing import StepCosts, simulate_plan
 from partition.cluster import Cluster
 
-SAFETY = 3.0            # D = SAFETY * the largest real/model ratio of a block
-MIN_PADDED_SECONDS = 5e-4   # D is at least large enough that each padded step takes this
+SAFETY = 3.0            # D = SAFETY * the largest real/model compute ratio of a device
+MIN_STEP_SECONDS = 0.1  # D is at least large enough that an emulated step takes this long
 
 
 @dataclass(frozen=True)
@@ -56,21 +56,26 @@ def step_seconds(plan: Plan, cluster: Cluster, optimizer: str | None = None
     return tuple(table)
 
 
-def choose_dilation(plan: Plan, seconds, real_block_seconds, safety: float = SAFETY,
-                    min_padded: float = MIN_PADDED_SECONDS) -> float:
-    """D = safety * max over blocks of real / model compute seconds (blocks whose model
-    compute time is 0 excluded), and at least min_padded / the smallest such block's model
-    compute seconds (so each padded block is long against a sleep's jitter). `seconds`: `step_seconds`;
+def choose_dilation(plan: Plan, seconds, real_block_seconds, predicted: float,
+                    safety: float = SAFETY, min_step: float = MIN_STEP_SECONDS) -> float:
+    """D = safety * the largest real / model compute ratio of a device (over its blocks
+    with model compute time; per device, not per block, since a padded device catches up
+    an overrun block's lateness in its later slack: absolute deadlines), and at least
+    min_step / `predicted` (the simulated step), so an emulated step is long against the
+    jitter of waking up and of the pipes. `seconds`: `step_seconds`;
     `real_block_seconds[d][i]`: real compute seconds of block i of device d."""
-    ratio, smallest = 0.0, float("inf")
+    ratio = 0.0
     for program, blocks in zip(plan.programs, seconds):
+        model = real = 0.0
         for i, (block, steps) in enumerate(zip(program.blocks, blocks)):
-            compute = [t for s, t in zip(block.steps, steps)
-                       if not isinstance(s, (Send, Recv)) and t > 0]
-            if compute:
-                ratio = max(ratio, real_block_seconds[program.device][i] / sum(compute))
-                smallest = min(smallest, sum(compute))
-    floor = min_padded / smallest if np.isfinite(smallest) else 1.0
+            compute = sum(t for s, t in zip(block.steps, steps)
+                          if not isinstance(s, (Send, Recv)))
+            if compute > 0:
+                model += compute
+                real += real_block_seconds[program.device][i]
+        if model > 0:
+            ratio = max(ratio, real / model)
+    floor = min_step / predicted if predicted > 0 else 1.0
     return float(max(safety * ratio, floor, 1.0))
 
 
@@ -144,7 +149,9 @@ def make_emulation(plan: Plan, cluster: Cluster, optimizer, seed: int, per_mb: l
                    safety: float = SAFETY) -> Emulation:
     """The Emulation of `plan` on `cluster`: model seconds per step and the dilation chosen
     from one local timing of the blocks on `per_mb` (one step's micro-batch feeds)."""
-    seconds = step_seconds(plan, cluster, getattr(optimizer, "name", optimizer))
+    name = getattr(optimizer, "name", optimizer)
+    seconds = step_seconds(plan, cluster, name)
     real = real_block_seconds(plan, optimizer, seed, per_mb)
-    dilation = choose_dilation(plan, seconds, real, safety)
+    predicted = simulate_plan(plan, cluster, name).step_time
+    dilation = choose_dilation(plan, seconds, real, predicted, safety)
     return Emulation(dilated(seconds, dilation), dilation, cluster.step_overhead)

@@ -127,28 +127,10 @@ class RayExecutor(Recovery):
                  defer_weight_grads: bool = False, pin_cpus: bool | None = None,
                  spin: float | None = None, step_timeout: float | None = None,
                  on_nan: str | None = "stop", emulate=None):
-        if mode not in MODES:
-            raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
-                                             or checkpoint_every < 1):
-            raise ExecutorError(f"checkpoint_every: expected a positive integer or None, got "
-                                f"{checkpoint_every!r}")
-        if loss_reduction not in ("mean", "sum"):
-            raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got "
-                                f"{loss_reduction!r}")
-        if max_restarts < 1:
-            raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
-        if not isinstance(max_recoveries, int) or max_recoveries < 0:
-            raise ExecutorError(f"max_recoveries: expected a non-negative integer, got "
-                                f"{max_recoveries!r}")
-        if step_timeout is not None and not (isinstance(step_timeout, (int, float))
-                                             and 0 < step_timeout < float("inf")):
-            raise ExecutorError(f"step_timeout: expected positive seconds or None, got "
-                                f"{step_timeout!r}")
-        if on_nan not in ON_NAN:
-            raise ExecutorError(f"on_nan: expected 'stop', 'skip' or None, got {on_nan!r}")
-        if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
-            raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
+        check_arguments(mode=mode, checkpoint_every=checkpoint_every,
+                        loss_reduction=loss_reduction, max_restarts=max_restarts,
+                        max_recoveries=max_recoveries, step_timeout=step_timeout,
+                        on_nan=on_nan, spin=spin)
         import ray
 
         start_ray()
@@ -174,10 +156,7 @@ class RayExecutor(Recovery):
         self.defer_weight_grads = bool(defer_weight_grads)
         self.pin_cpus = pin_cpus
         self.spin = spin
-        if emulate is not None and emulate.k != self.k:
-            raise ExecutorError(f"emulate: the cluster has {emulate.k} devices, the plan "
-                                f"{self.k}")
-        self.emulate = emulate
+        self.emulate = _emulated_cluster(emulate, self.k)
         self.emulation = None                     # executor.emulate.Emulation, at step 0
         self._emulated_seconds: float | None = None
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
@@ -462,6 +441,40 @@ class RayExecutor(Recovery):
 def _one_node(ray) -> bool:
     """Whether the Ray cluster has one live node (so every actor shares the driver's)."""
     return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+
+
+def check_arguments(*, mode, checkpoint_every, loss_reduction, max_restarts, max_recoveries,
+                    step_timeout, on_nan, spin) -> None:
+    """ExecutorError naming the first RayExecutor argument out of its range."""
+    if mode not in MODES:
+        raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ExecutorError(f"checkpoint_every: expected a positive integer or None, got "
+                            f"{checkpoint_every!r}")
+    if loss_reduction not in ("mean", "sum"):
+        raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got "
+                            f"{loss_reduction!r}")
+    if max_restarts < 1:
+        raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
+    if not isinstance(max_recoveries, int) or max_recoveries < 0:
+        raise ExecutorError(f"max_recoveries: expected a non-negative integer, got "
+                            f"{max_recoveries!r}")
+    if step_timeout is not None and not (isinstance(step_timeout, (int, float))
+                                         and 0 < step_timeout < float("inf")):
+        raise ExecutorError(f"step_timeout: expected positive seconds or None, got "
+                            f"{step_timeout!r}")
+    if on_nan not in ON_NAN:
+        raise ExecutorError(f"on_nan: expected 'stop', 'skip' or None, got {on_nan!r}")
+    if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
+        raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
+
+
+def _emulated_cluster(cluster, k: int):
+    """The cluster to emulate (None: none), checked against the plan's k devices."""
+    if cluster is not None and cluster.k != k:
+        raise ExecutorError(f"emulate: the cluster has {cluster.k} devices, the plan {k}")
+    return cluster
 
 
 def block_sources(plan: Plan) -> dict[tuple[int, int], tuple[tuple[int, int], ...]]:

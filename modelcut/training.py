@@ -464,14 +464,16 @@ def measured_summary(records: list[StepRecord], device_names,
     """Bytes per step (total and per link), step time and per-device compute / wait /
     utilisation, over the steps of this run (the first one, a warm-up, is left out of the
     times when there are more). With `dilation` (emulated devices) the step times are in the
-    emulated cluster's seconds and the dilation is reported beside them."""
+    emulated cluster's seconds (the actors' real compute and wait seconds divided by the
+    dilation) and the dilation is reported beside them."""
     first = records[0].link_bytes
     constant = all(np.array_equal(r.link_bytes, first) for r in records)
     timed = records[1:] if len(records) > 1 else records
     seconds = np.array([r.seconds for r in timed])
     step_time = float(np.median(seconds))
-    compute = np.mean([r.compute_seconds for r in timed], axis=0)
-    wait = np.mean([r.wait_seconds for r in timed], axis=0)
+    scale = 1.0 if dilation is None else 1.0 / dilation     # real seconds -> emulated ones
+    compute = scale * np.mean([r.compute_seconds for r in timed], axis=0)
+    wait = scale * np.mean([r.wait_seconds for r in timed], axis=0)
     mean_step = float(seconds.mean())
     actors = [{"name": name, "compute_seconds": float(c), "wait_seconds": float(w),
                "utilisation": float(c / mean_step) if mean_step > 0 else 0.0}

@@ -64,11 +64,11 @@ def test_step_seconds_are_the_cost_models_and_the_dilation_covers_the_slowest_bl
                                                                             seconds)]
     real = [[2.0 * c for c in row] for row in compute]
     d, i = 1, next(i for i, c in enumerate(compute[1]) if c > 0)
-    real[d][i] = 7.0 * compute[d][i]              # the slowest block, relative to its model
-    assert choose_dilation(plan, seconds, real, safety=3.0, min_padded=0.0) == pytest.approx(21)
-    smallest = min(c for row in compute for c in row if c > 0)
-    assert choose_dilation(plan, seconds, real, safety=3.0, min_padded=1.0) == pytest.approx(
-        max(21, 1.0 / smallest))
+    real[d][i] += 12.0 * sum(compute[d])          # device 1 runs 14x its model compute
+    assert choose_dilation(plan, seconds, real, 1.0, safety=3.0, min_step=0.0) == pytest.approx(
+        42)
+    assert choose_dilation(plan, seconds, real, 1e-3, safety=3.0, min_step=1.0) == pytest.approx(
+        1000)
 
 
 def test_an_emulated_two_device_step_takes_the_simulated_time(ray_session):
