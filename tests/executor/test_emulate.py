@@ -98,3 +98,35 @@ def test_an_emulated_two_device_step_takes_the_simulated_time(ray_session):
     measured = min(r.emulated_seconds for r in results[1:])
     assert measured == pytest.approx(predicted, rel=0.15)
     assert all(r.step_seconds >= 0.8 * predicted * dilation for r in results)
+
+
+def test_train_emulate_reports_emulated_seconds_beside_the_plan_prediction(ray_session,
+                                                                          tmp_path, capsys):
+    """`modelcut train --emulate`: measured.step_time is in the cluster's seconds, within 15%
+    of predicted.step_time (simulate_plan on the executor's plan, rebuilt here from the
+    written placement), with the dilation reported; --executor local refuses it (exit 2)."""
+    import json
+    from pathlib import Path
+
+    from modelcut.cli import main
+    from modelcut.config import load_config
+    config = Path(__file__).resolve().parents[2] / "configs" / "mlp.yaml"
+    out = tmp_path / "emulated"
+    assert main(["train", str(config), "--emulate", "--steps", "4", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    measured, predicted = report["measured"], report["predicted"]
+    assert measured["emulated"] and measured["dilation"] > 1.0
+    assert measured["step_time"] == pytest.approx(predicted["step_time"], rel=0.15)
+    assert measured["bytes_per_step"] == predicted["step_volume"]
+    family, kwargs = load_config(config).model_kwargs()
+    graph = BUILDERS[family](**kwargs)
+    device = json.loads((out / "placement.json").read_text())     # node -> device name
+    cluster = uniform(2, flops=1e12, bandwidth=25e9, latency=10e-6)  # the config's cluster
+    plan = build_plan(graph, np.array([int(device[n.name][3:]) for n in graph.nodes]), 2,
+                      micro_batches=1, schedule=report["training"]["schedule"])
+    assert predicted["step_time"] == pytest.approx(simulate_plan(plan, cluster,
+                                                                 "adam").step_time, rel=1e-9)
+    capsys.readouterr()
+    assert main(["train", str(config), "--emulate", "--executor", "local", "--out",
+                 str(tmp_path / "local")]) == 2
+    assert "--emulate" in capsys.readouterr().err
