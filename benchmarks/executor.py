@@ -1,8 +1,7 @@
 """Ray executor benchmarks: (a) overhead over the local executor, (b) pipeline speedup.
 
-(a) Step time of the Ray executor (pipes path, the default on one node, and compiled-graph
-    path, each with the cost model's calls and with the fewest calls, and the plain-call path)
-    over the LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at
+(a) Step time of the Ray executor (pipes path, the default on one node, and the plain-call
+    path, one actor call per block) over the LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at
     k = 2 and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement.
     Target: Ray/local <= 1.5 on mlp.
 (b) Throughput of a compute-heavy 2-stage MLP (width 2048, float32) with m = 8 and 1F1B, one
@@ -17,8 +16,7 @@
 
 Each Ray executor is compared with local executors stepped in turn with it (round robin), so
 slow phases of a shared machine hit both alike; figures are medians. Only one Ray executor is
-alive at a time (a phase each): idle compiled-graph actors poll their channels and would take
-CPU from the others. BLAS in this process is limited to one thread (set before numpy is
+alive at a time (a phase each): idle actors of one executor would take CPU from the others. BLAS in this process is limited to one thread (set before numpy is
 imported), as in the actors.
 
 Run from the repository root: `python benchmarks/executor.py [--quick]`.
@@ -45,7 +43,6 @@ from autodiff.models import BUILDERS, make_data  # noqa: E402
 from executor.local import LocalExecutor  # noqa: E402
 from executor.plan import build_plan  # noqa: E402
 from executor.ray_executor import RayExecutor  # noqa: E402
-from executor.ray_routes import plan_routes  # noqa: E402
 from executor.ray_runtime import start_ray, stop_ray  # noqa: E402
 from modelcut.config import load_config  # noqa: E402
 from partition.api import partition  # noqa: E402
@@ -107,8 +104,8 @@ def round_robin(executors: dict, data, warmup: int, steps: int) -> dict[str, dic
 
 def phases(executors: dict, ray_names: list[str], data, warmup: int, steps: int) -> dict:
     """One round robin per Ray executor, each with the local executors beside it; the Ray
-    executors wait until their phase to start and stop at its end, since an idle compiled
-    graph's actors poll their channels and take CPU from whatever runs. Figures of a local
+    executors wait until their phase to start and stop at its end, since idle actors (a
+    pipes actor polls its pipe before it blocks) take CPU from whatever runs. Figures of a local
     executor are keyed `name@ray name`."""
     out: dict[str, dict] = {}
     local = {name: ex for name, ex in executors.items() if name not in ray_names}
@@ -142,21 +139,15 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
     placement = pipeline_placement(micro, k)
     plan = build_plan(micro, placement, k, micro_batches=m, schedule="1f1b")
     optimizer = {"name": "adam", "lr": 1e-3}
-    routes = {"pipes": plan_routes(plan), "pipes fewest": plan_routes(plan, merge="all"),
-              "compiled": plan_routes(plan), "fewest": plan_routes(plan, merge="all"),
-              "plain": plan_routes(plan)}
-    modes = {"pipes": "pipes", "pipes fewest": "pipes", "plain": "plain"}
+    modes = ("pipes", "plain")
     executors = {"local": LocalExecutor(micro, placement, k, optimizer, plan=plan)}
-    for name, r in routes.items():
-        executors[name] = functools.partial(RayExecutor, micro, placement, k, optimizer,
-                                            plan=plan, routes=r,
-                                            mode=modes.get(name, "compiled"))
-    f = phases(executors, list(routes), make_data(full, family, 0), warmup, steps)
+    for mode in modes:
+        executors[mode] = functools.partial(RayExecutor, micro, placement, k, optimizer,
+                                            plan=plan, mode=mode)
+    f = phases(executors, list(modes), make_data(full, family, 0), warmup, steps)
     used = len(set(np.asarray(placement.assignment).tolist()))
-    return {"config": config_name, "k": k, "used": used,
-            "calls": {name: len(r.calls) for name, r in routes.items()},
-            "unmerged": len(plan_routes(plan, merge="none").calls),
-            **{name: f[name]["seconds"] / f[f"local@{name}"]["seconds"] for name in routes},
+    return {"config": config_name, "k": k, "used": used, "blocks": len(plan.order),
+            **{mode: f[mode]["seconds"] / f[f"local@{mode}"]["seconds"] for mode in modes},
             "local": f["local@pipes"]["seconds"], "ms": f["pipes"]["seconds"]}
 
 
@@ -241,21 +232,17 @@ def report_overhead(warmup: int, steps: int) -> None:
     """Print table (a)."""
     print("(a) overhead: median step time, m = 4, 1F1B, pipeline_dp placement")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'config':16} {'k':>2} {'used':>4} {'calls':>8} {'local ms':>9} {'pipes ms':>9} "
-          f"{'pipes/local':>12} {'pipes fewest':>13} {'compiled':>9} {'fewest':>7} "
-          f"{'plain':>6}")
+    print(f"{'config':16} {'k':>2} {'used':>4} {'blocks':>6} {'local ms':>9} {'pipes ms':>9} "
+          f"{'pipes/local':>12} {'plain/local':>12}")
     for config_name in ("mlp.yaml", "gpt-small.yaml"):
         for k in (2, 4):
             r = overhead(config_name, k, 4, warmup, steps)
-            calls = f"{r['unmerged']}/{r['calls']['pipes']}/{r['calls']['fewest']}"
-            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {calls:>8} "
+            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {r['blocks']:>6} "
                   f"{1e3 * r['local']:>9.2f} {1e3 * r['ms']:>9.2f} {r['pipes']:>12.2f} "
-                  f"{r['pipes fewest']:>13.2f} {r['compiled']:>9.2f} {r['fewest']:>7.2f} "
-                  f"{r['plain']:>6.2f}", flush=True)
-    print("target: Ray/local <= 1.5 on mlp (pipes: the default path on one node; compiled "
-          "graphs and plain calls beside it); used: devices holding nodes; calls per step: "
-          "unmerged/cost-model merge/fewest; each ratio against the local executor stepped in "
-          "turn with it")
+                  f"{r['plain']:>12.2f}", flush=True)
+    print("target: Ray/local <= 1.5 on mlp (pipes: the default path on one node; plain calls, "
+          "one per block, beside it); used: devices holding nodes; blocks: actor calls per step "
+          "on the plain path; each ratio against the local executor stepped in turn with it")
     print(f"load average {os.getloadavg()[0]:.1f}")
     print()
 

@@ -1,9 +1,10 @@
-"""One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
+"""One device inside a Ray actor: a DeviceWorker plus its transport and measurements.
 
 The Ray executor (executor/ray_executor.py) creates one DeviceActor per device and drives it
-by one of three paths: `run` as a plain actor call or a compiled-graph node, one call of the
-routes each; or `serve`, one long call that runs every step's calls over named pipes
-(executor/ray_pipes.py).
+by one of two paths: `serve`, one long call per executor that runs each step's blocks in
+program order over named pipes (executor/ray_pipes.py); or `run`, one plain actor call per
+block in the plan's global order, its received tensors the returns of the sending blocks'
+calls.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 from executor.errors import ExecutorError
 from executor.optim import Optimizer
 from executor.program import Program
-from executor.ray_runtime import patient_channel_reads, skip_torch_in_channels
+from executor.transport import CallTransport
 from executor.worker import DeviceWorker
 
 
@@ -39,18 +40,17 @@ def pin_to_cpu(device: int) -> int | None:
 
 
 class DeviceActor:
-    """One device inside a Ray actor: a DeviceWorker plus packet routing and measurements.
+    """One device inside a Ray actor: a DeviceWorker, its transport and measurements.
 
-    `run(blocks, head, *packets)` runs these consecutive blocks of the program (one call of
-    Routes), each with the tensors the packets hold for it; `head` is the step input for
-    block 0 (step number, this device's feeds, whether to return gradients) and is otherwise
-    ignored. It returns the call's packets, then after the device's last block its step
-    report (losses, bytes sent per target, timings, memory, gradients if asked); a call with
-    neither returns None (a token for the compiled graph)."""
+    `run(index, head, *sources)` runs block `index` as one plain call: `head` is the step
+    input for block 0 (step number, this device's feeds, whether to return gradients, the
+    emulation's padding: `_begin`) and is otherwise ignored; `sources` are the returns of the calls whose blocks send to this one
+    (dicts TransferKey -> array). It returns its own sends as such a dict, and after the
+    device's last block also the step report (losses, bytes sent per target, timings,
+    memory, gradients if asked)."""
 
-    def __init__(self, program: Program, k: int, positions: Mapping[tuple, Mapping],
-                 optimizer: Optimizer, seed: int, params: Mapping | None, compiled: bool,
-                 defer_weight_grads: bool = False, pin: bool = False):
+    def __init__(self, program: Program, k: int, optimizer: Optimizer, seed: int,
+                 params: Mapping | None, defer_weight_grads: bool = False, pin: bool = False):
         import ray
 
         # A restarted actor has lost its state: calls still queued for the dead one must fail.
@@ -62,21 +62,26 @@ class DeviceActor:
         if pin:
             pin_to_cpu(program.device)
         self.k = k
-        self.positions = {blocks: dict(v) for blocks, v in positions.items()}
         self.last = len(program.blocks) - 1
-        # On the compiled path tensors arrive in channel buffers that the next step reuses.
-        self.copy_received = compiled
-        if compiled:
-            skip_torch_in_channels()
-            patient_channel_reads()
-        self._reset(False)
+        self._begin(None, False)
 
-    def _reset(self, return_grads: bool) -> None:
+    def _begin(self, head, return_grads: bool) -> None:
+        """Start a step: `head` is (step, feeds, return_grads, emulated), None before the
+        first; `emulated`: None, or this device's padded step seconds and the common t0 of
+        an emulated step (executor/emulate.py)."""
+        if head is not None:
+            step, feeds, return_grads, emulated = head
+            self.worker.begin_step(step, feeds)
+            self.worker.clock = None
+            if emulated is not None:
+                from executor.emulate import VirtualClock
+                seconds, t0 = emulated
+                self.worker.clock = VirtualClock(seconds, self.k)
+                self.worker.clock.start(t0)
         self.return_grads = return_grads
         self.sent = np.zeros(self.k, dtype=np.int64)
         self.busy = 0.0
-        self.copy_seconds = 0.0
-        self.first_start: float | None = None
+        self.first_start = time.perf_counter()
 
     def check_alive(self) -> None:
         """Raise ActorRestartedError in an actor Ray restarted after a crash."""
@@ -96,50 +101,31 @@ class DeviceActor:
             node = None
         return os.getpid(), node
 
-    def run(self, blocks: tuple[int, ...], head, *packets):
-        out, report = self._call(blocks, head, packets)
-        if report is not None:
-            out.append(report)
-        elif not out:
-            return None                          # a token: this call sends nothing
-        return tuple(out) if len(out) > 1 else out[0]
-
-    def _call(self, blocks: tuple[int, ...], head, packets) -> tuple[list[dict], dict | None]:
-        """Run one call: its packets by position, and the step report after the last block."""
+    def run(self, index: int, head, *sources):
+        """The plain path: block `index` as one call (class docstring)."""
         self.check_alive()
+        if index == 0:
+            self._begin(head, head[2])
         start = time.perf_counter()
-        worker = self.worker
-        if blocks[0] == 0:
-            step, feeds, return_grads = head
-            self._reset(return_grads)
-            self.first_start = start
-            worker.begin_step(step, feeds)
-        received: dict[int, dict[str, np.ndarray]] = {}     # receiving block -> tensors
-        for packet in packets:
-            for (j, name), value in packet.items():
-                received.setdefault(j, {})[name] = (np.array(value, copy=True)
-                                                    if self.copy_received else value)
-        self.copy_seconds += time.perf_counter() - start
-        positions = self.positions[blocks]
-        out: list[dict[tuple[int, str], np.ndarray]] = [
-            {} for _ in set(pos for pos, _ in positions.values())]
-        for index in blocks:
-            for name, target, value in worker.run_block(index, received.pop(index, {})):
-                pos, j = positions[(index, name, target)]
-                out[pos][(j, name)] = value
-                self.sent[target] += value.nbytes
+        received = {}
+        for packet in sources:
+            received.update(packet)
+        transport = CallTransport(received, self.k)
+        self.worker.run(index, transport)
+        self.sent += transport.sent_bytes
         end = time.perf_counter()
         self.busy += end - start
-        return out, (self._report(end) if blocks[-1] == self.last else None)
+        if index == self.last:
+            return transport.sent, self._report(end)
+        return transport.sent
 
-    def serve(self, reads: Mapping, writes: Mapping, calls: list, spin: float = 0.0) -> None:
+    def serve(self, reads: Mapping, writes: Mapping, spin: float = 0.0) -> None:
         """The pipes path (executor/ray_pipes.py): until the driver says stop, read a command
-        from the driver: ("step", head): run this device's `calls` in order, each as (blocks,
-        incoming (source device, tag) per packet, outgoing (target device, tag) per packet),
-        and write the step report (or the error that ended the step) back; ("state", None):
-        write back `state_dict()` (checkpoints cost a pipe hop, not a Ray call). `spin`:
-        seconds a packet receive polls before blocking (Endpoint.receive)."""
-        from executor.ray_pipes import Endpoint, PipeClosed
+        from the driver: ("step", head): run this device's blocks in program order over a
+        PipeTransport and write the step report (or the error that ended the step) back;
+        ("state", None): write back `state_dict()` (checkpoints cost a pipe hop, not a Ray
+        call). `spin`: seconds a receive polls before blocking (Endpoint.receive)."""
+        from executor.ray_pipes import Endpoint, PipeClosed, PipeTransport
         pipes = Endpoint(reads, writes)
         try:
             while True:
@@ -151,13 +137,7 @@ class DeviceActor:
                     pipes.send("driver", "state", self.state_dict())
                     continue
                 try:
-                    for blocks, incoming, outgoing in calls:
-                        packets = [pipes.receive(src, tag, spin=spin) for src, tag in incoming]
-                        out, report = self._call(blocks, head, packets)
-                        for (dst, tag), packet in zip(outgoing, out):
-                            pipes.send(dst, tag, packet)
-                    pipes.flush()
-                    pipes.send("driver", "report", report)
+                    pipes.send("driver", "report", self._serve_step(pipes, head, spin))
                 except Exception as e:
                     pipes.send("driver", "report", {"error": e})
                     pipes.flush()
@@ -165,15 +145,31 @@ class DeviceActor:
         finally:
             pipes.close()
 
+    def _serve_step(self, pipes, head, spin: float) -> dict:
+        """One step on the pipes: every block in program order; the report."""
+        from executor.ray_pipes import PipeTransport
+        self.check_alive()
+        self._begin(head, head[2])
+        transport = PipeTransport(pipes, self.k, spin)
+        for index in range(self.last + 1):
+            self.worker.run(index, transport)
+        pipes.flush()
+        end = time.perf_counter()
+        self.sent = transport.sent_bytes
+        self.busy = end - self.first_start - transport.wait_seconds
+        return self._report(end)
+
     def sees(self, path: str) -> bool:
         """Whether this actor's machine has `path` (the driver's pipe directory)."""
         return os.path.isdir(path)
 
     def _report(self, end: float) -> dict:
-        span = end - (self.first_start if self.first_start is not None else end)
-        return {**self.worker.report(grads=self.return_grads), "sent": self.sent.copy(),
-                "busy_seconds": self.busy, "copy_seconds": self.copy_seconds,
-                "wait_seconds": max(span - self.busy, 0.0), "nonfinite": self._nonfinite(),
+        span = end - self.first_start
+        worker = self.worker.report(grads=self.return_grads)
+        busy = self.busy if self.busy < span else span
+        return {**worker, "sent": self.sent.copy(), "busy_seconds": busy,
+                "copy_seconds": 0.0, "wait_seconds": max(span - busy, 0.0),
+                "nonfinite": self._nonfinite(),
                 "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
     def _nonfinite(self) -> list[str]:

@@ -1,61 +1,27 @@
 """The Ray executor: one Ray actor per device running the same Programs as the LocalExecutor.
 
-Each actor wraps a `DeviceWorker` (executor/worker.py). A step is the plan's blocks run as
-actor calls submitted in the plan's global topological order (`Plan.order`), so a
-synchronous actor never waits on an argument that a call queued behind it would produce.
-Consecutive blocks of a device form one call (`plan_routes`: runs with no transfer inside,
-then merged where a cost model says fewer calls make a shorter step). What one call sends to
-one receiving call travels as one packet (a dict (receiving block, name) -> array): a
-return value of the sending call passed as an argument to the receiving call, actor to
-actor; the driver never fetches a tensor. (On the plain path Ray keeps returns under 100 KiB
-with their owner, the driver, and inlines them into the receiving call; larger ones go
-through the shared-memory object store.)
+Each actor wraps a `DeviceWorker` (executor/worker.py), which calls a transport
+(executor/transport.py) at each Send and Recv step. Two paths move the tensors:
 
-Three paths run the same calls:
+- pipes (one node, the default there): each actor runs one long `serve` call that takes a
+  step's command from the driver and runs its own blocks in program order over named pipes
+  (executor/ray_pipes.py): a Send writes its tensor to the target's pipe at once, a Recv
+  reads the message with its TransferKey from the source's pipe (a hop costs ~30 us instead
+  of Ray's ~0.3-1 ms); an actor polls its pipe for `spin` seconds before it blocks, since
+  waking a blocked process costs its writer ~0.1 ms on a virtual machine; the driver sends
+  the step's commands first to the actors whose first block waits for a tensor; Ray still
+  places, restarts and kills the actors, and a dead actor ends its serve call, which the
+  driver sees while it waits;
+- plain (across nodes): one actor call per block, submitted in the plan's global order
+  (`Plan.order`, so a synchronous actor never waits on an argument that a call queued behind
+  it would produce); each call returns its sends as a dict TransferKey -> array and takes the
+  returns of the blocks that send to it as ObjectRefs, actor to actor (Ray inlines returns
+  under 100 KiB; larger ones go through the shared-memory object store, arriving
+  read-only).
 
-- pipes (fastest, one node): each actor runs one long `serve` call that takes a step's
-  head from the driver and exchanges its packets with the other actors through named pipes
-  (executor/ray_pipes.py): a hop costs ~30 us instead of Ray's ~0.3-1 ms; an actor polls
-  its pipe for `spin` seconds (yielding its CPU) before it blocks, since waking a blocked
-  process costs its writer ~0.1 ms on a virtual machine; the driver sends the step's
-  commands first to the actors that will wait for packets; Ray still places, restarts and
-  kills the actors, and a dead actor ends its serve call, which the driver sees while it
-  waits;
-- compiled: the step is one Ray Compiled Graph (`ray.dag`, `experimental_compile`)
-  bound in the global order (which fixes each actor's order); a call that sends nothing
-  returns a token read by the device's next call (a compiled graph has no leaf nodes), and
-  each device's last call returns its step report; channel reads in the driver and the
-  actors sleep while they wait instead of spinning (`ray_runtime.patient_channel_reads`);
-- plain: one actor call per call of the routes, its returns as ObjectRefs.
-
-`mode="auto"` takes the pipes when Ray has one live node, else compiles and falls back to
-plain calls when compiling fails; "pipes", "compiled" and "plain" force a path. Arrays
-arrive read-only on the Ray paths (and, compiled, in buffers that the next step overwrites),
-so received tensors are copied there before they are kept; from a pipe they arrive fresh.
-
-Faults: actors are created with `max_restarts` > 0, but Ray's transparent retries lose the
-call order, so the executor does not rely on them. When a step fails with a dead actor
-(RayActorError, a closed compiled-graph channel, a lost object, a serve call that ended),
-every actor is killed and recreated from the last checkpoint the driver holds (params,
-optimizer and persistent state, taken every `checkpoint_every` steps; before the first one,
-the initial parameters), the steps since that checkpoint are replayed from their recorded
-feeds (random ops draw from (seed, step, micro-batch)), their losses are checked against the
-ones already reported, and the step is run again. Nothing is silently lost: a replay that
-differs raises ExecutorError. A failure while restoring (another actor dying while the new
-ones load the checkpoint or replay) counts as one more recovery of the same step, up to
-`max_recoveries`, after which RecoveryError names the last fault.
-
-Hangs: with `step_timeout`, a step (or a restore, or a checkpoint) that takes longer raises
-StepTimeoutError inside the executor, which is a fault like a dead actor: every actor on the
-driver's node is killed with SIGKILL (a stopped process answers no Ray call) and the step is
-recovered as above. The pipes path notices within a second past the timeout.
-
-NaN: each device reports the parameters whose gradient is not finite; a step whose loss or
-gradients hold a NaN or an infinity is rolled back (restore and replay, as for a fault) so the
-actors hold the parameters from before it; then `on_nan="stop"` raises NonFiniteError (the
-step counter stays at that step, so a checkpoint taken now is the last good state) and
-"skip" drops the step's update and goes on (a later replay skips it too). Replayed losses are
-compared bit for bit, NaN equal to NaN.
+`mode="auto"` takes the pipes when Ray has one live node whose actors see the driver's pipe
+directory, else plain calls; "pipes" and "plain" force a path. Faults, NaN and checkpoints:
+executor/ray_recovery.py.
 """
 from __future__ import annotations
 
@@ -70,24 +36,23 @@ from typing import Callable, Mapping
 import numpy as np
 
 from autodiff.ir import Graph
-from executor import checkpoint as checkpoints
-from executor.errors import (ExecutorError, NonFiniteError, RecoveryError,
-                             StepTimeoutError)
-from executor.local import StepResult, split_feeds, summarize_step
+from executor.errors import ExecutorError, StepTimeoutError
+from executor.local import StepResult, summarize_step
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
-from executor.program import Plan
+from executor.program import Plan, transfer_key
 from executor.ray_actor import ActorRestartedError, DeviceActor  # noqa: F401 (re-exported)
-from executor.ray_routes import Call, Routes, plan_routes
-from executor.ray_runtime import (patient_channel_reads, skip_torch_in_channels, start_ray,
-                                  worker_env)
+from executor.ray_recovery import Recovery
+from executor.ray_runtime import start_ray, worker_env
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "pipes", "compiled", "plain")
+MODES = ("auto", "pipes", "plain")
 ON_NAN = ("stop", "skip", None)
+EMULATION_MARGIN = 0.02            # s: an emulated step's t0 after the driver's now
 START_TIMEOUT = 120.0               # s: creating actors can take long on a busy machine
-SKIPPED = "skipped"                 # a replay entry's losses when on_nan="skip" dropped the step
+
+
 # ---------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
@@ -107,6 +72,8 @@ class RayStepResult(StepResult):
     step_seconds: float
     mode: str
     recoveries: int
+    emulated_seconds: float | None = None
+    dilation: float | None = None
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "busy_seconds": self.busy_seconds.tolist(),
@@ -115,41 +82,40 @@ class RayStepResult(StepResult):
                 "wait_seconds": self.wait_seconds.tolist(),
                 "peak_value_bytes": self.peak_value_bytes.tolist(),
                 "rss_bytes": self.rss_bytes.tolist(), "step_seconds": self.step_seconds,
-                "mode": self.mode, "recoveries": self.recoveries}
+                "mode": self.mode, "recoveries": self.recoveries,
+                "emulated_seconds": self.emulated_seconds, "dilation": self.dilation}
 
 
 def _fault_types() -> tuple[type, ...]:
     from ray import exceptions as rx
-    return (rx.RayActorError, rx.RayChannelError, rx.ObjectLostError, ActorRestartedError,
-            StepTimeoutError)
+    return (rx.RayActorError, rx.ObjectLostError, ActorRestartedError, StepTimeoutError)
 
 
 def _timeout_types() -> tuple[type, ...]:
     from ray import exceptions as rx
-    return tuple(t for t in (getattr(rx, "GetTimeoutError", None),
-                             getattr(rx, "RayChannelTimeoutError", None)) if t is not None)
+    return (rx.GetTimeoutError,)
 
 
 # ---------------------------------------------------------------- the executor
-class RayExecutor:
+class RayExecutor(Recovery):
     """Trains `forward_graph` placed on k devices, one Ray actor per device.
 
     Arguments as LocalExecutor (placement, k, optimizer, micro_batches, schedule, seed,
-    params, plan, loss_reduction), plus: `mode` auto | pipes | compiled | plain; per-actor
-    `num_cpus` and `num_gpus` (default 0 CPUs, so k actors fit on a small machine);
-    `blas_threads` BLAS threads per actor (None: Ray's default); `checkpoint_every` steps
-    between the driver's checkpoints (None: no checkpoints and no recovery; faults raise);
-    `checkpoint_dir` also writes them to disk; `max_restarts` given to the actors;
-    `max_recoveries` per step; `max_inflight_executions` of the compiled graph; `routes`:
-    prebuilt actor calls of the plan (default `plan_routes(plan)`); `defer_weight_grads` as
-    LocalExecutor; `pin_cpus`: keep each actor on one CPU of its machine
-    (executor/ray_actor.pin_to_cpu; None: on the pipes path, where all actors share the
-    driver's machine); `spin`: seconds a pipes actor polls for a packet before blocking,
-    yielding its CPU to any process that wants it (None: `ray_pipes.default_spin`; 0: block
-    at once); `step_timeout`: seconds a step, restore or checkpoint may take before the actors
-    count as hung and are replaced (None: wait forever); `on_nan`: "stop" | "skip" | None
-    (train on) when a loss or gradient is not finite (module docstring).
-    Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
+    params, plan, loss_reduction), plus: `mode` auto | pipes | plain (module docstring);
+    per-actor `num_cpus` and `num_gpus` (default 0 CPUs, so k actors fit on a small
+    machine); `blas_threads` BLAS threads per actor (None: Ray's default);
+    `checkpoint_every` steps between the driver's checkpoints (None: no checkpoints and no
+    recovery; faults raise); `checkpoint_dir` also writes them to disk; `max_restarts` given
+    to the actors; `max_recoveries` per step; `defer_weight_grads` as LocalExecutor;
+    `pin_cpus`: keep each actor on one CPU of its machine (executor/ray_actor.pin_to_cpu;
+    None: on the pipes path, where all actors share the driver's machine); `spin`: seconds a
+    pipes actor polls for a tensor before blocking (None: `ray_pipes.default_spin`; 0: block
+    at once); `step_timeout`: seconds a step, restore or checkpoint may take before the
+    actors count as hung and are replaced (None: wait forever); `on_nan`: "stop" | "skip" |
+    None (train on) when a loss or gradient is not finite (executor/ray_recovery.py);
+    `emulate`: a Cluster whose devices the actors emulate, every step padded to its model
+    time times a dilation chosen at the first step (executor/emulate.py; each result's
+    `emulated_seconds` is the step in the cluster's seconds). Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,
@@ -157,31 +123,14 @@ class RayExecutor:
                  mode: str = "auto", num_cpus: float = 0, num_gpus: float = 0,
                  blas_threads: int | None = 1, checkpoint_every: int | None = 10,
                  checkpoint_dir: str | Path | None = None, max_restarts: int = 1,
-                 max_recoveries: int = 3, max_inflight_executions: int = 2,
-                 loss_reduction: str = "mean", routes: Routes | None = None,
+                 max_recoveries: int = 3, loss_reduction: str = "mean",
                  defer_weight_grads: bool = False, pin_cpus: bool | None = None,
                  spin: float | None = None, step_timeout: float | None = None,
-                 on_nan: str | None = "stop"):
-        if mode not in MODES:
-            raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
-                                             or checkpoint_every < 1):
-            raise ExecutorError(f"checkpoint_every: expected a positive integer or None, got "
-                                f"{checkpoint_every!r}")
-        if loss_reduction not in ("mean", "sum"):
-            raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got "
-                                f"{loss_reduction!r}")
-        if max_restarts < 1:
-            raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
-        if not isinstance(max_recoveries, int) or max_recoveries < 0:
-            raise ExecutorError(f"max_recoveries: expected a non-negative integer, got "
-                                f"{max_recoveries!r}")
-        if step_timeout is not None and not (isinstance(step_timeout, (int, float))
-                                             and 0 < step_timeout < float("inf")):
-            raise ExecutorError(f"step_timeout: expected positive seconds or None, got "
-                                f"{step_timeout!r}")
-        if on_nan not in ON_NAN:
-            raise ExecutorError(f"on_nan: expected 'stop', 'skip' or None, got {on_nan!r}")
+                 on_nan: str | None = "stop", emulate=None):
+        check_arguments(mode=mode, checkpoint_every=checkpoint_every,
+                        loss_reduction=loss_reduction, max_restarts=max_restarts,
+                        max_recoveries=max_recoveries, step_timeout=step_timeout,
+                        on_nan=on_nan, spin=spin)
         import ray
 
         start_ray()
@@ -199,28 +148,21 @@ class RayExecutor:
             loss_scale=1.0 if loss_reduction == "sum" else None)
         self.k = self.plan.k
         self.micro_batches = self.plan.micro_batches
-        self.routes = routes if routes is not None else plan_routes(self.plan)
         self.requested_mode = mode
         self.mode = mode
         self.checkpoint_every = checkpoint_every
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.max_recoveries = max_recoveries
-        self.max_inflight_executions = max_inflight_executions
         self.defer_weight_grads = bool(defer_weight_grads)
         self.pin_cpus = pin_cpus
-        if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
-            raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
         self.spin = spin
+        self.emulate = _emulated_cluster(emulate, self.k)
+        self.emulation = None                     # executor.emulate.Emulation, at step 0
+        self._emulated_seconds: float | None = None
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
+        self._sources = block_sources(self.plan)
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
-        # The initial parameters each device starts from (None: materialized on the actor).
-        missing = [p.name for p in forward_graph.params if params is not None
-                   and p.name not in params]
-        if missing:
-            raise ExecutorError(f"params: no initial value for parameter {missing[0]!r}")
-        self._initial = None if params is None else [ray.put(
-            {p: np.asarray(params[p]) for p in prog.params if p in params})
-            for prog in self.plan.programs]
+        self._initial = self._initial_params(forward_graph, params)
         self._checkpoint: dict | None = None      # None: the initial state at step 0
         self._replay: list[tuple[int, list, tuple[float, ...] | None]] = []
         self._needs_replay = False
@@ -230,13 +172,23 @@ class RayExecutor:
         self.recoveries = 0
         self.step_count = 0
         self.actors: list = []
-        self._compiled = None
         self._pipes = None                        # the driver's Endpoint on the pipes path
         self._remove_pipes = None                 # removes their directory (once)
         self._serving: list = []                  # the actors' serve calls (pipes path)
         self._start()
 
-    # ------------------------------------------------------------ actors and the graph
+    def _initial_params(self, forward_graph: Graph, params) -> list | None:
+        """Each device's initial parameters in the object store (None: materialized on the
+        actors from the seed)."""
+        if params is None:
+            return None
+        missing = [p.name for p in forward_graph.params if p.name not in params]
+        if missing:
+            raise ExecutorError(f"params: no initial value for parameter {missing[0]!r}")
+        return [self._ray.put({p: np.asarray(params[p]) for p in prog.params if p in params})
+                for prog in self.plan.programs]
+
+    # ------------------------------------------------------------ actors and transports
     def _options(self, num_cpus, num_gpus, blas_threads, max_restarts) -> dict:
         env = worker_env(blas_threads)
         return dict(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
@@ -245,48 +197,34 @@ class RayExecutor:
     def _start(self, pipes_allowed: bool = True) -> None:
         """Create one actor per device (from the checkpoint when there is one) and start the
         step path: pipes when asked, or with "auto" when Ray runs on one node whose actors see
-        the driver's pipes; otherwise the compiled graph, falling back to plain calls (module
-        docstring)."""
+        the driver's pipes; otherwise plain calls (module docstring)."""
         ray = self._ray
         pipes = self.requested_mode == "pipes" or (self.requested_mode == "auto"
                                                    and pipes_allowed and _one_node(ray))
-        compiled = self.requested_mode in ("auto", "compiled") and not pipes
-        self._spawn(pipes, compiled)
+        self._spawn(pipes)
         if self._checkpoint is not None:
             state = ray.put(self._checkpoint)
             self._get([a.load_state_dict.remote(state) for a in self.actors],
                       "loading the checkpoint", start=True)
+        self.mode = "plain"
         if pipes:
             try:
                 self._open_pipes()
             except ExecutorError as e:
                 if self.requested_mode == "pipes":
                     raise
-                log.warning("ray executor: %s; using compiled graphs", e)
+                log.warning("ray executor: %s; using plain actor calls", e)
                 self._stop()
                 return self._start(pipes_allowed=False)
             self.mode = "pipes"
-            return
-        self.mode = self.requested_mode
-        if self.mode != "plain":
-            try:
-                self._compiled = self._compile()
-                self.mode = "compiled"
-            except Exception as e:                   # Compiled Graphs are beta: fall back
-                if self.requested_mode == "compiled":
-                    raise
-                log.warning("ray executor: compiling the step graph failed (%s: %s); using "
-                            "plain actor calls", type(e).__name__, e)
-                self.mode = "plain"
 
-    def _spawn(self, pipes: bool, compiled: bool) -> None:
+    def _spawn(self, pipes: bool) -> None:
         """Create one actor per device (initial parameters) and note where each runs."""
         options = dict(self._actor_options, max_concurrency=2) if pipes else self._actor_options
         remote = self._ray.remote(DeviceActor).options(**options)
         initial = self._initial or [None] * self.k
-        self.actors = [remote.remote(prog, self.k, self.routes.positions(prog.device),
-                                     self.optimizer, self.seed, initial[prog.device], compiled,
-                                     self.defer_weight_grads,
+        self.actors = [remote.remote(prog, self.k, self.optimizer, self.seed,
+                                     initial[prog.device], self.defer_weight_grads,
                                      pipes if self.pin_cpus is None else self.pin_cpus)
                        for prog in self.plan.programs]
         # constructed without error; the pids let the driver kill a hung actor itself
@@ -334,13 +272,12 @@ class RayExecutor:
 
     def _open_pipes(self) -> None:
         """The pipes path: one pipe each way between the driver and every active actor and
-        one per (sender, receiver) pair of devices with packets; every actor starts serving."""
+        one per directed link that carries tensors; every actor starts serving."""
         from executor.ray_pipes import Endpoint, default_spin, make_pipe_dir, remove_pipe_dir
-        routes = self.routes
-        pairs = sorted({(src[0], dst[0]) for src in routes.calls
-                        for dst, _ in routes.packets[src]})
+        links = sorted({(d, s.target) for d in self._active
+                        for b in self.plan.programs[d].blocks for s in b.sends})
         names = ([f"to{d}" for d in self._active] + [f"from{d}" for d in self._active]
-                 + [f"{a}to{b}" for a, b in pairs])
+                 + [f"{a}to{b}" for a, b in links])
         root = make_pipe_dir(names)
         # also run when the executor is dropped without shutdown
         self._remove_pipes = weakref.finalize(self, remove_pipe_dir, root)
@@ -350,29 +287,18 @@ class RayExecutor:
             raise ExecutorError("pipes: some actors run on another machine than the driver")
         self._pipes = Endpoint({d: root / f"from{d}" for d in self._active},
                                {d: root / f"to{d}" for d in self._active})
-        # Commands go first to actors whose first call waits for packets: waking an actor
+        # Commands go first to actors whose first block waits for a tensor: waking an actor
         # that computes at once on the driver's CPU would hold up the other commands.
-        first = {}
-        for call in routes.calls:
-            first.setdefault(call[0], call)
-        self._command_order = sorted(self._active, key=lambda d: not routes.incoming[first[d]])
+        self._command_order = sorted(
+            self._active, key=lambda d: not self.plan.programs[d].blocks[0].receives)
+        spin = default_spin(len(self._active)) if self.spin is None else self.spin
         self._serving = []
         for d in self._active:
-            calls = []
-            for call in routes.calls:
-                if call[0] != d:
-                    continue
-                incoming = [(src[0], (src[0], src[1][0], pos))
-                            for src, pos in routes.incoming[call]]
-                outgoing = [(dst[0], (d, call[1][0], pos))
-                            for pos, (dst, _) in enumerate(routes.packets[call])]
-                calls.append((call[1], incoming, outgoing))
             reads = {"driver": str(root / f"to{d}"),
-                     **{a: str(root / f"{a}to{b}") for a, b in pairs if b == d}}
+                     **{a: str(root / f"{a}to{b}") for a, b in links if b == d}}
             writes = {"driver": str(root / f"from{d}"),
-                      **{b: str(root / f"{a}to{b}") for a, b in pairs if a == d}}
-            spin = default_spin(len(self._active)) if self.spin is None else self.spin
-            self._serving.append(self.actors[d].serve.remote(reads, writes, calls, spin))
+                      **{b: str(root / f"{a}to{b}") for a, b in links if a == d}}
+            self._serving.append(self.actors[d].serve.remote(reads, writes, spin))
 
     def _check_serving(self) -> None:
         """Raise the error of an actor whose serve call ended (it died, or its step failed)."""
@@ -381,44 +307,8 @@ class RayExecutor:
             self._ray.get(ready[0])
             raise ExecutorError("ray executor: a device actor stopped serving its pipes")
 
-    def _compile(self):
-        from ray.dag import InputNode, MultiOutputNode
-
-        skip_torch_in_channels()
-        patient_channel_reads()
-        packets, incoming = self.routes.packets, self.routes.incoming
-        outputs: dict[Call, list] = {}
-        token: dict[int, object] = {}            # a device's unread token
-        with InputNode() as step_input:
-            for call in self.routes.calls:
-                d, blocks = call
-                args = [outputs[src][pos] for src, pos in incoming[call]]
-                if blocks[0] == 0 or (d not in token and not args):   # needs an upstream node
-                    head = step_input[self._active.index(d)]
-                else:
-                    head = token.pop(d, None)
-                n = self._returns(call)
-                method = self.actors[d].run
-                node = (method.options(num_returns=n) if n > 1 else method).bind(blocks, head,
-                                                                                   *args)
-                outputs[call] = list(node) if n > 1 else [node]
-                if len(outputs[call]) > len(packets[call]):
-                    token[d] = outputs[call][-1]
-            dag = MultiOutputNode([token[d] for d in self._active])
-        return dag.experimental_compile(_max_inflight_executions=self.max_inflight_executions)
-
-    def _returns(self, call: Call) -> int:
-        """How many values a call returns: its packets, plus a token when it has no packet
-        (so the compiled graph has no leaf) or ends the device's step (the report)."""
-        d, blocks = call
-        packets = len(self.routes.packets[call])
-        last = blocks[-1] == len(self.plan.programs[d].blocks) - 1
-        return packets + (packets == 0 or last)
-
     def _stop(self) -> None:
-        """Stop the pipes or tear down the compiled graph, and kill every actor (no
-        restart)."""
-        ray = self._ray
+        """Stop the pipes and kill every actor (no restart)."""
         if self._pipes is not None:
             for d in self._active:
                 try:
@@ -429,15 +319,9 @@ class RayExecutor:
             self._pipes, self._serving = None, []
         if self._remove_pipes is not None:
             self._remove_pipes()
-        if self._compiled is not None:
-            try:
-                self._compiled.teardown(kill_actors=True)
-            except Exception as e:                   # a dead actor can make teardown fail
-                log.warning("ray executor: compiled graph teardown: %s: %s", type(e).__name__, e)
-            self._compiled = None
         for actor in self.actors:
             try:
-                ray.kill(actor, no_restart=True)
+                self._ray.kill(actor, no_restart=True)
             except Exception as e:
                 log.debug("ray executor: kill: %s", e)
         self.actors = []
@@ -459,11 +343,15 @@ class RayExecutor:
     # ------------------------------------------------------------ a step
     def _execute(self, step: int, per_mb: list[dict], return_grads: bool) -> list[dict]:
         """Run one step on the actors; the reports of the devices that have blocks."""
-        ray = self._ray
         m = self.micro_batches
+        t0 = self._emulation_start(per_mb)
         inputs = {d: (step, {(x, i): per_mb[i][x] for x in self.plan.programs[d].inputs
-                             for i in range(m)}, return_grads) for d in self._active}
-        if self._pipes is not None:
+                             for i in range(m)}, return_grads,
+                      None if t0 is None else (self.emulation.seconds[d], t0))
+                  for d in self._active}
+        if self._pipes is None:
+            reports = self._execute_plain(step, inputs)
+        else:
             for d in self._command_order:
                 self._pipes.send(d, "command", ("step", inputs[d]))
             alive = self._watch(f"step {step}")
@@ -471,90 +359,44 @@ class RayExecutor:
             for r in reports:
                 if "error" in r:
                     raise r["error"]
-            return reports
-        if self._compiled is not None:
-            refs = self._compiled.execute(*[inputs[d] for d in self._active])
-            try:
-                reports = ray.get(refs, timeout=-1 if self.step_timeout is None
-                                  else self.step_timeout)
-            except self._timeouts as e:
-                raise StepTimeoutError(f"step {step} took longer than the step timeout "
-                                       f"({self.step_timeout:g} s)") from e
-            return [_owned(r) for r in reports]
-        incoming = self.routes.incoming
-        refs: dict[Call, list] = {}
+        if t0 is not None:
+            self._emulated_seconds = ((time.time() - t0) / self.emulation.dilation
+                                      + self.emulation.step_overhead)
+        return reports
+
+    def _emulation_start(self, per_mb: list[dict]) -> float | None:
+        """The common t0 of an emulated step (None when not emulating): a margin after now
+        for the commands to reach the actors; the first call chooses the dilation."""
+        if self.emulate is None:
+            return None
+        if self.emulation is None:
+            from executor.emulate import make_emulation
+            self.emulation = make_emulation(self.plan, self.emulate, self.optimizer,
+                                            self.seed, per_mb)
+            log.info("ray executor: emulating the cluster with dilation %.4g",
+                     self.emulation.dilation)
+        calls = 0 if self._pipes is not None else len(self.plan.order)
+        return time.time() + EMULATION_MARGIN + calls * 5e-4
+
+    def _execute_plain(self, step: int, inputs: dict) -> list[dict]:
+        """The plain path: one call per block in the plan's global order, each taking the
+        returns of the blocks that send to it (module docstring)."""
+        refs: dict[tuple[int, int], object] = {}
         last: dict[int, object] = {}
-        for call in self.routes.calls:
-            d, blocks = call
-            args = [refs[src][pos] for src, pos in incoming[call]]
-            n = self._returns(call)
-            result = self.actors[d].run.options(num_returns=n).remote(
-                blocks, inputs[d] if blocks[0] == 0 else None, *args)
-            refs[call] = list(result) if n > 1 else [result]
-            last[d] = refs[call][-1]
+        for d, i in self.plan.order:
+            args = [refs[source] for source in self._sources[(d, i)]]
+            head = inputs[d] if i == 0 else None
+            if i == len(self.plan.programs[d].blocks) - 1:
+                refs[(d, i)], last[d] = self.actors[d].run.options(num_returns=2).remote(
+                    i, head, *args)
+            else:
+                refs[(d, i)] = self.actors[d].run.remote(i, head, *args)
         try:
             return [_owned(r) for r in self._get([last[d] for d in self._active],
                                                  f"step {step}")]
         except Exception:
-            self._failed = [ref for out in refs.values() for ref in out]
+            self._failed = list(refs.values()) + list(last.values())
             raise
-
-    def step(self, feeds: Mapping[str, np.ndarray], return_grads: bool = False) -> RayStepResult:
-        """One training step on full-batch `feeds` (as LocalExecutor.step), recovering from a
-        dead or hung actor by restoring the last checkpoint and replaying, and rolling back a
-        step whose loss or gradients are not finite (module docstring)."""
-        per_mb = split_feeds(self.graph, feeds, self.micro_batches)
-        step = self.step_count
-        if self.checkpoint_every is not None:
-            self._replay.append((step, per_mb, None))
-        try:
-            return self._step(step, per_mb, return_grads)
-        except NonFiniteError:                       # rolled back: the actors are consistent
-            raise
-        except BaseException:
-            # the step did not happen: forget it, and (the actors may be mid-step) have the
-            # next call restore them from the checkpoint first
-            if self.checkpoint_every is not None:
-                if self._replay and self._replay[-1][0] == step and self._replay[-1][2] is None:
-                    self._replay.pop()
-                self._needs_restore = True
-            raise
-
-    def _step(self, step: int, per_mb: list, return_grads: bool) -> RayStepResult:
-        recoveries = 0
-        due = (self.checkpoint_every is not None
-               and (step + 1) % self.checkpoint_every == 0)
-        while True:
-            try:
-                self._settle()
-                start = time.perf_counter()
-                reports = self._execute(step, per_mb, return_grads)
-                seconds = time.perf_counter() - start
-                bad = self._nonfinite(reports)
-                if bad and self.on_nan is not None:
-                    self._roll_back(step)
-                state = self._gather_state(step + 1) if due and not (
-                    bad and self.on_nan == "stop") else None
-                break
-            except Exception as e:
-                if self.checkpoint_every is None or not self._is_fault(e):
-                    raise
-                recoveries += 1
-                self._fault(e, recoveries, step)
-        result = self._result(step, reports, seconds, return_grads, recoveries)
-        if bad and self.on_nan == "stop":
-            if self.checkpoint_every is not None:
-                self._replay.pop()
-            raise NonFiniteError(f"step {step}: {bad}; training stopped"
-                                 + ("" if self.checkpoint_every is None else
-                                    f", the parameters are those from before step {step}"))
-        self.step_count = step + 1
-        if state is not None:
-            self._keep_checkpoint(state)
-        elif self.checkpoint_every is not None:
-            self._replay[-1] = (step, per_mb, SKIPPED if bad and self.on_nan == "skip"
-                                else result.losses)
-        return result
 
     def train(self, data: Callable[[int], Mapping[str, np.ndarray]], steps: int
               ) -> list[RayStepResult]:
@@ -581,161 +423,10 @@ class RayExecutor:
                              wait_seconds=column("wait_seconds"),
                              peak_value_bytes=column("peak_value_bytes", np.int64),
                              rss_bytes=column("rss_bytes", np.int64), step_seconds=seconds,
-                             mode=self.mode, recoveries=recoveries)
-
-    # ------------------------------------------------------------ faults
-    def _is_fault(self, error: BaseException) -> bool:
-        """Whether a failed step lost an actor: the error says so, or (a surviving actor can
-        fail first, on a block whose earlier blocks were cancelled) some actor is dead or
-        was restarted."""
-        faults = self._faults
-        if isinstance(error, faults) or isinstance(getattr(error, "cause", None), faults):
-            return True
-        if not self.actors:
-            return False
-        try:
-            self._ray.get([a.check_alive.remote() for a in self.actors],
-                          timeout=self.step_timeout or 60)
-        except Exception as probe:
-            return isinstance(probe, faults + self._timeouts) or isinstance(
-                getattr(probe, "cause", None), faults)
-        return False
-
-    def _fault(self, error: BaseException, attempt: int, step: int) -> None:
-        """Count a recovery of `step` (RecoveryError past max_recoveries) and have the next
-        attempt restore every device from the last checkpoint (module docstring)."""
-        if attempt > self.max_recoveries:
-            self._needs_restore = True           # the next call starts from the checkpoint
-            raise RecoveryError(f"step {step}: gave up after {self.max_recoveries} "
-                                f"recoveries (max_recoveries); the last fault: "
-                                f"{_one_line(error)}") from error
-        self.recoveries += 1
-        log.warning("ray executor: step %d failed (%s); restoring every device from the "
-                    "checkpoint before step %d and replaying %d step(s) (recovery %d of at "
-                    "most %d)", step, _one_line(error), self._replay[0][0],
-                    len(self._replay) - 1, attempt, self.max_recoveries)
-        self._needs_restore = True
-
-    def _settle(self) -> None:
-        """Restore the actors and replay the lost steps if a fault left that to do."""
-        if self._needs_restore:
-            self._restore_actors()
-        if self._needs_replay:
-            self._replay_lost_steps()
-
-    def _restore_actors(self) -> None:
-        """Kill every actor (SIGKILL on this node first, for a hung one) and recreate them from
-        the last checkpoint; the steps since then are replayed next."""
-        self._kill_local_actors()
-        self._stop()
-        self._discard_failed()
-        self._needs_replay = True
-        self._start()
-        self._needs_restore = False
-
-    def _roll_back(self, step: int) -> None:
-        """Bring the actors back to the state before `step` (whose update holds a NaN or an
-        infinity): restore the checkpoint and replay the steps before it."""
-        if self.checkpoint_every is None:
-            return
-        log.warning("ray executor: step %d is not finite; rolling every device back to the "
-                    "state before it", step)
-        self._stop()
-        self._needs_replay = True
-        self._start()
-        self._replay_lost_steps()
-
-    def _nonfinite(self, reports: list[dict]) -> str | None:
-        """What in a step's reports is NaN or infinite (None when everything is finite)."""
-        losses = [v for r in reports for v in r["losses"].values()]
-        grads = sorted(p for r in reports for p in r.get("nonfinite", ()))
-        parts = []
-        if not np.isfinite(np.asarray(losses, dtype=float)).all():
-            parts.append(f"the loss is {_first_nonfinite(losses)}")
-        if grads:
-            parts.append(f"the gradient of {grads[0]!r}"
-                         + (f" (and {len(grads) - 1} more)" if len(grads) > 1 else "")
-                         + " is not finite")
-        return " and ".join(parts) or None
-
-    def _discard_failed(self) -> None:
-        """Collect the outcomes of the failed step's calls (their actors are dead now), so Ray
-        does not report them as unhandled errors when they are dropped."""
-        failed, self._failed = self._failed, []
-        if not failed:
-            return
-        ready, _ = self._ray.wait(failed, num_returns=len(failed), timeout=10)
-        for ref in ready:
-            try:
-                self._ray.get(ref)
-            except Exception:
-                pass
-
-    def _replay_lost_steps(self) -> None:
-        """Re-run the steps between the checkpoint and the current one (skipping those that
-        on_nan="skip" dropped); their losses must be bit for bit the ones already reported."""
-        for step, per_mb, losses in self._replay[:-1]:
-            if losses == SKIPPED:
-                continue
-            reports = self._execute(step, per_mb, False)
-            again = self._result(step, reports, 0.0, False, 0).losses
-            if not _same_losses(again, losses):
-                raise ExecutorError(f"replay of step {step} after a fault gave losses {again}, "
-                                    f"but the step had reported {losses}")
-        self._needs_replay = False
-
-    # ------------------------------------------------------------ checkpoints
-    def _gather_state(self, step: int) -> dict:
-        merged: dict = {"params": {}, "optimizer": {}, "states": {}}
-        if self._pipes is not None:              # actors with blocks answer on their pipes
-            for d in self._active:
-                self._pipes.send(d, "command", ("state", None))
-            rest = self._get([a.state_dict.remote() for d, a in enumerate(self.actors)
-                              if d not in self._active], "a checkpoint")
-            alive = self._watch("a checkpoint")
-            parts = [self._pipes.receive(d, "state", alive) for d in self._active] + rest
-        else:
-            parts = self._get([a.state_dict.remote() for a in self.actors], "a checkpoint")
-        for part in parts:
-            for key in merged:
-                merged[key].update(part[key])
-        merged["step"] = step
-        merged["optimizer_config"] = self.optimizer.to_dict()
-        return merged
-
-    def _keep_checkpoint(self, state: dict) -> None:
-        self._checkpoint = state
-        self._replay = []
-        if self.checkpoint_dir is not None:
-            checkpoints.save(self.checkpoint_dir, state)
-
-    def state_dict(self) -> dict:
-        """Parameters, optimizer state, persistent state and the step counter (numpy arrays);
-        after a failed or interrupted step, the actors are restored first."""
-        if self.checkpoint_every is not None:
-            self._settle()
-        return self._gather_state(self.step_count)
-
-    def save_checkpoint(self) -> dict:
-        """Take a checkpoint now: the driver keeps it (and writes it to checkpoint_dir)."""
-        state = self.state_dict()
-        self._keep_checkpoint(state)
-        return state
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore a `state_dict()` (e.g. from executor.checkpoint.load); it becomes the
-        checkpoint a fault restores."""
-        config = state.get("optimizer_config")
-        if config is not None and config.get("name") != self.optimizer.name:
-            raise ExecutorError(f"checkpoint: optimizer {config.get('name')!r} does not match "
-                                f"this executor's {self.optimizer.name!r}")
-        shared = self._ray.put(dict(state))
-        self._ray.get([a.load_state_dict.remote(shared) for a in self.actors])
-        self.step_count = int(state.get("step", 0))
-        self._checkpoint = {"params": dict(state["params"]),
-                            "optimizer": dict(state.get("optimizer", {})),
-                            "states": dict(state.get("states", {})), "step": self.step_count}
-        self._replay = []
+                             mode=self.mode, recoveries=recoveries,
+                             emulated_seconds=self._emulated_seconds,
+                             dilation=None if self.emulation is None
+                             else self.emulation.dilation)
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -752,26 +443,65 @@ def _one_node(ray) -> bool:
     return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
-def _same_losses(a, b) -> bool:
-    """Bit-for-bit equal losses, a NaN equal to a NaN (NaN != NaN in Python)."""
-    return b is not None and np.array_equal(np.asarray(a, dtype=float),
-                                            np.asarray(b, dtype=float), equal_nan=True)
+def check_arguments(*, mode, checkpoint_every, loss_reduction, max_restarts, max_recoveries,
+                    step_timeout, on_nan, spin) -> None:
+    """ExecutorError naming the first RayExecutor argument out of its range."""
+    if mode not in MODES:
+        raise ExecutorError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ExecutorError(f"checkpoint_every: expected a positive integer or None, got "
+                            f"{checkpoint_every!r}")
+    if loss_reduction not in ("mean", "sum"):
+        raise ExecutorError(f"loss_reduction: expected 'mean' or 'sum', got "
+                            f"{loss_reduction!r}")
+    if max_restarts < 1:
+        raise ExecutorError(f"max_restarts: expected >= 1, got {max_restarts!r}")
+    if not isinstance(max_recoveries, int) or max_recoveries < 0:
+        raise ExecutorError(f"max_recoveries: expected a non-negative integer, got "
+                            f"{max_recoveries!r}")
+    if step_timeout is not None and not (isinstance(step_timeout, (int, float))
+                                         and 0 < step_timeout < float("inf")):
+        raise ExecutorError(f"step_timeout: expected positive seconds or None, got "
+                            f"{step_timeout!r}")
+    if on_nan not in ON_NAN:
+        raise ExecutorError(f"on_nan: expected 'stop', 'skip' or None, got {on_nan!r}")
+    if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
+        raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
 
 
-def _first_nonfinite(values) -> str:
-    bad = next(float(v) for v in values if not np.isfinite(v))
-    return str(bad)
+def _emulated_cluster(cluster, k: int):
+    """The cluster to emulate (None: none), checked against the plan's k devices."""
+    if cluster is not None and cluster.k != k:
+        raise ExecutorError(f"emulate: the cluster has {cluster.k} devices, the plan {k}")
+    return cluster
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception as `Type: first line of its message`."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+def block_sources(plan: Plan) -> dict[tuple[int, int], tuple[tuple[int, int], ...]]:
+    """For each block (device, index): the blocks whose sends it receives, in plan order."""
+    sender = {}
+    for d, i in plan.order:
+        program = plan.programs[d]
+        block = program.blocks[i]
+        for s in block.sends:
+            sender[transfer_key(program, block, s)] = (d, i)
+    sources = {}
+    for d, i in plan.order:
+        program = plan.programs[d]
+        block = program.blocks[i]
+        keys = [transfer_key(program, block, r) for r in block.receives]
+        sources[(d, i)] = tuple(sorted({sender[key] for key in keys}))
+    return sources
+
+
+def _one_node(ray) -> bool:
+    """Whether the Ray cluster has one live node (so every actor shares the driver's)."""
+    return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
 def _owned(report: dict) -> dict:
-    """Writable copies of a report's arrays (a compiled-graph result lives in a buffer that
-    the next step reuses; a plain one is a read-only view of the object store)."""
+    """Writable copies of a report's arrays (a plain call's result is a read-only view of
+    the object store)."""
     grads = report.get("grads")
     if grads is not None:
         report = dict(report, grads={p: None if g is None else np.array(g, copy=True)

@@ -1,11 +1,11 @@
 """The Ray executor's same-node transport: named pipes between the actors and the driver.
 
-Ray's compiled-graph channels cost ~0.3-1 ms per hop here (their readers spin, then poll),
-which is most of a small model's step. When every actor runs on the driver's node, the step
-can bypass Ray: each actor runs one long `serve` call that reads a step command from its
-pipe, runs its calls of the routes in order, reading packets from and writing packets to
-one pipe per pair of devices, and writes its report back; a blocked read wakes as soon as
-the bytes arrive (a hop costs ~30 us). Ray still places, restarts and kills the actors.
+A Ray actor call costs ~0.3-1 ms here, which is most of a small model's step. When every
+actor runs on the driver's node, the step bypasses Ray: each actor runs one long `serve` call
+that reads a step command from its pipe, runs its own blocks in program order, writing each
+Send's tensor to the target's pipe at once and reading each Recv's from the source's pipe
+(`PipeTransport`, tagged by TransferKey), and writes its report back; a blocked read wakes as
+soon as the bytes arrive (a hop costs ~30 us). Ray still places, restarts and kills the actors.
 
 Messages are pickled (protocol 5; arrays arrive as fresh writable copies) and framed by a
 length and a tag. Writes never block: what a pipe cannot take yet stays queued and a writer
@@ -29,7 +29,10 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Hashable
 
+import numpy as np
+
 from executor.errors import ExecutorError
+from executor.program import TransferKey
 
 HEADER = struct.Struct("<Q")                 # payload length
 PIPE_BYTES = 1 << 20                         # asked of the kernel per pipe (Linux max default)
@@ -291,3 +294,28 @@ class Endpoint:
                 if e.errno != errno.EBADF:
                     raise
         self.by_fd, self.writes = {}, {}
+
+
+class PipeTransport:
+    """A device's Send and Recv steps over its Endpoint: a send writes (value, arrival) to
+    the target's pipe under its TransferKey at once; a receive reads the message with that
+    key from the source's pipe (polling `spin` seconds, then blocking; `alive` as in
+    Endpoint.receive). Counts the bytes sent to each device and the seconds spent waiting."""
+
+    def __init__(self, endpoint: Endpoint, k: int, spin: float = 0.0,
+                 alive: Callable[[], None] | None = None):
+        self.endpoint = endpoint
+        self.spin = spin
+        self.alive = alive
+        self.sent_bytes = np.zeros(k, dtype=np.int64)
+        self.wait_seconds = 0.0
+
+    def send(self, key: TransferKey, value: np.ndarray, arrival: float | None = None) -> None:
+        self.endpoint.send(key.target, key, (value, arrival))
+        self.sent_bytes[key.target] += value.nbytes
+
+    def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
+        start = time.perf_counter()
+        message = self.endpoint.receive(key.source, key, self.alive, spin=self.spin)
+        self.wait_seconds += time.perf_counter() - start
+        return message

@@ -2,11 +2,13 @@
 
 `start_ray()` starts a local Ray instance (dashboard off, usage stats off, a modest object
 store, worker logs kept out of the driver's output, session files under the system temp
-directory, worker processes at normal priority) or joins an existing cluster with `address=`.
-It also sets the environment that Ray's Compiled Graphs read at import time (a short teardown
-timeout, since teardown can hang with large payloads). `stop_ray()` shuts down only an
-instance that `start_ray()` started. `patient_channel_reads()` makes a process's
-compiled-graph channel reads sleep instead of spinning while they wait.
+directory via Ray's `RAY_TMPDIR`, worker processes at normal priority) or joins an existing
+cluster with `address=`. `stop_ray()` shuts down only an instance that `start_ray()` started.
+
+The executor no longer uses Ray's Compiled Graphs (the named pipes are faster here).
+`skip_torch_in_channels` and `patient_channel_reads` below remain only for
+modelcut/calibration.py's compiled-graph link probe and go with it (issue 15, item 3): they
+are the last private Ray names under executor/.
 """
 from __future__ import annotations
 
@@ -34,9 +36,11 @@ _started_here = False
 
 
 def configure_environment() -> None:
-    """Set the Ray environment variables above unless the user already set them."""
+    """Set the Ray environment variables above (and `RAY_TMPDIR`: `temp_dir()`) unless the
+    user already set them."""
     for key, value in RAY_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_TMPDIR", temp_dir())
 
 
 def temp_dir() -> str:
@@ -78,7 +82,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard,
                  object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                 logging_level=logging.WARNING, _temp_dir=temp_dir())
+                 logging_level=logging.WARNING)
     _started_here = True
     log.info("ray started (%s): %s", address or "local", ray.cluster_resources())
     return True

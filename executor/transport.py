@@ -47,18 +47,23 @@ class Mailbox:
 
 
 class CallTransport:
-    """One actor call's transport: receives come with the call (tensor name -> array) and
-    sends are collected as (name it arrives under, target device, array) for its return."""
+    """One actor call's transport (Ray's plain path): the tensors its Recv steps take come
+    with the call, keyed by TransferKey; its Send steps are collected the same way (the
+    call's return) and their bytes counted per target device."""
 
-    def __init__(self, received: Mapping[str, np.ndarray]):
+    def __init__(self, received: Mapping[TransferKey, np.ndarray], k: int):
         self.received = received
-        self.sent: list[tuple[str, int, np.ndarray]] = []
+        self.sent: dict[TransferKey, np.ndarray] = {}
+        self.sent_bytes = np.zeros(k, dtype=np.int64)
 
     def send(self, key: TransferKey, value: np.ndarray, arrival: float | None = None) -> None:
-        self.sent.append((key.tensor, key.target, value))
+        self.sent[key] = value if arrival is None else (value, arrival)
+        self.sent_bytes[key.target] += value.nbytes
 
     def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
-        if key.tensor not in self.received:
-            raise ExecutorError(f"device {key.target}: tensor {key.tensor!r} from device "
-                                f"{key.source} was not delivered")
-        return self.received[key.tensor], None
+        if key not in self.received:
+            raise ExecutorError(f"device {key.target}: tensor {key.tensor!r} (micro-batch "
+                                f"{key.micro_batch}) from device {key.source} was not "
+                                "delivered")
+        value = self.received[key]
+        return value if isinstance(value, tuple) else (value, None)

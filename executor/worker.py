@@ -1,10 +1,10 @@
 """One device's runtime: its parameters, optimizer state and tensors, running its Program.
 
 The local executor calls a DeviceWorker directly; the Ray executor wraps one per actor. Per
-step: `begin_step(step, feeds)`, then `run_block(i, received)` for each block in the plan's
-global order (received: tensor -> array for the block's Recv steps; returns the Send steps'
-(name it arrives under, target device, array)), which also applies the optimizer in the update
-block; `report()` gives the step's losses, compute time and gradients.
+step: `begin_step(step, feeds)`, then `run(i, transport)` for each block in the plan's
+global order, or its own blocks in program order when each Recv waits for its tensor
+(`transport`: executor/transport.py), which also applies the optimizer in the update block;
+`report()` gives the step's losses, compute time and gradients.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from executor.errors import ExecutorError
 from executor.optim import Optimizer
 from executor.program import (Accumulate, ApplyUpdate, Compute, Program, Recv, Send, SetState,
                               transfer_key)
-from executor.transport import CallTransport, Transport
+from executor.transport import Transport
 
 
 class DeviceWorker:
@@ -73,6 +73,7 @@ class DeviceWorker:
         self.compute_seconds = 0.0
         self.update_seconds = 0.0
         self.peak_value_bytes = 0
+        self.clock = None        # an emulated device's VirtualClock (executor/emulate.py)
 
     @staticmethod
     def _kernel(node) -> NodeKernel | None:
@@ -91,14 +92,6 @@ class DeviceWorker:
         self.update_seconds = 0.0
         self.peak_value_bytes = 0
 
-    def run_block(self, index: int, received: Mapping[str, np.ndarray]
-                  ) -> list[tuple[str, int, np.ndarray]]:
-        """Run block `index` with the tensors one call brought (name -> array); returns what
-        its Send steps send as (name it arrives under, target device, array)."""
-        transport = CallTransport(received)
-        self.run(index, transport)
-        return transport.sent
-
     def run(self, index: int, transport: Transport) -> None:
         """Run block `index` of the program, sending and receiving through `transport`."""
         program = self.program
@@ -108,7 +101,8 @@ class DeviceWorker:
         fused = self.fused.get(index, {})
         if self.pending and (mb is None or index == self.start_deferred_in):
             self._finish_deferred()            # the sums are read only in per-step blocks
-        for s in block.steps:
+        clock = self.clock
+        for j, s in enumerate(block.steps):
             if isinstance(s, Compute):
                 start = time.perf_counter()
                 for name in s.nodes:
@@ -118,10 +112,15 @@ class DeviceWorker:
                         values[program.key(name, mb)] = self._run_node(name, mb)
                 self.compute_seconds += time.perf_counter() - start
             elif isinstance(s, Recv):
-                values[program.key(s.tensor, mb)] = transport.receive(
-                    transfer_key(program, block, s))[0]
+                values[program.key(s.tensor, mb)], arrival = transport.receive(
+                    transfer_key(program, block, s))
+                if clock is not None:
+                    clock.arrived(arrival)
+                continue
             elif isinstance(s, Send):
-                transport.send(transfer_key(program, block, s), values[program.key(s.tensor, mb)])
+                transport.send(transfer_key(program, block, s), values[program.key(s.tensor, mb)],
+                               None if clock is None else clock.stamp(index, j, s.target))
+                continue
             elif isinstance(s, Accumulate) and s.tensor not in fused:
                 value = values[program.key(s.tensor, mb)]
                 total = values.get((s.into, None))
@@ -140,6 +139,8 @@ class DeviceWorker:
                 value = values[program.key(s.tensor, mb)]
                 self.states[s.state] = np.asarray(value * s.scale if s.scale != 1.0 else value,
                                                   dtype=program.nodes[s.state].dtype)
+            if clock is not None:
+                clock.advance(index, j)            # a compute-like step: pad to its model time
         self.peak_value_bytes = max(self.peak_value_bytes, self._held_bytes())
         if index in self.release_after:
             done = self.release_after[index]

@@ -214,9 +214,24 @@ def simulate_step(setup: TrainingSetup, placement) -> dict:
                     optimizer=setup.optimizer["name"]).to_dict()
 
 
-def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> dict:
-    """What the partitioner and the simulator predict for one step."""
+def step_plan(setup: TrainingSetup, placement):
+    """The executor's Plan of a training step (both executors run this very plan)."""
+    from executor.plan import build_plan
+    return build_plan(setup.graph, placement, setup.cluster.k,
+                      micro_batches=setup.micro_batches, schedule=setup.schedule)
+
+
+def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping,
+                      plan=None) -> dict:
+    """What the partitioner and the simulator predict for one step: the step time, busy
+    fractions and bubble from the step simulator on the executor's own `plan`
+    (executor.timing.simulate_plan; without a plan, SPEC section 4's simulation)."""
     metrics = placement.metrics
+    if plan is not None:
+        from executor.timing import simulate_plan
+        timing = simulate_plan(plan, setup.cluster, setup.optimizer["name"])
+        simulation = {**simulation, "makespan": timing.step_time, "bubble": timing.bubble,
+                      "busy": dict(zip(setup.cluster.device_names, timing.busy))}
     return {"micro_batches": setup.micro_batches,
             "forward_volume": int(metrics.forward_volume),
             "backward_volume": int(metrics.backward_volume),
@@ -290,16 +305,19 @@ def dumps_strict(value) -> str:
 # ------------------------------------------------------------------ executors
 @contextmanager
 def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | None = None,
-                  step_timeout: float | None = None):
+                  step_timeout: float | None = None, plan=None, emulate: bool = False):
     """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray, with
     the dashboard off, unless `address` names a cluster to join); on exit the actors stop, and
     so does a Ray instance started here. `step_timeout` (s) is the Ray executor's (None:
-    `setup.step_timeout`, else none)."""
+    `setup.step_timeout`, else none); `plan`: the executor's Plan (`step_plan`);
+    `emulate`: the Ray actors emulate the setup's cluster (executor/emulate.py)."""
     if kind not in ("ray", "local"):
         raise TrainingError(f"executor: expected ray or local, got {kind!r}")
+    if emulate and kind != "ray":
+        raise TrainingError("emulate: emulated devices run on the Ray executor")
     common = dict(optimizer=setup.optimizer, micro_batches=setup.micro_batches,
                   schedule=setup.schedule, seed=setup.seed,
-                  defer_weight_grads=setup.defer_weight_grads, params=setup.params)
+                  defer_weight_grads=setup.defer_weight_grads, params=setup.params, plan=plan)
     if kind == "local":
         from executor.local import LocalExecutor
         yield LocalExecutor(setup.graph, placement, setup.cluster.k, **common)
@@ -316,7 +334,7 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
                                checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
                                step_timeout=step_timeout or setup.step_timeout,
                                on_nan=setup.on_nan, max_recoveries=setup.max_recoveries,
-                               **common)
+                               emulate=setup.cluster if emulate else None, **common)
         yield executor
     finally:
         if executor is not None:
@@ -372,7 +390,9 @@ def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
         if not math.isfinite(result.loss) and getattr(executor, "on_nan", None) != "skip":
             raise NonFiniteStep(f"step {step}: the loss is {result.loss}; training stopped",
                                 step, good_state=False)
-        seconds = float(getattr(result, "step_seconds", time.perf_counter() - start))
+        seconds = getattr(result, "emulated_seconds", None)   # in the emulated cluster's s
+        if seconds is None:
+            seconds = float(getattr(result, "step_seconds", time.perf_counter() - start))
         compute = np.asarray(result.compute_seconds, dtype=float)
         wait = getattr(result, "wait_seconds", None)
         wait = np.maximum(seconds - compute, 0.0) if wait is None else np.asarray(wait, float)
@@ -454,17 +474,21 @@ def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
 
 
 # ------------------------------------------------------------------ measurements
-def measured_summary(records: list[StepRecord], device_names) -> dict:
+def measured_summary(records: list[StepRecord], device_names,
+                     dilation: float | None = None) -> dict:
     """Bytes per step (total and per link), step time and per-device compute / wait /
     utilisation, over the steps of this run (the first one, a warm-up, is left out of the
-    times when there are more)."""
+    times when there are more). With `dilation` (emulated devices) the step times are in the
+    emulated cluster's seconds (the actors' real compute and wait seconds divided by the
+    dilation) and the dilation is reported beside them."""
     first = records[0].link_bytes
     constant = all(np.array_equal(r.link_bytes, first) for r in records)
     timed = records[1:] if len(records) > 1 else records
     seconds = np.array([r.seconds for r in timed])
     step_time = float(np.median(seconds))
-    compute = np.mean([r.compute_seconds for r in timed], axis=0)
-    wait = np.mean([r.wait_seconds for r in timed], axis=0)
+    scale = 1.0 if dilation is None else 1.0 / dilation     # real seconds -> emulated ones
+    compute = scale * np.mean([r.compute_seconds for r in timed], axis=0)
+    wait = scale * np.mean([r.wait_seconds for r in timed], axis=0)
     mean_step = float(seconds.mean())
     actors = [{"name": name, "compute_seconds": float(c), "wait_seconds": float(w),
                "utilisation": float(c / mean_step) if mean_step > 0 else 0.0}
@@ -474,7 +498,8 @@ def measured_summary(records: list[StepRecord], device_names) -> dict:
             "bytes_constant": bool(constant),
             "bytes_per_step_each": [int(r.link_bytes.sum()) for r in records],
             "step_time": step_time, "step_time_mean": mean_step,
-            "step_times": [float(r.seconds) for r in records], "actors": actors}
+            "step_times": [float(r.seconds) for r in records], "actors": actors,
+            **({} if dilation is None else {"dilation": float(dilation), "emulated": True})}
 
 
 def byte_mismatches(measured: Mapping, predicted: Mapping, device_names) -> list[str]:

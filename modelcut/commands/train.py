@@ -71,6 +71,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="on a NaN or infinite loss or gradient: stop with a checkpoint of "
                              "the last good state, or skip that step's update (Ray executor; "
                              "default: training.on_nan, stop)")
+    parser.add_argument("--emulate", action="store_true",
+                        help="emulate the config's cluster: every op and transfer padded to its "
+                             "modelled time times a dilation; measured step times are in the "
+                             "cluster's seconds (Ray executor)")
     parser.add_argument("--html", action="store_true",
                         help="also write report.html (tables, plots and the placed graph)")
     parser.add_argument("--force", action="store_true",
@@ -133,6 +137,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag in ("devices", "steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CommandError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
+    if getattr(args, "emulate", False) and args.executor != "ray":
+        raise CommandError("--emulate runs emulated devices on Ray actors; it needs "
+                           "--executor ray")
     if args.address and args.executor != "ray":
         raise CommandError("--address joins a Ray cluster; it needs --executor ray")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
@@ -159,21 +166,28 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
             placement = training.placement_from_assignment(
                 setup, state["metadata"]["assignment"], f"checkpoint {resumed_from}")
         simulation = training.simulate_step(setup, placement)
-    predicted = training.predicted_summary(setup, placement, simulation)
+        plan = training.step_plan(setup, placement)
+    predicted = training.predicted_summary(setup, placement, simulation, plan)
     predicted["calibrated"] = training.is_calibrated(setup.cluster)
-    timeout = setup.step_timeout or training.default_step_timeout(predicted["step_time"],
-                                                                  predicted["calibrated"])
+    emulate = bool(getattr(args, "emulate", False))
+    # an emulated step lasts its prediction times the dilation, unknown before the first step
+    timeout = setup.step_timeout or (None if emulate else training.default_step_timeout(
+        predicted["step_time"], predicted["calibrated"]))
+    dilation = None
     losses = list(state["metadata"]["losses"]) if state else []
     status.print(f"starting the {args.executor} executor ...")
     with training.open_executor(args.executor, setup, placement, address=args.address,
-                                step_timeout=timeout) as executor:
+                                step_timeout=timeout, plan=plan, emulate=emulate) as executor:
         if state is not None:
             executor.load_state_dict(state)
         records, stopped = train_with_progress(executor, setup, losses, out, placement, status)
+        if emulate and executor.emulation is not None:
+            dilation = executor.emulation.dilation
         if stopped is not None and stopped["good_state"]:
             stopped["checkpoint"] = str(training.save_checkpoint(
                 out / "checkpoints", executor, setup, losses, placement.assignment))
-    measured = training.measured_summary(records, setup.cluster.device_names) if records else None
+    measured = (training.measured_summary(records, setup.cluster.device_names, dilation)
+                if records else None)
     partition_report, written = write_partition_outputs(setup, placement, simulation, out)
     report = training_report(partition_report, setup, args, losses, measured, predicted,
                              resumed_from, start=len(losses) - len(records),

@@ -1,6 +1,6 @@
 """The Ray executor on a real local Ray (one session fixture): the same gradients, losses and
 bytes per link as the single-device local executor and partition.metrics, on the pipes,
-compiled-graph and plain-call paths, with micro-batch schedules (float64)."""
+named-pipes and plain-call paths, with micro-batch schedules (float64)."""
 import os
 
 import numpy as np
@@ -50,14 +50,14 @@ def assert_grads_close(got, expected, tol=1e-12):
 
 # Every model, every k in 1..4, every placement kind and every path at least once.
 GRID = [
-    ("mlp", 1, "contiguous", "compiled", SGD(lr=0.1)),
+    ("mlp", 1, "contiguous", "auto", SGD(lr=0.1)),
     ("mlp", 4, "random", "plain", Adam(lr=0.01)),
-    ("gpt", 2, "multilevel", "compiled", Adam(lr=0.01)),
+    ("gpt", 2, "multilevel", "plain", Adam(lr=0.01)),
     ("gpt", 3, "random", "plain", Momentum(lr=0.05)),
-    ("lstm", 3, "contiguous", "compiled", Momentum(lr=0.1)),
+    ("lstm", 3, "contiguous", "auto", Momentum(lr=0.1)),
     ("lstm", 2, "random", "plain", SGD(lr=0.1)),
     ("resnet", 3, "random", "plain", SGD(lr=0.05)),
-    ("resnet", 4, "multilevel", "compiled", Adam(lr=0.01)),
+    ("resnet", 4, "multilevel", "plain", Adam(lr=0.01)),
     ("mlp", 2, "random", "pipes", Momentum(lr=0.05)),
     ("gpt", 4, "contiguous", "pipes", Adam(lr=0.01)),
     ("lstm", 3, "random", "pipes", SGD(lr=0.1)),
@@ -75,7 +75,7 @@ def test_matches_the_single_device_executor_and_V(ray_session, family, k, kind, 
     a = place(g, k, kind, seed=k)
     local = LocalExecutor(g, np.zeros(len(g.nodes), np.int32), 1, optimizer, seed=1)
     with RayExecutor(g, a, k, optimizer, seed=1, mode=mode) as ex:
-        assert ex.mode == mode
+        assert ex.mode == ("pipes" if mode == "auto" else mode)   # one node here
         if kind == "random":
             assert ex.plan.stages is None                 # a cyclic quotient graph
         first, expected = ex.step(data(0), return_grads=True), local.step(data(0),
@@ -107,9 +107,9 @@ def test_matches_the_single_device_executor_and_V(ray_session, family, k, kind, 
         np.testing.assert_allclose(final[p], value, rtol=1e-9, atol=1e-12, err_msg=p)
 
 
-@pytest.mark.parametrize("family,schedule,mode,defer", [("mlp", "gpipe", "compiled", False),
+@pytest.mark.parametrize("family,schedule,mode,defer", [("mlp", "gpipe", "auto", False),
                                                         ("gpt", "1f1b", "plain", False),
-                                                        ("lstm", "sequential", "compiled", False),
+                                                        ("lstm", "sequential", "plain", False),
                                                         ("gpt", "1f1b", "pipes", True)])
 def test_micro_batches_reproduce_the_full_batch(ray_session, family, schedule, mode, defer):
     from executor.ray_executor import RayExecutor
@@ -149,72 +149,46 @@ def test_cyclic_gpipe_micro_batches_send_V(ray_session):
         result.link_bytes, compute_metrics(micro, a, uniform(k), micro_batches=m).link_traffic)
 
 
-def check_routes(plan, routes):
-    """The calls cover each device's blocks in order; every Send lands in exactly one packet,
-    addressed to the call holding its receiving block, which comes later in the call order;
-    each call's incoming packets hold exactly its blocks' receives."""
-    for d, program in enumerate(plan.programs):
-        mine = [i for c, blocks in routes.calls if c == d for i in blocks]
-        assert mine == list(range(len(program.blocks)))
-    position = {call: n for n, call in enumerate(routes.calls)}
-    sends = sum(len(plan.programs[d].blocks[i].sends) for d, i in plan.order)
-    assert sum(len(ts) for packets in routes.packets.values() for _, ts in packets) == sends
-    for (d, blocks), packets in routes.packets.items():
-        for (t, target_blocks), transfers in packets:
-            assert position[(t, target_blocks)] > position[(d, blocks)]
-            for i, name, j in transfers:
-                assert i in blocks and j in target_blocks
-                assert name in {r.tensor for r in plan.programs[t].blocks[j].receives
-                                if r.source == d}
-    for (t, blocks), incoming in routes.incoming.items():
-        got = sorted((j, name) for src, pos in incoming
-                     for _, name, j in routes.packets[src][pos][1])
-        assert got == sorted((j, r.tensor) for j in blocks
-                             for r in plan.programs[t].blocks[j].receives)
-
-
 @pytest.mark.parametrize("kind", ["random", "contiguous"])
-def test_routes_fuse_blocks_and_pair_every_send_with_its_receiver(kind):
-    """Independent of Ray: unmerged calls have no transfer inside; merged ones (the cost
-    model, and with free compute the fewest calls) still pair every send and receive."""
-    from executor.ray_routes import plan_routes
+def test_block_sources_pair_every_receive_with_an_earlier_sending_block(kind):
+    """Independent of Ray: the plain path's arguments of each block call are the blocks
+    that send it a tensor, each earlier in the plan's order and holding a matching Send."""
+    from executor.program import transfer_key
+    from executor.ray_executor import block_sources
     g = hand_graph(batch=2)
     a = random_assignment(g, 3, seed=5) if kind == "random" else contiguous(g, 3)
     plan = build_plan(g, a, 3, micro_batches=2)
-    fused = plan_routes(plan, merge="none")
-    check_routes(plan, fused)
-    for d, blocks in fused.calls:
-        inside = [plan.programs[d].blocks[i] for i in blocks]
-        assert not any(b.receives for b in inside[1:]) and not any(b.sends for b in inside[:-1])
-    if kind == "contiguous":                 # a pipeline: the last stage fuses F and B
-        assert len(fused.calls) < len(plan.order)
-    free = {(d, i): 0.0 for d, i in plan.order}
-    for routes in (plan_routes(plan), plan_routes(plan, seconds=free),
-                   plan_routes(plan, merge="all")):
-        check_routes(plan, routes)
-        assert len(routes.calls) <= len(fused.calls)
-    assert len(plan_routes(plan, merge="all").calls) < len(fused.calls)
+    sources = block_sources(plan)
+    position = {block: n for n, block in enumerate(plan.order)}
+    assert set(sources) == set(plan.order)
+    for (t, j), senders in sources.items():
+        program = plan.programs[t]
+        wanted = {transfer_key(program, program.blocks[j], r)
+                  for r in program.blocks[j].receives}
+        sent = {transfer_key(plan.programs[d], plan.programs[d].blocks[i], s): (d, i)
+                for d, i in senders for s in plan.programs[d].blocks[i].sends}
+        assert wanted <= set(sent)
+        assert {sent[key] for key in wanted} == set(senders)
+        assert all(position[src] < position[(t, j)] for src in senders)
+    assert any(sources.values())
 
 
-@pytest.mark.parametrize("mode,spin", [("compiled", None), ("plain", None), ("pipes", None),
-                                       ("pipes", 0.0)])
-def test_merged_calls_give_the_local_executors_results_bit_for_bit(ray_session, mode, spin):
-    """The fewest calls (merged across micro-batches), on a 1F1B pipeline and a cyclic
-    placement: losses, gradients and bytes per link equal the local executor's exactly (on
-    pipes, with receives that poll first and ones that block at once)."""
+@pytest.mark.parametrize("mode,spin", [("plain", None), ("pipes", None), ("pipes", 0.0)])
+def test_both_paths_give_the_local_executors_results_bit_for_bit(ray_session, mode, spin):
+    """On a 1F1B pipeline and a cyclic placement: losses, gradients and bytes per link equal
+    the local executor's exactly (on pipes, with receives that poll first and ones that
+    block at once)."""
     from executor.ray_executor import RayExecutor
-    from executor.ray_routes import plan_routes
     m = 4
     micro, full = model("mlp", batch=BATCH // m), model("mlp", batch=BATCH)
     data = make_data(full, "mlp", 1)
     for a, k, schedule in ((contiguous(micro, 3), 3, "1f1b"),
                            (random_assignment(micro, 2, seed=3), 2, "gpipe")):
         plan = build_plan(micro, a, k, micro_batches=m, schedule=schedule)
-        routes = plan_routes(plan, merge="all")
-        assert len(routes.calls) < len(plan_routes(plan, merge="none").calls)
         local = LocalExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan)
-        with RayExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan, routes=routes,
-                         mode=mode, spin=spin) as ex:
+        with RayExecutor(micro, a, k, Adam(lr=0.01), seed=1, plan=plan, mode=mode,
+                         spin=spin) as ex:
+            assert ex.mode == mode
             for step in range(2):
                 r1 = local.step(data(step), return_grads=True)
                 r2 = ex.step(data(step), return_grads=True)
@@ -228,7 +202,7 @@ def test_bad_arguments_name_the_field(ray_session):
     from executor.ray_executor import RayExecutor
     g = hand_graph()
     a = np.zeros(len(g.nodes), np.int32)
-    with pytest.raises(ExecutorError, match="mode: expected one of auto, pipes, compiled, plain"):
+    with pytest.raises(ExecutorError, match="mode: expected one of auto, pipes, plain"):
         RayExecutor(g, a, 1, mode="fast")
     with pytest.raises(ExecutorError, match="checkpoint_every: expected a positive integer"):
         RayExecutor(g, a, 1, checkpoint_every=0)
@@ -245,5 +219,5 @@ def test_pipes_actors_are_pinned_to_one_cpu_each_and_others_are_not(ray_session)
     with RayExecutor(g, a, 2, SGD(lr=0.1), mode="pipes") as ex:
         assert [os.sched_getaffinity(pid) for pid in ex.actor_pids()] == [
             {cpus[d % len(cpus)]} for d in range(2)]
-    with RayExecutor(g, a, 2, SGD(lr=0.1), mode="compiled") as ex:
+    with RayExecutor(g, a, 2, SGD(lr=0.1), mode="plain") as ex:
         assert all(len(os.sched_getaffinity(pid)) == len(cpus) for pid in ex.actor_pids())

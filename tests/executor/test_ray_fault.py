@@ -67,8 +67,8 @@ def test_kill_between_steps_restores_every_actor_and_replays(ray_session, tmp_pa
             ex.step(data(STEPS))
 
 
-@pytest.mark.parametrize("mode", ["compiled", "pipes"])
-def test_kill_during_compiled_or_piped_steps_gives_the_uninterrupted_parameters(ray_session,
+@pytest.mark.parametrize("mode", ["plain", "pipes"])
+def test_kill_during_plain_or_piped_steps_gives_the_uninterrupted_parameters(ray_session,
                                                                                  mode):
     from executor.ray_executor import RayExecutor
     g = BUILDERS["mlp"](batch=128, dtype="float64", layers=3, width=384, in_features=64,
