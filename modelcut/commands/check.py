@@ -56,6 +56,7 @@ def summary_rows(config, build_graph: bool = False) -> list[tuple[str, str, str]
     rows += [("partition", "algorithm", p.algorithm), ("partition", "epsilon", f"{p.epsilon:g}"),
              ("partition", "acyclic", str(p.acyclic).lower()),
              ("partition", "objective", p.objective or "default"),
+             ("partition", "shard", p.shard),
              ("partition", "time limit", "none" if p.time_limit is None
               else format_time(p.time_limit)),
              ("partition", "seed", str(p.seed))]

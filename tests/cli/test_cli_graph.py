@@ -98,7 +98,7 @@ def test_check_prints_a_summary(graph_config, capsys):
             for line in out.splitlines() if line.count("│") == 4}
     assert {("graph", "nodes", "5"), ("graph", "parameters", "6"), ("cluster", "kind", "uniform"),
             ("cluster", "devices", "2"), ("partition", "algorithm", "auto"),
-            ("training", "optimizer", "sgd")} <= rows
+            ("partition", "shard", "off"), ("training", "optimizer", "sgd")} <= rows
 
 
 def test_check_bundled_config(capsys):
