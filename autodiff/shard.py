@@ -8,8 +8,10 @@
   zeros outside), the partial results summed;
 - conv2d "channels": n convolutions on output-channel slices of the weight, split on axis 1;
 - cross_entropy "vocab": Megatron's vocab-parallel loss over logits split by classes: each
-  shard computes its row max, sum of exp and target logit; the combine reads only per-row
-  scalars, so the full logits never exist when they arrive split (e.g. from a "out" matmul);
+  shard computes its own log-sum-exp `lse_i = m_i + log sum exp(l - m_i)` (m_i its row max)
+  and target logit; the combine `M + log sum_i exp(lse_i - M)` (M = max_i lse_i) reads only
+  per-row scalars, so the full logits never exist when they arrive split (e.g. from a "out"
+  matmul), and no shard waits on a value combined from the others (a pipeline stays acyclic);
 - other ops on a split input run shard by shard where a follow rule allows it
   (autodiff/shard_follow.py: elementwise ops, bias adds, transposes, head reshapes, batched
   matmuls, softmax, per-channel batch norm, ...), so column-parallel attention stays split by
@@ -390,39 +392,48 @@ class _Rewriter:
         self._note(node, n, mode, [[x] for x in names])
 
     def _cross_entropy(self, node: Node, n: int, mode: str) -> None:
-        """Vocab-parallel loss: per shard its row max, sum of exp(l - m) and target logit."""
+        """Vocab-parallel loss: each shard its own log-sum-exp and target logit, then a
+        combine over n scalars per row (module docstring)."""
         logits, labels = node.inputs
         classes = self.graph[logits].shape[-1]
-        rank = len(self.graph[logits].shape)
-        parts = self.shards_of(logits, rank - 1, n)
+        parts = self.shards_of(logits, len(self.graph[logits].shape) - 1, n)
         lab = self.whole_of(labels)
         ce, emit = node.name, self.emit
-        maxes = [emit(f"{ce}.shard{i}of{n}.max", "max", [p], {"axis": -1, "keepdims": False},
-                      node) for i, p in enumerate(parts)]
-        stacked = emit(f"{ce}.maxes", "stack", maxes, {"axis": 0}, node)
-        row_max = emit(f"{ce}.max", "max", [stacked], {"axis": 0, "keepdims": False}, node)
-        row_max = emit(f"{ce}.max.nograd", "stop_gradient", [row_max], {}, node)
-        kept = emit(f"{ce}.max.kept", "reshape", [row_max],
-                    {"shape": [*self.types[row_max][0], 1]}, node)
-        sums, targets, members = [], [], []
+        lses, targets, members = [], [], []
         for i, (p, (lo, _)) in enumerate(zip(parts, shard_bounds(classes, n))):
             piece = f"{ce}.shard{i}of{n}"
+            row_max = emit(f"{piece}.max", "max", [p], {"axis": -1, "keepdims": False}, node)
+            nograd = emit(f"{piece}.max.nograd", "stop_gradient", [row_max], {}, node)
+            kept = emit(f"{piece}.max.kept", "reshape", [nograd],
+                        {"shape": [*self.types[row_max][0], 1]}, node)
             shifted = emit(f"{piece}.shifted", "subtract", [p, kept], {}, node)
             exp = emit(f"{piece}.exp", "exp", [shifted], {}, node)
-            sums.append(emit(f"{piece}.sumexp", "sum", [exp], {"axis": -1, "keepdims": False},
-                             node))
+            total = emit(f"{piece}.sumexp", "sum", [exp], {"axis": -1, "keepdims": False}, node)
+            log = emit(f"{piece}.log", "log", [total], {}, node)
+            lses.append(emit(f"{piece}.lse", "add", [log, nograd], {}, node))
             targets.append(emit(f"{piece}.target", "shard_pick", [p, lab],
                                 {"offset": lo, "total": classes}, node))
-            members.append([maxes[i], shifted, exp, sums[i], targets[i]])
-        total = emit(f"{ce}.sumexp", "add_n", sums, {}, node)
-        lse = emit(f"{ce}.logsumexp", "add",
-                   [emit(f"{ce}.logsumexp.shifted", "log", [total], {}, node), row_max], {}, node)
+            members.append([row_max, nograd, kept, shifted, exp, total, log, lses[-1],
+                            targets[-1]])
+        lse = self._combine_lse(ce, lses, node)
         nll = emit(f"{ce}.nll", "subtract", [lse, emit(f"{ce}.target", "add_n", targets, {},
                                                        node)], {}, node)
         self.types.pop(ce, None)
         emit(ce, "mean", [nll], {"axis": None, "keepdims": False}, node)
         self.whole.add(ce)
         self._note(node, n, mode, members)
+
+    def _combine_lse(self, ce: str, lses: list[str], node: Node) -> str:
+        """lse = M + log sum_i exp(lse_i - M), M = max_i lse_i under stop_gradient."""
+        emit = self.emit
+        stacked = emit(f"{ce}.lses", "stack", lses, {"axis": 0}, node)
+        top = emit(f"{ce}.max", "max", [stacked], {"axis": 0, "keepdims": False}, node)
+        top = emit(f"{ce}.max.nograd", "stop_gradient", [top], {}, node)
+        shifted = emit(f"{ce}.lses.shifted", "subtract", [stacked, top], {}, node)
+        total = emit(f"{ce}.sumexp", "sum", [emit(f"{ce}.lses.exp", "exp", [shifted], {}, node)],
+                     {"axis": 0, "keepdims": False}, node)
+        return emit(f"{ce}.logsumexp", "add",
+                    [emit(f"{ce}.logsumexp.shifted", "log", [total], {}, node), top], {}, node)
 
 
 # ------------------------------------------------------------ parameter values

@@ -32,7 +32,6 @@ from autodiff.shard import MODES, ShardSpec, shard_graph, shard_record
 from partition.cluster import Cluster
 from partition.cost import graph_arrays, step_train_flops
 from partition.errors import PartitionError
-from partition.shard_loss import local_lse_loss
 
 SHARD_CHOICES = ("off", "auto")
 
@@ -173,7 +172,7 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
     base_key = best_key
     for specs in schemes:
         try:
-            sharded = rewrite(graph, specs)
+            sharded = shard_graph(graph, specs)
             placement = run(sharded, cluster, **options)
         except PartitionError:      # e.g. a pin naming a node the rewrite split: skip it
             continue
@@ -281,13 +280,7 @@ def sharded_graph(graph: Graph, placement) -> Graph:
     if not info or not info.get("kept"):
         return graph
     specs = {n["name"]: ShardSpec(n["shards"], n["mode"], uneven=True) for n in info["nodes"]}
-    return rewrite(graph, specs)
-
-
-def rewrite(graph: Graph, specs: dict) -> Graph:
-    """shard_graph, with vocab-parallel losses recombined from per-shard log-sum-exps so
-    that an acyclic placement can keep each loss shard beside its logits (shard_loss.py)."""
-    return local_lse_loss(shard_graph(graph, specs))
+    return shard_graph(graph, specs)
 
 
 def is_sharded(graph: Graph) -> bool:

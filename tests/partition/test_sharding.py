@@ -94,19 +94,27 @@ def test_bad_shard_value_is_refused():
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
-def test_local_lse_loss_gives_the_original_loss_and_gradients(n):
-    """partition/shard_loss.py against the unsharded graph (float64, 1e-12), by the
-    interpreter on the training graphs."""
+def test_vocab_parallel_loss_gives_the_original_loss_and_gradients(n):
+    """The per-shard log-sum-exp loss against the unsharded graph (float64, 1e-12), by the
+    interpreter on the training graphs; each shard's lse reads its own logits shard only."""
     from autodiff.interpreter import evaluate
     from autodiff.models import init_params, make_data
     from autodiff.reverse import vjp
-    from autodiff.shard import ShardSpec, join_params, split_params
-    from partition.sharding import rewrite
+    from autodiff.shard import ShardSpec, join_params, shard_graph, split_params
     g = gpt(layers=1, d_model=8, heads=2, seq=4, vocab=50, batch=2, tied=False, dtype="float64")
     head = g.by_op("cross_entropy")[0].inputs[0]
-    s = rewrite(g, {head: ShardSpec(n, "out", True), "cross_entropy": ShardSpec(n, "vocab", True)})
+    s = shard_graph(g, {head: ShardSpec(n, "out", True),
+                        "cross_entropy": ShardSpec(n, "vocab", True)})
     assert not s.by_op("concatenate")                 # the logits are never whole
     assert s["cross_entropy.lses"].shape == (n, 8)    # only per-row scalars are combined
+    for i in range(n):                                # no shard waits on another's values
+        seen, todo = set(), [f"cross_entropy.shard{i}of{n}.lse"]
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += list(s[name].inputs)
+        assert not {x for x in seen if "cross_entropy.shard" in x and f"shard{i}of{n}" not in x}
     params, feeds = init_params(g, 3), make_data(g, "gpt", 3)(0)
 
     def loss_and_grads(graph, values):
@@ -127,11 +135,12 @@ def test_local_lse_loss_gives_the_original_loss_and_gradients(n):
 def test_pulling_loss_shards_beside_their_logits_is_never_worse(bandwidth, flops):
     """Where shipping logits shards costs more than the loss pieces' compute, the pieces move
     beside their logits (acyclic, better); otherwise the placement is returned unchanged."""
-    from autodiff.shard import ShardSpec, shard_record
-    from partition.sharding import pull_loss_shards, rewrite
+    from autodiff.shard import ShardSpec, shard_graph, shard_record
+    from partition.sharding import pull_loss_shards
     g, c = big_vocab_gpt(), uniform(4, flops=flops, bandwidth=bandwidth)
     head = g.by_op("cross_entropy")[0].inputs[0]
-    s = rewrite(g, {head: ShardSpec(3, "out", True), "cross_entropy": ShardSpec(3, "vocab", True)})
+    s = shard_graph(g, {head: ShardSpec(3, "out", True),
+                        "cross_entropy": ShardSpec(3, "vocab", True)})
     options = dict(algorithm="pipeline_dp", objective="throughput")
     p = partition(s, c, **options)
     q = pull_loss_shards(s, p, c, options)
