@@ -41,21 +41,36 @@ class BlockTime:
 
 
 @dataclass(frozen=True)
+class TransferTime:
+    """When one transfer occupied its directed link (seconds from the step's start)."""
+
+    source: int
+    target: int
+    tensor: str
+    micro_batch: int | None
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class PlanTiming:
     """A simulated step of a Plan: its time, each device's compute seconds and busy
     fraction, the pipeline bubble (1 - busy time / (stages * step time); None without
-    stages) and every block's interval."""
+    stages), every block's interval and every transfer's."""
 
     step_time: float
     compute: tuple[float, ...]
     busy: tuple[float, ...]
     bubble: float | None
     blocks: tuple[BlockTime, ...]
+    transfers: tuple[TransferTime, ...] = ()
 
     def to_dict(self) -> dict:
         return {"step_time": self.step_time, "compute": list(self.compute),
                 "busy": list(self.busy), "bubble": self.bubble,
-                "blocks": [[b.device, b.label, b.start, b.end] for b in self.blocks]}
+                "blocks": [[b.device, b.label, b.start, b.end] for b in self.blocks],
+                "transfers": [[t.source, t.target, t.tensor, t.micro_batch, t.start, t.end]
+                              for t in self.transfers]}
 
 
 class StepCosts:
@@ -119,6 +134,7 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
     link_free = np.zeros((k, k))
     arrival: dict[tuple, float] = {}
     blocks: list[BlockTime] = []
+    transfers: list[TransferTime] = []
     # plan.order runs every block after the blocks that send to it, and each directed link
     # is fed by one device in its program order: one pass in that order is the event order.
     for d, i in plan.order:
@@ -133,6 +149,9 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
                 link_free[d, step.target] = begin + costs.transfer(d, step.target,
                                                                    step.arrives_as)
                 arrival[transfer_key(program, block, step)] = link_free[d, step.target]
+                transfers.append(TransferTime(d, step.target, step.arrives_as,
+                                              block.micro_batch, float(begin),
+                                              float(link_free[d, step.target])))
             else:
                 seconds = costs.step(d, step)
                 clock[d] += seconds
@@ -145,4 +164,83 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
         stages = list(plan.stages)
         bubble = float(1.0 - compute[stages].sum() / (len(stages) * step_time))
     return PlanTiming(step_time, tuple(map(float, compute)), tuple(map(float, busy)), bubble,
-                      tuple(blocks))
+                      tuple(blocks), tuple(transfers))
+
+
+# ------------------------------------------------------------ the report's form
+PHASE_KINDS = {"SF": "forward", "F": "forward", "B": "backward", "SB": "backward",
+               "U": "update"}
+
+
+def simulation_summary(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> dict:
+    """The simulated step of `plan` in the form reports and plots read (the keys of
+    partition.simulate.SimulationResult.to_dict): step time as `makespan`, busy fractions
+    and peak micro-batches in flight by device name, the bubble, the same plan's work on
+    the fastest device alone (its ops, sums and updates, no transfers) with the speedup
+    over it, and a timeline of blocks and transfers (transfers under the receiving
+    device)."""
+    timing = simulate_plan(plan, cluster, optimizer)
+    names = cluster.device_names
+    single = single_device_time(plan, cluster, optimizer)
+    return {"makespan": timing.step_time, "busy": dict(zip(names, timing.busy)),
+            "bubble": timing.bubble, "single_device_time": single,
+            "speedup": single / timing.step_time if timing.step_time > 0 else 1.0,
+            "peak_in_flight": dict(zip(names, _peak_in_flight(timing, plan.k))),
+            "schedule": plan.schedule, "micro_batches": plan.micro_batches,
+            "timeline": _timeline(timing, names)}
+
+
+def single_device_time(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> float:
+    """Seconds of every compute step of `plan` run on the cluster's fastest device, plus the
+    step overhead (the baseline a model-parallel speedup is measured against)."""
+    costs = StepCosts(plan, cluster, optimizer)
+    fastest = int(np.argmax(cluster.speeds))
+    total = cluster.step_overhead
+    for program in plan.programs:
+        for block in program.blocks:
+            for step in block.steps:
+                if isinstance(step, Compute):
+                    total += sum(costs.node(fastest, program.nodes[n]) for n in step.nodes)
+                else:
+                    total += costs.step(fastest, step)
+    return float(total)
+
+
+def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
+    """Per device, the most micro-batches whose forward block started and whose backward
+    block had not finished at one time."""
+    spans: list[dict[int, list[float]]] = [{} for _ in range(k)]
+    for b in timing.blocks:
+        phase = b.label.rstrip("0123456789")
+        if phase in ("F", "B"):
+            mb = int(b.label[len(phase):])
+            span = spans[b.device].setdefault(mb, [b.start, timing.step_time])
+            if phase == "B":
+                span[1] = b.end
+    peaks = []
+    for device in spans:
+        events = sorted([(s, 1) for s, _ in device.values()] +
+                        [(e, -1) for _, e in device.values()], key=lambda x: (x[0], x[1]))
+        level = peak = 0
+        for _, change in events:
+            level += change
+            peak = max(peak, level)
+        peaks.append(peak)
+    return peaks
+
+
+def _timeline(timing: PlanTiming, names: tuple[str, ...]) -> list[dict]:
+    """Blocks (kind forward, backward or update) and transfers (kind transfer, under the
+    receiving device with "link": "a->b") as Gantt segments; empty blocks left out."""
+    out = []
+    for b in timing.blocks:
+        if b.end > b.start:
+            phase = b.label.rstrip("0123456789")
+            mb = int(b.label[len(phase):]) if len(phase) < len(b.label) else -1
+            out.append({"device": names[b.device], "start": b.start, "end": b.end,
+                        "kind": PHASE_KINDS.get(phase, "forward"), "micro_batch": mb})
+    for t in timing.transfers:
+        out.append({"device": names[t.target], "start": t.start, "end": t.end,
+                    "kind": "transfer", "micro_batch": -1 if t.micro_batch is None
+                    else t.micro_batch, "link": f"{names[t.source]}->{names[t.target]}"})
+    return out

@@ -6,7 +6,7 @@ import pytest
 from autodiff.ir import Graph, Node
 from executor.plan import build_plan
 from executor.program import Block, Compute, Plan, Program, Recv, Send
-from executor.timing import UPDATE_FLOPS, StepCosts, simulate_plan
+from executor.timing import UPDATE_FLOPS, StepCosts, simulate_plan, simulation_summary
 from executor_cases import contiguous, hand_graph
 from partition.cluster import Device, heterogeneous, uniform
 
@@ -47,6 +47,35 @@ def test_hand_built_pipeline_is_timed_by_hand():
     assert [v for blk in t.blocks for v in (blk.start, blk.end)] == pytest.approx(
         [0, 5e-3, 5e-3, 10e-3, 0, 19e-3, 19e-3, 31e-3])
     assert t.bubble == pytest.approx(1 - 14e-3 / (2 * 31e-3))
+    # the transfers: a0 on the link 5-17 ms, a1 17-29 ms
+    assert [(x.source, x.target, x.micro_batch) for x in t.transfers] == [(0, 1, 0), (0, 1, 1)]
+    assert [v for x in t.transfers for v in (x.start, x.end)] == pytest.approx(
+        [5e-3, 17e-3, 17e-3, 29e-3])
+
+
+def test_the_report_form_of_the_hand_built_pipeline():
+    """simulation_summary on the hand plan above: the single-device time is every op on one
+    device (a0, a1, b0, b1: 5 + 5 + 2 + 2 ms), the Gantt segments are the blocks and the
+    transfers, and no micro-batch has a backward, so both stay in flight to the end."""
+    a, b = _node("a", 4e6, ["x"]), _node("b", 1e6, ["a"])
+    blocks0 = [Block("F", i, (Compute(("a",)), Send("a", 1, "activation"))) for i in range(2)]
+    blocks1 = [Block("F", i, (Recv("a", 0, "activation"), Compute(("b",)))) for i in range(2)]
+    plan = _plan(blocks0, blocks1, {"a": a}, {"b": b}, {"a": 10_000, "b": 16},
+                 [(0, 0), (0, 1), (1, 0), (1, 1)])
+    devices = [Device(f"d{i}", 1e9, 2**30, op_overhead=1e-3) for i in range(2)]
+    summary = simulation_summary(plan, heterogeneous(devices, default_bandwidth=1e6,
+                                                     default_latency=2e-3))
+    assert summary["makespan"] == pytest.approx(31e-3)
+    assert summary["single_device_time"] == pytest.approx(14e-3)
+    assert summary["speedup"] == pytest.approx(14 / 31)
+    assert summary["busy"] == pytest.approx({"d0": 10 / 31, "d1": 4 / 31})
+    assert summary["peak_in_flight"] == {"d0": 2, "d1": 2}
+    segments = [(x["device"], x["kind"], x["micro_batch"], x.get("link"))
+                for x in summary["timeline"]]
+    assert segments == [("d0", "forward", 0, None), ("d0", "forward", 1, None),
+                        ("d1", "forward", 0, None), ("d1", "forward", 1, None),
+                        ("d1", "transfer", 0, "d0->d1"), ("d1", "transfer", 1, "d0->d1")]
+    assert (summary["schedule"], summary["micro_batches"]) == ("gpipe", 2)
 
 
 def test_single_device_step_is_the_sum_of_its_costs():
@@ -73,3 +102,12 @@ def test_slower_links_never_make_a_step_faster():
     # with free communication the step is at least the busiest device's compute
     fast = simulate_plan(plan, uniform(2, flops=1e9, bandwidth=1e15, latency=0.0))
     assert fast.step_time >= max(fast.compute) - 1e-15
+
+
+@pytest.mark.parametrize("schedule,peaks", [("1f1b", [2, 1]), ("gpipe", [4, 4])])
+def test_peak_in_flight_follows_the_schedule(schedule, peaks):
+    """4 micro-batches on 2 stages: 1F1B holds (stages - stage) in flight, GPipe all 4."""
+    g = hand_graph(batch=4)
+    plan = build_plan(g, contiguous(g, 2), 2, micro_batches=4, schedule=schedule)
+    summary = simulation_summary(plan, uniform(2, flops=1e9, bandwidth=1e9))
+    assert list(summary["peak_in_flight"].values()) == peaks
