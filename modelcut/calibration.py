@@ -388,6 +388,9 @@ def measure_devices(devices: int, sizes, payloads, repeats: int) -> Calibration:
                      for name, actor, (node, memory) in zip(names, actors, nodes))
         sizes = tuple(sorted(set(int(p) for p in payloads)))
         links = measure_links(ray, actors, names, sizes, HOP_REPEATS * repeats, transport)
+    except ray.exceptions.GetTimeoutError:
+        raise CalibrationError(f"calibrate: an actor's measurement took over {TIMEOUT:g} s "
+                               "(is the machine overloaded?)") from None
     finally:
         for actor in actors:
             ray.kill(actor)
