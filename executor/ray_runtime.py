@@ -4,18 +4,12 @@
 store, worker logs kept out of the driver's output, session files under the system temp
 directory via Ray's `RAY_TMPDIR`, worker processes at normal priority) or joins an existing
 cluster with `address=`. `stop_ray()` shuts down only an instance that `start_ray()` started.
-
-The executor no longer uses Ray's Compiled Graphs (the named pipes are faster here).
-`skip_torch_in_channels` and `patient_channel_reads` below remain only for
-modelcut/calibration.py's compiled-graph link probe and go with it (issue 15, item 3): they
-are the last private Ray names under executor/.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -27,7 +21,6 @@ log = logging.getLogger(__name__)
 RAY_ENVIRONMENT = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
-    "RAY_CGRAPH_teardown_timeout": "3",
     "RAY_worker_niceness": "0",
 }
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
@@ -98,66 +91,3 @@ def stop_ray() -> None:
     ray.shutdown()
     _started_here = False
 
-
-def skip_torch_in_channels() -> None:
-    """Tell Compiled-Graph channels in this process that torch is unavailable.
-
-    On first use they import torch when it is installed (to handle GPU tensors): 2-3 s and
-    ~300 MB per process. modelcut sends numpy arrays only. Measured here: the first execution
-    of a 2-actor graph drops from ~3 s to ~10 ms. (A private attribute of Ray 2.x; left alone
-    when it does not exist.)"""
-    try:
-        from ray.experimental.channel.common import ChannelContext
-    except ImportError:
-        return
-    context = ChannelContext.get_current()
-    if hasattr(context, "_torch_available"):
-        context._torch_available = False
-
-
-# Channel reads: spin this long first (Ray's own wait), then sleep between polls, doubling the
-# pause from PAUSE_SECONDS up to MAX_PAUSE_SECONDS.
-SPIN_SECONDS = 1e-3
-PAUSE_SECONDS = 2e-5
-MAX_PAUSE_SECONDS = 5e-4
-
-
-def patient_channel_reads() -> None:
-    """Make Compiled-Graph channel reads in this process sleep while they wait.
-
-    Ray's shared-memory reader busy-waits (a sched_yield loop) until the writer seals the
-    next value: measured here, an idle compiled-graph actor takes 0.3-0.4 of a core and the
-    driver waiting for a step 0.33, taken from the actors computing on a 2-core machine. The
-    wrapped read spins for SPIN_SECONDS as before, then polls (a zero-timeout read, which
-    Ray retries the same way after its own iteration timeouts) with short sleeps in between.
-    Idempotent; left alone when Ray has no such channel class."""
-    try:
-        from ray.exceptions import RayChannelTimeoutError
-        from ray.experimental.channel.shared_memory_channel import Channel
-    except ImportError:
-        return
-    if getattr(Channel.read, "patient", False):
-        return
-    spin_read = Channel.read
-
-    def read(self, timeout: float | None = None):
-        endless = timeout is None or timeout < 0
-        if not endless and timeout <= SPIN_SECONDS:
-            return spin_read(self, timeout)
-        deadline = None if endless else time.monotonic() + timeout
-        try:
-            return spin_read(self, SPIN_SECONDS)
-        except RayChannelTimeoutError:
-            pass
-        pause = PAUSE_SECONDS
-        while True:
-            time.sleep(pause)
-            try:
-                return spin_read(self, 0)
-            except RayChannelTimeoutError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-            pause = min(2 * pause, MAX_PAUSE_SECONDS)
-
-    read.patient = True
-    Channel.read = read

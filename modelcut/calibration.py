@@ -1,64 +1,38 @@
-"""Measure this machine as a cluster: what each op, transfer and step costs on the Ray executor.
+"""Measure this machine as a cluster for the step simulator (executor/timing.py).
 
-One Ray actor per device (BLAS limited to one thread, as the Ray executor runs them), measured
-one actor at a time so they do not share cores:
-- FLOP/s: the median, over a few matrix sizes, of each size's median rate (2 n^3 FLOPs per
-  n x n matmul); `op_flops.conv2d`, the rate of conv2d with its two gradient ops (their
-  FLOPs over their time) on a few small image batches; and `op_flops["*"]`, the rate of the
-  other ops (elementwise, reductions, normalizations: memory-bound in numpy, FLOPs as the op
-  registry counts them).
-- `op_overhead`: the seconds per executed op of the executor's own worker (executor.worker)
-  training tiny models of each bundled family, where FLOPs do not count: numpy dispatch and
-  the interpreter, which dominate small models.
-Links: for each pair of actors and a few payload sizes, the median time for actor A's return
-value to reach actor B, through the transport the executor uses: a Ray Compiled Graph channel
-(`transport="compiled"`, the executor's default path; the time of a one-actor graph is
-subtracted) or a plain call taking an ObjectRef (`"plain"`); `latency + bytes / bandwidth` is
-fitted by least squares (to the median over pairs when all actors share one machine: their
-differences are noise).
-From the executor's own runs (modelcut/calibration_costs.py: probe models, none a bundled
-config, trained through the Ray executor on 1, 2 and 4 actors): each device's
-`op_costs` (per op kind of the training graph) and `update_costs` (per optimizer), scaled by
-`compute_scale` (the executor's seconds in ops and updates over what the simulator predicts
-for them) plus `call_overhead` seconds per op (the rest of the calls' own work); the
-cluster's `step_overhead` and the links' latency (a hop between actors as the executor pays
-it), at which the simulator best predicts the probes' steps; the poll delay of the
-executor's channel reads (timed on a busy one-actor graph, on several machines) and the
-machine's `cores` when the actors share one (pinned to them round robin; `poll_after` is
-then how long a device keeps loading its processor after its ops, fitted with the rest).
-Without those runs (`steps=0`) the step overhead is the one-actor
-round trip (driver -> actor -> driver) and the latency the probes' fit. The result is written
-as a `cluster:` section with explicit devices and links, which a config reads with
-`cluster: {file: ...}`.
+Per Ray actor (one per device, BLAS on one thread as the executor runs them), one at a time:
+`flops` (median n x n matmul rate over a few n), `op_flops` (matmul; conv2d with its two
+gradient ops; `*`: memory-bound ops, FLOPs as the op registry counts them) and `op_overhead`
+(the compute seconds the executor's worker reports training tiny models, over their ops).
+Links: `latency + bytes / bandwidth` fitted by least squares to a hop's median seconds per
+payload size through the executor's transport: its named pipes on one node (half an echo's
+round trip), else plain actor calls taking the other actor's ObjectRef (less a round trip).
+`step_overhead`: a tiny model's step through the Ray executor on one device less what
+`simulate_plan` predicts for it. Then the simulator is checked, not fitted: probe models (no
+bundled config) through the Ray executor on two devices, measured vs predicted step.
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from autodiff.errors import ModelcutError
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MATMUL_SIZES = (128, 256, 512)
 DEFAULT_PAYLOADS = (1024, 64 * 1024, 1024**2, 8 * 1024**2)
-LINK_ATTEMPTS = 3   # link measurements retried (twice the repeats each time) when noise spoils them
 DEFAULT_REPEATS = 7
-DEFAULT_STEPS = 40   # training steps of each probe through the Ray executor (calibration_costs)
-DEFAULT_ROUNDS = 2   # ... in rounds over the probes, the quickest counting (the machine drifts)
-POLL_WAIT = 4e-3     # seconds the driver waits for a busy actor when the poll delay is timed
-POLL_REPEATS = 10    # ... that many times `repeats` (it varies with the load: ~0.3 s in all)
-TRANSPORTS = ("compiled", "plain")
-HOP_REPEATS = 3      # link and round-trip timings take this many times `repeats` (they are quick)
+DEFAULT_STEPS = 10       # measured steps of each Ray executor run (after WARMUP_STEPS)
+WARMUP_STEPS = 3
+HOP_REPEATS = 3          # hops take this many times `repeats` (they are quick)
+TIMEOUT = 300.0          # s: any one Ray call of the calibration
 # conv2d probes: (batch, channels, image side), 3x3 kernels, same padding
 CONV_SHAPES = ((8, 8, 16), (8, 16, 8), (8, 32, 8))
-# memory-bound ops whose summed FLOPs over summed time is the rate of ops other than matmul/conv
 ELEMENTWISE_OPS = ("add", "multiply", "exp", "tanh", "sigmoid", "gelu", "softmax", "layer_norm",
                    "mean")
 ELEMENTWISE_SHAPE = (64, 512)
@@ -70,14 +44,51 @@ TINY_MODELS = (("mlp", dict(layers=2, width=4, in_features=4, classes=2, batch=2
                                batch=1)))
 
 
+class Probe(NamedTuple):
+    """A model trained through the Ray executor: builder family and sizes (full batch),
+    micro-batches, schedule and optimizer."""
+
+    name: str
+    family: str
+    sizes: dict
+    micro_batches: int = 1
+    schedule: str = "gpipe"
+    optimizer: str = "sgd"
+
+
+STEP_PROBE = Probe("mlp-tiny", "mlp", dict(layers=2, width=8, in_features=8, classes=2, batch=4))
+CHECK_PROBES = (
+    Probe("mlp-probe", "mlp", dict(layers=4, width=96, in_features=48, classes=6, batch=32),
+          2, "1f1b", "adam"),
+    Probe("gpt-probe", "gpt", dict(layers=2, d_model=32, heads=2, seq=16, vocab=64, batch=8),
+          2, "1f1b", "adam"))
+
+
 class CalibrationError(ModelcutError):
     """A calibration setting is invalid or a measurement cannot be fitted."""
 
 
 @dataclass(frozen=True)
+class DeviceFit:
+    """A measured device: matmul FLOP/s (median, and per size), FLOP/s per op kind, seconds
+    per executed op, its share of its machine's memory (bytes)."""
+
+    name: str
+    flops: float
+    flops_by_size: dict
+    op_flops: dict
+    op_overhead: float
+    memory: int
+
+    def spec(self) -> dict:
+        return {"name": self.name, "flops": self.flops, "memory": self.memory,
+                "op_flops": dict(self.op_flops), "op_overhead": self.op_overhead}
+
+
+@dataclass(frozen=True)
 class LinkFit:
-    """The fitted link from actor `a` to actor `b`: median seconds per payload size, and the
-    least-squares `latency` (s) and `bandwidth` (bytes/s) of `seconds = latency + bytes / bw`."""
+    """The fitted link from actor `a` to actor `b`: median seconds of a hop per payload size,
+    and the least-squares `latency` (s) and `bandwidth` (bytes/s) of `latency + bytes / bw`."""
 
     a: str
     b: str
@@ -87,103 +98,61 @@ class LinkFit:
     bandwidth: float
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "payloads": list(self.payloads),
-                "seconds": list(self.seconds), "latency": self.latency,
-                "bandwidth": self.bandwidth}
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A probe's step through the Ray executor on k devices: measured (median) and predicted
+    (simulate_plan) seconds; `error` is (predicted - measured) / measured."""
+
+    probe: str
+    k: int
+    measured: float
+    predicted: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.measured) / self.measured
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "error": self.error}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What was measured: per device its matmul FLOP/s (and the rate per matmul size), the
-    FLOP/s of other op kinds (`conv2d`; `*`: every kind not listed but matmul), seconds per
-    executed op and memory share; one fitted link per pair of devices,
-    the transport they were measured through, and the driver -> actor -> driver round trip."""
+    """What was measured: the devices, one link per pair (through `transport`: pipes or
+    plain), the executor's seconds per step beyond ops and transfers, and the simulator's
+    checks on probe models (reported, not fitted)."""
 
     host: str
-    devices: tuple[str, ...]
-    flops: tuple[float, ...]
-    flops_by_size: tuple[dict, ...]
-    op_flops: tuple[dict, ...]
-    op_overhead: tuple[float, ...]
-    memory: tuple[int, ...]
+    devices: tuple[DeviceFit, ...]
     links: tuple[LinkFit, ...]
     transport: str
-    step_overhead: float
-    op_costs: tuple[dict, ...] = ()
-    update_costs: tuple[dict, ...] = ()
-    round_trip: float = 0.0
-    hop_latency: float | None = None
-    compute_scale: float = 1.0
-    poll_after: float = 0.0
-    poll_delay: float = 0.0
-    cores: int = 0
-    call_overhead: float = 0.0
-    probes: tuple[dict, ...] = ()
+    step_overhead: float = 0.0
+    checks: tuple[Check, ...] = ()
 
-    @property
-    def bandwidth(self) -> float:
-        """Median fitted bandwidth over the links (bytes/s)."""
-        return float(np.median([link.bandwidth for link in self.links]))
-
-    @property
-    def latency(self) -> float:
-        """Median fitted latency over the links (s)."""
-        return float(np.median([link.latency for link in self.links]))
-
-    def cluster_spec(self, extended: bool = True) -> dict:
-        """The explicit-devices cluster section (plain numbers: FLOP/s, bytes, bytes/s, s);
-        `extended`: with each device's `op_costs` and `update_costs` and the cluster's poll
-        delay (else the driver's poll delay is counted in the step overhead). Links take the
-        latency of a hop measured inside the executor when there is one."""
-        devices = []
-        for i, (n, f, m, o, r) in enumerate(zip(self.devices, self.flops, self.memory,
-                                                self.op_overhead, self.op_flops)):
-            device = {"name": n, "flops": float(f), "memory": int(m), "op_overhead": float(o),
-                      "op_flops": {"matmul": float(f), **{k: float(v) for k, v in r.items()}}}
-            if extended and i < len(self.op_costs):
-                device["op_costs"] = {op: [float(c) for c in cost]
-                                      for op, cost in sorted(self.op_costs[i].items())}
-                device["update_costs"] = {name: [float(c) for c in cost]
-                                          for name, cost in self.update_costs[i].items()}
-            devices.append(device)
-        spec = {"name": f"calibrated-{self.host}", "devices": devices,
-                "step_overhead": float(self.step_overhead
-                                       + (0.0 if extended else self.poll_delay)),
-                # the executor sends what one call produces for another call as one packet
-                "batch_transfers": True}
-        if extended and self.poll_delay:
-            spec["poll_after"], spec["poll_delay"] = self.poll_after, self.poll_delay
-        elif extended and self.cores and self.poll_after:   # the devices' spin on shared cores
-            spec["poll_after"] = self.poll_after
-        if extended and self.cores:
-            spec["cores"] = int(self.cores)
-        if self.links:
-            hop = self.hop_latency
-            spec["links"] = [{"a": link.a, "b": link.b, "bandwidth": float(link.bandwidth),
-                              "latency": float(link.latency if hop is None else hop)}
-                             for link in self.links]
-            spec["default_bandwidth"] = self.bandwidth
-            spec["default_latency"] = self.latency if hop is None else float(hop)
+    def cluster_spec(self, k: int | None = None) -> dict:
+        """The `cluster:` section (plain numbers: FLOP/s, bytes, bytes/s, s) of the first k
+        devices (default all) and their links."""
+        devices = self.devices[:k]
+        names = {d.name for d in devices}
+        spec = {"name": f"calibrated-{self.host}", "devices": [d.spec() for d in devices],
+                "step_overhead": float(self.step_overhead)}
+        links = [{"a": f.a, "b": f.b, "latency": f.latency, "bandwidth": f.bandwidth}
+                 for f in self.links if f.a in names and f.b in names]
+        if links:
+            spec["links"] = links
         return spec
 
     def to_dict(self) -> dict:
-        return {"host": self.host, "devices": list(self.devices), "flops": list(self.flops),
-                "flops_by_size": [dict(d) for d in self.flops_by_size],
-                "op_flops": [dict(r) for r in self.op_flops], "op_overhead": list(self.op_overhead),
-                "memory": list(self.memory), "links": [link.to_dict() for link in self.links],
-                "transport": self.transport, "step_overhead": self.step_overhead,
-                "op_costs": [dict(c) for c in self.op_costs],
-                "update_costs": [dict(c) for c in self.update_costs],
-                "round_trip": self.round_trip, "hop_latency": self.hop_latency,
-                "compute_scale": self.compute_scale, "poll_after": self.poll_after,
-                "poll_delay": self.poll_delay, "cores": self.cores,
-                "call_overhead": self.call_overhead, "probes": list(self.probes)}
+        return {**dataclasses.asdict(self), "checks": [c.to_dict() for c in self.checks]}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
                           ) -> tuple[float, float]:
     """Least-squares (latency, bandwidth) of `seconds = latency + payload / bandwidth`, in
-    relative terms (each residual divided by its measured time).
+    relative terms (each residual divided by its measured time: noise grows with the time).
 
     A negative fitted latency is clamped to 0 (and the slope refitted through the origin);
     a non-positive slope (times that do not grow with size) raises CalibrationError."""
@@ -193,11 +162,9 @@ def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
                                f"{list(map(int, x))}")
     if (y <= 0).any():
         raise CalibrationError(f"link fit: times must be positive, got {y.tolist()}")
-    # Relative residuals (rows scaled by 1/y): timing noise grows with the time, and an
-    # unweighted fit would let the largest payload decide the latency.
     w = 1.0 / y
-    design = np.column_stack([w, x * w])
-    (latency, per_byte), *_ = np.linalg.lstsq(design, np.ones_like(y), rcond=None)
+    (latency, per_byte), *_ = np.linalg.lstsq(np.column_stack([w, x * w]), np.ones_like(y),
+                                              rcond=None)
     if latency < 0:
         xw = x * w
         latency, per_byte = 0.0, float(xw.sum() / (xw @ xw))
@@ -206,6 +173,22 @@ def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
                                f"grow with the payload sizes {list(map(int, x))}; use larger "
                                "payloads")
     return float(latency), float(1.0 / per_byte)
+
+
+def fit_link(a: str, b: str, sizes: Sequence[int], seconds: Sequence[float],
+             round_trip: float = 0.0) -> LinkFit:
+    """The link a -> b from the median seconds per payload size of a hop plus `round_trip`
+    (the driver's own call, on the plain path), subtracted here (leaving at least 0.1 us)."""
+    hops = [max(float(t) - round_trip, 1e-7) for t in seconds]
+    sizes = tuple(int(n) for n in sizes)
+    latency, bandwidth = fit_latency_bandwidth(sizes, hops)
+    return LinkFit(a, b, sizes, tuple(hops), latency, bandwidth)
+
+
+def step_overhead(measured: float, predicted: float) -> float:
+    """Seconds per step beyond ops and transfers: a measured step less the simulated one
+    (which had no step overhead), at least 0."""
+    return max(float(measured) - float(predicted), 0.0)
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:
@@ -220,21 +203,19 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def matmul_rates(sizes: Sequence[int], repeats: int, dtype: str = "float32") -> dict[int, float]:
-    """FLOP/s of an n x n matmul per size n (median of `repeats` timed runs after one warm-up)."""
+    """FLOP/s of an n x n matmul per size n."""
     rng = np.random.default_rng(0)
     rates = {}
     for n in sizes:
-        a = rng.standard_normal((n, n)).astype(dtype)
-        b = rng.standard_normal((n, n)).astype(dtype)
+        a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
         rates[int(n)] = 2.0 * n**3 / max(median_seconds(lambda: a @ b, repeats), 1e-12)
     return rates
 
 
 def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES,
               dtype: str = "float32") -> float:
-    """FLOP/s of conv2d and its input and weight gradients (their FLOPs over their seconds,
-    as the simulator charges a conv's backward at its forward's rate): the median over
-    `shapes` (batch, channels, image side; 3x3 kernels, same padding)."""
+    """FLOP/s of conv2d and its input and weight gradients (the simulator charges a conv's
+    backward at its forward's rate): the median over `shapes`."""
     from autodiff.ops.registry import lookup
 
     forward, input_grad, weight_grad = (lookup(op, op) for op in
@@ -250,15 +231,14 @@ def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES
             forward.forward(x, w, padding=1)
             input_grad.forward(g, w, shape=list(x.shape), padding=1)
             weight_grad.forward(x, g, shape=list(w.shape), padding=1)
-        flops = 3 * 2 * g.size * channels * 9
-        rates.append(flops / max(median_seconds(step, repeats), 1e-12))
+        rates.append(3 * 2 * g.size * channels * 9 / max(median_seconds(step, repeats), 1e-12))
     return float(np.median(rates))
 
 
 def elementwise_rate(repeats: int, shape: tuple[int, int] = ELEMENTWISE_SHAPE,
                      dtype: str = "float32") -> float:
-    """FLOP/s (as the op registry counts FLOPs) of numpy's memory-bound ops: the ELEMENTWISE_OPS
-    on `shape` arrays, their summed FLOPs over their summed median seconds."""
+    """FLOP/s (as the op registry counts them) of ELEMENTWISE_OPS on `shape` arrays: their
+    summed FLOPs over their summed median seconds."""
     from autodiff.ops.registry import lookup
 
     rng = np.random.default_rng(0)
@@ -269,15 +249,14 @@ def elementwise_rate(repeats: int, shape: tuple[int, int] = ELEMENTWISE_SHAPE,
     flops = seconds = 0.0
     for name in ELEMENTWISE_OPS:
         op, inputs, kw = lookup(name, name), args.get(name, (x,)), attrs.get(name, {})
-        out = op.forward(*inputs, **kw)
-        flops += op.flops([a.shape for a in inputs], np.shape(out), **kw)
+        flops += op.flops([a.shape for a in inputs], np.shape(op.forward(*inputs, **kw)), **kw)
         seconds += median_seconds(lambda: op.forward(*inputs, **kw), repeats)
     return flops / max(seconds, 1e-12)
 
 
 def op_overhead(repeats: int) -> float:
     """Seconds per executed op of the executor's worker training the TINY_MODELS on one
-    device: the compute seconds the worker reports over the ops it ran (median of steps)."""
+    device: the compute seconds the worker reports (median of steps) over the ops it ran."""
     from autodiff.models import BUILDERS, make_data
     from executor.local import LocalExecutor
 
@@ -294,44 +273,54 @@ def op_overhead(repeats: int) -> float:
 
 
 class ProbeActor:
-    """A device for calibration: times ops, holds payloads to send, receives them."""
+    """A device for calibration: times its compute; sends payloads to another actor over
+    named pipes (as the executor's actors do on one node) or as plain call returns."""
 
     def __init__(self, payloads: Sequence[int]):
-        from executor.ray_runtime import patient_channel_reads, skip_torch_in_channels
-
-        skip_torch_in_channels()
-        patient_channel_reads()                  # channel reads as the executor's actors do
         self.payloads = {int(n): np.ones(int(n), dtype=np.uint8) for n in payloads}
 
-    def node(self) -> dict:
+    def node(self) -> tuple[str, int]:
+        """This actor's Ray node and its machine's memory (bytes)."""
         import ray
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "cores": os.cpu_count() or 0,
-                "memory": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-                "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+        return (ray.get_runtime_context().get_node_id(),
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
-    def compute(self, sizes: Sequence[int], repeats: int) -> tuple[dict, dict, float, dict,
-                                                                   dict, float]:
-        """(matmul FLOP/s per size, FLOP/s of other op kinds, seconds per executed op, cost
-        per op kind, cost per optimizer update, seconds of the timed ops in all)."""
-        from modelcut.calibration_costs import (fit_op_costs, fit_update_costs, op_samples,
-                                                update_samples)
+    def rates(self, name: str, sizes: Sequence[int], repeats: int, memory: int) -> DeviceFit:
+        by_size = matmul_rates(sizes, repeats)
+        flops = float(np.median(list(by_size.values())))
+        return DeviceFit(name, flops, by_size, {"matmul": flops, "conv2d": conv_rate(repeats),
+                                                "*": elementwise_rate(repeats)},
+                         op_overhead(repeats), memory)
 
-        rates = {"conv2d": conv_rate(repeats), "*": elementwise_rate(repeats)}
-        samples = op_samples(HOP_REPEATS * repeats)
-        seconds = float(sum(row[2] for rows in samples.values() for row in rows))
-        return (matmul_rates(sizes, repeats), rates, op_overhead(repeats),
-                fit_op_costs(samples), fit_update_costs(update_samples(repeats)), seconds)
+    def echo(self, reads: dict, writes: dict, spin: float) -> None:
+        """Send every payload the peer pipes here back to it, until it says stop."""
+        from executor.ray_pipes import Endpoint, PipeClosed
+        pipes = Endpoint(reads, writes)
+        try:
+            while True:
+                pipes.send("peer", "pong", pipes.receive("peer", "ping", spin=spin))
+        except PipeClosed:
+            return
+        finally:
+            pipes.close()
 
-    def echo(self, value):
-        return value
+    def ping(self, reads: dict, writes: dict, spin: float, sizes: Sequence[int],
+             repeats: int) -> list[float]:
+        """Per payload size, half the median round trip of a payload to an echoing peer."""
+        from executor.ray_pipes import Endpoint
+        pipes = Endpoint(reads, writes)
 
-    def wait(self, seconds: float) -> float:
-        """Keep busy for `seconds` (the driver meanwhile waits, as for a step)."""
-        end = time.perf_counter() + float(seconds)
-        while time.perf_counter() < end:
-            pass
-        return seconds
+        def round_trip(payload):
+            pipes.send("peer", "ping", payload)
+            pipes.receive("peer", "pong", spin=spin)
+        try:
+            hops = [median_seconds(lambda: round_trip(self.payloads[n]), repeats) / 2
+                    for n in sizes]
+            pipes.send("peer", "stop", None)
+            pipes.flush()
+            return hops
+        finally:
+            pipes.close()
 
     def send(self, nbytes: int) -> np.ndarray:
         return self.payloads[int(nbytes)]
@@ -340,227 +329,141 @@ class ProbeActor:
         return int(payload.nbytes)
 
 
-def actor_options() -> dict:
-    """Actor options: no CPU held (k actors fit on a small machine), BLAS limited to one
-    thread, and this checkout importable in the worker processes."""
+def pipe_hops(ray, sender, receiver, sizes: Sequence[int], repeats: int, spin: float
+              ) -> list[float]:
+    """Seconds of a hop sender -> receiver per payload size over the executor's named pipes
+    (executor/ray_pipes.py Endpoint, one pipe each way, as the executor opens them)."""
+    from executor.ray_pipes import make_pipe_dir, remove_pipe_dir
+    root = make_pipe_dir(["ab", "ba"])
+    try:
+        echo = receiver.echo.remote({"peer": str(root / "ab")}, {"peer": str(root / "ba")}, spin)
+        hops = sender.ping.remote({"peer": str(root / "ba")}, {"peer": str(root / "ab")}, spin,
+                                  list(sizes), repeats)
+        return ray.get([hops, echo], timeout=TIMEOUT)[0]
+    finally:
+        remove_pipe_dir(root)
+
+
+def plain_hops(ray, sender, receiver, sizes: Sequence[int], repeats: int) -> list[float]:
+    """Seconds of a hop sender -> receiver per payload size through plain actor calls (the
+    receiver's call takes the sender's ObjectRef), less the driver's round trip."""
+    trip = median_seconds(lambda: ray.get(receiver.receive.remote(np.zeros(1, np.uint8))),
+                          repeats)
+    return [median_seconds(lambda: ray.get(receiver.receive.remote(sender.send.remote(n))),
+                           repeats) - trip for n in sizes]
+
+
+def measure_links(ray, actors, names, sizes, repeats: int, transport: str
+                  ) -> tuple[LinkFit, ...]:
+    """One fitted link per pair of actors. Through the pipes (one machine) the pairs differ
+    only by noise, so each is fitted to the median over the pairs."""
+    from executor.ray_pipes import default_spin
+    pairs = [(a, b) for a in range(len(actors)) for b in range(a + 1, len(actors))]
+    spin = default_spin(len(actors))
+    hops = {(a, b): (pipe_hops(ray, actors[a], actors[b], sizes, repeats, spin)
+                     if transport == "pipes" else
+                     plain_hops(ray, actors[a], actors[b], sizes, repeats)) for a, b in pairs}
+    if transport == "pipes" and pairs:
+        hops = dict.fromkeys(pairs, np.median(list(hops.values()), axis=0).tolist())
+    return tuple(fit_link(names[a], names[b], sizes, hops[a, b]) for a, b in pairs)
+
+
+def measure_devices(devices: int, sizes, payloads, repeats: int) -> Calibration:
+    """Start `devices` probe actors (no CPU held, BLAS on one thread, spread over the nodes),
+    measure each one's rates in turn, then the links between them."""
+    import ray
     from executor.ray_runtime import worker_env
-    env = worker_env(blas_threads=1)
-    return {"num_cpus": 0, "runtime_env": {"env_vars": env}, "scheduling_strategy": "SPREAD"}
+
+    options = {"num_cpus": 0, "runtime_env": {"env_vars": worker_env(blas_threads=1)},
+               "scheduling_strategy": "SPREAD"}
+    actors = [ray.remote(ProbeActor).options(**options).remote(payloads)
+              for _ in range(devices)]
+    try:
+        nodes = ray.get([a.node.remote() for a in actors], timeout=TIMEOUT)
+        here = ray.get_runtime_context().get_node_id()
+        transport = "pipes" if all(node == here for node, _ in nodes) else "plain"
+        names = tuple(f"cpu{i}" for i in range(devices))
+        fits = tuple(ray.get(actor.rates.remote(name, list(sizes), repeats, memory // sum(
+            n == node for n, _ in nodes)), timeout=TIMEOUT)                 # one at a time
+                     for name, actor, (node, memory) in zip(names, actors, nodes))
+        sizes = tuple(sorted(set(int(p) for p in payloads)))
+        links = measure_links(ray, actors, names, sizes, HOP_REPEATS * repeats, transport)
+    except ray.exceptions.GetTimeoutError:
+        raise CalibrationError(f"calibrate: an actor's measurement took over {TIMEOUT:g} s "
+                               "(is the machine overloaded?)") from None
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return Calibration(platform.node() or "localhost", fits, links, transport)
+
+
+def run_probe(probe: Probe, cluster, steps: int) -> Check:
+    """Train `probe` through the Ray executor on the cluster's k devices (contiguous
+    placement): its median step over `steps` after WARMUP_STEPS, and simulate_plan's."""
+    from autodiff.models import BUILDERS, make_data
+    from executor.ray_executor import RayExecutor
+    from executor.timing import simulate_plan
+    from partition.api import partition
+    from partition.cluster import uniform
+
+    m, k = probe.micro_batches, cluster.k
+    micro = BUILDERS[probe.family](**{**probe.sizes, "batch": probe.sizes["batch"] // m})
+    placement = (np.zeros(len(micro.nodes), dtype=np.int64) if k == 1 else
+                 partition(micro, uniform(k), algorithm="contiguous", epsilon=1.0))
+    data = make_data(BUILDERS[probe.family](**probe.sizes), probe.family, 0)
+    with RayExecutor(micro, placement, k, probe.optimizer, micro_batches=m,
+                     schedule=probe.schedule, checkpoint_every=None) as executor:
+        times = [executor.step(data(s)).step_seconds for s in range(WARMUP_STEPS + steps)]
+        plan = executor.plan
+    predicted = simulate_plan(plan, cluster, probe.optimizer).step_time
+    return Check(probe.name, k, float(np.median(times[WARMUP_STEPS:])), predicted)
 
 
 def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZES,
               payloads: Sequence[int] = DEFAULT_PAYLOADS, repeats: int = DEFAULT_REPEATS,
-              transport: str = "compiled", address: str | None = None,
-              steps: int = DEFAULT_STEPS, rounds: int = DEFAULT_ROUNDS) -> Calibration:
+              steps: int = DEFAULT_STEPS, address: str | None = None,
+              probes: Sequence[Probe] = CHECK_PROBES) -> Calibration:
     """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster),
-    then train probe models `steps` steps through the Ray executor on up to four of them,
-    in `rounds` rounds over the probes (what steps, hops and ops cost inside the executor;
-    none when steps is 0)."""
+    the executor's step overhead on one device, then check the simulator on `probes` on
+    (at most) two devices."""
     from executor.ray_runtime import start_ray, stop_ray
-    from executor.ray_runtime import SPIN_SECONDS
-    from modelcut.calibration_costs import executor_costs, scaled_costs
+    from partition.cluster import Cluster
 
-    if (devices < 1 or repeats < 1 or steps < 0 or rounds < 1 or not matmul_sizes
-            or min(matmul_sizes) < 1):
-        raise CalibrationError(f"calibrate: need devices >= 1, repeats >= 1, steps >= 0, "
-                               f"rounds >= 1 and positive matmul sizes, got devices={devices}, "
-                               f"repeats={repeats}, steps={steps}, rounds={rounds}, "
+    if devices < 1 or repeats < 1 or steps < 1 or not matmul_sizes or min(matmul_sizes) < 1:
+        raise CalibrationError(f"calibrate: need devices, repeats, steps and matmul sizes >= 1, "
+                               f"got devices={devices}, repeats={repeats}, steps={steps}, "
                                f"matmul sizes={list(matmul_sizes)}")
     if devices > 1 and (len(set(payloads)) < 2 or min(payloads) < 1):
         raise CalibrationError(f"calibrate: need at least two different positive payload sizes, "
                                f"got {list(payloads)}")
-    if transport not in TRANSPORTS:
-        raise CalibrationError(f"calibrate: transport must be one of {', '.join(TRANSPORTS)}, "
-                               f"got {transport!r}")
     started = start_ray(address=address, include_dashboard=False)
-    import ray
-    actors = []
     try:
-        remote = ray.remote(ProbeActor).options(**actor_options())
-
-        def make_actor():
-            """A new probe actor, once it has started (so it loads no other measurement)."""
-            actor = remote.remote(payloads)
-            ray.get(actor.node.remote())
-            return actor
-        actors = [remote.remote(payloads) for _ in range(devices)]
-        nodes = ray.get([a.node.remote() for a in actors])
-        per_node = {n["node"]: sum(m["node"] == n["node"] for m in nodes) for n in nodes}
-        memory = tuple(int(n["memory"] // per_node[n["node"]]) for n in nodes)
-        names = tuple(f"cpu{i}" for i in range(devices))
-        measured = [ray.get(a.compute.remote(list(matmul_sizes), repeats))
-                    for a in actors]                           # one actor at a time
-        probe = (_CompiledProbe if transport == "compiled" else _PlainProbe)(ray, actors,
-                                                                             make_actor)
-        sizes = tuple(sorted(set(int(p) for p in payloads)))
-        pairs = [(a, b) for a in range(devices) for b in range(a + 1, devices)]
-        one_machine = len({n["node"] for n in nodes}) == 1
-        if one_machine:          # one kind of processor: the actors' tables differ by load
-            measured = [r[:3] + quickest_tables(measured) for r in measured]
-        for attempt in range(1, LINK_ATTEMPTS + 1):
-            try:
-                base, links = _measure_links(probe, names, pairs, sizes,  # more each time
-                                             HOP_REPEATS * repeats * 2 ** (attempt - 1),
-                                             one_machine)
-                break
-            except CalibrationError as error:     # a burst of load hid the payload's cost
-                if attempt == LINK_ATTEMPTS:
-                    raise
-                log.warning("%s; measuring the links again", error)
-        # on one machine the executor's pipes wake a waiting actor at once: no poll delay
-        poll_after, poll_delay = ((0.0, 0.0) if one_machine else
-                                  (SPIN_SECONDS, probe.poll_delay(POLL_REPEATS * repeats)))
-        cores = int(nodes[0]["cores"]) if one_machine else 0   # the actors share them
-        for actor in actors:
-            ray.kill(actor)
-        actors = []
-        per_step, hop, scale, extra, probes = base, None, 1.0, 0.0, []
-        if steps > 0:                    # what a step and a hop cost inside the executor
-            bandwidth = float(np.median([link.bandwidth for link in links])) if links else 1e9
-            fit, probes = executor_costs(devices, steps, measured[0][3], measured[0][4],
-                                         bandwidth, poll_after, poll_delay, cores,
-                                         rounds)
-            per_step, hop, poll_after = fit["step_overhead"], fit["latency"], fit["spin"]
-            scale, extra = fit["compute_scale"], fit["call_overhead"]
+        result = measure_devices(devices, matmul_sizes, payloads, repeats)
+        base = run_probe(STEP_PROBE, Cluster.from_spec(result.cluster_spec(1)), steps)
+        result = dataclasses.replace(result, step_overhead=step_overhead(base.measured,
+                                                                         base.predicted))
+        cluster = Cluster.from_spec(result.cluster_spec(min(devices, 2)))
+        checks = tuple(run_probe(probe, cluster, steps) for probe in probes)
     finally:
-        for actor in actors:
-            ray.kill(actor)
         if started:
             stop_ray()
-    return Calibration(host=platform.node() or "localhost", devices=names,
-                       flops=tuple(float(np.median(list(r[0].values()))) for r in measured),
-                       flops_by_size=tuple(r[0] for r in measured),
-                       op_flops=tuple(r[1] for r in measured),
-                       op_overhead=tuple(r[2] for r in measured), memory=memory,
-                       links=links, transport=transport, step_overhead=per_step,
-                       op_costs=tuple(scaled_costs(r[3], r[4], scale, extra)[0]
-                                      for r in measured),
-                       update_costs=tuple(scaled_costs(r[3], r[4], scale, extra)[1]
-                                          for r in measured),
-                       compute_scale=scale, call_overhead=extra,
-                       probes=tuple(probes),
-                       round_trip=base, cores=cores,
-                       poll_after=poll_after, poll_delay=poll_delay,
-                       hop_latency=hop)
+    return dataclasses.replace(result, checks=checks)
 
 
-def quickest_tables(measured: Sequence[tuple]) -> tuple[dict, dict]:
-    """The op and update cost tables, of `ProbeActor.compute` results on one kind of
-    processor, of the actor whose timed ops took least in all: each actor is timed at another
-    moment, and the quickest timing counts (modelcut/calibration_costs.py)."""
-    quickest = min(measured, key=lambda r: r[5])
-    return quickest[3], quickest[4]
-
-
-class _PlainProbe:
-    """Times plain actor calls: a round trip, and actor b taking actor a's return value."""
-
-    def __init__(self, ray, actors, make_actor):
-        self.ray, self.actors = ray, actors
-
-    def round_trip(self, repeats: int) -> float:
-        return median_seconds(lambda: self.ray.get(self.actors[0].echo.remote(0)), repeats)
-
-    def poll_delay(self, repeats: int) -> float:
-        return 0.0                               # ray.get of an ObjectRef does not poll
-
-    def hops(self, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[float]:
-        """Per payload size, seconds of the driver -> a -> b -> driver chain (a round trip
-        plus one hop)."""
-        sender, receiver = self.actors[a], self.actors[b]
-        return [median_seconds(lambda: self.ray.get(receiver.receive.remote(
-            sender.send.remote(n))), repeats) for n in sizes]
-
-
-class _CompiledProbe:
-    """Times Ray Compiled Graphs as the executor builds them: a one-actor graph (the round
-    trip) and, per pair, a two-actor chain whose edge carries the payload (its size is the
-    graph's input; channel buffers grow on first use, hence the warm-up). Tearing a graph
-    down can hang unless its actors are killed (shared/RAY.md), so each graph's actors are
-    killed with it and replaced by new ones."""
-
-    WARMUP = 5
-
-    def __init__(self, ray, actors, make_actor):
-        from executor.ray_runtime import patient_channel_reads
-
-        patient_channel_reads()                  # the driver waits as the executor's does
-        self.ray, self.actors, self.make_actor = ray, actors, make_actor
-
-    def _time(self, build, used: Sequence[int], arguments: Sequence, repeats: int
-              ) -> list[float]:
-        from ray.dag import InputNode
-
-        with InputNode() as start:
-            dag = build(start).experimental_compile(_max_inflight_executions=2)
-        try:
-            times = []
-            for argument in arguments:
-                for _ in range(self.WARMUP):
-                    self.ray.get(dag.execute(argument))
-                times.append(median_seconds(lambda: self.ray.get(dag.execute(argument)),
-                                            repeats))
-            return times
-        finally:
-            dag.teardown(kill_actors=True)
-            for i in used:
-                self.actors[i] = self.make_actor()
-
-    def round_trip(self, repeats: int) -> float:
-        return self._time(lambda start: self.actors[0].echo.bind(start), [0], [0], repeats)[0]
-
-    def poll_delay(self, repeats: int) -> float:
-        """How late the driver notices a result it waited POLL_WAIT seconds for: a one-actor
-        graph busy that long, less the wait and the round trip of one not busy at all."""
-        short, long = self._time(lambda start: self.actors[0].wait.bind(start), [0],
-                                 [0.0, POLL_WAIT], repeats)
-        return max(long - POLL_WAIT - short, 0.0)
-
-    def hops(self, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[float]:
-        sender, receiver = self.actors[a], self.actors[b]
-        return self._time(lambda start: receiver.receive.bind(sender.send.bind(start)), [a, b],
-                          sizes, repeats)
-
-
-def fit_link(a: str, b: str, sizes: Sequence[int], chain_seconds: Sequence[float],
-             round_trip: float) -> LinkFit:
-    """The link a -> b from the median seconds of driver -> a -> b -> driver chains per payload
-    size: the round trip (driver -> actor -> driver) subtracted leaves the hop a -> b (at
-    least 0.1 us), to which `latency + bytes / bandwidth` is fitted."""
-    seconds = [max(float(t) - round_trip, 1e-7) for t in chain_seconds]
-    sizes = tuple(int(n) for n in sizes)
-    latency, bandwidth = fit_latency_bandwidth(sizes, seconds)
-    log.info("link %s -> %s: latency %.3g s, bandwidth %.3g B/s", a, b, latency, bandwidth)
-    return LinkFit(a=a, b=b, payloads=sizes, seconds=tuple(seconds), latency=latency,
-                   bandwidth=bandwidth)
-
-
-def _measure_links(probe, names, pairs, sizes, repeats: int, one_machine: bool):
-    """The round trip and one fitted link per pair. On one machine every pair uses the same
-    shared-memory transport, so the pairs' differences are noise: each pair is fitted to the
-    median over pairs."""
-    base = probe.round_trip(repeats)
-    chains = {(a, b): probe.hops(a, b, sizes, repeats) for a, b in pairs}
-    if one_machine and pairs:
-        pooled = np.median([chains[p] for p in pairs], axis=0).tolist()
-        chains = {p: pooled for p in pairs}
-    return base, tuple(fit_link(names[a], names[b], sizes, chains[a, b], base)
-                       for a, b in pairs)
-
-
-def cluster_yaml(calibration: Calibration, extended: bool = True) -> str:
-    """The cluster file text: a comment saying what was measured, then the `cluster:` section
-    (`extended`: with the op, update and poll costs, see `Calibration.cluster_spec`)."""
+def cluster_yaml(calibration: Calibration) -> str:
+    """The cluster file: comments saying what was measured and the simulator's checks, then
+    the `cluster:` section."""
     import yaml
 
-    header = (f"# Written by `modelcut calibrate` on {calibration.host}: matmul FLOP/s and conv2d "
-              "FLOP/s per actor (one BLAS thread), seconds per executed op, actor-to-actor "
-              f"links through {calibration.transport} Ray calls fitted as latency + bytes / "
-              "bandwidth (the latency: a hop as the Ray executor pays it), the seconds per "
-              "step outside the devices' ops (Ray executor), and costs per op kind and per "
-              "optimizer update.\n"
-              "# Units: flops in FLOP/s, memory in bytes, bandwidth in bytes/s, latency and "
-              "overheads in s.\n"
-              "# Use it from a config with `cluster: {file: <this file>}`.\n")
-    return header + yaml.safe_dump({"cluster": calibration.cluster_spec(extended)},
-                                   sort_keys=False)
+    checks = "".join(f"#   {c.probe} on {c.k} device(s): measured {c.measured * 1e3:.3f} ms, "
+                     f"predicted {c.predicted * 1e3:.3f} ms, error {c.error:+.1%}\n"
+                     for c in calibration.checks)
+    header = (f"# Written by `modelcut calibrate` on {calibration.host}: per Ray actor (one "
+              "BLAS thread) matmul, conv2d and memory-bound FLOP/s and seconds per executed "
+              f"op; links through the executor's {calibration.transport} transport fitted as "
+              "latency + bytes / bandwidth; the Ray executor's seconds per step beyond ops "
+              "and transfers.\n# Units: FLOP/s, bytes, bytes/s, seconds. Use it from a config "
+              "with `cluster: {file: <this file>}`.\n"
+              "# check: the simulator's error on probe models through the Ray executor "
+              "(reported, not fitted):\n" + checks)
+    return header + yaml.safe_dump({"cluster": calibration.cluster_spec()}, sort_keys=False)
