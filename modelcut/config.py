@@ -234,16 +234,13 @@ class HierarchicalCluster(Section):
 
 
 class DeviceEntry(Section):
-    """A device; `op_overhead` (s per executed op), `op_flops` (FLOP/s per op kind),
-    `op_costs` and `update_costs` are what `modelcut calibrate` measures besides the matmul
-    rate (partition/cluster.py)."""
+    """A device; `op_overhead` (s per executed op) and `op_flops` (FLOP/s per op kind) are
+    what `modelcut calibrate` measures besides the matmul rate (partition/cluster.py)."""
     name: Text
     flops: FlopRate
     memory: Size
     op_overhead: Optional[Latency] = None
     op_flops: Optional[dict[Text, FlopRate]] = None
-    op_costs: Optional[dict[Text, list[NonNegativeNumber]]] = None
-    update_costs: Optional[dict[Text, list[NonNegativeNumber]]] = None
 
 
 class LinkEntry(Section):
@@ -260,10 +257,6 @@ class ExplicitCluster(Section):
     default_bandwidth: Optional[Bandwidth] = None
     default_latency: Optional[Latency] = None
     step_overhead: Optional[Latency] = None
-    batch_transfers: Optional[Flag] = None
-    poll_after: Optional[Latency] = None
-    poll_delay: Optional[Latency] = None
-    cores: Optional[NonNegativeInt] = None
     name: Optional[Text] = None
 
     def problems(self):

@@ -94,8 +94,10 @@ def test_from_spec_device_list():
      r"cluster.devices\[0\].op_flops.conv2d: must be a finite positive"),
     ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}], "step_overhead": "1ms"},
      "cluster.step_overhead: expected a number"),
-    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}], "batch_transfers": "yes"},
-     "cluster.batch_transfers: expected true or false"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}], "batch_transfers": True},
+     "cluster.batch_transfers: unknown field"),
+    ({"devices": [{"name": "a", "flops": 1e12, "memory": 1e9, "op_costs": {}}]},
+     r"cluster.devices\[0\].op_costs: unknown field"),
 ])
 def test_from_spec_errors_name_the_field(spec, field):
     with pytest.raises(ClusterError, match=field):
@@ -135,7 +137,7 @@ def test_matrices_are_read_only_and_checked():
 
 
 def test_measured_fields_round_trip_and_default_to_the_spec_model():
-    spec = {"name": "calibrated", "step_overhead": 3e-4, "batch_transfers": True,
+    spec = {"name": "calibrated", "step_overhead": 3e-4,
             "devices": [{"name": "cpu0", "flops": 6e10, "memory": 2**30, "op_overhead": 8e-6,
                          "op_flops": {"conv2d": 6e9, "*": 1.5e9}},
                         {"name": "cpu1", "flops": 5e10, "memory": 2**30}],
@@ -143,10 +145,9 @@ def test_measured_fields_round_trip_and_default_to_the_spec_model():
     c = Cluster.from_spec(spec)
     again = Cluster.from_spec({key: value for key, value in c.to_dict().items()
                                if key not in ("bandwidth", "latency")}
-                              | {"links": spec["links"], "step_overhead": c.step_overhead,
-                                 "batch_transfers": c.batch_transfers})
+                              | {"links": spec["links"], "step_overhead": c.step_overhead})
     assert again.devices == c.devices and again.to_dict() == c.to_dict()
-    assert (c.step_overhead, c.batch_transfers) == (3e-4, True)
+    assert c.step_overhead == 3e-4
     cpu0, cpu1 = c.devices
     # an op kind's entry, else "*", else flops
     assert (cpu0.rate("conv2d"), cpu0.rate("gelu"), cpu1.rate("conv2d")) == (6e9, 1.5e9, 5e10)
