@@ -206,42 +206,11 @@ class Cluster:
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> "Cluster":
-        """Build a cluster from one of the parsed spec shapes (uniform, hierarchical, list)."""
-        if not isinstance(spec, Mapping):
-            raise ClusterError(f"cluster: expected a mapping, got {type(spec).__name__}")
-        if "uniform" in spec:
-            _check_keys(spec, {"uniform", "name"}, "cluster")
-            body = spec["uniform"]
-            if not isinstance(body, Mapping):
-                raise ClusterError("cluster.uniform: expected a mapping")
-            _check_keys(body, {"devices", "flops", "memory", "bandwidth", "latency"},
-                        "cluster.uniform")
-            args = _numbers(body, "cluster.uniform", required=("devices",),
-                            optional=("flops", "memory", "bandwidth", "latency"))
-            cluster = uniform(_count(args.pop("devices"), "cluster.uniform.devices"), **args)
-        elif "nodes" in spec:
-            _check_keys(spec, {"nodes", "devices_per_node", "flops", "memory", "intra", "inter",
-                               "intra_latency", "inter_latency", "name"}, "cluster")
-            args = _numbers(spec, "cluster", required=("nodes", "devices_per_node"),
-                            optional=("flops", "memory", "intra", "inter", "intra_latency",
-                                      "inter_latency"))
-            renamed = {"intra": "intra_bandwidth", "inter": "inter_bandwidth"}
-            args = {renamed.get(key, key): v for key, v in args.items()}
-            cluster = hierarchical(_count(args.pop("nodes"), "cluster.nodes"),
-                                   _count(args.pop("devices_per_node"), "cluster.devices_per_node"),
-                                   **args)
-        elif "devices" in spec:
-            cluster = _from_device_list(spec)
-        else:
-            raise ClusterError("cluster: expected a 'uniform' section, 'nodes' and "
-                               "'devices_per_node', or a 'devices' list")
-        if "name" in spec:
-            if not isinstance(spec["name"], str) or not spec["name"]:
-                raise ClusterError("cluster.name must be a non-empty string")
-            cluster = Cluster(cluster.devices, cluster.bandwidth, cluster.latency,
-                              name=spec["name"], preset=cluster.preset,
-                              step_overhead=cluster.step_overhead)
-        return cluster
+        """The cluster a cluster section describes (a uniform or hierarchical preset, or listed
+        devices and links), checked by partition/cluster_spec.py, the one validator of cluster
+        sections (units such as 16GB or 25GB/s accepted); ClusterError naming the field."""
+        from partition.cluster_spec import build, normalize
+        return build(normalize(spec))
 
 
 # ------------------------------------------------------------------ presets
@@ -299,67 +268,7 @@ def heterogeneous(devices: Sequence[Device],
     return Cluster(devices, bandwidth, latency, name=name, step_overhead=step_overhead)
 
 
-# ------------------------------------------------------------------ spec parsing
-def _from_device_list(spec: Mapping) -> Cluster:
-    _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency",
-                       "step_overhead", "name"}, "cluster")
-    if not isinstance(spec["devices"], Sequence) or isinstance(spec["devices"], str):
-        raise ClusterError("cluster.devices: expected a list of devices")
-    defaults = _numbers(spec, "cluster", required=(),
-                        optional=("default_bandwidth", "default_latency", "step_overhead"))
-    devices = []
-    for i, entry in enumerate(spec["devices"]):
-        where = f"cluster.devices[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ClusterError(f"{where}: expected a mapping with name, flops, memory")
-        _check_keys(entry, {"name", "flops", "memory", "op_overhead", "op_flops"}, where)
-        if "name" not in entry or not isinstance(entry["name"], str):
-            raise ClusterError(f"{where}.name: required string")
-        args = _numbers(entry, where, required=("flops", "memory"), optional=("op_overhead",))
-        rates = entry.get("op_flops") or {}
-        if not isinstance(rates, Mapping):
-            raise ClusterError(f"{where}.op_flops: expected a mapping of op name to FLOP/s, "
-                               f"got {rates!r}")
-        rates = {op: float(_check_number(r, f"{where}.op_flops.{op}", positive=True))
-                 for op, r in rates.items()}
-        devices.append(Device(entry["name"], float(args["flops"]), int(args["memory"]),
-                              op_overhead=float(args.get("op_overhead", 0.0)), op_flops=rates))
-    links = {}
-    for i, entry in enumerate(spec.get("links") or []):
-        where = f"cluster.links[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ClusterError(f"{where}: expected a mapping with a, b, bandwidth, latency")
-        _check_keys(entry, {"a", "b", "bandwidth", "latency"}, where)
-        for end in ("a", "b"):
-            if not isinstance(entry.get(end), str):
-                raise ClusterError(f"{where}.{end}: required device name")
-        args = _numbers(entry, where, required=("bandwidth",), optional=("latency",))
-        latency = args.get("latency", defaults.get("default_latency", DEFAULT_LATENCY))
-        links[(entry["a"], entry["b"])] = Link(float(args["bandwidth"]), float(latency))
-    return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"), **defaults)
-
-
-def _check_keys(mapping: Mapping, allowed: set[str], where: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ClusterError(f"{where}.{key}: unknown field (expected one of "
-                               f"{', '.join(sorted(allowed))})")
-
-
-def _numbers(mapping: Mapping, where: str, required: tuple[str, ...],
-             optional: tuple[str, ...]) -> dict:
-    out = {}
-    for key in required + optional:
-        if key not in mapping:
-            if key in required:
-                raise ClusterError(f"{where}.{key}: required field is missing")
-            continue
-        positive = key not in ("latency", "intra_latency", "inter_latency", "default_latency",
-                               "op_overhead", "step_overhead")
-        out[key] = _check_number(mapping[key], f"{where}.{key}", positive=positive)
-    return out
-
-
+# ------------------------------------------------------------------ checks
 def _check_number(value, where: str, positive: bool):
     if isinstance(value, bool) or not isinstance(value, (Real, np.number)) or math.isnan(value):
         raise ClusterError(f"{where}: expected a number, got {value!r}")

@@ -150,7 +150,7 @@ def test_cluster_file_with_measured_fields(tmp_path):
     assert config.cluster_spec() == {
         "devices": [{"name": "cpu0", "flops": 60e9, "memory": 10**9, "op_overhead": 8e-6,
                      "op_flops": {"conv2d": 6e9, "*": 1.5e9}}],
-        "links": [], "step_overhead": 3e-4}
+        "step_overhead": 3e-4}
 
 
 def test_builders_accept_model_kwargs():
