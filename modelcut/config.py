@@ -1,5 +1,6 @@
 """Experiment configs: YAML read safely (modelcut/config_yaml.py: duplicate keys are errors)
-and validated by strict pydantic models.
+and validated by strict pydantic models; the cluster section by partition's one cluster
+validator (partition/cluster_spec.py), which this schema calls in its place.
 
 Every problem becomes one line `FILE: key.path: expected ..., got ...`; all of them are raised
 together as a ConfigError. Unknown keys are errors (with a did-you-mean suggestion), so a
@@ -202,7 +203,7 @@ def _cluster_section(value):
     from partition.cluster_spec import normalize
     from partition.errors import ClusterError
     if isinstance(value, dict) and "file" in value:
-        for key, item in value.items():
+        for key in value:
             if key != "file":
                 raise _cluster_problem(f"cluster.{_key(key)}: unknown key (expected file alone)")
         if not isinstance(value["file"], str) or not value["file"]:
@@ -221,7 +222,6 @@ def _cluster_problem(text: str) -> PydanticCustomError:
 
 
 ClusterSection = Annotated[dict, BeforeValidator(_cluster_section)]
-UNION_TAGS = {"graph", "torch", *BUILDER_MODELS}
 
 
 # ------------------------------------------------------------ partition, training
@@ -458,10 +458,8 @@ TYPE_WORDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "
               "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
               "model_type": "a mapping", "model_attributes_type": "a mapping",
               "tuple_type": "a list"}
-UNION_HELP = {
-    "model": ("expected a mapping with `graph: FILE`, `torch: package.module:factory` or "
-              f"`builder: {'|'.join(BUILDER_MODELS)}`"),
-}
+MODEL_HELP = ("expected a mapping with `graph: FILE`, `torch: package.module:factory` or "
+              f"`builder: {'|'.join(BUILDER_MODELS)}`")
 
 
 def _describe(source: str, error: dict) -> str:
@@ -469,7 +467,7 @@ def _describe(source: str, error: dict) -> str:
     if error["type"] == "cluster":     # partition's cluster validator names the key path
         return f"{source}: {error['msg']}"
     loc = list(error["loc"])
-    if len(loc) > 1 and loc[0] in ("model", "cluster") and loc[1] in UNION_TAGS:
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in ("graph", "torch", *BUILDER_MODELS):
         del loc[1]   # the discriminated-union tag pydantic inserts
     kind, value = error["type"], error.get("input")
     if kind == "missing":
@@ -487,8 +485,8 @@ def _describe(source: str, error: dict) -> str:
         hint = _did_you_mean(tag, BUILDER_MODELS)
         loc = ["model", "builder"]
         text = f"expected one of {', '.join(BUILDER_MODELS)}{hint}, got {_show(tag)}"
-    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc and loc[0] in UNION_HELP:
-        text = f"{UNION_HELP[loc[0]]}, got {_show(value)}"
+    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc == ["model"]:
+        text = f"{MODEL_HELP}, got {_show(value)}"
     else:
         text = f"{error['msg']}, got {_show(value)}"
     path = "".join(f"[{p}]" if isinstance(p, int) else (f".{_key(p)}" if i else _key(p))
