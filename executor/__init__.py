@@ -11,7 +11,7 @@ from executor.local import LocalExecutor, StepResult, split_feeds
 from executor.optim import SGD, Adam, Momentum, make_optimizer
 from executor.plan import as_assignment, build_plan
 from executor.program import Plan, Program, validate_plan
-from executor.schedules import Action, Schedule, make_schedule
+from partition.schedules import Action, Schedule, make_schedule
 from executor.worker import DeviceWorker
 
 __all__ = [

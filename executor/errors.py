@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from autodiff.errors import ModelcutError
+from partition.errors import ScheduleError  # noqa: F401  (schedules live in partition)
 
 
 class ExecutorError(ModelcutError, ValueError):
@@ -10,10 +11,6 @@ class ExecutorError(ModelcutError, ValueError):
 
 class PlanError(ExecutorError):
     """A training graph and placement cannot be turned into consistent per-device programs."""
-
-
-class ScheduleError(ExecutorError):
-    """A pipeline schedule is malformed: a missing or repeated action, or a broken dependency."""
 
 
 class OptimizerError(ExecutorError):

@@ -1,5 +1,6 @@
 """Experiment configs: YAML read safely (modelcut/config_yaml.py: duplicate keys are errors)
-and validated by strict pydantic models.
+and validated by strict pydantic models; the cluster section by partition's one cluster
+validator (partition/cluster_spec.py), which this schema calls in its place.
 
 Every problem becomes one line `FILE: key.path: expected ..., got ...`; all of them are raised
 together as a ConfigError. Unknown keys are errors (with a did-you-mean suggestion), so a
@@ -9,6 +10,7 @@ config file's folder, not to the working directory; an error names the path they
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -16,13 +18,12 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
                       ValidationError, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from autodiff.errors import ModelcutError
-from modelcut.commands.arguments import MAX_DEVICES
+from autodiff.errors import ModelcutError, show_value as _show
 from modelcut.config_yaml import YamlFileError, read_yaml
 from modelcut.config_rules import (_did_you_mean, _expected, _is_int, _choice, PositiveInt,
-                                   NonNegativeInt, Seed, SEED_MAX, Bounded, PositiveNumber, NonNegativeNumber,
-                                   Fraction, Flag, Text, Size, Bandwidth, FlopRate, Latency,
-                                   Seconds, Dtype, PinTarget, Betas)
+                                   NonNegativeInt, Seed, SEED_MAX, Bounded, PositiveNumber,
+                                   NonNegativeNumber, Fraction, Flag, Text, Seconds, Dtype,
+                                   PinTarget, Betas)
 
 __all__ = ["ConfigError", "Config", "load_config", "validate_config"]
 
@@ -196,131 +197,31 @@ ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
 
 
 # --------------------------------------------------------------------- cluster
-# at most MAX_DEVICES devices in a cluster (the same bound as --devices)
-Devices = Bounded(1, MAX_DEVICES, "a positive integer")
+def _cluster_section(value):
+    """`file: PATH` (read by load_config), else a cluster section checked and normalized by
+    partition's one cluster validator (partition/cluster_spec.py)."""
+    from partition.cluster_spec import normalize
+    from partition.errors import ClusterError
+    if isinstance(value, dict) and "file" in value:
+        for key in value:
+            if key != "file":
+                raise _cluster_problem(f"cluster.{_key(key)}: unknown key (expected file alone)")
+        if not isinstance(value["file"], str) or not value["file"]:
+            raise _cluster_problem(f"cluster.file: expected a non-empty string, got "
+                                   f"{_show(value['file'])}")
+        return dict(value)
+    try:
+        return normalize(value)
+    except ClusterError as exc:
+        raise _cluster_problem(str(exc)) from None
 
 
-class UniformBody(Section):
-    devices: Devices
-    flops: Optional[FlopRate] = None
-    memory: Optional[Size] = None
-    bandwidth: Optional[Bandwidth] = None
-    latency: Optional[Latency] = None
+def _cluster_problem(text: str) -> PydanticCustomError:
+    """A cluster problem whose text already names its key path (`cluster.x: ...`)."""
+    return PydanticCustomError("cluster", "{text}", {"text": text})
 
 
-class UniformCluster(Section):
-    """`uniform: {devices: 4, ...}`: identical devices, identical links."""
-    uniform: UniformBody
-    name: Optional[Text] = None
-
-
-class HierarchicalCluster(Section):
-    """`nodes` machines of `devices_per_node` devices: fast links inside, slower between."""
-    nodes: Devices
-    devices_per_node: Devices
-    flops: Optional[FlopRate] = None
-    memory: Optional[Size] = None
-    intra: Optional[Bandwidth] = None
-    inter: Optional[Bandwidth] = None
-    intra_latency: Optional[Latency] = None
-    inter_latency: Optional[Latency] = None
-    name: Optional[Text] = None
-
-    def problems(self):
-        if self.nodes * self.devices_per_node > MAX_DEVICES:
-            return [("devices_per_node", f"expected nodes x devices_per_node at most "
-                                         f"{MAX_DEVICES:,} devices", self.devices_per_node)]
-        return []
-
-
-class DeviceEntry(Section):
-    """A device; `op_overhead` (s per executed op), `op_flops` (FLOP/s per op kind),
-    `op_costs` and `update_costs` are what `modelcut calibrate` measures besides the matmul
-    rate (partition/cluster.py)."""
-    name: Text
-    flops: FlopRate
-    memory: Size
-    op_overhead: Optional[Latency] = None
-    op_flops: Optional[dict[Text, FlopRate]] = None
-    op_costs: Optional[dict[Text, list[NonNegativeNumber]]] = None
-    update_costs: Optional[dict[Text, list[NonNegativeNumber]]] = None
-
-
-class LinkEntry(Section):
-    a: Text
-    b: Text
-    bandwidth: Bandwidth
-    latency: Optional[Latency] = None
-
-
-class ExplicitCluster(Section):
-    """Listed devices and links; pairs without a link use the defaults."""
-    devices: Annotated[list[DeviceEntry], Field(min_length=1, max_length=MAX_DEVICES)]
-    links: list[LinkEntry] = []
-    default_bandwidth: Optional[Bandwidth] = None
-    default_latency: Optional[Latency] = None
-    step_overhead: Optional[Latency] = None
-    batch_transfers: Optional[Flag] = None
-    poll_after: Optional[Latency] = None
-    poll_delay: Optional[Latency] = None
-    cores: Optional[NonNegativeInt] = None
-    name: Optional[Text] = None
-
-    def problems(self):
-        names = [d.name for d in self.devices]
-        found = [(f"devices[{i}]", "expected a device name used once", n)
-                 for i, n in enumerate(names) if n in names[:i]]
-        seen = set()
-        for i, link in enumerate(self.links):
-            for end in ("a", "b"):
-                value = getattr(link, end)
-                if value not in names:
-                    found.append((f"links[{i}]", f"expected {end} to name a listed device"
-                                  f"{_did_you_mean(value, names)}", value))
-            pair = frozenset((link.a, link.b))
-            if link.a == link.b:
-                found.append((f"links[{i}]", "expected two different devices", [link.a, link.b]))
-            elif pair in seen:
-                found.append((f"links[{i}]", "expected each pair of devices linked once",
-                              [link.a, link.b]))
-            seen.add(pair)
-        return found
-
-
-class FileCluster(Section):
-    """`file: cluster.yaml`: a cluster section in its own file (as `modelcut calibrate` writes)."""
-    file: Text
-
-
-def _cluster_kind(data) -> str | None:
-    if isinstance(data, BaseModel):
-        return CLUSTER_KINDS.get(type(data))
-    if not isinstance(data, dict):
-        return None
-    for key, kind in (("file", "file"), ("uniform", "uniform"), ("nodes", "hierarchical"),
-                      ("devices_per_node", "hierarchical"), ("devices", "explicit")):
-        if key in data:
-            return kind
-    return None
-
-
-CLUSTER_KINDS = {FileCluster: "file", UniformCluster: "uniform",
-                 HierarchicalCluster: "hierarchical", ExplicitCluster: "explicit"}
-ClusterBody = Annotated[Union[Annotated[UniformCluster, Tag("uniform")],
-                              Annotated[HierarchicalCluster, Tag("hierarchical")],
-                              Annotated[ExplicitCluster, Tag("explicit")]],
-                        Discriminator(_cluster_kind)]
-ClusterSection = Annotated[Union[Annotated[FileCluster, Tag("file")],
-                                 Annotated[UniformCluster, Tag("uniform")],
-                                 Annotated[HierarchicalCluster, Tag("hierarchical")],
-                                 Annotated[ExplicitCluster, Tag("explicit")]],
-                           Discriminator(_cluster_kind)]
-UNION_TAGS = {"graph", "torch", *BUILDER_MODELS, "file", "uniform", "hierarchical", "explicit"}
-
-
-class ClusterFile(Section):
-    """A file named by `cluster.file`: one cluster section (not itself a `file:` reference)."""
-    cluster: ClusterBody
+ClusterSection = Annotated[dict, BeforeValidator(_cluster_section)]
 
 
 # ------------------------------------------------------------ partition, training
@@ -388,7 +289,7 @@ class Config(Section):
     name: Optional[Text] = None
     seed: Seed = 0
     model: ModelSection
-    cluster: ClusterSection = UniformCluster(uniform=UniformBody(devices=2))
+    cluster: ClusterSection = {"uniform": {"devices": 2}}
     partition: PartitionSection = PartitionSection()
     training: TrainingSection = TrainingSection()
 
@@ -436,10 +337,10 @@ class Config(Section):
 
     def cluster_spec(self) -> dict:
         """The cluster as plain numbers in a shape `partition.cluster.Cluster.from_spec` takes."""
-        if isinstance(self.cluster, FileCluster):
-            raise ConfigError([f"cluster.file {self.cluster.file!r} was not loaded; "
+        if "file" in self.cluster:
+            raise ConfigError([f"cluster.file {self.cluster['file']!r} was not loaded; "
                                "use load_config()"])
-        return self.cluster.model_dump(exclude_none=True)
+        return copy.deepcopy(self.cluster)
 
 
 
@@ -460,7 +361,7 @@ def load_config(path: str | Path) -> Config:
         problems.append(f"{path}: model.graph: expected an existing file, got "
                         f"{given['model']['graph']!r} (resolved to "
                         f"{Path(config.model.graph).resolve()})")
-    if isinstance(config.cluster, FileCluster):
+    if "file" in config.cluster:
         try:
             config = config.model_copy(update={"cluster": _load_cluster_file(config.cluster,
                                                                              path, given)})
@@ -507,11 +408,14 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return given
 
 
-def _load_cluster_file(reference: FileCluster, config_path: Path, given: dict):
-    """The cluster section stored in `cluster.file` (with or without a `cluster:` key)."""
-    path = Path(reference.file)
+def _load_cluster_file(reference: dict, config_path: Path, given: dict) -> dict:
+    """The cluster section stored in `cluster.file` (with or without a `cluster:` key),
+    normalized by partition's cluster validator."""
+    from partition.cluster_spec import normalize
+    from partition.errors import ClusterError
+    path = Path(reference["file"])
     if not path.is_file():
-        raw = given.get("cluster", {}).get("file", reference.file)
+        raw = given.get("cluster", {}).get("file", reference["file"])
         relative = ("" if Path(raw).expanduser().is_absolute() else
                     " (a relative path is relative to the config file's folder)")
         raise ConfigError([f"{config_path}: cluster.file: {raw!r} resolves to "
@@ -519,10 +423,14 @@ def _load_cluster_file(reference: FileCluster, config_path: Path, given: dict):
     data = _read_yaml(path)
     if not (isinstance(data, dict) and "cluster" in data):
         data = {"cluster": data}
+    extra = [f"{path}: {_key(key)}: unknown key (expected cluster)" for key in data
+             if key != "cluster"]
+    if extra:
+        raise ConfigError(extra)
     try:
-        return ClusterFile.model_validate(data).cluster
-    except ValidationError as exc:
-        raise ConfigError([_describe(str(path), e) for e in exc.errors()]) from None
+        return normalize(data["cluster"])
+    except ClusterError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
 
 
 def _check_cluster(config: Config, source: str) -> list[str]:
@@ -550,18 +458,16 @@ TYPE_WORDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "
               "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
               "model_type": "a mapping", "model_attributes_type": "a mapping",
               "tuple_type": "a list"}
-UNION_HELP = {
-    "model": ("expected a mapping with `graph: FILE`, `torch: package.module:factory` or "
-              f"`builder: {'|'.join(BUILDER_MODELS)}`"),
-    "cluster": ("expected a mapping with `uniform: {devices: N, ...}`, `nodes: N` and "
-                "`devices_per_node: M`, a `devices:` list, or `file: PATH`"),
-}
+MODEL_HELP = ("expected a mapping with `graph: FILE`, `torch: package.module:factory` or "
+              f"`builder: {'|'.join(BUILDER_MODELS)}`")
 
 
 def _describe(source: str, error: dict) -> str:
     """One `FILE: key.path: expected ..., got ...` line for a pydantic error."""
+    if error["type"] == "cluster":     # partition's cluster validator names the key path
+        return f"{source}: {error['msg']}"
     loc = list(error["loc"])
-    if len(loc) > 1 and loc[0] in ("model", "cluster") and loc[1] in UNION_TAGS:
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in ("graph", "torch", *BUILDER_MODELS):
         del loc[1]   # the discriminated-union tag pydantic inserts
     kind, value = error["type"], error.get("input")
     if kind == "missing":
@@ -579,8 +485,8 @@ def _describe(source: str, error: dict) -> str:
         hint = _did_you_mean(tag, BUILDER_MODELS)
         loc = ["model", "builder"]
         text = f"expected one of {', '.join(BUILDER_MODELS)}{hint}, got {_show(tag)}"
-    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc and loc[0] in UNION_HELP:
-        text = f"{UNION_HELP[loc[0]]}, got {_show(value)}"
+    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc == ["model"]:
+        text = f"{MODEL_HELP}, got {_show(value)}"
     else:
         text = f"{error['msg']}, got {_show(value)}"
     path = "".join(f"[{p}]" if isinstance(p, int) else (f".{_key(p)}" if i else _key(p))
@@ -594,11 +500,3 @@ def _key(key: Any) -> str:
     return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
 
 
-def _show(value: Any) -> str:
-    """A YAML-flavoured, bounded rendering of an offending value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

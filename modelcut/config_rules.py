@@ -2,26 +2,14 @@
 `expected ..., got ...`, quantities with units, choices with a did-you-mean suggestion."""
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Annotated, Any, Callable, Union
 
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from modelcut.units import UnitError, parse_bandwidth, parse_flops, parse_size, parse_time
-
-
-def _did_you_mean(word: Any, options) -> str:
-    """` (did you mean 'x'?)` for the closest option (spelling, or a shared prefix), else ''."""
-    if not isinstance(word, str):
-        return ""
-    options = list(options)
-    close = difflib.get_close_matches(word, options, 1)
-    if not close:
-        close = sorted((o for o in options if word.startswith(o) or o.startswith(word)),
-                       key=len, reverse=True)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+from autodiff.errors import did_you_mean as _did_you_mean
+from partition.units import UnitError, parse_time
 
 
 def _expected(phrase: str, **context) -> PydanticCustomError:
@@ -114,14 +102,6 @@ Fraction = Annotated[float, _rule("expected a number in [0, 1)",
                                   _as_number)]
 Flag = Annotated[bool, _rule("expected true or false", lambda v: isinstance(v, bool))]
 Text = Annotated[str, _rule("expected a non-empty string", lambda v: isinstance(v, str) and v)]
-Size = Annotated[int, _quantity("expected a positive size such as 16GB, 512MiB or 1.5e9",
-                                parse_size)]
-Bandwidth = Annotated[float, _quantity("expected a positive bandwidth such as 25GB/s or 10Gb/s",
-                                       parse_bandwidth)]
-FlopRate = Annotated[float, _quantity("expected a positive FLOP rate such as 19.5 TFLOPS or 1e12",
-                                      parse_flops)]
-Latency = Annotated[float, _quantity("expected a time such as 10us or 1ms", parse_time,
-                                     positive=False)]
 Seconds = Annotated[float, _quantity("expected a positive time such as 30s or 2min", parse_time)]
 Dtype = _choice("float32", "float64")
 PinTarget = Annotated[Union[int, str], _rule("expected a device name or a device index",

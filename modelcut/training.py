@@ -206,12 +206,11 @@ def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):
 
 
 def simulate_step(setup: TrainingSetup, placement) -> dict:
-    """The simulated step (SPEC section 4) with the setup's schedule and micro-batches (and,
-    on a calibrated cluster with update costs, the optimizer's updates)."""
+    """The simulated step (SPEC section 4) with the setup's schedule and micro-batches."""
     from partition.simulate import simulate
     return simulate(setup.graph, placement.assignment, setup.cluster,
-                    schedule=setup.simulated_schedule, micro_batches=setup.micro_batches,
-                    optimizer=setup.optimizer["name"]).to_dict()
+                    schedule=setup.simulated_schedule,
+                    micro_batches=setup.micro_batches).to_dict()
 
 
 def step_plan(setup: TrainingSetup, placement):
@@ -243,9 +242,11 @@ def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping,
 
 
 def is_calibrated(cluster: Cluster) -> bool:
-    """Whether the cluster holds measured costs (`modelcut calibrate`): op costs or a step
-    overhead; the presets' nominal FLOP/s predict a small model's step many times too fast."""
-    return bool(cluster.step_overhead) or any(d.op_costs for d in cluster.devices)
+    """Whether the cluster holds measured costs (`modelcut calibrate`): a step overhead, an op
+    overhead or per-op-kind rates; the presets' nominal FLOP/s predict a small model's step
+    many times too fast."""
+    return bool(cluster.step_overhead) or any(d.op_overhead or d.op_flops
+                                              for d in cluster.devices)
 
 
 def default_step_timeout(predicted_seconds: float, calibrated: bool) -> float:

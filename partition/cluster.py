@@ -6,21 +6,8 @@ n bytes from a to b costs `latency[a, b] + n / bandwidth[a, b]`, and nothing whe
 Extension for measured clusters (`modelcut calibrate`), all optional with defaults that change
 no SPEC figure: a device's `op_overhead` (seconds every executed op costs besides its FLOPs:
 numpy dispatch and the interpreter) and `op_flops` (FLOP/s per op kind where it differs from
-`flops`; the key `*` stands for every kind not listed); the cluster's `step_overhead`
-(seconds per step to start it on the devices and collect the results) and `batch_transfers`
-(transfers waiting on a link when it frees go as one message that pays the latency once, as
-the Ray executor sends what one call produces for another call as one packet). Two more
-device fields model what the executor's worker runs, op by op of the training graph:
-`op_costs` (per op kind, `[seconds, seconds per FLOP, seconds per byte]` of one op, bytes
-being its inputs' and output's) and `update_costs` (per optimizer, `[seconds, seconds per
-byte]` of one parameter's update). And the cluster's `poll_delay` and `poll_after`: a device
-(or the driver, at the end of the step) that has waited longer than `poll_after` seconds for a
-message notices it `poll_delay` seconds late (the executor's channel reads spin, then sleep
-between polls); and `cores`: the devices share that many processors, device d pinned to
-processor d % cores, and a device keeps its processor for `poll_after` seconds after its last
-op (spinning, sending): an op takes as many times longer as devices of its processor run at
-its start (0: devices have their own processors). With `batch_transfers` the simulator also
-runs ops in the executor's segments (partition/simulate.py).
+`flops`; the key `*` stands for every kind not listed), and the cluster's `step_overhead`
+(seconds per step to start it on the devices and collect the results).
 """
 from __future__ import annotations
 
@@ -40,21 +27,14 @@ DEFAULT_LATENCY = 1e-5     # seconds
 @dataclass(frozen=True)
 class Device:
     """One accelerator: a name, its speed in FLOP/s and its memory in bytes; optionally the
-    fixed seconds per executed op, the FLOP/s of op kinds that run at another rate, a measured
-    cost per op kind and per optimizer update (module docstring)."""
+    fixed seconds per executed op and the FLOP/s of op kinds that run at another rate (module
+    docstring)."""
 
     name: str
     flops: float
     memory: int
     op_overhead: float = 0.0
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)
-    op_costs: Mapping[str, tuple[float, float, float]] = field(default_factory=dict, hash=False)
-    update_costs: Mapping[str, tuple[float, float]] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        for label, size in (("op_costs", 3), ("update_costs", 2)):
-            object.__setattr__(self, label, _cost_table(getattr(self, label), size,
-                                                        f"device {self.name!r}: {label}"))
 
     def rate(self, op: str) -> float:
         """FLOP/s of an op of kind `op` on this device: its `op_flops` entry, else the `*`
@@ -68,23 +48,7 @@ class Device:
             out["op_overhead"] = self.op_overhead
         if self.op_flops:
             out["op_flops"] = dict(self.op_flops)
-        if self.op_costs:
-            out["op_costs"] = {op: list(c) for op, c in self.op_costs.items()}
-        if self.update_costs:
-            out["update_costs"] = {name: list(c) for name, c in self.update_costs.items()}
         return out
-
-    def op_cost(self, op: str, flops: float, nbytes: float) -> float | None:
-        """Seconds of one `op` of `flops` FLOPs touching `nbytes` bytes by its `op_costs`
-        entry (None when the kind has none)."""
-        cost = self.op_costs.get(op)
-        return None if cost is None else cost[0] + flops * cost[1] + nbytes * cost[2]
-
-    def update_cost(self, optimizer: str | None, nbytes: float) -> float:
-        """Seconds to update one parameter of `nbytes` bytes with `optimizer` (0 when it has
-        no `update_costs` entry)."""
-        cost = self.update_costs.get(optimizer) if optimizer else None
-        return 0.0 if cost is None else cost[0] + nbytes * cost[1]
 
 
 @dataclass(frozen=True)
@@ -103,8 +67,7 @@ class Cluster:
     """k devices and the k x k bandwidth and latency matrices between them.
 
     `preset` records how a uniform or hierarchical cluster was built, so `resized` can
-    rebuild it with another number of devices. `step_overhead` (s) is added once per step;
-    `batch_transfers` sends the transfers queued on a link together (module docstring).
+    rebuild it with another number of devices. `step_overhead` (s) is added once per step.
     """
 
     devices: tuple[Device, ...]
@@ -113,10 +76,6 @@ class Cluster:
     name: str = "cluster"
     preset: dict | None = field(default=None, repr=False)
     step_overhead: float = 0.0
-    batch_transfers: bool = False
-    poll_after: float = 0.0
-    poll_delay: float = 0.0
-    cores: int = 0
 
     def __post_init__(self) -> None:
         devices = tuple(self.devices)
@@ -159,16 +118,8 @@ class Cluster:
             raise ClusterError(f"cluster {self.name!r}: latency between {devices[a].name!r} and "
                                f"{devices[b].name!r} must be a finite non-negative number, "
                                f"got {latency[a, b]}")
-        for label in ("step_overhead", "poll_after", "poll_delay"):
-            _check_number(getattr(self, label), f"cluster {self.name!r}: {label}",
-                          positive=False)
-        if isinstance(self.cores, bool) or not isinstance(self.cores, (int, np.integer)) \
-                or self.cores < 0:
-            raise ClusterError(f"cluster {self.name!r}: cores must be a non-negative integer, "
-                               f"got {self.cores!r}")
-        if not isinstance(self.batch_transfers, bool):
-            raise ClusterError(f"cluster {self.name!r}: batch_transfers must be true or false, "
-                               f"got {self.batch_transfers!r}")
+        _check_number(self.step_overhead, f"cluster {self.name!r}: step_overhead",
+                      positive=False)
         np.fill_diagonal(bandwidth, np.inf)
         np.fill_diagonal(latency, 0.0)
         bandwidth.setflags(write=False)
@@ -251,55 +202,15 @@ class Cluster:
                "bandwidth": bandwidth, "latency": self.latency.tolist()}
         if self.step_overhead:
             out["step_overhead"] = self.step_overhead
-        if self.batch_transfers:
-            out["batch_transfers"] = True
-        if self.poll_delay or (self.cores and self.poll_after):
-            out["poll_after"], out["poll_delay"] = self.poll_after, self.poll_delay
-        if self.cores:
-            out["cores"] = int(self.cores)
         return out
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> "Cluster":
-        """Build a cluster from one of the parsed spec shapes (uniform, hierarchical, list)."""
-        if not isinstance(spec, Mapping):
-            raise ClusterError(f"cluster: expected a mapping, got {type(spec).__name__}")
-        if "uniform" in spec:
-            _check_keys(spec, {"uniform", "name"}, "cluster")
-            body = spec["uniform"]
-            if not isinstance(body, Mapping):
-                raise ClusterError("cluster.uniform: expected a mapping")
-            _check_keys(body, {"devices", "flops", "memory", "bandwidth", "latency"},
-                        "cluster.uniform")
-            args = _numbers(body, "cluster.uniform", required=("devices",),
-                            optional=("flops", "memory", "bandwidth", "latency"))
-            cluster = uniform(_count(args.pop("devices"), "cluster.uniform.devices"), **args)
-        elif "nodes" in spec:
-            _check_keys(spec, {"nodes", "devices_per_node", "flops", "memory", "intra", "inter",
-                               "intra_latency", "inter_latency", "name"}, "cluster")
-            args = _numbers(spec, "cluster", required=("nodes", "devices_per_node"),
-                            optional=("flops", "memory", "intra", "inter", "intra_latency",
-                                      "inter_latency"))
-            renamed = {"intra": "intra_bandwidth", "inter": "inter_bandwidth"}
-            args = {renamed.get(key, key): v for key, v in args.items()}
-            cluster = hierarchical(_count(args.pop("nodes"), "cluster.nodes"),
-                                   _count(args.pop("devices_per_node"), "cluster.devices_per_node"),
-                                   **args)
-        elif "devices" in spec:
-            cluster = _from_device_list(spec)
-        else:
-            raise ClusterError("cluster: expected a 'uniform' section, 'nodes' and "
-                               "'devices_per_node', or a 'devices' list")
-        if "name" in spec:
-            if not isinstance(spec["name"], str) or not spec["name"]:
-                raise ClusterError("cluster.name must be a non-empty string")
-            cluster = Cluster(cluster.devices, cluster.bandwidth, cluster.latency,
-                              name=spec["name"], preset=cluster.preset,
-                              step_overhead=cluster.step_overhead,
-                              batch_transfers=cluster.batch_transfers,
-                              poll_after=cluster.poll_after, poll_delay=cluster.poll_delay,
-                              cores=cluster.cores)
-        return cluster
+        """The cluster a cluster section describes (a uniform or hierarchical preset, or listed
+        devices and links), checked by partition/cluster_spec.py, the one validator of cluster
+        sections (units such as 16GB or 25GB/s accepted); ClusterError naming the field."""
+        from partition.cluster_spec import build, normalize
+        return build(normalize(spec))
 
 
 # ------------------------------------------------------------------ presets
@@ -340,9 +251,7 @@ def heterogeneous(devices: Sequence[Device],
                   links: Mapping[tuple[str, str], Link] | None = None,
                   default_bandwidth: float = DEFAULT_BANDWIDTH,
                   default_latency: float = DEFAULT_LATENCY,
-                  name: str = "heterogeneous", step_overhead: float = 0.0,
-                  batch_transfers: bool = False, poll_after: float = 0.0,
-                  poll_delay: float = 0.0, cores: int = 0) -> Cluster:
+                  name: str = "heterogeneous", step_overhead: float = 0.0) -> Cluster:
     """Listed devices; `links` maps a (name, name) pair to its Link (both directions)."""
     devices = tuple(devices)
     k = len(devices)
@@ -356,103 +265,10 @@ def heterogeneous(devices: Sequence[Device],
         i, j = position[a], position[b]
         bandwidth[i, j] = bandwidth[j, i] = link.bandwidth
         latency[i, j] = latency[j, i] = link.latency
-    return Cluster(devices, bandwidth, latency, name=name, step_overhead=step_overhead,
-                   batch_transfers=batch_transfers, poll_after=poll_after, poll_delay=poll_delay,
-                   cores=cores)
+    return Cluster(devices, bandwidth, latency, name=name, step_overhead=step_overhead)
 
 
-# ------------------------------------------------------------------ spec parsing
-def _from_device_list(spec: Mapping) -> Cluster:
-    _check_keys(spec, {"devices", "links", "default_bandwidth", "default_latency",
-                       "step_overhead", "batch_transfers", "poll_after", "poll_delay",
-                       "cores", "name"}, "cluster")
-    if not isinstance(spec["devices"], Sequence) or isinstance(spec["devices"], str):
-        raise ClusterError("cluster.devices: expected a list of devices")
-    defaults = _numbers(spec, "cluster", required=(),
-                        optional=("default_bandwidth", "default_latency", "step_overhead",
-                                  "poll_after", "poll_delay"))
-    batch = spec.get("batch_transfers", False)
-    if not isinstance(batch, bool):
-        raise ClusterError(f"cluster.batch_transfers: expected true or false, got {batch!r}")
-    devices = []
-    for i, entry in enumerate(spec["devices"]):
-        where = f"cluster.devices[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ClusterError(f"{where}: expected a mapping with name, flops, memory")
-        _check_keys(entry, {"name", "flops", "memory", "op_overhead", "op_flops", "op_costs",
-                            "update_costs"}, where)
-        if "name" not in entry or not isinstance(entry["name"], str):
-            raise ClusterError(f"{where}.name: required string")
-        args = _numbers(entry, where, required=("flops", "memory"), optional=("op_overhead",))
-        rates = entry.get("op_flops") or {}
-        if not isinstance(rates, Mapping):
-            raise ClusterError(f"{where}.op_flops: expected a mapping of op name to FLOP/s, "
-                               f"got {rates!r}")
-        rates = {op: float(_check_number(r, f"{where}.op_flops.{op}", positive=True))
-                 for op, r in rates.items()}
-        devices.append(Device(entry["name"], float(args["flops"]), int(args["memory"]),
-                              op_overhead=float(args.get("op_overhead", 0.0)), op_flops=rates,
-                              op_costs=_cost_table(entry.get("op_costs") or {}, 3,
-                                                   f"{where}.op_costs"),
-                              update_costs=_cost_table(entry.get("update_costs") or {}, 2,
-                                                       f"{where}.update_costs")))
-    links = {}
-    for i, entry in enumerate(spec.get("links") or []):
-        where = f"cluster.links[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ClusterError(f"{where}: expected a mapping with a, b, bandwidth, latency")
-        _check_keys(entry, {"a", "b", "bandwidth", "latency"}, where)
-        for end in ("a", "b"):
-            if not isinstance(entry.get(end), str):
-                raise ClusterError(f"{where}.{end}: required device name")
-        args = _numbers(entry, where, required=("bandwidth",), optional=("latency",))
-        latency = args.get("latency", defaults.get("default_latency", DEFAULT_LATENCY))
-        links[(entry["a"], entry["b"])] = Link(float(args["bandwidth"]), float(latency))
-    cores = spec.get("cores", 0)
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
-        raise ClusterError(f"cluster.cores: expected a non-negative integer, got {cores!r}")
-    return heterogeneous(devices, links, name=spec.get("name", "heterogeneous"),
-                         batch_transfers=batch, cores=cores, **defaults)
-
-
-def _cost_table(table, size: int, where: str) -> dict[str, tuple[float, ...]]:
-    """A validated cost table: name -> `size` finite non-negative numbers (seconds, per unit)."""
-    if not isinstance(table, Mapping):
-        raise ClusterError(f"{where}: expected a mapping of name to a list of {size} numbers, "
-                           f"got {table!r}")
-    out = {}
-    for name, cost in table.items():
-        if not isinstance(name, str) or not name:
-            raise ClusterError(f"{where}: names must be non-empty strings, got {name!r}")
-        if isinstance(cost, (str, bytes)) or not isinstance(cost, Sequence) \
-                or len(cost) != size:
-            raise ClusterError(f"{where}.{name}: expected a list of {size} numbers, got {cost!r}")
-        out[name] = tuple(float(_check_number(c, f"{where}.{name}[{i}]", positive=False))
-                          for i, c in enumerate(cost))
-    return out
-
-
-def _check_keys(mapping: Mapping, allowed: set[str], where: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ClusterError(f"{where}.{key}: unknown field (expected one of "
-                               f"{', '.join(sorted(allowed))})")
-
-
-def _numbers(mapping: Mapping, where: str, required: tuple[str, ...],
-             optional: tuple[str, ...]) -> dict:
-    out = {}
-    for key in required + optional:
-        if key not in mapping:
-            if key in required:
-                raise ClusterError(f"{where}.{key}: required field is missing")
-            continue
-        positive = key not in ("latency", "intra_latency", "inter_latency", "default_latency",
-                               "op_overhead", "step_overhead", "poll_after", "poll_delay")
-        out[key] = _check_number(mapping[key], f"{where}.{key}", positive=positive)
-    return out
-
-
+# ------------------------------------------------------------------ checks
 def _check_number(value, where: str, positive: bool):
     if isinstance(value, bool) or not isinstance(value, (Real, np.number)) or math.isnan(value):
         raise ClusterError(f"{where}: expected a number, got {value!r}")

@@ -134,6 +134,41 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
+def kahn_order(n: int, src, dst, priority=None, break_cycles: bool = False) -> np.ndarray:
+    """Kahn's topological order of nodes 0..n-1 under the edges src -> dst: among ready nodes
+    the smallest (priority, id) first (priority defaults to the id). On a cycle, with
+    `break_cycles` the smallest unfinished id is released; without, the order stops short."""
+    import heapq
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    ptr = _ptr(src, n).tolist()
+    successors = dst[np.argsort(src, kind="stable")].tolist()
+    degree = np.bincount(dst, minlength=n).tolist()
+    key = list(range(n)) if priority is None else np.asarray(priority).tolist()
+    heap = [(key[v], v) for v in range(n) if degree[v] == 0]
+    heapq.heapify(heap)
+    done = [False] * n
+    order: list[int] = []
+    unfinished = 0
+    while len(order) < n:
+        if not heap:
+            if not break_cycles:
+                break
+            while done[unfinished]:
+                unfinished += 1
+            heap.append((key[unfinished], unfinished))
+            degree[unfinished] = 0
+        _, v = heapq.heappop(heap)
+        if done[v]:
+            continue
+        done[v] = True
+        order.append(v)
+        for w in successors[ptr[v]:ptr[v + 1]]:
+            degree[w] -= 1
+            if degree[w] == 0 and not done[w]:
+                heapq.heappush(heap, (key[w], w))
+    return np.array(order, dtype=np.int64)
+
+
 def _ptr(owner: np.ndarray, n: int) -> np.ndarray:
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=n), out=ptr[1:])

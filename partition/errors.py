@@ -14,3 +14,7 @@ class ClusterError(PartitionError):
 
 class PlacementError(PartitionError):
     """No acceptable placement: bad arguments, a violated pin, or a device over its capacity."""
+
+
+class ScheduleError(PartitionError):
+    """A pipeline schedule is malformed: a missing or repeated action, or a broken dependency."""

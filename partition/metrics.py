@@ -13,7 +13,7 @@ import numpy as np
 from autodiff.ir import Graph
 from partition.cluster import Cluster
 from partition.cost import (GraphArrays, graph_arrays, memory_per_device, multiplicity,
-                            remote_pairs, slots_of)
+                            kahn_order, remote_pairs, slots_of)
 from partition.errors import PlacementError
 
 
@@ -125,20 +125,9 @@ def quotient_order(quotient: np.ndarray) -> list[int] | None:
     """A topological order of the devices of a quotient graph (smallest index first among
     ready devices), or None when the quotient has a directed cycle."""
     k = len(quotient)
-    indegree = quotient.sum(axis=0) - np.diag(quotient)
-    done = np.zeros(k, dtype=bool)
-    order: list[int] = []
-    while len(order) < k:
-        ready = np.flatnonzero(~done & (indegree == 0))
-        if len(ready) == 0:
-            return None
-        d = int(ready[0])
-        done[d] = True
-        order.append(d)
-        outgoing = quotient[d].copy()
-        outgoing[d] = False
-        indegree = indegree - outgoing
-    return order
+    src, dst = np.nonzero(quotient & ~np.eye(k, dtype=bool))
+    order = kahn_order(k, src, dst)
+    return order.tolist() if len(order) == k else None
 
 
 def _top_cut(arrays: GraphArrays, nodes: np.ndarray, receivers: np.ndarray, sent: np.ndarray,

@@ -8,29 +8,19 @@ one link run one at a time in the order they become ready, and each device runs 
 time. With m micro-batches, batch-dependent nodes run m times; parameters (and what is computed
 from them alone) are sent once per step and their gradients summed before going back.
 
-An op of kind `op` costs `flops / device.rate(op)` (its backward twice that). On a measured
-cluster (partition/cluster.py) each executed op also costs the device's `op_overhead`: a
-forward op once, its backward once per gradient op the training graph (`autodiff.vjp`) holds
-for it; and the step's makespan includes the cluster's `step_overhead`. A device with
-`op_costs` charges each op of the training graph by its kind's entry instead (a forward op
-its own, its backward the sum over its gradient ops; kinds without an entry as above), and
-given the `optimizer`, a device with `update_costs` runs one update per parameter it owns
-once the parameter's gradient is complete (after its other ops, as the executor's update).
-With the cluster's `poll_delay`, a message that reaches an idle device which has waited `w`
-seconds, longer than `poll_after`, is noticed `min((w - poll_after) / 2, poll_delay)` late
-(the pauses between polls double up to a maximum), and so is the step's end by the driver.
-With the cluster's `cores`, device d runs on processor d % cores (as the executor pins its
-actors), and an op takes as many times longer as devices of its processor compute or spin
-(for `poll_after` after their last op) at its start (ops are short). With `batch_transfers`
-(the Ray executor's packets), ops run in the executor's segments (executor/plan.py: each
-phase's ops in a topological order cut into runs of one device): a segment starts once all
-it receives has arrived, and what it sends leaves when it ends.
+Measured clusters (partition/cluster.py) extend this: an op of kind `op` costs
+`flops / device.rate(op)` (the device's `op_flops`), each forward op and each backward op
+costs the device's `op_overhead` once more (one backward op per forward node: the gradient
+ops of a node are not counted one by one), and the makespan includes the cluster's
+`step_overhead`. (The executor's own plan is timed by executor/timing.py.)
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
-stage (stage = device, in a topological order of the acyclic quotient): GPipe runs all
-forwards then all backwards; 1F1B runs (stages - stage - 1) warm-up forwards, then alternates
-one forward and one backward, then drains the backwards.
+stage (stage = device, in a topological order of the acyclic quotient) with the action lists
+of partition/schedules.py: GPipe runs all forwards then all backwards; 1F1B runs
+(stages - stage - 1) warm-up forwards, then alternates one forward and one backward, then
+drains the backwards. Ops that run once per step (parameters' consumers) come first, their
+backwards last.
 """
 from __future__ import annotations
 
@@ -45,9 +35,10 @@ from partition.cost import graph_arrays, remote_pairs
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
 from partition.problem import require_forward
-from partition.simulate_segments import SHARED, executor_segments, segment_edges
+from partition.schedules import make_schedule
 
 SCHEDULES = (None, "gpipe", "1f1b")
+SHARED = -1          # micro-batch index of the tasks that run once per step
 
 
 @dataclass(frozen=True)
@@ -78,69 +69,82 @@ class SimulationResult:
 
 
 def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = None,
-             micro_batches: int = 1, optimizer: str | None = None) -> SimulationResult:
-    """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`
-    (`optimizer`: the name whose `update_costs` the devices charge, None for none)."""
-    if schedule not in SCHEDULES:
-        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
-                             f"got {schedule!r}")
-    if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
-            or micro_batches < 1:
-        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
+             micro_batches: int = 1) -> SimulationResult:
+    """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`."""
+    _check_arguments(schedule, micro_batches)
     require_forward(graph)
     arrays = graph_arrays(graph)
     k = cluster.k
     a = check_assignment(assignment, arrays.n, k)
-    stages = order = None
-    if schedule is not None or cluster.batch_transfers:
-        order = quotient_order(quotient_adjacency(arrays, a, k))
-    if schedule is not None:
-        if order is None:
-            raise PlacementError(f"schedule {schedule!r} needs an acyclic placement: tensors "
-                                 "flow in a cycle between devices (partition with acyclic=True)")
-        computing = np.bincount(a[~arrays.is_source], minlength=k) > 0
-        stages = [d for d in order if computing[d]]
-    # gradient ops per forward node, for a cluster that charges per op (one vjp)
-    gradient_ops = (_gradient_ops(graph, arrays)
-                    if any(d.op_overhead or d.op_costs for d in cluster.devices) else None)
-    forward_time, backward_time = _op_times(graph, arrays, a, cluster, gradient_ops)
-    update_time = _update_times(arrays, a, cluster, optimizer)
-    segments = None
-    if cluster.batch_transfers:
-        segments = executor_segments(arrays, a, None if order is None else
-                                     {d: s for s, d in enumerate(order)})
-    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time, update_time,
-                   segments)
+    stages = _stages(arrays, a, k, schedule)
+    forward_time, backward_time = _op_times(graph, arrays, a, cluster)
+    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time)
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
-    batch_latency = (np.concatenate([np.zeros(k), cluster.latency.ravel()]).tolist()
-                     if cluster.batch_transfers else None)
-    poll = (cluster.poll_after, cluster.poll_delay) if cluster.poll_delay else None
-    sharing = (cluster.cores, cluster.poll_after) if cluster.cores else None
-    start, finish = _run(tasks, k, sequences, schedule, batch_latency, poll, sharing)
-    end = float(finish.max()) if len(finish) else 0.0
-    late = _poll_late(end, poll) if poll else 0.0
-    makespan = end + late + cluster.step_overhead
+    start, finish = _EventLoop(tasks, k, sequences).run(schedule)
+    makespan = (float(finish.max()) if len(finish) else 0.0) + cluster.step_overhead
     resource = np.array(tasks.resource)
     compute = (resource >= 0) & (resource < k)
-    device = resource[compute]
-    busy_time = np.bincount(device, weights=(finish - start)[compute], minlength=k)
+    busy_time = np.bincount(resource[compute], weights=(finish - start)[compute], minlength=k)
     busy = busy_time / makespan if makespan > 0 else np.zeros(k)
     bubble = None
     if stages:
         bubble = float(1.0 - busy_time[stages].sum() / (len(stages) * makespan)) \
             if makespan > 0 else 0.0
-    multiplicity = np.where(arrays.batch_dependent, micro_batches, 1)
-    fastest = np.zeros(arrays.n, dtype=np.int64) + int(np.argmax(cluster.speeds))
-    one_device = np.add(*_op_times(graph, arrays, fastest, cluster, gradient_ops))
-    single = float((one_device * multiplicity).sum() + cluster.step_overhead
-                   + _update_times(arrays, fastest, cluster, optimizer).sum())
+    single = _single_device_time(graph, arrays, cluster, micro_batches)
     return SimulationResult(
         makespan=makespan, busy=tuple(float(b) for b in busy), bubble=bubble,
         single_device_time=single, speedup=single / makespan if makespan > 0 else 1.0,
         peak_in_flight=_peak_in_flight(tasks, start, finish, k),
         schedule=schedule, micro_batches=micro_batches, devices=cluster.device_names,
         timeline=_timeline(tasks, start, finish, k, cluster.device_names))
+
+
+def _check_arguments(schedule, micro_batches) -> None:
+    if schedule not in SCHEDULES:
+        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
+                             f"got {schedule!r}")
+    if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
+            or micro_batches < 1:
+        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
+
+
+def _stages(arrays, a: np.ndarray, k: int, schedule: str | None) -> list[int] | None:
+    """The computing devices in a topological order of the quotient (a pipeline schedule's
+    stages), None under list scheduling."""
+    if schedule is None:
+        return None
+    order = quotient_order(quotient_adjacency(arrays, a, k))
+    if order is None:
+        raise PlacementError(f"schedule {schedule!r} needs an acyclic placement: tensors "
+                             "flow in a cycle between devices (partition with acyclic=True)")
+    computing = np.bincount(a[~arrays.is_source], minlength=k) > 0
+    return [d for d in order if computing[d]]
+
+
+def _single_device_time(graph: Graph, arrays, cluster: Cluster, m: int) -> float:
+    """The step on the fastest device alone, without communication."""
+    multiplicity = np.where(arrays.batch_dependent, m, 1)
+    fastest = np.zeros(arrays.n, dtype=np.int64) + int(np.argmax(cluster.speeds))
+    one_device = np.add(*_op_times(graph, arrays, fastest, cluster))
+    return float((one_device * multiplicity).sum() + cluster.step_overhead)
+
+
+def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of each node's forward op and of its backward op on its device (0 for sources,
+    and for the backward of nodes that do not require grad)."""
+    devices = cluster.devices
+    if any(d.op_flops for d in devices):
+        rate = np.array([devices[d].rate(node.op) for d, node in zip(a.tolist(), graph.nodes)])
+    else:
+        rate = cluster.speeds[a]
+    seconds = arrays.flops / rate
+    overhead = np.array([d.op_overhead for d in devices])[a]
+    forward = np.where(arrays.is_source, 0.0, seconds + overhead)
+    backward = np.where(arrays.is_source | ~arrays.requires_grad, 0.0,
+                        2.0 * seconds + overhead)
+    return forward, backward
 
 
 # ------------------------------------------------------------------ the task graph
@@ -173,333 +177,203 @@ class _Tasks:
         self.pending[after] += 1
 
 
-def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster,
-              gradient_ops: list | None) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds of each node's forward op and of its backward op on its device (0 for sources,
-    and for the backward of nodes that do not require grad); `gradient_ops` (per node, from
-    `_gradient_ops`) is needed when a device charges `op_overhead` or has `op_costs`."""
-    devices = cluster.devices
-    place = a.tolist()
-    if any(d.op_flops for d in devices):
-        rate = np.array([devices[d].rate(node.op) for d, node in zip(place, graph.nodes)])
-    else:
-        rate = cluster.speeds[a]
-    forward = np.where(arrays.is_source, 0.0, arrays.flops / rate)
-    backward = np.where(arrays.is_source | ~arrays.requires_grad, 0.0, 2.0 * forward)
-    overhead = np.array([d.op_overhead for d in devices])[a]
-    if overhead.any():
-        forward = forward + np.where(arrays.is_source, 0.0, overhead)
-        counts = np.array([len(ops) for ops in gradient_ops], dtype=float)
-        backward = backward + np.where(arrays.requires_grad, counts * overhead, 0.0)
-    if any(d.op_costs for d in devices):
-        touched = touched_bytes(arrays)
-        source, grad, flops = arrays.is_source, arrays.requires_grad, arrays.flops
-        for v, node in enumerate(graph.nodes):
-            device = devices[place[v]]
-            if not device.op_costs:
-                continue
-            if not source[v]:
-                cost = device.op_cost(node.op, flops[v], touched[v])
-                if cost is not None:
-                    forward[v] = cost
-            if grad[v] and gradient_ops[v] and all(op for op, _, _ in gradient_ops[v]):
-                backward[v] = sum(_cost(device, *op) for op in gradient_ops[v])
-    return forward, backward
+@dataclass(frozen=True)
+class _Layout:
+    """Per node: its device, whether it runs per micro-batch, requires grad, is a source, and
+    how many instances run per step (m or 1)."""
 
+    place: list[int]
+    batch: list[bool]
+    grad: list[bool]
+    source: list[bool]
+    copies: list[int]
 
-def _cost(device, op: str, flops: float, nbytes: float) -> float:
-    """Seconds of one op on `device`: its `op_costs` entry, else overhead plus FLOPs / rate."""
-    cost = device.op_cost(op, flops, nbytes)
-    return device.op_overhead + flops / device.rate(op) if cost is None else cost
-
-
-def touched_bytes(arrays) -> np.ndarray:
-    """Per node, the bytes of its distinct inputs plus its output (what an op reads and
-    writes)."""
-    inputs = np.bincount(arrays.in_dst, weights=arrays.bytes[arrays.in_idx].astype(float),
-                         minlength=arrays.n)
-    return inputs + arrays.bytes
-
-
-def _update_times(arrays, a: np.ndarray, cluster: Cluster, optimizer: str | None
-                  ) -> np.ndarray:
-    """Per node, seconds of its optimizer update on its device (parameters that require grad,
-    when the device has `update_costs` for `optimizer`; else 0)."""
-    out = np.zeros(arrays.n)
-    if optimizer is None or not any(d.update_costs for d in cluster.devices):
-        return out
-    devices, nbytes = cluster.devices, arrays.bytes
-    for v in np.flatnonzero(arrays.is_param & arrays.requires_grad).tolist():
-        out[v] = devices[a[v]].update_cost(optimizer, float(nbytes[v]))
-    return out
-
-
-def _gradient_ops(graph: Graph, arrays) -> list[list[tuple]]:
-    """Per forward node, its computed (non-source) gradient ops in the training graph (tagged
-    `grad_of`), each as (op kind, FLOPs, bytes read and written); for a graph with ops that
-    cannot be differentiated here (opaque ops from a file), one op of unknown kind (None) per
-    input that requires grad."""
-    from autodiff.ir import GraphError
-    from autodiff.reverse import vjp
-    from partition.cost import graph_arrays
-
-    index = {node.name: i for i, node in enumerate(graph.nodes)}
-    ops: list[list[tuple]] = [[] for _ in graph.nodes]
-    try:
-        training = vjp(graph)
-    except GraphError:
-        grad = arrays.requires_grad
-        for i, node in enumerate(graph.nodes):
-            ops[i] = [(None, 0.0, 0.0)] * sum(bool(grad[index[u]]) for u in set(node.inputs))
-        return ops
-    train = graph_arrays(training)
-    touched = touched_bytes(train)
-    for t, node in enumerate(training.nodes):
-        if node.grad_of is not None and not node.is_source and node.grad_of in index:
-            ops[index[node.grad_of]].append((node.op, float(train.flops[t]), float(touched[t])))
-    return ops
+    def micro(self, v: int, i: int) -> int:
+        return i if self.batch[v] else SHARED
 
 
 def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.ndarray,
-           backward_time: np.ndarray, update_time: np.ndarray, segments=None) -> _Tasks:
-    """Forward ops, backward ops, optimizer updates and transfers of one step, with their
-    dependencies; with `segments` (`executor_segments`), as the executor runs them: a
-    segment starts once all it receives has arrived, and what it sends leaves when it ends."""
-    k, n = cluster.k, arrays.n
-    place = a.tolist()
+           backward_time: np.ndarray) -> _Tasks:
+    """Forward ops, backward ops and transfers of one step, with their dependencies."""
     batch = arrays.batch_dependent.tolist()
-    grad = arrays.requires_grad.tolist()
-    source = arrays.is_source.tolist()
-    forward_seconds, backward_seconds = forward_time.tolist(), backward_time.tolist()
-    copies = [m if b else 1 for b in batch]
-
-    def micro(v: int, i: int) -> int:
-        return i if batch[v] else SHARED
-
+    layout = _Layout(a.tolist(), batch, arrays.requires_grad.tolist(),
+                     arrays.is_source.tolist(), [m if b else 1 for b in batch])
     tasks = _Tasks()
-    forward = [0] * n                 # task id of instance 0; instance i is forward[v] + i
-    backward = [-1] * n
+    forward, backward = _add_ops(tasks, layout, m, forward_time.tolist(),
+                                 backward_time.tolist())
+    sends, returns = _add_transfers(tasks, layout, arrays, a, cluster, m, forward, backward)
+    _add_dependencies(tasks, layout, arrays, forward, backward, sends, returns)
+    return tasks
+
+
+def _add_ops(tasks: _Tasks, layout: _Layout, m: int, forward_seconds: list[float],
+             backward_seconds: list[float]) -> tuple[list[int], list[int]]:
+    """Every node's forward instances, then (in reverse order) the backward instances of
+    those that require grad; task ids of instance 0 (instance i is id + i)."""
+    n = len(layout.place)
+    forward, backward = [0] * n, [-1] * n
     for v in range(n):
-        device = -1 if source[v] else place[v]
-        duration = forward_seconds[v]
+        device = -1 if layout.source[v] else layout.place[v]
         forward[v] = len(tasks.resource)
-        for i in range(copies[v]):
-            tasks.add(device, duration, (0, micro(v, i), v), micro(v, i), False)
+        for i in range(layout.copies[v]):
+            j = layout.micro(v, i)
+            tasks.add(device, forward_seconds[v], (0, j, v), j, False)
     for v in range(n - 1, -1, -1):
-        if grad[v]:
-            duration = backward_seconds[v]
-            # a source's backward (summing a parameter's gradients) is bookkeeping unless
-            # the cluster charges per op
-            device = -1 if source[v] and duration == 0 else place[v]
+        if layout.grad[v]:
+            # a source's backward (summing a parameter's gradients) is bookkeeping
+            device = -1 if layout.source[v] else layout.place[v]
             backward[v] = len(tasks.resource)
-            for i in range(copies[v]):
-                j = micro(v, i)
-                tasks.add(device, duration, (1, m if j == SHARED else j, -v), j, True)
+            for i in range(layout.copies[v]):
+                j = layout.micro(v, i)
+                tasks.add(device, backward_seconds[v], (1, m if j == SHARED else j, -v), j, True)
                 tasks.edge(forward[v] + i, backward[v] + i)
-    # updates run once the device's backward ops are done (the executor's last block)
-    barrier: dict[int, int] = {}
-    for v in np.flatnonzero(update_time).tolist():
-        d = place[v]
-        if d not in barrier:
-            barrier[d] = tasks.add(-1, 0.0, (2, 0, -1), SHARED, True)
-            for t in range(len(tasks.resource) - 1):
-                if tasks.resource[t] == d and tasks.backward[t]:
-                    tasks.edge(t, barrier[d])
-        update = tasks.add(d, float(update_time[v]), (2, 0, v), SHARED, True)
-        tasks.edge(backward[v], update)
-        tasks.edge(barrier[d], update)
+    return forward, backward
+
+
+def _add_transfers(tasks: _Tasks, layout: _Layout, arrays, a: np.ndarray, cluster: Cluster,
+                   m: int, forward: list[int], backward: list[int]) -> tuple[dict, dict]:
+    """Each remote (tensor, device) pair's sends and, for tensors that require grad, the
+    gradient's return; keyed by (node, receiving device), ids of instance 0."""
+    k, place, nbytes = cluster.k, layout.place, arrays.bytes
     sends: dict[tuple[int, int], int] = {}
     returns: dict[tuple[int, int], int] = {}
-    nbytes = arrays.bytes
     for u, d in zip(*(x.tolist() for x in remote_pairs(arrays, a, k))):
         s = place[u]
         sends[u, d] = len(tasks.resource)
-        for i in range(copies[u]):
-            tasks.add(k + s * k + d, cluster.transfer_time(s, d, nbytes[u]),
-                      (0, micro(u, i), u), micro(u, i), False)
+        for i in range(layout.copies[u]):
+            j = layout.micro(u, i)
+            tasks.add(k + s * k + d, cluster.transfer_time(s, d, nbytes[u]), (0, j, u), j, False)
             tasks.edge(forward[u] + i, sends[u, d] + i)
-        if grad[u]:
+        if layout.grad[u]:
             returns[u, d] = len(tasks.resource)
-            for i in range(copies[u]):
+            for i in range(layout.copies[u]):
+                j = layout.micro(u, i)
                 tasks.add(k + d * k + s, cluster.transfer_time(d, s, nbytes[u]),
-                          (1, m if micro(u, i) == SHARED else i, -u), micro(u, i), True)
+                          (1, m if j == SHARED else i, -u), j, True)
                 tasks.edge(sends[u, d] + i, returns[u, d] + i)
                 tasks.edge(returns[u, d] + i, backward[u] + i)
+    return sends, returns
+
+
+def _add_dependencies(tasks: _Tasks, layout: _Layout, arrays, forward: list[int],
+                      backward: list[int], sends: dict, returns: dict) -> None:
+    """A consumer's forward waits for its inputs (local op or arrived send); an input's
+    backward waits for the consumer's backward (local) or the gradient's return."""
+    place, batch, grad = layout.place, layout.batch, layout.grad
     in_ptr, in_idx = arrays.in_ptr.tolist(), arrays.in_idx.tolist()
-    for c in range(n):
+    for c in range(len(place)):
         for u in in_idx[in_ptr[c]:in_ptr[c + 1]]:
             local = place[u] == place[c]
             gradient = grad[u] and grad[c]
-            for i in range(copies[c]):
+            for i in range(layout.copies[c]):
                 i_u = i if batch[u] else 0
                 tasks.edge(forward[u] + i_u if local else sends[u, place[c]] + i_u,
                            forward[c] + i)
                 if gradient:
                     tasks.edge(backward[c] + i,
                                backward[u] + i_u if local else returns[u, place[c]] + i_u)
-    if segments is not None:
-        segment_edges(tasks, segments, copies, forward, backward, sends, returns, place,
-                      grad, (in_ptr, in_idx))
-    return tasks
 
 
 def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
                         schedule: str) -> list[list[int]]:
     """Each device's fixed op order: shared forwards, the schedule's per-micro-batch forward
-    and backward blocks, shared backwards."""
+    and backward actions (partition/schedules.py, stage s on device stages[s]), shared
+    backwards."""
     blocks: dict[tuple[int, int, bool], list[int]] = {}
     for t, device in enumerate(tasks.resource):
         if device < 0 or device >= k:
             continue
         blocks.setdefault((device, tasks.micro_batch[t], tasks.backward[t]), []).append(t)
     sequences: list[list[int]] = [[] for _ in range(k)]
-    for s, device in enumerate(stages):
-        actions: list[tuple[int, bool]] = []
-        if schedule == "gpipe":
-            actions = [(j, False) for j in range(m)] + [(j, True) for j in range(m)]
-        else:
-            warmup = min(len(stages) - s - 1, m)
-            actions = [(j, False) for j in range(warmup)]
-            for j in range(m - warmup):
-                actions += [(warmup + j, False), (j, True)]
-            actions += [(j, True) for j in range(m - warmup, m)]
-        actions = [(SHARED, False)] + actions + [(SHARED, True)]
-        for j, is_backward in actions:
+    plan = make_schedule(schedule, len(stages), m)
+    for device, actions in zip(stages, plan.actions):
+        order = ([(SHARED, False)] + [(a.micro_batch, a.kind == "B") for a in actions]
+                 + [(SHARED, True)])
+        for j, is_backward in order:
             sequences[device] += blocks.get((device, j, is_backward), [])
     return sequences
 
 
 # ------------------------------------------------------------------ the event loop
-def _run(tasks: _Tasks, k: int, sequences: list[list[int]] | None, schedule: str | None,
-         batch_latency: list[float] | None = None, poll: tuple[float, float] | None = None,
-         sharing: tuple[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Start and finish time of every task. With `batch_latency` (per resource, the latency
-    of a link), a link that frees sends every transfer queued on it as one message: the
-    latency once plus their bytes / bandwidth. With `poll` (after, delay), a transfer that
-    reaches a device idle for longer than `after` makes its op ready later (`_poll_late`).
-    With `sharing` (cores, spin), a device op takes as many times its duration as devices of
-    its processor (d % cores) compute or have been idle for less than `spin`."""
-    count = len(tasks.resource)
-    resource, duration, priority = tasks.resource, tasks.duration, tasks.priority
-    pending = list(tasks.pending)
-    start = [0.0] * count
-    finish = [np.nan] * count
-    busy = [0] * (k + k * k)                             # tasks running on a resource
-    queues: list[list] = [[] for _ in range(k + k * k)]   # ready tasks per device and link
-    ready = [False] * count
-    position = [0] * k                                   # next op of a fixed sequence
-    events: list[tuple[float, int]] = []
-    deferred: set[int] = set()                           # batched links to start at `now`
-    idle_since = [0.0] * k                               # when each device last finished
-    spinning_until = [-np.inf] * k                       # devices spin after going idle
+class _EventLoop:
+    """Runs the tasks: each device and each directed link runs one task at a time; a link
+    takes its ready transfers first come, first served, a device its ready ops by priority
+    (or in its fixed `sequences` order)."""
 
-    def slowdown(r: int, now: float) -> float:
-        """How many times longer an op starting on device r at `now` takes (`sharing`)."""
-        cores = sharing[0]                     # device d runs on processor d % cores
-        return float(sum(1 for d in range(r % cores, k, cores)
-                         if d == r or busy[d] or now < spinning_until[d]))
+    def __init__(self, tasks: _Tasks, k: int, sequences: list[list[int]] | None) -> None:
+        count = len(tasks.resource)
+        self.tasks, self.k, self.sequences = tasks, k, sequences
+        self.pending = list(tasks.pending)
+        self.start = [0.0] * count
+        self.finish = [np.nan] * count
+        self.busy = [False] * (k + k * k)
+        self.queues: list[list] = [[] for _ in range(k + k * k)]   # ready tasks per resource
+        self.ready = [False] * count
+        self.position = [0] * k                                    # next op of a sequence
+        self.events: list[tuple[float, int]] = []
 
-    def begin(r: int, now: float) -> None:
-        if busy[r]:
-            return
-        if r < k and sequences is not None:
-            sequence = sequences[r]
-            if position[r] == len(sequence) or not ready[sequence[position[r]]]:
-                return
-            t = sequence[position[r]]
-            position[r] += 1
-        elif queues[r] and batch_latency is not None and r >= k:
-            batch = [heapq.heappop(queues[r])[-1] for _ in range(len(queues[r]))]
-            latency = batch_latency[r]
-            end = now + latency + sum(duration[t] - latency for t in batch)
-            busy[r] = len(batch)
-            for t in batch:
-                start[t] = now
-                heapq.heappush(events, (end, t))
-            return
-        elif queues[r]:
-            t = heapq.heappop(queues[r])[-1]
-        else:
-            return
-        busy[r] = 1
-        start[t] = now
-        seconds = duration[t]
-        if sharing is not None and r < k and seconds > 0:
-            seconds *= slowdown(r, now)
-        heapq.heappush(events, (now + seconds, t))
+    def run(self, schedule: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Start and finish time of every task; PlacementError when a schedule deadlocks."""
+        tasks, count = self.tasks, len(self.tasks.resource)
+        for t in range(count):
+            if self.pending[t] == 0:
+                self._make_ready(t, 0.0)
+        done = 0
+        while self.events:
+            now, t = heapq.heappop(self.events)
+            self.finish[t] = now
+            done += 1
+            r = tasks.resource[t]
+            if r >= 0:
+                self.busy[r] = False
+            for s in tasks.successors[t]:
+                self.pending[s] -= 1
+                if self.pending[s] == 0:
+                    self._make_ready(s, now)
+            if r >= 0:
+                self._begin(r, now)
+        if done < count:
+            stuck = [d for d in range(self.k)
+                     if self.sequences and self.position[d] < len(self.sequences[d])]
+            raise PlacementError(f"schedule {schedule!r} deadlocks on this placement: devices "
+                                 f"{stuck} wait for ops that can never become ready")
+        return np.array(self.start), np.array(self.finish)
 
-    def make_ready(t: int, now: float) -> None:
-        r = resource[t]
+    def _next(self, r: int) -> int | None:
+        """The task resource r runs next, if one is ready."""
+        if r < self.k and self.sequences is not None:
+            sequence, p = self.sequences[r], self.position[r]
+            if p == len(sequence) or not self.ready[sequence[p]]:
+                return None
+            self.position[r] += 1
+            return sequence[p]
+        return heapq.heappop(self.queues[r])[-1] if self.queues[r] else None
+
+    def _begin(self, r: int, now: float) -> None:
+        if self.busy[r]:
+            return
+        t = self._next(r)
+        if t is None:
+            return
+        self.busy[r] = True
+        self.start[t] = now
+        heapq.heappush(self.events, (now + self.tasks.duration[t], t))
+
+    def _make_ready(self, t: int, now: float) -> None:
+        r = self.tasks.resource[t]
         if r < 0:
-            start[t] = now
-            heapq.heappush(events, (now, t))
+            self.start[t] = now
+            heapq.heappush(self.events, (now, t))
             return
-        ready[t] = True
-        if r >= k:                                       # links: first come, first served
-            heapq.heappush(queues[r], (now, priority[t], t))
-            if batch_latency is not None:                # start once all of `now` is known
-                deferred.add(r)
-                return
-        elif sequences is None:
-            heapq.heappush(queues[r], (priority[t], t))
-        begin(r, now)
-
-    def flush(now: float) -> None:
-        """Start the batched links whose transfers became ready at `now`, once no other
-        event at `now` can add to them."""
-        if deferred and (not events or events[0][0] > now):
-            for r in sorted(deferred):
-                begin(r, now)
-            deferred.clear()
-
-    for t in range(count):
-        if pending[t] == 0:
-            make_ready(t, 0.0)
-    flush(0.0)
-    done = 0
-    while events:
-        now, t = heapq.heappop(events)
-        if t < 0:                                        # noticed after polling
-            make_ready(-t - 1, now)
-            flush(now)
-            continue
-        finish[t] = now
-        done += 1
-        r = resource[t]
-        if r >= 0:
-            busy[r] -= 1
-        if 0 <= r < k:
-            idle_since[r] = now
-            if sharing is not None:
-                spinning_until[r] = now + sharing[1]
-        for s in tasks.successors[t]:
-            pending[s] -= 1
-            if pending[s] == 0:
-                d = resource[s]
-                if (poll is not None and r >= k and 0 <= d < k and not busy[d]
-                        and now - idle_since[d] > poll[0]):
-                    heapq.heappush(events, (now + _poll_late(now - idle_since[d], poll),
-                                            -s - 1))
-                    continue
-                make_ready(s, now)
-        if r >= 0:
-            begin(r, now)
-        flush(now)
-    if done < count:
-        stuck = [d for d in range(k) if sequences and position[d] < len(sequences[d])]
-        raise PlacementError(f"schedule {schedule!r} deadlocks on this placement: devices "
-                             f"{stuck} wait for ops that can never become ready")
-    return np.array(start), np.array(finish)
+        self.ready[t] = True
+        if r >= self.k:                                  # links: first come, first served
+            heapq.heappush(self.queues[r], (now, self.tasks.priority[t], t))
+        elif self.sequences is None:
+            heapq.heappush(self.queues[r], (self.tasks.priority[t], t))
+        self._begin(r, now)
 
 
-def _poll_late(wait: float, poll: tuple[float, float]) -> float:
-    """How late a message is noticed after waiting `wait` seconds, with poll = (after,
-    delay): polls start after `after` with pauses that double, so the next poll comes about
-    half the time waited since then later, at most `delay`."""
-    after, delay = poll
-    return min((wait - after) / 2, delay) if wait > after else 0.0
-
-
+# ------------------------------------------------------------------ reports
 def _timeline(tasks: _Tasks, start: np.ndarray, finish: np.ndarray, k: int,
               names: tuple[str, ...]) -> tuple[dict, ...]:
     """Busy intervals of each device (kind forward/backward) and of each directed link (kind

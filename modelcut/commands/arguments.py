@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-# The most devices a config's cluster or --devices may ask for (modelcut/config.py uses it
-# too). The reports' per-device plots and link tables grow as devices^2: at 256 devices the
-# traffic heatmap alone needs gigabytes, so 128 is the most `partition` handles today.
-MAX_DEVICES = 128
+# The most devices a config's cluster or --devices may ask for (partition/cluster_spec.py).
+from partition.cluster_spec import MAX_DEVICES  # noqa: E402
 
 
 def _number(text: str) -> float:

@@ -24,7 +24,7 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from partition.algorithms.base import layer_units, pipeline_order, split_by_weight
-from partition.cost import GraphArrays, sorted_unique
+from partition.cost import GraphArrays, kahn_order, sorted_unique
 
 
 def atoms_of(arrays: GraphArrays, pinned: np.ndarray) -> np.ndarray:
@@ -61,23 +61,10 @@ def _rank(key: np.ndarray) -> np.ndarray:
 
 def topological_units(unit: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """`unit` renumbered along a topological order of its (acyclic) quotient, smallest old id
-    first among ready units (Kahn's algorithm; units are few)."""
-    import heapq
+    first among ready units."""
     count = int(unit.max()) + 1
-    indegree = np.bincount(dst, minlength=count).tolist()
-    succs: list[list[int]] = [[] for _ in range(count)]
-    for s, d in zip(src.tolist(), dst.tolist()):
-        succs[s].append(d)
-    ready = [u for u in range(count) if indegree[u] == 0]
-    heapq.heapify(ready)
     rank = np.empty(count, dtype=np.int64)
-    for position in range(count):
-        u = heapq.heappop(ready)
-        rank[u] = position
-        for w in succs[u]:
-            indegree[w] -= 1
-            if indegree[w] == 0:
-                heapq.heappush(ready, w)
+    rank[kahn_order(count, src, dst, break_cycles=True)] = np.arange(count)
     return rank[unit]
 
 

@@ -12,43 +12,12 @@ import heapq
 import numpy as np
 
 from partition.algorithms.hypergraph import Hypergraph
+from partition.cost import kahn_order
 
 
 def topological_order(hg: Hypergraph, priority: np.ndarray) -> np.ndarray:
     """Kahn's order, smallest priority first among ready nodes (cycles broken by smallest id)."""
-    s, t = hg.edges()
-    n = hg.n
-    key = np.unique(s.astype(np.int64) * n + t)
-    s, t = key // n, key % n
-    indeg = np.bincount(t, minlength=n)
-    ptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(s, minlength=n), out=ptr[1:])
-    succ = t.tolist()
-    ptr_l = ptr.tolist()
-    deg = indeg.tolist()
-    pri = priority.tolist()
-    heap = [(pri[v], v) for v in range(n) if deg[v] == 0]
-    heapq.heapify(heap)
-    done = [False] * n
-    order = []
-    nxt = 0
-    while len(order) < n:
-        if not heap:  # a cycle (non-acyclic coarse graphs): release the smallest unfinished id
-            while done[nxt]:
-                nxt += 1
-            heap.append((pri[nxt], nxt))
-            deg[nxt] = 0
-        _, v = heapq.heappop(heap)
-        if done[v]:
-            continue
-        done[v] = True
-        order.append(v)
-        for i in range(ptr_l[v], ptr_l[v + 1]):
-            w = succ[i]
-            deg[w] -= 1
-            if deg[w] == 0 and not done[w]:
-                heapq.heappush(heap, (pri[w], w))
-    return np.array(order, dtype=np.int64)
+    return kahn_order(hg.n, *hg.edges(), priority=priority, break_cycles=True)
 
 
 def late_sources_order(hg: Hypergraph) -> np.ndarray:

@@ -145,13 +145,12 @@ def test_cluster_file_with_measured_fields(tmp_path):
     - {name: cpu0, flops: 60 GFLOPS, memory: 1GB, op_overhead: 8us,
        op_flops: {conv2d: 6 GFLOPS, "*": 1.5e9}}
   step_overhead: 0.3ms
-  batch_transfers: true
 """, "measured.yaml")
     config = load_config(write(tmp_path, MLP + "cluster: {file: measured.yaml}\n"))
     assert config.cluster_spec() == {
         "devices": [{"name": "cpu0", "flops": 60e9, "memory": 10**9, "op_overhead": 8e-6,
                      "op_flops": {"conv2d": 6e9, "*": 1.5e9}}],
-        "links": [], "step_overhead": 3e-4, "batch_transfers": True}
+        "step_overhead": 3e-4}
 
 
 def test_builders_accept_model_kwargs():
@@ -206,10 +205,13 @@ MALFORMED = [
     ("bad-op-rate", MLP + """cluster:
        devices: [{name: cpu0, flops: 1e12, memory: 1GB, op_flops: {conv2d: fast}}]""",
      "cluster.devices[0].op_flops.conv2d", "expected a positive FLOP rate"),
-    ("batch-transfers-not-bool", MLP + """cluster:
+    ("removed-calibration-field", MLP + """cluster:
        devices: [{name: cpu0, flops: 1e12, memory: 1GB}]
-       batch_transfers: sometimes""",
-     "cluster.batch_transfers", "expected true or false"),
+       batch_transfers: true""",
+     "cluster.batch_transfers", "unknown key"),
+    ("removed-device-field", MLP + """cluster:
+       devices: [{name: cpu0, flops: 1e12, memory: 1GB, update_costs: {adam: [0, 0]}}]""",
+     "cluster.devices[0].update_costs", "unknown key"),
     ("negative-epsilon", MLP + "partition: {epsilon: -0.1}",
      "partition.epsilon", "expected a non-negative number, got -0.1"),
     ("acyclic-not-bool", MLP + "partition: {acyclic: yes please}",

@@ -281,3 +281,37 @@ def test_compute_metrics_matches_reference(case):
     for name, nbytes, receivers in got.top_cut:
         assert nbytes == graph[name].nbytes
         assert {cluster.device_index(r) for r in receivers} == ref["remote_of"][name]
+
+
+def _ready_first_order(n, edges, key, break_cycles):
+    """Brute force: repeatedly take the smallest (key, id) among unfinished nodes whose
+    predecessors are all finished; on a cycle release the smallest unfinished id or stop."""
+    done, order, released = set(), [], set()
+    while len(order) < n:
+        ready = [v for v in range(n) if v not in done
+                 and (v in released or all(s in done for s, d in edges if d == v))]
+        if not ready:
+            if not break_cycles:
+                break
+            released.add(min(v for v in range(n) if v not in done))
+            continue
+        v = min(ready, key=lambda u: (key[u], u))
+        done.add(v)
+        order.append(v)
+    return order
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kahn_order_matches_the_ready_first_rule(seed):
+    from partition.cost import kahn_order
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 9))
+    edges = [(int(a), int(b)) for a in range(n) for b in range(n)
+             if a != b and rng.random() < 0.25 and (seed % 2 or a < b)]   # odd seeds: cycles
+    src, dst = (np.array(x, dtype=np.int64) for x in zip(*edges)) if edges else ([], [])
+    key = rng.random(n)
+    for cut in (False, True):
+        expected = _ready_first_order(n, edges, key, cut)
+        assert kahn_order(n, src, dst, key, break_cycles=cut).tolist() == expected
+    assert kahn_order(n, src, dst, break_cycles=True).tolist() == \
+        _ready_first_order(n, edges, list(range(n)), True)

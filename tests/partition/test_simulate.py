@@ -159,22 +159,11 @@ def test_op_overheads_op_rates_and_step_overhead_by_hand():
     g = two_device_graph()
     r = simulate(g, placed(g, dict(x=0, w1=0, h=0, w2=1, y=1)),
                  measured_cluster(step_overhead=1.0))
-    # opaque ops: one gradient op per input that requires grad (h: w1; y: h, w2).
+    # one op overhead per forward op and per backward op.
     # F(h) 0.25 + 100/100: 0-1.25 | h 0->1 1.25-2.75 | F(y) 0.25 + 200/50 (op g at 50): 2.75-7
-    # | B(y) 2 * 0.25 + 2 * 4: 7-15.5 | gradient of h 1->0 15.5-17 | B(h) 0.25 + 2: 17-19.25
+    # | B(y) 0.25 + 2 * 4: 7-15.25 | gradient of h 1->0 15.25-16.75 | B(h) 0.25 + 2: 16.75-19
     # | + 1 s step overhead
-    assert r.makespan == pytest.approx(20.25)
-    assert r.busy == pytest.approx((3.5 / 20.25, 12.75 / 20.25))
-    # all on dev0 (the first fastest; g at 100 there): 1.25 + 2.25 + 2.25 + 4.5, + 1
-    assert r.single_device_time == pytest.approx(11.25)
-
-
-def test_batched_transfers_pay_the_latency_once_per_message():
-    from partition.cluster import Cluster
-    g = two_device_graph()
-    a = placed(g, dict(x=0, w1=0, h=0, w2=0, y=1))
-    batched = Cluster(CLUSTER.devices, CLUSTER.bandwidth, CLUSTER.latency, batch_transfers=True)
-    # as test_transfers_on_one_link_are_serialised (12.5 s) up to B(y): w2 0->1 0-1.5 alone
-    # (h is not ready until 1), h 1.5-3 | F(y) 3-5 | B(y) 5-9 | both gradients, ready on
-    # 1->0 at 9, go as one message of 0.5 + 400/400 + 400/400 s: 9-11.5 | B(h) 11.5-13.5
-    assert simulate(g, a, batched).makespan == pytest.approx(13.5)
+    assert r.makespan == pytest.approx(20.0)
+    assert r.busy == pytest.approx((3.5 / 20.0, 12.5 / 20.0))
+    # all on dev0 (the first fastest; g at 100 there): 1.25 + 2.25 + 2.25 + 4.25, + 1
+    assert r.single_device_time == pytest.approx(11.0)

@@ -2,10 +2,10 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from executor.errors import ScheduleError
-from executor.schedules import (Action, Schedule, bubble_fraction, gpipe, make_schedule,
-                                one_f_one_b, parse_actions, render, sequential, timeline,
-                                validate)
+from partition.errors import ScheduleError
+from partition.schedules import (Action, Schedule, bubble_fraction, gpipe, make_schedule,
+                                 one_f_one_b, parse_actions, render, sequential, timeline,
+                                 validate)
 
 
 def strings(schedule):
