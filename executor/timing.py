@@ -56,7 +56,8 @@ class TransferTime:
 class PlanTiming:
     """A simulated step of a Plan: its time, each device's compute seconds and busy
     fraction, the pipeline bubble (1 - busy time / (stages * step time); None without
-    stages), every block's interval and every transfer's."""
+    stages), every block's interval (from its start, waits included), every stretch of
+    compute (`spans`, one per run of compute steps without a wait) and every transfer's."""
 
     step_time: float
     compute: tuple[float, ...]
@@ -64,6 +65,7 @@ class PlanTiming:
     bubble: float | None
     blocks: tuple[BlockTime, ...]
     transfers: tuple[TransferTime, ...] = ()
+    spans: tuple[BlockTime, ...] = ()
 
     def to_dict(self) -> dict:
         return {"step_time": self.step_time, "compute": list(self.compute),
@@ -135,6 +137,7 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
     arrival: dict[tuple, float] = {}
     blocks: list[BlockTime] = []
     transfers: list[TransferTime] = []
+    spans: list[BlockTime] = []
     # plan.order runs every block after the blocks that send to it, and each directed link
     # is fed by one device in its program order: one pass in that order is the event order.
     for d, i in plan.order:
@@ -154,6 +157,13 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
                                               float(link_free[d, step.target])))
             else:
                 seconds = costs.step(d, step)
+                if spans and spans[-1].device == d and spans[-1].end == clock[d] \
+                        and spans[-1].label == block.label:
+                    spans[-1] = BlockTime(d, block.label, spans[-1].start,
+                                          float(clock[d] + seconds))
+                elif seconds > 0:
+                    spans.append(BlockTime(d, block.label, float(clock[d]),
+                                           float(clock[d] + seconds)))
                 clock[d] += seconds
                 compute[d] += seconds
         blocks.append(BlockTime(d, block.label, float(start), float(clock[d])))
@@ -164,7 +174,7 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
         stages = list(plan.stages)
         bubble = float(1.0 - compute[stages].sum() / (len(stages) * step_time))
     return PlanTiming(step_time, tuple(map(float, compute)), tuple(map(float, busy)), bubble,
-                      tuple(blocks), tuple(transfers))
+                      tuple(blocks), tuple(transfers), tuple(spans))
 
 
 # ------------------------------------------------------------ the report's form
@@ -230,10 +240,10 @@ def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
 
 
 def _timeline(timing: PlanTiming, names: tuple[str, ...]) -> list[dict]:
-    """Blocks (kind forward, backward or update) and transfers (kind transfer, under the
-    receiving device with "link": "a->b") as Gantt segments; empty blocks left out."""
+    """Compute spans (kind forward, backward or update) and transfers (kind transfer, under
+    the receiving device with "link": "a->b") as Gantt segments."""
     out = []
-    for b in timing.blocks:
+    for b in timing.spans:
         if b.end > b.start:
             phase = b.label.rstrip("0123456789")
             mb = int(b.label[len(phase):]) if len(phase) < len(b.label) else -1

@@ -16,6 +16,8 @@ from matplotlib.patches import Patch
 FORWARD_COLOUR = "#4c78a8"
 BACKWARD_COLOUR = "#f58518"
 TRANSFER_COLOUR = "#9d9d9d"
+UPDATE_COLOUR = "#54a24b"
+KIND_COLOURS = {"backward": BACKWARD_COLOUR, "update": UPDATE_COLOUR}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -164,11 +166,13 @@ def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) 
             micro = item.get("micro_batch")
             alpha = 1.0 if micro is None or micro < 0 else 0.55 + 0.45 * ((int(micro) % 4) / 3)
             ax.broken_barh([(start, end - start)], (row - 0.3, 0.6), alpha=alpha,
-                           color=BACKWARD_COLOUR if kind == "backward" else FORWARD_COLOUR,
+                           color=KIND_COLOURS.get(kind, FORWARD_COLOUR),
                            linewidth=0.2, edgecolor="white")
         handles = [Patch(color=FORWARD_COLOUR, label="forward"),
                    Patch(color=BACKWARD_COLOUR, label="backward"),
                    Patch(color=TRANSFER_COLOUR, label="transfer (to this device)")]
+        if any(item.get("kind") == "update" for item in timeline):
+            handles.append(Patch(color=UPDATE_COLOUR, label="optimizer update"))
     else:
         for name, row in row_of.items():
             used = float(busy.get(name, 0.0)) * makespan / scale

@@ -84,11 +84,6 @@ class TrainingSetup:
     on_nan: str = "stop"
     max_recoveries: int = 3
 
-    @property
-    def simulated_schedule(self) -> str | None:
-        """The simulator's name for the schedule (None: list scheduling, for "sequential")."""
-        return None if self.schedule == "sequential" else self.schedule
-
     def fingerprint(self) -> dict:
         """What a checkpoint must agree with to be resumed by this setup."""
         return {"config": self.name, "graph": self.graph.name, "nodes": len(self.graph),
@@ -205,14 +200,6 @@ def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):
                      metrics=metrics)
 
 
-def simulate_step(setup: TrainingSetup, placement) -> dict:
-    """The simulated step (SPEC section 4) with the setup's schedule and micro-batches."""
-    from partition.simulate import simulate
-    return simulate(setup.graph, placement.assignment, setup.cluster,
-                    schedule=setup.simulated_schedule,
-                    micro_batches=setup.micro_batches).to_dict()
-
-
 def step_plan(setup: TrainingSetup, placement):
     """The executor's Plan of a training step (both executors run this very plan)."""
     from executor.plan import build_plan
@@ -220,17 +207,17 @@ def step_plan(setup: TrainingSetup, placement):
                       micro_batches=setup.micro_batches, schedule=setup.schedule)
 
 
-def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping,
-                      plan=None) -> dict:
-    """What the partitioner and the simulator predict for one step: the step time, busy
-    fractions and bubble from the step simulator on the executor's own `plan`
-    (executor.timing.simulate_plan; without a plan, SPEC section 4's simulation)."""
+def simulate_step(setup: TrainingSetup, plan) -> dict:
+    """The simulated step of the executor's own `plan` on the setup's cluster (the step
+    simulator, executor.timing), in the report's form."""
+    from executor.timing import simulation_summary
+    return simulation_summary(plan, setup.cluster, setup.optimizer["name"])
+
+
+def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> dict:
+    """What the partitioner and the step simulator (`simulate_step`) predict for one step:
+    the volumes, the step time, busy fractions and bubble."""
     metrics = placement.metrics
-    if plan is not None:
-        from executor.timing import simulate_plan
-        timing = simulate_plan(plan, setup.cluster, setup.optimizer["name"])
-        simulation = {**simulation, "makespan": timing.step_time, "bubble": timing.bubble,
-                      "busy": dict(zip(setup.cluster.device_names, timing.busy))}
     return {"micro_batches": setup.micro_batches,
             "forward_volume": int(metrics.forward_volume),
             "backward_volume": int(metrics.backward_volume),

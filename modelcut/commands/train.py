@@ -165,9 +165,9 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
         else:
             placement = training.placement_from_assignment(
                 setup, state["metadata"]["assignment"], f"checkpoint {resumed_from}")
-        simulation = training.simulate_step(setup, placement)
         plan = training.step_plan(setup, placement)
-    predicted = training.predicted_summary(setup, placement, simulation, plan)
+        simulation = training.simulate_step(setup, plan)
+    predicted = training.predicted_summary(setup, placement, simulation)
     predicted["calibrated"] = training.is_calibrated(setup.cluster)
     emulate = bool(getattr(args, "emulate", False))
     # an emulated step lasts its prediction times the dilation, unknown before the first step

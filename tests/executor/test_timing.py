@@ -75,6 +75,9 @@ def test_the_report_form_of_the_hand_built_pipeline():
     assert segments == [("d0", "forward", 0, None), ("d0", "forward", 1, None),
                         ("d1", "forward", 0, None), ("d1", "forward", 1, None),
                         ("d1", "transfer", 0, "d0->d1"), ("d1", "transfer", 1, "d0->d1")]
+    # compute only, without d1's waits: a0 0-5, a1 5-10, b0 17-19, b1 29-31; the transfers
+    assert [v for x in summary["timeline"] for v in (x["start"], x["end"])] == pytest.approx(
+        [0, 5e-3, 5e-3, 10e-3, 17e-3, 19e-3, 29e-3, 31e-3, 5e-3, 17e-3, 17e-3, 29e-3])
     assert (summary["schedule"], summary["micro_batches"]) == ("gpipe", 2)
 
 
