@@ -105,6 +105,9 @@ def test_local_run_writes_every_output_and_bytes_equal_V(local_runs):
     metrics = compute_metrics(graph, assignment_of(out, graph, cluster), cluster)
     assert predicted["step_volume"] == metrics.step_volume
     assert predicted["step_time"] > 0 and measured["step_time"] > 0
+    # one prediction: the report's simulated step is the step simulator's on the train Plan
+    assert report["simulation"]["makespan"] == report["totals"]["makespan"] \
+        == predicted["step_time"]
     assert [a["name"] for a in measured["actors"]] == ["dev0", "dev1"]
     assert all(0 <= a["utilisation"] <= 1 for a in measured["actors"])
     text = (out / "report.md").read_text()
