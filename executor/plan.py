@@ -203,11 +203,11 @@ class _Builder:
         elif x == self.loss:
             name = flow.seed
         else:
-            parts = flow.parts.get(x)
-            if not parts or len(parts) != 1 or parts[0][1] is None:
+            parts = flow.parts.get(x) or ()
+            consumer, part = parts[0] if len(parts) == 1 else (None, None)
+            if part is None:
                 raise PlanError(f"plan: the gradient of {x!r} is read but cannot be located in "
                                 "the training graph")
-            consumer, part = parts[0]
             name, device = self.part_value(consumer, part, not self.is_batch(x))
             name = self.need(name, int(self.a[self.forward.index[x]]), device, "gradient",
                              self.key_of(device, name), alias=f"grad({x})@d{device}")
@@ -315,10 +315,10 @@ class _Builder:
             else:
                 wanted = [(op.device, r) for r in op.reads]
             op.deps = []
-            for where in wanted:
-                producer = self.producers.get(where)
+            for device, tensor in wanted:
+                producer = self.producers.get((device, tensor))
                 if producer is None:
-                    raise PlanError(f"plan: device {where[0]} holds no {where[1]!r}, which "
+                    raise PlanError(f"plan: device {device} holds no {tensor!r}, which "
                                     f"{op.kind} {op.name!r} on device {op.device} needs")
                 if producer.phase == op.phase:
                     op.deps.append(producer)
@@ -361,7 +361,7 @@ def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
     while any(ready.values()):
         current = out[-1].device if sticky and out else None
         if current is None or not ready.get(current):
-            current = min((heap[0], d) for d, heap in ready.items() if heap)[1]
+            current = min((d for d, heap in ready.items() if heap), key=lambda d: ready[d][0])
         op = heapq.heappop(ready[current]).op
         out.append(op)
         for user in users.get(id(op), []):
