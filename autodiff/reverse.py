@@ -95,36 +95,62 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
     if output.name not in on_path:
         return [None] * len(wrt)
 
-    tensors = {}
-    contributions: dict[str, list[Tensor]] = {}
-    senders: dict[str, list[str]] = {}           # the consumer behind each contribution
     with tracer.scope(grad_of=output.name):
         if seed is None:
             seed = tracer.const(np.ones(output.shape, dtype=output.dtype), name="grad_seed")
-    contributions[output.name] = [seed]
-    routing = GradientRouting() if routing is None else routing
-    routing.seed = seed.name
+    sweep = _Sweep(tracer, position, on_path,
+                   GradientRouting() if routing is None else routing)
+    sweep.routing.seed = seed.name
+    sweep.contributions[output.name] = [seed]
     wanted = {t.name for t in wrt}
     result: dict[str, Tensor] = {}
     for node in reversed(nodes[start:end + 1]):
-        parts = contributions.pop(node.name, None)
-        if not parts:
+        g = sweep.gradient(node)
+        if g is None:
             continue
-        with tracer.scope(grad_of=node.name):
-            g = parts[0] if len(parts) == 1 else anp.add_n(*parts)
-        routing.gradient[node.name] = g.name
-        if node.name in senders:
-            routing.parts[node.name] = tuple(zip(senders.pop(node.name),
-                                                 (p.name for p in parts)))
-        if len(parts) > 1:
-            routing.fan_in[node.name] = g.name
         if node.name in wanted:
             result[node.name] = g
         if node.is_source or node.name not in on_path or not node.inputs:
             continue
+        sweep.send_back(node, g)
+    return [result.get(t.name) for t in wrt]
+
+
+class _Sweep:
+    """The reverse sweep's state: the gradient parts sent to each node not yet visited, the
+    consumer behind each part, and the routing recorded so far."""
+
+    def __init__(self, tracer: Tracer, position: dict[str, int], on_path: set[str],
+                 routing: GradientRouting):
+        self.tracer, self.position, self.on_path, self.routing = tracer, position, on_path, routing
+        self.tensors: dict[str, Tensor] = {}
+        self.contributions: dict[str, list[Tensor]] = {}
+        self.senders: dict[str, list[str]] = {}           # the consumer behind each contribution
+
+    def gradient(self, node) -> Tensor | None:
+        """`node`'s whole gradient: its one part or the add_n of its parts (None when nothing
+        was sent to it), recorded in the routing."""
+        parts = self.contributions.pop(node.name, None)
+        if not parts:
+            return None
+        with self.tracer.scope(grad_of=node.name):
+            g = parts[0] if len(parts) == 1 else anp.add_n(*parts)
+        routing = self.routing
+        routing.gradient[node.name] = g.name
+        if node.name in self.senders:
+            routing.parts[node.name] = tuple(zip(self.senders.pop(node.name),
+                                                 (p.name for p in parts)))
+        if len(parts) > 1:
+            routing.fan_in[node.name] = g.name
+        return g
+
+    def send_back(self, node, g: Tensor) -> None:
+        """Apply `node`'s vjp rule to its gradient `g` and send each input on the path its
+        part, reduced to the input's shape."""
+        tracer, nodes = self.tracer, self.tracer.nodes
         op = lookup(node.op, node.name)
-        ins = [tensors[i] if i in tensors else tensors.setdefault(
-            i, Tensor(tracer, nodes[position[i]])) for i in node.inputs]
+        ins = [self.tensors[i] if i in self.tensors else self.tensors.setdefault(
+            i, Tensor(tracer, nodes[self.position[i]])) for i in node.inputs]
         out = Tensor(tracer, node)
         with tracer.scope(grad_of=node.name):
             grads = op.vjp(g, out, *ins, **node.attrs)
@@ -132,11 +158,10 @@ def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
                 raise TracingError(f"vjp of {node.op!r} returned {len(grads)} gradients for "
                                    f"{len(ins)} inputs")
             for x, gx in zip(ins, grads):
-                if gx is None or x.name not in on_path:
+                if gx is None or x.name not in self.on_path:
                     continue
-                contributions.setdefault(x.name, []).append(sum_to_shape(gx, x.shape))
-                senders.setdefault(x.name, []).append(node.name)
-    return [result.get(t.name) for t in wrt]
+                self.contributions.setdefault(x.name, []).append(sum_to_shape(gx, x.shape))
+                self.senders.setdefault(x.name, []).append(node.name)
 
 
 def _drop_unused_gradient_nodes(tracer: Tracer, start: int, outputs: Sequence[str]) -> None:

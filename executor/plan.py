@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -202,11 +203,11 @@ class _Builder:
         elif x == self.loss:
             name = flow.seed
         else:
-            parts = flow.parts.get(x)
-            if not parts or len(parts) != 1 or parts[0][1] is None:
+            parts = flow.parts.get(x) or ()
+            consumer, part = parts[0] if len(parts) == 1 else (None, None)
+            if part is None:
                 raise PlanError(f"plan: the gradient of {x!r} is read but cannot be located in "
                                 "the training graph")
-            consumer, part = parts[0]
             name, device = self.part_value(consumer, part, not self.is_batch(x))
             name = self.need(name, int(self.a[self.forward.index[x]]), device, "gradient",
                              self.key_of(device, name), alias=f"grad({x})@d{device}")
@@ -314,18 +315,33 @@ class _Builder:
             else:
                 wanted = [(op.device, r) for r in op.reads]
             op.deps = []
-            for where in wanted:
-                producer = self.producers.get(where)
+            for device, tensor in wanted:
+                producer = self.producers.get((device, tensor))
                 if producer is None:
-                    raise PlanError(f"plan: device {where[0]} holds no {where[1]!r}, which "
+                    raise PlanError(f"plan: device {device} holds no {tensor!r}, which "
                                     f"{op.kind} {op.name!r} on device {op.device} needs")
                 if producer.phase == op.phase:
                     op.deps.append(producer)
 
 
+class _Ready(NamedTuple):
+    """A heap entry of an operation whose dependencies have all run: its priority, then its
+    position in the phase's operation list (a unique tie-break, so ops are never compared)."""
+
+    priority: tuple
+    rank: int
+    op: _Op
+
+
 def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
-    """A topological order of one phase's operations (Kahn), smallest priority first; with
-    `sticky`, stay on the current device while it has ready work (fewer segments)."""
+    """THE topological order of one phase's operations, as the plan runs them.
+
+    Kahn's algorithm over the `deps` edges `_Builder.link` set: among the operations whose
+    dependencies have run, the one with the smallest `priority(op)` goes next (ties broken by
+    position in `ops`, so the order is deterministic). With `sticky`, the device that ran the
+    last operation keeps going while it has ready work, which gives fewer, longer segments.
+    PlanError when the phase's dependencies form a cycle.
+    """
     users: dict[int, list[_Op]] = {}
     waiting = {}
     for op in ops:
@@ -333,10 +349,10 @@ def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
         for dep in op.deps:
             users.setdefault(id(dep), []).append(op)
     rank = {id(op): i for i, op in enumerate(ops)}
-    ready: dict[int, list] = {}
+    ready: dict[int, list[_Ready]] = {}                  # device -> heap of its ready ops
 
     def push(op: _Op) -> None:
-        heapq.heappush(ready.setdefault(op.device, []), (priority(op), rank[id(op)], op))
+        heapq.heappush(ready.setdefault(op.device, []), _Ready(priority(op), rank[id(op)], op))
 
     for op in ops:
         if not op.deps:
@@ -345,8 +361,8 @@ def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
     while any(ready.values()):
         current = out[-1].device if sticky and out else None
         if current is None or not ready.get(current):
-            current = min((h[0], d) for d, h in ready.items() if h)[1]
-        op = heapq.heappop(ready[current])[2]
+            current = min((d for d, heap in ready.items() if heap), key=lambda d: ready[d][0])
+        op = heapq.heappop(ready[current]).op
         out.append(op)
         for user in users.get(id(op), []):
             waiting[id(user)] -= 1
@@ -395,8 +411,34 @@ def build_plan(forward: Graph, placement, k: int, micro_batches: int = 1,
     b.link()
 
     adjacency = quotient_adjacency(arrays, a, k)
-    stages = quotient_order(adjacency)
-    by_phase = {ph: [op for op in b.ops if op.phase == ph] for ph in ("SF", "F", "B", "SB", "U")}
+    stages, runs = _stages_and_runs(b.ops, quotient_order(adjacency))
+    if stages is None and schedule == "1f1b":
+        raise PlanError("schedule 1f1b needs pipeline stages, but the placement's quotient graph "
+                        "has a cycle; use gpipe or sequential")
+    writer = _BlockWriter(b, k, grads, state_scale)
+    for run in runs["SF"]:
+        writer.emit(run, "SF", None)
+    if stages is not None:
+        _emit_pipeline(writer, runs, stages, adjacency, make_schedule(schedule, k, micro_batches))
+    else:
+        _emit_global(writer, runs, schedule, micro_batches)
+    for ph in ("SB", "U"):
+        for run in runs[ph]:
+            writer.emit(run, ph, None)
+    programs = _programs(b, writer, loss, grads, states)
+    plan = Plan(programs=programs, order=_global_order(programs),
+                micro_batches=micro_batches, schedule=schedule,
+                stages=None if stages is None else tuple(stages), loss=loss,
+                loss_scale=loss_scale, nbytes=dict(b.nbytes), training=training)
+    validate_plan(plan)
+    return plan
+
+
+def _stages_and_runs(ops: list[_Op], stages):
+    """(stages or None, per-phase runs): each phase's operations ordered and cut into
+    per-device segments, by pipeline stage when the quotient is acyclic. Falls back to one
+    global order when the stage order would give a device several segments of one phase."""
+    by_phase = {ph: [op for op in ops if op.phase == ph] for ph in ("SF", "F", "B", "SB", "U")}
     runs = _phase_runs(by_phase, stages)
     if stages is not None and any(len({r[0].device for r in rs}) != len(rs)
                                   for ph, rs in runs.items()):
@@ -404,39 +446,44 @@ def build_plan(forward: Graph, placement, k: int, micro_batches: int = 1,
                     "quotient as one global order")
         stages = None
         runs = _phase_runs(by_phase, None)
-    if stages is None and schedule == "1f1b":
-        raise PlanError("schedule 1f1b needs pipeline stages, but the placement's quotient graph "
-                        "has a cycle; use gpipe or sequential")
+    return stages, runs
 
-    writer = _BlockWriter(b, k, grads, state_scale)
-    for run in runs["SF"]:
-        writer.emit(run, "SF", None)
-    if stages is not None:
-        sched = make_schedule(schedule, k, micro_batches)
-        stage_of = {d: s for s, d in enumerate(stages)}
-        validate_schedule(sched, [(stage_of[int(u)], stage_of[int(v)])
-                                  for u, v in zip(*np.nonzero(adjacency))])
-        segment = {(ph, run[0].device): run for ph in ("F", "B") for run in runs[ph]}
-        for d in range(k):
-            for action in sched.actions[stage_of[d]]:
-                run = segment.get((action.kind, d))
-                if run is not None:
-                    writer.emit(run, action.kind, action.micro_batch)
-    else:
-        order = ([("F", i) for i in range(micro_batches)] + [("B", i) for i in range(micro_batches)]
-                 if schedule == "gpipe" else
-                 [(ph, i) for i in range(micro_batches) for ph in ("F", "B")])
-        for ph, i in order:
-            for run in runs[ph]:
-                writer.emit(run, ph, i)
-    for ph in ("SB", "U"):
+
+def _emit_pipeline(writer: "_BlockWriter", runs: dict[str, list[list[_Op]]], stages,
+                   adjacency: np.ndarray, sched) -> None:
+    """Each device's forward and backward segment once per micro-batch, in the order of its
+    stage's schedule actions (the schedule checked against the quotient's arcs first)."""
+    stage_of = {d: s for s, d in enumerate(stages)}
+    validate_schedule(sched, [(stage_of[int(u)], stage_of[int(v)])
+                              for u, v in zip(*np.nonzero(adjacency))])
+    segment = {(ph, run[0].device): run for ph in ("F", "B") for run in runs[ph]}
+    for d in range(len(writer.blocks)):
+        for action in sched.actions[stage_of[d]]:
+            run = segment.get((action.kind, d))
+            if run is not None:
+                writer.emit(run, action.kind, action.micro_batch)
+
+
+def _emit_global(writer: "_BlockWriter", runs: dict[str, list[list[_Op]]], schedule: str,
+                 micro_batches: int) -> None:
+    """Without stages: the F and B segments in one global order per micro-batch, all forwards
+    first with "gpipe", micro-batch after micro-batch otherwise."""
+    order = ([("F", i) for i in range(micro_batches)] + [("B", i) for i in range(micro_batches)]
+             if schedule == "gpipe" else
+             [(ph, i) for i in range(micro_batches) for ph in ("F", "B")])
+    for ph, i in order:
         for run in runs[ph]:
-            writer.emit(run, ph, None)
+            writer.emit(run, ph, i)
 
+
+def _programs(b: _Builder, writer: "_BlockWriter", loss: str, grads: dict[str, str],
+              states: dict[str, str]) -> tuple[Program, ...]:
+    """One Program per device: its blocks, the nodes it computes, and what it owns."""
+    forward, a = b.forward, b.a
     per_step = frozenset(name for name, ph in b.phase_of.items() if ph in ("SF", "SB"))
     device_of = {n.name: int(a[i]) for i, n in enumerate(forward.nodes)}
     programs = []
-    for d in range(k):
+    for d in range(len(writer.blocks)):
         own_params = tuple(p.name for p in forward.params if device_of[p.name] == d)
         programs.append(Program(
             device=d, blocks=tuple(writer.blocks[d]),
@@ -446,12 +493,7 @@ def build_plan(forward: Graph, placement, k: int, micro_batches: int = 1,
             loss=loss if device_of[loss] == d else None,
             grads={p: grads[p] for p in own_params if p in grads},
             states={s: v for s, v in states.items() if device_of[s] == d}))
-    plan = Plan(programs=tuple(programs), order=_global_order(programs),
-                micro_batches=micro_batches, schedule=schedule,
-                stages=None if stages is None else tuple(stages), loss=loss,
-                loss_scale=loss_scale, nbytes=dict(b.nbytes), training=training)
-    validate_plan(plan)
-    return plan
+    return tuple(programs)
 
 
 class _BlockWriter:

@@ -230,11 +230,10 @@ class TransferKey(NamedTuple):
 
 def transfer_key(program: Program, block: Block, step: Recv | Send) -> TransferKey:
     """The key of a Recv or Send step of `program`'s `block` (equal for matching pairs)."""
+    _, micro_batch = program.key(step.tensor, block.micro_batch)
     if isinstance(step, Recv):
-        return TransferKey(step.tensor, program.key(step.tensor, block.micro_batch)[1],
-                           step.source, program.device)
-    return TransferKey(step.arrives_as, program.key(step.tensor, block.micro_batch)[1],
-                       program.device, step.target)
+        return TransferKey(step.tensor, micro_batch, step.source, program.device)
+    return TransferKey(step.arrives_as, micro_batch, program.device, step.target)
 
 
 def validate_plan(plan: Plan) -> None:
@@ -243,62 +242,90 @@ def validate_plan(plan: Plan) -> None:
     source (and vice versa), no device reads a tensor it neither computes nor receives,
     accumulated sums see every micro-batch before they are read, and `order` runs every
     block once with each block's receives sent earlier."""
-    m = plan.micro_batches
-    sent: dict[tuple, int] = {}
-    received: dict[tuple, int] = {}
+    sent: dict[TransferKey, int] = {}
+    received: dict[TransferKey, int] = {}
     for p in plan.programs:
-        have: set[tuple] = set()
-        counts: dict[str, int] = {}
+        reads = _ReadCheck(p, plan.micro_batches)
         for b in p.blocks:
-            where = f"plan: device {p.device} block {b.label}"
-
-            def read(tensor: str, what: str) -> None:
-                key = p.key(tensor, b.micro_batch)
-                if key not in have:
-                    raise PlanError(f"{where}: {what} reads {tensor!r} (micro-batch {key[1]}), "
-                                    "which the device neither computes nor receives before")
-                if tensor in counts and counts[tensor] != m:
-                    raise PlanError(f"{where}: {what} reads the sum {tensor!r} after "
-                                    f"{counts[tensor]} of {m} micro-batches")
             for s in b.steps:
-                if isinstance(s, Recv):
+                if isinstance(s, (Recv, Send)):
+                    count = received if isinstance(s, Recv) else sent
                     key = transfer_key(p, b, s)
-                    received[key] = received.get(key, 0) + 1
-                    have.add(p.key(s.tensor, b.micro_batch))
-                elif isinstance(s, Send):
-                    read(s.tensor, f"send to d{s.target}")
-                    key = transfer_key(p, b, s)
-                    sent[key] = sent.get(key, 0) + 1
-                elif isinstance(s, Compute):
-                    for name in s.nodes:
-                        node = p.nodes.get(name)
-                        if node is None:
-                            raise PlanError(f"{where}: computes {name!r} with no definition")
-                        for x in node.inputs:
-                            read(x, f"node {name!r}")
-                        have.add(p.key(name, b.micro_batch))
-                elif isinstance(s, Accumulate):
-                    read(s.tensor, "accumulate")
-                    counts[s.into] = counts.get(s.into, 0) + 1
-                    have.add((s.into, None))
-                elif isinstance(s, ApplyUpdate):
-                    for g in s.grads:
-                        if g is not None:
-                            read(g, "apply_update")
-                elif isinstance(s, SetState):
-                    read(s.tensor, "set_state")
+                    count[key] = count.get(key, 0) + 1
+                reads.step(b, s)
+    _check_pairs(sent, received)
+    _check_order(plan)
+
+
+class _ReadCheck:
+    """What one device holds as its blocks run in order: a PlanError for a step that reads a
+    tensor the device neither computes nor received before, or a sum not yet complete."""
+
+    def __init__(self, program: Program, micro_batches: int):
+        self.program, self.m = program, micro_batches
+        self.have: set[tuple[str, int | None]] = set()
+        self.counts: dict[str, int] = {}        # accumulated sum -> micro-batches added so far
+
+    def step(self, b: Block, s: Step) -> None:
+        """Check what step `s` of block `b` reads, then record what it makes available."""
+        p = self.program
+        if isinstance(s, Recv):
+            self.have.add(p.key(s.tensor, b.micro_batch))
+        elif isinstance(s, Send):
+            self.read(b, s.tensor, f"send to d{s.target}")
+        elif isinstance(s, Compute):
+            for name in s.nodes:
+                node = p.nodes.get(name)
+                if node is None:
+                    raise PlanError(f"{self.where(b)}: computes {name!r} with no definition")
+                for x in node.inputs:
+                    self.read(b, x, f"node {name!r}")
+                self.have.add(p.key(name, b.micro_batch))
+        elif isinstance(s, Accumulate):
+            self.read(b, s.tensor, "accumulate")
+            self.counts[s.into] = self.counts.get(s.into, 0) + 1
+            self.have.add((s.into, None))
+        elif isinstance(s, ApplyUpdate):
+            for g in s.grads:
+                if g is not None:
+                    self.read(b, g, "apply_update")
+        elif isinstance(s, SetState):
+            self.read(b, s.tensor, "set_state")
+
+    def where(self, b: Block) -> str:
+        return f"plan: device {self.program.device} block {b.label}"
+
+    def read(self, b: Block, tensor: str, what: str) -> None:
+        tensor_key, micro_batch = self.program.key(tensor, b.micro_batch)
+        if (tensor_key, micro_batch) not in self.have:
+            raise PlanError(f"{self.where(b)}: {what} reads {tensor!r} (micro-batch "
+                            f"{micro_batch}), which the device neither computes nor receives "
+                            "before")
+        if tensor in self.counts and self.counts[tensor] != self.m:
+            raise PlanError(f"{self.where(b)}: {what} reads the sum {tensor!r} after "
+                            f"{self.counts[tensor]} of {self.m} micro-batches")
+
+
+def _check_pairs(sent: dict[TransferKey, int], received: dict[TransferKey, int]) -> None:
+    """Every transfer sent exactly once and received exactly once."""
     for key, count in sent.items():
         if count != 1 or received.get(key) != 1:
-            raise PlanError(f"plan: tensor {key[0]!r} (micro-batch {key[1]}) from d{key[2]} to "
-                            f"d{key[3]} is sent {count} and received {received.get(key, 0)} times")
-    for key, count in received.items():
+            raise PlanError(f"plan: tensor {key.tensor!r} (micro-batch {key.micro_batch}) from "
+                            f"d{key.source} to d{key.target} is sent {count} and received "
+                            f"{received.get(key, 0)} times")
+    for key in received:
         if key not in sent:
-            raise PlanError(f"plan: device {key[3]} receives {key[0]!r} (micro-batch {key[1]}) "
-                            f"from d{key[2]}, which never sends it")
+            raise PlanError(f"plan: device {key.target} receives {key.tensor!r} (micro-batch "
+                            f"{key.micro_batch}) from d{key.source}, which never sends it")
+
+
+def _check_order(plan: Plan) -> None:
+    """`plan.order` runs every block once, each device's in turn, and each block's receives
+    after their sends."""
     if sorted(plan.order) != sorted((p.device, i) for p in plan.programs
                                     for i in range(len(p.blocks))):
         raise PlanError("plan: the global order does not run every block exactly once")
-    delivered: set[tuple] = set()
+    delivered: set[TransferKey] = set()
     position = [0] * plan.k
     for d, i in plan.order:
         p = plan.programs[d]

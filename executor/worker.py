@@ -144,7 +144,7 @@ class DeviceWorker:
         self.peak_value_bytes = max(self.peak_value_bytes, self._held_bytes())
         if index in self.release_after:
             done = self.release_after[index]
-            for key in [key for key in values if key[1] == done]:
+            for key in [(tensor, mb) for tensor, mb in values if mb == done]:
                 del values[key]
 
     def _held_bytes(self) -> int:

@@ -380,6 +380,24 @@ def _clustered(graph: Graph, statements: dict[str, str], cluster: str,
     return lines
 
 
+@dataclass(frozen=True)
+class _Boxes:
+    """The boxes of a grouped drawing: box id group * k + device of every node, and per box
+    its node count, op count, forward FLOPs and parameters."""
+
+    box: np.ndarray
+    k: int
+    names: list[str]          # group names, the last for ungrouped nodes
+    nodes: np.ndarray
+    ops: np.ndarray
+    flops: np.ndarray
+    params: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.names) * self.k
+
+
 def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
                 devices: Sequence[str] | None = None, cluster: str | None = "device") -> str:
     """One box per layer group (per group and device when placed) labelled with its summed
@@ -388,6 +406,22 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     from partition.cost import graph_arrays
     arrays = graph_arrays(graph)
     view = _placement_view(placement, devices)
+    boxes = _group_boxes(graph, arrays, view)
+    lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
+             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t];',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+             f'fillcolor="{UNPLACED_COLOUR}"];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    if view:
+        lines.append(f"  graph [label={_legend(view)}];")
+    lines += _box_statements(boxes, view, cluster)
+    lines += _box_edges(arrays, boxes, view)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _group_boxes(graph: Graph, arrays, view: _PlacementView | None) -> _Boxes:
+    """Every node's box and the boxes' summed counts, FLOPs and parameters."""
     n_groups = len(arrays.group_names) + 1                      # last: ungrouped
     group = np.where(arrays.group < 0, n_groups - 1, arrays.group)
     if view is not None:
@@ -402,29 +436,30 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     k = len(view.devices) if view else 1
     box = group * k + device
     size = np.fromiter((graph.nodes[i].size for i in np.flatnonzero(arrays.is_param)), np.int64)
-    params = np.bincount(box[arrays.is_param], weights=size, minlength=n_groups * k)
-    flops = np.bincount(box, weights=arrays.flops, minlength=n_groups * k)
-    nodes = np.bincount(box, minlength=n_groups * k)
-    ops = np.bincount(box[~arrays.is_source], minlength=n_groups * k)   # as in the report
-    names = [*arrays.group_names, UNGROUPED]
+    count = n_groups * k
+    return _Boxes(box=box, k=k, names=[*arrays.group_names, UNGROUPED],
+                  nodes=np.bincount(box, minlength=count),
+                  ops=np.bincount(box[~arrays.is_source], minlength=count),   # as in the report
+                  flops=np.bincount(box, weights=arrays.flops, minlength=count),
+                  params=np.bincount(box[arrays.is_param], weights=size, minlength=count))
 
-    lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
-             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t];',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
-             f'fillcolor="{UNPLACED_COLOUR}"];',
-             '  edge [fontname="Helvetica", fontsize=9];']
-    if view:
-        lines.append(f"  graph [label={_legend(view)}];")
+
+def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | None
+                    ) -> list[str]:
+    """A labelled node statement per non-empty box, inside its device's cluster when placed
+    and `cluster` is "device"."""
+    k = boxes.k
     by_device: dict[int, list[str]] = {}
-    for b in np.flatnonzero(nodes):
+    for b in np.flatnonzero(boxes.nodes):
         g, d = divmod(int(b), k)
-        label = [names[g]] + ([view.devices[d]] if view else []) + [
-            f"{int(ops[b])} ops, {format_flops(flops[b]).replace('FLOPS', 'FLOP')}",
-            f"{int(params[b]):,} parameters"]
+        label = [boxes.names[g]] + ([view.devices[d]] if view else []) + [
+            f"{int(boxes.ops[b])} ops, {format_flops(boxes.flops[b]).replace('FLOPS', 'FLOP')}",
+            f"{int(boxes.params[b]):,} parameters"]
         attrs = {"label": "\n".join(label)}
         if view:
             attrs["fillcolor"] = view.colours[view.devices[d]]
         by_device.setdefault(d, []).append(f"    {quote(f'box{b}')} {_attrs(attrs)};")
+    lines = []
     for d, members in by_device.items():
         if view and cluster == "device":
             lines.append(f"  subgraph {quote(f'cluster_device_{d}')} {{")
@@ -432,22 +467,28 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
             lines += members + ["  }"]
         else:
             lines += members
-    # bytes between boxes: distinct (tensor, receiving box) pairs with a different sender box
+    return lines
+
+
+def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
+    """An edge per pair of boxes with the bytes between them: distinct (tensor, receiving box)
+    pairs with a different sender box; bold when it crosses devices."""
+    box, k, count = boxes.box, boxes.k, boxes.count
     src, dst_box = arrays.in_idx.astype(np.int64), box[arrays.in_dst]
     keep = box[src] != dst_box
-    pairs = np.unique(src[keep] * (n_groups * k) + dst_box[keep])
-    tensor, target = pairs // (n_groups * k), pairs % (n_groups * k)
-    edge_key = box[tensor] * (n_groups * k) + target
+    pairs = np.unique(src[keep] * count + dst_box[keep])
+    tensor, target = pairs // count, pairs % count
+    edge_key = box[tensor] * count + target
     keys, inverse = np.unique(edge_key, return_inverse=True)
     nbytes = np.bincount(inverse, weights=arrays.bytes[tensor], minlength=len(keys))
+    lines = []
     for key, b in zip(keys.tolist(), nbytes.tolist()):
-        a, c = divmod(key, n_groups * k)
+        a, c = divmod(key, count)
         attrs = {"label": format_size(b), "color": EDGE_COLOUR}
         if view and a % k != c % k:
             attrs.update(style="bold", penwidth="2.5", color="#000000")
         lines.append(f"  {quote(f'box{a}')} -> {quote(f'box{c}')} {_attrs(attrs)};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ------------------------------------------------------------------ rendering

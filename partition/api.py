@@ -53,41 +53,65 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
     found (a device over its memory or load cap, a violated pin, a cyclic quotient).
     """
     if shard != "off":
-        from partition.sharding import SHARD_CHOICES, partition_auto
-        if shard not in SHARD_CHOICES:
-            raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
-                                 f"got {shard!r}")
-        return partition_auto(graph, cluster, partition, dict(
+        return _partition_sharded(graph, cluster, shard, dict(
             algorithm=algorithm, epsilon=epsilon, acyclic=acyclic, seed=seed,
             time_limit=time_limit, pins=pins, objective=objective,
             micro_batches=micro_batches, optimizer=optimizer, schedule=schedule))
-    try:
-        run = ALGORITHMS[algorithm]
-    except (KeyError, TypeError):
-        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
-                             f"{', '.join(sorted(ALGORITHMS))})") from None
+    run = _algorithm(algorithm)
     problem = Problem.build(graph, cluster, epsilon=epsilon, acyclic=acyclic, seed=seed,
                             time_limit=time_limit, pins=pins, objective=objective,
                             micro_batches=micro_batches, optimizer=optimizer,
                             schedule=schedule)
     start = time.perf_counter()
     result = run(problem)
-    assignment = check_assignment(result.assignment, problem.n, problem.k,
-                                  who=f"algorithm {algorithm!r}")
-    _check_pins(problem, assignment, algorithm)
-    if acyclic and quotient_order(quotient_adjacency(problem.arrays, assignment,
-                                                     problem.k)) is None:
-        raise PlacementError(f"algorithm {algorithm!r} returned a placement whose devices form "
-                             "a cycle, but acyclic=True was asked for")
+    assignment = _checked(problem, result.assignment, algorithm)
     if problem.objective == "throughput":       # the objective is the balance
         moves = 0
     else:
         assignment, moves = rebalance(problem, assignment)
     seconds = time.perf_counter() - start
+    return _placement(problem, algorithm, optimizer, result, assignment, moves, seconds)
+
+
+def _partition_sharded(graph: Graph, cluster: Cluster, shard: str, options: dict) -> Placement:
+    """partition() with shard != "off": the sharding search around the plain partition()."""
+    from partition.sharding import SHARD_CHOICES, partition_auto
+    if shard not in SHARD_CHOICES:
+        raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
+                             f"got {shard!r}")
+    return partition_auto(graph, cluster, partition, options)
+
+
+def _algorithm(algorithm: str):
+    """The registry's function named `algorithm`."""
+    try:
+        return ALGORITHMS[algorithm]
+    except (KeyError, TypeError):
+        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
+                             f"{', '.join(sorted(ALGORITHMS))})") from None
+
+
+def _checked(problem: Problem, assignment, algorithm: str) -> np.ndarray:
+    """The algorithm's assignment, checked: one valid device per node, pins honoured, and an
+    acyclic quotient when acyclic=True was asked."""
+    assignment = check_assignment(assignment, problem.n, problem.k,
+                                  who=f"algorithm {algorithm!r}")
+    _check_pins(problem, assignment, algorithm)
+    if problem.acyclic and quotient_order(quotient_adjacency(problem.arrays, assignment,
+                                                             problem.k)) is None:
+        raise PlacementError(f"algorithm {algorithm!r} returned a placement whose devices form "
+                             "a cycle, but acyclic=True was asked for")
+    return assignment
+
+
+def _placement(problem: Problem, algorithm: str, optimizer: str, result,
+               assignment: np.ndarray, moves: int, seconds: float) -> Placement:
+    """The Placement of the final assignment with its metrics and pipeline stage times."""
+    cluster, micro_batches = problem.cluster, problem.micro_batches
     metrics = compute_metrics(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                               optimizer=optimizer)
     log.info("partition %s with %s on %d devices: V=%d bytes, imbalance %.3f, %.2fs",
-             graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance, seconds)
+             problem.graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance, seconds)
     pipeline = stage_times(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                            schedule=problem.schedule)
     info = dict(result.info, objective=problem.objective, rebalance_moves=moves,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -75,81 +76,128 @@ class _Incidence:
         self.out_ptr, self.out_idx = arrays.out_ptr, arrays.out_idx
 
 
-def _round(problem: Problem, inc: _Incidence, a: np.ndarray, loads: np.ndarray,
-           memory: np.ndarray, rank: np.ndarray | None) -> int:
-    """Apply moves off over-full devices, cheapest volume increase first (a lazy heap: an
-    entry whose neighbourhood changed is re-evaluated before use); return how many."""
-    arrays, k, w = problem.arrays, problem.k, problem.weights
-    over = _excess(problem, loads, memory)
-    candidates = np.flatnonzero(over[a] & (problem.pinned < 0))
-    if len(candidates) == 0:
-        return 0
-    counts = np.bincount(inc.net * k + a[inc.node], minlength=arrays.n * k).reshape(arrays.n, k)
-    stamp = np.zeros(arrays.n, dtype=np.int64)          # bumped when a node's nets change
+class _Move(NamedTuple):
+    """A heap entry: a candidate move of `node` to `target`, ordered by its fields in turn."""
 
-    def entries(nodes: np.ndarray) -> list[tuple]:
-        """Heap entries (stage preference, volume change, -load, node, target, stamp, memory
-        changes). Acyclic moves go forward before backward, and as many stages as their
-        window allows first, so a full stage's tail fills the last stage before the nearer
+    preference: int      # stage preference (acyclic), else 0
+    volume: float        # step-volume change
+    neg_load: float      # minus the node's load: heavier nodes first at equal cost
+    node: int
+    target: int
+    stamp: int           # the node's stamp when computed; stale when its nets changed since
+    to_target: float     # memory change on the target
+    to_source: float     # memory change on the source
+
+
+class _Round:
+    """One round of greedy moves off over-full devices; updates a, loads and memory in place."""
+
+    def __init__(self, problem: Problem, inc: _Incidence, a: np.ndarray, loads: np.ndarray,
+                 memory: np.ndarray, rank: np.ndarray | None):
+        self.problem, self.inc, self.a, self.rank = problem, inc, a, rank
+        self.loads, self.memory = loads, memory
+        n, k = problem.arrays.n, problem.k
+        self.over = _excess(problem, loads, memory)
+        self.counts = np.bincount(inc.net * k + a[inc.node], minlength=n * k).reshape(n, k)
+        self.stamp = np.zeros(n, dtype=np.int64)           # bumped when a node's nets change
+        self.fresh = np.zeros(n, dtype=np.int64)           # stamp of a node's newest entries
+
+    def entries(self, nodes: np.ndarray) -> list[_Move]:
+        """The moves of `nodes`. Acyclic moves go forward before backward, and as many stages as
+        their window allows first, so a full stage's tail fills the last stage before the nearer
         ones (a nearer stage filled first would trap the nodes before it); otherwise the
         cheapest volume change goes first."""
-        volume, target_memory, source_memory, valid = _move_effects(inc, a, counts, nodes, rank)
+        a, rank, w = self.a, self.rank, self.problem.weights
+        volume, target_memory, source_memory, valid = _move_effects(self.inc, a, self.counts,
+                                                                    nodes, rank)
         rows, cols = np.nonzero(valid)
         if rank is None:
             preference = np.zeros(len(rows), dtype=np.int64)
         else:
             step = rank[cols] - rank[a[nodes[rows]]]
-            preference = np.where(step > 0, -step, problem.k - step)
-        return list(zip(preference.tolist(), volume[rows, cols].tolist(),
-                        (-w[nodes[rows]]).tolist(), nodes[rows].tolist(), cols.tolist(),
-                        stamp[nodes[rows]].tolist(),
-                        target_memory[rows, cols].tolist(), source_memory[rows].tolist()))
+            preference = np.where(step > 0, -step, self.problem.k - step)
+        return list(map(_Move._make, zip(
+            preference.tolist(), volume[rows, cols].tolist(), (-w[nodes[rows]]).tolist(),
+            nodes[rows].tolist(), cols.tolist(), self.stamp[nodes[rows]].tolist(),
+            target_memory[rows, cols].tolist(), source_memory[rows].tolist())))
 
-    heap = entries(candidates)
-    heapq.heapify(heap)
-    fresh = np.zeros(arrays.n, dtype=np.int64)          # stamp of a node's newest entries
-    moved = 0
-    while heap and over.any():
-        _, _, _, v, b, seen, to_target, to_source = heapq.heappop(heap)
-        s = int(a[v])
-        if not over[s]:
-            continue
-        if seen != stamp[v]:              # its nets changed: re-evaluate its moves once
-            if fresh[v] != stamp[v]:
-                fresh[v] = stamp[v]
-                for entry in entries(np.array([v])):
-                    heapq.heappush(heap, entry)
-            continue
-        new_target_load = loads[b] + w[v]
-        new_target_memory = memory[b] + to_target
+    def run(self, candidates: np.ndarray) -> int:
+        """Pop moves until no device is over a cap or none is left; return how many applied."""
+        heap = self.entries(candidates)
+        heapq.heapify(heap)
+        moved = 0
+        while heap and self.over.any():
+            move = heapq.heappop(heap)
+            if not self.over[int(self.a[move.node])]:
+                continue
+            if move.stamp != self.stamp[move.node]:   # its nets changed: re-evaluate it once
+                self._reevaluate(heap, move.node)
+                continue
+            if self._try(move):
+                moved += 1
+                if self.rank is not None:
+                    self._push(heap, self._neighbours(move.node))
+        return moved
+
+    def _reevaluate(self, heap: list, v: int) -> None:
+        """Push fresh entries for a node whose nets changed, once per change."""
+        if self.fresh[v] != self.stamp[v]:
+            self.fresh[v] = self.stamp[v]
+            for entry in self.entries(np.array([v])):
+                heapq.heappush(heap, entry)
+
+    def _push(self, heap: list, nodes: np.ndarray) -> None:
+        """Push fresh entries for all of `nodes`."""
+        self.fresh[nodes] = self.stamp[nodes]
+        for entry in self.entries(nodes.astype(np.int64)):
+            heapq.heappush(heap, entry)
+
+    def _try(self, move: _Move) -> bool:
+        """Apply `move` when the target stays within its caps and the source gets less over."""
+        problem, v, b = self.problem, move.node, move.target
+        s, w = int(self.a[v]), problem.weights
+        new_target_load = self.loads[b] + w[v]
+        new_target_memory = self.memory[b] + move.to_target
         if new_target_load > problem.load_caps[b] * (1 + TOLERANCE) + TOLERANCE \
                 or new_target_memory > problem.memory_caps[b]:
-            continue
-        before = _device_excess(problem, s, loads[s], memory[s])
-        after = _device_excess(problem, s, loads[s] - w[v], memory[s] + to_source)
+            return False
+        before = _device_excess(problem, s, self.loads[s], self.memory[s])
+        after = _device_excess(problem, s, self.loads[s] - w[v], self.memory[s] + move.to_source)
         if after >= before - TOLERANCE:
-            continue
+            return False
+        arrays, inc = problem.arrays, self.inc
         nets = inc.net[inc.ptr[v]:inc.ptr[v + 1]]
-        counts[nets, s] -= 1
-        counts[nets, b] += 1
-        a[v] = b
-        loads[s] -= w[v]
-        loads[b] = new_target_load
-        memory[s] += to_source
-        memory[b] = new_target_memory
-        stamp[nets] += 1
-        stamp[arrays.out_idx[_segments(arrays.out_ptr, nets)[0]]] += 1
-        over[s] = after > 0
-        moved += 1
-        if rank is not None:
-            # inputs and consumers of v may now fit between their neighbours' stages elsewhere
-            neighbours = np.concatenate([nets[1:], arrays.out_idx[arrays.out_ptr[v]:
-                                                                  arrays.out_ptr[v + 1]]])
-            neighbours = neighbours[over[a[neighbours]] & (problem.pinned[neighbours] < 0)]
-            fresh[neighbours] = stamp[neighbours]
-            for entry in entries(neighbours.astype(np.int64)):
-                heapq.heappush(heap, entry)
-    return moved
+        self.counts[nets, s] -= 1
+        self.counts[nets, b] += 1
+        self.a[v] = b
+        self.loads[s] -= w[v]
+        self.loads[b] = new_target_load
+        self.memory[s] += move.to_source
+        self.memory[b] = new_target_memory
+        self.stamp[nets] += 1
+        self.stamp[arrays.out_idx[_segments(arrays.out_ptr, nets)[0]]] += 1
+        self.over[s] = after > 0
+        return True
+
+    def _neighbours(self, v: int) -> np.ndarray:
+        """Inputs and consumers of a moved v on over-full devices: they may now fit between their
+        neighbours' stages elsewhere."""
+        arrays, inc, problem = self.problem.arrays, self.inc, self.problem
+        nets = inc.net[inc.ptr[v]:inc.ptr[v + 1]]
+        neighbours = np.concatenate([nets[1:], arrays.out_idx[arrays.out_ptr[v]:
+                                                              arrays.out_ptr[v + 1]]])
+        return neighbours[self.over[self.a[neighbours]] & (problem.pinned[neighbours] < 0)]
+
+
+def _round(problem: Problem, inc: _Incidence, a: np.ndarray, loads: np.ndarray,
+           memory: np.ndarray, rank: np.ndarray | None) -> int:
+    """Apply moves off over-full devices, cheapest volume increase first (a lazy heap: an
+    entry whose neighbourhood changed is re-evaluated before use); return how many."""
+    over = _excess(problem, loads, memory)
+    candidates = np.flatnonzero(over[a] & (problem.pinned < 0))
+    if len(candidates) == 0:
+        return 0
+    return _Round(problem, inc, a, loads, memory, rank).run(candidates)
 
 
 def _move_effects(inc: _Incidence, a: np.ndarray, counts: np.ndarray, candidates: np.ndarray,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 OUTPUT_FORMATS = ("dot", "svg", "png")
 HELP = "draw a graph (values, gradients, devices, cut tensors) as DOT, SVG and PNG"
@@ -42,59 +43,101 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+class _Source(NamedTuple):
+    """What is drawn: the graph and its name, the setup it came from (None for --expr), and
+    the feeds and parameters its values are computed with (None when not computed)."""
+
+    graph: object
+    name: str
+    setup: object
+    feeds: dict | None
+    params: dict | None
+
+
 def run(args: argparse.Namespace) -> int:
+    from modelcut.report import make_console
+
+    console = make_console(stderr=True)
+    source = _expression_source(args) if args.expr else _config_source(args)
+    out = Path(args.out) if args.out else Path("runs") / source.name / "viz"
+    check_output(out, args.force)
+    placement, devices = _placement(args, source, console)
+    text = _dot_text(args, source, placement, devices, console)
+    _write(text, out, console)
+    return 0
+
+
+def _expression_source(args: argparse.Namespace) -> _Source:
+    """--expr: the expression's graph, fed the --at values."""
     import numpy as np
 
     from modelcut.commands import CommandError
-    from modelcut.commands.partition import Setup, load_setup, place
-    from modelcut.report import make_console
-    from modelcut.viz import (VizError, annotate, annotate_safely, expression_graph, graph_dot,
-                              grouped_dot, parse_assignments, render)
+    from modelcut.viz import expression_graph, parse_assignments
+    if args.config or args.graph:
+        raise CommandError("--expr draws an expression: give it without CONFIG or --graph")
+    at = parse_assignments(args.at)
+    graph = expression_graph(args.expr, at)
+    feeds = {name: np.float64(value) for name, value in at.items()}
+    return _Source(graph, "expression", None, feeds, None)
 
-    console = make_console(stderr=True)
+
+def _config_source(args: argparse.Namespace) -> _Source:
+    """CONFIG or --graph: the model's graph, with synthetic data and initial parameters when
+    it is a builder model whose values are drawn."""
+    from modelcut.commands.partition import load_setup
+    setup = load_setup(args)
+    setup.options["shard"] = "off"      # viz draws the model's own nodes, never shards
+    graph = setup.graph
     feeds = params = None
-    if args.expr:
-        if args.config or args.graph:
-            raise CommandError("--expr draws an expression: give it without CONFIG or --graph")
-        at = parse_assignments(args.at)
-        graph = expression_graph(args.expr, at)
-        feeds = {name: np.float64(value) for name, value in at.items()}
-        setup = None
-        name = "expression"
-    else:
-        setup = load_setup(args)
-        setup.options["shard"] = "off"      # viz draws the model's own nodes, never shards
-        graph, name = setup.graph, setup.name
-        if setup.family is not None and wants_values(args, graph):
-            from autodiff.models import init_params, make_data
-            seed = setup.options["seed"]
-            feeds, params = make_data(graph, setup.family, seed)(0), init_params(graph, seed)
-    out = Path(args.out) if args.out else Path("runs") / name / "viz"
-    check_output(out, args.force)
-    placement, devices = None, None
+    if setup.family is not None and wants_values(args, graph):
+        from autodiff.models import init_params, make_data
+        seed = setup.options["seed"]
+        feeds, params = make_data(graph, setup.family, seed)(0), init_params(graph, seed)
+    return _Source(graph, setup.name, setup, feeds, params)
+
+
+def _placement(args: argparse.Namespace, source: _Source, console):
+    """(node -> device name, device names), or (None, None) when the drawing is not placed:
+    from --placement, or partitioned here with --devices."""
+    from modelcut.commands.partition import Setup, place
+    setup = source.setup
     if args.placement:
         placement = _read_placement(Path(args.placement))
         devices = setup.cluster.device_names if setup else tuple(dict.fromkeys(placement.values()))
-    elif args.devices is not None:
-        if setup is None:
-            from partition.cluster import uniform
-            setup = Setup(name=name, graph=graph, cluster=uniform(args.devices),
-                          options={"algorithm": args.algorithm or "auto",
-                                   "epsilon": 0.10 if args.epsilon is None else args.epsilon,
-                                   "acyclic": args.acyclic})
-        with console.status(f"partitioning with {setup.options['algorithm']} ..."):
-            placement = place(setup).to_mapping()
-        devices = setup.cluster.device_names
+        return placement, devices
+    if args.devices is None:
+        return None, None
+    if setup is None:
+        from partition.cluster import uniform
+        setup = Setup(name=source.name, graph=source.graph, cluster=uniform(args.devices),
+                      options={"algorithm": args.algorithm or "auto",
+                               "epsilon": 0.10 if args.epsilon is None else args.epsilon,
+                               "acyclic": args.acyclic})
+    with console.status(f"partitioning with {setup.options['algorithm']} ..."):
+        placement = place(setup).to_mapping()
+    return placement, setup.cluster.device_names
+
+
+def _dot_text(args: argparse.Namespace, source: _Source, placement, devices, console) -> str:
+    """The DOT text: grouped boxes with --group, else one node per graph node with its values
+    and gradients when they are computed."""
+    from modelcut.viz import annotate, annotate_safely, graph_dot, grouped_dot
+    graph = source.graph
     if args.group:
-        text = grouped_dot(graph, placement=placement, devices=devices)
-    else:
-        annotations = None
-        if wants_values(args, graph) and (feeds is not None or params is not None):
-            with console.status("computing values and gradients ..."):
-                annotations = (annotate(graph, feeds, params) if args.expr
-                               else annotate_safely(graph, feeds, params))
-        text = graph_dot(graph, annotations=annotations, placement=placement, devices=devices,
-                         cluster=args.cluster, max_nodes=args.max_nodes)
+        return grouped_dot(graph, placement=placement, devices=devices)
+    annotations = None
+    if wants_values(args, graph) and (source.feeds is not None or source.params is not None):
+        with console.status("computing values and gradients ..."):
+            annotations = (annotate(graph, source.feeds, source.params) if args.expr
+                           else annotate_safely(graph, source.feeds, source.params))
+    return graph_dot(graph, annotations=annotations, placement=placement, devices=devices,
+                     cluster=args.cluster, max_nodes=args.max_nodes)
+
+
+def _write(text: str, out: Path, console) -> None:
+    """graph.dot, and graph.svg and graph.png when Graphviz renders them, in `out`."""
+    from modelcut.report import make_console
+    from modelcut.viz import VizError, render
     for ext in OUTPUT_FORMATS:   # no stale drawing survives a --force (nor a missing `dot`)
         (out / f"graph.{ext}").unlink(missing_ok=True)
     try:
@@ -103,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
         written = [out / "graph.dot"]
         console.print(f"[yellow]warning:[/yellow] {e}")
     make_console().print(f"wrote {', '.join(str(p) for p in written)}")
-    return 0
 
 
 def check_output(out: Path, force: bool) -> None:

@@ -57,12 +57,24 @@ def auto(problem: Problem) -> AlgorithmResult:
     start = time.perf_counter()
     deadline = None if problem.time_limit is None else start + problem.time_limit
     hg, caps = from_problem(problem)
+    tried: dict[str, dict] = {}
+    best = _best_of(problem, hg, caps, _candidates(problem, hg, caps, deadline), deadline, tried)
+    if best is None:
+        raise PlacementError("auto: no algorithm produced a placement")
+    if best[0][0] and packing.applicable(problem):
+        # over a cap: balance may be a packing problem greedy repair cannot solve
+        best = _try_packing(problem, hg, caps, best, tried)
+    _, name, result = best
+    info = dict(result.info, chosen=name, candidates=tried)
+    return AlgorithmResult(np.asarray(result.assignment, dtype=np.int32), optimal=result.optimal,
+                           bound=result.bound, info=info)
 
+
+def _candidates(problem: Problem, hg: Hypergraph, caps: Caps, deadline: float | None) -> list:
+    """(name, run) of the applicable algorithms, in the order they are tried; each run gets
+    what is left of the time budget."""
     def remaining() -> float | None:
         return None if deadline is None else max(deadline - time.perf_counter(), 0.05)
-
-    def out_of_time() -> bool:
-        return deadline is not None and time.perf_counter() > deadline
 
     def sub(time_limit: float | None) -> Problem:
         return Problem(**{**problem.__dict__, "time_limit": time_limit})
@@ -78,11 +90,17 @@ def auto(problem: Problem) -> AlgorithmResult:
             methods.append((name, _peer(hg, caps, peer, problem.seed, found)))
             methods.append((name + "+vcycle", _refined(hg, caps, problem.seed, found)))
     methods.append(("mincut", lambda: mincut(sub(remaining()))))
-    methods = _with_pipelines(problem, methods)
+    return _with_pipelines(problem, methods)
+
+
+def _best_of(problem: Problem, hg: Hypergraph, caps: Caps, methods: list,
+             deadline: float | None, tried: dict):
+    """Run `methods` until the deadline (at least one that succeeds); the best as
+    ((over a cap, violation, objective), name, result), or None when none produced one.
+    Records each one's objective, violation and seconds in `tried`."""
     best = None
-    tried = {}
     for name, run in methods:
-        if out_of_time() and best is not None:
+        if deadline is not None and time.perf_counter() > deadline and best is not None:
             break
         t0 = time.perf_counter()
         try:
@@ -97,23 +115,22 @@ def auto(problem: Problem) -> AlgorithmResult:
         key = (bad > 0, bad, value)
         if best is None or key < best[0]:
             best = (key, name, result)
-    if best is None:
-        raise PlacementError("auto: no algorithm produced a placement")
-    if best[0][0] and packing.applicable(problem):
-        # over a cap: balance may be a packing problem greedy repair cannot solve
-        t0 = time.perf_counter()
-        fit = packing.closest_fit(problem, np.asarray(best[2].assignment, dtype=np.int64))
-        if fit is not None:
-            part = vcycle(hg, caps, fit, acyclic=problem.acyclic, seed=problem.seed)
-            value, bad = _value(problem, hg, caps, part), _violation(problem, hg, caps, part)
-            tried["packing"] = {"objective_value": value, "violation": bad,
-                                "seconds": round(time.perf_counter() - t0, 3)}
-            if (bad > 0, bad, value) < best[0]:
-                best = ((bad > 0, bad, value), "packing", AlgorithmResult(part))
-    _, name, result = best
-    info = dict(result.info, chosen=name, candidates=tried)
-    return AlgorithmResult(np.asarray(result.assignment, dtype=np.int32), optimal=result.optimal,
-                           bound=result.bound, info=info)
+    return best
+
+
+def _try_packing(problem: Problem, hg: Hypergraph, caps: Caps, best: tuple, tried: dict):
+    """`best`, or the load packing closest to it improved by a V-cycle when that is better."""
+    t0 = time.perf_counter()
+    fit = packing.closest_fit(problem, np.asarray(best[2].assignment, dtype=np.int64))
+    if fit is None:
+        return best
+    part = vcycle(hg, caps, fit, acyclic=problem.acyclic, seed=problem.seed)
+    value, bad = _value(problem, hg, caps, part), _violation(problem, hg, caps, part)
+    tried["packing"] = {"objective_value": value, "violation": bad,
+                        "seconds": round(time.perf_counter() - t0, 3)}
+    if (bad > 0, bad, value) < best[0]:
+        return ((bad > 0, bad, value), "packing", AlgorithmResult(part))
+    return best
 
 
 def _with_pipelines(problem: Problem, methods: list) -> list:

@@ -103,6 +103,71 @@ def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarr
         mate[drop] = -1
 
 
+class _Clusters:
+    """Clusters being joined: each node's leader, and each leader's summed weight, memory and pin
+    (-1 when unpinned), within the weight and memory limits."""
+
+    def __init__(self, hg: Hypergraph, max_weight: float, max_mem: float):
+        n = hg.n
+        self.n, self.max_weight, self.max_mem = n, max_weight, max_mem
+        self.weight, self.mem, self.fixed = hg.node_weight, hg.node_mem, hg.fixed.astype(np.int64)
+        self.leader = np.arange(n)
+        self.cw = self.weight.astype(np.float64).copy()
+        self.cm = self.mem.astype(np.float64).copy()
+        self.cf = self.fixed.copy()
+        self.grown = np.zeros(n, dtype=bool)
+
+    def fits(self, a: np.ndarray, lead: np.ndarray) -> np.ndarray:
+        """Whether node a may join cluster lead (weight, memory, pins)."""
+        total = self.cw[lead] + self.weight[a]
+        return (((total <= self.max_weight) | (total <= 0))
+                & (self.cm[lead] + self.mem[a] <= self.max_mem)
+                & self._pins_agree(a, lead))
+
+    def _pins_agree(self, a: np.ndarray, lead: np.ndarray) -> np.ndarray:
+        cf, fixed = self.cf[lead], self.fixed[a]
+        return (cf < 0) | (fixed < 0) | (cf == fixed)
+
+    def join(self, nodes: np.ndarray, lead: np.ndarray) -> None:
+        self.leader[nodes] = lead
+        np.add.at(self.cw, lead, self.weight[nodes])
+        np.add.at(self.cm, lead, self.mem[nodes])
+        np.maximum.at(self.cf, lead, self.fixed[nodes])
+        self.grown[lead] = True
+
+    def ratings(self, a0: np.ndarray, b0: np.ndarray, r0: np.ndarray):
+        """(node, cluster, summed rating) for every node still alone and every neighbouring
+        cluster it fits in."""
+        n = self.n
+        alone = (self.leader == np.arange(n)) & ~self.grown
+        sel = alone[a0]
+        a, lead, r = a0[sel], self.leader[b0[sel]], r0[sel]
+        sel = lead != a
+        key, inv = np.unique(a[sel] * n + lead[sel], return_inverse=True)
+        r = np.bincount(inv, weights=r[sel])
+        a, lead = key // n, key % n
+        ok = self.fits(a, lead)
+        return a[ok], lead[ok], r[ok]
+
+    def join_with_room(self, rest: np.ndarray, target: np.ndarray, top: np.ndarray) -> None:
+        """Nodes `rest` join the clusters of their targets, best-rated (`top`) first within each
+        cluster, while the cluster has room."""
+        lead = self.leader[target[rest]]
+        ok = self.fits(rest, lead)
+        rest, lead = rest[ok], lead[ok]
+        order = np.lexsort((-top[rest], lead))
+        rest, lead = rest[order], lead[order]
+        starts = np.searchsorted(lead, lead)  # first index of each leader's run
+        cum_w = np.cumsum(self.weight[rest])
+        cum_m = np.cumsum(self.mem[rest])
+        added_w = cum_w - np.r_[0.0, cum_w][starts]
+        added_m = cum_m - np.r_[0.0, cum_m][starts]
+        room = (((self.cw[lead] + added_w <= self.max_weight) | (self.weight[rest] <= 0))
+                & (self.cm[lead] + added_m <= self.max_mem)
+                & self._pins_agree(rest, lead))
+        self.join(rest[room], lead[room])
+
+
 def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
                     max_weight: float, max_mem: float, rng: np.random.Generator,
                     rounds: int = 3) -> np.ndarray:
@@ -115,36 +180,12 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
     consumers of a shared weight, say), which pairwise matching cannot.
     """
     n = hg.n
-    weight, mem, fixed = hg.node_weight, hg.node_mem, hg.fixed.astype(np.int64)
-    leader = np.arange(n)
-    cw, cm, cf = weight.astype(np.float64).copy(), mem.astype(np.float64).copy(), fixed.copy()
-    grown = np.zeros(n, dtype=bool)
+    clusters = _Clusters(hg, max_weight, max_mem)
     a0, b0 = np.r_[u, v], np.r_[v, u]
     noise = rng.random(len(u))
     r0 = np.r_[rate, rate] * (1.0 + 1e-9 * np.r_[noise, noise[::-1]])
-
-    def fits(a, lead):
-        total = cw[lead] + weight[a]
-        return (((total <= max_weight) | (total <= 0)) & (cm[lead] + mem[a] <= max_mem)
-                & ((cf[lead] < 0) | (fixed[a] < 0) | (cf[lead] == fixed[a])))
-
-    def join(nodes, lead):
-        leader[nodes] = lead
-        np.add.at(cw, lead, weight[nodes])
-        np.add.at(cm, lead, mem[nodes])
-        np.maximum.at(cf, lead, fixed[nodes])
-        grown[lead] = True
-
     for _ in range(rounds):
-        alone = (leader == np.arange(n)) & ~grown
-        sel = alone[a0]
-        a, lead, r = a0[sel], leader[b0[sel]], r0[sel]
-        sel = lead != a
-        key, inv = np.unique(a[sel] * n + lead[sel], return_inverse=True)
-        r = np.bincount(inv, weights=r[sel])
-        a, lead = key // n, key % n
-        ok = fits(a, lead)
-        a, lead, r = a[ok], lead[ok], r[ok]
+        a, lead, r = clusters.ratings(a0, b0, r0)
         if len(a) == 0:
             break
         top = np.full(n, -np.inf)
@@ -155,25 +196,12 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
         prop = np.flatnonzero(target >= 0)
         t = target[prop]
         mutual = (target[t] == prop) & (prop > t)
-        join(prop[mutual], t[mutual])
+        clusters.join(prop[mutual], t[mutual])
         targeted = np.zeros(n, dtype=bool)
         targeted[t] = True
-        rest = prop[~mutual & ~targeted[prop] & ~grown[prop]]
-        lead = leader[target[rest]]
-        ok = fits(rest, lead)
-        rest, lead = rest[ok], lead[ok]
-        order = np.lexsort((-top[rest], lead))
-        rest, lead = rest[order], lead[order]
-        starts = np.searchsorted(lead, lead)  # first index of each leader's run
-        cum_w = np.cumsum(weight[rest])
-        cum_m = np.cumsum(mem[rest])
-        added_w = cum_w - np.r_[0.0, cum_w][starts]
-        added_m = cum_m - np.r_[0.0, cum_m][starts]
-        room = (((cw[lead] + added_w <= max_weight) | (weight[rest] <= 0))
-                & (cm[lead] + added_m <= max_mem)
-                & ((cf[lead] < 0) | (fixed[rest] < 0) | (cf[lead] == fixed[rest])))
-        join(rest[room], lead[room])
-    return leader
+        rest = prop[~mutual & ~targeted[prop] & ~clusters.grown[prop]]
+        clusters.join_with_room(rest, target, top)
+    return clusters.leader
 
 
 def coarsen_once(hg: Hypergraph, rng: np.random.Generator, *, max_weight: float, max_mem: float,

@@ -14,6 +14,8 @@ keeping a cut accounts for).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
@@ -27,6 +29,21 @@ _INF = 2**30
 _FINITE_TOTAL = 2**29
 
 
+class _RegionNets(NamedTuple):
+    """The nets touching a flow region, as (net row, flow-graph endpoint) pin pairs: endpoints
+    are region nodes 0..r-1, the source r and the sink r + 1 (duplicates merged)."""
+
+    region: np.ndarray        # global ids of the region's nodes
+    nets: np.ndarray          # global ids of the nets touching it
+    rows: np.ndarray          # per kept pin: its net's row in `nets`
+    ends: np.ndarray          # per kept pin: its endpoint in the flow graph
+    src_end: np.ndarray       # per net: the endpoint of its source pin, -1 when dropped
+
+    @property
+    def r(self) -> int:
+        return len(self.region)
+
+
 def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
             net_weight: np.ndarray | None = None):
     """Smallest and largest source sides of a minimum cut (node masks; region nodes meaningful).
@@ -37,6 +54,17 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
     region = np.flatnonzero(label == REGION)
     if len(region) == 0:
         return None
+    rn = _region_nets(hg, label, region)
+    useful, deg, cap = _capacities(rn, w_all)
+    arcs = _arcs(rn, useful, deg, cap, acyclic)
+    if arcs is None:
+        return None
+    return _cut_sides(hg, label, rn, *arcs)
+
+
+def _region_nets(hg: Hypergraph, label: np.ndarray, region: np.ndarray) -> _RegionNets:
+    """The nets of `region`'s nodes with their pins mapped to flow-graph endpoints: source- and
+    sink-side pins contracted into s and t, ignored pins dropped."""
     _, pos = gather(hg.node_ptr, region)
     nets = np.unique(hg.node_nets[pos])
     rows, ppos = gather(hg.net_ptr, nets)
@@ -54,18 +82,32 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
     src_end[rows[is_src_pin]] = np.where(keep[is_src_pin], end[is_src_pin], -1)
     rows_k, end_k = rows[keep], end[keep]
     key = np.unique(rows_k * (r + 2) + end_k)
-    rows_k, end_k = key // (r + 2), key % (r + 2)
-    deg = np.bincount(rows_k, minlength=len(nets))
-    has_s = np.bincount(rows_k, weights=end_k == s_id, minlength=len(nets)) > 0
-    has_t = np.bincount(rows_k, weights=end_k == t_id, minlength=len(nets)) > 0
+    return _RegionNets(region, nets, key // (r + 2), key % (r + 2), src_end)
+
+
+def _capacities(rn: _RegionNets, w_all: np.ndarray):
+    """(useful, degree, integer capacity) per net: a net is useful when it has two endpoints and
+    does not join s and t; capacities are scaled so that their sum fits int32."""
+    s_id, t_id, count = rn.r, rn.r + 1, len(rn.nets)
+    deg = np.bincount(rn.rows, minlength=count)
+    has_s = np.bincount(rn.rows, weights=rn.ends == s_id, minlength=count) > 0
+    has_t = np.bincount(rn.rows, weights=rn.ends == t_id, minlength=count) > 0
     useful = (deg >= 2) & ~(has_s & has_t)
-    w = w_all[nets]
+    w = w_all[rn.nets]
     total = float(w[useful].sum())
     scale = _FINITE_TOTAL / total if total > 0 else 1.0
     cap = np.where(useful, np.maximum(np.round(w * scale), 1), 0).astype(np.int64)
+    return useful, deg, cap
+
+
+def _arcs(rn: _RegionNets, useful: np.ndarray, deg: np.ndarray, cap: np.ndarray,
+          acyclic: bool):
+    """(u, v, capacity, node count) of the flow graph's arcs, or None when it has none: plain
+    arcs both ways for two-endpoint nets, Lawler gadgets for bigger ones, and with `acyclic`
+    an INF arc back from every consumer to its producer."""
+    r, rows_k, end_k = rn.r, rn.rows, rn.ends
     arcs_u, arcs_v, arcs_c = [], [], []
-    two = useful & (deg == 2)
-    sel = two[rows_k]
+    sel = (useful & (deg == 2))[rows_k]
     pair = end_k[sel].reshape(-1, 2)
     c2 = cap[rows_k[sel][::2]]
     arcs_u += [pair[:, 0], pair[:, 1]]
@@ -73,7 +115,7 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
     arcs_c += [c2, c2]
     big = np.flatnonzero(useful & (deg > 2))
     if len(big):
-        aux = np.full(len(nets), -1, dtype=np.int64)
+        aux = np.full(len(rn.nets), -1, dtype=np.int64)
         aux[big] = r + 2 + 2 * np.arange(len(big))
         sel = (useful & (deg > 2))[rows_k]
         e_in = aux[rows_k[sel]]
@@ -81,18 +123,24 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
         arcs_u += [p, e_in + 1, aux[big]]
         arcs_v += [e_in, p, aux[big] + 1]
         arcs_c += [np.full(len(p), _INF), np.full(len(p), _INF), cap[big]]
-    n_net = r + 2 + 2 * len(big)
     if acyclic:
-        se = src_end[rows_k]
+        se = rn.src_end[rows_k]
         sel = (se >= 0) & (se != end_k)
         arcs_u.append(end_k[sel])
         arcs_v.append(se[sel])
         arcs_c.append(np.full(int(sel.sum()), _INF))
-    u = np.concatenate(arcs_u) if arcs_u else np.zeros(0, np.int64)
+    u = np.concatenate(arcs_u)
     if len(u) == 0:
         return None
-    v = np.concatenate(arcs_v)
-    c = np.concatenate(arcs_c).astype(np.int64)
+    return u, np.concatenate(arcs_v), np.concatenate(arcs_c).astype(np.int64), r + 2 + 2 * len(big)
+
+
+def _cut_sides(hg: Hypergraph, label: np.ndarray, rn: _RegionNets, u: np.ndarray, v: np.ndarray,
+               c: np.ndarray, n_net: int):
+    """Max-flow from s to t; the region nodes reachable from s in the residual graph (the
+    smallest source side) and those not reaching t (the largest), and the flow value."""
+    r, region = rn.r, rn.region
+    s_id, t_id = r, r + 1
     graph = sp.coo_array((np.r_[c, np.zeros(len(c), np.int64)], (np.r_[u, v], np.r_[v, u])),
                          shape=(n_net, n_net)).tocsr()
     graph.data = np.minimum(graph.data, _INF)

@@ -130,41 +130,10 @@ class _FM:
             self.cnt[e, a] -= 1
             self.cnt[e, b] += 1
             if not volume:  # any pin's gain may change (costs depend on the source's part)
-                pins = self.net_pins(e)
-                if len(pins) <= 64:
-                    changed.extend(pins)
-                else:
-                    for v in pins:
-                        self.benefit.pop(v, None)
+                self._touch_pins(e, changed)
                 continue
             w = float(self.hg.net_weight[e])
-            pins = self.net_pins(e)
-            if c[a] == 0:
-                for v in pins:
-                    p = self.penalty.get(v)
-                    if p is not None:
-                        p[a] += w
-                        changed.append(v)
-            elif c[a] == 1:
-                for v in pins:
-                    if v != u and self.part[v] == a:
-                        if v in self.benefit:
-                            self.benefit[v] += w
-                            changed.append(v)
-                        break
-            if c[b] == 1:
-                for v in pins:
-                    p = self.penalty.get(v)
-                    if p is not None:
-                        p[b] -= w
-                        changed.append(v)
-            elif c[b] == 2:
-                for v in pins:
-                    if v != u and self.part[v] == b:
-                        if v in self.benefit:
-                            self.benefit[v] -= w
-                            changed.append(v)
-                        break
+            self._update_net_gains(e, c, u, a, b, w, changed)
             if c[b] == 1:
                 ben_u += w
         if volume and u in self.benefit:
@@ -178,6 +147,48 @@ class _FM:
         self.mem[a] -= mm
         self.mem[b] += mm
         return changed
+
+    def _touch_pins(self, e: int, changed: list[int]) -> None:
+        """Link-time objective: every pin of net e may change gain; a small net's pins are
+        re-cached, a big net's are dropped from the cache."""
+        pins = self.net_pins(e)
+        if len(pins) <= 64:
+            changed.extend(pins)
+        else:
+            for v in pins:
+                self.benefit.pop(v, None)
+
+    def _update_net_gains(self, e: int, c, u: int, a: int, b: int, w: float,
+                          changed: list[int]) -> None:
+        """Volume objective: net e (weight w, pin counts c after the move) lost u from a and
+        gained it on b. Update the penalties (net newly absent from a / present on b) and the
+        benefit of the last pin left on a or the one pin that was alone on b."""
+        pins = self.net_pins(e)
+        if c[a] == 0:
+            self._add_penalty(pins, a, w, changed)
+        elif c[a] == 1:
+            self._add_benefit(pins, u, a, w, changed)
+        if c[b] == 1:
+            self._add_penalty(pins, b, -w, changed)
+        elif c[b] == 2:
+            self._add_benefit(pins, u, b, -w, changed)
+
+    def _add_penalty(self, pins, d: int, w: float, changed: list[int]) -> None:
+        """Add w to the cost of moving each cached pin to d."""
+        for v in pins:
+            p = self.penalty.get(v)
+            if p is not None:
+                p[d] += w
+                changed.append(v)
+
+    def _add_benefit(self, pins, u: int, d: int, w: float, changed: list[int]) -> None:
+        """Add w to the benefit of moving off d of the one pin other than u on d."""
+        for v in pins:
+            if v != u and self.part[v] == d:
+                if v in self.benefit:
+                    self.benefit[v] += w
+                    changed.append(v)
+                break
 
     def run(self, seeds: list[int], max_moves: int, patience: int) -> float:
         """One pass from `seeds`; the improvement kept (moves past the best prefix are undone)."""

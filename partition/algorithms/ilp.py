@@ -121,77 +121,19 @@ def ilp_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, interchangeable:
                   net_bytes: np.ndarray | None = None, time_limit: float | None = None,
                   seed: int = 0, start: np.ndarray | None = None):
     """Solve the MIP; returns (assignment or None, optimal, lower bound, objective)."""
-    n, k, e = hg.n, caps.k, hg.num_nets
+    n, k = hg.n, caps.k
     scale = hg.tolerance() * 1e9  # the costliest net's cost: objective coefficients near 1
-    m = MipModel()
-    x = m.columns(n * k, integer=True).reshape(n, k)
-    xu = np.ones((n, k))
-    fixed = hg.fixed >= 0
-    xu[fixed] = 0.0
-    xu[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
-    xl = np.zeros((n, k))
-    xl[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
-    if interchangeable and not acyclic and not fixed.any():
-        xu[np.arange(k)[None, :] > np.arange(n)[:, None]] = 0.0
-    m.lower[-1], m.upper[-1] = xl.ravel(), xu.ravel()
     volume = hg.cost is None
+    m = MipModel()
+    x = _node_columns(m, hg, k, symmetric=interchangeable and not acyclic)
     w = np.repeat(hg.net_weight / scale, k) if volume else 0.0
-    y = m.columns(e * k, cost=w).reshape(e, k)
-    # one device per node
-    m.add_rows(np.repeat(np.arange(n), k), x.ravel(), 1.0, 1.0, 1.0, n)
-    # y[e, d] >= x[p, d] for every pin
-    pin_rows = np.arange(len(hg.net_pins) * k)
-    pe = np.repeat(hg.pin_net, k)
-    pp = np.repeat(hg.net_pins, k)
-    pd = np.tile(np.arange(k), len(hg.net_pins))
-    m.add_rows(np.r_[pin_rows, pin_rows], np.r_[y[pe, pd], x[pp, pd]],
-               np.r_[np.ones(len(pin_rows)), -np.ones(len(pin_rows))], 0.0, np.inf, len(pin_rows))
-    # load and memory caps
-    dev = np.tile(np.arange(k), n)
-    m.add_rows(dev, x.ravel(), np.repeat(hg.node_weight, k), -np.inf, caps.load, k)
-    src = hg.net_src
-    if np.isfinite(caps.memory).any():
-        cols = [x.ravel()]
-        vals = [np.repeat(hg.node_mem, k)]
-        rows = [dev]
-        if net_bytes is not None:
-            ed = np.tile(np.arange(k), e)
-            cols += [y.ravel(), x[np.repeat(src, k), ed]]
-            vals += [np.repeat(net_bytes, k), -np.repeat(net_bytes, k)]
-            rows += [ed, ed]
-        m.add_rows(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), -np.inf,
-                   np.where(np.isfinite(caps.memory), caps.memory, 1e300), k)
-    if not volume:  # t[e, a, d] >= x[src, a] + y[e, d] - 1, priced by the link a -> d
-        pairs = [(a, d) for a in range(k) for d in range(k) if a != d]
-        pa = np.array([p[0] for p in pairs])
-        pdd = np.array([p[1] for p in pairs])
-        c = np.einsum("ej,jp->ep", hg.cost.coef, hg.cost.mats[:, pa, pdd]) / scale
-        t = m.columns(e * len(pairs), lo=0.0, hi=1.0, cost=c.ravel()).reshape(e, len(pairs))
-        r = np.arange(e * len(pairs))
-        ee = np.repeat(np.arange(e), len(pairs))
-        aa = np.tile(pa, e)
-        dd = np.tile(pdd, e)
-        m.add_rows(np.r_[r, r, r], np.r_[t.ravel(), x[src[ee], aa], y[ee, dd]],
-                   np.r_[np.ones(len(r)), -np.ones(len(r)), -np.ones(len(r))], -1.0, np.inf, len(r))
+    y = m.columns(hg.num_nets * k, cost=w).reshape(hg.num_nets, k)
+    _placement_rows(m, hg, k, x, y)
+    _cap_rows(m, hg, caps, x, y, net_bytes)
+    if not volume:
+        _link_time_rows(m, hg, k, x, y, scale)
     if acyclic:
-        us, vs = hg.edges()
-        key = np.unique(us.astype(np.int64) * n + vs)
-        us, vs = key // n, key % n
-        if interchangeable:
-            r = np.repeat(np.arange(len(us)), k)
-            d = np.tile(np.arange(k), len(us))
-            m.add_rows(np.r_[r, r], np.r_[x[vs[r], d], x[us[r], d]], np.r_[d, -d], 0.0, np.inf,
-                       len(us))
-        else:
-            pi = m.columns(k, lo=0.0, hi=k - 1)
-            z = m.columns(k * k, integer=True).reshape(k, k)
-            pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
-            for a, b in pairs:
-                r = np.arange(len(us))
-                m.add_rows(np.r_[r, r, r], np.r_[np.full(len(us), z[a, b]), x[us, a], x[vs, b]],
-                           np.r_[np.ones(len(us)), -np.ones(2 * len(us))], -1.0, np.inf, len(us))
-                m.add_rows(np.zeros(3, np.int64), np.array([pi[b], pi[a], z[a, b]]),
-                           np.array([1.0, -1.0, -float(k)]), 1.0 - k, np.inf, 1)
+        _acyclic_rows(m, hg, k, x, interchangeable)
     warm = None if start is None else _start_vector(hg, caps, m.ncol, x, y, start, acyclic,
                                                     interchangeable, volume)
     status, info, values = m.solve(time_limit, seed, warm)
@@ -205,6 +147,99 @@ def ilp_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool, interchangeable:
     if optimal:
         bound = min(bound, value)
     return part, bool(optimal), max(bound, 0.0), value
+
+
+def _node_columns(m: MipModel, hg: Hypergraph, k: int, symmetric: bool) -> np.ndarray:
+    """The binaries x[v, d] (n x k column ids), pins as bounds; with `symmetric` (interchangeable
+    devices, no acyclicity, no pins) the i-th node may only use devices 0..i."""
+    n = hg.n
+    x = m.columns(n * k, integer=True).reshape(n, k)
+    xu = np.ones((n, k))
+    fixed = hg.fixed >= 0
+    xu[fixed] = 0.0
+    xu[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
+    xl = np.zeros((n, k))
+    xl[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
+    if symmetric and not fixed.any():
+        xu[np.arange(k)[None, :] > np.arange(n)[:, None]] = 0.0
+    m.lower[-1], m.upper[-1] = xl.ravel(), xu.ravel()
+    return x
+
+
+def _placement_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray, y: np.ndarray) -> None:
+    """One device per node, and y[e, d] >= x[p, d] for every pin p of net e."""
+    n = hg.n
+    m.add_rows(np.repeat(np.arange(n), k), x.ravel(), 1.0, 1.0, 1.0, n)
+    pin_rows = np.arange(len(hg.net_pins) * k)
+    pe = np.repeat(hg.pin_net, k)
+    pp = np.repeat(hg.net_pins, k)
+    pd = np.tile(np.arange(k), len(hg.net_pins))
+    m.add_rows(np.r_[pin_rows, pin_rows], np.r_[y[pe, pd], x[pp, pd]],
+               np.r_[np.ones(len(pin_rows)), -np.ones(len(pin_rows))], 0.0, np.inf, len(pin_rows))
+
+
+def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndarray,
+              net_bytes: np.ndarray | None) -> None:
+    """Load caps, and memory caps when finite: persistent bytes plus, with `net_bytes`, one
+    receive buffer per tensor arriving (bytes_e * (y[e, d] - x[src, d]))."""
+    k, n, e = caps.k, hg.n, hg.num_nets
+    dev = np.tile(np.arange(k), n)
+    m.add_rows(dev, x.ravel(), np.repeat(hg.node_weight, k), -np.inf, caps.load, k)
+    if not np.isfinite(caps.memory).any():
+        return
+    cols = [x.ravel()]
+    vals = [np.repeat(hg.node_mem, k)]
+    rows = [dev]
+    if net_bytes is not None:
+        ed = np.tile(np.arange(k), e)
+        cols += [y.ravel(), x[np.repeat(hg.net_src, k), ed]]
+        vals += [np.repeat(net_bytes, k), -np.repeat(net_bytes, k)]
+        rows += [ed, ed]
+    m.add_rows(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), -np.inf,
+               np.where(np.isfinite(caps.memory), caps.memory, 1e300), k)
+
+
+def _link_time_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray, y: np.ndarray,
+                    scale: float) -> None:
+    """t[e, a, d] >= x[src, a] + y[e, d] - 1, priced by the link a -> d (the time objective)."""
+    e, src = hg.num_nets, hg.net_src
+    pairs = [(a, d) for a in range(k) for d in range(k) if a != d]
+    pa = np.array([p[0] for p in pairs])
+    pdd = np.array([p[1] for p in pairs])
+    c = np.einsum("ej,jp->ep", hg.cost.coef, hg.cost.mats[:, pa, pdd]) / scale
+    t = m.columns(e * len(pairs), lo=0.0, hi=1.0, cost=c.ravel()).reshape(e, len(pairs))
+    r = np.arange(e * len(pairs))
+    ee = np.repeat(np.arange(e), len(pairs))
+    aa = np.tile(pa, e)
+    dd = np.tile(pdd, e)
+    m.add_rows(np.r_[r, r, r], np.r_[t.ravel(), x[src[ee], aa], y[ee, dd]],
+               np.r_[np.ones(len(r)), -np.ones(len(r)), -np.ones(len(r))], -1.0, np.inf, len(r))
+
+
+def _acyclic_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray,
+                  interchangeable: bool) -> None:
+    """An acyclic quotient graph: with interchangeable devices, stage index non-decreasing along
+    every edge; otherwise stage positions pi[d] and quotient arcs z[a, b] with
+    pi[b] >= pi[a] + 1 - k (1 - z[a, b])."""
+    n = hg.n
+    us, vs = hg.edges()
+    key = np.unique(us.astype(np.int64) * n + vs)
+    us, vs = key // n, key % n
+    if interchangeable:
+        r = np.repeat(np.arange(len(us)), k)
+        d = np.tile(np.arange(k), len(us))
+        m.add_rows(np.r_[r, r], np.r_[x[vs[r], d], x[us[r], d]], np.r_[d, -d], 0.0, np.inf,
+                   len(us))
+        return
+    pi = m.columns(k, lo=0.0, hi=k - 1)
+    z = m.columns(k * k, integer=True).reshape(k, k)
+    pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
+    for a, b in pairs:
+        r = np.arange(len(us))
+        m.add_rows(np.r_[r, r, r], np.r_[np.full(len(us), z[a, b]), x[us, a], x[vs, b]],
+                   np.r_[np.ones(len(us)), -np.ones(2 * len(us))], -1.0, np.inf, len(us))
+        m.add_rows(np.zeros(3, np.int64), np.array([pi[b], pi[a], z[a, b]]),
+                   np.array([1.0, -1.0, -float(k)]), 1.0 - k, np.inf, 1)
 
 
 def _start_vector(hg, caps, ncol, x, y, part, acyclic, interchangeable, volume):
