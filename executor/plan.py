@@ -27,7 +27,7 @@ Execution order: every operation (compute, receive, accumulate) is given a phase
 SB, U; see executor/program.py); each phase is ordered topologically across devices and cut
 into per-device segments. With an acyclic quotient graph, devices are pipeline stages and
 each device has one forward and one backward segment per micro-batch, ordered by the
-schedule (GPipe, 1F1B, sequential from executor/schedules.py); with a cyclic quotient a device
+schedule (GPipe, 1F1B, sequential from partition/schedules.py); with a cyclic quotient a device
 may run several segments per micro-batch, in one global topological order (micro-batches
 one after another with "sequential", all forwards first with "gpipe"; 1F1B needs stages).
 """
@@ -46,10 +46,10 @@ from executor.errors import PlanError
 from executor.gradflow import gradient_flow
 from executor.program import (Accumulate, ApplyUpdate, Block, Compute, Plan, Program, Recv,
                               Send, SetState, transfer_key, validate_plan)
-from executor.schedules import make_schedule, validate as validate_schedule
 from partition.cost import graph_arrays
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
+from partition.schedules import make_schedule, validate as validate_schedule
 
 log = logging.getLogger(__name__)
 
