@@ -168,6 +168,11 @@ class RayExecutor(Recovery):
             self.plan)
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         self._initial = self._initial_params(forward_graph, params)
+        self._init_runtime()
+        self._start()
+
+    def _init_runtime(self) -> None:
+        """No actors, pipes, checkpoint or steps yet."""
         self._checkpoint: dict | None = None      # None: the initial state at step 0
         self._replay: list = []                   # ray_recovery.ReplayEntry per step
         self._needs_replay = False
@@ -180,7 +185,6 @@ class RayExecutor(Recovery):
         self._pipes = None                        # the driver's Endpoint on the pipes path
         self._remove_pipes = None                 # removes their directory (once)
         self._serving: list = []                  # the actors' serve calls (pipes path)
-        self._start()
 
     def _initial_params(self, forward_graph: Graph, params) -> list | None:
         """Each device's initial parameters in the object store (None: materialized on the
