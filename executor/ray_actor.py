@@ -134,8 +134,8 @@ class DeviceActor:
 
     def serve(self, reads: Mapping, writes: Mapping, spin: float = 0.0) -> None:
         """The pipes path (executor/ray_pipes.py): until the driver says stop, read a command
-        from the driver: ("step", StepCommand): run this device's blocks in program order over
-        a PipeTransport and write the step report (or the error that ended the step) back;
+        from the driver: ("step", a StepCommand as a plain tuple): run this device's blocks in
+        program order over a PipeTransport and write the step report (or the error that ended the step) back;
         ("state", None): write back `state_dict()` (checkpoints cost a pipe hop, not a Ray
         call). `spin`: seconds a receive polls before blocking (Endpoint.receive)."""
         from executor.ray_pipes import Endpoint, PipeClosed
@@ -150,7 +150,7 @@ class DeviceActor:
                     pipes.send("driver", "state", self.state_dict())
                     continue
                 try:
-                    report = self._serve_step(pipes, command, spin)
+                    report = self._serve_step(pipes, StepCommand(*command), spin)
                     pipes.send("driver", "report", report)
                 except Exception as e:
                     pipes.send("driver", "report", {"error": e})

