@@ -1,8 +1,9 @@
 """Ray executor benchmarks: (a) overhead over the local executor, (b) pipeline speedup.
 
 (a) Step time of the Ray executor (pipes path, the default on one node, and the plain-call
-    path, one actor call per block) over the LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at
-    k = 2 and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement.
+    path, one actor call per round-run of a device's blocks: executor/ray_calls.py) over the
+    LocalExecutor running the same plan, for the bundled mlp and gpt-small configs at k = 2
+    and 4 with m = 4 micro-batches and 1F1B on an acyclic pipeline_dp placement.
     Target: Ray/local <= 1.5 on mlp.
 (b) Throughput of a compute-heavy 2-stage MLP (width 2048, float32) with m = 8 and 1F1B, one
     BLAS thread per actor, over the same model on one device with one BLAS thread (the local
@@ -16,8 +17,9 @@
 
 Each Ray executor is compared with local executors stepped in turn with it (round robin), so
 slow phases of a shared machine hit both alike; figures are medians. Only one Ray executor is
-alive at a time (a phase each): idle actors of one executor would take CPU from the others. BLAS in this process is limited to one thread (set before numpy is
-imported), as in the actors.
+alive at a time (a phase each): idle actors of one executor would take CPU from the others.
+BLAS in this process is limited to one thread (set before numpy is imported), as in the
+actors.
 
 Run from the repository root: `python benchmarks/executor.py [--quick]`.
 """
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from autodiff.models import BUILDERS, make_data  # noqa: E402
 from executor.local import LocalExecutor  # noqa: E402
 from executor.plan import build_plan  # noqa: E402
+from executor.ray_calls import plan_calls  # noqa: E402
 from executor.ray_executor import RayExecutor  # noqa: E402
 from executor.ray_runtime import start_ray, stop_ray  # noqa: E402
 from modelcut.config import load_config  # noqa: E402
@@ -147,6 +150,7 @@ def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
     f = phases(executors, list(modes), make_data(full, family, 0), warmup, steps)
     used = len(set(np.asarray(placement.assignment).tolist()))
     return {"config": config_name, "k": k, "used": used, "blocks": len(plan.order),
+            "calls": len(plan_calls(plan)),
             **{mode: f[mode]["seconds"] / f[f"local@{mode}"]["seconds"] for mode in modes},
             "local": f["local@pipes"]["seconds"], "ms": f["pipes"]["seconds"]}
 
@@ -232,17 +236,18 @@ def report_overhead(warmup: int, steps: int) -> None:
     """Print table (a)."""
     print("(a) overhead: median step time, m = 4, 1F1B, pipeline_dp placement")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'config':16} {'k':>2} {'used':>4} {'blocks':>6} {'local ms':>9} {'pipes ms':>9} "
+    print(f"{'config':16} {'k':>2} {'used':>4} {'calls':>8} {'local ms':>9} {'pipes ms':>9} "
           f"{'pipes/local':>12} {'plain/local':>12}")
     for config_name in ("mlp.yaml", "gpt-small.yaml"):
         for k in (2, 4):
             r = overhead(config_name, k, 4, warmup, steps)
-            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {r['blocks']:>6} "
+            calls = f"{r['blocks']}/{r['calls']}"
+            print(f"{r['config']:16} {r['k']:>2} {r['used']:>4} {calls:>8} "
                   f"{1e3 * r['local']:>9.2f} {1e3 * r['ms']:>9.2f} {r['pipes']:>12.2f} "
                   f"{r['plain']:>12.2f}", flush=True)
-    print("target: Ray/local <= 1.5 on mlp (pipes: the default path on one node; plain calls, "
-          "one per block, beside it); used: devices holding nodes; blocks: actor calls per step "
-          "on the plain path; each ratio against the local executor stepped in turn with it")
+    print("target: Ray/local <= 1.5 on mlp (pipes: the default path on one node; plain calls "
+          "beside it); used: devices holding nodes; calls: blocks/actor calls per step on the "
+          "plain path; each ratio against the local executor stepped in turn with it")
     print(f"load average {os.getloadavg()[0]:.1f}")
     print()
 

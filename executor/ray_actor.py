@@ -3,23 +3,36 @@
 The Ray executor (executor/ray_executor.py) creates one DeviceActor per device and drives it
 by one of two paths: `serve`, one long call per executor that runs each step's blocks in
 program order over named pipes (executor/ray_pipes.py); or `run`, one plain actor call per
-block in the plan's global order, its received tensors the returns of the sending blocks'
-calls.
+run of consecutive blocks (executor/ray_calls.py), its received tensors the returns of the
+sending calls.
 """
 from __future__ import annotations
 
 import os
 import resource
 import time
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
 from executor.errors import ExecutorError
 from executor.optim import Optimizer
 from executor.program import Program
+from executor.ray_calls import call_targets
 from executor.transport import CallTransport
 from executor.worker import DeviceWorker
+
+
+class StepCommand(NamedTuple):
+    """What a device needs to start a step: the step number, its feeds ((input, micro-batch)
+    -> array), whether to report gradients, and on an emulated step (executor/emulate.py)
+    its padded step seconds and the common start time t0 (else None)."""
+
+    step: int
+    feeds: Mapping
+    return_grads: bool
+    emulated_seconds: tuple | None = None
+    t0: float | None = None
 
 
 class ActorRestartedError(ExecutorError):
@@ -42,12 +55,14 @@ def pin_to_cpu(device: int) -> int | None:
 class DeviceActor:
     """One device inside a Ray actor: a DeviceWorker, its transport and measurements.
 
-    `run(index, head, *sources)` runs block `index` as one plain call: `head` is the step
-    input for block 0 (step number, this device's feeds, whether to return gradients, the
-    emulation's padding: `_begin`) and is otherwise ignored; `sources` are the returns of the calls whose blocks send to this one
-    (dicts TransferKey -> array). It returns its own sends as such a dict, and after the
-    device's last block also the step report (losses, bytes sent per target, timings,
-    memory, gradients if asked)."""
+    `run(blocks, command, *packets)` runs these consecutive blocks as one plain call:
+    `command` is the StepCommand when the call starts the step (block 0) and is otherwise
+    ignored; `packets` are the returns of the calls whose blocks send to these (dicts
+    TransferKey -> array, or -> (array, arrival) when emulated). It returns one such packet
+    per device its sends go to (`call_targets` order), and after the device's last block
+    also the step report (losses, bytes sent per target, timings, memory, gradients if
+    asked); a call with neither returns None.
+    """
 
     def __init__(self, program: Program, k: int, optimizer: Optimizer, seed: int,
                  params: Mapping | None, defer_weight_grads: bool = False, pin: bool = False):
@@ -63,22 +78,18 @@ class DeviceActor:
             pin_to_cpu(program.device)
         self.k = k
         self.last = len(program.blocks) - 1
-        self._begin(None, False)
+        self._begin(StepCommand(0, {}, False), start=False)
 
-    def _begin(self, head, return_grads: bool) -> None:
-        """Start a step: `head` is (step, feeds, return_grads, emulated), None before the
-        first; `emulated`: None, or this device's padded step seconds and the common t0 of
-        an emulated step (executor/emulate.py)."""
-        if head is not None:
-            step, feeds, return_grads, emulated = head
-            self.worker.begin_step(step, feeds)
-            self.worker.clock = None
-            if emulated is not None:
-                from executor.emulate import VirtualClock
-                seconds, t0 = emulated
-                self.worker.clock = VirtualClock(seconds, self.k)
-                self.worker.clock.start(t0)
-        self.return_grads = return_grads
+    def _begin(self, command: StepCommand, start: bool = True) -> None:
+        """Start a step (`start`: also the worker's; False in the constructor)."""
+        if start:
+            self.worker.begin_step(command.step, command.feeds)
+        self.worker.clock = None
+        if command.emulated_seconds is not None:
+            from executor.emulate import VirtualClock
+            self.worker.clock = VirtualClock(command.emulated_seconds, self.k)
+            self.worker.clock.start(command.t0)
+        self.return_grads = command.return_grads
         self.sent = np.zeros(self.k, dtype=np.int64)
         self.busy = 0.0
         self.first_start = time.perf_counter()
@@ -101,43 +112,46 @@ class DeviceActor:
             node = None
         return os.getpid(), node
 
-    def run(self, index: int, head, *sources):
-        """The plain path: block `index` as one call (class docstring)."""
+    def run(self, blocks: tuple[int, ...], command: StepCommand | None, *packets):
+        """The plain path: these blocks as one call (class docstring)."""
         self.check_alive()
-        if index == 0:
-            self._begin(head, head[2])
+        if blocks[0] == 0:
+            self._begin(command)
         start = time.perf_counter()
         received = {}
-        for packet in sources:
+        for packet in packets:
             received.update(packet)
         transport = CallTransport(received, self.k)
-        self.worker.run(index, transport)
+        for index in blocks:
+            self.worker.run(index, transport)
         self.sent += transport.sent_bytes
         end = time.perf_counter()
         self.busy += end - start
-        if index == self.last:
-            return transport.sent, self._report(end)
-        return transport.sent
+        out = [transport.packet(t) for t in call_targets(self.worker.program, blocks)]
+        if blocks[-1] == self.last:
+            out.append(self._report(end))
+        return None if not out else out[0] if len(out) == 1 else tuple(out)
 
     def serve(self, reads: Mapping, writes: Mapping, spin: float = 0.0) -> None:
         """The pipes path (executor/ray_pipes.py): until the driver says stop, read a command
-        from the driver: ("step", head): run this device's blocks in program order over a
-        PipeTransport and write the step report (or the error that ended the step) back;
+        from the driver: ("step", a StepCommand as a plain tuple): run this device's blocks in
+        program order over a PipeTransport and write the step report (or the error that ended the step) back;
         ("state", None): write back `state_dict()` (checkpoints cost a pipe hop, not a Ray
         call). `spin`: seconds a receive polls before blocking (Endpoint.receive)."""
-        from executor.ray_pipes import Endpoint, PipeClosed, PipeTransport
+        from executor.ray_pipes import Endpoint, PipeClosed
         pipes = Endpoint(reads, writes)
         try:
             while True:
                 try:
-                    kind, head = pipes.receive("driver", "command")
+                    kind, command = pipes.receive("driver", "command")
                 except PipeClosed:
                     return
                 if kind == "state":                  # a checkpoint, between steps
                     pipes.send("driver", "state", self.state_dict())
                     continue
                 try:
-                    pipes.send("driver", "report", self._serve_step(pipes, head, spin))
+                    report = self._serve_step(pipes, StepCommand(*command), spin)
+                    pipes.send("driver", "report", report)
                 except Exception as e:
                     pipes.send("driver", "report", {"error": e})
                     pipes.flush()
@@ -145,12 +159,12 @@ class DeviceActor:
         finally:
             pipes.close()
 
-    def _serve_step(self, pipes, head, spin: float) -> dict:
+    def _serve_step(self, pipes, command: StepCommand, spin: float) -> dict:
         """One step on the pipes: every block in program order; the report."""
         from executor.ray_pipes import PipeTransport
         self.check_alive()
-        self._begin(head, head[2])
-        transport = PipeTransport(pipes, self.k, spin)
+        self._begin(command)
+        transport = PipeTransport(pipes, self.worker.program, self.k, spin)
         for index in range(self.last + 1):
             self.worker.run(index, transport)
         pipes.flush()

@@ -5,19 +5,20 @@ Each actor wraps a `DeviceWorker` (executor/worker.py), which calls a transport
 
 - pipes (one node, the default there): each actor runs one long `serve` call that takes a
   step's command from the driver and runs its own blocks in program order over named pipes
-  (executor/ray_pipes.py): a Send writes its tensor to the target's pipe at once, a Recv
-  reads the message with its TransferKey from the source's pipe (a hop costs ~30 us instead
-  of Ray's ~0.3-1 ms); an actor polls its pipe for `spin` seconds before it blocks, since
-  waking a blocked process costs its writer ~0.1 ms on a virtual machine; the driver sends
-  the step's commands first to the actors whose first block waits for a tensor; Ray still
-  places, restarts and kills the actors, and a dead actor ends its serve call, which the
-  driver sees while it waits;
-- plain (across nodes): one actor call per block, submitted in the plan's global order
-  (`Plan.order`, so a synchronous actor never waits on an argument that a call queued behind
-  it would produce); each call returns its sends as a dict TransferKey -> array and takes the
-  returns of the blocks that send to it as ObjectRefs, actor to actor (Ray inlines returns
-  under 100 KiB; larger ones go through the shared-memory object store, arriving
-  read-only).
+  (executor/ray_pipes.py): a run of consecutive Sends writes its tensors to each target's
+  pipe at once as one message, a Recv takes its tensor by TransferKey from what the source's
+  pipe brought (a hop costs ~30 us instead of Ray's ~0.3-1 ms); an actor polls its pipe
+  for `spin` seconds before it blocks, since waking a blocked process costs its writer
+  ~0.1 ms on a virtual machine; the driver sends the step's commands first to the actors
+  whose first block waits for a tensor; Ray still places, restarts and kills the actors,
+  and a dead actor ends its serve call, which the driver sees while it waits;
+- plain (across nodes): one actor call per run of consecutive blocks of a device
+  (executor/ray_calls.py: the runs a bulk-synchronous machine would run per round, cut where
+  another device waits), submitted in a topological order (so a synchronous actor never
+  waits on an argument that a call queued behind it would produce); each call returns one
+  packet per target device, a dict TransferKey -> array, and takes the packets of the calls
+  that send to it as ObjectRefs, actor to actor (Ray inlines returns under 100 KiB; larger
+  ones go through the shared-memory object store, arriving read-only).
 
 `mode="auto"` takes the pipes when Ray has one live node whose actors see the driver's pipe
 directory, else plain calls; "pipes" and "plain" force a path. Faults, NaN and checkpoints:
@@ -40,8 +41,10 @@ from executor.errors import ExecutorError, StepTimeoutError
 from executor.local import StepResult, summarize_step
 from executor.optim import Optimizer, make_optimizer
 from executor.plan import build_plan
-from executor.program import Plan, transfer_key
-from executor.ray_actor import ActorRestartedError, DeviceActor  # noqa: F401 (re-exported)
+from executor.program import Plan
+from executor.ray_actor import (ActorRestartedError, DeviceActor,  # noqa: F401 (re-exported)
+                                StepCommand)
+from executor.ray_calls import block_calls, plan_calls
 from executor.ray_recovery import Recovery
 from executor.ray_runtime import start_ray, worker_env
 
@@ -160,11 +163,18 @@ class RayExecutor(Recovery):
         self.emulation = None                     # executor.emulate.Emulation, at step 0
         self._emulated_seconds: float | None = None
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
-        self._sources = block_sources(self.plan)
+        # the plain path's calls; one per block when emulating, so no tensor leaves late
+        self._calls = block_calls(self.plan) if self.emulate is not None else plan_calls(
+            self.plan)
         self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
         self._initial = self._initial_params(forward_graph, params)
+        self._init_runtime()
+        self._start()
+
+    def _init_runtime(self) -> None:
+        """No actors, pipes, checkpoint or steps yet."""
         self._checkpoint: dict | None = None      # None: the initial state at step 0
-        self._replay: list[tuple[int, list, tuple[float, ...] | None]] = []
+        self._replay: list = []                   # ray_recovery.ReplayEntry per step
         self._needs_replay = False
         self._needs_restore = False
         self._where: list = []                    # (pid, node id) of each actor
@@ -175,7 +185,6 @@ class RayExecutor(Recovery):
         self._pipes = None                        # the driver's Endpoint on the pipes path
         self._remove_pipes = None                 # removes their directory (once)
         self._serving: list = []                  # the actors' serve calls (pipes path)
-        self._start()
 
     def _initial_params(self, forward_graph: Graph, params) -> list | None:
         """Each device's initial parameters in the object store (None: materialized on the
@@ -345,15 +354,17 @@ class RayExecutor(Recovery):
         """Run one step on the actors; the reports of the devices that have blocks."""
         m = self.micro_batches
         t0 = self._emulation_start(per_mb)
-        inputs = {d: (step, {(x, i): per_mb[i][x] for x in self.plan.programs[d].inputs
-                             for i in range(m)}, return_grads,
-                      None if t0 is None else (self.emulation.seconds[d], t0))
-                  for d in self._active}
+        commands = {d: StepCommand(step, {(x, i): per_mb[i][x]
+                                          for x in self.plan.programs[d].inputs
+                                          for i in range(m)}, return_grads,
+                                   None if t0 is None else self.emulation.seconds[d], t0)
+                    for d in self._active}
         if self._pipes is None:
-            reports = self._execute_plain(step, inputs)
+            reports = self._execute_plain(step, commands)
         else:
             for d in self._command_order:
-                self._pipes.send(d, "command", ("step", inputs[d]))
+                # a plain tuple: it pickles faster than the NamedTuple
+                self._pipes.send(d, "command", ("step", tuple(commands[d])))
             alive = self._watch(f"step {step}")
             reports = [self._pipes.receive(d, "report", alive) for d in self._active]
             for r in reports:
@@ -375,28 +386,32 @@ class RayExecutor(Recovery):
                                             self.seed, per_mb)
             log.info("ray executor: emulating the cluster with dilation %.4g",
                      self.emulation.dilation)
-        calls = 0 if self._pipes is not None else len(self.plan.order)
+        calls = 0 if self._pipes is not None else len(self._calls)
         return time.time() + EMULATION_MARGIN + calls * 5e-4
 
-    def _execute_plain(self, step: int, inputs: dict) -> list[dict]:
-        """The plain path: one call per block in the plan's global order, each taking the
-        returns of the blocks that send to it (module docstring)."""
-        refs: dict[tuple[int, int], object] = {}
-        last: dict[int, object] = {}
-        for d, i in self.plan.order:
-            args = [refs[source] for source in self._sources[(d, i)]]
-            head = inputs[d] if i == 0 else None
-            if i == len(self.plan.programs[d].blocks) - 1:
-                refs[(d, i)], last[d] = self.actors[d].run.options(num_returns=2).remote(
-                    i, head, *args)
-            else:
-                refs[(d, i)] = self.actors[d].run.remote(i, head, *args)
+    def _execute_plain(self, step: int, commands: dict) -> list[dict]:
+        """The plain path: the step's calls in submission order, each taking the packets of
+        the earlier calls that send to it (module docstring)."""
+        returns: list[list] = []                 # per call: its return refs
+        reports, tokens = {}, []
+        for call in self._calls:
+            last = call.blocks[-1] == len(self.plan.programs[call.device].blocks) - 1
+            n = len(call.targets) + last
+            args = [returns[c][position] for c, position in call.sources]
+            command = commands[call.device] if call.blocks[0] == 0 else None
+            out = self.actors[call.device].run.options(num_returns=max(n, 1)).remote(
+                call.blocks, command, *args)
+            returns.append(list(out) if n > 1 else [out])
+            if last:
+                reports[call.device] = returns[-1][-1]
+            elif n == 0:
+                tokens.append(out)               # nothing waits for it: its errors count too
         try:
-            return [_owned(r) for r in self._get([last[d] for d in self._active],
-                                                 f"step {step}")]
+            got = self._get([reports[d] for d in self._active] + tokens, f"step {step}")
         except Exception:
-            self._failed = list(refs.values()) + list(last.values())
+            self._failed = [ref for refs in returns for ref in refs]
             raise
+        return [_owned(r) for r in got[:len(self._active)]]
 
     def train(self, data: Callable[[int], Mapping[str, np.ndarray]], steps: int
               ) -> list[RayStepResult]:
@@ -475,28 +490,6 @@ def _emulated_cluster(cluster, k: int):
     if cluster is not None and cluster.k != k:
         raise ExecutorError(f"emulate: the cluster has {cluster.k} devices, the plan {k}")
     return cluster
-
-
-def block_sources(plan: Plan) -> dict[tuple[int, int], tuple[tuple[int, int], ...]]:
-    """For each block (device, index): the blocks whose sends it receives, in plan order."""
-    sender = {}
-    for d, i in plan.order:
-        program = plan.programs[d]
-        block = program.blocks[i]
-        for s in block.sends:
-            sender[transfer_key(program, block, s)] = (d, i)
-    sources = {}
-    for d, i in plan.order:
-        program = plan.programs[d]
-        block = program.blocks[i]
-        keys = [transfer_key(program, block, r) for r in block.receives]
-        sources[(d, i)] = tuple(sorted({sender[key] for key in keys}))
-    return sources
-
-
-def _one_node(ray) -> bool:
-    """Whether the Ray cluster has one live node (so every actor shares the driver's)."""
-    return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
 def _owned(report: dict) -> dict:

@@ -2,10 +2,11 @@
 
 A Ray actor call costs ~0.3-1 ms here, which is most of a small model's step. When every
 actor runs on the driver's node, the step bypasses Ray: each actor runs one long `serve` call
-that reads a step command from its pipe, runs its own blocks in program order, writing each
-Send's tensor to the target's pipe at once and reading each Recv's from the source's pipe
-(`PipeTransport`, tagged by TransferKey), and writes its report back; a blocked read wakes as
-soon as the bytes arrive (a hop costs ~30 us). Ray still places, restarts and kills the actors.
+that reads a step command from its pipe, runs its own blocks in program order, writing the
+tensors of each run of consecutive Sends to each target's pipe at once as one message and
+reading each Recv's from the source's pipe (`PipeTransport`, keyed by TransferKey), and
+writes its report back; a blocked read wakes as soon as the bytes arrive (a hop costs
+~30 us). Ray still places, restarts and kills the actors.
 
 Messages are pickled (protocol 5; arrays arrive as fresh writable copies) and framed by a
 length and a tag. Writes never block: what a pipe cannot take yet stays queued and a writer
@@ -32,7 +33,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from executor.errors import ExecutorError
-from executor.program import TransferKey
+from executor.program import Program, Send, TransferKey, transfer_key
 
 HEADER = struct.Struct("<Q")                 # payload length
 PIPE_BYTES = 1 << 20                         # asked of the kernel per pipe (Linux max default)
@@ -296,26 +297,57 @@ class Endpoint:
         self.by_fd, self.writes = {}, {}
 
 
-class PipeTransport:
-    """A device's Send and Recv steps over its Endpoint: a send writes (value, arrival) to
-    the target's pipe under its TransferKey at once; a receive reads the message with that
-    key from the source's pipe (polling `spin` seconds, then blocking; `alive` as in
-    Endpoint.receive). Counts the bytes sent to each device and the seconds spent waiting."""
+PACKET = "tensors"                # the tag of the messages between two devices
 
-    def __init__(self, endpoint: Endpoint, k: int, spin: float = 0.0,
+
+def send_runs(program: Program) -> frozenset[TransferKey]:
+    """The keys of the Send steps that end a run of consecutive Sends in a block: after one,
+    a PipeTransport writes the run's tensors as one message per target (nothing runs between
+    the Sends of a run, so no tensor leaves later than it would alone)."""
+    ends = set()
+    for block in program.blocks:
+        steps = block.steps
+        for j, step in enumerate(steps):
+            if isinstance(step, Send) and not (j + 1 < len(steps)
+                                               and isinstance(steps[j + 1], Send)):
+                ends.add(transfer_key(program, block, step))
+    return frozenset(ends)
+
+
+class PipeTransport:
+    """A device's Send and Recv steps over its Endpoint. The tensors of a run of consecutive
+    Sends (`send_runs`) go as one message per target, a dict TransferKey -> (value,
+    arrival), written when the run's last Send is reached; a receive takes its tensor from
+    the packets already read from the source's pipe, reading more until it is there
+    (polling `spin` seconds, then blocking; `alive` as in Endpoint.receive). Counts the bytes
+    sent to each device and the seconds spent waiting."""
+
+    def __init__(self, endpoint: Endpoint, program: Program, k: int, spin: float = 0.0,
                  alive: Callable[[], None] | None = None):
         self.endpoint = endpoint
         self.spin = spin
         self.alive = alive
+        self.run_ends = send_runs(program)
+        self.outgoing: dict[int, dict[tuple, tuple]] = {}
+        self.box: dict[TransferKey, tuple[np.ndarray, float | None]] = {}
         self.sent_bytes = np.zeros(k, dtype=np.int64)
         self.wait_seconds = 0.0
 
     def send(self, key: TransferKey, value: np.ndarray, arrival: float | None = None) -> None:
-        self.endpoint.send(key.target, key, (value, arrival))
+        # plain tuples on the wire: a NamedTuple pickles ~10x slower (its class is looked up
+        # by name); they hash and compare equal to the TransferKeys the receiver asks for
+        self.outgoing.setdefault(key.target, {})[tuple(key)] = (value, arrival)
         self.sent_bytes[key.target] += value.nbytes
+        if key in self.run_ends:
+            for target, packet in self.outgoing.items():
+                self.endpoint.send(target, PACKET, packet)
+            self.outgoing = {}
 
     def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
-        start = time.perf_counter()
-        message = self.endpoint.receive(key.source, key, self.alive, spin=self.spin)
-        self.wait_seconds += time.perf_counter() - start
-        return message
+        if key not in self.box:
+            start = time.perf_counter()
+            while key not in self.box:
+                self.box.update(self.endpoint.receive(key.source, PACKET, self.alive,
+                                                      spin=self.spin))
+            self.wait_seconds += time.perf_counter() - start
+        return self.box.pop(key)

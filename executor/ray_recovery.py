@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,15 @@ from executor.local import split_feeds
 log = logging.getLogger("executor.ray_executor")
 
 SKIPPED = "skipped"                 # a replay entry's losses when on_nan="skip" dropped the step
+
+
+class ReplayEntry(NamedTuple):
+    """A step since the last checkpoint: its number, micro-batch feeds, and the losses it
+    reported (None while it runs; SKIPPED when on_nan="skip" dropped it)."""
+
+    step: int
+    per_mb: list
+    losses: tuple[float, ...] | str | None = None
 
 
 class Recovery:
@@ -53,7 +62,7 @@ class Recovery:
         per_mb = split_feeds(self.graph, feeds, self.micro_batches)
         step = self.step_count
         if self.checkpoint_every is not None:
-            self._replay.append((step, per_mb, None))
+            self._replay.append(ReplayEntry(step, per_mb))
         try:
             return self._step(step, per_mb, return_grads)
         except NonFiniteError:                       # rolled back: the actors are consistent
@@ -62,7 +71,8 @@ class Recovery:
             # the step did not happen: forget it, and (the actors may be mid-step) have the
             # next call restore them from the checkpoint first
             if self.checkpoint_every is not None:
-                if self._replay and self._replay[-1][0] == step and self._replay[-1][2] is None:
+                last = self._replay[-1] if self._replay else None
+                if last is not None and last.step == step and last.losses is None:
                     self._replay.pop()
                 self._needs_restore = True
             raise
@@ -99,8 +109,8 @@ class Recovery:
         if state is not None:
             self._keep_checkpoint(state)
         elif self.checkpoint_every is not None:
-            self._replay[-1] = (step, per_mb, SKIPPED if bad and self.on_nan == "skip"
-                                else result.losses)
+            skipped = bad and self.on_nan == "skip"
+            self._replay[-1] = ReplayEntry(step, per_mb, SKIPPED if skipped else result.losses)
         return result
 
     # ------------------------------------------------------------ faults
@@ -132,7 +142,7 @@ class Recovery:
         self.recoveries += 1
         log.warning("ray executor: step %d failed (%s); restoring every device from the "
                     "checkpoint before step %d and replaying %d step(s) (recovery %d of at "
-                    "most %d)", step, _one_line(error), self._replay[0][0],
+                    "most %d)", step, _one_line(error), self._replay[0].step,
                     len(self._replay) - 1, attempt, self.max_recoveries)
         self._needs_restore = True
 
@@ -194,14 +204,14 @@ class Recovery:
     def _replay_lost_steps(self) -> None:
         """Re-run the steps between the checkpoint and the current one (skipping those that
         on_nan="skip" dropped); their losses must be bit for bit the ones already reported."""
-        for step, per_mb, losses in self._replay[:-1]:
-            if losses == SKIPPED:
+        for entry in self._replay[:-1]:
+            if entry.losses == SKIPPED:
                 continue
-            reports = self._execute(step, per_mb, False)
-            again = self._result(step, reports, 0.0, False, 0).losses
-            if not _same_losses(again, losses):
-                raise ExecutorError(f"replay of step {step} after a fault gave losses {again}, "
-                                    f"but the step had reported {losses}")
+            reports = self._execute(entry.step, entry.per_mb, False)
+            again = self._result(entry.step, reports, 0.0, False, 0).losses
+            if not _same_losses(again, entry.losses):
+                raise ExecutorError(f"replay of step {entry.step} after a fault gave losses "
+                                    f"{again}, but the step had reported {entry.losses}")
         self._needs_replay = False
 
     # ------------------------------------------------------------ checkpoints

@@ -149,30 +149,6 @@ def test_cyclic_gpipe_micro_batches_send_V(ray_session):
         result.link_bytes, compute_metrics(micro, a, uniform(k), micro_batches=m).link_traffic)
 
 
-@pytest.mark.parametrize("kind", ["random", "contiguous"])
-def test_block_sources_pair_every_receive_with_an_earlier_sending_block(kind):
-    """Independent of Ray: the plain path's arguments of each block call are the blocks
-    that send it a tensor, each earlier in the plan's order and holding a matching Send."""
-    from executor.program import transfer_key
-    from executor.ray_executor import block_sources
-    g = hand_graph(batch=2)
-    a = random_assignment(g, 3, seed=5) if kind == "random" else contiguous(g, 3)
-    plan = build_plan(g, a, 3, micro_batches=2)
-    sources = block_sources(plan)
-    position = {block: n for n, block in enumerate(plan.order)}
-    assert set(sources) == set(plan.order)
-    for (t, j), senders in sources.items():
-        program = plan.programs[t]
-        wanted = {transfer_key(program, program.blocks[j], r)
-                  for r in program.blocks[j].receives}
-        sent = {transfer_key(plan.programs[d], plan.programs[d].blocks[i], s): (d, i)
-                for d, i in senders for s in plan.programs[d].blocks[i].sends}
-        assert wanted <= set(sent)
-        assert {sent[key] for key in wanted} == set(senders)
-        assert all(position[src] < position[(t, j)] for src in senders)
-    assert any(sources.values())
-
-
 @pytest.mark.parametrize("mode,spin", [("plain", None), ("pipes", None), ("pipes", 0.0)])
 def test_both_paths_give_the_local_executors_results_bit_for_bit(ray_session, mode, spin):
     """On a 1F1B pipeline and a cyclic placement: losses, gradients and bytes per link equal

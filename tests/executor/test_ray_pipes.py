@@ -115,3 +115,61 @@ def test_actors_poll_by_default_only_while_they_are_at_most_two_per_cpu():
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     assert default_spin(1) == default_spin(2 * cpus) == SPIN_SECONDS > 0
     assert default_spin(2 * cpus + 1) == 0.0
+
+
+def test_a_run_of_consecutive_sends_goes_as_one_message_per_target():
+    """A tiny GPT placed at random on two devices sends tensors back to back: device 0's
+    PipeTransport
+    writes one message per (run of consecutive Send steps, target), counted here with
+    itertools.groupby over the block's steps, and device 1 gets every tensor and arrival
+    back by TransferKey, in its own receive order, with the bytes counted per target."""
+    import itertools
+
+    from autodiff.models import BUILDERS
+    from executor.plan import build_plan
+    from executor.program import Send, transfer_key
+    from executor.ray_pipes import PipeTransport
+    from executor_cases import TINY, random_assignment
+
+    g = BUILDERS["gpt"](batch=2, dtype="float64", **TINY["gpt"])
+    plan = build_plan(g, random_assignment(g, 2, 0), 2, micro_batches=2, schedule="gpipe")
+    sender, receiver = plan.programs
+    runs = [(b, [s for s in group]) for b in sender.blocks
+            for is_send, group in itertools.groupby(b.steps, lambda s: isinstance(s, Send))
+            if is_send]
+    expected = sum(len({s.target for s in steps}) for _, steps in runs)
+    assert sum(len(steps) for _, steps in runs) > expected       # some runs hold several
+    root = make_pipe_dir(["01", "10"])
+    a = Endpoint({1: root / "10"}, {1: root / "01"})      # device 0's pipes, by peer device
+    b = Endpoint({0: root / "01"}, {0: root / "10"})
+    out = PipeTransport(a, sender, 2)
+    out.endpoint.send = counting = _Counting(a.send)
+    values = {}
+    for n, (block, steps) in enumerate(runs):
+        for j, s in enumerate(steps):
+            key = transfer_key(sender, block, s)
+            values[key] = (np.full(3, float(len(values))), float(n) + j / 10)
+            out.send(key, *values[key])
+    assert counting.calls == expected
+    assert out.sent_bytes.tolist() == [0, 24 * len(values)]
+    into = PipeTransport(b, receiver, 2)
+    keys = [transfer_key(receiver, blk, r) for blk in receiver.blocks for r in blk.receives]
+    assert sorted(keys) == sorted(values)
+    for key in keys:
+        value, arrival = into.receive(key)
+        np.testing.assert_array_equal(value, values[key][0])
+        assert arrival == values[key][1]
+    a.close()
+    b.close()
+    remove_pipe_dir(root)
+
+
+class _Counting:
+    """Wraps Endpoint.send, counting the messages."""
+
+    def __init__(self, send):
+        self.send, self.calls = send, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        self.send(*args)
