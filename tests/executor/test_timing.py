@@ -27,16 +27,20 @@ def _plan(blocks0, blocks1, nodes0, nodes1, nbytes, order):
                 loss_scale=1.0, nbytes=nbytes, training=training)
 
 
-def test_hand_built_pipeline_is_timed_by_hand():
-    # Device 0 computes a0, a1 (one per micro-batch) and sends each; device 1 receives and
-    # computes b. Rate 1e9 FLOP/s, overhead 1 ms, link 1e6 B/s with 2 ms latency.
+def _hand_pipeline():
+    """Device 0 computes a0, a1 (one per micro-batch) and sends each; device 1 receives and
+    computes b. Rate 1e9 FLOP/s, overhead 1 ms, link 1e6 B/s with 2 ms latency."""
     a, b = _node("a", 4e6, ["x"]), _node("b", 1e6, ["a"])
     blocks0 = [Block("F", i, (Compute(("a",)), Send("a", 1, "activation"))) for i in range(2)]
     blocks1 = [Block("F", i, (Recv("a", 0, "activation"), Compute(("b",)))) for i in range(2)]
     plan = _plan(blocks0, blocks1, {"a": a}, {"b": b}, {"a": 10_000, "b": 16},
                  [(0, 0), (0, 1), (1, 0), (1, 1)])
     devices = [Device(f"d{i}", 1e9, 2**30, op_overhead=1e-3) for i in range(2)]
-    cluster = heterogeneous(devices, default_bandwidth=1e6, default_latency=2e-3)
+    return plan, heterogeneous(devices, default_bandwidth=1e6, default_latency=2e-3)
+
+
+def test_hand_built_pipeline_is_timed_by_hand():
+    plan, cluster = _hand_pipeline()
     t = simulate_plan(plan, cluster)
     # a0 ends at 5 ms; its transfer takes 2 + 10 = 12 ms -> arrives 17 ms; a1 ends at 10 ms
     # but the link is busy until 17 ms -> arrives 29 ms. b0 runs 17-19 ms, b1 29-31 ms.
@@ -57,14 +61,7 @@ def test_the_report_form_of_the_hand_built_pipeline():
     """simulation_summary on the hand plan above: the single-device time is every op on one
     device (a0, a1, b0, b1: 5 + 5 + 2 + 2 ms), the Gantt segments are the blocks and the
     transfers, and no micro-batch has a backward, so both stay in flight to the end."""
-    a, b = _node("a", 4e6, ["x"]), _node("b", 1e6, ["a"])
-    blocks0 = [Block("F", i, (Compute(("a",)), Send("a", 1, "activation"))) for i in range(2)]
-    blocks1 = [Block("F", i, (Recv("a", 0, "activation"), Compute(("b",)))) for i in range(2)]
-    plan = _plan(blocks0, blocks1, {"a": a}, {"b": b}, {"a": 10_000, "b": 16},
-                 [(0, 0), (0, 1), (1, 0), (1, 1)])
-    devices = [Device(f"d{i}", 1e9, 2**30, op_overhead=1e-3) for i in range(2)]
-    summary = simulation_summary(plan, heterogeneous(devices, default_bandwidth=1e6,
-                                                     default_latency=2e-3))
+    summary = simulation_summary(*_hand_pipeline())
     assert summary["makespan"] == pytest.approx(31e-3)
     assert summary["single_device_time"] == pytest.approx(14e-3)
     assert summary["speedup"] == pytest.approx(14 / 31)
