@@ -32,12 +32,18 @@ UPDATE_FLOPS = {"sgd": 2, "momentum": 4, "adam": 12}
 
 @dataclass(frozen=True)
 class BlockTime:
-    """When one block of one device ran (seconds from the step's start)."""
+    """When one block (its phase and micro-batch) of one device ran, or one stretch of its
+    compute (seconds from the step's start)."""
 
     device: int
-    label: str
+    phase: str
+    micro_batch: int | None
     start: float
     end: float
+
+    @property
+    def label(self) -> str:
+        return self.phase if self.micro_batch is None else f"{self.phase}{self.micro_batch}"
 
 
 @dataclass(frozen=True)
@@ -108,18 +114,20 @@ class StepCosts:
     def transfer(self, source: int, target: int, tensor: str) -> float:
         return self.cluster.transfer_time(source, target, self.plan.nbytes[tensor])
 
-    def step(self, device: int, step) -> float:
-        """Compute seconds of one step of device's program (0 for Send and Recv)."""
+    def step(self, device: int, step, on: int | None = None) -> float:
+        """Compute seconds of one step of device's program (0 for Send and Recv), priced
+        at the rates of device `on` (default: `device` itself)."""
+        on = device if on is None else on
         if isinstance(step, Compute):
             nodes = self.plan.programs[device].nodes
-            return sum(self.node(device, nodes[name]) for name in step.nodes)
+            return sum(self.node(on, nodes[name]) for name in step.nodes)
         if isinstance(step, Accumulate):
-            return self.elementwise(device, step.tensor, "add")
+            return self.elementwise(on, step.tensor, "add")
         if isinstance(step, ApplyUpdate):
-            return self.update(device, tuple(p for p, g in zip(step.params, step.grads)
-                                             if g is not None))
+            return self.update(on, tuple(p for p, g in zip(step.params, step.grads)
+                                         if g is not None))
         if isinstance(step, SetState):
-            return self.elementwise(device, step.tensor, "multiply")
+            return self.elementwise(on, step.tensor, "multiply")
         return 0.0
 
 
@@ -129,7 +137,11 @@ def _elements(shapes: dict, tensor: str) -> int:
 
 def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> PlanTiming:
     """Time one step of `plan` on `cluster` by the rules of the module docstring."""
-    costs = StepCosts(plan, cluster, optimizer)
+    return _simulate(StepCosts(plan, cluster, optimizer))
+
+
+def _simulate(costs: StepCosts) -> PlanTiming:
+    plan, cluster = costs.plan, costs.cluster
     k = plan.k
     clock = np.zeros(k)
     compute = np.zeros(k)
@@ -157,16 +169,13 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
                                               float(link_free[d, step.target])))
             else:
                 seconds = costs.step(d, step)
-                if spans and spans[-1].device == d and spans[-1].end == clock[d] \
-                        and spans[-1].label == block.label:
-                    spans[-1] = BlockTime(d, block.label, spans[-1].start,
-                                          float(clock[d] + seconds))
-                elif seconds > 0:
-                    spans.append(BlockTime(d, block.label, float(clock[d]),
-                                           float(clock[d] + seconds)))
+                if seconds > 0:
+                    _extend(spans, BlockTime(d, block.phase, block.micro_batch,
+                                             float(clock[d]), float(clock[d] + seconds)))
                 clock[d] += seconds
                 compute[d] += seconds
-        blocks.append(BlockTime(d, block.label, float(start), float(clock[d])))
+        blocks.append(BlockTime(d, block.phase, block.micro_batch, float(start),
+                                float(clock[d])))
     step_time = float(clock.max(initial=0.0)) + cluster.step_overhead
     busy = compute / step_time if step_time > 0 else np.zeros(k)
     bubble = None
@@ -175,6 +184,17 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
         bubble = float(1.0 - compute[stages].sum() / (len(stages) * step_time))
     return PlanTiming(step_time, tuple(map(float, compute)), tuple(map(float, busy)), bubble,
                       tuple(blocks), tuple(transfers), tuple(spans))
+
+
+def _extend(spans: list[BlockTime], span: BlockTime) -> None:
+    """Append `span`, or lengthen the last span when `span` continues it (same device and
+    block, no wait in between)."""
+    last = spans[-1] if spans else None
+    if last is not None and (last.device, last.phase, last.micro_batch, last.end) == (
+            span.device, span.phase, span.micro_batch, span.start):
+        spans[-1] = BlockTime(last.device, last.phase, last.micro_batch, last.start, span.end)
+    else:
+        spans.append(span)
 
 
 # ------------------------------------------------------------ the report's form
@@ -189,9 +209,10 @@ def simulation_summary(plan: Plan, cluster: Cluster, optimizer: str | None = Non
     the fastest device alone (its ops, sums and updates, no transfers) with the speedup
     over it, and a timeline of blocks and transfers (transfers under the receiving
     device)."""
-    timing = simulate_plan(plan, cluster, optimizer)
+    costs = StepCosts(plan, cluster, optimizer)
+    timing = _simulate(costs)
     names = cluster.device_names
-    single = single_device_time(plan, cluster, optimizer)
+    single = single_device_time(costs)
     return {"makespan": timing.step_time, "busy": dict(zip(names, timing.busy)),
             "bubble": timing.bubble, "single_device_time": single,
             "speedup": single / timing.step_time if timing.step_time > 0 else 1.0,
@@ -200,20 +221,13 @@ def simulation_summary(plan: Plan, cluster: Cluster, optimizer: str | None = Non
             "timeline": _timeline(timing, names)}
 
 
-def single_device_time(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> float:
-    """Seconds of every compute step of `plan` run on the cluster's fastest device, plus the
-    step overhead (the baseline a model-parallel speedup is measured against)."""
-    costs = StepCosts(plan, cluster, optimizer)
-    fastest = int(np.argmax(cluster.speeds))
-    total = cluster.step_overhead
-    for program in plan.programs:
-        for block in program.blocks:
-            for step in block.steps:
-                if isinstance(step, Compute):
-                    total += sum(costs.node(fastest, program.nodes[n]) for n in step.nodes)
-                else:
-                    total += costs.step(fastest, step)
-    return float(total)
+def single_device_time(costs: StepCosts) -> float:
+    """Seconds of every compute step of the plan run on the cluster's fastest device, plus
+    the step overhead (the baseline a model-parallel speedup is measured against)."""
+    fastest = int(np.argmax(costs.cluster.speeds))
+    return float(costs.cluster.step_overhead + sum(
+        costs.step(p.device, step, on=fastest)
+        for p in costs.plan.programs for block in p.blocks for step in block.steps))
 
 
 def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
@@ -221,11 +235,9 @@ def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
     block had not finished at one time."""
     spans: list[dict[int, list[float]]] = [{} for _ in range(k)]
     for b in timing.blocks:
-        phase = b.label.rstrip("0123456789")
-        if phase in ("F", "B"):
-            mb = int(b.label[len(phase):])
-            span = spans[b.device].setdefault(mb, [b.start, timing.step_time])
-            if phase == "B":
+        if b.phase in ("F", "B"):
+            span = spans[b.device].setdefault(b.micro_batch, [b.start, timing.step_time])
+            if b.phase == "B":
                 span[1] = b.end
     peaks = []
     for device in spans:
@@ -244,11 +256,9 @@ def _timeline(timing: PlanTiming, names: tuple[str, ...]) -> list[dict]:
     the receiving device with "link": "a->b") as Gantt segments."""
     out = []
     for b in timing.spans:
-        if b.end > b.start:
-            phase = b.label.rstrip("0123456789")
-            mb = int(b.label[len(phase):]) if len(phase) < len(b.label) else -1
-            out.append({"device": names[b.device], "start": b.start, "end": b.end,
-                        "kind": PHASE_KINDS.get(phase, "forward"), "micro_batch": mb})
+        out.append({"device": names[b.device], "start": b.start, "end": b.end,
+                    "kind": PHASE_KINDS.get(b.phase, "forward"),
+                    "micro_batch": -1 if b.micro_batch is None else b.micro_batch})
     for t in timing.transfers:
         out.append({"device": names[t.target], "start": t.start, "end": t.end,
                     "kind": "transfer", "micro_batch": -1 if t.micro_batch is None

@@ -9,6 +9,7 @@ A problem is one ClusterError line `cluster.key.path: expected ..., got ...`; th
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -201,8 +202,4 @@ def build(spec: Mapping) -> Cluster:
                                                "step_overhead") if key in spec}
         cluster = heterogeneous(devices, links, name=spec.get("name", "heterogeneous"),
                                 **defaults)
-    if "name" in spec:
-        cluster = Cluster(cluster.devices, cluster.bandwidth, cluster.latency,
-                          name=spec["name"], preset=cluster.preset,
-                          step_overhead=cluster.step_overhead)
-    return cluster
+    return replace(cluster, name=spec["name"]) if "name" in spec else cluster
