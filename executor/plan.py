@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from itertools import groupby
 
 import numpy as np
 
@@ -44,8 +44,8 @@ from autodiff.ir import Graph, Node
 from autodiff.reverse import vjp
 from executor.errors import PlanError
 from executor.gradflow import gradient_flow
-from executor.program import (Accumulate, ApplyUpdate, Block, Compute, Plan, Program, Recv,
-                              Send, SetState, transfer_key, validate_plan)
+from executor.program import (PHASES, Accumulate, ApplyUpdate, Block, Compute, Plan, Program,
+                              Recv, Send, SetState, transfer_key, validate_plan)
 from partition.cost import graph_arrays
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
@@ -109,6 +109,9 @@ class _Builder:
         self.nbytes: dict[str, int] = {}
         self.present_memo: dict[str, str] = {}
         self.acc_memo: dict[tuple[str, int], str] = {}
+        self.owned: dict[int, list[str]] = {}         # device -> its parameters
+        for p in forward.params:
+            self.owned.setdefault(int(a[forward.index[p.name]]), []).append(p.name)
 
     # ------------------------------------------------------------ helpers
     def home(self, name: str) -> int:
@@ -282,10 +285,7 @@ class _Builder:
         for p in self.forward.params:
             if p.name in self.training.meta.get("grads", {}):
                 grads[p.name] = self.present(p.name)
-        by_device: dict[int, list[str]] = {}
-        for p in self.forward.params:
-            by_device.setdefault(int(self.a[self.forward.index[p.name]]), []).append(p.name)
-        for d, params in by_device.items():
+        for d, params in self.owned.items():
             self.add(_Op("update", d, "U", f"update@d{d}", float(len(self.training.nodes)),
                          tuple(grads[p] for p in params if p in grads)))
         return grads
@@ -324,15 +324,6 @@ class _Builder:
                     op.deps.append(producer)
 
 
-class _Ready(NamedTuple):
-    """A heap entry of an operation whose dependencies have all run: its priority, then its
-    position in the phase's operation list (a unique tie-break, so ops are never compared)."""
-
-    priority: tuple
-    rank: int
-    op: _Op
-
-
 def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
     """THE topological order of one phase's operations, as the plan runs them.
 
@@ -349,10 +340,11 @@ def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
         for dep in op.deps:
             users.setdefault(id(dep), []).append(op)
     rank = {id(op): i for i, op in enumerate(ops)}
-    ready: dict[int, list[_Ready]] = {}                  # device -> heap of its ready ops
+    ready: dict[int, list[tuple]] = {}                   # device -> heap of its ready ops
 
     def push(op: _Op) -> None:
-        heapq.heappush(ready.setdefault(op.device, []), _Ready(priority(op), rank[id(op)], op))
+        # (priority, position in `ops`, op): the position is unique, so ops are never compared
+        heapq.heappush(ready.setdefault(op.device, []), (priority(op), rank[id(op)], op))
 
     for op in ops:
         if not op.deps:
@@ -362,7 +354,7 @@ def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
         current = out[-1].device if sticky and out else None
         if current is None or not ready.get(current):
             current = min((d for d, heap in ready.items() if heap), key=lambda d: ready[d][0])
-        op = heapq.heappop(ready[current]).op
+        op = heapq.heappop(ready[current])[2]
         out.append(op)
         for user in users.get(id(op), []):
             waiting[id(user)] -= 1
@@ -371,17 +363,6 @@ def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
     if len(out) != len(ops):
         raise PlanError("plan: the operations of a phase form a cycle")
     return out
-
-
-def _segments(ordered: list[_Op]) -> list[list[_Op]]:
-    """Maximal runs of consecutive operations on one device."""
-    runs: list[list[_Op]] = []
-    for op in ordered:
-        if runs and runs[-1][0].device == op.device:
-            runs[-1].append(op)
-        else:
-            runs.append([op])
-    return runs
 
 
 def build_plan(forward: Graph, placement, k: int, micro_batches: int = 1,
@@ -422,9 +403,8 @@ def build_plan(forward: Graph, placement, k: int, micro_batches: int = 1,
         _emit_pipeline(writer, runs, stages, adjacency, make_schedule(schedule, k, micro_batches))
     else:
         _emit_global(writer, runs, schedule, micro_batches)
-    for ph in ("SB", "U"):
-        for run in runs[ph]:
-            writer.emit(run, ph, None)
+    for run in runs["SB"] + runs["U"]:
+        writer.emit(run, run[0].phase, None)
     programs = _programs(b, writer, loss, grads, states)
     plan = Plan(programs=programs, order=_global_order(programs),
                 micro_batches=micro_batches, schedule=schedule,
@@ -438,7 +418,7 @@ def _stages_and_runs(ops: list[_Op], stages):
     """(stages or None, per-phase runs): each phase's operations ordered and cut into
     per-device segments, by pipeline stage when the quotient is acyclic. Falls back to one
     global order when the stage order would give a device several segments of one phase."""
-    by_phase = {ph: [op for op in ops if op.phase == ph] for ph in ("SF", "F", "B", "SB", "U")}
+    by_phase = {ph: [op for op in ops if op.phase == ph] for ph in PHASES}
     runs = _phase_runs(by_phase, stages)
     if stages is not None and any(len({r[0].device for r in rs}) != len(rs)
                                   for ph, rs in runs.items()):
@@ -479,12 +459,12 @@ def _emit_global(writer: "_BlockWriter", runs: dict[str, list[list[_Op]]], sched
 def _programs(b: _Builder, writer: "_BlockWriter", loss: str, grads: dict[str, str],
               states: dict[str, str]) -> tuple[Program, ...]:
     """One Program per device: its blocks, the nodes it computes, and what it owns."""
-    forward, a = b.forward, b.a
+    forward = b.forward
     per_step = frozenset(name for name, ph in b.phase_of.items() if ph in ("SF", "SB"))
-    device_of = {n.name: int(a[i]) for i, n in enumerate(forward.nodes)}
+    device_of = {n.name: int(b.a[i]) for i, n in enumerate(forward.nodes)}
     programs = []
     for d in range(len(writer.blocks)):
-        own_params = tuple(p.name for p in forward.params if device_of[p.name] == d)
+        own_params = tuple(b.owned.get(d, ()))
         programs.append(Program(
             device=d, blocks=tuple(writer.blocks[d]),
             nodes={op.name: op.node for op in b.ops if op.kind == "compute" and op.device == d},
@@ -507,9 +487,7 @@ class _BlockWriter:
             if op.kind == "recv":
                 self.outgoing.setdefault((op.source, op.remote), []).append(
                     (op.device, op.transfer, op.name))
-        self.owned: dict[int, list[str]] = {}
-        for p in builder.forward.params:
-            self.owned.setdefault(int(builder.a[builder.forward.index[p.name]]), []).append(p.name)
+        self.owned = builder.owned
         self.grads, self.state_scale = grads, state_scale
         self.blocks: list[list[Block]] = [[] for _ in range(k)]
 
@@ -545,15 +523,15 @@ class _BlockWriter:
 
 def _phase_runs(by_phase: dict[str, list[_Op]], stages) -> dict[str, list[list[_Op]]]:
     """Each phase ordered across devices and cut into per-device segments (module docstring)."""
+    stage_of = {d: s for s, d in enumerate(stages or ())}
     runs = {}
     for ph, ops in by_phase.items():
         if stages is not None:
-            stage_of = {d: s for s, d in enumerate(stages)}
             sign = 1 if ph in FORWARD_PHASES else -1
             ordered = _order(ops, lambda op: (sign * stage_of[op.device], op.key), sticky=False)
         else:
             ordered = _order(ops, lambda op: (op.key, op.device), sticky=True)
-        runs[ph] = _segments(ordered)
+        runs[ph] = [list(run) for _, run in groupby(ordered, key=lambda op: op.device)]
     return runs
 
 
