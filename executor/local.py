@@ -124,10 +124,6 @@ class LocalExecutor:
         self.step_count = 0
 
     @property
-    def training_graph(self) -> Graph:
-        return self.plan.training
-
-    @property
     def params(self) -> dict[str, np.ndarray]:
         """Current parameter values (copies), gathered from their owners."""
         return {p: v.copy() for w in self.workers for p, v in w.params.items()}

@@ -78,12 +78,11 @@ class DeviceActor:
             pin_to_cpu(program.device)
         self.k = k
         self.last = len(program.blocks) - 1
-        self._begin(StepCommand(0, {}, False), start=False)
+        self._begin(StepCommand(0, {}, False))
 
-    def _begin(self, command: StepCommand, start: bool = True) -> None:
-        """Start a step (`start`: also the worker's; False in the constructor)."""
-        if start:
-            self.worker.begin_step(command.step, command.feeds)
+    def _begin(self, command: StepCommand) -> None:
+        """Start a step: the worker's, the clock when emulated, the measurements."""
+        self.worker.begin_step(command.step, command.feeds)
         self.worker.clock = None
         if command.emulated_seconds is not None:
             from executor.emulate import VirtualClock
@@ -99,9 +98,6 @@ class DeviceActor:
         if self.restarted:
             raise ActorRestartedError(f"device {self.worker.device}: the actor was restarted "
                                       "after a crash and holds no valid state")
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def where(self) -> tuple[int, str | None]:
         """(process id, Ray node id): the driver kills a hung actor on its own node itself."""
@@ -183,13 +179,10 @@ class DeviceActor:
         busy = self.busy if self.busy < span else span
         return {**worker, "sent": self.sent.copy(), "busy_seconds": busy,
                 "copy_seconds": 0.0, "wait_seconds": max(span - busy, 0.0),
-                "nonfinite": self._nonfinite(),
+                # the parameters whose gradient of this step holds a NaN or an infinity
+                "nonfinite": [p for p, g in self.worker.grads.items()
+                              if g is not None and not np.isfinite(g).all()],
                 "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-    def _nonfinite(self) -> list[str]:
-        """The parameters whose gradient of this step holds a NaN or an infinity."""
-        return [p for p, g in self.worker.grads.items()
-                if g is not None and not np.isfinite(g).all()]
 
     def state_dict(self) -> dict:
         self.check_alive()

@@ -79,24 +79,9 @@ class RayStepResult(StepResult):
     dilation: float | None = None
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "busy_seconds": self.busy_seconds.tolist(),
-                "update_seconds": self.update_seconds.tolist(),
-                "copy_seconds": self.copy_seconds.tolist(),
-                "wait_seconds": self.wait_seconds.tolist(),
-                "peak_value_bytes": self.peak_value_bytes.tolist(),
-                "rss_bytes": self.rss_bytes.tolist(), "step_seconds": self.step_seconds,
-                "mode": self.mode, "recoveries": self.recoveries,
-                "emulated_seconds": self.emulated_seconds, "dilation": self.dilation}
-
-
-def _fault_types() -> tuple[type, ...]:
-    from ray import exceptions as rx
-    return (rx.RayActorError, rx.ObjectLostError, ActorRestartedError, StepTimeoutError)
-
-
-def _timeout_types() -> tuple[type, ...]:
-    from ray import exceptions as rx
-    return (rx.GetTimeoutError,)
+        extra = {f.name: getattr(self, f.name) for f in fields(self)[len(fields(StepResult)):]}
+        return {**super().to_dict(), **{name: v.tolist() if isinstance(v, np.ndarray) else v
+                                        for name, v in extra.items()}}
 
 
 # ---------------------------------------------------------------- the executor
@@ -135,11 +120,13 @@ class RayExecutor(Recovery):
                         max_recoveries=max_recoveries, step_timeout=step_timeout,
                         on_nan=on_nan, spin=spin)
         import ray
+        from ray import exceptions as rx
 
         start_ray()
         self._ray = ray
-        self._faults = _fault_types()
-        self._timeouts = _timeout_types()
+        self._faults = (rx.RayActorError, rx.ObjectLostError, ActorRestartedError,
+                        StepTimeoutError)
+        self._timeouts = (rx.GetTimeoutError,)
         self.step_timeout = None if step_timeout is None else float(step_timeout)
         self.on_nan = on_nan
         self.graph = forward_graph
@@ -159,14 +146,18 @@ class RayExecutor(Recovery):
         self.defer_weight_grads = bool(defer_weight_grads)
         self.pin_cpus = pin_cpus
         self.spin = spin
-        self.emulate = _emulated_cluster(emulate, self.k)
+        if emulate is not None and emulate.k != self.k:
+            raise ExecutorError(f"emulate: the cluster has {emulate.k} devices, the plan {self.k}")
+        self.emulate = emulate
         self.emulation = None                     # executor.emulate.Emulation, at step 0
         self._emulated_seconds: float | None = None
         self._active = [d for d in range(self.k) if self.plan.programs[d].blocks]
         # the plain path's calls; one per block when emulating, so no tensor leaves late
         self._calls = block_calls(self.plan) if self.emulate is not None else plan_calls(
             self.plan)
-        self._actor_options = self._options(num_cpus, num_gpus, blas_threads, max_restarts)
+        self._actor_options = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                                   max_task_retries=0,
+                                   runtime_env={"env_vars": worker_env(blas_threads)})
         self._initial = self._initial_params(forward_graph, params)
         self._init_runtime()
         self._start()
@@ -198,18 +189,14 @@ class RayExecutor(Recovery):
                 for prog in self.plan.programs]
 
     # ------------------------------------------------------------ actors and transports
-    def _options(self, num_cpus, num_gpus, blas_threads, max_restarts) -> dict:
-        env = worker_env(blas_threads)
-        return dict(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                    max_task_retries=0, runtime_env={"env_vars": env})
-
     def _start(self, pipes_allowed: bool = True) -> None:
         """Create one actor per device (from the checkpoint when there is one) and start the
         step path: pipes when asked, or with "auto" when Ray runs on one node whose actors see
         the driver's pipes; otherwise plain calls (module docstring)."""
         ray = self._ray
+        one_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1   # actors share our node
         pipes = self.requested_mode == "pipes" or (self.requested_mode == "auto"
-                                                   and pipes_allowed and _one_node(ray))
+                                                   and pipes_allowed and one_node)
         self._spawn(pipes)
         if self._checkpoint is not None:
             state = ray.put(self._checkpoint)
@@ -223,7 +210,7 @@ class RayExecutor(Recovery):
                 if self.requested_mode == "pipes":
                     raise
                 log.warning("ray executor: %s; using plain actor calls", e)
-                self._stop()
+                self.shutdown()
                 return self._start(pipes_allowed=False)
             self.mode = "pipes"
 
@@ -316,8 +303,8 @@ class RayExecutor(Recovery):
             self._ray.get(ready[0])
             raise ExecutorError("ray executor: a device actor stopped serving its pipes")
 
-    def _stop(self) -> None:
-        """Stop the pipes and kill every actor (no restart)."""
+    def shutdown(self) -> None:
+        """Stop the pipes and kill every actor, with no restart (Ray itself keeps running)."""
         if self._pipes is not None:
             for d in self._active:
                 try:
@@ -335,10 +322,6 @@ class RayExecutor(Recovery):
                 log.debug("ray executor: kill: %s", e)
         self.actors = []
 
-    def shutdown(self) -> None:
-        """Stop the actors (Ray itself keeps running)."""
-        self._stop()
-
     def __enter__(self) -> "RayExecutor":
         return self
 
@@ -347,7 +330,7 @@ class RayExecutor(Recovery):
 
     def actor_pids(self) -> list[int]:
         """The process id of each device's actor."""
-        return self._ray.get([a.pid.remote() for a in self.actors])
+        return [pid for pid, _ in self._ray.get([a.where.remote() for a in self.actors])]
 
     # ------------------------------------------------------------ a step
     def _execute(self, step: int, per_mb: list[dict], return_grads: bool) -> list[dict]:
@@ -448,15 +431,6 @@ class RayExecutor(Recovery):
         """Current parameter values (copies), gathered from their owners."""
         return {p: np.array(v, copy=True) for p, v in self.state_dict()["params"].items()}
 
-    @property
-    def training_graph(self) -> Graph:
-        return self.plan.training
-
-
-def _one_node(ray) -> bool:
-    """Whether the Ray cluster has one live node (so every actor shares the driver's)."""
-    return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
-
 
 def check_arguments(*, mode, checkpoint_every, loss_reduction, max_restarts, max_recoveries,
                     step_timeout, on_nan, spin) -> None:
@@ -483,13 +457,6 @@ def check_arguments(*, mode, checkpoint_every, loss_reduction, max_restarts, max
         raise ExecutorError(f"on_nan: expected 'stop', 'skip' or None, got {on_nan!r}")
     if spin is not None and not (isinstance(spin, (int, float)) and 0 <= spin < 1):
         raise ExecutorError(f"spin: expected seconds in [0, 1), got {spin!r}")
-
-
-def _emulated_cluster(cluster, k: int):
-    """The cluster to emulate (None: none), checked against the plan's k devices."""
-    if cluster is not None and cluster.k != k:
-        raise ExecutorError(f"emulate: the cluster has {cluster.k} devices, the plan {k}")
-    return cluster
 
 
 def _owned(report: dict) -> dict:

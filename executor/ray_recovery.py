@@ -52,7 +52,7 @@ class ReplayEntry(NamedTuple):
 
 class Recovery:
     """The RayExecutor's steps with recovery, and its checkpoints (a mixin: the executor
-    provides `_execute`, `_start`, `_stop`, `_get`, `_watch`, `_kill_local_actors` and
+    provides `_execute`, `_start`, `shutdown`, `_get`, `_watch`, `_kill_local_actors` and
     `_result`)."""
 
     def step(self, feeds: Mapping[str, np.ndarray], return_grads: bool = False) -> RayStepResult:
@@ -157,7 +157,7 @@ class Recovery:
         """Kill every actor (SIGKILL on this node first, for a hung one) and recreate them from
         the last checkpoint; the steps since then are replayed next."""
         self._kill_local_actors()
-        self._stop()
+        self.shutdown()
         self._discard_failed()
         self._needs_replay = True
         self._start()
@@ -170,7 +170,7 @@ class Recovery:
             return
         log.warning("ray executor: step %d is not finite; rolling every device back to the "
                     "state before it", step)
-        self._stop()
+        self.shutdown()
         self._needs_replay = True
         self._start()
         self._replay_lost_steps()
@@ -181,7 +181,7 @@ class Recovery:
         grads = sorted(p for r in reports for p in r.get("nonfinite", ()))
         parts = []
         if not np.isfinite(np.asarray(losses, dtype=float)).all():
-            parts.append(f"the loss is {_first_nonfinite(losses)}")
+            parts.append(f"the loss is {next(float(v) for v in losses if not np.isfinite(v))}")
         if grads:
             parts.append(f"the gradient of {grads[0]!r}"
                          + (f" (and {len(grads) - 1} more)" if len(grads) > 1 else "")
@@ -268,16 +268,10 @@ class Recovery:
         self._replay = []
 
 
-
 def _same_losses(a, b) -> bool:
     """Bit-for-bit equal losses, a NaN equal to a NaN (NaN != NaN in Python)."""
     return b is not None and np.array_equal(np.asarray(a, dtype=float),
                                             np.asarray(b, dtype=float), equal_nan=True)
-
-
-def _first_nonfinite(values) -> str:
-    bad = next(float(v) for v in values if not np.isfinite(v))
-    return str(bad)
 
 
 def _one_line(error: BaseException) -> str:

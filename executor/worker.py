@@ -35,29 +35,24 @@ class DeviceWorker:
         if missing:
             raise ExecutorError(f"device {self.device}: no initial value for parameter "
                                 f"{missing[0]!r}")
-        self.params: dict[str, np.ndarray] = {}
-        for p in program.params:
-            value = np.array(params[p], copy=True)
-            node = program.nodes[p]
-            if value.shape != node.shape:
+        self.params = {p: np.array(params[p], copy=True) for p in program.params}
+        for p, value in self.params.items():
+            if value.shape != program.nodes[p].shape:
                 raise ExecutorError(f"device {self.device}: parameter {p!r} has shape "
-                                    f"{list(value.shape)}, the graph says {list(node.shape)}")
-            self.params[p] = value
+                                    f"{list(value.shape)}, the graph says "
+                                    f"{list(program.nodes[p].shape)}")
         self.opt_state = {p: optimizer.init_state(self.params[p]) for p in program.params}
         self.states = {s: np.array(const_value(program.nodes[s]), copy=True)
                        for s in program.states}
         self.consts = {name: const_value(node) for name, node in program.nodes.items()
                        if node.op == "const" and name not in self.states}
-        self.kernels = {name: self._kernel(node) for name, node in program.nodes.items()}
+        self.kernels = {name: None if node.is_source else NodeKernel.of(node)
+                        for name, node in program.nodes.items()}
         # Products summed over micro-batches go straight into their sum (executor/accumulate.py).
         self.fused = fused_products(program)
         # Deferred: their operands are kept and summed by one stacked gemm when first needed.
         self.defer = bool(defer_weight_grads)
-        self.pending: dict[str, tuple[np.dtype, list[tuple[np.ndarray, np.ndarray]]]] = {}
-        last: dict[int, int] = {}
-        for i, block in enumerate(program.blocks):
-            if block.micro_batch is not None:
-                last[block.micro_batch] = i
+        last = {b.micro_batch: i for i, b in enumerate(program.blocks) if b.micro_batch is not None}
         self.release_after = {i: mb for mb, i in last.items()}
         # Deferred sums are started in the block after the last one that sends anything (a
         # first stage: its first backward after its last forward): from there on no other
@@ -65,29 +60,18 @@ class DeviceWorker:
         sending = [i for i, b in enumerate(program.blocks)
                    if b.micro_batch is not None and any(isinstance(s, Send) for s in b.steps)]
         self.start_deferred_in = sending[-1] + 1 if (self.defer and sending) else None
-        self.step = 0
-        self.values: dict[tuple[str, int | None], np.ndarray] = {}
-        self.feeds: dict[tuple[str, int], np.ndarray] = {}
-        self.losses: dict[int | None, float] = {}
-        self.grads: dict[str, np.ndarray | None] = {}
-        self.compute_seconds = 0.0
-        self.update_seconds = 0.0
-        self.peak_value_bytes = 0
         self.clock = None        # an emulated device's VirtualClock (executor/emulate.py)
-
-    @staticmethod
-    def _kernel(node) -> NodeKernel | None:
-        return None if node.is_source else NodeKernel.of(node)
+        self.begin_step(0, {})
 
     # ------------------------------------------------------------------ a step
     def begin_step(self, step: int, feeds: Mapping[tuple[str, int], np.ndarray]) -> None:
         """Forget the previous step's tensors; `feeds[(input name, micro-batch)]` for own inputs."""
         self.step = int(step)
-        self.values = {}
-        self.pending = {}
-        self.feeds = dict(feeds)
-        self.losses = {}
-        self.grads = {}
+        self.values: dict[tuple[str, int | None], np.ndarray] = {}
+        self.pending: dict[str, tuple[np.dtype, list[tuple[np.ndarray, np.ndarray]]]] = {}
+        self.feeds: dict[tuple[str, int], np.ndarray] = dict(feeds)
+        self.losses: dict[int | None, float] = {}
+        self.grads: dict[str, np.ndarray | None] = {}
         self.compute_seconds = 0.0
         self.update_seconds = 0.0
         self.peak_value_bytes = 0
