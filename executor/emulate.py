@@ -79,12 +79,6 @@ def choose_dilation(plan: Plan, seconds, real_block_seconds, predicted: float,
     return float(max(safety * ratio, floor, 1.0))
 
 
-def dilated(seconds, dilation: float):
-    """`step_seconds` times the dilation."""
-    return tuple(tuple(tuple(t * dilation for t in steps) for steps in blocks)
-                 for blocks in seconds)
-
-
 class VirtualClock:
     """One emulated device's clock (module docstring); `seconds[i][j]` already dilated."""
 
@@ -154,4 +148,6 @@ def make_emulation(plan: Plan, cluster: Cluster, optimizer, seed: int, per_mb: l
     real = real_block_seconds(plan, optimizer, seed, per_mb)
     predicted = simulate_plan(plan, cluster, name).step_time
     dilation = choose_dilation(plan, seconds, real, predicted, safety)
-    return Emulation(dilated(seconds, dilation), dilation, cluster.step_overhead)
+    dilated = tuple(tuple(tuple(t * dilation for t in steps) for steps in blocks)
+                    for blocks in seconds)
+    return Emulation(dilated, dilation, cluster.step_overhead)

@@ -34,9 +34,6 @@ class GradientFlow:
     gradient: dict[str, str]
     seed: str | None
 
-    def home_name(self, training: Graph, name: str) -> str:
-        return training.nodes[int(self.home[training.index[name]])].name
-
 
 def _homes(training: Graph, num_forward: int) -> np.ndarray:
     nodes, index = training.nodes, training.index

@@ -130,20 +130,18 @@ class LocalExecutor:
 
     def step(self, feeds: Mapping[str, np.ndarray], return_grads: bool = False) -> StepResult:
         """One training step on full-batch `feeds` (module docstring for micro-batches)."""
-        plan = self.plan
         per_mb = split_feeds(self.graph, feeds, self.micro_batches)
         for w in self.workers:
             w.begin_step(self.step_count, {(x, i): per_mb[i][x] for x in w.program.inputs
                                            for i in range(self.micro_batches)})
         mailbox = Mailbox(self.k)
-        for d, b in plan.order:
+        for d, b in self.plan.order:
             self.workers[d].run(b, mailbox)
         if mailbox.box:
             raise ExecutorError(f"step {self.step_count}: tensors sent but never received: "
                                 f"{sorted(key.tensor for key in mailbox.box)[:5]}")
-        link_bytes = mailbox.link_bytes
         reports = [w.report(grads=return_grads) for w in self.workers]
-        result = summarize_step(self.step_count, reports, link_bytes, self.micro_batches,
+        result = summarize_step(self.step_count, reports, mailbox.link_bytes, self.micro_batches,
                                 self.graph if return_grads else None, self.loss_reduction)
         self.step_count += 1
         return result

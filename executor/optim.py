@@ -15,7 +15,7 @@ moment update (AdamW, as `torch.optim.AdamW`; with weight_decay=0 it is `torch.o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Mapping, Union
 
 import numpy as np
@@ -35,8 +35,24 @@ def _check(name: str, **values: float) -> None:
             raise OptimizerError(f"optimizer {name}: {key} must be >= 0, got {value!r}")
 
 
+class _Rule:
+    """What every optimizer shares: its numeric hyper-parameters checked (every field but a
+    bool), a skipped update without a gradient, and its config as a dict."""
+
+    def __post_init__(self):
+        _check(self.name, **{f.name: getattr(self, f.name) for f in fields(self)
+                             if f.type != "bool"})
+
+    def update(self, param: np.ndarray, grad: np.ndarray | None, state: State
+               ) -> tuple[np.ndarray, State]:
+        return (param, state) if grad is None else self._update(param, grad, state)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
 @dataclass(frozen=True)
-class SGD:
+class SGD(_Rule):
     """Plain gradient descent: p -= lr * (g + weight_decay * p)."""
 
     lr: float = 0.01
@@ -44,25 +60,17 @@ class SGD:
     name: ClassVar[str] = "sgd"
     slots: ClassVar[int] = 0
 
-    def __post_init__(self):
-        _check(self.name, lr=self.lr, weight_decay=self.weight_decay)
-
     def init_state(self, param: np.ndarray) -> State:
         return {}
 
-    def update(self, param: np.ndarray, grad: np.ndarray | None, state: State
-               ) -> tuple[np.ndarray, State]:
-        if grad is None:
-            return param, state
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: State
+                ) -> tuple[np.ndarray, State]:
         g = grad + self.weight_decay * param if self.weight_decay else grad
         return param - self.lr * g, state
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class Momentum:
+class Momentum(_Rule):
     """Heavy-ball momentum in PyTorch's convention: v = mu * v + g; p -= lr * v (nesterov:
     p -= lr * (g + mu * v)). The velocity starts at zero, so the first step is v = g."""
 
@@ -73,27 +81,19 @@ class Momentum:
     name: ClassVar[str] = "momentum"
     slots: ClassVar[int] = 1
 
-    def __post_init__(self):
-        _check(self.name, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-
     def init_state(self, param: np.ndarray) -> State:
         return {"velocity": np.zeros_like(param)}
 
-    def update(self, param: np.ndarray, grad: np.ndarray | None, state: State
-               ) -> tuple[np.ndarray, State]:
-        if grad is None:
-            return param, state
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: State
+                ) -> tuple[np.ndarray, State]:
         g = grad + self.weight_decay * param if self.weight_decay else grad
         velocity = self.momentum * state["velocity"] + g
         step = g + self.momentum * velocity if self.nesterov else velocity
         return param - self.lr * step, {"velocity": velocity}
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class Adam:
+class Adam(_Rule):
     """Adam with decoupled weight decay (AdamW), written as torch.optim.AdamW computes it:
     p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
@@ -107,8 +107,7 @@ class Adam:
     slots: ClassVar[int] = 2
 
     def __post_init__(self):
-        _check(self.name, lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-               weight_decay=self.weight_decay)
+        super().__post_init__()
         if self.beta1 >= 1 or self.beta2 >= 1:
             raise OptimizerError(f"optimizer adam: betas must be < 1, got ({self.beta1}, "
                                  f"{self.beta2})")
@@ -117,10 +116,8 @@ class Adam:
         return {"step": np.zeros((), np.int64), "exp_avg": np.zeros_like(param),
                 "exp_avg_sq": np.zeros_like(param)}
 
-    def update(self, param: np.ndarray, grad: np.ndarray | None, state: State
-               ) -> tuple[np.ndarray, State]:
-        if grad is None:
-            return param, state
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: State
+                ) -> tuple[np.ndarray, State]:
         t = int(state["step"]) + 1
         if self.weight_decay:
             param = param * (1 - self.lr * self.weight_decay)
@@ -132,9 +129,6 @@ class Adam:
         param = param - (self.lr / bias1) * (exp_avg / denom)
         return param, {"step": np.asarray(t, np.int64), "exp_avg": exp_avg,
                        "exp_avg_sq": exp_avg_sq}
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
 
 
 Optimizer = Union[SGD, Momentum, Adam]

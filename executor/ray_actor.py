@@ -1,11 +1,5 @@
-"""One device inside a Ray actor: a DeviceWorker plus its transport and measurements.
-
-The Ray executor (executor/ray_executor.py) creates one DeviceActor per device and drives it
-by one of two paths: `serve`, one long call per executor that runs each step's blocks in
-program order over named pipes (executor/ray_pipes.py); or `run`, one plain actor call per
-run of consecutive blocks (executor/ray_calls.py), its received tensors the returns of the
-sending calls.
-"""
+"""One device inside a Ray actor: a DeviceWorker plus its transport and measurements, driven
+by the Ray executor over named pipes (`serve`) or by plain actor calls (`run`)."""
 from __future__ import annotations
 
 import os
@@ -131,9 +125,9 @@ class DeviceActor:
     def serve(self, reads: Mapping, writes: Mapping, spin: float = 0.0) -> None:
         """The pipes path (executor/ray_pipes.py): until the driver says stop, read a command
         from the driver: ("step", a StepCommand as a plain tuple): run this device's blocks in
-        program order over a PipeTransport and write the step report (or the error that ended the step) back;
-        ("state", None): write back `state_dict()` (checkpoints cost a pipe hop, not a Ray
-        call). `spin`: seconds a receive polls before blocking (Endpoint.receive)."""
+        program order over a PipeTransport and write the step report (or the error that ended
+        the step) back; ("state", None): write back `state_dict()` (a checkpoint costs a pipe
+        hop, not a Ray call). `spin`: seconds a receive polls before blocking."""
         from executor.ray_pipes import Endpoint, PipeClosed
         pipes = Endpoint(reads, writes)
         try:

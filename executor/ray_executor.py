@@ -5,20 +5,15 @@ Each actor wraps a `DeviceWorker` (executor/worker.py), which calls a transport
 
 - pipes (one node, the default there): each actor runs one long `serve` call that takes a
   step's command from the driver and runs its own blocks in program order over named pipes
-  (executor/ray_pipes.py): a run of consecutive Sends writes its tensors to each target's
-  pipe at once as one message, a Recv takes its tensor by TransferKey from what the source's
-  pipe brought (a hop costs ~30 us instead of Ray's ~0.3-1 ms); an actor polls its pipe
-  for `spin` seconds before it blocks, since waking a blocked process costs its writer
-  ~0.1 ms on a virtual machine; the driver sends the step's commands first to the actors
-  whose first block waits for a tensor; Ray still places, restarts and kills the actors,
-  and a dead actor ends its serve call, which the driver sees while it waits;
+  (executor/ray_pipes.py; a hop costs ~30 us instead of Ray's ~0.3-1 ms); Ray still places,
+  restarts and kills the actors, and a dead actor ends its serve call, which the driver
+  sees while it waits;
 - plain (across nodes): one actor call per run of consecutive blocks of a device
-  (executor/ray_calls.py: the runs a bulk-synchronous machine would run per round, cut where
-  another device waits), submitted in a topological order (so a synchronous actor never
+  (executor/ray_calls.py), submitted in a topological order (so a synchronous actor never
   waits on an argument that a call queued behind it would produce); each call returns one
-  packet per target device, a dict TransferKey -> array, and takes the packets of the calls
-  that send to it as ObjectRefs, actor to actor (Ray inlines returns under 100 KiB; larger
-  ones go through the shared-memory object store, arriving read-only).
+  packet per target device and takes the packets of the calls that send to it as
+  ObjectRefs, actor to actor (returns over 100 KiB go through the object store, arriving
+  read-only).
 
 `mode="auto"` takes the pipes when Ray has one live node whose actors see the driver's pipe
 directory, else plain calls; "pipes" and "plain" force a path. Faults, NaN and checkpoints:
@@ -103,7 +98,8 @@ class RayExecutor(Recovery):
     None (train on) when a loss or gradient is not finite (executor/ray_recovery.py);
     `emulate`: a Cluster whose devices the actors emulate, every step padded to its model
     time times a dilation chosen at the first step (executor/emulate.py; each result's
-    `emulated_seconds` is the step in the cluster's seconds). Starts a local Ray if none is running (executor.ray_runtime.start_ray)."""
+    `emulated_seconds` is the step in the cluster's seconds). Starts a local Ray if none is
+    running (executor.ray_runtime.start_ray)."""
 
     def __init__(self, forward_graph: Graph, placement, k: int, optimizer="sgd",
                  micro_batches: int = 1, schedule: str = "gpipe", seed: int = 0,

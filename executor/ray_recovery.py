@@ -2,7 +2,7 @@
 
 Faults: actors are created with `max_restarts` > 0, but Ray's transparent retries lose the
 call order, so the executor does not rely on them. When a step fails with a dead actor
-(RayActorError, a closed compiled-graph channel, a lost object, a serve call that ended),
+(RayActorError, a lost object, a serve call that ended),
 every actor is killed and recreated from the last checkpoint the driver holds (params,
 optimizer and persistent state, taken every `checkpoint_every` steps; before the first one,
 the initial parameters), the steps since that checkpoint are replayed from their recorded

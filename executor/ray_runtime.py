@@ -18,22 +18,11 @@ log = logging.getLogger(__name__)
 # Ray starts worker processes at nice 15 by default; the actors do the training's compute, so
 # at that priority any other busy process on the machine starves them (measured here: two
 # pipeline stages got 0.46 of a core each next to one nice-0 process): run them at nice 0.
-RAY_ENVIRONMENT = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_worker_niceness": "0",
-}
+RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+                   "RAY_worker_niceness": "0"}
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 
 _started_here = False
-
-
-def configure_environment() -> None:
-    """Set the Ray environment variables above (and `RAY_TMPDIR`: `temp_dir()`) unless the
-    user already set them."""
-    for key, value in RAY_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("RAY_TMPDIR", temp_dir())
 
 
 def temp_dir() -> str:
@@ -65,7 +54,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     Returns True if this call started or joined Ray, False if Ray was already initialized in
     this process (then nothing changes and `stop_ray` will leave it running)."""
     global _started_here
-    configure_environment()
+    for key, value in RAY_ENVIRONMENT.items():       # unless the user set them
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_TMPDIR", temp_dir())
     import ray
 
     if ray.is_initialized():

@@ -106,7 +106,8 @@ class StepCosts:
 
     def elementwise(self, device: int, tensor: str, op: str, per_element: float = 1) -> float:
         dev = self.cluster.devices[device]
-        return dev.op_overhead + per_element * _elements(self.shapes, tensor) / dev.rate(op)
+        elements = int(np.prod(self.shapes.get(tensor, ()), dtype=np.int64))
+        return dev.op_overhead + per_element * elements / dev.rate(op)
 
     def update(self, device: int, params: tuple[str, ...]) -> float:
         return sum(self.elementwise(device, p, "update", self.update_flops) for p in params)
@@ -129,10 +130,6 @@ class StepCosts:
         if isinstance(step, SetState):
             return self.elementwise(on, step.tensor, "multiply")
         return 0.0
-
-
-def _elements(shapes: dict, tensor: str) -> int:
-    return int(np.prod(shapes.get(tensor, ()), dtype=np.int64))
 
 
 def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> PlanTiming:
@@ -161,12 +158,10 @@ def _simulate(costs: StepCosts) -> PlanTiming:
                 clock[d] = max(clock[d], arrival[transfer_key(program, block, step)])
             elif isinstance(step, Send):
                 begin = max(clock[d], link_free[d, step.target])
-                link_free[d, step.target] = begin + costs.transfer(d, step.target,
-                                                                   step.arrives_as)
-                arrival[transfer_key(program, block, step)] = link_free[d, step.target]
+                end = begin + costs.transfer(d, step.target, step.arrives_as)
+                link_free[d, step.target] = arrival[transfer_key(program, block, step)] = end
                 transfers.append(TransferTime(d, step.target, step.arrives_as,
-                                              block.micro_batch, float(begin),
-                                              float(link_free[d, step.target])))
+                                              block.micro_batch, float(begin), float(end)))
             else:
                 seconds = costs.step(d, step)
                 if seconds > 0:
@@ -242,7 +237,7 @@ def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
     peaks = []
     for device in spans:
         events = sorted([(s, 1) for s, _ in device.values()] +
-                        [(e, -1) for _, e in device.values()], key=lambda x: (x[0], x[1]))
+                        [(e, -1) for _, e in device.values()])
         level = peak = 0
         for _, change in events:
             level += change
