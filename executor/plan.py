@@ -188,10 +188,8 @@ class _Builder:
         """The tensor on the consumer's device holding its gradient part (summed over
         micro-batches when a static node reads it)."""
         device = int(self.a[self.forward.index[consumer]])
-        if self.forward.nodes[self.home(part)].name == consumer:
-            base = part
-        else:
-            base = self.present(consumer)
+        base = part if self.forward.nodes[self.home(part)].name == consumer else self.present(
+            consumer)
         if static_reader and self.is_batch(consumer):
             return self.accumulate(base, device), device
         return base, device
@@ -281,10 +279,8 @@ class _Builder:
             self.compute(replace(t, inputs=tuple(inputs)), d, phase, float(ti))
 
     def build_updates(self) -> dict[str, str]:
-        grads: dict[str, str] = {}
-        for p in self.forward.params:
-            if p.name in self.training.meta.get("grads", {}):
-                grads[p.name] = self.present(p.name)
+        grads = {p.name: self.present(p.name) for p in self.forward.params
+                 if p.name in self.training.meta.get("grads", {})}
         for d, params in self.owned.items():
             self.add(_Op("update", d, "U", f"update@d{d}", float(len(self.training.nodes)),
                          tuple(grads[p] for p in params if p in grads)))
@@ -310,11 +306,8 @@ class _Builder:
         """Each operation's dependencies within its phase: the producers of what it reads
         (earlier phases run before, so they need no edge)."""
         for op in self.ops:
-            if op.kind == "recv":
-                wanted = [(op.source, op.remote)]
-            else:
-                wanted = [(op.device, r) for r in op.reads]
-            op.deps = []
+            wanted = ([(op.source, op.remote)] if op.kind == "recv"
+                      else [(op.device, r) for r in op.reads])
             for device, tensor in wanted:
                 producer = self.producers.get((device, tensor))
                 if producer is None:

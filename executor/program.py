@@ -14,6 +14,7 @@ receives are sent by blocks earlier in that order.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping, NamedTuple, Union
@@ -242,16 +243,14 @@ def validate_plan(plan: Plan) -> None:
     source (and vice versa), no device reads a tensor it neither computes nor receives,
     accumulated sums see every micro-batch before they are read, and `order` runs every
     block once with each block's receives sent earlier."""
-    sent: dict[TransferKey, int] = {}
-    received: dict[TransferKey, int] = {}
+    sent: Counter[TransferKey] = Counter()
+    received: Counter[TransferKey] = Counter()
     for p in plan.programs:
         reads = _ReadCheck(p, plan.micro_batches)
         for b in p.blocks:
             for s in b.steps:
                 if isinstance(s, (Recv, Send)):
-                    count = received if isinstance(s, Recv) else sent
-                    key = transfer_key(p, b, s)
-                    count[key] = count.get(key, 0) + 1
+                    (received if isinstance(s, Recv) else sent)[transfer_key(p, b, s)] += 1
                 reads.step(b, s)
     _check_pairs(sent, received)
     _check_order(plan)
@@ -306,7 +305,7 @@ class _ReadCheck:
                             f"{self.counts[tensor]} of {self.m} micro-batches")
 
 
-def _check_pairs(sent: dict[TransferKey, int], received: dict[TransferKey, int]) -> None:
+def _check_pairs(sent: Counter[TransferKey], received: Counter[TransferKey]) -> None:
     """Every transfer sent exactly once and received exactly once."""
     for key, count in sent.items():
         if count != 1 or received.get(key) != 1:

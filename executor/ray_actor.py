@@ -108,9 +108,7 @@ class DeviceActor:
         if blocks[0] == 0:
             self._begin(command)
         start = time.perf_counter()
-        received = {}
-        for packet in packets:
-            received.update(packet)
+        received = {key: value for packet in packets for key, value in packet.items()}
         transport = CallTransport(received, self.k)
         for index in blocks:
             self.worker.run(index, transport)

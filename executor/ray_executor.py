@@ -49,6 +49,9 @@ MODES = ("auto", "pipes", "plain")
 ON_NAN = ("stop", "skip", None)
 EMULATION_MARGIN = 0.02            # s: an emulated step's t0 after the driver's now
 START_TIMEOUT = 120.0               # s: creating actors can take long on a busy machine
+# per-device measurements of a step report that become RayStepResult arrays
+REPORT_COLUMNS = ("busy_seconds", "update_seconds", "copy_seconds", "wait_seconds",
+                  "peak_value_bytes", "rss_bytes")
 
 
 # ---------------------------------------------------------------- results
@@ -398,26 +401,19 @@ class RayExecutor(Recovery):
         return [self.step(data(self.step_count)) for _ in range(steps)]
 
     def _result(self, step, reports, seconds, return_grads, recoveries) -> RayStepResult:
-        k = self.k
         by_device = {r["device"]: r for r in reports}
-        idle = {"losses": {}, "compute_seconds": 0.0, "grads": {}, "sent": np.zeros(k),
-                "busy_seconds": 0.0, "update_seconds": 0.0, "copy_seconds": 0.0,
-                "wait_seconds": 0.0, "peak_value_bytes": 0, "rss_bytes": 0}
-        reports = [by_device.get(d, dict(idle, device=d)) for d in range(k)]
+        idle = {"losses": {}, "compute_seconds": 0.0, "grads": {}, "sent": np.zeros(self.k),
+                **dict.fromkeys(REPORT_COLUMNS, 0.0)}
+        reports = [by_device.get(d, dict(idle, device=d)) for d in range(self.k)]
         link = np.array([r["sent"] for r in reports], dtype=np.int64)
         base = summarize_step(step, reports, link, self.micro_batches,
                               self.graph if return_grads else None, self.loss_reduction)
-
-        def column(name, dtype=float):
-            return np.array([r[name] for r in reports], dtype=dtype)
+        columns = {name: np.array([r[name] for r in reports],
+                                  dtype=np.int64 if name.endswith("_bytes") else float)
+                   for name in REPORT_COLUMNS}
         return RayStepResult(**{f.name: getattr(base, f.name) for f in fields(StepResult)},
-                             busy_seconds=column("busy_seconds"),
-                             update_seconds=column("update_seconds"),
-                             copy_seconds=column("copy_seconds"),
-                             wait_seconds=column("wait_seconds"),
-                             peak_value_bytes=column("peak_value_bytes", np.int64),
-                             rss_bytes=column("rss_bytes", np.int64), step_seconds=seconds,
-                             mode=self.mode, recoveries=recoveries,
+                             **columns, step_seconds=seconds, mode=self.mode,
+                             recoveries=recoveries,
                              emulated_seconds=self._emulated_seconds,
                              dilation=None if self.emulation is None
                              else self.emulation.dilation)

@@ -1,18 +1,14 @@
 """The Ray executor's same-node transport: named pipes between the actors and the driver.
 
-A Ray actor call costs ~0.3-1 ms here, which is most of a small model's step. When every
-actor runs on the driver's node, the step bypasses Ray: each actor runs one long `serve` call
-that reads a step command from its pipe, runs its own blocks in program order, writing the
-tensors of each run of consecutive Sends to each target's pipe at once as one message and
-reading each Recv's from the source's pipe (`PipeTransport`, keyed by TransferKey), and
-writes its report back; a blocked read wakes as soon as the bytes arrive (a hop costs
-~30 us). Ray still places, restarts and kills the actors.
+A Ray actor call costs ~0.3-1 ms here, most of a small model's step; a pipe hop ~30 us. When
+every actor runs on the driver's node, each runs one long `serve` call (executor/ray_actor.py)
+that reads step commands from its pipe and moves tensors by `PipeTransport`.
 
-Messages are pickled (protocol 5; arrays arrive as fresh writable copies) and framed by a
-length and a tag. Writes never block: what a pipe cannot take yet stays queued and a writer
-thread writes it as the reader drains the pipe, so two processes writing big packets to each
-other cannot deadlock and a big packet does not wait for its sender to stop computing; a
-receiver keeps messages that arrive before it asks for them.
+Messages are pickled (protocol 5; arrays arrive as fresh writable copies) and framed by their
+length. Writes never block: what a pipe cannot take yet stays queued and a writer thread
+writes it as the reader drains the pipe, so two processes writing big packets to each other
+cannot deadlock and a big packet does not wait for its sender to stop computing; a receiver
+keeps messages that arrive before it asks for them.
 """
 from __future__ import annotations
 
@@ -154,11 +150,7 @@ class _Reader:
 
 class Endpoint:
     """One process's pipes: `send(peer, tag, value)` and `receive(peer, tag)` of pickled
-    messages; `peer` names a pipe pair given at construction (read path, write path).
-
-    A send writes what the pipe takes at once; a writer thread writes the rest as the reader
-    drains the pipe, so a big packet reaches a receiver that was computing when it was sent
-    without waiting for the sender to stop computing."""
+    messages; `peer` names a pipe pair given at construction (read path, write path)."""
 
     def __init__(self, reads: dict[Hashable, str | Path], writes: dict[Hashable, str | Path]):
         # O_RDWR opens a FIFO at once whether or not the other end is open yet (Linux)
