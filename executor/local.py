@@ -89,6 +89,16 @@ def summarize_step(step: int, reports: list[dict], link_bytes: np.ndarray, micro
                       compute_seconds=np.array([r["compute_seconds"] for r in reports]))
 
 
+def merged_state(parts: list[dict], step: int, optimizer: Optimizer) -> dict:
+    """One executor state_dict from its devices' (DeviceWorker.state_dict), plus the step
+    counter and the optimizer's config (shared with the Ray executor)."""
+    merged: dict = {"params": {}, "optimizer": {}, "states": {}}
+    for part in parts:
+        for key in merged:
+            merged[key].update(part[key])
+    return dict(merged, step=step, optimizer_config=optimizer.to_dict())
+
+
 class LocalExecutor:
     """Trains `forward_graph` placed on k simulated devices in one process.
 
@@ -149,14 +159,8 @@ class LocalExecutor:
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Parameters, optimizer state, persistent state and the step counter (numpy arrays)."""
-        merged: dict = {"params": {}, "optimizer": {}, "states": {}}
-        for w in self.workers:
-            part = w.state_dict()
-            for key in merged:
-                merged[key].update(part[key])
-        merged["step"] = self.step_count
-        merged["optimizer_config"] = self.optimizer.to_dict()
-        return merged
+        return merged_state([w.state_dict() for w in self.workers], self.step_count,
+                            self.optimizer)
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a `state_dict()` (e.g. from executor.checkpoint.load)."""

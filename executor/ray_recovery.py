@@ -34,7 +34,7 @@ import numpy as np
 
 from executor import checkpoint as checkpoints
 from executor.errors import ExecutorError, NonFiniteError, RecoveryError
-from executor.local import split_feeds
+from executor.local import merged_state, split_feeds
 
 log = logging.getLogger("executor.ray_executor")
 
@@ -216,7 +216,6 @@ class Recovery:
 
     # ------------------------------------------------------------ checkpoints
     def _gather_state(self, step: int) -> dict:
-        merged: dict = {"params": {}, "optimizer": {}, "states": {}}
         if self._pipes is not None:              # actors with blocks answer on their pipes
             for d in self._active:
                 self._pipes.send(d, "command", ("state", None))
@@ -226,12 +225,7 @@ class Recovery:
             parts = [self._pipes.receive(d, "state", alive) for d in self._active] + rest
         else:
             parts = self._get([a.state_dict.remote() for a in self.actors], "a checkpoint")
-        for part in parts:
-            for key in merged:
-                merged[key].update(part[key])
-        merged["step"] = step
-        merged["optimizer_config"] = self.optimizer.to_dict()
-        return merged
+        return merged_state(parts, step, self.optimizer)
 
     def _keep_checkpoint(self, state: dict) -> None:
         self._checkpoint = state

@@ -17,6 +17,7 @@ construction. The rules, which emulated devices (executor/emulate.py) enforce fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -238,24 +239,18 @@ def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
     for device in spans:
         events = sorted([(s, 1) for s, _ in device.values()] +
                         [(e, -1) for _, e in device.values()])
-        level = peak = 0
-        for _, change in events:
-            level += change
-            peak = max(peak, level)
-        peaks.append(peak)
+        peaks.append(max(accumulate((change for _, change in events), initial=0)))
     return peaks
 
 
 def _timeline(timing: PlanTiming, names: tuple[str, ...]) -> list[dict]:
     """Compute spans (kind forward, backward or update) and transfers (kind transfer, under
     the receiving device with "link": "a->b") as Gantt segments."""
-    out = []
-    for b in timing.spans:
-        out.append({"device": names[b.device], "start": b.start, "end": b.end,
-                    "kind": PHASE_KINDS.get(b.phase, "forward"),
-                    "micro_batch": -1 if b.micro_batch is None else b.micro_batch})
-    for t in timing.transfers:
-        out.append({"device": names[t.target], "start": t.start, "end": t.end,
-                    "kind": "transfer", "micro_batch": -1 if t.micro_batch is None
-                    else t.micro_batch, "link": f"{names[t.source]}->{names[t.target]}"})
-    return out
+    spans = [{"device": names[b.device], "start": b.start, "end": b.end,
+              "kind": PHASE_KINDS.get(b.phase, "forward"),
+              "micro_batch": -1 if b.micro_batch is None else b.micro_batch}
+             for b in timing.spans]
+    return spans + [{"device": names[t.target], "start": t.start, "end": t.end,
+                     "kind": "transfer", "micro_batch": -1 if t.micro_batch is None
+                     else t.micro_batch, "link": f"{names[t.source]}->{names[t.target]}"}
+                    for t in timing.transfers]
