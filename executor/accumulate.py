@@ -9,11 +9,9 @@ K = 64); a gemm with beta = 1 adds the product straight into the sum.
 Deferred (`stacked_product`): keep each micro-batch's operands and compute the sum as one gemm
 over the operands stacked along the summed axis, sum_i a_i @ b_i = [a_1 .. a_m] @ [b_1; ..;
 b_m]: K = many micro-batches again (a gemm with 64 rows runs ~20% slower than one with 512
-here). The worker (executor/worker.py) adds the operands held so far into the sums in the
-block after the device's last send (a first stage: while it would wait for its last
-gradients), and the rest when the sums are read; in a pipeline the weight gradients thus
-leave the backward critical path, as zero-bubble schedules split B and W. The price is
-memory: the operands stay alive until they are summed.
+here). The worker sums them once the device has sent its last packet (executor/worker.py),
+so in a pipeline the weight gradients leave the backward critical path, as zero-bubble
+schedules split B and W; the price is memory: the operands stay alive until summed.
 """
 from __future__ import annotations
 

@@ -23,13 +23,11 @@ Bytes vs V, the documented differences (tests/executor/executor_cases.py compute
   new value (averaged over micro-batches) travels once per step to the state's device when
   the two differ, and V does not count it.
 
-Execution order: every operation (compute, receive, accumulate) is given a phase (SF, F, B,
-SB, U; see executor/program.py); each phase is ordered topologically across devices and cut
-into per-device segments. With an acyclic quotient graph, devices are pipeline stages and
-each device has one forward and one backward segment per micro-batch, ordered by the
-schedule (GPipe, 1F1B, sequential from partition/schedules.py); with a cyclic quotient a device
-may run several segments per micro-batch, in one global topological order (micro-batches
-one after another with "sequential", all forwards first with "gpipe"; 1F1B needs stages).
+Execution order: each phase (SF, F, B, SB, U; executor/program.py) is ordered topologically
+across devices and cut into per-device segments. With an acyclic quotient graph, devices are
+pipeline stages, each with one forward and one backward segment per micro-batch ordered by
+the schedule (partition/schedules.py); with a cyclic quotient a device may run several
+segments per micro-batch, in one global order (`_emit_global`; 1F1B needs stages).
 """
 from __future__ import annotations
 

@@ -39,11 +39,9 @@ def worker_env(blas_threads: int | None = None) -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                      if p and p != root])
-    env = {"PYTHONPATH": path}
-    if blas_threads is not None:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(blas_threads)
-    return env
+    threads = {} if blas_threads is None else dict.fromkeys(
+        ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(blas_threads))
+    return {"PYTHONPATH": path, **threads}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None,
@@ -61,12 +59,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
 
     if ray.is_initialized():
         return False
-    if address is not None:
-        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard,
-                 object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                 logging_level=logging.WARNING)
+    local = {} if address is not None else dict(
+        num_cpus=num_cpus, include_dashboard=include_dashboard,
+        object_store_memory=object_store_memory)
+    ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING, **local)
     _started_here = True
     log.info("ray started (%s): %s", address or "local", ray.cluster_resources())
     return True

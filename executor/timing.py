@@ -110,9 +110,6 @@ class StepCosts:
         elements = int(np.prod(self.shapes.get(tensor, ()), dtype=np.int64))
         return dev.op_overhead + per_element * elements / dev.rate(op)
 
-    def update(self, device: int, params: tuple[str, ...]) -> float:
-        return sum(self.elementwise(device, p, "update", self.update_flops) for p in params)
-
     def transfer(self, source: int, target: int, tensor: str) -> float:
         return self.cluster.transfer_time(source, target, self.plan.nbytes[tensor])
 
@@ -126,8 +123,8 @@ class StepCosts:
         if isinstance(step, Accumulate):
             return self.elementwise(on, step.tensor, "add")
         if isinstance(step, ApplyUpdate):
-            return self.update(on, tuple(p for p, g in zip(step.params, step.grads)
-                                         if g is not None))
+            return sum(self.elementwise(on, p, "update", self.update_flops)
+                       for p, g in zip(step.params, step.grads) if g is not None)
         if isinstance(step, SetState):
             return self.elementwise(on, step.tensor, "multiply")
         return 0.0
