@@ -137,8 +137,7 @@ class RayExecutor(Recovery):
             loss_scale=1.0 if loss_reduction == "sum" else None)
         self.k = self.plan.k
         self.micro_batches = self.plan.micro_batches
-        self.requested_mode = mode
-        self.mode = mode
+        self.requested_mode = mode               # self.mode: the path _start took
         self.checkpoint_every = checkpoint_every
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.max_recoveries = max_recoveries

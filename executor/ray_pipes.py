@@ -130,22 +130,17 @@ class _Reader:
                     if len(self.header) == HEADER.size:
                         (n,) = HEADER.unpack(self.header)
                         self.header = bytearray()
-                        self.body, self.filled = bytearray(n), 0
-                        if n == 0:
-                            self._finish()
+                        self.body, self.filled = bytearray(n), 0    # n > 0: a pickle
                     continue
                 got = os.readv(self.fd, [memoryview(self.body)[self.filled:]])
                 if got == 0:
                     return
                 self.filled += got
                 if self.filled == len(self.body):
-                    self._finish()
+                    self.messages.append(pickle.loads(self.body))
+                    self.body = None
             except BlockingIOError:
                 return
-
-    def _finish(self) -> None:
-        self.messages.append(pickle.loads(self.body))
-        self.body = None
 
 
 class Endpoint:
@@ -316,9 +311,7 @@ class PipeTransport:
 
     def __init__(self, endpoint: Endpoint, program: Program, k: int, spin: float = 0.0,
                  alive: Callable[[], None] | None = None):
-        self.endpoint = endpoint
-        self.spin = spin
-        self.alive = alive
+        self.endpoint, self.spin, self.alive = endpoint, spin, alive
         self.run_ends = send_runs(program)
         self.outgoing: dict[int, dict[tuple, tuple]] = {}
         self.box: dict[TransferKey, tuple[np.ndarray, float | None]] = {}

@@ -79,8 +79,7 @@ class Recovery:
 
     def _step(self, step: int, per_mb: list, return_grads: bool) -> RayStepResult:
         recoveries = 0
-        due = (self.checkpoint_every is not None
-               and (step + 1) % self.checkpoint_every == 0)
+        due = self.checkpoint_every is not None and (step + 1) % self.checkpoint_every == 0
         while True:
             try:
                 self._settle()

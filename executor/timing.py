@@ -138,13 +138,10 @@ def simulate_plan(plan: Plan, cluster: Cluster, optimizer: str | None = None) ->
 def _simulate(costs: StepCosts) -> PlanTiming:
     plan, cluster = costs.plan, costs.cluster
     k = plan.k
-    clock = np.zeros(k)
-    compute = np.zeros(k)
+    clock, compute = np.zeros(k), np.zeros(k)       # per device: now, and compute seconds
     link_free = np.zeros((k, k))
     arrival: dict[tuple, float] = {}
-    blocks: list[BlockTime] = []
-    transfers: list[TransferTime] = []
-    spans: list[BlockTime] = []
+    blocks, transfers, spans = [], [], []
     # plan.order runs every block after the blocks that send to it, and each directed link
     # is fed by one device in its program order: one pass in that order is the event order.
     for d, i in plan.order:
