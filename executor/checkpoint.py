@@ -81,14 +81,10 @@ def save(directory: str | Path, state: Mapping, metadata: Mapping | None = None)
     _write(directory / "params.npz", [v for _, v in params])
     _write(directory / "optimizer.npz", [v for _, _, v in slots])
     _write(directory / "states.npz", [v for _, v in states])
-    index = {
-        "format": FORMAT, "version": VERSION, "step": int(state.get("step", 0)),
-        "optimizer_config": state.get("optimizer_config"),
-        "params": [p for p, _ in params],
-        "optimizer": [[p, slot] for p, slot, _ in slots],
-        "states": [s for s, _ in states],
-        "metadata": dict(metadata or {}),
-    }
+    index = {"format": FORMAT, "version": VERSION, "step": int(state.get("step", 0)),
+             "optimizer_config": state.get("optimizer_config"), "params": [p for p, _ in params],
+             "optimizer": [[p, slot] for p, slot, _ in slots], "states": [s for s, _ in states],
+             "metadata": dict(metadata or {})}
     (directory / "checkpoint.json").write_text(json.dumps(index, indent=1))
     return directory
 

@@ -46,14 +46,10 @@ def step_seconds(plan: Plan, cluster: Cluster, optimizer: str | None = None
                  ) -> tuple[tuple[tuple[float, ...], ...], ...]:
     """Model seconds of every step of every device's blocks (StepCosts; Send: transfer)."""
     costs = StepCosts(plan, cluster, optimizer)
-    table = []
-    for program in plan.programs:
-        d = program.device
-        table.append(tuple(
-            tuple(costs.transfer(d, s.target, s.arrives_as) if isinstance(s, Send)
-                  else 0.0 if isinstance(s, Recv) else costs.step(d, s) for s in block.steps)
-            for block in program.blocks))
-    return tuple(table)
+    return tuple(tuple(tuple(costs.transfer(p.device, s.target, s.arrives_as)
+                             if isinstance(s, Send) else 0.0 if isinstance(s, Recv)
+                             else costs.step(p.device, s) for s in block.steps)
+                       for block in p.blocks) for p in plan.programs)
 
 
 def choose_dilation(plan: Plan, seconds, real_block_seconds, predicted: float,

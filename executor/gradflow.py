@@ -27,7 +27,6 @@ class GradientFlow:
     `gradient[x]`: the tensor holding x's gradient. `seed`: the loss gradient's const node.
     """
 
-    num_forward: int
     home: np.ndarray
     parts: dict[str, tuple[tuple[str, str], ...]]
     fan_in: dict[str, str]
@@ -59,10 +58,10 @@ def gradient_flow(forward: Graph, training: Graph) -> GradientFlow:
                         "graph's nodes (expected autodiff.vjp(forward))")
     home = _homes(training, n)
     if n == len(tnodes):
-        return GradientFlow(n, home, {}, {}, {}, None)
+        return GradientFlow(home, {}, {}, {}, None)
     routing = training.meta.get("grad_routing")
     if routing is None:
         raise PlanError(f"{training.name}: the training graph carries no gradient routing "
                         "(meta['grad_routing']); build it with autodiff.vjp(forward)")
-    return GradientFlow(n, home, dict(routing.parts), dict(routing.fan_in),
+    return GradientFlow(home, dict(routing.parts), dict(routing.fan_in),
                         dict(routing.gradient), routing.seed)

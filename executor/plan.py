@@ -316,14 +316,10 @@ class _Builder:
 
 
 def _order(ops: list[_Op], priority, sticky: bool) -> list[_Op]:
-    """THE topological order of one phase's operations, as the plan runs them.
-
-    Kahn's algorithm over the `deps` edges `_Builder.link` set: among the operations whose
-    dependencies have run, the one with the smallest `priority(op)` goes next (ties broken by
-    position in `ops`, so the order is deterministic). With `sticky`, the device that ran the
-    last operation keeps going while it has ready work, which gives fewer, longer segments.
-    PlanError when the phase's dependencies form a cycle.
-    """
+    """THE topological order of one phase's operations (Kahn's algorithm over `deps`): the
+    ready operation with the smallest `priority(op)` goes next, ties by position in `ops`.
+    With `sticky`, the device that ran the last operation keeps going while it has ready
+    work, which gives fewer, longer segments. PlanError when the phase has a cycle."""
     users: dict[int, list[_Op]] = {}
     waiting = {}
     for op in ops:

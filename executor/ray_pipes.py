@@ -302,12 +302,10 @@ def send_runs(program: Program) -> frozenset[TransferKey]:
 
 
 class PipeTransport:
-    """A device's Send and Recv steps over its Endpoint. The tensors of a run of consecutive
-    Sends (`send_runs`) go as one message per target, a dict TransferKey -> (value,
-    arrival), written when the run's last Send is reached; a receive takes its tensor from
-    the packets already read from the source's pipe, reading more until it is there
-    (polling `spin` seconds, then blocking; `alive` as in Endpoint.receive). Counts the bytes
-    sent to each device and the seconds spent waiting."""
+    """A device's Send and Recv steps over its Endpoint: a run of consecutive Sends
+    (`send_runs`) as one message per target, a dict TransferKey -> (value, arrival); a
+    receive reads packets from the source's pipe until its tensor is there (`spin`, `alive`:
+    Endpoint.receive). Counts the bytes sent to each device and the seconds spent waiting."""
 
     def __init__(self, endpoint: Endpoint, program: Program, k: int, spin: float = 0.0,
                  alive: Callable[[], None] | None = None):

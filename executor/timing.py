@@ -194,11 +194,8 @@ PHASE_KINDS = {"SF": "forward", "F": "forward", "B": "backward", "SB": "backward
 
 def simulation_summary(plan: Plan, cluster: Cluster, optimizer: str | None = None) -> dict:
     """The simulated step of `plan` in the form reports and plots read (the keys of
-    partition.simulate.SimulationResult.to_dict): step time as `makespan`, busy fractions
-    and peak micro-batches in flight by device name, the bubble, the same plan's work on
-    the fastest device alone (its ops, sums and updates, no transfers) with the speedup
-    over it, and a timeline of blocks and transfers (transfers under the receiving
-    device)."""
+    partition.simulate.SimulationResult.to_dict), the speedup over the same plan's work on
+    the fastest device alone (`single_device_time`)."""
     costs = StepCosts(plan, cluster, optimizer)
     timing = _simulate(costs)
     names = cluster.device_names
