@@ -92,10 +92,8 @@ def summarize_step(step: int, reports: list[dict], link_bytes: np.ndarray, micro
 def merged_state(parts: list[dict], step: int, optimizer: Optimizer) -> dict:
     """One executor state_dict from its devices' (DeviceWorker.state_dict), plus the step
     counter and the optimizer's config (shared with the Ray executor)."""
-    merged: dict = {"params": {}, "optimizer": {}, "states": {}}
-    for part in parts:
-        for key in merged:
-            merged[key].update(part[key])
+    merged = {key: {name: value for part in parts for name, value in part[key].items()}
+              for key in ("params", "optimizer", "states")}
     return dict(merged, step=step, optimizer_config=optimizer.to_dict())
 
 
@@ -156,7 +154,6 @@ class LocalExecutor:
         self.step_count += 1
         return result
 
-    # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Parameters, optimizer state, persistent state and the step counter (numpy arrays)."""
         return merged_state([w.state_dict() for w in self.workers], self.step_count,

@@ -111,7 +111,6 @@ class _Builder:
         for p in forward.params:
             self.owned.setdefault(int(a[forward.index[p.name]]), []).append(p.name)
 
-    # ------------------------------------------------------------ helpers
     def home(self, name: str) -> int:
         return int(self.flow.home[self.training.index[name]])
 

@@ -84,10 +84,9 @@ def _ready_run(program: Program, start: int, sent: set[TransferKey]) -> list[int
 
 def _awaits(program: Program, index: int, keys: set[TransferKey]) -> bool:
     """Whether block `index` of `program` receives one of `keys`."""
-    if index >= len(program.blocks) or not keys:
-        return False
-    block = program.blocks[index]
-    return any(transfer_key(program, block, r) in keys for r in block.receives)
+    blocks = program.blocks
+    return index < len(blocks) and any(transfer_key(program, blocks[index], r) in keys
+                                       for r in blocks[index].receives)
 
 
 def _with_sources(plan: Plan, runs: list[tuple[int, tuple[int, ...]]]) -> tuple[Call, ...]:

@@ -54,7 +54,6 @@ REPORT_COLUMNS = ("busy_seconds", "update_seconds", "copy_seconds", "wait_second
                   "peak_value_bytes", "rss_bytes")
 
 
-# ---------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RayStepResult(StepResult):
     """A StepResult measured on Ray actors, plus per device: seconds spent inside block calls
@@ -82,7 +81,6 @@ class RayStepResult(StepResult):
                                         for name, v in extra.items()}}
 
 
-# ---------------------------------------------------------------- the executor
 class RayExecutor(Recovery):
     """Trains `forward_graph` placed on k devices, one Ray actor per device.
 
@@ -164,12 +162,10 @@ class RayExecutor(Recovery):
         """No actors, pipes, checkpoint or steps yet."""
         self._checkpoint: dict | None = None      # None: the initial state at step 0
         self._replay: list = []                   # ray_recovery.ReplayEntry per step
-        self._needs_replay = False
-        self._needs_restore = False
+        self._needs_replay = self._needs_restore = False
         self._where: list = []                    # (pid, node id) of each actor
         self._failed: list = []
-        self.recoveries = 0
-        self.step_count = 0
+        self.recoveries = self.step_count = 0
         self.actors: list = []
         self._pipes = None                        # the driver's Endpoint on the pipes path
         self._remove_pipes = None                 # removes their directory (once)
@@ -191,13 +187,12 @@ class RayExecutor(Recovery):
         """Create one actor per device (from the checkpoint when there is one) and start the
         step path: pipes when asked, or with "auto" when Ray runs on one node whose actors see
         the driver's pipes; otherwise plain calls (module docstring)."""
-        ray = self._ray
-        one_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1   # actors share our node
+        one_node = sum(1 for n in self._ray.nodes() if n.get("Alive")) == 1
         pipes = self.requested_mode == "pipes" or (self.requested_mode == "auto"
                                                    and pipes_allowed and one_node)
         self._spawn(pipes)
         if self._checkpoint is not None:
-            state = ray.put(self._checkpoint)
+            state = self._ray.put(self._checkpoint)
             self._get([a.load_state_dict.remote(state) for a in self.actors],
                       "loading the checkpoint", start=True)
         self.mode = "plain"

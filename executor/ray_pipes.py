@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from pathlib import Path
 from typing import Callable, Hashable
 
@@ -97,10 +98,9 @@ def remove_stale_pipe_dirs(base: Path) -> list[Path]:
     for path in candidates:
         pid = pipe_dir_owner(path)
         try:
-            mine = path.stat().st_uid == os.getuid()
+            if pid is None or path.stat().st_uid != os.getuid() or _alive(pid):
+                continue
         except OSError:
-            continue
-        if pid is None or not mine or _alive(pid):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
@@ -160,13 +160,10 @@ class Endpoint:
     @staticmethod
     def _open(path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-        try:
+        with suppress(OSError):               # a smaller limit: the default size works too
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:                       # a smaller limit: the default size works too
-            pass
         return fd
 
-    # ------------------------------------------------------------ writing
     def send(self, peer: Hashable, tag, value) -> None:
         """Write (tag, value) for `peer`: what the pipe takes now, the rest by the writer
         thread (messages to one peer keep their order)."""
@@ -174,8 +171,7 @@ class Endpoint:
         fd = self.writes[peer]
         with self.cond:
             queue = self.pending[fd]
-            queue.append(memoryview(HEADER.pack(len(payload))))
-            queue.append(memoryview(payload))
+            queue.extend((memoryview(HEADER.pack(len(payload))), memoryview(payload)))
             self._write(fd)
             if queue:
                 if self.writer is None:
@@ -212,10 +208,8 @@ class Endpoint:
                 waiting = [fd for fd, queue in self.pending.items() if queue]
                 self.cond.notify_all()            # flush() waits for empty queues
             if waiting:
-                try:
+                with suppress(OSError, ValueError):   # closed under us: close() ends the loop
                     select.select([], waiting, [], 0.1)
-                except (OSError, ValueError):     # closed under us: close() ends the loop
-                    pass
 
     def flush(self, alive: Callable[[], None] | None = None) -> None:
         """Wait until everything queued is written, reading meanwhile (so peers writing to
@@ -230,7 +224,6 @@ class Endpoint:
                 alive()
                 checked = time.monotonic()
 
-    # ------------------------------------------------------------ reading
     def receive(self, peer: Hashable, tag, alive: Callable[[], None] | None = None,
                 spin: float = 0.0):
         """The value sent by `peer` under `tag` (earlier or later tags are kept for their own

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from typing import Mapping, NamedTuple
 
 import numpy as np
@@ -133,8 +134,7 @@ class Recovery:
     def _fault(self, error: BaseException, attempt: int, step: int) -> None:
         """Count a recovery of `step` (RecoveryError past max_recoveries) and have the next
         attempt restore every device from the last checkpoint (module docstring)."""
-        if attempt > self.max_recoveries:
-            self._needs_restore = True           # the next call starts from the checkpoint
+        if attempt > self.max_recoveries:        # step() has the next call restore first
             raise RecoveryError(f"step {step}: gave up after {self.max_recoveries} "
                                 f"recoveries (max_recoveries); the last fault: "
                                 f"{_one_line(error)}") from error
@@ -195,10 +195,8 @@ class Recovery:
             return
         ready, _ = self._ray.wait(failed, num_returns=len(failed), timeout=10)
         for ref in ready:
-            try:
+            with suppress(Exception):
                 self._ray.get(ref)
-            except Exception:
-                pass
 
     def _replay_lost_steps(self) -> None:
         """Re-run the steps between the checkpoint and the current one (skipping those that

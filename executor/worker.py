@@ -63,7 +63,6 @@ class DeviceWorker:
         self.clock = None        # an emulated device's VirtualClock (executor/emulate.py)
         self.begin_step(0, {})
 
-    # ------------------------------------------------------------------ a step
     def begin_step(self, step: int, feeds: Mapping[tuple[str, int], np.ndarray]) -> None:
         """Forget the previous step's tensors; `feeds[(input name, micro-batch)]` for own inputs."""
         self.step = int(step)
@@ -135,9 +134,8 @@ class DeviceWorker:
         """Bytes of the step's tensors held now: the values, plus deferred operands that are
         no longer among them (each array once)."""
         held = {id(v): getattr(v, "nbytes", 0) for v in self.values.values()}
-        for _, pairs in self.pending.values():
-            for x in (x for pair in pairs for x in pair):
-                held.setdefault(id(x), x.nbytes)
+        for x in (x for _, pairs in self.pending.values() for pair in pairs for x in pair):
+            held.setdefault(id(x), x.nbytes)
         return sum(held.values())
 
     def _run_node(self, name: str, mb: int | None) -> np.ndarray:
@@ -209,7 +207,6 @@ class DeviceWorker:
                 "peak_value_bytes": self.peak_value_bytes,
                 "grads": dict(self.grads) if grads else None}
 
-    # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Copies of this device's parameters, optimizer state and persistent state."""
         return {"params": {p: v.copy() for p, v in self.params.items()},
