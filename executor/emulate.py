@@ -111,10 +111,10 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(left)
 
 
-def real_block_seconds(plan: Plan, optimizer, seed: int, per_mb: list[dict],
-                       runs: int = 3) -> list[list[float]]:
-    """Real compute seconds of every block of every device (the quickest of `runs` local
-    runs after a warm-up, in this process, parameters from `seed`): what D must cover."""
+def real_block_seconds(plan: Plan, optimizer, seed: int, per_mb: list[dict]
+                       ) -> list[list[float]]:
+    """Real compute seconds of every block of every device (the quickest of 3 local runs
+    after a warm-up, in this process, parameters from `seed`): what D must cover."""
     from autodiff.models.init import init_param
     from executor.transport import Mailbox
     from executor.worker import DeviceWorker
@@ -122,7 +122,7 @@ def real_block_seconds(plan: Plan, optimizer, seed: int, per_mb: list[dict],
     workers = [DeviceWorker(p, {name: init_param(p.nodes[name], seed) for name in p.params},
                             optimizer) for p in plan.programs]
     best = [[float("inf")] * len(p.blocks) for p in plan.programs]
-    for run in range(runs + 1):
+    for run in range(4):                # run 0 warms up
         mailbox = Mailbox(plan.k)
         for w in workers:
             w.begin_step(0, {(x, i): feeds[x] for i, feeds in enumerate(per_mb)
@@ -135,15 +135,15 @@ def real_block_seconds(plan: Plan, optimizer, seed: int, per_mb: list[dict],
     return best
 
 
-def make_emulation(plan: Plan, cluster: Cluster, optimizer, seed: int, per_mb: list[dict],
-                   safety: float = SAFETY) -> Emulation:
+def make_emulation(plan: Plan, cluster: Cluster, optimizer, seed: int, per_mb: list[dict]
+                   ) -> Emulation:
     """The Emulation of `plan` on `cluster`: model seconds per step and the dilation chosen
     from one local timing of the blocks on `per_mb` (one step's micro-batch feeds)."""
     name = getattr(optimizer, "name", optimizer)
     seconds = step_seconds(plan, cluster, name)
     real = real_block_seconds(plan, optimizer, seed, per_mb)
     predicted = simulate_plan(plan, cluster, name).step_time
-    dilation = choose_dilation(plan, seconds, real, predicted, safety)
+    dilation = choose_dilation(plan, seconds, real, predicted)
     dilated = tuple(tuple(tuple(t * dilation for t in steps) for steps in blocks)
                     for blocks in seconds)
     return Emulation(dilated, dilation, cluster.step_overhead)

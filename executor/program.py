@@ -192,15 +192,13 @@ class Plan:
     def k(self) -> int:
         return len(self.programs)
 
-    def link_bytes(self, kinds: tuple[str, ...] | None = None) -> np.ndarray:
-        """k x k bytes sent per step as the programs say ([a, b]: from a to b), optionally only
-        transfers of the given kinds (activation, param, gradient, state)."""
+    def link_bytes(self) -> np.ndarray:
+        """k x k bytes sent per step as the programs say ([a, b]: from a to b)."""
         out = np.zeros((self.k, self.k), dtype=np.int64)
         for p in self.programs:
             for b in p.blocks:
                 for s in b.sends:
-                    if kinds is None or s.kind in kinds:
-                        out[p.device, s.target] += self.nbytes[s.arrives_as]
+                    out[p.device, s.target] += self.nbytes[s.arrives_as]
         return out
 
     def __str__(self) -> str:

@@ -86,15 +86,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_pipe_dirs(base: Path) -> list[Path]:
+def remove_stale_pipe_dirs(base: Path) -> None:
     """Remove the pipe directories under `base` whose driver process is gone (a driver killed
-    with SIGKILL leaves its directory behind); returns the ones removed. Directories of live
-    processes, of other users and without a pid in their name are left alone."""
-    removed = []
+    with SIGKILL leaves its directory behind). Directories of live processes, of other users
+    and without a pid in their name are left alone."""
     try:
         candidates = list(base.glob(f"{PIPE_DIR_PREFIX}*"))
     except OSError:
-        return removed
+        return
     for path in candidates:
         pid = pipe_dir_owner(path)
         try:
@@ -103,8 +102,6 @@ def remove_stale_pipe_dirs(base: Path) -> list[Path]:
         except OSError:
             continue
         shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
 
 
 class _Reader:
@@ -211,18 +208,14 @@ class Endpoint:
                 with suppress(OSError, ValueError):   # closed under us: close() ends the loop
                     select.select([], waiting, [], 0.1)
 
-    def flush(self, alive: Callable[[], None] | None = None) -> None:
+    def flush(self) -> None:
         """Wait until everything queued is written, reading meanwhile (so peers writing to
-        this process progress); `alive` is called every second of waiting."""
-        checked = time.monotonic()
+        this process progress)."""
         while True:
             with self.cond:
                 if not any(self.pending.values()):
                     return
             self._pump(None, None, timeout=1e-3)
-            if alive is not None and time.monotonic() - checked > 1.0:
-                alive()
-                checked = time.monotonic()
 
     def receive(self, peer: Hashable, tag, alive: Callable[[], None] | None = None,
                 spin: float = 0.0):
@@ -297,12 +290,11 @@ def send_runs(program: Program) -> frozenset[TransferKey]:
 class PipeTransport:
     """A device's Send and Recv steps over its Endpoint: a run of consecutive Sends
     (`send_runs`) as one message per target, a dict TransferKey -> (value, arrival); a
-    receive reads packets from the source's pipe until its tensor is there (`spin`, `alive`:
+    receive reads packets from the source's pipe until its tensor is there (`spin`:
     Endpoint.receive). Counts the bytes sent to each device and the seconds spent waiting."""
 
-    def __init__(self, endpoint: Endpoint, program: Program, k: int, spin: float = 0.0,
-                 alive: Callable[[], None] | None = None):
-        self.endpoint, self.spin, self.alive = endpoint, spin, alive
+    def __init__(self, endpoint: Endpoint, program: Program, k: int, spin: float = 0.0):
+        self.endpoint, self.spin = endpoint, spin
         self.run_ends = send_runs(program)
         self.outgoing: dict[int, dict[tuple, tuple]] = {}
         self.box: dict[TransferKey, tuple[np.ndarray, float | None]] = {}
@@ -323,7 +315,6 @@ class PipeTransport:
         if key not in self.box:
             start = time.perf_counter()
             while key not in self.box:
-                self.box.update(self.endpoint.receive(key.source, PACKET, self.alive,
-                                                      spin=self.spin))
+                self.box.update(self.endpoint.receive(key.source, PACKET, spin=self.spin))
             self.wait_seconds += time.perf_counter() - start
         return self.box.pop(key)
