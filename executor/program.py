@@ -40,8 +40,7 @@ class Recv:
 @dataclass(frozen=True)
 class Send:
     """Send `tensor` (already computed or received here) to device `target`, where it
-    arrives under the name `arrives_as` (gradients travel under the name of their role,
-    e.g. `grad(x)@d1`, because one tensor may be the gradient of several forward nodes)."""
+    arrives under the name `arrives_as` (a gradient under its role's, e.g. `grad(x)@d1`)."""
 
     tensor: str
     target: int

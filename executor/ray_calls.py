@@ -21,9 +21,8 @@ from executor.program import Plan, Program, TransferKey, transfer_key
 
 class Call(NamedTuple):
     """One actor call: consecutive `blocks` of `device`; `targets`: the devices its sends go
-    to (its returns, one packet each, in this order); `sources`: (index of an earlier call,
-    position of the packet for this device among that call's returns), one per packet it
-    takes."""
+    to (its returns, one packet each, in this order); `sources`: per packet it takes, (index
+    of an earlier call, position of the packet among that call's returns)."""
 
     device: int
     blocks: tuple[int, ...]

@@ -389,11 +389,6 @@ class RayExecutor(Recovery):
             raise
         return [_owned(r) for r in got[:len(self._active)]]
 
-    def train(self, data: Callable[[int], Mapping[str, np.ndarray]], steps: int
-              ) -> list[RayStepResult]:
-        """`steps` steps on the feeds `data(step)` (a pure function of the step number)."""
-        return [self.step(data(self.step_count)) for _ in range(steps)]
-
     def _result(self, step, reports, seconds, return_grads, recoveries) -> RayStepResult:
         by_device = {r["device"]: r for r in reports}
         idle = {"losses": {}, "compute_seconds": 0.0, "grads": {}, "sent": np.zeros(self.k),

@@ -277,14 +277,9 @@ def send_runs(program: Program) -> frozenset[TransferKey]:
     """The keys of the Send steps that end a run of consecutive Sends in a block: after one,
     a PipeTransport writes the run's tensors as one message per target (nothing runs between
     the Sends of a run, so no tensor leaves later than it would alone)."""
-    ends = set()
-    for block in program.blocks:
-        steps = block.steps
-        for j, step in enumerate(steps):
-            if isinstance(step, Send) and not (j + 1 < len(steps)
-                                               and isinstance(steps[j + 1], Send)):
-                ends.add(transfer_key(program, block, step))
-    return frozenset(ends)
+    return frozenset(transfer_key(program, block, step) for block in program.blocks
+                     for step, after in zip(block.steps, block.steps[1:] + (None,))
+                     if isinstance(step, Send) and not isinstance(after, Send))
 
 
 class PipeTransport:

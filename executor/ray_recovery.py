@@ -21,8 +21,7 @@ NaN: each device reports the parameters whose gradient is not finite; a step who
 gradients hold a NaN or an infinity is rolled back (restore and replay, as for a fault) so the
 actors hold the parameters from before it; then `on_nan="stop"` raises NonFiniteError (the
 step counter stays at that step, so a checkpoint taken now is the last good state) and
-"skip" drops the step's update and goes on (a later replay skips it too). Replayed losses are
-compared bit for bit, NaN equal to NaN.
+"skip" drops the step's update and goes on (a later replay skips it too).
 """
 from __future__ import annotations
 
@@ -106,8 +105,10 @@ class Recovery:
                                  + ("" if self.checkpoint_every is None else
                                     f", the parameters are those from before step {step}"))
         self.step_count = step + 1
-        if state is not None:
-            self._keep_checkpoint(state)
+        if state is not None:                    # the new checkpoint: nothing to replay
+            self._checkpoint, self._replay = state, []
+            if self.checkpoint_dir is not None:
+                checkpoints.save(self.checkpoint_dir, state)
         elif self.checkpoint_every is not None:
             skipped = bad and self.on_nan == "skip"
             self._replay[-1] = ReplayEntry(step, per_mb, SKIPPED if skipped else result.losses)
@@ -224,24 +225,12 @@ class Recovery:
             parts = self._get([a.state_dict.remote() for a in self.actors], "a checkpoint")
         return merged_state(parts, step, self.optimizer)
 
-    def _keep_checkpoint(self, state: dict) -> None:
-        self._checkpoint = state
-        self._replay = []
-        if self.checkpoint_dir is not None:
-            checkpoints.save(self.checkpoint_dir, state)
-
     def state_dict(self) -> dict:
         """Parameters, optimizer state, persistent state and the step counter (numpy arrays);
         after a failed or interrupted step, the actors are restored first."""
         if self.checkpoint_every is not None:
             self._settle()
         return self._gather_state(self.step_count)
-
-    def save_checkpoint(self) -> dict:
-        """Take a checkpoint now: the driver keeps it (and writes it to checkpoint_dir)."""
-        state = self.state_dict()
-        self._keep_checkpoint(state)
-        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a `state_dict()` (e.g. from executor.checkpoint.load); it becomes the

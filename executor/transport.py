@@ -46,13 +46,14 @@ class Mailbox:
                                 "delivered") from None
 
 
-class CallTransport:
-    """One actor call's transport (Ray's plain path): the tensors its Recv steps take come
-    with the call, keyed by TransferKey; its Send steps are collected the same way (the
-    call's returns, one packet per target device) and their bytes counted per target."""
+class CallTransport(Mailbox):
+    """One actor call's transport (Ray's plain path): a Mailbox holding the tensors that came
+    with the call (arrays, or (array, arrival) when emulated); its Send steps are collected
+    the same way (the call's returns, one packet per target device), bytes counted per target."""
 
     def __init__(self, received: Mapping[TransferKey, np.ndarray], k: int):
-        self.received = received
+        super().__init__(k)
+        self.box = {key: v if isinstance(v, tuple) else (v, None) for key, v in received.items()}
         self.sent: dict[TransferKey, np.ndarray] = {}
         self.sent_bytes = np.zeros(k, dtype=np.int64)
 
@@ -64,11 +65,3 @@ class CallTransport:
         """What the call sent to device `target`, by TransferKey as a plain tuple (equal to
         the key and pickled ~10x faster than the NamedTuple, whose class is looked up)."""
         return {tuple(key): value for key, value in self.sent.items() if key.target == target}
-
-    def receive(self, key: TransferKey) -> tuple[np.ndarray, float | None]:
-        if key not in self.received:
-            raise ExecutorError(f"device {key.target}: tensor {key.tensor!r} (micro-batch "
-                                f"{key.micro_batch}) from device {key.source} was not "
-                                "delivered")
-        value = self.received[key]
-        return value if isinstance(value, tuple) else (value, None)

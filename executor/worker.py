@@ -1,10 +1,9 @@
 """One device's runtime: its parameters, optimizer state and tensors, running its Program.
 
-The local executor calls a DeviceWorker directly; the Ray executor wraps one per actor. Per
-step: `begin_step(step, feeds)`, then `run(i, transport)` for each block in the plan's
-global order, or its own blocks in program order when each Recv waits for its tensor
-(`transport`: executor/transport.py), which also applies the optimizer in the update block;
-`report()` gives the step's losses, compute time and gradients.
+Per step: `begin_step(step, feeds)`, then `run(i, transport)` for each block, in the plan's
+global order (the local executor) or in program order with each Recv waiting for its tensor
+(a Ray actor; `transport`: executor/transport.py); `report()` gives the step's losses,
+compute time and gradients.
 """
 from __future__ import annotations
 
@@ -71,8 +70,7 @@ class DeviceWorker:
         self.feeds: dict[tuple[str, int], np.ndarray] = dict(feeds)
         self.losses: dict[int | None, float] = {}
         self.grads: dict[str, np.ndarray | None] = {}
-        self.compute_seconds = 0.0
-        self.update_seconds = 0.0
+        self.compute_seconds = self.update_seconds = 0.0
         self.peak_value_bytes = 0
 
     def run(self, index: int, transport: Transport) -> None:
