@@ -52,15 +52,13 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
     total_load = float(loads.sum())
     memory = np.asarray(metrics.memory)
     busy = dict((simulation or {}).get("busy") or {})
-    devices = []
-    for d, device in enumerate(cluster.devices):
-        devices.append({
-            "name": device.name, "ops": int(ops[d]), "train_flops": float(loads[d]),
-            "load_share": float(loads[d] / total_load) if total_load else 0.0,
-            "parameters": int(parameters[d]), "memory": int(memory[d]),
-            "capacity": int(device.memory),
-            "memory_share": float(memory[d] / device.memory) if device.memory else 0.0,
-            "flops_per_second": float(device.flops), "busy": busy.get(device.name)})
+    devices = [{"name": device.name, "ops": int(ops[d]), "train_flops": float(loads[d]),
+                "load_share": float(loads[d] / total_load) if total_load else 0.0,
+                "parameters": int(parameters[d]), "memory": int(memory[d]),
+                "capacity": int(device.memory),
+                "memory_share": float(memory[d] / device.memory) if device.memory else 0.0,
+                "flops_per_second": float(device.flops), "busy": busy.get(device.name)}
+               for d, device in enumerate(cluster.devices)]
     totals = {
         "forward_volume": int(metrics.forward_volume),
         "backward_volume": int(metrics.backward_volume),
@@ -197,33 +195,6 @@ def _flop_count(flops: float) -> str:
     return format_flops(flops).replace("FLOPS", "FLOP")
 
 
-def _maybe(value, fmt) -> str:
-    return "-" if value is None else fmt(value)
-
-
-def report_tables(report: Mapping, *, warnings: bool = True,
-                  glossary: bool = True) -> list[Table]:
-    """The tables of a report: warnings (when there are any), devices, totals, top cut
-    tensors, link traffic, and the glossary of their terms. The terminal leaves out the
-    warnings (it prints them as lines of their own) and the glossary."""
-    tables = [warnings_table(report)] if warnings and report.get("warnings") else []
-    tables += [device_table(report), totals_table(report)]
-    if report.get("sharding"):
-        tables.append(sharding_table(report["sharding"]))
-    if report["top_cut"]:
-        tables.append(top_cut_table(report))
-    if len(report["devices"]) > 1:
-        tables.append(traffic_table(report))
-    if glossary:
-        tables.append(glossary_table())
-    return tables
-
-
-def warnings_table(report: Mapping) -> Table:
-    return Table("Warnings", ("warning",), tuple((w,) for w in report.get("warnings") or ()),
-                 (False,))
-
-
 # The terms of the report's tables, defined once for report.md and report.html (SPEC.md).
 GLOSSARY = (
     ("ops", "the forward graph's operations: its nodes other than inputs, parameters and "
@@ -245,8 +216,25 @@ GLOSSARY = (
 )
 
 
-def glossary_table() -> Table:
-    return Table("Glossary", ("term", "meaning"), GLOSSARY, (False, False))
+def report_tables(report: Mapping, *, warnings: bool = True,
+                  glossary: bool = True) -> list[Table]:
+    """The tables of a report: warnings (when there are any), devices, totals, top cut
+    tensors, link traffic, and the glossary of their terms. The terminal leaves out the
+    warnings (it prints them as lines of their own) and the glossary."""
+    tables = []
+    if warnings and report.get("warnings"):
+        tables.append(Table("Warnings", ("warning",), tuple((w,) for w in report["warnings"]),
+                            (False,)))
+    tables += [device_table(report), totals_table(report)]
+    if report.get("sharding"):
+        tables.append(sharding_table(report["sharding"]))
+    if report["top_cut"]:
+        tables.append(top_cut_table(report))
+    if len(report["devices"]) > 1:
+        tables.append(traffic_table(report))
+    if glossary:
+        tables.append(Table("Glossary", ("term", "meaning"), GLOSSARY, (False, False)))
+    return tables
 
 
 def device_table(report: Mapping) -> Table:
@@ -300,7 +288,8 @@ def totals_table(report: Mapping) -> Table:
         rows.append(("balance relaxed by", str(result["relaxed_by"])))
     if t.get("makespan") is not None:
         rows.append(("simulated step time", format_time(t["makespan"])))
-        rows.append(("speedup vs one device", _maybe(t.get("speedup"), lambda s: f"{s:.2f}x")))
+        speedup = t.get("speedup")
+        rows.append(("speedup vs one device", "-" if speedup is None else f"{speedup:.2f}x"))
         if t.get("bubble") is not None:
             rows.append(("pipeline bubble", _pct(t["bubble"])))
     return Table("Totals", ("metric", "value"), tuple(rows), (False, True))
@@ -397,12 +386,11 @@ def _rich_cell(cell: str) -> str:
 
 
 def markdown_table(table: Table) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-    lines = [f"### {table.title}", "",
-             "| " + " | ".join(cell(c) for c in table.columns) + " |",
+    def row(cells) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    lines = [f"### {table.title}", "", row(table.columns),
              "|" + "|".join("---:" if n else "---" for n in table.numeric) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
+    lines += [row(r) for r in table.rows]
     return "\n".join(lines) + "\n"
 
 

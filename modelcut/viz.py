@@ -169,11 +169,9 @@ def annotate(graph: Graph, feeds: Mapping | None = None, params: Mapping | None 
     run = Interpreter(program, outputs=names).run(feeds or {}, params or {})
     values = {n.name: np.asarray(run.outputs[n.name]) for n in graph.nodes}
     grads = {x: np.asarray(run.outputs[g]) for x, g in grad_names.items()}
-    edge_grads: dict[tuple[str, str], np.ndarray] = {}
-    for node in graph.nodes:
-        if node.name in grads and not node.is_source:
-            for x, contribution in _local_contributions(graph, node, values, grads).items():
-                edge_grads[(x, node.name)] = contribution
+    edge_grads = {(x, node.name): contribution for node in graph.nodes
+                  if node.name in grads and not node.is_source
+                  for x, contribution in _local_contributions(graph, node, values, grads).items()}
     return Annotations(values, grads, edge_grads)
 
 
@@ -221,14 +219,8 @@ def _number(x) -> str:
 # ------------------------------------------------------------------ DOT text
 def device_colours(devices: Sequence[str]) -> dict[str, str]:
     """A distinct fill colour per device name (palette first, then evenly spaced hues)."""
-    colours = {}
-    for i, name in enumerate(devices):
-        if i < len(PALETTE):
-            colours[name] = PALETTE[i]
-        else:
-            hue = (i * 0.618034) % 1.0
-            colours[name] = f"{hue:.3f} 0.35 0.95"   # Graphviz HSV
-    return colours
+    return {name: PALETTE[i] if i < len(PALETTE) else f"{(i * 0.618034) % 1.0:.3f} 0.35 0.95"
+            for i, name in enumerate(devices)}     # beyond the palette: Graphviz HSV
 
 
 def quote(text: str) -> str:
@@ -238,13 +230,9 @@ def quote(text: str) -> str:
 
 
 def _attrs(attrs: Mapping[str, object]) -> str:
-    parts = []
-    for k, v in attrs.items():
-        if v is None:
-            continue
-        text = v if isinstance(v, str) and v.startswith("<") and v.endswith(">") else quote(str(v))
-        parts.append(f"{k}={text}")
-    return "[" + ", ".join(parts) + "]"
+    def value(v) -> str:     # an HTML-like label <...> stays unquoted
+        return v if isinstance(v, str) and v.startswith("<") and v.endswith(">") else quote(v)
+    return "[" + ", ".join(f"{k}={value(v)}" for k, v in attrs.items() if v is not None) + "]"
 
 
 @dataclass(frozen=True)
@@ -269,6 +257,17 @@ def _placement_view(placement: Mapping[str, str] | None, devices: Sequence[str] 
 def _legend(view: _PlacementView) -> str:
     cells = "".join(f'<td bgcolor="{view.colours[d]}">{_html(d)}</td>' for d in view.devices)
     return f'<<table border="0" cellspacing="2"><tr><td>devices:</td>{cells}</tr></table>>'
+
+
+def _dot_header(name: str, view: _PlacementView | None, graph_attrs: str = "") -> list[str]:
+    """The opening lines of a digraph: default styles and, when placed, the device legend."""
+    return [f"digraph {quote(name)} {{",
+            '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t'
+            f'{graph_attrs}];',
+            '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+            f'fillcolor="{UNPLACED_COLOUR}"];',
+            '  edge [fontname="Helvetica", fontsize=9];',
+            *([f"  graph [label={_legend(view)}];"] if view else [])]
 
 
 def _html(text: str) -> str:
@@ -300,13 +299,7 @@ def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
         raise VizError("--cluster device needs a placement (--placement or --devices)")
     remote = _remote_devices(graph, view) if view else {}
 
-    lines = [f"digraph {quote(graph.name)} {{",
-             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t, nodesep=0.3];',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
-             f'fillcolor="{UNPLACED_COLOUR}"];',
-             '  edge [fontname="Helvetica", fontsize=9];']
-    if view:
-        lines.append(f"  graph [label={_legend(view)}];")
+    lines = _dot_header(graph.name, view, ", nodesep=0.3")
     statements = {n.name: "    " + quote(n.name) + " " + _attrs(
         _node_attrs(n, annotations, view, remote)) + ";" for n in graph.nodes}
     lines += _clustered(graph, statements, cluster, view)
@@ -373,10 +366,8 @@ def _clustered(graph: Graph, statements: dict[str, str], cluster: str,
             continue
         style = (f'style="rounded,filled"; fillcolor="#f7f7f7"; color="{view.colours[key]}"; '
                  'penwidth=3' if cluster == "device" else 'style="rounded,dashed"; color="#777777"')
-        lines.append(f"  subgraph {quote(f'cluster_{cluster}_{i}')} {{")
-        lines.append(f"    label={quote(key)}; {style};")
-        lines += members
-        lines.append("  }")
+        lines += [f"  subgraph {quote(f'cluster_{cluster}_{i}')} {{",
+                  f"    label={quote(key)}; {style};", *members, "  }"]
     return lines
 
 
@@ -407,13 +398,7 @@ def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
     arrays = graph_arrays(graph)
     view = _placement_view(placement, devices)
     boxes = _group_boxes(graph, arrays, view)
-    lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
-             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t];',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
-             f'fillcolor="{UNPLACED_COLOUR}"];',
-             '  edge [fontname="Helvetica", fontsize=9];']
-    if view:
-        lines.append(f"  graph [label={_legend(view)}];")
+    lines = _dot_header(graph.name + " (groups)", view)
     lines += _box_statements(boxes, view, cluster)
     lines += _box_edges(arrays, boxes, view)
     lines.append("}")
@@ -462,9 +447,8 @@ def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | N
     lines = []
     for d, members in by_device.items():
         if view and cluster == "device":
-            lines.append(f"  subgraph {quote(f'cluster_device_{d}')} {{")
-            lines.append(f"    label={quote(view.devices[d])}; style=\"rounded\";")
-            lines += members + ["  }"]
+            lines += [f"  subgraph {quote(f'cluster_device_{d}')} {{",
+                      f"    label={quote(view.devices[d])}; style=\"rounded\";", *members, "  }"]
         else:
             lines += members
     return lines
@@ -492,10 +476,6 @@ def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
 
 
 # ------------------------------------------------------------------ rendering
-def dot_available() -> bool:
-    return shutil.which("dot") is not None
-
-
 def render(dot_text: str, stem: Path, formats: Sequence[str] = ("svg", "png"),
            timeout: float = 120.0) -> list[Path]:
     """Write `stem`.dot and, with Graphviz's `dot` binary, `stem`.<format> for each format.
