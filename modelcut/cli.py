@@ -12,14 +12,10 @@ import logging
 import sys
 
 from autodiff.errors import ModelcutError
-from modelcut.commands import check, graph
-from modelcut.commands import compare, partition, viz
-from modelcut.commands import calibrate, train
+from modelcut.commands import calibrate, check, compare, graph, partition, train, viz
 
 # The commands `modelcut --help` lists, in this order. Each module has add_parser and run.
-COMMANDS = [graph, check]
-COMMANDS += [partition, compare, viz]
-COMMANDS += [train, calibrate]
+COMMANDS = [graph, check, partition, compare, viz, train, calibrate]
 
 
 class Parser(argparse.ArgumentParser):

@@ -61,7 +61,9 @@ class Section(BaseModel):
         except ValidationError as exc:
             if not errors:
                 raise
-            errors += [_reraisable(e) for e in exc.errors()]
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]),
+                                        loc=e["loc"], input=e.get("input"))
+                       for e in exc.errors()]     # in the form from_exception_data accepts
             raise ValidationError.from_exception_data(cls.__name__, errors) from None
         errors += [InitErrorDetails(type=_expected(phrase), loc=(key,), input=value)
                    for key, phrase, value in section.problems()]
@@ -72,12 +74,6 @@ class Section(BaseModel):
     def problems(self) -> list[tuple[str, str, Any]]:
         """Cross-field problems as (key, 'expected ...', value)."""
         return []
-
-
-def _reraisable(error: dict) -> InitErrorDetails:
-    """A pydantic error dict in the form ValidationError.from_exception_data accepts."""
-    return InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]),
-                            loc=error["loc"], input=error.get("input"))
 
 
 # ----------------------------------------------------------------------- model
@@ -310,10 +306,7 @@ class Config(Section):
         """(builder name, keyword arguments) for `autodiff.models.BUILDERS[name](**kwargs)`."""
         if isinstance(self.model, (GraphModel, TorchModel)):
             raise ConfigError([f"{self.name}: model: is not a builder"])
-        kwargs = self.model.model_dump(exclude={"builder"})
-        if "channels" in kwargs:
-            kwargs["channels"] = list(kwargs["channels"])
-        return self.model.builder, kwargs
+        return self.model.builder, self.model.model_dump(exclude={"builder"})
 
     def forward_graph(self):
         """The model's forward Graph: built by its builder, read from `model.graph`, or
@@ -341,8 +334,6 @@ class Config(Section):
             raise ConfigError([f"cluster.file {self.cluster['file']!r} was not loaded; "
                                "use load_config()"])
         return copy.deepcopy(self.cluster)
-
-
 
 
 # ------------------------------------------------------------------------ loading
@@ -474,8 +465,6 @@ def _describe(source: str, error: dict) -> str:
         text = "missing required key"
     elif kind == "unknown_key":
         text = error["msg"]
-    elif kind == "expected":
-        text = f"{error['msg']}, got {_show(value)}"
     elif kind in TYPE_WORDS:
         text = f"expected {TYPE_WORDS[kind]}, got {_show(value)}"
     elif kind == "too_short":
@@ -498,5 +487,3 @@ def _key(key: Any) -> str:
     """A key as written in a problem line; quoted when empty or not printable (a newline in a
     key must not break the one-line message)."""
     return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
-
-

@@ -12,8 +12,7 @@ from autodiff.errors import did_you_mean as _did_you_mean
 from partition.units import UnitError, parse_time
 
 
-def _expected(phrase: str, **context) -> PydanticCustomError:
-    detail = context.get("detail")
+def _expected(phrase: str, detail: str = "") -> PydanticCustomError:
     return PydanticCustomError("expected", phrase + (f" ({detail})" if detail else ""))
 
 

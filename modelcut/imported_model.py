@@ -11,36 +11,25 @@ from __future__ import annotations
 
 import importlib
 import sys
-from contextlib import contextmanager
 from typing import Callable
 
 from modelcut.config import Config, ConfigError, TorchModel
-
-
-@contextmanager
-def _search_first(folder: str | None):
-    """sys.path with `folder` in front, for one import."""
-    if not folder:
-        yield
-        return
-    sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        if sys.path and sys.path[0] == folder:
-            sys.path.pop(0)
 
 
 def load_factory(spec: str, folder: str | None, source: str) -> Callable:
     """The callable `spec` ("package.module:factory") names."""
     module_name, _, attr = spec.partition(":")
     where = f"{folder}, then sys.path" if folder else "sys.path"
+    if folder:
+        sys.path.insert(0, folder)          # for this one import
     try:
-        with _search_first(folder):
-            module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError([f"{source}: model.torch: cannot import {module_name!r} (searched "
                            f"{where}): {exc}"]) from None
+    finally:
+        if folder and sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError([f"{source}: model.torch: module {module_name!r} has no callable "

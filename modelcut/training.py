@@ -23,7 +23,7 @@ import shutil
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -149,9 +149,8 @@ def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
         raise ConfigError([f"{source}: training.micro_batches: expected a divisor of "
                            f"model.batch ({kwargs['batch']}), got {m}"])
     full = BUILDERS[family](**kwargs)
-    if m == 1:
-        return family, full, full
-    return family, BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m}), full
+    micro = full if m == 1 else BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m})
+    return family, micro, full
 
 
 def optimizer_spec(config: Config) -> dict:
@@ -182,7 +181,6 @@ def apply_sharding(setup: TrainingSetup, placement) -> TrainingSetup:
     from autodiff.models.init import init_params
     from autodiff.shard import split_params
     params = setup.params if setup.params is not None else init_params(setup.graph, setup.seed)
-    from dataclasses import replace
     return replace(setup, graph=graph, params=split_params(graph, params))
 
 
