@@ -45,8 +45,7 @@ TINY_MODELS = (("mlp", dict(layers=2, width=4, in_features=4, classes=2, batch=2
 
 
 class Probe(NamedTuple):
-    """A model trained through the Ray executor: builder family and sizes (full batch),
-    micro-batches, schedule and optimizer."""
+    """A model trained through the Ray executor (`sizes`: of the full batch)."""
 
     name: str
     family: str
@@ -177,8 +176,8 @@ def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
 
 def fit_link(a: str, b: str, sizes: Sequence[int], seconds: Sequence[float],
              round_trip: float = 0.0) -> LinkFit:
-    """The link a -> b from the median seconds per payload size of a hop plus `round_trip`
-    (the driver's own call, on the plain path), subtracted here (leaving at least 0.1 us)."""
+    """The link a -> b from a hop's median seconds per payload size, less `round_trip` (at
+    least 0.1 us left)."""
     hops = [max(float(t) - round_trip, 1e-7) for t in seconds]
     sizes = tuple(int(n) for n in sizes)
     latency, bandwidth = fit_latency_bandwidth(sizes, hops)

@@ -156,11 +156,9 @@ class ResNetModel(Section):
 
 
 class TorchModel(Section):
-    """`torch: "package.module:factory"`: a PyTorch model imported through torch.export
-    (modelcut/imported_model.py). factory() returns (module, example_inputs); the module is
-    looked up in `folder` (default: the config's folder), then on sys.path. `loss` turns the
-    output into a scalar for training (autodiff/models/imported.py); `data: fixed` trains on
-    one seeded batch drawn like the example inputs, `fresh` draws a new one each step."""
+    """`torch: "package.module:factory"`: a PyTorch model imported through torch.export (see
+    modelcut/imported_model.py); `data: fixed` trains on one seeded batch, `fresh` draws a new
+    one each step."""
     torch: Text
     loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"
     data: _choice("fixed", "fresh") = "fixed"
@@ -276,11 +274,7 @@ class TrainingSection(Section):
 
 # ------------------------------------------------------------------------ config
 class Config(Section):
-    """One experiment: a model, a cluster, how to partition it and how to train it.
-
-    Defaults: a uniform cluster of 2 devices (preset speeds), `partition.seed` and
-    `training.seed` equal to the top-level `seed`.
-    """
+    """One experiment: a model, a cluster, how to partition it and how to train it."""
 
     name: Optional[Text] = None
     seed: Seed = 0

@@ -3,16 +3,9 @@ executor -> training loop, with checkpoints that a later run resumes exactly.
 
 The forward graph is built for one micro-batch (`model.batch / training.micro_batches`); the
 data stream gives full-batch feeds for step s as a pure function of (seed, s), which the
-executor splits into micro-batches. A checkpoint holds the executor's state (parameters,
-optimizer and persistent state, step counter) and, as JSON metadata, the losses so far, the
-placement and a fingerprint of the setup, so a resumed run continues the step count, the data
-stream and the optimizer state where the interrupted one stopped, on the same placement.
-
-Hardening: `run_steps` stops between steps when asked (Ctrl-C, SIGTERM: the caller checkpoints
-the state it reached) and on a NaN or infinite step (NonFiniteStep); the Ray executor gets a
-step timeout (`training.step_timeout`, else `default_step_timeout` of the predicted step
-time), `training.on_nan` and `training.max_recoveries`; `check_address` fails fast on a Ray
-address that cannot work; `strict_json` writes reports that strict JSON parsers accept.
+executor splits into micro-batches. A checkpoint holds the executor's state and, as JSON
+metadata, the losses so far, the placement and a fingerprint of the setup, so a resumed run
+continues the step count, the data stream and the optimizer state on the same placement.
 """
 from __future__ import annotations
 
@@ -185,7 +178,7 @@ def apply_sharding(setup: TrainingSetup, placement) -> TrainingSetup:
 
 
 def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):
-    """A Placement (with its metrics) of a saved assignment, e.g. from a checkpoint."""
+    """A Placement (with its metrics) of a saved assignment (a checkpoint's)."""
     from partition.metrics import check_assignment, compute_metrics
     from partition.placement import Placement
 
@@ -206,15 +199,13 @@ def step_plan(setup: TrainingSetup, placement):
 
 
 def simulate_step(setup: TrainingSetup, plan) -> dict:
-    """The simulated step of the executor's own `plan` on the setup's cluster (the step
-    simulator, executor.timing), in the report's form."""
+    """The simulated step (executor.timing) of the executor's own `plan`, in the report's form."""
     from executor.timing import simulation_summary
     return simulation_summary(plan, setup.cluster, setup.optimizer["name"])
 
 
 def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> dict:
-    """What the partitioner and the step simulator (`simulate_step`) predict for one step:
-    the volumes, the step time, busy fractions and bubble."""
+    """What the partitioner and the step simulator (`simulate_step`) predict for one step."""
     metrics = placement.metrics
     return {"micro_batches": setup.micro_batches,
             "forward_volume": int(metrics.forward_volume),
@@ -227,17 +218,15 @@ def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> d
 
 
 def is_calibrated(cluster: Cluster) -> bool:
-    """Whether the cluster holds measured costs (`modelcut calibrate`): a step overhead, an op
-    overhead or per-op-kind rates; the presets' nominal FLOP/s predict a small model's step
-    many times too fast."""
+    """Whether the cluster holds measured costs (`modelcut calibrate`); the presets' nominal
+    FLOP/s predict a small model's step many times too fast."""
     return bool(cluster.step_overhead) or any(d.op_overhead or d.op_flops
                                               for d in cluster.devices)
 
 
 def default_step_timeout(predicted_seconds: float, calibrated: bool) -> float:
     """Seconds a step may take before its actors count as hung: STEP_TIMEOUT_FACTOR times the
-    predicted step time (generous when the cluster is not calibrated), at least
-    STEP_TIMEOUT_FLOOR."""
+    predicted step time, at least STEP_TIMEOUT_FLOOR."""
     factor = STEP_TIMEOUT_FACTOR[bool(calibrated)]
     predicted = predicted_seconds if math.isfinite(predicted_seconds) else 0.0
     return max(STEP_TIMEOUT_FLOOR, factor * max(predicted, 0.0))
@@ -292,11 +281,10 @@ def dumps_strict(value) -> str:
 @contextmanager
 def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | None = None,
                   step_timeout: float | None = None, plan=None, emulate: bool = False):
-    """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray, with
-    the dashboard off, unless `address` names a cluster to join); on exit the actors stop, and
-    so does a Ray instance started here. `step_timeout` (s) is the Ray executor's (None:
-    `setup.step_timeout`, else none); `plan`: the executor's Plan (`step_plan`);
-    `emulate`: the Ray actors emulate the setup's cluster (executor/emulate.py)."""
+    """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray unless
+    `address` names a cluster); on exit the actors stop, and so does a Ray started here.
+    `step_timeout` (s, None: `setup.step_timeout`); `emulate`: the actors emulate the
+    setup's cluster (executor/emulate.py)."""
     if kind not in ("ray", "local"):
         raise TrainingError(f"executor: expected ray or local, got {kind!r}")
     if emulate and kind != "ray":
@@ -314,8 +302,6 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
     started = start_ray(address=address, include_dashboard=False)
     executor = None
     try:
-        # the actors' state is also kept in the driver every few steps, to recover from a
-        # dead actor (executor/ray_executor.py)
         executor = RayExecutor(setup.graph, placement, setup.cluster.k,
                                checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
                                step_timeout=step_timeout or setup.step_timeout,
@@ -353,12 +339,10 @@ def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
               checkpoint_dir: Path | None = None, assignment=None,
               on_step: Callable[[StepRecord], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> list[StepRecord]:
-    """Train from the executor's step count up to step `stop` on `setup.data(step)`.
-
-    `losses` (the losses of earlier steps) is extended in place; with `checkpoint_dir`, a
-    checkpoint is written every `setup.checkpoint_every` steps and after the last step.
-    Returns early, between steps, when `should_stop()` says so; raises NonFiniteStep on a
-    NaN or infinite loss (the executor's own error when it has one)."""
+    """Train from the executor's step count up to step `stop` on `setup.data(step)`, extending
+    `losses` in place and checkpointing every `setup.checkpoint_every` steps and at the end.
+    Returns early, between steps, when `should_stop()` says so (Ctrl-C, SIGTERM); raises
+    NonFiniteStep on a NaN or infinite loss."""
     from executor.errors import NonFiniteError
 
     records = []
@@ -463,10 +447,8 @@ def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
 def measured_summary(records: list[StepRecord], device_names,
                      dilation: float | None = None) -> dict:
     """Bytes per step (total and per link), step time and per-device compute / wait /
-    utilisation, over the steps of this run (the first one, a warm-up, is left out of the
-    times when there are more). With `dilation` (emulated devices) the step times are in the
-    emulated cluster's seconds (the actors' real compute and wait seconds divided by the
-    dilation) and the dilation is reported beside them."""
+    utilisation (the first step, a warm-up, left out of the times when there are more). With
+    `dilation` (emulated devices) all times are in the emulated cluster's seconds."""
     first = records[0].link_bytes
     constant = all(np.array_equal(r.link_bytes, first) for r in records)
     timed = records[1:] if len(records) > 1 else records

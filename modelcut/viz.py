@@ -102,11 +102,8 @@ def _parse_expression(text: str) -> ast.Expression:
 
 
 def expression_graph(text: str, at: Mapping[str, float]) -> Graph:
-    """The graph of an arithmetic expression over named scalars, traced at the values `at`.
-
-    Allowed: names, numbers, + - * / **, unary -, and calls of EXPRESSION_FUNCTIONS. The text
-    is parsed with `ast` and walked; nothing in it is evaluated as Python.
-    """
+    """The graph of an arithmetic expression over named scalars, traced at the values `at`;
+    the text is parsed with `ast` and walked, nothing in it is evaluated as Python."""
     tree = _parse_expression(text)
     tracer = Tracer("expression")
     inputs: dict[str, object] = {}
@@ -478,11 +475,8 @@ def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
 # ------------------------------------------------------------------ rendering
 def render(dot_text: str, stem: Path, formats: Sequence[str] = ("svg", "png"),
            timeout: float = 120.0) -> list[Path]:
-    """Write `stem`.dot and, with Graphviz's `dot` binary, `stem`.<format> for each format.
-
-    Raises VizError naming `apt-get install graphviz` when `dot` is missing (the .dot file is
-    written first, so it is there either way).
-    """
+    """Write `stem`.dot and, with Graphviz's `dot` binary, `stem`.<format> for each format
+    (VizError when `dot` is missing, the .dot file written all the same)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     dot_path = stem.with_suffix(".dot")
