@@ -95,8 +95,8 @@ def load_memory_plot(report: Mapping, path: Path) -> Path:
                        label="capacity", zorder=3)
     if len(names) <= 32:
         for xi, m, share in zip(x, mem, used):
-            ax_mem.annotate(_share(share), (xi, m), textcoords="offset points", xytext=(0, 2), ha="center",
-                            fontsize=7)
+            ax_mem.annotate(_share(share), (xi, m), textcoords="offset points", xytext=(0, 2),
+                            ha="center", fontsize=7)
     _legend_outside(ax_mem)
     ax_mem.set_ylabel(munit)
     title = "Memory per device (labels: share of its capacity)"
@@ -133,11 +133,9 @@ def traffic_plot(report: Mapping, path: Path) -> Path:
     ax.set_title(f"Link traffic per step ({unit})")
     if k <= 12:
         top = scaled.max() if scaled.size else 0
-        for a in range(k):
-            for b in range(k):
-                if scaled[a, b] > 0:
-                    ax.text(b, a, f"{scaled[a, b]:.3g}", ha="center", va="center", fontsize=8,
-                            color="white" if scaled[a, b] > 0.6 * top else "black")
+        for a, b in zip(*np.nonzero(scaled > 0)):
+            ax.text(b, a, f"{scaled[a, b]:.3g}", ha="center", va="center", fontsize=8,
+                    color="white" if scaled[a, b] > 0.6 * top else "black")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -194,9 +192,8 @@ def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) 
         title += f", speedup {simulation['speedup']:.2f}x"
     if simulation.get("bubble") is not None:
         title += f", bubble {100 * simulation['bubble']:.1f}%"
-    title += f" ({simulation.get('schedule') or 'list scheduling'}"
-    title += f", {simulation.get('micro_batches', 1)} micro-batches)"
-    ax.set_title(title)
+    ax.set_title(f"{title} ({simulation.get('schedule') or 'list scheduling'}, "
+                 f"{simulation.get('micro_batches', 1)} micro-batches)")
     ax.grid(axis="x", alpha=0.3)
     _legend_outside(ax, handles=handles)
     fig.tight_layout()

@@ -89,7 +89,9 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
                     for name, nbytes, to in metrics.top_cut],
         "link_traffic": np.asarray(metrics.link_traffic).astype(int).tolist(),
         "simulation": dict(simulation) if simulation else None,
-        "warnings": placement_warnings(graph, cluster, placement),
+        "warnings": [w for w in (relaxed_cap_warning(arrays, placement.relaxed_by, k),
+                                 empty_devices_warning(arrays, assignment, cluster.device_names))
+                     if w],
         "sharding": (placement.info or {}).get("sharding"),
     }
 
@@ -143,20 +145,13 @@ def pipeline_rows(t: Mapping) -> list[tuple[str, str]]:
                                            "(optimal: false)"))
     return rows
 
+
 # ------------------------------------------------------------------ warnings
-def placement_warnings(graph: Graph, cluster: Cluster, placement) -> list[str]:
-    """What a reader must not miss: the balance cap relaxed by one heavy node (SPEC section 2),
-    devices left without ops."""
-    arrays = graph_arrays(graph)
-    warnings = [relaxed_cap_warning(arrays, placement.relaxed_by, cluster.k),
-                empty_devices_warning(arrays, np.asarray(placement.assignment),
-                                      cluster.device_names)]
-    return [w for w in warnings if w]
 
 
 def relaxed_cap_warning(arrays, relaxed_by: str | None, k: int) -> str | None:
-    """The sentence saying that node `relaxed_by` alone outweighs a device's share of the load,
-    so each device's cap became (1 + epsilon) x that node's load."""
+    """The sentence saying that node `relaxed_by` alone outweighs a device's share of the load
+    (SPEC section 2), so each device's cap became (1 + epsilon) x that node's load."""
     if not relaxed_by:
         return None
     total = float(arrays.train_flops.sum())
