@@ -121,8 +121,7 @@ class Check:
 @dataclass(frozen=True)
 class Calibration:
     """What was measured: the devices, one link per pair (through `transport`: pipes or
-    plain), the executor's seconds per step beyond ops and transfers, and the simulator's
-    checks on probe models (reported, not fitted)."""
+    plain), the step overhead, and the simulator's checks on probe models (not fitted)."""
 
     host: str
     devices: tuple[DeviceFit, ...]
@@ -151,10 +150,8 @@ class Calibration:
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
                           ) -> tuple[float, float]:
     """Least-squares (latency, bandwidth) of `seconds = latency + payload / bandwidth`, in
-    relative terms (each residual divided by its measured time: noise grows with the time).
-
-    A negative fitted latency is clamped to 0 (and the slope refitted through the origin);
-    a non-positive slope (times that do not grow with size) raises CalibrationError."""
+    relative terms (each residual divided by its measured time: noise grows with the time); a
+    negative latency is clamped to 0 (the slope refitted through the origin)."""
     x, y = np.asarray(payloads, dtype=float), np.asarray(seconds, dtype=float)
     if len(x) < 2 or len(set(x.tolist())) < 2:
         raise CalibrationError("link fit: need at least two different payload sizes, got "
@@ -422,9 +419,8 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
               payloads: Sequence[int] = DEFAULT_PAYLOADS, repeats: int = DEFAULT_REPEATS,
               steps: int = DEFAULT_STEPS, address: str | None = None,
               probes: Sequence[Probe] = CHECK_PROBES) -> Calibration:
-    """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster),
-    the executor's step overhead on one device, then check the simulator on `probes` on
-    (at most) two devices."""
+    """Measure `devices` Ray actors (on a local Ray unless `address` names a cluster) and the
+    executor's step overhead, then check the simulator on `probes` on (at most) two devices."""
     from executor.ray_runtime import start_ray, stop_ray
     from partition.cluster import Cluster
 

@@ -378,9 +378,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
-    """Make `model.graph` and `cluster.file` relative to the config file's folder (and
-    `model.folder`, where a `model.torch` module is looked up first); returns the sections as
-    given (for messages naming both the given and the resolved path)."""
+    """Make `model.graph`, `cluster.file` and `model.folder` relative to the config file's
+    folder; returns the sections as given (for messages naming both paths)."""
     given = {}
     for section, key in (("model", "graph"), ("cluster", "file"), ("model", "folder")):
         body = data.get(section)

@@ -87,16 +87,6 @@ def imported_loss_graph(config: Config, source: str | None = None):
     return with_loss(imported.graph, config.model.loss)
 
 
-def onnx_config_model(config: Config, source: str):
-    """The ImportedModel of `model.graph` (an .onnx file): one graph, its batch fixed."""
-    from autodiff.onnx_import import import_onnx
-    if config.training.micro_batches != 1:
-        raise ConfigError([f"{source}: training.micro_batches: an ONNX model's batch is fixed "
-                           "by the file; expected 1"])
-    imported = import_onnx(config.model.graph, dims=config.model.dims)
-    return imported, imported
-
-
 def imported_parts(config: Config, source: str):
     """(family, micro-batch loss graph, batch, data stream, initial params) for training a
     `model.torch` or an ONNX `model.graph`."""
@@ -105,8 +95,12 @@ def imported_parts(config: Config, source: str):
     m = config.training.micro_batches
     if isinstance(config.model, TorchModel):
         full, part = import_config_model(config, source, m)
+    elif m != 1:
+        raise ConfigError([f"{source}: training.micro_batches: an ONNX model's batch is fixed "
+                           "by the file; expected 1"])
     else:
-        full, part = onnx_config_model(config, source)
+        from autodiff.onnx_import import import_onnx
+        full = part = import_onnx(config.model.graph, dims=config.model.dims)
     loss = config.model.loss
     full_graph, graph = with_loss(full.graph, loss), with_loss(part.graph, loss)
     data = imported_data(full.inputs, full_graph, config.training.seed or 0,

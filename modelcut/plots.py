@@ -57,10 +57,9 @@ def _device_ticks(ax, x: np.ndarray, names: Sequence[str]) -> None:
 
 
 def load_memory_plot(report: Mapping, path: Path) -> Path:
-    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory.
-    The memory axis fits the memory in use; each device's capacity is drawn only when some
-    device uses at least 5% of its own (else a 17 GB line would flatten kB bars to nothing),
-    and every bar is labelled with its share of its capacity."""
+    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory,
+    labelled with its share of the capacity; capacities are drawn only when some device uses
+    5% of its own (else a 17 GB line would flatten kB bars to nothing)."""
     devices = report["devices"]
     names = [d["name"] for d in devices]
     x = np.arange(len(names))
@@ -141,9 +140,8 @@ def traffic_plot(report: Mapping, path: Path) -> Path:
 
 
 def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) -> Path:
-    """The simulated step per device: a Gantt chart of its compute intervals (forward and
-    backward in two colours, micro-batches in shades, transfers as thin bars) when the
-    simulation lists them under "timeline", else each device's busy and idle time."""
+    """The simulated step per device: a Gantt chart of the simulation's "timeline" (micro-batches
+    in shades, transfers as thin bars), else each device's busy and idle time."""
     timeline = simulation.get("timeline") or []
     k = len(device_names)
     row_of = {name: i for i, name in enumerate(device_names)}

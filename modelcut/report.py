@@ -31,10 +31,6 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
     numeric: tuple[bool, ...]
 
-    def to_dict(self) -> dict:
-        return {"title": self.title, "columns": list(self.columns),
-                "rows": [list(r) for r in self.rows]}
-
 
 def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mapping | None = None,
                  settings: Mapping | None = None, source: str | None = None) -> dict:
@@ -102,9 +98,8 @@ PIPELINE_HINT = ("the devices form a cycle, so this placement is not a pipeline:
 
 
 def pipeline_totals(graph: Graph, cluster: Cluster, placement, settings: Mapping) -> dict:
-    """SPEC section 5's pipeline figures of a placement for the report's totals: time per
-    micro-batch, bottleneck device and the schedule's bubble (None when it is not a pipeline),
-    and, for pipeline_dp, whether it ran on coarsened units."""
+    """SPEC section 5's pipeline figures of a placement for the report's totals (None when it
+    is not a pipeline), and, for pipeline_dp, whether it ran on coarsened units."""
     from partition.stage_time import stage_times
     info = getattr(placement, "info", None) or {}
     stages = info.get("pipeline")
@@ -213,9 +208,8 @@ GLOSSARY = (
 
 def report_tables(report: Mapping, *, warnings: bool = True,
                   glossary: bool = True) -> list[Table]:
-    """The tables of a report: warnings (when there are any), devices, totals, top cut
-    tensors, link traffic, and the glossary of their terms. The terminal leaves out the
-    warnings (it prints them as lines of their own) and the glossary."""
+    """The tables of a report, in order; the terminal leaves out the warnings (it prints them
+    as lines of their own) and the glossary."""
     tables = []
     if warnings and report.get("warnings"):
         tables.append(Table("Warnings", ("warning",), tuple((w,) for w in report["warnings"]),

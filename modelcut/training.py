@@ -234,8 +234,7 @@ def default_step_timeout(predicted_seconds: float, calibrated: bool) -> float:
 
 def check_address(address: str | None) -> None:
     """Fail in one line, within CONNECT_TIMEOUT, on a Ray address that cannot work: `ray://`
-    without Ray Client's packages (the `client` extra), or a host:port nobody listens on (Ray
-    itself retries such a head for minutes)."""
+    without the `client` extra, or a host:port nobody listens on (Ray retries it for minutes)."""
     if not address or address in ("auto", "local"):
         return
     host_port = address
@@ -283,8 +282,7 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
                   step_timeout: float | None = None, plan=None, emulate: bool = False):
     """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray unless
     `address` names a cluster); on exit the actors stop, and so does a Ray started here.
-    `step_timeout` (s, None: `setup.step_timeout`); `emulate`: the actors emulate the
-    setup's cluster (executor/emulate.py)."""
+    `emulate`: the actors emulate the setup's cluster (executor/emulate.py)."""
     if kind not in ("ray", "local"):
         raise TrainingError(f"executor: expected ray or local, got {kind!r}")
     if emulate and kind != "ray":
@@ -450,10 +448,8 @@ def measured_summary(records: list[StepRecord], device_names,
     utilisation (the first step, a warm-up, left out of the times when there are more). With
     `dilation` (emulated devices) all times are in the emulated cluster's seconds."""
     first = records[0].link_bytes
-    constant = all(np.array_equal(r.link_bytes, first) for r in records)
     timed = records[1:] if len(records) > 1 else records
     seconds = np.array([r.seconds for r in timed])
-    step_time = float(np.median(seconds))
     scale = 1.0 if dilation is None else 1.0 / dilation     # real seconds -> emulated ones
     compute = scale * np.mean([r.compute_seconds for r in timed], axis=0)
     wait = scale * np.mean([r.wait_seconds for r in timed], axis=0)
@@ -463,9 +459,9 @@ def measured_summary(records: list[StepRecord], device_names,
               for name, c, w in zip(device_names, compute, wait)]
     return {"steps": len(records), "steps_timed": len(timed),
             "bytes_per_step": int(first.sum()), "link_bytes": first.astype(int).tolist(),
-            "bytes_constant": bool(constant),
+            "bytes_constant": all(np.array_equal(r.link_bytes, first) for r in records),
             "bytes_per_step_each": [int(r.link_bytes.sum()) for r in records],
-            "step_time": step_time, "step_time_mean": mean_step,
+            "step_time": float(np.median(seconds)), "step_time_mean": mean_step,
             "step_times": [float(r.seconds) for r in records], "actors": actors,
             **({} if dilation is None else {"dilation": float(dilation), "emulated": True})}
 

@@ -8,6 +8,7 @@ when placed). `render` calls the Graphviz `dot` binary to make SVG and PNG files
 from __future__ import annotations
 
 import ast
+import html
 import logging
 import math
 import shutil
@@ -252,7 +253,8 @@ def _placement_view(placement: Mapping[str, str] | None, devices: Sequence[str] 
 
 
 def _legend(view: _PlacementView) -> str:
-    cells = "".join(f'<td bgcolor="{view.colours[d]}">{_html(d)}</td>' for d in view.devices)
+    cells = "".join(f'<td bgcolor="{view.colours[d]}">{html.escape(str(d), quote=False)}</td>'
+                    for d in view.devices)
     return f'<<table border="0" cellspacing="2"><tr><td>devices:</td>{cells}</tr></table>>'
 
 
@@ -267,17 +269,12 @@ def _dot_header(name: str, view: _PlacementView | None, graph_attrs: str = "") -
             *([f"  graph [label={_legend(view)}];"] if view else [])]
 
 
-def _html(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
               placement: Mapping[str, str] | None = None, devices: Sequence[str] | None = None,
               cluster: str | None = None, max_nodes: int = DEFAULT_MAX_NODES) -> str:
     """One box per node (op, shape, value and gradient when annotated), forward edges, and
-    gradient edges drawn backwards in red. With a placement (node -> device name) nodes are
-    filled with their device's colour and cut tensors are bold with their bytes;
-    `cluster` is "device", "group" or None (default: device when placed, else group)."""
+    gradient edges drawn backwards in red; placed (node -> device name), nodes take their
+    device's colour and cut tensors are bold with their bytes. `cluster`: device or group."""
     if len(graph.nodes) > max_nodes:
         groups = len({n.group for n in graph.nodes})
         raise VizError(f"graph {graph.name!r} has {len(graph.nodes)} nodes, more than --max-nodes "
@@ -388,9 +385,8 @@ class _Boxes:
 
 def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
                 devices: Sequence[str] | None = None, cluster: str | None = "device") -> str:
-    """One box per layer group (per group and device when placed) labelled with its summed
-    forward FLOPs and parameters; an edge per pair of boxes carrying the bytes that flow
-    between them (each tensor counted once per receiving box). Vectorised for large graphs."""
+    """One box per layer group (per group and device when placed) with its summed forward
+    FLOPs and parameters, and an edge per pair of boxes with the bytes between them."""
     from partition.cost import graph_arrays
     arrays = graph_arrays(graph)
     view = _placement_view(placement, devices)
