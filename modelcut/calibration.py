@@ -198,29 +198,28 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def matmul_rates(sizes: Sequence[int], repeats: int, dtype: str = "float32") -> dict[int, float]:
+def matmul_rates(sizes: Sequence[int], repeats: int) -> dict[int, float]:
     """FLOP/s of an n x n matmul per size n."""
     rng = np.random.default_rng(0)
     rates = {}
     for n in sizes:
-        a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+        a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
         rates[int(n)] = 2.0 * n**3 / max(median_seconds(lambda: a @ b, repeats), 1e-12)
     return rates
 
 
-def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES,
-              dtype: str = "float32") -> float:
+def conv_rate(repeats: int) -> float:
     """FLOP/s of conv2d and its input and weight gradients (the simulator charges a conv's
-    backward at its forward's rate): the median over `shapes`."""
+    backward at its forward's rate): the median over CONV_SHAPES."""
     from autodiff.ops.registry import lookup
 
     forward, input_grad, weight_grad = (lookup(op, op) for op in
                                         ("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
     rng = np.random.default_rng(0)
     rates = []
-    for batch, channels, side in shapes:
-        x = rng.standard_normal((batch, channels, side, side)).astype(dtype)
-        w = rng.standard_normal((channels, channels, 3, 3)).astype(dtype)
+    for batch, channels, side in CONV_SHAPES:
+        x = rng.standard_normal((batch, channels, side, side)).astype(np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32)
         g = forward.forward(x, w, padding=1)
 
         def step():
@@ -231,15 +230,14 @@ def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES
     return float(np.median(rates))
 
 
-def elementwise_rate(repeats: int, shape: tuple[int, int] = ELEMENTWISE_SHAPE,
-                     dtype: str = "float32") -> float:
-    """FLOP/s (as the op registry counts them) of ELEMENTWISE_OPS on `shape` arrays: their
-    summed FLOPs over their summed median seconds."""
+def elementwise_rate(repeats: int) -> float:
+    """FLOP/s (as the op registry counts them) of ELEMENTWISE_OPS on ELEMENTWISE_SHAPE arrays:
+    their summed FLOPs over their summed median seconds."""
     from autodiff.ops.registry import lookup
 
     rng = np.random.default_rng(0)
-    x, y = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
-    row = rng.standard_normal(shape[-1]).astype(dtype)
+    x, y = (rng.standard_normal(ELEMENTWISE_SHAPE).astype(np.float32) for _ in range(2))
+    row = rng.standard_normal(ELEMENTWISE_SHAPE[-1]).astype(np.float32)
     args = {"add": (x, y), "multiply": (x, y), "layer_norm": (x, row, row)}
     attrs = {"softmax": {"axis": -1}, "mean": {"axis": -1}}
     flops = seconds = 0.0

@@ -68,10 +68,8 @@ def _choice(*options: str):
     return Annotated[str, BeforeValidator(check)]
 
 
-# Bounds that keep a config from describing a graph no machine could build (a layer count of
-# 2^63 would loop for ever): every count is at most INT_MAX, and model sizes have their own caps
-# (MAX_LAYERS, MAX_SIZE, ... in modelcut/config.py). Seeds are what numpy's legacy
-# RandomState accepts.
+# Every count is at most INT_MAX (model sizes have tighter caps in modelcut/config.py); seeds
+# are what numpy's legacy RandomState accepts.
 INT_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
 

@@ -229,12 +229,11 @@ def report_tables(report: Mapping, *, warnings: bool = True,
 def device_table(report: Mapping) -> Table:
     rows = []
     for d in report["devices"]:
-        over = d["memory"] > d["capacity"]
         memory = (f"{format_size(d['memory'])} / {format_size(d['capacity'])} "
                   f"({_pct(d['memory_share'])})")
         rows.append((d["name"], str(d["ops"]), _flop_count(d["train_flops"]),
                      _pct(d["load_share"]), f"{d['parameters']:,}",
-                     memory + (" OVER" if over else ""), _pct(d.get("busy"))))
+                     memory + " OVER" * (d["memory"] > d["capacity"]), _pct(d.get("busy"))))
     return Table("Devices", ("device", "ops", "train FLOPs", "load share", "parameters",
                              "memory / capacity", "busy"), tuple(rows),
                  (False, True, True, True, True, True, True))

@@ -318,9 +318,8 @@ def _remote_devices(graph: Graph, view: _PlacementView) -> dict[str, list[str]]:
     """Node -> the other devices that read its tensor (SPEC section 2, remote(v))."""
     remote: dict[str, list[str]] = {}
     for node in graph.nodes:
-        home = view.device_of[node.name]
-        others = dict.fromkeys(view.device_of[c] for c in graph.consumers(node.name))
-        others.pop(home, None)
+        others = {view.device_of[c] for c in graph.consumers(node.name)}
+        others.discard(view.device_of[node.name])
         if others:
             remote[node.name] = [d for d in view.devices if d in others]
     return remote
@@ -377,10 +376,6 @@ class _Boxes:
     ops: np.ndarray
     flops: np.ndarray
     params: np.ndarray
-
-    @property
-    def count(self) -> int:
-        return len(self.names) * self.k
 
 
 def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
@@ -450,7 +445,8 @@ def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | N
 def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
     """An edge per pair of boxes with the bytes between them: distinct (tensor, receiving box)
     pairs with a different sender box; bold when it crosses devices."""
-    box, k, count = boxes.box, boxes.k, boxes.count
+    box, k = boxes.box, boxes.k
+    count = len(boxes.names) * k
     src, dst_box = arrays.in_idx.astype(np.int64), box[arrays.in_dst]
     keep = box[src] != dst_box
     pairs = np.unique(src[keep] * count + dst_box[keep])
