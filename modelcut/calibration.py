@@ -1,15 +1,11 @@
 """Measure this machine as a cluster for the step simulator (executor/timing.py).
 
 Per Ray actor (one per device, BLAS on one thread as the executor runs them), one at a time:
-`flops` (median n x n matmul rate over a few n), `op_flops` (matmul; conv2d with its two
-gradient ops; `*`: memory-bound ops, FLOPs as the op registry counts them) and `op_overhead`
-(the compute seconds the executor's worker reports training tiny models, over their ops).
-Links: `latency + bytes / bandwidth` fitted by least squares to a hop's median seconds per
-payload size through the executor's transport: its named pipes on one node (half an echo's
-round trip), else plain actor calls taking the other actor's ObjectRef (less a round trip).
-`step_overhead`: a tiny model's step through the Ray executor on one device less what
-`simulate_plan` predicts for it. Then the simulator is checked, not fitted: probe models (no
-bundled config) through the Ray executor on two devices, measured vs predicted step.
+matmul, conv2d and memory-bound FLOP/s and the seconds per executed op. Links: `latency +
+bytes / bandwidth` fitted to a hop's median seconds per payload size through the executor's
+transport (named pipes on one node, else plain actor calls). `step_overhead`: a tiny model's
+step through the Ray executor on one device less what `simulate_plan` predicts for it. Then
+the simulator is checked, not fitted: probe models (no bundled config) on two devices.
 """
 from __future__ import annotations
 

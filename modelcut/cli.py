@@ -1,9 +1,8 @@
 """The `modelcut` command line: one subcommand per module in modelcut/commands/.
 
-Errors raised by modelcut's own packages (ConfigError, GraphError, PlacementError, ...),
-file-system errors and bad arguments print `modelcut: error: ...` on stderr (one line per
-problem), without a traceback, and exit with status 2. Any other exception is a bug and keeps
-its traceback.
+modelcut's own errors (ModelcutError), file-system errors and bad arguments print one
+`modelcut: error: ...` line per problem on stderr and exit with status 2; any other exception
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
 

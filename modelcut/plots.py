@@ -49,13 +49,6 @@ def _legend_outside(ax, **kwargs) -> None:
               **kwargs)
 
 
-def _device_ticks(ax, x: np.ndarray, names: Sequence[str]) -> None:
-    """Device names under the bars, rotated beyond 8 devices and thinned beyond 32."""
-    step = max(1, int(np.ceil(len(names) / 32)))
-    ax.set_xticks(x[::step], list(names)[::step], rotation=45 if len(names) > 8 else 0,
-                  ha="right" if len(names) > 8 else "center")
-
-
 def load_memory_plot(report: Mapping, path: Path) -> Path:
     """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory,
     labelled with its share of the capacity; capacities are drawn only when some device uses
@@ -102,8 +95,10 @@ def load_memory_plot(report: Mapping, path: Path) -> Path:
     if not show_capacity and len(used):
         title += f"\ncapacity not drawn: at most {_share(float(used.max()))} of it in use"
     ax_mem.set_title(title)
+    step, wide = max(1, int(np.ceil(len(names) / 32))), len(names) > 8   # thin, rotate names
     for ax in (ax_load, ax_mem):
-        _device_ticks(ax, x, names)
+        ax.set_xticks(x[::step], names[::step], rotation=45 if wide else 0,
+                      ha="right" if wide else "center")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

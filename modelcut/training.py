@@ -24,7 +24,7 @@ import numpy as np
 
 from autodiff.errors import ModelcutError
 from autodiff.ir import Graph
-from modelcut.config import Config, GraphModel, TorchModel, load_config
+from modelcut.config import Config, ConfigError, GraphModel, TorchModel, load_config
 from partition.cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,6 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
 def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
     """(builder name, forward graph of one micro-batch, forward graph of the full batch)."""
     from autodiff.models import BUILDERS
-    from modelcut.config import ConfigError
 
     if isinstance(config.model, GraphModel):
         raise ConfigError([f"{source}: model: training needs a model builder "
@@ -298,17 +297,14 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
     from executor.ray_runtime import start_ray, stop_ray
     check_address(address)
     started = start_ray(address=address, include_dashboard=False)
-    executor = None
     try:
-        executor = RayExecutor(setup.graph, placement, setup.cluster.k,
-                               checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
-                               step_timeout=step_timeout or setup.step_timeout,
-                               on_nan=setup.on_nan, max_recoveries=setup.max_recoveries,
-                               emulate=setup.cluster if emulate else None, **common)
-        yield executor
+        with RayExecutor(setup.graph, placement, setup.cluster.k,
+                         checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
+                         step_timeout=step_timeout or setup.step_timeout,
+                         on_nan=setup.on_nan, max_recoveries=setup.max_recoveries,
+                         emulate=setup.cluster if emulate else None, **common) as executor:
+            yield executor
     finally:
-        if executor is not None:
-            executor.shutdown()
         if started:
             stop_ray()
 

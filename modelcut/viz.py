@@ -1,9 +1,5 @@
-"""Graphs as Graphviz DOT: values and back-flowing gradients, devices, cut tensors, layer groups.
-
-`expression_graph` turns a small arithmetic expression into a graph (parsed with `ast`, never
-evaluated), `annotate` computes forward values, gradients and the gradient each edge carries
-back, `graph_dot` draws one box per node and `grouped_dot` one box per layer group (per device
-when placed). `render` calls the Graphviz `dot` binary to make SVG and PNG files.
+"""Graphs as Graphviz DOT: values and back-flowing gradients, devices, cut tensors, layer groups;
+one box per node (`graph_dot`) or per layer group (`grouped_dot`), rendered by Graphviz's `dot`.
 """
 from __future__ import annotations
 
