@@ -176,9 +176,8 @@ BUILDER_MODELS = {"mlp": MLPModel, "gpt": GPTModel, "lstm": LSTMModel, "resnet":
 
 
 def _model_kind(data) -> str | None:
-    if isinstance(data, BaseModel):
-        return ("graph" if isinstance(data, GraphModel) else
-                "torch" if isinstance(data, TorchModel) else data.builder)
+    if isinstance(data, BaseModel):      # a validated section: its fields tell its kind
+        data = dict(data)
     if not isinstance(data, dict):
         return None
     return "graph" if "graph" in data else "torch" if "torch" in data else data.get("builder")

@@ -355,7 +355,8 @@ def make_console(stderr: bool = False, width: int = 120):
 
 
 def rich_table(table: Table):
-    """A rich.Table of `table`."""
+    """A rich.Table of `table` (a memory cell over capacity in red)."""
+    from rich.markup import escape
     from rich.table import Table as RichTable
     out = RichTable(title=table.title, title_justify="left")
     for name, numeric in zip(table.columns, table.numeric):
@@ -363,14 +364,8 @@ def rich_table(table: Table):
         out.add_column(name, justify="right" if numeric else "left", no_wrap=first or numeric,
                        style="bold" if first else None)
     for row in table.rows:
-        out.add_row(*[_rich_cell(cell) for cell in row])
+        out.add_row(*[f"[red]{escape(c)}[/red]" if c.endswith("OVER") else escape(c) for c in row])
     return out
-
-
-def _rich_cell(cell: str) -> str:
-    from rich.markup import escape
-    text = escape(cell)
-    return f"[red]{text}[/red]" if cell.endswith("OVER") else text
 
 
 def markdown_table(table: Table) -> str:

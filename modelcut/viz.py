@@ -203,11 +203,8 @@ def format_tensor(array: np.ndarray | None, what: str) -> str | None:
 
 
 def _number(x) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    return f"{float(x):.4g}"
+    """A Python scalar (from `.item()` or `.tolist()`): bools and integers as they are."""
+    return str(x) if isinstance(x, int) else f"{float(x):.4g}"
 
 
 # ------------------------------------------------------------------ DOT text
