@@ -31,28 +31,24 @@ def _is_int(v) -> bool:
 
 def _as_number(v) -> float | None:
     """A finite number from YAML (PyYAML reads `1e-3` as a string, so numeric strings count)."""
-    if isinstance(v, bool):
-        return None
     if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
             return None
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return v
-    return None
+    return v if (_is_int(v) or isinstance(v, float)) and math.isfinite(v) else None
 
 
-def _quantity(phrase: str, parse: Callable, positive: bool = True):
-    """A BeforeValidator for a unit-bearing quantity (parsed by modelcut.units)."""
+def _time(phrase: str):
+    """A BeforeValidator for a positive time with units (`30s`, `2min`: partition.units)."""
     def check(value):
         try:
-            number = parse(value)
+            number = parse_time(value)
         except UnitError as exc:
             detail = str(exc).split(": ", 1)[-1].split(" (expected")[0]
             detail = "" if detail.startswith("expected") else detail
             raise _expected(phrase, detail=detail) from None
-        if positive and number <= 0:
+        if number <= 0:
             raise _expected(phrase)
         return number
     return BeforeValidator(check)
@@ -99,7 +95,7 @@ Fraction = Annotated[float, _rule("expected a number in [0, 1)",
                                   _as_number)]
 Flag = Annotated[bool, _rule("expected true or false", lambda v: isinstance(v, bool))]
 Text = Annotated[str, _rule("expected a non-empty string", lambda v: isinstance(v, str) and v)]
-Seconds = Annotated[float, _quantity("expected a positive time such as 30s or 2min", parse_time)]
+Seconds = Annotated[float, _time("expected a positive time such as 30s or 2min")]
 Dtype = _choice("float32", "float64")
 PinTarget = Annotated[Union[int, str], _rule("expected a device name or a device index",
                                              lambda v: (_is_int(v) and v >= 0)

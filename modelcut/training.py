@@ -236,17 +236,15 @@ def check_address(address: str | None) -> None:
     without the `client` extra, or a host:port nobody listens on (Ray retries it for minutes)."""
     if not address or address in ("auto", "local"):
         return
-    host_port = address
     if address.startswith("ray://"):
         try:
             import grpc  # noqa: F401  (what `ray[client]` adds)
         except ImportError:
             raise TrainingError(f"--address {address}: Ray Client needs the `client` extra: "
                                 "pip install 'modelcut[client]' (or 'ray[client]')") from None
-        host_port = address[len("ray://"):]
     elif "://" in address:
         raise TrainingError(f"--address {address}: expected host:port, ray://host:port or auto")
-    host, sep, port = host_port.rstrip("/").rpartition(":")
+    host, sep, port = address.removeprefix("ray://").rstrip("/").rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise TrainingError(f"--address {address}: expected host:port with a port number")
     try:
