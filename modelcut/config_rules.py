@@ -71,8 +71,7 @@ SEED_MAX = 2**32 - 1
 
 
 def Bounded(low: int, high: int, what: str):
-    """An integer in low..high (bools rejected): `expected <what>` below, `expected at most`
-    above."""
+    """An integer in low..high (bools rejected), else `expected <what>` (`... at most HIGH`)."""
     def check(value):
         if not (_is_int(value) and value >= low):
             raise _expected(f"expected {what}")

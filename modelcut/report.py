@@ -240,8 +240,7 @@ def device_table(report: Mapping) -> Table:
 
 
 def sharding_table(sharding: Mapping) -> Table:
-    """Sharded nodes with their shard counts, and the step volume sharding adds (or saves)
-    against the unsharded placement (partition/sharding.py)."""
+    """Sharded nodes and the step volume sharding adds (or saves) (partition/sharding.py)."""
     added = int(sharding["bytes_added"])
     change = f"adds {format_size(added)}" if added >= 0 else f"saves {format_size(-added)}"
     rows = [(n["name"], n["op"], n["mode"], str(n["shards"]), _pct(n["load_share"]))

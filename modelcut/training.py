@@ -54,8 +54,7 @@ class NonFiniteStep(TrainingError):
 
 @dataclass(frozen=True)
 class TrainingSetup:
-    """Everything a run needs: the per-micro-batch graph, cluster, partition options, the
-    optimizer spec, the schedule and the data stream (step -> full-batch feeds)."""
+    """Everything a run needs; `graph` is per micro-batch, `data(step)` gives full-batch feeds."""
 
     name: str
     source: str
@@ -413,8 +412,8 @@ def run_folder(checkpoint_folder: Path) -> Path:
 
 
 def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
-    """A checkpoint's state dict, checked against `setup` (same model, batch, micro-batches,
-    devices, optimizer and seed); its metadata holds the losses so far and the assignment."""
+    """A checkpoint's state dict, checked against `setup.fingerprint()`; its metadata holds the
+    losses so far and the assignment."""
     from executor import checkpoint
 
     state = checkpoint.load(path)

@@ -284,11 +284,10 @@ def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
         raise VizError(f"--cluster must be 'device' or 'group', got {cluster!r}")
     if cluster == "device" and view is None:
         raise VizError("--cluster device needs a placement (--placement or --devices)")
-    remote = _remote_devices(graph, view) if view else {}
 
     lines = _dot_header(graph.name, view, ", nodesep=0.3")
     statements = {n.name: "    " + quote(n.name) + " " + _attrs(
-        _node_attrs(n, annotations, view, remote)) + ";" for n in graph.nodes}
+        _node_attrs(graph, n, annotations, view)) + ";" for n in graph.nodes}
     lines += _clustered(graph, statements, cluster, view)
     for node in graph.nodes:
         for x in dict.fromkeys(node.inputs):
@@ -307,18 +306,7 @@ def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
     return "\n".join(lines) + "\n"
 
 
-def _remote_devices(graph: Graph, view: _PlacementView) -> dict[str, list[str]]:
-    """Node -> the other devices that read its tensor (SPEC section 2, remote(v))."""
-    remote: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        others = {view.device_of[c] for c in graph.consumers(node.name)}
-        others.discard(view.device_of[node.name])
-        if others:
-            remote[node.name] = [d for d in view.devices if d in others]
-    return remote
-
-
-def _node_attrs(node, annotations, view, remote) -> dict[str, object]:
+def _node_attrs(graph: Graph, node, annotations, view) -> dict[str, object]:
     shape = ",".join(str(d) for d in node.shape)
     lines = [node.name, f"{node.op} {node.dtype}[{shape}]"]
     if annotations is not None:
@@ -329,8 +317,11 @@ def _node_attrs(node, annotations, view, remote) -> dict[str, object]:
         device = view.device_of[node.name]
         attrs["fillcolor"] = view.colours[device]
         attrs["tooltip"] = f"{node.name} on {device}"
-        if node.name in remote:
-            lines.append(f"sends {format_size(node.nbytes)} to {', '.join(remote[node.name])}")
+        # the other devices that read its tensor (SPEC section 2, remote(v))
+        remote = {view.device_of[c] for c in graph.consumers(node.name)} - {device}
+        if remote:
+            to = ", ".join(d for d in view.devices if d in remote)
+            lines.append(f"sends {format_size(node.nbytes)} to {to}")
             attrs.update(style="rounded,filled,bold", penwidth="3")
     attrs["label"] = "\n".join(line for line in lines if line)
     return attrs
@@ -412,8 +403,7 @@ def _group_boxes(graph: Graph, arrays, view: _PlacementView | None) -> _Boxes:
 
 def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | None
                     ) -> list[str]:
-    """A labelled node statement per non-empty box, inside its device's cluster when placed
-    and `cluster` is "device"."""
+    """A labelled node statement per non-empty box (inside its device's cluster when asked)."""
     k = boxes.k
     by_device: dict[int, list[str]] = {}
     for b in np.flatnonzero(boxes.nodes):
