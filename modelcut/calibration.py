@@ -92,9 +92,6 @@ class LinkFit:
     latency: float
     bandwidth: float
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class Check:
@@ -138,9 +135,6 @@ class Calibration:
         if links:
             spec["links"] = links
         return spec
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "checks": [c.to_dict() for c in self.checks]}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
