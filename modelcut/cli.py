@@ -27,21 +27,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"modelcut: error: {where}{message} (see `{self.prog} --help`)\n")
 
 
-def version() -> str:
-    """The installed distribution's version (the source tree's when run uninstalled)."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
-    try:
-        return dist_version("modelcut")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        installed = version("modelcut")
+    except PackageNotFoundError:     # run from a source tree that was never installed
+        installed = "unknown"
     parser = Parser(
         prog="modelcut",
         description="Partition a neural network's computational graph across devices to "
                     "minimise communication, and train it with one Ray actor per device.")
-    parser.add_argument("--version", action="version", version=f"modelcut {version()}")
+    parser.add_argument("--version", action="version", version=f"modelcut {installed}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v info, -vv debug)")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
