@@ -191,8 +191,8 @@ ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
 
 # --------------------------------------------------------------------- cluster
 def _cluster_section(value):
-    """`file: PATH` (read by load_config), else a cluster section checked and normalized by
-    partition's one cluster validator (partition/cluster_spec.py)."""
+    """`file: PATH` (read by load_config), else a cluster section normalized by partition's
+    one cluster validator (partition/cluster_spec.py)."""
     from partition.cluster_spec import normalize
     from partition.errors import ClusterError
     if isinstance(value, dict) and "file" in value:
@@ -392,8 +392,7 @@ def _resolve_paths(data: dict, base: Path) -> dict:
 
 
 def _load_cluster_file(reference: dict, config_path: Path, given: dict) -> dict:
-    """The cluster section stored in `cluster.file` (with or without a `cluster:` key),
-    normalized by partition's cluster validator."""
+    """The cluster section in `cluster.file` (under a `cluster:` key or not), normalized."""
     from partition.cluster_spec import normalize
     from partition.errors import ClusterError
     path = Path(reference["file"])
@@ -462,11 +461,10 @@ def _describe(source: str, error: dict) -> str:
     elif kind == "too_short":
         text = f"expected at least {error.get('ctx', {}).get('min_length', 1)} item(s), got none"
     elif kind == "union_tag_invalid" and loc == ["model"]:
-        tag = error.get("ctx", {}).get("tag")
-        hint = _did_you_mean(tag, BUILDER_MODELS)
-        loc = ["model", "builder"]
-        text = f"expected one of {', '.join(BUILDER_MODELS)}{hint}, got {_show(tag)}"
-    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc == ["model"]:
+        tag, loc = error.get("ctx", {}).get("tag"), ["model", "builder"]
+        text = (f"expected one of {', '.join(BUILDER_MODELS)}"
+                f"{_did_you_mean(tag, BUILDER_MODELS)}, got {_show(tag)}")
+    elif kind == "union_tag_not_found" and loc == ["model"]:
         text = f"{MODEL_HELP}, got {_show(value)}"
     else:
         text = f"{error['msg']}, got {_show(value)}"

@@ -3,9 +3,8 @@ torch.export, and give training what a builder gives it (graph, batch, data, wei
 
 The factory returns (module, example_inputs). The module is looked up in `model.folder` (the
 config's folder by default) first, then on sys.path. Training starts from the module's own
-weights; data is drawn like the example inputs (autodiff/models/imported.py). With
-`training.micro_batches: m` the per-micro-batch graph is imported again on the first 1/m of
-each example input (so the batch, the examples' first axis, must divide by m).
+weights; data is drawn like the example inputs (autodiff/models/imported.py); a micro-batch's
+graph is imported again on the first 1/m of each example input.
 """
 from __future__ import annotations
 
@@ -70,20 +69,18 @@ def import_config_model(config: Config, source: str, micro_batches: int = 1):
                            f"example inputs' batch axis ({batch}), got {micro_batches}"])
     try:
         full = import_torch(module, inputs)
-        if micro_batches == 1:
-            return full, full
         part = tuple(x[:batch // micro_batches] for x in inputs)
-        return full, import_torch(module, part)
+        return full, (full if micro_batches == 1 else import_torch(module, part))
     except TorchImportError as exc:
         raise ConfigError([f"{source}: model.torch: {exc}"]) from None
 
 
-def imported_loss_graph(config: Config, source: str | None = None):
+def imported_loss_graph(config: Config):
     """The forward graph with its training loss (what `graph`, `partition` and `compare`
     work on, as a builder's graph ends in its loss)."""
     from autodiff.models.imported import with_loss
 
-    imported, _ = import_config_model(config, source or str(config.name))
+    imported, _ = import_config_model(config, str(config.name))
     return with_loss(imported.graph, config.model.loss)
 
 

@@ -1,8 +1,6 @@
 """The partition report: one JSON-ready dict built from a placement, written as report.json and
-report.md and printed as rich tables.
-
-Every view (terminal, Markdown, HTML) renders the same `Table` records from `report_tables`, so
-they cannot disagree.
+report.md and printed as rich tables. Every view (terminal, Markdown, HTML) renders the same
+`Table` records from `report_tables`, so they cannot disagree.
 """
 from __future__ import annotations
 

@@ -416,9 +416,8 @@ def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
     if not isinstance(saved, dict) or "losses" not in meta or "assignment" not in meta:
         raise TrainingError(f"--resume {path}: not a `modelcut train` checkpoint (its "
                             "checkpoint.json metadata has no fingerprint, losses or assignment)")
-    expected = setup.fingerprint()
     differ = [f"{key}: checkpoint {saved.get(key)!r}, this run {value!r}"
-              for key, value in expected.items() if saved.get(key) != value]
+              for key, value in setup.fingerprint().items() if saved.get(key) != value]
     if differ:
         raise TrainingError(f"--resume {path}: the checkpoint was written by a different setup ("
                             + "; ".join(differ) + ")")
