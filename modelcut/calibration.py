@@ -124,8 +124,7 @@ class Calibration:
     checks: tuple[Check, ...] = ()
 
     def cluster_spec(self, k: int | None = None) -> dict:
-        """The `cluster:` section (plain numbers: FLOP/s, bytes, bytes/s, s) of the first k
-        devices (default all) and their links."""
+        """The `cluster:` section (FLOP/s, bytes, bytes/s, s) of the first k devices and links."""
         devices = self.devices[:k]
         names = {d.name for d in devices}
         spec = {"name": f"calibrated-{self.host}", "devices": [d.spec() for d in devices],

@@ -18,8 +18,7 @@ COMMANDS = [graph, check, partition, compare, viz, train, calibrate]
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `modelcut: error: COMMAND: ...` and exit status 2 (the
-    usage text is one `--help` away); subcommand parsers inherit it."""
+    """argparse with one-line errors `modelcut: error: COMMAND: ...` and exit status 2."""
 
     def error(self, message: str):
         command = self.prog.partition(" ")[2]

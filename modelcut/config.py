@@ -156,9 +156,8 @@ class ResNetModel(Section):
 
 
 class TorchModel(Section):
-    """`torch: "package.module:factory"`: a PyTorch model imported through torch.export (see
-    modelcut/imported_model.py); `data: fixed` trains on one seeded batch, `fresh` draws a new
-    one each step."""
+    """`torch: "package.module:factory"`, imported through torch.export (imported_model.py);
+    `data: fixed` trains on one seeded batch, `fresh` draws a new one each step."""
     torch: Text
     loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"
     data: _choice("fixed", "fresh") = "fixed"

@@ -322,8 +322,7 @@ def top_links_table(report: Mapping, limit: int = 16) -> Table:
 
 
 def compare_table(rows: Sequence[Mapping]) -> Table:
-    """Algorithms side by side: rows of {algorithm, seconds, metrics dict or error message}
-    (the messages are printed below the table by the caller)."""
+    """Algorithms side by side: rows of {algorithm, seconds, metrics dict or error message}."""
     out = []
     for r in rows:
         if r.get("error"):

@@ -1,11 +1,9 @@
 """Training orchestration: config -> per-micro-batch forward graph -> cluster -> placement ->
 executor -> training loop, with checkpoints that a later run resumes exactly.
 
-The forward graph is built for one micro-batch (`model.batch / training.micro_batches`); the
-data stream gives full-batch feeds for step s as a pure function of (seed, s), which the
-executor splits into micro-batches. A checkpoint holds the executor's state and, as JSON
-metadata, the losses so far, the placement and a fingerprint of the setup, so a resumed run
-continues the step count, the data stream and the optimizer state on the same placement.
+The data stream gives full-batch feeds for step s as a pure function of (seed, s), which the
+executor splits into micro-batches. A checkpoint holds the executor's state, the losses so far,
+the placement and a fingerprint of the setup, so a resumed run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -430,9 +428,8 @@ def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
 # ------------------------------------------------------------------ measurements
 def measured_summary(records: list[StepRecord], device_names,
                      dilation: float | None = None) -> dict:
-    """Bytes per step (total and per link), step time and per-device compute / wait /
-    utilisation (the first step, a warm-up, left out of the times when there are more). With
-    `dilation` (emulated devices) all times are in the emulated cluster's seconds."""
+    """Bytes per step, step time and per-device compute / wait / utilisation (the first step, a
+    warm-up, not timed when there are more); with `dilation`, in the emulated cluster's s."""
     first = records[0].link_bytes
     timed = records[1:] if len(records) > 1 else records
     seconds = np.array([r.seconds for r in timed])

@@ -350,8 +350,7 @@ def _clustered(graph: Graph, statements: dict[str, str], cluster: str,
 
 @dataclass(frozen=True)
 class _Boxes:
-    """The boxes of a grouped drawing: box id group * k + device of every node, and per box
-    its node count, op count, forward FLOPs and parameters."""
+    """A grouped drawing: every node's box id (group * k + device) and the per-box sums."""
 
     box: np.ndarray
     k: int
