@@ -138,9 +138,8 @@ class Calibration:
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
                           ) -> tuple[float, float]:
-    """Least-squares (latency, bandwidth) of `seconds = latency + payload / bandwidth`, in
-    relative terms (each residual divided by its measured time: noise grows with the time); a
-    negative latency is clamped to 0 (the slope refitted through the origin)."""
+    """Least-squares (latency, bandwidth) of `seconds = latency + payload / bandwidth`, each
+    residual relative to its time (noise grows with the time); a negative latency becomes 0."""
     x, y = np.asarray(payloads, dtype=float), np.asarray(seconds, dtype=float)
     if len(x) < 2 or len(set(x.tolist())) < 2:
         raise CalibrationError("link fit: need at least two different payload sizes, got "

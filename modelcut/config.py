@@ -165,8 +165,7 @@ class TorchModel(Section):
 
     def problems(self):
         module, _, factory = self.torch.partition(":")
-        if not module or not factory or not all(p.isidentifier() for p in module.split(".")) \
-                or not factory.isidentifier():
+        if not (factory.isidentifier() and all(p.isidentifier() for p in module.split("."))):
             return [("torch", "expected \"package.module:factory\"", self.torch)]
         return []
 

@@ -50,9 +50,8 @@ def _legend_outside(ax, **kwargs) -> None:
 
 
 def load_memory_plot(report: Mapping, path: Path) -> Path:
-    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory,
-    labelled with its share of the capacity; capacities are drawn only when some device uses
-    5% of its own (else a 17 GB line would flatten kB bars to nothing)."""
+    """Bar charts of training FLOPs (with the mean and the epsilon cap) and memory per device;
+    capacities only when one is 5% used (else a 17 GB line would flatten kB bars to nothing)."""
     devices = report["devices"]
     names = [d["name"] for d in devices]
     x = np.arange(len(names))

@@ -32,8 +32,7 @@ class Table:
 
 def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mapping | None = None,
                  settings: Mapping | None = None, source: str | None = None) -> dict:
-    """The report of one placement: graph, cluster, per-device rows, totals, top cut tensors,
-    link traffic and (when given, as `SimulationResult.to_dict()`) the simulated step."""
+    """The report of one placement (`simulation`: a `SimulationResult.to_dict()`, if any)."""
     metrics = placement.metrics
     arrays = graph_arrays(graph)
     k = cluster.k
@@ -101,8 +100,7 @@ def pipeline_totals(graph: Graph, cluster: Cluster, placement, settings: Mapping
     from partition.stage_time import stage_times
     info = getattr(placement, "info", None) or {}
     stages = info.get("pipeline")
-    schedule = settings.get("schedule")
-    schedule = schedule if schedule in ("gpipe", "1f1b") else "1f1b"
+    schedule = settings["schedule"] if settings.get("schedule") in ("gpipe", "1f1b") else "1f1b"
     m = int(settings.get("micro_batches") or 1)
     if stages is None or stages.get("micro_batches") != m or stages.get("schedule") != schedule:
         stages = stage_times(graph_arrays(graph), placement.assignment, cluster,
@@ -393,8 +391,7 @@ def markdown_report(report: Mapping, images: Sequence[str] = ()) -> str:
     body = [markdown_table(t) for t in report_tables(report)]
     if pipeline_hint(report):
         body.append(f"Note: {pipeline_hint(report)}.\n")
-    pictures = [f"![{Path(p).stem}]({p})" for p in images]
-    return "\n".join(head + body + pictures) + "\n"
+    return "\n".join(head + body + [f"![{Path(p).stem}]({p})" for p in images]) + "\n"
 
 
 def write_report(report: Mapping, out_dir: Path, images: Sequence[str] = ()) -> list[Path]:

@@ -322,10 +322,9 @@ def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
               checkpoint_dir: Path | None = None, assignment=None,
               on_step: Callable[[StepRecord], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> list[StepRecord]:
-    """Train from the executor's step count up to step `stop` on `setup.data(step)`, extending
-    `losses` in place and checkpointing every `setup.checkpoint_every` steps and at the end.
-    Returns early, between steps, when `should_stop()` says so (Ctrl-C, SIGTERM); raises
-    NonFiniteStep on a NaN or infinite loss."""
+    """Train from the executor's step count up to step `stop`, extending `losses` in place and
+    checkpointing every `setup.checkpoint_every` steps and at the end; returns early when
+    `should_stop()` says so (Ctrl-C, SIGTERM); NonFiniteStep on a NaN or infinite loss."""
     from executor.errors import NonFiniteError
 
     records = []

@@ -75,8 +75,7 @@ MAX_EXPRESSION_DEPTH = 100
 
 
 def _parse_expression(text: str) -> ast.Expression:
-    """`text` parsed as a Python expression, at most MAX_EXPRESSION_CHARS long and nested at
-    most MAX_EXPRESSION_DEPTH deep (checked without recursion), else VizError."""
+    """`text` parsed as a Python expression within the bounds above, else VizError."""
     if len(text) > MAX_EXPRESSION_CHARS:
         raise VizError(f"--expr: the expression has {len(text):,} characters, more than "
                        f"{MAX_EXPRESSION_CHARS:,}; draw a smaller one")
@@ -198,8 +197,7 @@ def format_tensor(array: np.ndarray | None, what: str) -> str | None:
         if a.ndim == 0:
             return f"{what} {_number(a.item())}"
         return f"{what} [" + ", ".join(_number(x) for x in a.ravel().tolist()) + "]"
-    norm = float(np.linalg.norm(a.astype(np.float64).ravel()))
-    return f"|{what}| {_number(norm)}"
+    return f"|{what}| {_number(float(np.linalg.norm(a.astype(np.float64).ravel())))}"
 
 
 def _number(x) -> str:
@@ -410,9 +408,8 @@ def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | N
         label = [boxes.names[g]] + ([view.devices[d]] if view else []) + [
             f"{int(boxes.ops[b])} ops, {format_flops(boxes.flops[b]).replace('FLOPS', 'FLOP')}",
             f"{int(boxes.params[b]):,} parameters"]
-        attrs = {"label": "\n".join(label)}
-        if view:
-            attrs["fillcolor"] = view.colours[view.devices[d]]
+        attrs = {"label": "\n".join(label),     # _attrs leaves out a None fill colour
+                 "fillcolor": view.colours[view.devices[d]] if view else None}
         by_device.setdefault(d, []).append(f"    {quote(f'box{b}')} {_attrs(attrs)};")
     lines = []
     for d, members in by_device.items():
@@ -433,8 +430,7 @@ def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
     keep = box[src] != dst_box
     pairs = np.unique(src[keep] * count + dst_box[keep])
     tensor, target = pairs // count, pairs % count
-    edge_key = box[tensor] * count + target
-    keys, inverse = np.unique(edge_key, return_inverse=True)
+    keys, inverse = np.unique(box[tensor] * count + target, return_inverse=True)
     nbytes = np.bincount(inverse, weights=arrays.bytes[tensor], minlength=len(keys))
     lines = []
     for key, b in zip(keys.tolist(), nbytes.tolist()):
