@@ -165,8 +165,7 @@ def fit_link(a: str, b: str, sizes: Sequence[int], seconds: Sequence[float],
     least 0.1 us left)."""
     hops = [max(float(t) - round_trip, 1e-7) for t in seconds]
     sizes = tuple(int(n) for n in sizes)
-    latency, bandwidth = fit_latency_bandwidth(sizes, hops)
-    return LinkFit(a, b, sizes, tuple(hops), latency, bandwidth)
+    return LinkFit(a, b, sizes, tuple(hops), *fit_latency_bandwidth(sizes, hops))
 
 
 def step_overhead(measured: float, predicted: float) -> float:

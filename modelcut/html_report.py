@@ -38,11 +38,6 @@ def html_table(table: Table) -> str:
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
 
 
-def inline_svg(svg: str) -> str:
-    """Graphviz SVG without its XML prolog, DOCTYPE and comments, ready to sit inside HTML."""
-    return re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", "", svg, flags=re.S).strip()
-
-
 def html_report(report: Mapping, images: Sequence[tuple[str, Path]] = (),
                 graph_svg: str | None = None, graph_note: str | None = None) -> str:
     """The full page: summary, every report table, the plots (`(caption, png path)` pairs,
@@ -61,13 +56,14 @@ def html_report(report: Mapping, images: Sequence[tuple[str, Path]] = (),
         parts += ['<section id="plots">', "<h2>Plots</h2>"]
         for caption, path in images:
             png = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            parts.append(f'<figure><img alt="{html.escape(caption)}" '
-                         f'src="data:image/png;base64,{png}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+                         f'{png}"><figcaption>{html.escape(caption)}</figcaption></figure>')
         parts.append("</section>")
     parts += ['<section id="graph">', "<h2>Graph by layer group and device</h2>"]
     if graph_svg:
-        parts.append(f'<div class="graph">{inline_svg(graph_svg)}</div>')
+        # Graphviz's SVG without its XML prolog, DOCTYPE and comments, to sit inside HTML
+        svg = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", "", graph_svg, flags=re.S)
+        parts.append(f'<div class="graph">{svg.strip()}</div>')
     if graph_note:
         parts.append(f'<p class="note">{html.escape(graph_note)}</p>')
     parts += ["</section>", "</body>", "</html>"]

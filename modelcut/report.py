@@ -380,8 +380,7 @@ def summary_line(report: Mapping) -> str:
     g = report["graph"]
     ops = sum(d["ops"] for d in report["devices"])
     return (f"{g['nodes']:,} nodes ({ops:,} ops), {g['edges']:,} edges, "
-            f"{g['parameters']:,} parameters, "
-            f"{_flop_count(g['train_flops'])} per training step, "
+            f"{g['parameters']:,} parameters, {_flop_count(g['train_flops'])} per training step, "
             f"{len(report['devices'])} devices; algorithm {report['result']['algorithm']}.")
 
 

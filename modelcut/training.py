@@ -46,8 +46,7 @@ class NonFiniteStep(TrainingError):
 
     def __init__(self, message: str, step: int, good_state: bool):
         super().__init__(message)
-        self.step = step
-        self.good_state = good_state
+        self.step, self.good_state = step, good_state
 
 
 @dataclass(frozen=True)
@@ -223,9 +222,8 @@ def is_calibrated(cluster: Cluster) -> bool:
 def default_step_timeout(predicted_seconds: float, calibrated: bool) -> float:
     """Seconds a step may take before its actors count as hung: STEP_TIMEOUT_FACTOR times the
     predicted step time, at least STEP_TIMEOUT_FLOOR."""
-    factor = STEP_TIMEOUT_FACTOR[bool(calibrated)]
     predicted = predicted_seconds if math.isfinite(predicted_seconds) else 0.0
-    return max(STEP_TIMEOUT_FLOOR, factor * max(predicted, 0.0))
+    return max(STEP_TIMEOUT_FLOOR, STEP_TIMEOUT_FACTOR[bool(calibrated)] * max(predicted, 0.0))
 
 
 def check_address(address: str | None) -> None:
