@@ -1,15 +1,11 @@
 """Measure this machine as a cluster for the step simulator (executor/timing.py).
 
 Per Ray actor (one per device, BLAS on one thread as the executor runs them), one at a time:
-`flops` (median n x n matmul rate over a few n), `op_flops` (matmul; conv2d with its two
-gradient ops; `*`: memory-bound ops, FLOPs as the op registry counts them) and `op_overhead`
-(the compute seconds the executor's worker reports training tiny models, over their ops).
-Links: `latency + bytes / bandwidth` fitted by least squares to a hop's median seconds per
-payload size through the executor's transport: its named pipes on one node (half an echo's
-round trip), else plain actor calls taking the other actor's ObjectRef (less a round trip).
-`step_overhead`: a tiny model's step through the Ray executor on one device less what
-`simulate_plan` predicts for it. Then the simulator is checked, not fitted: probe models (no
-bundled config) through the Ray executor on two devices, measured vs predicted step.
+matmul, conv2d and memory-bound FLOP/s and the seconds per executed op. Links: `latency +
+bytes / bandwidth` fitted to a hop's median seconds per payload size through the executor's
+transport (named pipes on one node, else plain actor calls). `step_overhead`: a tiny model's
+step through the Ray executor on one device less what `simulate_plan` predicts for it. Then
+the simulator is checked, not fitted: probe models (no bundled config) on two devices.
 """
 from __future__ import annotations
 
@@ -45,8 +41,7 @@ TINY_MODELS = (("mlp", dict(layers=2, width=4, in_features=4, classes=2, batch=2
 
 
 class Probe(NamedTuple):
-    """A model trained through the Ray executor: builder family and sizes (full batch),
-    micro-batches, schedule and optimizer."""
+    """A model trained through the Ray executor (`sizes`: of the full batch)."""
 
     name: str
     family: str
@@ -97,9 +92,6 @@ class LinkFit:
     latency: float
     bandwidth: float
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class Check:
@@ -122,8 +114,7 @@ class Check:
 @dataclass(frozen=True)
 class Calibration:
     """What was measured: the devices, one link per pair (through `transport`: pipes or
-    plain), the executor's seconds per step beyond ops and transfers, and the simulator's
-    checks on probe models (reported, not fitted)."""
+    plain), the step overhead, and the simulator's checks on probe models (not fitted)."""
 
     host: str
     devices: tuple[DeviceFit, ...]
@@ -133,8 +124,7 @@ class Calibration:
     checks: tuple[Check, ...] = ()
 
     def cluster_spec(self, k: int | None = None) -> dict:
-        """The `cluster:` section (plain numbers: FLOP/s, bytes, bytes/s, s) of the first k
-        devices (default all) and their links."""
+        """The `cluster:` section (FLOP/s, bytes, bytes/s, s) of the first k devices and links."""
         devices = self.devices[:k]
         names = {d.name for d in devices}
         spec = {"name": f"calibrated-{self.host}", "devices": [d.spec() for d in devices],
@@ -145,17 +135,11 @@ class Calibration:
             spec["links"] = links
         return spec
 
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "checks": [c.to_dict() for c in self.checks]}
-
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
                           ) -> tuple[float, float]:
-    """Least-squares (latency, bandwidth) of `seconds = latency + payload / bandwidth`, in
-    relative terms (each residual divided by its measured time: noise grows with the time).
-
-    A negative fitted latency is clamped to 0 (and the slope refitted through the origin);
-    a non-positive slope (times that do not grow with size) raises CalibrationError."""
+    """Least-squares (latency, bandwidth) of `seconds = latency + payload / bandwidth`, each
+    residual relative to its time (noise grows with the time); a negative latency becomes 0."""
     x, y = np.asarray(payloads, dtype=float), np.asarray(seconds, dtype=float)
     if len(x) < 2 or len(set(x.tolist())) < 2:
         raise CalibrationError("link fit: need at least two different payload sizes, got "
@@ -177,12 +161,11 @@ def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]
 
 def fit_link(a: str, b: str, sizes: Sequence[int], seconds: Sequence[float],
              round_trip: float = 0.0) -> LinkFit:
-    """The link a -> b from the median seconds per payload size of a hop plus `round_trip`
-    (the driver's own call, on the plain path), subtracted here (leaving at least 0.1 us)."""
+    """The link a -> b from a hop's median seconds per payload size, less `round_trip` (at
+    least 0.1 us left)."""
     hops = [max(float(t) - round_trip, 1e-7) for t in seconds]
     sizes = tuple(int(n) for n in sizes)
-    latency, bandwidth = fit_latency_bandwidth(sizes, hops)
-    return LinkFit(a, b, sizes, tuple(hops), latency, bandwidth)
+    return LinkFit(a, b, sizes, tuple(hops), *fit_latency_bandwidth(sizes, hops))
 
 
 def step_overhead(measured: float, predicted: float) -> float:
@@ -202,29 +185,28 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def matmul_rates(sizes: Sequence[int], repeats: int, dtype: str = "float32") -> dict[int, float]:
+def matmul_rates(sizes: Sequence[int], repeats: int) -> dict[int, float]:
     """FLOP/s of an n x n matmul per size n."""
     rng = np.random.default_rng(0)
     rates = {}
     for n in sizes:
-        a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+        a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
         rates[int(n)] = 2.0 * n**3 / max(median_seconds(lambda: a @ b, repeats), 1e-12)
     return rates
 
 
-def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES,
-              dtype: str = "float32") -> float:
+def conv_rate(repeats: int) -> float:
     """FLOP/s of conv2d and its input and weight gradients (the simulator charges a conv's
-    backward at its forward's rate): the median over `shapes`."""
+    backward at its forward's rate): the median over CONV_SHAPES."""
     from autodiff.ops.registry import lookup
 
     forward, input_grad, weight_grad = (lookup(op, op) for op in
                                         ("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
     rng = np.random.default_rng(0)
     rates = []
-    for batch, channels, side in shapes:
-        x = rng.standard_normal((batch, channels, side, side)).astype(dtype)
-        w = rng.standard_normal((channels, channels, 3, 3)).astype(dtype)
+    for batch, channels, side in CONV_SHAPES:
+        x = rng.standard_normal((batch, channels, side, side)).astype(np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32)
         g = forward.forward(x, w, padding=1)
 
         def step():
@@ -235,15 +217,14 @@ def conv_rate(repeats: int, shapes: Sequence[tuple[int, int, int]] = CONV_SHAPES
     return float(np.median(rates))
 
 
-def elementwise_rate(repeats: int, shape: tuple[int, int] = ELEMENTWISE_SHAPE,
-                     dtype: str = "float32") -> float:
-    """FLOP/s (as the op registry counts them) of ELEMENTWISE_OPS on `shape` arrays: their
-    summed FLOPs over their summed median seconds."""
+def elementwise_rate(repeats: int) -> float:
+    """FLOP/s (as the op registry counts them) of ELEMENTWISE_OPS on ELEMENTWISE_SHAPE arrays:
+    their summed FLOPs over their summed median seconds."""
     from autodiff.ops.registry import lookup
 
     rng = np.random.default_rng(0)
-    x, y = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
-    row = rng.standard_normal(shape[-1]).astype(dtype)
+    x, y = (rng.standard_normal(ELEMENTWISE_SHAPE).astype(np.float32) for _ in range(2))
+    row = rng.standard_normal(ELEMENTWISE_SHAPE[-1]).astype(np.float32)
     args = {"add": (x, y), "multiply": (x, y), "layer_norm": (x, row, row)}
     attrs = {"softmax": {"axis": -1}, "mean": {"axis": -1}}
     flops = seconds = 0.0
@@ -423,9 +404,8 @@ def calibrate(devices: int, *, matmul_sizes: Sequence[int] = DEFAULT_MATMUL_SIZE
               payloads: Sequence[int] = DEFAULT_PAYLOADS, repeats: int = DEFAULT_REPEATS,
               steps: int = DEFAULT_STEPS, address: str | None = None,
               probes: Sequence[Probe] = CHECK_PROBES) -> Calibration:
-    """Measure `devices` Ray actors (starting a local Ray unless `address` names a cluster),
-    the executor's step overhead on one device, then check the simulator on `probes` on
-    (at most) two devices."""
+    """Measure `devices` Ray actors (on a local Ray unless `address` names a cluster) and the
+    executor's step overhead, then check the simulator on `probes` on (at most) two devices."""
     from executor.ray_runtime import start_ray, stop_ray
     from partition.cluster import Cluster
 

@@ -1,9 +1,8 @@
 """The `modelcut` command line: one subcommand per module in modelcut/commands/.
 
-Errors raised by modelcut's own packages (ConfigError, GraphError, PlacementError, ...),
-file-system errors and bad arguments print `modelcut: error: ...` on stderr (one line per
-problem), without a traceback, and exit with status 2. Any other exception is a bug and keeps
-its traceback.
+modelcut's own errors (ModelcutError), file-system errors and bad arguments print one
+`modelcut: error: ...` line per problem on stderr and exit with status 2; any other exception
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -12,19 +11,14 @@ import logging
 import sys
 
 from autodiff.errors import ModelcutError
-from modelcut.commands import check, graph
-from modelcut.commands import compare, partition, viz
-from modelcut.commands import calibrate, train
+from modelcut.commands import calibrate, check, compare, graph, partition, train, viz
 
 # The commands `modelcut --help` lists, in this order. Each module has add_parser and run.
-COMMANDS = [graph, check]
-COMMANDS += [partition, compare, viz]
-COMMANDS += [train, calibrate]
+COMMANDS = [graph, check, partition, compare, viz, train, calibrate]
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `modelcut: error: COMMAND: ...` and exit status 2 (the
-    usage text is one `--help` away); subcommand parsers inherit it."""
+    """argparse with one-line errors `modelcut: error: COMMAND: ...` and exit status 2."""
 
     def error(self, message: str):
         command = self.prog.partition(" ")[2]
@@ -32,21 +26,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"modelcut: error: {where}{message} (see `{self.prog} --help`)\n")
 
 
-def version() -> str:
-    """The installed distribution's version (the source tree's when run uninstalled)."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
-    try:
-        return dist_version("modelcut")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        installed = version("modelcut")
+    except PackageNotFoundError:     # run from a source tree that was never installed
+        installed = "unknown"
     parser = Parser(
         prog="modelcut",
         description="Partition a neural network's computational graph across devices to "
                     "minimise communication, and train it with one Ray actor per device.")
-    parser.add_argument("--version", action="version", version=f"modelcut {version()}")
+    parser.add_argument("--version", action="version", version=f"modelcut {installed}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v info, -vv debug)")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

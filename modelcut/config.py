@@ -61,7 +61,9 @@ class Section(BaseModel):
         except ValidationError as exc:
             if not errors:
                 raise
-            errors += [_reraisable(e) for e in exc.errors()]
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]),
+                                        loc=e["loc"], input=e.get("input"))
+                       for e in exc.errors()]     # in the form from_exception_data accepts
             raise ValidationError.from_exception_data(cls.__name__, errors) from None
         errors += [InitErrorDetails(type=_expected(phrase), loc=(key,), input=value)
                    for key, phrase, value in section.problems()]
@@ -72,12 +74,6 @@ class Section(BaseModel):
     def problems(self) -> list[tuple[str, str, Any]]:
         """Cross-field problems as (key, 'expected ...', value)."""
         return []
-
-
-def _reraisable(error: dict) -> InitErrorDetails:
-    """A pydantic error dict in the form ValidationError.from_exception_data accepts."""
-    return InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]),
-                            loc=error["loc"], input=error.get("input"))
 
 
 # ----------------------------------------------------------------------- model
@@ -160,11 +156,8 @@ class ResNetModel(Section):
 
 
 class TorchModel(Section):
-    """`torch: "package.module:factory"`: a PyTorch model imported through torch.export
-    (modelcut/imported_model.py). factory() returns (module, example_inputs); the module is
-    looked up in `folder` (default: the config's folder), then on sys.path. `loss` turns the
-    output into a scalar for training (autodiff/models/imported.py); `data: fixed` trains on
-    one seeded batch drawn like the example inputs, `fresh` draws a new one each step."""
+    """`torch: "package.module:factory"`, imported through torch.export (imported_model.py);
+    `data: fixed` trains on one seeded batch, `fresh` draws a new one each step."""
     torch: Text
     loss: _choice("cross_entropy", "mse", "sum") = "cross_entropy"
     data: _choice("fixed", "fresh") = "fixed"
@@ -172,8 +165,7 @@ class TorchModel(Section):
 
     def problems(self):
         module, _, factory = self.torch.partition(":")
-        if not module or not factory or not all(p.isidentifier() for p in module.split(".")) \
-                or not factory.isidentifier():
+        if not (factory.isidentifier() and all(p.isidentifier() for p in module.split("."))):
             return [("torch", "expected \"package.module:factory\"", self.torch)]
         return []
 
@@ -182,9 +174,8 @@ BUILDER_MODELS = {"mlp": MLPModel, "gpt": GPTModel, "lstm": LSTMModel, "resnet":
 
 
 def _model_kind(data) -> str | None:
-    if isinstance(data, BaseModel):
-        return ("graph" if isinstance(data, GraphModel) else
-                "torch" if isinstance(data, TorchModel) else data.builder)
+    if isinstance(data, BaseModel):      # a validated section: its fields tell its kind
+        data = dict(data)
     if not isinstance(data, dict):
         return None
     return "graph" if "graph" in data else "torch" if "torch" in data else data.get("builder")
@@ -198,8 +189,8 @@ ModelSection = Annotated[Union[Annotated[GraphModel, Tag("graph")],
 
 # --------------------------------------------------------------------- cluster
 def _cluster_section(value):
-    """`file: PATH` (read by load_config), else a cluster section checked and normalized by
-    partition's one cluster validator (partition/cluster_spec.py)."""
+    """`file: PATH` (read by load_config), else a cluster section normalized by partition's
+    one cluster validator (partition/cluster_spec.py)."""
     from partition.cluster_spec import normalize
     from partition.errors import ClusterError
     if isinstance(value, dict) and "file" in value:
@@ -280,11 +271,7 @@ class TrainingSection(Section):
 
 # ------------------------------------------------------------------------ config
 class Config(Section):
-    """One experiment: a model, a cluster, how to partition it and how to train it.
-
-    Defaults: a uniform cluster of 2 devices (preset speeds), `partition.seed` and
-    `training.seed` equal to the top-level `seed`.
-    """
+    """One experiment: a model, a cluster, how to partition it and how to train it."""
 
     name: Optional[Text] = None
     seed: Seed = 0
@@ -310,10 +297,7 @@ class Config(Section):
         """(builder name, keyword arguments) for `autodiff.models.BUILDERS[name](**kwargs)`."""
         if isinstance(self.model, (GraphModel, TorchModel)):
             raise ConfigError([f"{self.name}: model: is not a builder"])
-        kwargs = self.model.model_dump(exclude={"builder"})
-        if "channels" in kwargs:
-            kwargs["channels"] = list(kwargs["channels"])
-        return self.model.builder, kwargs
+        return self.model.builder, self.model.model_dump(exclude={"builder"})
 
     def forward_graph(self):
         """The model's forward Graph: built by its builder, read from `model.graph`, or
@@ -341,8 +325,6 @@ class Config(Section):
             raise ConfigError([f"cluster.file {self.cluster['file']!r} was not loaded; "
                                "use load_config()"])
         return copy.deepcopy(self.cluster)
-
-
 
 
 # ------------------------------------------------------------------------ loading
@@ -393,9 +375,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
-    """Make `model.graph` and `cluster.file` relative to the config file's folder (and
-    `model.folder`, where a `model.torch` module is looked up first); returns the sections as
-    given (for messages naming both the given and the resolved path)."""
+    """Make `model.graph`, `cluster.file` and `model.folder` relative to the config file's
+    folder; returns the sections as given (for messages naming both paths)."""
     given = {}
     for section, key in (("model", "graph"), ("cluster", "file"), ("model", "folder")):
         body = data.get(section)
@@ -409,8 +390,7 @@ def _resolve_paths(data: dict, base: Path) -> dict:
 
 
 def _load_cluster_file(reference: dict, config_path: Path, given: dict) -> dict:
-    """The cluster section stored in `cluster.file` (with or without a `cluster:` key),
-    normalized by partition's cluster validator."""
+    """The cluster section in `cluster.file` (under a `cluster:` key or not), normalized."""
     from partition.cluster_spec import normalize
     from partition.errors import ClusterError
     path = Path(reference["file"])
@@ -474,18 +454,15 @@ def _describe(source: str, error: dict) -> str:
         text = "missing required key"
     elif kind == "unknown_key":
         text = error["msg"]
-    elif kind == "expected":
-        text = f"{error['msg']}, got {_show(value)}"
     elif kind in TYPE_WORDS:
         text = f"expected {TYPE_WORDS[kind]}, got {_show(value)}"
     elif kind == "too_short":
         text = f"expected at least {error.get('ctx', {}).get('min_length', 1)} item(s), got none"
     elif kind == "union_tag_invalid" and loc == ["model"]:
-        tag = error.get("ctx", {}).get("tag")
-        hint = _did_you_mean(tag, BUILDER_MODELS)
-        loc = ["model", "builder"]
-        text = f"expected one of {', '.join(BUILDER_MODELS)}{hint}, got {_show(tag)}"
-    elif kind in ("union_tag_invalid", "union_tag_not_found") and loc == ["model"]:
+        tag, loc = error.get("ctx", {}).get("tag"), ["model", "builder"]
+        text = (f"expected one of {', '.join(BUILDER_MODELS)}"
+                f"{_did_you_mean(tag, BUILDER_MODELS)}, got {_show(tag)}")
+    elif kind == "union_tag_not_found" and loc == ["model"]:
         text = f"{MODEL_HELP}, got {_show(value)}"
     else:
         text = f"{error['msg']}, got {_show(value)}"
@@ -498,5 +475,3 @@ def _key(key: Any) -> str:
     """A key as written in a problem line; quoted when empty or not printable (a newline in a
     key must not break the one-line message)."""
     return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
-
-

@@ -12,8 +12,7 @@ from autodiff.errors import did_you_mean as _did_you_mean
 from partition.units import UnitError, parse_time
 
 
-def _expected(phrase: str, **context) -> PydanticCustomError:
-    detail = context.get("detail")
+def _expected(phrase: str, detail: str = "") -> PydanticCustomError:
     return PydanticCustomError("expected", phrase + (f" ({detail})" if detail else ""))
 
 
@@ -32,28 +31,24 @@ def _is_int(v) -> bool:
 
 def _as_number(v) -> float | None:
     """A finite number from YAML (PyYAML reads `1e-3` as a string, so numeric strings count)."""
-    if isinstance(v, bool):
-        return None
     if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
             return None
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return v
-    return None
+    return v if (_is_int(v) or isinstance(v, float)) and math.isfinite(v) else None
 
 
-def _quantity(phrase: str, parse: Callable, positive: bool = True):
-    """A BeforeValidator for a unit-bearing quantity (parsed by modelcut.units)."""
+def _time(phrase: str):
+    """A BeforeValidator for a positive time with units (`30s`, `2min`: partition.units)."""
     def check(value):
         try:
-            number = parse(value)
+            number = parse_time(value)
         except UnitError as exc:
             detail = str(exc).split(": ", 1)[-1].split(" (expected")[0]
             detail = "" if detail.startswith("expected") else detail
             raise _expected(phrase, detail=detail) from None
-        if positive and number <= 0:
+        if number <= 0:
             raise _expected(phrase)
         return number
     return BeforeValidator(check)
@@ -69,17 +64,14 @@ def _choice(*options: str):
     return Annotated[str, BeforeValidator(check)]
 
 
-# Bounds that keep a config from describing a graph no machine could build (a layer count of
-# 2^63 would loop for ever): every count is at most INT_MAX, and model sizes have their own caps
-# (MAX_LAYERS, MAX_SIZE, ... in modelcut/config.py). Seeds are what numpy's legacy
-# RandomState accepts.
+# Every count is at most INT_MAX (model sizes have tighter caps in modelcut/config.py); seeds
+# are what numpy's legacy RandomState accepts.
 INT_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
 
 
 def Bounded(low: int, high: int, what: str):
-    """An integer in low..high (bools rejected): `expected <what>` below, `expected at most`
-    above."""
+    """An integer in low..high (bools rejected), else `expected <what>` (`... at most HIGH`)."""
     def check(value):
         if not (_is_int(value) and value >= low):
             raise _expected(f"expected {what}")
@@ -102,7 +94,7 @@ Fraction = Annotated[float, _rule("expected a number in [0, 1)",
                                   _as_number)]
 Flag = Annotated[bool, _rule("expected true or false", lambda v: isinstance(v, bool))]
 Text = Annotated[str, _rule("expected a non-empty string", lambda v: isinstance(v, str) and v)]
-Seconds = Annotated[float, _quantity("expected a positive time such as 30s or 2min", parse_time)]
+Seconds = Annotated[float, _time("expected a positive time such as 30s or 2min")]
 Dtype = _choice("float32", "float64")
 PinTarget = Annotated[Union[int, str], _rule("expected a device name or a device index",
                                              lambda v: (_is_int(v) and v >= 0)

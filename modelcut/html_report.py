@@ -29,28 +29,13 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 
 def html_table(table: Table) -> str:
     """A <table> with a caption; numeric columns right-aligned."""
+    def td(cell: str, numeric: bool) -> str:
+        cls = ' class="over"' if cell.endswith("OVER") else (' class="num"' if numeric else "")
+        return f"<td{cls}>{html.escape(cell)}</td>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    rows = []
-    for row in table.rows:
-        cells = []
-        for cell, numeric in zip(row, table.numeric):
-            cls = ' class="over"' if cell.endswith("OVER") else (' class="num"' if numeric else "")
-            cells.append(f"<td{cls}>{html.escape(cell)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+    rows = ["<tr>" + "".join(map(td, row, table.numeric)) + "</tr>" for row in table.rows]
     return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n"
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
-
-
-def inline_svg(svg: str) -> str:
-    """Graphviz SVG without its XML prolog, DOCTYPE and comments, ready to sit inside HTML."""
-    svg = re.sub(r"<\?xml[^>]*\?>", "", svg)
-    svg = re.sub(r"<!DOCTYPE[^>]*>", "", svg, flags=re.S)
-    svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)
-    return svg.strip()
-
-
-def png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def html_report(report: Mapping, images: Sequence[tuple[str, Path]] = (),
@@ -70,12 +55,15 @@ def html_report(report: Mapping, images: Sequence[tuple[str, Path]] = (),
     if images:
         parts += ['<section id="plots">', "<h2>Plots</h2>"]
         for caption, path in images:
-            parts.append(f'<figure><img alt="{html.escape(caption)}" src="{png_data_uri(path)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            png = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+                         f'{png}"><figcaption>{html.escape(caption)}</figcaption></figure>')
         parts.append("</section>")
     parts += ['<section id="graph">', "<h2>Graph by layer group and device</h2>"]
     if graph_svg:
-        parts.append(f'<div class="graph">{inline_svg(graph_svg)}</div>')
+        # Graphviz's SVG without its XML prolog, DOCTYPE and comments, to sit inside HTML
+        svg = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", "", graph_svg, flags=re.S)
+        parts.append(f'<div class="graph">{svg.strip()}</div>')
     if graph_note:
         parts.append(f'<p class="note">{html.escape(graph_note)}</p>')
     parts += ["</section>", "</body>", "</html>"]

@@ -3,44 +3,32 @@ torch.export, and give training what a builder gives it (graph, batch, data, wei
 
 The factory returns (module, example_inputs). The module is looked up in `model.folder` (the
 config's folder by default) first, then on sys.path. Training starts from the module's own
-weights; data is drawn like the example inputs (autodiff/models/imported.py). With
-`training.micro_batches: m` the per-micro-batch graph is imported again on the first 1/m of
-each example input (so the batch, the examples' first axis, must divide by m).
+weights; data is drawn like the example inputs (autodiff/models/imported.py); a micro-batch's
+graph is imported again on the first 1/m of each example input.
 """
 from __future__ import annotations
 
 import importlib
 import sys
-from contextlib import contextmanager
 from typing import Callable
 
 from modelcut.config import Config, ConfigError, TorchModel
-
-
-@contextmanager
-def _search_first(folder: str | None):
-    """sys.path with `folder` in front, for one import."""
-    if not folder:
-        yield
-        return
-    sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        if sys.path and sys.path[0] == folder:
-            sys.path.pop(0)
 
 
 def load_factory(spec: str, folder: str | None, source: str) -> Callable:
     """The callable `spec` ("package.module:factory") names."""
     module_name, _, attr = spec.partition(":")
     where = f"{folder}, then sys.path" if folder else "sys.path"
+    if folder:
+        sys.path.insert(0, folder)          # for this one import
     try:
-        with _search_first(folder):
-            module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError([f"{source}: model.torch: cannot import {module_name!r} (searched "
                            f"{where}): {exc}"]) from None
+    finally:
+        if folder and sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError([f"{source}: model.torch: module {module_name!r} has no callable "
@@ -81,31 +69,19 @@ def import_config_model(config: Config, source: str, micro_batches: int = 1):
                            f"example inputs' batch axis ({batch}), got {micro_batches}"])
     try:
         full = import_torch(module, inputs)
-        if micro_batches == 1:
-            return full, full
         part = tuple(x[:batch // micro_batches] for x in inputs)
-        return full, import_torch(module, part)
+        return full, (full if micro_batches == 1 else import_torch(module, part))
     except TorchImportError as exc:
         raise ConfigError([f"{source}: model.torch: {exc}"]) from None
 
 
-def imported_loss_graph(config: Config, source: str | None = None):
+def imported_loss_graph(config: Config):
     """The forward graph with its training loss (what `graph`, `partition` and `compare`
     work on, as a builder's graph ends in its loss)."""
     from autodiff.models.imported import with_loss
 
-    imported, _ = import_config_model(config, source or str(config.name))
+    imported, _ = import_config_model(config, str(config.name))
     return with_loss(imported.graph, config.model.loss)
-
-
-def onnx_config_model(config: Config, source: str):
-    """The ImportedModel of `model.graph` (an .onnx file): one graph, its batch fixed."""
-    from autodiff.onnx_import import import_onnx
-    if config.training.micro_batches != 1:
-        raise ConfigError([f"{source}: training.micro_batches: an ONNX model's batch is fixed "
-                           "by the file; expected 1"])
-    imported = import_onnx(config.model.graph, dims=config.model.dims)
-    return imported, imported
 
 
 def imported_parts(config: Config, source: str):
@@ -116,8 +92,12 @@ def imported_parts(config: Config, source: str):
     m = config.training.micro_batches
     if isinstance(config.model, TorchModel):
         full, part = import_config_model(config, source, m)
+    elif m != 1:
+        raise ConfigError([f"{source}: training.micro_batches: an ONNX model's batch is fixed "
+                           "by the file; expected 1"])
     else:
-        full, part = onnx_config_model(config, source)
+        from autodiff.onnx_import import import_onnx
+        full = part = import_onnx(config.model.graph, dims=config.model.dims)
     loss = config.model.loss
     full_graph, graph = with_loss(full.graph, loss), with_loss(part.graph, loss)
     data = imported_data(full.inputs, full_graph, config.training.seed or 0,

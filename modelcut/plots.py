@@ -49,18 +49,9 @@ def _legend_outside(ax, **kwargs) -> None:
               **kwargs)
 
 
-def _device_ticks(ax, x: np.ndarray, names: Sequence[str]) -> None:
-    """Device names under the bars, rotated beyond 8 devices and thinned beyond 32."""
-    step = max(1, int(np.ceil(len(names) / 32)))
-    ax.set_xticks(x[::step], list(names)[::step], rotation=45 if len(names) > 8 else 0,
-                  ha="right" if len(names) > 8 else "center")
-
-
 def load_memory_plot(report: Mapping, path: Path) -> Path:
-    """Two bar charts per device: training FLOPs (with the mean and the epsilon cap) and memory.
-    The memory axis fits the memory in use; each device's capacity is drawn only when some
-    device uses at least 5% of its own (else a 17 GB line would flatten kB bars to nothing),
-    and every bar is labelled with its share of its capacity."""
+    """Bar charts of training FLOPs (with the mean and the epsilon cap) and memory per device;
+    capacities only when one is 5% used (else a 17 GB line would flatten kB bars to nothing)."""
     devices = report["devices"]
     names = [d["name"] for d in devices]
     x = np.arange(len(names))
@@ -76,11 +67,10 @@ def load_memory_plot(report: Mapping, path: Path) -> Path:
             ax_load.axhline(mean * (1 + epsilon), color="black", linestyle="--", linewidth=1,
                             label=f"mean x (1 + {epsilon})")
         _legend_outside(ax_load)
-    ax_load.set_ylabel(f"train {unit}")
     title = f"Load per device (imbalance {report['totals']['imbalance']:.3f})"
     if (report.get("result") or {}).get("relaxed_by"):
         title += f"; cap relaxed by node {report['result']['relaxed_by']!r}"
-    ax_load.set_title(title)
+    ax_load.set(ylabel=f"train {unit}", title=title)
     memory = np.array([d["memory"] for d in devices], float)
     capacity = np.array([d["capacity"] for d in devices], float)
     used = memory / np.maximum(capacity, 1)
@@ -95,16 +85,17 @@ def load_memory_plot(report: Mapping, path: Path) -> Path:
                        label="capacity", zorder=3)
     if len(names) <= 32:
         for xi, m, share in zip(x, mem, used):
-            ax_mem.annotate(_share(share), (xi, m), textcoords="offset points", xytext=(0, 2), ha="center",
-                            fontsize=7)
+            ax_mem.annotate(_share(share), (xi, m), textcoords="offset points", xytext=(0, 2),
+                            ha="center", fontsize=7)
     _legend_outside(ax_mem)
-    ax_mem.set_ylabel(munit)
     title = "Memory per device (labels: share of its capacity)"
     if not show_capacity and len(used):
         title += f"\ncapacity not drawn: at most {_share(float(used.max()))} of it in use"
-    ax_mem.set_title(title)
+    ax_mem.set(ylabel=munit, title=title)
+    step, wide = max(1, int(np.ceil(len(names) / 32))), len(names) > 8   # thin, rotate names
     for ax in (ax_load, ax_mem):
-        _device_ticks(ax, x, names)
+        ax.set_xticks(x[::step], names[::step], rotation=45 if wide else 0,
+                      ha="right" if wide else "center")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -117,35 +108,28 @@ def _share(x: float) -> str:
 def traffic_plot(report: Mapping, path: Path) -> Path:
     """Heatmap of bytes sent per step from each device (row) to each device (column)."""
     names = [d["name"] for d in report["devices"]]
-    traffic = np.asarray(report["link_traffic"], dtype=float)
-    scaled, unit = _scaled(traffic, BYTE_UNITS)
+    scaled, unit = _scaled(np.asarray(report["link_traffic"], dtype=float), BYTE_UNITS)
     k = len(names)
     side = min(12.0, max(4.0, 0.5 * k + 2))
     fig = Figure(figsize=(side + 1.0, side))
     ax = fig.subplots()
-    image = ax.imshow(scaled, cmap="Blues")
-    fig.colorbar(image, ax=ax, label=unit)
+    fig.colorbar(ax.imshow(scaled, cmap="Blues"), ax=ax, label=unit)
     step = max(1, int(np.ceil(k / 32)))
     ax.set_xticks(range(0, k, step), names[::step], rotation=45 if k > 6 else 0)
     ax.set_yticks(range(0, k, step), names[::step])
-    ax.set_xlabel("to")
-    ax.set_ylabel("from")
-    ax.set_title(f"Link traffic per step ({unit})")
+    ax.set(xlabel="to", ylabel="from", title=f"Link traffic per step ({unit})")
     if k <= 12:
         top = scaled.max() if scaled.size else 0
-        for a in range(k):
-            for b in range(k):
-                if scaled[a, b] > 0:
-                    ax.text(b, a, f"{scaled[a, b]:.3g}", ha="center", va="center", fontsize=8,
-                            color="white" if scaled[a, b] > 0.6 * top else "black")
+        for a, b in zip(*np.nonzero(scaled > 0)):
+            ax.text(b, a, f"{scaled[a, b]:.3g}", ha="center", va="center", fontsize=8,
+                    color="white" if scaled[a, b] > 0.6 * top else "black")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) -> Path:
-    """The simulated step per device: a Gantt chart of its compute intervals (forward and
-    backward in two colours, micro-batches in shades, transfers as thin bars) when the
-    simulation lists them under "timeline", else each device's busy and idle time."""
+    """The simulated step per device: a Gantt chart of the simulation's "timeline" (micro-batches
+    in shades, transfers as thin bars), else each device's busy and idle time."""
     timeline = simulation.get("timeline") or []
     k = len(device_names)
     row_of = {name: i for i, name in enumerate(device_names)}
@@ -186,17 +170,15 @@ def schedule_plot(simulation: Mapping, device_names: Sequence[str], path: Path) 
         ax.text(0.99, -0.12, "the simulator reported totals only, no per-op times",
                 transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#666666")
     ax.set_yticks(range(k), device_names)
-    ax.set_ylim(k - 0.5, -0.7)
-    ax.set_xlim(0, end_max / scale * 1.02 if end_max else 1)
-    ax.set_xlabel(f"time ({unit})")
+    ax.set(ylim=(k - 0.5, -0.7), xlim=(0, end_max / scale * 1.02 if end_max else 1),
+           xlabel=f"time ({unit})")
     title = f"Simulated step: {makespan / scale:.4g} {unit}"
     if simulation.get("speedup") is not None:
         title += f", speedup {simulation['speedup']:.2f}x"
     if simulation.get("bubble") is not None:
         title += f", bubble {100 * simulation['bubble']:.1f}%"
-    title += f" ({simulation.get('schedule') or 'list scheduling'}"
-    title += f", {simulation.get('micro_batches', 1)} micro-batches)"
-    ax.set_title(title)
+    ax.set_title(f"{title} ({simulation.get('schedule') or 'list scheduling'}, "
+                 f"{simulation.get('micro_batches', 1)} micro-batches)")
     ax.grid(axis="x", alpha=0.3)
     _legend_outside(ax, handles=handles)
     fig.tight_layout()

@@ -1,8 +1,6 @@
 """The partition report: one JSON-ready dict built from a placement, written as report.json and
-report.md and printed as rich tables.
-
-Every view (terminal, Markdown, HTML) renders the same `Table` records from `report_tables`, so
-they cannot disagree.
+report.md and printed as rich tables. Every view (terminal, Markdown, HTML) renders the same
+`Table` records from `report_tables`, so they cannot disagree.
 """
 from __future__ import annotations
 
@@ -31,15 +29,10 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
     numeric: tuple[bool, ...]
 
-    def to_dict(self) -> dict:
-        return {"title": self.title, "columns": list(self.columns),
-                "rows": [list(r) for r in self.rows]}
-
 
 def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mapping | None = None,
                  settings: Mapping | None = None, source: str | None = None) -> dict:
-    """The report of one placement: graph, cluster, per-device rows, totals, top cut tensors,
-    link traffic and (when given, as `SimulationResult.to_dict()`) the simulated step."""
+    """The report of one placement (`simulation`: a `SimulationResult.to_dict()`, if any)."""
     metrics = placement.metrics
     arrays = graph_arrays(graph)
     k = cluster.k
@@ -52,15 +45,13 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
     total_load = float(loads.sum())
     memory = np.asarray(metrics.memory)
     busy = dict((simulation or {}).get("busy") or {})
-    devices = []
-    for d, device in enumerate(cluster.devices):
-        devices.append({
-            "name": device.name, "ops": int(ops[d]), "train_flops": float(loads[d]),
-            "load_share": float(loads[d] / total_load) if total_load else 0.0,
-            "parameters": int(parameters[d]), "memory": int(memory[d]),
-            "capacity": int(device.memory),
-            "memory_share": float(memory[d] / device.memory) if device.memory else 0.0,
-            "flops_per_second": float(device.flops), "busy": busy.get(device.name)})
+    devices = [{"name": device.name, "ops": int(ops[d]), "train_flops": float(loads[d]),
+                "load_share": float(loads[d] / total_load) if total_load else 0.0,
+                "parameters": int(parameters[d]), "memory": int(memory[d]),
+                "capacity": int(device.memory),
+                "memory_share": float(memory[d] / device.memory) if device.memory else 0.0,
+                "flops_per_second": float(device.flops), "busy": busy.get(device.name)}
+               for d, device in enumerate(cluster.devices)]
     totals = {
         "forward_volume": int(metrics.forward_volume),
         "backward_volume": int(metrics.backward_volume),
@@ -91,7 +82,9 @@ def build_report(graph: Graph, cluster: Cluster, placement, *, simulation: Mappi
                     for name, nbytes, to in metrics.top_cut],
         "link_traffic": np.asarray(metrics.link_traffic).astype(int).tolist(),
         "simulation": dict(simulation) if simulation else None,
-        "warnings": placement_warnings(graph, cluster, placement),
+        "warnings": [w for w in (relaxed_cap_warning(arrays, placement.relaxed_by, k),
+                                 empty_devices_warning(arrays, assignment, cluster.device_names))
+                     if w],
         "sharding": (placement.info or {}).get("sharding"),
     }
 
@@ -102,14 +95,12 @@ PIPELINE_HINT = ("the devices form a cycle, so this placement is not a pipeline:
 
 
 def pipeline_totals(graph: Graph, cluster: Cluster, placement, settings: Mapping) -> dict:
-    """SPEC section 5's pipeline figures of a placement for the report's totals: time per
-    micro-batch, bottleneck device and the schedule's bubble (None when it is not a pipeline),
-    and, for pipeline_dp, whether it ran on coarsened units."""
+    """SPEC section 5's pipeline figures of a placement for the report's totals (None when it
+    is not a pipeline), and, for pipeline_dp, whether it ran on coarsened units."""
     from partition.stage_time import stage_times
     info = getattr(placement, "info", None) or {}
     stages = info.get("pipeline")
-    schedule = settings.get("schedule")
-    schedule = schedule if schedule in ("gpipe", "1f1b") else "1f1b"
+    schedule = settings["schedule"] if settings.get("schedule") in ("gpipe", "1f1b") else "1f1b"
     m = int(settings.get("micro_batches") or 1)
     if stages is None or stages.get("micro_batches") != m or stages.get("schedule") != schedule:
         stages = stage_times(graph_arrays(graph), placement.assignment, cluster,
@@ -145,20 +136,13 @@ def pipeline_rows(t: Mapping) -> list[tuple[str, str]]:
                                            "(optimal: false)"))
     return rows
 
+
 # ------------------------------------------------------------------ warnings
-def placement_warnings(graph: Graph, cluster: Cluster, placement) -> list[str]:
-    """What a reader must not miss: the balance cap relaxed by one heavy node (SPEC section 2),
-    devices left without ops."""
-    arrays = graph_arrays(graph)
-    warnings = [relaxed_cap_warning(arrays, placement.relaxed_by, cluster.k),
-                empty_devices_warning(arrays, np.asarray(placement.assignment),
-                                      cluster.device_names)]
-    return [w for w in warnings if w]
 
 
 def relaxed_cap_warning(arrays, relaxed_by: str | None, k: int) -> str | None:
-    """The sentence saying that node `relaxed_by` alone outweighs a device's share of the load,
-    so each device's cap became (1 + epsilon) x that node's load."""
+    """The sentence saying that node `relaxed_by` alone outweighs a device's share of the load
+    (SPEC section 2), so each device's cap became (1 + epsilon) x that node's load."""
     if not relaxed_by:
         return None
     total = float(arrays.train_flops.sum())
@@ -197,33 +181,6 @@ def _flop_count(flops: float) -> str:
     return format_flops(flops).replace("FLOPS", "FLOP")
 
 
-def _maybe(value, fmt) -> str:
-    return "-" if value is None else fmt(value)
-
-
-def report_tables(report: Mapping, *, warnings: bool = True,
-                  glossary: bool = True) -> list[Table]:
-    """The tables of a report: warnings (when there are any), devices, totals, top cut
-    tensors, link traffic, and the glossary of their terms. The terminal leaves out the
-    warnings (it prints them as lines of their own) and the glossary."""
-    tables = [warnings_table(report)] if warnings and report.get("warnings") else []
-    tables += [device_table(report), totals_table(report)]
-    if report.get("sharding"):
-        tables.append(sharding_table(report["sharding"]))
-    if report["top_cut"]:
-        tables.append(top_cut_table(report))
-    if len(report["devices"]) > 1:
-        tables.append(traffic_table(report))
-    if glossary:
-        tables.append(glossary_table())
-    return tables
-
-
-def warnings_table(report: Mapping) -> Table:
-    return Table("Warnings", ("warning",), tuple((w,) for w in report.get("warnings") or ()),
-                 (False,))
-
-
 # The terms of the report's tables, defined once for report.md and report.html (SPEC.md).
 GLOSSARY = (
     ("ops", "the forward graph's operations: its nodes other than inputs, parameters and "
@@ -245,27 +202,41 @@ GLOSSARY = (
 )
 
 
-def glossary_table() -> Table:
-    return Table("Glossary", ("term", "meaning"), GLOSSARY, (False, False))
+def report_tables(report: Mapping, *, warnings: bool = True,
+                  glossary: bool = True) -> list[Table]:
+    """The tables of a report, in order; the terminal leaves out the warnings (it prints them
+    as lines of their own) and the glossary."""
+    tables = []
+    if warnings and report.get("warnings"):
+        tables.append(Table("Warnings", ("warning",), tuple((w,) for w in report["warnings"]),
+                            (False,)))
+    tables += [device_table(report), totals_table(report)]
+    if report.get("sharding"):
+        tables.append(sharding_table(report["sharding"]))
+    if report["top_cut"]:
+        tables.append(top_cut_table(report))
+    if len(report["devices"]) > 1:
+        tables.append(traffic_table(report))
+    if glossary:
+        tables.append(Table("Glossary", ("term", "meaning"), GLOSSARY, (False, False)))
+    return tables
 
 
 def device_table(report: Mapping) -> Table:
     rows = []
     for d in report["devices"]:
-        over = d["memory"] > d["capacity"]
         memory = (f"{format_size(d['memory'])} / {format_size(d['capacity'])} "
                   f"({_pct(d['memory_share'])})")
         rows.append((d["name"], str(d["ops"]), _flop_count(d["train_flops"]),
                      _pct(d["load_share"]), f"{d['parameters']:,}",
-                     memory + (" OVER" if over else ""), _pct(d.get("busy"))))
+                     memory + " OVER" * (d["memory"] > d["capacity"]), _pct(d.get("busy"))))
     return Table("Devices", ("device", "ops", "train FLOPs", "load share", "parameters",
                              "memory / capacity", "busy"), tuple(rows),
                  (False, True, True, True, True, True, True))
 
 
 def sharding_table(sharding: Mapping) -> Table:
-    """Sharded nodes with their shard counts, and the step volume sharding adds (or saves)
-    against the unsharded placement (partition/sharding.py)."""
+    """Sharded nodes and the step volume sharding adds (or saves) (partition/sharding.py)."""
     added = int(sharding["bytes_added"])
     change = f"adds {format_size(added)}" if added >= 0 else f"saves {format_size(-added)}"
     rows = [(n["name"], n["op"], n["mode"], str(n["shards"]), _pct(n["load_share"]))
@@ -300,7 +271,8 @@ def totals_table(report: Mapping) -> Table:
         rows.append(("balance relaxed by", str(result["relaxed_by"])))
     if t.get("makespan") is not None:
         rows.append(("simulated step time", format_time(t["makespan"])))
-        rows.append(("speedup vs one device", _maybe(t.get("speedup"), lambda s: f"{s:.2f}x")))
+        speedup = t.get("speedup")
+        rows.append(("speedup vs one device", "-" if speedup is None else f"{speedup:.2f}x"))
         if t.get("bubble") is not None:
             rows.append(("pipeline bubble", _pct(t["bubble"])))
     return Table("Totals", ("metric", "value"), tuple(rows), (False, True))
@@ -348,8 +320,7 @@ def top_links_table(report: Mapping, limit: int = 16) -> Table:
 
 
 def compare_table(rows: Sequence[Mapping]) -> Table:
-    """Algorithms side by side: rows of {algorithm, seconds, metrics dict or error message}
-    (the messages are printed below the table by the caller)."""
+    """Algorithms side by side: rows of {algorithm, seconds, metrics dict or error message}."""
     out = []
     for r in rows:
         if r.get("error"):
@@ -378,7 +349,8 @@ def make_console(stderr: bool = False, width: int = 120):
 
 
 def rich_table(table: Table):
-    """A rich.Table of `table`."""
+    """A rich.Table of `table` (a memory cell over capacity in red)."""
+    from rich.markup import escape
     from rich.table import Table as RichTable
     out = RichTable(title=table.title, title_justify="left")
     for name, numeric in zip(table.columns, table.numeric):
@@ -386,23 +358,16 @@ def rich_table(table: Table):
         out.add_column(name, justify="right" if numeric else "left", no_wrap=first or numeric,
                        style="bold" if first else None)
     for row in table.rows:
-        out.add_row(*[_rich_cell(cell) for cell in row])
+        out.add_row(*[f"[red]{escape(c)}[/red]" if c.endswith("OVER") else escape(c) for c in row])
     return out
 
 
-def _rich_cell(cell: str) -> str:
-    from rich.markup import escape
-    text = escape(cell)
-    return f"[red]{text}[/red]" if cell.endswith("OVER") else text
-
-
 def markdown_table(table: Table) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-    lines = [f"### {table.title}", "",
-             "| " + " | ".join(cell(c) for c in table.columns) + " |",
+    def row(cells) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    lines = [f"### {table.title}", "", row(table.columns),
              "|" + "|".join("---:" if n else "---" for n in table.numeric) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
+    lines += [row(r) for r in table.rows]
     return "\n".join(lines) + "\n"
 
 
@@ -415,8 +380,7 @@ def summary_line(report: Mapping) -> str:
     g = report["graph"]
     ops = sum(d["ops"] for d in report["devices"])
     return (f"{g['nodes']:,} nodes ({ops:,} ops), {g['edges']:,} edges, "
-            f"{g['parameters']:,} parameters, "
-            f"{_flop_count(g['train_flops'])} per training step, "
+            f"{g['parameters']:,} parameters, {_flop_count(g['train_flops'])} per training step, "
             f"{len(report['devices'])} devices; algorithm {report['result']['algorithm']}.")
 
 
@@ -426,8 +390,7 @@ def markdown_report(report: Mapping, images: Sequence[str] = ()) -> str:
     body = [markdown_table(t) for t in report_tables(report)]
     if pipeline_hint(report):
         body.append(f"Note: {pipeline_hint(report)}.\n")
-    pictures = [f"![{Path(p).stem}]({p})" for p in images]
-    return "\n".join(head + body + pictures) + "\n"
+    return "\n".join(head + body + [f"![{Path(p).stem}]({p})" for p in images]) + "\n"
 
 
 def write_report(report: Mapping, out_dir: Path, images: Sequence[str] = ()) -> list[Path]:

@@ -1,18 +1,9 @@
 """Training orchestration: config -> per-micro-batch forward graph -> cluster -> placement ->
 executor -> training loop, with checkpoints that a later run resumes exactly.
 
-The forward graph is built for one micro-batch (`model.batch / training.micro_batches`); the
-data stream gives full-batch feeds for step s as a pure function of (seed, s), which the
-executor splits into micro-batches. A checkpoint holds the executor's state (parameters,
-optimizer and persistent state, step counter) and, as JSON metadata, the losses so far, the
-placement and a fingerprint of the setup, so a resumed run continues the step count, the data
-stream and the optimizer state where the interrupted one stopped, on the same placement.
-
-Hardening: `run_steps` stops between steps when asked (Ctrl-C, SIGTERM: the caller checkpoints
-the state it reached) and on a NaN or infinite step (NonFiniteStep); the Ray executor gets a
-step timeout (`training.step_timeout`, else `default_step_timeout` of the predicted step
-time), `training.on_nan` and `training.max_recoveries`; `check_address` fails fast on a Ray
-address that cannot work; `strict_json` writes reports that strict JSON parsers accept.
+The data stream gives full-batch feeds for step s as a pure function of (seed, s), which the
+executor splits into micro-batches. A checkpoint holds the executor's state, the losses so far,
+the placement and a fingerprint of the setup, so a resumed run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -23,7 +14,7 @@ import shutil
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -31,7 +22,7 @@ import numpy as np
 
 from autodiff.errors import ModelcutError
 from autodiff.ir import Graph
-from modelcut.config import Config, GraphModel, TorchModel, load_config
+from modelcut.config import Config, ConfigError, GraphModel, TorchModel, load_config
 from partition.cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -55,14 +46,12 @@ class NonFiniteStep(TrainingError):
 
     def __init__(self, message: str, step: int, good_state: bool):
         super().__init__(message)
-        self.step = step
-        self.good_state = good_state
+        self.step, self.good_state = step, good_state
 
 
 @dataclass(frozen=True)
 class TrainingSetup:
-    """Everything a run needs: the per-micro-batch graph, cluster, partition options, the
-    optimizer spec, the schedule and the data stream (step -> full-batch feeds)."""
+    """Everything a run needs; `graph` is per micro-batch, `data(step)` gives full-batch feeds."""
 
     name: str
     source: str
@@ -135,7 +124,6 @@ def load_training_setup(path: str | Path, *, devices: int | None = None,
 def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
     """(builder name, forward graph of one micro-batch, forward graph of the full batch)."""
     from autodiff.models import BUILDERS
-    from modelcut.config import ConfigError
 
     if isinstance(config.model, GraphModel):
         raise ConfigError([f"{source}: model: training needs a model builder "
@@ -149,9 +137,8 @@ def micro_batch_graphs(config: Config, source: str) -> tuple[str, Graph, Graph]:
         raise ConfigError([f"{source}: training.micro_batches: expected a divisor of "
                            f"model.batch ({kwargs['batch']}), got {m}"])
     full = BUILDERS[family](**kwargs)
-    if m == 1:
-        return family, full, full
-    return family, BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m}), full
+    micro = full if m == 1 else BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m})
+    return family, micro, full
 
 
 def optimizer_spec(config: Config) -> dict:
@@ -182,12 +169,11 @@ def apply_sharding(setup: TrainingSetup, placement) -> TrainingSetup:
     from autodiff.models.init import init_params
     from autodiff.shard import split_params
     params = setup.params if setup.params is not None else init_params(setup.graph, setup.seed)
-    from dataclasses import replace
     return replace(setup, graph=graph, params=split_params(graph, params))
 
 
 def placement_from_assignment(setup: TrainingSetup, assignment, origin: str):
-    """A Placement (with its metrics) of a saved assignment, e.g. from a checkpoint."""
+    """A Placement (with its metrics) of a saved assignment (a checkpoint's)."""
     from partition.metrics import check_assignment, compute_metrics
     from partition.placement import Placement
 
@@ -208,15 +194,13 @@ def step_plan(setup: TrainingSetup, placement):
 
 
 def simulate_step(setup: TrainingSetup, plan) -> dict:
-    """The simulated step of the executor's own `plan` on the setup's cluster (the step
-    simulator, executor.timing), in the report's form."""
+    """The simulated step (executor.timing) of the executor's own `plan`, in the report's form."""
     from executor.timing import simulation_summary
     return simulation_summary(plan, setup.cluster, setup.optimizer["name"])
 
 
 def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> dict:
-    """What the partitioner and the step simulator (`simulate_step`) predict for one step:
-    the volumes, the step time, busy fractions and bubble."""
+    """What the partitioner and the step simulator (`simulate_step`) predict for one step."""
     metrics = placement.metrics
     return {"micro_batches": setup.micro_batches,
             "forward_volume": int(metrics.forward_volume),
@@ -229,39 +213,33 @@ def predicted_summary(setup: TrainingSetup, placement, simulation: Mapping) -> d
 
 
 def is_calibrated(cluster: Cluster) -> bool:
-    """Whether the cluster holds measured costs (`modelcut calibrate`): a step overhead, an op
-    overhead or per-op-kind rates; the presets' nominal FLOP/s predict a small model's step
-    many times too fast."""
+    """Whether the cluster holds measured costs (`modelcut calibrate`); the presets' nominal
+    FLOP/s predict a small model's step many times too fast."""
     return bool(cluster.step_overhead) or any(d.op_overhead or d.op_flops
                                               for d in cluster.devices)
 
 
 def default_step_timeout(predicted_seconds: float, calibrated: bool) -> float:
     """Seconds a step may take before its actors count as hung: STEP_TIMEOUT_FACTOR times the
-    predicted step time (generous when the cluster is not calibrated), at least
-    STEP_TIMEOUT_FLOOR."""
-    factor = STEP_TIMEOUT_FACTOR[bool(calibrated)]
+    predicted step time, at least STEP_TIMEOUT_FLOOR."""
     predicted = predicted_seconds if math.isfinite(predicted_seconds) else 0.0
-    return max(STEP_TIMEOUT_FLOOR, factor * max(predicted, 0.0))
+    return max(STEP_TIMEOUT_FLOOR, STEP_TIMEOUT_FACTOR[bool(calibrated)] * max(predicted, 0.0))
 
 
 def check_address(address: str | None) -> None:
     """Fail in one line, within CONNECT_TIMEOUT, on a Ray address that cannot work: `ray://`
-    without Ray Client's packages (the `client` extra), or a host:port nobody listens on (Ray
-    itself retries such a head for minutes)."""
+    without the `client` extra, or a host:port nobody listens on (Ray retries it for minutes)."""
     if not address or address in ("auto", "local"):
         return
-    host_port = address
     if address.startswith("ray://"):
         try:
             import grpc  # noqa: F401  (what `ray[client]` adds)
         except ImportError:
             raise TrainingError(f"--address {address}: Ray Client needs the `client` extra: "
                                 "pip install 'modelcut[client]' (or 'ray[client]')") from None
-        host_port = address[len("ray://"):]
     elif "://" in address:
         raise TrainingError(f"--address {address}: expected host:port, ray://host:port or auto")
-    host, sep, port = host_port.rstrip("/").rpartition(":")
+    host, sep, port = address.removeprefix("ray://").rstrip("/").rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise TrainingError(f"--address {address}: expected host:port with a port number")
     try:
@@ -294,11 +272,9 @@ def dumps_strict(value) -> str:
 @contextmanager
 def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | None = None,
                   step_timeout: float | None = None, plan=None, emulate: bool = False):
-    """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray, with
-    the dashboard off, unless `address` names a cluster to join); on exit the actors stop, and
-    so does a Ray instance started here. `step_timeout` (s) is the Ray executor's (None:
-    `setup.step_timeout`, else none); `plan`: the executor's Plan (`step_plan`);
-    `emulate`: the Ray actors emulate the setup's cluster (executor/emulate.py)."""
+    """A LocalExecutor, or a RayExecutor with one actor per device (starting a local Ray unless
+    `address` names a cluster); on exit the actors stop, and so does a Ray started here.
+    `emulate`: the actors emulate the setup's cluster (executor/emulate.py)."""
     if kind not in ("ray", "local"):
         raise TrainingError(f"executor: expected ray or local, got {kind!r}")
     if emulate and kind != "ray":
@@ -314,19 +290,14 @@ def open_executor(kind: str, setup: TrainingSetup, placement, *, address: str | 
     from executor.ray_runtime import start_ray, stop_ray
     check_address(address)
     started = start_ray(address=address, include_dashboard=False)
-    executor = None
     try:
-        # the actors' state is also kept in the driver every few steps, to recover from a
-        # dead actor (executor/ray_executor.py)
-        executor = RayExecutor(setup.graph, placement, setup.cluster.k,
-                               checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
-                               step_timeout=step_timeout or setup.step_timeout,
-                               on_nan=setup.on_nan, max_recoveries=setup.max_recoveries,
-                               emulate=setup.cluster if emulate else None, **common)
-        yield executor
+        with RayExecutor(setup.graph, placement, setup.cluster.k,
+                         checkpoint_every=setup.checkpoint_every or RECOVERY_EVERY,
+                         step_timeout=step_timeout or setup.step_timeout,
+                         on_nan=setup.on_nan, max_recoveries=setup.max_recoveries,
+                         emulate=setup.cluster if emulate else None, **common) as executor:
+            yield executor
     finally:
-        if executor is not None:
-            executor.shutdown()
         if started:
             stop_ray()
 
@@ -344,23 +315,14 @@ class StepRecord:
     compute_seconds: np.ndarray
     wait_seconds: np.ndarray
 
-    def to_dict(self) -> dict:
-        return {"step": self.step, "loss": self.loss, "seconds": self.seconds,
-                "link_bytes": self.link_bytes.tolist(),
-                "compute_seconds": self.compute_seconds.tolist(),
-                "wait_seconds": self.wait_seconds.tolist()}
-
 
 def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
               checkpoint_dir: Path | None = None, assignment=None,
               on_step: Callable[[StepRecord], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> list[StepRecord]:
-    """Train from the executor's step count up to step `stop` on `setup.data(step)`.
-
-    `losses` (the losses of earlier steps) is extended in place; with `checkpoint_dir`, a
-    checkpoint is written every `setup.checkpoint_every` steps and after the last step.
-    Returns early, between steps, when `should_stop()` says so; raises NonFiniteStep on a
-    NaN or infinite loss (the executor's own error when it has one)."""
+    """Train from the executor's step count up to step `stop`, extending `losses` in place and
+    checkpointing every `setup.checkpoint_every` steps and at the end; returns early when
+    `should_stop()` says so (Ctrl-C, SIGTERM); NonFiniteStep on a NaN or infinite loss."""
     from executor.errors import NonFiniteError
 
     records = []
@@ -439,8 +401,8 @@ def run_folder(checkpoint_folder: Path) -> Path:
 
 
 def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
-    """A checkpoint's state dict, checked against `setup` (same model, batch, micro-batches,
-    devices, optimizer and seed); its metadata holds the losses so far and the assignment."""
+    """A checkpoint's state dict, checked against `setup.fingerprint()`; its metadata holds the
+    losses so far and the assignment."""
     from executor import checkpoint
 
     state = checkpoint.load(path)
@@ -449,9 +411,8 @@ def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
     if not isinstance(saved, dict) or "losses" not in meta or "assignment" not in meta:
         raise TrainingError(f"--resume {path}: not a `modelcut train` checkpoint (its "
                             "checkpoint.json metadata has no fingerprint, losses or assignment)")
-    expected = setup.fingerprint()
     differ = [f"{key}: checkpoint {saved.get(key)!r}, this run {value!r}"
-              for key, value in expected.items() if saved.get(key) != value]
+              for key, value in setup.fingerprint().items() if saved.get(key) != value]
     if differ:
         raise TrainingError(f"--resume {path}: the checkpoint was written by a different setup ("
                             + "; ".join(differ) + ")")
@@ -464,16 +425,11 @@ def load_checkpoint(path: Path, setup: TrainingSetup) -> dict:
 # ------------------------------------------------------------------ measurements
 def measured_summary(records: list[StepRecord], device_names,
                      dilation: float | None = None) -> dict:
-    """Bytes per step (total and per link), step time and per-device compute / wait /
-    utilisation, over the steps of this run (the first one, a warm-up, is left out of the
-    times when there are more). With `dilation` (emulated devices) the step times are in the
-    emulated cluster's seconds (the actors' real compute and wait seconds divided by the
-    dilation) and the dilation is reported beside them."""
+    """Bytes per step, step time and per-device compute / wait / utilisation (the first step, a
+    warm-up, not timed when there are more); with `dilation`, in the emulated cluster's s."""
     first = records[0].link_bytes
-    constant = all(np.array_equal(r.link_bytes, first) for r in records)
     timed = records[1:] if len(records) > 1 else records
     seconds = np.array([r.seconds for r in timed])
-    step_time = float(np.median(seconds))
     scale = 1.0 if dilation is None else 1.0 / dilation     # real seconds -> emulated ones
     compute = scale * np.mean([r.compute_seconds for r in timed], axis=0)
     wait = scale * np.mean([r.wait_seconds for r in timed], axis=0)
@@ -483,9 +439,9 @@ def measured_summary(records: list[StepRecord], device_names,
               for name, c, w in zip(device_names, compute, wait)]
     return {"steps": len(records), "steps_timed": len(timed),
             "bytes_per_step": int(first.sum()), "link_bytes": first.astype(int).tolist(),
-            "bytes_constant": bool(constant),
+            "bytes_constant": all(np.array_equal(r.link_bytes, first) for r in records),
             "bytes_per_step_each": [int(r.link_bytes.sum()) for r in records],
-            "step_time": step_time, "step_time_mean": mean_step,
+            "step_time": float(np.median(seconds)), "step_time_mean": mean_step,
             "step_times": [float(r.seconds) for r in records], "actors": actors,
             **({} if dilation is None else {"dilation": float(dilation), "emulated": True})}
 

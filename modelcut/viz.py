@@ -1,13 +1,10 @@
-"""Graphs as Graphviz DOT: values and back-flowing gradients, devices, cut tensors, layer groups.
-
-`expression_graph` turns a small arithmetic expression into a graph (parsed with `ast`, never
-evaluated), `annotate` computes forward values, gradients and the gradient each edge carries
-back, `graph_dot` draws one box per node and `grouped_dot` one box per layer group (per device
-when placed). `render` calls the Graphviz `dot` binary to make SVG and PNG files.
+"""Graphs as Graphviz DOT: values and back-flowing gradients, devices, cut tensors, layer groups;
+one box per node (`graph_dot`) or per layer group (`grouped_dot`), rendered by Graphviz's `dot`.
 """
 from __future__ import annotations
 
 import ast
+import html
 import logging
 import math
 import shutil
@@ -78,8 +75,7 @@ MAX_EXPRESSION_DEPTH = 100
 
 
 def _parse_expression(text: str) -> ast.Expression:
-    """`text` parsed as a Python expression, at most MAX_EXPRESSION_CHARS long and nested at
-    most MAX_EXPRESSION_DEPTH deep (checked without recursion), else VizError."""
+    """`text` parsed as a Python expression within the bounds above, else VizError."""
     if len(text) > MAX_EXPRESSION_CHARS:
         raise VizError(f"--expr: the expression has {len(text):,} characters, more than "
                        f"{MAX_EXPRESSION_CHARS:,}; draw a smaller one")
@@ -102,11 +98,8 @@ def _parse_expression(text: str) -> ast.Expression:
 
 
 def expression_graph(text: str, at: Mapping[str, float]) -> Graph:
-    """The graph of an arithmetic expression over named scalars, traced at the values `at`.
-
-    Allowed: names, numbers, + - * / **, unary -, and calls of EXPRESSION_FUNCTIONS. The text
-    is parsed with `ast` and walked; nothing in it is evaluated as Python.
-    """
+    """The graph of an arithmetic expression over named scalars, traced at the values `at`;
+    the text is parsed with `ast` and walked, nothing in it is evaluated as Python."""
     tree = _parse_expression(text)
     tracer = Tracer("expression")
     inputs: dict[str, object] = {}
@@ -169,11 +162,9 @@ def annotate(graph: Graph, feeds: Mapping | None = None, params: Mapping | None 
     run = Interpreter(program, outputs=names).run(feeds or {}, params or {})
     values = {n.name: np.asarray(run.outputs[n.name]) for n in graph.nodes}
     grads = {x: np.asarray(run.outputs[g]) for x, g in grad_names.items()}
-    edge_grads: dict[tuple[str, str], np.ndarray] = {}
-    for node in graph.nodes:
-        if node.name in grads and not node.is_source:
-            for x, contribution in _local_contributions(graph, node, values, grads).items():
-                edge_grads[(x, node.name)] = contribution
+    edge_grads = {(x, node.name): contribution for node in graph.nodes
+                  if node.name in grads and not node.is_source
+                  for x, contribution in _local_contributions(graph, node, values, grads).items()}
     return Annotations(values, grads, edge_grads)
 
 
@@ -206,29 +197,19 @@ def format_tensor(array: np.ndarray | None, what: str) -> str | None:
         if a.ndim == 0:
             return f"{what} {_number(a.item())}"
         return f"{what} [" + ", ".join(_number(x) for x in a.ravel().tolist()) + "]"
-    norm = float(np.linalg.norm(a.astype(np.float64).ravel()))
-    return f"|{what}| {_number(norm)}"
+    return f"|{what}| {_number(float(np.linalg.norm(a.astype(np.float64).ravel())))}"
 
 
 def _number(x) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    return f"{float(x):.4g}"
+    """A Python scalar (from `.item()` or `.tolist()`): bools and integers as they are."""
+    return str(x) if isinstance(x, int) else f"{float(x):.4g}"
 
 
 # ------------------------------------------------------------------ DOT text
 def device_colours(devices: Sequence[str]) -> dict[str, str]:
     """A distinct fill colour per device name (palette first, then evenly spaced hues)."""
-    colours = {}
-    for i, name in enumerate(devices):
-        if i < len(PALETTE):
-            colours[name] = PALETTE[i]
-        else:
-            hue = (i * 0.618034) % 1.0
-            colours[name] = f"{hue:.3f} 0.35 0.95"   # Graphviz HSV
-    return colours
+    return {name: PALETTE[i] if i < len(PALETTE) else f"{(i * 0.618034) % 1.0:.3f} 0.35 0.95"
+            for i, name in enumerate(devices)}     # beyond the palette: Graphviz HSV
 
 
 def quote(text: str) -> str:
@@ -238,13 +219,9 @@ def quote(text: str) -> str:
 
 
 def _attrs(attrs: Mapping[str, object]) -> str:
-    parts = []
-    for k, v in attrs.items():
-        if v is None:
-            continue
-        text = v if isinstance(v, str) and v.startswith("<") and v.endswith(">") else quote(str(v))
-        parts.append(f"{k}={text}")
-    return "[" + ", ".join(parts) + "]"
+    def value(v) -> str:     # an HTML-like label <...> stays unquoted
+        return v if isinstance(v, str) and v.startswith("<") and v.endswith(">") else quote(v)
+    return "[" + ", ".join(f"{k}={value(v)}" for k, v in attrs.items() if v is not None) + "]"
 
 
 @dataclass(frozen=True)
@@ -267,21 +244,28 @@ def _placement_view(placement: Mapping[str, str] | None, devices: Sequence[str] 
 
 
 def _legend(view: _PlacementView) -> str:
-    cells = "".join(f'<td bgcolor="{view.colours[d]}">{_html(d)}</td>' for d in view.devices)
+    cells = "".join(f'<td bgcolor="{view.colours[d]}">{html.escape(str(d), quote=False)}</td>'
+                    for d in view.devices)
     return f'<<table border="0" cellspacing="2"><tr><td>devices:</td>{cells}</tr></table>>'
 
 
-def _html(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _dot_header(name: str, view: _PlacementView | None, graph_attrs: str = "") -> list[str]:
+    """The opening lines of a digraph: default styles and, when placed, the device legend."""
+    return [f"digraph {quote(name)} {{",
+            '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t'
+            f'{graph_attrs}];',
+            '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+            f'fillcolor="{UNPLACED_COLOUR}"];',
+            '  edge [fontname="Helvetica", fontsize=9];',
+            *([f"  graph [label={_legend(view)}];"] if view else [])]
 
 
 def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
               placement: Mapping[str, str] | None = None, devices: Sequence[str] | None = None,
               cluster: str | None = None, max_nodes: int = DEFAULT_MAX_NODES) -> str:
     """One box per node (op, shape, value and gradient when annotated), forward edges, and
-    gradient edges drawn backwards in red. With a placement (node -> device name) nodes are
-    filled with their device's colour and cut tensors are bold with their bytes;
-    `cluster` is "device", "group" or None (default: device when placed, else group)."""
+    gradient edges drawn backwards in red; placed (node -> device name), nodes take their
+    device's colour and cut tensors are bold with their bytes. `cluster`: device or group."""
     if len(graph.nodes) > max_nodes:
         groups = len({n.group for n in graph.nodes})
         raise VizError(f"graph {graph.name!r} has {len(graph.nodes)} nodes, more than --max-nodes "
@@ -298,17 +282,10 @@ def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
         raise VizError(f"--cluster must be 'device' or 'group', got {cluster!r}")
     if cluster == "device" and view is None:
         raise VizError("--cluster device needs a placement (--placement or --devices)")
-    remote = _remote_devices(graph, view) if view else {}
 
-    lines = [f"digraph {quote(graph.name)} {{",
-             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t, nodesep=0.3];',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
-             f'fillcolor="{UNPLACED_COLOUR}"];',
-             '  edge [fontname="Helvetica", fontsize=9];']
-    if view:
-        lines.append(f"  graph [label={_legend(view)}];")
+    lines = _dot_header(graph.name, view, ", nodesep=0.3")
     statements = {n.name: "    " + quote(n.name) + " " + _attrs(
-        _node_attrs(n, annotations, view, remote)) + ";" for n in graph.nodes}
+        _node_attrs(graph, n, annotations, view)) + ";" for n in graph.nodes}
     lines += _clustered(graph, statements, cluster, view)
     for node in graph.nodes:
         for x in dict.fromkeys(node.inputs):
@@ -327,19 +304,7 @@ def graph_dot(graph: Graph, *, annotations: Annotations | None = None,
     return "\n".join(lines) + "\n"
 
 
-def _remote_devices(graph: Graph, view: _PlacementView) -> dict[str, list[str]]:
-    """Node -> the other devices that read its tensor (SPEC section 2, remote(v))."""
-    remote: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        home = view.device_of[node.name]
-        others = dict.fromkeys(view.device_of[c] for c in graph.consumers(node.name))
-        others.pop(home, None)
-        if others:
-            remote[node.name] = [d for d in view.devices if d in others]
-    return remote
-
-
-def _node_attrs(node, annotations, view, remote) -> dict[str, object]:
+def _node_attrs(graph: Graph, node, annotations, view) -> dict[str, object]:
     shape = ",".join(str(d) for d in node.shape)
     lines = [node.name, f"{node.op} {node.dtype}[{shape}]"]
     if annotations is not None:
@@ -350,8 +315,11 @@ def _node_attrs(node, annotations, view, remote) -> dict[str, object]:
         device = view.device_of[node.name]
         attrs["fillcolor"] = view.colours[device]
         attrs["tooltip"] = f"{node.name} on {device}"
-        if node.name in remote:
-            lines.append(f"sends {format_size(node.nbytes)} to {', '.join(remote[node.name])}")
+        # the other devices that read its tensor (SPEC section 2, remote(v))
+        remote = {view.device_of[c] for c in graph.consumers(node.name)} - {device}
+        if remote:
+            to = ", ".join(d for d in view.devices if d in remote)
+            lines.append(f"sends {format_size(node.nbytes)} to {to}")
             attrs.update(style="rounded,filled,bold", penwidth="3")
     attrs["label"] = "\n".join(line for line in lines if line)
     return attrs
@@ -373,17 +341,14 @@ def _clustered(graph: Graph, statements: dict[str, str], cluster: str,
             continue
         style = (f'style="rounded,filled"; fillcolor="#f7f7f7"; color="{view.colours[key]}"; '
                  'penwidth=3' if cluster == "device" else 'style="rounded,dashed"; color="#777777"')
-        lines.append(f"  subgraph {quote(f'cluster_{cluster}_{i}')} {{")
-        lines.append(f"    label={quote(key)}; {style};")
-        lines += members
-        lines.append("  }")
+        lines += [f"  subgraph {quote(f'cluster_{cluster}_{i}')} {{",
+                  f"    label={quote(key)}; {style};", *members, "  }"]
     return lines
 
 
 @dataclass(frozen=True)
 class _Boxes:
-    """The boxes of a grouped drawing: box id group * k + device of every node, and per box
-    its node count, op count, forward FLOPs and parameters."""
+    """A grouped drawing: every node's box id (group * k + device) and the per-box sums."""
 
     box: np.ndarray
     k: int
@@ -393,27 +358,16 @@ class _Boxes:
     flops: np.ndarray
     params: np.ndarray
 
-    @property
-    def count(self) -> int:
-        return len(self.names) * self.k
-
 
 def grouped_dot(graph: Graph, *, placement: Mapping[str, str] | None = None,
                 devices: Sequence[str] | None = None, cluster: str | None = "device") -> str:
-    """One box per layer group (per group and device when placed) labelled with its summed
-    forward FLOPs and parameters; an edge per pair of boxes carrying the bytes that flow
-    between them (each tensor counted once per receiving box). Vectorised for large graphs."""
+    """One box per layer group (per group and device when placed) with its summed forward
+    FLOPs and parameters, and an edge per pair of boxes with the bytes between them."""
     from partition.cost import graph_arrays
     arrays = graph_arrays(graph)
     view = _placement_view(placement, devices)
     boxes = _group_boxes(graph, arrays, view)
-    lines = [f"digraph {quote(graph.name + ' (groups)')} {{",
-             '  graph [rankdir=TB, newrank=true, fontname="Helvetica", labelloc=t];',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
-             f'fillcolor="{UNPLACED_COLOUR}"];',
-             '  edge [fontname="Helvetica", fontsize=9];']
-    if view:
-        lines.append(f"  graph [label={_legend(view)}];")
+    lines = _dot_header(graph.name + " (groups)", view)
     lines += _box_statements(boxes, view, cluster)
     lines += _box_edges(arrays, boxes, view)
     lines.append("}")
@@ -446,8 +400,7 @@ def _group_boxes(graph: Graph, arrays, view: _PlacementView | None) -> _Boxes:
 
 def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | None
                     ) -> list[str]:
-    """A labelled node statement per non-empty box, inside its device's cluster when placed
-    and `cluster` is "device"."""
+    """A labelled node statement per non-empty box (inside its device's cluster when asked)."""
     k = boxes.k
     by_device: dict[int, list[str]] = {}
     for b in np.flatnonzero(boxes.nodes):
@@ -455,16 +408,14 @@ def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | N
         label = [boxes.names[g]] + ([view.devices[d]] if view else []) + [
             f"{int(boxes.ops[b])} ops, {format_flops(boxes.flops[b]).replace('FLOPS', 'FLOP')}",
             f"{int(boxes.params[b]):,} parameters"]
-        attrs = {"label": "\n".join(label)}
-        if view:
-            attrs["fillcolor"] = view.colours[view.devices[d]]
+        attrs = {"label": "\n".join(label),     # _attrs leaves out a None fill colour
+                 "fillcolor": view.colours[view.devices[d]] if view else None}
         by_device.setdefault(d, []).append(f"    {quote(f'box{b}')} {_attrs(attrs)};")
     lines = []
     for d, members in by_device.items():
         if view and cluster == "device":
-            lines.append(f"  subgraph {quote(f'cluster_device_{d}')} {{")
-            lines.append(f"    label={quote(view.devices[d])}; style=\"rounded\";")
-            lines += members + ["  }"]
+            lines += [f"  subgraph {quote(f'cluster_device_{d}')} {{",
+                      f"    label={quote(view.devices[d])}; style=\"rounded\";", *members, "  }"]
         else:
             lines += members
     return lines
@@ -473,13 +424,13 @@ def _box_statements(boxes: _Boxes, view: _PlacementView | None, cluster: str | N
 def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
     """An edge per pair of boxes with the bytes between them: distinct (tensor, receiving box)
     pairs with a different sender box; bold when it crosses devices."""
-    box, k, count = boxes.box, boxes.k, boxes.count
+    box, k = boxes.box, boxes.k
+    count = len(boxes.names) * k
     src, dst_box = arrays.in_idx.astype(np.int64), box[arrays.in_dst]
     keep = box[src] != dst_box
     pairs = np.unique(src[keep] * count + dst_box[keep])
     tensor, target = pairs // count, pairs % count
-    edge_key = box[tensor] * count + target
-    keys, inverse = np.unique(edge_key, return_inverse=True)
+    keys, inverse = np.unique(box[tensor] * count + target, return_inverse=True)
     nbytes = np.bincount(inverse, weights=arrays.bytes[tensor], minlength=len(keys))
     lines = []
     for key, b in zip(keys.tolist(), nbytes.tolist()):
@@ -492,17 +443,10 @@ def _box_edges(arrays, boxes: _Boxes, view: _PlacementView | None) -> list[str]:
 
 
 # ------------------------------------------------------------------ rendering
-def dot_available() -> bool:
-    return shutil.which("dot") is not None
-
-
 def render(dot_text: str, stem: Path, formats: Sequence[str] = ("svg", "png"),
            timeout: float = 120.0) -> list[Path]:
-    """Write `stem`.dot and, with Graphviz's `dot` binary, `stem`.<format> for each format.
-
-    Raises VizError naming `apt-get install graphviz` when `dot` is missing (the .dot file is
-    written first, so it is there either way).
-    """
+    """Write `stem`.dot and, with Graphviz's `dot` binary, `stem`.<format> for each format
+    (VizError when `dot` is missing, the .dot file written all the same)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     dot_path = stem.with_suffix(".dot")
