@@ -68,10 +68,7 @@ class Problem:
         if time_limit is not None and (not isinstance(time_limit, Real) or not time_limit > 0):
             raise PlacementError(f"time_limit: expected a positive number of seconds, "
                                  f"got {time_limit!r}")
-        if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
-                or micro_batches < 1:
-            raise PlacementError(f"micro_batches: expected a positive integer, "
-                                 f"got {micro_batches!r}")
+        check_micro_batches(micro_batches)
         if objective is None:
             objective = "volume" if cluster.uniform_links else "time_volume"
         objective = OBJECTIVE_ALIASES.get(objective, objective)
@@ -93,6 +90,13 @@ class Problem:
                    pinned=resolve_pins(arrays.names, graph.index, pins, cluster),
                    optimizer_slots=slots_of(optimizer), micro_batches=micro_batches,
                    schedule=schedule)
+
+
+def check_micro_batches(micro_batches, types: type | tuple = int) -> None:
+    """PlacementError unless `micro_batches` is a positive integer of `types` (not a bool)."""
+    if not isinstance(micro_batches, types) or isinstance(micro_batches, bool) \
+            or micro_batches < 1:
+        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
 
 
 def require_forward(graph: Graph) -> None:

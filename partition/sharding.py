@@ -67,9 +67,6 @@ class ShardingResult:
     candidates: int
     colocated: tuple[str, ...] = ()
 
-    def specs(self) -> dict[str, ShardSpec]:
-        return {n.name: ShardSpec(n.shards, n.mode, uneven=True) for n in self.nodes}
-
     def to_dict(self) -> dict:
         return {"kept": self.kept, "reason": self.reason, "objective": self.objective,
                 "unsharded": self.unsharded, "sharded": self.sharded,
@@ -168,8 +165,8 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
     objective = base.info["objective"]
     epsilon = options.get("epsilon", 0.10)
     schemes = choose_specs(graph, cluster, options.get("micro_batches", 1))
-    best, best_key, best_specs = base, score(base, objective, epsilon, cluster.speeds), {}
-    base_key = best_key
+    base_key = score(base, objective, epsilon, cluster.speeds)
+    best, best_key, best_specs = base, base_key, {}
     for specs in schemes:
         try:
             sharded = shard_graph(graph, specs)
@@ -189,9 +186,9 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
         reason = "sharding does not improve the objective; the graph is kept whole"
     result = ShardingResult(
         nodes=nodes, kept=bool(best_specs), reason=reason, objective=objective,
-        unsharded=_value(base_key), sharded=_value(best_key) if best_specs else None,
+        unsharded=float(base_key[-1]), sharded=float(best_key[-1]) if best_specs else None,
         bytes_added=int(best.metrics.step_volume - base.metrics.step_volume),
-        candidates=len(schemes), colocated=_colocated(best, best_specs, graph))
+        candidates=len(schemes), colocated=_colocated(best, best_specs))
     return replace(best, seconds=time.perf_counter() - start,
                    info=dict(best.info, sharding=result.to_dict()))
 
@@ -245,30 +242,22 @@ def _ancestors(graph: Graph, name: str) -> list[str]:
     return sorted(seen)
 
 
-def _value(key: tuple) -> float:
-    return float(key[-1])
-
-
 def _sharded_nodes(graph: Graph, specs: dict, micro_batches: int) -> tuple[ShardedNode, ...]:
-    if not specs:
-        return ()
     arrays = graph_arrays(graph)
     weights = step_train_flops(arrays, micro_batches)
     total = float(weights.sum()) or 1.0
-    index = {name: i for i, name in enumerate(arrays.names)}
     return tuple(ShardedNode(name, graph[name].op, s.mode, s.shards,
-                             float(weights[index[name]]) / total) for name, s in specs.items())
+                             float(weights[graph.index[name]]) / total)
+                 for name, s in specs.items())
 
 
-def _colocated(placement, specs: dict, graph: Graph) -> tuple[str, ...]:
+def _colocated(placement, specs: dict) -> tuple[str, ...]:
     """Sharded nodes two of whose shards share a device (allowed, but wasteful)."""
-    if not specs:
-        return ()
     where = dict(zip(placement.node_names, placement.assignment.tolist()))
     out = []
     for name, spec in specs.items():
-        devices = [where.get(f"{name}.shard{i}of{spec.shards}") for i in range(spec.shards)]
-        devices = [d for d in devices if d is not None]
+        shards = (f"{name}.shard{i}of{spec.shards}" for i in range(spec.shards))
+        devices = [where[shard] for shard in shards if shard in where]
         if len(set(devices)) < len(devices):
             out.append(name)
     return tuple(out)
@@ -281,11 +270,3 @@ def sharded_graph(graph: Graph, placement) -> Graph:
         return graph
     specs = {n["name"]: ShardSpec(n["shards"], n["mode"], uneven=True) for n in info["nodes"]}
     return shard_graph(graph, specs)
-
-
-def is_sharded(graph: Graph) -> bool:
-    return bool(shard_record(graph))
-
-
-__all__ = ["SHARD_CHOICES", "ShardedNode", "ShardingResult", "choose_specs", "heavy_nodes",
-           "is_sharded", "partition_auto", "rewrite", "score", "sharded_graph"]

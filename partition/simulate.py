@@ -34,7 +34,7 @@ from partition.cluster import Cluster
 from partition.cost import graph_arrays, remote_pairs
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
-from partition.problem import require_forward
+from partition.problem import check_micro_batches, require_forward
 from partition.schedules import make_schedule
 
 SCHEDULES = (None, "gpipe", "1f1b")
@@ -71,7 +71,10 @@ class SimulationResult:
 def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = None,
              micro_batches: int = 1) -> SimulationResult:
     """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`."""
-    _check_arguments(schedule, micro_batches)
+    if schedule not in SCHEDULES:
+        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
+                             f"got {schedule!r}")
+    check_micro_batches(micro_batches)
     require_forward(graph)
     arrays = graph_arrays(graph)
     k = cluster.k
@@ -98,15 +101,6 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
         peak_in_flight=_peak_in_flight(tasks, start, finish, k),
         schedule=schedule, micro_batches=micro_batches, devices=cluster.device_names,
         timeline=_timeline(tasks, start, finish, k, cluster.device_names))
-
-
-def _check_arguments(schedule, micro_batches) -> None:
-    if schedule not in SCHEDULES:
-        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
-                             f"got {schedule!r}")
-    if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
-            or micro_batches < 1:
-        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
 
 
 def _stages(arrays, a: np.ndarray, k: int, schedule: str | None) -> list[int] | None:

@@ -20,6 +20,7 @@ from partition.cluster import Cluster
 from partition.cost import GraphArrays, graph_arrays, persistent_memory, remote_pairs, slots_of
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
+from partition.problem import check_micro_batches
 
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 
@@ -83,20 +84,18 @@ def stage_times(graph: Graph | GraphArrays, assignment, cluster: Cluster,
     arrays = graph if isinstance(graph, GraphArrays) else graph_arrays(graph)
     k = cluster.k
     a = check_assignment(assignment, arrays.n, k)
-    _check_m(micro_batches)
+    check_micro_batches(micro_batches, (int, np.integer))
     if schedule not in PIPELINE_SCHEDULES:
         raise PlacementError(f"schedule: expected one of {', '.join(PIPELINE_SCHEDULES)}, "
                              f"got {schedule!r}")
     compute, send, recv = stage_time_arrays(arrays, a, cluster.speeds, cluster.latency,
                                             cluster.bandwidth, micro_batches)
     total = compute + send + recv
-    order = quotient_order(quotient_adjacency(arrays, a, k))
-    used = np.bincount(a, minlength=k) > 0
-    stages = tuple(d for d in order if used[d]) if order is not None else ()
+    stages = _stage_order(arrays, a, k)
     bottleneck = int(np.argmax(total))
     return StageTimes(compute=compute, send=send, recv=recv, total=total,
                       bottleneck=bottleneck, time_per_micro_batch=float(total[bottleneck]),
-                      acyclic=order is not None, stage_order=stages,
+                      acyclic=stages is not None, stage_order=stages or (),
                       micro_batches=micro_batches, schedule=schedule,
                       devices=cluster.device_names)
 
@@ -144,14 +143,12 @@ def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "s
     optimizer slots and receive buffers, plus kept activations times the micro-batches in
     flight at the device's position in `stage_order` (the used devices in pipeline order)."""
     a = check_assignment(assignment, arrays.n, k)
-    _check_m(micro_batches)
+    check_micro_batches(micro_batches, (int, np.integer))
     if stage_order is None:
-        order = quotient_order(quotient_adjacency(arrays, a, k))
-        if order is None:
+        stage_order = _stage_order(arrays, a, k)
+        if stage_order is None:
             raise PlacementError("pipeline memory: the placement's devices form a cycle, so "
                                  "it is not a pipeline")
-        used = np.bincount(a, minlength=k) > 0
-        stage_order = tuple(d for d in order if used[d])
     flight = np.ones(k, dtype=np.int64)
     flight[list(stage_order)] = in_flight(len(stage_order), micro_batches, schedule)
     activations = np.where(arrays.kept & ~arrays.is_param, arrays.bytes, 0)
@@ -164,8 +161,10 @@ def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "s
     return np.rint(memory).astype(np.int64)
 
 
-def _check_m(micro_batches) -> None:
-    if not isinstance(micro_batches, (int, np.integer)) or isinstance(micro_batches, bool) \
-            or micro_batches < 1:
-        raise PlacementError(f"micro_batches: expected a positive integer, "
-                             f"got {micro_batches!r}")
+def _stage_order(arrays: GraphArrays, a: np.ndarray, k: int) -> tuple[int, ...] | None:
+    """The devices holding nodes in a topological order of the quotient; None if cyclic."""
+    order = quotient_order(quotient_adjacency(arrays, a, k))
+    if order is None:
+        return None
+    used = np.bincount(a, minlength=k) > 0
+    return tuple(d for d in order if used[d])
