@@ -52,8 +52,12 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
     Raises PlacementError naming the argument, node or device when no acceptable placement is
     found (a device over its memory or load cap, a violated pin, a cyclic quotient).
     """
-    if shard != "off":
-        return _partition_sharded(graph, cluster, shard, dict(
+    if shard != "off":      # the sharding search around the plain partition()
+        from partition.sharding import SHARD_CHOICES, partition_auto
+        if shard not in SHARD_CHOICES:
+            raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
+                                 f"got {shard!r}")
+        return partition_auto(graph, cluster, partition, dict(
             algorithm=algorithm, epsilon=epsilon, acyclic=acyclic, seed=seed,
             time_limit=time_limit, pins=pins, objective=objective,
             micro_batches=micro_batches, optimizer=optimizer, schedule=schedule))
@@ -73,15 +77,6 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
     return _placement(problem, algorithm, optimizer, result, assignment, moves, seconds)
 
 
-def _partition_sharded(graph: Graph, cluster: Cluster, shard: str, options: dict) -> Placement:
-    """partition() with shard != "off": the sharding search around the plain partition()."""
-    from partition.sharding import SHARD_CHOICES, partition_auto
-    if shard not in SHARD_CHOICES:
-        raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
-                             f"got {shard!r}")
-    return partition_auto(graph, cluster, partition, options)
-
-
 def _algorithm(algorithm: str):
     """The registry's function named `algorithm`."""
     try:
@@ -96,7 +91,12 @@ def _checked(problem: Problem, assignment, algorithm: str) -> np.ndarray:
     acyclic quotient when acyclic=True was asked."""
     assignment = check_assignment(assignment, problem.n, problem.k,
                                   who=f"algorithm {algorithm!r}")
-    _check_pins(problem, assignment, algorithm)
+    wrong = np.flatnonzero((problem.pinned >= 0) & (assignment != problem.pinned))
+    if len(wrong):
+        v, names = int(wrong[0]), problem.cluster.device_names
+        raise PlacementError(f"algorithm {algorithm!r} placed node {problem.arrays.names[v]!r} "
+                             f"on {names[assignment[v]]!r} but it is pinned to "
+                             f"{names[problem.pinned[v]]!r}")
     if problem.acyclic and quotient_order(quotient_adjacency(problem.arrays, assignment,
                                                              problem.k)) is None:
         raise PlacementError(f"algorithm {algorithm!r} returned a placement whose devices form "
@@ -111,7 +111,8 @@ def _placement(problem: Problem, algorithm: str, optimizer: str, result,
     metrics = compute_metrics(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                               optimizer=optimizer)
     log.info("partition %s with %s on %d devices: V=%d bytes, imbalance %.3f, %.2fs",
-             problem.graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance, seconds)
+             problem.graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance,
+             seconds)
     pipeline = stage_times(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                            schedule=problem.schedule)
     info = dict(result.info, objective=problem.objective, rebalance_moves=moves,
@@ -120,14 +121,3 @@ def _placement(problem: Problem, algorithm: str, optimizer: str, result,
                      device_names=cluster.device_names, algorithm=algorithm, seconds=seconds,
                      metrics=metrics, optimal=result.optimal if moves == 0 else None,
                      bound=result.bound, relaxed_by=problem.relaxed_by, info=info)
-
-
-def _check_pins(problem: Problem, assignment: np.ndarray, algorithm: str) -> None:
-    fixed = problem.pinned >= 0
-    wrong = np.flatnonzero(fixed & (assignment != problem.pinned))
-    if len(wrong):
-        v = int(wrong[0])
-        names = problem.cluster.device_names
-        raise PlacementError(f"algorithm {algorithm!r} placed node {problem.arrays.names[v]!r} "
-                             f"on {names[assignment[v]]!r} but it is pinned to "
-                             f"{names[problem.pinned[v]]!r}")

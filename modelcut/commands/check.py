@@ -72,7 +72,6 @@ def _cluster_rows(spec: dict) -> list[tuple[str, str, str]]:
              "default_bandwidth": format_bandwidth, "latency": format_time,
              "intra_latency": format_time, "inter_latency": format_time,
              "default_latency": format_time}
-    show = lambda key, value: units[key](value) if key in units else str(value)  # noqa: E731
     body = spec.get("uniform", spec)
     rows = [("cluster", "kind", "uniform" if "uniform" in spec else
              "hierarchical" if "nodes" in spec else "explicit devices and links")]
@@ -82,8 +81,9 @@ def _cluster_rows(spec: dict) -> list[tuple[str, str, str]]:
                       f"{format_flops(d['flops'])}, {format_size(d['memory'])}") for d in value]
         elif key == "links":
             rows += [("cluster", f"link {link['a']} - {link['b']}",
-                      ", ".join(show(k, v) for k, v in link.items() if k not in ("a", "b")))
+                      ", ".join(units.get(k, str)(v) for k, v in link.items()
+                                if k not in ("a", "b")))
                      for link in value]
         else:
-            rows.append(("cluster", key, show(key, value)))
+            rows.append(("cluster", key, units.get(key, str)(value)))
     return rows

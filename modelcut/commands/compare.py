@@ -11,10 +11,9 @@ HELP = ("run every partitioning algorithm on a config and compare volumes, pipel
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.partition import add_setup_arguments
+    from modelcut.commands.partition import add_pipeline_arguments, add_setup_arguments
     parser = subparsers.add_parser("compare", help=HELP, description=HELP + ".")
     add_setup_arguments(parser, algorithm=False)
-    from modelcut.commands.partition import add_pipeline_arguments
     add_pipeline_arguments(parser)
     parser.add_argument("--only", metavar="A,B", help="compare only these algorithms")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -29,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from modelcut.commands import CommandError
     from modelcut.commands.partition import load_setup
-    from modelcut.report import compare_table, make_console, rich_table
+    from modelcut.report import PIPELINE_HINT, compare_table, make_console, rich_table
     from partition.algorithms import ALGORITHMS
 
     if args.json and Path(args.json).exists() and not args.force:
@@ -54,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
                   f"{setup.options['epsilon']}{', acyclic' if setup.options['acyclic'] else ''}")
     console.print(rich_table(compare_table(rows)))
     if any(row.get("pipeline") and not row["pipeline"]["acyclic"] for row in rows):
-        from modelcut.report import PIPELINE_HINT
         console.print(f"[yellow]hint:[/yellow] {PIPELINE_HINT} (rows marked 'not a pipeline')")
     for row in rows:
         if row.get("error"):
@@ -84,8 +82,8 @@ def print_compare_warnings(console, setup, rows) -> None:
 
 def compare_one(setup, algorithm: str) -> dict:
     """One row: the placement's metrics and seconds, or the PlacementError message."""
-    from modelcut.commands.partition import place
-    from modelcut.report import empty_devices_warning
+    from modelcut.commands.partition import place, with_placed_graph
+    from modelcut.report import empty_devices_warning, relaxed_cap_warning
     from partition.cost import graph_arrays
     from partition.errors import PartitionError
     start = time.perf_counter()
@@ -94,12 +92,10 @@ def compare_one(setup, algorithm: str) -> dict:
                                                               "algorithm": algorithm}))
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
-    from modelcut.commands.partition import with_placed_graph
     setup = with_placed_graph(setup, placement)
     empty = empty_devices_warning(graph_arrays(setup.graph), placement.assignment,
                                   setup.cluster.device_names)
     if (placement.info.get("sharding") or {}).get("kept") and placement.relaxed_by:
-        from modelcut.report import relaxed_cap_warning
         empty = "; ".join(filter(None, [empty, relaxed_cap_warning(
             graph_arrays(setup.graph), placement.relaxed_by, setup.cluster.k)]))
     return {"algorithm": algorithm, "seconds": placement.seconds,

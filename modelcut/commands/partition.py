@@ -56,8 +56,6 @@ def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = Tr
                         help="volume (bytes moved), time_volume (seconds on the links; 'time' "
                              "is its old name) or throughput (the pipeline's time per "
                              "micro-batch, SPEC section 5; no epsilon, no rebalancing)")
-
-
     parser.add_argument("--shard", choices=("auto", "off"),
                         help="operator sharding: split nodes heavier than a device's share when "
                              "that improves the objective (default: the config's, off)")
@@ -114,14 +112,11 @@ def load_setup(args: argparse.Namespace) -> Setup:
         family = getattr(config.model, "builder", None)
     if getattr(args, "algorithm", None):
         options["algorithm"] = args.algorithm
-    if args.epsilon is not None:
-        options["epsilon"] = args.epsilon
     if args.acyclic:
         options["acyclic"] = True
-    if args.time_limit is not None:
-        options["time_limit"] = args.time_limit
-    if getattr(args, "shard", None):
-        options["shard"] = args.shard
+    for key in ("epsilon", "time_limit", "shard"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
     schedule = apply_pipeline_arguments(args, options, schedule)
     return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
                  source=source, family=family)

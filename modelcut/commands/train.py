@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path("runs") / setup.name
     created = not out.exists()
     prepare_train_output(out, args.force, resuming=resumed_from is not None
-                         and _inside(resumed_from, out))
+                         and resumed_from.resolve().is_relative_to(out.resolve()))
     try:
         with terminate_as_interrupt():
             return train_into(out, setup, args, state, resumed_from, console, status)
@@ -133,18 +133,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """One-line errors for bad flag values."""
-    for flag in ("devices", "steps"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise CommandError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
-    if getattr(args, "emulate", False) and args.executor != "ray":
+    """One-line errors for bad flag combinations and values argparse does not check."""
+    if args.emulate and args.executor != "ray":
         raise CommandError("--emulate runs emulated devices on Ray actors; it needs "
                            "--executor ray")
     if args.address and args.executor != "ray":
         raise CommandError("--address joins a Ray cluster; it needs --executor ray")
-    if args.checkpoint_every is not None and args.checkpoint_every < 0:
-        raise CommandError(f"--checkpoint-every: expected a non-negative integer, got "
-                           f"{args.checkpoint_every}")
     timeout = args.step_timeout
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise CommandError(f"--step-timeout: expected positive seconds, got {timeout}")
@@ -169,7 +163,7 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
         simulation = training.simulate_step(setup, plan)
     predicted = training.predicted_summary(setup, placement, simulation)
     predicted["calibrated"] = training.is_calibrated(setup.cluster)
-    emulate = bool(getattr(args, "emulate", False))
+    emulate = args.emulate
     # an emulated step lasts its prediction times the dilation, unknown before the first step
     timeout = setup.step_timeout or (None if emulate else training.default_step_timeout(
         predicted["step_time"], predicted["calibrated"]))
@@ -225,18 +219,26 @@ def finish(stopped: dict | None, out: Path) -> int:
 
 
 @contextmanager
-def terminate_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the command runs."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+def _handling(signals, handler):
+    """`handler` for `signals` inside the block (only the main thread can set handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the command runs."""
+    return _handling((signal.SIGTERM,), _interrupt)
 
 
 @contextmanager
@@ -249,15 +251,8 @@ def stop_between_steps():
         if received:
             raise KeyboardInterrupt
         received.append(signal.Signals(signum).name)
-    if threading.current_thread() is not threading.main_thread():
+    with _handling((signal.SIGINT, signal.SIGTERM), ask):
         yield received
-        return
-    old = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def remove_partial_output(out: Path, created: bool) -> None:
@@ -265,15 +260,6 @@ def remove_partial_output(out: Path, created: bool) -> None:
     checkpoints (a run can resume from them)."""
     if created and out.is_dir() and not any((out / "checkpoints").glob("step-*")):
         shutil.rmtree(out, ignore_errors=True)
-
-
-def _inside(checkpoint_folder: Path, out: Path) -> bool:
-    """Whether a checkpoint folder lies inside the run folder `out` (resuming into it)."""
-    try:
-        checkpoint_folder.resolve().relative_to(out.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def prepare_train_output(out: Path, force: bool, resuming: bool) -> None:
