@@ -15,12 +15,9 @@ ops of a node are not counted one by one), and the makespan includes the cluster
 `step_overhead`. (The executor's own plan is timed by executor/timing.py.)
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
-first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
-stage (stage = device, in a topological order of the acyclic quotient) with the action lists
-of partition/schedules.py: GPipe runs all forwards then all backwards; 1F1B runs
-(stages - stage - 1) warm-up forwards, then alternates one forward and one backward, then
-drains the backwards. Ops that run once per step (parameters' consumers) come first, their
-backwards last.
+first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by the
+action lists of partition/schedules.py (stage = device, in a topological order of the acyclic
+quotient). Ops that run once per step (parameters' consumers) come first, their backwards last.
 """
 from __future__ import annotations
 
@@ -143,8 +140,8 @@ def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster
 
 # ------------------------------------------------------------------ the task graph
 class _Tasks:
-    """Ops and transfers as parallel lists. `resource` is a device (< k), a directed link
-    (k + a * k + b) or -1 for zero-time bookkeeping (sources, parameter gradients)."""
+    """Ops and transfers as parallel lists; `resource` is a device (< k), a directed link
+    (k + a * k + b) or -1 (zero-time bookkeeping: sources, parameter gradients)."""
 
     def __init__(self) -> None:
         self.resource: list[int] = []
@@ -173,25 +170,24 @@ class _Tasks:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Per node: its device, whether it runs per micro-batch, requires grad, is a source, and
-    how many instances run per step (m or 1)."""
+    """Per node: its device, whether it runs per micro-batch, requires grad, is a source."""
 
     place: list[int]
     batch: list[bool]
     grad: list[bool]
     source: list[bool]
-    copies: list[int]
+    m: int
 
-    def micro(self, v: int, i: int) -> int:
-        return i if self.batch[v] else SHARED
+    def instances(self, v: int) -> range | list[int]:
+        """The micro-batch of each of v's instances in a step (SHARED: it runs once)."""
+        return range(self.m) if self.batch[v] else [SHARED]
 
 
 def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.ndarray,
            backward_time: np.ndarray) -> _Tasks:
     """Forward ops, backward ops and transfers of one step, with their dependencies."""
-    batch = arrays.batch_dependent.tolist()
-    layout = _Layout(a.tolist(), batch, arrays.requires_grad.tolist(),
-                     arrays.is_source.tolist(), [m if b else 1 for b in batch])
+    layout = _Layout(a.tolist(), arrays.batch_dependent.tolist(),
+                     arrays.requires_grad.tolist(), arrays.is_source.tolist(), m)
     tasks = _Tasks()
     forward, backward = _add_ops(tasks, layout, m, forward_time.tolist(),
                                  backward_time.tolist())
@@ -209,16 +205,14 @@ def _add_ops(tasks: _Tasks, layout: _Layout, m: int, forward_seconds: list[float
     for v in range(n):
         device = -1 if layout.source[v] else layout.place[v]
         forward[v] = len(tasks.resource)
-        for i in range(layout.copies[v]):
-            j = layout.micro(v, i)
+        for j in layout.instances(v):
             tasks.add(device, forward_seconds[v], (0, j, v), j, False)
     for v in range(n - 1, -1, -1):
         if layout.grad[v]:
             # a source's backward (summing a parameter's gradients) is bookkeeping
             device = -1 if layout.source[v] else layout.place[v]
             backward[v] = len(tasks.resource)
-            for i in range(layout.copies[v]):
-                j = layout.micro(v, i)
+            for i, j in enumerate(layout.instances(v)):
                 tasks.add(device, backward_seconds[v], (1, m if j == SHARED else j, -v), j, True)
                 tasks.edge(forward[v] + i, backward[v] + i)
     return forward, backward
@@ -234,14 +228,12 @@ def _add_transfers(tasks: _Tasks, layout: _Layout, arrays, a: np.ndarray, cluste
     for u, d in zip(*(x.tolist() for x in remote_pairs(arrays, a, k))):
         s = place[u]
         sends[u, d] = len(tasks.resource)
-        for i in range(layout.copies[u]):
-            j = layout.micro(u, i)
+        for i, j in enumerate(layout.instances(u)):
             tasks.add(k + s * k + d, cluster.transfer_time(s, d, nbytes[u]), (0, j, u), j, False)
             tasks.edge(forward[u] + i, sends[u, d] + i)
         if layout.grad[u]:
             returns[u, d] = len(tasks.resource)
-            for i in range(layout.copies[u]):
-                j = layout.micro(u, i)
+            for i, j in enumerate(layout.instances(u)):
                 tasks.add(k + d * k + s, cluster.transfer_time(d, s, nbytes[u]),
                           (1, m if j == SHARED else i, -u), j, True)
                 tasks.edge(sends[u, d] + i, returns[u, d] + i)
@@ -259,7 +251,7 @@ def _add_dependencies(tasks: _Tasks, layout: _Layout, arrays, forward: list[int]
         for u in in_idx[in_ptr[c]:in_ptr[c + 1]]:
             local = place[u] == place[c]
             gradient = grad[u] and grad[c]
-            for i in range(layout.copies[c]):
+            for i in range(len(layout.instances(c))):
                 i_u = i if batch[u] else 0
                 tasks.edge(forward[u] + i_u if local else sends[u, place[c]] + i_u,
                            forward[c] + i)
@@ -270,9 +262,8 @@ def _add_dependencies(tasks: _Tasks, layout: _Layout, arrays, forward: list[int]
 
 def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
                         schedule: str) -> list[list[int]]:
-    """Each device's fixed op order: shared forwards, the schedule's per-micro-batch forward
-    and backward actions (partition/schedules.py, stage s on device stages[s]), shared
-    backwards."""
+    """Each device's fixed op order: shared forwards, the schedule's actions (stage s on
+    device stages[s]), shared backwards."""
     blocks: dict[tuple[int, int, bool], list[int]] = {}
     for t, device in enumerate(tasks.resource):
         if device < 0 or device >= k:
