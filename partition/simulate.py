@@ -1,12 +1,10 @@
 """Event-driven simulation of one training step of a placed forward graph (SPEC section 4).
 
-The backward pass is implied: every forward node that requires grad has a backward op costing
-twice its forward FLOPs on the same device, run in reverse topological order. A tensor travels
-once to each other device that reads it (V_f) and its gradient comes back once from each
-(V_b); a transfer occupies its directed link for `latency + bytes / bandwidth`, transfers on
-one link run one at a time in the order they become ready, and each device runs one op at a
-time. With m micro-batches, batch-dependent nodes run m times; parameters (and what is computed
-from them alone) are sent once per step and their gradients summed before going back.
+Every forward node that requires grad has a backward op costing twice its forward FLOPs on
+its device. A tensor travels once to each other device that reads it (V_f) and its gradient
+comes back once from each (V_b); transfers on one directed link run in the order they become
+ready. With m micro-batches, batch-dependent nodes run m times; parameters (and what is
+computed from them alone) are sent once per step and their gradients summed before going back.
 
 Measured clusters (partition/cluster.py) extend this: an op of kind `op` costs
 `flops / device.rate(op)` (the device's `op_flops`), each forward op and each backward op

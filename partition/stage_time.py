@@ -1,12 +1,6 @@
-"""SPEC section 5's pipeline stage time `T_d = C_d + Send_d + Recv_d` of any placement.
+"""SPEC section 5's pipeline stage time `T_d = C_d + Send_d + Recv_d` of any placement, per
+micro-batch (what is computed from parameters alone counts `1/m`: it runs once per step).
 
-Everything is per micro-batch: batch-dependent nodes and tensors count once, the rest
-(parameters, what is computed from them alone, their gradients) `1/m` (they run and travel
-once per step). `cost(v)` is the node's training FLOPs, which equal its forward FLOPs when no
-node requires a gradient, so a forward-only graph gets the inference model. A tensor made on
-`d` and read on the devices `remote(u)`: the producer sends once, paying the slowest of its
-links (`max_e t(d -> e, u)`), each reading device receives it once; a tensor that requires a
-gradient has that gradient sent back by each reading device (a send there, a receive on `d`).
 Vectorised over the distinct (tensor, reading device) pairs of `partition.cost.remote_pairs`.
 """
 from __future__ import annotations
@@ -72,10 +66,8 @@ class StageTimes:
                 "step_estimate": self.step_estimate, "micro_batches": self.micro_batches,
                 "schedule": self.schedule,
                 "stage_order": [names[d] for d in self.stage_order],
-                "compute": dict(zip(names, self.compute.tolist())),
-                "send": dict(zip(names, self.send.tolist())),
-                "recv": dict(zip(names, self.recv.tolist())),
-                "total": dict(zip(names, self.total.tolist()))}
+                **{key: dict(zip(names, getattr(self, key).tolist()))
+                   for key in ("compute", "send", "recv", "total")}}
 
 
 def stage_times(graph: Graph | GraphArrays, assignment, cluster: Cluster,

@@ -277,15 +277,20 @@ def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
     return report, written
 
 
-def write_html(report: dict, images, grouped_dot_text: str, path: Path, notes: list) -> Path:
-    """report.html with the grouped graph inline (or a note when Graphviz is missing)."""
+def write_html(report: dict, images, dot_text: str | None, path: Path, notes: list,
+               first: str = "") -> Path:
+    """report.html with the graph inline (or a note, also added to `notes`, when Graphviz is
+    missing) and the HTML `first` put before the tables."""
     from modelcut.html_report import html_report
     from modelcut.viz import VizError, svg_text
     svg, note = None, None
     try:
-        svg = svg_text(grouped_dot_text)
+        svg = svg_text(dot_text) if dot_text is not None else None
     except VizError as e:
         note = f"graph not drawn: {e}"
         notes.append(note)
-    path.write_text(html_report(report, images, svg, note), encoding="utf-8")
+    page = html_report(report, images, svg, note)
+    if first:
+        page = page.replace('<section id="tables">', first + '\n<section id="tables">', 1)
+    path.write_text(page, encoding="utf-8")
     return path

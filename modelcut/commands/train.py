@@ -456,26 +456,18 @@ def write_training_html(report: dict, out: Path, notes: list[str]) -> Path:
     notes and the loss plot put first."""
     import html as escape
 
-    from modelcut.html_report import html_report, html_table
-    from modelcut.viz import VizError, svg_text
+    from modelcut.commands.partition import write_html
+    from modelcut.html_report import html_table
 
     captions = (("Training loss", "loss.png"), ("Load and memory per device", "load_memory.png"),
                 ("Simulated schedule", "schedule.png"), ("Link traffic", "traffic.png"))
     images = [(c, out / name) for c, name in captions if (out / name).exists()]
-    svg, note = None, None
     dot = out / "graph.dot"
-    try:
-        svg = svg_text(dot.read_text(encoding="utf-8")) if dot.exists() else None
-    except VizError as e:
-        note = f"graph not drawn: {e}"
-    page = html_report(report, images, svg, note)
     training = ['<section id="training">', "<h2>Training</h2>",
                 *[html_table(t) for t in training_tables(report)],
                 *[f'<p class="note">{escape.escape(n)}</p>' for n in notes], "</section>"]
-    page = page.replace('<section id="tables">', "\n".join(training) + '\n<section id="tables">', 1)
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_html(report, images, dot.read_text(encoding="utf-8") if dot.exists() else None,
+                      out / "report.html", [], "\n".join(training))
 
 
 def loss_plot(losses: list[float], path: Path) -> Path:
