@@ -1,9 +1,5 @@
-"""`partition()`: the one entry point that places a forward graph on a cluster.
-
-It validates the arguments into a Problem, runs the named algorithm from the registry, checks
-that the algorithm honoured pins (and acyclicity when asked), repairs balance and memory with
-the shared greedy rebalancer, and returns a Placement with its metrics.
-"""
+"""`partition()`: the one entry point that places a forward graph on a cluster: a Problem, the
+registry's algorithm, a check of its pins (and acyclicity), the shared greedy rebalancer."""
 from __future__ import annotations
 
 import logging

@@ -1,12 +1,9 @@
 """Pipeline schedules as data: per stage an ordered list of actions such as `1F0` (stage 1,
 forward, micro-batch 0) or `1B0`, validated and printable as a step x stage grid.
 
-A schedule only orders computation; the executor's plan (executor/plan.py) adds the sends and
-receives, and the SPEC section 4 simulation (partition/simulate.py) orders its ops by it.
-Gradients accumulate over the micro-batches and are applied once per step, after every
-stage's last backward. Dependencies between stages are given as forward edges `(a, b)`
-(a tensor flows from stage a to stage b; default: the chain s -> s+1): F(b, i) needs F(a, i),
-and B(a, i) needs B(b, i).
+A schedule only orders computation (executor/plan.py adds the sends and receives). Stages
+depend on each other through forward edges `(a, b)` (a tensor flows from stage a to stage b;
+default: the chain s -> s+1): F(b, i) needs F(a, i), and B(a, i) needs B(b, i).
 """
 from __future__ import annotations
 

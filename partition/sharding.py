@@ -1,28 +1,26 @@
 """`partition.shard: auto`: split the nodes no placement can balance, then partition.
 
-One path for every algorithm: choose shard specs for the nodes whose per-step training FLOPs
-exceed a device's share (`total * s_max / sum(s)`, i.e. `total / k` on uniform devices), rewrite
-the graph with `autodiff.shard.shard_graph`, partition the rewritten graph with the asked
-algorithm, and keep it only when it beats the unsharded placement on the objective:
+Nodes whose per-step training FLOPs exceed a device's share (`total * s_max / sum(s)`) get
+shard specs; the graph rewritten by `autodiff.shard.shard_graph` is partitioned with the asked
+algorithm and kept only when it beats the unsharded placement on the objective (ties keep the
+unsharded graph, so the result is never worse than `shard: off`):
 
 - throughput: SPEC section 5's time per micro-batch (an acyclic placement first);
 - volume / time_volume: first whether every device's load fits the *unrelaxed* cap
-  `(1 + eps) * mean load` (the point of sharding: a dominating node forces a relaxed cap), then
-  how far over it, then whether the problem still had to relax its cap (a shard above the
-  share), then the volume (bytes, or seconds on the links).
+  `(1 + eps) * mean load` (a dominating node forces a relaxed cap), then how far over it, then
+  whether the problem still had to relax its cap, then the volume (bytes, or link seconds).
 
 Counts tried per heavy node: the smallest that brings each shard under the share, k, and one
-or two fewer than the smallest (a pipeline may do better leaving devices to the rest of the
-graph); all capped at k and at the split axis. Ties keep the unsharded graph, so the result is never worse
-than `shard: off` by the objective. Modes: matmul "out" when its output is at least as large as
-its input or a cross-entropy reads it (that loss is then split by "vocab" alike, so the full
-logits never exist), else "reduce"; take "rows"; conv2d "channels"; cross_entropy "vocab".
+or two fewer (a pipeline may do better leaving devices to the rest of the graph), capped at k
+and the split axis. Modes: matmul "out" when its output is at least as large as its input or
+a cross-entropy reads it (that loss is then split by "vocab" alike, so the full logits never
+exist), else "reduce"; take "rows"; conv2d "channels"; cross_entropy "vocab".
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -47,8 +45,7 @@ class ShardedNode:
     load_share: float
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "mode": self.mode, "shards": self.shards,
-                "load_share": self.load_share}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[red]{row['algorithm']} failed:[/red] {escape(row['error'])}")
     print_compare_warnings(console, setup, rows)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 
 

@@ -1,15 +1,12 @@
 """`modelcut train CONFIG`: partition a model, train it with one Ray actor per device (or the
 local executor) and report measured against predicted bytes and step time.
 
-Writes into --out: everything `modelcut partition` writes (placement.json, graph.dot and the
-partition plots), checkpoints/step-NNNNNN (every training.checkpoint_every steps and after the
-last), loss.png, and report.json / report.md holding the partition report plus `training`,
-`loss` (every step), `measured` and `predicted` sections (and report.html with --html).
-Reports are written at the end, as strict JSON (a NaN loss is null): a run that fails leaves
-no report (and removes the output folder it created, unless it holds checkpoints). Ctrl-C or
-SIGTERM stops after the current step with a checkpoint and a partial report (`stopped`), as
-does a NaN or infinite step (the checkpoint is the state before it); `--resume` continues
-exactly. A `--resume` with nothing left to train writes nothing.
+Writes into --out what `modelcut partition` writes, checkpoints/step-NNNNNN, loss.png, and
+report.json / report.md with `training`, `loss`, `measured` and `predicted` sections, at the
+end, as strict JSON (a NaN loss is null). A failed run leaves no report (nor the output folder
+it created, unless it holds checkpoints). Ctrl-C, SIGTERM or a non-finite step stop with a
+checkpoint of the last good state and a partial report (`stopped`); `--resume` continues
+exactly.
 """
 from __future__ import annotations
 
@@ -26,10 +23,6 @@ from pathlib import Path
 from modelcut.commands import CommandError, arguments
 
 HELP = "partition a model, train it on Ray actors and report measured vs predicted traffic"
-TRAIN_OUTPUTS = ("loss.png",)
-EXECUTORS = ("ray", "local")
-STEP_TIMEOUT_HELP = ("1000x the predicted step time, 20x on a calibrated cluster, at least "
-                     "60 s")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=arguments.int_in(1, 2**31 - 1), metavar="N",
                         help="train until step N (default: training.steps; a resumed run "
                              "continues its step count)")
-    parser.add_argument("--executor", choices=EXECUTORS, default="ray",
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="one Ray actor per device (default) or the single-process local "
                              "executor")
     parser.add_argument("--address", metavar="ADDR",
@@ -65,8 +58,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "training.checkpoint_every; 0: none)")
     parser.add_argument("--step-timeout", type=float, metavar="S",
                         help="seconds a step may take before its Ray actors count as hung and "
-                             "are replaced (default: training.step_timeout, else "
-                             f"{STEP_TIMEOUT_HELP})")
+                             "are replaced (default: training.step_timeout, else 1000x the "
+                             "predicted step time, 20x on a calibrated cluster, at least 60 s)")
     parser.add_argument("--on-nan", choices=("stop", "skip"),
                         help="on a NaN or infinite loss or gradient: stop with a checkpoint of "
                              "the last good state, or skip that step's update (Ray executor; "
@@ -149,7 +142,8 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
     end: a run that fails leaves no report; an interrupted or non-finite one a partial one
     next to a checkpoint it can be resumed from."""
     from modelcut import training
-    from modelcut.report import rich_table
+    from modelcut.commands.partition import print_warnings
+    from modelcut.report import pipeline_hint, rich_table
 
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes per "
                        f"micro-batch) on {setup.cluster.k} devices ..."):
@@ -189,11 +183,9 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
     written = written + write_training_outputs(report, out, html=args.html)
     for table in training_tables(report):
         console.print(rich_table(table))
-    from modelcut.commands.partition import print_warnings
     print_warnings(status, report.get("warnings", []))
     for note in report_notes(report):
         status.print(f"[bold yellow]{note}[/bold yellow]")
-    from modelcut.report import pipeline_hint
     if pipeline_hint(report):
         console.print(f"[yellow]hint:[/yellow] {pipeline_hint(report)}")
     names = sorted({p.name for p in written} | ({"checkpoints/"} if (out / "checkpoints")
@@ -271,8 +263,7 @@ def prepare_train_output(out: Path, force: bool, resuming: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
         return
     prepare_output(out, force)
-    for name in TRAIN_OUTPUTS:
-        (out / name).unlink(missing_ok=True)
+    (out / "loss.png").unlink(missing_ok=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
@@ -282,9 +273,9 @@ def write_partition_outputs(setup, placement, simulation: dict, out: Path
     writer; returns the partition report (as JSON types) and the files written."""
     from modelcut.commands.partition import Setup, write_outputs
 
-    options = dict(setup.partition_options)
-    part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster, options=options,
-                 schedule=setup.schedule, source=setup.source, family=setup.family)
+    part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster,
+                 options=dict(setup.partition_options), schedule=setup.schedule,
+                 source=setup.source, family=setup.family)
     _, written = write_outputs(part, placement, simulation, out,
                                argparse.Namespace(max_nodes=300, html=False))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
