@@ -57,7 +57,11 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
             algorithm=algorithm, epsilon=epsilon, acyclic=acyclic, seed=seed,
             time_limit=time_limit, pins=pins, objective=objective,
             micro_batches=micro_batches, optimizer=optimizer, schedule=schedule))
-    run = _algorithm(algorithm)
+    try:
+        run = ALGORITHMS[algorithm]
+    except (KeyError, TypeError):
+        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
+                             f"{', '.join(sorted(ALGORITHMS))})") from None
     problem = Problem.build(graph, cluster, epsilon=epsilon, acyclic=acyclic, seed=seed,
                             time_limit=time_limit, pins=pins, objective=objective,
                             micro_batches=micro_batches, optimizer=optimizer,
@@ -71,15 +75,6 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
         assignment, moves = rebalance(problem, assignment)
     seconds = time.perf_counter() - start
     return _placement(problem, algorithm, optimizer, result, assignment, moves, seconds)
-
-
-def _algorithm(algorithm: str):
-    """The registry's function named `algorithm`."""
-    try:
-        return ALGORITHMS[algorithm]
-    except (KeyError, TypeError):
-        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
-                             f"{', '.join(sorted(ALGORITHMS))})") from None
 
 
 def _checked(problem: Problem, assignment, algorithm: str) -> np.ndarray:

@@ -1,8 +1,5 @@
 """The partitioning problem every algorithm receives: graph costs, cluster, caps and pins.
-
-`Problem.build` validates the user's arguments once, so algorithms can trust them: load caps
-per SPEC section 2 (relaxed when one node outweighs a device's share), memory caps, pinned nodes.
-"""
+`Problem.build` validates the user's arguments once, so algorithms can trust them."""
 from __future__ import annotations
 
 import fnmatch
@@ -18,9 +15,7 @@ from partition.cost import GraphArrays, graph_arrays, multiplicity, slots_of, st
 from partition.errors import ClusterError, PlacementError
 
 OBJECTIVES = ("volume", "time_volume", "throughput")
-# "time" was the time-weighted volume's first name; it is still accepted (it read as if it
-# were the step time, which is what "throughput" optimises).
-OBJECTIVE_ALIASES = {"time": "time_volume"}
+OBJECTIVE_ALIASES = {"time": "time_volume"}     # the first name, read as if it were step time
 SCHEDULES = ("1f1b", "gpipe")
 
 

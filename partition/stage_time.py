@@ -121,10 +121,9 @@ def stage_time_arrays(arrays: GraphArrays, a: np.ndarray, speeds: np.ndarray,
 
 def in_flight(positions: int, micro_batches: int, schedule: str) -> np.ndarray:
     """Micro-batches whose activations the stage at each position 0..k'-1 keeps (SPEC 5)."""
-    i = np.arange(positions)
     if schedule == "gpipe":
         return np.full(positions, micro_batches, dtype=np.int64)
-    return np.minimum(micro_batches, positions - i).astype(np.int64)
+    return np.minimum(micro_batches, positions - np.arange(positions)).astype(np.int64)
 
 
 def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "sgd",

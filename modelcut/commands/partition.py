@@ -1,9 +1,5 @@
-"""`modelcut partition CONFIG`: place a model on a cluster and write the report.
-
-Prints a table per device and the totals, the heaviest cut tensors and the link traffic, and
-writes into --out: placement.json, report.json, report.md, graph.dot, load_memory.png,
-schedule.png, traffic.png (and report.html with --html).
-"""
+"""`modelcut partition CONFIG`: place a model on a cluster, print the report's tables and write
+the files of OUTPUTS into --out (report.html with --html, graph.json.gz when sharded)."""
 from __future__ import annotations
 
 import argparse

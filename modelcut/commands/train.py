@@ -157,19 +157,18 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
         simulation = training.simulate_step(setup, plan)
     predicted = training.predicted_summary(setup, placement, simulation)
     predicted["calibrated"] = training.is_calibrated(setup.cluster)
-    emulate = args.emulate
     # an emulated step lasts its prediction times the dilation, unknown before the first step
-    timeout = setup.step_timeout or (None if emulate else training.default_step_timeout(
+    timeout = setup.step_timeout or (None if args.emulate else training.default_step_timeout(
         predicted["step_time"], predicted["calibrated"]))
     dilation = None
     losses = list(state["metadata"]["losses"]) if state else []
     status.print(f"starting the {args.executor} executor ...")
     with training.open_executor(args.executor, setup, placement, address=args.address,
-                                step_timeout=timeout, plan=plan, emulate=emulate) as executor:
+                                step_timeout=timeout, plan=plan, emulate=args.emulate) as executor:
         if state is not None:
             executor.load_state_dict(state)
         records, stopped = train_with_progress(executor, setup, losses, out, placement, status)
-        if emulate and executor.emulation is not None:
+        if args.emulate and executor.emulation is not None:
             dilation = executor.emulation.dilation
         if stopped is not None and stopped["good_state"]:
             stopped["checkpoint"] = str(training.save_checkpoint(
@@ -284,10 +283,9 @@ def write_partition_outputs(setup, placement, simulation: dict, out: Path
 
 def train_with_progress(executor, setup, losses: list, out: Path, placement, console
                         ) -> tuple[list, dict | None]:
-    """The training loop with a rich progress bar: step, loss, step time, bytes per step.
-    Returns the step records and None, or, when training stopped early (a signal, a NaN),
-    what stopped it: reason, message, step, and whether the executor's state is good to
-    checkpoint."""
+    """The training loop with a progress bar; returns the step records and None, or, when
+    training stopped early (a signal, a NaN), what stopped it: reason, message, step, and
+    whether the executor's state is good to checkpoint."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
@@ -372,15 +370,15 @@ def training_tables(report: dict) -> list:
     if measured is None:
         return tables
     names = [d["name"] for d in report["devices"]]
-    same = lambda a, b: "yes" if a == b else "NO"  # noqa: E731
-    rows = [("bytes per step", f"{measured['bytes_per_step']:,}",
-             f"{predicted['step_volume']:,}",
-             same(measured["bytes_per_step"], predicted["step_volume"]))]
+
+    def compared(label: str, got: int, want: int) -> tuple[str, str, str, str]:
+        return label, f"{got:,}", f"{want:,}", "yes" if got == want else "NO"
+    rows = [compared("bytes per step", measured["bytes_per_step"], predicted["step_volume"])]
     for a, src in enumerate(names):
         for b, dst in enumerate(names):
             got, want = measured["link_bytes"][a][b], predicted["link_bytes"][a][b]
             if a != b and (got or want):
-                rows.append((f"  {src} -> {dst}", f"{got:,}", f"{want:,}", same(got, want)))
+                rows.append(compared(f"  {src} -> {dst}", got, want))
     uncalibrated = "" if predicted.get("calibrated", True) else ", uncalibrated"
     ratio = report["agreement"].get("step_time_ratio")
     rows.append(("step time", format_time(measured["step_time"]),
