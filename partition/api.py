@@ -28,22 +28,19 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
               schedule: str | None = None, shard: str = "off") -> Placement:
     """Place every node of the forward `graph` on a device of `cluster`.
 
-    Parameters
-    ----------
-    algorithm : a name in `partition.algorithms.ALGORITHMS`.
-    epsilon : allowed load imbalance (SPEC section 2); caps are relaxed when one node alone
-        outweighs a device's share.
-    acyclic : require an acyclic quotient graph (needed by pipeline schedules).
-    pins : fnmatch-style node name pattern -> device index or name.
-    objective : "volume" (bytes), "time_volume" (seconds on each link; "time" is accepted) or
-        "throughput" (SPEC section 5's pipeline time per micro-batch; epsilon does not apply
-        and nothing is rebalanced afterwards); default "volume" on clusters with uniform
-        links, else "time_volume".
-    schedule : "1f1b" (default) or "gpipe": the pipeline schedule whose in-flight
-        micro-batches count against memory under the throughput objective.
-    shard : "off" (default) or "auto": split nodes heavier than a device's share first and
-        keep the rewritten graph when it improves the objective (partition/sharding.py); the
-        placement then names the sharded graph's nodes and info["sharding"] says what was done.
+    algorithm: a name in `partition.algorithms.ALGORITHMS`.
+    epsilon: allowed load imbalance (SPEC section 2), relaxed when one node alone outweighs a
+        device's share.
+    acyclic: require an acyclic quotient graph (needed by pipeline schedules).
+    pins: fnmatch-style node name pattern -> device index or name.
+    objective: "volume" (bytes), "time_volume" (seconds on each link; "time" is accepted) or
+        "throughput" (SPEC section 5's time per micro-batch; no epsilon, no rebalancing);
+        default "volume" on clusters with uniform links, else "time_volume".
+    schedule: "1f1b" (default) or "gpipe", whose in-flight micro-batches count against
+        memory under the throughput objective.
+    shard: "off" (default) or "auto": shard nodes heavier than a device's share when that
+        improves the objective (partition/sharding.py); the placement then names the sharded
+        graph's nodes and info["sharding"] says what was done.
 
     Raises PlacementError naming the argument, node or device when no acceptable placement is
     found (a device over its memory or load cap, a violated pin, a cyclic quotient).

@@ -79,9 +79,8 @@ def heavy_nodes(graph: Graph, cluster: Cluster, micro_batches: int = 1
     weights = step_train_flops(arrays, micro_batches)
     speeds = np.asarray(cluster.speeds, dtype=float)
     share = float(weights.sum()) * float(speeds.max()) / float(speeds.sum())
-    order = np.argsort(-weights, kind="stable")
     out = []
-    for v in order.tolist():
+    for v in np.argsort(-weights, kind="stable").tolist():
         if weights[v] <= share or share <= 0:
             break
         if graph[arrays.names[v]].op in MODES:
@@ -113,8 +112,7 @@ def _add_spec(graph: Graph, specs: dict, name: str, count: int) -> None:
     if node.op == "matmul":
         losses = [c for c in graph.consumers(name) if graph[c].op == "cross_entropy"
                   and graph[c].inputs[0] == name]
-        a = graph[node.inputs[0]]
-        mode = "out" if losses or node.size >= a.size else "reduce"
+        mode = "out" if losses or node.size >= graph[node.inputs[0]].size else "reduce"
         loss = losses[0] if losses and mode == "out" else None
     count = min(count, _axis_size(graph, name, mode))
     if count < 2 or name in specs:

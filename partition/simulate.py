@@ -6,11 +6,10 @@ comes back once from each (V_b); transfers on one directed link run in the order
 ready. With m micro-batches, batch-dependent nodes run m times; parameters (and what is
 computed from them alone) are sent once per step and their gradients summed before going back.
 
-Measured clusters (partition/cluster.py) extend this: an op of kind `op` costs
-`flops / device.rate(op)` (the device's `op_flops`), each forward op and each backward op
-costs the device's `op_overhead` once more (one backward op per forward node: the gradient
-ops of a node are not counted one by one), and the makespan includes the cluster's
-`step_overhead`. (The executor's own plan is timed by executor/timing.py.)
+Measured clusters (partition/cluster.py): an op of kind `op` costs `flops / device.rate(op)`
+plus the device's `op_overhead` (once per forward node and once for its whole backward), and
+the makespan includes the cluster's `step_overhead`. (executor/timing.py times the executor's
+own plan.)
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
 first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by the
@@ -264,9 +263,8 @@ def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
     device stages[s]), shared backwards."""
     blocks: dict[tuple[int, int, bool], list[int]] = {}
     for t, device in enumerate(tasks.resource):
-        if device < 0 or device >= k:
-            continue
-        blocks.setdefault((device, tasks.micro_batch[t], tasks.backward[t]), []).append(t)
+        if 0 <= device < k:
+            blocks.setdefault((device, tasks.micro_batch[t], tasks.backward[t]), []).append(t)
     sequences: list[list[int]] = [[] for _ in range(k)]
     plan = make_schedule(schedule, len(stages), m)
     for device, actions in zip(stages, plan.actions):

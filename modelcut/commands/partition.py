@@ -228,9 +228,8 @@ def simulate_step(setup: Setup, placement) -> dict:
         setup.notes.append(f"the {schedule} schedule needs an acyclic placement (pass --acyclic); "
                            "the step was simulated with list scheduling")
         schedule = None
-    result = simulate(setup.graph, placement.assignment, setup.cluster, schedule=schedule,
-                      micro_batches=setup.options.get("micro_batches", 1))
-    return result.to_dict()
+    return simulate(setup.graph, placement.assignment, setup.cluster, schedule=schedule,
+                    micro_batches=setup.options.get("micro_batches", 1)).to_dict()
 
 
 def write_outputs(setup: Setup, placement, simulation: dict, out: Path,

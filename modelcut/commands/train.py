@@ -421,12 +421,11 @@ def write_training_outputs(report: dict, out: Path, html: bool = False) -> list[
     from modelcut.report import markdown_table, report_tables
     from modelcut.training import dumps_strict
 
-    losses = [x for x in report["loss"] if math.isfinite(x)]
-    written = [loss_plot(report["loss"], out / "loss.png")] if losses else []
+    finite = any(math.isfinite(x) for x in report["loss"])
+    written = [loss_plot(report["loss"], out / "loss.png")] if finite else []
     json_path, md_path = out / "report.json", out / "report.md"
     json_path.write_text(dumps_strict(report) + "\n", encoding="utf-8")
-    g, c = report["graph"], report["cluster"]
-    lines = [f"# modelcut train: {g['name']} on {c['name']}", ""]
+    lines = [f"# modelcut train: {report['graph']['name']} on {report['cluster']['name']}", ""]
     lines += [markdown_table(t) for t in training_tables(report)]
     notes = report_notes(report)
     lines += [f"**{n}**" for n in notes] + ([""] if notes else [])

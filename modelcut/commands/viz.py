@@ -159,9 +159,7 @@ def check_output(out: Path, force: bool) -> None:
                            "--out DIR to write elsewhere")
 
 
-# Values are computed by running the model here: not for models whose parameters alone would
-# take gigabytes (a drawing shows a few numbers per node anyway).
-MAX_VALUE_PARAMETERS = 50_000_000
+MAX_VALUE_PARAMETERS = 50_000_000     # not gigabytes of parameters for a few numbers per node
 
 
 def wants_values(args: argparse.Namespace, graph) -> bool:
