@@ -6,12 +6,15 @@ import dataclasses
 import time
 from pathlib import Path
 
+from modelcut.commands import CommandError
+from modelcut.commands.partition import (add_pipeline_arguments, add_setup_arguments, load_setup,
+                                         place, print_warnings, with_placed_graph)
+
 HELP = ("run every partitioning algorithm on a config and compare volumes, pipeline time per "
         "micro-batch, balance and time")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.partition import add_pipeline_arguments, add_setup_arguments
     parser = subparsers.add_parser("compare", help=HELP, description=HELP + ".")
     add_setup_arguments(parser, algorithm=False)
     add_pipeline_arguments(parser)
@@ -26,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.markup import escape
 
-    from modelcut.commands import CommandError
-    from modelcut.commands.partition import load_setup
     from modelcut.report import PIPELINE_HINT, compare_table, make_console, rich_table
     from partition.algorithms import ALGORITHMS
 
@@ -66,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
 def print_compare_warnings(console, setup, rows) -> None:
     """The relaxed balance cap once (every algorithm shares the caps), then each algorithm
     that left devices without ops."""
-    from modelcut.commands.partition import print_warnings
     from modelcut.report import relaxed_cap_warning
     from partition.cost import graph_arrays
 
@@ -81,7 +81,6 @@ def print_compare_warnings(console, setup, rows) -> None:
 
 def compare_one(setup, algorithm: str) -> dict:
     """One row: the placement's metrics and seconds, or the PlacementError message."""
-    from modelcut.commands.partition import place, with_placed_graph
     from modelcut.report import empty_devices_warning, relaxed_cap_warning
     from partition.cost import graph_arrays
     from partition.errors import PartitionError

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcut.commands import CommandError
+from modelcut.commands.arguments import (device_count, node_count, non_negative_number,
+                                         positive_number)
 
 HELP = "partition a model across devices, print the placement and write a report"
 OUTPUTS = ("placement.json", "report.json", "report.md", "graph.dot", "load_memory.png",
@@ -31,7 +33,6 @@ class Setup:
 def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = True) -> None:
     """CONFIG, --graph, --devices, --epsilon, --acyclic (and --algorithm): shared by the
     partition, compare and viz commands."""
-    from modelcut.commands.arguments import device_count, non_negative_number, positive_number
     parser.add_argument("config", nargs="?", help="experiment config (YAML)")
     parser.add_argument("--graph", metavar="FILE",
                         help="a modelcut.graph JSON file to partition instead of the config's "
@@ -137,7 +138,6 @@ def apply_pipeline_arguments(args: argparse.Namespace, options: dict, schedule: 
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.arguments import node_count
     parser = subparsers.add_parser("partition", help=HELP, description=HELP + ".")
     add_setup_arguments(parser)
     add_pipeline_arguments(parser)
@@ -212,11 +212,10 @@ def place(setup: Setup):
 def with_placed_graph(setup: Setup, placement) -> Setup:
     """The setup whose graph is the one `placement` places (the sharded graph under shard
     auto, see partition/sharding.py)."""
-    import dataclasses
+    from dataclasses import replace
 
     from partition.sharding import sharded_graph
-    graph = sharded_graph(setup.graph, placement)
-    return setup if graph is setup.graph else dataclasses.replace(setup, graph=graph)
+    return replace(setup, graph=sharded_graph(setup.graph, placement))
 
 
 def simulate_step(setup: Setup, placement) -> dict:

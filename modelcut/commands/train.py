@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from modelcut.commands import CommandError, arguments
+from modelcut.commands.partition import (Setup, prepare_output, print_warnings, write_html,
+                                         write_outputs)
+from modelcut.units import format_size, format_time
 
 HELP = "partition a model, train it on Ray actors and report measured vs predicted traffic"
 
@@ -142,7 +145,6 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
     end: a run that fails leaves no report; an interrupted or non-finite one a partial one
     next to a checkpoint it can be resumed from."""
     from modelcut import training
-    from modelcut.commands.partition import print_warnings
     from modelcut.report import pipeline_hint, rich_table
 
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes per "
@@ -256,8 +258,6 @@ def remove_partial_output(out: Path, created: bool) -> None:
 def prepare_train_output(out: Path, force: bool, resuming: bool) -> None:
     """Create `out`: resuming into it is always allowed; otherwise a folder holding files needs
     `force`, which removes this command's outputs (and the old checkpoints) first."""
-    from modelcut.commands.partition import prepare_output
-
     if resuming:
         out.mkdir(parents=True, exist_ok=True)
         return
@@ -270,8 +270,6 @@ def write_partition_outputs(setup, placement, simulation: dict, out: Path
                             ) -> tuple[dict, list[Path]]:
     """placement.json, graph.dot and the partition plots, written by `modelcut partition`'s
     writer; returns the partition report (as JSON types) and the files written."""
-    from modelcut.commands.partition import Setup, write_outputs
-
     part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster,
                  options=dict(setup.partition_options), schedule=setup.schedule,
                  source=setup.source, family=setup.family)
@@ -290,19 +288,15 @@ def train_with_progress(executor, setup, losses: list, out: Path, placement, con
                                TimeRemainingColumn)
 
     from modelcut import training
-    from modelcut.units import format_size, format_time
 
     records: list = []
-    start = executor.step_count
-    if start >= setup.steps:
-        return records, None
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[time]}/step"),
                TextColumn("{task.fields[bytes]}/step"), TimeRemainingColumn())
     stopped = None
     with Progress(*columns, console=console) as progress, stop_between_steps() as signals:
-        task = progress.add_task("train", total=setup.steps, completed=start, loss="-",
-                                 time="-", bytes="-")
+        task = progress.add_task("train", total=setup.steps, completed=executor.step_count,
+                                 loss="-", time="-", bytes="-")
 
         def on_step(record):
             records.append(record)
@@ -356,7 +350,6 @@ def training_report(partition_report: dict, setup, args, losses: list, measured,
 def training_tables(report: dict) -> list:
     """Training summary, measured vs predicted, and per-actor tables (modelcut.report.Table)."""
     from modelcut.report import Table, pipeline_rows
-    from modelcut.units import format_size, format_time
 
     t, losses, measured, predicted = (report["training"], report["loss"], report["measured"],
                                       report["predicted"])
@@ -444,7 +437,6 @@ def write_training_html(report: dict, out: Path, notes: list[str]) -> Path:
     notes and the loss plot put first."""
     import html as escape
 
-    from modelcut.commands.partition import write_html
     from modelcut.html_report import html_table
 
     captions = (("Training loss", "loss.png"), ("Load and memory per device", "load_memory.png"),

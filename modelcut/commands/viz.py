@@ -12,13 +12,15 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from modelcut.commands import CommandError
+from modelcut.commands.arguments import node_count
+from modelcut.commands.partition import Setup, add_setup_arguments, load_setup, place
+
 OUTPUT_FORMATS = ("dot", "svg", "png")
 HELP = "draw a graph (values, gradients, devices, cut tensors) as DOT, SVG and PNG"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.arguments import node_count
-    from modelcut.commands.partition import add_setup_arguments
     from modelcut.viz import DEFAULT_MAX_NODES
     parser = subparsers.add_parser("viz", help=HELP, description=HELP + ".")
     add_setup_arguments(parser)
@@ -71,7 +73,6 @@ def _expression_source(args: argparse.Namespace) -> _Source:
     """--expr: the expression's graph, fed the --at values."""
     import numpy as np
 
-    from modelcut.commands import CommandError
     from modelcut.viz import expression_graph, parse_assignments
     if args.config or args.graph:
         raise CommandError("--expr draws an expression: give it without CONFIG or --graph")
@@ -84,7 +85,6 @@ def _expression_source(args: argparse.Namespace) -> _Source:
 def _config_source(args: argparse.Namespace) -> _Source:
     """CONFIG or --graph: the model's graph, with synthetic data and initial parameters when
     it is a builder model whose values are drawn."""
-    from modelcut.commands.partition import load_setup
     setup = load_setup(args)
     setup.options["shard"] = "off"      # viz draws the model's own nodes, never shards
     graph = setup.graph
@@ -99,7 +99,6 @@ def _config_source(args: argparse.Namespace) -> _Source:
 def _placement(args: argparse.Namespace, source: _Source, console):
     """(node -> device name, device names), or (None, None) when the drawing is not placed:
     from --placement, or partitioned here with --devices."""
-    from modelcut.commands.partition import Setup, place
     setup = source.setup
     if args.placement:
         placement = _read_placement(Path(args.placement))
@@ -150,7 +149,6 @@ def _write(text: str, out: Path, console) -> None:
 
 def check_output(out: Path, force: bool) -> None:
     """Refuse to overwrite a drawing already in `out` unless `force`."""
-    from modelcut.commands import CommandError
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a folder")
     existing = [out / f"graph.{ext}" for ext in OUTPUT_FORMATS if (out / f"graph.{ext}").exists()]
