@@ -152,9 +152,8 @@ def score(placement, objective: str, epsilon: float, speeds) -> tuple:
 
 
 def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict):
-    """`run(graph, cluster, **options)` on the graph and on each candidate scheme; the best
-    placement by the objective, with info["sharding"] (ShardingResult.to_dict()); its
-    `seconds` count every run."""
+    """The best placement by the objective of `run(graph, cluster, **options)` on the graph and
+    on each candidate scheme, with info["sharding"]; its `seconds` count every run."""
     start = time.perf_counter()
     base = run(graph, cluster, **options)
     objective = base.info["objective"]
@@ -173,12 +172,9 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
         if key < best_key:
             best, best_key, best_specs = placement, key, specs
     nodes = _sharded_nodes(graph, best_specs, options.get("micro_batches", 1))
-    if not schemes:
-        reason = "no node exceeds a device's share of the load"
-    elif best_specs:
-        reason = "sharding improves the objective"
-    else:
-        reason = "sharding does not improve the objective; the graph is kept whole"
+    reason = ("no node exceeds a device's share of the load" if not schemes
+              else "sharding improves the objective" if best_specs
+              else "sharding does not improve the objective; the graph is kept whole")
     result = ShardingResult(
         nodes=nodes, kept=bool(best_specs), reason=reason, objective=objective,
         unsharded=float(base_key[-1]), sharded=float(best_key[-1]) if best_specs else None,

@@ -74,8 +74,7 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
     k = cluster.k
     a = check_assignment(assignment, arrays.n, k)
     stages = _stages(arrays, a, k, schedule)
-    forward_time, backward_time = _op_times(graph, arrays, a, cluster)
-    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time)
+    tasks = _build(arrays, a, cluster, micro_batches, *_op_times(graph, arrays, a, cluster))
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
     start, finish = _EventLoop(tasks, k, sequences).run(schedule)
@@ -277,9 +276,8 @@ def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
 
 # ------------------------------------------------------------------ the event loop
 class _EventLoop:
-    """Runs the tasks: each device and each directed link runs one task at a time; a link
-    takes its ready transfers first come, first served, a device its ready ops by priority
-    (or in its fixed `sequences` order)."""
+    """Runs the tasks, one at a time per device and per directed link: a link takes its ready
+    transfers first come, first served, a device its ready ops by priority (or `sequences`)."""
 
     def __init__(self, tasks: _Tasks, k: int, sequences: list[list[int]] | None) -> None:
         count = len(tasks.resource)

@@ -1,7 +1,5 @@
-"""`modelcut calibrate`: measure this machine's Ray actors (FLOP/s per op kind, seconds per op,
-links through the executor's transport, the executor's seconds per step), check the step
-simulator on probe models, and write a cluster file that configs read with
-`cluster: {file: ...}`."""
+"""`modelcut calibrate`: measure this machine's Ray actors, check the step simulator on probe
+models, and write a cluster file that configs read with `cluster: {file: ...}`."""
 from __future__ import annotations
 
 import argparse

@@ -23,9 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from modelcut.config import load_config
 
     config = load_config(args.config)
-    table = Table(title=f"{args.config}: valid", show_lines=False)
-    for column in ("section", "setting", "value"):
-        table.add_column(column)
+    table = Table("section", "setting", "value", title=f"{args.config}: valid", show_lines=False)
     for section, setting, value in summary_rows(config, build_graph=args.graph):
         table.add_row(section, setting, value)
     Console().print(table)

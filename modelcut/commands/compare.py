@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 from modelcut.commands import CommandError
 from modelcut.commands.partition import (add_pipeline_arguments, add_setup_arguments, load_setup,
-                                         place, print_warnings, with_placed_graph)
+                                         print_warnings, with_placed_graph)
+from partition.algorithms import ALGORITHMS
+from partition.api import partition
+from partition.cost import graph_arrays
+from partition.errors import PartitionError
 
 HELP = ("run every partitioning algorithm on a config and compare volumes, pipeline time per "
         "micro-batch, balance and time")
@@ -30,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from modelcut.report import PIPELINE_HINT, compare_table, make_console, rich_table
-    from partition.algorithms import ALGORITHMS
 
     if args.json and Path(args.json).exists() and not args.force:
         raise CommandError(f"{args.json} already exists; pass --force to overwrite it")
@@ -68,7 +70,6 @@ def print_compare_warnings(console, setup, rows) -> None:
     """The relaxed balance cap once (every algorithm shares the caps), then each algorithm
     that left devices without ops."""
     from modelcut.report import relaxed_cap_warning
-    from partition.cost import graph_arrays
 
     placed = [row for row in rows if not row.get("error")]
     whole = [row for row in placed if not (row.get("sharding") or {}).get("kept")]
@@ -82,12 +83,10 @@ def print_compare_warnings(console, setup, rows) -> None:
 def compare_one(setup, algorithm: str) -> dict:
     """One row: the placement's metrics and seconds, or the PlacementError message."""
     from modelcut.report import empty_devices_warning, relaxed_cap_warning
-    from partition.cost import graph_arrays
-    from partition.errors import PartitionError
     start = time.perf_counter()
     try:
-        placement = place(dataclasses.replace(setup, options={**setup.options,
-                                                              "algorithm": algorithm}))
+        options = {**setup.options, "algorithm": algorithm}
+        placement = partition(setup.graph, setup.cluster, **options)
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
     setup = with_placed_graph(setup, placement)

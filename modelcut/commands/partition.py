@@ -10,6 +10,9 @@ from pathlib import Path
 from modelcut.commands import CommandError
 from modelcut.commands.arguments import (device_count, node_count, non_negative_number,
                                          positive_number)
+from partition.api import partition
+from partition.cluster import Cluster, uniform
+from partition.simulate import simulate
 
 HELP = "partition a model across devices, print the placement and write a report"
 OUTPUTS = ("placement.json", "report.json", "report.md", "graph.dot", "load_memory.png",
@@ -31,8 +34,7 @@ class Setup:
 
 
 def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = True) -> None:
-    """CONFIG, --graph, --devices, --epsilon, --acyclic (and --algorithm): shared by the
-    partition, compare and viz commands."""
+    """CONFIG, --graph and the partition flags the partition, compare and viz commands share."""
     parser.add_argument("config", nargs="?", help="experiment config (YAML)")
     parser.add_argument("--graph", metavar="FILE",
                         help="a modelcut.graph JSON file to partition instead of the config's "
@@ -73,8 +75,6 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_setup(args: argparse.Namespace) -> Setup:
     """The graph, cluster and partition options named by CONFIG / --graph and the flags."""
-    from partition.cluster import Cluster, uniform
-
     if args.config is None and args.graph is None:
         raise CommandError("give a CONFIG file or --graph FILE.json")
     options: dict = {"algorithm": "auto", "epsilon": 0.10, "acyclic": False, "seed": 0}
@@ -111,30 +111,17 @@ def load_setup(args: argparse.Namespace) -> Setup:
         options["algorithm"] = args.algorithm
     if args.acyclic:
         options["acyclic"] = True
-    for key in ("epsilon", "time_limit", "shard"):
+    micro_batches = getattr(args, "micro_batches", None)
+    if micro_batches is not None and micro_batches < 1:
+        raise CommandError(f"--micro-batches: expected a positive integer, got {micro_batches}")
+    for key in ("epsilon", "time_limit", "shard", "objective", "micro_batches"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
-    schedule = apply_pipeline_arguments(args, options, schedule)
-    return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
-                 source=source, family=family)
-
-
-def apply_pipeline_arguments(args: argparse.Namespace, options: dict, schedule: str) -> str:
-    """Fold --objective, --micro-batches and --schedule into the partition options; returns
-    the schedule to simulate."""
-    if getattr(args, "objective", None):
-        options["objective"] = args.objective
-    micro_batches = getattr(args, "micro_batches", None)
-    if micro_batches is not None:
-        if micro_batches < 1:
-            raise CommandError(f"--micro-batches: expected a positive integer, "
-                               f"got {micro_batches}")
-        options["micro_batches"] = micro_batches
-    if getattr(args, "schedule", None):
-        schedule = args.schedule
+    schedule = getattr(args, "schedule", None) or schedule      # the schedule to simulate
     if schedule in ("gpipe", "1f1b"):
         options["schedule"] = schedule
-    return schedule
+    return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
+                 source=source, family=family)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -163,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_output(out, args.force)
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes) with "
                        f"{setup.options['algorithm']} on {setup.cluster.k} devices ..."):
-        placement = place(setup)
+        placement = partition(setup.graph, setup.cluster, **setup.options)
         setup = with_placed_graph(setup, placement)
     with status.status("simulating a training step ..."):
         simulation = simulate_step(setup, placement)
@@ -203,15 +190,8 @@ def prepare_output(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def place(setup: Setup):
-    """partition() with the setup's options."""
-    from partition.api import partition
-    return partition(setup.graph, setup.cluster, **setup.options)
-
-
 def with_placed_graph(setup: Setup, placement) -> Setup:
-    """The setup whose graph is the one `placement` places (the sharded graph under shard
-    auto, see partition/sharding.py)."""
+    """The setup with the graph `placement` places (the sharded one under shard auto)."""
     from dataclasses import replace
 
     from partition.sharding import sharded_graph
@@ -221,7 +201,6 @@ def with_placed_graph(setup: Setup, placement) -> Setup:
 def simulate_step(setup: Setup, placement) -> dict:
     """The simulated step (SPEC section 4) as a dict; a pipeline schedule needs an acyclic
     placement, so a cyclic one is simulated with list scheduling (and a note says so)."""
-    from partition.simulate import simulate
     schedule = None if setup.schedule == "sequential" else setup.schedule
     if schedule is not None and not placement.metrics.acyclic:
         setup.notes.append(f"the {schedule} schedule needs an acyclic placement (pass --acyclic); "

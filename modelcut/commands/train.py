@@ -142,8 +142,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def train_into(out: Path, setup, args, state, resumed_from, console, status) -> int:
     """Partition (or take the checkpoint's placement), train, and write every output at the
-    end: a run that fails leaves no report; an interrupted or non-finite one a partial one
-    next to a checkpoint it can be resumed from."""
+    end (a partial report when training stopped early)."""
     from modelcut import training
     from modelcut.report import pipeline_hint, rich_table
 
@@ -249,8 +248,7 @@ def stop_between_steps():
 
 
 def remove_partial_output(out: Path, created: bool) -> None:
-    """After a failed run: remove the output folder this run created, unless it holds
-    checkpoints (a run can resume from them)."""
+    """After a failed run: remove the output folder it created unless it holds checkpoints."""
     if created and out.is_dir() and not any((out / "checkpoints").glob("step-*")):
         shutil.rmtree(out, ignore_errors=True)
 
@@ -390,8 +388,7 @@ def training_tables(report: dict) -> list:
 
 
 def report_notes(report: dict) -> list[str]:
-    """Warnings and notes for the console and report.md: byte mismatches, an uncalibrated
-    prediction, an early stop."""
+    """Warnings and notes: byte mismatches, an uncalibrated prediction, an early stop."""
     notes = [f"warning: {p}" for p in report["agreement"]["problems"]]
     predicted, ratio = report["predicted"], report["agreement"].get("step_time_ratio")
     if not predicted.get("calibrated", True):
@@ -433,8 +430,7 @@ def write_training_outputs(report: dict, out: Path, html: bool = False) -> list[
 
 
 def write_training_html(report: dict, out: Path, notes: list[str]) -> Path:
-    """report.html: the partition page (modelcut.html_report) with the training tables,
-    notes and the loss plot put first."""
+    """report.html: the partition page with the training tables, notes and loss plot first."""
     import html as escape
 
     from modelcut.html_report import html_table

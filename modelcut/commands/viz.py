@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 from modelcut.commands import CommandError
 from modelcut.commands.arguments import node_count
-from modelcut.commands.partition import Setup, add_setup_arguments, load_setup, place
+from modelcut.commands.partition import Setup, add_setup_arguments, load_setup
+from partition.api import partition
+from partition.cluster import uniform
 
 OUTPUT_FORMATS = ("dot", "svg", "png")
 HELP = "draw a graph (values, gradients, devices, cut tensors) as DOT, SVG and PNG"
@@ -46,8 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 class _Source(NamedTuple):
-    """What is drawn: the graph and its name, the setup it came from (None for --expr), and
-    the feeds and parameters its values are computed with (None when not computed)."""
+    """What is drawn: the graph, its name, its setup (None for --expr) and the feeds and
+    parameters of its values (None when not computed)."""
 
     graph: object
     name: str
@@ -64,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / source.name / "viz"
     check_output(out, args.force)
     placement, devices = _placement(args, source, console)
-    text = _dot_text(args, source, placement, devices, console)
-    _write(text, out, console)
+    _write(_dot_text(args, source, placement, devices, console), out, console)
     return 0
 
 
@@ -107,13 +108,12 @@ def _placement(args: argparse.Namespace, source: _Source, console):
     if args.devices is None:
         return None, None
     if setup is None:
-        from partition.cluster import uniform
         setup = Setup(name=source.name, graph=source.graph, cluster=uniform(args.devices),
                       options={"algorithm": args.algorithm or "auto",
                                "epsilon": 0.10 if args.epsilon is None else args.epsilon,
                                "acyclic": args.acyclic})
     with console.status(f"partitioning with {setup.options['algorithm']} ..."):
-        placement = place(setup).to_mapping()
+        placement = partition(setup.graph, setup.cluster, **setup.options).to_mapping()
     return placement, setup.cluster.device_names
 
 
