@@ -109,8 +109,7 @@ def make_schedule(name: str, num_stages: int, micro_batches: int) -> Schedule:
 
 def _dependencies(schedule: Schedule, edges: Iterable[tuple[int, int]] | None):
     """`needs(action)`: the actions it waits for (default edges: the chain s -> s+1)."""
-    if edges is None:
-        edges = [(s, s + 1) for s in range(schedule.num_stages - 1)]
+    edges = [(s, s + 1) for s in range(schedule.num_stages - 1)] if edges is None else edges
     senders: dict[int, list[int]] = {s: [] for s in range(schedule.num_stages)}
     receivers: dict[int, list[int]] = {s: [] for s in range(schedule.num_stages)}
     for a, b in edges:

@@ -216,10 +216,7 @@ def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict)
     moved = replace(placement, assignment=a, metrics=metrics, optimal=None,
                     info=dict(placement.info, pipeline=pipe.to_dict(), loss_shards_pulled=True))
     objective, eps = placement.info["objective"], options.get("epsilon", 0.10)
-    if score(moved, objective, eps, cluster.speeds) < score(placement, objective, eps,
-                                                             cluster.speeds):
-        return moved
-    return placement
+    return min(placement, moved, key=lambda p: score(p, objective, eps, cluster.speeds))
 
 
 def _ancestors(graph: Graph, name: str) -> list[str]:

@@ -23,9 +23,8 @@ PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 class StageTimes:
     """Per-device seconds per micro-batch (compute, send, receive, total = T_d), the slowest
     device, the pipeline's time per micro-batch `max_d T_d`, whether the quotient is acyclic
-    (only then is this a pipeline), the devices it uses in pipeline order, and the schedule's
-    bubble: `(k' - 1) / (m + k' - 1)` of a step for GPipe and 1F1B alike, so one step takes
-    about `(m + k' - 1) * max_d T_d`."""
+    (only then is this a pipeline) and the devices it uses in pipeline order; the bubble and
+    step estimate hold for GPipe and 1F1B alike."""
 
     compute: np.ndarray
     send: np.ndarray

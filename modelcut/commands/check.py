@@ -59,8 +59,7 @@ def summary_rows(config, build_graph: bool = False) -> list[tuple[str, str, str]
               else format_time(p.time_limit)),
              ("partition", "seed", str(p.seed))]
     rows += [("partition", f"pin {pattern}", str(target)) for pattern, target in p.pin.items()]
-    t = config.training
-    rows += [("training", key, str(value)) for key, value in t.model_dump().items()]
+    rows += [("training", key, str(value)) for key, value in config.training.model_dump().items()]
     return rows
 
 

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     with status.status("simulating a training step ..."):
         simulation = simulate_step(setup, placement)
     with status.status(f"writing the report to {out} ..."):
-        report, written = write_outputs(setup, placement, simulation, out, args)
+        report, written = write_outputs(setup, placement, simulation, out, args.max_nodes,
+                                        args.html)
     console.print(f"[bold]{setup.graph.name}[/bold] on [bold]{setup.cluster.name}[/bold]: "
                   f"{len(setup.graph):,} nodes, {setup.cluster.k} devices")
     for table in report_tables(report, warnings=False, glossary=False):
@@ -210,8 +211,8 @@ def simulate_step(setup: Setup, placement) -> dict:
                     micro_batches=setup.options.get("micro_batches", 1)).to_dict()
 
 
-def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
-                  args: argparse.Namespace) -> tuple[dict, list[Path]]:
+def write_outputs(setup: Setup, placement, simulation: dict, out: Path, max_nodes: int = 300,
+                  html: bool = False) -> tuple[dict, list[Path]]:
     """Write every output file; returns the report and the paths written."""
     from modelcut import plots
     from modelcut.report import build_report, write_report
@@ -232,20 +233,20 @@ def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
         ("Link traffic", plots.traffic_plot(report, out / "traffic.png"))]
     written += write_report(report, out, [p.name for _, p in images])
     grouped = grouped_dot(setup.graph, placement=mapping, devices=devices)
-    if len(setup.graph) <= args.max_nodes:
+    if len(setup.graph) <= max_nodes:
         text = graph_dot(setup.graph, placement=mapping, devices=devices, cluster="group",
-                         max_nodes=args.max_nodes)
+                         max_nodes=max_nodes)
     else:
         text = grouped
         setup.notes.append(f"graph.dot shows one box per layer group and device: the graph has "
-                           f"{len(setup.graph):,} nodes (more than --max-nodes {args.max_nodes})")
+                           f"{len(setup.graph):,} nodes (more than --max-nodes {max_nodes})")
     (out / "graph.dot").write_text(text, encoding="utf-8")
     written += [out / "graph.dot"] + [p for _, p in images]
     if (placement.info.get("sharding") or {}).get("kept"):    # the rewritten graph it names
         from autodiff.io import save_graph
         save_graph(setup.graph, out / "graph.json.gz")
         written.append(out / "graph.json.gz")
-    if args.html:
+    if html:
         written.append(write_html(report, images, grouped, out / "report.html", setup.notes))
     return report, written
 

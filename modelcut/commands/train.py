@@ -271,8 +271,7 @@ def write_partition_outputs(setup, placement, simulation: dict, out: Path
     part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster,
                  options=dict(setup.partition_options), schedule=setup.schedule,
                  source=setup.source, family=setup.family)
-    _, written = write_outputs(part, placement, simulation, out,
-                               argparse.Namespace(max_nodes=300, html=False))
+    _, written = write_outputs(part, placement, simulation, out)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     return report, written
 
