@@ -1,8 +1,6 @@
 """partition: split a cost-annotated graph across devices with the fewest bytes crossing.
-
-Knows nothing of Ray: clusters, the SPEC cost model and metrics, the algorithms (one
-registry, one signature) and an event-driven step simulator.
-"""
+Knows nothing of Ray: clusters, the SPEC cost model and metrics, the algorithms (one registry,
+one signature) and an event-driven step simulator."""
 from partition.api import partition
 from partition.cluster import Cluster, Device, Link, heterogeneous, hierarchical, uniform
 from partition.errors import PlacementError

@@ -1,9 +1,5 @@
-"""`partition()`: the one entry point that places a forward graph on a cluster.
-
-It validates the arguments into a Problem, runs the named algorithm from the registry, checks
-that the algorithm honoured pins (and acyclicity when asked), repairs balance and memory with
-the shared greedy rebalancer, and returns a Placement with its metrics.
-"""
+"""`partition()`: the one entry point that places a forward graph on a cluster: a Problem, the
+registry's algorithm, a check of its pins (and acyclicity), the shared greedy rebalancer."""
 from __future__ import annotations
 
 import logging
@@ -32,32 +28,37 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
               schedule: str | None = None, shard: str = "off") -> Placement:
     """Place every node of the forward `graph` on a device of `cluster`.
 
-    Parameters
-    ----------
-    algorithm : a name in `partition.algorithms.ALGORITHMS`.
-    epsilon : allowed load imbalance (SPEC section 2); caps are relaxed when one node alone
-        outweighs a device's share.
-    acyclic : require an acyclic quotient graph (needed by pipeline schedules).
-    pins : fnmatch-style node name pattern -> device index or name.
-    objective : "volume" (bytes), "time_volume" (seconds on each link; "time" is accepted) or
-        "throughput" (SPEC section 5's pipeline time per micro-batch; epsilon does not apply
-        and nothing is rebalanced afterwards); default "volume" on clusters with uniform
-        links, else "time_volume".
-    schedule : "1f1b" (default) or "gpipe": the pipeline schedule whose in-flight
-        micro-batches count against memory under the throughput objective.
-    shard : "off" (default) or "auto": split nodes heavier than a device's share first and
-        keep the rewritten graph when it improves the objective (partition/sharding.py); the
-        placement then names the sharded graph's nodes and info["sharding"] says what was done.
+    algorithm: a name in `partition.algorithms.ALGORITHMS`.
+    epsilon: allowed load imbalance (SPEC section 2), relaxed when one node alone outweighs a
+        device's share.
+    acyclic: require an acyclic quotient graph (needed by pipeline schedules).
+    pins: fnmatch-style node name pattern -> device index or name.
+    objective: "volume" (bytes), "time_volume" (seconds on each link; "time" is accepted) or
+        "throughput" (SPEC section 5's time per micro-batch; no epsilon, no rebalancing);
+        default "volume" on clusters with uniform links, else "time_volume".
+    schedule: "1f1b" (default) or "gpipe", whose in-flight micro-batches count against
+        memory under the throughput objective.
+    shard: "off" (default) or "auto": shard nodes heavier than a device's share when that
+        improves the objective (partition/sharding.py); the placement then names the sharded
+        graph's nodes and info["sharding"] says what was done.
 
     Raises PlacementError naming the argument, node or device when no acceptable placement is
     found (a device over its memory or load cap, a violated pin, a cyclic quotient).
     """
-    if shard != "off":
-        return _partition_sharded(graph, cluster, shard, dict(
+    if shard != "off":      # the sharding search around the plain partition()
+        from partition.sharding import SHARD_CHOICES, partition_auto
+        if shard not in SHARD_CHOICES:
+            raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
+                                 f"got {shard!r}")
+        return partition_auto(graph, cluster, partition, dict(
             algorithm=algorithm, epsilon=epsilon, acyclic=acyclic, seed=seed,
             time_limit=time_limit, pins=pins, objective=objective,
             micro_batches=micro_batches, optimizer=optimizer, schedule=schedule))
-    run = _algorithm(algorithm)
+    try:
+        run = ALGORITHMS[algorithm]
+    except (KeyError, TypeError):
+        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
+                             f"{', '.join(sorted(ALGORITHMS))})") from None
     problem = Problem.build(graph, cluster, epsilon=epsilon, acyclic=acyclic, seed=seed,
                             time_limit=time_limit, pins=pins, objective=objective,
                             micro_batches=micro_batches, optimizer=optimizer,
@@ -73,30 +74,17 @@ def partition(graph: Graph, cluster: Cluster, algorithm: str = "auto", epsilon: 
     return _placement(problem, algorithm, optimizer, result, assignment, moves, seconds)
 
 
-def _partition_sharded(graph: Graph, cluster: Cluster, shard: str, options: dict) -> Placement:
-    """partition() with shard != "off": the sharding search around the plain partition()."""
-    from partition.sharding import SHARD_CHOICES, partition_auto
-    if shard not in SHARD_CHOICES:
-        raise PlacementError(f"shard: expected one of {', '.join(SHARD_CHOICES)}, "
-                             f"got {shard!r}")
-    return partition_auto(graph, cluster, partition, options)
-
-
-def _algorithm(algorithm: str):
-    """The registry's function named `algorithm`."""
-    try:
-        return ALGORITHMS[algorithm]
-    except (KeyError, TypeError):
-        raise PlacementError(f"algorithm: unknown algorithm {algorithm!r} (known: "
-                             f"{', '.join(sorted(ALGORITHMS))})") from None
-
-
 def _checked(problem: Problem, assignment, algorithm: str) -> np.ndarray:
     """The algorithm's assignment, checked: one valid device per node, pins honoured, and an
     acyclic quotient when acyclic=True was asked."""
     assignment = check_assignment(assignment, problem.n, problem.k,
                                   who=f"algorithm {algorithm!r}")
-    _check_pins(problem, assignment, algorithm)
+    wrong = np.flatnonzero((problem.pinned >= 0) & (assignment != problem.pinned))
+    if len(wrong):
+        v, names = int(wrong[0]), problem.cluster.device_names
+        raise PlacementError(f"algorithm {algorithm!r} placed node {problem.arrays.names[v]!r} "
+                             f"on {names[assignment[v]]!r} but it is pinned to "
+                             f"{names[problem.pinned[v]]!r}")
     if problem.acyclic and quotient_order(quotient_adjacency(problem.arrays, assignment,
                                                              problem.k)) is None:
         raise PlacementError(f"algorithm {algorithm!r} returned a placement whose devices form "
@@ -111,7 +99,8 @@ def _placement(problem: Problem, algorithm: str, optimizer: str, result,
     metrics = compute_metrics(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                               optimizer=optimizer)
     log.info("partition %s with %s on %d devices: V=%d bytes, imbalance %.3f, %.2fs",
-             problem.graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance, seconds)
+             problem.graph.name, algorithm, problem.k, metrics.step_volume, metrics.imbalance,
+             seconds)
     pipeline = stage_times(problem.arrays, assignment, cluster, micro_batches=micro_batches,
                            schedule=problem.schedule)
     info = dict(result.info, objective=problem.objective, rebalance_moves=moves,
@@ -120,14 +109,3 @@ def _placement(problem: Problem, algorithm: str, optimizer: str, result,
                      device_names=cluster.device_names, algorithm=algorithm, seconds=seconds,
                      metrics=metrics, optimal=result.optimal if moves == 0 else None,
                      bound=result.bound, relaxed_by=problem.relaxed_by, info=info)
-
-
-def _check_pins(problem: Problem, assignment: np.ndarray, algorithm: str) -> None:
-    fixed = problem.pinned >= 0
-    wrong = np.flatnonzero(fixed & (assignment != problem.pinned))
-    if len(wrong):
-        v = int(wrong[0])
-        names = problem.cluster.device_names
-        raise PlacementError(f"algorithm {algorithm!r} placed node {problem.arrays.names[v]!r} "
-                             f"on {names[assignment[v]]!r} but it is pinned to "
-                             f"{names[problem.pinned[v]]!r}")

@@ -12,11 +12,9 @@ from partition.metrics import PlacementMetrics
 
 @dataclass(frozen=True, eq=False)
 class Placement:
-    """A placement of a forward graph on a cluster with its SPEC section 2 metrics.
-
-    `optimal` and `bound` come from the algorithm (None when unknown or when the rebalancer
-    had to move nodes); `relaxed_by` names the node that forced relaxed load caps, if any.
-    """
+    """A placement of a forward graph on a cluster with its SPEC section 2 metrics. `optimal`
+    and `bound` come from the algorithm (None when unknown or when the rebalancer moved nodes);
+    `relaxed_by` names the node that forced relaxed load caps, if any."""
 
     assignment: np.ndarray
     node_names: tuple[str, ...]

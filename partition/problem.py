@@ -1,8 +1,5 @@
 """The partitioning problem every algorithm receives: graph costs, cluster, caps and pins.
-
-`Problem.build` validates the user's arguments once, so algorithms can trust them: load caps
-per SPEC section 2 (relaxed when one node outweighs a device's share), memory caps, pinned nodes.
-"""
+`Problem.build` validates the user's arguments once, so algorithms can trust them."""
 from __future__ import annotations
 
 import fnmatch
@@ -18,9 +15,7 @@ from partition.cost import GraphArrays, graph_arrays, multiplicity, slots_of, st
 from partition.errors import ClusterError, PlacementError
 
 OBJECTIVES = ("volume", "time_volume", "throughput")
-# "time" was the time-weighted volume's first name; it is still accepted (it read as if it
-# were the step time, which is what "throughput" optimises).
-OBJECTIVE_ALIASES = {"time": "time_volume"}
+OBJECTIVE_ALIASES = {"time": "time_volume"}     # the first name, read as if it were step time
 SCHEDULES = ("1f1b", "gpipe")
 
 
@@ -68,10 +63,7 @@ class Problem:
         if time_limit is not None and (not isinstance(time_limit, Real) or not time_limit > 0):
             raise PlacementError(f"time_limit: expected a positive number of seconds, "
                                  f"got {time_limit!r}")
-        if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
-                or micro_batches < 1:
-            raise PlacementError(f"micro_batches: expected a positive integer, "
-                                 f"got {micro_batches!r}")
+        check_micro_batches(micro_batches)
         if objective is None:
             objective = "volume" if cluster.uniform_links else "time_volume"
         objective = OBJECTIVE_ALIASES.get(objective, objective)
@@ -93,6 +85,13 @@ class Problem:
                    pinned=resolve_pins(arrays.names, graph.index, pins, cluster),
                    optimizer_slots=slots_of(optimizer), micro_batches=micro_batches,
                    schedule=schedule)
+
+
+def check_micro_batches(micro_batches, types: type | tuple = int) -> None:
+    """PlacementError unless `micro_batches` is a positive integer of `types` (not a bool)."""
+    if not isinstance(micro_batches, types) or isinstance(micro_batches, bool) \
+            or micro_batches < 1:
+        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
 
 
 def require_forward(graph: Graph) -> None:

@@ -1,12 +1,9 @@
 """Pipeline schedules as data: per stage an ordered list of actions such as `1F0` (stage 1,
 forward, micro-batch 0) or `1B0`, validated and printable as a step x stage grid.
 
-A schedule only orders computation; the executor's plan (executor/plan.py) adds the sends and
-receives, and the SPEC section 4 simulation (partition/simulate.py) orders its ops by it.
-Gradients accumulate over the micro-batches and are applied once per step, after every
-stage's last backward. Dependencies between stages are given as forward edges `(a, b)`
-(a tensor flows from stage a to stage b; default: the chain s -> s+1): F(b, i) needs F(a, i),
-and B(a, i) needs B(b, i).
+A schedule only orders computation (executor/plan.py adds the sends and receives). Stages
+depend on each other through forward edges `(a, b)` (a tensor flows from stage a to stage b;
+default: the chain s -> s+1): F(b, i) needs F(a, i), and B(a, i) needs B(b, i).
 """
 from __future__ import annotations
 
@@ -81,11 +78,9 @@ def one_f_one_b(num_stages: int, micro_batches: int) -> Schedule:
     for s in range(num_stages):
         warm = min(num_stages - s - 1, micro_batches)
         acts = [Action(s, "F", i) for i in range(warm)]
-        f, b = warm, 0
-        while f < micro_batches:
-            acts += [Action(s, "F", f), Action(s, "B", b)]
-            f, b = f + 1, b + 1
-        acts += [Action(s, "B", i) for i in range(b, micro_batches)]
+        for f in range(warm, micro_batches):
+            acts += [Action(s, "F", f), Action(s, "B", f - warm)]
+        acts += [Action(s, "B", i) for i in range(micro_batches - warm, micro_batches)]
         stages.append(tuple(acts))
     return Schedule("1f1b", num_stages, micro_batches, tuple(stages))
 
@@ -112,13 +107,9 @@ def make_schedule(name: str, num_stages: int, micro_batches: int) -> Schedule:
     return builder(num_stages, micro_batches)
 
 
-def chain_edges(num_stages: int) -> tuple[tuple[int, int], ...]:
-    """The forward edges of a linear pipeline: s -> s+1."""
-    return tuple((s, s + 1) for s in range(num_stages - 1))
-
-
 def _dependencies(schedule: Schedule, edges: Iterable[tuple[int, int]] | None):
-    edges = chain_edges(schedule.num_stages) if edges is None else tuple(edges)
+    """`needs(action)`: the actions it waits for (default edges: the chain s -> s+1)."""
+    edges = [(s, s + 1) for s in range(schedule.num_stages - 1)] if edges is None else edges
     senders: dict[int, list[int]] = {s: [] for s in range(schedule.num_stages)}
     receivers: dict[int, list[int]] = {s: [] for s in range(schedule.num_stages)}
     for a, b in edges:
@@ -148,17 +139,12 @@ def timeline(schedule: Schedule, edges: Iterable[tuple[int, int]] | None = None
     total = sum(len(stage) for stage in schedule.actions)
     rows: list[tuple[Action | None, ...]] = []
     while len(done) < total:
-        row = []
-        for s, stage in enumerate(schedule.actions):
-            action = stage[position[s]] if position[s] < len(stage) else None
-            if action is not None and all(dep in done for dep in needs(action)):
-                row.append(action)
-            else:
-                row.append(None)
+        heads = [stage[p] if p < len(stage) else None
+                 for p, stage in zip(position, schedule.actions)]
+        row = [a if a is not None and all(d in done for d in needs(a)) else None for a in heads]
         if all(a is None for a in row):
-            blocked = [f"{stage[position[s]]} waits for "
-                       f"{', '.join(str(d) for d in needs(stage[position[s]]) if d not in done)}"
-                       for s, stage in enumerate(schedule.actions) if position[s] < len(stage)]
+            blocked = [f"{a} waits for {', '.join(str(d) for d in needs(a) if d not in done)}"
+                       for a in heads if a is not None]
             raise ScheduleError(f"schedule {schedule.name}: deadlock at step {len(rows)}: "
                                 + "; ".join(blocked))
         for s, action in enumerate(row):

@@ -1,28 +1,26 @@
 """`partition.shard: auto`: split the nodes no placement can balance, then partition.
 
-One path for every algorithm: choose shard specs for the nodes whose per-step training FLOPs
-exceed a device's share (`total * s_max / sum(s)`, i.e. `total / k` on uniform devices), rewrite
-the graph with `autodiff.shard.shard_graph`, partition the rewritten graph with the asked
-algorithm, and keep it only when it beats the unsharded placement on the objective:
+Nodes whose per-step training FLOPs exceed a device's share (`total * s_max / sum(s)`) get
+shard specs; the graph rewritten by `autodiff.shard.shard_graph` is partitioned with the asked
+algorithm and kept only when it beats the unsharded placement on the objective (ties keep the
+unsharded graph, so the result is never worse than `shard: off`):
 
 - throughput: SPEC section 5's time per micro-batch (an acyclic placement first);
 - volume / time_volume: first whether every device's load fits the *unrelaxed* cap
-  `(1 + eps) * mean load` (the point of sharding: a dominating node forces a relaxed cap), then
-  how far over it, then whether the problem still had to relax its cap (a shard above the
-  share), then the volume (bytes, or seconds on the links).
+  `(1 + eps) * mean load` (a dominating node forces a relaxed cap), then how far over it, then
+  whether the problem still had to relax its cap, then the volume (bytes, or link seconds).
 
 Counts tried per heavy node: the smallest that brings each shard under the share, k, and one
-or two fewer than the smallest (a pipeline may do better leaving devices to the rest of the
-graph); all capped at k and at the split axis. Ties keep the unsharded graph, so the result is never worse
-than `shard: off` by the objective. Modes: matmul "out" when its output is at least as large as
-its input or a cross-entropy reads it (that loss is then split by "vocab" alike, so the full
-logits never exist), else "reduce"; take "rows"; conv2d "channels"; cross_entropy "vocab".
+or two fewer (a pipeline may do better leaving devices to the rest of the graph), capped at k
+and the split axis. Modes: matmul "out" when its output is at least as large as its input or
+a cross-entropy reads it (that loss is then split by "vocab" alike, so the full logits never
+exist), else "reduce"; take "rows"; conv2d "channels"; cross_entropy "vocab".
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -47,8 +45,7 @@ class ShardedNode:
     load_share: float
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "mode": self.mode, "shards": self.shards,
-                "load_share": self.load_share}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -67,9 +64,6 @@ class ShardingResult:
     candidates: int
     colocated: tuple[str, ...] = ()
 
-    def specs(self) -> dict[str, ShardSpec]:
-        return {n.name: ShardSpec(n.shards, n.mode, uneven=True) for n in self.nodes}
-
     def to_dict(self) -> dict:
         return {"kept": self.kept, "reason": self.reason, "objective": self.objective,
                 "unsharded": self.unsharded, "sharded": self.sharded,
@@ -85,9 +79,8 @@ def heavy_nodes(graph: Graph, cluster: Cluster, micro_batches: int = 1
     weights = step_train_flops(arrays, micro_batches)
     speeds = np.asarray(cluster.speeds, dtype=float)
     share = float(weights.sum()) * float(speeds.max()) / float(speeds.sum())
-    order = np.argsort(-weights, kind="stable")
     out = []
-    for v in order.tolist():
+    for v in np.argsort(-weights, kind="stable").tolist():
         if weights[v] <= share or share <= 0:
             break
         if graph[arrays.names[v]].op in MODES:
@@ -119,8 +112,7 @@ def _add_spec(graph: Graph, specs: dict, name: str, count: int) -> None:
     if node.op == "matmul":
         losses = [c for c in graph.consumers(name) if graph[c].op == "cross_entropy"
                   and graph[c].inputs[0] == name]
-        a = graph[node.inputs[0]]
-        mode = "out" if losses or node.size >= a.size else "reduce"
+        mode = "out" if losses or node.size >= graph[node.inputs[0]].size else "reduce"
         loss = losses[0] if losses and mode == "out" else None
     count = min(count, _axis_size(graph, name, mode))
     if count < 2 or name in specs:
@@ -160,16 +152,15 @@ def score(placement, objective: str, epsilon: float, speeds) -> tuple:
 
 
 def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict):
-    """`run(graph, cluster, **options)` on the graph and on each candidate scheme; the best
-    placement by the objective, with info["sharding"] (ShardingResult.to_dict()); its
-    `seconds` count every run."""
+    """The best placement by the objective of `run(graph, cluster, **options)` on the graph and
+    on each candidate scheme, with info["sharding"]; its `seconds` count every run."""
     start = time.perf_counter()
     base = run(graph, cluster, **options)
     objective = base.info["objective"]
     epsilon = options.get("epsilon", 0.10)
     schemes = choose_specs(graph, cluster, options.get("micro_batches", 1))
-    best, best_key, best_specs = base, score(base, objective, epsilon, cluster.speeds), {}
-    base_key = best_key
+    base_key = score(base, objective, epsilon, cluster.speeds)
+    best, best_key, best_specs = base, base_key, {}
     for specs in schemes:
         try:
             sharded = shard_graph(graph, specs)
@@ -181,17 +172,14 @@ def partition_auto(graph: Graph, cluster: Cluster, run: Callable, options: dict)
         if key < best_key:
             best, best_key, best_specs = placement, key, specs
     nodes = _sharded_nodes(graph, best_specs, options.get("micro_batches", 1))
-    if not schemes:
-        reason = "no node exceeds a device's share of the load"
-    elif best_specs:
-        reason = "sharding improves the objective"
-    else:
-        reason = "sharding does not improve the objective; the graph is kept whole"
+    reason = ("no node exceeds a device's share of the load" if not schemes
+              else "sharding improves the objective" if best_specs
+              else "sharding does not improve the objective; the graph is kept whole")
     result = ShardingResult(
         nodes=nodes, kept=bool(best_specs), reason=reason, objective=objective,
-        unsharded=_value(base_key), sharded=_value(best_key) if best_specs else None,
+        unsharded=float(base_key[-1]), sharded=float(best_key[-1]) if best_specs else None,
         bytes_added=int(best.metrics.step_volume - base.metrics.step_volume),
-        candidates=len(schemes), colocated=_colocated(best, best_specs, graph))
+        candidates=len(schemes), colocated=_colocated(best, best_specs))
     return replace(best, seconds=time.perf_counter() - start,
                    info=dict(best.info, sharding=result.to_dict()))
 
@@ -228,10 +216,7 @@ def pull_loss_shards(sharded: Graph, placement, cluster: Cluster, options: dict)
     moved = replace(placement, assignment=a, metrics=metrics, optimal=None,
                     info=dict(placement.info, pipeline=pipe.to_dict(), loss_shards_pulled=True))
     objective, eps = placement.info["objective"], options.get("epsilon", 0.10)
-    if score(moved, objective, eps, cluster.speeds) < score(placement, objective, eps,
-                                                             cluster.speeds):
-        return moved
-    return placement
+    return min(placement, moved, key=lambda p: score(p, objective, eps, cluster.speeds))
 
 
 def _ancestors(graph: Graph, name: str) -> list[str]:
@@ -245,30 +230,22 @@ def _ancestors(graph: Graph, name: str) -> list[str]:
     return sorted(seen)
 
 
-def _value(key: tuple) -> float:
-    return float(key[-1])
-
-
 def _sharded_nodes(graph: Graph, specs: dict, micro_batches: int) -> tuple[ShardedNode, ...]:
-    if not specs:
-        return ()
     arrays = graph_arrays(graph)
     weights = step_train_flops(arrays, micro_batches)
     total = float(weights.sum()) or 1.0
-    index = {name: i for i, name in enumerate(arrays.names)}
     return tuple(ShardedNode(name, graph[name].op, s.mode, s.shards,
-                             float(weights[index[name]]) / total) for name, s in specs.items())
+                             float(weights[graph.index[name]]) / total)
+                 for name, s in specs.items())
 
 
-def _colocated(placement, specs: dict, graph: Graph) -> tuple[str, ...]:
+def _colocated(placement, specs: dict) -> tuple[str, ...]:
     """Sharded nodes two of whose shards share a device (allowed, but wasteful)."""
-    if not specs:
-        return ()
     where = dict(zip(placement.node_names, placement.assignment.tolist()))
     out = []
     for name, spec in specs.items():
-        devices = [where.get(f"{name}.shard{i}of{spec.shards}") for i in range(spec.shards)]
-        devices = [d for d in devices if d is not None]
+        shards = (f"{name}.shard{i}of{spec.shards}" for i in range(spec.shards))
+        devices = [where[shard] for shard in shards if shard in where]
         if len(set(devices)) < len(devices):
             out.append(name)
     return tuple(out)
@@ -281,11 +258,3 @@ def sharded_graph(graph: Graph, placement) -> Graph:
         return graph
     specs = {n["name"]: ShardSpec(n["shards"], n["mode"], uneven=True) for n in info["nodes"]}
     return shard_graph(graph, specs)
-
-
-def is_sharded(graph: Graph) -> bool:
-    return bool(shard_record(graph))
-
-
-__all__ = ["SHARD_CHOICES", "ShardedNode", "ShardingResult", "choose_specs", "heavy_nodes",
-           "is_sharded", "partition_auto", "rewrite", "score", "sharded_graph"]

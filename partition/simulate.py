@@ -1,26 +1,20 @@
 """Event-driven simulation of one training step of a placed forward graph (SPEC section 4).
 
-The backward pass is implied: every forward node that requires grad has a backward op costing
-twice its forward FLOPs on the same device, run in reverse topological order. A tensor travels
-once to each other device that reads it (V_f) and its gradient comes back once from each
-(V_b); a transfer occupies its directed link for `latency + bytes / bandwidth`, transfers on
-one link run one at a time in the order they become ready, and each device runs one op at a
-time. With m micro-batches, batch-dependent nodes run m times; parameters (and what is computed
-from them alone) are sent once per step and their gradients summed before going back.
+Every forward node that requires grad has a backward op costing twice its forward FLOPs on
+its device. A tensor travels once to each other device that reads it (V_f) and its gradient
+comes back once from each (V_b); transfers on one directed link run in the order they become
+ready. With m micro-batches, batch-dependent nodes run m times; parameters (and what is
+computed from them alone) are sent once per step and their gradients summed before going back.
 
-Measured clusters (partition/cluster.py) extend this: an op of kind `op` costs
-`flops / device.rate(op)` (the device's `op_flops`), each forward op and each backward op
-costs the device's `op_overhead` once more (one backward op per forward node: the gradient
-ops of a node are not counted one by one), and the makespan includes the cluster's
-`step_overhead`. (The executor's own plan is timed by executor/timing.py.)
+Measured clusters (partition/cluster.py): an op of kind `op` costs `flops / device.rate(op)`
+plus the device's `op_overhead` (once per forward node and once for its whole backward), and
+the makespan includes the cluster's `step_overhead`. (executor/timing.py times the executor's
+own plan.)
 
 Schedules: None = list scheduling (forwards before backwards, earlier micro-batches and nodes
-first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by
-stage (stage = device, in a topological order of the acyclic quotient) with the action lists
-of partition/schedules.py: GPipe runs all forwards then all backwards; 1F1B runs
-(stages - stage - 1) warm-up forwards, then alternates one forward and one backward, then
-drains the backwards. Ops that run once per step (parameters' consumers) come first, their
-backwards last.
+first, among the ops that are ready); "gpipe" and "1f1b" fix each device's op sequence by the
+action lists of partition/schedules.py (stage = device, in a topological order of the acyclic
+quotient). Ops that run once per step (parameters' consumers) come first, their backwards last.
 """
 from __future__ import annotations
 
@@ -34,7 +28,7 @@ from partition.cluster import Cluster
 from partition.cost import graph_arrays, remote_pairs
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
-from partition.problem import require_forward
+from partition.problem import check_micro_batches, require_forward
 from partition.schedules import make_schedule
 
 SCHEDULES = (None, "gpipe", "1f1b")
@@ -71,14 +65,16 @@ class SimulationResult:
 def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = None,
              micro_batches: int = 1) -> SimulationResult:
     """Simulate one training step of the forward `graph` placed by `assignment` on `cluster`."""
-    _check_arguments(schedule, micro_batches)
+    if schedule not in SCHEDULES:
+        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
+                             f"got {schedule!r}")
+    check_micro_batches(micro_batches)
     require_forward(graph)
     arrays = graph_arrays(graph)
     k = cluster.k
     a = check_assignment(assignment, arrays.n, k)
     stages = _stages(arrays, a, k, schedule)
-    forward_time, backward_time = _op_times(graph, arrays, a, cluster)
-    tasks = _build(arrays, a, cluster, micro_batches, forward_time, backward_time)
+    tasks = _build(arrays, a, cluster, micro_batches, *_op_times(graph, arrays, a, cluster))
     sequences = (None if stages is None
                  else _pipeline_sequences(tasks, stages, k, micro_batches, schedule))
     start, finish = _EventLoop(tasks, k, sequences).run(schedule)
@@ -98,15 +94,6 @@ def simulate(graph: Graph, assignment, cluster: Cluster, schedule: str | None = 
         peak_in_flight=_peak_in_flight(tasks, start, finish, k),
         schedule=schedule, micro_batches=micro_batches, devices=cluster.device_names,
         timeline=_timeline(tasks, start, finish, k, cluster.device_names))
-
-
-def _check_arguments(schedule, micro_batches) -> None:
-    if schedule not in SCHEDULES:
-        raise PlacementError(f"schedule: expected one of None, 'gpipe', '1f1b', "
-                             f"got {schedule!r}")
-    if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) \
-            or micro_batches < 1:
-        raise PlacementError(f"micro_batches: expected a positive integer, got {micro_batches!r}")
 
 
 def _stages(arrays, a: np.ndarray, k: int, schedule: str | None) -> list[int] | None:
@@ -149,8 +136,8 @@ def _op_times(graph: Graph, arrays, a: np.ndarray, cluster: Cluster
 
 # ------------------------------------------------------------------ the task graph
 class _Tasks:
-    """Ops and transfers as parallel lists. `resource` is a device (< k), a directed link
-    (k + a * k + b) or -1 for zero-time bookkeeping (sources, parameter gradients)."""
+    """Ops and transfers as parallel lists; `resource` is a device (< k), a directed link
+    (k + a * k + b) or -1 (zero-time bookkeeping: sources, parameter gradients)."""
 
     def __init__(self) -> None:
         self.resource: list[int] = []
@@ -179,25 +166,24 @@ class _Tasks:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Per node: its device, whether it runs per micro-batch, requires grad, is a source, and
-    how many instances run per step (m or 1)."""
+    """Per node: its device, whether it runs per micro-batch, requires grad, is a source."""
 
     place: list[int]
     batch: list[bool]
     grad: list[bool]
     source: list[bool]
-    copies: list[int]
+    m: int
 
-    def micro(self, v: int, i: int) -> int:
-        return i if self.batch[v] else SHARED
+    def instances(self, v: int) -> range | list[int]:
+        """The micro-batch of each of v's instances in a step (SHARED: it runs once)."""
+        return range(self.m) if self.batch[v] else [SHARED]
 
 
 def _build(arrays, a: np.ndarray, cluster: Cluster, m: int, forward_time: np.ndarray,
            backward_time: np.ndarray) -> _Tasks:
     """Forward ops, backward ops and transfers of one step, with their dependencies."""
-    batch = arrays.batch_dependent.tolist()
-    layout = _Layout(a.tolist(), batch, arrays.requires_grad.tolist(),
-                     arrays.is_source.tolist(), [m if b else 1 for b in batch])
+    layout = _Layout(a.tolist(), arrays.batch_dependent.tolist(),
+                     arrays.requires_grad.tolist(), arrays.is_source.tolist(), m)
     tasks = _Tasks()
     forward, backward = _add_ops(tasks, layout, m, forward_time.tolist(),
                                  backward_time.tolist())
@@ -215,16 +201,14 @@ def _add_ops(tasks: _Tasks, layout: _Layout, m: int, forward_seconds: list[float
     for v in range(n):
         device = -1 if layout.source[v] else layout.place[v]
         forward[v] = len(tasks.resource)
-        for i in range(layout.copies[v]):
-            j = layout.micro(v, i)
+        for j in layout.instances(v):
             tasks.add(device, forward_seconds[v], (0, j, v), j, False)
     for v in range(n - 1, -1, -1):
         if layout.grad[v]:
             # a source's backward (summing a parameter's gradients) is bookkeeping
             device = -1 if layout.source[v] else layout.place[v]
             backward[v] = len(tasks.resource)
-            for i in range(layout.copies[v]):
-                j = layout.micro(v, i)
+            for i, j in enumerate(layout.instances(v)):
                 tasks.add(device, backward_seconds[v], (1, m if j == SHARED else j, -v), j, True)
                 tasks.edge(forward[v] + i, backward[v] + i)
     return forward, backward
@@ -240,14 +224,12 @@ def _add_transfers(tasks: _Tasks, layout: _Layout, arrays, a: np.ndarray, cluste
     for u, d in zip(*(x.tolist() for x in remote_pairs(arrays, a, k))):
         s = place[u]
         sends[u, d] = len(tasks.resource)
-        for i in range(layout.copies[u]):
-            j = layout.micro(u, i)
+        for i, j in enumerate(layout.instances(u)):
             tasks.add(k + s * k + d, cluster.transfer_time(s, d, nbytes[u]), (0, j, u), j, False)
             tasks.edge(forward[u] + i, sends[u, d] + i)
         if layout.grad[u]:
             returns[u, d] = len(tasks.resource)
-            for i in range(layout.copies[u]):
-                j = layout.micro(u, i)
+            for i, j in enumerate(layout.instances(u)):
                 tasks.add(k + d * k + s, cluster.transfer_time(d, s, nbytes[u]),
                           (1, m if j == SHARED else i, -u), j, True)
                 tasks.edge(sends[u, d] + i, returns[u, d] + i)
@@ -265,7 +247,7 @@ def _add_dependencies(tasks: _Tasks, layout: _Layout, arrays, forward: list[int]
         for u in in_idx[in_ptr[c]:in_ptr[c + 1]]:
             local = place[u] == place[c]
             gradient = grad[u] and grad[c]
-            for i in range(layout.copies[c]):
+            for i in range(len(layout.instances(c))):
                 i_u = i if batch[u] else 0
                 tasks.edge(forward[u] + i_u if local else sends[u, place[c]] + i_u,
                            forward[c] + i)
@@ -276,14 +258,12 @@ def _add_dependencies(tasks: _Tasks, layout: _Layout, arrays, forward: list[int]
 
 def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
                         schedule: str) -> list[list[int]]:
-    """Each device's fixed op order: shared forwards, the schedule's per-micro-batch forward
-    and backward actions (partition/schedules.py, stage s on device stages[s]), shared
-    backwards."""
+    """Each device's fixed op order: shared forwards, the schedule's actions (stage s on
+    device stages[s]), shared backwards."""
     blocks: dict[tuple[int, int, bool], list[int]] = {}
     for t, device in enumerate(tasks.resource):
-        if device < 0 or device >= k:
-            continue
-        blocks.setdefault((device, tasks.micro_batch[t], tasks.backward[t]), []).append(t)
+        if 0 <= device < k:
+            blocks.setdefault((device, tasks.micro_batch[t], tasks.backward[t]), []).append(t)
     sequences: list[list[int]] = [[] for _ in range(k)]
     plan = make_schedule(schedule, len(stages), m)
     for device, actions in zip(stages, plan.actions):
@@ -296,9 +276,8 @@ def _pipeline_sequences(tasks: _Tasks, stages: list[int], k: int, m: int,
 
 # ------------------------------------------------------------------ the event loop
 class _EventLoop:
-    """Runs the tasks: each device and each directed link runs one task at a time; a link
-    takes its ready transfers first come, first served, a device its ready ops by priority
-    (or in its fixed `sequences` order)."""
+    """Runs the tasks, one at a time per device and per directed link: a link takes its ready
+    transfers first come, first served, a device its ready ops by priority (or `sequences`)."""
 
     def __init__(self, tasks: _Tasks, k: int, sequences: list[list[int]] | None) -> None:
         count = len(tasks.resource)

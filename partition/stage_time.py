@@ -1,12 +1,6 @@
-"""SPEC section 5's pipeline stage time `T_d = C_d + Send_d + Recv_d` of any placement.
+"""SPEC section 5's pipeline stage time `T_d = C_d + Send_d + Recv_d` of any placement, per
+micro-batch (what is computed from parameters alone counts `1/m`: it runs once per step).
 
-Everything is per micro-batch: batch-dependent nodes and tensors count once, the rest
-(parameters, what is computed from them alone, their gradients) `1/m` (they run and travel
-once per step). `cost(v)` is the node's training FLOPs, which equal its forward FLOPs when no
-node requires a gradient, so a forward-only graph gets the inference model. A tensor made on
-`d` and read on the devices `remote(u)`: the producer sends once, paying the slowest of its
-links (`max_e t(d -> e, u)`), each reading device receives it once; a tensor that requires a
-gradient has that gradient sent back by each reading device (a send there, a receive on `d`).
 Vectorised over the distinct (tensor, reading device) pairs of `partition.cost.remote_pairs`.
 """
 from __future__ import annotations
@@ -20,6 +14,7 @@ from partition.cluster import Cluster
 from partition.cost import GraphArrays, graph_arrays, persistent_memory, remote_pairs, slots_of
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
+from partition.problem import check_micro_batches
 
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 
@@ -28,9 +23,8 @@ PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 class StageTimes:
     """Per-device seconds per micro-batch (compute, send, receive, total = T_d), the slowest
     device, the pipeline's time per micro-batch `max_d T_d`, whether the quotient is acyclic
-    (only then is this a pipeline), the devices it uses in pipeline order, and the schedule's
-    bubble: `(k' - 1) / (m + k' - 1)` of a step for GPipe and 1F1B alike, so one step takes
-    about `(m + k' - 1) * max_d T_d`."""
+    (only then is this a pipeline) and the devices it uses in pipeline order; the bubble and
+    step estimate hold for GPipe and 1F1B alike."""
 
     compute: np.ndarray
     send: np.ndarray
@@ -71,10 +65,8 @@ class StageTimes:
                 "step_estimate": self.step_estimate, "micro_batches": self.micro_batches,
                 "schedule": self.schedule,
                 "stage_order": [names[d] for d in self.stage_order],
-                "compute": dict(zip(names, self.compute.tolist())),
-                "send": dict(zip(names, self.send.tolist())),
-                "recv": dict(zip(names, self.recv.tolist())),
-                "total": dict(zip(names, self.total.tolist()))}
+                **{key: dict(zip(names, getattr(self, key).tolist()))
+                   for key in ("compute", "send", "recv", "total")}}
 
 
 def stage_times(graph: Graph | GraphArrays, assignment, cluster: Cluster,
@@ -83,20 +75,18 @@ def stage_times(graph: Graph | GraphArrays, assignment, cluster: Cluster,
     arrays = graph if isinstance(graph, GraphArrays) else graph_arrays(graph)
     k = cluster.k
     a = check_assignment(assignment, arrays.n, k)
-    _check_m(micro_batches)
+    check_micro_batches(micro_batches, (int, np.integer))
     if schedule not in PIPELINE_SCHEDULES:
         raise PlacementError(f"schedule: expected one of {', '.join(PIPELINE_SCHEDULES)}, "
                              f"got {schedule!r}")
     compute, send, recv = stage_time_arrays(arrays, a, cluster.speeds, cluster.latency,
                                             cluster.bandwidth, micro_batches)
     total = compute + send + recv
-    order = quotient_order(quotient_adjacency(arrays, a, k))
-    used = np.bincount(a, minlength=k) > 0
-    stages = tuple(d for d in order if used[d]) if order is not None else ()
+    stages = _stage_order(arrays, a, k)
     bottleneck = int(np.argmax(total))
     return StageTimes(compute=compute, send=send, recv=recv, total=total,
                       bottleneck=bottleneck, time_per_micro_batch=float(total[bottleneck]),
-                      acyclic=order is not None, stage_order=stages,
+                      acyclic=stages is not None, stage_order=stages or (),
                       micro_batches=micro_batches, schedule=schedule,
                       devices=cluster.device_names)
 
@@ -130,10 +120,9 @@ def stage_time_arrays(arrays: GraphArrays, a: np.ndarray, speeds: np.ndarray,
 
 def in_flight(positions: int, micro_batches: int, schedule: str) -> np.ndarray:
     """Micro-batches whose activations the stage at each position 0..k'-1 keeps (SPEC 5)."""
-    i = np.arange(positions)
     if schedule == "gpipe":
         return np.full(positions, micro_batches, dtype=np.int64)
-    return np.minimum(micro_batches, positions - i).astype(np.int64)
+    return np.minimum(micro_batches, positions - np.arange(positions)).astype(np.int64)
 
 
 def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "sgd",
@@ -144,14 +133,12 @@ def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "s
     optimizer slots and receive buffers, plus kept activations times the micro-batches in
     flight at the device's position in `stage_order` (the used devices in pipeline order)."""
     a = check_assignment(assignment, arrays.n, k)
-    _check_m(micro_batches)
+    check_micro_batches(micro_batches, (int, np.integer))
     if stage_order is None:
-        order = quotient_order(quotient_adjacency(arrays, a, k))
-        if order is None:
+        stage_order = _stage_order(arrays, a, k)
+        if stage_order is None:
             raise PlacementError("pipeline memory: the placement's devices form a cycle, so "
                                  "it is not a pipeline")
-        used = np.bincount(a, minlength=k) > 0
-        stage_order = tuple(d for d in order if used[d])
     flight = np.ones(k, dtype=np.int64)
     flight[list(stage_order)] = in_flight(len(stage_order), micro_batches, schedule)
     activations = np.where(arrays.kept & ~arrays.is_param, arrays.bytes, 0)
@@ -164,8 +151,10 @@ def pipeline_memory(arrays: GraphArrays, assignment, k: int, optimizer: str = "s
     return np.rint(memory).astype(np.int64)
 
 
-def _check_m(micro_batches) -> None:
-    if not isinstance(micro_batches, (int, np.integer)) or isinstance(micro_batches, bool) \
-            or micro_batches < 1:
-        raise PlacementError(f"micro_batches: expected a positive integer, "
-                             f"got {micro_batches!r}")
+def _stage_order(arrays: GraphArrays, a: np.ndarray, k: int) -> tuple[int, ...] | None:
+    """The devices holding nodes in a topological order of the quotient; None if cyclic."""
+    order = quotient_order(quotient_adjacency(arrays, a, k))
+    if order is None:
+        return None
+    used = np.bincount(a, minlength=k) > 0
+    return tuple(d for d in order if used[d])

@@ -1,8 +1,5 @@
-"""One module per `modelcut` command, each with `add_parser(subparsers)` and `run(args) -> int`.
-
-The list of commands lives in modelcut/cli.py (COMMANDS); adding a command is one module here
-plus one entry there.
-"""
+"""One module per `modelcut` command, each with `add_parser(subparsers)` and `run(args) -> int`,
+listed in modelcut/cli.py's COMMANDS."""
 from autodiff.errors import ModelcutError
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-# The most devices a config's cluster or --devices may ask for (partition/cluster_spec.py).
-from partition.cluster_spec import MAX_DEVICES  # noqa: E402
+from partition.cluster_spec import MAX_DEVICES   # the most devices a cluster may have
 
 
 def _number(text: str) -> float:
@@ -44,7 +43,6 @@ def int_in(low: int, high: int):
             raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high:,}, "
                                              f"got {text}")
         return value
-    check.__name__ = "integer"
     return check
 
 

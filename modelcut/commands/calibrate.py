@@ -1,7 +1,5 @@
-"""`modelcut calibrate`: measure this machine's Ray actors (FLOP/s per op kind, seconds per op,
-links through the executor's transport, the executor's seconds per step), check the step
-simulator on probe models, and write a cluster file that configs read with
-`cluster: {file: ...}`."""
+"""`modelcut calibrate`: measure this machine's Ray actors, check the step simulator on probe
+models, and write a cluster file that configs read with `cluster: {file: ...}`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +7,7 @@ import os
 from pathlib import Path
 
 from modelcut.commands import CommandError, arguments
+from modelcut.units import format_bandwidth, format_flops, format_size, format_time, parse_size
 
 HELP = ("measure FLOP/s, per-op overhead, links and step overhead with Ray and write a "
         "cluster file")
@@ -30,7 +29,6 @@ def _sizes(parse, what: str):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from modelcut.calibration import (DEFAULT_MATMUL_SIZES, DEFAULT_PAYLOADS, DEFAULT_REPEATS,
                                       DEFAULT_STEPS)
-    from modelcut.units import parse_size
 
     parser = subparsers.add_parser("calibrate", help=HELP, description=HELP + ".")
     parser.add_argument("--out", "-o", default="cluster.yaml", metavar="FILE",
@@ -86,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(console, result) -> None:
     """The devices, links, step overhead and the simulator's checks, a line each."""
-    from modelcut.units import format_bandwidth, format_flops, format_size, format_time
-
     for d in result.devices:
         console.print(f"{d.name}: matmul {format_flops(d.flops)} (" + ", ".join(
             f"n={n}: {format_flops(r)}" for n, r in d.flops_by_size.items())

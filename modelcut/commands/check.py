@@ -23,9 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from modelcut.config import load_config
 
     config = load_config(args.config)
-    table = Table(title=f"{args.config}: valid", show_lines=False)
-    for column in ("section", "setting", "value"):
-        table.add_column(column)
+    table = Table("section", "setting", "value", title=f"{args.config}: valid", show_lines=False)
     for section, setting, value in summary_rows(config, build_graph=args.graph):
         table.add_row(section, setting, value)
     Console().print(table)
@@ -61,8 +59,7 @@ def summary_rows(config, build_graph: bool = False) -> list[tuple[str, str, str]
               else format_time(p.time_limit)),
              ("partition", "seed", str(p.seed))]
     rows += [("partition", f"pin {pattern}", str(target)) for pattern, target in p.pin.items()]
-    t = config.training
-    rows += [("training", key, str(value)) for key, value in t.model_dump().items()]
+    rows += [("training", key, str(value)) for key, value in config.training.model_dump().items()]
     return rows
 
 
@@ -72,7 +69,6 @@ def _cluster_rows(spec: dict) -> list[tuple[str, str, str]]:
              "default_bandwidth": format_bandwidth, "latency": format_time,
              "intra_latency": format_time, "inter_latency": format_time,
              "default_latency": format_time}
-    show = lambda key, value: units[key](value) if key in units else str(value)  # noqa: E731
     body = spec.get("uniform", spec)
     rows = [("cluster", "kind", "uniform" if "uniform" in spec else
              "hierarchical" if "nodes" in spec else "explicit devices and links")]
@@ -82,8 +78,9 @@ def _cluster_rows(spec: dict) -> list[tuple[str, str, str]]:
                       f"{format_flops(d['flops'])}, {format_size(d['memory'])}") for d in value]
         elif key == "links":
             rows += [("cluster", f"link {link['a']} - {link['b']}",
-                      ", ".join(show(k, v) for k, v in link.items() if k not in ("a", "b")))
+                      ", ".join(units.get(k, str)(v) for k, v in link.items()
+                                if k not in ("a", "b")))
                      for link in value]
         else:
-            rows.append(("cluster", key, show(key, value)))
+            rows.append(("cluster", key, units.get(key, str)(value)))
     return rows

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
+
+from modelcut.commands import CommandError
+from modelcut.commands.partition import (add_pipeline_arguments, add_setup_arguments, load_setup,
+                                         print_warnings, with_placed_graph)
+from partition.algorithms import ALGORITHMS
+from partition.api import partition
+from partition.cost import graph_arrays
+from partition.errors import PartitionError
 
 HELP = ("run every partitioning algorithm on a config and compare volumes, pipeline time per "
         "micro-batch, balance and time")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.partition import add_setup_arguments
     parser = subparsers.add_parser("compare", help=HELP, description=HELP + ".")
     add_setup_arguments(parser, algorithm=False)
-    from modelcut.commands.partition import add_pipeline_arguments
     add_pipeline_arguments(parser)
     parser.add_argument("--only", metavar="A,B", help="compare only these algorithms")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -27,10 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.markup import escape
 
-    from modelcut.commands import CommandError
-    from modelcut.commands.partition import load_setup
-    from modelcut.report import compare_table, make_console, rich_table
-    from partition.algorithms import ALGORITHMS
+    from modelcut.report import PIPELINE_HINT, compare_table, make_console, rich_table
 
     if args.json and Path(args.json).exists() and not args.force:
         raise CommandError(f"{args.json} already exists; pass --force to overwrite it")
@@ -54,24 +56,20 @@ def run(args: argparse.Namespace) -> int:
                   f"{setup.options['epsilon']}{', acyclic' if setup.options['acyclic'] else ''}")
     console.print(rich_table(compare_table(rows)))
     if any(row.get("pipeline") and not row["pipeline"]["acyclic"] for row in rows):
-        from modelcut.report import PIPELINE_HINT
         console.print(f"[yellow]hint:[/yellow] {PIPELINE_HINT} (rows marked 'not a pipeline')")
     for row in rows:
         if row.get("error"):
             console.print(f"[red]{row['algorithm']} failed:[/red] {escape(row['error'])}")
     print_compare_warnings(console, setup, rows)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 
 
 def print_compare_warnings(console, setup, rows) -> None:
     """The relaxed balance cap once (every algorithm shares the caps), then each algorithm
     that left devices without ops."""
-    from modelcut.commands.partition import print_warnings
     from modelcut.report import relaxed_cap_warning
-    from partition.cost import graph_arrays
 
     placed = [row for row in rows if not row.get("error")]
     whole = [row for row in placed if not (row.get("sharding") or {}).get("kept")]
@@ -84,22 +82,17 @@ def print_compare_warnings(console, setup, rows) -> None:
 
 def compare_one(setup, algorithm: str) -> dict:
     """One row: the placement's metrics and seconds, or the PlacementError message."""
-    from modelcut.commands.partition import place
-    from modelcut.report import empty_devices_warning
-    from partition.cost import graph_arrays
-    from partition.errors import PartitionError
+    from modelcut.report import empty_devices_warning, relaxed_cap_warning
     start = time.perf_counter()
     try:
-        placement = place(dataclasses.replace(setup, options={**setup.options,
-                                                              "algorithm": algorithm}))
+        options = {**setup.options, "algorithm": algorithm}
+        placement = partition(setup.graph, setup.cluster, **options)
     except PartitionError as e:
         return {"algorithm": algorithm, "seconds": time.perf_counter() - start, "error": str(e)}
-    from modelcut.commands.partition import with_placed_graph
     setup = with_placed_graph(setup, placement)
     empty = empty_devices_warning(graph_arrays(setup.graph), placement.assignment,
                                   setup.cluster.device_names)
     if (placement.info.get("sharding") or {}).get("kept") and placement.relaxed_by:
-        from modelcut.report import relaxed_cap_warning
         empty = "; ".join(filter(None, [empty, relaxed_cap_warning(
             graph_arrays(setup.graph), placement.relaxed_by, setup.cluster.k)]))
     return {"algorithm": algorithm, "seconds": placement.seconds,

@@ -1,9 +1,5 @@
-"""`modelcut partition CONFIG`: place a model on a cluster and write the report.
-
-Prints a table per device and the totals, the heaviest cut tensors and the link traffic, and
-writes into --out: placement.json, report.json, report.md, graph.dot, load_memory.png,
-schedule.png, traffic.png (and report.html with --html).
-"""
+"""`modelcut partition CONFIG`: place a model on a cluster, print the report's tables and write
+the files of OUTPUTS into --out (report.html with --html, graph.json.gz when sharded)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcut.commands import CommandError
+from modelcut.commands.arguments import (device_count, node_count, non_negative_number,
+                                         positive_number)
+from partition.api import partition
+from partition.cluster import Cluster, uniform
+from partition.simulate import simulate
 
 HELP = "partition a model across devices, print the placement and write a report"
 OUTPUTS = ("placement.json", "report.json", "report.md", "graph.dot", "load_memory.png",
@@ -33,9 +34,7 @@ class Setup:
 
 
 def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = True) -> None:
-    """CONFIG, --graph, --devices, --epsilon, --acyclic (and --algorithm): shared by the
-    partition, compare and viz commands."""
-    from modelcut.commands.arguments import device_count, non_negative_number, positive_number
+    """CONFIG, --graph and the partition flags the partition, compare and viz commands share."""
     parser.add_argument("config", nargs="?", help="experiment config (YAML)")
     parser.add_argument("--graph", metavar="FILE",
                         help="a modelcut.graph JSON file to partition instead of the config's "
@@ -56,8 +55,6 @@ def add_setup_arguments(parser: argparse.ArgumentParser, *, algorithm: bool = Tr
                         help="volume (bytes moved), time_volume (seconds on the links; 'time' "
                              "is its old name) or throughput (the pipeline's time per "
                              "micro-batch, SPEC section 5; no epsilon, no rebalancing)")
-
-
     parser.add_argument("--shard", choices=("auto", "off"),
                         help="operator sharding: split nodes heavier than a device's share when "
                              "that improves the objective (default: the config's, off)")
@@ -78,8 +75,6 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_setup(args: argparse.Namespace) -> Setup:
     """The graph, cluster and partition options named by CONFIG / --graph and the flags."""
-    from partition.cluster import Cluster, uniform
-
     if args.config is None and args.graph is None:
         raise CommandError("give a CONFIG file or --graph FILE.json")
     options: dict = {"algorithm": "auto", "epsilon": 0.10, "acyclic": False, "seed": 0}
@@ -114,39 +109,22 @@ def load_setup(args: argparse.Namespace) -> Setup:
         family = getattr(config.model, "builder", None)
     if getattr(args, "algorithm", None):
         options["algorithm"] = args.algorithm
-    if args.epsilon is not None:
-        options["epsilon"] = args.epsilon
     if args.acyclic:
         options["acyclic"] = True
-    if args.time_limit is not None:
-        options["time_limit"] = args.time_limit
-    if getattr(args, "shard", None):
-        options["shard"] = args.shard
-    schedule = apply_pipeline_arguments(args, options, schedule)
+    micro_batches = getattr(args, "micro_batches", None)
+    if micro_batches is not None and micro_batches < 1:
+        raise CommandError(f"--micro-batches: expected a positive integer, got {micro_batches}")
+    for key in ("epsilon", "time_limit", "shard", "objective", "micro_batches"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    schedule = getattr(args, "schedule", None) or schedule      # the schedule to simulate
+    if schedule in ("gpipe", "1f1b"):
+        options["schedule"] = schedule
     return Setup(name=name, graph=graph, cluster=cluster, options=options, schedule=schedule,
                  source=source, family=family)
 
 
-def apply_pipeline_arguments(args: argparse.Namespace, options: dict, schedule: str) -> str:
-    """Fold --objective, --micro-batches and --schedule into the partition options; returns
-    the schedule to simulate."""
-    if getattr(args, "objective", None):
-        options["objective"] = args.objective
-    micro_batches = getattr(args, "micro_batches", None)
-    if micro_batches is not None:
-        if micro_batches < 1:
-            raise CommandError(f"--micro-batches: expected a positive integer, "
-                               f"got {micro_batches}")
-        options["micro_batches"] = micro_batches
-    if getattr(args, "schedule", None):
-        schedule = args.schedule
-    if schedule in ("gpipe", "1f1b"):
-        options["schedule"] = schedule
-    return schedule
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.arguments import node_count
     parser = subparsers.add_parser("partition", help=HELP, description=HELP + ".")
     add_setup_arguments(parser)
     add_pipeline_arguments(parser)
@@ -172,12 +150,13 @@ def run(args: argparse.Namespace) -> int:
     prepare_output(out, args.force)
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes) with "
                        f"{setup.options['algorithm']} on {setup.cluster.k} devices ..."):
-        placement = place(setup)
+        placement = partition(setup.graph, setup.cluster, **setup.options)
         setup = with_placed_graph(setup, placement)
     with status.status("simulating a training step ..."):
         simulation = simulate_step(setup, placement)
     with status.status(f"writing the report to {out} ..."):
-        report, written = write_outputs(setup, placement, simulation, out, args)
+        report, written = write_outputs(setup, placement, simulation, out, args.max_nodes,
+                                        args.html)
     console.print(f"[bold]{setup.graph.name}[/bold] on [bold]{setup.cluster.name}[/bold]: "
                   f"{len(setup.graph):,} nodes, {setup.cluster.k} devices")
     for table in report_tables(report, warnings=False, glossary=False):
@@ -212,38 +191,28 @@ def prepare_output(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def place(setup: Setup):
-    """partition() with the setup's options."""
-    from partition.api import partition
-    return partition(setup.graph, setup.cluster, **setup.options)
-
-
 def with_placed_graph(setup: Setup, placement) -> Setup:
-    """The setup whose graph is the one `placement` places (the sharded graph under shard
-    auto, see partition/sharding.py)."""
-    import dataclasses
+    """The setup with the graph `placement` places (the sharded one under shard auto)."""
+    from dataclasses import replace
 
     from partition.sharding import sharded_graph
-    graph = sharded_graph(setup.graph, placement)
-    return setup if graph is setup.graph else dataclasses.replace(setup, graph=graph)
+    return replace(setup, graph=sharded_graph(setup.graph, placement))
 
 
 def simulate_step(setup: Setup, placement) -> dict:
     """The simulated step (SPEC section 4) as a dict; a pipeline schedule needs an acyclic
     placement, so a cyclic one is simulated with list scheduling (and a note says so)."""
-    from partition.simulate import simulate
     schedule = None if setup.schedule == "sequential" else setup.schedule
     if schedule is not None and not placement.metrics.acyclic:
         setup.notes.append(f"the {schedule} schedule needs an acyclic placement (pass --acyclic); "
                            "the step was simulated with list scheduling")
         schedule = None
-    result = simulate(setup.graph, placement.assignment, setup.cluster, schedule=schedule,
-                      micro_batches=setup.options.get("micro_batches", 1))
-    return result.to_dict()
+    return simulate(setup.graph, placement.assignment, setup.cluster, schedule=schedule,
+                    micro_batches=setup.options.get("micro_batches", 1)).to_dict()
 
 
-def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
-                  args: argparse.Namespace) -> tuple[dict, list[Path]]:
+def write_outputs(setup: Setup, placement, simulation: dict, out: Path, max_nodes: int = 300,
+                  html: bool = False) -> tuple[dict, list[Path]]:
     """Write every output file; returns the report and the paths written."""
     from modelcut import plots
     from modelcut.report import build_report, write_report
@@ -264,33 +233,38 @@ def write_outputs(setup: Setup, placement, simulation: dict, out: Path,
         ("Link traffic", plots.traffic_plot(report, out / "traffic.png"))]
     written += write_report(report, out, [p.name for _, p in images])
     grouped = grouped_dot(setup.graph, placement=mapping, devices=devices)
-    if len(setup.graph) <= args.max_nodes:
+    if len(setup.graph) <= max_nodes:
         text = graph_dot(setup.graph, placement=mapping, devices=devices, cluster="group",
-                         max_nodes=args.max_nodes)
+                         max_nodes=max_nodes)
     else:
         text = grouped
         setup.notes.append(f"graph.dot shows one box per layer group and device: the graph has "
-                           f"{len(setup.graph):,} nodes (more than --max-nodes {args.max_nodes})")
+                           f"{len(setup.graph):,} nodes (more than --max-nodes {max_nodes})")
     (out / "graph.dot").write_text(text, encoding="utf-8")
     written += [out / "graph.dot"] + [p for _, p in images]
     if (placement.info.get("sharding") or {}).get("kept"):    # the rewritten graph it names
         from autodiff.io import save_graph
         save_graph(setup.graph, out / "graph.json.gz")
         written.append(out / "graph.json.gz")
-    if args.html:
+    if html:
         written.append(write_html(report, images, grouped, out / "report.html", setup.notes))
     return report, written
 
 
-def write_html(report: dict, images, grouped_dot_text: str, path: Path, notes: list) -> Path:
-    """report.html with the grouped graph inline (or a note when Graphviz is missing)."""
+def write_html(report: dict, images, dot_text: str | None, path: Path, notes: list,
+               first: str = "") -> Path:
+    """report.html with the graph inline (or a note, also added to `notes`, when Graphviz is
+    missing) and the HTML `first` put before the tables."""
     from modelcut.html_report import html_report
     from modelcut.viz import VizError, svg_text
     svg, note = None, None
     try:
-        svg = svg_text(grouped_dot_text)
+        svg = svg_text(dot_text) if dot_text is not None else None
     except VizError as e:
         note = f"graph not drawn: {e}"
         notes.append(note)
-    path.write_text(html_report(report, images, svg, note), encoding="utf-8")
+    page = html_report(report, images, svg, note)
+    if first:
+        page = page.replace('<section id="tables">', first + '\n<section id="tables">', 1)
+    path.write_text(page, encoding="utf-8")
     return path

@@ -1,15 +1,12 @@
 """`modelcut train CONFIG`: partition a model, train it with one Ray actor per device (or the
 local executor) and report measured against predicted bytes and step time.
 
-Writes into --out: everything `modelcut partition` writes (placement.json, graph.dot and the
-partition plots), checkpoints/step-NNNNNN (every training.checkpoint_every steps and after the
-last), loss.png, and report.json / report.md holding the partition report plus `training`,
-`loss` (every step), `measured` and `predicted` sections (and report.html with --html).
-Reports are written at the end, as strict JSON (a NaN loss is null): a run that fails leaves
-no report (and removes the output folder it created, unless it holds checkpoints). Ctrl-C or
-SIGTERM stops after the current step with a checkpoint and a partial report (`stopped`), as
-does a NaN or infinite step (the checkpoint is the state before it); `--resume` continues
-exactly. A `--resume` with nothing left to train writes nothing.
+Writes into --out what `modelcut partition` writes, checkpoints/step-NNNNNN, loss.png, and
+report.json / report.md with `training`, `loss`, `measured` and `predicted` sections, at the
+end, as strict JSON (a NaN loss is null). A failed run leaves no report (nor the output folder
+it created, unless it holds checkpoints). Ctrl-C, SIGTERM or a non-finite step stop with a
+checkpoint of the last good state and a partial report (`stopped`); `--resume` continues
+exactly.
 """
 from __future__ import annotations
 
@@ -24,12 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from modelcut.commands import CommandError, arguments
+from modelcut.commands.partition import (Setup, prepare_output, print_warnings, write_html,
+                                         write_outputs)
+from modelcut.units import format_size, format_time
 
 HELP = "partition a model, train it on Ray actors and report measured vs predicted traffic"
-TRAIN_OUTPUTS = ("loss.png",)
-EXECUTORS = ("ray", "local")
-STEP_TIMEOUT_HELP = ("1000x the predicted step time, 20x on a calibrated cluster, at least "
-                     "60 s")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=arguments.int_in(1, 2**31 - 1), metavar="N",
                         help="train until step N (default: training.steps; a resumed run "
                              "continues its step count)")
-    parser.add_argument("--executor", choices=EXECUTORS, default="ray",
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="one Ray actor per device (default) or the single-process local "
                              "executor")
     parser.add_argument("--address", metavar="ADDR",
@@ -65,8 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "training.checkpoint_every; 0: none)")
     parser.add_argument("--step-timeout", type=float, metavar="S",
                         help="seconds a step may take before its Ray actors count as hung and "
-                             "are replaced (default: training.step_timeout, else "
-                             f"{STEP_TIMEOUT_HELP})")
+                             "are replaced (default: training.step_timeout, else 1000x the "
+                             "predicted step time, 20x on a calibrated cluster, at least 60 s)")
     parser.add_argument("--on-nan", choices=("stop", "skip"),
                         help="on a NaN or infinite loss or gradient: stop with a checkpoint of "
                              "the last good state, or skip that step's update (Ray executor; "
@@ -116,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path("runs") / setup.name
     created = not out.exists()
     prepare_train_output(out, args.force, resuming=resumed_from is not None
-                         and _inside(resumed_from, out))
+                         and resumed_from.resolve().is_relative_to(out.resolve()))
     try:
         with terminate_as_interrupt():
             return train_into(out, setup, args, state, resumed_from, console, status)
@@ -133,18 +129,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """One-line errors for bad flag values."""
-    for flag in ("devices", "steps"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise CommandError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
-    if getattr(args, "emulate", False) and args.executor != "ray":
+    """One-line errors for bad flag combinations and values argparse does not check."""
+    if args.emulate and args.executor != "ray":
         raise CommandError("--emulate runs emulated devices on Ray actors; it needs "
                            "--executor ray")
     if args.address and args.executor != "ray":
         raise CommandError("--address joins a Ray cluster; it needs --executor ray")
-    if args.checkpoint_every is not None and args.checkpoint_every < 0:
-        raise CommandError(f"--checkpoint-every: expected a non-negative integer, got "
-                           f"{args.checkpoint_every}")
     timeout = args.step_timeout
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise CommandError(f"--step-timeout: expected positive seconds, got {timeout}")
@@ -152,10 +142,9 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def train_into(out: Path, setup, args, state, resumed_from, console, status) -> int:
     """Partition (or take the checkpoint's placement), train, and write every output at the
-    end: a run that fails leaves no report; an interrupted or non-finite one a partial one
-    next to a checkpoint it can be resumed from."""
+    end (a partial report when training stopped early)."""
     from modelcut import training
-    from modelcut.report import rich_table
+    from modelcut.report import pipeline_hint, rich_table
 
     with status.status(f"partitioning {setup.graph.name} ({len(setup.graph):,} nodes per "
                        f"micro-batch) on {setup.cluster.k} devices ..."):
@@ -169,19 +158,18 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
         simulation = training.simulate_step(setup, plan)
     predicted = training.predicted_summary(setup, placement, simulation)
     predicted["calibrated"] = training.is_calibrated(setup.cluster)
-    emulate = bool(getattr(args, "emulate", False))
     # an emulated step lasts its prediction times the dilation, unknown before the first step
-    timeout = setup.step_timeout or (None if emulate else training.default_step_timeout(
+    timeout = setup.step_timeout or (None if args.emulate else training.default_step_timeout(
         predicted["step_time"], predicted["calibrated"]))
     dilation = None
     losses = list(state["metadata"]["losses"]) if state else []
     status.print(f"starting the {args.executor} executor ...")
     with training.open_executor(args.executor, setup, placement, address=args.address,
-                                step_timeout=timeout, plan=plan, emulate=emulate) as executor:
+                                step_timeout=timeout, plan=plan, emulate=args.emulate) as executor:
         if state is not None:
             executor.load_state_dict(state)
         records, stopped = train_with_progress(executor, setup, losses, out, placement, status)
-        if emulate and executor.emulation is not None:
+        if args.emulate and executor.emulation is not None:
             dilation = executor.emulation.dilation
         if stopped is not None and stopped["good_state"]:
             stopped["checkpoint"] = str(training.save_checkpoint(
@@ -195,11 +183,9 @@ def train_into(out: Path, setup, args, state, resumed_from, console, status) -> 
     written = written + write_training_outputs(report, out, html=args.html)
     for table in training_tables(report):
         console.print(rich_table(table))
-    from modelcut.commands.partition import print_warnings
     print_warnings(status, report.get("warnings", []))
     for note in report_notes(report):
         status.print(f"[bold yellow]{note}[/bold yellow]")
-    from modelcut.report import pipeline_hint
     if pipeline_hint(report):
         console.print(f"[yellow]hint:[/yellow] {pipeline_hint(report)}")
     names = sorted({p.name for p in written} | ({"checkpoints/"} if (out / "checkpoints")
@@ -225,18 +211,26 @@ def finish(stopped: dict | None, out: Path) -> int:
 
 
 @contextmanager
-def terminate_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the command runs."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+def _handling(signals, handler):
+    """`handler` for `signals` inside the block (only the main thread can set handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the command runs."""
+    return _handling((signal.SIGTERM,), _interrupt)
 
 
 @contextmanager
@@ -249,44 +243,24 @@ def stop_between_steps():
         if received:
             raise KeyboardInterrupt
         received.append(signal.Signals(signum).name)
-    if threading.current_thread() is not threading.main_thread():
+    with _handling((signal.SIGINT, signal.SIGTERM), ask):
         yield received
-        return
-    old = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def remove_partial_output(out: Path, created: bool) -> None:
-    """After a failed run: remove the output folder this run created, unless it holds
-    checkpoints (a run can resume from them)."""
+    """After a failed run: remove the output folder it created unless it holds checkpoints."""
     if created and out.is_dir() and not any((out / "checkpoints").glob("step-*")):
         shutil.rmtree(out, ignore_errors=True)
-
-
-def _inside(checkpoint_folder: Path, out: Path) -> bool:
-    """Whether a checkpoint folder lies inside the run folder `out` (resuming into it)."""
-    try:
-        checkpoint_folder.resolve().relative_to(out.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def prepare_train_output(out: Path, force: bool, resuming: bool) -> None:
     """Create `out`: resuming into it is always allowed; otherwise a folder holding files needs
     `force`, which removes this command's outputs (and the old checkpoints) first."""
-    from modelcut.commands.partition import prepare_output
-
     if resuming:
         out.mkdir(parents=True, exist_ok=True)
         return
     prepare_output(out, force)
-    for name in TRAIN_OUTPUTS:
-        (out / name).unlink(missing_ok=True)
+    (out / "loss.png").unlink(missing_ok=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
@@ -294,40 +268,32 @@ def write_partition_outputs(setup, placement, simulation: dict, out: Path
                             ) -> tuple[dict, list[Path]]:
     """placement.json, graph.dot and the partition plots, written by `modelcut partition`'s
     writer; returns the partition report (as JSON types) and the files written."""
-    from modelcut.commands.partition import Setup, write_outputs
-
-    options = dict(setup.partition_options)
-    part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster, options=options,
-                 schedule=setup.schedule, source=setup.source, family=setup.family)
-    _, written = write_outputs(part, placement, simulation, out,
-                               argparse.Namespace(max_nodes=300, html=False))
+    part = Setup(name=setup.name, graph=setup.graph, cluster=setup.cluster,
+                 options=dict(setup.partition_options), schedule=setup.schedule,
+                 source=setup.source, family=setup.family)
+    _, written = write_outputs(part, placement, simulation, out)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     return report, written
 
 
 def train_with_progress(executor, setup, losses: list, out: Path, placement, console
                         ) -> tuple[list, dict | None]:
-    """The training loop with a rich progress bar: step, loss, step time, bytes per step.
-    Returns the step records and None, or, when training stopped early (a signal, a NaN),
-    what stopped it: reason, message, step, and whether the executor's state is good to
-    checkpoint."""
+    """The training loop with a progress bar; returns the step records and None, or, when
+    training stopped early (a signal, a NaN), what stopped it: reason, message, step, and
+    whether the executor's state is good to checkpoint."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
     from modelcut import training
-    from modelcut.units import format_size, format_time
 
     records: list = []
-    start = executor.step_count
-    if start >= setup.steps:
-        return records, None
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[time]}/step"),
                TextColumn("{task.fields[bytes]}/step"), TimeRemainingColumn())
     stopped = None
     with Progress(*columns, console=console) as progress, stop_between_steps() as signals:
-        task = progress.add_task("train", total=setup.steps, completed=start, loss="-",
-                                 time="-", bytes="-")
+        task = progress.add_task("train", total=setup.steps, completed=executor.step_count,
+                                 loss="-", time="-", bytes="-")
 
         def on_step(record):
             records.append(record)
@@ -381,7 +347,6 @@ def training_report(partition_report: dict, setup, args, losses: list, measured,
 def training_tables(report: dict) -> list:
     """Training summary, measured vs predicted, and per-actor tables (modelcut.report.Table)."""
     from modelcut.report import Table, pipeline_rows
-    from modelcut.units import format_size, format_time
 
     t, losses, measured, predicted = (report["training"], report["loss"], report["measured"],
                                       report["predicted"])
@@ -395,15 +360,15 @@ def training_tables(report: dict) -> list:
     if measured is None:
         return tables
     names = [d["name"] for d in report["devices"]]
-    same = lambda a, b: "yes" if a == b else "NO"  # noqa: E731
-    rows = [("bytes per step", f"{measured['bytes_per_step']:,}",
-             f"{predicted['step_volume']:,}",
-             same(measured["bytes_per_step"], predicted["step_volume"]))]
+
+    def compared(label: str, got: int, want: int) -> tuple[str, str, str, str]:
+        return label, f"{got:,}", f"{want:,}", "yes" if got == want else "NO"
+    rows = [compared("bytes per step", measured["bytes_per_step"], predicted["step_volume"])]
     for a, src in enumerate(names):
         for b, dst in enumerate(names):
             got, want = measured["link_bytes"][a][b], predicted["link_bytes"][a][b]
             if a != b and (got or want):
-                rows.append((f"  {src} -> {dst}", f"{got:,}", f"{want:,}", same(got, want)))
+                rows.append(compared(f"  {src} -> {dst}", got, want))
     uncalibrated = "" if predicted.get("calibrated", True) else ", uncalibrated"
     ratio = report["agreement"].get("step_time_ratio")
     rows.append(("step time", format_time(measured["step_time"]),
@@ -422,8 +387,7 @@ def training_tables(report: dict) -> list:
 
 
 def report_notes(report: dict) -> list[str]:
-    """Warnings and notes for the console and report.md: byte mismatches, an uncalibrated
-    prediction, an early stop."""
+    """Warnings and notes: byte mismatches, an uncalibrated prediction, an early stop."""
     notes = [f"warning: {p}" for p in report["agreement"]["problems"]]
     predicted, ratio = report["predicted"], report["agreement"].get("step_time_ratio")
     if not predicted.get("calibrated", True):
@@ -446,12 +410,11 @@ def write_training_outputs(report: dict, out: Path, html: bool = False) -> list[
     from modelcut.report import markdown_table, report_tables
     from modelcut.training import dumps_strict
 
-    losses = [x for x in report["loss"] if math.isfinite(x)]
-    written = [loss_plot(report["loss"], out / "loss.png")] if losses else []
+    finite = any(math.isfinite(x) for x in report["loss"])
+    written = [loss_plot(report["loss"], out / "loss.png")] if finite else []
     json_path, md_path = out / "report.json", out / "report.md"
     json_path.write_text(dumps_strict(report) + "\n", encoding="utf-8")
-    g, c = report["graph"], report["cluster"]
-    lines = [f"# modelcut train: {g['name']} on {c['name']}", ""]
+    lines = [f"# modelcut train: {report['graph']['name']} on {report['cluster']['name']}", ""]
     lines += [markdown_table(t) for t in training_tables(report)]
     notes = report_notes(report)
     lines += [f"**{n}**" for n in notes] + ([""] if notes else [])
@@ -466,30 +429,20 @@ def write_training_outputs(report: dict, out: Path, html: bool = False) -> list[
 
 
 def write_training_html(report: dict, out: Path, notes: list[str]) -> Path:
-    """report.html: the partition page (modelcut.html_report) with the training tables,
-    notes and the loss plot put first."""
+    """report.html: the partition page with the training tables, notes and loss plot first."""
     import html as escape
 
-    from modelcut.html_report import html_report, html_table
-    from modelcut.viz import VizError, svg_text
+    from modelcut.html_report import html_table
 
     captions = (("Training loss", "loss.png"), ("Load and memory per device", "load_memory.png"),
                 ("Simulated schedule", "schedule.png"), ("Link traffic", "traffic.png"))
     images = [(c, out / name) for c, name in captions if (out / name).exists()]
-    svg, note = None, None
     dot = out / "graph.dot"
-    try:
-        svg = svg_text(dot.read_text(encoding="utf-8")) if dot.exists() else None
-    except VizError as e:
-        note = f"graph not drawn: {e}"
-    page = html_report(report, images, svg, note)
     training = ['<section id="training">', "<h2>Training</h2>",
                 *[html_table(t) for t in training_tables(report)],
                 *[f'<p class="note">{escape.escape(n)}</p>' for n in notes], "</section>"]
-    page = page.replace('<section id="tables">', "\n".join(training) + '\n<section id="tables">', 1)
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_html(report, images, dot.read_text(encoding="utf-8") if dot.exists() else None,
+                      out / "report.html", [], "\n".join(training))
 
 
 def loss_plot(losses: list[float], path: Path) -> Path:

@@ -12,13 +12,17 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from modelcut.commands import CommandError
+from modelcut.commands.arguments import node_count
+from modelcut.commands.partition import Setup, add_setup_arguments, load_setup
+from partition.api import partition
+from partition.cluster import uniform
+
 OUTPUT_FORMATS = ("dot", "svg", "png")
 HELP = "draw a graph (values, gradients, devices, cut tensors) as DOT, SVG and PNG"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from modelcut.commands.arguments import node_count
-    from modelcut.commands.partition import add_setup_arguments
     from modelcut.viz import DEFAULT_MAX_NODES
     parser = subparsers.add_parser("viz", help=HELP, description=HELP + ".")
     add_setup_arguments(parser)
@@ -44,8 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 class _Source(NamedTuple):
-    """What is drawn: the graph and its name, the setup it came from (None for --expr), and
-    the feeds and parameters its values are computed with (None when not computed)."""
+    """What is drawn: the graph, its name, its setup (None for --expr) and the feeds and
+    parameters of its values (None when not computed)."""
 
     graph: object
     name: str
@@ -62,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / source.name / "viz"
     check_output(out, args.force)
     placement, devices = _placement(args, source, console)
-    text = _dot_text(args, source, placement, devices, console)
-    _write(text, out, console)
+    _write(_dot_text(args, source, placement, devices, console), out, console)
     return 0
 
 
@@ -71,7 +74,6 @@ def _expression_source(args: argparse.Namespace) -> _Source:
     """--expr: the expression's graph, fed the --at values."""
     import numpy as np
 
-    from modelcut.commands import CommandError
     from modelcut.viz import expression_graph, parse_assignments
     if args.config or args.graph:
         raise CommandError("--expr draws an expression: give it without CONFIG or --graph")
@@ -84,7 +86,6 @@ def _expression_source(args: argparse.Namespace) -> _Source:
 def _config_source(args: argparse.Namespace) -> _Source:
     """CONFIG or --graph: the model's graph, with synthetic data and initial parameters when
     it is a builder model whose values are drawn."""
-    from modelcut.commands.partition import load_setup
     setup = load_setup(args)
     setup.options["shard"] = "off"      # viz draws the model's own nodes, never shards
     graph = setup.graph
@@ -99,7 +100,6 @@ def _config_source(args: argparse.Namespace) -> _Source:
 def _placement(args: argparse.Namespace, source: _Source, console):
     """(node -> device name, device names), or (None, None) when the drawing is not placed:
     from --placement, or partitioned here with --devices."""
-    from modelcut.commands.partition import Setup, place
     setup = source.setup
     if args.placement:
         placement = _read_placement(Path(args.placement))
@@ -108,13 +108,12 @@ def _placement(args: argparse.Namespace, source: _Source, console):
     if args.devices is None:
         return None, None
     if setup is None:
-        from partition.cluster import uniform
         setup = Setup(name=source.name, graph=source.graph, cluster=uniform(args.devices),
                       options={"algorithm": args.algorithm or "auto",
                                "epsilon": 0.10 if args.epsilon is None else args.epsilon,
                                "acyclic": args.acyclic})
     with console.status(f"partitioning with {setup.options['algorithm']} ..."):
-        placement = place(setup).to_mapping()
+        placement = partition(setup.graph, setup.cluster, **setup.options).to_mapping()
     return placement, setup.cluster.device_names
 
 
@@ -150,7 +149,6 @@ def _write(text: str, out: Path, console) -> None:
 
 def check_output(out: Path, force: bool) -> None:
     """Refuse to overwrite a drawing already in `out` unless `force`."""
-    from modelcut.commands import CommandError
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a folder")
     existing = [out / f"graph.{ext}" for ext in OUTPUT_FORMATS if (out / f"graph.{ext}").exists()]
@@ -159,9 +157,7 @@ def check_output(out: Path, force: bool) -> None:
                            "--out DIR to write elsewhere")
 
 
-# Values are computed by running the model here: not for models whose parameters alone would
-# take gigabytes (a drawing shows a few numbers per node anyway).
-MAX_VALUE_PARAMETERS = 50_000_000
+MAX_VALUE_PARAMETERS = 50_000_000     # not gigabytes of parameters for a few numbers per node
 
 
 def wants_values(args: argparse.Namespace, graph) -> bool:
