@@ -20,11 +20,11 @@ import numpy as np
 
 from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.baselines import contiguous
-from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, overload
 from partition.algorithms.ilp import ilp
 from partition.algorithms import packing
 from partition.algorithms.mincut import mincut
-from partition.algorithms.multilevel import multilevel, overload, vcycle
+from partition.algorithms.multilevel import multilevel, vcycle
 from partition.algorithms.peers import metis_partition, mtkahypar_partition, peer_partition
 from partition.algorithms.pipeline_dp import pipeline_dp
 from partition.cost import memory_per_device

@@ -20,8 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
-from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
-from partition.algorithms.refine import gather
+from partition.algorithms.hypergraph import Caps, Hypergraph, gather, loads, pin_counts
+from partition.algorithms.refine import apply_moves
 
 REGION, SOURCE, SINK, IGNORED = 0, 1, 2, -1
 MAX_REGION = 20_000  # nodes of a flow problem (both blocks together) in refine_pair
@@ -191,21 +191,17 @@ def _grow(hg: Hypergraph, part: np.ndarray, block: int, seeds: np.ndarray, budge
 
 
 def _delta(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, moved: np.ndarray,
-           target: np.ndarray, k: int):
-    """Touched nets, their new pin counts and the objective change if `moved` go to `target`."""
+           target: np.ndarray) -> float:
+    """The objective change if `moved` go to `target`."""
     row, pos = gather(hg.node_ptr, moved)
-    e = hg.node_nets[pos]
-    touched, inv = np.unique(e, return_inverse=True)
+    touched, inv = np.unique(hg.node_nets[pos], return_inverse=True)
     new = cnt[touched].copy()
     np.add.at(new, (inv, part[moved][row]), -1)
     np.add.at(new, (inv, target[row]), 1)
-    src_part = part[hg.net_src[touched]].copy()
-    moved_src = np.zeros(hg.n, dtype=np.int64) - 1
-    moved_src[moved] = target
-    ms = moved_src[hg.net_src[touched]]
-    new_src = np.where(ms >= 0, ms, src_part)
-    change = _costs(hg, touched, new, new_src) - _costs(hg, touched, cnt[touched], src_part)
-    return touched, new, change
+    after = part.copy()
+    after[moved] = target
+    src = hg.net_src[touched]
+    return _costs(hg, touched, new, after[src]) - _costs(hg, touched, cnt[touched], part[src])
 
 
 def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarray) -> float:
@@ -216,23 +212,17 @@ def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarr
 
 
 def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndarray,
-                mem: np.ndarray, caps: Caps, a: int, b: int, *, acyclic: bool,
-                max_nodes: int | None = None):
-    """Best min-cut re-split of blocks a and b around their boundary.
-
-    Returns (moved nodes, their new parts, touched nets, their new pin counts), or None when no
-    feasible cut improves the objective.
-    """
-    k = caps.k
-    max_nodes = MAX_REGION if max_nodes is None else max_nodes
+                mem: np.ndarray, caps: Caps, a: int, b: int, *, acyclic: bool):
+    """Best min-cut re-split of blocks a and b around their boundary: (moved nodes, their new
+    parts), or None when no feasible cut improves the objective."""
     both = (cnt[:, a] > 0) & (cnt[:, b] > 0)
     if not both.any():
         return None
     _, ppos = gather(hg.net_ptr, np.flatnonzero(both))
     seeds = np.unique(hg.net_pins[ppos])
     seeds = seeds[hg.fixed[seeds] < 0]
-    reg_a = _grow(hg, part, a, seeds, max(caps.load[b] - load[b], 0.0), max_nodes // 2)
-    reg_b = _grow(hg, part, b, seeds, max(caps.load[a] - load[a], 0.0), max_nodes // 2)
+    reg_a = _grow(hg, part, a, seeds, max(caps.load[b] - load[b], 0.0), MAX_REGION // 2)
+    reg_b = _grow(hg, part, b, seeds, max(caps.load[a] - load[a], 0.0), MAX_REGION // 2)
     if (mem[b] + hg.node_mem[reg_a].sum() > caps.memory[b]
             or mem[a] + hg.node_mem[reg_b].sum() > caps.memory[a]):
         return None  # some cut could break a memory cap
@@ -251,51 +241,44 @@ def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndar
     nodes = np.flatnonzero(region)
     for side in cut[:2]:
         target = np.where(side[nodes], a, b)
-        moved = nodes[target != part[nodes]]
+        change = target != part[nodes]
+        moved, target = nodes[change], target[change]
         if len(moved) == 0:
             continue
-        target = target[target != part[nodes]]
         w = hg.node_weight[moved]
         la = load[a] + w[target == a].sum() - w[target == b].sum()
         lb = load[b] + w[target == b].sum() - w[target == a].sum()
         if la > caps.load[a] * (1 + 1e-12) + 1e-9 or lb > caps.load[b] * (1 + 1e-12) + 1e-9:
             continue
-        touched, new, delta = _delta(hg, part, cnt, moved, target, k)
+        delta = _delta(hg, part, cnt, moved, target)
         if delta < best_delta:
-            best, best_delta = (moved, target, touched, new), delta
+            best, best_delta = (moved, target), delta
     return best
 
 
-def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rounds: int = 2,
-                max_nodes: int | None = None) -> np.ndarray:
-    """Apply refine_pair to block pairs sharing cut nets (consecutive stages when acyclic)."""
+def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool) -> np.ndarray:
+    """Apply refine_pair to block pairs sharing cut nets (consecutive stages when acyclic), for
+    up to two rounds."""
     k = caps.k
     part = part.copy()
     cnt = pin_counts(hg, part, k)
     load, mem = loads(hg, part, k)
-    for _ in range(rounds):
+    for _ in range(2):
         improved = False
-        present = cnt > 0
-        cut_nets = present.sum(axis=1) > 1
-        p = present[cut_nets].astype(np.float64)
-        weight = (p * hg.net_weight[cut_nets][:, None]).T @ p
         if acyclic:
             pairs = [(a, a + 1) for a in range(k - 1)]
         else:
+            present = cnt > 0
+            cut = present.sum(axis=1) > 1
+            p = present[cut].astype(np.float64)
+            weight = (p * hg.net_weight[cut][:, None]).T @ p
             pairs = [(a, b) for a in range(k) for b in range(a + 1, k) if weight[a, b] > 0]
             pairs.sort(key=lambda ab: -weight[ab])
         for a, b in pairs:
-            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic,
-                              max_nodes=max_nodes)
-            if res is None:
-                continue
-            moved, target, touched, new = res
-            cnt[touched] = new
-            for arr, w in ((load, hg.node_weight[moved]), (mem, hg.node_mem[moved])):
-                arr -= np.bincount(part[moved], weights=w, minlength=k)
-                arr += np.bincount(target, weights=w, minlength=k)
-            part[moved] = target
-            improved = True
+            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic)
+            if res is not None:
+                apply_moves(hg, part, cnt, load, mem, *res)
+                improved = True
         if not improved:
             break
     return part

@@ -85,10 +85,8 @@ class Hypergraph:
     pin_net: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
-        sizes = np.diff(self.net_ptr)
-        pin_net = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-        is_src = np.zeros(len(self.net_pins), dtype=bool)
-        is_src[self.net_ptr[:-1][sizes > 0]] = True
+        pin_net = np.repeat(np.arange(self.num_nets, dtype=np.int32), self.net_sizes())
+        is_src = self._is_src_pin()
         order = np.argsort(self.net_pins, kind="stable")
         node_ptr = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.net_pins, minlength=self.n), out=node_ptr[1:])
@@ -189,6 +187,15 @@ def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
     return hg, caps
 
 
+def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and flat positions of the CSR segments ptr[v]:ptr[v+1] of `nodes`, concatenated."""
+    starts = ptr[nodes]
+    lens = ptr[nodes + 1] - starts
+    row = np.repeat(np.arange(len(nodes)), lens)
+    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+    return row, pos
+
+
 def pin_counts(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
     """cnt[e, d] = number of pins of net e on part d: int32[E, k]."""
     flat = hg.pin_net.astype(np.int64) * k + part[hg.net_pins]
@@ -218,6 +225,14 @@ def loads(hg: Hypergraph, part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
             np.bincount(part, weights=hg.node_mem, minlength=k))
 
 
+def overload(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
+    """Sum of relative excess over the load and memory caps (0 when feasible)."""
+    load, mem = loads(hg, part, caps.k)
+    over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
+    mover = np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)
+    return float(over.sum() + mover.sum())
+
+
 def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
     """Coarse hypergraph after merging each node u into cluster cid[u].
 
@@ -229,7 +244,7 @@ def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
     cp = cid[hg.net_pins]
     is_src = hg._is_src_pin()
     net = hg.pin_net.astype(np.int64)
-    src_c = cp[is_src][np.searchsorted(np.flatnonzero(is_src), hg.net_ptr[:-1])]
+    src_c = cid[hg.net_src]
     order = np.lexsort((cp, ~is_src, net))
     cp_o, net_o, src_o = cp[order], net[order], is_src[order]
     keep = src_o | (cp_o != src_c[net_o])
@@ -239,14 +254,10 @@ def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
     cp_o, net_o = cp_o[~dup], net_o[~dup]
     sizes = np.bincount(net_o, minlength=hg.num_nets)
     live = sizes >= 2
-    pk = live[net_o]
-    cp_o, net_o = cp_o[pk], net_o[pk]
-    live_ids = np.flatnonzero(live)
-    sizes = sizes[live_ids]
-    ptr = np.zeros(len(live_ids) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=ptr[1:])
-    weight = hg.net_weight[live_ids]
-    coef = None if hg.cost is None else hg.cost.coef[live_ids]
+    cp_o = cp_o[live[net_o]]
+    ptr = np.concatenate([[0], np.cumsum(sizes[live])])
+    weight = hg.net_weight[live]
+    coef = None if hg.cost is None else hg.cost.coef[live]
     ptr, cp_o, weight, coef = _merge_parallel(ptr, cp_o, weight, coef, nc)
     node_weight = np.bincount(cid, weights=hg.node_weight, minlength=nc)
     node_mem = np.bincount(cid, weights=hg.node_mem, minlength=nc)
@@ -277,11 +288,9 @@ def _merge_parallel(ptr, pins, weight, coef, nc):
     cand = np.flatnonzero(rep != np.arange(e))
     cand = cand[(sizes[cand] == sizes[rep[cand]]) & (pins[ptr[cand]] == pins[ptr[rep[cand]]])]
     # confirm candidates pin by pin so that a hash collision never merges different nets
-    lens = sizes[cand]
-    seg = np.repeat(np.arange(len(cand)), lens)
-    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    mine = _sorted_segments(pins[np.repeat(ptr[cand], lens) + within], seg)
-    theirs = _sorted_segments(pins[np.repeat(ptr[rep[cand]], lens) + within], seg)
+    seg, pos = gather(ptr, cand)
+    mine = _sorted_segments(pins[pos], seg)
+    theirs = _sorted_segments(pins[gather(ptr, rep[cand])[1]], seg)
     bad = np.bincount(seg, weights=(mine != theirs).astype(np.float64), minlength=len(cand)) > 0
     target = np.arange(e)
     target[cand[~bad]] = rep[cand[~bad]]
@@ -293,11 +302,8 @@ def _merge_parallel(ptr, pins, weight, coef, nc):
         coef = np.stack([np.bincount(new_id, weights=coef[:, j], minlength=m)
                          for j in range(coef.shape[1])], axis=1)
     kept = np.flatnonzero(keep)
-    lens = sizes[kept]
-    new_ptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(lens, out=new_ptr[1:])
-    idx = np.repeat(ptr[kept] - new_ptr[:-1], lens) + np.arange(new_ptr[-1])
-    return new_ptr, pins[idx], weight, coef
+    new_ptr = np.concatenate([[0], np.cumsum(sizes[kept])])
+    return new_ptr, pins[gather(ptr, kept)[1]], weight, coef
 
 
 def _sorted_segments(values: np.ndarray, seg: np.ndarray) -> np.ndarray:

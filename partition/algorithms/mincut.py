@@ -18,9 +18,8 @@ import numpy as np
 from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.coarsen import hierarchy
 from partition.algorithms.flows import IGNORED, REGION, SINK, SOURCE, min_cut
-from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, overload
 from partition.algorithms.initial import late_sources_order, make_monotone
-from partition.algorithms.multilevel import overload
 from partition.algorithms.refine import rebalance
 from partition.problem import Problem
 

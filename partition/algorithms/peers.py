@@ -14,8 +14,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from partition.algorithms.base import AlgorithmResult
-from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
-from partition.algorithms.multilevel import overload
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, overload
 from partition.algorithms.refine import rebalance
 from partition.errors import PlacementError
 from partition.problem import Problem

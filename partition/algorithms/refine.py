@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
+from partition.algorithms.hypergraph import Caps, Hypergraph, gather, loads, overload, pin_counts
 
-def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and flat positions of the CSR segments ptr[v]:ptr[v+1] of `nodes`, concatenated."""
-    starts = ptr[nodes]
-    lens = ptr[nodes + 1] - starts
-    row = np.repeat(np.arange(len(nodes)), lens)
-    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
-    return row, pos
+LP_ROUNDS = 30     # label propagation rounds at most
+SHED_ROUNDS = 200  # greedy rebalancing rounds at most
+MAKE_ROOM = 8      # times rebalance clears room for, or swaps, a heavy node
 
 
 def volume_gain_parts(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray,
@@ -44,37 +40,30 @@ def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.nda
                 k: int) -> np.ndarray:
     """G[i, b]: decrease of the objective when nodes[i] alone moves to part b (0 on its own)."""
     m = len(nodes)
-    row, pos = gather(hg.node_ptr, nodes)
-    G = np.zeros((m, k))
-    if len(pos) == 0:
-        return G
-    e = hg.node_nets[pos]
-    a = part[nodes][row]
-    C = cnt[e]
-    ar = np.arange(len(e))
     if hg.cost is None:
         benefit, penalty = volume_gain_parts(hg, part, cnt, nodes, k)
         G = benefit[:, None] - penalty
     else:
-        is_src = hg.node_is_src[pos]
+        row, pos = gather(hg.node_ptr, nodes)
+        e, is_src = hg.node_nets[pos], hg.node_is_src[pos]
+        a = part[nodes][row]
+        C = cnt[e]
+        ar = np.arange(len(e))
         rows = hg.cost.rows(e, part[hg.net_src[e]])
-        ns = ~is_src
         leave = (rows[ar, a] * (C[ar, a] == 1))[:, None]
-        contrib = np.where(ns[:, None], leave - rows * (C == 0), 0.0)
+        contrib = np.where(~is_src[:, None], leave - rows * (C == 0), 0.0)
         si = np.flatnonzero(is_src)
         if len(si):
-            Cs = C[si]
-            present = Cs > 0
-            old = (rows[si] * present).sum(axis=1)
+            present = C[si] > 0
             after = present.copy()
-            after[np.arange(len(si)), a[si]] = Cs[np.arange(len(si)), a[si]] > 1
+            after[np.arange(len(si)), a[si]] = C[si, a[si]] > 1
             coef = hg.cost.coef[e[si]]
             new = np.zeros((len(si), k))
             for j in range(coef.shape[1]):
                 new += coef[:, j:j + 1] * (after.astype(np.float64) @ hg.cost.mats[j].T)
-            contrib[si] = old[:, None] - new
-        for b in range(k):
-            G[:, b] = np.bincount(row, weights=contrib[:, b], minlength=m)
+            contrib[si] = (rows[si] * present).sum(axis=1)[:, None] - new
+        G = np.stack([np.bincount(row, weights=contrib[:, b], minlength=m) for b in range(k)],
+                     axis=1)
     G[np.arange(m), part[nodes]] = 0.0
     return G
 
@@ -123,17 +112,16 @@ def _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic):
 
 
 def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-                      rng: np.random.Generator, max_rounds: int = 30,
-                      active: np.ndarray | None = None) -> np.ndarray:
-    """Batched positive-gain moves of net-disjoint nodes until no node gains (or max_rounds)."""
+                      rng: np.random.Generator) -> np.ndarray:
+    """Batched positive-gain moves of net-disjoint nodes until no node gains (or LP_ROUNDS)."""
     k = caps.k
     part = part.copy()
     cnt = pin_counts(hg, part, k)
     load, mem = loads(hg, part, k)
     free = hg.fixed < 0
-    act = boundary(hg, cnt) if active is None else active.copy()
+    act = boundary(hg, cnt)
     scale = hg.tolerance()
-    for _ in range(max_rounds):
+    for _ in range(LP_ROUNDS):
         nodes = np.flatnonzero(act & free)
         if len(nodes) == 0:
             break
@@ -153,7 +141,7 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
         rest = np.zeros(hg.n, dtype=bool)
         rest[movers[~keep]] = True
         movers, target = movers[keep], target[keep]
-        _apply(hg, part, cnt, load, mem, movers, target)
+        apply_moves(hg, part, cnt, load, mem, movers, target)
         act = _neighbours(hg, movers) | rest
     return part
 
@@ -188,7 +176,7 @@ def _fits(hg, movers, target, gain, caps, load, mem) -> np.ndarray:
     return keep
 
 
-def _apply(hg, part, cnt, load, mem, movers, target):
+def apply_moves(hg, part, cnt, load, mem, movers, target):
     """Move `movers` (net-disjoint, or accumulated with np.add.at) and update counts and loads."""
     row, pos = gather(hg.node_ptr, movers)
     e = hg.node_nets[pos]
@@ -212,12 +200,11 @@ def _neighbours(hg: Hypergraph, nodes: np.ndarray) -> np.ndarray:
     return mask
 
 
-def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-              max_rounds: int = 200, make_room: int = 8) -> np.ndarray:
+def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool) -> np.ndarray:
     """Move nodes out of over-full parts, cheapest objective increase per unit of weight first.
 
     When no single move fits (a heavy node and no part with room for it), first clear room for it
-    on another part by moving light nodes away, or swap it with a lighter node (up to `make_room`
+    on another part by moving light nodes away, or swap it with a lighter node (up to MAKE_ROOM
     times). In acyclic mode, weightless nodes may pin their neighbours' stage windows: the repair
     is retried after sliding them to the earliest, or the latest, stage they allow. The last resort
     cuts the nodes, ordered by (part, id), into runs proportional to the caps: stage-monotone, and
@@ -230,8 +217,8 @@ def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
     for start in starts + [None]:
         if start is None:  # last resort: re-cut the order (part, id) into balanced runs
             start = _rechunk(hg, part, caps)
-        fixed = _repair(hg, start, caps, acyclic, max_rounds, make_room)
-        over = _excess(hg, fixed, caps)
+        fixed = _repair(hg, start, caps, acyclic)
+        over = overload(hg, fixed, caps)
         if over == 0:
             return fixed
         if over < best_over:
@@ -253,18 +240,18 @@ def _rechunk(hg: Hypergraph, part: np.ndarray, caps: Caps) -> np.ndarray:
     return out
 
 
-def _repair(hg, part, caps, acyclic, max_rounds, make_room):
-    part = _shed(hg, part, caps, acyclic=acyclic, max_rounds=max_rounds)
-    for _ in range(make_room):
+def _repair(hg, part, caps, acyclic):
+    part = _shed(hg, part, caps, acyclic)
+    for _ in range(MAKE_ROOM):
         load, _ = loads(hg, part, caps.k)
         if not (load > caps.load * (1 + 1e-12) + 1e-9).any():
             break
-        cleared = _clear_room(hg, part, caps, load, max_rounds, acyclic)
+        cleared = _clear_room(hg, part, caps, load, acyclic)
         if cleared is None:
             cleared = _swap(hg, part, caps, load, acyclic)
         if cleared is None:
             break
-        part = _shed(hg, cleared, caps, acyclic=acyclic, max_rounds=max_rounds)
+        part = _shed(hg, cleared, caps, acyclic)
     return part
 
 
@@ -274,14 +261,6 @@ def _forward_at(hg: Hypergraph, part: np.ndarray, nodes: np.ndarray) -> bool:
     nets = np.unique(hg.node_nets[pos])
     rows, ppos = gather(hg.net_ptr, nets)
     return bool((part[hg.net_pins[ppos]] >= part[hg.net_src[nets]][rows]).all())
-
-
-def _excess(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
-    """Relative load and memory excess over the caps (0 when within them)."""
-    load, mem = loads(hg, part, caps.k)
-    over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
-    mem_over = np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)
-    return float(over.sum() + mem_over.sum())
 
 
 def _slide_weightless(hg: Hypergraph, part: np.ndarray, k: int, earliest: bool) -> np.ndarray:
@@ -304,7 +283,7 @@ def _slide_weightless(hg: Hypergraph, part: np.ndarray, k: int, earliest: bool) 
 
 
 def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
-                max_rounds: int, acyclic: bool) -> np.ndarray | None:
+                acyclic: bool) -> np.ndarray | None:
     """Move one node u out of the most over-full part p to a part t, after shedding load from t
     until u fits there; None when no part can be cleared."""
     k = caps.k
@@ -322,7 +301,7 @@ def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
             continue
         tight = Caps(caps.load.copy(), caps.memory)
         tight.load[t] = caps.load[t] - wu
-        trial = _shed(hg, part, tight, acyclic=acyclic, max_rounds=max_rounds)
+        trial = _shed(hg, part, tight, acyclic)
         if loads(hg, trial, k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
             trial[u] = t
             if not acyclic or _forward_at(hg, trial, np.array([u])):
@@ -361,13 +340,12 @@ def _swap(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
     return None
 
 
-def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-          max_rounds: int) -> np.ndarray:
-    """Greedy rounds of moves from over-full parts to parts with room."""
+def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, acyclic: bool) -> np.ndarray:
+    """Greedy rounds (up to SHED_ROUNDS) of moves from over-full parts to parts with room."""
     k = caps.k
     part = part.copy()
     free = hg.fixed < 0
-    for _ in range(max_rounds):
+    for _ in range(SHED_ROUNDS):
         load, mem = loads(hg, part, k)
         over_l = load > caps.load * (1 + 1e-12) + 1e-9
         over_m = mem > caps.memory
@@ -410,5 +388,5 @@ def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
         if not keep.any():
             break
         mv = nodes[take_idx][keep]
-        _apply(hg, part, cnt, load, mem, mv, target[take_idx][keep])
+        apply_moves(hg, part, cnt, load, mem, mv, target[take_idx][keep])
     return part
