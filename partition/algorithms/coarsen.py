@@ -20,15 +20,12 @@ from partition.algorithms.hypergraph import Hypergraph, contract
 
 def _pairs(hg: Hypergraph, max_weight: float, max_mem: float, part: np.ndarray | None):
     """Candidate pairs (u < v as producer, consumer) with aggregated ratings."""
-    s, t = hg.edges()
+    s, t = (x.astype(np.int64) for x in hg.edges())
     sizes = hg.net_sizes()
-    rate = (hg.net_weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
+    weight = hg.net_weight
     if hg.cost is not None:  # rate by the most expensive link the tensor could take
-        scale = hg.cost.mats.reshape(len(hg.cost.mats), -1).max(axis=1)
-        per_net = hg.cost.coef @ scale / np.maximum(sizes - 1, 1)
-        rate = per_net[np.repeat(np.arange(hg.num_nets), sizes - 1)]
-    s = s.astype(np.int64)
-    t = t.astype(np.int64)
+        weight = hg.cost.coef @ hg.cost.mats.reshape(len(hg.cost.mats), -1).max(axis=1)
+    rate = (weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
     pair_weight = hg.node_weight[s] + hg.node_weight[t]
     ok = (pair_weight <= max_weight) | (pair_weight <= 0)
     ok &= hg.node_mem[s] + hg.node_mem[t] <= max_mem
@@ -47,24 +44,34 @@ def _pairs(hg: Hypergraph, max_weight: float, max_mem: float, part: np.ndarray |
     return u, v, rate / np.sqrt(penalty)
 
 
+def _both_ways(u: np.ndarray, v: np.ndarray, rate: np.ndarray, rng: np.random.Generator):
+    """(a, b, rating) of every pair in both directions, ratings perturbed by 1e-9 random noise
+    (the same noise both ways) to break ties."""
+    noise = rng.random(len(rate))
+    return np.r_[u, v], np.r_[v, u], np.r_[rate, rate] * (1.0 + 1e-9 * np.r_[noise, noise[::-1]])
+
+
+def _proposals(n: int, a: np.ndarray, b: np.ndarray, r: np.ndarray):
+    """(best[x]: the b of x's best-rated pair or -1, top[x]: that rating)."""
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, a, r)
+    win = r == top[a]
+    best = np.full(n, -1, dtype=np.int64)
+    best[a[win]] = b[win]
+    return best, top
+
+
 def handshake_matching(n: int, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
                        rng: np.random.Generator, rounds: int = 4) -> np.ndarray:
     """mate[x] = matched partner or -1; mutual best-rated proposals are matched, `rounds` times."""
     mate = np.full(n, -1, dtype=np.int64)
-    a = np.concatenate([u, v])
-    b = np.concatenate([v, u])
-    noise = rng.random(len(rate))
-    r = np.concatenate([rate, rate]) * (1.0 + 1e-9 * np.concatenate([noise, noise[::-1]]))
+    a, b, r = _both_ways(u, v, rate, rng)
     for _ in range(rounds):
         live = (mate[a] < 0) & (mate[b] < 0)
         if not live.any():
             break
         a, b, r = a[live], b[live], r[live]
-        top = np.full(n, -np.inf)
-        np.maximum.at(top, a, r)
-        win = r == top[a]
-        best = np.full(n, -1, dtype=np.int64)
-        best[a[win]] = b[win]
+        best, _ = _proposals(n, a, b, r)
         cand = np.flatnonzero(best >= 0)
         mutual = cand[best[best[cand]] == cand]
         mate[mutual] = best[mutual]
@@ -74,9 +81,7 @@ def handshake_matching(n: int, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
 def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unmatch pairs until every coarse edge runs forward in representative order."""
     n = hg.n
-    s, t = hg.edges()
-    s = s.astype(np.int64)
-    t = t.astype(np.int64)
+    s, t = (x.astype(np.int64) for x in hg.edges())
     indeg = np.bincount(t, minlength=n)
     outdeg = np.bincount(s, minlength=n)
     lo = np.minimum(np.arange(n), np.where(mate >= 0, mate, np.arange(n)))
@@ -87,18 +92,15 @@ def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarr
     tried_hi = use_hi.copy()
     while True:
         rep = np.where(mate >= 0, np.where(use_hi, hi, lo), np.arange(n))
-        bad = (rep[s] > rep[t]) & (rep[s] != rep[t])
+        bad = rep[s] > rep[t]
         if not bad.any():
             return mate, rep
         culprits = np.unique(np.concatenate([s[bad], t[bad]]))
         culprits = culprits[mate[culprits] >= 0]
         flip = culprits[~tried_hi[culprits]]
         drop = culprits[tried_hi[culprits]]
-        if len(flip):  # second chance with the other representative
-            use_hi[flip] = True
-            use_hi[mate[flip]] = True
-            tried_hi[flip] = True
-            tried_hi[mate[flip]] = True
+        pairs = np.r_[flip, mate[flip]]  # second chance with the other representative
+        use_hi[pairs] = tried_hi[pairs] = True
         mate[mate[drop]] = -1
         mate[drop] = -1
 
@@ -181,18 +183,12 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
     """
     n = hg.n
     clusters = _Clusters(hg, max_weight, max_mem)
-    a0, b0 = np.r_[u, v], np.r_[v, u]
-    noise = rng.random(len(u))
-    r0 = np.r_[rate, rate] * (1.0 + 1e-9 * np.r_[noise, noise[::-1]])
+    a0, b0, r0 = _both_ways(u, v, rate, rng)
     for _ in range(rounds):
         a, lead, r = clusters.ratings(a0, b0, r0)
         if len(a) == 0:
             break
-        top = np.full(n, -np.inf)
-        np.maximum.at(top, a, r)
-        win = r == top[a]
-        target = np.full(n, -1, dtype=np.int64)
-        target[a[win]] = lead[win]
+        target, top = _proposals(n, a, lead, r)
         prop = np.flatnonzero(target >= 0)
         t = target[prop]
         mutual = (target[t] == prop) & (prop > t)
@@ -236,10 +232,9 @@ def hierarchy(hg: Hypergraph, k: int, rng: np.random.Generator, *, acyclic: bool
             break
         levels.append(contract(cur, cid, nc))
         maps.append(cid)
+        coarse = None
         if parts[-1] is not None:
             coarse = np.zeros(nc, dtype=np.int64)
             coarse[cid] = parts[-1]
-            parts.append(coarse)
-        else:
-            parts.append(None)
+        parts.append(coarse)
     return levels, maps, parts

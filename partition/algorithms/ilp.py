@@ -77,6 +77,14 @@ class MipModel:
         self.row_hi.append(np.broadcast_to(np.asarray(hi, float), (count,)).copy())
         self.nrow += count
 
+    def sum_rows(self, terms: list[tuple[float, np.ndarray]], lo, hi) -> None:
+        """One row per position i: lo <= sum of coef * x[cols[i]] over `terms` [(coef, cols)]
+        <= hi (all `cols` of one length)."""
+        count = np.size(terms[0][1])
+        self.add_rows(np.tile(np.arange(count), len(terms)),
+                      np.concatenate([np.ravel(cols) for _, cols in terms]),
+                      np.concatenate([np.full(count, coef) for coef, _ in terms]), lo, hi, count)
+
     def solve(self, time_limit: float | None, seed: int, start: np.ndarray | None):
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = self.ncol, self.nrow
@@ -154,12 +162,10 @@ def _node_columns(m: MipModel, hg: Hypergraph, k: int, symmetric: bool) -> np.nd
     devices, no acyclicity, no pins) the i-th node may only use devices 0..i."""
     n = hg.n
     x = m.columns(n * k, integer=True).reshape(n, k)
-    xu = np.ones((n, k))
     fixed = hg.fixed >= 0
-    xu[fixed] = 0.0
-    xu[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
     xl = np.zeros((n, k))
     xl[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
+    xu = np.where(fixed[:, None], xl, 1.0)
     if symmetric and not fixed.any():
         xu[np.arange(k)[None, :] > np.arange(n)[:, None]] = 0.0
     m.lower[-1], m.upper[-1] = xl.ravel(), xu.ravel()
@@ -168,14 +174,10 @@ def _node_columns(m: MipModel, hg: Hypergraph, k: int, symmetric: bool) -> np.nd
 
 def _placement_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray, y: np.ndarray) -> None:
     """One device per node, and y[e, d] >= x[p, d] for every pin p of net e."""
-    n = hg.n
-    m.add_rows(np.repeat(np.arange(n), k), x.ravel(), 1.0, 1.0, 1.0, n)
-    pin_rows = np.arange(len(hg.net_pins) * k)
-    pe = np.repeat(hg.pin_net, k)
-    pp = np.repeat(hg.net_pins, k)
+    m.add_rows(np.repeat(np.arange(hg.n), k), x.ravel(), 1.0, 1.0, 1.0, hg.n)
+    pe, pp = np.repeat(hg.pin_net, k), np.repeat(hg.net_pins, k)
     pd = np.tile(np.arange(k), len(hg.net_pins))
-    m.add_rows(np.r_[pin_rows, pin_rows], np.r_[y[pe, pd], x[pp, pd]],
-               np.r_[np.ones(len(pin_rows)), -np.ones(len(pin_rows))], 0.0, np.inf, len(pin_rows))
+    m.sum_rows([(1.0, y[pe, pd]), (-1.0, x[pp, pd])], 0.0, np.inf)
 
 
 def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndarray,
@@ -202,18 +204,12 @@ def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndar
 def _link_time_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray, y: np.ndarray,
                     scale: float) -> None:
     """t[e, a, d] >= x[src, a] + y[e, d] - 1, priced by the link a -> d (the time objective)."""
-    e, src = hg.num_nets, hg.net_src
-    pairs = [(a, d) for a in range(k) for d in range(k) if a != d]
-    pa = np.array([p[0] for p in pairs])
-    pdd = np.array([p[1] for p in pairs])
-    c = np.einsum("ej,jp->ep", hg.cost.coef, hg.cost.mats[:, pa, pdd]) / scale
-    t = m.columns(e * len(pairs), lo=0.0, hi=1.0, cost=c.ravel()).reshape(e, len(pairs))
-    r = np.arange(e * len(pairs))
-    ee = np.repeat(np.arange(e), len(pairs))
-    aa = np.tile(pa, e)
-    dd = np.tile(pdd, e)
-    m.add_rows(np.r_[r, r, r], np.r_[t.ravel(), x[src[ee], aa], y[ee, dd]],
-               np.r_[np.ones(len(r)), -np.ones(len(r)), -np.ones(len(r))], -1.0, np.inf, len(r))
+    e = hg.num_nets
+    pa, pd = np.nonzero(~np.eye(k, dtype=bool))       # the links a -> d, a != d
+    c = np.einsum("ej,jp->ep", hg.cost.coef, hg.cost.mats[:, pa, pd]) / scale
+    t = m.columns(e * len(pa), lo=0.0, hi=1.0, cost=c.ravel())
+    ee, aa, dd = np.repeat(np.arange(e), len(pa)), np.tile(pa, e), np.tile(pd, e)
+    m.sum_rows([(1.0, t), (-1.0, x[hg.net_src[ee], aa]), (-1.0, y[ee, dd])], -1.0, np.inf)
 
 
 def _acyclic_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray,
@@ -233,11 +229,9 @@ def _acyclic_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray,
         return
     pi = m.columns(k, lo=0.0, hi=k - 1)
     z = m.columns(k * k, integer=True).reshape(k, k)
-    pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
-    for a, b in pairs:
-        r = np.arange(len(us))
-        m.add_rows(np.r_[r, r, r], np.r_[np.full(len(us), z[a, b]), x[us, a], x[vs, b]],
-                   np.r_[np.ones(len(us)), -np.ones(2 * len(us))], -1.0, np.inf, len(us))
+    for a, b in zip(*np.nonzero(~np.eye(k, dtype=bool))):
+        m.sum_rows([(1.0, np.full(len(us), z[a, b])), (-1.0, x[us, a]), (-1.0, x[vs, b])],
+                   -1.0, np.inf)
         m.add_rows(np.zeros(3, np.int64), np.array([pi[b], pi[a], z[a, b]]),
                    np.array([1.0, -1.0, -float(k)]), 1.0 - k, np.inf, 1)
 

@@ -146,9 +146,7 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
         current = np.zeros((len(values), k))
         np.add.at(current, (cls, part[free]), 1)
         keep = m.columns(len(values) * k, hi=current.ravel(), cost=-1.0)
-        r = np.arange(len(values) * k)
-        m.add_rows(np.r_[r, r], np.r_[keep, c.ravel()], np.r_[np.ones(len(r)), -np.ones(len(r))],
-                   -np.inf, 0.0, len(r))
+        m.sum_rows([(1.0, keep), (-1.0, c)], -np.inf, 0.0)
     status, info, x = m.solve(time_limit, 0, None)
     if x is None:
         lower = np.inf if status == highspy.HighsModelStatus.kInfeasible else _trivial(
@@ -181,15 +179,9 @@ def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
     z = m.columns(n * (k - 1), integer=True).reshape(n, k - 1)
     t = m.columns(1, hi=np.inf, cost=1.0)
     if k > 2:                                          # z[v, d] - z[v, d + 1] >= 0
-        r = np.arange(n * (k - 2))
-        m.add_rows(np.r_[r, r], np.r_[z[:, :-1].ravel(), z[:, 1:].ravel()],
-                   np.r_[np.ones(len(r)), -np.ones(len(r))], 0.0, np.inf, len(r))
-    src, dst = arrays.in_idx.astype(np.int64), arrays.in_dst.astype(np.int64)
-    key = np.unique(src * n + dst)
-    src, dst = key // n, key % n
-    r = np.arange(len(src) * (k - 1))
-    m.add_rows(np.r_[r, r], np.r_[z[dst].ravel(), z[src].ravel()],
-               np.r_[np.ones(len(r)), -np.ones(len(r))], 0.0, np.inf, len(r))
+        m.sum_rows([(1.0, z[:, :-1]), (-1.0, z[:, 1:])], 0.0, np.inf)
+    key = np.unique(arrays.in_idx.astype(np.int64) * n + arrays.in_dst)
+    m.sum_rows([(1.0, z[key % n]), (-1.0, z[key // n])], 0.0, np.inf)
     # load_d - T base_d <= 0, load_d = sum_v w_v (z[v, d] - z[v, d + 1]) (z[v, 0] = 1, z[v, k] = 0)
     ws = w / scale
     rows, cols, vals = [np.arange(k)], [np.repeat(t, k)], [-base / scale]

@@ -181,12 +181,11 @@ def _solve_plan(problem: Problem, model: Model, order, flight, caps_on: bool, pi
     bound, choice = _dp(problem, model, order, flight, caps_on, pins_on)
     if not np.isfinite(bound):
         return None
-    k = len(order) if flight is None else len(flight)
-    found = _evaluate(problem, model, order, _stages(model, choice, k))
+    found = _chain(problem, model, order, choice)
     if model.size <= REFINE_LIMIT:          # the smallest V among the fastest chains
         refined = _dp(problem, model, order, flight, caps_on, pins_on,
                       limit=bound * (1 + TOLERANCE))[1]
-        other = _evaluate(problem, model, order, _stages(model, refined, k))
+        other = _chain(problem, model, order, refined)
         if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
             found = other
     proven = found[0] <= bound * (1 + TOLERANCE)
@@ -202,16 +201,11 @@ def _or_contiguous(problem: Problem, best: tuple) -> tuple:
     the load caps the DP kept) with a smaller (time, V): an unproven DP answer (coarsened
     family, link prices that are estimates) is never worse than the plain pipeline split."""
     from partition.algorithms.baselines import contiguous
-    caps_on = best[6]
     split = apply_pins(problem, contiguous(problem).assignment)
-    if caps_on and (np.bincount(split, weights=problem.weights, minlength=problem.k)
+    if best[6] and (np.bincount(split, weights=problem.weights, minlength=problem.k)
                     > problem.load_caps * (1 + TOLERANCE) + 1e-9).any():
         return best
-    cluster = problem.cluster
-    compute, send, recv = stage_time_arrays(problem.arrays, split, cluster.speeds,
-                                            cluster.latency, cluster.bandwidth,
-                                            problem.micro_batches)
-    found = (float((compute + send + recv).max()), _volume(problem, split), split)
+    found = _exact(problem, split)
     if found[:2] >= best[:2] or not _fits(problem, split) or quotient_order(
             quotient_adjacency(problem.arrays, split, problem.k)) is None:
         return best
@@ -296,16 +290,14 @@ def stage_memory(model: Model, i: int, terms, flight: np.ndarray) -> np.ndarray:
     return fixed[None, :] + activations[None, :] * flight[:, None]
 
 
-_BOUNDS: dict = {}
+_BOUNDS: list = [None, None]      # the last cluster and its link bounds
 
 
 def link_bounds(cluster) -> np.ndarray:
     """float[4, k]: each device's smallest out-latency, 1/largest out-bandwidth, and the same
-    for incoming links (zeros on one device); cached per cluster."""
-    key = id(cluster)
-    cached = _BOUNDS.get(key)
-    if cached is not None and cached[0] is cluster:
-        return cached[1]
+    for incoming links (zeros on one device); cached for the last cluster."""
+    if _BOUNDS[0] is cluster:
+        return _BOUNDS[1]
     k = cluster.k
     if k == 1:
         bounds = np.zeros((4, 1))
@@ -315,8 +307,7 @@ def link_bounds(cluster) -> np.ndarray:
         bw = np.where(off, cluster.bandwidth, 0.0)
         bounds = np.vstack([lat.min(axis=1), 1.0 / bw.max(axis=1), lat.min(axis=0),
                             1.0 / bw.max(axis=0)])
-    _BOUNDS.clear()
-    _BOUNDS[key] = (cluster, bounds)
+    _BOUNDS[:] = [cluster, bounds]
     return bounds
 
 
@@ -366,8 +357,8 @@ def _better(t_new, v_new, t_old, v_old, limit) -> bool:
     return t_new < t_old - scale or (t_new <= t_old + scale and v_new < v_old)
 
 
-def _stages(model: Model, choice: np.ndarray, k: int) -> np.ndarray:
-    """Position of every unit along the chain the DP chose (positions 0..k-1)."""
+def _chain(problem: Problem, model: Model, order, choice: np.ndarray):
+    """(exact time per micro-batch, V, node assignment) of the chain the DP chose."""
     stage = np.zeros(model.members.shape[1], dtype=np.int64)
     j, p = model.size - 1, choice.shape[0] - 1
     while p > 0:
@@ -375,12 +366,11 @@ def _stages(model: Model, choice: np.ndarray, k: int) -> np.ndarray:
         if i != j:
             stage[model.members[j] & ~model.members[i]] = p - 1
         j, p = i, p - 1
-    return stage
+    return _exact(problem, np.asarray(order, dtype=np.int32)[stage[model.unit]])
 
 
-def _evaluate(problem: Problem, model: Model, order, stages: np.ndarray):
-    """(exact time per micro-batch, V, node assignment) of units at positions `stages`."""
-    assignment = np.asarray(order, dtype=np.int32)[stages[model.unit]]
+def _exact(problem: Problem, assignment: np.ndarray):
+    """(exact time per micro-batch, V, assignment)."""
     cluster = problem.cluster
     compute, send, recv = stage_time_arrays(problem.arrays, assignment, cluster.speeds,
                                             cluster.latency, cluster.bandwidth,
