@@ -86,9 +86,7 @@ def _candidates(problem: Problem, hg: Hypergraph, caps: Caps, deadline: float | 
     methods.append(("multilevel", lambda: multilevel(sub(remaining()))))
     if not problem.acyclic:
         for name, peer in (("mtkahypar", mtkahypar_partition), ("metis", metis_partition)):
-            found: dict[str, np.ndarray] = {}
-            methods.append((name, _peer(hg, caps, peer, problem.seed, found)))
-            methods.append((name + "+vcycle", _refined(hg, caps, problem.seed, found)))
+            methods += _peer_methods(name, hg, caps, peer, problem.seed)
     methods.append(("mincut", lambda: mincut(sub(remaining()))))
     return _with_pipelines(problem, methods)
 
@@ -153,18 +151,17 @@ def _value(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray):
     return (times.time_per_micro_batch if times.acyclic else float("inf"), volume)
 
 
-def _peer(hg, caps, fn, seed, found: dict):
-    """A peer's placement (kept in `found` for the V-cycle that follows)."""
-    def run():
+def _peer_methods(name: str, hg, caps, fn, seed) -> list:
+    """(name, run) of a peer, and of its placement improved by one multilevel V-cycle."""
+    found: dict[str, np.ndarray] = {}
+
+    def peer():
         found["part"] = peer_partition(hg, caps, fn, seed)
         return AlgorithmResult(found["part"].astype(np.int32))
-    return run
 
-
-def _refined(hg, caps, seed, found: dict):
-    """The peer's placement improved by one multilevel V-cycle."""
-    def run():
+    def refined():
         if "part" not in found:
             raise PlacementError("peer did not run")
         return AlgorithmResult(vcycle(hg, caps, found["part"], seed=seed).astype(np.int32))
-    return run
+
+    return [(name, peer), (name + "+vcycle", refined)]

@@ -88,10 +88,9 @@ class Hypergraph:
         pin_net = np.repeat(np.arange(self.num_nets, dtype=np.int32), self.net_sizes())
         is_src = self._is_src_pin()
         order = np.argsort(self.net_pins, kind="stable")
-        node_ptr = np.zeros(self.n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(self.net_pins, minlength=self.n), out=node_ptr[1:])
         object.__setattr__(self, "pin_net", pin_net)
-        object.__setattr__(self, "node_ptr", node_ptr)
+        object.__setattr__(self, "node_ptr", np.concatenate(
+            [[0], np.cumsum(np.bincount(self.net_pins, minlength=self.n))]))
         object.__setattr__(self, "node_nets", pin_net[order])
         object.__setattr__(self, "node_is_src", is_src[order])
 
@@ -138,12 +137,9 @@ def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray
     dst = np.asarray(dst, dtype=np.int64)
     key = np.unique(src * n + dst)
     src, dst = key // n, key % n
-    has = np.zeros(n, dtype=bool)
-    has[src] = True
-    producers = np.flatnonzero(has)
-    deg = np.bincount(src, minlength=n)[producers]
-    net_ptr = np.zeros(len(producers) + 1, dtype=np.int64)
-    np.cumsum(deg + 1, out=net_ptr[1:])
+    deg = np.bincount(src, minlength=n)
+    producers = np.flatnonzero(deg)
+    net_ptr = np.concatenate([[0], np.cumsum(deg[producers] + 1)])
     pins = np.empty(net_ptr[-1], dtype=np.int32)
     pins[net_ptr[:-1]] = producers
     mask = np.ones(net_ptr[-1], dtype=bool)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from partition.algorithms.base import layer_units, pipeline_order, split_by_weight
+from partition.algorithms.base import layer_units, pipeline_order, ranks, split_by_weight
 from partition.cost import GraphArrays, kahn_order, sorted_unique
 
 
@@ -50,22 +50,14 @@ def atoms_of(arrays: GraphArrays, pinned: np.ndarray) -> np.ndarray:
     core = np.full(int(label.max()) + 1, -1, dtype=np.int64)
     np.maximum.at(core, label, key)
     np.maximum.at(core, label, np.where(core[label] < 0, position, -1))
-    return _rank(core)[label]
-
-
-def _rank(key: np.ndarray) -> np.ndarray:
-    rank = np.empty(len(key), dtype=np.int64)
-    rank[np.argsort(key, kind="stable")] = np.arange(len(key))
-    return rank
+    return ranks(core)[label]
 
 
 def topological_units(unit: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """`unit` renumbered along a topological order of its (acyclic) quotient, smallest old id
     first among ready units."""
     count = int(unit.max()) + 1
-    rank = np.empty(count, dtype=np.int64)
-    rank[kahn_order(count, src, dst, break_cycles=True)] = np.arange(count)
-    return rank[unit]
+    return np.argsort(kahn_order(count, src, dst, break_cycles=True))[unit]
 
 
 def unit_edges(arrays: GraphArrays, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from partition.algorithms.base import AlgorithmResult
+from partition.algorithms.base import AlgorithmResult, ranks
 from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, pin_counts
 from partition.algorithms.multilevel import multilevel_partition
 from partition.errors import PlacementError
@@ -254,9 +254,7 @@ def first_seen_labels(part: np.ndarray, k: int) -> np.ndarray:
     interchangeable devices), so that node i is on a device <= i."""
     first = np.full(k, len(part), dtype=np.int64)
     np.minimum.at(first, part, np.arange(len(part)))
-    label = np.empty(k, dtype=np.int64)
-    label[np.argsort(first, kind="stable")] = np.arange(k)
-    return label[part]
+    return ranks(first)[part]
 
 
 # A size guard and a default time limit, so that `--algorithm ilp` on a big graph fails at once
@@ -276,16 +274,14 @@ def ilp(problem: Problem) -> AlgorithmResult:
     if problem.time_limit is None:
         problem = dataclasses.replace(problem, time_limit=DEFAULT_TIME_LIMIT)
     hg, caps = from_problem(problem)
-    cl = problem.cluster
     interchangeable = bool(np.all(caps.load == caps.load[0])
                            and np.all(caps.memory == caps.memory[0])
-                           and (hg.cost is None or cl.uniform_links))
+                           and (hg.cost is None or problem.cluster.uniform_links))
     start = multilevel_partition(hg, caps, acyclic=problem.acyclic, seed=problem.seed)
-    src = hg.net_src
     part, optimal, bound, value = ilp_partition(
         hg, caps, acyclic=problem.acyclic, interchangeable=interchangeable,
-        net_bytes=problem.arrays.bytes[src].astype(np.float64), time_limit=problem.time_limit,
-        seed=problem.seed, start=start)
+        net_bytes=problem.arrays.bytes[hg.net_src].astype(np.float64),
+        time_limit=problem.time_limit, seed=problem.seed, start=start)
     start_value = objective(hg, start, caps.k)
     if part is None or (not optimal and value > start_value):
         part, value = start, start_value

@@ -50,8 +50,7 @@ def applicable(problem: Problem) -> bool:
             and not (problem.pinned >= 0).any())
 
 
-def least_ratio(problem: Problem, time_limit: float = SECONDS,
-                start: np.ndarray | None = None) -> Packing:
+def least_ratio(problem: Problem, start: np.ndarray | None = None) -> Packing:
     """The least achievable max_d load_d / base_d over placements (acyclic ones when asked;
     `start`, if stage-monotone, seeds that search)."""
     base = problem.load_caps / (1.0 + problem.epsilon)
@@ -59,34 +58,32 @@ def least_ratio(problem: Problem, time_limit: float = SECONDS,
         arrays = problem.arrays
         if start is not None and (start[arrays.in_idx] > start[arrays.in_dst]).any():
             start = None
-        return _stage_packing(problem, base, time_limit, start)
-    return _class_packing(problem.weights, problem.pinned, base, None, time_limit)
+        return _stage_packing(problem, base, start)
+    return _class_packing(problem.weights, problem.pinned, base, None, SECONDS)
 
 
-def closest_fit(problem: Problem, part: np.ndarray, time_limit: float = SECONDS
-                ) -> np.ndarray | None:
+def closest_fit(problem: Problem, part: np.ndarray) -> np.ndarray | None:
     """A placement within the load caps that keeps as many nodes of `part` where they are as
     possible (acyclic: the least-ratio stage packing), or None when none was found."""
     if problem.acyclic:
-        found = least_ratio(problem, time_limit, np.asarray(part))
+        found = least_ratio(problem, np.asarray(part))
         fits = found.upper is not None and found.upper <= 1 + problem.epsilon + TOLERANCE
         return found.assignment if fits else None
     base = problem.load_caps / (1.0 + problem.epsilon)
-    found = _class_packing(problem.weights, problem.pinned, base, np.asarray(part), time_limit,
+    found = _class_packing(problem.weights, problem.pinned, base, np.asarray(part), SECONDS,
                            ratio=1.0 + problem.epsilon)
     return found.assignment
 
 
-def fitting_device_counts(problem: Problem, time_limit: float = SECONDS) -> tuple[int | None,
-                                                                                int | None]:
+def fitting_device_counts(problem: Problem) -> tuple[int | None, int | None]:
     """(largest k' < k, smallest k' in k+1..2k) whose uniform cluster fits the loads at the
-    problem's epsilon (None when none does, or when `time_limit` seconds in all ran out); only
+    problem's epsilon (None when none does, or when SECONDS in all ran out); only
     for identical devices without pins."""
     speeds = problem.cluster.speeds
     if problem.acyclic or not np.all(speeds == speeds[0]) or (problem.pinned >= 0).any():
         return None, None
     k, ratio = problem.k, 1.0 + problem.epsilon
-    deadline = time.perf_counter() + time_limit
+    deadline = time.perf_counter() + SECONDS
 
     def fits(count: int) -> bool:
         left = deadline - time.perf_counter()
@@ -163,15 +160,14 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
     return Packing(min(lower, achieved), achieved, assignment)
 
 
-def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
-                   start: np.ndarray | None = None) -> Packing:
+def _stage_packing(problem: Problem, base: np.ndarray, start: np.ndarray | None) -> Packing:
     """Minimise T over stage-monotone placements, with z[v, d] = [stage(v) >= d] for d = 1..k-1:
     z[v, d] >= z[v, d + 1], z[u, d] <= z[v, d] along every edge u -> v (a tight LP for
     precedence), load_d = sum_v w_v (z[v, d] - z[v, d + 1]) <= T base_d. `start`: a
     stage-monotone placement to begin from."""
     arrays, k, w = problem.arrays, problem.k, problem.weights
     n = arrays.n
-    bound = _class_packing(w, problem.pinned, base, None, time_limit).lower
+    bound = _class_packing(w, problem.pinned, base, None, SECONDS).lower
     if k == 1:
         return Packing(bound, bound, np.zeros(n, dtype=np.int64))
     scale = float(base.max()) if base.max() > 0 else 1.0
@@ -196,7 +192,7 @@ def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
         warm = np.zeros(m.ncol)
         warm[z.ravel()] = (np.asarray(start)[:, None] >= np.arange(1, k)[None, :]).ravel()
         warm[t] = _ratio(w, np.asarray(start), base)
-    status, info, values = m.solve(time_limit, problem.seed, warm)
+    status, info, values = m.solve(SECONDS, problem.seed, warm)
     if values is None:
         lower = np.inf if status == highspy.HighsModelStatus.kInfeasible else bound
         return Packing(lower, None, None)

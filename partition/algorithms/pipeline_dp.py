@@ -1,22 +1,17 @@
 """`pipeline_dp`: the best acyclic pipeline under SPEC section 5, by a DP over ideals.
 
-Every acyclic placement into at most k ordered stages is a chain of ideals (down-closed node
-sets) `{} = I_0 <= ... <= I_k = all`, stage p = `I_p minus I_(p-1)` on the p-th device of a
-device order (stages may be empty, so fewer devices may be used). Following Tarnawski et al.
+A placement into at most k ordered stages is a chain of ideals (ideals.py), stage p on the
+p-th device of a device order (empty stages leave devices unused). Following Tarnawski et al.
 (NeurIPS 2020), the program runs over the ideals in order of size and, for every pair
 `I <= J`, prices stage `J minus I` (pipeline_model.py) and keeps for every (position, J) the
-smallest bottleneck `max_p T_p`, ties broken by the smaller step volume V (V is a sum over
-stages of what each stage receives, so it is exact in the DP). Up to `REFINE_LIMIT` ideals
-a second pass finds the smallest V among chains whose stages all fit the optimal bottleneck.
+smallest bottleneck `max_p T_p`, ties broken by the smaller step volume V (a sum over stages
+of what each receives, so exact in the DP). Up to `REFINE_LIMIT` ideals a second pass finds
+the smallest V among chains whose stages all fit the optimal bottleneck.
 
-Exactness. On identical devices with uniform links the stage prices are SPEC's `T_d` except
-that a tensor requiring a gradient and read by several later stages has its gradient
-received once per stage; the DP counts one, a lower bound. The DP's chain is then evaluated
-exactly (partition/stage_time.py); if that equals the DP's bound the chain is optimal,
-otherwise a depth-first search over chains with exact partial stage times (nodes of later
-stages stand on a virtual device linked by the cheapest remaining link) and the DP's bounds
-closes the gap within `SEARCH_EVALUATIONS` (and pipeline_search.SECONDS). The contractions
-of ideals.py keep the optimum.
+Exactness. The stage prices are lower bounds (pipeline_model.py); the DP's chain is evaluated
+exactly (partition/stage_time.py) and is optimal when that equals the bound, else
+pipeline_search.py closes the gap within `SEARCH_EVALUATIONS` evaluations (and its SECONDS).
+The contractions of ideals.py keep the optimum.
 
 Coarsening. When the contracted graph has more than `ideal_budget` ideals, the program runs
 on a family that is not every ideal: the ideals of the layer groups (strongly connected
@@ -25,14 +20,11 @@ else `PREFIX_LIMIT` equal-load ones), so it is never worse than the best split o
 at layer boundaries; beyond `ATOM_LIMIT` atoms, the prefixes of `COARSE_UNITS` equal-load
 chunks of that order. The result then says `optimal: false` and how many units it used.
 
-Heterogeneous devices and links: stage p runs on device `order[p]`; a stage's link costs
-in the DP use its device's cheapest link (a lower bound; the search and the final exact
-evaluation use the true links). Orders tried: all of them for k <= 3, else the given order,
-devices by decreasing speed, and a greedy path from the fastest device along the widest
-links; the best exact result wins. Identical devices with uniform links need one order.
-
-An answer not proven optimal is compared with contiguous's split (exactly evaluated) and
-the better kept, so pipeline_dp is never worse than that baseline.
+Heterogeneous devices and links: the DP prices a stage's transfers with its device's cheapest
+link (a lower bound; the search and the exact evaluation use the true links). Orders tried:
+all of them for k <= 3, else the given order, devices by decreasing speed, and a greedy path
+from the fastest device along the widest links; the best exact result wins. An answer not
+proven optimal is compared with contiguous's split, so it is never worse than that baseline.
 
 Memory caps are hard: stage p's memory is its parameters, gradients and optimizer slots,
 its kept activations times the micro-batches in flight at its position (SPEC section 5, for

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse import csr_matrix
 
+from partition.algorithms.hypergraph import gather
 from partition.algorithms.ideals import Boundary, boundary_of
 from partition.cost import persistent_memory
 from partition.problem import Problem
@@ -93,14 +94,10 @@ class Model:
         tensors = rows.indices[rows.indptr[i]:rows.indptr[i + 1]]
         rset = np.zeros_like(fset)
         if len(tensors):
-            starts, ends = b.ptr[tensors], b.ptr[tensors + 1]
-            lengths = ends - starts
-            index = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-                              lengths) + np.arange(lengths.sum())
+            owner, index = gather(b.ptr, tensors)
             readers = b.readers[index]
             outside = ~self.members[i, readers]
-            owner = np.repeat(np.arange(len(tensors)), lengths)[outside]
-            readers = readers[outside]
+            owner, readers = owner[outside], readers[outside]
             first = np.flatnonzero(np.diff(owner, prepend=-1))
             reached = np.logical_or.reduceat(self.members[lo:, readers], first, axis=1)
             rset = reached.astype(np.float64) @ self.weights[tensors[owner[first]]]

@@ -74,8 +74,6 @@ def windows(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray
     row, pos = gather(hg.node_ptr, nodes)
     lo = np.zeros(m, dtype=np.int64)
     hi = np.full(m, k - 1, dtype=np.int64)
-    if len(pos) == 0:
-        return lo, hi
     e = hg.node_nets[pos]
     is_src = hg.node_is_src[pos]
     ns = np.flatnonzero(~is_src)
