@@ -1,15 +1,13 @@
 """Run the applicable algorithms within a time budget and keep the best feasible placement.
 
-Candidates: ilp (n <= 60), multilevel, Mt-KaHyPar and METIS when installed (not with acyclic=True),
-each peer result also improved by one multilevel V-cycle, mincut, and contiguous and pipeline_dp
-when acyclic; when none fits the load caps, the load packing closest to the best (packing.py)
-improved by a V-cycle. Feasible means within the load and memory caps (memory with receive
-buffers, as in SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the
-lowest objective wins: step volume V, or the time-weighted volume when problem.objective ==
-"time_volume".
+Candidates: ilp (n <= 60), multilevel, Mt-KaHyPar and METIS when installed (not with acyclic=True)
+each also improved by one multilevel V-cycle, mincut, and contiguous and pipeline_dp when
+acyclic; when none fits the load caps, the load packing closest to the best (packing.py) improved
+by a V-cycle. Feasible: within the load and memory caps (with receive buffers, SPEC section 2),
+honouring pins, acyclic when asked; among those the lowest V (or time-weighted volume) wins.
 Under the throughput objective pipeline_dp and contiguous always run, load caps do not count as
-violations (the objective is the balance), and the winner is the acyclic placement with the
-smallest pipeline time per micro-batch (SPEC section 5), then the smallest V.
+violations, and the winner is the acyclic placement with the smallest pipeline time per
+micro-batch (SPEC section 5), then the smallest V.
 """
 from __future__ import annotations
 

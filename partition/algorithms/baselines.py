@@ -1,12 +1,8 @@
-"""Baseline placements to measure the real algorithms against.
-
-- round_robin: node i (topological position) on device i mod k.
-- random: each node on a uniformly random device (seeded).
-- contiguous: equal-load blocks of a topological order, device shares proportional to speed;
-  its quotient is acyclic by construction (apart from pins).
-- layers: equal parameter counts per layer group, contiguous over the groups in order, like
-  DeepSpeed's default pipeline partition method 'parameters'.
-All of them honour pins; none looks at communication, so the rebalancer fixes any overload.
+"""Baseline placements to measure the real algorithms against: round_robin, random, contiguous
+(equal-load blocks of a topological order, acyclic by construction apart from pins) and layers
+(equal parameter counts per layer group, like DeepSpeed's default pipeline partition method
+'parameters'). All of them honour pins; none looks at communication, so the rebalancer fixes
+any overload.
 """
 from __future__ import annotations
 

@@ -1,15 +1,12 @@
 """Coarsening by heavy-edge matching on producer -> consumer pairs, weighted by tensor bytes.
 
 A pair (u, v) is rated sum over shared nets of w_e / (|e| - 1) (the bytes saved if the net's pins
-end up together), divided by a mild penalty on heavy nodes so that clusters stay even. Matching is
-by handshakes: every node proposes to its best-rated free neighbour, mutual proposals are matched,
-repeated a few rounds. Pairs never join nodes fixed to different parts, nor exceed the weight caps.
-
-Acyclic mode keeps every coarse graph a DAG, provably: each cluster gets a representative
-position (its producer's or its consumer's topological index), and a pair whose contraction would
-give some coarse edge that runs backwards in representative order is unmatched again, repeated
-until none does. All coarse edges then run forwards in that order, which is therefore a
-topological order of the coarse graph (and the coarse node ids follow it).
+end up together), over a mild penalty on heavy nodes so that clusters stay even. Pairs never join
+nodes fixed to different parts, nor exceed the weight caps. Acyclic mode keeps every coarse graph
+a DAG, provably: each cluster gets a representative position (its producer's or its consumer's
+topological index), and pairs whose contraction would give a coarse edge running backwards in
+that order are unmatched again until none does; that order is then topological for the coarse
+graph (and the coarse node ids follow it).
 """
 from __future__ import annotations
 
@@ -175,11 +172,10 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
                     rounds: int = 3) -> np.ndarray:
     """leader[x]: the node whose cluster x joined (itself if none).
 
-    Each round, every node still alone rates the clusters of its neighbours (summed ratings) and
-    proposes to the best one that stays within the weight, memory and pin limits. Mutual proposals
-    merge (the larger id joins the smaller); then nodes that nobody proposed to join their target
-    cluster, best-rated first, while it has room. A cluster can absorb many nodes per round (all
-    consumers of a shared weight, say), which pairwise matching cannot.
+    Each round, every node still alone proposes to the best-rated neighbouring cluster within
+    the weight, memory and pin limits; mutual proposals merge (the larger id joins the smaller),
+    then unproposed-to nodes join their target, best-rated first, while it has room. A cluster
+    can absorb many nodes per round (all consumers of a shared weight), unlike pairwise matching.
     """
     n = hg.n
     clusters = _Clusters(hg, max_weight, max_mem)

@@ -1,16 +1,13 @@
-"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut
-bisection.
+"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut.
 
 Nets become Lawler gadgets (pins -> in -INF-> ... in -w-> out -> pins), nets with two endpoints
 plain arcs both ways, so a minimum cut is a minimum weight of cut nets. Nodes are labelled: region
-(free), source side, sink side (each contracted into s or t), or ignored (their pins are dropped:
-for two blocks a, b of a k-way partition, a net's km1 contribution changes exactly by the change of
-its two-block cut). With acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the
-source side of any finite cut is closed under predecessors: no tensor flows from the sink side
-back. Capacities are scaled to int32; callers re-evaluate the true objective before keeping a cut.
-With a link-time objective a net's capacity is its mean cost on the a-b link: exact for the
-transfers between a and b, an approximation for those to third parts (which the exact check before
-keeping a cut accounts for).
+(free), source side, sink side (contracted into s or t), or ignored (pins dropped: for two blocks
+of a k-way partition a net's km1 contribution changes exactly by its two-block cut). With
+acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the source side of any finite
+cut is closed under predecessors. Capacities are scaled to int32; with a link-time objective a
+net's capacity is its mean cost on the a-b link (inexact for transfers to third parts), so
+callers re-evaluate the true objective before keeping a cut.
 """
 from __future__ import annotations
 
@@ -50,13 +47,11 @@ def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
 
     Returns (min_side, max_side, flow_value_scaled) or None when no net touches the region.
     """
-    w_all = hg.net_weight if net_weight is None else net_weight
     region = np.flatnonzero(label == REGION)
     if len(region) == 0:
         return None
     rn = _region_nets(hg, label, region)
-    useful, deg, cap = _capacities(rn, w_all)
-    arcs = _arcs(rn, useful, deg, cap, acyclic)
+    arcs = _arcs(rn, hg.net_weight if net_weight is None else net_weight, acyclic)
     if arcs is None:
         return None
     return _cut_sides(hg, label, rn, *arcs)
@@ -71,17 +66,15 @@ def _region_nets(hg: Hypergraph, label: np.ndarray, region: np.ndarray) -> _Regi
     pins = hg.net_pins[ppos]
     lab = label[pins]
     r = len(region)
-    s_id, t_id = r, r + 1
     local = np.full(hg.n, -1, dtype=np.int64)
     local[region] = np.arange(r)
-    end = np.select([lab == REGION, lab == SOURCE, lab == SINK], [local[pins], s_id, t_id], -1)
+    end = np.select([lab == REGION, lab == SOURCE, lab == SINK], [local[pins], r, r + 1], -1)
     keep = end >= 0
     is_src_pin = np.zeros(len(pins), dtype=bool)
     is_src_pin[np.searchsorted(rows, np.arange(len(nets)))] = True  # first pin of each net
     src_end = np.full(len(nets), -1, dtype=np.int64)
     src_end[rows[is_src_pin]] = np.where(keep[is_src_pin], end[is_src_pin], -1)
-    rows_k, end_k = rows[keep], end[keep]
-    key = np.unique(rows_k * (r + 2) + end_k)
+    key = np.unique(rows[keep] * (r + 2) + end[keep])
     return _RegionNets(region, nets, key // (r + 2), key % (r + 2), src_end)
 
 
@@ -100,11 +93,11 @@ def _capacities(rn: _RegionNets, w_all: np.ndarray):
     return useful, deg, cap
 
 
-def _arcs(rn: _RegionNets, useful: np.ndarray, deg: np.ndarray, cap: np.ndarray,
-          acyclic: bool):
+def _arcs(rn: _RegionNets, w_all: np.ndarray, acyclic: bool):
     """(u, v, capacity, node count) of the flow graph's arcs, or None when it has none: plain
     arcs both ways for two-endpoint nets, Lawler gadgets for bigger ones, and with `acyclic`
     an INF arc back from every consumer to its producer."""
+    useful, deg, cap = _capacities(rn, w_all)
     r, rows_k, end_k = rn.r, rn.rows, rn.ends
     arcs_u, arcs_v, arcs_c = [], [], []
     sel = (useful & (deg == 2))[rows_k]
@@ -113,16 +106,14 @@ def _arcs(rn: _RegionNets, useful: np.ndarray, deg: np.ndarray, cap: np.ndarray,
     arcs_u += [pair[:, 0], pair[:, 1]]
     arcs_v += [pair[:, 1], pair[:, 0]]
     arcs_c += [c2, c2]
-    big = np.flatnonzero(useful & (deg > 2))
-    if len(big):
-        aux = np.full(len(rn.nets), -1, dtype=np.int64)
-        aux[big] = r + 2 + 2 * np.arange(len(big))
-        sel = (useful & (deg > 2))[rows_k]
-        e_in = aux[rows_k[sel]]
-        p = end_k[sel]
-        arcs_u += [p, e_in + 1, aux[big]]
-        arcs_v += [e_in, p, aux[big] + 1]
-        arcs_c += [np.full(len(p), _INF), np.full(len(p), _INF), cap[big]]
+    gadget = useful & (deg > 2)
+    big = np.flatnonzero(gadget)
+    aux = np.full(len(rn.nets), -1, dtype=np.int64)
+    aux[big] = r + 2 + 2 * np.arange(len(big))
+    e_in, p = aux[rows_k[gadget[rows_k]]], end_k[gadget[rows_k]]
+    arcs_u += [p, e_in + 1, aux[big]]
+    arcs_v += [e_in, p, aux[big] + 1]
+    arcs_c += [np.full(len(p), _INF), np.full(len(p), _INF), cap[big]]
     if acyclic:
         se = rn.src_end[rows_k]
         sel = (se >= 0) & (se != end_k)
@@ -153,12 +144,9 @@ def _cut_sides(hg: Hypergraph, label: np.ndarray, rn: _RegionNets, u: np.ndarray
     reach_t = breadth_first_order(residual.T.tocsr(), t_id, directed=True,
                                   return_predecessors=False)
     min_side = np.zeros(hg.n, dtype=bool)
-    rs = reach_s[reach_s < r]
-    min_side[region[rs]] = True
-    max_side = np.ones(hg.n, dtype=bool)
-    rt = reach_t[reach_t < r]
-    max_side[region[rt]] = False
-    max_side[label != REGION] = False
+    min_side[region[reach_s[reach_s < r]]] = True
+    max_side = label == REGION
+    max_side[region[reach_t[reach_t < r]]] = False
     return min_side, max_side, res.flow_value
 
 

@@ -1,13 +1,11 @@
 """Boundary k-way Fiduccia-Mattheyses refinement with rollback to the best prefix.
 
-Moves one node at a time (each node once per pass), taking the best admissible move from a lazy
-max-gain heap even when it loses, and finally keeps the prefix of moves with the best total gain.
-For the volume objective the gains are kept in a cache (benefit[v], penalty[v][b]) updated by
-deltas when a net's pin count on a part crosses 0/1/2, as in KaHyPar; for a link-time objective
-(LinkCost) the cached gains of the pins of the moved node's nets are recomputed exactly in one
-vectorised call (pins of nets above 64 pins are dropped from the cache and recomputed when next
-needed). Python loops touch only the nodes near the moves, so a pass costs O(moves x local degree),
-not O(n).
+Moves one node at a time (each once per pass), the best admissible move from a lazy max-gain
+heap even when it loses, then keeps the prefix of moves with the best total gain. Volume gains
+are cached (benefit[v], penalty[v][b]) and updated by deltas when a net's pin count on a part
+crosses 0/1/2, as in KaHyPar; link-time gains of the pins of the moved node's nets are
+recomputed in one vectorised call (pins of nets above 64 pins are dropped from the cache). A
+pass costs O(moves x local degree), not O(n).
 """
 from __future__ import annotations
 

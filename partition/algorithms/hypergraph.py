@@ -1,11 +1,9 @@
-"""Array core shared by the partitioners: a source-rooted hypergraph, its objective and
-contraction.
+"""Array core shared by the partitioners: a source-rooted hypergraph, its objective, contraction.
 
 Each net is one tensor: its first pin is the producer (the *source*), the other pins are its
 distinct consumers. With weight bytes * (1 + requires_grad) (x micro-batches when batch-dependent)
-the connectivity-minus-one of a placement is SPEC's step volume V. A `LinkCost` generalises the
-per-net cost to link times: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a,
-d].
+the connectivity-minus-one of a placement is SPEC's step volume V. A `LinkCost` prices link times
+instead: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a, d].
 """
 from __future__ import annotations
 

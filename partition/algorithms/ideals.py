@@ -1,19 +1,15 @@
 """Atoms, ideals and the boundary tensors `pipeline_dp` works on.
 
 An *atom* is a set of nodes that always share a device; an *ideal* is a down-closed set of
-atoms (every producer of a member is a member), held as one row of a bool matrix. A chain of
-ideals `{} = I_0 <= I_1 <= ... <= I_k = all` is an acyclic placement (stage p = I_p minus
-I_{p-1}), and every acyclic placement into ordered stages is such a chain.
+atoms (every producer of a member is a member), held as one row of a bool matrix. The acyclic
+placements into ordered stages are exactly the chains of ideals `{} = I_0 <= ... <= I_k = all`
+(stage p = I_p minus I_{p-1}).
 
-Contractions (`atoms_of`), both keep the optimum of SPEC section 5's `max_d T_d` and the
-step volume V: moving a zero-cost node next to its only neighbour adds no compute anywhere
-and only removes transfers (so no `T_d` and no V grows) and only removes quotient edges (so
-an acyclic placement stays acyclic):
-  - a source (input, param, const) of zero cost with exactly one consumer joins that
-    consumer; its only transfer was to that consumer;
-  - a node of zero cost with no consumer and exactly one input joins that input.
-Under binding memory caps they restrict the search (a parameter lives where it is used).
-Nodes pinned to different devices are never joined.
+Contractions (`atoms_of`) move a zero-cost node next to its only neighbour: a source (input,
+param, const) with one consumer joins it, a node with no consumer and one input joins that
+input. Both add no compute and only remove transfers and quotient edges, so they keep the
+optimum of SPEC section 5's `max_d T_d` and of V (under binding memory caps they restrict the
+search: a parameter lives where it is used). Nodes pinned to different devices are never joined.
 """
 from __future__ import annotations
 

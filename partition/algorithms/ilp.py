@@ -1,15 +1,11 @@
 """Exact partitioning of small graphs (up to ~60 nodes) as a mixed-integer program solved by HiGHS.
 
 Variables: x[v, d] binary (v on device d); y[e, d] in [0, 1] with y[e, d] >= x[p, d] for every pin
-p of net e, so at the optimum y[e, d] = 1 exactly when some pin of tensor e is on d and
-V = sum_e w_e (sum_d y[e, d] - 1) is SPEC's step volume. For the time objective t[e, a, d] >=
-x[src, a] + y[e, d] - 1 prices each transfer a -> d on its link. Constraints: one device per node,
-load caps, memory caps (persistent bytes plus one receive buffer per tensor arriving: bytes_e *
-(y[e, d] - x[src, d])), pins as bounds. Acyclicity: with interchangeable devices, devices are
-pipeline stages in index order (sum_d d x[v, d] is non-decreasing along every edge; any acyclic
-placement can be relabelled so); otherwise stage positions pi[d] and quotient arcs z[a, b] with
-pi[b] >= pi[a] + 1 - k (1 - z[a, b]). Symmetry breaking for interchangeable devices without
-acyclicity: the i-th node may only use devices 0..i. A multilevel solution seeds the search.
+p of net e, so at the optimum V = sum_e w_e (sum_d y[e, d] - 1) is SPEC's step volume; for the
+time objective t[e, a, d] >= x[src, a] + y[e, d] - 1 prices each transfer on its link. Load and
+memory caps (with receive buffers), pins as bounds, and acyclicity (`_acyclic_rows`) are rows or
+bounds. Symmetry breaking for interchangeable devices without acyclicity: the i-th node may
+only use devices 0..i. A multilevel solution seeds the search.
 """
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders, graph
-growing.
-
-Chunks of a topological order are stage-monotone (every edge runs to the same or a later part), so
-they are the starting points in acyclic mode; graph growing and random starts add diversity
-otherwise.
+"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders (stage-
+monotone, so the starts in acyclic mode) and, for diversity otherwise, graph growing.
 """
 from __future__ import annotations
 
@@ -99,12 +95,9 @@ def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) 
 
 
 def make_monotone(hg: Hypergraph, part: np.ndarray) -> np.ndarray:
-    """Stage-monotone version of `part` (every edge to the same or a later part), fixed nodes kept.
-
-    A reverse pass lowers each free node to its consumers' minimum, a forward pass raises it to its
-    producers' maximum; the result is monotone whenever the fixed nodes allow it (no fixed node has
-    a fixed ancestor on a later part).
-    """
+    """Stage-monotone version of `part` (every edge to the same or a later part), fixed nodes kept:
+    a reverse pass lowers each free node to its consumers' minimum, a forward pass raises it to its
+    producers' maximum (monotone unless a fixed node has a fixed ancestor on a later part)."""
     s, t = hg.edges()
     n = hg.n
     key = np.unique(s.astype(np.int64) * n + t)

@@ -1,13 +1,10 @@
 """Recursive bisection by s-t minimum cuts on the tensor-bytes hypergraph.
 
-Each bisection of a node set (topologically ordered) into the devices' left and right halves
-seeds the source with a prefix of the order and the sink with a suffix, then takes a minimum cut
-(flows.min_cut, exact for the cut weight of tensors whose users straddle the halves). Seeds
-covering all but a window of +-delta around the target share make every cut balanced; the sweep
-widens delta (more freedom, checked afterwards) and keeps the lightest balanced cut. With
-acyclic=True every DAG edge gets an infinite reverse arc, so each source side is closed under
-predecessors and the devices, in left-to-right order, form a pipeline (acyclic quotient).
-Graphs above `coarsen_above` nodes are first coarsened (acyclicity-preserving when asked).
+Each bisection of a node set (topologically ordered) seeds the source with a prefix of the order
+and the sink with a suffix, leaving a window of +-delta around the target share, so every cut is
+balanced, then takes a minimum cut (flows.min_cut); the sweep widens delta and keeps the lightest
+balanced cut. With acyclic=True each source side is closed under predecessors, so the devices in
+left-to-right order form a pipeline. Graphs above `coarsen_above` nodes are coarsened first.
 """
 from __future__ import annotations
 

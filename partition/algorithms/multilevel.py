@@ -1,19 +1,16 @@
 """Multilevel k-way partitioning on the true step-volume objective (or link-time objective).
 
-Coarsen by heavy-edge ratings on tensor bytes: clusters grow around heavy tensors (all consumers
-of a shared weight at once), or, with acyclic=True, pairwise matching that provably keeps every
-coarse graph a DAG (see coarsen.py). Partition the coarsest level from several starts (chunks of
-topological orders, graph growing), then project level by level, refining each with batched
-label propagation (net-disjoint movers, refine.py), boundary FM with rollback (fm.py, on levels
-up to FM_MAX_NODES nodes) and pairwise max-flow refinement (flows.py). Gains are exact for
-connectivity-minus-one weighted by bytes * (1 + requires_grad) (x micro-batches for
-batch-dependent tensors), i.e. SPEC's V, and with a LinkCost exact for the time-weighted volume
-(flow capacities approximate it there; cuts are kept only if the exact objective drops).
-The result is the best of: the plain multilevel run, V-cycles started from balanced chunks of
-two topological orders and of a rotated one (the last half run sharing a part with the first,
-as tied input/output embeddings want), and on small graphs a run under caps loosened by 10%
-brought back by rebalancing and a V-cycle. Deterministic per seed (unless a deadline cuts the
-list of runs short). With acyclic=True parts are pipeline stages in index order.
+Coarsen by heavy-edge ratings on tensor bytes (coarsen.py; DAG-preserving with acyclic=True),
+partition the coarsest level from several starts (chunks of topological orders, graph growing),
+then project level by level, refining each with batched label propagation (refine.py), boundary
+FM with rollback (fm.py, on levels up to FM_MAX_NODES nodes) and pairwise max-flow refinement
+(flows.py). Gains are exact for SPEC's V and for the time-weighted volume (flow capacities
+approximate it; cuts are kept only if the exact objective drops). The result is the best of:
+the plain multilevel run, V-cycles started from balanced chunks of two topological orders and
+of a rotated one (the last half run sharing a part with the first, as tied input/output
+embeddings want), and on small graphs a run under caps loosened by 10% brought back by
+rebalancing and a V-cycle. Deterministic per seed (unless a deadline cuts the list of runs
+short). With acyclic=True parts are pipeline stages in index order.
 """
 from __future__ import annotations
 
@@ -97,10 +94,8 @@ def multilevel_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool = False, s
     """Best of a multilevel run, V-cycles started from chunks of the node (topological) order and,
     on graphs up to RELAX_MAX_NODES nodes, runs under caps relaxed by the factors in RELAX
     brought back under the true caps by rebalancing and a V-cycle (tight caps trap local search).
-
-    With acyclic=True every start is stage-monotone and stays so, so every edge of the result
-    runs from a part to the same or a higher part and the quotient graph is acyclic. Node ids
-    must be a topological order then.
+    With acyclic=True every start is stage-monotone and stays so (node ids must then be a
+    topological order), so the quotient graph of the result is acyclic.
     """
     rng = np.random.default_rng(seed)
     share = caps.load.astype(np.float64)

@@ -1,12 +1,11 @@
 """Peer partitioners for comparison: METIS (pymetis, edge-cut objective) and Mt-KaHyPar (km1).
 
-Both get the same balance caps as ours (as per-block weights / imbalance), integer weights scaled
-from FLOPs and bytes, and are evaluated with our metrics by the caller. METIS partitions the
-undirected graph with edge weight = the producer's tensor weight bytes * (1 + requires_grad)
-(x micro-batches when batch-dependent); it has no fixed vertices, so parts are relabelled to agree
-with the pins as much as possible and pinned nodes are then moved. Mt-KaHyPar partitions the
-hypergraph (one net per tensor, same weights) on the connectivity objective, with pins as fixed
-vertices. Missing packages raise PlacementError naming the extra: `pip install modelcut[peers]`.
+Both get our balance caps (as per-block weights / imbalance) and integer weights scaled from FLOPs
+and bytes; the caller evaluates them with our metrics. METIS partitions the undirected graph with
+edge weight = the producer's tensor weight; it has no fixed vertices, so parts are relabelled to
+agree with the pins and pinned nodes are then moved. Mt-KaHyPar partitions the hypergraph (one
+net per tensor) with pins as fixed vertices. Missing packages raise PlacementError naming the
+extra: `pip install modelcut[peers]`.
 """
 from __future__ import annotations
 

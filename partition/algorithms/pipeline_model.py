@@ -1,18 +1,15 @@
 """Per-ideal tables for `pipeline_dp`: the cost of running `J minus I` as one stage.
 
-For a family of ideals (rows of a bool matrix over units) this precomputes per ideal the
-compute, load, memory and pin sums, and the boundary tensors each ideal leaves *open* (made
-inside, read outside). Then for one ideal I, `terms(i)` gives, for every ideal J at once:
-
+For a family of ideals this precomputes per ideal the compute, load, memory and pin sums, and
+the boundary tensors each ideal leaves *open* (made inside, read outside). For one ideal I,
+`terms(i)` gives for every ideal J at once, as weighted sums (count, bytes; count and bytes of
+those requiring a gradient; raw bytes; V):
   fset: tensors made in J minus I and read after J (the stage's forward sends; with a
         gradient, its backward receives);
-  rset: tensors made in I and read in J minus I (its forward receives; with a gradient, its
-        backward sends), plus their receive-buffer bytes and their share of the volume V,
-
-each as weighted sums (count, bytes; count and bytes of those requiring a gradient; raw bytes;
-V). A stage's lower-bound time on device d prices a transfer with d's cheapest link; it is
-SPEC section 5's exact `T_d` on uniform links, except that a tensor read by several later
-stages has its gradient received once per stage (the bound counts one).
+  rset: tensors made in I and read in J minus I (its forward receives and backward sends).
+A stage's time on device d prices a transfer with d's cheapest link: SPEC section 5's `T_d` on
+uniform links, except that a tensor read by several later stages has its gradient received
+once per stage (the bound counts one).
 """
 from __future__ import annotations
 

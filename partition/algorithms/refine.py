@@ -3,9 +3,8 @@
 Gains are computed on the objective of `hypergraph.py` (volume V, or a LinkCost of link times) from
 the per-net pin counts cnt[e, d]. Label propagation moves, per round, a set of positive-gain nodes
 no two of which share a net, so the realised improvement equals the sum of the computed gains
-exactly. FM then climbs out of local minima on the boundary with single moves and rolls back to its
-best prefix. With acyclic=True every edge must run from a lower to a higher-or-equal part (parts
-are pipeline stages in order), so a node may only move within [max part of its producers, min part
+exactly. With acyclic=True every edge must run from a lower to a higher-or-equal part (parts are
+pipeline stages in order), so a node may only move within [max part of its producers, min part
 of its consumers].
 """
 from __future__ import annotations
@@ -201,12 +200,11 @@ def _neighbours(hg: Hypergraph, nodes: np.ndarray) -> np.ndarray:
 def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool) -> np.ndarray:
     """Move nodes out of over-full parts, cheapest objective increase per unit of weight first.
 
-    When no single move fits (a heavy node and no part with room for it), first clear room for it
-    on another part by moving light nodes away, or swap it with a lighter node (up to MAKE_ROOM
-    times). In acyclic mode, weightless nodes may pin their neighbours' stage windows: the repair
-    is retried after sliding them to the earliest, or the latest, stage they allow. The last resort
-    cuts the nodes, ordered by (part, id), into runs proportional to the caps: stage-monotone, and
-    within the caps whenever no node outweighs a part's slack.
+    When no single move fits, first clear room for a heavy node on another part, or swap it with
+    a lighter node (up to MAKE_ROOM times). In acyclic mode the repair is retried after sliding
+    weightless nodes (which may pin their neighbours' stage windows) to the earliest, or latest,
+    stage they allow. Last resort: the nodes ordered by (part, id) cut into runs proportional to
+    the caps (stage-monotone, and within the caps unless a node outweighs a part's slack).
     """
     starts = [part]
     if acyclic:
