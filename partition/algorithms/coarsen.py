@@ -107,14 +107,12 @@ class _Clusters:
     (-1 when unpinned), within the weight and memory limits."""
 
     def __init__(self, hg: Hypergraph, max_weight: float, max_mem: float):
-        n = hg.n
-        self.n, self.max_weight, self.max_mem = n, max_weight, max_mem
+        self.n, self.max_weight, self.max_mem = hg.n, max_weight, max_mem
         self.weight, self.mem, self.fixed = hg.node_weight, hg.node_mem, hg.fixed.astype(np.int64)
-        self.leader = np.arange(n)
-        self.cw = self.weight.astype(np.float64).copy()
-        self.cm = self.mem.astype(np.float64).copy()
+        self.leader = np.arange(hg.n)
+        self.cw, self.cm = self.weight.astype(np.float64), self.mem.astype(np.float64)
         self.cf = self.fixed.copy()
-        self.grown = np.zeros(n, dtype=bool)
+        self.grown = np.zeros(hg.n, dtype=bool)
 
     def fits(self, a: np.ndarray, lead: np.ndarray) -> np.ndarray:
         """Whether node a may join cluster lead (weight, memory, pins)."""

@@ -39,9 +39,6 @@ class LinkCost:
         """cost_e(s_e -> d) for every d: float64[len(nets), k]."""
         return np.einsum("ij,jik->ik", self.coef[nets], self.mats[:, src_parts, :])
 
-    def select(self, nets: np.ndarray) -> "LinkCost":
-        return LinkCost(self.mats, self.coef[nets])
-
 
 def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.ndarray,
               bandwidth: np.ndarray, latency: np.ndarray) -> LinkCost:
@@ -169,16 +166,15 @@ def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
         times = multiplicity(arrays, problem.micro_batches)[src]
         cost = time_cost(arrays.bytes[src] * times, arrays.requires_grad[src].astype(np.float64),
                          times, problem.cluster.bandwidth, problem.cluster.latency)
-    hg = Hypergraph(
+    caps = Caps(np.asarray(problem.load_caps, dtype=np.float64),
+                np.asarray(problem.memory_caps, dtype=np.float64))
+    return Hypergraph(
         n=problem.n, net_ptr=np.asarray(net_ptr, dtype=np.int64),
         net_pins=np.asarray(net_pins, dtype=np.int32),
         net_weight=np.asarray(net_weight, dtype=np.float64),
         node_weight=np.asarray(node_weight, dtype=np.float64),
         node_mem=persistent_memory(arrays, problem.optimizer_slots).astype(np.float64),
-        fixed=np.asarray(problem.pinned, dtype=np.int32), cost=cost)
-    caps = Caps(np.asarray(problem.load_caps, dtype=np.float64),
-                np.asarray(problem.memory_caps, dtype=np.float64))
-    return hg, caps
+        fixed=np.asarray(problem.pinned, dtype=np.int32), cost=cost), caps
 
 
 def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,21 +192,14 @@ def pin_counts(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(flat, minlength=hg.num_nets * k).astype(np.int32).reshape(hg.num_nets, k)
 
 
-def net_costs(hg: Hypergraph, part: np.ndarray, k: int,
-              cnt: np.ndarray | None = None) -> np.ndarray:
-    """Cost of every net under `part`: weight * (connectivity - 1), or its link cost."""
-    if cnt is None:
-        cnt = pin_counts(hg, part, k)
-    present = cnt > 0
+def objective(hg: Hypergraph, part: np.ndarray, k: int) -> float:
+    """Total objective of `part`: the sum over nets of weight * (connectivity - 1), SPEC's V for
+    the volume weights, or of their link costs (seconds) for a LinkCost."""
+    present = pin_counts(hg, part, k) > 0
     if hg.cost is None:
-        return hg.net_weight * (present.sum(axis=1) - 1)
+        return float((hg.net_weight * (present.sum(axis=1) - 1)).sum())
     rows = hg.cost.rows(np.arange(hg.num_nets), part[hg.net_src])
-    return (rows * present).sum(axis=1)
-
-
-def objective(hg: Hypergraph, part: np.ndarray, k: int, cnt: np.ndarray | None = None) -> float:
-    """Total objective of `part` (SPEC's V for the volume weights, seconds for a LinkCost)."""
-    return float(net_costs(hg, part, k, cnt).sum())
+    return float((rows * present).sum(axis=1).sum())
 
 
 def loads(hg: Hypergraph, part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -68,8 +68,7 @@ def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) 
         seed = int(rng.choice(candidates))
         conn: dict[int, float] = {seed: 0.0}
         heap = [(0.0, 0, seed)]
-        got = 0.0
-        count = 1
+        got, count = 0.0, 1
         while heap and got < goal:
             negc, _, v = heapq.heappop(heap)
             if not free[v] or -negc < conn.get(v, 0.0) - 1e-300:

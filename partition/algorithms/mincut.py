@@ -85,8 +85,7 @@ def mincut_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool) -> np.ndarray
         mid = (lo + hi) // 2
         whole = float(caps.load[lo:hi].sum())
         share = float(caps.load[lo:mid].sum()) / whole if whole > 0 else (mid - lo) / (hi - lo)
-        fixed = hg.fixed
-        side_of_pin = np.where(fixed < 0, -1, np.where(fixed < mid, 0, 1))
+        side_of_pin = np.where(hg.fixed < 0, -1, np.where(hg.fixed < mid, 0, 1))
         left = bisect(hg, order, members, share, eps, side_of_pin, acyclic=acyclic)
         stack.append((members & ~left, mid, hi))
         stack.append((left, lo, mid))

@@ -23,8 +23,6 @@ from partition.algorithms.ideals import Boundary, boundary_of
 from partition.cost import persistent_memory
 from partition.problem import Problem
 
-COLUMNS = 6      # count, bytes, count rg, bytes rg, raw bytes, volume
-
 
 @dataclass(frozen=True, eq=False)
 class Model:
@@ -37,9 +35,9 @@ class Model:
     activations: np.ndarray    # float[N] kept activations of one micro-batch
     pinned: np.ndarray         # int[N, k + 1]: nodes pinned to device d; last: any device
     boundary: Boundary
-    weights: np.ndarray        # float[B, COLUMNS]
+    weights: np.ndarray        # float[B, 6]: count, bytes, count rg, bytes rg, raw bytes, V
     open_rows: csr_matrix      # N x B, open tensors of each ideal
-    open_total: np.ndarray     # float[N, COLUMNS]
+    open_total: np.ndarray     # float[N, 6]
 
     @property
     def size(self) -> int:
@@ -78,7 +76,7 @@ class Model:
 
     def terms(self, i: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         """(lo, supersets, fset, rset) for stages `J minus I_i` over the ideals J = lo.. (the
-        larger ideals, lo = i + 1): bool[N - lo] and float[N - lo, COLUMNS] twice."""
+        larger ideals, lo = i + 1): bool[N - lo] and float[N - lo, 6] twice."""
         lo = i + 1
         b = self.boundary
         rows = self.open_rows

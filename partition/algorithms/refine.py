@@ -282,7 +282,6 @@ def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
                 acyclic: bool) -> np.ndarray | None:
     """Move one node u out of the most over-full part p to a part t, after shedding load from t
     until u fits there; None when no part can be cleared."""
-    k = caps.k
     p = int(np.argmax((load - caps.load) / np.maximum(caps.load, 1e-30)))
     excess = load[p] - caps.load[p]
     cand = np.flatnonzero((part == p) & (hg.fixed < 0) & (hg.node_weight > 0))
@@ -298,7 +297,7 @@ def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
         tight = Caps(caps.load.copy(), caps.memory)
         tight.load[t] = caps.load[t] - wu
         trial = _shed(hg, part, tight, acyclic)
-        if loads(hg, trial, k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
+        if loads(hg, trial, caps.k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
             trial[u] = t
             if not acyclic or _forward_at(hg, trial, np.array([u])):
                 return trial
@@ -310,12 +309,11 @@ def _swap(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
     """Exchange a node u of the most over-full part p with a lighter node v of another part t so
     that both end within their load caps (and memory caps, and the stage order when acyclic);
     None when no such pair exists."""
-    k = caps.k
     p = int(np.argmax((load - caps.load) / np.maximum(caps.load, 1e-30)))
     need = load[p] - caps.load[p] * (1 + 1e-12) - 1e-9
     free = hg.fixed < 0
     us = np.flatnonzero((part == p) & free & (hg.node_weight > 0))
-    _, mem = loads(hg, part, k)
+    _, mem = loads(hg, part, caps.k)
     for t in np.argsort(load - caps.load):
         if t == p:
             continue
