@@ -196,11 +196,9 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
 
 def coarsen_once(hg: Hypergraph, rng: np.random.Generator, *, max_weight: float, max_mem: float,
                  acyclic: bool, part: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """One level: cluster id per node (ordered by representative position) and the cluster count.
-
-    Acyclic mode uses pairwise matching with the representative check; otherwise clusters grow by
-    cluster_joining and are numbered by their smallest member.
-    """
+    """One level: cluster id per node (ordered by representative position) and the cluster count;
+    pairwise matching with the representative check when acyclic, else cluster_joining with
+    clusters numbered by their smallest member."""
     u, v, rate = _pairs(hg, max_weight, max_mem, part)
     if acyclic:
         mate = handshake_matching(hg.n, u, v, rate, rng)

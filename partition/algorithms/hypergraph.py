@@ -43,11 +43,8 @@ class LinkCost:
 def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.ndarray,
               bandwidth: np.ndarray, latency: np.ndarray) -> LinkCost:
     """Link cost of SPEC's time-weighted volume: each transfer costs latency + bytes / bandwidth.
-
-    `net_bytes` is the tensor's bytes times its repetitions (micro-batches), `net_times` the
-    number of repetitions, `net_backward` 1 when a gradient travels back d -> a (requires_grad),
-    else 0.
-    """
+    `net_bytes`: the tensor's bytes times its repetitions (micro-batches), `net_times`: the
+    repetitions, `net_backward`: 1 when a gradient travels back d -> a (requires_grad), else 0."""
     k = bandwidth.shape[0]
     off = 1.0 - np.eye(k)
     inv_bw = np.divide(1.0, bandwidth, out=np.zeros((k, k)), where=bandwidth > 0) * off
@@ -60,11 +57,9 @@ def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.nda
 
 @dataclass(frozen=True, eq=False)
 class Hypergraph:
-    """Nets in CSR (first pin of each net = its source), node loads and memory, fixed parts.
-
-    Node ids are in a topological order of the DAG whose edges run from each net's source to
-    its other pins. Derived incidence arrays (node -> nets) are built on construction.
-    """
+    """Nets in CSR (first pin of each net = its source), node loads and memory, fixed parts; node
+    ids in a topological order of the DAG of edges source -> other pins. The incidence arrays
+    (node -> nets) are derived on construction."""
 
     n: int
     net_ptr: np.ndarray      # int64[E + 1]
@@ -123,11 +118,8 @@ class Hypergraph:
 def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray,
              node_weight: np.ndarray, node_mem: np.ndarray | None = None,
              fixed: np.ndarray | None = None) -> Hypergraph:
-    """Hypergraph of a DAG given by edges src -> dst (ids topologically ordered, src < dst).
-
-    One net per node with consumers: the node, then its distinct consumers; weight
-    tensor_weight[node].
-    """
+    """Hypergraph of a DAG given by edges src -> dst (ids topologically ordered, src < dst): one
+    net per node with consumers (the node, then its distinct consumers), weight tensor_weight."""
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     key = np.unique(src * n + dst)
@@ -149,12 +141,10 @@ def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray
 
 
 def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
-    """The hypergraph and caps of a partition Problem (net weights per partition.problem.hypergraph;
-    a LinkCost of SPEC's time-weighted volume when problem.objective == "time_volume").
-
-    Memory per node is what stays on its device (parameters with gradient and optimizer slots,
-    kept activations); receive buffers depend on the placement and are checked by the caller.
-    """
+    """The hypergraph and caps of a Problem (net weights per partition.problem.hypergraph; a
+    LinkCost of SPEC's time-weighted volume when problem.objective == "time_volume"). Node memory
+    is what stays on its device (parameters with gradient and optimizer slots, kept activations);
+    receive buffers depend on the placement and are checked by the caller."""
     from partition.cost import multiplicity, persistent_memory
     from partition.problem import hypergraph
 
@@ -217,12 +207,9 @@ def overload(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
 
 
 def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
-    """Coarse hypergraph after merging each node u into cluster cid[u].
-
-    Cluster ids should follow a topological order where one exists. Pins are mapped and
-    de-duplicated (the source's cluster stays first), nets left with one pin are dropped,
-    parallel nets (same pins, same source) are merged with their weights added.
-    """
+    """Coarse hypergraph after merging each node u into cluster cid[u] (ids topologically ordered
+    where possible): pins mapped and de-duplicated (the source's cluster first), nets left with
+    one pin dropped, parallel nets (same pins and source) merged with their weights added."""
     cid = np.asarray(cid, dtype=np.int64)
     cp = cid[hg.net_pins]
     is_src = hg._is_src_pin()

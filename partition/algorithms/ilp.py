@@ -44,15 +44,10 @@ class MipModel:
     """Columns and rows of a sparse MIP built incrementally."""
 
     def __init__(self):
-        self.lower: list[np.ndarray] = []
-        self.upper: list[np.ndarray] = []
-        self.cost: list[np.ndarray] = []
-        self.integer: list[np.ndarray] = []
-        self.ncol = 0
-        self.rows, self.cols, self.vals = [], [], []
-        self.row_lo: list[np.ndarray] = []
-        self.row_hi: list[np.ndarray] = []
-        self.nrow = 0
+        # per block of columns / rows added: their bounds, costs, integrality and entries
+        self.lower, self.upper, self.cost, self.integer = [], [], [], []
+        self.rows, self.cols, self.vals, self.row_lo, self.row_hi = [], [], [], [], []
+        self.ncol = self.nrow = 0
 
     def columns(self, count: int, lo=0.0, hi=1.0, cost=0.0, integer=False) -> np.ndarray:
         self.lower.append(np.broadcast_to(np.asarray(lo, float), (count,)).copy())

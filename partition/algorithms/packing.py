@@ -113,11 +113,9 @@ def smallest_epsilon(found: Packing) -> tuple[float, float | None]:
 def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
                    part: np.ndarray | None, time_limit: float,
                    ratio: float | None = None) -> Packing:
-    """Counts c[j, d] of each class j of equally heavy free nodes on each device d.
-
-    With `ratio` None: minimise T subject to load_d <= T * base_d. With a `ratio`: loads within
-    ratio * base_d, keeping the most nodes of `part` on their device (any packing without it).
-    """
+    """Counts c[j, d] of each class j of equally heavy free nodes on each device d: with `ratio`
+    None, minimise T subject to load_d <= T * base_d; with a `ratio`, loads within ratio * base_d,
+    keeping the most nodes of `part` on their device (any packing without it)."""
     k = len(base)
     scale = float(base.max()) if base.max() > 0 else 1.0
     free = (pinned < 0) & (weights > 0)

@@ -1,12 +1,11 @@
 """Closing `pipeline_dp`'s gap: a depth-first search over chains of ideals with exact times.
 
-Used only when the DP's chain, evaluated exactly, is slower than the DP's lower bound (a
-gradient received by several later stages, or links that differ). Stages are added in order;
-after each, SPEC section 5's `T_d` of the devices placed so far is computed exactly with the
-nodes of later stages standing on one virtual device joined by the cheapest remaining link:
-those partial times only grow as stages are added, so a branch whose partial bottleneck, or
-whose lower bound (the DP's stage price, and the remaining compute over the remaining
-devices' total speed), reaches the best chain found is cut.
+Used only when the DP's chain, evaluated exactly, is slower than the DP's lower bound. Stages
+are added in order; after each, SPEC section 5's `T_d` of the devices placed so far is computed
+exactly with the nodes of later stages on one virtual device joined by the cheapest remaining
+link. Those partial times only grow, so a branch is cut once its partial bottleneck, or its
+lower bound (the DP's stage price; the remaining compute over the remaining devices' total
+speed), reaches the best chain found.
 """
 from __future__ import annotations
 

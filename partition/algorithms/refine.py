@@ -122,11 +122,8 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
         nodes = np.flatnonzero(act & free)
         if len(nodes) == 0:
             break
-        G = gain_matrix(hg, part, cnt, nodes, k)
         ok = _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic)
-        G = np.where(ok, G, -np.inf)
-        target = np.argmax(G, axis=1)
-        gain = G[np.arange(len(nodes)), target]
+        target, gain = _best_targets(gain_matrix(hg, part, cnt, nodes, k), ok)
         sel = gain > scale
         movers, target, gain = nodes[sel], target[sel], gain[sel]
         if len(movers) == 0:
@@ -141,6 +138,13 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
         apply_moves(hg, part, cnt, load, mem, movers, target)
         act = _neighbours(hg, movers) | rest
     return part
+
+
+def _best_targets(G: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best admissible target and its gain (-inf when none is admissible)."""
+    G = np.where(ok, G, -np.inf)
+    target = np.argmax(G, axis=1)
+    return target, G[np.arange(len(G)), target]
 
 
 def _independent(hg: Hypergraph, movers: np.ndarray, gain: np.ndarray, rng) -> np.ndarray:
@@ -352,11 +356,8 @@ def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, acyclic: bool) -> np.nda
         if len(nodes) == 0:
             break
         cnt = pin_counts(hg, part, k)
-        G = gain_matrix(hg, part, cnt, nodes, k)
         ok = _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic) & ~over[None, :]
-        G = np.where(ok, G, -np.inf)
-        target = np.argmax(G, axis=1)
-        gain = G[np.arange(len(nodes)), target]
+        target, gain = _best_targets(gain_matrix(hg, part, cnt, nodes, k), ok)
         sel = np.isfinite(gain)
         if not sel.any():
             break
@@ -364,23 +365,20 @@ def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, acyclic: bool) -> np.nda
         src = part[nodes]
         size = np.where(over_l[src], hg.node_weight[nodes] / max(caps.load.max(), 1e-30), 0.0) + \
             np.where(over_m[src], hg.node_mem[nodes] / max(caps.memory.max(), 1e-30), 0.0)
-        score = gain / np.maximum(size, 1e-30)
-        order = np.lexsort((-score, src))
+        order = np.lexsort((-(gain / np.maximum(size, 1e-30)), src))
         s = src[order]
-        need_l = np.maximum(load - caps.load, 0.0)
-        need_m = np.maximum(mem - caps.memory, 0.0)
-        cw = np.cumsum(hg.node_weight[nodes][order])
-        cm = np.cumsum(hg.node_mem[nodes][order])
+        w, mm = hg.node_weight[nodes][order], hg.node_mem[nodes][order]
+        cw, cm = np.cumsum(w), np.cumsum(mm)
         starts = np.searchsorted(s, np.arange(k))
-        before_w = cw - hg.node_weight[nodes][order] - np.r_[0.0, cw][starts][s]
-        before_m = cm - hg.node_mem[nodes][order] - np.r_[0.0, cm][starts][s]
-        take = (before_w < need_l[s]) & over_l[s] | (before_m < need_m[s]) & over_m[s]
-        take_idx = order[take]
-        keep = _fits(hg, nodes[take_idx], target[take_idx], gain[take_idx], caps, load, mem)
+        before_w = cw - w - np.r_[0.0, cw][starts][s]
+        before_m = cm - mm - np.r_[0.0, cm][starts][s]
+        take = ((before_w < np.maximum(load - caps.load, 0.0)[s]) & over_l[s]
+                | (before_m < np.maximum(mem - caps.memory, 0.0)[s]) & over_m[s])
+        nodes, target, gain = nodes[order[take]], target[order[take]], gain[order[take]]
+        keep = _fits(hg, nodes, target, gain, caps, load, mem)
         if acyclic:  # stage windows are only valid for moves that share no net
-            keep &= _independent(hg, nodes[take_idx], gain[take_idx], np.random.default_rng(0))
+            keep &= _independent(hg, nodes, gain, np.random.default_rng(0))
         if not keep.any():
             break
-        mv = nodes[take_idx][keep]
-        apply_moves(hg, part, cnt, load, mem, mv, target[take_idx][keep])
+        apply_moves(hg, part, cnt, load, mem, nodes[keep], target[keep])
     return part
