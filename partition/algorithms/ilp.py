@@ -233,19 +233,15 @@ def _start_vector(hg, caps, ncol, x, y, part, acyclic, interchangeable, volume):
         return None  # HiGHS accepts only complete starts; the derived columns are not worth it here
     k = caps.k
     if interchangeable and not acyclic and not (hg.fixed >= 0).any():
-        part = first_seen_labels(part, k)  # the symmetry breaking bounds: node i on 0..i
+        # the symmetry breaking bounds (node i on 0..i): devices renumbered by first appearance,
+        # the same placement on interchangeable devices
+        first = np.full(k, len(part), dtype=np.int64)
+        np.minimum.at(first, part, np.arange(len(part)))
+        part = ranks(first)[part]
     vec = np.zeros(ncol)
     vec[x[np.arange(hg.n), part]] = 1.0
     vec[y.ravel()] = (pin_counts(hg, part, k) > 0).ravel().astype(float)
     return vec
-
-
-def first_seen_labels(part: np.ndarray, k: int) -> np.ndarray:
-    """`part` with devices renumbered by first appearance in node order (the same placement on
-    interchangeable devices), so that node i is on a device <= i."""
-    first = np.full(k, len(part), dtype=np.int64)
-    np.minimum.at(first, part, np.arange(len(part)))
-    return ranks(first)[part]
 
 
 # A size guard and a default time limit, so that `--algorithm ilp` on a big graph fails at once

@@ -130,9 +130,7 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
     vals = [np.repeat(values / scale, k)]
     if ratio is None:
         t = m.columns(1, hi=np.inf, cost=1.0)
-        rows.append(np.arange(k))
-        cols.append(np.repeat(t, k))
-        vals.append(-base / scale)
+        rows, cols, vals = rows + [np.arange(k)], cols + [np.repeat(t, k)], vals + [-base / scale]
         hi = -fixed_load / scale
     else:
         hi = (ratio * base * (1 + TOLERANCE / 10) - fixed_load) / scale

@@ -84,8 +84,7 @@ def metis_partition(hg: Hypergraph, caps: Caps, seed: int = 0) -> np.ndarray:
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
     ew = _int_weights(np.r_[w, w][order], 1, _NET_TOTAL)
-    xadj = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(a, minlength=n), out=xadj[1:])
+    xadj = np.concatenate([[0], np.cumsum(np.bincount(a, minlength=n))])
     vw = _node_weights(hg, caps, 0)
     _, eps = _scaled_caps(hg, caps, vw)
     options = pymetis.Options(ufactor=max(1, int(eps * 1000)), seed=int(seed))

@@ -77,8 +77,7 @@ def pipeline_dp(problem: Problem, ideal_budget: int = IDEAL_BUDGET,
     if not (best[4] and complete and all_orders):
         best = _or_contiguous(problem, best)
     time, volume, assignment, bound, proven, order, caps_on, pins_on = best
-    optimal = bool(proven and complete and all_orders and pins_on
-                   and (caps_on or throughput))
+    optimal = bool(proven and complete and all_orders and pins_on and (caps_on or throughput))
     info = {"time_per_micro_batch": time, "step_volume": volume, "units": units_note,
             "ideals": model.size, "optimal": optimal, "coarsened": not complete,
             "device_order": [problem.cluster.device_names[d] for d in order],
@@ -98,8 +97,7 @@ def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool
         count = int(unit.max()) + 1
         return unit, ideals_.prefix_ideals(count), False, count
     count = int(unit.max()) + 1
-    src, dst = ideals_.unit_edges(arrays, unit)
-    every = ideals_.enumerate_ideals(count, src, dst, budget)
+    every = ideals_.enumerate_ideals(count, *ideals_.unit_edges(arrays, unit), budget)
     if every is not None:
         return unit, every, True, count
     families = []
@@ -114,8 +112,8 @@ def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool
     layer_of_unit[unit] = coarse                    # a unit joins one of its nodes' layers
     coarse = ideals_.acyclic_units(arrays, layer_of_unit[unit])
     layer_of_unit[unit] = coarse
-    csrc, cdst = ideals_.unit_edges(arrays, coarse)
-    layered = ideals_.enumerate_ideals(int(coarse.max()) + 1, csrc, cdst, budget)
+    layered = ideals_.enumerate_ideals(int(coarse.max()) + 1,
+                                       *ideals_.unit_edges(arrays, coarse), budget)
     if layered is not None:
         families.append(layered[:, layer_of_unit])
     return unit, ideals_.merge_families(*families), False, count

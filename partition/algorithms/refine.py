@@ -52,15 +52,14 @@ def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.nda
         leave = (rows[ar, a] * (C[ar, a] == 1))[:, None]
         contrib = np.where(~is_src[:, None], leave - rows * (C == 0), 0.0)
         si = np.flatnonzero(is_src)
-        if len(si):
-            present = C[si] > 0
-            after = present.copy()
-            after[np.arange(len(si)), a[si]] = C[si, a[si]] > 1
-            coef = hg.cost.coef[e[si]]
-            new = np.zeros((len(si), k))
-            for j in range(coef.shape[1]):
-                new += coef[:, j:j + 1] * (after.astype(np.float64) @ hg.cost.mats[j].T)
-            contrib[si] = (rows[si] * present).sum(axis=1)[:, None] - new
+        present = C[si] > 0
+        after = present.copy()
+        after[np.arange(len(si)), a[si]] = C[si, a[si]] > 1
+        coef = hg.cost.coef[e[si]]
+        new = np.zeros((len(si), k))
+        for j in range(coef.shape[1]):
+            new += coef[:, j:j + 1] * (after.astype(np.float64) @ hg.cost.mats[j].T)
+        contrib[si] = (rows[si] * present).sum(axis=1)[:, None] - new
         G = np.stack([np.bincount(row, weights=contrib[:, b], minlength=m) for b in range(k)],
                      axis=1)
     G[np.arange(m), part[nodes]] = 0.0
@@ -78,11 +77,10 @@ def windows(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray
     ns = np.flatnonzero(~is_src)
     np.maximum.at(lo, row[ns], part[hg.net_src[e[ns]]])
     si = np.flatnonzero(is_src)
-    if len(si):
-        C = cnt[e[si]].copy()
-        C[np.arange(len(si)), part[nodes][row[si]]] -= 1
-        first = np.where((C > 0).any(axis=1), np.argmax(C > 0, axis=1), k - 1)
-        np.minimum.at(hi, row[si], first)
+    C = cnt[e[si]].copy()
+    C[np.arange(len(si)), part[nodes][row[si]]] -= 1
+    first = np.where((C > 0).any(axis=1), np.argmax(C > 0, axis=1), k - 1)
+    np.minimum.at(hi, row[si], first)
     return lo, hi
 
 
@@ -132,11 +130,9 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
         keep &= _fits(hg, movers, target, gain, caps, load, mem)
         if not keep.any():
             break
-        rest = np.zeros(hg.n, dtype=bool)
-        rest[movers[~keep]] = True
-        movers, target = movers[keep], target[keep]
-        apply_moves(hg, part, cnt, load, mem, movers, target)
-        act = _neighbours(hg, movers) | rest
+        apply_moves(hg, part, cnt, load, mem, movers[keep], target[keep])
+        act = _neighbours(hg, movers[keep])
+        act[movers[~keep]] = True        # movers held back this round try again
     return part
 
 
