@@ -43,10 +43,8 @@ class _RegionNets(NamedTuple):
 
 def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
             net_weight: np.ndarray | None = None):
-    """Smallest and largest source sides of a minimum cut (node masks; region nodes meaningful).
-
-    Returns (min_side, max_side, flow_value_scaled) or None when no net touches the region.
-    """
+    """(min_side, max_side, flow_value_scaled): node masks of the smallest and largest source
+    sides of a minimum cut (region nodes meaningful), or None when no net touches the region."""
     region = np.flatnonzero(label == REGION)
     if len(region) == 0:
         return None

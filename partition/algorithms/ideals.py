@@ -39,8 +39,7 @@ def atoms_of(arrays: GraphArrays, pinned: np.ndarray) -> np.ndarray:
     _, label = connected_components(graph, directed=False)
     # Every edge between atoms starts and ends at an atom's one unjoined node (its core), so
     # numbering atoms by their core's position in a topological order is topological.
-    position = np.empty(n, dtype=np.int64)
-    position[pipeline_order(arrays)] = np.arange(n)
+    position = np.argsort(pipeline_order(arrays))
     key = position.copy()
     key[a] = -1
     core = np.full(int(label.max()) + 1, -1, dtype=np.int64)
@@ -88,8 +87,7 @@ def coarse_units(arrays: GraphArrays, weights: np.ndarray, limit: int,
         if int(units.max()) + 1 <= limit:
             return units
     load = np.where(weights > 0, weights, 0.0) + 1e-9 * max(float(weights.sum()), 1.0) / len(order)
-    chunks = np.empty(arrays.n, dtype=np.int64)
-    chunks[order] = split_by_weight(load[order], np.ones(min(limit, arrays.n)))
+    chunks = split_by_weight(load[order], np.ones(min(limit, arrays.n)))[np.argsort(order)]
     return np.unique(chunks, return_inverse=True)[1].astype(np.int64)
 
 

@@ -1,12 +1,11 @@
 """Load packing: do the nodes' training loads fit the devices' load caps at all, traffic aside?
 
-Under tight caps balance is a bin-packing problem: four equal layers on three devices admit no
-placement within epsilon 0.10, and a packing can exist that greedy repair does not find. Both are
-settled by small MIPs (HiGHS): without acyclicity, over classes of equally heavy nodes (counts per
-class and device); with acyclicity, per node with stages in device index order (interchangeable
-devices; any acyclic placement can be relabelled so). They give the least possible max load/base
-ratio (base = cap / (1 + epsilon), SPEC section 2), hence the smallest epsilon that admits a
-placement, the device counts that fit, and a placement within the caps close to a given one.
+Under tight caps balance is a bin-packing problem (four equal layers on three devices admit no
+placement within epsilon 0.10) that greedy repair may not solve. Small HiGHS MIPs settle it:
+without acyclicity over classes of equally heavy nodes, with it per node with stages in device
+index order (interchangeable devices). They give the least max load/base ratio (base = cap /
+(1 + epsilon), SPEC section 2), hence the smallest epsilon that admits a placement, the device
+counts that fit, and a placement within the caps close to a given one.
 """
 from __future__ import annotations
 
@@ -157,10 +156,9 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
 
 
 def _stage_packing(problem: Problem, base: np.ndarray, start: np.ndarray | None) -> Packing:
-    """Minimise T over stage-monotone placements, with z[v, d] = [stage(v) >= d] for d = 1..k-1:
-    z[v, d] >= z[v, d + 1], z[u, d] <= z[v, d] along every edge u -> v (a tight LP for
-    precedence), load_d = sum_v w_v (z[v, d] - z[v, d + 1]) <= T base_d. `start`: a
-    stage-monotone placement to begin from."""
+    """Minimise T over stage-monotone placements (`start`, one to begin from), with z[v, d] =
+    [stage(v) >= d], z[v, d] >= z[v, d + 1], z[u, d] <= z[v, d] along every edge u -> v (a tight
+    LP for precedence) and load_d = sum_v w_v (z[v, d] - z[v, d + 1]) <= T base_d."""
     arrays, k, w = problem.arrays, problem.k, problem.weights
     n = arrays.n
     bound = _class_packing(w, problem.pinned, base, None, SECONDS).lower

@@ -140,10 +140,9 @@ def device_orders(cluster) -> tuple[list[tuple[int, ...]], bool]:
 def _solve_order(problem: Problem, model: Model, order, caps_on: bool, pins_on: bool,
                  search_evaluations: int, every_plan: bool = True):
     """(time, V, assignment, bound, proven, order, caps_on, pins_on) or None if nothing fits.
-    When memory can bind, the chain found without memory caps is kept if it fits (it is then
-    optimal with them too); else one run per in-flight plan, the best exact result kept.
-    Without `every_plan` only the plan using every device runs (conservative: a chain using
-    fewer devices gets at least as many micro-batches in flight as it would have)."""
+    When memory can bind, the chain found without memory caps is kept if it fits (then optimal
+    with them too), else the best of one run per in-flight plan; without `every_plan` only the
+    plan using every device (conservative: fewer devices get at least as many micro-batches)."""
     plans = _flight_plans(problem, model, len(order))
     if not every_plan:
         plans = plans[-1:]

@@ -226,11 +226,10 @@ def _rechunk(hg: Hypergraph, part: np.ndarray, caps: Caps) -> np.ndarray:
     """Runs of the order (part, id) with loads proportional to the caps; fixed nodes kept."""
     order = np.lexsort((np.arange(hg.n), part))
     w, total = hg.node_weight[order], float(hg.node_weight.sum())
-    out = np.empty(hg.n, dtype=np.int64)
     if total <= 0 or caps.load.sum() <= 0:
         return part.copy()
     bounds = np.cumsum(caps.load)[:-1] / caps.load.sum() * total
-    out[order] = np.searchsorted(bounds, np.cumsum(w) - w / 2, side="right")
+    out = np.searchsorted(bounds, np.cumsum(w) - w / 2, side="right")[np.argsort(order)]
     fixed = hg.fixed >= 0
     out[fixed] = hg.fixed[fixed]
     return out
