@@ -124,9 +124,8 @@ def _try_packing(problem: Problem, hg: Hypergraph, caps: Caps, best: tuple, trie
     value, bad = _value(problem, hg, caps, part), _violation(problem, hg, caps, part)
     tried["packing"] = {"objective_value": value, "violation": bad,
                         "seconds": round(time.perf_counter() - t0, 3)}
-    if (bad > 0, bad, value) < best[0]:
-        return ((bad > 0, bad, value), "packing", AlgorithmResult(part))
-    return best
+    key = (bad > 0, bad, value)
+    return (key, "packing", AlgorithmResult(part)) if key < best[0] else best
 
 
 def _with_pipelines(problem: Problem, methods: list) -> list:

@@ -229,12 +229,12 @@ def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
     weight = hg.net_weight[live]
     coef = None if hg.cost is None else hg.cost.coef[live]
     ptr, cp_o, weight, coef = _merge_parallel(ptr, cp_o, weight, coef, nc)
-    node_weight = np.bincount(cid, weights=hg.node_weight, minlength=nc)
-    node_mem = np.bincount(cid, weights=hg.node_mem, minlength=nc)
     fixed = np.full(nc, -1, dtype=np.int32)
     np.maximum.at(fixed, cid, hg.fixed)
-    cost = None if coef is None else LinkCost(hg.cost.mats, coef)
-    return Hypergraph(nc, ptr, cp_o.astype(np.int32), weight, node_weight, node_mem, fixed, cost)
+    return Hypergraph(nc, ptr, cp_o.astype(np.int32), weight,
+                      np.bincount(cid, weights=hg.node_weight, minlength=nc),
+                      np.bincount(cid, weights=hg.node_mem, minlength=nc), fixed,
+                      None if coef is None else LinkCost(hg.cost.mats, coef))
 
 
 def _merge_parallel(ptr, pins, weight, coef, nc):
@@ -244,8 +244,7 @@ def _merge_parallel(ptr, pins, weight, coef, nc):
         return ptr, pins, weight, coef
     sizes = np.diff(ptr)
     rng = np.random.default_rng(12345)
-    h1 = rng.integers(1, 2**62, size=nc, dtype=np.int64)
-    h2 = rng.integers(1, 2**62, size=nc, dtype=np.int64)
+    h1, h2 = rng.integers(1, 2**62, size=(2, nc), dtype=np.int64)
     with np.errstate(over="ignore"):
         key = np.add.reduceat(h1[pins], ptr[:-1]) + h2[pins[ptr[:-1]]] * sizes
     order = np.argsort(key, kind="stable")

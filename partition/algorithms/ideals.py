@@ -48,13 +48,6 @@ def atoms_of(arrays: GraphArrays, pinned: np.ndarray) -> np.ndarray:
     return ranks(core)[label]
 
 
-def topological_units(unit: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """`unit` renumbered along a topological order of its (acyclic) quotient, smallest old id
-    first among ready units."""
-    count = int(unit.max()) + 1
-    return np.argsort(kahn_order(count, src, dst, break_cycles=True))[unit]
-
-
 def unit_edges(arrays: GraphArrays, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (producer unit, consumer unit) pairs between different units."""
     src, dst = unit[arrays.in_idx], unit[arrays.in_dst]
@@ -66,13 +59,14 @@ def unit_edges(arrays: GraphArrays, unit: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def acyclic_units(arrays: GraphArrays, unit: np.ndarray) -> np.ndarray:
     """`unit` with every strongly connected set of units of its quotient merged, renumbered
-    along a topological order."""
+    along a topological order (smallest merged id first among ready units)."""
     count = int(unit.max()) + 1
     src, dst = unit_edges(arrays, unit)
     graph = csr_matrix((np.ones(len(src)), (src, dst)), shape=(count, count))
     _, scc = connected_components(graph, directed=True, connection="strong")
     merged = scc[unit]
-    return topological_units(merged, *unit_edges(arrays, merged))
+    order = kahn_order(int(merged.max()) + 1, *unit_edges(arrays, merged), break_cycles=True)
+    return np.argsort(order)[merged]
 
 
 def coarse_units(arrays: GraphArrays, weights: np.ndarray, limit: int,
@@ -100,8 +94,7 @@ def enumerate_ideals(count: int, src: np.ndarray, dst: np.ndarray, budget: int
     for s, d in zip(src.tolist(), dst.tolist()):
         preds[d] |= 1 << s
         succs[s].append(d)
-    ready0 = tuple(v for v in range(count) if preds[v] == 0)
-    level = {0: ready0}
+    level = {0: tuple(v for v in range(count) if preds[v] == 0)}
     ideals = [0]
     while level:
         following: dict[int, tuple] = {}

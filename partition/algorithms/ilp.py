@@ -180,9 +180,7 @@ def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndar
     m.add_rows(dev, x.ravel(), np.repeat(hg.node_weight, k), -np.inf, caps.load, k)
     if not np.isfinite(caps.memory).any():
         return
-    cols = [x.ravel()]
-    vals = [np.repeat(hg.node_mem, k)]
-    rows = [dev]
+    rows, cols, vals = [dev], [x.ravel()], [np.repeat(hg.node_mem, k)]
     if net_bytes is not None:
         ed = np.tile(np.arange(k), e)
         cols += [y.ravel(), x[np.repeat(hg.net_src, k), ed]]

@@ -88,8 +88,7 @@ def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) 
                 if len(rest):
                     u = int(rng.choice(rest))
                     heap.append((0.0, count + 1, u))
-    fixed = hg.fixed >= 0
-    part[fixed] = hg.fixed[fixed]
+    part[hg.fixed >= 0] = hg.fixed[hg.fixed >= 0]
     return part
 
 
