@@ -76,27 +76,21 @@ def _region_nets(hg: Hypergraph, label: np.ndarray, region: np.ndarray) -> _Regi
     return _RegionNets(region, nets, key // (r + 2), key % (r + 2), src_end)
 
 
-def _capacities(rn: _RegionNets, w_all: np.ndarray):
-    """(useful, degree, integer capacity) per net: a net is useful when it has two endpoints and
-    does not join s and t; capacities are scaled so that their sum fits int32."""
-    s_id, t_id, count = rn.r, rn.r + 1, len(rn.nets)
-    deg = np.bincount(rn.rows, minlength=count)
-    has_s = np.bincount(rn.rows, weights=rn.ends == s_id, minlength=count) > 0
-    has_t = np.bincount(rn.rows, weights=rn.ends == t_id, minlength=count) > 0
+def _arcs(rn: _RegionNets, w_all: np.ndarray, acyclic: bool):
+    """(u, v, capacity, node count) of the flow graph's arcs, or None when it has none: plain
+    arcs both ways for two-endpoint nets, Lawler gadgets for bigger ones, and with `acyclic`
+    an INF arc back from every consumer to its producer."""
+    r, rows_k, end_k, count = rn.r, rn.rows, rn.ends, len(rn.nets)
+    # a net is useful when it has two endpoints and does not join s and t; capacities are
+    # scaled so that their sum fits int32
+    deg = np.bincount(rows_k, minlength=count)
+    has_s = np.bincount(rows_k, weights=end_k == r, minlength=count) > 0
+    has_t = np.bincount(rows_k, weights=end_k == r + 1, minlength=count) > 0
     useful = (deg >= 2) & ~(has_s & has_t)
     w = w_all[rn.nets]
     total = float(w[useful].sum())
     scale = _FINITE_TOTAL / total if total > 0 else 1.0
     cap = np.where(useful, np.maximum(np.round(w * scale), 1), 0).astype(np.int64)
-    return useful, deg, cap
-
-
-def _arcs(rn: _RegionNets, w_all: np.ndarray, acyclic: bool):
-    """(u, v, capacity, node count) of the flow graph's arcs, or None when it has none: plain
-    arcs both ways for two-endpoint nets, Lawler gadgets for bigger ones, and with `acyclic`
-    an INF arc back from every consumer to its producer."""
-    useful, deg, cap = _capacities(rn, w_all)
-    r, rows_k, end_k = rn.r, rn.rows, rn.ends
     arcs_u, arcs_v, arcs_c = [], [], []
     sel = (useful & (deg == 2))[rows_k]
     pair = end_k[sel].reshape(-1, 2)

@@ -67,7 +67,12 @@ class Model:
         weights = np.column_stack([f, f * nbytes, f * grad, f * nbytes * grad, nbytes,
                                    nbytes * np.where(arrays.batch_dependent[node], m, 1)
                                    * (1 + grad)])
-        open_rows = _open_rows(members, boundary)
+        owner = np.repeat(np.arange(len(node)), np.diff(boundary.ptr))
+        reads = csr_matrix((np.ones(len(owner)), (boundary.readers, owner)),
+                           shape=(count, len(node)))
+        outside = np.asarray(reads.T @ (~members).T.astype(np.float32)).T > 0
+        # open: tensor b is in the ideal and some unit reading it is not
+        open_rows = csr_matrix(members[:, boundary.unit] & outside, dtype=np.float64)
         return cls(members=members, packed=np.packbits(members, axis=1), unit=unit,
                    compute=sums[:, 0], load=sums[:, 1], fixed_memory=sums[:, 2],
                    activations=sums[:, 3], pinned=np.rint(sums[:, 4:]).astype(np.int64),
@@ -97,13 +102,3 @@ class Model:
             reached = np.logical_or.reduceat(self.members[lo:, readers], first, axis=1)
             rset = reached.astype(np.float64) @ self.weights[tensors[owner[first]]]
         return lo, supersets, fset, rset
-
-
-def _open_rows(members: np.ndarray, boundary: Boundary) -> csr_matrix:
-    """N x B: tensor b is in the ideal and some unit reading it is not."""
-    count = members.shape[1]
-    b = len(boundary.node)
-    owner = np.repeat(np.arange(b), np.diff(boundary.ptr))
-    reads = csr_matrix((np.ones(len(owner)), (boundary.readers, owner)), shape=(count, b))
-    outside = np.asarray(reads.T @ (~members).T.astype(np.float32)).T > 0
-    return csr_matrix(members[:, boundary.unit] & outside, dtype=np.float64)
