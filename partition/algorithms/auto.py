@@ -86,7 +86,12 @@ def _candidates(problem: Problem, hg: Hypergraph, caps: Caps, deadline: float | 
         for name, peer in (("mtkahypar", mtkahypar_partition), ("metis", metis_partition)):
             methods += _peer_methods(name, hg, caps, peer, problem.seed)
     methods.append(("mincut", lambda: mincut(sub(remaining()))))
-    return _with_pipelines(problem, methods)
+    # pipeline_dp and contiguous: first under throughput, last with acyclic, else absent
+    pipelines = [("pipeline_dp", lambda: pipeline_dp(problem)),
+                 ("contiguous", lambda: contiguous(problem))]
+    if problem.objective == "throughput":
+        return pipelines + methods
+    return methods + pipelines[::-1] if problem.acyclic else methods
 
 
 def _best_of(problem: Problem, hg: Hypergraph, caps: Caps, methods: list,
@@ -126,15 +131,6 @@ def _try_packing(problem: Problem, hg: Hypergraph, caps: Caps, best: tuple, trie
                         "seconds": round(time.perf_counter() - t0, 3)}
     key = (bad > 0, bad, value)
     return (key, "packing", AlgorithmResult(part)) if key < best[0] else best
-
-
-def _with_pipelines(problem: Problem, methods: list) -> list:
-    """pipeline_dp and contiguous first under throughput, last with acyclic, else absent."""
-    pipelines = [("pipeline_dp", lambda: pipeline_dp(problem)),
-                 ("contiguous", lambda: contiguous(problem))]
-    if problem.objective == "throughput":
-        return pipelines + methods
-    return methods + pipelines[::-1] if problem.acyclic else methods
 
 
 def _value(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray):
