@@ -1,15 +1,13 @@
 """Run the applicable algorithms within a time budget and keep the best feasible placement.
 
-Candidates: ilp (n <= 60), multilevel, Mt-KaHyPar and METIS when installed (not with acyclic=True),
-each peer result also improved by one multilevel V-cycle, mincut, and contiguous and pipeline_dp
-when acyclic; when none fits the load caps, the load packing closest to the best (packing.py)
-improved by a V-cycle. Feasible means within the load and memory caps (memory with receive
-buffers, as in SPEC section 2), honouring pins, and acyclic when asked. Among feasible ones the
-lowest objective wins: step volume V, or the time-weighted volume when problem.objective ==
-"time_volume".
+Candidates: ilp (n <= 60), multilevel, Mt-KaHyPar and METIS when installed (not with acyclic=True)
+each also improved by one multilevel V-cycle, mincut, and contiguous and pipeline_dp when
+acyclic; when none fits the load caps, the load packing closest to the best (packing.py) improved
+by a V-cycle. Feasible: within the load and memory caps (with receive buffers, SPEC section 2),
+honouring pins, acyclic when asked; among those the lowest V (or time-weighted volume) wins.
 Under the throughput objective pipeline_dp and contiguous always run, load caps do not count as
-violations (the objective is the balance), and the winner is the acyclic placement with the
-smallest pipeline time per micro-batch (SPEC section 5), then the smallest V.
+violations, and the winner is the acyclic placement with the smallest pipeline time per
+micro-batch (SPEC section 5), then the smallest V.
 """
 from __future__ import annotations
 
@@ -20,11 +18,11 @@ import numpy as np
 
 from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.baselines import contiguous
-from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, overload
 from partition.algorithms.ilp import ilp
 from partition.algorithms import packing
 from partition.algorithms.mincut import mincut
-from partition.algorithms.multilevel import multilevel, overload, vcycle
+from partition.algorithms.multilevel import multilevel, vcycle
 from partition.algorithms.peers import metis_partition, mtkahypar_partition, peer_partition
 from partition.algorithms.pipeline_dp import pipeline_dp
 from partition.cost import memory_per_device
@@ -86,11 +84,14 @@ def _candidates(problem: Problem, hg: Hypergraph, caps: Caps, deadline: float | 
     methods.append(("multilevel", lambda: multilevel(sub(remaining()))))
     if not problem.acyclic:
         for name, peer in (("mtkahypar", mtkahypar_partition), ("metis", metis_partition)):
-            found: dict[str, np.ndarray] = {}
-            methods.append((name, _peer(hg, caps, peer, problem.seed, found)))
-            methods.append((name + "+vcycle", _refined(hg, caps, problem.seed, found)))
+            methods += _peer_methods(name, hg, caps, peer, problem.seed)
     methods.append(("mincut", lambda: mincut(sub(remaining()))))
-    return _with_pipelines(problem, methods)
+    # pipeline_dp and contiguous: first under throughput, last with acyclic, else absent
+    pipelines = [("pipeline_dp", lambda: pipeline_dp(problem)),
+                 ("contiguous", lambda: contiguous(problem))]
+    if problem.objective == "throughput":
+        return pipelines + methods
+    return methods + pipelines[::-1] if problem.acyclic else methods
 
 
 def _best_of(problem: Problem, hg: Hypergraph, caps: Caps, methods: list,
@@ -128,18 +129,8 @@ def _try_packing(problem: Problem, hg: Hypergraph, caps: Caps, best: tuple, trie
     value, bad = _value(problem, hg, caps, part), _violation(problem, hg, caps, part)
     tried["packing"] = {"objective_value": value, "violation": bad,
                         "seconds": round(time.perf_counter() - t0, 3)}
-    if (bad > 0, bad, value) < best[0]:
-        return ((bad > 0, bad, value), "packing", AlgorithmResult(part))
-    return best
-
-
-def _with_pipelines(problem: Problem, methods: list) -> list:
-    """pipeline_dp and contiguous first under throughput, last with acyclic, else absent."""
-    pipelines = [("pipeline_dp", lambda: pipeline_dp(problem)),
-                 ("contiguous", lambda: contiguous(problem))]
-    if problem.objective == "throughput":
-        return pipelines + methods
-    return methods + pipelines[::-1] if problem.acyclic else methods
+    key = (bad > 0, bad, value)
+    return (key, "packing", AlgorithmResult(part)) if key < best[0] else best
 
 
 def _value(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray):
@@ -153,18 +144,17 @@ def _value(problem: Problem, hg: Hypergraph, caps: Caps, part: np.ndarray):
     return (times.time_per_micro_batch if times.acyclic else float("inf"), volume)
 
 
-def _peer(hg, caps, fn, seed, found: dict):
-    """A peer's placement (kept in `found` for the V-cycle that follows)."""
-    def run():
+def _peer_methods(name: str, hg, caps, fn, seed) -> list:
+    """(name, run) of a peer, and of its placement improved by one multilevel V-cycle."""
+    found: dict[str, np.ndarray] = {}
+
+    def peer():
         found["part"] = peer_partition(hg, caps, fn, seed)
         return AlgorithmResult(found["part"].astype(np.int32))
-    return run
 
-
-def _refined(hg, caps, seed, found: dict):
-    """The peer's placement improved by one multilevel V-cycle."""
-    def run():
+    def refined():
         if "part" not in found:
             raise PlacementError("peer did not run")
         return AlgorithmResult(vcycle(hg, caps, found["part"], seed=seed).astype(np.int32))
-    return run
+
+    return [(name, peer), (name + "+vcycle", refined)]

@@ -80,6 +80,11 @@ def layer_units(arrays: GraphArrays, order: np.ndarray) -> np.ndarray | None:
     filled[sources] = np.where(own >= 0, own, inherited)
     first_seen = np.full(len(arrays.group_names), len(order), dtype=np.int64)
     np.minimum.at(first_seen, filled[order], np.arange(len(order)))
-    rank = np.empty(len(first_seen), dtype=np.int64)
-    rank[np.argsort(first_seen, kind="stable")] = np.arange(len(first_seen))
-    return rank[filled]
+    return ranks(first_seen)[filled]
+
+
+def ranks(key: np.ndarray) -> np.ndarray:
+    """Position of every entry of `key` in its stable ascending order."""
+    rank = np.empty(len(key), dtype=np.int64)
+    rank[np.argsort(key, kind="stable")] = np.arange(len(key))
+    return rank

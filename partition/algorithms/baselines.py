@@ -1,12 +1,8 @@
-"""Baseline placements to measure the real algorithms against.
-
-- round_robin: node i (topological position) on device i mod k.
-- random: each node on a uniformly random device (seeded).
-- contiguous: equal-load blocks of a topological order, device shares proportional to speed;
-  its quotient is acyclic by construction (apart from pins).
-- layers: equal parameter counts per layer group, contiguous over the groups in order, like
-  DeepSpeed's default pipeline partition method 'parameters'.
-All of them honour pins; none looks at communication, so the rebalancer fixes any overload.
+"""Baseline placements to measure the real algorithms against: round_robin, random, contiguous
+(equal-load blocks of a topological order, acyclic by construction apart from pins) and layers
+(equal parameter counts per layer group, like DeepSpeed's default pipeline partition method
+'parameters'). All of them honour pins; none looks at communication, so the rebalancer fixes
+any overload.
 """
 from __future__ import annotations
 
@@ -35,8 +31,7 @@ def contiguous(problem: Problem) -> AlgorithmResult:
     weights = problem.weights
     if weights.sum() <= 0:          # nothing to balance: spread the computed nodes evenly
         weights = (~arrays.is_source).astype(np.float64)
-    assignment = np.empty(problem.n, dtype=np.int32)
-    assignment[order] = split_by_weight(weights[order], problem.cluster.speeds)
+    assignment = split_by_weight(weights[order], problem.cluster.speeds)[np.argsort(order)]
     _follow_first_consumer(arrays, assignment)
     return AlgorithmResult(apply_pins(problem, assignment), info={"order": "pipeline"})
 
@@ -48,8 +43,7 @@ def layers(problem: Problem) -> AlgorithmResult:
     order = pipeline_order(arrays)
     units = layer_units(arrays, order)
     if units is None:
-        units = np.empty(problem.n, dtype=np.int64)
-        units[order] = np.arange(problem.n)
+        units = np.argsort(order)       # each node its own layer, in pipeline order
     parameters = np.bincount(units, weights=np.where(arrays.is_param, arrays.size, 0))
     unit_device = split_by_weight(parameters, np.ones(problem.k))
     assignment = unit_device[units]

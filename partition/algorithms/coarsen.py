@@ -1,15 +1,12 @@
 """Coarsening by heavy-edge matching on producer -> consumer pairs, weighted by tensor bytes.
 
 A pair (u, v) is rated sum over shared nets of w_e / (|e| - 1) (the bytes saved if the net's pins
-end up together), divided by a mild penalty on heavy nodes so that clusters stay even. Matching is
-by handshakes: every node proposes to its best-rated free neighbour, mutual proposals are matched,
-repeated a few rounds. Pairs never join nodes fixed to different parts, nor exceed the weight caps.
-
-Acyclic mode keeps every coarse graph a DAG, provably: each cluster gets a representative
-position (its producer's or its consumer's topological index), and a pair whose contraction would
-give some coarse edge that runs backwards in representative order is unmatched again, repeated
-until none does. All coarse edges then run forwards in that order, which is therefore a
-topological order of the coarse graph (and the coarse node ids follow it).
+end up together), over a mild penalty on heavy nodes so that clusters stay even. Pairs never join
+nodes fixed to different parts, nor exceed the weight caps. Acyclic mode keeps every coarse graph
+a DAG, provably: each cluster gets a representative position (its producer's or its consumer's
+topological index), and pairs whose contraction would give a coarse edge running backwards in
+that order are unmatched again until none does; that order is then topological for the coarse
+graph (and the coarse node ids follow it).
 """
 from __future__ import annotations
 
@@ -20,15 +17,12 @@ from partition.algorithms.hypergraph import Hypergraph, contract
 
 def _pairs(hg: Hypergraph, max_weight: float, max_mem: float, part: np.ndarray | None):
     """Candidate pairs (u < v as producer, consumer) with aggregated ratings."""
-    s, t = hg.edges()
+    s, t = (x.astype(np.int64) for x in hg.edges())
     sizes = hg.net_sizes()
-    rate = (hg.net_weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
+    weight = hg.net_weight
     if hg.cost is not None:  # rate by the most expensive link the tensor could take
-        scale = hg.cost.mats.reshape(len(hg.cost.mats), -1).max(axis=1)
-        per_net = hg.cost.coef @ scale / np.maximum(sizes - 1, 1)
-        rate = per_net[np.repeat(np.arange(hg.num_nets), sizes - 1)]
-    s = s.astype(np.int64)
-    t = t.astype(np.int64)
+        weight = hg.cost.coef @ hg.cost.mats.reshape(len(hg.cost.mats), -1).max(axis=1)
+    rate = (weight / np.maximum(sizes - 1, 1))[np.repeat(np.arange(hg.num_nets), sizes - 1)]
     pair_weight = hg.node_weight[s] + hg.node_weight[t]
     ok = (pair_weight <= max_weight) | (pair_weight <= 0)
     ok &= hg.node_mem[s] + hg.node_mem[t] <= max_mem
@@ -47,24 +41,34 @@ def _pairs(hg: Hypergraph, max_weight: float, max_mem: float, part: np.ndarray |
     return u, v, rate / np.sqrt(penalty)
 
 
+def _both_ways(u: np.ndarray, v: np.ndarray, rate: np.ndarray, rng: np.random.Generator):
+    """(a, b, rating) of every pair in both directions, ratings perturbed by 1e-9 random noise
+    (the same noise both ways) to break ties."""
+    noise = rng.random(len(rate))
+    return np.r_[u, v], np.r_[v, u], np.r_[rate, rate] * (1.0 + 1e-9 * np.r_[noise, noise[::-1]])
+
+
+def _proposals(n: int, a: np.ndarray, b: np.ndarray, r: np.ndarray):
+    """(best[x]: the b of x's best-rated pair or -1, top[x]: that rating)."""
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, a, r)
+    win = r == top[a]
+    best = np.full(n, -1, dtype=np.int64)
+    best[a[win]] = b[win]
+    return best, top
+
+
 def handshake_matching(n: int, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
                        rng: np.random.Generator, rounds: int = 4) -> np.ndarray:
     """mate[x] = matched partner or -1; mutual best-rated proposals are matched, `rounds` times."""
     mate = np.full(n, -1, dtype=np.int64)
-    a = np.concatenate([u, v])
-    b = np.concatenate([v, u])
-    noise = rng.random(len(rate))
-    r = np.concatenate([rate, rate]) * (1.0 + 1e-9 * np.concatenate([noise, noise[::-1]]))
+    a, b, r = _both_ways(u, v, rate, rng)
     for _ in range(rounds):
         live = (mate[a] < 0) & (mate[b] < 0)
         if not live.any():
             break
         a, b, r = a[live], b[live], r[live]
-        top = np.full(n, -np.inf)
-        np.maximum.at(top, a, r)
-        win = r == top[a]
-        best = np.full(n, -1, dtype=np.int64)
-        best[a[win]] = b[win]
+        best, _ = _proposals(n, a, b, r)
         cand = np.flatnonzero(best >= 0)
         mutual = cand[best[best[cand]] == cand]
         mate[mutual] = best[mutual]
@@ -74,9 +78,7 @@ def handshake_matching(n: int, u: np.ndarray, v: np.ndarray, rate: np.ndarray,
 def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unmatch pairs until every coarse edge runs forward in representative order."""
     n = hg.n
-    s, t = hg.edges()
-    s = s.astype(np.int64)
-    t = t.astype(np.int64)
+    s, t = (x.astype(np.int64) for x in hg.edges())
     indeg = np.bincount(t, minlength=n)
     outdeg = np.bincount(s, minlength=n)
     lo = np.minimum(np.arange(n), np.where(mate >= 0, mate, np.arange(n)))
@@ -87,18 +89,15 @@ def _acyclic_fix(hg: Hypergraph, mate: np.ndarray) -> tuple[np.ndarray, np.ndarr
     tried_hi = use_hi.copy()
     while True:
         rep = np.where(mate >= 0, np.where(use_hi, hi, lo), np.arange(n))
-        bad = (rep[s] > rep[t]) & (rep[s] != rep[t])
+        bad = rep[s] > rep[t]
         if not bad.any():
             return mate, rep
         culprits = np.unique(np.concatenate([s[bad], t[bad]]))
         culprits = culprits[mate[culprits] >= 0]
         flip = culprits[~tried_hi[culprits]]
         drop = culprits[tried_hi[culprits]]
-        if len(flip):  # second chance with the other representative
-            use_hi[flip] = True
-            use_hi[mate[flip]] = True
-            tried_hi[flip] = True
-            tried_hi[mate[flip]] = True
+        pairs = np.r_[flip, mate[flip]]  # second chance with the other representative
+        use_hi[pairs] = tried_hi[pairs] = True
         mate[mate[drop]] = -1
         mate[drop] = -1
 
@@ -108,14 +107,12 @@ class _Clusters:
     (-1 when unpinned), within the weight and memory limits."""
 
     def __init__(self, hg: Hypergraph, max_weight: float, max_mem: float):
-        n = hg.n
-        self.n, self.max_weight, self.max_mem = n, max_weight, max_mem
+        self.n, self.max_weight, self.max_mem = hg.n, max_weight, max_mem
         self.weight, self.mem, self.fixed = hg.node_weight, hg.node_mem, hg.fixed.astype(np.int64)
-        self.leader = np.arange(n)
-        self.cw = self.weight.astype(np.float64).copy()
-        self.cm = self.mem.astype(np.float64).copy()
+        self.leader = np.arange(hg.n)
+        self.cw, self.cm = self.weight.astype(np.float64), self.mem.astype(np.float64)
         self.cf = self.fixed.copy()
-        self.grown = np.zeros(n, dtype=bool)
+        self.grown = np.zeros(hg.n, dtype=bool)
 
     def fits(self, a: np.ndarray, lead: np.ndarray) -> np.ndarray:
         """Whether node a may join cluster lead (weight, memory, pins)."""
@@ -173,26 +170,19 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
                     rounds: int = 3) -> np.ndarray:
     """leader[x]: the node whose cluster x joined (itself if none).
 
-    Each round, every node still alone rates the clusters of its neighbours (summed ratings) and
-    proposes to the best one that stays within the weight, memory and pin limits. Mutual proposals
-    merge (the larger id joins the smaller); then nodes that nobody proposed to join their target
-    cluster, best-rated first, while it has room. A cluster can absorb many nodes per round (all
-    consumers of a shared weight, say), which pairwise matching cannot.
+    Each round, every node still alone proposes to the best-rated neighbouring cluster within
+    the weight, memory and pin limits; mutual proposals merge (the larger id joins the smaller),
+    then unproposed-to nodes join their target, best-rated first, while it has room. A cluster
+    can absorb many nodes per round (all consumers of a shared weight), unlike pairwise matching.
     """
     n = hg.n
     clusters = _Clusters(hg, max_weight, max_mem)
-    a0, b0 = np.r_[u, v], np.r_[v, u]
-    noise = rng.random(len(u))
-    r0 = np.r_[rate, rate] * (1.0 + 1e-9 * np.r_[noise, noise[::-1]])
+    a0, b0, r0 = _both_ways(u, v, rate, rng)
     for _ in range(rounds):
         a, lead, r = clusters.ratings(a0, b0, r0)
         if len(a) == 0:
             break
-        top = np.full(n, -np.inf)
-        np.maximum.at(top, a, r)
-        win = r == top[a]
-        target = np.full(n, -1, dtype=np.int64)
-        target[a[win]] = lead[win]
+        target, top = _proposals(n, a, lead, r)
         prop = np.flatnonzero(target >= 0)
         t = target[prop]
         mutual = (target[t] == prop) & (prop > t)
@@ -206,11 +196,9 @@ def cluster_joining(hg: Hypergraph, u: np.ndarray, v: np.ndarray, rate: np.ndarr
 
 def coarsen_once(hg: Hypergraph, rng: np.random.Generator, *, max_weight: float, max_mem: float,
                  acyclic: bool, part: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """One level: cluster id per node (ordered by representative position) and the cluster count.
-
-    Acyclic mode uses pairwise matching with the representative check; otherwise clusters grow by
-    cluster_joining and are numbered by their smallest member.
-    """
+    """One level: cluster id per node (ordered by representative position) and the cluster count;
+    pairwise matching with the representative check when acyclic, else cluster_joining with
+    clusters numbered by their smallest member."""
     u, v, rate = _pairs(hg, max_weight, max_mem, part)
     if acyclic:
         mate = handshake_matching(hg.n, u, v, rate, rng)
@@ -236,10 +224,9 @@ def hierarchy(hg: Hypergraph, k: int, rng: np.random.Generator, *, acyclic: bool
             break
         levels.append(contract(cur, cid, nc))
         maps.append(cid)
+        coarse = None
         if parts[-1] is not None:
             coarse = np.zeros(nc, dtype=np.int64)
             coarse[cid] = parts[-1]
-            parts.append(coarse)
-        else:
-            parts.append(None)
+        parts.append(coarse)
     return levels, maps, parts

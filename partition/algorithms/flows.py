@@ -1,16 +1,13 @@
-"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut
-bisection.
+"""Minimum s-t cuts of hypergraphs by max-flow (scipy's Dinic), for flow refinement and mincut.
 
 Nets become Lawler gadgets (pins -> in -INF-> ... in -w-> out -> pins), nets with two endpoints
 plain arcs both ways, so a minimum cut is a minimum weight of cut nets. Nodes are labelled: region
-(free), source side, sink side (each contracted into s or t), or ignored (their pins are dropped:
-for two blocks a, b of a k-way partition, a net's km1 contribution changes exactly by the change of
-its two-block cut). With acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the
-source side of any finite cut is closed under predecessors: no tensor flows from the sink side
-back. Capacities are scaled to int32; callers re-evaluate the true objective before keeping a cut.
-With a link-time objective a net's capacity is its mean cost on the a-b link: exact for the
-transfers between a and b, an approximation for those to third parts (which the exact check before
-keeping a cut accounts for).
+(free), source side, sink side (contracted into s or t), or ignored (pins dropped: for two blocks
+of a k-way partition a net's km1 contribution changes exactly by its two-block cut). With
+acyclic=True every DAG edge u -> v also gets an INF arc v -> u, so the source side of any finite
+cut is closed under predecessors. Capacities are scaled to int32; with a link-time objective a
+net's capacity is its mean cost on the a-b link (inexact for transfers to third parts), so
+callers re-evaluate the true objective before keeping a cut.
 """
 from __future__ import annotations
 
@@ -20,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
-from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
-from partition.algorithms.refine import gather
+from partition.algorithms.hypergraph import Caps, Hypergraph, gather, loads, pin_counts
+from partition.algorithms.refine import apply_moves
 
 REGION, SOURCE, SINK, IGNORED = 0, 1, 2, -1
 MAX_REGION = 20_000  # nodes of a flow problem (both blocks together) in refine_pair
@@ -46,17 +43,13 @@ class _RegionNets(NamedTuple):
 
 def min_cut(hg: Hypergraph, label: np.ndarray, *, acyclic: bool,
             net_weight: np.ndarray | None = None):
-    """Smallest and largest source sides of a minimum cut (node masks; region nodes meaningful).
-
-    Returns (min_side, max_side, flow_value_scaled) or None when no net touches the region.
-    """
-    w_all = hg.net_weight if net_weight is None else net_weight
+    """(min_side, max_side, flow_value_scaled): node masks of the smallest and largest source
+    sides of a minimum cut (region nodes meaningful), or None when no net touches the region."""
     region = np.flatnonzero(label == REGION)
     if len(region) == 0:
         return None
     rn = _region_nets(hg, label, region)
-    useful, deg, cap = _capacities(rn, w_all)
-    arcs = _arcs(rn, useful, deg, cap, acyclic)
+    arcs = _arcs(rn, hg.net_weight if net_weight is None else net_weight, acyclic)
     if arcs is None:
         return None
     return _cut_sides(hg, label, rn, *arcs)
@@ -71,41 +64,33 @@ def _region_nets(hg: Hypergraph, label: np.ndarray, region: np.ndarray) -> _Regi
     pins = hg.net_pins[ppos]
     lab = label[pins]
     r = len(region)
-    s_id, t_id = r, r + 1
     local = np.full(hg.n, -1, dtype=np.int64)
     local[region] = np.arange(r)
-    end = np.select([lab == REGION, lab == SOURCE, lab == SINK], [local[pins], s_id, t_id], -1)
+    end = np.select([lab == REGION, lab == SOURCE, lab == SINK], [local[pins], r, r + 1], -1)
     keep = end >= 0
     is_src_pin = np.zeros(len(pins), dtype=bool)
     is_src_pin[np.searchsorted(rows, np.arange(len(nets)))] = True  # first pin of each net
     src_end = np.full(len(nets), -1, dtype=np.int64)
     src_end[rows[is_src_pin]] = np.where(keep[is_src_pin], end[is_src_pin], -1)
-    rows_k, end_k = rows[keep], end[keep]
-    key = np.unique(rows_k * (r + 2) + end_k)
+    key = np.unique(rows[keep] * (r + 2) + end[keep])
     return _RegionNets(region, nets, key // (r + 2), key % (r + 2), src_end)
 
 
-def _capacities(rn: _RegionNets, w_all: np.ndarray):
-    """(useful, degree, integer capacity) per net: a net is useful when it has two endpoints and
-    does not join s and t; capacities are scaled so that their sum fits int32."""
-    s_id, t_id, count = rn.r, rn.r + 1, len(rn.nets)
-    deg = np.bincount(rn.rows, minlength=count)
-    has_s = np.bincount(rn.rows, weights=rn.ends == s_id, minlength=count) > 0
-    has_t = np.bincount(rn.rows, weights=rn.ends == t_id, minlength=count) > 0
+def _arcs(rn: _RegionNets, w_all: np.ndarray, acyclic: bool):
+    """(u, v, capacity, node count) of the flow graph's arcs, or None when it has none: plain
+    arcs both ways for two-endpoint nets, Lawler gadgets for bigger ones, and with `acyclic`
+    an INF arc back from every consumer to its producer."""
+    r, rows_k, end_k, count = rn.r, rn.rows, rn.ends, len(rn.nets)
+    # a net is useful when it has two endpoints and does not join s and t; capacities are
+    # scaled so that their sum fits int32
+    deg = np.bincount(rows_k, minlength=count)
+    has_s = np.bincount(rows_k, weights=end_k == r, minlength=count) > 0
+    has_t = np.bincount(rows_k, weights=end_k == r + 1, minlength=count) > 0
     useful = (deg >= 2) & ~(has_s & has_t)
     w = w_all[rn.nets]
     total = float(w[useful].sum())
     scale = _FINITE_TOTAL / total if total > 0 else 1.0
     cap = np.where(useful, np.maximum(np.round(w * scale), 1), 0).astype(np.int64)
-    return useful, deg, cap
-
-
-def _arcs(rn: _RegionNets, useful: np.ndarray, deg: np.ndarray, cap: np.ndarray,
-          acyclic: bool):
-    """(u, v, capacity, node count) of the flow graph's arcs, or None when it has none: plain
-    arcs both ways for two-endpoint nets, Lawler gadgets for bigger ones, and with `acyclic`
-    an INF arc back from every consumer to its producer."""
-    r, rows_k, end_k = rn.r, rn.rows, rn.ends
     arcs_u, arcs_v, arcs_c = [], [], []
     sel = (useful & (deg == 2))[rows_k]
     pair = end_k[sel].reshape(-1, 2)
@@ -113,16 +98,14 @@ def _arcs(rn: _RegionNets, useful: np.ndarray, deg: np.ndarray, cap: np.ndarray,
     arcs_u += [pair[:, 0], pair[:, 1]]
     arcs_v += [pair[:, 1], pair[:, 0]]
     arcs_c += [c2, c2]
-    big = np.flatnonzero(useful & (deg > 2))
-    if len(big):
-        aux = np.full(len(rn.nets), -1, dtype=np.int64)
-        aux[big] = r + 2 + 2 * np.arange(len(big))
-        sel = (useful & (deg > 2))[rows_k]
-        e_in = aux[rows_k[sel]]
-        p = end_k[sel]
-        arcs_u += [p, e_in + 1, aux[big]]
-        arcs_v += [e_in, p, aux[big] + 1]
-        arcs_c += [np.full(len(p), _INF), np.full(len(p), _INF), cap[big]]
+    gadget = useful & (deg > 2)
+    big = np.flatnonzero(gadget)
+    aux = np.full(len(rn.nets), -1, dtype=np.int64)
+    aux[big] = r + 2 + 2 * np.arange(len(big))
+    e_in, p = aux[rows_k[gadget[rows_k]]], end_k[gadget[rows_k]]
+    arcs_u += [p, e_in + 1, aux[big]]
+    arcs_v += [e_in, p, aux[big] + 1]
+    arcs_c += [np.full(len(p), _INF), np.full(len(p), _INF), cap[big]]
     if acyclic:
         se = rn.src_end[rows_k]
         sel = (se >= 0) & (se != end_k)
@@ -153,12 +136,9 @@ def _cut_sides(hg: Hypergraph, label: np.ndarray, rn: _RegionNets, u: np.ndarray
     reach_t = breadth_first_order(residual.T.tocsr(), t_id, directed=True,
                                   return_predecessors=False)
     min_side = np.zeros(hg.n, dtype=bool)
-    rs = reach_s[reach_s < r]
-    min_side[region[rs]] = True
-    max_side = np.ones(hg.n, dtype=bool)
-    rt = reach_t[reach_t < r]
-    max_side[region[rt]] = False
-    max_side[label != REGION] = False
+    min_side[region[reach_s[reach_s < r]]] = True
+    max_side = label == REGION
+    max_side[region[reach_t[reach_t < r]]] = False
     return min_side, max_side, res.flow_value
 
 
@@ -191,21 +171,17 @@ def _grow(hg: Hypergraph, part: np.ndarray, block: int, seeds: np.ndarray, budge
 
 
 def _delta(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, moved: np.ndarray,
-           target: np.ndarray, k: int):
-    """Touched nets, their new pin counts and the objective change if `moved` go to `target`."""
+           target: np.ndarray) -> float:
+    """The objective change if `moved` go to `target`."""
     row, pos = gather(hg.node_ptr, moved)
-    e = hg.node_nets[pos]
-    touched, inv = np.unique(e, return_inverse=True)
+    touched, inv = np.unique(hg.node_nets[pos], return_inverse=True)
     new = cnt[touched].copy()
     np.add.at(new, (inv, part[moved][row]), -1)
     np.add.at(new, (inv, target[row]), 1)
-    src_part = part[hg.net_src[touched]].copy()
-    moved_src = np.zeros(hg.n, dtype=np.int64) - 1
-    moved_src[moved] = target
-    ms = moved_src[hg.net_src[touched]]
-    new_src = np.where(ms >= 0, ms, src_part)
-    change = _costs(hg, touched, new, new_src) - _costs(hg, touched, cnt[touched], src_part)
-    return touched, new, change
+    after = part.copy()
+    after[moved] = target
+    src = hg.net_src[touched]
+    return _costs(hg, touched, new, after[src]) - _costs(hg, touched, cnt[touched], part[src])
 
 
 def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarray) -> float:
@@ -216,23 +192,17 @@ def _costs(hg: Hypergraph, nets: np.ndarray, cnt: np.ndarray, src_part: np.ndarr
 
 
 def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndarray,
-                mem: np.ndarray, caps: Caps, a: int, b: int, *, acyclic: bool,
-                max_nodes: int | None = None):
-    """Best min-cut re-split of blocks a and b around their boundary.
-
-    Returns (moved nodes, their new parts, touched nets, their new pin counts), or None when no
-    feasible cut improves the objective.
-    """
-    k = caps.k
-    max_nodes = MAX_REGION if max_nodes is None else max_nodes
+                mem: np.ndarray, caps: Caps, a: int, b: int, *, acyclic: bool):
+    """Best min-cut re-split of blocks a and b around their boundary: (moved nodes, their new
+    parts), or None when no feasible cut improves the objective."""
     both = (cnt[:, a] > 0) & (cnt[:, b] > 0)
     if not both.any():
         return None
     _, ppos = gather(hg.net_ptr, np.flatnonzero(both))
     seeds = np.unique(hg.net_pins[ppos])
     seeds = seeds[hg.fixed[seeds] < 0]
-    reg_a = _grow(hg, part, a, seeds, max(caps.load[b] - load[b], 0.0), max_nodes // 2)
-    reg_b = _grow(hg, part, b, seeds, max(caps.load[a] - load[a], 0.0), max_nodes // 2)
+    reg_a = _grow(hg, part, a, seeds, max(caps.load[b] - load[b], 0.0), MAX_REGION // 2)
+    reg_b = _grow(hg, part, b, seeds, max(caps.load[a] - load[a], 0.0), MAX_REGION // 2)
     if (mem[b] + hg.node_mem[reg_a].sum() > caps.memory[b]
             or mem[a] + hg.node_mem[reg_b].sum() > caps.memory[a]):
         return None  # some cut could break a memory cap
@@ -251,51 +221,44 @@ def refine_pair(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, load: np.ndar
     nodes = np.flatnonzero(region)
     for side in cut[:2]:
         target = np.where(side[nodes], a, b)
-        moved = nodes[target != part[nodes]]
+        change = target != part[nodes]
+        moved, target = nodes[change], target[change]
         if len(moved) == 0:
             continue
-        target = target[target != part[nodes]]
         w = hg.node_weight[moved]
         la = load[a] + w[target == a].sum() - w[target == b].sum()
         lb = load[b] + w[target == b].sum() - w[target == a].sum()
         if la > caps.load[a] * (1 + 1e-12) + 1e-9 or lb > caps.load[b] * (1 + 1e-12) + 1e-9:
             continue
-        touched, new, delta = _delta(hg, part, cnt, moved, target, k)
+        delta = _delta(hg, part, cnt, moved, target)
         if delta < best_delta:
-            best, best_delta = (moved, target, touched, new), delta
+            best, best_delta = (moved, target), delta
     return best
 
 
-def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool, rounds: int = 2,
-                max_nodes: int | None = None) -> np.ndarray:
-    """Apply refine_pair to block pairs sharing cut nets (consecutive stages when acyclic)."""
+def flow_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool) -> np.ndarray:
+    """Apply refine_pair to block pairs sharing cut nets (consecutive stages when acyclic), for
+    up to two rounds."""
     k = caps.k
     part = part.copy()
     cnt = pin_counts(hg, part, k)
     load, mem = loads(hg, part, k)
-    for _ in range(rounds):
+    for _ in range(2):
         improved = False
-        present = cnt > 0
-        cut_nets = present.sum(axis=1) > 1
-        p = present[cut_nets].astype(np.float64)
-        weight = (p * hg.net_weight[cut_nets][:, None]).T @ p
         if acyclic:
             pairs = [(a, a + 1) for a in range(k - 1)]
         else:
+            present = cnt > 0
+            cut = present.sum(axis=1) > 1
+            p = present[cut].astype(np.float64)
+            weight = (p * hg.net_weight[cut][:, None]).T @ p
             pairs = [(a, b) for a in range(k) for b in range(a + 1, k) if weight[a, b] > 0]
             pairs.sort(key=lambda ab: -weight[ab])
         for a, b in pairs:
-            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic,
-                              max_nodes=max_nodes)
-            if res is None:
-                continue
-            moved, target, touched, new = res
-            cnt[touched] = new
-            for arr, w in ((load, hg.node_weight[moved]), (mem, hg.node_mem[moved])):
-                arr -= np.bincount(part[moved], weights=w, minlength=k)
-                arr += np.bincount(target, weights=w, minlength=k)
-            part[moved] = target
-            improved = True
+            res = refine_pair(hg, part, cnt, load, mem, caps, a, b, acyclic=acyclic)
+            if res is not None:
+                apply_moves(hg, part, cnt, load, mem, *res)
+                improved = True
         if not improved:
             break
     return part

@@ -1,13 +1,11 @@
 """Boundary k-way Fiduccia-Mattheyses refinement with rollback to the best prefix.
 
-Moves one node at a time (each node once per pass), taking the best admissible move from a lazy
-max-gain heap even when it loses, and finally keeps the prefix of moves with the best total gain.
-For the volume objective the gains are kept in a cache (benefit[v], penalty[v][b]) updated by
-deltas when a net's pin count on a part crosses 0/1/2, as in KaHyPar; for a link-time objective
-(LinkCost) the cached gains of the pins of the moved node's nets are recomputed exactly in one
-vectorised call (pins of nets above 64 pins are dropped from the cache and recomputed when next
-needed). Python loops touch only the nodes near the moves, so a pass costs O(moves x local degree),
-not O(n).
+Moves one node at a time (each once per pass), the best admissible move from a lazy max-gain
+heap even when it loses, then keeps the prefix of moves with the best total gain. Volume gains
+are cached (benefit[v], penalty[v][b]) and updated by deltas when a net's pin count on a part
+crosses 0/1/2, as in KaHyPar; link-time gains of the pins of the moved node's nets are
+recomputed in one vectorised call (pins of nets above 64 pins are dropped from the cache). A
+pass costs O(moves x local degree), not O(n).
 """
 from __future__ import annotations
 
@@ -17,6 +15,9 @@ import numpy as np
 
 from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
 from partition.algorithms.refine import boundary, gain_matrix, volume_gain_parts
+
+PASSES = 3      # FM passes at most
+PATIENCE = 100  # a pass stops after this many moves without a new best
 
 class _FM:
     """State of one FM run: parts, pin counts (rows materialised lazily), loads and gain cache."""
@@ -190,23 +191,26 @@ class _FM:
                     changed.append(v)
                 break
 
-    def run(self, seeds: list[int], max_moves: int, patience: int) -> float:
+    def run(self, seeds: list[int], max_moves: int) -> float:
         """One pass from `seeds`; the improvement kept (moves past the best prefix are undone)."""
         fixed = self.hg.fixed
         tie = self.rng.random(self.hg.n)
         self.cache(seeds)
-        heap = []
-        for v in seeds:
-            g, b = self.best_move(v)
-            if b >= 0:
-                heap.append((-g, tie[v], v))
-        heapq.heapify(heap)
+        heap: list[tuple[float, float, int]] = []
+
+        def push(nodes) -> None:
+            for u in nodes:
+                g, b = self.best_move(u)
+                if b >= 0:
+                    heapq.heappush(heap, (-g, tie[u], u))
+
+        push(seeds)
         locked: set[int] = set()
         moves: list[tuple[int, int]] = []
         cur = best = 0.0
         best_len = since = 0
         eps = self.hg.tolerance()
-        while heap and len(moves) < max_moves and since < patience:
+        while heap and len(moves) < max_moves and since < PATIENCE:
             negg, _, v = heapq.heappop(heap)
             if v in locked:
                 continue
@@ -228,27 +232,19 @@ class _FM:
             near = [u for e, _ in self.node_nets(v) if len(self.net_pins(e)) <= 64
                     for u in self.net_pins(e) if u not in self.benefit and fixed[u] < 0]
             self.cache(near)  # nodes next to v enter the boundary with a fresh gain
-            fresh += near
-            for u in dict.fromkeys(fresh):
-                if u in locked:
-                    continue
-                gu, bu = self.best_move(u)
-                if bu >= 0:
-                    heapq.heappush(heap, (-gu, tie[u], u))
+            push(u for u in dict.fromkeys(fresh + near) if u not in locked)
         for v, a in reversed(moves[best_len:]):
             self.move(v, a)
         return best
 
 
 def fm_refine(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-              rng: np.random.Generator, passes: int = 3, max_moves: int | None = None,
-              patience: int = 100) -> np.ndarray:
-    """Up to `passes` FM passes from the current boundary; each keeps only an improving prefix."""
+              rng: np.random.Generator) -> np.ndarray:
+    """Up to PASSES FM passes from the current boundary; each keeps only an improving prefix."""
     fm = _FM(hg, part, caps, acyclic, rng)
-    for _ in range(passes):
+    for _ in range(PASSES):
         seeds = np.flatnonzero(boundary(hg, fm.cnt) & (hg.fixed < 0)).tolist()
-        budget = max_moves if max_moves is not None else max(100, len(seeds))
-        gained = fm.run(seeds, budget, patience)
+        gained = fm.run(seeds, max(100, len(seeds)))
         fm.reset()
         if gained <= 0:
             break

@@ -1,11 +1,9 @@
-"""Array core shared by the partitioners: a source-rooted hypergraph, its objective and
-contraction.
+"""Array core shared by the partitioners: a source-rooted hypergraph, its objective, contraction.
 
 Each net is one tensor: its first pin is the producer (the *source*), the other pins are its
 distinct consumers. With weight bytes * (1 + requires_grad) (x micro-batches when batch-dependent)
-the connectivity-minus-one of a placement is SPEC's step volume V. A `LinkCost` generalises the
-per-net cost to link times: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a,
-d].
+the connectivity-minus-one of a placement is SPEC's step volume V. A `LinkCost` prices link times
+instead: sending net e from part a to part d costs sum_j coef[e, j] * mats[j, a, d].
 """
 from __future__ import annotations
 
@@ -41,18 +39,12 @@ class LinkCost:
         """cost_e(s_e -> d) for every d: float64[len(nets), k]."""
         return np.einsum("ij,jik->ik", self.coef[nets], self.mats[:, src_parts, :])
 
-    def select(self, nets: np.ndarray) -> "LinkCost":
-        return LinkCost(self.mats, self.coef[nets])
-
 
 def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.ndarray,
               bandwidth: np.ndarray, latency: np.ndarray) -> LinkCost:
     """Link cost of SPEC's time-weighted volume: each transfer costs latency + bytes / bandwidth.
-
-    `net_bytes` is the tensor's bytes times its repetitions (micro-batches), `net_times` the
-    number of repetitions, `net_backward` 1 when a gradient travels back d -> a (requires_grad),
-    else 0.
-    """
+    `net_bytes`: the tensor's bytes times its repetitions (micro-batches), `net_times`: the
+    repetitions, `net_backward`: 1 when a gradient travels back d -> a (requires_grad), else 0."""
     k = bandwidth.shape[0]
     off = 1.0 - np.eye(k)
     inv_bw = np.divide(1.0, bandwidth, out=np.zeros((k, k)), where=bandwidth > 0) * off
@@ -65,11 +57,9 @@ def time_cost(net_bytes: np.ndarray, net_backward: np.ndarray, net_times: np.nda
 
 @dataclass(frozen=True, eq=False)
 class Hypergraph:
-    """Nets in CSR (first pin of each net = its source), node loads and memory, fixed parts.
-
-    Node ids are in a topological order of the DAG whose edges run from each net's source to
-    its other pins. Derived incidence arrays (node -> nets) are built on construction.
-    """
+    """Nets in CSR (first pin of each net = its source), node loads and memory, fixed parts; node
+    ids in a topological order of the DAG of edges source -> other pins. The incidence arrays
+    (node -> nets) are derived on construction."""
 
     n: int
     net_ptr: np.ndarray      # int64[E + 1]
@@ -85,15 +75,12 @@ class Hypergraph:
     pin_net: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
-        sizes = np.diff(self.net_ptr)
-        pin_net = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-        is_src = np.zeros(len(self.net_pins), dtype=bool)
-        is_src[self.net_ptr[:-1][sizes > 0]] = True
+        pin_net = np.repeat(np.arange(self.num_nets, dtype=np.int32), self.net_sizes())
+        is_src = self._is_src_pin()
         order = np.argsort(self.net_pins, kind="stable")
-        node_ptr = np.zeros(self.n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(self.net_pins, minlength=self.n), out=node_ptr[1:])
         object.__setattr__(self, "pin_net", pin_net)
-        object.__setattr__(self, "node_ptr", node_ptr)
+        object.__setattr__(self, "node_ptr", np.concatenate(
+            [[0], np.cumsum(np.bincount(self.net_pins, minlength=self.n))]))
         object.__setattr__(self, "node_nets", pin_net[order])
         object.__setattr__(self, "node_is_src", is_src[order])
 
@@ -131,21 +118,15 @@ class Hypergraph:
 def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray,
              node_weight: np.ndarray, node_mem: np.ndarray | None = None,
              fixed: np.ndarray | None = None) -> Hypergraph:
-    """Hypergraph of a DAG given by edges src -> dst (ids topologically ordered, src < dst).
-
-    One net per node with consumers: the node, then its distinct consumers; weight
-    tensor_weight[node].
-    """
+    """Hypergraph of a DAG given by edges src -> dst (ids topologically ordered, src < dst): one
+    net per node with consumers (the node, then its distinct consumers), weight tensor_weight."""
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     key = np.unique(src * n + dst)
     src, dst = key // n, key % n
-    has = np.zeros(n, dtype=bool)
-    has[src] = True
-    producers = np.flatnonzero(has)
-    deg = np.bincount(src, minlength=n)[producers]
-    net_ptr = np.zeros(len(producers) + 1, dtype=np.int64)
-    np.cumsum(deg + 1, out=net_ptr[1:])
+    deg = np.bincount(src, minlength=n)
+    producers = np.flatnonzero(deg)
+    net_ptr = np.concatenate([[0], np.cumsum(deg[producers] + 1)])
     pins = np.empty(net_ptr[-1], dtype=np.int32)
     pins[net_ptr[:-1]] = producers
     mask = np.ones(net_ptr[-1], dtype=bool)
@@ -160,12 +141,10 @@ def from_dag(n: int, src: np.ndarray, dst: np.ndarray, tensor_weight: np.ndarray
 
 
 def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
-    """The hypergraph and caps of a partition Problem (net weights per partition.problem.hypergraph;
-    a LinkCost of SPEC's time-weighted volume when problem.objective == "time_volume").
-
-    Memory per node is what stays on its device (parameters with gradient and optimizer slots,
-    kept activations); receive buffers depend on the placement and are checked by the caller.
-    """
+    """The hypergraph and caps of a Problem (net weights per partition.problem.hypergraph; a
+    LinkCost of SPEC's time-weighted volume when problem.objective == "time_volume"). Node memory
+    is what stays on its device (parameters with gradient and optimizer slots, kept activations);
+    receive buffers depend on the placement and are checked by the caller."""
     from partition.cost import multiplicity, persistent_memory
     from partition.problem import hypergraph
 
@@ -177,16 +156,24 @@ def from_problem(problem: "Problem") -> tuple[Hypergraph, Caps]:
         times = multiplicity(arrays, problem.micro_batches)[src]
         cost = time_cost(arrays.bytes[src] * times, arrays.requires_grad[src].astype(np.float64),
                          times, problem.cluster.bandwidth, problem.cluster.latency)
-    hg = Hypergraph(
+    caps = Caps(np.asarray(problem.load_caps, dtype=np.float64),
+                np.asarray(problem.memory_caps, dtype=np.float64))
+    return Hypergraph(
         n=problem.n, net_ptr=np.asarray(net_ptr, dtype=np.int64),
         net_pins=np.asarray(net_pins, dtype=np.int32),
         net_weight=np.asarray(net_weight, dtype=np.float64),
         node_weight=np.asarray(node_weight, dtype=np.float64),
         node_mem=persistent_memory(arrays, problem.optimizer_slots).astype(np.float64),
-        fixed=np.asarray(problem.pinned, dtype=np.int32), cost=cost)
-    caps = Caps(np.asarray(problem.load_caps, dtype=np.float64),
-                np.asarray(problem.memory_caps, dtype=np.float64))
-    return hg, caps
+        fixed=np.asarray(problem.pinned, dtype=np.int32), cost=cost), caps
+
+
+def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and flat positions of the CSR segments ptr[v]:ptr[v+1] of `nodes`, concatenated."""
+    starts = ptr[nodes]
+    lens = ptr[nodes + 1] - starts
+    row = np.repeat(np.arange(len(nodes)), lens)
+    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+    return row, pos
 
 
 def pin_counts(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
@@ -195,21 +182,14 @@ def pin_counts(hg: Hypergraph, part: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(flat, minlength=hg.num_nets * k).astype(np.int32).reshape(hg.num_nets, k)
 
 
-def net_costs(hg: Hypergraph, part: np.ndarray, k: int,
-              cnt: np.ndarray | None = None) -> np.ndarray:
-    """Cost of every net under `part`: weight * (connectivity - 1), or its link cost."""
-    if cnt is None:
-        cnt = pin_counts(hg, part, k)
-    present = cnt > 0
+def objective(hg: Hypergraph, part: np.ndarray, k: int) -> float:
+    """Total objective of `part`: the sum over nets of weight * (connectivity - 1), SPEC's V for
+    the volume weights, or of their link costs (seconds) for a LinkCost."""
+    present = pin_counts(hg, part, k) > 0
     if hg.cost is None:
-        return hg.net_weight * (present.sum(axis=1) - 1)
+        return float((hg.net_weight * (present.sum(axis=1) - 1)).sum())
     rows = hg.cost.rows(np.arange(hg.num_nets), part[hg.net_src])
-    return (rows * present).sum(axis=1)
-
-
-def objective(hg: Hypergraph, part: np.ndarray, k: int, cnt: np.ndarray | None = None) -> float:
-    """Total objective of `part` (SPEC's V for the volume weights, seconds for a LinkCost)."""
-    return float(net_costs(hg, part, k, cnt).sum())
+    return float((rows * present).sum(axis=1).sum())
 
 
 def loads(hg: Hypergraph, part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,18 +198,23 @@ def loads(hg: Hypergraph, part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
             np.bincount(part, weights=hg.node_mem, minlength=k))
 
 
-def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
-    """Coarse hypergraph after merging each node u into cluster cid[u].
+def overload(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
+    """Sum of relative excess over the load and memory caps (0 when feasible)."""
+    load, mem = loads(hg, part, caps.k)
+    over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
+    mover = np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)
+    return float(over.sum() + mover.sum())
 
-    Cluster ids should follow a topological order where one exists. Pins are mapped and
-    de-duplicated (the source's cluster stays first), nets left with one pin are dropped,
-    parallel nets (same pins, same source) are merged with their weights added.
-    """
+
+def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
+    """Coarse hypergraph after merging each node u into cluster cid[u] (ids topologically ordered
+    where possible): pins mapped and de-duplicated (the source's cluster first), nets left with
+    one pin dropped, parallel nets (same pins and source) merged with their weights added."""
     cid = np.asarray(cid, dtype=np.int64)
     cp = cid[hg.net_pins]
     is_src = hg._is_src_pin()
     net = hg.pin_net.astype(np.int64)
-    src_c = cp[is_src][np.searchsorted(np.flatnonzero(is_src), hg.net_ptr[:-1])]
+    src_c = cid[hg.net_src]
     order = np.lexsort((cp, ~is_src, net))
     cp_o, net_o, src_o = cp[order], net[order], is_src[order]
     keep = src_o | (cp_o != src_c[net_o])
@@ -239,21 +224,17 @@ def contract(hg: Hypergraph, cid: np.ndarray, nc: int) -> Hypergraph:
     cp_o, net_o = cp_o[~dup], net_o[~dup]
     sizes = np.bincount(net_o, minlength=hg.num_nets)
     live = sizes >= 2
-    pk = live[net_o]
-    cp_o, net_o = cp_o[pk], net_o[pk]
-    live_ids = np.flatnonzero(live)
-    sizes = sizes[live_ids]
-    ptr = np.zeros(len(live_ids) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=ptr[1:])
-    weight = hg.net_weight[live_ids]
-    coef = None if hg.cost is None else hg.cost.coef[live_ids]
+    cp_o = cp_o[live[net_o]]
+    ptr = np.concatenate([[0], np.cumsum(sizes[live])])
+    weight = hg.net_weight[live]
+    coef = None if hg.cost is None else hg.cost.coef[live]
     ptr, cp_o, weight, coef = _merge_parallel(ptr, cp_o, weight, coef, nc)
-    node_weight = np.bincount(cid, weights=hg.node_weight, minlength=nc)
-    node_mem = np.bincount(cid, weights=hg.node_mem, minlength=nc)
     fixed = np.full(nc, -1, dtype=np.int32)
     np.maximum.at(fixed, cid, hg.fixed)
-    cost = None if coef is None else LinkCost(hg.cost.mats, coef)
-    return Hypergraph(nc, ptr, cp_o.astype(np.int32), weight, node_weight, node_mem, fixed, cost)
+    return Hypergraph(nc, ptr, cp_o.astype(np.int32), weight,
+                      np.bincount(cid, weights=hg.node_weight, minlength=nc),
+                      np.bincount(cid, weights=hg.node_mem, minlength=nc), fixed,
+                      None if coef is None else LinkCost(hg.cost.mats, coef))
 
 
 def _merge_parallel(ptr, pins, weight, coef, nc):
@@ -263,8 +244,7 @@ def _merge_parallel(ptr, pins, weight, coef, nc):
         return ptr, pins, weight, coef
     sizes = np.diff(ptr)
     rng = np.random.default_rng(12345)
-    h1 = rng.integers(1, 2**62, size=nc, dtype=np.int64)
-    h2 = rng.integers(1, 2**62, size=nc, dtype=np.int64)
+    h1, h2 = rng.integers(1, 2**62, size=(2, nc), dtype=np.int64)
     with np.errstate(over="ignore"):
         key = np.add.reduceat(h1[pins], ptr[:-1]) + h2[pins[ptr[:-1]]] * sizes
     order = np.argsort(key, kind="stable")
@@ -277,11 +257,9 @@ def _merge_parallel(ptr, pins, weight, coef, nc):
     cand = np.flatnonzero(rep != np.arange(e))
     cand = cand[(sizes[cand] == sizes[rep[cand]]) & (pins[ptr[cand]] == pins[ptr[rep[cand]]])]
     # confirm candidates pin by pin so that a hash collision never merges different nets
-    lens = sizes[cand]
-    seg = np.repeat(np.arange(len(cand)), lens)
-    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    mine = _sorted_segments(pins[np.repeat(ptr[cand], lens) + within], seg)
-    theirs = _sorted_segments(pins[np.repeat(ptr[rep[cand]], lens) + within], seg)
+    seg, pos = gather(ptr, cand)
+    mine = _sorted_segments(pins[pos], seg)
+    theirs = _sorted_segments(pins[gather(ptr, rep[cand])[1]], seg)
     bad = np.bincount(seg, weights=(mine != theirs).astype(np.float64), minlength=len(cand)) > 0
     target = np.arange(e)
     target[cand[~bad]] = rep[cand[~bad]]
@@ -293,11 +271,8 @@ def _merge_parallel(ptr, pins, weight, coef, nc):
         coef = np.stack([np.bincount(new_id, weights=coef[:, j], minlength=m)
                          for j in range(coef.shape[1])], axis=1)
     kept = np.flatnonzero(keep)
-    lens = sizes[kept]
-    new_ptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(lens, out=new_ptr[1:])
-    idx = np.repeat(ptr[kept] - new_ptr[:-1], lens) + np.arange(new_ptr[-1])
-    return new_ptr, pins[idx], weight, coef
+    new_ptr = np.concatenate([[0], np.cumsum(sizes[kept])])
+    return new_ptr, pins[gather(ptr, kept)[1]], weight, coef
 
 
 def _sorted_segments(values: np.ndarray, seg: np.ndarray) -> np.ndarray:

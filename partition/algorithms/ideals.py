@@ -1,19 +1,15 @@
 """Atoms, ideals and the boundary tensors `pipeline_dp` works on.
 
 An *atom* is a set of nodes that always share a device; an *ideal* is a down-closed set of
-atoms (every producer of a member is a member), held as one row of a bool matrix. A chain of
-ideals `{} = I_0 <= I_1 <= ... <= I_k = all` is an acyclic placement (stage p = I_p minus
-I_{p-1}), and every acyclic placement into ordered stages is such a chain.
+atoms (every producer of a member is a member), held as one row of a bool matrix. The acyclic
+placements into ordered stages are exactly the chains of ideals `{} = I_0 <= ... <= I_k = all`
+(stage p = I_p minus I_{p-1}).
 
-Contractions (`atoms_of`), both keep the optimum of SPEC section 5's `max_d T_d` and the
-step volume V: moving a zero-cost node next to its only neighbour adds no compute anywhere
-and only removes transfers (so no `T_d` and no V grows) and only removes quotient edges (so
-an acyclic placement stays acyclic):
-  - a source (input, param, const) of zero cost with exactly one consumer joins that
-    consumer; its only transfer was to that consumer;
-  - a node of zero cost with no consumer and exactly one input joins that input.
-Under binding memory caps they restrict the search (a parameter lives where it is used).
-Nodes pinned to different devices are never joined.
+Contractions (`atoms_of`) move a zero-cost node next to its only neighbour: a source (input,
+param, const) with one consumer joins it, a node with no consumer and one input joins that
+input. Both add no compute and only remove transfers and quotient edges, so they keep the
+optimum of SPEC section 5's `max_d T_d` and of V (under binding memory caps they restrict the
+search: a parameter lives where it is used). Nodes pinned to different devices are never joined.
 """
 from __future__ import annotations
 
@@ -23,7 +19,7 @@ import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from partition.algorithms.base import layer_units, pipeline_order, split_by_weight
+from partition.algorithms.base import layer_units, pipeline_order, ranks, split_by_weight
 from partition.cost import GraphArrays, kahn_order, sorted_unique
 
 
@@ -43,29 +39,13 @@ def atoms_of(arrays: GraphArrays, pinned: np.ndarray) -> np.ndarray:
     _, label = connected_components(graph, directed=False)
     # Every edge between atoms starts and ends at an atom's one unjoined node (its core), so
     # numbering atoms by their core's position in a topological order is topological.
-    position = np.empty(n, dtype=np.int64)
-    position[pipeline_order(arrays)] = np.arange(n)
+    position = np.argsort(pipeline_order(arrays))
     key = position.copy()
     key[a] = -1
     core = np.full(int(label.max()) + 1, -1, dtype=np.int64)
     np.maximum.at(core, label, key)
     np.maximum.at(core, label, np.where(core[label] < 0, position, -1))
-    return _rank(core)[label]
-
-
-def _rank(key: np.ndarray) -> np.ndarray:
-    rank = np.empty(len(key), dtype=np.int64)
-    rank[np.argsort(key, kind="stable")] = np.arange(len(key))
-    return rank
-
-
-def topological_units(unit: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """`unit` renumbered along a topological order of its (acyclic) quotient, smallest old id
-    first among ready units."""
-    count = int(unit.max()) + 1
-    rank = np.empty(count, dtype=np.int64)
-    rank[kahn_order(count, src, dst, break_cycles=True)] = np.arange(count)
-    return rank[unit]
+    return ranks(core)[label]
 
 
 def unit_edges(arrays: GraphArrays, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,13 +59,14 @@ def unit_edges(arrays: GraphArrays, unit: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def acyclic_units(arrays: GraphArrays, unit: np.ndarray) -> np.ndarray:
     """`unit` with every strongly connected set of units of its quotient merged, renumbered
-    along a topological order."""
+    along a topological order (smallest merged id first among ready units)."""
     count = int(unit.max()) + 1
     src, dst = unit_edges(arrays, unit)
     graph = csr_matrix((np.ones(len(src)), (src, dst)), shape=(count, count))
     _, scc = connected_components(graph, directed=True, connection="strong")
     merged = scc[unit]
-    return topological_units(merged, *unit_edges(arrays, merged))
+    order = kahn_order(int(merged.max()) + 1, *unit_edges(arrays, merged), break_cycles=True)
+    return np.argsort(order)[merged]
 
 
 def coarse_units(arrays: GraphArrays, weights: np.ndarray, limit: int,
@@ -100,8 +81,7 @@ def coarse_units(arrays: GraphArrays, weights: np.ndarray, limit: int,
         if int(units.max()) + 1 <= limit:
             return units
     load = np.where(weights > 0, weights, 0.0) + 1e-9 * max(float(weights.sum()), 1.0) / len(order)
-    chunks = np.empty(arrays.n, dtype=np.int64)
-    chunks[order] = split_by_weight(load[order], np.ones(min(limit, arrays.n)))
+    chunks = split_by_weight(load[order], np.ones(min(limit, arrays.n)))[np.argsort(order)]
     return np.unique(chunks, return_inverse=True)[1].astype(np.int64)
 
 
@@ -114,8 +94,7 @@ def enumerate_ideals(count: int, src: np.ndarray, dst: np.ndarray, budget: int
     for s, d in zip(src.tolist(), dst.tolist()):
         preds[d] |= 1 << s
         succs[s].append(d)
-    ready0 = tuple(v for v in range(count) if preds[v] == 0)
-    level = {0: ready0}
+    level = {0: tuple(v for v in range(count) if preds[v] == 0)}
     ideals = [0]
     while level:
         following: dict[int, tuple] = {}

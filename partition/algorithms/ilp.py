@@ -1,15 +1,11 @@
 """Exact partitioning of small graphs (up to ~60 nodes) as a mixed-integer program solved by HiGHS.
 
 Variables: x[v, d] binary (v on device d); y[e, d] in [0, 1] with y[e, d] >= x[p, d] for every pin
-p of net e, so at the optimum y[e, d] = 1 exactly when some pin of tensor e is on d and
-V = sum_e w_e (sum_d y[e, d] - 1) is SPEC's step volume. For the time objective t[e, a, d] >=
-x[src, a] + y[e, d] - 1 prices each transfer a -> d on its link. Constraints: one device per node,
-load caps, memory caps (persistent bytes plus one receive buffer per tensor arriving: bytes_e *
-(y[e, d] - x[src, d])), pins as bounds. Acyclicity: with interchangeable devices, devices are
-pipeline stages in index order (sum_d d x[v, d] is non-decreasing along every edge; any acyclic
-placement can be relabelled so); otherwise stage positions pi[d] and quotient arcs z[a, b] with
-pi[b] >= pi[a] + 1 - k (1 - z[a, b]). Symmetry breaking for interchangeable devices without
-acyclicity: the i-th node may only use devices 0..i. A multilevel solution seeds the search.
+p of net e, so at the optimum V = sum_e w_e (sum_d y[e, d] - 1) is SPEC's step volume; for the
+time objective t[e, a, d] >= x[src, a] + y[e, d] - 1 prices each transfer on its link. Load and
+memory caps (with receive buffers), pins as bounds, and acyclicity (`_acyclic_rows`) are rows or
+bounds. Symmetry breaking for interchangeable devices without acyclicity: the i-th node may
+only use devices 0..i. A multilevel solution seeds the search.
 """
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from partition.algorithms.base import AlgorithmResult
+from partition.algorithms.base import AlgorithmResult, ranks
 from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, pin_counts
 from partition.algorithms.multilevel import multilevel_partition
 from partition.errors import PlacementError
@@ -48,15 +44,10 @@ class MipModel:
     """Columns and rows of a sparse MIP built incrementally."""
 
     def __init__(self):
-        self.lower: list[np.ndarray] = []
-        self.upper: list[np.ndarray] = []
-        self.cost: list[np.ndarray] = []
-        self.integer: list[np.ndarray] = []
-        self.ncol = 0
-        self.rows, self.cols, self.vals = [], [], []
-        self.row_lo: list[np.ndarray] = []
-        self.row_hi: list[np.ndarray] = []
-        self.nrow = 0
+        # per block of columns / rows added: their bounds, costs, integrality and entries
+        self.lower, self.upper, self.cost, self.integer = [], [], [], []
+        self.rows, self.cols, self.vals, self.row_lo, self.row_hi = [], [], [], [], []
+        self.ncol = self.nrow = 0
 
     def columns(self, count: int, lo=0.0, hi=1.0, cost=0.0, integer=False) -> np.ndarray:
         self.lower.append(np.broadcast_to(np.asarray(lo, float), (count,)).copy())
@@ -76,6 +67,14 @@ class MipModel:
         self.row_lo.append(np.broadcast_to(np.asarray(lo, float), (count,)).copy())
         self.row_hi.append(np.broadcast_to(np.asarray(hi, float), (count,)).copy())
         self.nrow += count
+
+    def sum_rows(self, terms: list[tuple[float, np.ndarray]], lo, hi) -> None:
+        """One row per position i: lo <= sum of coef * x[cols[i]] over `terms` [(coef, cols)]
+        <= hi (all `cols` of one length)."""
+        count = np.size(terms[0][1])
+        self.add_rows(np.tile(np.arange(count), len(terms)),
+                      np.concatenate([np.ravel(cols) for _, cols in terms]),
+                      np.concatenate([np.full(count, coef) for coef, _ in terms]), lo, hi, count)
 
     def solve(self, time_limit: float | None, seed: int, start: np.ndarray | None):
         lp = highspy.HighsLp()
@@ -154,12 +153,10 @@ def _node_columns(m: MipModel, hg: Hypergraph, k: int, symmetric: bool) -> np.nd
     devices, no acyclicity, no pins) the i-th node may only use devices 0..i."""
     n = hg.n
     x = m.columns(n * k, integer=True).reshape(n, k)
-    xu = np.ones((n, k))
     fixed = hg.fixed >= 0
-    xu[fixed] = 0.0
-    xu[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
     xl = np.zeros((n, k))
     xl[np.flatnonzero(fixed), hg.fixed[fixed]] = 1.0
+    xu = np.where(fixed[:, None], xl, 1.0)
     if symmetric and not fixed.any():
         xu[np.arange(k)[None, :] > np.arange(n)[:, None]] = 0.0
     m.lower[-1], m.upper[-1] = xl.ravel(), xu.ravel()
@@ -168,14 +165,10 @@ def _node_columns(m: MipModel, hg: Hypergraph, k: int, symmetric: bool) -> np.nd
 
 def _placement_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray, y: np.ndarray) -> None:
     """One device per node, and y[e, d] >= x[p, d] for every pin p of net e."""
-    n = hg.n
-    m.add_rows(np.repeat(np.arange(n), k), x.ravel(), 1.0, 1.0, 1.0, n)
-    pin_rows = np.arange(len(hg.net_pins) * k)
-    pe = np.repeat(hg.pin_net, k)
-    pp = np.repeat(hg.net_pins, k)
+    m.add_rows(np.repeat(np.arange(hg.n), k), x.ravel(), 1.0, 1.0, 1.0, hg.n)
+    pe, pp = np.repeat(hg.pin_net, k), np.repeat(hg.net_pins, k)
     pd = np.tile(np.arange(k), len(hg.net_pins))
-    m.add_rows(np.r_[pin_rows, pin_rows], np.r_[y[pe, pd], x[pp, pd]],
-               np.r_[np.ones(len(pin_rows)), -np.ones(len(pin_rows))], 0.0, np.inf, len(pin_rows))
+    m.sum_rows([(1.0, y[pe, pd]), (-1.0, x[pp, pd])], 0.0, np.inf)
 
 
 def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndarray,
@@ -187,9 +180,7 @@ def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndar
     m.add_rows(dev, x.ravel(), np.repeat(hg.node_weight, k), -np.inf, caps.load, k)
     if not np.isfinite(caps.memory).any():
         return
-    cols = [x.ravel()]
-    vals = [np.repeat(hg.node_mem, k)]
-    rows = [dev]
+    rows, cols, vals = [dev], [x.ravel()], [np.repeat(hg.node_mem, k)]
     if net_bytes is not None:
         ed = np.tile(np.arange(k), e)
         cols += [y.ravel(), x[np.repeat(hg.net_src, k), ed]]
@@ -202,18 +193,12 @@ def _cap_rows(m: MipModel, hg: Hypergraph, caps: Caps, x: np.ndarray, y: np.ndar
 def _link_time_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray, y: np.ndarray,
                     scale: float) -> None:
     """t[e, a, d] >= x[src, a] + y[e, d] - 1, priced by the link a -> d (the time objective)."""
-    e, src = hg.num_nets, hg.net_src
-    pairs = [(a, d) for a in range(k) for d in range(k) if a != d]
-    pa = np.array([p[0] for p in pairs])
-    pdd = np.array([p[1] for p in pairs])
-    c = np.einsum("ej,jp->ep", hg.cost.coef, hg.cost.mats[:, pa, pdd]) / scale
-    t = m.columns(e * len(pairs), lo=0.0, hi=1.0, cost=c.ravel()).reshape(e, len(pairs))
-    r = np.arange(e * len(pairs))
-    ee = np.repeat(np.arange(e), len(pairs))
-    aa = np.tile(pa, e)
-    dd = np.tile(pdd, e)
-    m.add_rows(np.r_[r, r, r], np.r_[t.ravel(), x[src[ee], aa], y[ee, dd]],
-               np.r_[np.ones(len(r)), -np.ones(len(r)), -np.ones(len(r))], -1.0, np.inf, len(r))
+    e = hg.num_nets
+    pa, pd = np.nonzero(~np.eye(k, dtype=bool))       # the links a -> d, a != d
+    c = np.einsum("ej,jp->ep", hg.cost.coef, hg.cost.mats[:, pa, pd]) / scale
+    t = m.columns(e * len(pa), lo=0.0, hi=1.0, cost=c.ravel())
+    ee, aa, dd = np.repeat(np.arange(e), len(pa)), np.tile(pa, e), np.tile(pd, e)
+    m.sum_rows([(1.0, t), (-1.0, x[hg.net_src[ee], aa]), (-1.0, y[ee, dd])], -1.0, np.inf)
 
 
 def _acyclic_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray,
@@ -233,11 +218,9 @@ def _acyclic_rows(m: MipModel, hg: Hypergraph, k: int, x: np.ndarray,
         return
     pi = m.columns(k, lo=0.0, hi=k - 1)
     z = m.columns(k * k, integer=True).reshape(k, k)
-    pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
-    for a, b in pairs:
-        r = np.arange(len(us))
-        m.add_rows(np.r_[r, r, r], np.r_[np.full(len(us), z[a, b]), x[us, a], x[vs, b]],
-                   np.r_[np.ones(len(us)), -np.ones(2 * len(us))], -1.0, np.inf, len(us))
+    for a, b in zip(*np.nonzero(~np.eye(k, dtype=bool))):
+        m.sum_rows([(1.0, np.full(len(us), z[a, b])), (-1.0, x[us, a]), (-1.0, x[vs, b])],
+                   -1.0, np.inf)
         m.add_rows(np.zeros(3, np.int64), np.array([pi[b], pi[a], z[a, b]]),
                    np.array([1.0, -1.0, -float(k)]), 1.0 - k, np.inf, 1)
 
@@ -248,21 +231,15 @@ def _start_vector(hg, caps, ncol, x, y, part, acyclic, interchangeable, volume):
         return None  # HiGHS accepts only complete starts; the derived columns are not worth it here
     k = caps.k
     if interchangeable and not acyclic and not (hg.fixed >= 0).any():
-        part = first_seen_labels(part, k)  # the symmetry breaking bounds: node i on 0..i
+        # the symmetry breaking bounds (node i on 0..i): devices renumbered by first appearance,
+        # the same placement on interchangeable devices
+        first = np.full(k, len(part), dtype=np.int64)
+        np.minimum.at(first, part, np.arange(len(part)))
+        part = ranks(first)[part]
     vec = np.zeros(ncol)
     vec[x[np.arange(hg.n), part]] = 1.0
     vec[y.ravel()] = (pin_counts(hg, part, k) > 0).ravel().astype(float)
     return vec
-
-
-def first_seen_labels(part: np.ndarray, k: int) -> np.ndarray:
-    """`part` with devices renumbered by first appearance in node order (the same placement on
-    interchangeable devices), so that node i is on a device <= i."""
-    first = np.full(k, len(part), dtype=np.int64)
-    np.minimum.at(first, part, np.arange(len(part)))
-    label = np.empty(k, dtype=np.int64)
-    label[np.argsort(first, kind="stable")] = np.arange(k)
-    return label[part]
 
 
 # A size guard and a default time limit, so that `--algorithm ilp` on a big graph fails at once
@@ -282,16 +259,14 @@ def ilp(problem: Problem) -> AlgorithmResult:
     if problem.time_limit is None:
         problem = dataclasses.replace(problem, time_limit=DEFAULT_TIME_LIMIT)
     hg, caps = from_problem(problem)
-    cl = problem.cluster
     interchangeable = bool(np.all(caps.load == caps.load[0])
                            and np.all(caps.memory == caps.memory[0])
-                           and (hg.cost is None or cl.uniform_links))
+                           and (hg.cost is None or problem.cluster.uniform_links))
     start = multilevel_partition(hg, caps, acyclic=problem.acyclic, seed=problem.seed)
-    src = hg.net_src
     part, optimal, bound, value = ilp_partition(
         hg, caps, acyclic=problem.acyclic, interchangeable=interchangeable,
-        net_bytes=problem.arrays.bytes[src].astype(np.float64), time_limit=problem.time_limit,
-        seed=problem.seed, start=start)
+        net_bytes=problem.arrays.bytes[hg.net_src].astype(np.float64),
+        time_limit=problem.time_limit, seed=problem.seed, start=start)
     start_value = objective(hg, start, caps.k)
     if part is None or (not optimal and value > start_value):
         part, value = start, start_value

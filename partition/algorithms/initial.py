@@ -1,9 +1,5 @@
-"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders, graph
-growing.
-
-Chunks of a topological order are stage-monotone (every edge runs to the same or a later part), so
-they are the starting points in acyclic mode; graph growing and random starts add diversity
-otherwise.
+"""Initial partitions of the coarsest hypergraph: balanced chunks of topological orders (stage-
+monotone, so the starts in acyclic mode) and, for diversity otherwise, graph growing.
 """
 from __future__ import annotations
 
@@ -72,8 +68,7 @@ def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) 
         seed = int(rng.choice(candidates))
         conn: dict[int, float] = {seed: 0.0}
         heap = [(0.0, 0, seed)]
-        got = 0.0
-        count = 1
+        got, count = 0.0, 1
         while heap and got < goal:
             negc, _, v = heapq.heappop(heap)
             if not free[v] or -negc < conn.get(v, 0.0) - 1e-300:
@@ -93,18 +88,14 @@ def greedy_growing(hg: Hypergraph, share: np.ndarray, rng: np.random.Generator) 
                 if len(rest):
                     u = int(rng.choice(rest))
                     heap.append((0.0, count + 1, u))
-    fixed = hg.fixed >= 0
-    part[fixed] = hg.fixed[fixed]
+    part[hg.fixed >= 0] = hg.fixed[hg.fixed >= 0]
     return part
 
 
 def make_monotone(hg: Hypergraph, part: np.ndarray) -> np.ndarray:
-    """Stage-monotone version of `part` (every edge to the same or a later part), fixed nodes kept.
-
-    A reverse pass lowers each free node to its consumers' minimum, a forward pass raises it to its
-    producers' maximum; the result is monotone whenever the fixed nodes allow it (no fixed node has
-    a fixed ancestor on a later part).
-    """
+    """Stage-monotone version of `part` (every edge to the same or a later part), fixed nodes kept:
+    a reverse pass lowers each free node to its consumers' minimum, a forward pass raises it to its
+    producers' maximum (monotone unless a fixed node has a fixed ancestor on a later part)."""
     s, t = hg.edges()
     n = hg.n
     key = np.unique(s.astype(np.int64) * n + t)

@@ -1,13 +1,10 @@
 """Recursive bisection by s-t minimum cuts on the tensor-bytes hypergraph.
 
-Each bisection of a node set (topologically ordered) into the devices' left and right halves
-seeds the source with a prefix of the order and the sink with a suffix, then takes a minimum cut
-(flows.min_cut, exact for the cut weight of tensors whose users straddle the halves). Seeds
-covering all but a window of +-delta around the target share make every cut balanced; the sweep
-widens delta (more freedom, checked afterwards) and keeps the lightest balanced cut. With
-acyclic=True every DAG edge gets an infinite reverse arc, so each source side is closed under
-predecessors and the devices, in left-to-right order, form a pipeline (acyclic quotient).
-Graphs above `coarsen_above` nodes are first coarsened (acyclicity-preserving when asked).
+Each bisection of a node set (topologically ordered) seeds the source with a prefix of the order
+and the sink with a suffix, leaving a window of +-delta around the target share, so every cut is
+balanced, then takes a minimum cut (flows.min_cut); the sweep widens delta and keeps the lightest
+balanced cut. With acyclic=True each source side is closed under predecessors, so the devices in
+left-to-right order form a pipeline. Graphs above `coarsen_above` nodes are coarsened first.
 """
 from __future__ import annotations
 
@@ -18,9 +15,8 @@ import numpy as np
 from partition.algorithms.base import AlgorithmResult
 from partition.algorithms.coarsen import hierarchy
 from partition.algorithms.flows import IGNORED, REGION, SINK, SOURCE, min_cut
-from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, overload
 from partition.algorithms.initial import late_sources_order, make_monotone
-from partition.algorithms.multilevel import overload
 from partition.algorithms.refine import rebalance
 from partition.problem import Problem
 
@@ -89,8 +85,7 @@ def mincut_partition(hg: Hypergraph, caps: Caps, *, acyclic: bool) -> np.ndarray
         mid = (lo + hi) // 2
         whole = float(caps.load[lo:hi].sum())
         share = float(caps.load[lo:mid].sum()) / whole if whole > 0 else (mid - lo) / (hi - lo)
-        fixed = hg.fixed
-        side_of_pin = np.where(fixed < 0, -1, np.where(fixed < mid, 0, 1))
+        side_of_pin = np.where(hg.fixed < 0, -1, np.where(hg.fixed < mid, 0, 1))
         left = bisect(hg, order, members, share, eps, side_of_pin, acyclic=acyclic)
         stack.append((members & ~left, mid, hi))
         stack.append((left, lo, mid))

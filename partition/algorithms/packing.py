@@ -1,12 +1,11 @@
 """Load packing: do the nodes' training loads fit the devices' load caps at all, traffic aside?
 
-Under tight caps balance is a bin-packing problem: four equal layers on three devices admit no
-placement within epsilon 0.10, and a packing can exist that greedy repair does not find. Both are
-settled by small MIPs (HiGHS): without acyclicity, over classes of equally heavy nodes (counts per
-class and device); with acyclicity, per node with stages in device index order (interchangeable
-devices; any acyclic placement can be relabelled so). They give the least possible max load/base
-ratio (base = cap / (1 + epsilon), SPEC section 2), hence the smallest epsilon that admits a
-placement, the device counts that fit, and a placement within the caps close to a given one.
+Under tight caps balance is a bin-packing problem (four equal layers on three devices admit no
+placement within epsilon 0.10) that greedy repair may not solve. Small HiGHS MIPs settle it:
+without acyclicity over classes of equally heavy nodes, with it per node with stages in device
+index order (interchangeable devices). They give the least max load/base ratio (base = cap /
+(1 + epsilon), SPEC section 2), hence the smallest epsilon that admits a placement, the device
+counts that fit, and a placement within the caps close to a given one.
 """
 from __future__ import annotations
 
@@ -50,8 +49,7 @@ def applicable(problem: Problem) -> bool:
             and not (problem.pinned >= 0).any())
 
 
-def least_ratio(problem: Problem, time_limit: float = SECONDS,
-                start: np.ndarray | None = None) -> Packing:
+def least_ratio(problem: Problem, start: np.ndarray | None = None) -> Packing:
     """The least achievable max_d load_d / base_d over placements (acyclic ones when asked;
     `start`, if stage-monotone, seeds that search)."""
     base = problem.load_caps / (1.0 + problem.epsilon)
@@ -59,34 +57,32 @@ def least_ratio(problem: Problem, time_limit: float = SECONDS,
         arrays = problem.arrays
         if start is not None and (start[arrays.in_idx] > start[arrays.in_dst]).any():
             start = None
-        return _stage_packing(problem, base, time_limit, start)
-    return _class_packing(problem.weights, problem.pinned, base, None, time_limit)
+        return _stage_packing(problem, base, start)
+    return _class_packing(problem.weights, problem.pinned, base, None, SECONDS)
 
 
-def closest_fit(problem: Problem, part: np.ndarray, time_limit: float = SECONDS
-                ) -> np.ndarray | None:
+def closest_fit(problem: Problem, part: np.ndarray) -> np.ndarray | None:
     """A placement within the load caps that keeps as many nodes of `part` where they are as
     possible (acyclic: the least-ratio stage packing), or None when none was found."""
     if problem.acyclic:
-        found = least_ratio(problem, time_limit, np.asarray(part))
+        found = least_ratio(problem, np.asarray(part))
         fits = found.upper is not None and found.upper <= 1 + problem.epsilon + TOLERANCE
         return found.assignment if fits else None
     base = problem.load_caps / (1.0 + problem.epsilon)
-    found = _class_packing(problem.weights, problem.pinned, base, np.asarray(part), time_limit,
+    found = _class_packing(problem.weights, problem.pinned, base, np.asarray(part), SECONDS,
                            ratio=1.0 + problem.epsilon)
     return found.assignment
 
 
-def fitting_device_counts(problem: Problem, time_limit: float = SECONDS) -> tuple[int | None,
-                                                                                int | None]:
+def fitting_device_counts(problem: Problem) -> tuple[int | None, int | None]:
     """(largest k' < k, smallest k' in k+1..2k) whose uniform cluster fits the loads at the
-    problem's epsilon (None when none does, or when `time_limit` seconds in all ran out); only
+    problem's epsilon (None when none does, or when SECONDS in all ran out); only
     for identical devices without pins."""
     speeds = problem.cluster.speeds
     if problem.acyclic or not np.all(speeds == speeds[0]) or (problem.pinned >= 0).any():
         return None, None
     k, ratio = problem.k, 1.0 + problem.epsilon
-    deadline = time.perf_counter() + time_limit
+    deadline = time.perf_counter() + SECONDS
 
     def fits(count: int) -> bool:
         left = deadline - time.perf_counter()
@@ -116,11 +112,9 @@ def smallest_epsilon(found: Packing) -> tuple[float, float | None]:
 def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
                    part: np.ndarray | None, time_limit: float,
                    ratio: float | None = None) -> Packing:
-    """Counts c[j, d] of each class j of equally heavy free nodes on each device d.
-
-    With `ratio` None: minimise T subject to load_d <= T * base_d. With a `ratio`: loads within
-    ratio * base_d, keeping the most nodes of `part` on their device (any packing without it).
-    """
+    """Counts c[j, d] of each class j of equally heavy free nodes on each device d: with `ratio`
+    None, minimise T subject to load_d <= T * base_d; with a `ratio`, loads within ratio * base_d,
+    keeping the most nodes of `part` on their device (any packing without it)."""
     k = len(base)
     scale = float(base.max()) if base.max() > 0 else 1.0
     free = (pinned < 0) & (weights > 0)
@@ -135,9 +129,7 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
     vals = [np.repeat(values / scale, k)]
     if ratio is None:
         t = m.columns(1, hi=np.inf, cost=1.0)
-        rows.append(np.arange(k))
-        cols.append(np.repeat(t, k))
-        vals.append(-base / scale)
+        rows, cols, vals = rows + [np.arange(k)], cols + [np.repeat(t, k)], vals + [-base / scale]
         hi = -fixed_load / scale
     else:
         hi = (ratio * base * (1 + TOLERANCE / 10) - fixed_load) / scale
@@ -146,9 +138,7 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
         current = np.zeros((len(values), k))
         np.add.at(current, (cls, part[free]), 1)
         keep = m.columns(len(values) * k, hi=current.ravel(), cost=-1.0)
-        r = np.arange(len(values) * k)
-        m.add_rows(np.r_[r, r], np.r_[keep, c.ravel()], np.r_[np.ones(len(r)), -np.ones(len(r))],
-                   -np.inf, 0.0, len(r))
+        m.sum_rows([(1.0, keep), (-1.0, c)], -np.inf, 0.0)
     status, info, x = m.solve(time_limit, 0, None)
     if x is None:
         lower = np.inf if status == highspy.HighsModelStatus.kInfeasible else _trivial(
@@ -165,15 +155,13 @@ def _class_packing(weights: np.ndarray, pinned: np.ndarray, base: np.ndarray,
     return Packing(min(lower, achieved), achieved, assignment)
 
 
-def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
-                   start: np.ndarray | None = None) -> Packing:
-    """Minimise T over stage-monotone placements, with z[v, d] = [stage(v) >= d] for d = 1..k-1:
-    z[v, d] >= z[v, d + 1], z[u, d] <= z[v, d] along every edge u -> v (a tight LP for
-    precedence), load_d = sum_v w_v (z[v, d] - z[v, d + 1]) <= T base_d. `start`: a
-    stage-monotone placement to begin from."""
+def _stage_packing(problem: Problem, base: np.ndarray, start: np.ndarray | None) -> Packing:
+    """Minimise T over stage-monotone placements (`start`, one to begin from), with z[v, d] =
+    [stage(v) >= d], z[v, d] >= z[v, d + 1], z[u, d] <= z[v, d] along every edge u -> v (a tight
+    LP for precedence) and load_d = sum_v w_v (z[v, d] - z[v, d + 1]) <= T base_d."""
     arrays, k, w = problem.arrays, problem.k, problem.weights
     n = arrays.n
-    bound = _class_packing(w, problem.pinned, base, None, time_limit).lower
+    bound = _class_packing(w, problem.pinned, base, None, SECONDS).lower
     if k == 1:
         return Packing(bound, bound, np.zeros(n, dtype=np.int64))
     scale = float(base.max()) if base.max() > 0 else 1.0
@@ -181,15 +169,9 @@ def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
     z = m.columns(n * (k - 1), integer=True).reshape(n, k - 1)
     t = m.columns(1, hi=np.inf, cost=1.0)
     if k > 2:                                          # z[v, d] - z[v, d + 1] >= 0
-        r = np.arange(n * (k - 2))
-        m.add_rows(np.r_[r, r], np.r_[z[:, :-1].ravel(), z[:, 1:].ravel()],
-                   np.r_[np.ones(len(r)), -np.ones(len(r))], 0.0, np.inf, len(r))
-    src, dst = arrays.in_idx.astype(np.int64), arrays.in_dst.astype(np.int64)
-    key = np.unique(src * n + dst)
-    src, dst = key // n, key % n
-    r = np.arange(len(src) * (k - 1))
-    m.add_rows(np.r_[r, r], np.r_[z[dst].ravel(), z[src].ravel()],
-               np.r_[np.ones(len(r)), -np.ones(len(r))], 0.0, np.inf, len(r))
+        m.sum_rows([(1.0, z[:, :-1]), (-1.0, z[:, 1:])], 0.0, np.inf)
+    key = np.unique(arrays.in_idx.astype(np.int64) * n + arrays.in_dst)
+    m.sum_rows([(1.0, z[key % n]), (-1.0, z[key // n])], 0.0, np.inf)
     # load_d - T base_d <= 0, load_d = sum_v w_v (z[v, d] - z[v, d + 1]) (z[v, 0] = 1, z[v, k] = 0)
     ws = w / scale
     rows, cols, vals = [np.arange(k)], [np.repeat(t, k)], [-base / scale]
@@ -204,7 +186,7 @@ def _stage_packing(problem: Problem, base: np.ndarray, time_limit: float,
         warm = np.zeros(m.ncol)
         warm[z.ravel()] = (np.asarray(start)[:, None] >= np.arange(1, k)[None, :]).ravel()
         warm[t] = _ratio(w, np.asarray(start), base)
-    status, info, values = m.solve(time_limit, problem.seed, warm)
+    status, info, values = m.solve(SECONDS, problem.seed, warm)
     if values is None:
         lower = np.inf if status == highspy.HighsModelStatus.kInfeasible else bound
         return Packing(lower, None, None)

@@ -1,12 +1,11 @@
 """Peer partitioners for comparison: METIS (pymetis, edge-cut objective) and Mt-KaHyPar (km1).
 
-Both get the same balance caps as ours (as per-block weights / imbalance), integer weights scaled
-from FLOPs and bytes, and are evaluated with our metrics by the caller. METIS partitions the
-undirected graph with edge weight = the producer's tensor weight bytes * (1 + requires_grad)
-(x micro-batches when batch-dependent); it has no fixed vertices, so parts are relabelled to agree
-with the pins as much as possible and pinned nodes are then moved. Mt-KaHyPar partitions the
-hypergraph (one net per tensor, same weights) on the connectivity objective, with pins as fixed
-vertices. Missing packages raise PlacementError naming the extra: `pip install modelcut[peers]`.
+Both get our balance caps (as per-block weights / imbalance) and integer weights scaled from FLOPs
+and bytes; the caller evaluates them with our metrics. METIS partitions the undirected graph with
+edge weight = the producer's tensor weight; it has no fixed vertices, so parts are relabelled to
+agree with the pins and pinned nodes are then moved. Mt-KaHyPar partitions the hypergraph (one
+net per tensor) with pins as fixed vertices. Missing packages raise PlacementError naming the
+extra: `pip install modelcut[peers]`.
 """
 from __future__ import annotations
 
@@ -14,8 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from partition.algorithms.base import AlgorithmResult
-from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective
-from partition.algorithms.multilevel import overload
+from partition.algorithms.hypergraph import Caps, Hypergraph, from_problem, objective, overload
 from partition.algorithms.refine import rebalance
 from partition.errors import PlacementError
 from partition.problem import Problem
@@ -86,8 +84,7 @@ def metis_partition(hg: Hypergraph, caps: Caps, seed: int = 0) -> np.ndarray:
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
     ew = _int_weights(np.r_[w, w][order], 1, _NET_TOTAL)
-    xadj = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(a, minlength=n), out=xadj[1:])
+    xadj = np.concatenate([[0], np.cumsum(np.bincount(a, minlength=n))])
     vw = _node_weights(hg, caps, 0)
     _, eps = _scaled_caps(hg, caps, vw)
     options = pymetis.Options(ufactor=max(1, int(eps * 1000)), seed=int(seed))

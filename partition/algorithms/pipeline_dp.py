@@ -1,22 +1,17 @@
 """`pipeline_dp`: the best acyclic pipeline under SPEC section 5, by a DP over ideals.
 
-Every acyclic placement into at most k ordered stages is a chain of ideals (down-closed node
-sets) `{} = I_0 <= ... <= I_k = all`, stage p = `I_p minus I_(p-1)` on the p-th device of a
-device order (stages may be empty, so fewer devices may be used). Following Tarnawski et al.
+A placement into at most k ordered stages is a chain of ideals (ideals.py), stage p on the
+p-th device of a device order (empty stages leave devices unused). Following Tarnawski et al.
 (NeurIPS 2020), the program runs over the ideals in order of size and, for every pair
 `I <= J`, prices stage `J minus I` (pipeline_model.py) and keeps for every (position, J) the
-smallest bottleneck `max_p T_p`, ties broken by the smaller step volume V (V is a sum over
-stages of what each stage receives, so it is exact in the DP). Up to `REFINE_LIMIT` ideals
-a second pass finds the smallest V among chains whose stages all fit the optimal bottleneck.
+smallest bottleneck `max_p T_p`, ties broken by the smaller step volume V (a sum over stages
+of what each receives, so exact in the DP). Up to `REFINE_LIMIT` ideals a second pass finds
+the smallest V among chains whose stages all fit the optimal bottleneck.
 
-Exactness. On identical devices with uniform links the stage prices are SPEC's `T_d` except
-that a tensor requiring a gradient and read by several later stages has its gradient
-received once per stage; the DP counts one, a lower bound. The DP's chain is then evaluated
-exactly (partition/stage_time.py); if that equals the DP's bound the chain is optimal,
-otherwise a depth-first search over chains with exact partial stage times (nodes of later
-stages stand on a virtual device linked by the cheapest remaining link) and the DP's bounds
-closes the gap within `SEARCH_EVALUATIONS` (and pipeline_search.SECONDS). The contractions
-of ideals.py keep the optimum.
+Exactness. The stage prices are lower bounds (pipeline_model.py); the DP's chain is evaluated
+exactly (partition/stage_time.py) and is optimal when that equals the bound, else
+pipeline_search.py closes the gap within `SEARCH_EVALUATIONS` evaluations (and its SECONDS).
+The contractions of ideals.py keep the optimum.
 
 Coarsening. When the contracted graph has more than `ideal_budget` ideals, the program runs
 on a family that is not every ideal: the ideals of the layer groups (strongly connected
@@ -25,14 +20,11 @@ else `PREFIX_LIMIT` equal-load ones), so it is never worse than the best split o
 at layer boundaries; beyond `ATOM_LIMIT` atoms, the prefixes of `COARSE_UNITS` equal-load
 chunks of that order. The result then says `optimal: false` and how many units it used.
 
-Heterogeneous devices and links: stage p runs on device `order[p]`; a stage's link costs
-in the DP use its device's cheapest link (a lower bound; the search and the final exact
-evaluation use the true links). Orders tried: all of them for k <= 3, else the given order,
-devices by decreasing speed, and a greedy path from the fastest device along the widest
-links; the best exact result wins. Identical devices with uniform links need one order.
-
-An answer not proven optimal is compared with contiguous's split (exactly evaluated) and
-the better kept, so pipeline_dp is never worse than that baseline.
+Heterogeneous devices and links: the DP prices a stage's transfers with its device's cheapest
+link (a lower bound; the search and the exact evaluation use the true links). Orders tried:
+all of them for k <= 3, else the given order, devices by decreasing speed, and a greedy path
+from the fastest device along the widest links; the best exact result wins. An answer not
+proven optimal is compared with contiguous's split, so it is never worse than that baseline.
 
 Memory caps are hard: stage p's memory is its parameters, gradients and optimizer slots,
 its kept activations times the micro-batches in flight at its position (SPEC section 5, for
@@ -85,8 +77,7 @@ def pipeline_dp(problem: Problem, ideal_budget: int = IDEAL_BUDGET,
     if not (best[4] and complete and all_orders):
         best = _or_contiguous(problem, best)
     time, volume, assignment, bound, proven, order, caps_on, pins_on = best
-    optimal = bool(proven and complete and all_orders and pins_on
-                   and (caps_on or throughput))
+    optimal = bool(proven and complete and all_orders and pins_on and (caps_on or throughput))
     info = {"time_per_micro_batch": time, "step_volume": volume, "units": units_note,
             "ideals": model.size, "optimal": optimal, "coarsened": not complete,
             "device_order": [problem.cluster.device_names[d] for d in order],
@@ -106,8 +97,7 @@ def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool
         count = int(unit.max()) + 1
         return unit, ideals_.prefix_ideals(count), False, count
     count = int(unit.max()) + 1
-    src, dst = ideals_.unit_edges(arrays, unit)
-    every = ideals_.enumerate_ideals(count, src, dst, budget)
+    every = ideals_.enumerate_ideals(count, *ideals_.unit_edges(arrays, unit), budget)
     if every is not None:
         return unit, every, True, count
     families = []
@@ -122,8 +112,8 @@ def _family(problem: Problem, budget: int) -> tuple[np.ndarray, np.ndarray, bool
     layer_of_unit[unit] = coarse                    # a unit joins one of its nodes' layers
     coarse = ideals_.acyclic_units(arrays, layer_of_unit[unit])
     layer_of_unit[unit] = coarse
-    csrc, cdst = ideals_.unit_edges(arrays, coarse)
-    layered = ideals_.enumerate_ideals(int(coarse.max()) + 1, csrc, cdst, budget)
+    layered = ideals_.enumerate_ideals(int(coarse.max()) + 1,
+                                       *ideals_.unit_edges(arrays, coarse), budget)
     if layered is not None:
         families.append(layered[:, layer_of_unit])
     return unit, ideals_.merge_families(*families), False, count
@@ -150,10 +140,9 @@ def device_orders(cluster) -> tuple[list[tuple[int, ...]], bool]:
 def _solve_order(problem: Problem, model: Model, order, caps_on: bool, pins_on: bool,
                  search_evaluations: int, every_plan: bool = True):
     """(time, V, assignment, bound, proven, order, caps_on, pins_on) or None if nothing fits.
-    When memory can bind, the chain found without memory caps is kept if it fits (it is then
-    optimal with them too); else one run per in-flight plan, the best exact result kept.
-    Without `every_plan` only the plan using every device runs (conservative: a chain using
-    fewer devices gets at least as many micro-batches in flight as it would have)."""
+    When memory can bind, the chain found without memory caps is kept if it fits (then optimal
+    with them too), else the best of one run per in-flight plan; without `every_plan` only the
+    plan using every device (conservative: fewer devices get at least as many micro-batches)."""
     plans = _flight_plans(problem, model, len(order))
     if not every_plan:
         plans = plans[-1:]
@@ -181,12 +170,11 @@ def _solve_plan(problem: Problem, model: Model, order, flight, caps_on: bool, pi
     bound, choice = _dp(problem, model, order, flight, caps_on, pins_on)
     if not np.isfinite(bound):
         return None
-    k = len(order) if flight is None else len(flight)
-    found = _evaluate(problem, model, order, _stages(model, choice, k))
+    found = _chain(problem, model, order, choice)
     if model.size <= REFINE_LIMIT:          # the smallest V among the fastest chains
         refined = _dp(problem, model, order, flight, caps_on, pins_on,
                       limit=bound * (1 + TOLERANCE))[1]
-        other = _evaluate(problem, model, order, _stages(model, refined, k))
+        other = _chain(problem, model, order, refined)
         if other[0] <= found[0] * (1 + TOLERANCE) and other[1] < found[1]:
             found = other
     proven = found[0] <= bound * (1 + TOLERANCE)
@@ -202,16 +190,11 @@ def _or_contiguous(problem: Problem, best: tuple) -> tuple:
     the load caps the DP kept) with a smaller (time, V): an unproven DP answer (coarsened
     family, link prices that are estimates) is never worse than the plain pipeline split."""
     from partition.algorithms.baselines import contiguous
-    caps_on = best[6]
     split = apply_pins(problem, contiguous(problem).assignment)
-    if caps_on and (np.bincount(split, weights=problem.weights, minlength=problem.k)
+    if best[6] and (np.bincount(split, weights=problem.weights, minlength=problem.k)
                     > problem.load_caps * (1 + TOLERANCE) + 1e-9).any():
         return best
-    cluster = problem.cluster
-    compute, send, recv = stage_time_arrays(problem.arrays, split, cluster.speeds,
-                                            cluster.latency, cluster.bandwidth,
-                                            problem.micro_batches)
-    found = (float((compute + send + recv).max()), _volume(problem, split), split)
+    found = _exact(problem, split)
     if found[:2] >= best[:2] or not _fits(problem, split) or quotient_order(
             quotient_adjacency(problem.arrays, split, problem.k)) is None:
         return best
@@ -296,16 +279,14 @@ def stage_memory(model: Model, i: int, terms, flight: np.ndarray) -> np.ndarray:
     return fixed[None, :] + activations[None, :] * flight[:, None]
 
 
-_BOUNDS: dict = {}
+_BOUNDS: list = [None, None]      # the last cluster and its link bounds
 
 
 def link_bounds(cluster) -> np.ndarray:
     """float[4, k]: each device's smallest out-latency, 1/largest out-bandwidth, and the same
-    for incoming links (zeros on one device); cached per cluster."""
-    key = id(cluster)
-    cached = _BOUNDS.get(key)
-    if cached is not None and cached[0] is cluster:
-        return cached[1]
+    for incoming links (zeros on one device); cached for the last cluster."""
+    if _BOUNDS[0] is cluster:
+        return _BOUNDS[1]
     k = cluster.k
     if k == 1:
         bounds = np.zeros((4, 1))
@@ -315,8 +296,7 @@ def link_bounds(cluster) -> np.ndarray:
         bw = np.where(off, cluster.bandwidth, 0.0)
         bounds = np.vstack([lat.min(axis=1), 1.0 / bw.max(axis=1), lat.min(axis=0),
                             1.0 / bw.max(axis=0)])
-    _BOUNDS.clear()
-    _BOUNDS[key] = (cluster, bounds)
+    _BOUNDS[:] = [cluster, bounds]
     return bounds
 
 
@@ -366,8 +346,8 @@ def _better(t_new, v_new, t_old, v_old, limit) -> bool:
     return t_new < t_old - scale or (t_new <= t_old + scale and v_new < v_old)
 
 
-def _stages(model: Model, choice: np.ndarray, k: int) -> np.ndarray:
-    """Position of every unit along the chain the DP chose (positions 0..k-1)."""
+def _chain(problem: Problem, model: Model, order, choice: np.ndarray):
+    """(exact time per micro-batch, V, node assignment) of the chain the DP chose."""
     stage = np.zeros(model.members.shape[1], dtype=np.int64)
     j, p = model.size - 1, choice.shape[0] - 1
     while p > 0:
@@ -375,12 +355,11 @@ def _stages(model: Model, choice: np.ndarray, k: int) -> np.ndarray:
         if i != j:
             stage[model.members[j] & ~model.members[i]] = p - 1
         j, p = i, p - 1
-    return stage
+    return _exact(problem, np.asarray(order, dtype=np.int32)[stage[model.unit]])
 
 
-def _evaluate(problem: Problem, model: Model, order, stages: np.ndarray):
-    """(exact time per micro-batch, V, node assignment) of units at positions `stages`."""
-    assignment = np.asarray(order, dtype=np.int32)[stages[model.unit]]
+def _exact(problem: Problem, assignment: np.ndarray):
+    """(exact time per micro-batch, V, assignment)."""
     cluster = problem.cluster
     compute, send, recv = stage_time_arrays(problem.arrays, assignment, cluster.speeds,
                                             cluster.latency, cluster.bandwidth,

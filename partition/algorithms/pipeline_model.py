@@ -1,18 +1,15 @@
 """Per-ideal tables for `pipeline_dp`: the cost of running `J minus I` as one stage.
 
-For a family of ideals (rows of a bool matrix over units) this precomputes per ideal the
-compute, load, memory and pin sums, and the boundary tensors each ideal leaves *open* (made
-inside, read outside). Then for one ideal I, `terms(i)` gives, for every ideal J at once:
-
+For a family of ideals this precomputes per ideal the compute, load, memory and pin sums, and
+the boundary tensors each ideal leaves *open* (made inside, read outside). For one ideal I,
+`terms(i)` gives for every ideal J at once, as weighted sums (count, bytes; count and bytes of
+those requiring a gradient; raw bytes; V):
   fset: tensors made in J minus I and read after J (the stage's forward sends; with a
         gradient, its backward receives);
-  rset: tensors made in I and read in J minus I (its forward receives; with a gradient, its
-        backward sends), plus their receive-buffer bytes and their share of the volume V,
-
-each as weighted sums (count, bytes; count and bytes of those requiring a gradient; raw bytes;
-V). A stage's lower-bound time on device d prices a transfer with d's cheapest link; it is
-SPEC section 5's exact `T_d` on uniform links, except that a tensor read by several later
-stages has its gradient received once per stage (the bound counts one).
+  rset: tensors made in I and read in J minus I (its forward receives and backward sends).
+A stage's time on device d prices a transfer with d's cheapest link: SPEC section 5's `T_d` on
+uniform links, except that a tensor read by several later stages has its gradient received
+once per stage (the bound counts one).
 """
 from __future__ import annotations
 
@@ -21,11 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse import csr_matrix
 
+from partition.algorithms.hypergraph import gather
 from partition.algorithms.ideals import Boundary, boundary_of
 from partition.cost import persistent_memory
 from partition.problem import Problem
-
-COLUMNS = 6      # count, bytes, count rg, bytes rg, raw bytes, volume
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,9 +35,9 @@ class Model:
     activations: np.ndarray    # float[N] kept activations of one micro-batch
     pinned: np.ndarray         # int[N, k + 1]: nodes pinned to device d; last: any device
     boundary: Boundary
-    weights: np.ndarray        # float[B, COLUMNS]
+    weights: np.ndarray        # float[B, 6]: count, bytes, count rg, bytes rg, raw bytes, V
     open_rows: csr_matrix      # N x B, open tensors of each ideal
-    open_total: np.ndarray     # float[N, COLUMNS]
+    open_total: np.ndarray     # float[N, 6]
 
     @property
     def size(self) -> int:
@@ -71,7 +67,12 @@ class Model:
         weights = np.column_stack([f, f * nbytes, f * grad, f * nbytes * grad, nbytes,
                                    nbytes * np.where(arrays.batch_dependent[node], m, 1)
                                    * (1 + grad)])
-        open_rows = _open_rows(members, boundary)
+        owner = np.repeat(np.arange(len(node)), np.diff(boundary.ptr))
+        reads = csr_matrix((np.ones(len(owner)), (boundary.readers, owner)),
+                           shape=(count, len(node)))
+        outside = np.asarray(reads.T @ (~members).T.astype(np.float32)).T > 0
+        # open: tensor b is in the ideal and some unit reading it is not
+        open_rows = csr_matrix(members[:, boundary.unit] & outside, dtype=np.float64)
         return cls(members=members, packed=np.packbits(members, axis=1), unit=unit,
                    compute=sums[:, 0], load=sums[:, 1], fixed_memory=sums[:, 2],
                    activations=sums[:, 3], pinned=np.rint(sums[:, 4:]).astype(np.int64),
@@ -80,7 +81,7 @@ class Model:
 
     def terms(self, i: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         """(lo, supersets, fset, rset) for stages `J minus I_i` over the ideals J = lo.. (the
-        larger ideals, lo = i + 1): bool[N - lo] and float[N - lo, COLUMNS] twice."""
+        larger ideals, lo = i + 1): bool[N - lo] and float[N - lo, 6] twice."""
         lo = i + 1
         b = self.boundary
         rows = self.open_rows
@@ -93,25 +94,11 @@ class Model:
         tensors = rows.indices[rows.indptr[i]:rows.indptr[i + 1]]
         rset = np.zeros_like(fset)
         if len(tensors):
-            starts, ends = b.ptr[tensors], b.ptr[tensors + 1]
-            lengths = ends - starts
-            index = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-                              lengths) + np.arange(lengths.sum())
+            owner, index = gather(b.ptr, tensors)
             readers = b.readers[index]
             outside = ~self.members[i, readers]
-            owner = np.repeat(np.arange(len(tensors)), lengths)[outside]
-            readers = readers[outside]
+            owner, readers = owner[outside], readers[outside]
             first = np.flatnonzero(np.diff(owner, prepend=-1))
             reached = np.logical_or.reduceat(self.members[lo:, readers], first, axis=1)
             rset = reached.astype(np.float64) @ self.weights[tensors[owner[first]]]
         return lo, supersets, fset, rset
-
-
-def _open_rows(members: np.ndarray, boundary: Boundary) -> csr_matrix:
-    """N x B: tensor b is in the ideal and some unit reading it is not."""
-    count = members.shape[1]
-    b = len(boundary.node)
-    owner = np.repeat(np.arange(b), np.diff(boundary.ptr))
-    reads = csr_matrix((np.ones(len(owner)), (boundary.readers, owner)), shape=(count, b))
-    outside = np.asarray(reads.T @ (~members).T.astype(np.float32)).T > 0
-    return csr_matrix(members[:, boundary.unit] & outside, dtype=np.float64)

@@ -1,14 +1,15 @@
 """Closing `pipeline_dp`'s gap: a depth-first search over chains of ideals with exact times.
 
-Used only when the DP's chain, evaluated exactly, is slower than the DP's lower bound (a
-gradient received by several later stages, or links that differ). Stages are added in order;
-after each, SPEC section 5's `T_d` of the devices placed so far is computed exactly with the
-nodes of later stages standing on one virtual device joined by the cheapest remaining link:
-those partial times only grow as stages are added, so a branch whose partial bottleneck, or
-whose lower bound (the DP's stage price, and the remaining compute over the remaining
-devices' total speed), reaches the best chain found is cut.
+Used only when the DP's chain, evaluated exactly, is slower than the DP's lower bound. Stages
+are added in order; after each, SPEC section 5's `T_d` of the devices placed so far is computed
+exactly with the nodes of later stages on one virtual device joined by the cheapest remaining
+link. Those partial times only grow, so a branch is cut once its partial bottleneck, or its
+lower bound (the DP's stage price; the remaining compute over the remaining devices' total
+speed), reaches the best chain found.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -25,7 +26,6 @@ class _Budget(Exception):
 def search(problem, model, order, flight, caps_on, pins_on, found, bound, evaluations):
     """((time, V, assignment), proven): the best chain for this device order, proven optimal
     unless the budget of exact partial evaluations, or SECONDS, ran out first."""
-    import time
     deadline = time.perf_counter() + SECONDS
     from partition.algorithms.pipeline_dp import _volume, allowed, stage_costs
     cluster, arrays = problem.cluster, problem.arrays
@@ -39,10 +39,6 @@ def search(problem, model, order, flight, caps_on, pins_on, found, bound, evalua
     last = model.size - 1
     state = {"best": found, "left": evaluations}
     assign = np.full(arrays.n, big, dtype=np.int32)
-
-    def nodes_of(j: int, i: int) -> np.ndarray:
-        units = np.flatnonzero(model.members[j] & ~model.members[i])
-        return np.concatenate([by_unit[unit_ptr[u]:unit_ptr[u + 1]] for u in units])
 
     def visit(p: int, i: int, prefix: float) -> None:
         terms = model.terms(i)
@@ -61,7 +57,8 @@ def search(problem, model, order, flight, caps_on, pins_on, found, bound, evalua
             if state["left"] <= 0 or time.perf_counter() > deadline:
                 raise _Budget
             state["left"] -= 1
-            nodes = nodes_of(int(j), i)
+            units = np.flatnonzero(model.members[j] & ~model.members[i])
+            nodes = np.concatenate([by_unit[unit_ptr[u]:unit_ptr[u + 1]] for u in units])
             assign[nodes] = order[p]
             c, s, r = stage_time_arrays(arrays, assign, speeds, *links[p],
                                         problem.micro_batches)
@@ -85,10 +82,8 @@ def _virtual_links(cluster, later) -> tuple[np.ndarray, np.ndarray]:
     """(latency, bandwidth) over the k devices and one virtual device standing for `later`,
     linked to each device by the cheapest link to any of them."""
     k = cluster.k
-    latency = np.zeros((k + 1, k + 1))
-    bandwidth = np.full((k + 1, k + 1), np.inf)
-    latency[:k, :k] = cluster.latency
-    bandwidth[:k, :k] = cluster.bandwidth
+    latency = np.pad(cluster.latency, (0, 1))
+    bandwidth = np.pad(cluster.bandwidth, (0, 1), constant_values=np.inf)
     later = list(later)
     if later:
         latency[:k, k] = cluster.latency[:, later].min(axis=1)

@@ -3,24 +3,19 @@
 Gains are computed on the objective of `hypergraph.py` (volume V, or a LinkCost of link times) from
 the per-net pin counts cnt[e, d]. Label propagation moves, per round, a set of positive-gain nodes
 no two of which share a net, so the realised improvement equals the sum of the computed gains
-exactly. FM then climbs out of local minima on the boundary with single moves and rolls back to its
-best prefix. With acyclic=True every edge must run from a lower to a higher-or-equal part (parts
-are pipeline stages in order), so a node may only move within [max part of its producers, min part
+exactly. With acyclic=True every edge must run from a lower to a higher-or-equal part (parts are
+pipeline stages in order), so a node may only move within [max part of its producers, min part
 of its consumers].
 """
 from __future__ import annotations
 
 import numpy as np
 
-from partition.algorithms.hypergraph import Caps, Hypergraph, loads, pin_counts
+from partition.algorithms.hypergraph import Caps, Hypergraph, gather, loads, overload, pin_counts
 
-def gather(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and flat positions of the CSR segments ptr[v]:ptr[v+1] of `nodes`, concatenated."""
-    starts = ptr[nodes]
-    lens = ptr[nodes + 1] - starts
-    row = np.repeat(np.arange(len(nodes)), lens)
-    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
-    return row, pos
+LP_ROUNDS = 30     # label propagation rounds at most
+SHED_ROUNDS = 200  # greedy rebalancing rounds at most
+MAKE_ROOM = 8      # times rebalance clears room for, or swaps, a heavy node
 
 
 def volume_gain_parts(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray,
@@ -44,37 +39,29 @@ def gain_matrix(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.nda
                 k: int) -> np.ndarray:
     """G[i, b]: decrease of the objective when nodes[i] alone moves to part b (0 on its own)."""
     m = len(nodes)
-    row, pos = gather(hg.node_ptr, nodes)
-    G = np.zeros((m, k))
-    if len(pos) == 0:
-        return G
-    e = hg.node_nets[pos]
-    a = part[nodes][row]
-    C = cnt[e]
-    ar = np.arange(len(e))
     if hg.cost is None:
         benefit, penalty = volume_gain_parts(hg, part, cnt, nodes, k)
         G = benefit[:, None] - penalty
     else:
-        is_src = hg.node_is_src[pos]
+        row, pos = gather(hg.node_ptr, nodes)
+        e, is_src = hg.node_nets[pos], hg.node_is_src[pos]
+        a = part[nodes][row]
+        C = cnt[e]
+        ar = np.arange(len(e))
         rows = hg.cost.rows(e, part[hg.net_src[e]])
-        ns = ~is_src
         leave = (rows[ar, a] * (C[ar, a] == 1))[:, None]
-        contrib = np.where(ns[:, None], leave - rows * (C == 0), 0.0)
+        contrib = np.where(~is_src[:, None], leave - rows * (C == 0), 0.0)
         si = np.flatnonzero(is_src)
-        if len(si):
-            Cs = C[si]
-            present = Cs > 0
-            old = (rows[si] * present).sum(axis=1)
-            after = present.copy()
-            after[np.arange(len(si)), a[si]] = Cs[np.arange(len(si)), a[si]] > 1
-            coef = hg.cost.coef[e[si]]
-            new = np.zeros((len(si), k))
-            for j in range(coef.shape[1]):
-                new += coef[:, j:j + 1] * (after.astype(np.float64) @ hg.cost.mats[j].T)
-            contrib[si] = old[:, None] - new
-        for b in range(k):
-            G[:, b] = np.bincount(row, weights=contrib[:, b], minlength=m)
+        present = C[si] > 0
+        after = present.copy()
+        after[np.arange(len(si)), a[si]] = C[si, a[si]] > 1
+        coef = hg.cost.coef[e[si]]
+        new = np.zeros((len(si), k))
+        for j in range(coef.shape[1]):
+            new += coef[:, j:j + 1] * (after.astype(np.float64) @ hg.cost.mats[j].T)
+        contrib[si] = (rows[si] * present).sum(axis=1)[:, None] - new
+        G = np.stack([np.bincount(row, weights=contrib[:, b], minlength=m) for b in range(k)],
+                     axis=1)
     G[np.arange(m), part[nodes]] = 0.0
     return G
 
@@ -85,18 +72,15 @@ def windows(hg: Hypergraph, part: np.ndarray, cnt: np.ndarray, nodes: np.ndarray
     row, pos = gather(hg.node_ptr, nodes)
     lo = np.zeros(m, dtype=np.int64)
     hi = np.full(m, k - 1, dtype=np.int64)
-    if len(pos) == 0:
-        return lo, hi
     e = hg.node_nets[pos]
     is_src = hg.node_is_src[pos]
     ns = np.flatnonzero(~is_src)
     np.maximum.at(lo, row[ns], part[hg.net_src[e[ns]]])
     si = np.flatnonzero(is_src)
-    if len(si):
-        C = cnt[e[si]].copy()
-        C[np.arange(len(si)), part[nodes][row[si]]] -= 1
-        first = np.where((C > 0).any(axis=1), np.argmax(C > 0, axis=1), k - 1)
-        np.minimum.at(hi, row[si], first)
+    C = cnt[e[si]].copy()
+    C[np.arange(len(si)), part[nodes][row[si]]] -= 1
+    first = np.where((C > 0).any(axis=1), np.argmax(C > 0, axis=1), k - 1)
+    np.minimum.at(hi, row[si], first)
     return lo, hi
 
 
@@ -123,25 +107,21 @@ def _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic):
 
 
 def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-                      rng: np.random.Generator, max_rounds: int = 30,
-                      active: np.ndarray | None = None) -> np.ndarray:
-    """Batched positive-gain moves of net-disjoint nodes until no node gains (or max_rounds)."""
+                      rng: np.random.Generator) -> np.ndarray:
+    """Batched positive-gain moves of net-disjoint nodes until no node gains (or LP_ROUNDS)."""
     k = caps.k
     part = part.copy()
     cnt = pin_counts(hg, part, k)
     load, mem = loads(hg, part, k)
     free = hg.fixed < 0
-    act = boundary(hg, cnt) if active is None else active.copy()
+    act = boundary(hg, cnt)
     scale = hg.tolerance()
-    for _ in range(max_rounds):
+    for _ in range(LP_ROUNDS):
         nodes = np.flatnonzero(act & free)
         if len(nodes) == 0:
             break
-        G = gain_matrix(hg, part, cnt, nodes, k)
         ok = _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic)
-        G = np.where(ok, G, -np.inf)
-        target = np.argmax(G, axis=1)
-        gain = G[np.arange(len(nodes)), target]
+        target, gain = _best_targets(gain_matrix(hg, part, cnt, nodes, k), ok)
         sel = gain > scale
         movers, target, gain = nodes[sel], target[sel], gain[sel]
         if len(movers) == 0:
@@ -150,12 +130,17 @@ def label_propagation(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: 
         keep &= _fits(hg, movers, target, gain, caps, load, mem)
         if not keep.any():
             break
-        rest = np.zeros(hg.n, dtype=bool)
-        rest[movers[~keep]] = True
-        movers, target = movers[keep], target[keep]
-        _apply(hg, part, cnt, load, mem, movers, target)
-        act = _neighbours(hg, movers) | rest
+        apply_moves(hg, part, cnt, load, mem, movers[keep], target[keep])
+        act = _neighbours(hg, movers[keep])
+        act[movers[~keep]] = True        # movers held back this round try again
     return part
+
+
+def _best_targets(G: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best admissible target and its gain (-inf when none is admissible)."""
+    G = np.where(ok, G, -np.inf)
+    target = np.argmax(G, axis=1)
+    return target, G[np.arange(len(G)), target]
 
 
 def _independent(hg: Hypergraph, movers: np.ndarray, gain: np.ndarray, rng) -> np.ndarray:
@@ -188,7 +173,7 @@ def _fits(hg, movers, target, gain, caps, load, mem) -> np.ndarray:
     return keep
 
 
-def _apply(hg, part, cnt, load, mem, movers, target):
+def apply_moves(hg, part, cnt, load, mem, movers, target):
     """Move `movers` (net-disjoint, or accumulated with np.add.at) and update counts and loads."""
     row, pos = gather(hg.node_ptr, movers)
     e = hg.node_nets[pos]
@@ -212,16 +197,14 @@ def _neighbours(hg: Hypergraph, nodes: np.ndarray) -> np.ndarray:
     return mask
 
 
-def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-              max_rounds: int = 200, make_room: int = 8) -> np.ndarray:
+def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool) -> np.ndarray:
     """Move nodes out of over-full parts, cheapest objective increase per unit of weight first.
 
-    When no single move fits (a heavy node and no part with room for it), first clear room for it
-    on another part by moving light nodes away, or swap it with a lighter node (up to `make_room`
-    times). In acyclic mode, weightless nodes may pin their neighbours' stage windows: the repair
-    is retried after sliding them to the earliest, or the latest, stage they allow. The last resort
-    cuts the nodes, ordered by (part, id), into runs proportional to the caps: stage-monotone, and
-    within the caps whenever no node outweighs a part's slack.
+    When no single move fits, first clear room for a heavy node on another part, or swap it with
+    a lighter node (up to MAKE_ROOM times). In acyclic mode the repair is retried after sliding
+    weightless nodes (which may pin their neighbours' stage windows) to the earliest, or latest,
+    stage they allow. Last resort: the nodes ordered by (part, id) cut into runs proportional to
+    the caps (stage-monotone, and within the caps unless a node outweighs a part's slack).
     """
     starts = [part]
     if acyclic:
@@ -230,8 +213,8 @@ def rebalance(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
     for start in starts + [None]:
         if start is None:  # last resort: re-cut the order (part, id) into balanced runs
             start = _rechunk(hg, part, caps)
-        fixed = _repair(hg, start, caps, acyclic, max_rounds, make_room)
-        over = _excess(hg, fixed, caps)
+        fixed = _repair(hg, start, caps, acyclic)
+        over = overload(hg, fixed, caps)
         if over == 0:
             return fixed
         if over < best_over:
@@ -243,28 +226,27 @@ def _rechunk(hg: Hypergraph, part: np.ndarray, caps: Caps) -> np.ndarray:
     """Runs of the order (part, id) with loads proportional to the caps; fixed nodes kept."""
     order = np.lexsort((np.arange(hg.n), part))
     w, total = hg.node_weight[order], float(hg.node_weight.sum())
-    out = np.empty(hg.n, dtype=np.int64)
     if total <= 0 or caps.load.sum() <= 0:
         return part.copy()
     bounds = np.cumsum(caps.load)[:-1] / caps.load.sum() * total
-    out[order] = np.searchsorted(bounds, np.cumsum(w) - w / 2, side="right")
+    out = np.searchsorted(bounds, np.cumsum(w) - w / 2, side="right")[np.argsort(order)]
     fixed = hg.fixed >= 0
     out[fixed] = hg.fixed[fixed]
     return out
 
 
-def _repair(hg, part, caps, acyclic, max_rounds, make_room):
-    part = _shed(hg, part, caps, acyclic=acyclic, max_rounds=max_rounds)
-    for _ in range(make_room):
+def _repair(hg, part, caps, acyclic):
+    part = _shed(hg, part, caps, acyclic)
+    for _ in range(MAKE_ROOM):
         load, _ = loads(hg, part, caps.k)
         if not (load > caps.load * (1 + 1e-12) + 1e-9).any():
             break
-        cleared = _clear_room(hg, part, caps, load, max_rounds, acyclic)
+        cleared = _clear_room(hg, part, caps, load, acyclic)
         if cleared is None:
             cleared = _swap(hg, part, caps, load, acyclic)
         if cleared is None:
             break
-        part = _shed(hg, cleared, caps, acyclic=acyclic, max_rounds=max_rounds)
+        part = _shed(hg, cleared, caps, acyclic)
     return part
 
 
@@ -274,14 +256,6 @@ def _forward_at(hg: Hypergraph, part: np.ndarray, nodes: np.ndarray) -> bool:
     nets = np.unique(hg.node_nets[pos])
     rows, ppos = gather(hg.net_ptr, nets)
     return bool((part[hg.net_pins[ppos]] >= part[hg.net_src[nets]][rows]).all())
-
-
-def _excess(hg: Hypergraph, part: np.ndarray, caps: Caps) -> float:
-    """Relative load and memory excess over the caps (0 when within them)."""
-    load, mem = loads(hg, part, caps.k)
-    over = np.maximum(load - caps.load * (1 + 1e-12) - 1e-9, 0) / np.maximum(caps.load, 1e-30)
-    mem_over = np.maximum(mem - caps.memory, 0) / np.maximum(caps.memory, 1e-30)
-    return float(over.sum() + mem_over.sum())
 
 
 def _slide_weightless(hg: Hypergraph, part: np.ndarray, k: int, earliest: bool) -> np.ndarray:
@@ -304,10 +278,9 @@ def _slide_weightless(hg: Hypergraph, part: np.ndarray, k: int, earliest: bool) 
 
 
 def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
-                max_rounds: int, acyclic: bool) -> np.ndarray | None:
+                acyclic: bool) -> np.ndarray | None:
     """Move one node u out of the most over-full part p to a part t, after shedding load from t
     until u fits there; None when no part can be cleared."""
-    k = caps.k
     p = int(np.argmax((load - caps.load) / np.maximum(caps.load, 1e-30)))
     excess = load[p] - caps.load[p]
     cand = np.flatnonzero((part == p) & (hg.fixed < 0) & (hg.node_weight > 0))
@@ -322,8 +295,8 @@ def _clear_room(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
             continue
         tight = Caps(caps.load.copy(), caps.memory)
         tight.load[t] = caps.load[t] - wu
-        trial = _shed(hg, part, tight, acyclic=acyclic, max_rounds=max_rounds)
-        if loads(hg, trial, k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
+        trial = _shed(hg, part, tight, acyclic)
+        if loads(hg, trial, caps.k)[0][t] + wu <= caps.load[t] * (1 + 1e-12) + 1e-9:
             trial[u] = t
             if not acyclic or _forward_at(hg, trial, np.array([u])):
                 return trial
@@ -335,12 +308,11 @@ def _swap(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
     """Exchange a node u of the most over-full part p with a lighter node v of another part t so
     that both end within their load caps (and memory caps, and the stage order when acyclic);
     None when no such pair exists."""
-    k = caps.k
     p = int(np.argmax((load - caps.load) / np.maximum(caps.load, 1e-30)))
     need = load[p] - caps.load[p] * (1 + 1e-12) - 1e-9
     free = hg.fixed < 0
     us = np.flatnonzero((part == p) & free & (hg.node_weight > 0))
-    _, mem = loads(hg, part, k)
+    _, mem = loads(hg, part, caps.k)
     for t in np.argsort(load - caps.load):
         if t == p:
             continue
@@ -361,13 +333,12 @@ def _swap(hg: Hypergraph, part: np.ndarray, caps: Caps, load: np.ndarray,
     return None
 
 
-def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
-          max_rounds: int) -> np.ndarray:
-    """Greedy rounds of moves from over-full parts to parts with room."""
+def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, acyclic: bool) -> np.ndarray:
+    """Greedy rounds (up to SHED_ROUNDS) of moves from over-full parts to parts with room."""
     k = caps.k
     part = part.copy()
     free = hg.fixed < 0
-    for _ in range(max_rounds):
+    for _ in range(SHED_ROUNDS):
         load, mem = loads(hg, part, k)
         over_l = load > caps.load * (1 + 1e-12) + 1e-9
         over_m = mem > caps.memory
@@ -380,11 +351,8 @@ def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
         if len(nodes) == 0:
             break
         cnt = pin_counts(hg, part, k)
-        G = gain_matrix(hg, part, cnt, nodes, k)
         ok = _allowed(hg, part, cnt, nodes, k, caps, load, mem, acyclic) & ~over[None, :]
-        G = np.where(ok, G, -np.inf)
-        target = np.argmax(G, axis=1)
-        gain = G[np.arange(len(nodes)), target]
+        target, gain = _best_targets(gain_matrix(hg, part, cnt, nodes, k), ok)
         sel = np.isfinite(gain)
         if not sel.any():
             break
@@ -392,23 +360,20 @@ def _shed(hg: Hypergraph, part: np.ndarray, caps: Caps, *, acyclic: bool,
         src = part[nodes]
         size = np.where(over_l[src], hg.node_weight[nodes] / max(caps.load.max(), 1e-30), 0.0) + \
             np.where(over_m[src], hg.node_mem[nodes] / max(caps.memory.max(), 1e-30), 0.0)
-        score = gain / np.maximum(size, 1e-30)
-        order = np.lexsort((-score, src))
+        order = np.lexsort((-(gain / np.maximum(size, 1e-30)), src))
         s = src[order]
-        need_l = np.maximum(load - caps.load, 0.0)
-        need_m = np.maximum(mem - caps.memory, 0.0)
-        cw = np.cumsum(hg.node_weight[nodes][order])
-        cm = np.cumsum(hg.node_mem[nodes][order])
+        w, mm = hg.node_weight[nodes][order], hg.node_mem[nodes][order]
+        cw, cm = np.cumsum(w), np.cumsum(mm)
         starts = np.searchsorted(s, np.arange(k))
-        before_w = cw - hg.node_weight[nodes][order] - np.r_[0.0, cw][starts][s]
-        before_m = cm - hg.node_mem[nodes][order] - np.r_[0.0, cm][starts][s]
-        take = (before_w < need_l[s]) & over_l[s] | (before_m < need_m[s]) & over_m[s]
-        take_idx = order[take]
-        keep = _fits(hg, nodes[take_idx], target[take_idx], gain[take_idx], caps, load, mem)
+        before_w = cw - w - np.r_[0.0, cw][starts][s]
+        before_m = cm - mm - np.r_[0.0, cm][starts][s]
+        take = ((before_w < np.maximum(load - caps.load, 0.0)[s]) & over_l[s]
+                | (before_m < np.maximum(mem - caps.memory, 0.0)[s]) & over_m[s])
+        nodes, target, gain = nodes[order[take]], target[order[take]], gain[order[take]]
+        keep = _fits(hg, nodes, target, gain, caps, load, mem)
         if acyclic:  # stage windows are only valid for moves that share no net
-            keep &= _independent(hg, nodes[take_idx], gain[take_idx], np.random.default_rng(0))
+            keep &= _independent(hg, nodes, gain, np.random.default_rng(0))
         if not keep.any():
             break
-        mv = nodes[take_idx][keep]
-        _apply(hg, part, cnt, load, mem, mv, target[take_idx][keep])
+        apply_moves(hg, part, cnt, load, mem, nodes[keep], target[keep])
     return part
