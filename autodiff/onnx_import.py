@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from autodiff.io import NUMPY_DTYPE, check_graph_bounds
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
 from autodiff.onnx_fidelity import (FidelityOps, metadata_group, readable_names,
                                     split_shared_norms, trainable_initializers)
@@ -66,8 +67,11 @@ OPAQUE_ELEMENTWISE = {"Erf", "Clip", "Reciprocal", "Floor", "Ceil", "Round", "Le
                       "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish",
                       "PRelu", "Not", "And", "Or", "Xor", "Mod", "IsNaN", "IsInf", "Tan", "Atan",
                       "Asin", "Acos", "Sinh", "Cosh", "Gelu", "Mean", "ThresholdedRelu"}
-RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 REDUCTIONS = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max"}
+# ONNX ops that share a handler, with the registry op each becomes
+SHARED_HANDLER = {"MaxPool": "max_pool2d", "AveragePool": "avg_pool2d",
+                  "GlobalAveragePool": "mean", "GlobalMaxPool": "max", "Softmax": "softmax",
+                  "LogSoftmax": "log_softmax"}
 
 
 def _require_onnx():
@@ -127,7 +131,6 @@ def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
     imported = importer.run(name or default_name)
     if not imported.graph.nodes:
         raise OnnxImportError(f"{source}: the model has no nodes")
-    from autodiff.io import check_graph_bounds
     check_graph_bounds(imported.graph, source)
     return imported
 
@@ -201,9 +204,8 @@ class _Importer(FidelityOps):
         self.onnx, self.graph, self.source = onnx, model.graph, source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
-        self.types: dict[str, tuple] = {}
-        for info in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
-            self.types[info.name] = self._read_type(info)
+        self.types = {info.name: self._read_type(info) for info in
+                      list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output)}
         self.nodes: list[Node] = []
         self.position: dict[str, int] = {}
         self.alias: dict[str, str] = {}
@@ -335,10 +337,7 @@ class _Importer(FidelityOps):
             return
         start = len(self.nodes)
         if default and node.op_type in ELEMENTWISE and len(outs) == 1:
-            shape, dtype = self.fact(outs[0], where)
-            self.emit(outs[0], ELEMENTWISE[node.op_type], ins, shape, dtype,
-                      flops=math.prod(shape), group=group)
-            handled = True
+            handled = self._one(ELEMENTWISE[node.op_type], ins, outs, group, where, per=1)
         else:
             handled = handler is not None and handler(node, ins, outs, attrs, group, where)
         if handled and not self._agrees_with_registry(start):
@@ -401,11 +400,7 @@ class _Importer(FidelityOps):
     # ------------------------------------------------------- mapped ONNX ops
     # Each returns True when it emitted the node, False to fall back to an opaque node.
     def _op_MatMul(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        k = self.shape_of(ins[0])[-1]
-        self.emit(outs[0], "matmul", ins, shape, dtype, flops=2 * math.prod(shape) * k,
-                  group=group)
-        return True
+        return self._one("matmul", ins, outs, group, where, per=2 * self.shape_of(ins[0])[-1])
 
     def _op_Gemm(self, node, ins, outs, attrs, group, where) -> bool:
         out = outs[0]
@@ -425,13 +420,13 @@ class _Importer(FidelityOps):
         y = self.emit(out if last else self.fresh(f"{out}/matmul"), "matmul", [a, b], shape,
                       dtype, flops=2 * m * k * shape[1], group=group)
         if alpha != 1.0:
-            scale = self.const(self.fresh(f"{out}/alpha"), np.array(alpha, _np(dtype)), dtype,
+            scale = self.const(self.fresh(f"{out}/alpha"), np.array(alpha, NUMPY_DTYPE[dtype]), dtype,
                                group)
             y = self.emit(out if c is None else self.fresh(f"{out}/scaled"), "multiply",
                           [y, scale], shape, dtype, flops=math.prod(shape), group=group)
         if c is not None:
             if beta != 1.0:
-                scale = self.const(self.fresh(f"{out}/beta"), np.array(beta, _np(dtype)), dtype,
+                scale = self.const(self.fresh(f"{out}/beta"), np.array(beta, NUMPY_DTYPE[dtype]), dtype,
                                    group)
                 c = self.emit(self.fresh(f"{out}/bias"), "multiply", [c, scale],
                               self.shape_of(c), dtype, flops=math.prod(self.shape_of(c)),
@@ -463,8 +458,8 @@ class _Importer(FidelityOps):
                       group=group)
         return True
 
-    def _pool(self, op, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
+    def _pool(self, node, ins, outs, attrs, group, where) -> bool:
+        op = SHARED_HANDLER[node.op_type]
         kernel = attrs.get("kernel_shape", [])
         strides = attrs.get("strides", [1] * len(kernel))
         pads = attrs.get("pads", [0] * 2 * len(kernel))
@@ -474,30 +469,21 @@ class _Importer(FidelityOps):
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
                 or (op == "avg_pool2d" and pads[0] and not attrs.get("count_include_pad", 0))):
             return False
-        self.emit(outs[0], op, ins[:1], shape, dtype,
-                  {"kernel": kernel[0], "stride": strides[0], "padding": pads[0]},
-                  flops=math.prod(shape) * kernel[0] * kernel[1], group=group)
-        return True
+        return self._one(op, ins[:1], outs, group, where,
+                         {"kernel": kernel[0], "stride": strides[0], "padding": pads[0]},
+                         kernel[0] * kernel[1])
 
-    def _op_MaxPool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._pool("max_pool2d", ins, outs, attrs, group, where)
+    _op_MaxPool = _op_AveragePool = _pool
 
-    def _op_AveragePool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._pool("avg_pool2d", ins, outs, attrs, group, where)
-
-    def _global_pool(self, op, ins, outs, group, where) -> bool:
+    def _global_pool(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
         rank = len(self.shape_of(ins[0]))
-        self.emit(outs[0], op, ins[:1], shape, dtype,
+        self.emit(outs[0], SHARED_HANDLER[node.op_type], ins[:1], shape, dtype,
                   {"axis": list(range(2, rank)), "keepdims": True},
                   flops=math.prod(self.shape_of(ins[0])), group=group)
         return True
 
-    def _op_GlobalAveragePool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._global_pool("mean", ins, outs, group, where)
-
-    def _op_GlobalMaxPool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._global_pool("max", ins, outs, group, where)
+    _op_GlobalAveragePool = _op_GlobalMaxPool = _global_pool
 
     def _reshape(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
@@ -514,38 +500,24 @@ class _Importer(FidelityOps):
         return True
 
     def _op_Transpose(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
         rank = len(self.shape_of(ins[0]))
         axes = [int(a) for a in attrs.get("perm", range(rank - 1, -1, -1))]
-        self.emit(outs[0], "transpose", ins, shape, dtype, {"axes": axes}, group=group)
-        return True
+        return self._one("transpose", ins, outs, group, where, {"axes": axes})
 
     def _op_Concat(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "concatenate", ins, shape, dtype, {"axis": int(attrs["axis"])},
-                  group=group)
-        return True
+        return self._one("concatenate", ins, outs, group, where, {"axis": int(attrs["axis"])})
 
     def _op_Gather(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "take", ins, shape, dtype, {"axis": int(attrs.get("axis", 0))},
-                  group=group)
-        return True
+        return self._one("take", ins, outs, group, where, {"axis": int(attrs.get("axis", 0))})
 
-    def _softmax(self, op, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        rank = len(shape)
+    def _softmax(self, node, ins, outs, attrs, group, where) -> bool:
+        rank = len(self.fact(outs[0], where)[0])
         axis = int(attrs.get("axis", -1 if self.opset >= 13 else 1))
         if self.opset < 13 and axis % max(rank, 1) != rank - 1:
             return False  # old Softmax flattens to 2-D around `axis`: not numpy's softmax
-        self.emit(outs[0], op, ins, shape, dtype, {"axis": axis}, group=group)
-        return True
+        return self._one(SHARED_HANDLER[node.op_type], ins, outs, group, where, {"axis": axis})
 
-    def _op_Softmax(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._softmax("softmax", ins, outs, attrs, group, where)
-
-    def _op_LogSoftmax(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._softmax("log_softmax", ins, outs, attrs, group, where)
+    _op_Softmax = _op_LogSoftmax = _softmax
 
     def _reduce(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
@@ -569,24 +541,20 @@ class _Importer(FidelityOps):
             return self._training_batch_norm(ins, outs, attrs, group, where)
         if len(outs) != 1:
             return False
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "batch_norm_eval", ins[:5], shape, dtype,
-                  {"eps": float(attrs.get("epsilon", 1e-5))}, group=group)
-        return True
+        return self._one("batch_norm_eval", ins[:5], outs, group, where,
+                         {"eps": float(attrs.get("epsilon", 1e-5))})
 
     def _op_LayerNormalization(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
         if (len(outs) != 1 or len(ins) != 3 or not ins[2]
                 or int(attrs.get("axis", -1)) % len(shape) != len(shape) - 1):
             return False
-        self.emit(outs[0], "layer_norm", ins, shape, dtype,
-                  {"eps": float(attrs.get("epsilon", 1e-5))}, group=group)
-        return True
+        return self._one("layer_norm", ins, outs, group, where,
+                         {"eps": float(attrs.get("epsilon", 1e-5))})
 
     def _op_Cast(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "astype", ins, shape, dtype, {"dtype": dtype}, group=group)
-        return True
+        dtype = self.fact(outs[0], where)[1]
+        return self._one("astype", ins, outs, group, where, {"dtype": dtype})
 
     def _variadic(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
@@ -614,7 +582,7 @@ class _Importer(FidelityOps):
             value = np.array(self.onnx.helper.get_attribute_value(attr))
         else:
             return False
-        self.const(outs[0], value.astype(_np(dtype)).reshape(shape), dtype, group)
+        self.const(outs[0], value.astype(NUMPY_DTYPE[dtype]).reshape(shape), dtype, group)
         return True
 
     def _op_Shape(self, node, ins, outs, attrs, group, where) -> bool:
@@ -628,14 +596,10 @@ class _Importer(FidelityOps):
         shape, dtype = self.fact(outs[0], where)
         fill = attrs.get("value", [0.0])
         fill = (fill[0] if isinstance(fill, list) else fill)
-        self.values[outs[0]] = np.full(shape, fill, dtype=_np(dtype))
+        self.values[outs[0]] = np.full(shape, fill, dtype=NUMPY_DTYPE[dtype])
         self.emit(outs[0], "const", (), shape, dtype, {"fill": "full", "fill_value": fill},
                   group=group)
         return True
-
-
-def _np(dtype: str) -> np.dtype:
-    return np.dtype("float32" if dtype == "bfloat16" else dtype)
 
 
 def _live(nodes: list[Node], outputs: list[str]) -> list[Node]:
