@@ -15,10 +15,6 @@ from autodiff.reverse import backward
 from autodiff.trace import Tensor, Tracer, TracingError, _to_inputs, current_tracer, tree_flatten
 
 
-def _argnums(argnums) -> tuple[int, ...]:
-    return (argnums,) if isinstance(argnums, int) else tuple(argnums)
-
-
 def _prepare(fn_name: str, args: Sequence, argnums: tuple[int, ...]):
     """Trace inputs: a fresh eager tracer for concrete args, or the enclosing one."""
     tracer = current_tracer(args)
@@ -62,7 +58,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     fn must return a scalar. Gradients mirror the structure of the differentiated
     arguments; a leaf that does not reach the output gets None, not zeros.
     """
-    nums = _argnums(argnums)
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def wrapped(*args):
         tracer, nested, traced = _prepare(getattr(fn, "__name__", "fn"), args, nums)
@@ -137,7 +133,8 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
         raise ValueError("check_grad: no float64 array argument to differentiate")
 
     def scalar(*xs):
-        return float(np.asarray(_plain(fn, xs)))
+        out = fn(*xs)
+        return float(np.asarray(out.numpy() if isinstance(out, Tensor) else out))
 
     numeric = []
     for i in nums:
@@ -181,11 +178,6 @@ def _partial(fn, args, nums):
             full[j] = x
         return fn(*full)
     return f
-
-
-def _plain(fn, xs):
-    out = fn(*xs)
-    return out.numpy() if isinstance(out, Tensor) else out
 
 
 def _compare(what: str, got: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from autodiff.errors import ModelcutError
 
@@ -21,6 +21,15 @@ SOURCE_OPS = frozenset({"input", "param", "const"})
 
 class GraphError(ModelcutError, ValueError):
     """A graph breaks a rule of SPEC section 1; the message names the file, node and rule."""
+
+
+def live_names(nodes: Sequence[Node], roots: Iterable[str]) -> set[str]:
+    """`roots` and the names of the nodes among `nodes` they depend on (a backward sweep)."""
+    live = set(roots)
+    for node in reversed(nodes):
+        if node.name in live:
+            live.update(node.inputs)
+    return live
 
 
 @dataclass(eq=False, slots=True)

@@ -6,6 +6,7 @@ works eagerly on arrays and symbolically under `trace` or `grad`.
 """
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Sequence
 
@@ -199,7 +200,7 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training:
         xs = stop_gradient(x)
         n = math.prod(x.shape[a] for a in axes)
         m = mean(xs, axes)
-        v = var(xs, axes) * (n / builtins_max(n - 1, 1))  # unbiased, as PyTorch keeps it
+        v = var(xs, axes) * (n / builtins.max(n - 1, 1))  # unbiased, as PyTorch keeps it
         tracer = x.tracer
         tracer.updates[running_mean.name] = (running_mean * (1 - momentum) + m * momentum).name
         tracer.updates[running_var.name] = (running_var * (1 - momentum) + v * momentum).name
@@ -256,5 +257,3 @@ def _axis(axis):
         return axis
     return [int(a) for a in axis]
 
-
-builtins_max = __builtins__["max"] if isinstance(__builtins__, dict) else __builtins__.max

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from autodiff.io import NUMPY_DTYPE, check_graph_bounds
-from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
+from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node, live_names
 from autodiff.onnx_fidelity import (FidelityOps, metadata_group, readable_names,
                                     split_shared_norms, trainable_initializers)
 
@@ -306,8 +306,8 @@ class _Importer(FidelityOps):
         for out in outputs:
             if out not in self.position:
                 raise OnnxImportError(f"{self.source}: graph output {out!r} is produced by no node")
-        live = _live(self.nodes, outputs)
-        alive = {n.name for n in live}
+        alive = live_names(self.nodes, outputs)   # a dropped shape operand leaves dead nodes
+        live = [n for n in self.nodes if n.name in alive]
         for names in self.shared_work:
             for later in [n for n in names if n in alive][1:]:
                 self.nodes[self.position[later]].flops = 0
@@ -600,15 +600,6 @@ class _Importer(FidelityOps):
         self.emit(outs[0], "const", (), shape, dtype, {"fill": "full", "fill_value": fill},
                   group=group)
         return True
-
-
-def _live(nodes: list[Node], outputs: list[str]) -> list[Node]:
-    """The nodes some output depends on (a dropped shape operand leaves dead nodes behind)."""
-    needed = set(outputs)
-    for node in reversed(nodes):
-        if node.name in needed:
-            needed.update(node.inputs)
-    return [n for n in nodes if n.name in needed]
 
 
 def _with_source_groups(nodes: list[Node]) -> list[Node]:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from autodiff.ir import Graph, Node
+from autodiff.ir import Graph, Node, live_names
 from autodiff.interpreter import const_value
 from autodiff.ops.registry import get_op
 
@@ -29,18 +29,13 @@ def _rename_meta(meta: dict, rename: dict[str, str]) -> dict:
 
 def _roots(graph: Graph) -> set[str]:
     """Nodes a pass must keep: outputs and the new values of state updates."""
-    roots = set(graph.outputs)
-    roots.update(graph.meta.get("updates", {}).values())
-    roots.update(graph.meta.get("updates", {}).keys())
-    return roots
+    updates = graph.meta.get("updates", {})
+    return {*graph.outputs, *updates.values(), *updates}
 
 
 def dead_code_elimination(graph: Graph, keep_sources: bool = True) -> Graph:
     """Drop nodes that no output depends on (params and inputs stay unless keep_sources=False)."""
-    live = _roots(graph)
-    for node in reversed(graph.nodes):
-        if node.name in live:
-            live.update(node.inputs)
+    live = live_names(graph.nodes, _roots(graph))
     nodes = [n for n in graph.nodes if n.name in live or
              (keep_sources and n.op in ("param", "input"))]
     return Graph(nodes, graph.outputs, graph.name, validate=False, meta=graph.meta)

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ir import FLOAT_DTYPES, Graph
+from autodiff.ir import FLOAT_DTYPES, Graph, live_names
 from autodiff.ops.registry import lookup
 from autodiff.trace import Tensor, Tracer, TracingError
 
@@ -167,10 +167,7 @@ class _Sweep:
 def _drop_unused_gradient_nodes(tracer: Tracer, start: int, outputs: Sequence[str]) -> None:
     """Remove appended nodes no output reads, e.g. a matmul rule's gradient for an input
     that is not differentiated, so the training graph never computes it."""
-    live = set(outputs)
-    for node in reversed(tracer.nodes[start:]):
-        if node.name in live:
-            live.update(node.inputs)
+    live = live_names(tracer.nodes[start:], outputs)
     tracer.nodes[start:] = [n for n in tracer.nodes[start:] if n.name in live]
 
 

@@ -92,11 +92,9 @@ def _convolution(cx, x, w, bias, stride, padding, dilation, transposed, output_p
     if len(set(stride)) != 1 or len(set(padding)) != 1:
         raise Unsupported(f"unequal strides {stride} or paddings {padding}")
     x, w = cx.tensor(x), cx.tensor(w)
-    if groups == 1:
-        y = anp.apply("conv2d", x, w, stride=int(stride[0]), padding=int(padding[0]))
-    else:
-        y = anp.apply("grouped_conv2d", x, w, stride=int(stride[0]), padding=int(padding[0]),
-                      groups=int(groups))
+    grouped = {} if groups == 1 else {"groups": int(groups)}
+    y = anp.apply("grouped_conv2d" if grouped else "conv2d", x, w, stride=int(stride[0]),
+                  padding=int(padding[0]), **grouped)
     if bias is None:
         return y
     return y + anp.reshape(cx.tensor(bias), [w.shape[0], 1, 1])
@@ -127,10 +125,6 @@ def _batch_norm(cx, x, weight, bias, mean, var, training, momentum, eps):
         y = anp.apply("batch_norm_eval", x, cx.tensor(weight), cx.tensor(bias), cx.tensor(mean),
                       cx.tensor(var), eps=float(eps))
     return y, None, None, None, None
-
-
-def _batch_norm_functional(cx, x, weight, bias, mean, var, training, momentum, eps):
-    return _batch_norm(cx, x, weight, bias, mean, var, training, momentum, eps)
 
 
 def _batch_norm_no_training(cx, x, weight, bias, mean, var, momentum, eps):
@@ -286,9 +280,8 @@ HANDLERS = {
     "aten.mm": _matmul, "aten.bmm": _matmul, "aten.matmul": _matmul, "aten.addmm": _addmm,
     "aten.convolution": _convolution,
     "aten.native_layer_norm": _layer_norm,
-    "aten._native_batch_norm_legit_functional": _batch_norm_functional,
-    "aten._native_batch_norm_legit": _batch_norm_functional,
-    "aten.native_batch_norm": _batch_norm_functional,
+    "aten._native_batch_norm_legit_functional": _batch_norm,
+    "aten._native_batch_norm_legit": _batch_norm, "aten.native_batch_norm": _batch_norm,
     "aten._native_batch_norm_legit_no_training": _batch_norm_no_training,
     "aten.max_pool2d_with_indices": _max_pool, "aten.avg_pool2d": _avg_pool,
     "aten.mean": _reduction("mean"), "aten.sum": _reduction("sum"),

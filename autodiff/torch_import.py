@@ -27,14 +27,14 @@ from __future__ import annotations
 import operator
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
-from autodiff.trace import Tensor, Tracer
+from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node, live_names
+from autodiff.trace import Tensor, Tracer, tree_flatten
 
 __all__ = ["ImportedModel", "InputSpec", "TorchImportError", "export_program", "import_torch",
            "import_exported"]
@@ -129,12 +129,7 @@ def import_torch(module, example_inputs: Sequence, *, name: str | None = None) -
     name = name or type(module).__name__
     program = export_program(module, example_inputs, name)
     imported = import_exported(program, module, example_inputs, name)
-    return _with_seconds(imported, time.perf_counter() - start)
-
-
-def _with_seconds(imported: ImportedModel, seconds: float) -> ImportedModel:
-    from dataclasses import replace
-    return replace(imported, seconds=seconds)
+    return replace(imported, seconds=time.perf_counter() - start)
 
 
 def import_exported(program, module, example_inputs: Sequence, name: str,
@@ -176,14 +171,6 @@ def _module_path(node) -> str | None:
 def _storage_key(t) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
             tuple(t.stride()), str(t.dtype))
-
-
-def _leaves(x) -> list:
-    if isinstance(x, (list, tuple)):
-        return [y for item in x for y in _leaves(item)]
-    if isinstance(x, dict):
-        return [y for item in x.values() for y in _leaves(item)]
-    return [x]
 
 
 def _map(x, fn):
@@ -262,7 +249,7 @@ class _Importer:
         names = {}
         for n, p in self.module.named_parameters():
             names.setdefault(_storage_key(p), n)
-        user = [x for x in _leaves(list(example_inputs))]
+        user = tree_flatten(list(example_inputs))[0]
         env, specs, by_key = {}, [], {}
         placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
         for node, spec in zip(placeholders, program.graph_signature.input_specs):
@@ -317,7 +304,9 @@ class _Importer:
         self.walk(graph, env, needed)
         self.tracer.prefix = None
         outputs = [self.tensor(env[r] if hasattr(r, "op") else r) for r in results]
-        nodes = _live(self.tracer.nodes, [o.name for o in outputs])
+        # params stay; a failed mapping may leave nodes no output reads
+        needed = live_names(self.tracer.nodes, [o.name for o in outputs])
+        nodes = [n for n in self.tracer.nodes if n.name in needed or n.op == "param"]
         try:
             g = Graph(nodes, [o.name for o in outputs], self.name, source=source)
         except GraphError as exc:
@@ -353,7 +342,7 @@ class _Importer:
         val = node.meta.get("val")
         if isinstance(val, self.torch.Tensor):
             self.shape, self.dtype = tuple(val.shape), self.dtypes.get(val.dtype, "float32")
-        dynamic = any(isinstance(x, Tensor) for x in _leaves([args, kwargs]))
+        dynamic = any(isinstance(x, Tensor) for x in tree_flatten([args, kwargs])[0])
         if packet not in self.aten.RANDOM and (not dynamic or packet in self.aten.SHAPE_ONLY):
             return self.fold(node, args, kwargs)
         handler = self.aten.HANDLERS.get(target) or self.aten.HANDLERS.get(packet)
@@ -407,7 +396,7 @@ class _Importer:
 
     def opaque_node(self, node, target: str, args, kwargs, val, reason: str):
         """An op the registry cannot express: one opaque node per tensor output."""
-        inputs = [self.tensor(x) for x in _leaves([args, kwargs])
+        inputs = [self.tensor(x) for x in tree_flatten([args, kwargs])[0]
                   if isinstance(x, (Tensor, _Const))]
         self.opaque.append(f"{target} ({reason})")
         vals = val if isinstance(val, (list, tuple)) else [val]
@@ -434,13 +423,4 @@ def _needed(results) -> set:
         needed.add(node)
         stack.extend(node.all_input_nodes)
     return needed
-
-
-def _live(nodes: list[Node], outputs: list[str]) -> list[Node]:
-    """Params, and the nodes some output depends on (a failed mapping may leave dead ones)."""
-    needed = set(outputs)
-    for node in reversed(nodes):
-        if node.name in needed:
-            needed.update(node.inputs)
-    return [n for n in nodes if n.name in needed or n.op == "param"]
 

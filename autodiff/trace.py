@@ -81,14 +81,11 @@ class Tracer:
             shape = value.shape
         node = Node(self.fresh(name or op), op, (), tuple(int(d) for d in shape),
                     _dtype_name(dtype), dict(attrs or {}), self.group, None, self.grad_of)
-        return self._add(node, value if (value is not None and self.eager) else
-                         (value if op == "const" else None))
+        return self._add(node, value if self.eager or op == "const" else None)
 
     def const(self, value, dtype=None, name: str | None = None) -> "Tensor":
         """A constant tensor; its value lives in attrs['value'] so the graph is self-contained."""
         arr = np.asarray(value, dtype=dtype)
-        if arr.dtype == np.float64 and dtype is None and np.ndim(value) == 0:
-            arr = np.asarray(value, dtype="float64")
         return self.source("const", arr.shape, arr.dtype, name or "const", value=arr,
                            attrs={"value": arr})
 
@@ -224,27 +221,21 @@ class Tensor:
 # ----------------------------------------------------------------- pytrees
 def tree_flatten(tree) -> tuple[list, Callable[[list], Any]]:
     """Leaves of nested dicts/lists/tuples (in a deterministic order) and a rebuild function."""
-    if isinstance(tree, dict):
-        keys = list(tree)
-        parts = [tree_flatten(tree[k]) for k in keys]
-        def rebuild(leaves, parts=parts, keys=keys):
-            out, i = {}, 0
-            for k, (lv, rb) in zip(keys, parts):
-                out[k] = rb(leaves[i:i + len(lv)])
-                i += len(lv)
-            return out
-        return [x for lv, _ in parts for x in lv], rebuild
-    if isinstance(tree, (list, tuple)):
-        parts = [tree_flatten(x) for x in tree]
-        kind = type(tree)
-        def rebuild(leaves, parts=parts, kind=kind):
-            out, i = [], 0
-            for lv, rb in parts:
-                out.append(rb(leaves[i:i + len(lv)]))
-                i += len(lv)
-            return kind(out) if kind in (list, tuple) else kind(*out)
-        return [x for lv, _ in parts for x in lv], rebuild
-    return [tree], lambda leaves: leaves[0]
+    if not isinstance(tree, (dict, list, tuple)):
+        return [tree], lambda leaves: leaves[0]
+    keys = list(tree) if isinstance(tree, dict) else None
+    parts = [tree_flatten(x) for x in (tree.values() if keys is not None else tree)]
+    kind = type(tree)
+
+    def rebuild(leaves):
+        out, i = [], 0
+        for lv, rb in parts:
+            out.append(rb(leaves[i:i + len(lv)]))
+            i += len(lv)
+        if keys is not None:
+            return dict(zip(keys, out))
+        return kind(out) if kind in (list, tuple) else kind(*out)
+    return [x for lv, _ in parts for x in lv], rebuild
 
 
 def current_tracer(*trees) -> Tracer | None:
