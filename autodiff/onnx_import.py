@@ -5,29 +5,24 @@ map to registry ops where the semantics match exactly, else become *opaque* node
 lower-cased ONNX op type (prefixed `onnx.` when that name would collide with a registry op of
 different meaning, e.g. variadic `Mean`) with their ONNX attributes kept. Mapping choices:
 
-- Gemm becomes `transpose` (for transA/transB) + `matmul` + `multiply` by alpha / beta consts
-  (only when != 1) + `add` of C, so each piece is an executable registry op.
-- Conv becomes `conv2d` (`grouped_conv2d` with groups) + (`reshape` of the bias to (C, 1, 1)
-  + `add`) when 2-D, undilated, with equal strides and equal pads; otherwise one opaque node.
-- Identity and inference-mode Dropout are aliases (no node); Constant and Shape become `const`
-  nodes with their value, ConstantOfShape a `const` with a fill rule; Reshape, Flatten,
-  Squeeze and Unsqueeze become `reshape` to the inferred shape, dropping the shape operand
-  (nodes that then feed nothing are removed).
+- Gemm and Conv (2-D, undilated, equal strides and pads) become executable registry ops:
+  transposes, `matmul` or `conv2d` / `grouped_conv2d`, scaling by alpha and beta, bias `add`.
+- Identity and inference-mode Dropout are aliases (no node); Constant, Shape and
+  ConstantOfShape become `const`s; Reshape, Flatten, Squeeze and Unsqueeze a `reshape` to the
+  inferred shape, dropping the shape operand (nodes that then feed nothing are removed).
 - A mapping is used only when the registry's shape rule reproduces ONNX's inferred shape and
   dtype (integer Div, for one, is not numpy's divide); otherwise the node stays opaque.
-- Trainable initializers (onnx_fidelity.trainable_initializers) become `param` nodes, their
-  values kept by `import_onnx`; the others (running statistics, folded constants) `const`s.
-- Nodes whose inputs are all known constants are evaluated (onnx's reference ops) into
-  `const`s; outputs shape inference left unknown get their shapes the same way.
+- Trainable initializers (onnx_fidelity.trainable_initializers) become `param`s, the others
+  `const`s. Nodes whose inputs are all known constants are evaluated (onnx's reference ops)
+  into `const`s; outputs shape inference left unknown get their shapes the same way.
 
-FLOPs are written explicitly: 2*M*N*K for matmuls, 2*out*Cin/groups*kh*kw for convolutions,
-one per output element for elementwise ops (opaque ones included), one per input element for
-reductions and out*kh*kw for pooling; other nodes leave `flops` unset. A multi-output ONNX node
-becomes one node per output (attr `output` = its position); onnx_fidelity adds FLOPs for
-data movement, norms, softmax and LSTM. Nodes are named by the ONNX tensor they produce
-(exporter-generated names become `<group>.<op>`); `group` is the module path torch's exporter
-recorded (metadata_props), else the ONNX node name's path ("/fc1/Gemm" -> "fc1"), and a
-source takes the group of its first consumer.
+FLOPs are explicit: 2*M*N*K for matmuls, 2*out*Cin/groups*kh*kw for convolutions, one per
+output element for elementwise ops (opaque ones too), one per input element for reductions,
+out*kh*kw for pooling (onnx_fidelity adds data movement, norms, softmax and LSTM); others leave
+`flops` unset. A multi-output ONNX node becomes one node per output (attr `output` = its
+position). Nodes are named by the ONNX tensor they produce (exporter-generated names become
+`<group>.<op>`); `group` is the module path torch's exporter recorded, else the ONNX node
+name's path ("/fc1/Gemm" -> "fc1"); a source takes the group of its first consumer.
 """
 from __future__ import annotations
 
@@ -204,8 +199,8 @@ class _Importer(FidelityOps):
         self.onnx, self.graph, self.source = onnx, model.graph, source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
-        self.types = {info.name: self._read_type(info) for info in
-                      list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output)}
+        infos = list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output)
+        self.types = {info.name: self._read_type(info) for info in infos}
         self.nodes: list[Node] = []
         self.position: dict[str, int] = {}
         self.alias: dict[str, str] = {}
@@ -420,14 +415,14 @@ class _Importer(FidelityOps):
         y = self.emit(out if last else self.fresh(f"{out}/matmul"), "matmul", [a, b], shape,
                       dtype, flops=2 * m * k * shape[1], group=group)
         if alpha != 1.0:
-            scale = self.const(self.fresh(f"{out}/alpha"), np.array(alpha, NUMPY_DTYPE[dtype]), dtype,
-                               group)
+            scale = self.const(self.fresh(f"{out}/alpha"), np.array(alpha, NUMPY_DTYPE[dtype]),
+                               dtype, group)
             y = self.emit(out if c is None else self.fresh(f"{out}/scaled"), "multiply",
                           [y, scale], shape, dtype, flops=math.prod(shape), group=group)
         if c is not None:
             if beta != 1.0:
-                scale = self.const(self.fresh(f"{out}/beta"), np.array(beta, NUMPY_DTYPE[dtype]), dtype,
-                                   group)
+                scale = self.const(self.fresh(f"{out}/beta"), np.array(beta, NUMPY_DTYPE[dtype]),
+                                   dtype, group)
                 c = self.emit(self.fresh(f"{out}/bias"), "multiply", [c, scale],
                               self.shape_of(c), dtype, flops=math.prod(self.shape_of(c)),
                               group=group)

@@ -242,12 +242,13 @@ class _Rewriter:
         self.types[node.name] = (node.shape, node.dtype)
         return node.name
 
-    def _note(self, node: Node, n: int, mode: str, parts: list[list[str]]) -> None:
-        self.record[node.name] = {"shards": n, "mode": mode, "parts": parts}
-
-    @staticmethod
-    def _flops(node: Node, n: int) -> int | None:
-        return None if node.flops is None else node.flops // n
+    def _shards(self, node: Node, n: int, mode: str, op: str, operands, attrs) -> list[str]:
+        """Emit `node`'s n shards (shard k: `op` on operands[k] with attrs[k]) and note them."""
+        flops = None if node.flops is None else node.flops // n
+        names = [self.emit(f"{node.name}.shard{k}of{n}", op, operands[k], attrs[k], node, flops)
+                 for k in range(n)]
+        self.record[node.name] = {"shards": n, "mode": mode, "parts": [[x] for x in names]}
+        return names
 
     # --------------------------------------------------------------- sources
     def _source(self, node: Node) -> None:
@@ -345,51 +346,39 @@ class _Rewriter:
         n = rule.shards
         per_input = [[self.whole_of(i)] * n if ax is None else self.shards_of(i, ax, n)
                      for i, ax in zip(node.inputs, rule.in_axes)]
-        names = [self.emit(f"{node.name}.shard{k}of{n}", node.op, [p[k] for p in per_input],
-                           node.attrs if rule.attrs is None else {**node.attrs, **rule.attrs[k]},
-                           node, self._flops(node, n)) for k in range(n)]
-        self.split[node.name] = (rule.out_axis, names)
-        self._note(node, n, "follow", [[x] for x in names])
+        attrs = [node.attrs if rule.attrs is None else {**node.attrs, **rule.attrs[k]}
+                 for k in range(n)]
+        self.split[node.name] = (rule.out_axis, self._shards(
+            node, n, "follow", node.op, [[p[k] for p in per_input] for k in range(n)], attrs))
         return True
 
     # -------------------------------------------------------------- sharding
     def _matmul(self, node: Node, n: int, mode: str) -> None:
         a, w = node.inputs
-        flops = self._flops(node, n)
-        name = f"{node.name}.shard{{}}of{n}"
         if mode == "out":
-            a_whole = self.whole_of(a)
-            ws = self.shards_of(w, 1, n)
-            names = [self.emit(name.format(i), "matmul", [a_whole, ws[i]], {}, node, flops)
-                     for i in range(n)]
+            lefts, ws = [self.whole_of(a)] * n, self.shards_of(w, 1, n)
+        else:
+            lefts = self.shards_of(a, len(self.graph[a].shape) - 1, n)
+            ws = self.shards_of(w, 0, n)
+        names = self._shards(node, n, mode, "matmul", list(zip(lefts, ws)), [{}] * n)
+        if mode == "out":
             self.split[node.name] = (len(node.shape) - 1, names)
         else:
-            as_ = self.shards_of(a, len(self.graph[a].shape) - 1, n)
-            ws = self.shards_of(w, 0, n)
-            names = [self.emit(name.format(i), "matmul", [as_[i], ws[i]], {}, node, flops)
-                     for i in range(n)]
             self.partial[node.name] = names
-        self._note(node, n, mode, [[x] for x in names])
 
     def _conv2d(self, node: Node, n: int, mode: str) -> None:
         x, w = node.inputs
-        x_whole = self.whole_of(x)
-        ws = self.shards_of(w, 0, n)
-        names = [self.emit(f"{node.name}.shard{i}of{n}", "conv2d", [x_whole, ws[i]], node.attrs,
-                           node, self._flops(node, n)) for i in range(n)]
-        self.split[node.name] = (1, names)
-        self._note(node, n, mode, [[x] for x in names])
+        x_whole, ws = self.whole_of(x), self.shards_of(w, 0, n)
+        self.split[node.name] = (1, self._shards(node, n, mode, "conv2d",
+                                                 [(x_whole, wk) for wk in ws], [node.attrs] * n))
 
     def _take(self, node: Node, n: int, mode: str) -> None:
         table, idx = node.inputs
         rows = self.graph[table].shape[0]
-        tables = self.shards_of(table, 0, n)
-        idx_whole = self.whole_of(idx)
-        names = [self.emit(f"{node.name}.shard{i}of{n}", "shard_take", [tables[i], idx_whole],
-                           {"offset": lo, "total": rows}, node, self._flops(node, n))
-                 for i, (lo, _) in enumerate(shard_bounds(rows, n))]
-        self.partial[node.name] = names
-        self._note(node, n, mode, [[x] for x in names])
+        tables, idx_whole = self.shards_of(table, 0, n), self.whole_of(idx)
+        self.partial[node.name] = self._shards(
+            node, n, mode, "shard_take", [(t, idx_whole) for t in tables],
+            [{"offset": lo, "total": rows} for lo, _ in shard_bounds(rows, n)])
 
     def _cross_entropy(self, node: Node, n: int, mode: str) -> None:
         """Vocab-parallel loss: each shard its own log-sum-exp and target logit, then a
@@ -421,7 +410,7 @@ class _Rewriter:
         self.types.pop(ce, None)
         emit(ce, "mean", [nll], {"axis": None, "keepdims": False}, node)
         self.whole.add(ce)
-        self._note(node, n, mode, members)
+        self.record[ce] = {"shards": n, "mode": mode, "parts": members}
 
     def _combine_lse(self, ce: str, lses: list[str], node: Node) -> str:
         """lse = M + log sum_i exp(lse_i - M), M = max_i lse_i under stop_gradient."""
