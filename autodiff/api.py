@@ -68,16 +68,12 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
                                f"it returned {type(out).__name__}")
         if out.shape != ():
             raise TracingError(f"grad needs a scalar output, got shape {list(out.shape)}")
-        trees = [tree_flatten(traced[i]) for i in nums]
-        leaves = [leaf for lv, _ in trees for leaf in lv]
+        leaves, rebuild = tree_flatten(tuple(traced[i] for i in nums))
         grads = backward(out, leaves)
         if not nested:
             grads = [None if g is None else g.numpy() for g in grads]
-        results, k = [], 0
-        for lv, rebuild in trees:
-            results.append(rebuild(grads[k:k + len(lv)]))
-            k += len(lv)
-        grad_out = results[0] if isinstance(argnums, int) else tuple(results)
+        results = rebuild(grads)
+        grad_out = results[0] if isinstance(argnums, int) else results
         return (out if nested else out.numpy()), grad_out
 
     wrapped.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
@@ -140,13 +136,12 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
     for i in nums:
         x = args[i]
         g = np.zeros_like(x)
+        of_x = _partial(scalar, args, (i,))
         for idx in np.ndindex(x.shape):
             xp, xm = x.copy(), x.copy()
             xp[idx] += eps
             xm[idx] -= eps
-            ap, am = list(args), list(args)
-            ap[i], am[i] = xp, xm
-            g[idx] = (scalar(*ap) - scalar(*am)) / (2 * eps)
+            g[idx] = (of_x(xp) - of_x(xm)) / (2 * eps)
         numeric.append(g)
 
     worst = 0.0

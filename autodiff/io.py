@@ -120,11 +120,8 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 @contextlib.contextmanager
 def _gc_paused():
-    """Pause the cyclic garbage collector while building millions of acyclic objects.
-
-    Every allocation burst otherwise triggers collections that rescan all live objects, which
-    makes reading a large file several times slower; the objects built here hold no cycles.
-    """
+    """Pause the cyclic garbage collector while building millions of acyclic objects (its
+    collections would rescan them all, making a large file several times slower to read)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -219,9 +216,7 @@ RULE_ERRORS = (GraphError, TypeError, ValueError, KeyError, IndexError, Attribut
 def check_shapes(graph: Graph, source: str) -> None:
     """Raise GraphError naming the node when a known op's shape rule rejects its inputs and
     attrs, or gives another shape than the node declares (opaque ops are taken as declared).
-
-    Rules are called once per distinct (op, operand shapes and dtypes, attrs): repeated layers
-    cost a dictionary lookup each.
+    Rules run once per distinct (op, operand shapes and dtypes, attrs), so layers repeat cheaply.
     """
     from autodiff.ir import SOURCE_OPS
     from autodiff.ops.registry import registry
@@ -467,11 +462,8 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> None:
     # before each node. The pattern cannot occur inside a JSON string (its quotes would be
     # escaped there), so the result is the same JSON whatever the attributes hold.
     nodes = encode(document["nodes"])[1:-1].replace('}, {"name": ', '},\n  {"name": ')
-    text = "".join([
-        encode(header)[:-1], ",\n \"nodes\": [\n  ", nodes,
-        "\n ],\n \"outputs\": ", encode(document["outputs"]), "\n}\n",
-    ])
-    data = text.encode("utf-8")
+    data = "".join([encode(header)[:-1], ",\n \"nodes\": [\n  ", nodes, "\n ],\n \"outputs\": ",
+                    encode(document["outputs"]), "\n}\n"]).encode("utf-8")
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

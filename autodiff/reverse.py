@@ -164,13 +164,6 @@ class _Sweep:
                 self.senders.setdefault(x.name, []).append(node.name)
 
 
-def _drop_unused_gradient_nodes(tracer: Tracer, start: int, outputs: Sequence[str]) -> None:
-    """Remove appended nodes no output reads, e.g. a matmul rule's gradient for an input
-    that is not differentiated, so the training graph never computes it."""
-    live = live_names(tracer.nodes[start:], outputs)
-    tracer.nodes[start:] = [n for n in tracer.nodes[start:] if n.name in live]
-
-
 def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = None) -> Graph:
     """The training graph: `graph`'s nodes followed by the gradient nodes of its loss.
 
@@ -184,17 +177,18 @@ def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = Non
         raise TracingError(f"vjp needs a scalar output; {output!r} has shape {list(loss.shape)}")
     wrt = [p.name for p in graph.params] if wrt is None else list(wrt)
     tracer = Tracer(graph.name, eager=False)
-    for node in graph.nodes:
-        tracer.nodes.append(node)
-        tracer.values[node.name] = None
-        tracer._names.add(node.name)
+    tracer.nodes, tracer.values = list(graph.nodes), dict.fromkeys(graph.index)
+    tracer._names = set(graph.index)
     tracer.updates = dict(graph.meta.get("updates", {}))
     routing = GradientRouting()
     grads = backward(Tensor(tracer, loss), [Tensor(tracer, graph[w]) for w in wrt],
                      routing=routing)
     mapping = {w: g.name for w, g in zip(wrt, grads) if g is not None}
-    _drop_unused_gradient_nodes(tracer, len(graph.nodes), [output, *mapping.values()])
-    out = tracer.graph([output, *mapping.values()], name=graph.name)
+    outputs, start = [output, *mapping.values()], len(graph.nodes)
+    # gradient nodes no output reads (e.g. for an input not differentiated) are dropped
+    live = live_names(tracer.nodes[start:], outputs)
+    tracer.nodes[start:] = [n for n in tracer.nodes[start:] if n.name in live]
+    out = tracer.graph(outputs, name=graph.name)
     out.meta.update(graph.meta)
     out.meta["grads"] = mapping
     out.meta["loss"] = output
