@@ -19,8 +19,7 @@ def _prepare(fn_name: str, args: Sequence, argnums: tuple[int, ...]):
     """Trace inputs: a fresh eager tracer for concrete args, or the enclosing one."""
     tracer = current_tracer(args)
     nested = tracer is not None
-    if tracer is None:
-        tracer = Tracer(fn_name)
+    tracer = tracer if nested else Tracer(fn_name)
     traced = []
     for i, a in enumerate(args):
         if isinstance(a, (bool, str)) or a is None or callable(a):
@@ -98,10 +97,9 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     nums = tuple(range(len(primals)))
     tracer, nested, traced = _prepare(getattr(fn, "__name__", "fn"), primals, nums)
     in_leaves = [x for t in traced for x in tree_flatten(t)[0]]
-    tan_leaves = []
-    for x, t in zip(in_leaves, [x for t in tangents for x in tree_flatten(t)[0]]):
-        tan_leaves.append(t if isinstance(t, Tensor) else tracer.const(np.asarray(t, x.dtype),
-                                                                       name="tangent"))
+    tan_leaves = [t if isinstance(t, Tensor) else
+                  tracer.const(np.asarray(t, x.dtype), name="tangent")
+                  for x, t in zip(in_leaves, [x for t in tangents for x in tree_flatten(t)[0]])]
     out = fn(*traced)
     out_leaves, rebuild = tree_flatten(out)
     touts = push_forward(in_leaves, tan_leaves, out_leaves)

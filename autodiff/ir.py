@@ -212,10 +212,3 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self.nodes)} nodes, outputs={self.outputs})"
-
-    def copy(self, *, nodes: Iterable[Node] | None = None, outputs: Iterable[str] | None = None,
-             name: str | None = None) -> "Graph":
-        """A new Graph sharing Node objects (nodes are treated as immutable by passes)."""
-        return Graph(self.nodes if nodes is None else nodes,
-                     self.outputs if outputs is None else outputs,
-                     self.name if name is None else name, meta=self.meta)

@@ -21,13 +21,13 @@ import re
 import numpy as np
 
 from autodiff.io import NUMPY_DTYPE
+from autodiff.ir import FLOAT_DTYPES
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 GENERATED_NAME = re.compile(r"^(val_\d+|node_.*|_v_\d+|.*::.*|/.*|\d+(/.*)?)$")
 FOLDED_CONSTANT = re.compile(r"^(val_\d+|_?tensor_constant\d*|_v_\d+|onnx::.*|const.*|"
                              r"_?param_constant\d*)$")
 STATISTICS = re.compile(r"(running_mean|running_var|num_batches_tracked)$")
-FLOATS = {"float64", "float32", "float16", "bfloat16"}
 MOVEMENT = {"Split", "Slice", "Gather", "Concat", "GatherElements", "GatherND"}
 
 
@@ -151,7 +151,7 @@ class FidelityOps:
         if not (known or unknown):
             return False
         if not known and (node.op_type in DATA_DEPENDENT or any(
-                i and i not in self.values and self.dtype_of(i) not in FLOATS
+                i and i not in self.values and self.dtype_of(i) not in FLOAT_DTYPES
                 and node.op_type not in INDEX_DATA for i in ins)):
             return False     # stand-in zeros would decide the shape: leave it to dims=
 
@@ -189,7 +189,7 @@ class FidelityOps:
         specs = []
         for node in graph.inputs:
             high = None
-            if node.dtype not in FLOATS:   # indices into a table: its rows, else 0/1
+            if node.dtype not in FLOAT_DTYPES:   # indices into a table: its rows, else 0/1
                 tables = [graph[c].inputs[0] for c in graph.consumers(node.name)
                           if graph[c].op == "take" and graph[c].inputs[1] == node.name]
                 high = graph[tables[0]].shape[0] if tables else 2

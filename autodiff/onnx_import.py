@@ -222,16 +222,13 @@ class _Importer(FidelityOps):
         dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(t.elem_type))
         if not t.HasField("shape"):
             return None, dtype, "shape inference gave no shape"
-        shape = []
         for d in t.shape.dim:
-            if d.HasField("dim_value"):
-                shape.append(int(d.dim_value))
-            else:
+            if not d.HasField("dim_value"):
                 why = (f"symbolic dimension {d.dim_param!r} (pass dims={{{d.dim_param!r}: N}}, "
                        "or model.dims in a config)"
                        if d.dim_param else "a dimension shape inference could not determine")
                 return None, dtype, why
-        return tuple(shape), dtype, ""
+        return tuple(int(d.dim_value) for d in t.shape.dim), dtype, ""
 
     def fact(self, tensor: str, where: str) -> tuple[tuple[int, ...], str]:
         """Shape and dtype of an ONNX tensor, or OnnxImportError naming it."""
@@ -438,10 +435,9 @@ class _Importer(FidelityOps):
                 "dilations", [1, 1])) or len(set(strides)) != 1 or len(set(pads)) != 1
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             return False
-        groups = attrs.get("group", 1)
-        op, conv_attrs = "conv2d", {"stride": strides[0], "padding": pads[0]}
-        if groups != 1:
-            op, conv_attrs = "grouped_conv2d", {**conv_attrs, "groups": groups}
+        grouped = {} if attrs.get("group", 1) == 1 else {"groups": attrs["group"]}
+        op = "grouped_conv2d" if grouped else "conv2d"
+        conv_attrs = {"stride": strides[0], "padding": pads[0], **grouped}
         bias = ins[2] if len(ins) > 2 and ins[2] else None
         conv = self.emit(outs[0] if bias is None else self.fresh(f"{outs[0]}/conv"), op,
                          ins[:2], shape, dtype, conv_attrs,

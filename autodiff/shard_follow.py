@@ -34,7 +34,6 @@ class FollowRule:
     """Run a node per shard: input i sliced along in_axes[i] (None: whole), the shards split
     the output along out_axis; attrs[k] are shard k's attrs (None: the node's)."""
 
-
     out_axis: int
     in_axes: tuple
     attrs: tuple | None = None
@@ -83,11 +82,9 @@ def _broadcast(node: Node, shapes: list, pos: int, axis: int) -> FollowRule:
     """numpy broadcasting: each input sliced along the axis aligned with the output's."""
     out_rank = len(node.shape)
     out_axis = axis + out_rank - len(shapes[pos])
-    in_axes = []
-    for shape in shapes:
-        ax = out_axis - (out_rank - len(shape))
-        in_axes.append(None if ax < 0 or shape[ax] == 1 else ax)
-    return FollowRule(out_axis, tuple(in_axes))
+    axes = [(shape, out_axis - (out_rank - len(shape))) for shape in shapes]
+    return FollowRule(out_axis, tuple(None if ax < 0 or shape[ax] == 1 else ax
+                                      for shape, ax in axes))
 
 
 def _reduction(node: Node, shape: tuple, axis: int) -> FollowRule | None:

@@ -44,24 +44,20 @@ class Tracer:
 
     # ------------------------------------------------------------ naming
     def fresh(self, base: str) -> str:
-        if base not in self._names:
-            self._names.add(base)
-            return base
-        counter = self._counters.setdefault(base, itertools.count(1))
-        while True:
-            name = f"{base}_{next(counter)}"
-            if name not in self._names:
-                self._names.add(name)
-                return name
+        name = base
+        if name in self._names:
+            counter = self._counters.setdefault(base, itertools.count(1))
+            while name in self._names:
+                name = f"{base}_{next(counter)}"
+        self._names.add(name)
+        return name
 
     @contextlib.contextmanager
     def scope(self, *, group: str | None = None, grad_of: str | None = None):
         """Tag nodes recorded inside with a layer group and/or the forward node of a gradient."""
         saved = (self.group, self.grad_of)
-        if group is not None:
-            self.group = group
-        if grad_of is not None:
-            self.grad_of = grad_of
+        self.group = self.group if group is None else group
+        self.grad_of = self.grad_of if grad_of is None else grad_of
         try:
             yield
         finally:
@@ -110,7 +106,7 @@ class Tracer:
             vals = [self.values[t.name] for t in inputs]
             if all(v is not None for v in vals):
                 value = np.asarray(opdef.forward(*vals, **attrs), dtype=dtype)
-        elif self.eager and opdef.random:
+        elif self.eager:
             from autodiff.ops.sources import draw_random
             value = draw_random(node, step=0)
         return self._add(node, value)
