@@ -52,11 +52,9 @@ def _lift_tree(tracer: Tracer, tree, prefix: str):
 
 
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
-    """A function returning (fn(*args), gradient of fn w.r.t. args[argnums]).
-
-    fn must return a scalar. Gradients mirror the structure of the differentiated
-    arguments; a leaf that does not reach the output gets None, not zeros.
-    """
+    """A function returning (fn(*args), gradient of scalar fn w.r.t. args[argnums]); gradients
+    mirror the differentiated arguments' structure, None (not zeros) where a leaf does not
+    reach the output."""
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def wrapped(*args):
@@ -114,11 +112,9 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
 def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8,
                modes: Sequence[str] = ("rev", "fwd"),
                argnums: Sequence[int] | None = None) -> float:
-    """Compare reverse (and forward) mode with central differences in float64.
-
-    Differentiates w.r.t. every float array argument (or `argnums`). Raises AssertionError
-    naming the argument and the worst element on mismatch; returns the largest abs error.
-    """
+    """Compare reverse (and forward) mode with central differences in float64 w.r.t. every
+    float array argument (or `argnums`): the largest abs error, or AssertionError naming the
+    argument and the worst element."""
     args = [np.asarray(a, dtype=np.float64) if isinstance(a, (float, np.floating)) or (
         isinstance(a, np.ndarray) and a.dtype.kind == "f") else a for a in args]
     nums = tuple(argnums) if argnums is not None else tuple(

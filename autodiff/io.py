@@ -448,11 +448,8 @@ def _encode(value: Any, node: Node, key: str, graph_name: str) -> Any:
 
 
 def save_graph(graph: Graph, path: str | os.PathLike) -> None:
-    """Write `graph` as `modelcut.graph` JSON, gzip-compressed when `path` ends in `.gz`.
-
-    One node per line, so files diff well. The file is written to a temporary name first and
-    renamed, so a failed write never leaves a truncated file behind.
-    """
+    """Write `graph` as `modelcut.graph` JSON (gzip when `path` ends in `.gz`), one node per
+    line so files diff well; written to a temporary name and renamed, never left truncated."""
     path = Path(path)
     with _gc_paused():
         document = graph_to_dict(graph)

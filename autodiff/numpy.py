@@ -184,12 +184,9 @@ def layer_norm(x, gamma, beta, eps: float = 1e-5):
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training: bool = True,
                eps: float = 1e-5, momentum: float = 0.1):
-    """Batch norm over every axis but axis 1 (channels).
-
-    Train form uses batch statistics; when running averages are given (as Tensors) their
-    updated values are recorded as state updates of the trace. Eval form uses the running
-    averages.
-    """
+    """Batch norm over every axis but axis 1 (channels): batch statistics in training (the
+    updated running averages, when given as Tensors, recorded as state updates of the trace),
+    else the running averages."""
     if not training:
         if running_mean is None or running_var is None:
             raise TracingError("batch_norm(training=False) needs running_mean and running_var")

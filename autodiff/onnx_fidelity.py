@@ -1,16 +1,12 @@
 """What keeps an ONNX import faithful to the model it came from (used by autodiff.onnx_import):
 
-- groups from torch's exporter metadata (`pkg.torch.onnx.name_scopes` in a node's
-  metadata_props: the module path of the code that made it), and readable names for tensors
-  the exporter named `val_56` / `node_Conv_295` (`<module path>.<op>`);
-- which float initializers are trainable: not batch-norm running statistics, not one-element
-  scalars, not tensors the exporter folded from constants (`val_N`, `_tensor_constantN`,
-  `onnx::...`, `const...`), which have no path from a trainable weight;
-- FLOPs for ops that would otherwise count 0: data movement (Split, Slice, Gather, Concat,
-  GatherElements, GatherND: one per output element), LayerNormalization (8 per element),
-  Softmax (4), and LSTM (its gate matmuls and elementwise work per step);
-- mappings for ops that were opaque: Gelu, HardSwish, HardSigmoid, Reciprocal, Erf, Clip,
-  grouped and depthwise Conv, CastLike, IsNaN, training-mode BatchNormalization.
+- groups from torch's exporter metadata (the module path in a node's metadata_props), and
+  readable names (`<module path>.<op>`) for tensors the exporter named `val_56`;
+- which float initializers are trainable (not running statistics, scalars or constants the
+  exporter folded, which have no path from a trainable weight);
+- FLOPs for ops that would otherwise count 0 (data movement, norms, softmax, LSTM);
+- mappings for ops that were opaque (Gelu, HardSwish, Clip, CastLike, training-mode
+  BatchNormalization, ...).
 """
 from __future__ import annotations
 

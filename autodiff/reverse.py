@@ -4,8 +4,7 @@ Each gradient node is tagged with `grad_of` = the forward node whose rule emitte
 is where the executor places it. Fan-out contributions are summed by one `add_n` node tagged
 with the producer; broadcasting is undone in one place (`sum_to_shape`), tagged with the
 consumer so a gradient is reduced before it travels. `vjp` records the routing it creates
-(`GradientRouting`: each node's gradient parts, fan-in sum and gradient tensor) in
-`meta["grad_routing"]`, so the executor reads it instead of re-deriving it.
+(`GradientRouting`) in `meta["grad_routing"]`, so the executor need not re-derive it.
 """
 from __future__ import annotations
 
@@ -68,20 +67,17 @@ def _on_path(nodes, wrt: set[str]) -> set[str]:
     ops (only they need gradients)."""
     on_path = set(wrt)
     for node in nodes:
-        if node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs):
-            if lookup(node.op, node.name).vjp is not None:
-                on_path.add(node.name)
+        if (node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs)
+                and lookup(node.op, node.name).vjp is not None):
+            on_path.add(node.name)
     return on_path
 
 
 def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
              routing: GradientRouting | None = None) -> list[Tensor | None]:
-    """Gradients of `output` w.r.t. each of `wrt`, as new nodes of output's tracer.
-
-    None for a `wrt` that does not reach the output. `seed` is the upstream gradient
-    (default: ones of output's shape, i.e. d output / d output). `routing`, when given,
-    receives the gradient routing the new nodes implement.
-    """
+    """Gradients of `output` w.r.t. each of `wrt` (None where it does not reach the output),
+    as new nodes of output's tracer. `seed` is the upstream gradient (default: ones); `routing`
+    receives the gradient routing the new nodes implement."""
     tracer = output.tracer
     nodes = tracer.nodes
     position = {n.name: i for i, n in enumerate(nodes)}

@@ -13,9 +13,8 @@
   per-row scalars, so the full logits never exist when they arrive split (e.g. from a "out"
   matmul), and no shard waits on a value combined from the others (a pipeline stays acyclic);
 - other ops on a split input run shard by shard where a follow rule allows it
-  (autodiff/shard_follow.py: elementwise ops, bias adds, transposes, head reshapes, batched
-  matmuls, softmax, per-channel batch norm, ...), so column-parallel attention stays split by
-  heads up to a row-parallel projection. A split value is concatenated (a partial sum added
+  (autodiff/shard_follow.py), so column-parallel attention stays split by heads up to a
+  row-parallel projection. A split value is concatenated (a partial sum added
   up) only where a consumer needs the whole tensor; that node keeps the original name, so
   outputs and consumers are unchanged. A value wanted split when it is not is sliced
   (getitem nodes `<node>.slice<i>of<n>`).
@@ -69,12 +68,9 @@ _SHARD_NAME = re.compile(r"\.(?:shard|slice)(\d+)of(\d+)")
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Split one node into `shards` pieces; `mode` one of MODES[op] (None: the op's first).
-
-    The shards are equal; with `uneven` a count that does not divide the axis is allowed and
-    the shards' sizes differ by at most one (numpy.array_split's rule), e.g. a 50257-word
-    vocabulary over 8 devices.
-    """
+    """Split one node into `shards` equal pieces; `mode` one of MODES[op] (None: the op's
+    first). `uneven` allows a count that does not divide the axis (sizes then differ by at
+    most one, numpy.array_split's rule), e.g. a 50257-word vocabulary over 8 devices."""
 
     shards: int
     mode: str | None = None
@@ -111,12 +107,9 @@ def shard_record(graph: Graph) -> dict:
 
 
 def shard_graph(graph: Graph, specs: Mapping[str, ShardSpec | int | tuple]) -> Graph:
-    """The forward graph with the nodes of `specs` sharded (module docstring).
-
-    A spec may be a ShardSpec, a shard count (the op's default mode) or (count, mode); with
-    no spec above one shard the graph itself is returned. Raises GraphError naming the node
-    when a request cannot be honoured.
-    """
+    """The forward graph with the nodes of `specs` sharded (module docstring); a spec is a
+    ShardSpec, a shard count (the op's default mode) or (count, mode). With no spec above one
+    shard the graph itself is returned."""
     if graph.gradient_nodes:
         raise GraphError(f"{graph.name}: shard_graph takes a forward graph; this one has "
                          f"gradient nodes (shard before vjp)")

@@ -1,10 +1,8 @@
 """Follow rules of the sharding rewrite: when an op on a split input can run shard by shard.
 
-`follow_rule(node, shapes, split)` looks only at shapes: given the original input shapes and,
-per input, the (axis, n) it is split along (or None), it returns how to run `node` once per
-shard (which axis of each input to slice, which output axis the shards split, per-shard
-attrs), or None when the op needs its whole input. Shards always have numpy.array_split's
-sizes (`shard_bounds`), so shards of different values line up.
+`follow_rule(node, shapes, split)` looks only at shapes (the inputs' and, per input, the
+(axis, n) it is split along, or None). Shards always have numpy.array_split's sizes
+(`shard_bounds`), so shards of different values line up.
 
 Followed: elementwise ops (numpy broadcasting), transpose, reshape (when the shard blocks stay
 contiguous, e.g. splitting d_model by heads), batched matmul over a split batch axis,

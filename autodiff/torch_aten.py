@@ -1,12 +1,10 @@
 """Core ATen ops (torch.export after run_decompositions) mapped onto the op registry.
 
 `HANDLERS[name](cx, *args, **kwargs)` emits registry ops for one FX node through `cx`, the
-importer (autodiff/torch_import.py): `cx.tensor(x)` makes an operand a traced Tensor (a known
-constant becomes a `const` node), `cx.operand(x)` keeps 0-d constants as Python numbers (torch
-treats them as weakly typed, as autodiff.numpy does numbers), `cx.shape` is the FX node's
-result shape. Names are `aten.<op>.<overload>`, or `aten.<op>` for every overload. A handler
-returns a Tensor, or a tuple/list for multi-output ops (None where an output is never read);
-it raises Unsupported for arguments it cannot express, which leaves the node opaque.
+importer (autodiff/torch_import.py: `cx.tensor`, `cx.operand`, `cx.shape`, `cx.dtype`). Names
+are `aten.<op>.<overload>`, or `aten.<op>` for every overload. A handler returns a Tensor, or
+a tuple/list for multi-output ops (None where an output is never read); it raises Unsupported
+for arguments it cannot express, which leaves the node opaque.
 """
 from __future__ import annotations
 

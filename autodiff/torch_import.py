@@ -4,16 +4,14 @@
 core ATen, and maps each ATen op onto the op registry (autodiff/torch_aten.py). What it keeps:
 
 - Names and groups from the module stack: a node made inside `transformer.h.0.attn.c_attn`
-  is named `transformer.h.0.attn.c_attn.<op>` and grouped `transformer.h.0.attn.c_attn`;
-  a parameter keeps its state-dict name and is grouped with its owning module. The graph is
-  named after the model class.
-- Values: parameters keep theirs (`ImportedModel.params`); buffers and constants become
-  `const` nodes holding their values. A tied weight, which torch.export lists once per use
-  (one tensor), is one parameter under its first name in `module.named_parameters()`.
-- Constant folding: an op whose operands are all known constants (buffers, arange, masks,
-  T5's position buckets, a rotary table) runs once in torch at import time and becomes a
-  `const`; ops reading only an operand's shape (`full_like`) too. Only work that depends on
-  the inputs or the parameters stays in the graph, as in a training step.
+  is named `transformer.h.0.attn.c_attn.<op>` and grouped so; a parameter keeps its
+  state-dict name and joins its owning module's group. The graph is named after the class.
+- Values: parameters keep theirs (`ImportedModel.params`), buffers and constants become
+  `const`s. A tied weight (listed by torch.export once per use) is one parameter under its
+  first name in `module.named_parameters()`.
+- Constant folding: an op on known constants only (buffers, masks, T5's position buckets, a
+  rotary table) or on an operand's shape only (`full_like`) runs once in torch at import
+  time and becomes a `const`: only work on the inputs or parameters stays in the graph.
 - Code under torch.no_grad() (a `wrap_with_set_grad_enabled` nested graph in the exported
   program) is inlined, its outputs cut from the gradient with `stop_gradient`.
 - Every mapped node's shape is checked against torch's; a dtype that differs (numpy's

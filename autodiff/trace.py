@@ -251,12 +251,9 @@ def lift(tracer: Tracer, x, dtype: str | None = None) -> Tensor:
 
 
 def trace(fn: Callable, *example_args, name: str | None = None, abstract: bool = False) -> Graph:
-    """Record `fn(*example_args)` as a Graph.
-
-    Array leaves of the arguments become `input` nodes named after their position
-    (`arg0`, `arg1.w`, ...); with `abstract=True` only their shapes and dtypes are used.
-    Outputs may be a Tensor or a nested structure of Tensors.
-    """
+    """Record `fn(*example_args)` (returning a Tensor or a nested structure of them) as a
+    Graph. Array leaves of the arguments become `input` nodes named after their position
+    (`arg0`, `arg1.w`, ...); with `abstract=True` only their shapes and dtypes are used."""
     tracer = Tracer(name or getattr(fn, "__name__", "graph"), eager=not abstract)
     args = [_to_inputs(tracer, a, f"arg{i}") for i, a in enumerate(example_args)]
     out = fn(*args)
