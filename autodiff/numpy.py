@@ -30,17 +30,12 @@ def apply(op: str, *args, **attrs):
                   tensors[0].dtype if tensors else None)
     inputs = []
     for a in args:
-        if isinstance(a, Tensor):
-            inputs.append(a)
-        elif isinstance(a, (bool, int, float)) and not isinstance(a, np.ndarray):
-            if isinstance(a, bool):
-                inputs.append(lift(tracer, a, "bool"))
-            elif isinstance(a, float) or tdtype in FLOAT_DTYPES:
-                inputs.append(lift(tracer, a, tdtype if tdtype in FLOAT_DTYPES else "float64"))
-            else:
-                inputs.append(lift(tracer, a, tdtype))
-        else:
-            inputs.append(lift(tracer, np.asarray(a)))
+        dtype = None   # Tensors and arrays keep theirs
+        if isinstance(a, bool):
+            dtype = "bool"
+        elif isinstance(a, (int, float)):
+            dtype = tdtype if tdtype in FLOAT_DTYPES or isinstance(a, int) else "float64"
+        inputs.append(lift(tracer, a, dtype))
     return tracer.emit(op, inputs, attrs)
 
 

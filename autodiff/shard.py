@@ -248,15 +248,12 @@ class _Rewriter:
         if node.op == "param" and self.lazy:
             self.pending.add(node.name)
             self.types[node.name] = (node.shape, node.dtype)
-            return
-        decision = self.decisions.get(node.name) if node.op == "param" else None
-        if decision is None:
-            self._append(node)
-            self.whole.add(node.name)
+        elif node.op == "param" and self.decisions.get(node.name) is not None:
+            self._split_param(node, *self.decisions[node.name])
         else:
-            self._split_param(node, *decision)
+            self._copy(node)
 
-    def _split_param(self, node: Node, axis: int, n: int) -> list[str]:
+    def _split_param(self, node: Node, axis: int, n: int) -> None:
         """n param nodes holding equal slices of `node` along `axis`."""
         names, bounds = [], []
         for i, (lo, hi) in enumerate(shard_bounds(node.shape[axis], n)):
@@ -270,19 +267,16 @@ class _Rewriter:
         self.split[node.name] = (axis, names)
         self.params[node.name] = {"axis": axis, "shape": list(node.shape), "parts": names,
                                   "bounds": bounds}
-        return names
 
     def _decide(self, name: str, want: tuple[int, int] | None) -> None:
         """First use of a parameter in the lazy pass: split it as this use wants, or not."""
         self.pending.discard(name)
         self.decisions[name] = want
-        node = self.graph[name]
         self.types.pop(name)
         if want is None:
-            self._append(node)
-            self.whole.add(name)
+            self._copy(self.graph[name])
         else:
-            self._split_param(node, *want)
+            self._split_param(self.graph[name], *want)
 
     # ----------------------------------------------------------------- values
     def whole_of(self, name: str) -> str:
