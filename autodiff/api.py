@@ -146,15 +146,13 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
             worst = max(worst, _compare(f"reverse-mode gradient of argument {i}", gr, gn,
                                         rtol, atol))
     if "fwd" in modes:
+        of_nums, primals = _partial(fn, args, nums), [args[j] for j in nums]
         for i, gn in zip(nums, numeric):
-            x = args[i]
             jv = np.zeros_like(gn)
-            for idx in np.ndindex(x.shape):
-                tangents = [np.zeros_like(args[j]) for j in nums]
+            for idx in np.ndindex(gn.shape):
+                tangents = [np.zeros_like(p) for p in primals]
                 tangents[nums.index(i)][idx] = 1.0
-                fn_i = _partial(fn, args, nums)
-                _, tv = jvp(fn_i, [args[j] for j in nums], tangents)
-                jv[idx] = float(np.asarray(tv))
+                jv[idx] = float(np.asarray(jvp(of_nums, primals, tangents)[1]))
             worst = max(worst, _compare(f"forward-mode derivative of argument {i}", jv, gn,
                                         rtol, atol))
     return worst

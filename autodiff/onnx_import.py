@@ -120,10 +120,9 @@ def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
         onnx.checker.check_model(inferred)
     except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
         raise OnnxImportError(f"{source}: not a valid ONNX model: {exc}") from None
-    importer = _Importer(onnx, inferred, source)
     if default_name == "onnx":
         default_name = inferred.graph.name or "onnx"
-    imported = importer.run(name or default_name)
+    imported = _Importer(onnx, inferred, source).run(name or default_name)
     if not imported.graph.nodes:
         raise OnnxImportError(f"{source}: the model has no nodes")
     check_graph_bounds(imported.graph, source)
@@ -142,15 +141,14 @@ def _check_file(source: str) -> None:
 
 def _fix_dims(onnx, model, dims: dict[str, int]):
     """A copy of `model` with the named symbolic dimensions replaced by integers."""
-    symbolic = {d.dim_param for info in list(model.graph.input) + list(model.graph.output)
-                + list(model.graph.value_info) for d in info.type.tensor_type.shape.dim
-                if d.HasField("dim_param")}
+    g = model.graph
+    symbolic = {d.dim_param for info in [*g.input, *g.output, *g.value_info]
+                for d in info.type.tensor_type.shape.dim if d.HasField("dim_param")}
     if not dims or not symbolic & set(dims):
         return model
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    g = fixed.graph
-    for info in list(g.input) + list(g.output) + list(g.value_info):
+    for info in [*fixed.graph.input, *fixed.graph.output, *fixed.graph.value_info]:
         for dim in info.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in dims:
                 dim.dim_value = int(dims[dim.dim_param])
@@ -272,13 +270,11 @@ class _Importer(FidelityOps):
             self.onnx.TensorProto.DataType.Name(t.data_type)) in FLOAT_DTYPES}
         trainable = trainable_initializers(self.graph, floats)
         self.split = split_shared_norms(self.graph, trainable, _node_group)
-        initializers = set()
         for tensor in self.graph.initializer:
             dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(tensor.data_type))
             if dtype is None:
                 raise OnnxImportError(f"{self.source}: initializer {tensor.name!r}: element type "
                                       f"{tensor.data_type} is not supported")
-            initializers.add(tensor.name)
             if tensor.name in trainable:
                 self.emit(tensor.name, "param", (), tuple(tensor.dims), dtype)
                 self.param_values[tensor.name] = numpy_helper.to_array(tensor).copy()
@@ -288,6 +284,7 @@ class _Importer(FidelityOps):
                     self.param_values[copy] = self.param_values[tensor.name].copy()
             else:
                 self.const(tensor.name, numpy_helper.to_array(tensor), dtype)
+        initializers = {t.name for t in self.graph.initializer}
         for info in self.graph.input:
             if info.name not in initializers:
                 shape, dtype = self.fact(info.name, "graph input")

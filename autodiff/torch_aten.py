@@ -140,11 +140,9 @@ def _square(values, what):
 def _max_pool(cx, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
     if ceil_mode or _square(dilation, "dilation") != 1:
         raise Unsupported("ceil_mode or dilation")
-    k = _square(kernel, "kernel")
-    s = _square(stride or kernel, "stride")
-    y = anp.apply("max_pool2d", cx.tensor(x), kernel=k, stride=s,
-                  padding=_square(padding, "padding"))
-    return y, None
+    k, s = _square(kernel, "kernel"), _square(stride or kernel, "stride")
+    return anp.apply("max_pool2d", cx.tensor(x), kernel=k, stride=s,
+                     padding=_square(padding, "padding")), None
 
 
 def _avg_pool(cx, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
@@ -152,9 +150,8 @@ def _avg_pool(cx, x, kernel, stride=(), padding=0, ceil_mode=False, count_includ
     p = _square(padding, "padding")
     if ceil_mode or divisor_override is not None or (p and not count_include_pad):
         raise Unsupported("ceil_mode, divisor_override or count_include_pad=False")
-    k = _square(kernel, "kernel")
-    return anp.apply("avg_pool2d", cx.tensor(x), kernel=k, stride=_square(stride or kernel,
-                                                                           "stride"), padding=p)
+    k, s = _square(kernel, "kernel"), _square(stride or kernel, "stride")
+    return anp.apply("avg_pool2d", cx.tensor(x), kernel=k, stride=s, padding=p)
 
 
 # ------------------------------------------------------------------ reductions

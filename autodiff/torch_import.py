@@ -243,7 +243,7 @@ class _Importer:
     def sources(self, example_inputs) -> tuple[dict, list[InputSpec]]:
         """env entries for the placeholders (inputs, params, buffers, constants)."""
         from torch.export.graph_signature import InputKind
-        program, tracer = self.program, self.tracer
+        program = self.program
         names = {}
         for n, p in self.module.named_parameters():
             names.setdefault(_storage_key(p), n)
@@ -278,12 +278,10 @@ class _Importer:
             values = example.long() if example.numel() else self.torch.zeros(1).long()
             low, high = int(values.min()), int(values.max()) + 1
         specs.append(InputSpec(name, tuple(example.shape), dtype, low, high))
-        self.tracer.prefix = None
         return self.tracer.source("input", tuple(example.shape), dtype, name)
 
     def _param(self, name: str, t) -> Tensor:
         dtype = self.dtype_name(t.dtype, f"parameter {name!r}")
-        self.tracer.prefix = None
         with self.tracer.scope(group=name.rsplit(".", 1)[0] if "." in name else None):
             p = self.tracer.source("param", tuple(t.shape), dtype, name,
                                    attrs={"init": {"kind": "imported"}})
