@@ -1,8 +1,7 @@
 """The JAX-like functional API: grad, value_and_grad, jvp, check_grad.
 
 Arguments and results are numpy arrays or nested dicts/lists/tuples of them. Called on
-Tensors of an enclosing trace (e.g. inside another `grad`), the gradient is recorded into that
-trace instead, which is what makes `grad(grad(f))` work: the inner gradient is more graph.
+Tensors of an enclosing trace, the gradient is recorded into that trace: `grad(grad(f))` works.
 """
 from __future__ import annotations
 
@@ -22,14 +21,12 @@ def _prepare(fn_name: str, args: Sequence, argnums: tuple[int, ...]):
     tracer = tracer if nested else Tracer(fn_name)
     traced = []
     for i, a in enumerate(args):
-        if isinstance(a, (bool, str)) or a is None or callable(a):
-            traced.append(a)
-        elif i in argnums:
-            traced.append(_lift_tree(tracer, a, f"arg{i}"))
-        elif nested:
-            traced.append(a)
-        else:
-            traced.append(_to_inputs(tracer, a, f"arg{i}") if _is_array_tree(a) else a)
+        plain = isinstance(a, (bool, str)) or a is None or callable(a)
+        if not plain and i in argnums:
+            a = _lift_tree(tracer, a, f"arg{i}")
+        elif not plain and not nested and _is_array_tree(a):
+            a = _to_inputs(tracer, a, f"arg{i}")
+        traced.append(a)
     return tracer, nested, traced
 
 

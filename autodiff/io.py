@@ -1,10 +1,9 @@
 """Read and write graphs in the `modelcut.graph` version 1 JSON format (SPEC section 1).
 
-Files may be gzip-compressed (`.json.gz`, detected by content when reading). Reading checks
-every rule of the format and raises GraphError naming the file, the node and the rule; nothing
-in a file is ever executed. Attribute values are JSON data (the op registry's convention): a
-tuple is written as a list and read back as a list, numpy scalars and arrays become numbers and
-nested lists, and the `value` of a `const` node is read back as a numpy array of its dtype.
+Files may be gzip-compressed (detected by content when reading). Reading checks every rule of
+the format and raises GraphError naming the file, the node and the rule; nothing in a file is
+ever executed. Attribute values are JSON data: tuples and numpy arrays are written as lists,
+and the `value` of a `const` node is read back as a numpy array of its dtype.
 """
 from __future__ import annotations
 

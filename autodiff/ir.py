@@ -94,7 +94,6 @@ class Graph:
         else:
             self.index = {n.name: i for i, n in enumerate(self.nodes)}
 
-    # ----------------------------------------------------------------- access
     def __len__(self) -> int:
         return len(self.nodes)
 
@@ -152,7 +151,6 @@ class Graph:
     def num_parameters(self) -> int:
         return sum(n.size for n in self.params)
 
-    # ------------------------------------------------------------- validation
     def validate(self, source: str = "<graph>") -> None:
         """Check SPEC section 1's rules; raise GraphError naming `source`, the node and the rule."""
         index: dict[str, int] = {}
@@ -202,7 +200,6 @@ class Graph:
             raise GraphError(f"{where}: flops must be a non-negative integer, got {n.flops!r}")
         raise GraphError(f"{where}: grad_of {n.grad_of!r} names no earlier node")
 
-    # -------------------------------------------------------------- printing
     def __str__(self) -> str:
         lines = [f"graph {self.name} ({len(self.nodes)} nodes) {{"]
         lines += ["  " + n.describe() for n in self.nodes]

@@ -1,8 +1,7 @@
 """numpy-style functions on traced Tensors (and on plain arrays, where they just compute).
 
-Each function is a thin wrapper that records one registry op (a few compose two). With no
-Tensor among the arguments the op's numpy forward runs directly, so the same model code
-works eagerly on arrays and symbolically under `trace` or `grad`.
+Each records one registry op (a few compose two); with no Tensor among the arguments the op's
+numpy forward runs directly, so model code works on arrays and under `trace` or `grad` alike.
 """
 from __future__ import annotations
 

@@ -52,10 +52,8 @@ NORMS = {"LayerNormalization", "BatchNormalization", "InstanceNormalization"}
 
 def trainable_initializers(graph, float_names: set[str]) -> set[str]:
     """Float initializers that are weights: more than one element, not batch-norm running
-    statistics, and either named like a parameter or, when the exporter generated the name
-    (a folded constant), read as the weight operand of a MatMul, Gemm, Conv, Gather, norm
-    or recurrent op; the rest (masks, scales folded from constants) have no path from a
-    trainable weight."""
+    statistics, and named like a parameter or, when the exporter generated the name, read as
+    a WEIGHT_OPERANDS operand (masks and scales folded from constants are not)."""
     statistics = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
                   for i in (3, 4) if len(n.input) > i}
     sizes = {t.name: math.prod(t.dims) for t in graph.initializer}

@@ -80,11 +80,8 @@ def _require_onnx():
 
 def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
               name: str | None = None) -> Graph:
-    """Read an ONNX file (or ModelProto) as a forward Graph with shapes, dtypes and FLOPs.
-
-    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}), including those ONNX shape
-    inference invents (`unk__0`); every tensor must end up with a known, concrete shape.
-    """
+    """Read an ONNX file (or ModelProto) as a forward Graph with shapes, dtypes and FLOPs;
+    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}, or an invented `unk__0`)."""
     return import_onnx(path_or_model, dims=dims, name=name).graph
 
 
@@ -211,7 +208,6 @@ class _Importer(FidelityOps):
         from autodiff.ops.registry import registry
         self.rules = registry()
 
-    # --------------------------------------------------------------- tensor facts
     def _read_type(self, info) -> tuple:
         """(shape or None, dtype name or None, why unknown) of an ONNX ValueInfo."""
         if not info.type.HasField("tensor_type"):
@@ -244,7 +240,6 @@ class _Importer(FidelityOps):
     def dtype_of(self, name: str) -> str:
         return self.nodes[self.position[name]].dtype
 
-    # ------------------------------------------------------------------ emitting
     def fresh(self, base: str) -> str:
         name, i = base, 1
         while name in self.taken:
@@ -263,7 +258,6 @@ class _Importer(FidelityOps):
         self.values[name] = value
         return self.emit(name, "const", (), value.shape, dtype, {"value": value}, group=group)
 
-    # ------------------------------------------------------------------------ run
     def run(self, name: str) -> Graph:
         numpy_helper = self.onnx.numpy_helper
         floats = {t.name for t in self.graph.initializer if ONNX_DTYPES.get(
@@ -386,7 +380,6 @@ class _Importer(FidelityOps):
             return math.prod(self.shape_of(ins[0]))
         return None
 
-    # ------------------------------------------------------- mapped ONNX ops
     # Each returns True when it emitted the node, False to fall back to an opaque node.
     def _op_MatMul(self, node, ins, outs, attrs, group, where) -> bool:
         return self._one("matmul", ins, outs, group, where, per=2 * self.shape_of(ins[0])[-1])

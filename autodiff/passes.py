@@ -1,8 +1,7 @@
 """Graph passes: constant folding, common-subexpression elimination, dead-code elimination.
 
-Each pass returns a new Graph whose outputs are bit-identical to the input graph's: folding
-runs the same numpy forward the interpreter would, and CSE merges only nodes that compute
-the same op with the same attributes on the same inputs.
+Each returns a new Graph whose outputs are bit-identical to the input graph's: folding runs the
+interpreter's numpy forward, CSE merges only the same op with the same attributes and inputs.
 """
 from __future__ import annotations
 
@@ -75,10 +74,8 @@ def common_subexpression_elimination(graph: Graph) -> Graph:
 
 
 def constant_folding(graph: Graph, max_elements: int = 1 << 20) -> Graph:
-    """Evaluate nodes whose inputs are all constants; they become `const` nodes.
-
-    Results larger than `max_elements` stay computed (folding them would bloat the graph).
-    """
+    """Evaluate nodes whose inputs are all constants into `const` nodes (results larger than
+    `max_elements` stay computed: folding them would bloat the graph)."""
     values: dict[str, np.ndarray] = {}
     nodes: list[Node] = []
     for node in graph.nodes:

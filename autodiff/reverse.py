@@ -161,12 +161,9 @@ class _Sweep:
 
 
 def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = None) -> Graph:
-    """The training graph: `graph`'s nodes followed by the gradient nodes of its loss.
-
-    `wrt` defaults to every param. Outputs are the loss followed by one gradient per
-    `wrt` node that reaches the loss; `meta["grads"]` maps each such node to its gradient
-    and `meta["grad_routing"]` holds the `GradientRouting` of the gradient nodes.
-    """
+    """The training graph: `graph`'s nodes, then the gradient nodes of its loss w.r.t. `wrt`
+    (default: every param). Outputs are the loss and the gradients of the `wrt` nodes reaching
+    it (`meta["grads"]`: node -> gradient; `meta["grad_routing"]`: their GradientRouting)."""
     output = output or graph.outputs[0]
     loss = graph[output]
     if loss.shape != ():

@@ -88,11 +88,8 @@ def shard_index(name: str) -> tuple[int, int] | None:
 
 def shard_record(graph: Graph) -> dict:
     """graph.meta["shards"]: {"params": {p: {axis, shape, parts, bounds}}, "nodes": {node:
-    {shards, mode, parts}}} ({} for a graph that was not sharded).
-
-    A graph read back from a file has no meta: its "params" part is rebuilt from the shard
-    params' attrs["shard"] (written there for that), its "nodes" part is then empty.
-    """
+    {shards, mode, parts}}} ({} for a graph that was not sharded). For a graph read from a
+    file (no meta) "params" is rebuilt from the shard params' attrs["shard"], "nodes" empty."""
     if "shards" in graph.meta:
         return graph.meta["shards"]
     params: dict[str, dict] = {}
@@ -195,7 +192,6 @@ class _Rewriter:
         self.params: dict[str, dict] = {}
         self.record: dict[str, dict] = {}
 
-    # ---------------------------------------------------------------- driver
     def run(self) -> Graph:
         for node in self.graph.nodes:
             if node.is_source:
@@ -213,7 +209,6 @@ class _Rewriter:
         return Graph(self.nodes, self.graph.outputs, self.graph.name, meta=meta,
                      source=f"{self.graph.name} (sharded)")
 
-    # -------------------------------------------------------------- emitting
     def emit(self, name: str, op: str, inputs, attrs: dict, like: Node,
              flops: int | None = None) -> str:
         """Append a node computing `op` (shape and dtype from the registry's rule)."""
@@ -243,7 +238,6 @@ class _Rewriter:
         self.record[node.name] = {"shards": n, "mode": mode, "parts": [[x] for x in names]}
         return names
 
-    # --------------------------------------------------------------- sources
     def _source(self, node: Node) -> None:
         if node.op == "param" and self.lazy:
             self.pending.add(node.name)
@@ -278,7 +272,6 @@ class _Rewriter:
         else:
             self._split_param(self.graph[name], *want)
 
-    # ----------------------------------------------------------------- values
     def whole_of(self, name: str) -> str:
         """`name`'s whole value, concatenating its shards or adding its partial sums first."""
         if name in self.pending:
@@ -291,8 +284,7 @@ class _Rewriter:
             self.types.pop(name, None)
             self.emit(name, "concatenate", parts, {"axis": axis}, like)
         else:
-            parts = self.partial[name]
-            self.emit(name, "add_n", parts, {}, like)
+            self.emit(name, "add_n", self.partial[name], {}, like)
         self.whole.add(name)
         return name
 
@@ -320,7 +312,6 @@ class _Rewriter:
         self._append(node)
         self.whole.add(node.name)
 
-    # ------------------------------------------------------------ followers
     def _follow(self, node: Node) -> bool:
         """Run `node` once per shard of a split input when a follow rule allows it."""
         split = [(self.split[i][0], len(self.split[i][1])) if i in self.split else None
@@ -339,7 +330,6 @@ class _Rewriter:
             node, n, "follow", node.op, [[p[k] for p in per_input] for k in range(n)], attrs))
         return True
 
-    # -------------------------------------------------------------- sharding
     def _matmul(self, node: Node, n: int, mode: str) -> None:
         a, w = node.inputs
         if mode == "out":
@@ -414,11 +404,8 @@ class _Rewriter:
 
 # ------------------------------------------------------------ parameter values
 def split_params(graph: Graph, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Values keyed by the original graph's params -> keyed by sharded `graph`'s params.
-
-    A sharded parameter's value is cut into its shards' slices (contiguous copies); other
-    entries pass through unchanged.
-    """
+    """Values keyed by the original graph's params -> keyed by sharded `graph`'s params: a
+    sharded parameter's value cut into its shards' slices (contiguous copies), others as is."""
     record = shard_record(graph).get("params", {})
     out: dict[str, np.ndarray] = {}
     for name, value in values.items():

@@ -182,10 +182,7 @@ def _permute(cx, x, dims):
 
 
 def _transpose(cx, x, d0=0, d1=1):
-    x = cx.tensor(x)
-    perm = list(range(x.ndim))
-    perm[d0 % x.ndim], perm[d1 % x.ndim] = perm[d1 % x.ndim], perm[d0 % x.ndim]
-    return anp.transpose(x, perm)
+    return anp.swapaxes(cx.tensor(x), d0, d1)
 
 
 def _select(cx, x, dim, index):

@@ -197,7 +197,6 @@ class _Importer:
         self.shape: tuple[int, ...] = ()
         self.dtype: str = "float32"
 
-    # ------------------------------------------------------------------ values
     def dtype_name(self, dtype, where: str) -> str:
         if dtype not in self.dtypes:
             raise TorchImportError(f"{self.name}: {where}: dtype {dtype} is not supported "
@@ -239,7 +238,6 @@ class _Importer:
             return x.value.item()
         return x if isinstance(x, (bool, int, float)) else self.tensor(x)
 
-    # ------------------------------------------------------------------ sources
     def sources(self, example_inputs) -> tuple[dict, list[InputSpec]]:
         """env entries for the placeholders (inputs, params, buffers, constants)."""
         from torch.export.graph_signature import InputKind
@@ -288,7 +286,6 @@ class _Importer:
         self.params[p.name] = self.numpy(t)
         return p
 
-    # ------------------------------------------------------------------ the graph
     def run(self, example_inputs, source: str) -> ImportedModel:
         from torch.export.graph_signature import OutputKind
         env, specs = self.sources(example_inputs)

@@ -1,9 +1,8 @@
 """Symbolic tensors whose operators record graph nodes, and `trace(fn, *args) -> Graph`.
 
-A Tracer is a graph under construction. When every input of an op carries a concrete value
-the op is also evaluated on the spot, so Python control flow on values works while tracing
-(only the branch taken is recorded). Abstract tensors (shape only) build graphs without
-allocating any tensor memory, which is how the model builders make billion-parameter graphs.
+A Tracer is a graph under construction. An op whose inputs all carry concrete values is also
+evaluated, so Python control flow on values works (only the branch taken is recorded).
+Abstract tensors (shape only) allocate no memory: billion-parameter graphs build quickly.
 """
 from __future__ import annotations
 
@@ -42,7 +41,6 @@ class Tracer:
         self.group: str | None = None
         self.updates: dict[str, str] = {}   # state node -> node holding its new value
 
-    # ------------------------------------------------------------ naming
     def fresh(self, base: str) -> str:
         name = base
         if name in self._names:
@@ -63,7 +61,6 @@ class Tracer:
         finally:
             self.group, self.grad_of = saved
 
-    # ---------------------------------------------------------- recording
     def _add(self, node: Node, value: np.ndarray | None) -> "Tensor":
         self.nodes.append(node)
         self.values[node.name] = value
@@ -263,7 +260,7 @@ def trace(fn: Callable, *example_args, name: str | None = None, abstract: bool =
     return tracer.graph(leaves)
 
 
-def _to_inputs(tracer: Tracer, tree, prefix: str, op: str = "input"):
+def _to_inputs(tracer: Tracer, tree, prefix: str):
     leaves, rebuild = tree_flatten(tree)
     paths = _leaf_paths(tree, prefix)
     out = []
@@ -272,7 +269,7 @@ def _to_inputs(tracer: Tracer, tree, prefix: str, op: str = "input"):
             arr = np.asarray(leaf)
             if arr.dtype.kind == "i" and isinstance(leaf, int):
                 arr = arr.astype("int64")
-            out.append(tracer.source(op, arr.shape, arr.dtype, path, value=arr))
+            out.append(tracer.source("input", arr.shape, arr.dtype, path, value=arr))
         else:
             out.append(leaf)
     return rebuild(out)
