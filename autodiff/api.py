@@ -39,12 +39,10 @@ def _lift_tree(tracer: Tracer, tree, prefix: str):
     leaves, rebuild = tree_flatten(tree)
     out = []
     for j, leaf in enumerate(leaves):
-        if isinstance(leaf, Tensor):
-            out.append(leaf)
-        else:
-            arr = (np.asarray(leaf, dtype=float) if isinstance(leaf, (int, float))
-                   else np.asarray(leaf))
-            out.append(tracer.source("input", arr.shape, arr.dtype, f"{prefix}_{j}", value=arr))
+        if not isinstance(leaf, Tensor):
+            arr = np.asarray(leaf, dtype=float if isinstance(leaf, (int, float)) else None)
+            leaf = tracer.source("input", arr.shape, arr.dtype, f"{prefix}_{j}", value=arr)
+        out.append(leaf)
     return rebuild(out)
 
 

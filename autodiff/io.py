@@ -48,12 +48,9 @@ ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
 
 # ------------------------------------------------------------------------------------ reading
 def load_graph(path: str | os.PathLike) -> Graph:
-    """Read a `modelcut.graph` file (plain or gzip JSON) into a validated Graph.
-
-    Hostile files get a GraphError, not a crash: at most MAX_JSON_BYTES of JSON (a gzip bomb
-    is cut off while it inflates), JSON nested deeper than the interpreter can parse, and the
-    bounds of `check_graph_bounds`. A file with no nodes is an error.
-    """
+    """Read a `modelcut.graph` file (plain or gzip JSON) into a validated Graph. Hostile files
+    get a GraphError, not a crash: over MAX_JSON_BYTES of JSON (a gzip bomb is cut off while it
+    inflates), nesting too deep to parse, check_graph_bounds' limits, or no nodes."""
     path = Path(path)
     data = _read_json_bytes(path)
     try:

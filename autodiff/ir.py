@@ -34,12 +34,9 @@ def live_names(nodes: Sequence[Node], roots: Iterable[str]) -> set[str]:
 
 @dataclass(eq=False, slots=True)
 class Node:
-    """One operation producing one tensor.
-
-    `flops` is the explicit forward FLOP count (from a file); when None the op registry
-    estimates it. `grad_of` is set on gradient nodes of a training graph: the name of the
-    forward node whose backward rule emitted it (the executor places it on that node's device).
-    """
+    """One operation producing one tensor. `flops` is the explicit forward FLOP count (from a
+    file; None: the op registry estimates it). `grad_of`, on a training graph's gradient nodes,
+    names the forward node whose backward rule emitted it (the executor places it there)."""
 
     name: str
     op: str

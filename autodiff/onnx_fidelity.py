@@ -196,11 +196,11 @@ class FidelityOps:
                              tuple(sorted({n.op for n in graph.nodes
                                            if not n.is_source and n.op not in self.rules})))
 
-    def _one(self, op, inputs, outs, group, where, attrs=None, per=None) -> bool:
-        """Emit outs[0] as one `op` node; `per` FLOPs per output element (None: unset)."""
+    def _one(self, op, inputs, outs, group, where, attrs=None, per=None, flops=None) -> bool:
+        """Emit outs[0] as one `op` node; `per` FLOPs per output element, else `flops`."""
         shape, dtype = self.fact(outs[0], where)
         self.emit(outs[0], op, inputs, shape, dtype, attrs,
-                  None if per is None else per * math.prod(shape), group)
+                  flops if per is None else per * math.prod(shape), group)
         return True
 
     def _op_Gelu(self, node, ins, outs, attrs, group, where) -> bool:

@@ -295,8 +295,7 @@ class _Importer(FidelityOps):
             for later in [n for n in names if n in alive][1:]:
                 self.nodes[self.position[later]].flops = 0
         nodes, outputs = readable_names(_with_source_groups(live), outputs, set(self.taken))
-        graph = Graph(nodes, outputs, name, source=self.source)
-        return self._imported(graph)
+        return self._imported(Graph(nodes, outputs, name, source=self.source))
 
     def convert(self, node) -> None:
         """Emit the Nodes for one ONNX node (mapped, aliased, folded or opaque)."""
@@ -457,12 +456,10 @@ class _Importer(FidelityOps):
     _op_MaxPool = _op_AveragePool = _pool
 
     def _global_pool(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        rank = len(self.shape_of(ins[0]))
-        self.emit(outs[0], SHARED_HANDLER[node.op_type], ins[:1], shape, dtype,
-                  {"axis": list(range(2, rank)), "keepdims": True},
-                  flops=math.prod(self.shape_of(ins[0])), group=group)
-        return True
+        shape = self.shape_of(ins[0])
+        return self._one(SHARED_HANDLER[node.op_type], ins[:1], outs, group, where,
+                         {"axis": list(range(2, len(shape))), "keepdims": True},
+                         flops=math.prod(shape))
 
     _op_GlobalAveragePool = _op_GlobalMaxPool = _global_pool
 
@@ -501,7 +498,6 @@ class _Importer(FidelityOps):
     _op_Softmax = _op_LogSoftmax = _softmax
 
     def _reduce(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
         axes = attrs.get("axes")
         if len(ins) > 1 and ins[1]:
             if ins[1] not in self.values:
@@ -509,11 +505,10 @@ class _Importer(FidelityOps):
             axes = [int(a) for a in self.values[ins[1]].reshape(-1)]
         if not axes and attrs.get("noop_with_empty_axes", 0):
             return False
-        self.emit(outs[0], REDUCTIONS[node.op_type], ins[:1], shape, dtype,
-                  {"axis": list(axes) if axes else None,
-                   "keepdims": bool(attrs.get("keepdims", 1))},
-                  flops=math.prod(self.shape_of(ins[0])), group=group)
-        return True
+        return self._one(REDUCTIONS[node.op_type], ins[:1], outs, group, where,
+                         {"axis": list(axes) if axes else None,
+                          "keepdims": bool(attrs.get("keepdims", 1))},
+                         flops=math.prod(self.shape_of(ins[0])))
 
     _op_ReduceSum = _op_ReduceMean = _op_ReduceMax = _reduce
 

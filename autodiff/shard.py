@@ -170,13 +170,10 @@ def _split_size(graph: Graph, node: Node, mode: str, where: str) -> tuple[int, s
 
 
 class _Rewriter:
-    """One pass over the forward graph emitting the sharded graph.
-
-    Values of the original graph are held whole (under their own name), split along an axis
-    (shard names) or as partial sums. Parameters are split when their first use wants them
-    split: the first pass (decisions=None) discovers that lazily, the second emits them in
-    their original place.
-    """
+    """One pass over the forward graph emitting the sharded graph. Values are held whole (under
+    their own name), split along an axis (shard names) or as partial sums. A parameter is split
+    when its first use wants it split: the first pass (decisions=None) discovers that lazily,
+    the second emits it in its original place."""
 
     def __init__(self, graph: Graph, plan: dict[str, ShardSpec], decisions: dict | None):
         self.graph, self.plan = graph, plan
@@ -204,8 +201,7 @@ class _Rewriter:
         updates = self.graph.meta.get("updates", {})
         for name in [*self.graph.outputs, *updates, *updates.values()]:
             self.whole_of(name)
-        meta = dict(self.graph.meta)
-        meta["shards"] = {"params": self.params, "nodes": self.record}
+        meta = {**self.graph.meta, "shards": {"params": self.params, "nodes": self.record}}
         return Graph(self.nodes, self.graph.outputs, self.graph.name, meta=meta,
                      source=f"{self.graph.name} (sharded)")
 

@@ -113,8 +113,7 @@ def export_program(module, example_inputs: Sequence, name: str | None = None):
     torch = _require_torch()
     name = name or type(module).__name__
     try:
-        program = torch.export.export(module, tuple(example_inputs))
-        return program.run_decompositions()
+        return torch.export.export(module, tuple(example_inputs)).run_decompositions()
     except Exception as exc:  # torch raises many unrelated classes here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TorchImportError(f"{name}: torch.export failed: {type(exc).__name__}: "

@@ -262,16 +262,14 @@ def trace(fn: Callable, *example_args, name: str | None = None, abstract: bool =
 
 def _to_inputs(tracer: Tracer, tree, prefix: str):
     leaves, rebuild = tree_flatten(tree)
-    paths = _leaf_paths(tree, prefix)
     out = []
-    for leaf, path in zip(leaves, paths):
+    for leaf, path in zip(leaves, _leaf_paths(tree, prefix)):
         if isinstance(leaf, (np.ndarray, np.generic, float, int)) and not isinstance(leaf, bool):
             arr = np.asarray(leaf)
             if arr.dtype.kind == "i" and isinstance(leaf, int):
                 arr = arr.astype("int64")
-            out.append(tracer.source("input", arr.shape, arr.dtype, path, value=arr))
-        else:
-            out.append(leaf)
+            leaf = tracer.source("input", arr.shape, arr.dtype, path, value=arr)
+        out.append(leaf)
     return rebuild(out)
 
 
