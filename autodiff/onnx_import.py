@@ -464,18 +464,14 @@ class _Importer(FidelityOps):
     _op_GlobalAveragePool = _op_GlobalMaxPool = _global_pool
 
     def _reshape(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "reshape", ins[:1], shape, dtype, {"shape": list(shape)},
-                  group=group)
-        return True
+        shape = self.fact(outs[0], where)[0]
+        return self._one("reshape", ins[:1], outs, group, where, {"shape": list(shape)})
 
     _op_Reshape = _op_Flatten = _op_Squeeze = _op_Unsqueeze = _reshape
 
     def _op_Expand(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "broadcast_to", ins[:1], shape, dtype, {"shape": list(shape)},
-                  group=group)
-        return True
+        shape = self.fact(outs[0], where)[0]
+        return self._one("broadcast_to", ins[:1], outs, group, where, {"shape": list(shape)})
 
     def _op_Transpose(self, node, ins, outs, attrs, group, where) -> bool:
         rank = len(self.shape_of(ins[0]))
