@@ -1,8 +1,7 @@
 """The JAX-like functional API: grad, value_and_grad, jvp, check_grad.
 
 Arguments and results are numpy arrays or nested dicts/lists/tuples of them. Called on
-Tensors of an enclosing trace (e.g. inside another `grad`), the gradient is recorded into that
-trace instead, which is what makes `grad(grad(f))` work: the inner gradient is more graph.
+Tensors of an enclosing trace, the gradient is recorded into that trace: `grad(grad(f))` works.
 """
 from __future__ import annotations
 
@@ -15,26 +14,19 @@ from autodiff.reverse import backward
 from autodiff.trace import Tensor, Tracer, TracingError, _to_inputs, current_tracer, tree_flatten
 
 
-def _argnums(argnums) -> tuple[int, ...]:
-    return (argnums,) if isinstance(argnums, int) else tuple(argnums)
-
-
 def _prepare(fn_name: str, args: Sequence, argnums: tuple[int, ...]):
     """Trace inputs: a fresh eager tracer for concrete args, or the enclosing one."""
     tracer = current_tracer(args)
     nested = tracer is not None
-    if tracer is None:
-        tracer = Tracer(fn_name)
+    tracer = tracer if nested else Tracer(fn_name)
     traced = []
     for i, a in enumerate(args):
-        if isinstance(a, (bool, str)) or a is None or callable(a):
-            traced.append(a)
-        elif i in argnums:
-            traced.append(_lift_tree(tracer, a, f"arg{i}"))
-        elif nested:
-            traced.append(a)
-        else:
-            traced.append(_to_inputs(tracer, a, f"arg{i}") if _is_array_tree(a) else a)
+        plain = isinstance(a, (bool, str)) or a is None or callable(a)
+        if not plain and i in argnums:
+            a = _lift_tree(tracer, a, f"arg{i}")
+        elif not plain and not nested and _is_array_tree(a):
+            a = _to_inputs(tracer, a, f"arg{i}")
+        traced.append(a)
     return tracer, nested, traced
 
 
@@ -47,22 +39,18 @@ def _lift_tree(tracer: Tracer, tree, prefix: str):
     leaves, rebuild = tree_flatten(tree)
     out = []
     for j, leaf in enumerate(leaves):
-        if isinstance(leaf, Tensor):
-            out.append(leaf)
-        else:
-            arr = (np.asarray(leaf, dtype=float) if isinstance(leaf, (int, float))
-                   else np.asarray(leaf))
-            out.append(tracer.source("input", arr.shape, arr.dtype, f"{prefix}_{j}", value=arr))
+        if not isinstance(leaf, Tensor):
+            arr = np.asarray(leaf, dtype=float if isinstance(leaf, (int, float)) else None)
+            leaf = tracer.source("input", arr.shape, arr.dtype, f"{prefix}_{j}", value=arr)
+        out.append(leaf)
     return rebuild(out)
 
 
 def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
-    """A function returning (fn(*args), gradient of fn w.r.t. args[argnums]).
-
-    fn must return a scalar. Gradients mirror the structure of the differentiated
-    arguments; a leaf that does not reach the output gets None, not zeros.
-    """
-    nums = _argnums(argnums)
+    """A function returning (fn(*args), gradient of scalar fn w.r.t. args[argnums]); gradients
+    mirror the differentiated arguments' structure, None (not zeros) where a leaf does not
+    reach the output."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def wrapped(*args):
         tracer, nested, traced = _prepare(getattr(fn, "__name__", "fn"), args, nums)
@@ -72,16 +60,12 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0) -> Callable:
                                f"it returned {type(out).__name__}")
         if out.shape != ():
             raise TracingError(f"grad needs a scalar output, got shape {list(out.shape)}")
-        trees = [tree_flatten(traced[i]) for i in nums]
-        leaves = [leaf for lv, _ in trees for leaf in lv]
+        leaves, rebuild = tree_flatten(tuple(traced[i] for i in nums))
         grads = backward(out, leaves)
         if not nested:
             grads = [None if g is None else g.numpy() for g in grads]
-        results, k = [], 0
-        for lv, rebuild in trees:
-            results.append(rebuild(grads[k:k + len(lv)]))
-            k += len(lv)
-        grad_out = results[0] if isinstance(argnums, int) else tuple(results)
+        results = rebuild(grads)
+        grad_out = results[0] if isinstance(argnums, int) else results
         return (out if nested else out.numpy()), grad_out
 
     wrapped.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
@@ -106,10 +90,9 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
     nums = tuple(range(len(primals)))
     tracer, nested, traced = _prepare(getattr(fn, "__name__", "fn"), primals, nums)
     in_leaves = [x for t in traced for x in tree_flatten(t)[0]]
-    tan_leaves = []
-    for x, t in zip(in_leaves, [x for t in tangents for x in tree_flatten(t)[0]]):
-        tan_leaves.append(t if isinstance(t, Tensor) else tracer.const(np.asarray(t, x.dtype),
-                                                                       name="tangent"))
+    tan_leaves = [t if isinstance(t, Tensor) else
+                  tracer.const(np.asarray(t, x.dtype), name="tangent")
+                  for x, t in zip(in_leaves, [x for t in tangents for x in tree_flatten(t)[0]])]
     out = fn(*traced)
     out_leaves, rebuild = tree_flatten(out)
     touts = push_forward(in_leaves, tan_leaves, out_leaves)
@@ -124,11 +107,9 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence) -> tuple[Any, Any]:
 def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8,
                modes: Sequence[str] = ("rev", "fwd"),
                argnums: Sequence[int] | None = None) -> float:
-    """Compare reverse (and forward) mode with central differences in float64.
-
-    Differentiates w.r.t. every float array argument (or `argnums`). Raises AssertionError
-    naming the argument and the worst element on mismatch; returns the largest abs error.
-    """
+    """Compare reverse (and forward) mode with central differences in float64 w.r.t. every
+    float array argument (or `argnums`): the largest abs error, or AssertionError naming the
+    argument and the worst element."""
     args = [np.asarray(a, dtype=np.float64) if isinstance(a, (float, np.floating)) or (
         isinstance(a, np.ndarray) and a.dtype.kind == "f") else a for a in args]
     nums = tuple(argnums) if argnums is not None else tuple(
@@ -137,19 +118,19 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
         raise ValueError("check_grad: no float64 array argument to differentiate")
 
     def scalar(*xs):
-        return float(np.asarray(_plain(fn, xs)))
+        out = fn(*xs)
+        return float(np.asarray(out.numpy() if isinstance(out, Tensor) else out))
 
     numeric = []
     for i in nums:
         x = args[i]
         g = np.zeros_like(x)
+        of_x = _partial(scalar, args, (i,))
         for idx in np.ndindex(x.shape):
             xp, xm = x.copy(), x.copy()
             xp[idx] += eps
             xm[idx] -= eps
-            ap, am = list(args), list(args)
-            ap[i], am[i] = xp, xm
-            g[idx] = (scalar(*ap) - scalar(*am)) / (2 * eps)
+            g[idx] = (of_x(xp) - of_x(xm)) / (2 * eps)
         numeric.append(g)
 
     worst = 0.0
@@ -160,15 +141,13 @@ def check_grad(fn: Callable, *args, eps: float = 1e-6, rtol: float = 1e-6, atol:
             worst = max(worst, _compare(f"reverse-mode gradient of argument {i}", gr, gn,
                                         rtol, atol))
     if "fwd" in modes:
+        of_nums, primals = _partial(fn, args, nums), [args[j] for j in nums]
         for i, gn in zip(nums, numeric):
-            x = args[i]
             jv = np.zeros_like(gn)
-            for idx in np.ndindex(x.shape):
-                tangents = [np.zeros_like(args[j]) for j in nums]
+            for idx in np.ndindex(gn.shape):
+                tangents = [np.zeros_like(p) for p in primals]
                 tangents[nums.index(i)][idx] = 1.0
-                fn_i = _partial(fn, args, nums)
-                _, tv = jvp(fn_i, [args[j] for j in nums], tangents)
-                jv[idx] = float(np.asarray(tv))
+                jv[idx] = float(np.asarray(jvp(of_nums, primals, tangents)[1]))
             worst = max(worst, _compare(f"forward-mode derivative of argument {i}", jv, gn,
                                         rtol, atol))
     return worst
@@ -181,11 +160,6 @@ def _partial(fn, args, nums):
             full[j] = x
         return fn(*full)
     return f
-
-
-def _plain(fn, xs):
-    out = fn(*xs)
-    return out.numpy() if isinstance(out, Tensor) else out
 
 
 def _compare(what: str, got: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> float:

@@ -20,8 +20,7 @@ def push_forward(inputs: Sequence[Tensor], tangents: Sequence[Tensor], outputs: 
     tan: dict[str, Tensor] = {x.name: t for x, t in zip(inputs, tangents)}
     end = max(position[o.name] for o in outputs)
     start = min(position[x.name] for x in inputs)
-    live_end = len(nodes)  # tangent nodes appended during the sweep are not revisited
-    for node in list(nodes[start:min(end + 1, live_end)]):
+    for node in nodes[start:end + 1]:   # a copy: tangent nodes appended are not revisited
         if node.name in tan or node.is_source or node.dtype not in FLOAT_DTYPES:
             continue
         ts = [tan.get(i) for i in node.inputs]

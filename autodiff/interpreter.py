@@ -24,12 +24,10 @@ _heap_tuned = False
 def retain_freed_memory(trim_bytes: int = 1 << 30, mmap_bytes: int = 32 << 20) -> bool:
     """Make glibc keep freed heap memory (up to `trim_bytes`) for the next allocation.
 
-    glibc's adaptive defaults hand large freed blocks back to the OS, so each step's activations
-    fault their pages in again; a training step allocates and frees the same sizes every time,
-    so keeping them makes elementwise ops several times faster. Up to 1 GiB is kept (a heap
-    that grows past 256 MiB was otherwise trimmed and faulted back in on some steps, 0.1-0.2 s
-    each for a 2048-wide MLP stage), as frameworks' caching allocators keep their peak.
-    Process-wide, applied once; False where the C library has no mallopt.
+    glibc hands large freed blocks back to the OS, so every training step (the same sizes each
+    time) faulted its activations in again; keeping up to 1 GiB, as frameworks' caching
+    allocators keep their peak, makes elementwise ops several times faster (past 256 MiB a heap
+    was trimmed on some steps, 0.1-0.2 s each). Process-wide, once; False without mallopt.
     """
     global _heap_tuned
     if _heap_tuned:
@@ -163,7 +161,6 @@ class Interpreter:
             self.program.append(Instruction(NodeKernel.of(node),
                                             tuple(index[x] for x in node.inputs), i,
                                             tuple(frees[i])))
-        self.source_frees = {i: tuple(frees[i]) for i, _ in self.sources if frees[i]}
         self.index = index
         # Forward values read by some gradient node: what the backward keeps.
         self.saved_slots = sorted({index[x] for nd in nodes[self.boundary:] for x in nd.inputs

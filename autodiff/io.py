@@ -1,10 +1,9 @@
 """Read and write graphs in the `modelcut.graph` version 1 JSON format (SPEC section 1).
 
-Files may be gzip-compressed (`.json.gz`, detected by content when reading). Reading checks
-every rule of the format and raises GraphError naming the file, the node and the rule; nothing
-in a file is ever executed. Attribute values are JSON data (the op registry's convention): a
-tuple is written as a list and read back as a list, numpy scalars and arrays become numbers and
-nested lists, and the `value` of a `const` node is read back as a numpy array of its dtype.
+Files may be gzip-compressed (detected by content when reading). Reading checks every rule of
+the format and raises GraphError naming the file, the node and the rule; nothing in a file is
+ever executed. Attribute values are JSON data: tuples and numpy arrays are written as lists,
+and the `value` of a `const` node is read back as a numpy array of its dtype.
 """
 from __future__ import annotations
 
@@ -49,12 +48,9 @@ ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
 
 # ------------------------------------------------------------------------------------ reading
 def load_graph(path: str | os.PathLike) -> Graph:
-    """Read a `modelcut.graph` file (plain or gzip JSON) into a validated Graph.
-
-    Hostile files get a GraphError, not a crash: at most MAX_JSON_BYTES of JSON (a gzip bomb
-    is cut off while it inflates), JSON nested deeper than the interpreter can parse, and the
-    bounds of `check_graph_bounds`. A file with no nodes is an error.
-    """
+    """Read a `modelcut.graph` file (plain or gzip JSON) into a validated Graph. Hostile files
+    get a GraphError, not a crash: over MAX_JSON_BYTES of JSON (a gzip bomb is cut off while it
+    inflates), nesting too deep to parse, check_graph_bounds' limits, or no nodes."""
     path = Path(path)
     data = _read_json_bytes(path)
     try:
@@ -120,11 +116,8 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 @contextlib.contextmanager
 def _gc_paused():
-    """Pause the cyclic garbage collector while building millions of acyclic objects.
-
-    Every allocation burst otherwise triggers collections that rescan all live objects, which
-    makes reading a large file several times slower; the objects built here hold no cycles.
-    """
+    """Pause the cyclic garbage collector while building millions of acyclic objects (its
+    collections would rescan them all, making a large file several times slower to read)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -219,9 +212,7 @@ RULE_ERRORS = (GraphError, TypeError, ValueError, KeyError, IndexError, Attribut
 def check_shapes(graph: Graph, source: str) -> None:
     """Raise GraphError naming the node when a known op's shape rule rejects its inputs and
     attrs, or gives another shape than the node declares (opaque ops are taken as declared).
-
-    Rules are called once per distinct (op, operand shapes and dtypes, attrs): repeated layers
-    cost a dictionary lookup each.
+    Rules run once per distinct (op, operand shapes and dtypes, attrs), so layers repeat cheaply.
     """
     from autodiff.ir import SOURCE_OPS
     from autodiff.ops.registry import registry
@@ -453,11 +444,8 @@ def _encode(value: Any, node: Node, key: str, graph_name: str) -> Any:
 
 
 def save_graph(graph: Graph, path: str | os.PathLike) -> None:
-    """Write `graph` as `modelcut.graph` JSON, gzip-compressed when `path` ends in `.gz`.
-
-    One node per line, so files diff well. The file is written to a temporary name first and
-    renamed, so a failed write never leaves a truncated file behind.
-    """
+    """Write `graph` as `modelcut.graph` JSON (gzip when `path` ends in `.gz`), one node per
+    line so files diff well; written to a temporary name and renamed, never left truncated."""
     path = Path(path)
     with _gc_paused():
         document = graph_to_dict(graph)
@@ -467,11 +455,8 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> None:
     # before each node. The pattern cannot occur inside a JSON string (its quotes would be
     # escaped there), so the result is the same JSON whatever the attributes hold.
     nodes = encode(document["nodes"])[1:-1].replace('}, {"name": ', '},\n  {"name": ')
-    text = "".join([
-        encode(header)[:-1], ",\n \"nodes\": [\n  ", nodes,
-        "\n ],\n \"outputs\": ", encode(document["outputs"]), "\n}\n",
-    ])
-    data = text.encode("utf-8")
+    data = "".join([encode(header)[:-1], ",\n \"nodes\": [\n  ", nodes, "\n ],\n \"outputs\": ",
+                    encode(document["outputs"]), "\n}\n"]).encode("utf-8")
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

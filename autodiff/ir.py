@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from autodiff.errors import ModelcutError
 
@@ -23,14 +23,20 @@ class GraphError(ModelcutError, ValueError):
     """A graph breaks a rule of SPEC section 1; the message names the file, node and rule."""
 
 
+def live_names(nodes: Sequence[Node], roots: Iterable[str]) -> set[str]:
+    """`roots` and the names of the nodes among `nodes` they depend on (a backward sweep)."""
+    live = set(roots)
+    for node in reversed(nodes):
+        if node.name in live:
+            live.update(node.inputs)
+    return live
+
+
 @dataclass(eq=False, slots=True)
 class Node:
-    """One operation producing one tensor.
-
-    `flops` is the explicit forward FLOP count (from a file); when None the op registry
-    estimates it. `grad_of` is set on gradient nodes of a training graph: the name of the
-    forward node whose backward rule emitted it (the executor places it on that node's device).
-    """
+    """One operation producing one tensor. `flops` is the explicit forward FLOP count (from a
+    file; None: the op registry estimates it). `grad_of`, on a training graph's gradient nodes,
+    names the forward node whose backward rule emitted it (the executor places it there)."""
 
     name: str
     op: str
@@ -85,7 +91,6 @@ class Graph:
         else:
             self.index = {n.name: i for i, n in enumerate(self.nodes)}
 
-    # ----------------------------------------------------------------- access
     def __len__(self) -> int:
         return len(self.nodes)
 
@@ -143,7 +148,6 @@ class Graph:
     def num_parameters(self) -> int:
         return sum(n.size for n in self.params)
 
-    # ------------------------------------------------------------- validation
     def validate(self, source: str = "<graph>") -> None:
         """Check SPEC section 1's rules; raise GraphError naming `source`, the node and the rule."""
         index: dict[str, int] = {}
@@ -193,7 +197,6 @@ class Graph:
             raise GraphError(f"{where}: flops must be a non-negative integer, got {n.flops!r}")
         raise GraphError(f"{where}: grad_of {n.grad_of!r} names no earlier node")
 
-    # -------------------------------------------------------------- printing
     def __str__(self) -> str:
         lines = [f"graph {self.name} ({len(self.nodes)} nodes) {{"]
         lines += ["  " + n.describe() for n in self.nodes]
@@ -203,10 +206,3 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self.nodes)} nodes, outputs={self.outputs})"
-
-    def copy(self, *, nodes: Iterable[Node] | None = None, outputs: Iterable[str] | None = None,
-             name: str | None = None) -> "Graph":
-        """A new Graph sharing Node objects (nodes are treated as immutable by passes)."""
-        return Graph(self.nodes if nodes is None else nodes,
-                     self.outputs if outputs is None else outputs,
-                     self.name if name is None else name, meta=self.meta)

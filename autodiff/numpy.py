@@ -1,11 +1,11 @@
 """numpy-style functions on traced Tensors (and on plain arrays, where they just compute).
 
-Each function is a thin wrapper that records one registry op (a few compose two). With no
-Tensor among the arguments the op's numpy forward runs directly, so the same model code
-works eagerly on arrays and symbolically under `trace` or `grad`.
+Each records one registry op (a few compose two); with no Tensor among the arguments the op's
+numpy forward runs directly, so model code works on arrays and under `trace` or `grad` alike.
 """
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Sequence
 
@@ -29,17 +29,12 @@ def apply(op: str, *args, **attrs):
                   tensors[0].dtype if tensors else None)
     inputs = []
     for a in args:
-        if isinstance(a, Tensor):
-            inputs.append(a)
-        elif isinstance(a, (bool, int, float)) and not isinstance(a, np.ndarray):
-            if isinstance(a, bool):
-                inputs.append(lift(tracer, a, "bool"))
-            elif isinstance(a, float) or tdtype in FLOAT_DTYPES:
-                inputs.append(lift(tracer, a, tdtype if tdtype in FLOAT_DTYPES else "float64"))
-            else:
-                inputs.append(lift(tracer, a, tdtype))
-        else:
-            inputs.append(lift(tracer, np.asarray(a)))
+        dtype = None   # Tensors and arrays keep theirs
+        if isinstance(a, bool):
+            dtype = "bool"
+        elif isinstance(a, (int, float)):
+            dtype = tdtype if tdtype in FLOAT_DTYPES or isinstance(a, int) else "float64"
+        inputs.append(lift(tracer, a, dtype))
     return tracer.emit(op, inputs, attrs)
 
 
@@ -183,12 +178,9 @@ def layer_norm(x, gamma, beta, eps: float = 1e-5):
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training: bool = True,
                eps: float = 1e-5, momentum: float = 0.1):
-    """Batch norm over every axis but axis 1 (channels).
-
-    Train form uses batch statistics; when running averages are given (as Tensors) their
-    updated values are recorded as state updates of the trace. Eval form uses the running
-    averages.
-    """
+    """Batch norm over every axis but axis 1 (channels): batch statistics in training (the
+    updated running averages, when given as Tensors, recorded as state updates of the trace),
+    else the running averages."""
     if not training:
         if running_mean is None or running_var is None:
             raise TracingError("batch_norm(training=False) needs running_mean and running_var")
@@ -199,7 +191,7 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training:
         xs = stop_gradient(x)
         n = math.prod(x.shape[a] for a in axes)
         m = mean(xs, axes)
-        v = var(xs, axes) * (n / builtins_max(n - 1, 1))  # unbiased, as PyTorch keeps it
+        v = var(xs, axes) * (n / builtins.max(n - 1, 1))  # unbiased, as PyTorch keeps it
         tracer = x.tracer
         tracer.updates[running_mean.name] = (running_mean * (1 - momentum) + m * momentum).name
         tracer.updates[running_var.name] = (running_var * (1 - momentum) + v * momentum).name
@@ -256,5 +248,3 @@ def _axis(axis):
         return axis
     return [int(a) for a in axis]
 
-
-builtins_max = __builtins__["max"] if isinstance(__builtins__, dict) else __builtins__.max

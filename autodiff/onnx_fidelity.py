@@ -1,16 +1,12 @@
 """What keeps an ONNX import faithful to the model it came from (used by autodiff.onnx_import):
 
-- groups from torch's exporter metadata (`pkg.torch.onnx.name_scopes` in a node's
-  metadata_props: the module path of the code that made it), and readable names for tensors
-  the exporter named `val_56` / `node_Conv_295` (`<module path>.<op>`);
-- which float initializers are trainable: not batch-norm running statistics, not one-element
-  scalars, not tensors the exporter folded from constants (`val_N`, `_tensor_constantN`,
-  `onnx::...`, `const...`), which have no path from a trainable weight;
-- FLOPs for ops that would otherwise count 0: data movement (Split, Slice, Gather, Concat,
-  GatherElements, GatherND: one per output element), LayerNormalization (8 per element),
-  Softmax (4), and LSTM (its gate matmuls and elementwise work per step);
-- mappings for ops that were opaque: Gelu, HardSwish, HardSigmoid, Reciprocal, Erf, Clip,
-  grouped and depthwise Conv, CastLike, IsNaN, training-mode BatchNormalization.
+- groups from torch's exporter metadata (the module path in a node's metadata_props), and
+  readable names (`<module path>.<op>`) for tensors the exporter named `val_56`;
+- which float initializers are trainable (not running statistics, scalars or constants the
+  exporter folded, which have no path from a trainable weight);
+- FLOPs for ops that would otherwise count 0 (data movement, norms, softmax, LSTM);
+- mappings for ops that were opaque (Gelu, HardSwish, Clip, CastLike, training-mode
+  BatchNormalization, ...).
 """
 from __future__ import annotations
 
@@ -20,12 +16,14 @@ import re
 
 import numpy as np
 
+from autodiff.io import NUMPY_DTYPE
+from autodiff.ir import FLOAT_DTYPES
+
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 GENERATED_NAME = re.compile(r"^(val_\d+|node_.*|_v_\d+|.*::.*|/.*|\d+(/.*)?)$")
 FOLDED_CONSTANT = re.compile(r"^(val_\d+|_?tensor_constant\d*|_v_\d+|onnx::.*|const.*|"
                              r"_?param_constant\d*)$")
 STATISTICS = re.compile(r"(running_mean|running_var|num_batches_tracked)$")
-FLOATS = {"float64", "float32", "float16", "bfloat16"}
 MOVEMENT = {"Split", "Slice", "Gather", "Concat", "GatherElements", "GatherND"}
 
 
@@ -54,10 +52,8 @@ NORMS = {"LayerNormalization", "BatchNormalization", "InstanceNormalization"}
 
 def trainable_initializers(graph, float_names: set[str]) -> set[str]:
     """Float initializers that are weights: more than one element, not batch-norm running
-    statistics, and either named like a parameter or, when the exporter generated the name
-    (a folded constant), read as the weight operand of a MatMul, Gemm, Conv, Gather, norm
-    or recurrent op; the rest (masks, scales folded from constants) have no path from a
-    trainable weight."""
+    statistics, and named like a parameter or, when the exporter generated the name, read as
+    a WEIGHT_OPERANDS operand (masks and scales folded from constants are not)."""
     statistics = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
                   for i in (3, 4) if len(n.input) > i}
     sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
@@ -149,29 +145,22 @@ class FidelityOps:
         if not (known or unknown):
             return False
         if not known and (node.op_type in DATA_DEPENDENT or any(
-                i and i not in self.values and self.dtype_of(i) not in FLOATS
+                i and i not in self.values and self.dtype_of(i) not in FLOAT_DTYPES
                 and node.op_type not in INDEX_DATA for i in ins)):
             return False     # stand-in zeros would decide the shape: leave it to dims=
 
-        feeds = {}
-        for original, i in zip(node.input, ins):
-            if i:
-                feeds[original] = self.values.get(i)
-                if feeds[original] is None:
-                    feeds[original] = np.zeros(self.shape_of(i), _numpy(self.dtype_of(i)))
+        feeds = {original: self.values[i] if i in self.values
+                 else np.zeros(self.shape_of(i), NUMPY_DTYPE[self.dtype_of(i)])
+                 for original, i in zip(node.input, ins) if i}
         try:
             from onnx.reference import ReferenceEvaluator
             results = ReferenceEvaluator(node).run(None, feeds)
         except Exception:  # an op the evaluator lacks, or stand-ins it rejects
             return False
-        for out, value in zip(node.output, results):
-            value = np.asarray(value)
-            if out and str(value.dtype) not in NUMPY_NAMES:
-                return False
-        for out, value in zip(node.output, results):
-            if not out:
-                continue
-            value = np.asarray(value)
+        results = [(out, np.asarray(v)) for out, v in zip(node.output, results) if out]
+        if any(str(value.dtype) not in NUMPY_NAMES for _, value in results):
+            return False
+        for out, value in results:
             if known:
                 self.const(out, value, str(value.dtype), group)
             else:
@@ -194,7 +183,7 @@ class FidelityOps:
         specs = []
         for node in graph.inputs:
             high = None
-            if node.dtype not in FLOATS:   # indices into a table: its rows, else 0/1
+            if node.dtype not in FLOAT_DTYPES:   # indices into a table: its rows, else 0/1
                 tables = [graph[c].inputs[0] for c in graph.consumers(node.name)
                           if graph[c].op == "take" and graph[c].inputs[1] == node.name]
                 high = graph[tables[0]].shape[0] if tables else 2
@@ -207,30 +196,31 @@ class FidelityOps:
                              tuple(sorted({n.op for n in graph.nodes
                                            if not n.is_source and n.op not in self.rules})))
 
-    def _unary_op(self, op, ins, outs, group, where, flops_per=1) -> bool:
+    def _one(self, op, inputs, outs, group, where, attrs=None, per=None, flops=None) -> bool:
+        """Emit outs[0] as one `op` node; `per` FLOPs per output element, else `flops`."""
         shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], op, ins[:1], shape, dtype, flops=flops_per * math.prod(shape),
-                  group=group)
+        self.emit(outs[0], op, inputs, shape, dtype, attrs,
+                  flops if per is None else per * math.prod(shape), group)
         return True
 
     def _op_Gelu(self, node, ins, outs, attrs, group, where) -> bool:
         op = "gelu" if attrs.get("approximate", "none") == "tanh" else "gelu_erf"
-        return self._unary_op(op, ins, outs, group, where, 8)
+        return self._one(op, ins[:1], outs, group, where, per=8)
 
     def _op_HardSwish(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._unary_op("hardswish", ins, outs, group, where, 3)
+        return self._one("hardswish", ins[:1], outs, group, where, per=3)
 
     def _op_HardSigmoid(self, node, ins, outs, attrs, group, where) -> bool:
         if not (math.isclose(attrs.get("alpha", 0.2), 1 / 6, rel_tol=1e-6)
                 and math.isclose(attrs.get("beta", 0.5), 0.5)):
             return False    # ONNX's default alpha is 0.2, torch's hardsigmoid is 1/6
-        return self._unary_op("hardsigmoid", ins, outs, group, where, 3)
+        return self._one("hardsigmoid", ins[:1], outs, group, where, per=3)
 
     def _op_Reciprocal(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._unary_op("reciprocal", ins, outs, group, where)
+        return self._one("reciprocal", ins[:1], outs, group, where, per=1)
 
     def _op_Erf(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._unary_op("erf", ins, outs, group, where, 4)
+        return self._one("erf", ins[:1], outs, group, where, per=4)
 
     def _op_Clip(self, node, ins, outs, attrs, group, where) -> bool:
         bounds = []
@@ -239,15 +229,12 @@ class FidelityOps:
             if name and name not in self.values:
                 return False
             bounds.append(float(self.values[name].reshape(-1)[0]) if name else None)
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "clamp", ins[:1], shape, dtype, {"lo": bounds[0], "hi": bounds[1]},
-                  flops=2 * math.prod(shape), group=group)
-        return True
+        return self._one("clamp", ins[:1], outs, group, where,
+                         {"lo": bounds[0], "hi": bounds[1]}, per=2)
 
     def _op_CastLike(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "astype", ins[:1], shape, dtype, {"dtype": dtype}, group=group)
-        return True
+        dtype = self.fact(outs[0], where)[1]
+        return self._one("astype", ins[:1], outs, group, where, {"dtype": dtype})
 
     def _op_IsNaN(self, node, ins, outs, attrs, group, where) -> bool:
         shape, _ = self.fact(outs[0], where)
@@ -260,15 +247,8 @@ class FidelityOps:
     def _training_batch_norm(self, ins, outs, attrs, group, where) -> bool:
         if len([o for o in outs if o]) != 1:
             return False      # the running statistics outputs are state, not imported
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "batch_norm", ins[:3], shape, dtype,
-                  {"eps": float(attrs.get("epsilon", 1e-5))}, flops=8 * math.prod(shape),
-                  group=group)
-        return True
-
-
-def _numpy(dtype: str):
-    return np.dtype("float32" if dtype == "bfloat16" else dtype)
+        return self._one("batch_norm", ins[:3], outs, group, where,
+                         {"eps": float(attrs.get("epsilon", 1e-5))}, per=8)
 
 
 __all__ = ["FidelityOps", "extra_flops", "metadata_group", "readable_names",

@@ -5,29 +5,24 @@ map to registry ops where the semantics match exactly, else become *opaque* node
 lower-cased ONNX op type (prefixed `onnx.` when that name would collide with a registry op of
 different meaning, e.g. variadic `Mean`) with their ONNX attributes kept. Mapping choices:
 
-- Gemm becomes `transpose` (for transA/transB) + `matmul` + `multiply` by alpha / beta consts
-  (only when != 1) + `add` of C, so each piece is an executable registry op.
-- Conv becomes `conv2d` (`grouped_conv2d` with groups) + (`reshape` of the bias to (C, 1, 1)
-  + `add`) when 2-D, undilated, with equal strides and equal pads; otherwise one opaque node.
-- Identity and inference-mode Dropout are aliases (no node); Constant and Shape become `const`
-  nodes with their value, ConstantOfShape a `const` with a fill rule; Reshape, Flatten,
-  Squeeze and Unsqueeze become `reshape` to the inferred shape, dropping the shape operand
-  (nodes that then feed nothing are removed).
+- Gemm and Conv (2-D, undilated, equal strides and pads) become executable registry ops:
+  transposes, `matmul` or `conv2d` / `grouped_conv2d`, scaling by alpha and beta, bias `add`.
+- Identity and inference-mode Dropout are aliases (no node); Constant, Shape and
+  ConstantOfShape become `const`s; Reshape, Flatten, Squeeze and Unsqueeze a `reshape` to the
+  inferred shape, dropping the shape operand (nodes that then feed nothing are removed).
 - A mapping is used only when the registry's shape rule reproduces ONNX's inferred shape and
   dtype (integer Div, for one, is not numpy's divide); otherwise the node stays opaque.
-- Trainable initializers (onnx_fidelity.trainable_initializers) become `param` nodes, their
-  values kept by `import_onnx`; the others (running statistics, folded constants) `const`s.
-- Nodes whose inputs are all known constants are evaluated (onnx's reference ops) into
-  `const`s; outputs shape inference left unknown get their shapes the same way.
+- Trainable initializers (onnx_fidelity.trainable_initializers) become `param`s, the others
+  `const`s. Nodes whose inputs are all known constants are evaluated (onnx's reference ops)
+  into `const`s; outputs shape inference left unknown get their shapes the same way.
 
-FLOPs are written explicitly: 2*M*N*K for matmuls, 2*out*Cin/groups*kh*kw for convolutions,
-one per output element for elementwise ops (opaque ones included), one per input element for
-reductions and out*kh*kw for pooling; other nodes leave `flops` unset. A multi-output ONNX node
-becomes one node per output (attr `output` = its position); onnx_fidelity adds FLOPs for
-data movement, norms, softmax and LSTM. Nodes are named by the ONNX tensor they produce
-(exporter-generated names become `<group>.<op>`); `group` is the module path torch's exporter
-recorded (metadata_props), else the ONNX node name's path ("/fc1/Gemm" -> "fc1"), and a
-source takes the group of its first consumer.
+FLOPs are explicit: 2*M*N*K for matmuls, 2*out*Cin/groups*kh*kw for convolutions, one per
+output element for elementwise ops (opaque ones too), one per input element for reductions,
+out*kh*kw for pooling (onnx_fidelity adds data movement, norms, softmax and LSTM); others leave
+`flops` unset. A multi-output ONNX node becomes one node per output (attr `output` = its
+position). Nodes are named by the ONNX tensor they produce (exporter-generated names become
+`<group>.<op>`); `group` is the module path torch's exporter recorded, else the ONNX node
+name's path ("/fc1/Gemm" -> "fc1"); a source takes the group of its first consumer.
 """
 from __future__ import annotations
 
@@ -39,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
+from autodiff.io import NUMPY_DTYPE, check_graph_bounds
+from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node, live_names
 from autodiff.onnx_fidelity import (FidelityOps, metadata_group, readable_names,
                                     split_shared_norms, trainable_initializers)
 
@@ -66,8 +62,11 @@ OPAQUE_ELEMENTWISE = {"Erf", "Clip", "Reciprocal", "Floor", "Ceil", "Round", "Le
                       "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish",
                       "PRelu", "Not", "And", "Or", "Xor", "Mod", "IsNaN", "IsInf", "Tan", "Atan",
                       "Asin", "Acos", "Sinh", "Cosh", "Gelu", "Mean", "ThresholdedRelu"}
-RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 REDUCTIONS = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max"}
+# ONNX ops that share a handler, with the registry op each becomes
+SHARED_HANDLER = {"MaxPool": "max_pool2d", "AveragePool": "avg_pool2d",
+                  "GlobalAveragePool": "mean", "GlobalMaxPool": "max", "Softmax": "softmax",
+                  "LogSoftmax": "log_softmax"}
 
 
 def _require_onnx():
@@ -81,11 +80,8 @@ def _require_onnx():
 
 def load_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
               name: str | None = None) -> Graph:
-    """Read an ONNX file (or ModelProto) as a forward Graph with shapes, dtypes and FLOPs.
-
-    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}), including those ONNX shape
-    inference invents (`unk__0`); every tensor must end up with a known, concrete shape.
-    """
+    """Read an ONNX file (or ModelProto) as a forward Graph with shapes, dtypes and FLOPs;
+    `dims` fixes symbolic dimensions by name (e.g. {"batch": 32}, or an invented `unk__0`)."""
     return import_onnx(path_or_model, dims=dims, name=name).graph
 
 
@@ -121,13 +117,11 @@ def import_onnx(path_or_model: Any, *, dims: dict[str, int] | None = None,
         onnx.checker.check_model(inferred)
     except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
         raise OnnxImportError(f"{source}: not a valid ONNX model: {exc}") from None
-    importer = _Importer(onnx, inferred, source)
     if default_name == "onnx":
         default_name = inferred.graph.name or "onnx"
-    imported = importer.run(name or default_name)
+    imported = _Importer(onnx, inferred, source).run(name or default_name)
     if not imported.graph.nodes:
         raise OnnxImportError(f"{source}: the model has no nodes")
-    from autodiff.io import check_graph_bounds
     check_graph_bounds(imported.graph, source)
     return imported
 
@@ -144,15 +138,14 @@ def _check_file(source: str) -> None:
 
 def _fix_dims(onnx, model, dims: dict[str, int]):
     """A copy of `model` with the named symbolic dimensions replaced by integers."""
-    symbolic = {d.dim_param for info in list(model.graph.input) + list(model.graph.output)
-                + list(model.graph.value_info) for d in info.type.tensor_type.shape.dim
-                if d.HasField("dim_param")}
+    g = model.graph
+    symbolic = {d.dim_param for info in [*g.input, *g.output, *g.value_info]
+                for d in info.type.tensor_type.shape.dim if d.HasField("dim_param")}
     if not dims or not symbolic & set(dims):
         return model
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    g = fixed.graph
-    for info in list(g.input) + list(g.output) + list(g.value_info):
+    for info in [*fixed.graph.input, *fixed.graph.output, *fixed.graph.value_info]:
         for dim in info.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in dims:
                 dim.dim_value = int(dims[dim.dim_param])
@@ -201,9 +194,8 @@ class _Importer(FidelityOps):
         self.onnx, self.graph, self.source = onnx, model.graph, source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
-        self.types: dict[str, tuple] = {}
-        for info in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
-            self.types[info.name] = self._read_type(info)
+        infos = list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output)
+        self.types = {info.name: self._read_type(info) for info in infos}
         self.nodes: list[Node] = []
         self.position: dict[str, int] = {}
         self.alias: dict[str, str] = {}
@@ -216,7 +208,6 @@ class _Importer(FidelityOps):
         from autodiff.ops.registry import registry
         self.rules = registry()
 
-    # --------------------------------------------------------------- tensor facts
     def _read_type(self, info) -> tuple:
         """(shape or None, dtype name or None, why unknown) of an ONNX ValueInfo."""
         if not info.type.HasField("tensor_type"):
@@ -225,16 +216,13 @@ class _Importer(FidelityOps):
         dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(t.elem_type))
         if not t.HasField("shape"):
             return None, dtype, "shape inference gave no shape"
-        shape = []
         for d in t.shape.dim:
-            if d.HasField("dim_value"):
-                shape.append(int(d.dim_value))
-            else:
+            if not d.HasField("dim_value"):
                 why = (f"symbolic dimension {d.dim_param!r} (pass dims={{{d.dim_param!r}: N}}, "
                        "or model.dims in a config)"
                        if d.dim_param else "a dimension shape inference could not determine")
                 return None, dtype, why
-        return tuple(shape), dtype, ""
+        return tuple(int(d.dim_value) for d in t.shape.dim), dtype, ""
 
     def fact(self, tensor: str, where: str) -> tuple[tuple[int, ...], str]:
         """Shape and dtype of an ONNX tensor, or OnnxImportError naming it."""
@@ -252,7 +240,6 @@ class _Importer(FidelityOps):
     def dtype_of(self, name: str) -> str:
         return self.nodes[self.position[name]].dtype
 
-    # ------------------------------------------------------------------ emitting
     def fresh(self, base: str) -> str:
         name, i = base, 1
         while name in self.taken:
@@ -271,20 +258,17 @@ class _Importer(FidelityOps):
         self.values[name] = value
         return self.emit(name, "const", (), value.shape, dtype, {"value": value}, group=group)
 
-    # ------------------------------------------------------------------------ run
     def run(self, name: str) -> Graph:
         numpy_helper = self.onnx.numpy_helper
         floats = {t.name for t in self.graph.initializer if ONNX_DTYPES.get(
             self.onnx.TensorProto.DataType.Name(t.data_type)) in FLOAT_DTYPES}
         trainable = trainable_initializers(self.graph, floats)
         self.split = split_shared_norms(self.graph, trainable, _node_group)
-        initializers = set()
         for tensor in self.graph.initializer:
             dtype = ONNX_DTYPES.get(self.onnx.TensorProto.DataType.Name(tensor.data_type))
             if dtype is None:
                 raise OnnxImportError(f"{self.source}: initializer {tensor.name!r}: element type "
                                       f"{tensor.data_type} is not supported")
-            initializers.add(tensor.name)
             if tensor.name in trainable:
                 self.emit(tensor.name, "param", (), tuple(tensor.dims), dtype)
                 self.param_values[tensor.name] = numpy_helper.to_array(tensor).copy()
@@ -294,6 +278,7 @@ class _Importer(FidelityOps):
                     self.param_values[copy] = self.param_values[tensor.name].copy()
             else:
                 self.const(tensor.name, numpy_helper.to_array(tensor), dtype)
+        initializers = {t.name for t in self.graph.initializer}
         for info in self.graph.input:
             if info.name not in initializers:
                 shape, dtype = self.fact(info.name, "graph input")
@@ -304,14 +289,13 @@ class _Importer(FidelityOps):
         for out in outputs:
             if out not in self.position:
                 raise OnnxImportError(f"{self.source}: graph output {out!r} is produced by no node")
-        live = _live(self.nodes, outputs)
-        alive = {n.name for n in live}
+        alive = live_names(self.nodes, outputs)   # a dropped shape operand leaves dead nodes
+        live = [n for n in self.nodes if n.name in alive]
         for names in self.shared_work:
             for later in [n for n in names if n in alive][1:]:
                 self.nodes[self.position[later]].flops = 0
         nodes, outputs = readable_names(_with_source_groups(live), outputs, set(self.taken))
-        graph = Graph(nodes, outputs, name, source=self.source)
-        return self._imported(graph)
+        return self._imported(Graph(nodes, outputs, name, source=self.source))
 
     def convert(self, node) -> None:
         """Emit the Nodes for one ONNX node (mapped, aliased, folded or opaque)."""
@@ -335,10 +319,7 @@ class _Importer(FidelityOps):
             return
         start = len(self.nodes)
         if default and node.op_type in ELEMENTWISE and len(outs) == 1:
-            shape, dtype = self.fact(outs[0], where)
-            self.emit(outs[0], ELEMENTWISE[node.op_type], ins, shape, dtype,
-                      flops=math.prod(shape), group=group)
-            handled = True
+            handled = self._one(ELEMENTWISE[node.op_type], ins, outs, group, where, per=1)
         else:
             handled = handler is not None and handler(node, ins, outs, attrs, group, where)
         if handled and not self._agrees_with_registry(start):
@@ -398,14 +379,9 @@ class _Importer(FidelityOps):
             return math.prod(self.shape_of(ins[0]))
         return None
 
-    # ------------------------------------------------------- mapped ONNX ops
     # Each returns True when it emitted the node, False to fall back to an opaque node.
     def _op_MatMul(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        k = self.shape_of(ins[0])[-1]
-        self.emit(outs[0], "matmul", ins, shape, dtype, flops=2 * math.prod(shape) * k,
-                  group=group)
-        return True
+        return self._one("matmul", ins, outs, group, where, per=2 * self.shape_of(ins[0])[-1])
 
     def _op_Gemm(self, node, ins, outs, attrs, group, where) -> bool:
         out = outs[0]
@@ -425,14 +401,14 @@ class _Importer(FidelityOps):
         y = self.emit(out if last else self.fresh(f"{out}/matmul"), "matmul", [a, b], shape,
                       dtype, flops=2 * m * k * shape[1], group=group)
         if alpha != 1.0:
-            scale = self.const(self.fresh(f"{out}/alpha"), np.array(alpha, _np(dtype)), dtype,
-                               group)
+            scale = self.const(self.fresh(f"{out}/alpha"), np.array(alpha, NUMPY_DTYPE[dtype]),
+                               dtype, group)
             y = self.emit(out if c is None else self.fresh(f"{out}/scaled"), "multiply",
                           [y, scale], shape, dtype, flops=math.prod(shape), group=group)
         if c is not None:
             if beta != 1.0:
-                scale = self.const(self.fresh(f"{out}/beta"), np.array(beta, _np(dtype)), dtype,
-                                   group)
+                scale = self.const(self.fresh(f"{out}/beta"), np.array(beta, NUMPY_DTYPE[dtype]),
+                                   dtype, group)
                 c = self.emit(self.fresh(f"{out}/bias"), "multiply", [c, scale],
                               self.shape_of(c), dtype, flops=math.prod(self.shape_of(c)),
                               group=group)
@@ -448,10 +424,9 @@ class _Importer(FidelityOps):
                 "dilations", [1, 1])) or len(set(strides)) != 1 or len(set(pads)) != 1
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             return False
-        groups = attrs.get("group", 1)
-        op, conv_attrs = "conv2d", {"stride": strides[0], "padding": pads[0]}
-        if groups != 1:
-            op, conv_attrs = "grouped_conv2d", {**conv_attrs, "groups": groups}
+        grouped = {} if attrs.get("group", 1) == 1 else {"groups": attrs["group"]}
+        op = "grouped_conv2d" if grouped else "conv2d"
+        conv_attrs = {"stride": strides[0], "padding": pads[0], **grouped}
         bias = ins[2] if len(ins) > 2 and ins[2] else None
         conv = self.emit(outs[0] if bias is None else self.fresh(f"{outs[0]}/conv"), op,
                          ins[:2], shape, dtype, conv_attrs,
@@ -463,8 +438,8 @@ class _Importer(FidelityOps):
                       group=group)
         return True
 
-    def _pool(self, op, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
+    def _pool(self, node, ins, outs, attrs, group, where) -> bool:
+        op = SHARED_HANDLER[node.op_type]
         kernel = attrs.get("kernel_shape", [])
         strides = attrs.get("strides", [1] * len(kernel))
         pads = attrs.get("pads", [0] * 2 * len(kernel))
@@ -474,81 +449,51 @@ class _Importer(FidelityOps):
                 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
                 or (op == "avg_pool2d" and pads[0] and not attrs.get("count_include_pad", 0))):
             return False
-        self.emit(outs[0], op, ins[:1], shape, dtype,
-                  {"kernel": kernel[0], "stride": strides[0], "padding": pads[0]},
-                  flops=math.prod(shape) * kernel[0] * kernel[1], group=group)
-        return True
+        return self._one(op, ins[:1], outs, group, where,
+                         {"kernel": kernel[0], "stride": strides[0], "padding": pads[0]},
+                         kernel[0] * kernel[1])
 
-    def _op_MaxPool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._pool("max_pool2d", ins, outs, attrs, group, where)
+    _op_MaxPool = _op_AveragePool = _pool
 
-    def _op_AveragePool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._pool("avg_pool2d", ins, outs, attrs, group, where)
+    def _global_pool(self, node, ins, outs, attrs, group, where) -> bool:
+        shape = self.shape_of(ins[0])
+        return self._one(SHARED_HANDLER[node.op_type], ins[:1], outs, group, where,
+                         {"axis": list(range(2, len(shape))), "keepdims": True},
+                         flops=math.prod(shape))
 
-    def _global_pool(self, op, ins, outs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        rank = len(self.shape_of(ins[0]))
-        self.emit(outs[0], op, ins[:1], shape, dtype,
-                  {"axis": list(range(2, rank)), "keepdims": True},
-                  flops=math.prod(self.shape_of(ins[0])), group=group)
-        return True
-
-    def _op_GlobalAveragePool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._global_pool("mean", ins, outs, group, where)
-
-    def _op_GlobalMaxPool(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._global_pool("max", ins, outs, group, where)
+    _op_GlobalAveragePool = _op_GlobalMaxPool = _global_pool
 
     def _reshape(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "reshape", ins[:1], shape, dtype, {"shape": list(shape)},
-                  group=group)
-        return True
+        shape = self.fact(outs[0], where)[0]
+        return self._one("reshape", ins[:1], outs, group, where, {"shape": list(shape)})
 
     _op_Reshape = _op_Flatten = _op_Squeeze = _op_Unsqueeze = _reshape
 
     def _op_Expand(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "broadcast_to", ins[:1], shape, dtype, {"shape": list(shape)},
-                  group=group)
-        return True
+        shape = self.fact(outs[0], where)[0]
+        return self._one("broadcast_to", ins[:1], outs, group, where, {"shape": list(shape)})
 
     def _op_Transpose(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
         rank = len(self.shape_of(ins[0]))
         axes = [int(a) for a in attrs.get("perm", range(rank - 1, -1, -1))]
-        self.emit(outs[0], "transpose", ins, shape, dtype, {"axes": axes}, group=group)
-        return True
+        return self._one("transpose", ins, outs, group, where, {"axes": axes})
 
     def _op_Concat(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "concatenate", ins, shape, dtype, {"axis": int(attrs["axis"])},
-                  group=group)
-        return True
+        return self._one("concatenate", ins, outs, group, where, {"axis": int(attrs["axis"])})
 
     def _op_Gather(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "take", ins, shape, dtype, {"axis": int(attrs.get("axis", 0))},
-                  group=group)
-        return True
+        return self._one("take", ins, outs, group, where, {"axis": int(attrs.get("axis", 0))})
 
-    def _softmax(self, op, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        rank = len(shape)
+    def _softmax(self, node, ins, outs, attrs, group, where) -> bool:
+        rank = len(self.fact(outs[0], where)[0])
         axis = int(attrs.get("axis", -1 if self.opset >= 13 else 1))
         if self.opset < 13 and axis % max(rank, 1) != rank - 1:
             return False  # old Softmax flattens to 2-D around `axis`: not numpy's softmax
-        self.emit(outs[0], op, ins, shape, dtype, {"axis": axis}, group=group)
-        return True
+        return self._one(SHARED_HANDLER[node.op_type], ins, outs, group, where, {"axis": axis})
 
-    def _op_Softmax(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._softmax("softmax", ins, outs, attrs, group, where)
-
-    def _op_LogSoftmax(self, node, ins, outs, attrs, group, where) -> bool:
-        return self._softmax("log_softmax", ins, outs, attrs, group, where)
+    _op_Softmax = _op_LogSoftmax = _softmax
 
     def _reduce(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
         axes = attrs.get("axes")
         if len(ins) > 1 and ins[1]:
             if ins[1] not in self.values:
@@ -556,11 +501,10 @@ class _Importer(FidelityOps):
             axes = [int(a) for a in self.values[ins[1]].reshape(-1)]
         if not axes and attrs.get("noop_with_empty_axes", 0):
             return False
-        self.emit(outs[0], REDUCTIONS[node.op_type], ins[:1], shape, dtype,
-                  {"axis": list(axes) if axes else None,
-                   "keepdims": bool(attrs.get("keepdims", 1))},
-                  flops=math.prod(self.shape_of(ins[0])), group=group)
-        return True
+        return self._one(REDUCTIONS[node.op_type], ins[:1], outs, group, where,
+                         {"axis": list(axes) if axes else None,
+                          "keepdims": bool(attrs.get("keepdims", 1))},
+                         flops=math.prod(self.shape_of(ins[0])))
 
     _op_ReduceSum = _op_ReduceMean = _op_ReduceMax = _reduce
 
@@ -569,24 +513,20 @@ class _Importer(FidelityOps):
             return self._training_batch_norm(ins, outs, attrs, group, where)
         if len(outs) != 1:
             return False
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "batch_norm_eval", ins[:5], shape, dtype,
-                  {"eps": float(attrs.get("epsilon", 1e-5))}, group=group)
-        return True
+        return self._one("batch_norm_eval", ins[:5], outs, group, where,
+                         {"eps": float(attrs.get("epsilon", 1e-5))})
 
     def _op_LayerNormalization(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
         if (len(outs) != 1 or len(ins) != 3 or not ins[2]
                 or int(attrs.get("axis", -1)) % len(shape) != len(shape) - 1):
             return False
-        self.emit(outs[0], "layer_norm", ins, shape, dtype,
-                  {"eps": float(attrs.get("epsilon", 1e-5))}, group=group)
-        return True
+        return self._one("layer_norm", ins, outs, group, where,
+                         {"eps": float(attrs.get("epsilon", 1e-5))})
 
     def _op_Cast(self, node, ins, outs, attrs, group, where) -> bool:
-        shape, dtype = self.fact(outs[0], where)
-        self.emit(outs[0], "astype", ins, shape, dtype, {"dtype": dtype}, group=group)
-        return True
+        dtype = self.fact(outs[0], where)[1]
+        return self._one("astype", ins, outs, group, where, {"dtype": dtype})
 
     def _variadic(self, node, ins, outs, attrs, group, where) -> bool:
         shape, dtype = self.fact(outs[0], where)
@@ -614,7 +554,7 @@ class _Importer(FidelityOps):
             value = np.array(self.onnx.helper.get_attribute_value(attr))
         else:
             return False
-        self.const(outs[0], value.astype(_np(dtype)).reshape(shape), dtype, group)
+        self.const(outs[0], value.astype(NUMPY_DTYPE[dtype]).reshape(shape), dtype, group)
         return True
 
     def _op_Shape(self, node, ins, outs, attrs, group, where) -> bool:
@@ -628,23 +568,10 @@ class _Importer(FidelityOps):
         shape, dtype = self.fact(outs[0], where)
         fill = attrs.get("value", [0.0])
         fill = (fill[0] if isinstance(fill, list) else fill)
-        self.values[outs[0]] = np.full(shape, fill, dtype=_np(dtype))
+        self.values[outs[0]] = np.full(shape, fill, dtype=NUMPY_DTYPE[dtype])
         self.emit(outs[0], "const", (), shape, dtype, {"fill": "full", "fill_value": fill},
                   group=group)
         return True
-
-
-def _np(dtype: str) -> np.dtype:
-    return np.dtype("float32" if dtype == "bfloat16" else dtype)
-
-
-def _live(nodes: list[Node], outputs: list[str]) -> list[Node]:
-    """The nodes some output depends on (a dropped shape operand leaves dead nodes behind)."""
-    needed = set(outputs)
-    for node in reversed(nodes):
-        if node.name in needed:
-            needed.update(node.inputs)
-    return [n for n in nodes if n.name in needed]
 
 
 def _with_source_groups(nodes: list[Node]) -> list[Node]:

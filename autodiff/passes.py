@@ -1,8 +1,7 @@
 """Graph passes: constant folding, common-subexpression elimination, dead-code elimination.
 
-Each pass returns a new Graph whose outputs are bit-identical to the input graph's: folding
-runs the same numpy forward the interpreter would, and CSE merges only nodes that compute
-the same op with the same attributes on the same inputs.
+Each returns a new Graph whose outputs are bit-identical to the input graph's: folding runs the
+interpreter's numpy forward, CSE merges only the same op with the same attributes and inputs.
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from autodiff.ir import Graph, Node
+from autodiff.ir import Graph, Node, live_names
 from autodiff.interpreter import const_value
 from autodiff.ops.registry import get_op
 
@@ -29,18 +28,13 @@ def _rename_meta(meta: dict, rename: dict[str, str]) -> dict:
 
 def _roots(graph: Graph) -> set[str]:
     """Nodes a pass must keep: outputs and the new values of state updates."""
-    roots = set(graph.outputs)
-    roots.update(graph.meta.get("updates", {}).values())
-    roots.update(graph.meta.get("updates", {}).keys())
-    return roots
+    updates = graph.meta.get("updates", {})
+    return {*graph.outputs, *updates.values(), *updates}
 
 
 def dead_code_elimination(graph: Graph, keep_sources: bool = True) -> Graph:
     """Drop nodes that no output depends on (params and inputs stay unless keep_sources=False)."""
-    live = _roots(graph)
-    for node in reversed(graph.nodes):
-        if node.name in live:
-            live.update(node.inputs)
+    live = live_names(graph.nodes, _roots(graph))
     nodes = [n for n in graph.nodes if n.name in live or
              (keep_sources and n.op in ("param", "input"))]
     return Graph(nodes, graph.outputs, graph.name, validate=False, meta=graph.meta)
@@ -80,10 +74,8 @@ def common_subexpression_elimination(graph: Graph) -> Graph:
 
 
 def constant_folding(graph: Graph, max_elements: int = 1 << 20) -> Graph:
-    """Evaluate nodes whose inputs are all constants; they become `const` nodes.
-
-    Results larger than `max_elements` stay computed (folding them would bloat the graph).
-    """
+    """Evaluate nodes whose inputs are all constants into `const` nodes (results larger than
+    `max_elements` stay computed: folding them would bloat the graph)."""
     values: dict[str, np.ndarray] = {}
     nodes: list[Node] = []
     for node in graph.nodes:

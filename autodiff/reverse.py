@@ -4,8 +4,7 @@ Each gradient node is tagged with `grad_of` = the forward node whose rule emitte
 is where the executor places it. Fan-out contributions are summed by one `add_n` node tagged
 with the producer; broadcasting is undone in one place (`sum_to_shape`), tagged with the
 consumer so a gradient is reduced before it travels. `vjp` records the routing it creates
-(`GradientRouting`: each node's gradient parts, fan-in sum and gradient tensor) in
-`meta["grad_routing"]`, so the executor reads it instead of re-deriving it.
+(`GradientRouting`) in `meta["grad_routing"]`, so the executor need not re-derive it.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ir import FLOAT_DTYPES, Graph
+from autodiff.ir import FLOAT_DTYPES, Graph, live_names
 from autodiff.ops.registry import lookup
 from autodiff.trace import Tensor, Tracer, TracingError
 
@@ -68,20 +67,17 @@ def _on_path(nodes, wrt: set[str]) -> set[str]:
     ops (only they need gradients)."""
     on_path = set(wrt)
     for node in nodes:
-        if node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs):
-            if lookup(node.op, node.name).vjp is not None:
-                on_path.add(node.name)
+        if (node.dtype in FLOAT_DTYPES and any(i in on_path for i in node.inputs)
+                and lookup(node.op, node.name).vjp is not None):
+            on_path.add(node.name)
     return on_path
 
 
 def backward(output: Tensor, wrt: Sequence[Tensor], seed: Tensor | None = None,
              routing: GradientRouting | None = None) -> list[Tensor | None]:
-    """Gradients of `output` w.r.t. each of `wrt`, as new nodes of output's tracer.
-
-    None for a `wrt` that does not reach the output. `seed` is the upstream gradient
-    (default: ones of output's shape, i.e. d output / d output). `routing`, when given,
-    receives the gradient routing the new nodes implement.
-    """
+    """Gradients of `output` w.r.t. each of `wrt` (None where it does not reach the output),
+    as new nodes of output's tracer. `seed` is the upstream gradient (default: ones); `routing`
+    receives the gradient routing the new nodes implement."""
     tracer = output.tracer
     nodes = tracer.nodes
     position = {n.name: i for i, n in enumerate(nodes)}
@@ -164,40 +160,28 @@ class _Sweep:
                 self.senders.setdefault(x.name, []).append(node.name)
 
 
-def _drop_unused_gradient_nodes(tracer: Tracer, start: int, outputs: Sequence[str]) -> None:
-    """Remove appended nodes no output reads, e.g. a matmul rule's gradient for an input
-    that is not differentiated, so the training graph never computes it."""
-    live = set(outputs)
-    for node in reversed(tracer.nodes[start:]):
-        if node.name in live:
-            live.update(node.inputs)
-    tracer.nodes[start:] = [n for n in tracer.nodes[start:] if n.name in live]
-
-
 def vjp(graph: Graph, wrt: Sequence[str] | None = None, output: str | None = None) -> Graph:
-    """The training graph: `graph`'s nodes followed by the gradient nodes of its loss.
-
-    `wrt` defaults to every param. Outputs are the loss followed by one gradient per
-    `wrt` node that reaches the loss; `meta["grads"]` maps each such node to its gradient
-    and `meta["grad_routing"]` holds the `GradientRouting` of the gradient nodes.
-    """
+    """The training graph: `graph`'s nodes, then the gradient nodes of its loss w.r.t. `wrt`
+    (default: every param). Outputs are the loss and the gradients of the `wrt` nodes reaching
+    it (`meta["grads"]`: node -> gradient; `meta["grad_routing"]`: their GradientRouting)."""
     output = output or graph.outputs[0]
     loss = graph[output]
     if loss.shape != ():
         raise TracingError(f"vjp needs a scalar output; {output!r} has shape {list(loss.shape)}")
     wrt = [p.name for p in graph.params] if wrt is None else list(wrt)
     tracer = Tracer(graph.name, eager=False)
-    for node in graph.nodes:
-        tracer.nodes.append(node)
-        tracer.values[node.name] = None
-        tracer._names.add(node.name)
+    tracer.nodes, tracer.values = list(graph.nodes), dict.fromkeys(graph.index)
+    tracer._names = set(graph.index)
     tracer.updates = dict(graph.meta.get("updates", {}))
     routing = GradientRouting()
     grads = backward(Tensor(tracer, loss), [Tensor(tracer, graph[w]) for w in wrt],
                      routing=routing)
     mapping = {w: g.name for w, g in zip(wrt, grads) if g is not None}
-    _drop_unused_gradient_nodes(tracer, len(graph.nodes), [output, *mapping.values()])
-    out = tracer.graph([output, *mapping.values()], name=graph.name)
+    outputs, start = [output, *mapping.values()], len(graph.nodes)
+    # gradient nodes no output reads (e.g. for an input not differentiated) are dropped
+    live = live_names(tracer.nodes[start:], outputs)
+    tracer.nodes[start:] = [n for n in tracer.nodes[start:] if n.name in live]
+    out = tracer.graph(outputs, name=graph.name)
     out.meta.update(graph.meta)
     out.meta["grads"] = mapping
     out.meta["loss"] = output

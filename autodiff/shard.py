@@ -13,9 +13,8 @@
   per-row scalars, so the full logits never exist when they arrive split (e.g. from a "out"
   matmul), and no shard waits on a value combined from the others (a pipeline stays acyclic);
 - other ops on a split input run shard by shard where a follow rule allows it
-  (autodiff/shard_follow.py: elementwise ops, bias adds, transposes, head reshapes, batched
-  matmuls, softmax, per-channel batch norm, ...), so column-parallel attention stays split by
-  heads up to a row-parallel projection. A split value is concatenated (a partial sum added
+  (autodiff/shard_follow.py), so column-parallel attention stays split by heads up to a
+  row-parallel projection. A split value is concatenated (a partial sum added
   up) only where a consumer needs the whole tensor; that node keeps the original name, so
   outputs and consumers are unchanged. A value wanted split when it is not is sliced
   (getitem nodes `<node>.slice<i>of<n>`).
@@ -69,12 +68,9 @@ _SHARD_NAME = re.compile(r"\.(?:shard|slice)(\d+)of(\d+)")
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Split one node into `shards` pieces; `mode` one of MODES[op] (None: the op's first).
-
-    The shards are equal; with `uneven` a count that does not divide the axis is allowed and
-    the shards' sizes differ by at most one (numpy.array_split's rule), e.g. a 50257-word
-    vocabulary over 8 devices.
-    """
+    """Split one node into `shards` equal pieces; `mode` one of MODES[op] (None: the op's
+    first). `uneven` allows a count that does not divide the axis (sizes then differ by at
+    most one, numpy.array_split's rule), e.g. a 50257-word vocabulary over 8 devices."""
 
     shards: int
     mode: str | None = None
@@ -92,11 +88,8 @@ def shard_index(name: str) -> tuple[int, int] | None:
 
 def shard_record(graph: Graph) -> dict:
     """graph.meta["shards"]: {"params": {p: {axis, shape, parts, bounds}}, "nodes": {node:
-    {shards, mode, parts}}} ({} for a graph that was not sharded).
-
-    A graph read back from a file has no meta: its "params" part is rebuilt from the shard
-    params' attrs["shard"] (written there for that), its "nodes" part is then empty.
-    """
+    {shards, mode, parts}}} ({} for a graph that was not sharded). For a graph read from a
+    file (no meta) "params" is rebuilt from the shard params' attrs["shard"], "nodes" empty."""
     if "shards" in graph.meta:
         return graph.meta["shards"]
     params: dict[str, dict] = {}
@@ -111,12 +104,9 @@ def shard_record(graph: Graph) -> dict:
 
 
 def shard_graph(graph: Graph, specs: Mapping[str, ShardSpec | int | tuple]) -> Graph:
-    """The forward graph with the nodes of `specs` sharded (module docstring).
-
-    A spec may be a ShardSpec, a shard count (the op's default mode) or (count, mode); with
-    no spec above one shard the graph itself is returned. Raises GraphError naming the node
-    when a request cannot be honoured.
-    """
+    """The forward graph with the nodes of `specs` sharded (module docstring); a spec is a
+    ShardSpec, a shard count (the op's default mode) or (count, mode). With no spec above one
+    shard the graph itself is returned."""
     if graph.gradient_nodes:
         raise GraphError(f"{graph.name}: shard_graph takes a forward graph; this one has "
                          f"gradient nodes (shard before vjp)")
@@ -180,13 +170,10 @@ def _split_size(graph: Graph, node: Node, mode: str, where: str) -> tuple[int, s
 
 
 class _Rewriter:
-    """One pass over the forward graph emitting the sharded graph.
-
-    Values of the original graph are held whole (under their own name), split along an axis
-    (shard names) or as partial sums. Parameters are split when their first use wants them
-    split: the first pass (decisions=None) discovers that lazily, the second emits them in
-    their original place.
-    """
+    """One pass over the forward graph emitting the sharded graph. Values are held whole (under
+    their own name), split along an axis (shard names) or as partial sums. A parameter is split
+    when its first use wants it split: the first pass (decisions=None) discovers that lazily,
+    the second emits it in its original place."""
 
     def __init__(self, graph: Graph, plan: dict[str, ShardSpec], decisions: dict | None):
         self.graph, self.plan = graph, plan
@@ -202,7 +189,6 @@ class _Rewriter:
         self.params: dict[str, dict] = {}
         self.record: dict[str, dict] = {}
 
-    # ---------------------------------------------------------------- driver
     def run(self) -> Graph:
         for node in self.graph.nodes:
             if node.is_source:
@@ -215,12 +201,10 @@ class _Rewriter:
         updates = self.graph.meta.get("updates", {})
         for name in [*self.graph.outputs, *updates, *updates.values()]:
             self.whole_of(name)
-        meta = dict(self.graph.meta)
-        meta["shards"] = {"params": self.params, "nodes": self.record}
+        meta = {**self.graph.meta, "shards": {"params": self.params, "nodes": self.record}}
         return Graph(self.nodes, self.graph.outputs, self.graph.name, meta=meta,
                      source=f"{self.graph.name} (sharded)")
 
-    # -------------------------------------------------------------- emitting
     def emit(self, name: str, op: str, inputs, attrs: dict, like: Node,
              flops: int | None = None) -> str:
         """Append a node computing `op` (shape and dtype from the registry's rule)."""
@@ -242,27 +226,24 @@ class _Rewriter:
         self.types[node.name] = (node.shape, node.dtype)
         return node.name
 
-    def _note(self, node: Node, n: int, mode: str, parts: list[list[str]]) -> None:
-        self.record[node.name] = {"shards": n, "mode": mode, "parts": parts}
+    def _shards(self, node: Node, n: int, mode: str, op: str, operands, attrs) -> list[str]:
+        """Emit `node`'s n shards (shard k: `op` on operands[k] with attrs[k]) and note them."""
+        flops = None if node.flops is None else node.flops // n
+        names = [self.emit(f"{node.name}.shard{k}of{n}", op, operands[k], attrs[k], node, flops)
+                 for k in range(n)]
+        self.record[node.name] = {"shards": n, "mode": mode, "parts": [[x] for x in names]}
+        return names
 
-    @staticmethod
-    def _flops(node: Node, n: int) -> int | None:
-        return None if node.flops is None else node.flops // n
-
-    # --------------------------------------------------------------- sources
     def _source(self, node: Node) -> None:
         if node.op == "param" and self.lazy:
             self.pending.add(node.name)
             self.types[node.name] = (node.shape, node.dtype)
-            return
-        decision = self.decisions.get(node.name) if node.op == "param" else None
-        if decision is None:
-            self._append(node)
-            self.whole.add(node.name)
+        elif node.op == "param" and self.decisions.get(node.name) is not None:
+            self._split_param(node, *self.decisions[node.name])
         else:
-            self._split_param(node, *decision)
+            self._copy(node)
 
-    def _split_param(self, node: Node, axis: int, n: int) -> list[str]:
+    def _split_param(self, node: Node, axis: int, n: int) -> None:
         """n param nodes holding equal slices of `node` along `axis`."""
         names, bounds = [], []
         for i, (lo, hi) in enumerate(shard_bounds(node.shape[axis], n)):
@@ -276,21 +257,17 @@ class _Rewriter:
         self.split[node.name] = (axis, names)
         self.params[node.name] = {"axis": axis, "shape": list(node.shape), "parts": names,
                                   "bounds": bounds}
-        return names
 
     def _decide(self, name: str, want: tuple[int, int] | None) -> None:
         """First use of a parameter in the lazy pass: split it as this use wants, or not."""
         self.pending.discard(name)
         self.decisions[name] = want
-        node = self.graph[name]
         self.types.pop(name)
         if want is None:
-            self._append(node)
-            self.whole.add(name)
+            self._copy(self.graph[name])
         else:
-            self._split_param(node, *want)
+            self._split_param(self.graph[name], *want)
 
-    # ----------------------------------------------------------------- values
     def whole_of(self, name: str) -> str:
         """`name`'s whole value, concatenating its shards or adding its partial sums first."""
         if name in self.pending:
@@ -303,8 +280,7 @@ class _Rewriter:
             self.types.pop(name, None)
             self.emit(name, "concatenate", parts, {"axis": axis}, like)
         else:
-            parts = self.partial[name]
-            self.emit(name, "add_n", parts, {}, like)
+            self.emit(name, "add_n", self.partial[name], {}, like)
         self.whole.add(name)
         return name
 
@@ -332,7 +308,6 @@ class _Rewriter:
         self._append(node)
         self.whole.add(node.name)
 
-    # ------------------------------------------------------------ followers
     def _follow(self, node: Node) -> bool:
         """Run `node` once per shard of a split input when a follow rule allows it."""
         split = [(self.split[i][0], len(self.split[i][1])) if i in self.split else None
@@ -345,51 +320,38 @@ class _Rewriter:
         n = rule.shards
         per_input = [[self.whole_of(i)] * n if ax is None else self.shards_of(i, ax, n)
                      for i, ax in zip(node.inputs, rule.in_axes)]
-        names = [self.emit(f"{node.name}.shard{k}of{n}", node.op, [p[k] for p in per_input],
-                           node.attrs if rule.attrs is None else {**node.attrs, **rule.attrs[k]},
-                           node, self._flops(node, n)) for k in range(n)]
-        self.split[node.name] = (rule.out_axis, names)
-        self._note(node, n, "follow", [[x] for x in names])
+        attrs = [node.attrs if rule.attrs is None else {**node.attrs, **rule.attrs[k]}
+                 for k in range(n)]
+        self.split[node.name] = (rule.out_axis, self._shards(
+            node, n, "follow", node.op, [[p[k] for p in per_input] for k in range(n)], attrs))
         return True
 
-    # -------------------------------------------------------------- sharding
     def _matmul(self, node: Node, n: int, mode: str) -> None:
         a, w = node.inputs
-        flops = self._flops(node, n)
-        name = f"{node.name}.shard{{}}of{n}"
         if mode == "out":
-            a_whole = self.whole_of(a)
-            ws = self.shards_of(w, 1, n)
-            names = [self.emit(name.format(i), "matmul", [a_whole, ws[i]], {}, node, flops)
-                     for i in range(n)]
+            lefts, ws = [self.whole_of(a)] * n, self.shards_of(w, 1, n)
+        else:
+            lefts = self.shards_of(a, len(self.graph[a].shape) - 1, n)
+            ws = self.shards_of(w, 0, n)
+        names = self._shards(node, n, mode, "matmul", list(zip(lefts, ws)), [{}] * n)
+        if mode == "out":
             self.split[node.name] = (len(node.shape) - 1, names)
         else:
-            as_ = self.shards_of(a, len(self.graph[a].shape) - 1, n)
-            ws = self.shards_of(w, 0, n)
-            names = [self.emit(name.format(i), "matmul", [as_[i], ws[i]], {}, node, flops)
-                     for i in range(n)]
             self.partial[node.name] = names
-        self._note(node, n, mode, [[x] for x in names])
 
     def _conv2d(self, node: Node, n: int, mode: str) -> None:
         x, w = node.inputs
-        x_whole = self.whole_of(x)
-        ws = self.shards_of(w, 0, n)
-        names = [self.emit(f"{node.name}.shard{i}of{n}", "conv2d", [x_whole, ws[i]], node.attrs,
-                           node, self._flops(node, n)) for i in range(n)]
-        self.split[node.name] = (1, names)
-        self._note(node, n, mode, [[x] for x in names])
+        x_whole, ws = self.whole_of(x), self.shards_of(w, 0, n)
+        self.split[node.name] = (1, self._shards(node, n, mode, "conv2d",
+                                                 [(x_whole, wk) for wk in ws], [node.attrs] * n))
 
     def _take(self, node: Node, n: int, mode: str) -> None:
         table, idx = node.inputs
         rows = self.graph[table].shape[0]
-        tables = self.shards_of(table, 0, n)
-        idx_whole = self.whole_of(idx)
-        names = [self.emit(f"{node.name}.shard{i}of{n}", "shard_take", [tables[i], idx_whole],
-                           {"offset": lo, "total": rows}, node, self._flops(node, n))
-                 for i, (lo, _) in enumerate(shard_bounds(rows, n))]
-        self.partial[node.name] = names
-        self._note(node, n, mode, [[x] for x in names])
+        tables, idx_whole = self.shards_of(table, 0, n), self.whole_of(idx)
+        self.partial[node.name] = self._shards(
+            node, n, mode, "shard_take", [(t, idx_whole) for t in tables],
+            [{"offset": lo, "total": rows} for lo, _ in shard_bounds(rows, n)])
 
     def _cross_entropy(self, node: Node, n: int, mode: str) -> None:
         """Vocab-parallel loss: each shard its own log-sum-exp and target logit, then a
@@ -421,7 +383,7 @@ class _Rewriter:
         self.types.pop(ce, None)
         emit(ce, "mean", [nll], {"axis": None, "keepdims": False}, node)
         self.whole.add(ce)
-        self._note(node, n, mode, members)
+        self.record[ce] = {"shards": n, "mode": mode, "parts": members}
 
     def _combine_lse(self, ce: str, lses: list[str], node: Node) -> str:
         """lse = M + log sum_i exp(lse_i - M), M = max_i lse_i under stop_gradient."""
@@ -438,11 +400,8 @@ class _Rewriter:
 
 # ------------------------------------------------------------ parameter values
 def split_params(graph: Graph, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Values keyed by the original graph's params -> keyed by sharded `graph`'s params.
-
-    A sharded parameter's value is cut into its shards' slices (contiguous copies); other
-    entries pass through unchanged.
-    """
+    """Values keyed by the original graph's params -> keyed by sharded `graph`'s params: a
+    sharded parameter's value cut into its shards' slices (contiguous copies), others as is."""
     record = shard_record(graph).get("params", {})
     out: dict[str, np.ndarray] = {}
     for name, value in values.items():

@@ -1,10 +1,8 @@
 """Follow rules of the sharding rewrite: when an op on a split input can run shard by shard.
 
-`follow_rule(node, shapes, split)` looks only at shapes: given the original input shapes and,
-per input, the (axis, n) it is split along (or None), it returns how to run `node` once per
-shard (which axis of each input to slice, which output axis the shards split, per-shard
-attrs), or None when the op needs its whole input. Shards always have numpy.array_split's
-sizes (`shard_bounds`), so shards of different values line up.
+`follow_rule(node, shapes, split)` looks only at shapes (the inputs' and, per input, the
+(axis, n) it is split along, or None). Shards always have numpy.array_split's sizes
+(`shard_bounds`), so shards of different values line up.
 
 Followed: elementwise ops (numpy broadcasting), transpose, reshape (when the shard blocks stay
 contiguous, e.g. splitting d_model by heads), batched matmul over a split batch axis,
@@ -33,7 +31,6 @@ CHANNEL_OPS = frozenset({"batch_norm", "batch_norm_eval", "max_pool2d", "avg_poo
 class FollowRule:
     """Run a node per shard: input i sliced along in_axes[i] (None: whole), the shards split
     the output along out_axis; attrs[k] are shard k's attrs (None: the node's)."""
-
 
     out_axis: int
     in_axes: tuple
@@ -83,11 +80,9 @@ def _broadcast(node: Node, shapes: list, pos: int, axis: int) -> FollowRule:
     """numpy broadcasting: each input sliced along the axis aligned with the output's."""
     out_rank = len(node.shape)
     out_axis = axis + out_rank - len(shapes[pos])
-    in_axes = []
-    for shape in shapes:
-        ax = out_axis - (out_rank - len(shape))
-        in_axes.append(None if ax < 0 or shape[ax] == 1 else ax)
-    return FollowRule(out_axis, tuple(in_axes))
+    axes = [(shape, out_axis - (out_rank - len(shape))) for shape in shapes]
+    return FollowRule(out_axis, tuple(None if ax < 0 or shape[ax] == 1 else ax
+                                      for shape, ax in axes))
 
 
 def _reduction(node: Node, shape: tuple, axis: int) -> FollowRule | None:

@@ -1,12 +1,10 @@
 """Core ATen ops (torch.export after run_decompositions) mapped onto the op registry.
 
 `HANDLERS[name](cx, *args, **kwargs)` emits registry ops for one FX node through `cx`, the
-importer (autodiff/torch_import.py): `cx.tensor(x)` makes an operand a traced Tensor (a known
-constant becomes a `const` node), `cx.operand(x)` keeps 0-d constants as Python numbers (torch
-treats them as weakly typed, as autodiff.numpy does numbers), `cx.shape` is the FX node's
-result shape. Names are `aten.<op>.<overload>`, or `aten.<op>` for every overload. A handler
-returns a Tensor, or a tuple/list for multi-output ops (None where an output is never read);
-it raises Unsupported for arguments it cannot express, which leaves the node opaque.
+importer (autodiff/torch_import.py: `cx.tensor`, `cx.operand`, `cx.shape`, `cx.dtype`). Names
+are `aten.<op>.<overload>`, or `aten.<op>` for every overload. A handler returns a Tensor, or
+a tuple/list for multi-output ops (None where an output is never read); it raises Unsupported
+for arguments it cannot express, which leaves the node opaque.
 """
 from __future__ import annotations
 
@@ -92,11 +90,9 @@ def _convolution(cx, x, w, bias, stride, padding, dilation, transposed, output_p
     if len(set(stride)) != 1 or len(set(padding)) != 1:
         raise Unsupported(f"unequal strides {stride} or paddings {padding}")
     x, w = cx.tensor(x), cx.tensor(w)
-    if groups == 1:
-        y = anp.apply("conv2d", x, w, stride=int(stride[0]), padding=int(padding[0]))
-    else:
-        y = anp.apply("grouped_conv2d", x, w, stride=int(stride[0]), padding=int(padding[0]),
-                      groups=int(groups))
+    grouped = {} if groups == 1 else {"groups": int(groups)}
+    y = anp.apply("grouped_conv2d" if grouped else "conv2d", x, w, stride=int(stride[0]),
+                  padding=int(padding[0]), **grouped)
     if bias is None:
         return y
     return y + anp.reshape(cx.tensor(bias), [w.shape[0], 1, 1])
@@ -129,10 +125,6 @@ def _batch_norm(cx, x, weight, bias, mean, var, training, momentum, eps):
     return y, None, None, None, None
 
 
-def _batch_norm_functional(cx, x, weight, bias, mean, var, training, momentum, eps):
-    return _batch_norm(cx, x, weight, bias, mean, var, training, momentum, eps)
-
-
 def _batch_norm_no_training(cx, x, weight, bias, mean, var, momentum, eps):
     return _batch_norm(cx, x, weight, bias, mean, var, False, momentum, eps)[:3]
 
@@ -148,11 +140,9 @@ def _square(values, what):
 def _max_pool(cx, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
     if ceil_mode or _square(dilation, "dilation") != 1:
         raise Unsupported("ceil_mode or dilation")
-    k = _square(kernel, "kernel")
-    s = _square(stride or kernel, "stride")
-    y = anp.apply("max_pool2d", cx.tensor(x), kernel=k, stride=s,
-                  padding=_square(padding, "padding"))
-    return y, None
+    k, s = _square(kernel, "kernel"), _square(stride or kernel, "stride")
+    return anp.apply("max_pool2d", cx.tensor(x), kernel=k, stride=s,
+                     padding=_square(padding, "padding")), None
 
 
 def _avg_pool(cx, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
@@ -160,9 +150,8 @@ def _avg_pool(cx, x, kernel, stride=(), padding=0, ceil_mode=False, count_includ
     p = _square(padding, "padding")
     if ceil_mode or divisor_override is not None or (p and not count_include_pad):
         raise Unsupported("ceil_mode, divisor_override or count_include_pad=False")
-    k = _square(kernel, "kernel")
-    return anp.apply("avg_pool2d", cx.tensor(x), kernel=k, stride=_square(stride or kernel,
-                                                                           "stride"), padding=p)
+    k, s = _square(kernel, "kernel"), _square(stride or kernel, "stride")
+    return anp.apply("avg_pool2d", cx.tensor(x), kernel=k, stride=s, padding=p)
 
 
 # ------------------------------------------------------------------ reductions
@@ -193,10 +182,7 @@ def _permute(cx, x, dims):
 
 
 def _transpose(cx, x, d0=0, d1=1):
-    x = cx.tensor(x)
-    perm = list(range(x.ndim))
-    perm[d0 % x.ndim], perm[d1 % x.ndim] = perm[d1 % x.ndim], perm[d0 % x.ndim]
-    return anp.transpose(x, perm)
+    return anp.swapaxes(cx.tensor(x), d0, d1)
 
 
 def _select(cx, x, dim, index):
@@ -286,9 +272,8 @@ HANDLERS = {
     "aten.mm": _matmul, "aten.bmm": _matmul, "aten.matmul": _matmul, "aten.addmm": _addmm,
     "aten.convolution": _convolution,
     "aten.native_layer_norm": _layer_norm,
-    "aten._native_batch_norm_legit_functional": _batch_norm_functional,
-    "aten._native_batch_norm_legit": _batch_norm_functional,
-    "aten.native_batch_norm": _batch_norm_functional,
+    "aten._native_batch_norm_legit_functional": _batch_norm,
+    "aten._native_batch_norm_legit": _batch_norm, "aten.native_batch_norm": _batch_norm,
     "aten._native_batch_norm_legit_no_training": _batch_norm_no_training,
     "aten.max_pool2d_with_indices": _max_pool, "aten.avg_pool2d": _avg_pool,
     "aten.mean": _reduction("mean"), "aten.sum": _reduction("sum"),

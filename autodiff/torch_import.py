@@ -4,16 +4,14 @@
 core ATen, and maps each ATen op onto the op registry (autodiff/torch_aten.py). What it keeps:
 
 - Names and groups from the module stack: a node made inside `transformer.h.0.attn.c_attn`
-  is named `transformer.h.0.attn.c_attn.<op>` and grouped `transformer.h.0.attn.c_attn`;
-  a parameter keeps its state-dict name and is grouped with its owning module. The graph is
-  named after the model class.
-- Values: parameters keep theirs (`ImportedModel.params`); buffers and constants become
-  `const` nodes holding their values. A tied weight, which torch.export lists once per use
-  (one tensor), is one parameter under its first name in `module.named_parameters()`.
-- Constant folding: an op whose operands are all known constants (buffers, arange, masks,
-  T5's position buckets, a rotary table) runs once in torch at import time and becomes a
-  `const`; ops reading only an operand's shape (`full_like`) too. Only work that depends on
-  the inputs or the parameters stays in the graph, as in a training step.
+  is named `transformer.h.0.attn.c_attn.<op>` and grouped so; a parameter keeps its
+  state-dict name and joins its owning module's group. The graph is named after the class.
+- Values: parameters keep theirs (`ImportedModel.params`), buffers and constants become
+  `const`s. A tied weight (listed by torch.export once per use) is one parameter under its
+  first name in `module.named_parameters()`.
+- Constant folding: an op on known constants only (buffers, masks, T5's position buckets, a
+  rotary table) or on an operand's shape only (`full_like`) runs once in torch at import
+  time and becomes a `const`: only work on the inputs or parameters stays in the graph.
 - Code under torch.no_grad() (a `wrap_with_set_grad_enabled` nested graph in the exported
   program) is inlined, its outputs cut from the gradient with `stop_gradient`.
 - Every mapped node's shape is checked against torch's; a dtype that differs (numpy's
@@ -27,14 +25,14 @@ from __future__ import annotations
 import operator
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
-from autodiff.trace import Tensor, Tracer
+from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node, live_names
+from autodiff.trace import Tensor, Tracer, tree_flatten
 
 __all__ = ["ImportedModel", "InputSpec", "TorchImportError", "export_program", "import_torch",
            "import_exported"]
@@ -115,8 +113,7 @@ def export_program(module, example_inputs: Sequence, name: str | None = None):
     torch = _require_torch()
     name = name or type(module).__name__
     try:
-        program = torch.export.export(module, tuple(example_inputs))
-        return program.run_decompositions()
+        return torch.export.export(module, tuple(example_inputs)).run_decompositions()
     except Exception as exc:  # torch raises many unrelated classes here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TorchImportError(f"{name}: torch.export failed: {type(exc).__name__}: "
@@ -129,12 +126,7 @@ def import_torch(module, example_inputs: Sequence, *, name: str | None = None) -
     name = name or type(module).__name__
     program = export_program(module, example_inputs, name)
     imported = import_exported(program, module, example_inputs, name)
-    return _with_seconds(imported, time.perf_counter() - start)
-
-
-def _with_seconds(imported: ImportedModel, seconds: float) -> ImportedModel:
-    from dataclasses import replace
-    return replace(imported, seconds=seconds)
+    return replace(imported, seconds=time.perf_counter() - start)
 
 
 def import_exported(program, module, example_inputs: Sequence, name: str,
@@ -178,14 +170,6 @@ def _storage_key(t) -> tuple:
             tuple(t.stride()), str(t.dtype))
 
 
-def _leaves(x) -> list:
-    if isinstance(x, (list, tuple)):
-        return [y for item in x for y in _leaves(item)]
-    if isinstance(x, dict):
-        return [y for item in x.values() for y in _leaves(item)]
-    return [x]
-
-
 def _map(x, fn):
     if isinstance(x, (list, tuple)):
         return type(x)(_map(item, fn) for item in x)
@@ -212,7 +196,6 @@ class _Importer:
         self.shape: tuple[int, ...] = ()
         self.dtype: str = "float32"
 
-    # ------------------------------------------------------------------ values
     def dtype_name(self, dtype, where: str) -> str:
         if dtype not in self.dtypes:
             raise TorchImportError(f"{self.name}: {where}: dtype {dtype} is not supported "
@@ -254,15 +237,14 @@ class _Importer:
             return x.value.item()
         return x if isinstance(x, (bool, int, float)) else self.tensor(x)
 
-    # ------------------------------------------------------------------ sources
     def sources(self, example_inputs) -> tuple[dict, list[InputSpec]]:
         """env entries for the placeholders (inputs, params, buffers, constants)."""
         from torch.export.graph_signature import InputKind
-        program, tracer = self.program, self.tracer
+        program = self.program
         names = {}
         for n, p in self.module.named_parameters():
             names.setdefault(_storage_key(p), n)
-        user = [x for x in _leaves(list(example_inputs))]
+        user = tree_flatten(list(example_inputs))[0]
         env, specs, by_key = {}, [], {}
         placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
         for node, spec in zip(placeholders, program.graph_signature.input_specs):
@@ -293,19 +275,16 @@ class _Importer:
             values = example.long() if example.numel() else self.torch.zeros(1).long()
             low, high = int(values.min()), int(values.max()) + 1
         specs.append(InputSpec(name, tuple(example.shape), dtype, low, high))
-        self.tracer.prefix = None
         return self.tracer.source("input", tuple(example.shape), dtype, name)
 
     def _param(self, name: str, t) -> Tensor:
         dtype = self.dtype_name(t.dtype, f"parameter {name!r}")
-        self.tracer.prefix = None
         with self.tracer.scope(group=name.rsplit(".", 1)[0] if "." in name else None):
             p = self.tracer.source("param", tuple(t.shape), dtype, name,
                                    attrs={"init": {"kind": "imported"}})
         self.params[p.name] = self.numpy(t)
         return p
 
-    # ------------------------------------------------------------------ the graph
     def run(self, example_inputs, source: str) -> ImportedModel:
         from torch.export.graph_signature import OutputKind
         env, specs = self.sources(example_inputs)
@@ -317,7 +296,9 @@ class _Importer:
         self.walk(graph, env, needed)
         self.tracer.prefix = None
         outputs = [self.tensor(env[r] if hasattr(r, "op") else r) for r in results]
-        nodes = _live(self.tracer.nodes, [o.name for o in outputs])
+        # params stay; a failed mapping may leave nodes no output reads
+        needed = live_names(self.tracer.nodes, [o.name for o in outputs])
+        nodes = [n for n in self.tracer.nodes if n.name in needed or n.op == "param"]
         try:
             g = Graph(nodes, [o.name for o in outputs], self.name, source=source)
         except GraphError as exc:
@@ -353,7 +334,7 @@ class _Importer:
         val = node.meta.get("val")
         if isinstance(val, self.torch.Tensor):
             self.shape, self.dtype = tuple(val.shape), self.dtypes.get(val.dtype, "float32")
-        dynamic = any(isinstance(x, Tensor) for x in _leaves([args, kwargs]))
+        dynamic = any(isinstance(x, Tensor) for x in tree_flatten([args, kwargs])[0])
         if packet not in self.aten.RANDOM and (not dynamic or packet in self.aten.SHAPE_ONLY):
             return self.fold(node, args, kwargs)
         handler = self.aten.HANDLERS.get(target) or self.aten.HANDLERS.get(packet)
@@ -407,7 +388,7 @@ class _Importer:
 
     def opaque_node(self, node, target: str, args, kwargs, val, reason: str):
         """An op the registry cannot express: one opaque node per tensor output."""
-        inputs = [self.tensor(x) for x in _leaves([args, kwargs])
+        inputs = [self.tensor(x) for x in tree_flatten([args, kwargs])[0]
                   if isinstance(x, (Tensor, _Const))]
         self.opaque.append(f"{target} ({reason})")
         vals = val if isinstance(val, (list, tuple)) else [val]
@@ -434,13 +415,4 @@ def _needed(results) -> set:
         needed.add(node)
         stack.extend(node.all_input_nodes)
     return needed
-
-
-def _live(nodes: list[Node], outputs: list[str]) -> list[Node]:
-    """Params, and the nodes some output depends on (a failed mapping may leave dead ones)."""
-    needed = set(outputs)
-    for node in reversed(nodes):
-        if node.name in needed:
-            needed.update(node.inputs)
-    return [n for n in nodes if n.name in needed or n.op == "param"]
 

@@ -1,9 +1,8 @@
 """Symbolic tensors whose operators record graph nodes, and `trace(fn, *args) -> Graph`.
 
-A Tracer is a graph under construction. When every input of an op carries a concrete value
-the op is also evaluated on the spot, so Python control flow on values works while tracing
-(only the branch taken is recorded). Abstract tensors (shape only) build graphs without
-allocating any tensor memory, which is how the model builders make billion-parameter graphs.
+A Tracer is a graph under construction. An op whose inputs all carry concrete values is also
+evaluated, so Python control flow on values works (only the branch taken is recorded).
+Abstract tensors (shape only) allocate no memory: billion-parameter graphs build quickly.
 """
 from __future__ import annotations
 
@@ -42,32 +41,26 @@ class Tracer:
         self.group: str | None = None
         self.updates: dict[str, str] = {}   # state node -> node holding its new value
 
-    # ------------------------------------------------------------ naming
     def fresh(self, base: str) -> str:
-        if base not in self._names:
-            self._names.add(base)
-            return base
-        counter = self._counters.setdefault(base, itertools.count(1))
-        while True:
-            name = f"{base}_{next(counter)}"
-            if name not in self._names:
-                self._names.add(name)
-                return name
+        name = base
+        if name in self._names:
+            counter = self._counters.setdefault(base, itertools.count(1))
+            while name in self._names:
+                name = f"{base}_{next(counter)}"
+        self._names.add(name)
+        return name
 
     @contextlib.contextmanager
     def scope(self, *, group: str | None = None, grad_of: str | None = None):
         """Tag nodes recorded inside with a layer group and/or the forward node of a gradient."""
         saved = (self.group, self.grad_of)
-        if group is not None:
-            self.group = group
-        if grad_of is not None:
-            self.grad_of = grad_of
+        self.group = self.group if group is None else group
+        self.grad_of = self.grad_of if grad_of is None else grad_of
         try:
             yield
         finally:
             self.group, self.grad_of = saved
 
-    # ---------------------------------------------------------- recording
     def _add(self, node: Node, value: np.ndarray | None) -> "Tensor":
         self.nodes.append(node)
         self.values[node.name] = value
@@ -81,14 +74,11 @@ class Tracer:
             shape = value.shape
         node = Node(self.fresh(name or op), op, (), tuple(int(d) for d in shape),
                     _dtype_name(dtype), dict(attrs or {}), self.group, None, self.grad_of)
-        return self._add(node, value if (value is not None and self.eager) else
-                         (value if op == "const" else None))
+        return self._add(node, value if self.eager or op == "const" else None)
 
     def const(self, value, dtype=None, name: str | None = None) -> "Tensor":
         """A constant tensor; its value lives in attrs['value'] so the graph is self-contained."""
         arr = np.asarray(value, dtype=dtype)
-        if arr.dtype == np.float64 and dtype is None and np.ndim(value) == 0:
-            arr = np.asarray(value, dtype="float64")
         return self.source("const", arr.shape, arr.dtype, name or "const", value=arr,
                            attrs={"value": arr})
 
@@ -113,7 +103,7 @@ class Tracer:
             vals = [self.values[t.name] for t in inputs]
             if all(v is not None for v in vals):
                 value = np.asarray(opdef.forward(*vals, **attrs), dtype=dtype)
-        elif self.eager and opdef.random:
+        elif self.eager:
             from autodiff.ops.sources import draw_random
             value = draw_random(node, step=0)
         return self._add(node, value)
@@ -224,27 +214,21 @@ class Tensor:
 # ----------------------------------------------------------------- pytrees
 def tree_flatten(tree) -> tuple[list, Callable[[list], Any]]:
     """Leaves of nested dicts/lists/tuples (in a deterministic order) and a rebuild function."""
-    if isinstance(tree, dict):
-        keys = list(tree)
-        parts = [tree_flatten(tree[k]) for k in keys]
-        def rebuild(leaves, parts=parts, keys=keys):
-            out, i = {}, 0
-            for k, (lv, rb) in zip(keys, parts):
-                out[k] = rb(leaves[i:i + len(lv)])
-                i += len(lv)
-            return out
-        return [x for lv, _ in parts for x in lv], rebuild
-    if isinstance(tree, (list, tuple)):
-        parts = [tree_flatten(x) for x in tree]
-        kind = type(tree)
-        def rebuild(leaves, parts=parts, kind=kind):
-            out, i = [], 0
-            for lv, rb in parts:
-                out.append(rb(leaves[i:i + len(lv)]))
-                i += len(lv)
-            return kind(out) if kind in (list, tuple) else kind(*out)
-        return [x for lv, _ in parts for x in lv], rebuild
-    return [tree], lambda leaves: leaves[0]
+    if not isinstance(tree, (dict, list, tuple)):
+        return [tree], lambda leaves: leaves[0]
+    keys = list(tree) if isinstance(tree, dict) else None
+    parts = [tree_flatten(x) for x in (tree.values() if keys is not None else tree)]
+    kind = type(tree)
+
+    def rebuild(leaves):
+        out, i = [], 0
+        for lv, rb in parts:
+            out.append(rb(leaves[i:i + len(lv)]))
+            i += len(lv)
+        if keys is not None:
+            return dict(zip(keys, out))
+        return kind(out) if kind in (list, tuple) else kind(*out)
+    return [x for lv, _ in parts for x in lv], rebuild
 
 
 def current_tracer(*trees) -> Tracer | None:
@@ -264,12 +248,9 @@ def lift(tracer: Tracer, x, dtype: str | None = None) -> Tensor:
 
 
 def trace(fn: Callable, *example_args, name: str | None = None, abstract: bool = False) -> Graph:
-    """Record `fn(*example_args)` as a Graph.
-
-    Array leaves of the arguments become `input` nodes named after their position
-    (`arg0`, `arg1.w`, ...); with `abstract=True` only their shapes and dtypes are used.
-    Outputs may be a Tensor or a nested structure of Tensors.
-    """
+    """Record `fn(*example_args)` (returning a Tensor or a nested structure of them) as a
+    Graph. Array leaves of the arguments become `input` nodes named after their position
+    (`arg0`, `arg1.w`, ...); with `abstract=True` only their shapes and dtypes are used."""
     tracer = Tracer(name or getattr(fn, "__name__", "graph"), eager=not abstract)
     args = [_to_inputs(tracer, a, f"arg{i}") for i, a in enumerate(example_args)]
     out = fn(*args)
@@ -279,18 +260,16 @@ def trace(fn: Callable, *example_args, name: str | None = None, abstract: bool =
     return tracer.graph(leaves)
 
 
-def _to_inputs(tracer: Tracer, tree, prefix: str, op: str = "input"):
+def _to_inputs(tracer: Tracer, tree, prefix: str):
     leaves, rebuild = tree_flatten(tree)
-    paths = _leaf_paths(tree, prefix)
     out = []
-    for leaf, path in zip(leaves, paths):
+    for leaf, path in zip(leaves, _leaf_paths(tree, prefix)):
         if isinstance(leaf, (np.ndarray, np.generic, float, int)) and not isinstance(leaf, bool):
             arr = np.asarray(leaf)
             if arr.dtype.kind == "i" and isinstance(leaf, int):
                 arr = arr.astype("int64")
-            out.append(tracer.source(op, arr.shape, arr.dtype, path, value=arr))
-        else:
-            out.append(leaf)
+            leaf = tracer.source("input", arr.shape, arr.dtype, path, value=arr)
+        out.append(leaf)
     return rebuild(out)
 
 
