@@ -12,8 +12,8 @@ import numpy as np
 
 from autodiff.ir import Graph
 from partition.cluster import Cluster
-from partition.cost import (GraphArrays, graph_arrays, memory_per_device, multiplicity,
-                            kahn_order, remote_pairs, slots_of)
+from partition.cost import (GraphArrays, graph_arrays, kahn_order, memory_per_device,
+                            remote_pairs, slots_of, step_train_flops)
 from partition.errors import PlacementError
 
 
@@ -85,8 +85,7 @@ def compute_metrics(graph: Graph | GraphArrays, assignment, cluster: Cluster,
     cut = a[arrays.in_idx] != a[arrays.in_dst]
     edge_cut = int(sent[arrays.in_idx[cut]].sum())
 
-    loads = np.bincount(a, weights=arrays.train_flops * multiplicity(arrays, micro_batches),
-                        minlength=k)
+    loads = np.bincount(a, weights=step_train_flops(arrays, micro_batches), minlength=k)
     speeds = cluster.speeds
     total = loads.sum()
     imbalance = float((loads / speeds).max() / (total / speeds.sum())) if total > 0 else 1.0

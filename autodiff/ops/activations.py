@@ -16,8 +16,8 @@ from scipy import special
 
 from autodiff import numpy as anp
 from autodiff.ops.elementwise import compare_shape, tangent_sum, unary_float_shape
-from autodiff.ops.registry import OpDef, elementwise_flops
-from autodiff.ops.reduce import reduce_shape, _np_axis, _reduce_flops
+from autodiff.ops.registry import OpDef, elementwise_flops, input_flops
+from autodiff.ops.reduce import reduce_shape, _np_axis
 
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -171,7 +171,7 @@ OPS = [
     OpDef("logical_or", compare_shape, lambda a, b: np.logical_or(a, b), elementwise_flops(1),
           arity=2, doc="boolean or; no gradient"),
     OpDef("any", _any_shape, lambda x, axis=None, keepdims=False:
-          np.any(x, axis=_np_axis(axis), keepdims=keepdims), _reduce_flops, arity=1,
+          np.any(x, axis=_np_axis(axis), keepdims=keepdims), input_flops(1), arity=1,
           doc="whether any element along axis is true; no gradient"),
 ]
 

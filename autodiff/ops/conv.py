@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, float_dtype, promote
+from autodiff.ops.registry import OpDef, ShapeError, float_dtype, input_flops, promote
 
 
 def _out_size(n: int, k: int, stride: int, padding: int) -> int:
@@ -282,7 +282,7 @@ OPS = [
     OpDef("fold2d", _fold_shape,
           lambda cols, kernel, stride, padding, shape: _scatter_windows(
               np.asarray(cols), tuple(shape), stride, padding),
-          lambda shapes, out_shape, **attrs: math.prod(shapes[0]),
+          input_flops(1),
           vjp=lambda g, out, cols, kernel, stride, padding, shape:
           (_unfold(g, kernel, stride, padding),),
           jvp=lambda t, out, cols, kernel, stride, padding, shape:

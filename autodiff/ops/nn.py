@@ -11,7 +11,7 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
-                                   float_dtype, promote)
+                                   float_dtype, input_flops, promote)
 from autodiff.ops.elementwise import tangent_sum
 from autodiff.ops.reduce import logsumexp_numpy
 
@@ -207,10 +207,6 @@ def _mse_jvp(t, out, pred, target):
     return anp.sum((pred - target) * dt) * (2.0 / n)
 
 
-def _cross_entropy_flops(shapes, out_shape, **attrs):
-    return 4 * math.prod(shapes[0])
-
-
 def _mse_flops(shapes, out_shape, **attrs):
     return 3 * math.prod(broadcast_shapes(*shapes))
 
@@ -248,7 +244,7 @@ OPS = [
     OpDef("sigmoid", _unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
           vjp=lambda g, out, x: (g * out * (1 - out),),
           jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),
-    OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, _cross_entropy_flops,
+    OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, input_flops(4),
           vjp=_cross_entropy_vjp, jvp=_cross_entropy_jvp, saves=(0, 1), arity=2,
           doc="mean over samples of logsumexp(logits) - logits[label]; stable; labels get no "
               "gradient"),

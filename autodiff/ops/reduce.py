@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, float_dtype, normalize_axes
+from autodiff.ops.registry import OpDef, ShapeError, float_dtype, input_flops, normalize_axes
 
 
 def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
@@ -61,14 +61,6 @@ def expand_reduced(g, in_shape, axis, keepdims):
 
 def _np_axis(axis):
     return None if axis is None else tuple(np.atleast_1d(axis).tolist())
-
-
-def _reduce_flops(shapes, out_shape, **attrs):
-    return math.prod(shapes[0])
-
-
-def _four_per_element(shapes, out_shape, **attrs):
-    return 4 * math.prod(shapes[0])
 
 
 def logsumexp_numpy(x, axis=-1, keepdims=False):
@@ -163,24 +155,24 @@ def _log_softmax_jvp(t, out, x, axis=-1):
 OPS = [
     OpDef("sum", _sum_shape, lambda x, axis=None, keepdims=False:
           np.sum(x, axis=_np_axis(axis), keepdims=keepdims),
-          _reduce_flops, vjp=_sum_vjp, jvp=_sum_jvp, arity=1),
+          input_flops(1), vjp=_sum_vjp, jvp=_sum_jvp, arity=1),
     OpDef("mean", _float_reduce_shape, lambda x, axis=None, keepdims=False:
           np.mean(x, axis=_np_axis(axis), keepdims=keepdims),
-          _reduce_flops, vjp=_mean_vjp,
+          input_flops(1), vjp=_mean_vjp,
           jvp=lambda t, out, x, axis=None, keepdims=False: anp.mean(t[0], axis, keepdims),
           arity=1),
     OpDef("max", _max_shape, lambda x, axis=None, keepdims=False:
           np.max(x, axis=_np_axis(axis), keepdims=keepdims),
-          _reduce_flops, vjp=_max_vjp, jvp=_max_jvp, saves=(0, "out"), arity=1,
+          input_flops(1), vjp=_max_vjp, jvp=_max_jvp, saves=(0, "out"), arity=1,
           doc="max reduction; ties split the gradient evenly among the maxima of a slice"),
-    OpDef("logsumexp", _float_reduce_shape, logsumexp_numpy, _four_per_element,
+    OpDef("logsumexp", _float_reduce_shape, logsumexp_numpy, input_flops(4),
           vjp=_logsumexp_vjp, jvp=_logsumexp_jvp, saves=(0, "out"), arity=1,
           doc="log(sum(exp(x))) over axis, stable (max subtracted first)"),
-    OpDef("softmax", _softmax_shape, _softmax_numpy, _four_per_element,
+    OpDef("softmax", _softmax_shape, _softmax_numpy, input_flops(4),
           vjp=_softmax_vjp, jvp=_softmax_jvp, saves=("out",), arity=1,
           doc="exp(x) / sum(exp(x)) over one axis, stable (max subtracted first)"),
     OpDef("log_softmax", _softmax_shape,
           lambda x, axis=-1: np.asarray(x) - logsumexp_numpy(x, axis, keepdims=True),
-          _four_per_element, vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, saves=("out",),
+          input_flops(4), vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, saves=("out",),
           arity=1, doc="x - logsumexp(x) over one axis, stable"),
 ]

@@ -18,7 +18,7 @@ tuple attr may come back from a file as a list):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -48,7 +48,6 @@ class OpDef:
     arity: int | None = None          # None: variadic
     random: bool = False              # draws fresh values each run (never constant-folded)
     doc: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _build_registry() -> dict[str, OpDef]:
@@ -153,14 +152,17 @@ def kept_for_backward(graph: Graph) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- rule helpers
-def numel(shape) -> int:
-    return math.prod(shape)
-
-
 def elementwise_flops(per_element: int = 1) -> Callable:
     """FLOPs rule: `per_element` FLOPs per output element."""
     def rule(shapes, out_shape, **attrs) -> int:
         return per_element * math.prod(out_shape)
+    return rule
+
+
+def input_flops(per_element: int = 1) -> Callable:
+    """FLOPs rule: `per_element` FLOPs per element of the first input."""
+    def rule(shapes, out_shape, **attrs) -> int:
+        return per_element * math.prod(shapes[0])
     return rule
 
 
