@@ -142,9 +142,7 @@ class _Round:
     def _reevaluate(self, heap: list, v: int) -> None:
         """Push fresh entries for a node whose nets changed, once per change."""
         if self.fresh[v] != self.stamp[v]:
-            self.fresh[v] = self.stamp[v]
-            for entry in self.entries(np.array([v])):
-                heapq.heappush(heap, entry)
+            self._push(heap, np.array([v]))
 
     def _push(self, heap: list, nodes: np.ndarray) -> None:
         """Push fresh entries for all of `nodes`."""

@@ -11,8 +11,8 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ir import Graph
-from autodiff.models.init import ZEROS, normal
-from autodiff.models.layers import (ModelError, affine, check_dtype, check_sizes, label_input,
+from autodiff.models.init import normal
+from autodiff.models.layers import (ModelError, check_dtype, check_sizes, dense, label_input,
                                     layer_norm, param)
 from autodiff.trace import Tensor, Tracer
 
@@ -62,10 +62,7 @@ def _block(x: Tensor, name: str, batch: int, seq: int, heads: int, proj_std: flo
 
 
 def _linear(x: Tensor, name: str, out_features: int, std: float) -> Tensor:
-    tracer, dtype = x.tracer, x.dtype
-    w = param(tracer, f"{name}.weight", (x.shape[-1], out_features), dtype, normal(std))
-    b = param(tracer, f"{name}.bias", (out_features,), dtype, ZEROS)
-    return affine(x, w, b)
+    return dense(x, name, out_features, weight_init=normal(std))
 
 
 def _attention(a: Tensor, name: str, batch: int, seq: int, heads: int, proj_std: float

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import special
 
 from autodiff import numpy as anp
-from autodiff.ops.elementwise import compare_shape, tangent_sum, unary_float_shape
+from autodiff.ops.elementwise import compare_shape, same_shape, tangent_sum, unary_float_shape
 from autodiff.ops.registry import OpDef, elementwise_flops, input_flops
 from autodiff.ops.reduce import reduce_shape, _np_axis
 
@@ -64,23 +64,14 @@ def _silu_slope(x):
 
 
 # ------------------------------------------------------------------ hard activations
-def _inside(x, lo, hi, dtype, closed: bool):
-    """1 where lo < x < hi (or <=, closed) else 0, in `dtype`."""
-    if closed:
-        mask = anp.astype(anp.greater_equal(x, lo), dtype) * anp.astype(anp.less_equal(x, hi),
-                                                                         dtype)
-    else:
-        mask = anp.astype(anp.greater(x, lo), dtype) * anp.astype(anp.less(x, hi), dtype)
-    return mask
-
-
 def _hardsigmoid_numpy(x):
     x = _float(x)
     return _cast(np.clip(x / 6.0 + 0.5, 0.0, 1.0), x)
 
 
 def _hardsigmoid_slope(x, dtype):
-    return _inside(x, -3.0, 3.0, dtype, closed=False) * (1.0 / 6.0)
+    inside = anp.astype(anp.greater(x, -3.0), dtype) * anp.astype(anp.less(x, 3.0), dtype)
+    return inside * (1.0 / 6.0)
 
 
 def _hardswish_numpy(x):
@@ -89,7 +80,7 @@ def _hardswish_numpy(x):
 
 
 def _hardswish_slope(x, dtype):
-    middle = _inside(x, -3.0, 3.0, dtype, closed=True)
+    middle = _clamp_mask(x, -3.0, 3.0, dtype)
     above = anp.astype(anp.greater(x, 3.0), dtype)
     return middle * (x * (1.0 / 3.0) + 0.5) + above
 
@@ -122,10 +113,6 @@ def _clamp_vjp(g, out, x, lo=None, hi=None):
 def _clamp_jvp(t, out, x, lo=None, hi=None):
     mask = _clamp_mask(x, lo, hi, out.dtype)
     return t[0] if mask is None else t[0] * mask
-
-
-def _clamp_shape(shapes, dtypes, lo=None, hi=None):
-    return tuple(shapes[0]), dtypes[0]
 
 
 # ------------------------------------------------------------------ boolean ops
@@ -161,7 +148,7 @@ OPS = [
     OpDef("reciprocal", unary_float_shape, lambda x: 1.0 / _float(x), elementwise_flops(1),
           vjp=lambda g, out, x: (-(g * out * out),),
           jvp=lambda t, out, x: -(t[0] * out * out), saves=("out",), arity=1, doc="1 / x"),
-    OpDef("clamp", _clamp_shape, _clamp_numpy, elementwise_flops(2),
+    OpDef("clamp", same_shape, _clamp_numpy, elementwise_flops(2),
           vjp=_clamp_vjp, jvp=_clamp_jvp, saves=(0,), arity=1,
           doc="clip x to [lo, hi] (either may be None); gradient where lo <= x <= hi, as torch"),
     OpDef("logical_not", _bool_shape, lambda x: np.logical_not(x), elementwise_flops(1),

@@ -45,12 +45,7 @@ def _astype_shape(shapes, dtypes, dtype):
 def tangent_sum(*terms):
     """Sum of the non-None tangent terms (None when all are zero)."""
     terms = [t for t in terms if t is not None]
-    if not terms:
-        return None
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def _scaled(t, factor):

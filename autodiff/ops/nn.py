@@ -12,7 +12,7 @@ import numpy as np
 from autodiff import numpy as anp
 from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
                                    float_dtype, input_flops, promote)
-from autodiff.ops.elementwise import tangent_sum
+from autodiff.ops.elementwise import tangent_sum, unary_float_shape
 from autodiff.ops.reduce import logsumexp_numpy
 
 
@@ -73,19 +73,11 @@ def _matmul_vjp(g, out, a, b):
 
 
 def _matmul_jvp(t, out, a, b):
-    terms = []
-    if t[0] is not None:
-        terms.append(anp.matmul(t[0], b))
-    if t[1] is not None:
-        terms.append(anp.matmul(a, t[1]))
-    return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    return tangent_sum(None if t[0] is None else anp.matmul(t[0], b),
+                       None if t[1] is None else anp.matmul(a, t[1]))
 
 
 # ------------------------------------------------------------- activations
-def _unary_float_shape(shapes, dtypes, **attrs):
-    return tuple(shapes[0]), float_dtype(dtypes[0])
-
-
 def _positive(out):
     return anp.astype(anp.greater(out, 0), out.dtype)
 
@@ -229,7 +221,7 @@ OPS = [
           vjp=lambda g, out, x: (g * _positive(out),),
           jvp=lambda t, out, x: t[0] * _positive(out), saves=("out",), arity=1,
           doc="max(x, 0); subgradient convention relu'(0) = 0"),
-    OpDef("gelu", _unary_float_shape, _gelu_numpy, elementwise_flops(8),
+    OpDef("gelu", unary_float_shape, _gelu_numpy, elementwise_flops(8),
           vjp=lambda g, out, x: (anp.apply("gelu_grad", g, x),),
           jvp=lambda t, out, x: anp.apply("gelu_grad", t[0], x), saves=(0,), arity=1,
           doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
@@ -241,7 +233,7 @@ OPS = [
               None if t[1] is None else t[1] * g * _gelu_second_derivative(x)),
           saves=(0, 1), arity=2,
           doc="g * gelu'(x): gelu's backward, fused; differentiable again"),
-    OpDef("sigmoid", _unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
+    OpDef("sigmoid", unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
           vjp=lambda g, out, x: (g * out * (1 - out),),
           jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),
     OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, input_flops(4),

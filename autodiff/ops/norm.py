@@ -18,7 +18,7 @@ from autodiff import numpy as anp
 from autodiff.ops.elementwise import tangent_sum
 from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_dtype,
                                    normalize_axes, promote)
-from autodiff.ops.reduce import sum_last
+from autodiff.ops.reduce import _count, sum_last
 
 
 # ------------------------------------------------------------ numpy kernels
@@ -99,10 +99,6 @@ def _scale_shift(y, scale, shift):
 
 
 # ---------------------------------------------------- normalize (fused parts)
-def _count(shape, axis) -> int:
-    return math.prod(shape[a] for a in normalize_axes(axis, len(shape)))
-
-
 def _rstd(x, axis, eps):
     """1 / sqrt(var + eps) over `axis` (kept dims), from graph ops."""
     xc = x - anp.mean(x, axis, keepdims=True)
@@ -169,15 +165,15 @@ def _layer_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
     return (_normalize_grad(g * gamma, x, -1, eps), g * _normalize(x, -1, eps), g)
 
 
+def _add_terms(*terms):
+    """add_n of the non-None tangent terms (one term alone; None when there is none)."""
+    terms = [term for term in terms if term is not None]
+    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
+
+
 def _layer_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalize_grad(t[0], x, -1, eps) * gamma)
-    if t[1] is not None:
-        terms.append(_normalize(x, -1, eps) * t[1])
-    if t[2] is not None:
-        terms.append(t[2])
-    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
+    return _add_terms(None if t[0] is None else _normalize_grad(t[0], x, -1, eps) * gamma,
+                      None if t[1] is None else _normalize(x, -1, eps) * t[1], t[2])
 
 
 # --------------------------------------------------------------- batch_norm
@@ -218,15 +214,11 @@ def _batch_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
 
 
 def _batch_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
-    axes = _channel_axes(x.ndim)
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalize_grad(t[0], x, axes, eps) * _per_channel(gamma, x.ndim))
-    if t[1] is not None:
-        terms.append(_normalize(x, axes, eps) * _per_channel(t[1], x.ndim))
-    if t[2] is not None:
-        terms.append(_per_channel(t[2], x.ndim))
-    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
+    axes, n = _channel_axes(x.ndim), x.ndim
+    return _add_terms(
+        None if t[0] is None else _normalize_grad(t[0], x, axes, eps) * _per_channel(gamma, n),
+        None if t[1] is None else _normalize(x, axes, eps) * _per_channel(t[1], n),
+        None if t[2] is None else _per_channel(t[2], n))
 
 
 def _batch_norm_eval_numpy(x, gamma, beta, mean, var, eps=1e-5):
@@ -248,14 +240,9 @@ def _batch_norm_eval_vjp(g, out, x, gamma, beta, mean, var, eps=1e-5):
 
 def _batch_norm_eval_jvp(t, out, x, gamma, beta, mean, var, eps=1e-5):
     xhat, rstd = _eval_parts(x, mean, var, eps)
-    terms = []
-    if t[0] is not None:
-        terms.append(t[0] * (_per_channel(gamma, x.ndim) * rstd))
-    if t[1] is not None:
-        terms.append(xhat * _per_channel(t[1], x.ndim))
-    if t[2] is not None:
-        terms.append(_per_channel(t[2], x.ndim))
-    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
+    return _add_terms(None if t[0] is None else t[0] * (_per_channel(gamma, x.ndim) * rstd),
+                      None if t[1] is None else xhat * _per_channel(t[1], x.ndim),
+                      None if t[2] is None else _per_channel(t[2], x.ndim))
 
 
 OPS = [

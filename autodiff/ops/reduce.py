@@ -46,17 +46,13 @@ def _softmax_shape(shapes, dtypes, axis=-1):
     return tuple(shapes[0]), float_dtype(dtypes[0])
 
 
-def keepdims_shape(in_shape, axis) -> list[int]:
-    """Shape of a reduction's result with the reduced axes kept as size 1."""
-    axes = normalize_axes(axis, len(in_shape))
-    return [1 if i in axes else d for i, d in enumerate(in_shape)]
-
-
 def expand_reduced(g, in_shape, axis, keepdims):
-    """Reshape a reduction's gradient so it broadcasts against the input."""
+    """Reshape a reduction's gradient so it broadcasts against the input: the reduced axes kept
+    as size 1."""
     if keepdims:
         return g
-    return anp.reshape(g, keepdims_shape(in_shape, axis))
+    axes = normalize_axes(axis, len(in_shape))
+    return anp.reshape(g, [1 if i in axes else d for i, d in enumerate(in_shape)])
 
 
 def _np_axis(axis):
