@@ -29,54 +29,42 @@ def _float(x):
     return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
-def _cast(x, like):
-    """Mask arithmetic in numpy promotes to float64 from bool; keep the input's float dtype."""
-    return np.asarray(x, dtype=np.asarray(like).dtype if np.asarray(like).dtype.kind == "f"
-                      else np.float64)
+def _float_forward(fn):
+    """numpy forward fn(x) on x as float (ints become float64), returned in that dtype (mask
+    arithmetic in numpy promotes to float64 from bool)."""
+    def forward(x):
+        x = _float(x)
+        return np.asarray(fn(x), dtype=x.dtype)
+    return forward
 
 
 # ------------------------------------------------------------------ erf, gelu_erf
-def _erf_slope(x):
+def _erf_slope(x, dtype):
     return anp.exp(-(x * x)) * TWO_OVER_SQRT_PI
 
 
-def _gelu_erf_numpy(x):
-    x = _float(x)
-    return _cast(0.5 * x * (1.0 + special.erf(x * SQRT_HALF)), x)
-
-
-def _gelu_erf_slope(x):
+def _gelu_erf_slope(x, dtype):
     """Phi(x) + x phi(x): the exact GELU's derivative, from graph ops (differentiable again)."""
     cdf = (anp.apply("erf", x * SQRT_HALF) + 1.0) * 0.5
     return cdf + x * anp.exp(x * x * -0.5) * INV_SQRT_2PI
 
 
 # ------------------------------------------------------------------ silu
+@_float_forward
 def _silu_numpy(x):
-    x = _float(x)
     with np.errstate(over="ignore"):
-        return _cast(x / (1.0 + np.exp(-x)), x)
+        return x / (1.0 + np.exp(-x))
 
 
-def _silu_slope(x):
+def _silu_slope(x, dtype):
     s = anp.sigmoid(x)
     return s * (x * (1 - s) + 1)
 
 
 # ------------------------------------------------------------------ hard activations
-def _hardsigmoid_numpy(x):
-    x = _float(x)
-    return _cast(np.clip(x / 6.0 + 0.5, 0.0, 1.0), x)
-
-
 def _hardsigmoid_slope(x, dtype):
     inside = anp.astype(anp.greater(x, -3.0), dtype) * anp.astype(anp.less(x, 3.0), dtype)
     return inside * (1.0 / 6.0)
-
-
-def _hardswish_numpy(x):
-    x = _float(x)
-    return _cast(x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, x)
 
 
 def _hardswish_slope(x, dtype):
@@ -132,14 +120,15 @@ def _unary(name, forward, slope, flops, doc, saves=(0,)):
 
 
 OPS = [
-    _unary("erf", lambda x: _cast(special.erf(_float(x)), _float(x)),
-           lambda x, dt: _erf_slope(x), 4, "the error function"),
-    _unary("gelu_erf", _gelu_erf_numpy, lambda x, dt: _gelu_erf_slope(x), 8,
-           "exact GELU x * Phi(x) (torch gelu(approximate='none'), BERT, ViT)"),
-    _unary("silu", _silu_numpy, lambda x, dt: _silu_slope(x), 4, "x * sigmoid(x) (swish)"),
-    _unary("hardsigmoid", _hardsigmoid_numpy, _hardsigmoid_slope, 3,
+    _unary("erf", _float_forward(special.erf), _erf_slope, 4, "the error function"),
+    _unary("gelu_erf", _float_forward(lambda x: 0.5 * x * (1.0 + special.erf(x * SQRT_HALF))),
+           _gelu_erf_slope, 8, "exact GELU x * Phi(x) (torch gelu(approximate='none'), BERT, ViT)"),
+    _unary("silu", _silu_numpy, _silu_slope, 4, "x * sigmoid(x) (swish)"),
+    _unary("hardsigmoid", _float_forward(lambda x: np.clip(x / 6.0 + 0.5, 0.0, 1.0)),
+           _hardsigmoid_slope, 3,
            "clip(x / 6 + 1/2, 0, 1); slope 1/6 strictly inside (-3, 3), as torch"),
-    _unary("hardswish", _hardswish_numpy, _hardswish_slope, 3,
+    _unary("hardswish", _float_forward(lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
+           _hardswish_slope, 3,
            "x * clip(x + 3, 0, 6) / 6; slope (2x + 3) / 6 on [-3, 3], 1 above, as torch"),
     OpDef("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(_float(x)), elementwise_flops(1),
           vjp=lambda g, out, x: (g * out * out * out * -0.5,),
