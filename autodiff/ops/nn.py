@@ -192,10 +192,7 @@ def _mse_vjp(g, out, pred, target):
 
 def _mse_jvp(t, out, pred, target):
     n = math.prod(broadcast_shapes(pred.shape, target.shape))
-    if t[1] is None:
-        dt = t[0]
-    else:
-        dt = -t[1] if t[0] is None else t[0] - t[1]
+    dt = t[0] if t[1] is None else -t[1] if t[0] is None else t[0] - t[1]
     return anp.sum((pred - target) * dt) * (2.0 / n)
 
 

@@ -139,22 +139,17 @@ def _as_int(v) -> int:
     return int(v)
 
 
+# kind of an encode_index entry -> the numpy index it stands for
+_DECODE = {"int": lambda e: int(e[1]), "slice": lambda e: slice(e[1], e[2], e[3]),
+           "newaxis": lambda e: None, "array": lambda e: np.asarray(e[1], dtype=np.int64)}
+
+
 def decode_index(encoded) -> tuple:
     """The numpy index an `encode_index` list stands for."""
-    out = []
     for e in encoded:
-        kind = e[0]
-        if kind == "int":
-            out.append(int(e[1]))
-        elif kind == "slice":
-            out.append(slice(e[1], e[2], e[3]))
-        elif kind == "newaxis":
-            out.append(None)
-        elif kind == "array":
-            out.append(np.asarray(e[1], dtype=np.int64))
-        else:
+        if e[0] not in _DECODE:
             raise ShapeError(f"unknown index entry {e!r}")
-    return tuple(out)
+    return tuple(_DECODE[e[0]](e) for e in encoded)
 
 
 def _index_shape(encoded, shape: tuple) -> tuple[int, ...]:
