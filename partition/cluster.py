@@ -58,9 +58,6 @@ class Link:
     bandwidth: float
     latency: float
 
-    def transfer_time(self, nbytes: float) -> float:
-        return self.latency + nbytes / self.bandwidth
-
 
 @dataclass(frozen=True, eq=False)
 class Cluster:

@@ -56,9 +56,7 @@ def _matmul_vjp(g, out, a, b):
         return anp.matmul(g, anp.transpose(b)), gb
     a2 = anp.reshape(a, [1, a.shape[0]]) if a.ndim == 1 else a
     b2 = anp.reshape(b, [b.shape[0], 1]) if b.ndim == 1 else b
-    g2 = g
-    if a.ndim == 1:
-        g2 = anp.expand_dims(g2, -2)
+    g2 = anp.expand_dims(g, -2) if a.ndim == 1 else g
     if b.ndim == 1:
         g2 = anp.expand_dims(g2, -1)
     ga = anp.matmul(g2, anp.swapaxes(b2, -1, -2))
