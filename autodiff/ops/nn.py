@@ -172,9 +172,8 @@ def _cross_entropy_vjp(g, out, logits, labels):
 
 
 def _cross_entropy_jvp(t, out, logits, labels):
-    if t[0] is None:
-        return None
-    return anp.sum(t[0] * _softmax_minus_onehot(logits, labels)) * (1.0 / math.prod(labels.shape))
+    return None if t[0] is None else (anp.sum(t[0] * _softmax_minus_onehot(logits, labels))
+                                      * (1.0 / math.prod(labels.shape)))
 
 
 def _mse_shape(shapes, dtypes):

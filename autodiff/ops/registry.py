@@ -17,6 +17,7 @@ tuple attr may come back from a file as a list):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -50,8 +51,10 @@ class OpDef:
     doc: str = ""
 
 
-def _build_registry() -> dict[str, OpDef]:
-    # Explicit list of op modules: no registration by import side effect.
+@functools.cache
+def registry() -> dict[str, OpDef]:
+    """All known ops by name, built once from an explicit list of op modules (no registration
+    by import side effect)."""
     from autodiff.ops import conv, elementwise, nn, norm, reduce, shape, shard_ops, sources
     from autodiff.ops import activations, grouped_conv
     ops: dict[str, OpDef] = {}
@@ -62,17 +65,6 @@ def _build_registry() -> dict[str, OpDef]:
                 raise RuntimeError(f"op {op.name!r} declared twice")
             ops[op.name] = op
     return ops
-
-
-_REGISTRY: dict[str, OpDef] | None = None
-
-
-def registry() -> dict[str, OpDef]:
-    """All known ops by name."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = _build_registry()
-    return _REGISTRY
 
 
 def get_op(name: str) -> OpDef | None:
