@@ -27,8 +27,7 @@ DEFAULT_LATENCY = 1e-5     # seconds
 @dataclass(frozen=True)
 class Device:
     """One accelerator: a name, its speed in FLOP/s and its memory in bytes; optionally the
-    fixed seconds per executed op and the FLOP/s of op kinds that run at another rate (module
-    docstring)."""
+    measured op_overhead and op_flops (module docstring)."""
 
     name: str
     flops: float
@@ -180,9 +179,8 @@ class Cluster:
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> "Cluster":
-        """The cluster a cluster section describes (a uniform or hierarchical preset, or listed
-        devices and links), checked by partition/cluster_spec.py, the one validator of cluster
-        sections (units such as 16GB or 25GB/s accepted); ClusterError naming the field."""
+        """The cluster a cluster section describes, checked by partition/cluster_spec.py (the
+        one validator of cluster sections; units such as 16GB accepted): ClusterError if not."""
         from partition.cluster_spec import build, normalize
         return build(normalize(spec))
 

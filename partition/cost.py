@@ -202,10 +202,8 @@ def slots_of(optimizer: str) -> int:
 
 def remote_pairs(arrays: GraphArrays, assignment: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (node, device) pairs where `device` holds a consumer of `node` but not `node`.
-
-    Each pair is one transfer of the node's tensor (SPEC section 2, `remote(v)`), sorted by node.
-    """
+    """The distinct (node, device) pairs, sorted by node, where `device` holds a consumer of
+    `node` but not `node`: one transfer each of its tensor (SPEC section 2, `remote(v)`)."""
     src = arrays.in_idx
     device = assignment[arrays.in_dst]
     cut = assignment[src] != device

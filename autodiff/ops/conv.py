@@ -123,10 +123,9 @@ def _weight_grad_flops(shapes, out_shape, **attrs):
 
 def conv_ops(name: str, conv: tuple, input_grad: tuple, weight_grad: tuple, docs: tuple,
              **defaults) -> list[OpDef]:
-    """OpDefs of convolution `name` and its gradients `name`_input_grad, `name`_weight_grad,
-    each given as (shape rule, numpy forward). All three are bilinear and each one's VJP is
-    made of the other two, so any order of derivative stays in the graph. `defaults`: the
-    attrs besides `shape` with their default values (gradient nodes always carry them all)."""
+    """OpDefs of convolution `name` and its gradients `name`_input_grad and _weight_grad, each
+    given as (shape rule, numpy forward): bilinear ops whose VJPs are made of the other two, so
+    any order of derivative stays in the graph. `defaults`: the other attrs, always passed on."""
     ops = (name, f"{name}_input_grad", f"{name}_weight_grad")
 
     def apply(op, a, b, attrs, shape=None):

@@ -75,15 +75,12 @@ def _power_jvp(t, out, a, b):
 
 
 # ------------------------------------------------------ maximum / minimum
-def _first_share(a, b, dtype):
-    """1 where a > b, 0.5 at ties, 0 where a < b: a's share of maximum's gradient."""
-    return anp.astype(anp.greater(a, b), dtype) + anp.astype(anp.equal(a, b), dtype) * 0.5
-
-
 def _extremum_rules(first_wins):
-    """VJP and JVP of maximum (first_wins=greater) or minimum (first_wins=less)."""
+    """VJP and JVP of maximum (first_wins=greater) or minimum (first_wins=less): a's share of
+    the gradient is 1 where it wins, 0.5 at ties, 0 where it loses."""
     def share(a, b, dtype):
-        return _first_share(a, b, dtype) if first_wins == "greater" else _first_share(b, a, dtype)
+        x, y = (a, b) if first_wins == "greater" else (b, a)
+        return anp.astype(anp.greater(x, y), dtype) + anp.astype(anp.equal(x, y), dtype) * 0.5
 
     def vjp(g, out, a, b):
         s = share(a, b, out.dtype)

@@ -2,8 +2,7 @@
 
 Input channels and output channels are split into `groups` equal parts; part g of the output
 sees only part g of the input. Weights are (out, in / groups, kh, kw), as torch and ONNX store
-them. It runs as conv2d does (conv.py): a strided window view and one einsum per call, with
-its two gradients as ops of their own, each with a VJP, so higher derivatives stay in the graph.
+them. It runs as conv2d does (conv.py), with one einsum on a strided window view per call.
 
 FLOPs: 2 * out_elems * (Cin / groups) * kh * kw for the op and for each of its gradients.
 """

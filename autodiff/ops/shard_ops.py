@@ -85,9 +85,8 @@ def _shard_pick_grad_forward(g, labels, shape, offset, total):
 
 
 def _shard_ops(name: str, axis: int, gather: tuple, scatter, docs: tuple) -> list[OpDef]:
-    """OpDefs of shard gather `name` (shape rule and forward in `gather`) along `axis` of its
-    input and of its scatter-add adjoint `name`_grad (forward `scatter`); each one's VJP and
-    JVP are made of the two; the indices (input 1) get no gradient."""
+    """OpDefs of shard gather `name` along `axis` (shape rule and forward in `gather`) and of
+    its scatter-add adjoint `name`_grad; indices (input 1) get no gradient."""
     grad = f"{name}_grad"
 
     def grad_shape(shapes, dtypes, shape, offset, total):
