@@ -16,7 +16,7 @@ from scipy import special
 
 from autodiff import numpy as anp
 from autodiff.ops.elementwise import compare_shape, same_shape, tangent_sum, unary_float_shape
-from autodiff.ops.registry import OpDef, elementwise_flops, input_flops
+from autodiff.ops.registry import OpDef, elementwise_flops, input_flops, symmetric_op
 from autodiff.ops.reduce import reduce_shape, _np_axis
 
 SQRT_HALF = math.sqrt(0.5)
@@ -114,9 +114,8 @@ def _any_shape(shapes, dtypes, axis=None, keepdims=False):
 
 def _unary(name, forward, slope, flops, doc, saves=(0,)):
     """An elementwise op whose VJP and JVP multiply by slope(x, dtype)."""
-    return OpDef(name, unary_float_shape, forward, elementwise_flops(flops),
-                 vjp=lambda g, out, x: (g * slope(x, out.dtype),),
-                 jvp=lambda t, out, x: t[0] * slope(x, out.dtype), saves=saves, arity=1, doc=doc)
+    return symmetric_op(name, unary_float_shape, forward, elementwise_flops(flops),
+                        lambda v, out, x: v * slope(x, out.dtype), saves=saves, arity=1, doc=doc)
 
 
 OPS = [
@@ -130,13 +129,11 @@ OPS = [
     _unary("hardswish", _float_forward(lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
            _hardswish_slope, 3,
            "x * clip(x + 3, 0, 6) / 6; slope (2x + 3) / 6 on [-3, 3], 1 above, as torch"),
-    OpDef("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(_float(x)), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * out * out * out * -0.5,),
-          jvp=lambda t, out, x: t[0] * out * out * out * -0.5, saves=("out",), arity=1,
-          doc="1 / sqrt(x) (RMS norm)"),
-    OpDef("reciprocal", unary_float_shape, lambda x: 1.0 / _float(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (-(g * out * out),),
-          jvp=lambda t, out, x: -(t[0] * out * out), saves=("out",), arity=1, doc="1 / x"),
+    symmetric_op("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(_float(x)),
+                 elementwise_flops(1), lambda v, out, x: v * out * out * out * -0.5,
+                 saves=("out",), arity=1, doc="1 / sqrt(x) (RMS norm)"),
+    symmetric_op("reciprocal", unary_float_shape, lambda x: 1.0 / _float(x), elementwise_flops(1),
+                 lambda v, out, x: -(v * out * out), saves=("out",), arity=1, doc="1 / x"),
     OpDef("clamp", same_shape, _clamp_numpy, elementwise_flops(2),
           vjp=_clamp_vjp, jvp=_clamp_jvp, saves=(0,), arity=1,
           doc="clip x to [lo, hi] (either may be None); gradient where lo <= x <= hi, as torch"),

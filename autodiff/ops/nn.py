@@ -11,7 +11,7 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
-                                   float_dtype, input_flops, promote)
+                                   float_dtype, input_flops, promote, symmetric_op)
 from autodiff.ops.elementwise import tangent_sum, unary_float_shape
 from autodiff.ops.reduce import logsumexp_numpy
 
@@ -210,15 +210,13 @@ def _dropout_shape(shapes, dtypes, rate):
 OPS = [
     OpDef("matmul", _matmul_shape, _matmul_numpy, _matmul_flops,
           vjp=_matmul_vjp, jvp=_matmul_jvp, saves=(0, 1), arity=2),
-    OpDef("relu", lambda shapes, dtypes: (tuple(shapes[0]), dtypes[0]),
-          lambda x: np.maximum(x, 0), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * _positive(out),),
-          jvp=lambda t, out, x: t[0] * _positive(out), saves=("out",), arity=1,
-          doc="max(x, 0); subgradient convention relu'(0) = 0"),
-    OpDef("gelu", unary_float_shape, _gelu_numpy, elementwise_flops(8),
-          vjp=lambda g, out, x: (anp.apply("gelu_grad", g, x),),
-          jvp=lambda t, out, x: anp.apply("gelu_grad", t[0], x), saves=(0,), arity=1,
-          doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
+    symmetric_op("relu", lambda shapes, dtypes: (tuple(shapes[0]), dtypes[0]),
+                 lambda x: np.maximum(x, 0), elementwise_flops(1),
+                 lambda v, out, x: v * _positive(out), saves=("out",), arity=1,
+                 doc="max(x, 0); subgradient convention relu'(0) = 0"),
+    symmetric_op("gelu", unary_float_shape, _gelu_numpy, elementwise_flops(8),
+                 lambda v, out, x: anp.apply("gelu_grad", v, x), saves=(0,), arity=1,
+                 doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
     OpDef("gelu_grad", _gelu_grad_shape, _gelu_grad_numpy, elementwise_flops(12),
           vjp=lambda gg, out, g, x: (anp.apply("gelu_grad", gg, x),
                                      gg * g * _gelu_second_derivative(x)),
@@ -227,9 +225,8 @@ OPS = [
               None if t[1] is None else t[1] * g * _gelu_second_derivative(x)),
           saves=(0, 1), arity=2,
           doc="g * gelu'(x): gelu's backward, fused; differentiable again"),
-    OpDef("sigmoid", unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
-          vjp=lambda g, out, x: (g * out * (1 - out),),
-          jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),
+    symmetric_op("sigmoid", unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
+                 lambda v, out, x: v * out * (1 - out), saves=("out",), arity=1),
     OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, input_flops(4),
           vjp=_cross_entropy_vjp, jvp=_cross_entropy_jvp, saves=(0, 1), arity=2,
           doc="mean over samples of logsumexp(logits) - logits[label]; stable; labels get no "

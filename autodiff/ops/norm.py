@@ -17,7 +17,7 @@ import numpy as np
 from autodiff import numpy as anp
 from autodiff.ops.elementwise import tangent_sum
 from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_dtype,
-                                   normalize_axes, promote)
+                                   normalize_axes, promote, symmetric_op)
 from autodiff.ops.reduce import _count, sum_last
 
 
@@ -246,11 +246,10 @@ def _batch_norm_eval_jvp(t, out, x, gamma, beta, mean, var, eps=1e-5):
 
 
 OPS = [
-    OpDef("normalize", _normalize_shape, normalize_numpy, elementwise_flops(5),
-          vjp=lambda g, out, x, axis=-1, eps=1e-5: (_normalize_grad(g, x, axis, eps),),
-          jvp=lambda t, out, x, axis=-1, eps=1e-5: _normalize_grad(t[0], x, axis, eps),
-          saves=(0,), arity=1,
-          doc="(x - mean) / sqrt(var + eps) over axis (biased variance); fused kernel"),
+    symmetric_op("normalize", _normalize_shape, normalize_numpy, elementwise_flops(5),
+                 lambda v, out, x, axis=-1, eps=1e-5: _normalize_grad(v, x, axis, eps),
+                 saves=(0,), arity=1,
+                 doc="(x - mean) / sqrt(var + eps) over axis (biased variance); fused kernel"),
     OpDef("normalize_grad", _normalize_grad_shape, normalize_grad_numpy, elementwise_flops(12),
           vjp=_normalize_grad_vjp, jvp=_normalize_grad_jvp, saves=(0, 1, "out"), arity=2,
           doc="normalize's Jacobian at x applied to g (it is symmetric: VJP and JVP alike)"),

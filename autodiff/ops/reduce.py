@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, float_dtype, input_flops, normalize_axes
+from autodiff.ops.registry import (OpDef, ShapeError, float_dtype, input_flops, normalize_axes,
+                                   symmetric_op)
 
 
 def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
@@ -132,12 +133,8 @@ def _logsumexp_jvp(t, out, x, axis=-1, keepdims=False):
     return anp.sum(t[0] * p, axis, keepdims)
 
 
-def _softmax_vjp(g, out, x, axis=-1):
-    return (out * (g - anp.sum(g * out, axis, keepdims=True)),)
-
-
-def _softmax_jvp(t, out, x, axis=-1):
-    return out * (t[0] - anp.sum(t[0] * out, axis, keepdims=True))
+def _softmax_jacobian(v, out, x, axis=-1):
+    return out * (v - anp.sum(v * out, axis, keepdims=True))
 
 
 def _log_softmax_vjp(g, out, x, axis=-1):
@@ -164,9 +161,9 @@ OPS = [
     OpDef("logsumexp", _float_reduce_shape, logsumexp_numpy, input_flops(4),
           vjp=_logsumexp_vjp, jvp=_logsumexp_jvp, saves=(0, "out"), arity=1,
           doc="log(sum(exp(x))) over axis, stable (max subtracted first)"),
-    OpDef("softmax", _softmax_shape, _softmax_numpy, input_flops(4),
-          vjp=_softmax_vjp, jvp=_softmax_jvp, saves=("out",), arity=1,
-          doc="exp(x) / sum(exp(x)) over one axis, stable (max subtracted first)"),
+    symmetric_op("softmax", _softmax_shape, _softmax_numpy, input_flops(4), _softmax_jacobian,
+                 saves=("out",), arity=1,
+                 doc="exp(x) / sum(exp(x)) over one axis, stable (max subtracted first)"),
     OpDef("log_softmax", _softmax_shape,
           lambda x, axis=-1: np.asarray(x) - logsumexp_numpy(x, axis, keepdims=True),
           input_flops(4), vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, saves=("out",),

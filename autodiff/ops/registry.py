@@ -51,6 +51,15 @@ class OpDef:
     doc: str = ""
 
 
+def symmetric_op(name: str, shape: Callable, forward: Callable, flops: Callable,
+                 jacobian: Callable, **fields) -> OpDef:
+    """An op with a symmetric Jacobian (elementwise ops, softmax, normalize): one rule
+    `jacobian(v, out, *inputs, **attrs)`, the Jacobian applied to v, is its VJP and its JVP."""
+    return OpDef(name, shape, forward, flops,
+                 vjp=lambda g, out, *xs, **attrs: (jacobian(g, out, *xs, **attrs),),
+                 jvp=lambda t, out, *xs, **attrs: jacobian(t[0], out, *xs, **attrs), **fields)
+
+
 @functools.cache
 def registry() -> dict[str, OpDef]:
     """All known ops by name, built once from an explicit list of op modules (no registration
