@@ -46,10 +46,8 @@ def gpt(*, layers: int, d_model: int, heads: int, seq: int, vocab: int, batch: i
             x = _block(x, f"block{i}", batch, seq, heads, proj_std)
     with tracer.scope(group="head"):
         x = layer_norm(x, "ln_f")
-        if tied:
-            w_head = anp.transpose(wte)
-        else:
-            w_head = param(tracer, "head.weight", (d_model, vocab), dtype, normal(INIT_STD))
+        w_head = (anp.transpose(wte) if tied
+                  else param(tracer, "head.weight", (d_model, vocab), dtype, normal(INIT_STD)))
         logits = anp.matmul(x, w_head)
         targets = label_input(tracer, "targets", (batch, seq), vocab)
         loss = anp.cross_entropy(logits, anp.reshape(targets, [batch * seq]))

@@ -16,7 +16,7 @@ from scipy import special
 
 from autodiff import numpy as anp
 from autodiff.ops.elementwise import compare_shape, same_shape, tangent_sum, unary_float_shape
-from autodiff.ops.registry import OpDef, elementwise_flops, input_flops, symmetric_op
+from autodiff.ops.registry import OpDef, elementwise_flops, float_array, input_flops, symmetric_op
 from autodiff.ops.reduce import reduce_shape, _np_axis
 
 SQRT_HALF = math.sqrt(0.5)
@@ -24,16 +24,11 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 
-def _float(x):
-    x = np.asarray(x)
-    return x if x.dtype.kind == "f" else x.astype(np.float64)
-
-
 def _float_forward(fn):
     """numpy forward fn(x) on x as float (ints become float64), returned in that dtype (mask
     arithmetic in numpy promotes to float64 from bool)."""
     def forward(x):
-        x = _float(x)
+        x = float_array(x)
         return np.asarray(fn(x), dtype=x.dtype)
     return forward
 
@@ -129,11 +124,12 @@ OPS = [
     _unary("hardswish", _float_forward(lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
            _hardswish_slope, 3,
            "x * clip(x + 3, 0, 6) / 6; slope (2x + 3) / 6 on [-3, 3], 1 above, as torch"),
-    symmetric_op("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(_float(x)),
+    symmetric_op("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(float_array(x)),
                  elementwise_flops(1), lambda v, out, x: v * out * out * out * -0.5,
                  saves=("out",), arity=1, doc="1 / sqrt(x) (RMS norm)"),
-    symmetric_op("reciprocal", unary_float_shape, lambda x: 1.0 / _float(x), elementwise_flops(1),
-                 lambda v, out, x: -(v * out * out), saves=("out",), arity=1, doc="1 / x"),
+    symmetric_op("reciprocal", unary_float_shape, lambda x: 1.0 / float_array(x),
+                 elementwise_flops(1), lambda v, out, x: -(v * out * out), saves=("out",),
+                 arity=1, doc="1 / x"),
     OpDef("clamp", same_shape, _clamp_numpy, elementwise_flops(2),
           vjp=_clamp_vjp, jvp=_clamp_jvp, saves=(0,), arity=1,
           doc="clip x to [lo, hi] (either may be None); gradient where lo <= x <= hi, as torch"),

@@ -16,8 +16,8 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ops.elementwise import tangent_sum
-from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_dtype,
-                                   normalize_axes, promote, symmetric_op)
+from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_array,
+                                   float_dtype, normalize_axes, promote, symmetric_op)
 from autodiff.ops.reduce import _count, sum_last
 
 
@@ -33,9 +33,7 @@ def _as_rows(x, axes: tuple):
 def _centred_and_rstd(x, axes: tuple, eps: float):
     """x - mean (a new float array) and 1 / sqrt(var + eps) over `axes`, as broadcastable
     arrays. Trailing axes (layer norm) reduce as rows with einsum: no squared temporary."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
+    x = float_array(x)
     rows = _as_rows(x, axes)
     if rows is not None:
         n = rows.shape[1]

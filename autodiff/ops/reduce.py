@@ -11,8 +11,8 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import (OpDef, ShapeError, float_dtype, input_flops, normalize_axes,
-                                   symmetric_op)
+from autodiff.ops.registry import (OpDef, ShapeError, float_array, float_dtype, input_flops,
+                                   normalize_axes, symmetric_op)
 
 
 def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
@@ -62,8 +62,7 @@ def _np_axis(axis):
 
 def logsumexp_numpy(x, axis=-1, keepdims=False):
     """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m the max."""
-    x = np.asarray(x)
-    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    x = float_array(x)
     ax = _np_axis(axis)
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
@@ -80,8 +79,7 @@ def sum_last(x, y=None):
 
 def _softmax_numpy(x, axis=-1):
     """exp(x - max) / sum, in place on one fresh array."""
-    x = np.asarray(x)
-    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    x = float_array(x)
     e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
     np.exp(e, out=e)
     last = x.ndim and axis % x.ndim == x.ndim - 1

@@ -184,6 +184,12 @@ def promote(*dtypes: str) -> str:
     return str(np.result_type(*dtypes))
 
 
+def float_array(x) -> np.ndarray:
+    """x as a numpy array of a float dtype: its own, or float64 for ints and bools."""
+    x = np.asarray(x)
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
 def float_dtype(dtype: str) -> str:
     """The dtype a float-valued op returns for an input of `dtype` (ints become float64)."""
     return dtype if dtype in FLOAT_DTYPES else "float64"
