@@ -6,8 +6,7 @@ the exact effect of every candidate move at once on numpy arrays (pin counts per
 device), then pops moves from a heap; a move whose neighbourhood changed since it was computed
 is re-evaluated first, so every applied move's effect is exact. With `acyclic`, a node only
 moves to a stage between its inputs' and its consumers' stages in a fixed topological order of
-the quotient, so the quotient stays acyclic; such moves go forward before backward and as far
-as allowed first. It repairs; it does not cascade load through several full stages.
+the quotient, so it stays acyclic. It repairs; it does not cascade load through full stages.
 """
 from __future__ import annotations
 

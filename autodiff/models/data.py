@@ -79,8 +79,7 @@ def _teacher_data(graph: Graph, family: str, seed: int) -> Callable[[int], Feeds
 
 
 def _pattern_tokens(graph: Graph, family: str, seed: int) -> Callable[[int], Feeds]:
-    tok_node = _input(graph, family, "tokens", 2)
-    tgt_node = _input(graph, family, "targets", 2)
+    tok_node, tgt_node = _input(graph, family, "tokens", 2), _input(graph, family, "targets", 2)
     batch, seq = tok_node.shape
     vocab = _high(tok_node)
     cycle = _fixed_rng(seed).permutation(vocab)[:min(PATTERN_LENGTH, vocab)]

@@ -1,9 +1,8 @@
 """Convolution and pooling ops on NCHW tensors (square kernels, symmetric padding).
 
-conv2d runs as im2col on a strided view (numpy sliding_window_view) and one tensordot. Its
-gradients are ops of their own (conv2d_input_grad, conv2d_weight_grad) with FLOPs equal to
-the forward's and VJPs of their own, so any order of derivative stays in the graph. Pooling
-gradients go through unfold2d / fold2d, a pair of mutually adjoint linear ops.
+conv2d runs as im2col on a strided view (numpy sliding_window_view) and one tensordot; its
+gradients are ops of their own (conv_ops). Pooling gradients go through unfold2d / fold2d, a
+pair of mutually adjoint linear ops.
 
 FLOPs: conv2d and both of its gradients 2 * out_elems * Cin * kh * kw (out_elems of the
 forward output); pooling one per window element; fold2d one addition per element it scatters;

@@ -54,9 +54,8 @@ def _mean_over(x, axes: tuple, y=None):
     """mean of x (or of x * y) over `axes`, kept dims."""
     rows = _as_rows(x, axes)
     if rows is not None and (y is None or y.flags.c_contiguous):
-        n = rows.shape[1]
         total = sum_last(rows, None if y is None else y.reshape(rows.shape))
-        total *= 1.0 / n
+        total *= 1.0 / rows.shape[1]
         return total.reshape(x.shape[:x.ndim - len(axes)] + (1,) * len(axes))
     return np.mean(x if y is None else x * y, axis=axes, keepdims=True)
 

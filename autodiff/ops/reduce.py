@@ -92,10 +92,6 @@ def _sum_vjp(g, out, x, axis=None, keepdims=False):
     return (anp.broadcast_to(expand_reduced(g, x.shape, axis, keepdims), x.shape),)
 
 
-def _sum_jvp(t, out, x, axis=None, keepdims=False):
-    return anp.sum(t[0], axis, keepdims)
-
-
 def _count(shape, axis) -> int:
     return math.prod(shape[a] for a in normalize_axes(axis, len(shape)))
 
@@ -146,7 +142,9 @@ def _log_softmax_jvp(t, out, x, axis=-1):
 OPS = [
     OpDef("sum", _sum_shape, lambda x, axis=None, keepdims=False:
           np.sum(x, axis=_np_axis(axis), keepdims=keepdims),
-          input_flops(1), vjp=_sum_vjp, jvp=_sum_jvp, arity=1),
+          input_flops(1), vjp=_sum_vjp,
+          jvp=lambda t, out, x, axis=None, keepdims=False: anp.sum(t[0], axis, keepdims),
+          arity=1),
     OpDef("mean", _float_reduce_shape, lambda x, axis=None, keepdims=False:
           np.mean(x, axis=_np_axis(axis), keepdims=keepdims),
           input_flops(1), vjp=_mean_vjp,
