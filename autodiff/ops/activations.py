@@ -99,10 +99,6 @@ def _clamp_jvp(t, out, x, lo=None, hi=None):
 
 
 # ------------------------------------------------------------------ boolean ops
-def _bool_shape(shapes, dtypes, **attrs):
-    return tuple(shapes[0]), "bool"
-
-
 def _any_shape(shapes, dtypes, axis=None, keepdims=False):
     return reduce_shape(shapes, dtypes, axis, keepdims)[0], "bool"
 
@@ -133,7 +129,7 @@ OPS = [
     OpDef("clamp", same_shape, _clamp_numpy, elementwise_flops(2),
           vjp=_clamp_vjp, jvp=_clamp_jvp, saves=(0,), arity=1,
           doc="clip x to [lo, hi] (either may be None); gradient where lo <= x <= hi, as torch"),
-    OpDef("logical_not", _bool_shape, lambda x: np.logical_not(x), elementwise_flops(1),
+    OpDef("logical_not", compare_shape, lambda x: np.logical_not(x), elementwise_flops(1),
           arity=1, doc="boolean not; no gradient"),
     OpDef("logical_and", compare_shape, lambda a, b: np.logical_and(a, b), elementwise_flops(1),
           arity=2, doc="boolean and; no gradient"),
