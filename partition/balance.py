@@ -6,8 +6,7 @@ the exact effect of every candidate move at once on numpy arrays (pin counts per
 device), then pops moves from a heap; a move whose neighbourhood changed since it was computed
 is re-evaluated first, so every applied move's effect is exact. With `acyclic`, a node only
 moves to a stage between its inputs' and its consumers' stages in a fixed topological order of
-the quotient, so the quotient stays acyclic; such moves go forward before backward and as far
-as allowed first. It repairs; it does not cascade load through several full stages.
+the quotient, so it stays acyclic. It repairs; it does not cascade load through full stages.
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ def rebalance(problem: Problem, assignment: np.ndarray, max_rounds: int = 1000
     incidence = _Incidence(problem)
     moves = 0
     for _ in range(max_rounds):
-        moved = _round(problem, incidence, a, loads, memory, rank)
+        moved = _Round(problem, incidence, a, loads, memory, rank).run()
         moves += moved
         loads, memory = _loads_and_memory(problem, a)
         if not _excess(problem, loads, memory).any():
@@ -121,8 +120,12 @@ class _Round:
             nodes[rows].tolist(), cols.tolist(), self.stamp[nodes[rows]].tolist(),
             target_memory[rows, cols].tolist(), source_memory[rows].tolist())))
 
-    def run(self, candidates: np.ndarray) -> int:
-        """Pop moves until no device is over a cap or none is left; return how many applied."""
+    def run(self) -> int:
+        """Apply moves of the unpinned nodes on over-full devices, cheapest volume increase first,
+        until no device is over a cap or no move is left; return how many applied."""
+        candidates = np.flatnonzero(self.over[self.a] & (self.problem.pinned < 0))
+        if len(candidates) == 0:
+            return 0
         heap = self.entries(candidates)
         heapq.heapify(heap)
         moved = 0
@@ -142,9 +145,7 @@ class _Round:
     def _reevaluate(self, heap: list, v: int) -> None:
         """Push fresh entries for a node whose nets changed, once per change."""
         if self.fresh[v] != self.stamp[v]:
-            self.fresh[v] = self.stamp[v]
-            for entry in self.entries(np.array([v])):
-                heapq.heappush(heap, entry)
+            self._push(heap, np.array([v]))
 
     def _push(self, heap: list, nodes: np.ndarray) -> None:
         """Push fresh entries for all of `nodes`."""
@@ -187,17 +188,6 @@ class _Round:
         neighbours = np.concatenate([nets[1:], arrays.out_idx[arrays.out_ptr[v]:
                                                               arrays.out_ptr[v + 1]]])
         return neighbours[self.over[self.a[neighbours]] & (problem.pinned[neighbours] < 0)]
-
-
-def _round(problem: Problem, inc: _Incidence, a: np.ndarray, loads: np.ndarray,
-           memory: np.ndarray, rank: np.ndarray | None) -> int:
-    """Apply moves off over-full devices, cheapest volume increase first (a lazy heap: an
-    entry whose neighbourhood changed is re-evaluated before use); return how many."""
-    over = _excess(problem, loads, memory)
-    candidates = np.flatnonzero(over[a] & (problem.pinned < 0))
-    if len(candidates) == 0:
-        return 0
-    return _Round(problem, inc, a, loads, memory, rank).run(candidates)
 
 
 def _move_effects(inc: _Incidence, a: np.ndarray, counts: np.ndarray, candidates: np.ndarray,

@@ -27,8 +27,7 @@ DEFAULT_LATENCY = 1e-5     # seconds
 @dataclass(frozen=True)
 class Device:
     """One accelerator: a name, its speed in FLOP/s and its memory in bytes; optionally the
-    fixed seconds per executed op and the FLOP/s of op kinds that run at another rate (module
-    docstring)."""
+    measured op_overhead and op_flops (module docstring)."""
 
     name: str
     flops: float
@@ -58,9 +57,6 @@ class Link:
     bandwidth: float
     latency: float
 
-    def transfer_time(self, nbytes: float) -> float:
-        return self.latency + nbytes / self.bandwidth
-
 
 @dataclass(frozen=True, eq=False)
 class Cluster:
@@ -78,55 +74,34 @@ class Cluster:
     step_overhead: float = 0.0
 
     def __post_init__(self) -> None:
-        devices = tuple(self.devices)
+        devices, who = tuple(self.devices), f"cluster {self.name!r}"
         k = len(devices)
         if k == 0:
-            raise ClusterError(f"cluster {self.name!r}: 'devices' is empty; "
-                               "need at least one device")
+            raise ClusterError(f"{who}: 'devices' is empty; need at least one device")
         seen: set[str] = set()
         for i, d in enumerate(devices):
-            where = f"cluster {self.name!r}: devices[{i}]"
-            if not isinstance(d.name, str) or not d.name:
-                raise ClusterError(f"{where}.name must be a non-empty string")
-            if d.name in seen:
-                raise ClusterError(f"{where}.name {d.name!r} is used by two devices")
-            seen.add(d.name)
-            _check_number(d.flops, f"{where}.flops ({d.name})", positive=True)
-            _check_number(d.memory, f"{where}.memory ({d.name})", positive=True)
-            _check_number(d.op_overhead, f"{where}.op_overhead ({d.name})", positive=False)
-            if not isinstance(d.op_flops, Mapping):
-                raise ClusterError(f"{where}.op_flops ({d.name}): expected a mapping of op "
-                                   f"name to FLOP/s, got {d.op_flops!r}")
-            for op, rate in d.op_flops.items():
-                if not isinstance(op, str) or not op:
-                    raise ClusterError(f"{where}.op_flops ({d.name}): op names must be "
-                                       f"non-empty strings, got {op!r}")
-                _check_number(rate, f"{where}.op_flops.{op} ({d.name})", positive=True)
+            _check_device(d, f"{who}: devices[{i}]", seen)
         bandwidth = np.array(self.bandwidth, dtype=np.float64)
         latency = np.array(self.latency, dtype=np.float64)
         for label, matrix in (("bandwidth", bandwidth), ("latency", latency)):
             if matrix.shape != (k, k):
-                raise ClusterError(f"cluster {self.name!r}: {label} must be a {k}x{k} matrix, "
+                raise ClusterError(f"{who}: {label} must be a {k}x{k} matrix, "
                                    f"got shape {matrix.shape}")
-        off = ~np.eye(k, dtype=bool)
-        if np.isnan(bandwidth).any() or (bandwidth[off] <= 0).any():
-            a, b = np.argwhere(off & ~(bandwidth > 0))[0]
-            raise ClusterError(f"cluster {self.name!r}: bandwidth between {devices[a].name!r} and "
-                               f"{devices[b].name!r} must be positive, got {bandwidth[a, b]}")
-        if not np.isfinite(latency).all() or (latency < 0).any():
-            a, b = np.argwhere(~(np.isfinite(latency) & (latency >= 0)))[0]
-            raise ClusterError(f"cluster {self.name!r}: latency between {devices[a].name!r} and "
-                               f"{devices[b].name!r} must be a finite non-negative number, "
-                               f"got {latency[a, b]}")
-        _check_number(self.step_overhead, f"cluster {self.name!r}: step_overhead",
-                      positive=False)
+        for label, matrix, bad, rule in (
+                ("bandwidth", bandwidth, ~(bandwidth > 0) & ~np.eye(k, dtype=bool), "be positive"),
+                ("latency", latency, ~(np.isfinite(latency) & (latency >= 0)),
+                 "be a finite non-negative number")):
+            if bad.any():
+                a, b = np.argwhere(bad)[0]
+                raise ClusterError(f"{who}: {label} between {devices[a].name!r} and "
+                                   f"{devices[b].name!r} must {rule}, got {matrix[a, b]}")
+        _check_number(self.step_overhead, f"{who}: step_overhead", positive=False)
         np.fill_diagonal(bandwidth, np.inf)
         np.fill_diagonal(latency, 0.0)
-        bandwidth.setflags(write=False)
-        latency.setflags(write=False)
+        for key, matrix in (("bandwidth", bandwidth), ("latency", latency)):
+            matrix.setflags(write=False)
+            object.__setattr__(self, key, matrix)
         object.__setattr__(self, "devices", devices)
-        object.__setattr__(self, "bandwidth", bandwidth)
-        object.__setattr__(self, "latency", latency)
 
     # ----------------------------------------------------------------- access
     @property
@@ -149,9 +124,8 @@ class Cluster:
 
     def device_index(self, name: str) -> int:
         """Position of the device called `name`; ClusterError when there is none."""
-        for i, d in enumerate(self.devices):
-            if d.name == name:
-                return i
+        if name in self.device_names:
+            return self.device_names.index(name)
         raise ClusterError(f"cluster {self.name!r} has no device named {name!r} "
                            f"(devices: {', '.join(self.device_names)})")
 
@@ -167,9 +141,9 @@ class Cluster:
     @property
     def uniform_links(self) -> bool:
         """True when every link between distinct devices has the same bandwidth and latency."""
-        off = ~np.eye(self.k, dtype=bool)
         if self.k < 2:
             return True
+        off = ~np.eye(self.k, dtype=bool)
         bw, lat = self.bandwidth[off], self.latency[off]
         return bool((bw == bw[0]).all() and (lat == lat[0]).all())
 
@@ -178,12 +152,11 @@ class Cluster:
         if not isinstance(k, int) or k < 1:
             raise ClusterError(f"cluster {self.name!r}: devices must be a positive integer, "
                                f"got {k!r}")
-        kind = (self.preset or {}).get("kind")
+        args = dict(self.preset or {})
+        kind = args.pop("kind", None)
         if kind == "uniform":
-            args = {key: v for key, v in self.preset.items() if key != "kind"}
             return uniform(k, **args)
         if kind == "hierarchical":
-            args = {key: v for key, v in self.preset.items() if key != "kind"}
             per_node = args.pop("devices_per_node")
             nodes = math.ceil(k / per_node)
             full = hierarchical(nodes, per_node, **args)
@@ -206,9 +179,8 @@ class Cluster:
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> "Cluster":
-        """The cluster a cluster section describes (a uniform or hierarchical preset, or listed
-        devices and links), checked by partition/cluster_spec.py, the one validator of cluster
-        sections (units such as 16GB or 25GB/s accepted); ClusterError naming the field."""
+        """The cluster a cluster section describes, checked by partition/cluster_spec.py (the
+        one validator of cluster sections; units such as 16GB accepted): ClusterError if not."""
         from partition.cluster_spec import build, normalize
         return build(normalize(spec))
 
@@ -269,13 +241,31 @@ def heterogeneous(devices: Sequence[Device],
 
 
 # ------------------------------------------------------------------ checks
-def _check_number(value, where: str, positive: bool):
+def _check_device(d: Device, where: str, seen: set[str]) -> None:
+    """A device of a cluster built in Python (files are checked by cluster_spec.normalize)."""
+    if not isinstance(d.name, str) or not d.name:
+        raise ClusterError(f"{where}.name must be a non-empty string")
+    if d.name in seen:
+        raise ClusterError(f"{where}.name {d.name!r} is used by two devices")
+    seen.add(d.name)
+    for key, positive in (("flops", True), ("memory", True), ("op_overhead", False)):
+        _check_number(getattr(d, key), f"{where}.{key} ({d.name})", positive)
+    if not isinstance(d.op_flops, Mapping):
+        raise ClusterError(f"{where}.op_flops ({d.name}): expected a mapping of op name to "
+                           f"FLOP/s, got {d.op_flops!r}")
+    for op, rate in d.op_flops.items():
+        if not isinstance(op, str) or not op:
+            raise ClusterError(f"{where}.op_flops ({d.name}): op names must be non-empty "
+                               f"strings, got {op!r}")
+        _check_number(rate, f"{where}.op_flops.{op} ({d.name})", positive=True)
+
+
+def _check_number(value, where: str, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (Real, np.number)) or math.isnan(value):
         raise ClusterError(f"{where}: expected a number, got {value!r}")
     if math.isinf(value) or value < 0 or (positive and value == 0):
         kind = "positive" if positive else "non-negative"
         raise ClusterError(f"{where}: must be a finite {kind} number, got {value!r}")
-    return value
 
 
 def _count(value, where: str) -> int:

@@ -134,25 +134,18 @@ UNIFORM = {"uniform": lambda value, where: _section(value, UNIFORM_BODY, ("devic
 def normalize(spec) -> dict:
     """The cluster section `spec` checked and with quantities as plain numbers (module
     docstring); ClusterError naming the first field at fault."""
-    shape = _shape(spec)
-    if shape == "uniform":
+    if not (isinstance(spec, Mapping)
+            and any(key in spec for key in ("uniform", "nodes", "devices_per_node", "devices"))):
+        raise _problem("cluster", SHAPES_HELP, spec)
+    if "uniform" in spec:
         return _section(spec, UNIFORM, ("uniform",), "cluster")
-    if shape == "hierarchical":
+    if "nodes" in spec or "devices_per_node" in spec:
         out = _section(spec, HIERARCHICAL, ("nodes", "devices_per_node"), "cluster")
         if out["nodes"] * out["devices_per_node"] > MAX_DEVICES:
             raise _problem("cluster.devices_per_node", f"expected nodes x devices_per_node "
                            f"at most {MAX_DEVICES:,} devices", out["devices_per_node"])
         return out
     return _listed(spec)
-
-
-def _shape(spec) -> str:
-    if isinstance(spec, Mapping):
-        for key, shape in (("uniform", "uniform"), ("nodes", "hierarchical"),
-                           ("devices_per_node", "hierarchical"), ("devices", "listed")):
-            if key in spec:
-                return shape
-    raise _problem("cluster", SHAPES_HELP, spec)
 
 
 def _listed(spec: Mapping) -> dict:

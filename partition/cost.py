@@ -63,9 +63,8 @@ def graph_arrays(graph: Graph) -> GraphArrays:
     cached = getattr(graph, "_arrays", None)
     if cached is not None and cached.n == len(graph.nodes):
         return cached
-    arrays = _build(graph)
-    graph._arrays = arrays
-    return arrays
+    graph._arrays = _build(graph)
+    return graph._arrays
 
 
 def _build(graph: Graph) -> GraphArrays:
@@ -81,7 +80,8 @@ def _build(graph: Graph) -> GraphArrays:
     dtype_code = np.fromiter((dtypes.setdefault(nd.dtype, len(dtypes)) for nd in nodes),
                              np.int32, n)
     nbytes = np.fromiter((nd.nbytes for nd in nodes), np.int64, n)
-    flops = np.fromiter(_forward_flops(graph), np.float64, n)
+    flops = np.fromiter((nd.flops if nd.flops is not None else graph.node_flops(nd)
+                         for nd in nodes), np.float64, n)
     group = np.fromiter((-1 if nd.group is None else groups.setdefault(nd.group, len(groups))
                          for nd in nodes), np.int32, n)
     degree = np.fromiter((len(nd.inputs) for nd in nodes), np.int64, n)
@@ -111,19 +111,12 @@ def _build(graph: Graph) -> GraphArrays:
     requires_grad = _reachable(n, in_idx[float_edge], in_dst[float_edge], is_param & is_float)
     batch_seed = op_mask({"input"}) | (~is_source & (degree == 0))
     batch_dependent = _reachable(n, in_idx, in_dst, batch_seed)
-    train_flops = flops * np.where(requires_grad, 3.0, 1.0)
-    kept = np.asarray(kept_for_backward(graph), dtype=bool)
     return GraphArrays(
         n=n, names=names, bytes=nbytes, size=nbytes // itemsize, flops=flops,
-        train_flops=train_flops, requires_grad=requires_grad, is_param=is_param,
-        is_source=is_source,
-        batch_dependent=batch_dependent, in_ptr=in_ptr, in_idx=in_idx, out_ptr=out_ptr,
-        out_idx=out_idx, group=group, group_names=tuple(groups), kept=kept)
-
-
-def _forward_flops(graph: Graph):
-    """Explicit flops, else the registry's estimate."""
-    return (nd.flops if nd.flops is not None else graph.node_flops(nd) for nd in graph.nodes)
+        train_flops=flops * np.where(requires_grad, 3.0, 1.0), requires_grad=requires_grad,
+        is_param=is_param, is_source=is_source, batch_dependent=batch_dependent,
+        in_ptr=in_ptr, in_idx=in_idx, out_ptr=out_ptr, out_idx=out_idx, group=group,
+        group_names=tuple(groups), kept=np.asarray(kept_for_backward(graph), dtype=bool))
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -209,10 +202,8 @@ def slots_of(optimizer: str) -> int:
 
 def remote_pairs(arrays: GraphArrays, assignment: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (node, device) pairs where `device` holds a consumer of `node` but not `node`.
-
-    Each pair is one transfer of the node's tensor (SPEC section 2, `remote(v)`), sorted by node.
-    """
+    """The distinct (node, device) pairs, sorted by node, where `device` holds a consumer of
+    `node` but not `node`: one transfer each of its tensor (SPEC section 2, `remote(v)`)."""
     src = arrays.in_idx
     device = assignment[arrays.in_dst]
     cut = assignment[src] != device

@@ -6,14 +6,14 @@ everything else (parameters and what is computed from them alone) once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from autodiff.ir import Graph
 from partition.cluster import Cluster
-from partition.cost import (GraphArrays, graph_arrays, memory_per_device, multiplicity,
-                            kahn_order, remote_pairs, slots_of)
+from partition.cost import (GraphArrays, graph_arrays, kahn_order, memory_per_device,
+                            remote_pairs, slots_of, step_train_flops)
 from partition.errors import PlacementError
 
 
@@ -39,16 +39,12 @@ class PlacementMetrics:
     top_cut: tuple[tuple[str, int, tuple[str, ...]], ...]
 
     def to_dict(self) -> dict:
-        return {
-            "forward_volume": self.forward_volume, "backward_volume": self.backward_volume,
-            "step_volume": self.step_volume, "edge_cut": self.edge_cut,
-            "loads": self.loads.tolist(), "imbalance": self.imbalance,
-            "memory": self.memory.tolist(), "acyclic": self.acyclic,
-            "time_weighted_volume": self.time_weighted_volume,
-            "link_traffic": self.link_traffic.tolist(),
-            "top_cut": [{"name": name, "bytes": nbytes, "to": list(devices)}
-                        for name, nbytes, devices in self.top_cut],
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("loads", "memory", "link_traffic"):
+            out[key] = out[key].tolist()
+        out["top_cut"] = [{"name": name, "bytes": nbytes, "to": list(devices)}
+                          for name, nbytes, devices in self.top_cut]
+        return out
 
 
 def check_assignment(assignment, n: int, k: int, who: str = "assignment") -> np.ndarray:
@@ -85,8 +81,7 @@ def compute_metrics(graph: Graph | GraphArrays, assignment, cluster: Cluster,
     cut = a[arrays.in_idx] != a[arrays.in_dst]
     edge_cut = int(sent[arrays.in_idx[cut]].sum())
 
-    loads = np.bincount(a, weights=arrays.train_flops * multiplicity(arrays, micro_batches),
-                        minlength=k)
+    loads = np.bincount(a, weights=step_train_flops(arrays, micro_batches), minlength=k)
     speeds = cluster.speeds
     total = loads.sum()
     imbalance = float((loads / speeds).max() / (total / speeds.sum())) if total > 0 else 1.0

@@ -32,24 +32,23 @@ _DATA_UNIT = re.compile(r"^((?:[kKmMgGtTpPeE])i?)?(B|b|bytes?|bits?)$")
 _RATE_SUFFIX = re.compile(r"^(.*?)(?:/s|ps)$")
 _FLOPS_UNIT = re.compile(r"^([kKMGTPE]?)(?:FLOPS|FLOP/s|flops|flop/s|Flops|Flop/s)$")
 
-SIZE_EXAMPLES = "16GB, 512MiB or 1.5e9"
-BANDWIDTH_EXAMPLES = "25GB/s, 300 GB/s, 10Gb/s or 2.5e10"
-FLOPS_EXAMPLES = "19.5 TFLOPS, 100GFLOP/s or 1e12"
-TIME_EXAMPLES = "10us, 1ms, 2s or 1e-5"
+# what each kind of quantity looks like, for messages
+EXAMPLES = {"size": "16GB, 512MiB or 1.5e9", "bandwidth": "25GB/s, 300 GB/s, 10Gb/s or 2.5e10",
+            "FLOP rate": "19.5 TFLOPS, 100GFLOP/s or 1e12", "time": "10us, 1ms, 2s or 1e-5"}
 
 
-def _split(text: object, kind: str, examples: str) -> tuple[float, str]:
+def _split(text: object, kind: str) -> tuple[float, str]:
     """Split `text` into a finite non-negative number and its unit string ('' when none)."""
     if isinstance(text, bool) or not isinstance(text, (int, float, str)):
         raise UnitError(f"cannot read {text!r} as a {kind}: expected a number or a string "
-                        f"such as {examples}")
+                        f"such as {EXAMPLES[kind]}")
     if isinstance(text, (int, float)):
         value, unit = float(text), ""
     else:
         match = _NUMBER.fullmatch(text)
         if match is None:
             raise UnitError(f"cannot read {text!r} as a {kind}: expected a number followed by "
-                            f"an optional unit, such as {examples}")
+                            f"an optional unit, such as {EXAMPLES[kind]}")
         value, unit = float(match.group(1)), match.group(2)
     if not math.isfinite(value) or value < 0:
         raise UnitError(f"cannot read {text!r} as a {kind}: it must be a finite, "
@@ -57,16 +56,21 @@ def _split(text: object, kind: str, examples: str) -> tuple[float, str]:
     return value, unit
 
 
-def _bytes_per_unit(unit: str, text: object, kind: str, examples: str) -> float:
-    """Bytes in one `unit` (`GB`, `GiB`, `Gb`, `kB`, `MiB` ...)."""
-    if unit == "":
-        return 1.0
-    match = _DATA_UNIT.fullmatch(unit)
+def _unit_match(pattern: re.Pattern, unit: str, text: object, kind: str, problem: str):
+    """`unit` matched by `pattern` (None when there is no unit), else UnitError `problem`."""
+    match = pattern.fullmatch(unit)
+    if match is None and unit:
+        raise UnitError(f"cannot read {text!r} as a {kind}: {problem} "
+                        f"(expected e.g. {EXAMPLES[kind]})")
+    return match
+
+
+def _bytes_per_unit(unit: str, text: object, kind: str) -> float:
+    """Bytes in one `unit` (`GB`, `GiB`, `Gb`, `kB`, `MiB` ...; '' is a byte)."""
+    match = _unit_match(_DATA_UNIT, unit, text, kind, f"unknown unit {unit!r}")
     if match is None:
-        raise UnitError(f"cannot read {text!r} as a {kind}: unknown unit {unit!r} "
-                        f"(expected e.g. {examples})")
-    prefix, base = match.groups()
-    prefix = prefix or ""
+        return 1.0
+    prefix, base = match.group(1) or "", match.group(2)
     bits = base in ("b", "bit", "bits")
     if prefix[:1] in ("m", "g", "t", "p", "e"):
         hint = (f"write {prefix.upper()}B for bytes or {prefix.upper()}b for bits" if bits
@@ -79,40 +83,30 @@ def _bytes_per_unit(unit: str, text: object, kind: str, examples: str) -> float:
 
 def parse_size(text: object) -> int:
     """Bytes in a size such as `16GB`, `512MiB`, `1.5e9`, `64 kB` (a bare number is bytes)."""
-    value, unit = _split(text, "size", SIZE_EXAMPLES)
-    return int(round(value * _bytes_per_unit(unit, text, "size", SIZE_EXAMPLES)))
+    value, unit = _split(text, "size")
+    return int(round(value * _bytes_per_unit(unit, text, "size")))
 
 
 def parse_bandwidth(text: object) -> float:
     """Bytes per second in a rate such as `25GB/s`, `300 GB/s`, `10Gb/s` (bits), `10Gbps`."""
-    value, unit = _split(text, "bandwidth", BANDWIDTH_EXAMPLES)
-    if unit == "":
-        return value
-    match = _RATE_SUFFIX.fullmatch(unit)
-    if match is None:
-        raise UnitError(f"cannot read {text!r} as a bandwidth: {unit!r} is not a rate "
-                        f"(expected e.g. {BANDWIDTH_EXAMPLES})")
-    return value * _bytes_per_unit(match.group(1), text, "bandwidth", BANDWIDTH_EXAMPLES)
+    value, unit = _split(text, "bandwidth")
+    rate = _unit_match(_RATE_SUFFIX, unit, text, "bandwidth", f"{unit!r} is not a rate")
+    return value * _bytes_per_unit(rate.group(1) if rate else "", text, "bandwidth")
 
 
 def parse_flops(text: object) -> float:
     """FLOP per second in a rate such as `19.5 TFLOPS`, `100GFLOP/s` or `1e12`."""
-    value, unit = _split(text, "FLOP rate", FLOPS_EXAMPLES)
-    if unit == "":
-        return value
-    match = _FLOPS_UNIT.fullmatch(unit)
-    if match is None:
-        raise UnitError(f"cannot read {text!r} as a FLOP rate: unknown unit {unit!r} "
-                        f"(expected e.g. {FLOPS_EXAMPLES})")
-    return value * DECIMAL[match.group(1)]
+    value, unit = _split(text, "FLOP rate")
+    match = _unit_match(_FLOPS_UNIT, unit, text, "FLOP rate", f"unknown unit {unit!r}")
+    return value * DECIMAL[match.group(1)] if match else value
 
 
 def parse_time(text: object) -> float:
     """Seconds in a duration such as `10us`, `1ms`, `2s`, `1e-5` (a bare number is seconds)."""
-    value, unit = _split(text, "time", TIME_EXAMPLES)
+    value, unit = _split(text, "time")
     if unit not in TIME_UNITS and unit != "":
         raise UnitError(f"cannot read {text!r} as a time: unknown unit {unit!r} "
-                        f"(expected one of {', '.join(TIME_UNITS)}, e.g. {TIME_EXAMPLES})")
+                        f"(expected one of {', '.join(TIME_UNITS)}, e.g. {EXAMPLES['time']})")
     multiplier, divisor = TIME_UNITS.get(unit, (1, 1))
     return value * multiplier / divisor
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from autodiff.io import NUMPY_DTYPE
 from autodiff.ir import Graph, GraphError, Node
 
 PATTERN_LENGTH = 8       # tokens in the repeated cycle (fewer if the vocabulary is smaller)
@@ -62,10 +63,6 @@ def _high(node: Node) -> int:
     return high
 
 
-def _np_dtype(node: Node) -> str:
-    return "float32" if node.dtype == "bfloat16" else node.dtype
-
-
 def _teacher_data(graph: Graph, family: str, seed: int) -> Callable[[int], Feeds]:
     x_node, y_node = _input(graph, family, "x", 2), _input(graph, family, "y", 1)
     batch, features = x_node.shape
@@ -77,13 +74,12 @@ def _teacher_data(graph: Graph, family: str, seed: int) -> Callable[[int], Feeds
     def feeds(step: int) -> Feeds:
         x = _step_rng(seed, step).standard_normal((batch, features))
         y = np.argmax(np.tanh(x @ w1) @ w2, axis=1)
-        return {"x": x.astype(_np_dtype(x_node)), "y": y.astype(y_node.dtype)}
+        return {"x": x.astype(NUMPY_DTYPE[x_node.dtype]), "y": y.astype(y_node.dtype)}
     return feeds
 
 
 def _pattern_tokens(graph: Graph, family: str, seed: int) -> Callable[[int], Feeds]:
-    tok_node = _input(graph, family, "tokens", 2)
-    tgt_node = _input(graph, family, "targets", 2)
+    tok_node, tgt_node = _input(graph, family, "tokens", 2), _input(graph, family, "targets", 2)
     batch, seq = tok_node.shape
     vocab = _high(tok_node)
     cycle = _fixed_rng(seed).permutation(vocab)[:min(PATTERN_LENGTH, vocab)]
@@ -109,5 +105,5 @@ def _image_classes(graph: Graph, family: str, seed: int) -> Callable[[int], Feed
         rng = _step_rng(seed, step)
         y = rng.integers(0, classes, size=batch)
         x = means[y] + rng.standard_normal((batch, channels, height, width))
-        return {"x": x.astype(_np_dtype(x_node)), "y": y.astype(y_node.dtype)}
+        return {"x": x.astype(NUMPY_DTYPE[x_node.dtype]), "y": y.astype(y_node.dtype)}
     return feeds

@@ -10,9 +10,10 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
+from autodiff.io import NUMPY_DTYPE
 from autodiff.ir import Graph
-from autodiff.models.init import ZEROS, normal
-from autodiff.models.layers import (ModelError, affine, check_dtype, check_sizes, label_input,
+from autodiff.models.init import normal
+from autodiff.models.layers import (ModelError, check_dtype, check_sizes, dense, label_input,
                                     layer_norm, param)
 from autodiff.trace import Tensor, Tracer
 
@@ -45,10 +46,8 @@ def gpt(*, layers: int, d_model: int, heads: int, seq: int, vocab: int, batch: i
             x = _block(x, f"block{i}", batch, seq, heads, proj_std)
     with tracer.scope(group="head"):
         x = layer_norm(x, "ln_f")
-        if tied:
-            w_head = anp.transpose(wte)
-        else:
-            w_head = param(tracer, "head.weight", (d_model, vocab), dtype, normal(INIT_STD))
+        w_head = (anp.transpose(wte) if tied
+                  else param(tracer, "head.weight", (d_model, vocab), dtype, normal(INIT_STD)))
         logits = anp.matmul(x, w_head)
         targets = label_input(tracer, "targets", (batch, seq), vocab)
         loss = anp.cross_entropy(logits, anp.reshape(targets, [batch * seq]))
@@ -62,10 +61,7 @@ def _block(x: Tensor, name: str, batch: int, seq: int, heads: int, proj_std: flo
 
 
 def _linear(x: Tensor, name: str, out_features: int, std: float) -> Tensor:
-    tracer, dtype = x.tracer, x.dtype
-    w = param(tracer, f"{name}.weight", (x.shape[-1], out_features), dtype, normal(std))
-    b = param(tracer, f"{name}.bias", (out_features,), dtype, ZEROS)
-    return affine(x, w, b)
+    return dense(x, name, out_features, weight_init=normal(std))
 
 
 def _attention(a: Tensor, name: str, batch: int, seq: int, heads: int, proj_std: float
@@ -83,11 +79,13 @@ def _attention(a: Tensor, name: str, batch: int, seq: int, heads: int, proj_std:
     v = split_heads(_linear(a, f"{name}.v", d, INIT_STD), [0, 2, 1, 3])   # (B, H, T, hd)
     scores = anp.matmul(q, k) * (1.0 / math.sqrt(hd))
     # The causal mask is a per-block const (each device can make its own) with a fill rule,
-    # so the graph holds no seq x seq array; masked scores get the dtype's most negative value.
+    # so the graph holds no seq x seq array; masked scores get the dtype's most negative value
+    # (as PyTorch/HF mask attention scores).
     mask = tracer.source("const", (seq, seq), "bool", f"{name}.causal_mask",
                          attrs={"fill": "tril"})
+    stored = NUMPY_DTYPE[dtype]
     floor = tracer.source("const", (), dtype, f"{name}.mask_value",
-                          attrs={"value": np.asarray(_mask_value(dtype), _numpy_dtype(dtype))})
+                          attrs={"value": np.asarray(np.finfo(stored).min, stored)})
     probs = anp.softmax(anp.where(mask, scores, floor), axis=-1)
     y = anp.matmul(probs, v)                                              # (B, H, T, hd)
     y = anp.reshape(anp.transpose(y, [0, 2, 1, 3]), [batch * seq, d])
@@ -98,12 +96,3 @@ def _mlp(a: Tensor, name: str, proj_std: float) -> Tensor:
     d = a.shape[-1]
     h = anp.gelu(_linear(a, f"{name}.fc", 4 * d, INIT_STD))
     return _linear(h, f"{name}.proj", d, proj_std)
-
-
-def _mask_value(dtype: str) -> float:
-    """The most negative finite value of `dtype` (as PyTorch/HF mask attention scores)."""
-    return float(np.finfo(_numpy_dtype(dtype)).min)
-
-
-def _numpy_dtype(dtype: str) -> str:
-    return "float32" if dtype == "bfloat16" else dtype

@@ -81,10 +81,8 @@ def target_spec(graph: Graph):
 def imported_data(inputs, graph: Graph, seed: int, fresh: bool = False
                   ) -> Callable[[int], Feeds]:
     """step -> feeds for the loss graph's inputs: `inputs` (InputSpecs) and its target."""
-    specs = list(inputs)
     target = target_spec(graph)
-    if target is not None:
-        specs.append(target)
+    specs = list(inputs) + ([] if target is None else [target])
 
     def draw(step: int) -> Feeds:
         rng = np.random.default_rng([int(seed), 7, int(step)])

@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 
+from autodiff.io import NUMPY_DTYPE
 from autodiff.ir import FLOAT_DTYPES, Graph, GraphError, Node
 
 ZEROS = {"kind": "zeros"}
@@ -49,7 +50,7 @@ def init_param(node: Node, seed: int) -> np.ndarray:
     if node.dtype not in FLOAT_DTYPES:
         raise GraphError(f"param {node.name!r}: cannot initialize dtype {node.dtype}")
     # numpy has no bfloat16: such parameters materialize as float32.
-    dtype = "float32" if node.dtype == "bfloat16" else node.dtype
+    dtype = NUMPY_DTYPE[node.dtype]
     kind = rule["kind"]
     if kind == "zeros":
         return np.zeros(node.shape, dtype)

@@ -15,81 +15,55 @@ import numpy as np
 from scipy import special
 
 from autodiff import numpy as anp
-from autodiff.ops.elementwise import compare_shape, tangent_sum, unary_float_shape
-from autodiff.ops.registry import OpDef, elementwise_flops
-from autodiff.ops.reduce import reduce_shape, _np_axis, _reduce_flops
+from autodiff.ops.elementwise import compare_shape, same_shape, tangent_sum, unary_float_shape
+from autodiff.ops.registry import OpDef, elementwise_flops, float_array, input_flops, symmetric_op
+from autodiff.ops.reduce import reduce_shape, _np_axis
 
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 
-def _float(x):
-    x = np.asarray(x)
-    return x if x.dtype.kind == "f" else x.astype(np.float64)
-
-
-def _cast(x, like):
-    """Mask arithmetic in numpy promotes to float64 from bool; keep the input's float dtype."""
-    return np.asarray(x, dtype=np.asarray(like).dtype if np.asarray(like).dtype.kind == "f"
-                      else np.float64)
+def _float_forward(fn):
+    """numpy forward fn(x) on x as float (ints become float64), returned in that dtype (mask
+    arithmetic in numpy promotes to float64 from bool)."""
+    def forward(x):
+        x = float_array(x)
+        return np.asarray(fn(x), dtype=x.dtype)
+    return forward
 
 
 # ------------------------------------------------------------------ erf, gelu_erf
-def _erf_slope(x):
+def _erf_slope(x, dtype):
     return anp.exp(-(x * x)) * TWO_OVER_SQRT_PI
 
 
-def _gelu_erf_numpy(x):
-    x = _float(x)
-    return _cast(0.5 * x * (1.0 + special.erf(x * SQRT_HALF)), x)
-
-
-def _gelu_erf_slope(x):
+def _gelu_erf_slope(x, dtype):
     """Phi(x) + x phi(x): the exact GELU's derivative, from graph ops (differentiable again)."""
     cdf = (anp.apply("erf", x * SQRT_HALF) + 1.0) * 0.5
     return cdf + x * anp.exp(x * x * -0.5) * INV_SQRT_2PI
 
 
 # ------------------------------------------------------------------ silu
+@_float_forward
 def _silu_numpy(x):
-    x = _float(x)
     with np.errstate(over="ignore"):
-        return _cast(x / (1.0 + np.exp(-x)), x)
+        return x / (1.0 + np.exp(-x))
 
 
-def _silu_slope(x):
+def _silu_slope(x, dtype):
     s = anp.sigmoid(x)
     return s * (x * (1 - s) + 1)
 
 
 # ------------------------------------------------------------------ hard activations
-def _inside(x, lo, hi, dtype, closed: bool):
-    """1 where lo < x < hi (or <=, closed) else 0, in `dtype`."""
-    if closed:
-        mask = anp.astype(anp.greater_equal(x, lo), dtype) * anp.astype(anp.less_equal(x, hi),
-                                                                         dtype)
-    else:
-        mask = anp.astype(anp.greater(x, lo), dtype) * anp.astype(anp.less(x, hi), dtype)
-    return mask
-
-
-def _hardsigmoid_numpy(x):
-    x = _float(x)
-    return _cast(np.clip(x / 6.0 + 0.5, 0.0, 1.0), x)
-
-
 def _hardsigmoid_slope(x, dtype):
-    return _inside(x, -3.0, 3.0, dtype, closed=False) * (1.0 / 6.0)
-
-
-def _hardswish_numpy(x):
-    x = _float(x)
-    return _cast(x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, x)
+    inside = anp.astype(anp.greater(x, -3.0), dtype) * anp.astype(anp.less(x, 3.0), dtype)
+    return inside * (1.0 / 6.0)
 
 
 def _hardswish_slope(x, dtype):
-    middle = _inside(x, -3.0, 3.0, dtype, closed=True)
+    middle = _clamp_mask(x, -3.0, 3.0, dtype)
     above = anp.astype(anp.greater(x, 3.0), dtype)
     return middle * (x * (1.0 / 3.0) + 0.5) + above
 
@@ -124,54 +98,45 @@ def _clamp_jvp(t, out, x, lo=None, hi=None):
     return t[0] if mask is None else t[0] * mask
 
 
-def _clamp_shape(shapes, dtypes, lo=None, hi=None):
-    return tuple(shapes[0]), dtypes[0]
-
-
 # ------------------------------------------------------------------ boolean ops
-def _bool_shape(shapes, dtypes, **attrs):
-    return tuple(shapes[0]), "bool"
-
-
 def _any_shape(shapes, dtypes, axis=None, keepdims=False):
     return reduce_shape(shapes, dtypes, axis, keepdims)[0], "bool"
 
 
 def _unary(name, forward, slope, flops, doc, saves=(0,)):
     """An elementwise op whose VJP and JVP multiply by slope(x, dtype)."""
-    return OpDef(name, unary_float_shape, forward, elementwise_flops(flops),
-                 vjp=lambda g, out, x: (g * slope(x, out.dtype),),
-                 jvp=lambda t, out, x: t[0] * slope(x, out.dtype), saves=saves, arity=1, doc=doc)
+    return symmetric_op(name, unary_float_shape, forward, elementwise_flops(flops),
+                        lambda v, out, x: v * slope(x, out.dtype), saves=saves, arity=1, doc=doc)
 
 
 OPS = [
-    _unary("erf", lambda x: _cast(special.erf(_float(x)), _float(x)),
-           lambda x, dt: _erf_slope(x), 4, "the error function"),
-    _unary("gelu_erf", _gelu_erf_numpy, lambda x, dt: _gelu_erf_slope(x), 8,
-           "exact GELU x * Phi(x) (torch gelu(approximate='none'), BERT, ViT)"),
-    _unary("silu", _silu_numpy, lambda x, dt: _silu_slope(x), 4, "x * sigmoid(x) (swish)"),
-    _unary("hardsigmoid", _hardsigmoid_numpy, _hardsigmoid_slope, 3,
+    _unary("erf", _float_forward(special.erf), _erf_slope, 4, "the error function"),
+    _unary("gelu_erf", _float_forward(lambda x: 0.5 * x * (1.0 + special.erf(x * SQRT_HALF))),
+           _gelu_erf_slope, 8, "exact GELU x * Phi(x) (torch gelu(approximate='none'), BERT, ViT)"),
+    _unary("silu", _silu_numpy, _silu_slope, 4, "x * sigmoid(x) (swish)"),
+    _unary("hardsigmoid", _float_forward(lambda x: np.clip(x / 6.0 + 0.5, 0.0, 1.0)),
+           _hardsigmoid_slope, 3,
            "clip(x / 6 + 1/2, 0, 1); slope 1/6 strictly inside (-3, 3), as torch"),
-    _unary("hardswish", _hardswish_numpy, _hardswish_slope, 3,
+    _unary("hardswish", _float_forward(lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
+           _hardswish_slope, 3,
            "x * clip(x + 3, 0, 6) / 6; slope (2x + 3) / 6 on [-3, 3], 1 above, as torch"),
-    OpDef("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(_float(x)), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * out * out * out * -0.5,),
-          jvp=lambda t, out, x: t[0] * out * out * out * -0.5, saves=("out",), arity=1,
-          doc="1 / sqrt(x) (RMS norm)"),
-    OpDef("reciprocal", unary_float_shape, lambda x: 1.0 / _float(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (-(g * out * out),),
-          jvp=lambda t, out, x: -(t[0] * out * out), saves=("out",), arity=1, doc="1 / x"),
-    OpDef("clamp", _clamp_shape, _clamp_numpy, elementwise_flops(2),
+    symmetric_op("rsqrt", unary_float_shape, lambda x: 1.0 / np.sqrt(float_array(x)),
+                 elementwise_flops(1), lambda v, out, x: v * out * out * out * -0.5,
+                 saves=("out",), arity=1, doc="1 / sqrt(x) (RMS norm)"),
+    symmetric_op("reciprocal", unary_float_shape, lambda x: 1.0 / float_array(x),
+                 elementwise_flops(1), lambda v, out, x: -(v * out * out), saves=("out",),
+                 arity=1, doc="1 / x"),
+    OpDef("clamp", same_shape, _clamp_numpy, elementwise_flops(2),
           vjp=_clamp_vjp, jvp=_clamp_jvp, saves=(0,), arity=1,
           doc="clip x to [lo, hi] (either may be None); gradient where lo <= x <= hi, as torch"),
-    OpDef("logical_not", _bool_shape, lambda x: np.logical_not(x), elementwise_flops(1),
+    OpDef("logical_not", compare_shape, lambda x: np.logical_not(x), elementwise_flops(1),
           arity=1, doc="boolean not; no gradient"),
     OpDef("logical_and", compare_shape, lambda a, b: np.logical_and(a, b), elementwise_flops(1),
           arity=2, doc="boolean and; no gradient"),
     OpDef("logical_or", compare_shape, lambda a, b: np.logical_or(a, b), elementwise_flops(1),
           arity=2, doc="boolean or; no gradient"),
     OpDef("any", _any_shape, lambda x, axis=None, keepdims=False:
-          np.any(x, axis=_np_axis(axis), keepdims=keepdims), _reduce_flops, arity=1,
+          np.any(x, axis=_np_axis(axis), keepdims=keepdims), input_flops(1), arity=1,
           doc="whether any element along axis is true; no gradient"),
 ]
 

@@ -1,9 +1,8 @@
 """Convolution and pooling ops on NCHW tensors (square kernels, symmetric padding).
 
-conv2d runs as im2col on a strided view (numpy sliding_window_view) and one tensordot. Its
-gradients are ops of their own (conv2d_input_grad, conv2d_weight_grad) with FLOPs equal to
-the forward's and VJPs of their own, so any order of derivative stays in the graph. Pooling
-gradients go through unfold2d / fold2d, a pair of mutually adjoint linear ops.
+conv2d runs as im2col on a strided view (numpy sliding_window_view) and one tensordot; its
+gradients are ops of their own (conv_ops). Pooling gradients go through unfold2d / fold2d, a
+pair of mutually adjoint linear ops.
 
 FLOPs: conv2d and both of its gradients 2 * out_elems * Cin * kh * kw (out_elems of the
 forward output); pooling one per window element; fold2d one addition per element it scatters;
@@ -17,7 +16,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, float_dtype, promote
+from autodiff.ops.elementwise import tangent_sum
+from autodiff.ops.registry import OpDef, ShapeError, float_dtype, input_flops, promote
 
 
 def _out_size(n: int, k: int, stride: int, padding: int) -> int:
@@ -80,13 +80,18 @@ def _conv2d_flops(shapes, out_shape, **attrs):
     return 2 * math.prod(out_shape) * w[1] * w[2] * w[3]
 
 
-def _conv2d_input_grad_shape(shapes, dtypes, shape, stride=1, padding=0):
-    g, w = tuple(shapes[0]), tuple(shapes[1])
-    expected, _ = _conv2d_shape([shape, w], dtypes, stride, padding)
-    if g != expected:
-        raise ShapeError(f"conv2d_input_grad: gradient {list(g)} does not match the conv output "
+def _grad_shape(op, g, expected, shape, dtypes):
+    """The output of gradient op `op` (the conv's input or weight `shape`), once the incoming
+    gradient `g` has the conv's output shape `expected`."""
+    if tuple(g) != expected:
+        raise ShapeError(f"{op}: gradient {list(g)} does not match the conv output "
                          f"{list(expected)}")
     return tuple(shape), promote(*dtypes)
+
+
+def _conv2d_input_grad_shape(shapes, dtypes, shape, stride=1, padding=0):
+    expected, _ = _conv2d_shape([shape, shapes[1]], dtypes, stride, padding)
+    return _grad_shape("conv2d_input_grad", shapes[0], expected, shape, dtypes)
 
 
 def _conv2d_input_grad_numpy(g, w, shape, stride=1, padding=0):
@@ -95,18 +100,14 @@ def _conv2d_input_grad_numpy(g, w, shape, stride=1, padding=0):
     return _scatter_windows(cols, tuple(shape), stride, padding)
 
 
-def _conv2d_input_grad_flops(shapes, out_shape, **attrs):
+def _input_grad_flops(shapes, out_shape, **attrs):
     g, w = shapes
     return 2 * math.prod(g) * w[1] * w[2] * w[3]
 
 
 def _conv2d_weight_grad_shape(shapes, dtypes, shape, stride=1, padding=0):
-    x, g = tuple(shapes[0]), tuple(shapes[1])
-    expected, _ = _conv2d_shape([x, shape], dtypes, stride, padding)
-    if g != expected:
-        raise ShapeError(f"conv2d_weight_grad: gradient {list(g)} does not match the conv "
-                         f"output {list(expected)}")
-    return tuple(shape), promote(*dtypes)
+    expected, _ = _conv2d_shape([shapes[0], shape], dtypes, stride, padding)
+    return _grad_shape("conv2d_weight_grad", shapes[1], expected, shape, dtypes)
 
 
 def _conv2d_weight_grad_numpy(x, g, shape, stride=1, padding=0):
@@ -114,52 +115,45 @@ def _conv2d_weight_grad_numpy(x, g, shape, stride=1, padding=0):
     return np.tensordot(g, win, axes=([0, 2, 3], [0, 2, 3]))
 
 
-def _conv2d_weight_grad_flops(shapes, out_shape, **attrs):
+def _weight_grad_flops(shapes, out_shape, **attrs):
     x, g = shapes
     return 2 * math.prod(g) * out_shape[1] * out_shape[2] * out_shape[3]
 
 
-def _input_grad(g, w, shape, stride, padding):
-    return anp.apply("conv2d_input_grad", g, w, shape=list(shape), stride=stride, padding=padding)
+def conv_ops(name: str, conv: tuple, input_grad: tuple, weight_grad: tuple, docs: tuple,
+             **defaults) -> list[OpDef]:
+    """OpDefs of convolution `name` and its gradients `name`_input_grad and _weight_grad, each
+    given as (shape rule, numpy forward): bilinear ops whose VJPs are made of the other two, so
+    any order of derivative stays in the graph. `defaults`: the other attrs, always passed on."""
+    ops = (name, f"{name}_input_grad", f"{name}_weight_grad")
 
+    def apply(op, a, b, attrs, shape=None):
+        known = {key: attrs.get(key, value) for key, value in defaults.items()}
+        return anp.apply(op, a, b, **({} if shape is None else {"shape": list(shape)}), **known)
 
-def _weight_grad(x, g, shape, stride, padding):
-    return anp.apply("conv2d_weight_grad", x, g, shape=list(shape), stride=stride,
-                     padding=padding)
+    def bilinear_jvp(op):
+        """Tangent of bilinear op(a, b): op(ta, b) + op(a, tb)."""
+        def jvp(t, out, a, b, shape=None, **attrs):
+            return tangent_sum(None if t[0] is None else apply(op, t[0], b, attrs, shape),
+                               None if t[1] is None else apply(op, a, t[1], attrs, shape))
+        return jvp
 
+    def conv_vjp(g, out, x, w, **attrs):
+        return apply(ops[1], g, w, attrs, x.shape), apply(ops[2], x, g, attrs, w.shape)
 
-def _bilinear_jvp(fn, t, a, b):
-    """Tangent of bilinear fn(a, b): fn(ta, b) + fn(a, tb)."""
-    terms = [fn(t[0], b) if t[0] is not None else None, fn(a, t[1]) if t[1] is not None else None]
-    terms = [x for x in terms if x is not None]
-    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    def input_grad_vjp(h, out, g, w, shape, **attrs):
+        # <input_grad(g, w), h> = <g, conv(h, w)>
+        return apply(name, h, w, attrs), apply(ops[2], h, g, attrs, w.shape)
 
+    def weight_grad_vjp(v, out, x, g, shape, **attrs):
+        # <weight_grad(x, g), v> = <g, conv(x, v)>
+        return apply(ops[1], g, v, attrs, x.shape), apply(name, x, v, attrs)
 
-def _conv2d_vjp(g, out, x, w, stride=1, padding=0):
-    return (_input_grad(g, w, x.shape, stride, padding),
-            _weight_grad(x, g, w.shape, stride, padding))
-
-
-def _conv2d_jvp(t, out, x, w, stride=1, padding=0):
-    return _bilinear_jvp(lambda a, b: anp.conv2d(a, b, stride, padding), t, x, w)
-
-
-def _conv2d_input_grad_vjp(h, out, g, w, shape, stride=1, padding=0):
-    # <input_grad(g, w), h> = <g, conv2d(h, w)>
-    return anp.conv2d(h, w, stride, padding), _weight_grad(h, g, w.shape, stride, padding)
-
-
-def _conv2d_input_grad_jvp(t, out, g, w, shape, stride=1, padding=0):
-    return _bilinear_jvp(lambda a, b: _input_grad(a, b, shape, stride, padding), t, g, w)
-
-
-def _conv2d_weight_grad_vjp(v, out, x, g, shape, stride=1, padding=0):
-    # <weight_grad(x, g), v> = <g, conv2d(x, v)>
-    return _input_grad(g, v, x.shape, stride, padding), anp.conv2d(x, v, stride, padding)
-
-
-def _conv2d_weight_grad_jvp(t, out, x, g, shape, stride=1, padding=0):
-    return _bilinear_jvp(lambda a, b: _weight_grad(a, b, shape, stride, padding), t, x, g)
+    rules = zip(ops, (conv, input_grad, weight_grad),
+                (_conv2d_flops, _input_grad_flops, _weight_grad_flops),
+                (conv_vjp, input_grad_vjp, weight_grad_vjp), docs)
+    return [OpDef(op, *pair, flops, vjp=vjp, jvp=bilinear_jvp(op), saves=(0, 1), arity=2, doc=doc)
+            for op, pair, flops, vjp, doc in rules]
 
 
 # ------------------------------------------------------------------ pooling
@@ -252,16 +246,13 @@ def _fold_shape(shapes, dtypes, kernel, stride, padding, shape):
 
 
 OPS = [
-    OpDef("conv2d", _conv2d_shape, _conv2d_numpy, _conv2d_flops, vjp=_conv2d_vjp,
-          jvp=_conv2d_jvp, saves=(0, 1), arity=2,
-          doc="cross-correlation of NCHW x with (out, in, kh, kw) weights; no bias"),
-    OpDef("conv2d_input_grad", _conv2d_input_grad_shape, _conv2d_input_grad_numpy,
-          _conv2d_input_grad_flops, vjp=_conv2d_input_grad_vjp, jvp=_conv2d_input_grad_jvp,
-          saves=(0, 1), arity=2,
-          doc="conv2d's gradient w.r.t. its input (a transposed convolution of g with w)"),
-    OpDef("conv2d_weight_grad", _conv2d_weight_grad_shape, _conv2d_weight_grad_numpy,
-          _conv2d_weight_grad_flops, vjp=_conv2d_weight_grad_vjp, jvp=_conv2d_weight_grad_jvp,
-          saves=(0, 1), arity=2, doc="conv2d's gradient w.r.t. its weights (x correlated with g)"),
+    *conv_ops("conv2d", (_conv2d_shape, _conv2d_numpy),
+              (_conv2d_input_grad_shape, _conv2d_input_grad_numpy),
+              (_conv2d_weight_grad_shape, _conv2d_weight_grad_numpy),
+              ("cross-correlation of NCHW x with (out, in, kh, kw) weights; no bias",
+               "conv2d's gradient w.r.t. its input (a transposed convolution of g with w)",
+               "conv2d's gradient w.r.t. its weights (x correlated with g)"),
+              stride=1, padding=0),
     OpDef("max_pool2d", _pool_shape("max_pool2d"), _max_pool_numpy, _pool_flops,
           vjp=_max_pool_vjp, jvp=_max_pool_jvp, saves=(0, "out"), arity=1,
           doc="max over kernel x kernel windows (padding never wins); ties split the gradient "
@@ -282,7 +273,7 @@ OPS = [
     OpDef("fold2d", _fold_shape,
           lambda cols, kernel, stride, padding, shape: _scatter_windows(
               np.asarray(cols), tuple(shape), stride, padding),
-          lambda shapes, out_shape, **attrs: math.prod(shapes[0]),
+          input_flops(1),
           vjp=lambda g, out, cols, kernel, stride, padding, shape:
           (_unfold(g, kernel, stride, padding),),
           jvp=lambda t, out, cols, kernel, stride, padding, shape:

@@ -11,7 +11,7 @@ import numpy as np
 from autodiff import numpy as anp
 from autodiff.ir import FLOAT_DTYPES
 from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
-                                   float_dtype, promote)
+                                   float_dtype, promote, symmetric_op)
 
 
 def binary_shape(shapes, dtypes, **attrs):
@@ -45,12 +45,7 @@ def _astype_shape(shapes, dtypes, dtype):
 def tangent_sum(*terms):
     """Sum of the non-None tangent terms (None when all are zero)."""
     terms = [t for t in terms if t is not None]
-    if not terms:
-        return None
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def _scaled(t, factor):
@@ -80,15 +75,12 @@ def _power_jvp(t, out, a, b):
 
 
 # ------------------------------------------------------ maximum / minimum
-def _first_share(a, b, dtype):
-    """1 where a > b, 0.5 at ties, 0 where a < b: a's share of maximum's gradient."""
-    return anp.astype(anp.greater(a, b), dtype) + anp.astype(anp.equal(a, b), dtype) * 0.5
-
-
 def _extremum_rules(first_wins):
-    """VJP and JVP of maximum (first_wins=greater) or minimum (first_wins=less)."""
+    """VJP and JVP of maximum (first_wins=greater) or minimum (first_wins=less): a's share of
+    the gradient is 1 where it wins, 0.5 at ties, 0 where it loses."""
     def share(a, b, dtype):
-        return _first_share(a, b, dtype) if first_wins == "greater" else _first_share(b, a, dtype)
+        x, y = (a, b) if first_wins == "greater" else (b, a)
+        return anp.astype(anp.greater(x, y), dtype) + anp.astype(anp.equal(x, y), dtype) * 0.5
 
     def vjp(g, out, a, b):
         s = share(a, b, out.dtype)
@@ -165,31 +157,26 @@ OPS = [
           jvp=lambda t, out, a, b: tangent_sum(None if t[0] is None else t[0] / b,
                                                 None if t[1] is None else -t[1] * out / b),
           saves=(1, "out"), arity=2, doc="true division; integer operands give float64"),
-    OpDef("negative", same_shape, lambda x: np.negative(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (-g,), jvp=lambda t, out, x: -t[0], arity=1),
+    symmetric_op("negative", same_shape, lambda x: np.negative(x), elementwise_flops(1),
+                 lambda v, out, x: -v, arity=1),
     OpDef("power", binary_shape, lambda a, b: np.power(a, b), elementwise_flops(1),
           vjp=_power_vjp, jvp=_power_jvp, saves=(0, 1), arity=2,
           doc="a**b; d/db = a**b log(a) taken as 0 where a <= 0 (as torch does at a = 0)"),
-    OpDef("exp", unary_float_shape, lambda x: np.exp(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * out,), jvp=lambda t, out, x: t[0] * out,
-          saves=("out",), arity=1),
-    OpDef("log", unary_float_shape, lambda x: np.log(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (g / x,), jvp=lambda t, out, x: t[0] / x, saves=(0,), arity=1),
-    OpDef("sin", unary_float_shape, lambda x: np.sin(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * anp.cos(x),), jvp=lambda t, out, x: t[0] * anp.cos(x),
-          saves=(0,), arity=1),
-    OpDef("cos", unary_float_shape, lambda x: np.cos(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (-(g * anp.sin(x)),), jvp=lambda t, out, x: -(t[0] * anp.sin(x)),
-          saves=(0,), arity=1),
-    OpDef("tanh", unary_float_shape, lambda x: np.tanh(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * (1 - out * out),),
-          jvp=lambda t, out, x: t[0] * (1 - out * out), saves=("out",), arity=1),
-    OpDef("sqrt", unary_float_shape, lambda x: np.sqrt(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (g / (out * 2),), jvp=lambda t, out, x: t[0] / (out * 2),
-          saves=("out",), arity=1),
-    OpDef("abs", same_shape, lambda x: np.abs(x), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * anp.sign(x),), jvp=lambda t, out, x: t[0] * anp.sign(x),
-          saves=(0,), arity=1, doc="|x|; subgradient convention abs'(0) = 0 (= sign(0))"),
+    symmetric_op("exp", unary_float_shape, lambda x: np.exp(x), elementwise_flops(1),
+                 lambda v, out, x: v * out, saves=("out",), arity=1),
+    symmetric_op("log", unary_float_shape, lambda x: np.log(x), elementwise_flops(1),
+                 lambda v, out, x: v / x, saves=(0,), arity=1),
+    symmetric_op("sin", unary_float_shape, lambda x: np.sin(x), elementwise_flops(1),
+                 lambda v, out, x: v * anp.cos(x), saves=(0,), arity=1),
+    symmetric_op("cos", unary_float_shape, lambda x: np.cos(x), elementwise_flops(1),
+                 lambda v, out, x: -(v * anp.sin(x)), saves=(0,), arity=1),
+    symmetric_op("tanh", unary_float_shape, lambda x: np.tanh(x), elementwise_flops(1),
+                 lambda v, out, x: v * (1 - out * out), saves=("out",), arity=1),
+    symmetric_op("sqrt", unary_float_shape, lambda x: np.sqrt(x), elementwise_flops(1),
+                 lambda v, out, x: v / (out * 2), saves=("out",), arity=1),
+    symmetric_op("abs", same_shape, lambda x: np.abs(x), elementwise_flops(1),
+                 lambda v, out, x: v * anp.sign(x), saves=(0,), arity=1,
+                 doc="|x|; subgradient convention abs'(0) = 0 (= sign(0))"),
     OpDef("sign", same_shape, lambda x: np.sign(x), elementwise_flops(1), arity=1,
           doc="sign(x); derivative zero almost everywhere, so no gradient rule"),
     OpDef("maximum", binary_shape, lambda a, b: np.maximum(a, b), elementwise_flops(1),
@@ -211,11 +198,11 @@ OPS = [
           doc="dtype conversion; gradient cast back to the input dtype (none for int inputs)"),
     OpDef("stop_gradient", same_shape, lambda x: np.array(x, copy=True), arity=1,
           doc="identity forward; no gradient flows through it"),
-    OpDef("straight_through", _straight_through_shape,
-          lambda x, levels, lo, hi: _quantize(x, levels, lo, hi), elementwise_flops(1),
-          vjp=lambda g, out, x, **q: (g,), jvp=lambda t, out, x, **q: t[0], arity=1,
-          doc="uniform quantizer to `levels` values in [lo, hi]; backward is the identity "
-              "(straight-through estimator)"),
+    symmetric_op("straight_through", _straight_through_shape,
+                 lambda x, levels, lo, hi: _quantize(x, levels, lo, hi), elementwise_flops(1),
+                 lambda v, out, x, **q: v, arity=1,
+                 doc="uniform quantizer to `levels` values in [lo, hi]; backward is the "
+                     "identity (straight-through estimator)"),
     OpDef("add_n", lambda shapes, dtypes: (broadcast_shapes(*shapes), promote(*dtypes)),
           lambda *xs: _add_n(xs),
           lambda shapes, out, **a: max(len(shapes) - 1, 0) * int(np.prod(out)),

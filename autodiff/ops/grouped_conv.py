@@ -2,20 +2,16 @@
 
 Input channels and output channels are split into `groups` equal parts; part g of the output
 sees only part g of the input. Weights are (out, in / groups, kh, kw), as torch and ONNX store
-them. It runs as conv2d does (conv.py): a strided window view and one einsum per call, with
-its two gradients as ops of their own, each with a VJP, so higher derivatives stay in the graph.
+them. It runs as conv2d does (conv.py), with one einsum on a strided window view per call.
 
 FLOPs: 2 * out_elems * (Cin / groups) * kh * kw for the op and for each of its gradients.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from autodiff import numpy as anp
-from autodiff.ops.conv import _bilinear_jvp, _check_geometry, _scatter_windows, _windows
-from autodiff.ops.registry import OpDef, ShapeError, promote
+from autodiff.ops.conv import _check_geometry, _grad_shape, _scatter_windows, _windows, conv_ops
+from autodiff.ops.registry import ShapeError, promote
 
 
 def _geometry(x, w, stride, padding, groups, op="grouped_conv2d"):
@@ -50,17 +46,10 @@ def _forward(x, w, stride=1, padding=0, groups=1):
     return out.reshape((out.shape[0], o) + out.shape[3:])
 
 
-def _flops(shapes, out_shape, **attrs):
-    w = shapes[1]
-    return 2 * math.prod(out_shape) * w[1] * w[2] * w[3]
-
-
 def _input_grad_shape(shapes, dtypes, shape, stride=1, padding=0, groups=1):
-    expected = _geometry(shape, shapes[1], stride, padding, groups, "grouped_conv2d_input_grad")
-    if tuple(shapes[0]) != expected:
-        raise ShapeError(f"grouped_conv2d_input_grad: gradient {list(shapes[0])} does not match "
-                         f"the conv output {list(expected)}")
-    return tuple(shape), promote(*dtypes)
+    op = "grouped_conv2d_input_grad"
+    expected = _geometry(shape, shapes[1], stride, padding, groups, op)
+    return _grad_shape(op, shapes[0], expected, shape, dtypes)
 
 
 def _input_grad_forward(g, w, shape, stride=1, padding=0, groups=1):
@@ -73,17 +62,10 @@ def _input_grad_forward(g, w, shape, stride=1, padding=0, groups=1):
     return _scatter_windows(cols, tuple(shape), stride, padding)
 
 
-def _input_grad_flops(shapes, out_shape, **attrs):
-    g, w = shapes
-    return 2 * math.prod(g) * w[1] * w[2] * w[3]
-
-
 def _weight_grad_shape(shapes, dtypes, shape, stride=1, padding=0, groups=1):
-    expected = _geometry(shapes[0], shape, stride, padding, groups, "grouped_conv2d_weight_grad")
-    if tuple(shapes[1]) != expected:
-        raise ShapeError(f"grouped_conv2d_weight_grad: gradient {list(shapes[1])} does not "
-                         f"match the conv output {list(expected)}")
-    return tuple(shape), promote(*dtypes)
+    op = "grouped_conv2d_weight_grad"
+    expected = _geometry(shapes[0], shape, stride, padding, groups, op)
+    return _grad_shape(op, shapes[1], expected, shape, dtypes)
 
 
 def _weight_grad_forward(x, g, shape, stride=1, padding=0, groups=1):
@@ -95,61 +77,9 @@ def _weight_grad_forward(x, g, shape, stride=1, padding=0, groups=1):
     return out.reshape(tuple(shape))
 
 
-def _weight_grad_flops(shapes, out_shape, **attrs):
-    x, g = shapes
-    return 2 * math.prod(g) * out_shape[1] * out_shape[2] * out_shape[3]
-
-
-def _conv(x, w, stride, padding, groups):
-    return anp.apply("grouped_conv2d", x, w, stride=stride, padding=padding, groups=groups)
-
-
-def _input_grad(g, w, shape, stride, padding, groups):
-    return anp.apply("grouped_conv2d_input_grad", g, w, shape=list(shape), stride=stride,
-                     padding=padding, groups=groups)
-
-
-def _weight_grad(x, g, shape, stride, padding, groups):
-    return anp.apply("grouped_conv2d_weight_grad", x, g, shape=list(shape), stride=stride,
-                     padding=padding, groups=groups)
-
-
-def _vjp(g, out, x, w, stride=1, padding=0, groups=1):
-    return (_input_grad(g, w, x.shape, stride, padding, groups),
-            _weight_grad(x, g, w.shape, stride, padding, groups))
-
-
-def _jvp(t, out, x, w, stride=1, padding=0, groups=1):
-    return _bilinear_jvp(lambda a, b: _conv(a, b, stride, padding, groups), t, x, w)
-
-
-def _input_grad_vjp(h, out, g, w, shape, stride=1, padding=0, groups=1):
-    # <input_grad(g, w), h> = <g, conv(h, w)>
-    return (_conv(h, w, stride, padding, groups),
-            _weight_grad(h, g, w.shape, stride, padding, groups))
-
-
-def _input_grad_jvp(t, out, g, w, shape, stride=1, padding=0, groups=1):
-    return _bilinear_jvp(lambda a, b: _input_grad(a, b, shape, stride, padding, groups), t, g, w)
-
-
-def _weight_grad_vjp(v, out, x, g, shape, stride=1, padding=0, groups=1):
-    # <weight_grad(x, g), v> = <g, conv(x, v)>
-    return (_input_grad(g, v, x.shape, stride, padding, groups),
-            _conv(x, v, stride, padding, groups))
-
-
-def _weight_grad_jvp(t, out, x, g, shape, stride=1, padding=0, groups=1):
-    return _bilinear_jvp(lambda a, b: _weight_grad(a, b, shape, stride, padding, groups), t, x, g)
-
-
-OPS = [
-    OpDef("grouped_conv2d", _shape, _forward, _flops, vjp=_vjp, jvp=_jvp, saves=(0, 1), arity=2,
-          doc="conv2d with channels split into `groups` (depthwise when groups = channels)"),
-    OpDef("grouped_conv2d_input_grad", _input_grad_shape, _input_grad_forward,
-          _input_grad_flops, vjp=_input_grad_vjp, jvp=_input_grad_jvp, saves=(0, 1), arity=2,
-          doc="grouped_conv2d's gradient w.r.t. its input"),
-    OpDef("grouped_conv2d_weight_grad", _weight_grad_shape, _weight_grad_forward,
-          _weight_grad_flops, vjp=_weight_grad_vjp, jvp=_weight_grad_jvp, saves=(0, 1),
-          arity=2, doc="grouped_conv2d's gradient w.r.t. its weights"),
-]
+OPS = conv_ops("grouped_conv2d", (_shape, _forward), (_input_grad_shape, _input_grad_forward),
+               (_weight_grad_shape, _weight_grad_forward),
+               ("conv2d with channels split into `groups` (depthwise when groups = channels)",
+                "grouped_conv2d's gradient w.r.t. its input",
+                "grouped_conv2d's gradient w.r.t. its weights"),
+               stride=1, padding=0, groups=1)

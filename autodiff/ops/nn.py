@@ -11,8 +11,8 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ops.registry import (OpDef, ShapeError, broadcast_shapes, elementwise_flops,
-                                   float_dtype, promote)
-from autodiff.ops.elementwise import tangent_sum
+                                   float_dtype, input_flops, promote, symmetric_op)
+from autodiff.ops.elementwise import tangent_sum, unary_float_shape
 from autodiff.ops.reduce import logsumexp_numpy
 
 
@@ -56,9 +56,7 @@ def _matmul_vjp(g, out, a, b):
         return anp.matmul(g, anp.transpose(b)), gb
     a2 = anp.reshape(a, [1, a.shape[0]]) if a.ndim == 1 else a
     b2 = anp.reshape(b, [b.shape[0], 1]) if b.ndim == 1 else b
-    g2 = g
-    if a.ndim == 1:
-        g2 = anp.expand_dims(g2, -2)
+    g2 = anp.expand_dims(g, -2) if a.ndim == 1 else g
     if b.ndim == 1:
         g2 = anp.expand_dims(g2, -1)
     ga = anp.matmul(g2, anp.swapaxes(b2, -1, -2))
@@ -73,19 +71,11 @@ def _matmul_vjp(g, out, a, b):
 
 
 def _matmul_jvp(t, out, a, b):
-    terms = []
-    if t[0] is not None:
-        terms.append(anp.matmul(t[0], b))
-    if t[1] is not None:
-        terms.append(anp.matmul(a, t[1]))
-    return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    return tangent_sum(None if t[0] is None else anp.matmul(t[0], b),
+                       None if t[1] is None else anp.matmul(a, t[1]))
 
 
 # ------------------------------------------------------------- activations
-def _unary_float_shape(shapes, dtypes, **attrs):
-    return tuple(shapes[0]), float_dtype(dtypes[0])
-
-
 def _positive(out):
     return anp.astype(anp.greater(out, 0), out.dtype)
 
@@ -182,9 +172,8 @@ def _cross_entropy_vjp(g, out, logits, labels):
 
 
 def _cross_entropy_jvp(t, out, logits, labels):
-    if t[0] is None:
-        return None
-    return anp.sum(t[0] * _softmax_minus_onehot(logits, labels)) * (1.0 / math.prod(labels.shape))
+    return None if t[0] is None else (anp.sum(t[0] * _softmax_minus_onehot(logits, labels))
+                                      * (1.0 / math.prod(labels.shape)))
 
 
 def _mse_shape(shapes, dtypes):
@@ -200,15 +189,8 @@ def _mse_vjp(g, out, pred, target):
 
 def _mse_jvp(t, out, pred, target):
     n = math.prod(broadcast_shapes(pred.shape, target.shape))
-    if t[1] is None:
-        dt = t[0]
-    else:
-        dt = -t[1] if t[0] is None else t[0] - t[1]
+    dt = t[0] if t[1] is None else -t[1] if t[0] is None else t[0] - t[1]
     return anp.sum((pred - target) * dt) * (2.0 / n)
-
-
-def _cross_entropy_flops(shapes, out_shape, **attrs):
-    return 4 * math.prod(shapes[0])
 
 
 def _mse_flops(shapes, out_shape, **attrs):
@@ -228,15 +210,13 @@ def _dropout_shape(shapes, dtypes, rate):
 OPS = [
     OpDef("matmul", _matmul_shape, _matmul_numpy, _matmul_flops,
           vjp=_matmul_vjp, jvp=_matmul_jvp, saves=(0, 1), arity=2),
-    OpDef("relu", lambda shapes, dtypes: (tuple(shapes[0]), dtypes[0]),
-          lambda x: np.maximum(x, 0), elementwise_flops(1),
-          vjp=lambda g, out, x: (g * _positive(out),),
-          jvp=lambda t, out, x: t[0] * _positive(out), saves=("out",), arity=1,
-          doc="max(x, 0); subgradient convention relu'(0) = 0"),
-    OpDef("gelu", _unary_float_shape, _gelu_numpy, elementwise_flops(8),
-          vjp=lambda g, out, x: (anp.apply("gelu_grad", g, x),),
-          jvp=lambda t, out, x: anp.apply("gelu_grad", t[0], x), saves=(0,), arity=1,
-          doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
+    symmetric_op("relu", lambda shapes, dtypes: (tuple(shapes[0]), dtypes[0]),
+                 lambda x: np.maximum(x, 0), elementwise_flops(1),
+                 lambda v, out, x: v * _positive(out), saves=("out",), arity=1,
+                 doc="max(x, 0); subgradient convention relu'(0) = 0"),
+    symmetric_op("gelu", unary_float_shape, _gelu_numpy, elementwise_flops(8),
+                 lambda v, out, x: anp.apply("gelu_grad", v, x), saves=(0,), arity=1,
+                 doc="GELU, tanh approximation (GPT-2; torch gelu(approximate='tanh'))"),
     OpDef("gelu_grad", _gelu_grad_shape, _gelu_grad_numpy, elementwise_flops(12),
           vjp=lambda gg, out, g, x: (anp.apply("gelu_grad", gg, x),
                                      gg * g * _gelu_second_derivative(x)),
@@ -245,10 +225,9 @@ OPS = [
               None if t[1] is None else t[1] * g * _gelu_second_derivative(x)),
           saves=(0, 1), arity=2,
           doc="g * gelu'(x): gelu's backward, fused; differentiable again"),
-    OpDef("sigmoid", _unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
-          vjp=lambda g, out, x: (g * out * (1 - out),),
-          jvp=lambda t, out, x: t[0] * out * (1 - out), saves=("out",), arity=1),
-    OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, _cross_entropy_flops,
+    symmetric_op("sigmoid", unary_float_shape, _sigmoid_numpy, elementwise_flops(1),
+                 lambda v, out, x: v * out * (1 - out), saves=("out",), arity=1),
+    OpDef("cross_entropy", _cross_entropy_shape, _cross_entropy_numpy, input_flops(4),
           vjp=_cross_entropy_vjp, jvp=_cross_entropy_jvp, saves=(0, 1), arity=2,
           doc="mean over samples of logsumexp(logits) - logits[label]; stable; labels get no "
               "gradient"),

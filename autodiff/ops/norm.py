@@ -16,9 +16,9 @@ import numpy as np
 
 from autodiff import numpy as anp
 from autodiff.ops.elementwise import tangent_sum
-from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_dtype,
-                                   normalize_axes, promote)
-from autodiff.ops.reduce import sum_last
+from autodiff.ops.registry import (OpDef, ShapeError, elementwise_flops, float_array,
+                                   float_dtype, normalize_axes, promote, symmetric_op)
+from autodiff.ops.reduce import _count, sum_last
 
 
 # ------------------------------------------------------------ numpy kernels
@@ -33,9 +33,7 @@ def _as_rows(x, axes: tuple):
 def _centred_and_rstd(x, axes: tuple, eps: float):
     """x - mean (a new float array) and 1 / sqrt(var + eps) over `axes`, as broadcastable
     arrays. Trailing axes (layer norm) reduce as rows with einsum: no squared temporary."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
+    x = float_array(x)
     rows = _as_rows(x, axes)
     if rows is not None:
         n = rows.shape[1]
@@ -56,9 +54,8 @@ def _mean_over(x, axes: tuple, y=None):
     """mean of x (or of x * y) over `axes`, kept dims."""
     rows = _as_rows(x, axes)
     if rows is not None and (y is None or y.flags.c_contiguous):
-        n = rows.shape[1]
         total = sum_last(rows, None if y is None else y.reshape(rows.shape))
-        total *= 1.0 / n
+        total *= 1.0 / rows.shape[1]
         return total.reshape(x.shape[:x.ndim - len(axes)] + (1,) * len(axes))
     return np.mean(x if y is None else x * y, axis=axes, keepdims=True)
 
@@ -99,10 +96,6 @@ def _scale_shift(y, scale, shift):
 
 
 # ---------------------------------------------------- normalize (fused parts)
-def _count(shape, axis) -> int:
-    return math.prod(shape[a] for a in normalize_axes(axis, len(shape)))
-
-
 def _rstd(x, axis, eps):
     """1 / sqrt(var + eps) over `axis` (kept dims), from graph ops."""
     xc = x - anp.mean(x, axis, keepdims=True)
@@ -169,15 +162,15 @@ def _layer_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
     return (_normalize_grad(g * gamma, x, -1, eps), g * _normalize(x, -1, eps), g)
 
 
+def _add_terms(*terms):
+    """add_n of the non-None tangent terms (one term alone; None when there is none)."""
+    terms = [term for term in terms if term is not None]
+    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
+
+
 def _layer_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalize_grad(t[0], x, -1, eps) * gamma)
-    if t[1] is not None:
-        terms.append(_normalize(x, -1, eps) * t[1])
-    if t[2] is not None:
-        terms.append(t[2])
-    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
+    return _add_terms(None if t[0] is None else _normalize_grad(t[0], x, -1, eps) * gamma,
+                      None if t[1] is None else _normalize(x, -1, eps) * t[1], t[2])
 
 
 # --------------------------------------------------------------- batch_norm
@@ -218,15 +211,11 @@ def _batch_norm_vjp(g, out, x, gamma, beta, eps=1e-5):
 
 
 def _batch_norm_jvp(t, out, x, gamma, beta, eps=1e-5):
-    axes = _channel_axes(x.ndim)
-    terms = []
-    if t[0] is not None:
-        terms.append(_normalize_grad(t[0], x, axes, eps) * _per_channel(gamma, x.ndim))
-    if t[1] is not None:
-        terms.append(_normalize(x, axes, eps) * _per_channel(t[1], x.ndim))
-    if t[2] is not None:
-        terms.append(_per_channel(t[2], x.ndim))
-    return anp.add_n(*terms) if len(terms) > 1 else terms[0]
+    axes, n = _channel_axes(x.ndim), x.ndim
+    return _add_terms(
+        None if t[0] is None else _normalize_grad(t[0], x, axes, eps) * _per_channel(gamma, n),
+        None if t[1] is None else _normalize(x, axes, eps) * _per_channel(t[1], n),
+        None if t[2] is None else _per_channel(t[2], n))
 
 
 def _batch_norm_eval_numpy(x, gamma, beta, mean, var, eps=1e-5):
@@ -248,22 +237,16 @@ def _batch_norm_eval_vjp(g, out, x, gamma, beta, mean, var, eps=1e-5):
 
 def _batch_norm_eval_jvp(t, out, x, gamma, beta, mean, var, eps=1e-5):
     xhat, rstd = _eval_parts(x, mean, var, eps)
-    terms = []
-    if t[0] is not None:
-        terms.append(t[0] * (_per_channel(gamma, x.ndim) * rstd))
-    if t[1] is not None:
-        terms.append(xhat * _per_channel(t[1], x.ndim))
-    if t[2] is not None:
-        terms.append(_per_channel(t[2], x.ndim))
-    return None if not terms else anp.add_n(*terms) if len(terms) > 1 else terms[0]
+    return _add_terms(None if t[0] is None else t[0] * (_per_channel(gamma, x.ndim) * rstd),
+                      None if t[1] is None else xhat * _per_channel(t[1], x.ndim),
+                      None if t[2] is None else _per_channel(t[2], x.ndim))
 
 
 OPS = [
-    OpDef("normalize", _normalize_shape, normalize_numpy, elementwise_flops(5),
-          vjp=lambda g, out, x, axis=-1, eps=1e-5: (_normalize_grad(g, x, axis, eps),),
-          jvp=lambda t, out, x, axis=-1, eps=1e-5: _normalize_grad(t[0], x, axis, eps),
-          saves=(0,), arity=1,
-          doc="(x - mean) / sqrt(var + eps) over axis (biased variance); fused kernel"),
+    symmetric_op("normalize", _normalize_shape, normalize_numpy, elementwise_flops(5),
+                 lambda v, out, x, axis=-1, eps=1e-5: _normalize_grad(v, x, axis, eps),
+                 saves=(0,), arity=1,
+                 doc="(x - mean) / sqrt(var + eps) over axis (biased variance); fused kernel"),
     OpDef("normalize_grad", _normalize_grad_shape, normalize_grad_numpy, elementwise_flops(12),
           vjp=_normalize_grad_vjp, jvp=_normalize_grad_jvp, saves=(0, 1, "out"), arity=2,
           doc="normalize's Jacobian at x applied to g (it is symmetric: VJP and JVP alike)"),

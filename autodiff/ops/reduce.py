@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, float_dtype, normalize_axes
+from autodiff.ops.registry import (OpDef, ShapeError, float_array, float_dtype, input_flops,
+                                   normalize_axes, symmetric_op)
 
 
 def reduce_shape(shapes, dtypes, axis=None, keepdims=False, **attrs):
@@ -46,35 +47,22 @@ def _softmax_shape(shapes, dtypes, axis=-1):
     return tuple(shapes[0]), float_dtype(dtypes[0])
 
 
-def keepdims_shape(in_shape, axis) -> list[int]:
-    """Shape of a reduction's result with the reduced axes kept as size 1."""
-    axes = normalize_axes(axis, len(in_shape))
-    return [1 if i in axes else d for i, d in enumerate(in_shape)]
-
-
 def expand_reduced(g, in_shape, axis, keepdims):
-    """Reshape a reduction's gradient so it broadcasts against the input."""
+    """Reshape a reduction's gradient so it broadcasts against the input: the reduced axes kept
+    as size 1."""
     if keepdims:
         return g
-    return anp.reshape(g, keepdims_shape(in_shape, axis))
+    axes = normalize_axes(axis, len(in_shape))
+    return anp.reshape(g, [1 if i in axes else d for i, d in enumerate(in_shape)])
 
 
 def _np_axis(axis):
     return None if axis is None else tuple(np.atleast_1d(axis).tolist())
 
 
-def _reduce_flops(shapes, out_shape, **attrs):
-    return math.prod(shapes[0])
-
-
-def _four_per_element(shapes, out_shape, **attrs):
-    return 4 * math.prod(shapes[0])
-
-
 def logsumexp_numpy(x, axis=-1, keepdims=False):
     """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m the max."""
-    x = np.asarray(x)
-    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    x = float_array(x)
     ax = _np_axis(axis)
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
@@ -91,8 +79,7 @@ def sum_last(x, y=None):
 
 def _softmax_numpy(x, axis=-1):
     """exp(x - max) / sum, in place on one fresh array."""
-    x = np.asarray(x)
-    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    x = float_array(x)
     e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
     np.exp(e, out=e)
     last = x.ndim and axis % x.ndim == x.ndim - 1
@@ -103,10 +90,6 @@ def _softmax_numpy(x, axis=-1):
 # -------------------------------------------------------------- sum, mean
 def _sum_vjp(g, out, x, axis=None, keepdims=False):
     return (anp.broadcast_to(expand_reduced(g, x.shape, axis, keepdims), x.shape),)
-
-
-def _sum_jvp(t, out, x, axis=None, keepdims=False):
-    return anp.sum(t[0], axis, keepdims)
 
 
 def _count(shape, axis) -> int:
@@ -144,12 +127,8 @@ def _logsumexp_jvp(t, out, x, axis=-1, keepdims=False):
     return anp.sum(t[0] * p, axis, keepdims)
 
 
-def _softmax_vjp(g, out, x, axis=-1):
-    return (out * (g - anp.sum(g * out, axis, keepdims=True)),)
-
-
-def _softmax_jvp(t, out, x, axis=-1):
-    return out * (t[0] - anp.sum(t[0] * out, axis, keepdims=True))
+def _softmax_jacobian(v, out, x, axis=-1):
+    return out * (v - anp.sum(v * out, axis, keepdims=True))
 
 
 def _log_softmax_vjp(g, out, x, axis=-1):
@@ -163,24 +142,26 @@ def _log_softmax_jvp(t, out, x, axis=-1):
 OPS = [
     OpDef("sum", _sum_shape, lambda x, axis=None, keepdims=False:
           np.sum(x, axis=_np_axis(axis), keepdims=keepdims),
-          _reduce_flops, vjp=_sum_vjp, jvp=_sum_jvp, arity=1),
+          input_flops(1), vjp=_sum_vjp,
+          jvp=lambda t, out, x, axis=None, keepdims=False: anp.sum(t[0], axis, keepdims),
+          arity=1),
     OpDef("mean", _float_reduce_shape, lambda x, axis=None, keepdims=False:
           np.mean(x, axis=_np_axis(axis), keepdims=keepdims),
-          _reduce_flops, vjp=_mean_vjp,
+          input_flops(1), vjp=_mean_vjp,
           jvp=lambda t, out, x, axis=None, keepdims=False: anp.mean(t[0], axis, keepdims),
           arity=1),
     OpDef("max", _max_shape, lambda x, axis=None, keepdims=False:
           np.max(x, axis=_np_axis(axis), keepdims=keepdims),
-          _reduce_flops, vjp=_max_vjp, jvp=_max_jvp, saves=(0, "out"), arity=1,
+          input_flops(1), vjp=_max_vjp, jvp=_max_jvp, saves=(0, "out"), arity=1,
           doc="max reduction; ties split the gradient evenly among the maxima of a slice"),
-    OpDef("logsumexp", _float_reduce_shape, logsumexp_numpy, _four_per_element,
+    OpDef("logsumexp", _float_reduce_shape, logsumexp_numpy, input_flops(4),
           vjp=_logsumexp_vjp, jvp=_logsumexp_jvp, saves=(0, "out"), arity=1,
           doc="log(sum(exp(x))) over axis, stable (max subtracted first)"),
-    OpDef("softmax", _softmax_shape, _softmax_numpy, _four_per_element,
-          vjp=_softmax_vjp, jvp=_softmax_jvp, saves=("out",), arity=1,
-          doc="exp(x) / sum(exp(x)) over one axis, stable (max subtracted first)"),
+    symmetric_op("softmax", _softmax_shape, _softmax_numpy, input_flops(4), _softmax_jacobian,
+                 saves=("out",), arity=1,
+                 doc="exp(x) / sum(exp(x)) over one axis, stable (max subtracted first)"),
     OpDef("log_softmax", _softmax_shape,
           lambda x, axis=-1: np.asarray(x) - logsumexp_numpy(x, axis, keepdims=True),
-          _four_per_element, vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, saves=("out",),
+          input_flops(4), vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, saves=("out",),
           arity=1, doc="x - logsumexp(x) over one axis, stable"),
 ]

@@ -17,8 +17,9 @@ tuple attr may come back from a file as a list):
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -48,11 +49,21 @@ class OpDef:
     arity: int | None = None          # None: variadic
     random: bool = False              # draws fresh values each run (never constant-folded)
     doc: str = ""
-    extra: dict = field(default_factory=dict)
 
 
-def _build_registry() -> dict[str, OpDef]:
-    # Explicit list of op modules: no registration by import side effect.
+def symmetric_op(name: str, shape: Callable, forward: Callable, flops: Callable,
+                 jacobian: Callable, **fields) -> OpDef:
+    """An op with a symmetric Jacobian (elementwise ops, softmax, normalize): one rule
+    `jacobian(v, out, *inputs, **attrs)`, the Jacobian applied to v, is its VJP and its JVP."""
+    return OpDef(name, shape, forward, flops,
+                 vjp=lambda g, out, *xs, **attrs: (jacobian(g, out, *xs, **attrs),),
+                 jvp=lambda t, out, *xs, **attrs: jacobian(t[0], out, *xs, **attrs), **fields)
+
+
+@functools.cache
+def registry() -> dict[str, OpDef]:
+    """All known ops by name, built once from an explicit list of op modules (no registration
+    by import side effect)."""
     from autodiff.ops import conv, elementwise, nn, norm, reduce, shape, shard_ops, sources
     from autodiff.ops import activations, grouped_conv
     ops: dict[str, OpDef] = {}
@@ -63,17 +74,6 @@ def _build_registry() -> dict[str, OpDef]:
                 raise RuntimeError(f"op {op.name!r} declared twice")
             ops[op.name] = op
     return ops
-
-
-_REGISTRY: dict[str, OpDef] | None = None
-
-
-def registry() -> dict[str, OpDef]:
-    """All known ops by name."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = _build_registry()
-    return _REGISTRY
 
 
 def get_op(name: str) -> OpDef | None:
@@ -153,14 +153,17 @@ def kept_for_backward(graph: Graph) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- rule helpers
-def numel(shape) -> int:
-    return math.prod(shape)
-
-
 def elementwise_flops(per_element: int = 1) -> Callable:
     """FLOPs rule: `per_element` FLOPs per output element."""
     def rule(shapes, out_shape, **attrs) -> int:
         return per_element * math.prod(out_shape)
+    return rule
+
+
+def input_flops(per_element: int = 1) -> Callable:
+    """FLOPs rule: `per_element` FLOPs per element of the first input."""
+    def rule(shapes, out_shape, **attrs) -> int:
+        return per_element * math.prod(shapes[0])
     return rule
 
 
@@ -179,6 +182,12 @@ def promote(*dtypes: str) -> str:
                                  for d in dtypes) else str(np.result_type(
                                      *[d for d in dtypes if d != "bfloat16"]))
     return str(np.result_type(*dtypes))
+
+
+def float_array(x) -> np.ndarray:
+    """x as a numpy array of a float dtype: its own, or float64 for ints and bools."""
+    x = np.asarray(x)
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
 def float_dtype(dtype: str) -> str:

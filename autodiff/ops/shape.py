@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from autodiff import numpy as anp
-from autodiff.ops.registry import OpDef, ShapeError, promote
+from autodiff.ops.registry import OpDef, ShapeError, input_flops, promote
 from autodiff.trace import Tensor
 
 
@@ -139,22 +139,17 @@ def _as_int(v) -> int:
     return int(v)
 
 
+# kind of an encode_index entry -> the numpy index it stands for
+_DECODE = {"int": lambda e: int(e[1]), "slice": lambda e: slice(e[1], e[2], e[3]),
+           "newaxis": lambda e: None, "array": lambda e: np.asarray(e[1], dtype=np.int64)}
+
+
 def decode_index(encoded) -> tuple:
     """The numpy index an `encode_index` list stands for."""
-    out = []
     for e in encoded:
-        kind = e[0]
-        if kind == "int":
-            out.append(int(e[1]))
-        elif kind == "slice":
-            out.append(slice(e[1], e[2], e[3]))
-        elif kind == "newaxis":
-            out.append(None)
-        elif kind == "array":
-            out.append(np.asarray(e[1], dtype=np.int64))
-        else:
+        if e[0] not in _DECODE:
             raise ShapeError(f"unknown index entry {e!r}")
-    return tuple(out)
+    return tuple(_DECODE[e[0]](e) for e in encoded)
 
 
 def _index_shape(encoded, shape: tuple) -> tuple[int, ...]:
@@ -224,10 +219,6 @@ def _getitem_grad_forward(g, index, shape):
     return out
 
 
-def _scattered_flops(shapes, out_shape, **attrs):
-    return math.prod(shapes[0])
-
-
 # -------------------------------------------------------------------- take
 def _take_shape(shapes, dtypes, axis=0):
     table, idx = tuple(shapes[0]), tuple(shapes[1])
@@ -289,7 +280,7 @@ OPS = [
                                                   shape=list(x.shape)),),
           jvp=lambda t, out, x, index: anp.apply("getitem", t[0], index=index), arity=1,
           doc="numpy indexing (attr index from encode_index); gradient: getitem_grad"),
-    OpDef("getitem_grad", _getitem_grad_shape, _getitem_grad_forward, _scattered_flops,
+    OpDef("getitem_grad", _getitem_grad_shape, _getitem_grad_forward, input_flops(1),
           vjp=lambda g, out, x, index, shape: (anp.apply("getitem", g, index=index),),
           jvp=lambda t, out, x, index, shape: anp.apply("getitem_grad", t[0], index=index,
                                                         shape=shape), arity=1,
@@ -301,7 +292,7 @@ OPS = [
           anp.take(t[0], indices, axis), saves=(1,), arity=2,
           doc="gather rows of `table` at integer `indices` (embedding lookup); indices get no "
               "gradient"),
-    OpDef("take_grad", _take_grad_shape, _take_grad_forward, _scattered_flops,
+    OpDef("take_grad", _take_grad_shape, _take_grad_forward, input_flops(1),
           vjp=lambda g, out, x, indices, shape, axis=0: (anp.take(g, indices, axis), None),
           jvp=lambda t, out, x, indices, shape, axis=0: None if t[0] is None else
           anp.apply("take_grad", t[0], indices, shape=shape, axis=axis), saves=(1,), arity=2,

@@ -52,23 +52,11 @@ def _shard_take_forward(table, indices, offset, total):
     return out
 
 
-def _shard_take_grad_shape(shapes, dtypes, shape, offset, total):
-    expected, _ = _shard_take_shape([shape, shapes[1]], [dtypes[0], dtypes[1]], offset, total)
-    if tuple(shapes[0]) != expected:
-        raise ShapeError(f"shard_take_grad: gradient of shape {list(shapes[0])} does not match "
-                         f"{list(expected)}")
-    return tuple(shape), dtypes[0]
-
-
 def _shard_take_grad_forward(g, indices, shape, offset, total):
     out = np.zeros(shape, dtype=np.result_type(g))
     local, inside = _local(indices, offset, shape[0])
     np.add.at(out, local[inside], np.asarray(g)[inside])
     return out
-
-
-def _take_grad_flops(shapes, out_shape, shape, offset, total):
-    return math.prod(shapes[0]) * shape[0] // max(total, 1)
 
 
 # -------------------------------------------------------------- shard_pick
@@ -88,14 +76,6 @@ def _shard_pick_forward(x, labels, offset, total):
     return np.where(inside, picked, np.zeros((), picked.dtype))
 
 
-def _shard_pick_grad_shape(shapes, dtypes, shape, offset, total):
-    expected, _ = _shard_pick_shape([shape, shapes[1]], [dtypes[0], dtypes[1]], offset, total)
-    if tuple(shapes[0]) != expected:
-        raise ShapeError(f"shard_pick_grad: gradient of shape {list(shapes[0])} does not match "
-                         f"{list(expected)}")
-    return tuple(shape), dtypes[0]
-
-
 def _shard_pick_grad_forward(g, labels, shape, offset, total):
     out = np.zeros(shape, dtype=np.result_type(g))
     local, inside = _local(labels, offset, shape[-1])
@@ -104,42 +84,48 @@ def _shard_pick_grad_forward(g, labels, shape, offset, total):
     return out
 
 
-def _pick_grad_flops(shapes, out_shape, shape, offset, total):
-    return math.prod(shapes[0]) * shape[-1] // max(total, 1)
+def _shard_ops(name: str, axis: int, gather: tuple, scatter, docs: tuple) -> list[OpDef]:
+    """OpDefs of shard gather `name` along `axis` (shape rule and forward in `gather`) and of
+    its scatter-add adjoint `name`_grad; indices (input 1) get no gradient."""
+    grad = f"{name}_grad"
+
+    def grad_shape(shapes, dtypes, shape, offset, total):
+        expected, _ = gather[0]([shape, shapes[1]], [dtypes[0], dtypes[1]], offset, total)
+        if tuple(shapes[0]) != expected:
+            raise ShapeError(f"{grad}: gradient of shape {list(shapes[0])} does not match "
+                             f"{list(expected)}")
+        return tuple(shape), dtypes[0]
+
+    def grad_flops(shapes, out_shape, shape, offset, total):
+        return math.prod(shapes[0]) * shape[axis] // max(total, 1)
+
+    return [
+        OpDef(name, *gather,
+              vjp=lambda g, out, x, idx, offset, total: (
+                  anp.apply(grad, g, idx, shape=list(x.shape), offset=offset, total=total), None),
+              jvp=lambda t, out, x, idx, offset, total: None if t[0] is None else
+              anp.apply(name, t[0], idx, offset=offset, total=total),
+              saves=(1,), arity=2, doc=docs[0]),
+        OpDef(grad, grad_shape, scatter, grad_flops,
+              vjp=lambda gg, out, g, idx, shape, offset, total: (
+                  anp.apply(name, gg, idx, offset=offset, total=total), None),
+              jvp=lambda t, out, g, idx, shape, offset, total: None if t[0] is None else
+              anp.apply(grad, t[0], idx, shape=shape, offset=offset, total=total),
+              saves=(1,), arity=2, doc=docs[1]),
+    ]
 
 
 OPS = [
-    OpDef("shard_take", _shard_take_shape, _shard_take_forward,
-          vjp=lambda g, out, table, idx, offset, total: (
-              anp.apply("shard_take_grad", g, idx, shape=list(table.shape), offset=offset,
-                        total=total), None),
-          jvp=lambda t, out, table, idx, offset, total: None if t[0] is None else
-          anp.apply("shard_take", t[0], idx, offset=offset, total=total),
-          saves=(1,), arity=2,
-          doc="rows idx - offset of a table shard holding rows [offset, offset + len) of a "
-              "`total`-row table; zeros for indices outside; indices get no gradient"),
-    OpDef("shard_take_grad", _shard_take_grad_shape, _shard_take_grad_forward, _take_grad_flops,
-          vjp=lambda gg, out, g, idx, shape, offset, total: (
-              anp.apply("shard_take", gg, idx, offset=offset, total=total), None),
-          jvp=lambda t, out, g, idx, shape, offset, total: None if t[0] is None else
-          anp.apply("shard_take_grad", t[0], idx, shape=shape, offset=offset, total=total),
-          saves=(1,), arity=2,
-          doc="scatter-add of the in-range rows of g into zeros of `shape` (adjoint of "
-              "shard_take)"),
-    OpDef("shard_pick", _shard_pick_shape, _shard_pick_forward,
-          vjp=lambda g, out, x, labels, offset, total: (
-              anp.apply("shard_pick_grad", g, labels, shape=list(x.shape), offset=offset,
-                        total=total), None),
-          jvp=lambda t, out, x, labels, offset, total: None if t[0] is None else
-          anp.apply("shard_pick", t[0], labels, offset=offset, total=total),
-          saves=(1,), arity=2,
-          doc="x[..., label - offset] for a class shard holding classes [offset, offset + C) "
-              "of `total`; 0 where the label lies outside; labels get no gradient"),
-    OpDef("shard_pick_grad", _shard_pick_grad_shape, _shard_pick_grad_forward, _pick_grad_flops,
-          vjp=lambda gg, out, g, labels, shape, offset, total: (
-              anp.apply("shard_pick", gg, labels, offset=offset, total=total), None),
-          jvp=lambda t, out, g, labels, shape, offset, total: None if t[0] is None else
-          anp.apply("shard_pick_grad", t[0], labels, shape=shape, offset=offset, total=total),
-          saves=(1,), arity=2,
-          doc="zeros of `shape` with g at each in-range label's class (adjoint of shard_pick)"),
+    *_shard_ops("shard_take", 0, (_shard_take_shape, _shard_take_forward),
+                _shard_take_grad_forward,
+                ("rows idx - offset of a table shard holding rows [offset, offset + len) of a "
+                 "`total`-row table; zeros for indices outside; indices get no gradient",
+                 "scatter-add of the in-range rows of g into zeros of `shape` (adjoint of "
+                 "shard_take)")),
+    *_shard_ops("shard_pick", -1, (_shard_pick_shape, _shard_pick_forward),
+                _shard_pick_grad_forward,
+                ("x[..., label - offset] for a class shard holding classes [offset, offset + C) "
+                 "of `total`; 0 where the label lies outside; labels get no gradient",
+                 "zeros of `shape` with g at each in-range label's class (adjoint of "
+                 "shard_pick)")),
 ]

@@ -1,6 +1,8 @@
 """Random source ops: fresh values every run, reproducible from (seed, step, micro-batch)."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from autodiff.ir import Node
@@ -10,18 +12,13 @@ from autodiff.ops.registry import OpDef
 def draw_random(node: Node, step: int = 0, micro_batch: int = 0) -> np.ndarray:
     """The value of random source `node` at a given step: a pure function of its seed."""
     rng = np.random.default_rng([int(node.attrs.get("seed", 0)), int(step), int(micro_batch),
-                                 _name_key(node.name)])
+                                 zlib.crc32(node.name.encode())])
     shape = tuple(node.attrs["shape"])
     if node.op == "random_normal":
         return rng.standard_normal(shape).astype(node.dtype)
     if node.op == "random_bernoulli":
         return (rng.random(shape) < node.attrs["p"]).astype(node.dtype)
     raise ValueError(f"node {node.name!r}: {node.op} is not a random source")
-
-
-def _name_key(name: str) -> int:
-    import zlib
-    return zlib.crc32(name.encode())
 
 
 def _source_shape(shapes, dtypes, shape, dtype, **attrs):
