@@ -92,6 +92,9 @@ class LinkFit:
     latency: float
     bandwidth: float
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True)
 class Check:
@@ -134,6 +137,9 @@ class Calibration:
         if links:
             spec["links"] = links
         return spec
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "checks": [c.to_dict() for c in self.checks]}
 
 
 def fit_latency_bandwidth(payloads: Sequence[int], seconds: Sequence[float]

@@ -315,6 +315,12 @@ class StepRecord:
     compute_seconds: np.ndarray
     wait_seconds: np.ndarray
 
+    def to_dict(self) -> dict:
+        return {"step": self.step, "loss": self.loss, "seconds": self.seconds,
+                "link_bytes": self.link_bytes.tolist(),
+                "compute_seconds": self.compute_seconds.tolist(),
+                "wait_seconds": self.wait_seconds.tolist()}
+
 
 def run_steps(executor, setup: TrainingSetup, stop: int, *, losses: list[float],
               checkpoint_dir: Path | None = None, assignment=None,
