@@ -34,6 +34,7 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -134,20 +135,36 @@ def pipeline_placement(graph, k: int):
     raise PlacementError(f"pipeline_dp: no acyclic placement of {graph.name} on {k} devices")
 
 
-def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
+class Case(NamedTuple):
+    """A bundled config's model as the benchmarks run it: 1F1B with m micro-batches on an
+    acyclic pipeline_dp placement; `data(step)` draws the full batch."""
+
+    config: object
+    micro: object
+    placement: object
+    plan: object
+    data: object
+
+
+def pipeline_case(config_name: str, k: int, m: int) -> Case:
     config = load_config(ROOT / "configs" / config_name)
     family, kwargs = config.model_kwargs()
     full = BUILDERS[family](**kwargs)
     micro = BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m})
     placement = pipeline_placement(micro, k)
     plan = build_plan(micro, placement, k, micro_batches=m, schedule="1f1b")
+    return Case(config, micro, placement, plan, make_data(full, family, 0))
+
+
+def overhead(config_name: str, k: int, m: int, warmup: int, steps: int) -> dict:
+    _, micro, placement, plan, data = pipeline_case(config_name, k, m)
     optimizer = {"name": "adam", "lr": 1e-3}
     modes = ("pipes", "plain")
     executors = {"local": LocalExecutor(micro, placement, k, optimizer, plan=plan)}
     for mode in modes:
         executors[mode] = functools.partial(RayExecutor, micro, placement, k, optimizer,
                                             plan=plan, mode=mode)
-    f = phases(executors, list(modes), make_data(full, family, 0), warmup, steps)
+    f = phases(executors, list(modes), data, warmup, steps)
     used = len(set(np.asarray(placement.assignment).tolist()))
     return {"config": config_name, "k": k, "used": used, "blocks": len(plan.order),
             "calls": len(plan_calls(plan)),

@@ -22,24 +22,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-# benchmarks/executor.py's placement helper (it also limits BLAS here to one thread, as in
+# benchmarks/executor.py's case builder (it also limits BLAS here to one thread, as in
 # the actors, before numpy is imported)
 _spec = importlib.util.spec_from_file_location("executor_benchmark",
                                                ROOT / "benchmarks" / "executor.py")
 _bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_bench)
-pipeline_placement = _bench.pipeline_placement
+pipeline_case = _bench.pipeline_case
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from autodiff.models import BUILDERS, make_data  # noqa: E402
-from executor.plan import build_plan  # noqa: E402
 from executor.ray_executor import RayExecutor  # noqa: E402
 from executor.ray_runtime import start_ray, stop_ray  # noqa: E402
 from executor.timing import simulate_plan  # noqa: E402
 from modelcut.calibration import calibrate, cluster_yaml  # noqa: E402
-from modelcut.config import load_config  # noqa: E402
 from partition.cluster import Cluster  # noqa: E402
 
 CONFIGS = ("mlp.yaml", "gpt-small.yaml", "lstm.yaml", "resnet-small.yaml")
@@ -55,15 +52,9 @@ def first_devices(spec: dict, k: int) -> Cluster:
 
 def case(config_name: str, k: int, spec: dict, runs: int, steps: int, m: int = 4) -> dict:
     """One config at k devices: simulate_plan's step and the quickest run's measured step."""
-    config = load_config(ROOT / "configs" / config_name)
-    family, kwargs = config.model_kwargs()
-    full = BUILDERS[family](**kwargs)
-    micro = BUILDERS[family](**{**kwargs, "batch": kwargs["batch"] // m})
-    placement = pipeline_placement(micro, k)
-    plan = build_plan(micro, placement, k, micro_batches=m, schedule="1f1b")
+    _, micro, placement, plan, data = pipeline_case(config_name, k, m)
     optimizer = {"name": "adam", "lr": 1e-3}
     predicted = simulate_plan(plan, first_devices(spec, k), "adam").step_time
-    data = make_data(full, family, 0)
     measured = []
     for _ in range(runs):
         with RayExecutor(micro, placement, k, optimizer, plan=plan, checkpoint_every=None) as ex:
