@@ -17,7 +17,6 @@ construction. The rules, which emulated devices (executor/emulate.py) enforce fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from autodiff.ops.registry import node_flops
 from executor.program import (Accumulate, ApplyUpdate, Compute, Plan, Recv, Send, SetState,
                               transfer_key)
 from partition.cluster import Cluster
+from partition.schedules import peak_in_flight
 
 # FLOPs per parameter element of one optimizer update (the arithmetic of executor/optim.py).
 UPDATE_FLOPS = {"sgd": 2, "momentum": 4, "adam": 12}
@@ -226,12 +226,7 @@ def _peak_in_flight(timing: PlanTiming, k: int) -> list[int]:
             span = spans[b.device].setdefault(b.micro_batch, [b.start, timing.step_time])
             if b.phase == "B":
                 span[1] = b.end
-    peaks = []
-    for device in spans:
-        events = sorted([(s, 1) for s, _ in device.values()] +
-                        [(e, -1) for _, e in device.values()])
-        peaks.append(max(accumulate((change for _, change in events), initial=0)))
-    return peaks
+    return [peak_in_flight(device.values()) for device in spans]
 
 
 def _timeline(timing: PlanTiming, names: tuple[str, ...]) -> list[dict]:

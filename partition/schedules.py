@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterable, Sequence
 
 from partition.errors import ScheduleError
@@ -222,3 +223,10 @@ def parse_actions(stages: Sequence[Sequence[str]]) -> tuple[tuple[Action, ...], 
     """Per-stage action strings (["0F0", "0B0"], ...) as Action tuples, for hand-written
     schedules."""
     return tuple(tuple(Action.parse(a) for a in stage) for stage in stages)
+
+
+def peak_in_flight(spans: Iterable[tuple[float, float]]) -> int:
+    """The most (start, end) spans of micro-batches open at one time; a span ending when
+    another starts does not overlap it. Shared by both step simulators' reports."""
+    events = sorted(event for start, end in spans for event in ((start, 1), (end, -1)))
+    return max(accumulate((change for _, change in events), initial=0))

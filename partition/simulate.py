@@ -29,7 +29,7 @@ from partition.cost import graph_arrays, remote_pairs
 from partition.errors import PlacementError
 from partition.metrics import check_assignment, quotient_adjacency, quotient_order
 from partition.problem import check_micro_batches, require_forward
-from partition.schedules import make_schedule
+from partition.schedules import make_schedule, peak_in_flight
 
 SCHEDULES = (None, "gpipe", "1f1b")
 SHARED = -1          # micro-batch index of the tasks that run once per step
@@ -402,9 +402,5 @@ def _peak_in_flight(tasks: _Tasks, start: np.ndarray, finish: np.ndarray, k: int
         np.minimum.at(first, batches, start[mine])
         np.maximum.at(last, batches, finish[mine])
         used = np.isfinite(first)
-        # an interval ending when another starts does not overlap it: ends sort first
-        times = np.concatenate([last[used], first[used]])
-        steps = np.concatenate([-np.ones(used.sum()), np.ones(used.sum())])
-        order = np.lexsort((steps, times))
-        peaks.append(int(np.cumsum(steps[order]).max()))
+        peaks.append(peak_in_flight(zip(first[used].tolist(), last[used].tolist())))
     return tuple(peaks)

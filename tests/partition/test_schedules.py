@@ -4,8 +4,8 @@ from hypothesis import given, settings, strategies as st
 
 from partition.errors import ScheduleError
 from partition.schedules import (Action, Schedule, bubble_fraction, gpipe, make_schedule,
-                                 one_f_one_b, parse_actions, render, sequential, timeline,
-                                 validate)
+                                 one_f_one_b, parse_actions, peak_in_flight, render, sequential,
+                                 timeline, validate)
 
 
 def strings(schedule):
@@ -91,3 +91,11 @@ def test_action_parse_and_dict():
         Action.parse("1X0")
     assert gpipe(1, 2).to_dict() == {"name": "gpipe", "num_stages": 1, "micro_batches": 2,
                                      "actions": [["0F0", "0F1", "0B0", "0B1"]]}
+
+
+def test_peak_in_flight_counts_open_spans_by_hand():
+    # [0,2) [1,3) [2,4) [2.5,3): at 2.5 the spans 1, 2 and 3 are open; span 0 ends at 2 when
+    # span 2 starts, which is not an overlap
+    assert peak_in_flight([(0, 2), (1, 3), (2, 4), (2.5, 3)]) == 3
+    assert peak_in_flight([(0, 1), (1, 2), (2, 3)]) == 1
+    assert peak_in_flight([]) == 0
